@@ -1,0 +1,44 @@
+//! Gantry's configuration model, shared by the control plane and the data plane.
+//!
+//! - [`schema`]: the schema language (fields, types, validation, defaults, coercion).
+//! - [`entities`] and [`plugins`]: Kong's entities and plugin configurations in that language.
+//! - [`document`]: turning input into stored documents (generated fields, keys, references).
+//! - [`declarative`]: the `_format_version` 3.0 file format.
+//! - [`hash`]: configuration hashes.
+
+use std::collections::BTreeMap;
+
+pub mod declarative;
+pub mod document;
+pub mod entities;
+pub mod hash;
+pub mod healthchecks;
+pub mod pem;
+pub mod plugins;
+pub mod schema;
+pub mod typedefs;
+
+/// One entity as stored and sent: a JSON object.
+pub type Doc = serde_json::Map<String, serde_json::Value>;
+
+/// Gantry's own version, used for control plane / data plane compatibility.
+pub const GANTRY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The Kong version whose Admin API and declarative format Gantry implements.
+pub const KONG_VERSION: &str = "3.9.0";
+
+/// A whole configuration: entity type name to its documents.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    pub entities: BTreeMap<String, Vec<Doc>>,
+}
+
+impl Config {
+    /// The number of entities of all types.
+    pub fn len(&self) -> usize {
+        self.entities.values().map(Vec::len).sum()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

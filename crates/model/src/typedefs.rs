@@ -1,0 +1,193 @@
+//! Checks for the string kinds of the schema language (Kong's typedefs).
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use crate::schema::StrKind;
+
+static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._~-]+$").expect("static regex"));
+static HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+        .expect("static regex")
+});
+static HEADER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$").expect("static regex"));
+
+/// Check a string of the given kind; the error names what is wrong.
+pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
+    match kind {
+        StrKind::Plain => Ok(()),
+        StrKind::Uuid => uuid::Uuid::parse_str(s)
+            .map(|_| ())
+            .map_err(|_| "expected a valid UUID".to_string()),
+        StrKind::Name => {
+            if NAME.is_match(s) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "invalid value '{s}': it must only contain alphanumeric and '., -, _, ~' characters"
+                ))
+            }
+        }
+        StrKind::Host => check_host(s),
+        StrKind::HostPort => {
+            let (h, p) = split_host_port(s);
+            check_host(h)?;
+            check_port(p)
+        }
+        StrKind::WildcardHostPort => {
+            let (h, p) = split_host_port(s);
+            check_port(p)?;
+            let stripped = if let Some(r) = h.strip_prefix("*.") {
+                r
+            } else if let Some(r) = h.strip_suffix(".*") {
+                r
+            } else {
+                h
+            };
+            if stripped.contains('*') {
+                return Err(format!("invalid wildcard: '{s}': must be placed at leftmost or rightmost label"));
+            }
+            check_host(stripped)
+        }
+        StrKind::Path => {
+            if !s.starts_with('/') {
+                return Err("should start with: /".into());
+            }
+            check_path_chars(s)
+        }
+        StrKind::RoutePath => {
+            if let Some(re) = s.strip_prefix('~') {
+                Regex::new(re).map(|_| ()).map_err(|e| {
+                    let msg = e.to_string();
+                    let last = msg.lines().last().unwrap_or("invalid regex").trim().to_string();
+                    format!("invalid regex: '{re}' ({last})")
+                })
+            } else if s.starts_with('/') {
+                check_path_chars(s)
+            } else {
+                Err("should start with: / (fixed path) or ~/ (regex path)".into())
+            }
+        }
+        StrKind::Ip => s
+            .parse::<IpAddr>()
+            .map(|_| ())
+            .map_err(|_| format!("invalid ip address: {s}")),
+        StrKind::IpOrCidr => check_cidr(s),
+        StrKind::Url => {
+            let rest = s
+                .strip_prefix("http://")
+                .or_else(|| s.strip_prefix("https://"))
+                .ok_or_else(|| format!("invalid url '{s}': scheme must be http or https"))?;
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let authority = authority.rsplit('@').next().unwrap_or(authority);
+            if authority.is_empty() {
+                return Err(format!("invalid url '{s}': missing host"));
+            }
+            Ok(())
+        }
+        StrKind::Tag => {
+            if s.chars().any(|c| c == ',' || c == '/' || c.is_control()) {
+                Err("invalid tag: must not contain ',' or '/' or control characters".into())
+            } else {
+                Ok(())
+            }
+        }
+        StrKind::Certificate => crate::pem::parse_cert_chain(s).map(|_| ()),
+        StrKind::Key => crate::pem::check_key(s),
+        StrKind::HeaderName => {
+            if HEADER.is_match(s) {
+                Ok(())
+            } else {
+                Err(format!("bad header name '{s}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"))
+            }
+        }
+    }
+}
+
+fn split_host_port(s: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = s.strip_prefix('[') {
+        if let Some((h, tail)) = rest.split_once(']') {
+            return (h, tail.strip_prefix(':'));
+        }
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, Some(p)),
+        _ => (s, None),
+    }
+}
+
+fn check_port(p: Option<&str>) -> Result<(), String> {
+    match p {
+        None => Ok(()),
+        Some(p) => match p.parse::<u32>() {
+            Ok(n) if n <= 65535 => Ok(()),
+            _ => Err(format!("invalid port number '{p}'")),
+        },
+    }
+}
+
+fn check_host(h: &str) -> Result<(), String> {
+    if h.parse::<IpAddr>().is_ok() || (h.len() <= 253 && HOSTNAME.is_match(h)) {
+        Ok(())
+    } else {
+        Err(format!("invalid hostname: {h}"))
+    }
+}
+
+fn check_path_chars(s: &str) -> Result<(), String> {
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("invalid path: '{s}' (characters outside of the reserved list of RFC 3986 found)"));
+    }
+    if s.contains("//") {
+        return Err(format!("invalid path: '{s}' (must not contain '//')"));
+    }
+    Ok(())
+}
+
+fn check_cidr(s: &str) -> Result<(), String> {
+    let (ip, bits) = match s.split_once('/') {
+        Some((ip, b)) => (ip, Some(b)),
+        None => (s, None),
+    };
+    let addr: IpAddr = ip.parse().map_err(|_| format!("invalid ip or cidr range: '{s}'"))?;
+    if let Some(b) = bits {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        match b.parse::<u8>() {
+            Ok(n) if n <= max => {}
+            _ => return Err(format!("invalid ip or cidr range: '{s}'")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert!(check_str(StrKind::Name, "my-svc_1.v2~x").is_ok());
+        assert!(check_str(StrKind::Name, "bad name").is_err());
+        assert!(check_str(StrKind::Host, "example.com").is_ok());
+        assert!(check_str(StrKind::Host, "10.0.0.1").is_ok());
+        assert!(check_str(StrKind::Host, "exa mple").is_err());
+        assert!(check_str(StrKind::WildcardHostPort, "*.example.com").is_ok());
+        assert!(check_str(StrKind::WildcardHostPort, "example.*").is_ok());
+        assert!(check_str(StrKind::WildcardHostPort, "a.*.com").is_err());
+        assert!(check_str(StrKind::WildcardHostPort, "example.com:8080").is_ok());
+        assert!(check_str(StrKind::HostPort, "10.0.0.1:99999").is_err());
+        assert!(check_str(StrKind::HostPort, "[::1]:80").is_ok());
+        assert!(check_str(StrKind::RoutePath, "/a").is_ok());
+        assert!(check_str(StrKind::RoutePath, "~/a/(?<id>\\d+)").is_ok());
+        assert!(check_str(StrKind::RoutePath, "~/a/(").is_err());
+        assert!(check_str(StrKind::RoutePath, "a").is_err());
+        assert!(check_str(StrKind::IpOrCidr, "10.0.0.0/8").is_ok());
+        assert!(check_str(StrKind::IpOrCidr, "10.0.0.0/33").is_err());
+        assert!(check_str(StrKind::Url, "https://x.example/log").is_ok());
+        assert!(check_str(StrKind::Url, "ftp://x").is_err());
+        assert!(check_str(StrKind::Tag, "a,b").is_err());
+    }
+}
