@@ -1,0 +1,131 @@
+//! Every known setting with its default and the check of its value.
+
+/// How a setting's value is checked.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Str,
+    OneOf(&'static [&'static str]),
+    Bool,
+    Port,
+    /// A non-negative integer with a minimum.
+    Int(u64),
+    Listen,
+    /// `10m`, `512k`, `1024`.
+    Size,
+    /// A positive integer or `auto`.
+    Threads,
+}
+
+impl Kind {
+    pub fn check(self, v: &str) -> Result<(), String> {
+        match self {
+            Kind::Str => Ok(()),
+            Kind::OneOf(set) => {
+                if set.contains(&v) {
+                    Ok(())
+                } else {
+                    Err(format!("expected one of: {}", set.join(", ")))
+                }
+            }
+            Kind::Bool => match v {
+                "on" | "off" | "true" | "false" => Ok(()),
+                _ => Err("expected on or off".into()),
+            },
+            Kind::Port => match v.parse::<u32>() {
+                Ok(n) if (1..=65535).contains(&n) => Ok(()),
+                _ => Err("expected a port number between 1 and 65535".into()),
+            },
+            Kind::Int(min) => match v.parse::<u64>() {
+                Ok(n) if n >= min => Ok(()),
+                _ => Err(format!("expected an integer of at least {min}")),
+            },
+            Kind::Listen => super::Listen::parse_list(v).map(|_| ()),
+            Kind::Size => parse_size(v).map(|_| ()).ok_or_else(|| "expected a size such as 10m, 512k or 1024".into()),
+            Kind::Threads => match v {
+                "auto" => Ok(()),
+                n => match n.parse::<usize>() {
+                    Ok(n) if n >= 1 => Ok(()),
+                    _ => Err("expected a positive integer or auto".into()),
+                },
+            },
+        }
+    }
+}
+
+/// A size in bytes from nginx notation.
+pub fn parse_size(v: &str) -> Option<usize> {
+    let v = v.trim().to_ascii_lowercase();
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        _ => (&v[..], 1),
+    };
+    num.parse::<usize>().ok().map(|n| n * mult)
+}
+
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub kind: Kind,
+}
+
+const fn k(name: &'static str, default: &'static str, kind: Kind) -> Key {
+    Key { name, default, kind }
+}
+
+/// Settings whose values are never shown.
+pub const SECRET_KEYS: &[&str] = &["pg_password", "cluster_cert_key", "proxy_server"];
+
+pub static KEYS: &[Key] = &[
+    k("role", "traditional", Kind::OneOf(&["traditional", "control_plane", "data_plane"])),
+    k("database", "sqlite", Kind::OneOf(&["sqlite", "postgres", "off"])),
+    k("prefix", "/usr/local/gantry", Kind::Str),
+    k("proxy_listen", "0.0.0.0:8000, 0.0.0.0:8443 ssl", Kind::Listen),
+    k("admin_listen", "127.0.0.1:8001", Kind::Listen),
+    k("admin_gui_listen", "0.0.0.0:8002", Kind::Listen),
+    k("status_listen", "127.0.0.1:8007", Kind::Listen),
+    k("cluster_listen", "0.0.0.0:8005", Kind::Listen),
+    k("cluster_telemetry_listen", "0.0.0.0:8006", Kind::Listen),
+    k("pg_host", "127.0.0.1", Kind::Str),
+    k("pg_port", "5432", Kind::Port),
+    k("pg_user", "kong", Kind::Str),
+    k("pg_password", "", Kind::Str),
+    k("pg_database", "kong", Kind::Str),
+    k("pg_schema", "", Kind::Str),
+    k("pg_timeout", "5000", Kind::Int(1)),
+    k("log_level", "notice", Kind::OneOf(&["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"])),
+    k("declarative_config", "", Kind::Str),
+    k("worker_threads", "auto", Kind::Threads),
+    k("nginx_admin_client_max_body_size", "10m", Kind::Size),
+    k("cluster_mtls", "shared", Kind::OneOf(&["shared", "pki"])),
+    k("cluster_control_plane", "", Kind::Str),
+    k("cluster_server_name", "", Kind::Str),
+    k("cluster_telemetry_endpoint", "", Kind::Str),
+    k("cluster_telemetry_server_name", "", Kind::Str),
+    k("cluster_cert", "", Kind::Str),
+    k("cluster_cert_key", "", Kind::Str),
+    k("cluster_ca_cert", "", Kind::Str),
+    k("lua_ssl_trusted_certificate", "", Kind::Str),
+    k("konnect_mode", "off", Kind::Bool),
+    k("vitals", "off", Kind::Bool),
+    k("cluster_dp_labels", "", Kind::Str),
+    k("cluster_use_proxy", "off", Kind::Bool),
+    k("proxy_server", "", Kind::Str),
+    k("proxy_server_ssl_verify", "on", Kind::Bool),
+    k("cluster_data_plane_purge_delay", "1209600", Kind::Int(60)),
+    k("cluster_max_payload", "16777216", Kind::Int(4_194_304)),
+    k("plugins", "bundled", Kind::Str),
+];
+
+/// Names Kong also accepts for a setting.
+pub fn canonical_name(k: &str) -> &str {
+    match k {
+        "nginx_worker_processes" => "worker_threads",
+        other => other,
+    }
+}
+
+pub fn key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
