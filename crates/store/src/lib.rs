@@ -1,0 +1,151 @@
+//! The configuration store.
+//!
+//! Entities are JSON documents in one table, with side tables that index what the model says
+//! matters: unique keys, references between entities, and tags. The same SQL runs on SQLite
+//! (the default, a file under the prefix, WAL, synchronous commits) and PostgreSQL.
+//!
+//! Every write runs in one transaction that first bumps the monotonic config version (which also
+//! serialises writers, across processes on PostgreSQL) and records each changed entity in the
+//! change log under that version: the cluster layer streams deltas from it.
+
+mod bulk;
+mod error;
+mod migrate;
+mod read;
+mod write;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyConnection;
+use sqlx::{AnyPool, Executor};
+use tokio::sync::Mutex;
+
+pub use error::StoreError;
+pub use read::{Change, ListQuery, Page, TagFilter, TagRow};
+pub use write::Op;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// A SQLite file; `None` for an in-memory database (`database = off`).
+    Sqlite(Option<PathBuf>),
+    Postgres(gantry_conf::PgSettings),
+}
+
+/// A handle on the store; cheap to share behind an `Arc`.
+pub struct Store {
+    pool: AnyPool,
+    postgres: bool,
+    /// One writer at a time within this process; PostgreSQL's row lock on the version row
+    /// orders writers across processes.
+    write_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Open (creating when needed) and migrate.
+    pub async fn open(backend: &Backend) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (url, postgres, max) = match backend {
+            Backend::Sqlite(Some(path)) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+                }
+                (format!("sqlite://{}?mode=rwc", path.display()), false, 4)
+            }
+            // One shared connection, or each would see its own empty database.
+            Backend::Sqlite(None) => ("sqlite::memory:".to_string(), false, 1),
+            Backend::Postgres(pg) => (pg_url(pg), true, 8),
+        };
+        let schema = match backend {
+            Backend::Postgres(pg) => pg.schema.clone(),
+            _ => None,
+        };
+        if let Some(s) = &schema {
+            if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StoreError::Open(format!("invalid pg_schema '{s}': letters, digits and '_' only")));
+            }
+        }
+        let timeout = match backend {
+            Backend::Postgres(pg) => Duration::from_millis(pg.timeout_ms),
+            _ => Duration::from_secs(5),
+        };
+        let setup_schema = schema.clone();
+        let pool = AnyPoolOptions::new()
+            .max_connections(max)
+            .min_connections(if postgres { 0 } else { 1 })
+            .idle_timeout(if max == 1 { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if max == 1 { None } else { Some(Duration::from_secs(1800)) })
+            .acquire_timeout(timeout)
+            .after_connect(move |conn: &mut AnyConnection, _| {
+                let schema = setup_schema.clone();
+                Box::pin(async move {
+                    if postgres {
+                        if let Some(s) = schema {
+                            conn.execute(format!("SET search_path TO \"{s}\"").as_str()).await?;
+                        }
+                    } else {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| StoreError::Open(describe_connect_error(backend, &e)))?;
+        if let Some(s) = &schema {
+            pool.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"").as_str()).await?;
+        }
+        let store = Store {
+            pool,
+            postgres,
+            write_lock: Mutex::new(()),
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// Whether this store is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
+    /// Close the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn describe_connect_error(backend: &Backend, e: &sqlx::Error) -> String {
+    match backend {
+        Backend::Sqlite(Some(p)) => format!("cannot open SQLite database {}: {e}", p.display()),
+        Backend::Sqlite(None) => format!("cannot open in-memory database: {e}"),
+        Backend::Postgres(pg) => format!(
+            "cannot connect to PostgreSQL at {}:{} (database '{}', user '{}'): {e}",
+            pg.host, pg.port, pg.database, pg.user
+        ),
+    }
+}
+
+fn pct(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn pg_url(pg: &gantry_conf::PgSettings) -> String {
+    let auth = match &pg.password {
+        Some(p) => format!("{}:{}", pct(&pg.user), pct(p)),
+        None => pct(&pg.user),
+    };
+    format!("postgres://{auth}@{}:{}/{}", pg.host, pg.port, pct(&pg.database))
+}

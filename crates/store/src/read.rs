@@ -1,0 +1,284 @@
+//! Reads: by id, by unique key, paginated lists with reference and tag filters, tags,
+//! whole-config export, version and change log.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use gantry_model::{Config, Doc};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// Kong's `tags` filter: `a,b` all of them, `a/b` any of them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TagFilter {
+    All(Vec<String>),
+    Any(Vec<String>),
+}
+
+impl TagFilter {
+    /// Parse `a,b` or `a/b`; mixing both is an error.
+    pub fn parse(s: &str) -> Result<TagFilter, String> {
+        if s.contains(',') && s.contains('/') {
+            return Err("invalid option (tags: cannot mix 'and' and 'or')".into());
+        }
+        let split: Vec<String> = s
+            .split([',', '/'])
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect();
+        if split.is_empty() {
+            return Err("invalid option (tags: must not be empty)".into());
+        }
+        Ok(if s.contains('/') {
+            TagFilter::Any(split)
+        } else {
+            TagFilter::All(split)
+        })
+    }
+}
+
+/// A page request.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Only entities whose `field` references `id`: `(field, id)`.
+    pub reference: Option<(String, String)>,
+    pub tags: Option<TagFilter>,
+    pub size: usize,
+    /// The opaque offset of a previous page.
+    pub offset: Option<String>,
+}
+
+/// A page of results with the offset of the next one.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub data: Vec<Doc>,
+    pub next_offset: Option<String>,
+}
+
+/// A row of `/tags`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TagRow {
+    pub entity_name: String,
+    pub entity_id: String,
+    pub tag: String,
+}
+
+/// One change-log entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub version: i64,
+    pub entity_type: String,
+    pub id: String,
+    /// `upsert`, `delete` or `reset` (the whole config was replaced).
+    pub op: String,
+}
+
+fn encode_offset(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+fn decode_offset(o: &str) -> Result<String, StoreError> {
+    let b = URL_SAFE_NO_PAD.decode(o).map_err(|_| StoreError::InvalidOffset)?;
+    String::from_utf8(b).map_err(|_| StoreError::InvalidOffset)
+}
+
+fn parse_doc(entity: &str, id: &str, text: &str) -> Result<Doc, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt {
+        entity: entity.to_string(),
+        id: id.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn row_doc(entity: &str, row: &AnyRow) -> Result<Doc, StoreError> {
+    let id: String = row.try_get(0)?;
+    let text: String = row.try_get(1)?;
+    parse_doc(entity, &id, &text)
+}
+
+impl Store {
+    /// An entity by id.
+    pub async fn get(&self, entity: &str, id: &str) -> Result<Option<Doc>, StoreError> {
+        let row = sqlx::query("SELECT id, doc FROM entities WHERE entity_type = $1 AND id = $2")
+            .bind(entity.to_string())
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| row_doc(entity, &r)).transpose()
+    }
+
+    /// An entity by one of its unique keys (`name`, `username`, `cache_key`, ...).
+    pub async fn find_by_key(&self, entity: &str, key: &str, value: &str) -> Result<Option<Doc>, StoreError> {
+        let row = sqlx::query(
+            "SELECT e.id, e.doc FROM entity_keys k JOIN entities e ON e.entity_type = k.entity_type AND e.id = k.id
+             WHERE k.entity_type = $1 AND k.key_name = $2 AND k.key_value = $3",
+        )
+        .bind(entity.to_string())
+        .bind(key.to_string())
+        .bind(value.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| row_doc(entity, &r)).transpose()
+    }
+
+    /// A page of entities in id order.
+    pub async fn list(&self, entity: &str, q: &ListQuery) -> Result<Page, StoreError> {
+        let after = q.offset.as_deref().map(decode_offset).transpose()?.unwrap_or_default();
+        let mut sql = String::from("SELECT e.id, e.doc FROM entities e WHERE e.entity_type = $1 AND e.id > $2");
+        let mut params: Vec<String> = vec![entity.to_string(), after];
+        if let Some((field, id)) = &q.reference {
+            params.push(field.clone());
+            params.push(id.clone());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM entity_refs r WHERE r.entity_type = e.entity_type AND r.id = e.id AND r.field = ${} AND r.ref_id = ${})",
+                params.len() - 1,
+                params.len()
+            ));
+        }
+        match &q.tags {
+            Some(TagFilter::All(tags)) => {
+                for t in tags {
+                    params.push(t.clone());
+                    sql.push_str(&format!(
+                        " AND EXISTS (SELECT 1 FROM entity_tags t WHERE t.entity_type = e.entity_type AND t.id = e.id AND t.tag = ${})",
+                        params.len()
+                    ));
+                }
+            }
+            Some(TagFilter::Any(tags)) => {
+                let mut marks = Vec::new();
+                for t in tags {
+                    params.push(t.clone());
+                    marks.push(format!("${}", params.len()));
+                }
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM entity_tags t WHERE t.entity_type = e.entity_type AND t.id = e.id AND t.tag IN ({}))",
+                    marks.join(", ")
+                ));
+            }
+            None => {}
+        }
+        sql.push_str(&format!(" ORDER BY e.id LIMIT {}", q.size + 1));
+        let mut query = sqlx::query(&sql);
+        for p in params {
+            query = query.bind(p);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let more = rows.len() > q.size;
+        let mut data = Vec::with_capacity(rows.len().min(q.size));
+        for r in rows.iter().take(q.size) {
+            data.push(row_doc(entity, r)?);
+        }
+        let next_offset = if more {
+            data.last()
+                .and_then(|d| d.get("id"))
+                .and_then(|v| v.as_str())
+                .map(encode_offset)
+        } else {
+            None
+        };
+        Ok(Page { data, next_offset })
+    }
+
+    /// Rows of `/tags` (or `/tags/{tag}`), in a stable order.
+    pub async fn tags(&self, tag: Option<&str>, size: usize, offset: Option<&str>) -> Result<(Vec<TagRow>, Option<String>), StoreError> {
+        let after = offset.map(decode_offset).transpose()?.unwrap_or_default();
+        let (a_tag, a_type, a_id) = {
+            let mut it = after.splitn(3, '\u{1f}');
+            (
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+                it.next().unwrap_or("").to_string(),
+            )
+        };
+        let mut sql = String::from(
+            "SELECT tag, entity_type, id FROM entity_tags WHERE (tag > $1 OR (tag = $1 AND (entity_type > $2 OR (entity_type = $2 AND id > $3))))",
+        );
+        if tag.is_some() {
+            sql.push_str(" AND tag = $4");
+        }
+        sql.push_str(&format!(" ORDER BY tag, entity_type, id LIMIT {}", size + 1));
+        let mut query = sqlx::query(&sql).bind(a_tag).bind(a_type).bind(a_id);
+        if let Some(t) = tag {
+            query = query.bind(t.to_string());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let more = rows.len() > size;
+        let mut out = Vec::new();
+        for r in rows.iter().take(size) {
+            out.push(TagRow {
+                tag: r.try_get(0)?,
+                entity_name: r.try_get(1)?,
+                entity_id: r.try_get(2)?,
+            });
+        }
+        let next = if more {
+            out.last()
+                .map(|l| encode_offset(&format!("{}\u{1f}{}\u{1f}{}", l.tag, l.entity_name, l.entity_id)))
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// The whole configuration and the version it is at, read in one transaction.
+    pub async fn export(&self) -> Result<(Config, i64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let version: i64 = sqlx::query("SELECT version FROM config_version WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+        let rows = sqlx::query("SELECT entity_type, id, doc FROM entities ORDER BY entity_type, id")
+            .fetch_all(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let mut config = Config::default();
+        for r in rows {
+            let t: String = r.try_get(0)?;
+            let id: String = r.try_get(1)?;
+            let text: String = r.try_get(2)?;
+            let d = parse_doc(&t, &id, &text)?;
+            config.entities.entry(t).or_default().push(d);
+        }
+        Ok((config, version))
+    }
+
+    /// The current config version (0 for a store never written).
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT version FROM config_version WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+
+    /// Changes after `version`, oldest first, at most `limit`.
+    pub async fn changes_since(&self, version: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT version, entity_type, id, op FROM changes WHERE version > $1 ORDER BY version, seq LIMIT {limit}"
+        ))
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Change {
+                    version: r.try_get(0)?,
+                    entity_type: r.try_get(1)?,
+                    id: r.try_get(2)?,
+                    op: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The number of entities of a type.
+    pub async fn count(&self, entity: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) FROM entities WHERE entity_type = $1")
+            .bind(entity.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?)
+    }
+}
