@@ -542,7 +542,9 @@ fn coerce_value(ty: &Ty, v: &mut Value) {
             }
         }
         (Ty::Num { .. }, Value::String(s)) => {
-            if let Ok(n) = s.trim().parse::<f64>() {
+            if let Ok(i) = s.trim().parse::<i64>() {
+                *v = json!(i);
+            } else if let Ok(n) = s.trim().parse::<f64>() {
                 if let Some(n) = serde_json::Number::from_f64(n) {
                     *v = Value::Number(n);
                 }
@@ -748,7 +750,7 @@ mod tests {
         assert_eq!(m["port"], json!(8080));
         assert_eq!(m["on"], json!(false));
         assert_eq!(m["tags"], json!(["t1"]));
-        assert_eq!(m["conf"]["minute"], json!(5.0));
+        assert_eq!(m["conf"]["minute"], json!(5));
     }
 
     #[test]

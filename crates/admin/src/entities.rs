@@ -1,0 +1,429 @@
+//! The entity endpoints, for every entity at once: collections, items, nested collections
+//! (`/services/{s}/routes`) and nested items (`/consumers/{c}/key-auth/{k}`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gantry_model::document::{prepare, Secrets};
+use gantry_model::entities::{by_admin_path, entity, EntitySchema, ENTITIES};
+use gantry_model::schema::{coerce, merge_patch, FieldErrors};
+use gantry_model::Doc;
+use gantry_store::{ListQuery, Op, TagFilter};
+use serde_json::{json, Value};
+
+use crate::body::{self, Origin};
+use crate::error::ApiError;
+use crate::AdminState;
+
+type Q = Query<HashMap<String, String>>;
+
+fn is_uuid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+fn collection_schema(path: &str) -> Result<&'static EntitySchema, ApiError> {
+    by_admin_path(path).ok_or(ApiError::NotFound)
+}
+
+/// The child schema mounted under a parent at `child_path`, with the field that points up.
+fn nested_schema(parent: &EntitySchema, child_path: &str) -> Option<(&'static EntitySchema, &'static str)> {
+    ENTITIES.iter().find_map(|e| {
+        e.nested
+            .iter()
+            .any(|(p, c)| *p == parent.name && *c == child_path)
+            .then(|| e.foreign_fields().find(|(_, t, _)| *t == parent.name).map(|(f, _, _)| (e, f)))
+            .flatten()
+    })
+}
+
+/// Find an entity by id or by its endpoint key; under a parent, it must belong to it.
+async fn resolve(
+    st: &AdminState,
+    schema: &EntitySchema,
+    key: &str,
+    parent: Option<(&str, &str)>,
+) -> Result<Option<Doc>, ApiError> {
+    let mut found = if is_uuid(key) {
+        st.store.get(schema.name, key).await?
+    } else {
+        None
+    };
+    if found.is_none() {
+        found = match (schema.name, parent, schema.endpoint_key) {
+            ("targets", Some((_, up)), _) => {
+                let t = if key.contains(':') { key.to_string() } else { format!("{key}:8000") };
+                st.store.find_by_key(schema.name, "cache_key", &format!("{up}:{t}")).await?
+            }
+            (_, _, Some(k)) => st.store.find_by_key(schema.name, k, key).await?,
+            _ => None,
+        };
+    }
+    if let (Some(d), Some((field, pid))) = (&found, parent) {
+        if d.get(field).and_then(|r| r.get("id")).and_then(Value::as_str) != Some(pid) {
+            return Ok(None);
+        }
+    }
+    Ok(found)
+}
+
+/// Turn foreign references given by name (`"service": "my-svc"`, `{"name": "my-svc"}`) into ids.
+async fn resolve_foreign_inputs(st: &AdminState, schema: &EntitySchema, input: &mut Doc) -> Result<(), ApiError> {
+    for (field, target, _) in schema.foreign_fields() {
+        let Some(v) = input.get(field) else { continue };
+        let key = match v {
+            Value::String(s) => s.clone(),
+            Value::Object(m) if !m.contains_key("id") && m.len() == 1 => match m.values().next() {
+                Some(Value::String(s)) => s.clone(),
+                _ => continue,
+            },
+            _ => continue,
+        };
+        let Some(tschema) = entity(target) else { continue };
+        match resolve(st, tschema, &key, None).await? {
+            Some(d) => {
+                input.insert(field.to_string(), json!({ "id": d["id"] }));
+            }
+            None => {
+                return Err(ApiError::Store(gantry_store::StoreError::ForeignKey {
+                    field: field.to_string(),
+                    target: target.to_string(),
+                    id: key,
+                }))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Form bodies carry strings: convert them to what the schema wants, plugin configs included.
+fn coerce_form(schema: &EntitySchema, input: &mut Doc, existing: Option<&Doc>) {
+    coerce(&schema.fields, input);
+    let kind = |k: &str| {
+        input
+            .get(k)
+            .and_then(Value::as_str)
+            .or_else(|| existing.and_then(|e| e.get(k)).and_then(Value::as_str))
+            .map(str::to_string)
+    };
+    let fields = match schema.name {
+        "plugins" => kind("name").and_then(|n| gantry_model::plugins::plugin(&n)).map(|p| p.config.clone()),
+        "partials" => kind("type").and_then(|t| gantry_model::plugins::partial_config(&t)),
+        _ => None,
+    };
+    if let (Some(fields), Some(Value::Object(c))) = (fields, input.get_mut("config")) {
+        coerce(&fields, c);
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+async fn read_input(st: &AdminState, headers: &HeaderMap, body: Body) -> Result<(Doc, Origin), ApiError> {
+    let bytes = body::read(body, st.settings.admin_body_max).await?;
+    body::decode(headers, &bytes)
+}
+
+enum Write {
+    Create,
+    /// PUT: create or replace; `key` is the id or endpoint key from the path.
+    Upsert { key: String },
+    /// PATCH an existing entity.
+    Patch(Doc),
+}
+
+/// Validate and store one entity; answers with the stored document.
+async fn write_one(
+    st: &AdminState,
+    schema: &'static EntitySchema,
+    mut input: Doc,
+    origin: Origin,
+    how: Write,
+    parent: Option<(&'static str, String)>,
+    existing: Option<Doc>,
+) -> Result<Doc, ApiError> {
+    if st.db_off {
+        return Err(read_only());
+    }
+    if origin == Origin::Form {
+        coerce_form(schema, &mut input, existing.as_ref());
+    }
+    if let Some((field, pid)) = &parent {
+        input.insert(field.to_string(), json!({ "id": pid }));
+    }
+    resolve_foreign_inputs(st, schema, &mut input).await?;
+    let now = now();
+    let secrets = if input.contains_key("password") { Secrets::Clear } else { Secrets::MaybeHashed };
+    let create = matches!(how, Write::Create);
+    let doc = match how {
+        Write::Create => {
+            input.remove("updated_at");
+            input.remove("created_at");
+            input
+        }
+        Write::Upsert { key } => {
+            let mut d = input;
+            match &existing {
+                Some(e) => {
+                    if let Some(id) = d.get("id").and_then(Value::as_str) {
+                        if Some(id) != e.get("id").and_then(Value::as_str) {
+                            return Err(id_changed());
+                        }
+                    }
+                    d.insert("id".into(), e["id"].clone());
+                    d.insert("created_at".into(), e.get("created_at").cloned().unwrap_or(Value::Null));
+                }
+                None if is_uuid(&key) => {
+                    d.insert("id".into(), json!(key));
+                    d.remove("created_at");
+                }
+                None => {
+                    if let Some(k) = schema.endpoint_key {
+                        d.insert(k.into(), json!(key));
+                    }
+                    d.remove("created_at");
+                }
+            }
+            d.insert("updated_at".into(), json!(now));
+            d
+        }
+        Write::Patch(mut base) => {
+            if let Some(id) = input.get("id") {
+                if Some(id) != base.get("id") {
+                    return Err(id_changed());
+                }
+            }
+            input.remove("created_at");
+            merge_patch(&schema.fields, &mut base, input);
+            base.insert("updated_at".into(), json!(now));
+            base
+        }
+    };
+    let doc = prepare(schema, doc, secrets, now).map_err(ApiError::Schema)?;
+    let op = if create { Op::Insert(schema, doc.clone()) } else { Op::Upsert(schema, doc.clone()) };
+    let version = st.store.write(vec![op]).await?;
+    st.notify(version);
+    Ok(doc)
+}
+
+fn id_changed() -> ApiError {
+    let mut e = FieldErrors::default();
+    e.add("id", "cannot be changed");
+    ApiError::Schema(e)
+}
+
+fn read_only() -> ApiError {
+    ApiError::ReadOnly(
+        "cannot create, update or delete entities when database = off: send the whole configuration to POST /config"
+            .into(),
+    )
+}
+
+async fn list(
+    st: &AdminState,
+    schema: &EntitySchema,
+    path: &str,
+    q: &HashMap<String, String>,
+    reference: Option<(String, String)>,
+) -> Result<Response, ApiError> {
+    let size = match q.get("size") {
+        None => 100,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return Err(ApiError::Invalid("size", format!("size must be an integer between 1 and 1000 (got '{s}')"))),
+        },
+    };
+    let tags = q
+        .get("tags")
+        .map(|t| TagFilter::parse(t))
+        .transpose()
+        .map_err(|m| ApiError::Invalid("invalid options", m))?;
+    // A filter on a unique field answers at most one entity.
+    for field in schema.unique_fields() {
+        if let Some(v) = q.get(field) {
+            let found = st.store.find_by_key(schema.name, field, v).await?;
+            let data: Vec<Value> = found
+                .into_iter()
+                .filter(|d| {
+                    reference
+                        .as_ref()
+                        .is_none_or(|(f, id)| d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id))
+                })
+                .map(Value::Object)
+                .collect();
+            return Ok(Json(json!({"data": data, "next": null})).into_response());
+        }
+    }
+    let page = st
+        .store
+        .list(
+            schema.name,
+            &ListQuery {
+                reference,
+                tags,
+                size,
+                offset: q.get("offset").cloned(),
+            },
+        )
+        .await?;
+    let mut body = json!({ "data": page.data, "next": null });
+    if let Some(o) = page.next_offset {
+        let mut next = format!("/{path}?offset={o}");
+        if q.contains_key("size") {
+            next.push_str(&format!("&size={size}"));
+        }
+        if let Some(t) = q.get("tags") {
+            next.push_str(&format!("&tags={}", form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()));
+        }
+        body["next"] = json!(next);
+        body["offset"] = json!(o);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// `/{collection}`
+pub async fn collection(
+    State(st): State<Arc<AdminState>>,
+    Path(coll): Path<String>,
+    method: Method,
+    Query(q): Q,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let schema = collection_schema(&coll)?;
+    match method {
+        Method::GET | Method::HEAD => list(&st, schema, &coll, &q, None).await,
+        Method::POST => {
+            let (input, origin) = read_input(&st, &headers, body).await?;
+            let d = write_one(&st, schema, input, origin, Write::Create, None, None).await?;
+            Ok((StatusCode::CREATED, Json(Value::Object(d))).into_response())
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// `/{collection}/{id or key}`
+pub async fn item(
+    State(st): State<Arc<AdminState>>,
+    Path((coll, key)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let schema = collection_schema(&coll)?;
+    one(&st, schema, &key, None, method, headers, body).await
+}
+
+async fn one(
+    st: &AdminState,
+    schema: &'static EntitySchema,
+    key: &str,
+    parent: Option<(&'static str, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let existing = resolve(st, schema, key, parent.as_ref().map(|(f, id)| (*f, id.as_str()))).await?;
+    match method {
+        Method::GET | Method::HEAD => match existing {
+            Some(d) => Ok(Json(Value::Object(d)).into_response()),
+            None => Err(ApiError::NotFound),
+        },
+        Method::PATCH => {
+            let Some(base) = existing.clone() else { return Err(ApiError::NotFound) };
+            let (input, origin) = read_input(st, &headers, body).await?;
+            let d = write_one(st, schema, input, origin, Write::Patch(base), parent, existing).await?;
+            Ok(Json(Value::Object(d)).into_response())
+        }
+        Method::PUT => {
+            let (input, origin) = read_input(st, &headers, body).await?;
+            let how = Write::Upsert { key: key.to_string() };
+            let d = write_one(st, schema, input, origin, how, parent, existing).await?;
+            Ok(Json(Value::Object(d)).into_response())
+        }
+        Method::DELETE => {
+            if st.db_off {
+                return Err(read_only());
+            }
+            if let Some(d) = existing {
+                let id = d["id"].as_str().unwrap_or_default().to_string();
+                let version = st.store.write(vec![Op::Delete(schema, id)]).await?;
+                st.notify(version);
+            }
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// `/{parent}/{id}/{child}`: a nested collection, or a parent's foreign entity (`/routes/{r}/service`).
+pub async fn nested(
+    State(st): State<Arc<AdminState>>,
+    Path((pcoll, pkey, child)): Path<(String, String, String)>,
+    method: Method,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let pschema = collection_schema(&pcoll)?;
+    let parent = resolve(&st, pschema, &pkey, None).await?.ok_or(ApiError::NotFound)?;
+    let pid = parent["id"].as_str().unwrap_or_default().to_string();
+    if let Some((schema, field)) = nested_schema(pschema, &child) {
+        return match method {
+            Method::GET | Method::HEAD => {
+                let path = format!("{pcoll}/{pkey}/{child}");
+                list(&st, schema, &path, &q, Some((field.to_string(), pid))).await
+            }
+            Method::POST => {
+                let (input, origin) = read_input(&st, &headers, body).await?;
+                let d = write_one(&st, schema, input, origin, Write::Create, Some((field, pid)), None).await?;
+                Ok((StatusCode::CREATED, Json(Value::Object(d))).into_response())
+            }
+            _ => Err(ApiError::MethodNotAllowed),
+        };
+    }
+    // `/routes/{r}/service`, `/snis/{s}/certificate`, ...
+    if let Some((field, target, _)) = pschema.foreign_fields().find(|(f, _, _)| *f == child) {
+        if method != Method::GET && method != Method::HEAD {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        let id = parent.get(field).and_then(|r| r.get("id")).and_then(Value::as_str);
+        let found = match id {
+            Some(id) => st.store.get(target, id).await?,
+            None => None,
+        };
+        return found.map(|d| Json(Value::Object(d)).into_response()).ok_or(ApiError::NotFound);
+    }
+    Err(ApiError::NotFound)
+}
+
+/// `/{parent}/{id}/{child}/{child id or key}`
+pub async fn nested_item(
+    State(st): State<Arc<AdminState>>,
+    Path((pcoll, pkey, child, ckey)): Path<(String, String, String, String)>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let pschema = collection_schema(&pcoll)?;
+    let (schema, field) = nested_schema(pschema, &child).ok_or(ApiError::NotFound)?;
+    let parent = resolve(&st, pschema, &pkey, None).await?.ok_or(ApiError::NotFound)?;
+    let pid = parent["id"].as_str().unwrap_or_default().to_string();
+    one(&st, schema, &ckey, Some((field, pid)), method, headers, body).await
+}
+
+/// Validate a body against an entity schema without storing it.
+pub fn validate_only(schema: &EntitySchema, mut input: Doc, origin: Origin) -> Result<Doc, ApiError> {
+    if origin == Origin::Form {
+        coerce_form(schema, &mut input, None);
+    }
+    prepare(schema, input, Secrets::Clear, now()).map_err(ApiError::Schema)
+}

@@ -1,0 +1,186 @@
+//! Node information, schemas, tags and the declarative `/config` endpoint.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gantry_model::declarative::{self, LoadOptions};
+use gantry_model::entities::{entity, ENTITIES};
+use gantry_model::plugins::{plugin, PLUGINS};
+use serde_json::{json, Map, Value};
+
+use crate::body;
+use crate::entities::validate_only;
+use crate::error::ApiError;
+use crate::AdminState;
+
+/// `GET /`
+pub async fn root(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let available: Map<String, Value> = PLUGINS
+        .iter()
+        .map(|p| (p.name.to_string(), json!({"version": p.version, "priority": p.priority})))
+        .collect();
+    let (config, _) = st.store.export().await?;
+    let enabled: BTreeSet<String> = config
+        .entities
+        .get("plugins")
+        .map(|ps| ps.iter().filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "version": gantry_model::KONG_VERSION,
+        "gantry_version": gantry_model::GANTRY_VERSION,
+        "edition": "community",
+        "tagline": "Welcome to gantry",
+        "hostname": st.hostname,
+        "node_id": st.node_id,
+        "plugins": {
+            "available_on_server": available,
+            "enabled_in_cluster": enabled,
+        },
+        "configuration": st.settings.masked(),
+        "pids": { "master": std::process::id() },
+    }))
+    .into_response())
+}
+
+/// `GET /status`
+pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let reachable = st.store.version().await.is_ok();
+    let hash = if reachable { Some(st.config_hash().await?) } else { None };
+    let c = &st.counters;
+    let body = json!({
+        "database": { "reachable": reachable },
+        "configuration_hash": hash.map(|(_, h)| h.config),
+        "config_version": st.store.version().await.ok(),
+        "server": {
+            "total_requests": c.requests.load(std::sync::atomic::Ordering::Relaxed),
+            "connections_handled": c.requests.load(std::sync::atomic::Ordering::Relaxed),
+        },
+        "memory": { "rss_bytes": crate::rss_bytes() },
+    });
+    let code = if reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((code, Json(body)).into_response())
+}
+
+/// `GET /schemas/{entity}`
+pub async fn entity_schema(Path(name): Path<String>) -> Result<Response, ApiError> {
+    let schema = entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+    Ok(Json(schema.describe()).into_response())
+}
+
+/// `POST /schemas/{entity}/validate`
+pub async fn validate_entity(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let schema = entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+    let bytes = body::read(body, st.settings.admin_body_max).await?;
+    let (input, origin) = body::decode(&headers, &bytes)?;
+    validate_only(schema, input, origin)?;
+    Ok(Json(json!({"message": "schema validation successful"})).into_response())
+}
+
+/// `GET /schemas/plugins/{name}`
+pub async fn plugin_schema(Path(name): Path<String>) -> Result<Response, ApiError> {
+    let p = plugin(&name).ok_or_else(|| ApiError::BadRequest(format!("No plugin named '{name}'")))?;
+    Ok(Json(p.describe()).into_response())
+}
+
+/// `POST /schemas/plugins/validate`
+pub async fn validate_plugin(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let schema = entity("plugins").ok_or(ApiError::NotFound)?;
+    let bytes = body::read(body, st.settings.admin_body_max).await?;
+    let (input, origin) = body::decode(&headers, &bytes)?;
+    validate_only(schema, input, origin)?;
+    Ok(Json(json!({"message": "schema validation successful"})).into_response())
+}
+
+/// `GET /plugins/enabled`
+pub async fn enabled_plugins() -> Response {
+    let names: Vec<&str> = PLUGINS.iter().map(|p| p.name).collect();
+    Json(json!({ "enabled_plugins": names })).into_response()
+}
+
+/// `GET /tags` and `GET /tags/{tag}`
+pub async fn tags(
+    State(st): State<Arc<AdminState>>,
+    tag: Option<Path<String>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let size = match q.get("size").map(|s| s.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=1000).contains(&n) => n,
+        Some(_) => return Err(ApiError::Invalid("size", "size must be an integer between 1 and 1000".into())),
+    };
+    let tag = tag.map(|Path(t)| t);
+    let (rows, next) = st.store.tags(tag.as_deref(), size, q.get("offset").map(String::as_str)).await?;
+    let data: Vec<Value> = rows
+        .into_iter()
+        .map(|r| json!({"entity_name": r.entity_name, "entity_id": r.entity_id, "tag": r.tag}))
+        .collect();
+    let mut body = json!({"data": data, "next": null});
+    if let Some(o) = next {
+        let base = tag.map(|t| format!("/tags/{t}")).unwrap_or_else(|| "/tags".into());
+        body["next"] = json!(format!("{base}?offset={o}"));
+        body["offset"] = json!(o);
+    }
+    Ok(Json(body).into_response())
+}
+
+/// `GET /config`: the running configuration as a declarative document.
+pub async fn get_config(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let (config, _) = st.store.export().await?;
+    let doc = declarative::export(&config);
+    let yaml = serde_yaml_ng::to_string(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Ok(Json(json!({ "config": yaml })).into_response())
+}
+
+/// `POST /config`: replace the whole configuration (only with `database = off`). A bad document
+/// is refused whole and the running configuration stays.
+pub async fn post_config(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    if !st.db_off {
+        return Err(ApiError::BadRequest(
+            "this endpoint is only available when database = off; use the entity endpoints or 'gantry config db_import'"
+                .into(),
+        ));
+    }
+    let bytes = body::read(body, st.settings.admin_body_max).await?;
+    let mt = body::media_type(&headers);
+    let doc: Value = match mt.as_str() {
+        "application/x-www-form-urlencoded" => {
+            let form = body::parse_form(&bytes)?;
+            match form.get("config") {
+                Some(Value::String(text)) => declarative::parse_text(text)?,
+                _ => return Err(ApiError::BadRequest("missing form field 'config'".into())),
+            }
+        }
+        _ => {
+            let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
+            let v = declarative::parse_text(text)?;
+            // `{"config": "<yaml or json text>"}` is accepted as well as the document itself.
+            match v.get("config") {
+                Some(Value::String(inner)) if v.as_object().is_some_and(|m| m.len() == 1) => declarative::parse_text(inner)?,
+                _ => v,
+            }
+        }
+    };
+    let config = declarative::load(&doc, LoadOptions { now: crate::now() })?;
+    let version = st.store.replace(&config).await?;
+    st.notify(version);
+    let (_, hashes) = st.config_hash().await?;
+    let counts: Map<String, Value> = ENTITIES
+        .iter()
+        .filter_map(|e| config.entities.get(e.name).map(|v| (e.name.to_string(), json!(v.len()))))
+        .collect();
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"configuration_hash": hashes.config, "config_version": version, "entities": counts})),
+    )
+        .into_response())
+}

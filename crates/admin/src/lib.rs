@@ -1,0 +1,168 @@
+//! The Admin API: Kong's endpoints and shapes, so that Kong clients work unchanged.
+//!
+//! Entity endpoints are generic over the model's schemas (`entities`); node endpoints live in
+//! `info`; every error becomes a response in one place (`error`).
+
+mod body;
+mod entities;
+mod error;
+mod info;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use gantry_conf::Settings;
+use gantry_model::hash::{hash_config, ConfigHashes};
+use gantry_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+/// Request counters for `/status`.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+}
+
+/// What every handler shares.
+pub struct AdminState {
+    pub store: Arc<Store>,
+    pub settings: Arc<Settings>,
+    /// `database = off`: entities change only through `POST /config`.
+    pub db_off: bool,
+    pub node_id: String,
+    pub hostname: String,
+    /// The latest config version written through this API; the proxy and the cluster
+    /// layer subscribe to it.
+    pub version_tx: watch::Sender<i64>,
+    pub counters: Counters,
+    hash_cache: Mutex<Option<(i64, ConfigHashes)>>,
+}
+
+impl AdminState {
+    pub fn new(store: Arc<Store>, settings: Arc<Settings>, node_id: String, hostname: String) -> AdminState {
+        let db_off = settings.database == gantry_conf::Database::Off;
+        AdminState {
+            store,
+            settings,
+            db_off,
+            node_id,
+            hostname,
+            version_tx: watch::channel(0).0,
+            counters: Counters::default(),
+            hash_cache: Mutex::new(None),
+        }
+    }
+
+    /// Announce a new config version.
+    pub fn notify(&self, version: i64) {
+        self.version_tx.send_if_modified(|v| {
+            if version > *v {
+                *v = version;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The current config's hashes, computed once per version.
+    pub async fn config_hash(&self) -> Result<(i64, ConfigHashes), ApiError> {
+        let version = self.store.version().await?;
+        if let Ok(cache) = self.hash_cache.lock() {
+            if let Some((v, h)) = cache.as_ref() {
+                if *v == version {
+                    return Ok((*v, h.clone()));
+                }
+            }
+        }
+        let (config, version) = self.store.export().await?;
+        let h = hash_config(&config);
+        if let Ok(mut cache) = self.hash_cache.lock() {
+            *cache = Some((version, h.clone()));
+        }
+        Ok((version, h))
+    }
+}
+
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Resident memory of this process, from /proc (0 where unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map(|pages| pages * 4096)
+        .unwrap_or(0)
+}
+
+async fn count_and_tag(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    st.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(
+        axum::http::header::SERVER,
+        axum::http::HeaderValue::from_static(concat!("gantry/", env!("CARGO_PKG_VERSION"))),
+    );
+    res
+}
+
+async fn not_found() -> Response {
+    ApiError::NotFound.into_response()
+}
+
+/// The Admin API's routes.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(info::root))
+        .route("/status", get(info::status))
+        .route("/config", get(info::get_config).post(info::post_config))
+        .route("/tags", get(info::tags))
+        .route("/tags/{tag}", get(info::tags))
+        .route("/schemas/plugins/validate", post(info::validate_plugin))
+        .route("/schemas/plugins/{name}", get(info::plugin_schema))
+        .route("/schemas/{entity}", get(info::entity_schema))
+        .route("/schemas/{entity}/validate", post(info::validate_entity))
+        .route("/plugins/enabled", get(info::enabled_plugins))
+        .route("/{coll}", any(entities::collection))
+        .route("/{coll}/{key}", any(entities::item))
+        .route("/{coll}/{key}/{child}", any(entities::nested))
+        .route("/{coll}/{key}/{child}/{ckey}", any(entities::nested_item))
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_and_tag))
+        .with_state(state)
+}
+
+/// Serve the Admin API on already-bound listeners until `shutdown` turns true; requests in
+/// flight finish first.
+pub async fn serve(
+    state: Arc<AdminState>,
+    listeners: Vec<TcpListener>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let app = router(state);
+    let mut tasks = Vec::new();
+    for l in listeners {
+        let app = app.clone();
+        let mut sd = shutdown.clone();
+        let stop = async move {
+            let _ = sd.wait_for(|v| *v).await;
+        };
+        tasks.push(tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop).await }));
+    }
+    for t in tasks {
+        t.await.map_err(std::io::Error::other)??;
+    }
+    Ok(())
+}

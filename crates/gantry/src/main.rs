@@ -1,0 +1,102 @@
+//! The `gantry` command.
+
+mod config_cmd;
+mod node;
+mod quickstart;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "An API gateway with a hybrid control plane / data plane, Kong compatible")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Options every node command takes.
+#[derive(clap::Args, Clone, Default)]
+pub struct NodeOpts {
+    /// A kong.conf-style configuration file.
+    #[arg(short = 'c', long = "conf")]
+    pub conf: Option<PathBuf>,
+    /// The prefix directory (database, logs, node id); overrides the `prefix` setting.
+    #[arg(short = 'p', long = "prefix")]
+    pub prefix: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a node of the configured role in the foreground.
+    Start(NodeOpts),
+    /// Bring up a local control plane with an example route and print what runs where.
+    Quickstart {
+        /// Where the quickstart keeps its files.
+        #[arg(short = 'p', long = "prefix")]
+        prefix: Option<PathBuf>,
+        /// Admin API port.
+        #[arg(long, default_value_t = 8001)]
+        admin_port: u16,
+    },
+    /// Declarative configuration files and the store.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Check that the node under the prefix runs and answers.
+    Health(NodeOpts),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Check a declarative file and list every error.
+    Parse {
+        file: PathBuf,
+        #[command(flatten)]
+        opts: NodeOpts,
+    },
+    /// Add a declarative file's entities to the store (all or nothing).
+    DbImport {
+        file: PathBuf,
+        #[command(flatten)]
+        opts: NodeOpts,
+    },
+    /// Write the store's configuration as a declarative file (stdout when no file is given).
+    DbExport {
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        opts: NodeOpts,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Start(opts) => node::start(&opts),
+        Cmd::Quickstart { prefix, admin_port } => quickstart::run(prefix, admin_port),
+        Cmd::Config { cmd } => match cmd {
+            ConfigCmd::Parse { file, opts } => config_cmd::parse(&file, &opts),
+            ConfigCmd::DbImport { file, opts } => config_cmd::db_import(&file, &opts),
+            ConfigCmd::DbExport { file, opts } => config_cmd::db_export(file.as_deref(), &opts),
+        },
+        Cmd::Health(opts) => node::health(&opts),
+        Cmd::Version => {
+            println!(
+                "gantry {} (Kong Admin API {})",
+                gantry_model::GANTRY_VERSION,
+                gantry_model::KONG_VERSION
+            );
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

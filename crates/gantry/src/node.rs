@@ -1,0 +1,201 @@
+//! Running a node: settings, logging, store, listeners, graceful shutdown.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use gantry_admin::AdminState;
+use gantry_conf::{Database, Role, Settings, Sources};
+use gantry_store::{Backend, Store};
+use tokio::net::TcpListener;
+
+use crate::NodeOpts;
+
+/// Settings from every source; warnings go to stderr.
+pub fn load_settings(opts: &NodeOpts) -> anyhow::Result<Settings> {
+    let mut overrides = Vec::new();
+    if let Some(p) = &opts.prefix {
+        overrides.push(("prefix".to_string(), p.display().to_string()));
+    }
+    let loaded = Settings::load(&Sources {
+        file: opts.conf.clone(),
+        env: std::env::vars().collect(),
+        overrides,
+    })?;
+    for w in &loaded.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(loaded.settings)
+}
+
+/// Log to stderr and to `<prefix>/logs/error.log`, at `log_level`.
+pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let level = match settings.log_level.as_str() {
+        "debug" => "debug",
+        "info" | "notice" => "info",
+        "warn" => "warn",
+        _ => "error",
+    };
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")))
+    };
+    let logs = settings.prefixed("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join("error.log"))
+        .with_context(|| format!("cannot open {}", logs.join("error.log").display()))?;
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .with_filter(filter()),
+        )
+        .try_init();
+    Ok(())
+}
+
+/// The store the settings describe.
+pub fn backend(settings: &Settings) -> Backend {
+    match settings.database {
+        Database::Sqlite => Backend::Sqlite(Some(settings.prefixed("gantry.db"))),
+        Database::Postgres => Backend::Postgres(settings.pg.clone()),
+        Database::Off => Backend::Sqlite(None),
+    }
+}
+
+/// This node's id, kept under the prefix so that it survives restarts.
+pub fn node_id(prefix: &Path) -> anyhow::Result<String> {
+    let path = prefix.join("node_id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if let Ok(id) = uuid::Uuid::parse_str(s.trim()) {
+            return Ok(id.to_string());
+        }
+    }
+    let id = uuid::Uuid::new_v4().to_string();
+    let tmp = prefix.join("node_id.tmp");
+    std::fs::write(&tmp, &id).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(id)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// A multi-threaded runtime of `worker_threads` threads.
+pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers, run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down gracefully"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down gracefully"),
+    }
+}
+
+/// `gantry start`
+pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
+    let settings = load_settings(opts)?;
+    std::fs::create_dir_all(&settings.prefix)
+        .with_context(|| format!("cannot create prefix {}", settings.prefix.display()))?;
+    init_logging(&settings)?;
+    let rt = runtime(settings.worker_threads)?;
+    rt.block_on(run(settings, shutdown_signal()))
+}
+
+/// Run a node until `shutdown` resolves.
+pub async fn run<F>(settings: Settings, shutdown: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if settings.role == Role::DataPlane {
+        bail!("role = data_plane is not available in this build yet: it comes with hybrid mode");
+    }
+    let node_id = node_id(&settings.prefix)?;
+    let store = Arc::new(Store::open(&backend(&settings)).await?);
+    if settings.database == Database::Off {
+        if let Some(file) = &settings.declarative_config {
+            let config = crate::config_cmd::load_file(file)
+                .with_context(|| format!("declarative_config {}", file.display()))?;
+            store.replace(&config).await?;
+            tracing::info!(file = %file.display(), entities = config.len(), "loaded declarative configuration");
+        }
+    }
+    let settings = Arc::new(settings);
+    let state = Arc::new(AdminState::new(store.clone(), settings.clone(), node_id.clone(), hostname()));
+    state.notify(store.version().await?);
+    let mut listeners = Vec::new();
+    for l in &settings.admin_listen {
+        if l.ssl {
+            bail!("admin_listen '{}': TLS on the Admin API is not available yet; put it behind a TLS proxy or use a plain listener on loopback", l.addr);
+        }
+        let tcp = TcpListener::bind(&l.addr)
+            .await
+            .with_context(|| format!("cannot listen on admin_listen {}", l.addr))?;
+        let addr = tcp.local_addr()?;
+        tracing::info!("admin API listening on http://{addr}");
+        eprintln!("gantry: admin API listening on http://{addr}");
+        listeners.push(tcp);
+    }
+    let pid_dir = settings.prefixed("pids");
+    std::fs::create_dir_all(&pid_dir)?;
+    let pid_file = pid_dir.join("gantry.pid");
+    std::fs::write(&pid_file, std::process::id().to_string())?;
+    tracing::info!(
+        role = ?settings.role,
+        database = ?settings.database,
+        node_id = %node_id,
+        version = gantry_model::GANTRY_VERSION,
+        "gantry started"
+    );
+    // One signal, shared by every server.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    gantry_admin::serve(state, listeners, rx).await?;
+    store.close().await;
+    let _ = std::fs::remove_file(&pid_file);
+    tracing::info!("gantry stopped");
+    Ok(())
+}
+
+/// `gantry health`: the node under the prefix runs and its Admin API answers.
+pub fn health(opts: &NodeOpts) -> anyhow::Result<()> {
+    let settings = load_settings(opts)?;
+    let pid_file = settings.prefixed("pids/gantry.pid");
+    let pid = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("gantry is not running under {} (no {})", settings.prefix.display(), pid_file.display()))?;
+    let pid = pid.trim();
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        bail!("gantry is not running: pid {pid} from {} is gone", pid_file.display());
+    }
+    println!("gantry is healthy at {} (pid {pid})", settings.prefix.display());
+    Ok(())
+}
