@@ -171,6 +171,12 @@ async fn write_one(
         }
         Write::Upsert { key } => {
             let mut d = input;
+            // `PUT /services/my-name` names the entity, whether it exists or not.
+            if !is_uuid(&key) {
+                if let Some(k) = schema.endpoint_key {
+                    d.entry(k).or_insert_with(|| json!(key));
+                }
+            }
             match &existing {
                 Some(e) => {
                     if let Some(id) = d.get("id").and_then(Value::as_str) {
@@ -186,13 +192,10 @@ async fn write_one(
                     d.remove("created_at");
                 }
                 None => {
-                    if let Some(k) = schema.endpoint_key {
-                        d.insert(k.into(), json!(key));
-                    }
                     d.remove("created_at");
                 }
             }
-            d.insert("updated_at".into(), json!(now));
+            stamp(schema, &mut d, now);
             d
         }
         Write::Patch(mut base) => {
@@ -203,7 +206,7 @@ async fn write_one(
             }
             input.remove("created_at");
             merge_patch(&schema.fields, &mut base, input);
-            base.insert("updated_at".into(), json!(now));
+            stamp(schema, &mut base, now);
             base
         }
     };
@@ -212,6 +215,13 @@ async fn write_one(
     let version = st.store.write(vec![op]).await?;
     st.notify(version);
     Ok(doc)
+}
+
+/// Set `updated_at` on entities that have one.
+fn stamp(schema: &EntitySchema, d: &mut Doc, now: i64) {
+    if schema.field("updated_at").is_some() {
+        d.insert("updated_at".into(), json!(now));
+    }
 }
 
 fn id_changed() -> ApiError {
