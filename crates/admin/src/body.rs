@@ -72,9 +72,9 @@ pub fn parse_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
                 path.push(if idx.is_empty() {
                     Seg::Push
                 } else {
-                    let n: usize = idx
-                        .parse()
-                        .map_err(|_| ApiError::BadRequest(format!("invalid array index in form key '{k}'")))?;
+                    let n: usize = idx.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("invalid array index in form key '{k}'"))
+                    })?;
                     Seg::Index(n)
                 });
             }
@@ -93,7 +93,9 @@ enum Seg {
 }
 
 fn insert(map: &mut Map<String, Value>, path: &[Seg], v: Value) -> Result<(), ()> {
-    let Some(Seg::Key(k)) = path.first() else { return Err(()) };
+    let Some(Seg::Key(k)) = path.first() else {
+        return Err(());
+    };
     let rest = &path[1..];
     match rest.first() {
         None => {
@@ -112,7 +114,9 @@ fn insert(map: &mut Map<String, Value>, path: &[Seg], v: Value) -> Result<(), ()
             Ok(())
         }
         Some(Seg::Key(_)) => {
-            let e = map.entry(k.clone()).or_insert_with(|| Value::Object(Map::new()));
+            let e = map
+                .entry(k.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
             match e {
                 Value::Object(m) => insert(m, rest, v),
                 _ => Err(()),

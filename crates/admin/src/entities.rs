@@ -31,12 +31,19 @@ fn collection_schema(path: &str) -> Result<&'static EntitySchema, ApiError> {
 }
 
 /// The child schema mounted under a parent at `child_path`, with the field that points up.
-fn nested_schema(parent: &EntitySchema, child_path: &str) -> Option<(&'static EntitySchema, &'static str)> {
+fn nested_schema(
+    parent: &EntitySchema,
+    child_path: &str,
+) -> Option<(&'static EntitySchema, &'static str)> {
     ENTITIES.iter().find_map(|e| {
         e.nested
             .iter()
             .any(|(p, c)| *p == parent.name && *c == child_path)
-            .then(|| e.foreign_fields().find(|(_, t, _)| *t == parent.name).map(|(f, _, _)| (e, f)))
+            .then(|| {
+                e.foreign_fields()
+                    .find(|(_, t, _)| *t == parent.name)
+                    .map(|(f, _, _)| (e, f))
+            })
             .flatten()
     })
 }
@@ -56,15 +63,25 @@ async fn resolve(
     if found.is_none() {
         found = match (schema.name, parent, schema.endpoint_key) {
             ("targets", Some((_, up)), _) => {
-                let t = if key.contains(':') { key.to_string() } else { format!("{key}:8000") };
-                st.store.find_by_key(schema.name, "cache_key", &format!("{up}:{t}")).await?
+                let t = if key.contains(':') {
+                    key.to_string()
+                } else {
+                    format!("{key}:8000")
+                };
+                st.store
+                    .find_by_key(schema.name, "cache_key", &format!("{up}:{t}"))
+                    .await?
             }
             (_, _, Some(k)) => st.store.find_by_key(schema.name, k, key).await?,
             _ => None,
         };
     }
     if let (Some(d), Some((field, pid))) = (&found, parent) {
-        if d.get(field).and_then(|r| r.get("id")).and_then(Value::as_str) != Some(pid) {
+        if d.get(field)
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str)
+            != Some(pid)
+        {
             return Ok(None);
         }
     }
@@ -72,7 +89,11 @@ async fn resolve(
 }
 
 /// Turn foreign references given by name (`"service": "my-svc"`, `{"name": "my-svc"}`) into ids.
-async fn resolve_foreign_inputs(st: &AdminState, schema: &EntitySchema, input: &mut Doc) -> Result<(), ApiError> {
+async fn resolve_foreign_inputs(
+    st: &AdminState,
+    schema: &EntitySchema,
+    input: &mut Doc,
+) -> Result<(), ApiError> {
     for (field, target, _) in schema.foreign_fields() {
         let Some(v) = input.get(field) else { continue };
         let key = match v {
@@ -83,7 +104,9 @@ async fn resolve_foreign_inputs(st: &AdminState, schema: &EntitySchema, input: &
             },
             _ => continue,
         };
-        let Some(tschema) = entity(target) else { continue };
+        let Some(tschema) = entity(target) else {
+            continue;
+        };
         match resolve(st, tschema, &key, None).await? {
             Some(d) => {
                 input.insert(field.to_string(), json!({ "id": d["id"] }));
@@ -111,7 +134,9 @@ fn coerce_form(schema: &EntitySchema, input: &mut Doc, existing: Option<&Doc>) {
             .map(str::to_string)
     };
     let fields = match schema.name {
-        "plugins" => kind("name").and_then(|n| gantry_model::plugins::plugin(&n)).map(|p| p.config.clone()),
+        "plugins" => kind("name")
+            .and_then(|n| gantry_model::plugins::plugin(&n))
+            .map(|p| p.config.clone()),
         "partials" => kind("type").and_then(|t| gantry_model::plugins::partial_config(&t)),
         _ => None,
     };
@@ -127,7 +152,11 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn read_input(st: &AdminState, headers: &HeaderMap, body: Body) -> Result<(Doc, Origin), ApiError> {
+async fn read_input(
+    st: &AdminState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Doc, Origin), ApiError> {
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     body::decode(headers, &bytes)
 }
@@ -135,7 +164,9 @@ async fn read_input(st: &AdminState, headers: &HeaderMap, body: Body) -> Result<
 enum Write {
     Create,
     /// PUT: create or replace; `key` is the id or endpoint key from the path.
-    Upsert { key: String },
+    Upsert {
+        key: String,
+    },
     /// PATCH an existing entity.
     Patch(Doc),
 }
@@ -161,7 +192,11 @@ async fn write_one(
     }
     resolve_foreign_inputs(st, schema, &mut input).await?;
     let now = now();
-    let secrets = if input.contains_key("password") { Secrets::Clear } else { Secrets::MaybeHashed };
+    let secrets = if input.contains_key("password") {
+        Secrets::Clear
+    } else {
+        Secrets::MaybeHashed
+    };
     let create = matches!(how, Write::Create);
     let doc = match how {
         Write::Create => {
@@ -185,7 +220,10 @@ async fn write_one(
                         }
                     }
                     d.insert("id".into(), e["id"].clone());
-                    d.insert("created_at".into(), e.get("created_at").cloned().unwrap_or(Value::Null));
+                    d.insert(
+                        "created_at".into(),
+                        e.get("created_at").cloned().unwrap_or(Value::Null),
+                    );
                 }
                 None if is_uuid(&key) => {
                     d.insert("id".into(), json!(key));
@@ -211,7 +249,11 @@ async fn write_one(
         }
     };
     let doc = prepare(schema, doc, secrets, now).map_err(ApiError::Schema)?;
-    let op = if create { Op::Insert(schema, doc.clone()) } else { Op::Upsert(schema, doc.clone()) };
+    let op = if create {
+        Op::Insert(schema, doc.clone())
+    } else {
+        Op::Upsert(schema, doc.clone())
+    };
     let version = st.store.write(vec![op]).await?;
     st.notify(version);
     Ok(doc)
@@ -248,7 +290,12 @@ async fn list(
         None => 100,
         Some(s) => match s.parse::<usize>() {
             Ok(n) if (1..=1000).contains(&n) => n,
-            _ => return Err(ApiError::Invalid("size", format!("size must be an integer between 1 and 1000 (got '{s}')"))),
+            _ => {
+                return Err(ApiError::Invalid(
+                    "size",
+                    format!("size must be an integer between 1 and 1000 (got '{s}')"),
+                ))
+            }
         },
     };
     let tags = q
@@ -263,9 +310,9 @@ async fn list(
             let data: Vec<Value> = found
                 .into_iter()
                 .filter(|d| {
-                    reference
-                        .as_ref()
-                        .is_none_or(|(f, id)| d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id))
+                    reference.as_ref().is_none_or(|(f, id)| {
+                        d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id)
+                    })
                 })
                 .map(Value::Object)
                 .collect();
@@ -291,7 +338,10 @@ async fn list(
             next.push_str(&format!("&size={size}"));
         }
         if let Some(t) = q.get("tags") {
-            next.push_str(&format!("&tags={}", form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()));
+            next.push_str(&format!(
+                "&tags={}",
+                form_urlencoded::byte_serialize(t.as_bytes()).collect::<String>()
+            ));
         }
         body["next"] = json!(next);
         body["offset"] = json!(o);
@@ -341,21 +391,40 @@ async fn one(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let existing = resolve(st, schema, key, parent.as_ref().map(|(f, id)| (*f, id.as_str()))).await?;
+    let existing = resolve(
+        st,
+        schema,
+        key,
+        parent.as_ref().map(|(f, id)| (*f, id.as_str())),
+    )
+    .await?;
     match method {
         Method::GET | Method::HEAD => match existing {
             Some(d) => Ok(Json(Value::Object(d)).into_response()),
             None => Err(ApiError::NotFound),
         },
         Method::PATCH => {
-            let Some(base) = existing.clone() else { return Err(ApiError::NotFound) };
+            let Some(base) = existing.clone() else {
+                return Err(ApiError::NotFound);
+            };
             let (input, origin) = read_input(st, &headers, body).await?;
-            let d = write_one(st, schema, input, origin, Write::Patch(base), parent, existing).await?;
+            let d = write_one(
+                st,
+                schema,
+                input,
+                origin,
+                Write::Patch(base),
+                parent,
+                existing,
+            )
+            .await?;
             Ok(Json(Value::Object(d)).into_response())
         }
         Method::PUT => {
             let (input, origin) = read_input(st, &headers, body).await?;
-            let how = Write::Upsert { key: key.to_string() };
+            let how = Write::Upsert {
+                key: key.to_string(),
+            };
             let d = write_one(st, schema, input, origin, how, parent, existing).await?;
             Ok(Json(Value::Object(d)).into_response())
         }
@@ -384,7 +453,9 @@ pub async fn nested(
     body: Body,
 ) -> Result<Response, ApiError> {
     let pschema = collection_schema(&pcoll)?;
-    let parent = resolve(&st, pschema, &pkey, None).await?.ok_or(ApiError::NotFound)?;
+    let parent = resolve(&st, pschema, &pkey, None)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let pid = parent["id"].as_str().unwrap_or_default().to_string();
     if let Some((schema, field)) = nested_schema(pschema, &child) {
         return match method {
@@ -394,7 +465,16 @@ pub async fn nested(
             }
             Method::POST => {
                 let (input, origin) = read_input(&st, &headers, body).await?;
-                let d = write_one(&st, schema, input, origin, Write::Create, Some((field, pid)), None).await?;
+                let d = write_one(
+                    &st,
+                    schema,
+                    input,
+                    origin,
+                    Write::Create,
+                    Some((field, pid)),
+                    None,
+                )
+                .await?;
                 Ok((StatusCode::CREATED, Json(Value::Object(d))).into_response())
             }
             _ => Err(ApiError::MethodNotAllowed),
@@ -405,12 +485,17 @@ pub async fn nested(
         if method != Method::GET && method != Method::HEAD {
             return Err(ApiError::MethodNotAllowed);
         }
-        let id = parent.get(field).and_then(|r| r.get("id")).and_then(Value::as_str);
+        let id = parent
+            .get(field)
+            .and_then(|r| r.get("id"))
+            .and_then(Value::as_str);
         let found = match id {
             Some(id) => st.store.get(target, id).await?,
             None => None,
         };
-        return found.map(|d| Json(Value::Object(d)).into_response()).ok_or(ApiError::NotFound);
+        return found
+            .map(|d| Json(Value::Object(d)).into_response())
+            .ok_or(ApiError::NotFound);
     }
     Err(ApiError::NotFound)
 }
@@ -425,13 +510,28 @@ pub async fn nested_item(
 ) -> Result<Response, ApiError> {
     let pschema = collection_schema(&pcoll)?;
     let (schema, field) = nested_schema(pschema, &child).ok_or(ApiError::NotFound)?;
-    let parent = resolve(&st, pschema, &pkey, None).await?.ok_or(ApiError::NotFound)?;
+    let parent = resolve(&st, pschema, &pkey, None)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let pid = parent["id"].as_str().unwrap_or_default().to_string();
-    one(&st, schema, &ckey, Some((field, pid)), method, headers, body).await
+    one(
+        &st,
+        schema,
+        &ckey,
+        Some((field, pid)),
+        method,
+        headers,
+        body,
+    )
+    .await
 }
 
 /// Validate a body against an entity schema without storing it.
-pub fn validate_only(schema: &EntitySchema, mut input: Doc, origin: Origin) -> Result<Doc, ApiError> {
+pub fn validate_only(
+    schema: &EntitySchema,
+    mut input: Doc,
+    origin: Origin,
+) -> Result<Doc, ApiError> {
     if origin == Origin::Form {
         coerce_form(schema, &mut input, None);
     }

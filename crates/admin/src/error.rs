@@ -41,7 +41,11 @@ const INVALID_SIZE: u32 = 9;
 const DECLARATIVE_CONFIG: u32 = 14;
 
 fn kong(status: StatusCode, code: u32, name: &str, fields: Value, message: String) -> Response {
-    (status, axum::Json(json!({"code": code, "name": name, "fields": fields, "message": message}))).into_response()
+    (
+        status,
+        axum::Json(json!({"code": code, "name": name, "fields": fields, "message": message})),
+    )
+        .into_response()
 }
 
 fn message(status: StatusCode, m: impl Into<String>) -> Response {
@@ -127,7 +131,10 @@ fn store_error(e: StoreError) -> Response {
         StoreError::Declarative(d) => ApiError::Declarative(d).into_response(),
         other => {
             tracing::error!(error = %other, "admin API request failed");
-            message(StatusCode::INTERNAL_SERVER_ERROR, "An unexpected error occurred")
+            message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "An unexpected error occurred",
+            )
         }
     }
 }

@@ -22,13 +22,22 @@ use crate::AdminState;
 pub async fn root(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let available: Map<String, Value> = PLUGINS
         .iter()
-        .map(|p| (p.name.to_string(), json!({"version": p.version, "priority": p.priority})))
+        .map(|p| {
+            (
+                p.name.to_string(),
+                json!({"version": p.version, "priority": p.priority}),
+            )
+        })
         .collect();
     let (config, _) = st.store.export().await?;
     let enabled: BTreeSet<String> = config
         .entities
         .get("plugins")
-        .map(|ps| ps.iter().filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     Ok(Json(json!({
         "version": gantry_model::KONG_VERSION,
@@ -50,7 +59,11 @@ pub async fn root(State(st): State<Arc<AdminState>>) -> Result<Response, ApiErro
 /// `GET /status`
 pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let reachable = st.store.version().await.is_ok();
-    let hash = if reachable { Some(st.config_hash().await?) } else { None };
+    let hash = if reachable {
+        Some(st.config_hash().await?)
+    } else {
+        None
+    };
     let c = &st.counters;
     let body = json!({
         "database": { "reachable": reachable },
@@ -62,13 +75,18 @@ pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiEr
         },
         "memory": { "rss_bytes": crate::rss_bytes() },
     });
-    let code = if reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if reachable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     Ok((code, Json(body)).into_response())
 }
 
 /// `GET /schemas/{entity}`
 pub async fn entity_schema(Path(name): Path<String>) -> Result<Response, ApiError> {
-    let schema = entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+    let schema =
+        entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
     Ok(Json(schema.describe()).into_response())
 }
 
@@ -79,7 +97,8 @@ pub async fn validate_entity(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let schema = entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+    let schema =
+        entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     let (input, origin) = body::decode(&headers, &bytes)?;
     validate_only(schema, input, origin)?;
@@ -88,12 +107,17 @@ pub async fn validate_entity(
 
 /// `GET /schemas/plugins/{name}`
 pub async fn plugin_schema(Path(name): Path<String>) -> Result<Response, ApiError> {
-    let p = plugin(&name).ok_or_else(|| ApiError::BadRequest(format!("No plugin named '{name}'")))?;
+    let p =
+        plugin(&name).ok_or_else(|| ApiError::BadRequest(format!("No plugin named '{name}'")))?;
     Ok(Json(p.describe()).into_response())
 }
 
 /// `POST /schemas/plugins/validate`
-pub async fn validate_plugin(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn validate_plugin(
+    State(st): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let schema = entity("plugins").ok_or(ApiError::NotFound)?;
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     let (input, origin) = body::decode(&headers, &bytes)?;
@@ -116,17 +140,27 @@ pub async fn tags(
     let size = match q.get("size").map(|s| s.parse::<usize>()) {
         None => 100,
         Some(Ok(n)) if (1..=1000).contains(&n) => n,
-        Some(_) => return Err(ApiError::Invalid("size", "size must be an integer between 1 and 1000".into())),
+        Some(_) => {
+            return Err(ApiError::Invalid(
+                "size",
+                "size must be an integer between 1 and 1000".into(),
+            ))
+        }
     };
     let tag = tag.map(|Path(t)| t);
-    let (rows, next) = st.store.tags(tag.as_deref(), size, q.get("offset").map(String::as_str)).await?;
+    let (rows, next) = st
+        .store
+        .tags(tag.as_deref(), size, q.get("offset").map(String::as_str))
+        .await?;
     let data: Vec<Value> = rows
         .into_iter()
         .map(|r| json!({"entity_name": r.entity_name, "entity_id": r.entity_id, "tag": r.tag}))
         .collect();
     let mut body = json!({"data": data, "next": null});
     if let Some(o) = next {
-        let base = tag.map(|t| format!("/tags/{t}")).unwrap_or_else(|| "/tags".into());
+        let base = tag
+            .map(|t| format!("/tags/{t}"))
+            .unwrap_or_else(|| "/tags".into());
         body["next"] = json!(format!("{base}?offset={o}"));
         body["offset"] = json!(o);
     }
@@ -143,7 +177,11 @@ pub async fn get_config(State(st): State<Arc<AdminState>>) -> Result<Response, A
 
 /// `POST /config`: replace the whole configuration (only with `database = off`). A bad document
 /// is refused whole and the running configuration stays.
-pub async fn post_config(State(st): State<Arc<AdminState>>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+pub async fn post_config(
+    State(st): State<Arc<AdminState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     if !st.db_off {
         return Err(ApiError::BadRequest(
             "this endpoint is only available when database = off; use the entity endpoints or 'gantry config db_import'"
@@ -161,11 +199,14 @@ pub async fn post_config(State(st): State<Arc<AdminState>>, headers: HeaderMap, 
             }
         }
         _ => {
-            let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| ApiError::BadRequest("body is not UTF-8".into()))?;
             let v = declarative::parse_text(text)?;
             // `{"config": "<yaml or json text>"}` is accepted as well as the document itself.
             match v.get("config") {
-                Some(Value::String(inner)) if v.as_object().is_some_and(|m| m.len() == 1) => declarative::parse_text(inner)?,
+                Some(Value::String(inner)) if v.as_object().is_some_and(|m| m.len() == 1) => {
+                    declarative::parse_text(inner)?
+                }
                 _ => v,
             }
         }
@@ -176,7 +217,12 @@ pub async fn post_config(State(st): State<Arc<AdminState>>, headers: HeaderMap, 
     let (_, hashes) = st.config_hash().await?;
     let counts: Map<String, Value> = ENTITIES
         .iter()
-        .filter_map(|e| config.entities.get(e.name).map(|v| (e.name.to_string(), json!(v.len()))))
+        .filter_map(|e| {
+            config
+                .entities
+                .get(e.name)
+                .map(|v| (e.name.to_string(), json!(v.len())))
+        })
         .collect();
     Ok((
         StatusCode::CREATED,

@@ -46,7 +46,12 @@ pub struct AdminState {
 }
 
 impl AdminState {
-    pub fn new(store: Arc<Store>, settings: Arc<Settings>, node_id: String, hostname: String) -> AdminState {
+    pub fn new(
+        store: Arc<Store>,
+        settings: Arc<Settings>,
+        node_id: String,
+        hostname: String,
+    ) -> AdminState {
         let db_off = settings.database == gantry_conf::Database::Off;
         AdminState {
             store,
@@ -102,7 +107,11 @@ pub(crate) fn now() -> i64 {
 pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map(|pages| pages * 4096)
         .unwrap_or(0)
 }
@@ -140,7 +149,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/{coll}/{key}/{child}/{ckey}", any(entities::nested_item))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count_and_tag))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_and_tag,
+        ))
         .with_state(state)
 }
 
@@ -159,7 +171,9 @@ pub async fn serve(
         let stop = async move {
             let _ = sd.wait_for(|v| *v).await;
         };
-        tasks.push(tokio::spawn(async move { axum::serve(l, app).with_graceful_shutdown(stop).await }));
+        tasks.push(tokio::spawn(async move {
+            axum::serve(l, app).with_graceful_shutdown(stop).await
+        }));
     }
     for t in tasks {
         t.await.map_err(std::io::Error::other)??;

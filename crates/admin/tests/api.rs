@@ -16,16 +16,42 @@ struct Case {
 
 async fn cases(api: &Api) -> Vec<Case> {
     let (cert, key, ca) = certs();
-    let svc = api.ok("POST", "/services", Some(json!({"name": "parent-svc", "host": "p.example"}))).await;
-    let consumer = api.ok("POST", "/consumers", Some(json!({"username": "parent-consumer"}))).await;
-    let up = api.ok("POST", "/upstreams", Some(json!({"name": "parent-up"}))).await;
-    let c = api.ok("POST", "/certificates", Some(json!({"cert": cert, "key": key}))).await;
+    let svc = api
+        .ok(
+            "POST",
+            "/services",
+            Some(json!({"name": "parent-svc", "host": "p.example"})),
+        )
+        .await;
+    let consumer = api
+        .ok(
+            "POST",
+            "/consumers",
+            Some(json!({"username": "parent-consumer"})),
+        )
+        .await;
+    let up = api
+        .ok("POST", "/upstreams", Some(json!({"name": "parent-up"})))
+        .await;
+    let c = api
+        .ok(
+            "POST",
+            "/certificates",
+            Some(json!({"cert": cert, "key": key})),
+        )
+        .await;
     let cid = consumer["id"].as_str().unwrap().to_string();
     vec![
         Case {
             path: "/services".into(),
             body: json!({"name": "svc1", "url": "https://api.example:8443/v1"}),
-            defaults: vec![("retries", json!(5)), ("connect_timeout", json!(60000)), ("protocol", json!("https")), ("port", json!(8443)), ("enabled", json!(true))],
+            defaults: vec![
+                ("retries", json!(5)),
+                ("connect_timeout", json!(60000)),
+                ("protocol", json!("https")),
+                ("port", json!(8443)),
+                ("enabled", json!(true)),
+            ],
             patch: ("retries", json!(3)),
         },
         Case {
@@ -44,7 +70,11 @@ async fn cases(api: &Api) -> Vec<Case> {
         Case {
             path: "/upstreams".into(),
             body: json!({"name": "up1.internal"}),
-            defaults: vec![("algorithm", json!("round-robin")), ("slots", json!(10000)), ("hash_on", json!("none"))],
+            defaults: vec![
+                ("algorithm", json!("round-robin")),
+                ("slots", json!(10000)),
+                ("hash_on", json!("none")),
+            ],
             patch: ("algorithm", json!("least-connections")),
         },
         Case {
@@ -62,7 +92,10 @@ async fn cases(api: &Api) -> Vec<Case> {
         Case {
             path: "/plugins".into(),
             body: json!({"name": "rate-limiting", "config": {"minute": 10}}),
-            defaults: vec![("enabled", json!(true)), ("protocols", json!(["grpc", "grpcs", "http", "https"]))],
+            defaults: vec![
+                ("enabled", json!(true)),
+                ("protocols", json!(["grpc", "grpcs", "http", "https"])),
+            ],
             patch: ("enabled", json!(false)),
         },
         Case {
@@ -139,15 +172,29 @@ async fn every_entity_crud_defaults_pagination_tags() {
                         continue;
                     }
                     if let Some(Value::String(s)) = obj.get(k).cloned() {
-                        let v = if k == "target" { format!("10.1.1.{}", i + 1) } else { format!("{s}{i}") };
-                        let v = if k == "name" && case.path.ends_with("/snis") { format!("h{i}.{s}") } else { v };
+                        let v = if k == "target" {
+                            format!("10.1.1.{}", i + 1)
+                        } else {
+                            format!("{s}{i}")
+                        };
+                        let v = if k == "name" && case.path.ends_with("/snis") {
+                            format!("h{i}.{s}")
+                        } else {
+                            v
+                        };
                         obj.insert(k.into(), json!(v));
                     }
                 }
                 if case.path == "/plugins" {
                     // One plugin per scope: the second and third go on their own services.
                     if i > 0 {
-                        let s = api.ok("POST", "/services", Some(json!({"name": format!("plug-svc{i}"), "host": "x.example"}))).await;
+                        let s = api
+                            .ok(
+                                "POST",
+                                "/services",
+                                Some(json!({"name": format!("plug-svc{i}"), "host": "x.example"})),
+                            )
+                            .await;
                         obj.insert("service".into(), json!({"id": s["id"]}));
                     }
                 }
@@ -168,7 +215,10 @@ async fn every_entity_crud_defaults_pagination_tags() {
                         assert_eq!(&d[*k], v, "{ctx}: default {k}");
                     }
                 }
-                assert!(d["id"].is_string() && d["created_at"].is_i64(), "{ctx}: {d}");
+                assert!(
+                    d["id"].is_string() && d["created_at"].is_i64(),
+                    "{ctx}: {d}"
+                );
                 created.push(d);
             }
             let first = &created[0];
@@ -177,20 +227,47 @@ async fn every_entity_crud_defaults_pagination_tags() {
             assert_eq!(api.ok("GET", &item, None).await["id"], first["id"], "{ctx}");
             // Secrets never come back in clear.
             if case.path.ends_with("/basic-auth") {
-                assert!(first["password"].as_str().unwrap().starts_with("$sha256$"), "{ctx}");
+                assert!(
+                    first["password"].as_str().unwrap().starts_with("$sha256$"),
+                    "{ctx}"
+                );
             }
             // Tags: AND and OR.
-            let tagged = api.ok("GET", &format!("{}?tags=t-all,t1", case.path), None).await;
-            assert_eq!(tagged["data"].as_array().unwrap().len(), 1, "{ctx}: {tagged}");
-            let either = api.ok("GET", &format!("{}?tags=t0/t2", case.path), None).await;
-            assert_eq!(either["data"].as_array().unwrap().len(), 2, "{ctx}: {either}");
+            let tagged = api
+                .ok("GET", &format!("{}?tags=t-all,t1", case.path), None)
+                .await;
+            assert_eq!(
+                tagged["data"].as_array().unwrap().len(),
+                1,
+                "{ctx}: {tagged}"
+            );
+            let either = api
+                .ok("GET", &format!("{}?tags=t0/t2", case.path), None)
+                .await;
+            assert_eq!(
+                either["data"].as_array().unwrap().len(),
+                2,
+                "{ctx}: {either}"
+            );
             // Pagination: size 2 then the rest, following `offset`.
             let page1 = api.ok("GET", &format!("{}?size=2", case.path), None).await;
             assert_eq!(page1["data"].as_array().unwrap().len(), 2, "{ctx}: {page1}");
             let offset = page1["offset"].as_str().expect("offset");
             assert!(page1["next"].as_str().unwrap().contains(offset), "{ctx}");
-            let page2 = api.ok("GET", &format!("{}?size=2&offset={offset}", case.path), None).await;
-            let mut ids: Vec<Value> = page1["data"].as_array().unwrap().iter().chain(page2["data"].as_array().unwrap()).map(|d| d["id"].clone()).collect();
+            let page2 = api
+                .ok(
+                    "GET",
+                    &format!("{}?size=2&offset={offset}", case.path),
+                    None,
+                )
+                .await;
+            let mut ids: Vec<Value> = page1["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .chain(page2["data"].as_array().unwrap())
+                .map(|d| d["id"].clone())
+                .collect();
             ids.sort_by_key(|v| v.to_string());
             ids.dedup();
             // Collections under a parent hold the three; top-level ones may hold set-up entities too.
@@ -216,33 +293,93 @@ async fn every_entity_crud_defaults_pagination_tags() {
 async fn put_upserts_by_id_or_name_and_names_resolve() {
     for t in all_stores().await {
         let api = start(t, &[]).await;
-        let s = api.ok("PUT", "/services/by-name", Some(json!({"host": "a.example"}))).await;
+        let s = api
+            .ok(
+                "PUT",
+                "/services/by-name",
+                Some(json!({"host": "a.example"})),
+            )
+            .await;
         assert_eq!(s["name"], "by-name");
-        let s2 = api.ok("PUT", "/services/by-name", Some(json!({"host": "b.example"}))).await;
+        let s2 = api
+            .ok(
+                "PUT",
+                "/services/by-name",
+                Some(json!({"host": "b.example"})),
+            )
+            .await;
         assert_eq!(s2["id"], s["id"]);
         assert_eq!(s2["host"], "b.example");
         assert_eq!(s2["name"], "by-name");
         assert_eq!(s2["created_at"], s["created_at"]);
         let id = "3c1f2f9e-2d7a-4f43-9d6e-0f6a1f0b7c55";
-        let s3 = api.ok("PUT", &format!("/services/{id}"), Some(json!({"name": "by-id", "host": "c.example"}))).await;
+        let s3 = api
+            .ok(
+                "PUT",
+                &format!("/services/{id}"),
+                Some(json!({"name": "by-id", "host": "c.example"})),
+            )
+            .await;
         assert_eq!(s3["id"], id);
         // Routes refer to services by name, nested or in the body.
-        let r = api.ok("POST", "/routes", Some(json!({"paths": ["/x"], "service": {"name": "by-name"}}))).await;
+        let r = api
+            .ok(
+                "POST",
+                "/routes",
+                Some(json!({"paths": ["/x"], "service": {"name": "by-name"}})),
+            )
+            .await;
         assert_eq!(r["service"]["id"], s["id"]);
-        let r = api.ok("POST", "/services/by-id/routes", Some(json!({"hosts": ["h.example"]}))).await;
+        let r = api
+            .ok(
+                "POST",
+                "/services/by-id/routes",
+                Some(json!({"hosts": ["h.example"]})),
+            )
+            .await;
         assert_eq!(r["service"]["id"], id);
-        let svc = api.ok("GET", &format!("/routes/{}/service", r["id"].as_str().unwrap()), None).await;
+        let svc = api
+            .ok(
+                "GET",
+                &format!("/routes/{}/service", r["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
         assert_eq!(svc["id"], id);
         // A nested item that belongs to another parent is not found there.
-        let (st, _) = api.req("GET", &format!("/services/by-name/routes/{}", r["id"].as_str().unwrap()), None).await;
+        let (st, _) = api
+            .req(
+                "GET",
+                &format!("/services/by-name/routes/{}", r["id"].as_str().unwrap()),
+                None,
+            )
+            .await;
         assert_eq!(st, 404);
         // Targets by their address under their upstream.
-        api.ok("POST", "/upstreams", Some(json!({"name": "u1"}))).await;
-        api.ok("POST", "/upstreams/u1/targets", Some(json!({"target": "10.0.0.9:81"}))).await;
-        assert_eq!(api.ok("GET", "/upstreams/u1/targets/10.0.0.9:81", None).await["weight"], 100);
+        api.ok("POST", "/upstreams", Some(json!({"name": "u1"})))
+            .await;
+        api.ok(
+            "POST",
+            "/upstreams/u1/targets",
+            Some(json!({"target": "10.0.0.9:81"})),
+        )
+        .await;
+        assert_eq!(
+            api.ok("GET", "/upstreams/u1/targets/10.0.0.9:81", None)
+                .await["weight"],
+            100
+        );
         // Consumers by username, and filtered by custom_id.
-        api.ok("POST", "/consumers", Some(json!({"username": "bob", "custom_id": "c-9"}))).await;
-        assert_eq!(api.ok("GET", "/consumers/bob", None).await["custom_id"], "c-9");
+        api.ok(
+            "POST",
+            "/consumers",
+            Some(json!({"username": "bob", "custom_id": "c-9"})),
+        )
+        .await;
+        assert_eq!(
+            api.ok("GET", "/consumers/bob", None).await["custom_id"],
+            "c-9"
+        );
         let f = api.ok("GET", "/consumers?custom_id=c-9", None).await;
         assert_eq!(f["data"][0]["username"], "bob");
     }
@@ -257,34 +394,94 @@ async fn count(api: &Api) -> i64 {
 async fn bad_input_is_refused_whole_with_the_fields_named() {
     for t in all_stores().await {
         let api = start(t, &[("nginx_admin_client_max_body_size", "2k")]).await;
-        api.ok("POST", "/services", Some(json!({"name": "taken", "host": "a.example"}))).await;
+        api.ok(
+            "POST",
+            "/services",
+            Some(json!({"name": "taken", "host": "a.example"})),
+        )
+        .await;
         let v0 = api.version().await;
         let n0 = count(&api).await;
         // Malformed JSON.
-        let (s, b) = api.raw("POST", "/services", "application/json", b"{\"name\": ".to_vec()).await;
+        let (s, b) = api
+            .raw(
+                "POST",
+                "/services",
+                "application/json",
+                b"{\"name\": ".to_vec(),
+            )
+            .await;
         assert_eq!(s, 400);
-        assert!(b["message"].as_str().unwrap().starts_with("Cannot parse JSON body"), "{b}");
+        assert!(
+            b["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("Cannot parse JSON body"),
+            "{b}"
+        );
         // Wrong types, unknown fields: every one listed.
-        let (s, b) = api.req("POST", "/services", Some(json!({"name": 1, "host": "h", "port": "eighty", "nope": true}))).await;
+        let (s, b) = api
+            .req(
+                "POST",
+                "/services",
+                Some(json!({"name": 1, "host": "h", "port": "eighty", "nope": true})),
+            )
+            .await;
         assert_eq!(s, 400);
         assert_eq!(b["code"], 2);
         assert_eq!(b["name"], "schema violation");
         assert_eq!(b["fields"]["name"], "expected a string");
         assert_eq!(b["fields"]["port"], "expected an integer");
         assert_eq!(b["fields"]["nope"], "unknown field");
-        assert!(b["message"].as_str().unwrap().starts_with("3 schema violations"), "{b}");
+        assert!(
+            b["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("3 schema violations"),
+            "{b}"
+        );
         // Out of range, bad enum.
-        let (s, b) = api.req("POST", "/services", Some(json!({"host": "h", "port": 70000, "protocol": "ftp"}))).await;
+        let (s, b) = api
+            .req(
+                "POST",
+                "/services",
+                Some(json!({"host": "h", "port": 70000, "protocol": "ftp"})),
+            )
+            .await;
         assert_eq!(s, 400);
         assert_eq!(b["fields"]["port"], "value should be between 0 and 65535");
-        assert!(b["fields"]["protocol"].as_str().unwrap().starts_with("expected one of"));
+        assert!(b["fields"]["protocol"]
+            .as_str()
+            .unwrap()
+            .starts_with("expected one of"));
         // Invalid UUIDs.
-        let (s, b) = api.req("POST", "/services", Some(json!({"id": "not-a-uuid", "host": "h"}))).await;
-        assert_eq!((s, b["fields"]["id"].clone()), (400, json!("expected a valid UUID")));
-        let (s, b) = api.req("POST", "/routes", Some(json!({"paths": ["/"], "service": {"id": "zzz"}}))).await;
+        let (s, b) = api
+            .req(
+                "POST",
+                "/services",
+                Some(json!({"id": "not-a-uuid", "host": "h"})),
+            )
+            .await;
+        assert_eq!(
+            (s, b["fields"]["id"].clone()),
+            (400, json!("expected a valid UUID"))
+        );
+        let (s, b) = api
+            .req(
+                "POST",
+                "/routes",
+                Some(json!({"paths": ["/"], "service": {"id": "zzz"}})),
+            )
+            .await;
         assert_eq!(s, 400, "{b}");
         // Duplicate names: 409.
-        let (s, b) = api.req("POST", "/services", Some(json!({"name": "taken", "host": "b.example"}))).await;
+        let (s, b) = api
+            .req(
+                "POST",
+                "/services",
+                Some(json!({"name": "taken", "host": "b.example"})),
+            )
+            .await;
         assert_eq!(s, 409);
         assert_eq!(b["name"], "unique constraint violation");
         assert_eq!(b["fields"]["name"], "taken");
@@ -294,8 +491,17 @@ async fn bad_input_is_refused_whole_with_the_fields_named() {
             .await;
         assert_eq!(s, 400);
         assert_eq!(b["name"], "foreign key violation");
-        assert_eq!(b["fields"]["service"]["id"], "3c1f2f9e-2d7a-4f43-9d6e-0f6a1f0b7c55");
-        let (s, _) = api.req("POST", "/services/missing/routes", Some(json!({"paths": ["/"]}))).await;
+        assert_eq!(
+            b["fields"]["service"]["id"],
+            "3c1f2f9e-2d7a-4f43-9d6e-0f6a1f0b7c55"
+        );
+        let (s, _) = api
+            .req(
+                "POST",
+                "/services/missing/routes",
+                Some(json!({"paths": ["/"]})),
+            )
+            .await;
         assert_eq!(s, 404);
         // Oversized body: 413.
         let big = json!({"name": "big", "host": "h", "tags": (0..400).map(|i| format!("tag{i}")).collect::<Vec<_>>()});
@@ -303,17 +509,39 @@ async fn bad_input_is_refused_whole_with_the_fields_named() {
         assert_eq!(s, 413, "{b}");
         assert!(b["message"].as_str().unwrap().contains("2048"), "{b}");
         // Route-level checks.
-        let (s, b) = api.req("POST", "/routes", Some(json!({"protocols": ["http"]}))).await;
+        let (s, b) = api
+            .req("POST", "/routes", Some(json!({"protocols": ["http"]})))
+            .await;
         assert_eq!(s, 400);
-        assert!(b["message"].as_str().unwrap().contains("must set one of 'methods', 'hosts', 'headers', 'paths'"), "{b}");
+        assert!(
+            b["message"]
+                .as_str()
+                .unwrap()
+                .contains("must set one of 'methods', 'hosts', 'headers', 'paths'"),
+            "{b}"
+        );
         // Plugin config checked by the plugin's schema.
-        let (s, b) = api.req("POST", "/plugins", Some(json!({"name": "rate-limiting", "config": {"minute": -1, "bogus": 1}}))).await;
+        let (s, b) = api
+            .req(
+                "POST",
+                "/plugins",
+                Some(json!({"name": "rate-limiting", "config": {"minute": -1, "bogus": 1}})),
+            )
+            .await;
         assert_eq!(s, 400);
-        assert_eq!(b["fields"]["config"]["minute"], "value must be greater than 0");
+        assert_eq!(
+            b["fields"]["config"]["minute"],
+            "value must be greater than 0"
+        );
         assert_eq!(b["fields"]["config"]["bogus"], "unknown field");
-        let (s, b) = api.req("POST", "/plugins", Some(json!({"name": "no-such-plugin"}))).await;
+        let (s, b) = api
+            .req("POST", "/plugins", Some(json!({"name": "no-such-plugin"})))
+            .await;
         assert_eq!(s, 400);
-        assert!(b["fields"]["name"].as_str().unwrap().contains("not enabled"));
+        assert!(b["fields"]["name"]
+            .as_str()
+            .unwrap()
+            .contains("not enabled"));
         // Wrong method.
         let (s, b) = api.req("PATCH", "/services", None).await;
         assert_eq!((s, b), (405, json!({"message": "Method not allowed"})));
@@ -335,21 +563,56 @@ async fn form_bodies_and_deletes_as_kong() {
         let api = start(t, &[]).await;
         let form = |s: &str| s.as_bytes().to_vec();
         let ct = "application/x-www-form-urlencoded";
-        let (s, svc) = api.raw("POST", "/services", ct, form("name=f&url=http://f.example:81/p&retries=2&tags[]=a&tags[]=b")).await;
+        let (s, svc) = api
+            .raw(
+                "POST",
+                "/services",
+                ct,
+                form("name=f&url=http://f.example:81/p&retries=2&tags[]=a&tags[]=b"),
+            )
+            .await;
         assert_eq!(s, 201, "{svc}");
-        assert_eq!((svc["port"].clone(), svc["retries"].clone(), svc["tags"].clone()), (json!(81), json!(2), json!(["a", "b"])));
-        let (s, r) = api.raw("POST", "/services/f/routes", ct, form("paths[]=/a&paths[]=/b&methods=GET&strip_path=false")).await;
+        assert_eq!(
+            (
+                svc["port"].clone(),
+                svc["retries"].clone(),
+                svc["tags"].clone()
+            ),
+            (json!(81), json!(2), json!(["a", "b"]))
+        );
+        let (s, r) = api
+            .raw(
+                "POST",
+                "/services/f/routes",
+                ct,
+                form("paths[]=/a&paths[]=/b&methods=GET&strip_path=false"),
+            )
+            .await;
         assert_eq!(s, 201, "{r}");
         assert_eq!(r["paths"], json!(["/a", "/b"]));
         assert_eq!(r["methods"], json!(["GET"]));
         assert_eq!(r["strip_path"], json!(false));
         let rid = r["id"].as_str().unwrap().to_string();
-        let (s, p) = api.raw("POST", &format!("/routes/{rid}/plugins"), ct, form("name=rate-limiting&config.minute=5&config.policy=local")).await;
+        let (s, p) = api
+            .raw(
+                "POST",
+                &format!("/routes/{rid}/plugins"),
+                ct,
+                form("name=rate-limiting&config.minute=5&config.policy=local"),
+            )
+            .await;
         assert_eq!(s, 201, "{p}");
         assert_eq!(p["config"]["minute"], json!(5));
         assert_eq!(p["route"]["id"], json!(rid));
         // Same plugin on the same route again: 409.
-        let (s, _) = api.raw("POST", &format!("/routes/{rid}/plugins"), ct, form("name=rate-limiting&config.minute=6")).await;
+        let (s, _) = api
+            .raw(
+                "POST",
+                &format!("/routes/{rid}/plugins"),
+                ct,
+                form("name=rate-limiting&config.minute=6"),
+            )
+            .await;
         assert_eq!(s, 409);
         // A service with routes cannot go; its routes first, then it can, and plugins go with routes.
         let (s, b) = api.req("DELETE", "/services/f", None).await;
@@ -359,9 +622,12 @@ async fn form_bodies_and_deletes_as_kong() {
         assert_eq!(api.t.store.count("plugins").await.unwrap(), 0);
         api.ok("DELETE", "/services/f", None).await;
         // Deleting a consumer takes its credentials.
-        api.ok("POST", "/consumers", Some(json!({"username": "c"}))).await;
-        api.ok("POST", "/consumers/c/key-auth", Some(json!({"key": "k"}))).await;
-        api.ok("POST", "/consumers/c/acls", Some(json!({"group": "g"}))).await;
+        api.ok("POST", "/consumers", Some(json!({"username": "c"})))
+            .await;
+        api.ok("POST", "/consumers/c/key-auth", Some(json!({"key": "k"})))
+            .await;
+        api.ok("POST", "/consumers/c/acls", Some(json!({"group": "g"})))
+            .await;
         api.ok("DELETE", "/consumers/c", None).await;
         assert_eq!(api.t.store.count("keyauth_credentials").await.unwrap(), 0);
         assert_eq!(api.t.store.count("acls").await.unwrap(), 0);
@@ -372,7 +638,11 @@ async fn form_bodies_and_deletes_as_kong() {
 
 #[tokio::test]
 async fn root_status_and_schemas() {
-    let api = start(gantry_testkit::sqlite_store().await, &[("pg_password", "hunter2")]).await;
+    let api = start(
+        gantry_testkit::sqlite_store().await,
+        &[("pg_password", "hunter2")],
+    )
+    .await;
     let root = api.ok("GET", "/", None).await;
     assert!(root["version"].as_str().unwrap().starts_with("3."));
     assert!(root["gantry_version"].is_string());
@@ -380,21 +650,46 @@ async fn root_status_and_schemas() {
     assert!(root["plugins"]["available_on_server"]["key-auth"]["priority"].is_i64());
     let status = api.ok("GET", "/status", None).await;
     assert_eq!(status["database"]["reachable"], true);
-    assert_eq!(status["configuration_hash"], "00000000000000000000000000000000");
-    api.ok("POST", "/services", Some(json!({"host": "a.example"}))).await;
+    assert_eq!(
+        status["configuration_hash"],
+        "00000000000000000000000000000000"
+    );
+    api.ok("POST", "/services", Some(json!({"host": "a.example"})))
+        .await;
     let status = api.ok("GET", "/status", None).await;
-    assert_ne!(status["configuration_hash"], "00000000000000000000000000000000");
+    assert_ne!(
+        status["configuration_hash"],
+        "00000000000000000000000000000000"
+    );
     let s = api.ok("GET", "/schemas/services", None).await;
     let fields = s["fields"].as_array().unwrap();
     assert!(fields.iter().any(|f| f["retries"]["default"] == 5));
     let p = api.ok("GET", "/schemas/plugins/rate-limiting", None).await;
     assert!(p["fields"].to_string().contains("minute"));
     assert_eq!(api.req("GET", "/schemas/plugins/nope", None).await.0, 400);
-    let (s, _) = api.req("POST", "/schemas/routes/validate", Some(json!({"paths": ["/ok"]}))).await;
+    let (s, _) = api
+        .req(
+            "POST",
+            "/schemas/routes/validate",
+            Some(json!({"paths": ["/ok"]})),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, b) = api.req("POST", "/schemas/routes/validate", Some(json!({"paths": ["bad"]}))).await;
+    let (s, b) = api
+        .req(
+            "POST",
+            "/schemas/routes/validate",
+            Some(json!({"paths": ["bad"]})),
+        )
+        .await;
     assert_eq!(s, 400, "{b}");
-    let (s, _) = api.req("POST", "/schemas/plugins/validate", Some(json!({"name": "cors"}))).await;
+    let (s, _) = api
+        .req(
+            "POST",
+            "/schemas/plugins/validate",
+            Some(json!({"name": "cors"})),
+        )
+        .await;
     assert_eq!(s, 200);
     // Validation endpoints store nothing.
     assert_eq!(api.t.store.count("routes").await.unwrap(), 0);
@@ -404,25 +699,52 @@ async fn root_status_and_schemas() {
 async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
     let api = start(gantry_testkit::sqlite_store().await, &[("database", "off")]).await;
     let good = "_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://s.example\n  routes:\n  - name: r\n    paths: [/s]\n";
-    let (s, b) = api.raw("POST", "/config", "text/yaml", good.as_bytes().to_vec()).await;
+    let (s, b) = api
+        .raw("POST", "/config", "text/yaml", good.as_bytes().to_vec())
+        .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["entities"]["services"], 1);
     let hash = b["configuration_hash"].clone();
     let bad = "_format_version: \"3.0\"\nservices:\n- name: s2\n  port: x\n";
-    let (s, b) = api.raw("POST", "/config", "text/yaml", bad.as_bytes().to_vec()).await;
+    let (s, b) = api
+        .raw("POST", "/config", "text/yaml", bad.as_bytes().to_vec())
+        .await;
     assert_eq!(s, 400);
     assert_eq!(b["name"], "invalid declarative configuration");
     let flat = b["flattened_errors"].to_string();
-    assert!(flat.contains("services[0].port: expected an integer"), "{flat}");
-    assert!(flat.contains("services[0].host: required field missing"), "{flat}");
+    assert!(
+        flat.contains("services[0].port: expected an integer"),
+        "{flat}"
+    );
+    assert!(
+        flat.contains("services[0].host: required field missing"),
+        "{flat}"
+    );
     // The running config is the good one.
-    assert_eq!(api.ok("GET", "/status", None).await["configuration_hash"], hash);
-    assert_eq!(api.ok("GET", "/services/s", None).await["host"], "s.example");
+    assert_eq!(
+        api.ok("GET", "/status", None).await["configuration_hash"],
+        hash
+    );
+    assert_eq!(
+        api.ok("GET", "/services/s", None).await["host"],
+        "s.example"
+    );
     // Entity writes are refused in this mode.
-    assert_eq!(api.req("POST", "/services", Some(json!({"host": "x"}))).await.0, 405);
+    assert_eq!(
+        api.req("POST", "/services", Some(json!({"host": "x"})))
+            .await
+            .0,
+        405
+    );
     assert_eq!(api.req("DELETE", "/services/s", None).await.0, 405);
     // JSON body with a `config` string works too.
-    let (s, b) = api.req("POST", "/config", Some(json!({"config": "{\"_format_version\": \"3.0\"}"}))).await;
+    let (s, b) = api
+        .req(
+            "POST",
+            "/config",
+            Some(json!({"config": "{\"_format_version\": \"3.0\"}"})),
+        )
+        .await;
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["configuration_hash"], "00000000000000000000000000000000");
 }

@@ -22,9 +22,17 @@ pub enum ConfError {
     #[error("cannot read configuration file {path}: {reason}")]
     Read { path: String, reason: String },
     #[error("{path}:{line}: expected 'key = value', found '{text}'")]
-    Syntax { path: String, line: usize, text: String },
+    Syntax {
+        path: String,
+        line: usize,
+        text: String,
+    },
     #[error("invalid value for '{key}': {reason} (got '{value}')")]
-    Invalid { key: String, value: String, reason: String },
+    Invalid {
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,8 +104,10 @@ pub struct Loaded {
 impl Settings {
     /// Read and check settings from every source.
     pub fn load(src: &Sources) -> Result<Loaded, ConfError> {
-        let mut values: BTreeMap<String, String> =
-            KEYS.iter().map(|k| (k.name.to_string(), k.default.to_string())).collect();
+        let mut values: BTreeMap<String, String> = KEYS
+            .iter()
+            .map(|k| (k.name.to_string(), k.default.to_string()))
+            .collect();
         let mut warnings = Vec::new();
         let mut set = |key: &str, value: &str, origin: &str, warnings: &mut Vec<String>| {
             let key = key.trim().to_ascii_lowercase();
@@ -117,7 +127,8 @@ impl Settings {
             for (k, v) in &src.env {
                 if let Some(name) = k.strip_prefix(prefix) {
                     // Variables of the tooling around us, not settings.
-                    if name.is_empty() || matches!(name, "ADMIN_URL" | "URL" | "ADMIN_SSL" | "LOG") {
+                    if name.is_empty() || matches!(name, "ADMIN_URL" | "URL" | "ADMIN_SSL" | "LOG")
+                    {
                         continue;
                     }
                     set(name, v, &format!("environment variable {k}"), &mut warnings);
@@ -168,13 +179,21 @@ impl Settings {
             reason: reason.into(),
         };
         if role == Role::DataPlane && database != Database::Off {
-            return Err(invalid("database", "a data plane has no database: set database = off"));
+            return Err(invalid(
+                "database",
+                "a data plane has no database: set database = off",
+            ));
         }
         if role == Role::ControlPlane && database == Database::Off {
-            return Err(invalid("database", "a control plane needs a database (sqlite or postgres)"));
+            return Err(invalid(
+                "database",
+                "a control plane needs a database (sqlite or postgres)",
+            ));
         }
         let worker_threads = match get("worker_threads").as_str() {
-            "auto" => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            "auto" => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n.parse().unwrap_or(1),
         };
         Ok(Settings {
@@ -199,7 +218,8 @@ impl Settings {
             log_level: get("log_level"),
             declarative_config: opt("declarative_config").map(PathBuf::from),
             worker_threads,
-            admin_body_max: table::parse_size(&get("nginx_admin_client_max_body_size")).unwrap_or(10 << 20),
+            admin_body_max: table::parse_size(&get("nginx_admin_client_max_body_size"))
+                .unwrap_or(10 << 20),
             values,
         })
     }
@@ -282,17 +302,20 @@ mod tests {
         std::fs::write(&p, file).unwrap();
         Settings::load(&Sources {
             file: Some(p),
-            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             overrides: vec![],
         })
     }
 
     #[test]
     fn defaults_file_env_order() {
-        let l = load("admin_listen = 127.0.0.1:9001 # comment\nlog_level = debug\nbogus = 1\n", &[
-            ("KONG_LOG_LEVEL", "warn"),
-            ("GANTRY_LOG_LEVEL", "error"),
-        ])
+        let l = load(
+            "admin_listen = 127.0.0.1:9001 # comment\nlog_level = debug\nbogus = 1\n",
+            &[("KONG_LOG_LEVEL", "warn"), ("GANTRY_LOG_LEVEL", "error")],
+        )
         .unwrap();
         let s = l.settings;
         assert_eq!(s.role, Role::Traditional);

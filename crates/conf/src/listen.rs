@@ -47,7 +47,9 @@ impl Listen {
                 "proxy_protocol" => l.proxy_protocol = true,
                 // nginx flags Kong accepts that have no meaning here.
                 "deferred" | "bind" => {}
-                w if w.starts_with("backlog=") || w.starts_with("ipv6only=") || w.starts_with("so_keepalive=") => {}
+                w if w.starts_with("backlog=")
+                    || w.starts_with("ipv6only=")
+                    || w.starts_with("so_keepalive=") => {}
                 other => return Err(format!("unknown flag '{other}' in '{entry}'")),
             }
         }

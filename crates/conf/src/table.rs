@@ -40,7 +40,9 @@ impl Kind {
                 _ => Err(format!("expected an integer of at least {min}")),
             },
             Kind::Listen => super::Listen::parse_list(v).map(|_| ()),
-            Kind::Size => parse_size(v).map(|_| ()).ok_or_else(|| "expected a size such as 10m, 512k or 1024".into()),
+            Kind::Size => parse_size(v)
+                .map(|_| ())
+                .ok_or_else(|| "expected a size such as 10m, 512k or 1024".into()),
             Kind::Threads => match v {
                 "auto" => Ok(()),
                 n => match n.parse::<usize>() {
@@ -71,17 +73,33 @@ pub struct Key {
 }
 
 const fn k(name: &'static str, default: &'static str, kind: Kind) -> Key {
-    Key { name, default, kind }
+    Key {
+        name,
+        default,
+        kind,
+    }
 }
 
 /// Settings whose values are never shown.
 pub const SECRET_KEYS: &[&str] = &["pg_password", "cluster_cert_key", "proxy_server"];
 
 pub static KEYS: &[Key] = &[
-    k("role", "traditional", Kind::OneOf(&["traditional", "control_plane", "data_plane"])),
-    k("database", "sqlite", Kind::OneOf(&["sqlite", "postgres", "off"])),
+    k(
+        "role",
+        "traditional",
+        Kind::OneOf(&["traditional", "control_plane", "data_plane"]),
+    ),
+    k(
+        "database",
+        "sqlite",
+        Kind::OneOf(&["sqlite", "postgres", "off"]),
+    ),
     k("prefix", "/usr/local/gantry", Kind::Str),
-    k("proxy_listen", "0.0.0.0:8000, 0.0.0.0:8443 ssl", Kind::Listen),
+    k(
+        "proxy_listen",
+        "0.0.0.0:8000, 0.0.0.0:8443 ssl",
+        Kind::Listen,
+    ),
     k("admin_listen", "127.0.0.1:8001", Kind::Listen),
     k("admin_gui_listen", "0.0.0.0:8002", Kind::Listen),
     k("status_listen", "127.0.0.1:8007", Kind::Listen),
@@ -94,7 +112,13 @@ pub static KEYS: &[Key] = &[
     k("pg_database", "kong", Kind::Str),
     k("pg_schema", "", Kind::Str),
     k("pg_timeout", "5000", Kind::Int(1)),
-    k("log_level", "notice", Kind::OneOf(&["debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"])),
+    k(
+        "log_level",
+        "notice",
+        Kind::OneOf(&[
+            "debug", "info", "notice", "warn", "error", "crit", "alert", "emerg",
+        ]),
+    ),
     k("declarative_config", "", Kind::Str),
     k("worker_threads", "auto", Kind::Threads),
     k("nginx_admin_client_max_body_size", "10m", Kind::Size),

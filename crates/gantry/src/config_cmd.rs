@@ -29,7 +29,8 @@ fn report(file: &Path, e: &DeclarativeError) -> anyhow::Error {
 
 /// Read and validate a declarative file.
 pub fn load_file(file: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let value = declarative::parse_text(&text).map_err(|e| report(file, &e))?;
     declarative::load(&value, LoadOptions { now: now() }).map_err(|e| report(file, &e))
 }
@@ -45,7 +46,14 @@ fn summary(config: &Config) -> String {
 /// `gantry config parse FILE`
 pub fn parse(file: &Path, _opts: &NodeOpts) -> anyhow::Result<()> {
     let config = load_file(file)?;
-    println!("parse successful: {}", if config.is_empty() { "empty configuration".into() } else { summary(&config) });
+    println!(
+        "parse successful: {}",
+        if config.is_empty() {
+            "empty configuration".into()
+        } else {
+            summary(&config)
+        }
+    );
     println!("configuration hash: {}", hash_config(&config).config);
     Ok(())
 }
@@ -65,10 +73,16 @@ pub fn db_import(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
     let config = load_file(file)?;
     runtime(2)?.block_on(async {
         let store = open(opts).await?;
-        let version = store.import(&config).await.context("import refused, nothing was written")?;
+        let version = store
+            .import(&config)
+            .await
+            .context("import refused, nothing was written")?;
         let (all, _) = store.export().await?;
         store.close().await;
-        println!("imported {} into the store (config version {version})", summary(&config));
+        println!(
+            "imported {} into the store (config version {version})",
+            summary(&config)
+        );
         println!("configuration hash: {}", hash_config(&all).config);
         Ok(())
     })
@@ -88,7 +102,8 @@ pub fn db_export(file: Option<&Path>, opts: &NodeOpts) -> anyhow::Result<()> {
                     bail!("{} exists: refusing to overwrite it", f.display());
                 }
                 let tmp = f.with_extension("tmp");
-                std::fs::write(&tmp, &text).with_context(|| format!("cannot write {}", tmp.display()))?;
+                std::fs::write(&tmp, &text)
+                    .with_context(|| format!("cannot write {}", tmp.display()))?;
                 std::fs::rename(&tmp, f)?;
                 eprintln!(
                     "exported {} (config version {version}, hash {}) to {}",

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "An API gateway with a hybrid control plane / data plane, Kong compatible")]
+#[command(
+    name = "gantry",
+    version,
+    about = "An API gateway with a hybrid control plane / data plane, Kong compatible"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -53,18 +57,21 @@ enum Cmd {
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Check a declarative file and list every error.
+    #[command(name = "parse")]
     Parse {
         file: PathBuf,
         #[command(flatten)]
         opts: NodeOpts,
     },
     /// Add a declarative file's entities to the store (all or nothing).
+    #[command(name = "db_import", alias = "db-import")]
     DbImport {
         file: PathBuf,
         #[command(flatten)]
         opts: NodeOpts,
     },
     /// Write the store's configuration as a declarative file (stdout when no file is given).
+    #[command(name = "db_export", alias = "db-export")]
     DbExport {
         file: Option<PathBuf>,
         #[command(flatten)]

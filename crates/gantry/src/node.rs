@@ -13,6 +13,15 @@ use crate::NodeOpts;
 
 /// Settings from every source; warnings go to stderr.
 pub fn load_settings(opts: &NodeOpts) -> anyhow::Result<Settings> {
+    let (settings, warnings) = load_settings_quietly(opts)?;
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(settings)
+}
+
+/// Settings from every source, and the warnings met.
+pub fn load_settings_quietly(opts: &NodeOpts) -> anyhow::Result<(Settings, Vec<String>)> {
     let mut overrides = Vec::new();
     if let Some(p) = &opts.prefix {
         overrides.push(("prefix".to_string(), p.display().to_string()));
@@ -22,10 +31,7 @@ pub fn load_settings(opts: &NodeOpts) -> anyhow::Result<Settings> {
         env: std::env::vars().collect(),
         overrides,
     })?;
-    for w in &loaded.warnings {
-        eprintln!("warning: {w}");
-    }
-    Ok(loaded.settings)
+    Ok((loaded.settings, loaded.warnings))
 }
 
 /// Log to stderr and to `<prefix>/logs/error.log`, at `log_level`.
@@ -107,7 +113,10 @@ pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers, run until killed.
         std::future::pending::<()>().await;
         return;
@@ -120,10 +129,13 @@ pub async fn shutdown_signal() {
 
 /// `gantry start`
 pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
-    let settings = load_settings(opts)?;
+    let (settings, warnings) = load_settings_quietly(opts)?;
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("cannot create prefix {}", settings.prefix.display()))?;
     init_logging(&settings)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let rt = runtime(settings.worker_threads)?;
     rt.block_on(run(settings, shutdown_signal()))
 }
@@ -147,7 +159,12 @@ where
         }
     }
     let settings = Arc::new(settings);
-    let state = Arc::new(AdminState::new(store.clone(), settings.clone(), node_id.clone(), hostname()));
+    let state = Arc::new(AdminState::new(
+        store.clone(),
+        settings.clone(),
+        node_id.clone(),
+        hostname(),
+    ));
     state.notify(store.version().await?);
     let mut listeners = Vec::new();
     for l in &settings.admin_listen {
@@ -190,12 +207,23 @@ where
 pub fn health(opts: &NodeOpts) -> anyhow::Result<()> {
     let settings = load_settings(opts)?;
     let pid_file = settings.prefixed("pids/gantry.pid");
-    let pid = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("gantry is not running under {} (no {})", settings.prefix.display(), pid_file.display()))?;
+    let pid = std::fs::read_to_string(&pid_file).with_context(|| {
+        format!(
+            "gantry is not running under {} (no {})",
+            settings.prefix.display(),
+            pid_file.display()
+        )
+    })?;
     let pid = pid.trim();
     if !Path::new(&format!("/proc/{pid}")).exists() {
-        bail!("gantry is not running: pid {pid} from {} is gone", pid_file.display());
+        bail!(
+            "gantry is not running: pid {pid} from {} is gone",
+            pid_file.display()
+        );
     }
-    println!("gantry is healthy at {} (pid {pid})", settings.prefix.display());
+    println!(
+        "gantry is healthy at {} (pid {pid})",
+        settings.prefix.display()
+    );
     Ok(())
 }

@@ -19,7 +19,8 @@ services:
 /// Start a traditional node with SQLite under `prefix` and an example service and route.
 pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
     let prefix = prefix.unwrap_or_else(|| std::env::temp_dir().join("gantry-quickstart"));
-    std::fs::create_dir_all(&prefix).with_context(|| format!("cannot create {}", prefix.display()))?;
+    std::fs::create_dir_all(&prefix)
+        .with_context(|| format!("cannot create {}", prefix.display()))?;
     let loaded = Settings::load(&Sources {
         file: None,
         env: vec![],
@@ -51,5 +52,3 @@ pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
         crate::node::run(settings, shutdown_signal()).await
     })
 }
-
-

@@ -33,7 +33,10 @@ impl DeclarativeError {
     }
     /// `["path: message", ...]`.
     pub fn flattened(&self) -> Vec<String> {
-        self.errors.iter().map(|(p, m)| format!("{p}: {m}")).collect()
+        self.errors
+            .iter()
+            .map(|(p, m)| format!("{p}: {m}"))
+            .collect()
     }
 }
 
@@ -57,7 +60,8 @@ pub fn parse_text(text: &str) -> Result<Value, DeclarativeError> {
     })?;
     y.apply_merge()
         .map_err(|e| DeclarativeError::one("document", format!("invalid YAML merge key: {e}")))?;
-    serde_json::to_value(y).map_err(|e| DeclarativeError::one("document", format!("unsupported YAML value: {e}")))
+    serde_json::to_value(y)
+        .map_err(|e| DeclarativeError::one("document", format!("unsupported YAML value: {e}")))
 }
 
 /// Options of a load.
@@ -67,12 +71,22 @@ pub struct LoadOptions {
     pub now: i64,
 }
 
-const META_KEYS: &[&str] = &["_format_version", "_transform", "_comment", "_workspace", "_info", "_plugin_levels"];
+const META_KEYS: &[&str] = &[
+    "_format_version",
+    "_transform",
+    "_comment",
+    "_workspace",
+    "_info",
+    "_plugin_levels",
+];
 
 /// Validate a whole declarative document and turn it into a configuration.
 pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
     let Value::Object(top) = doc else {
-        return Err(DeclarativeError::one("document", "expected an object at the top level"));
+        return Err(DeclarativeError::one(
+            "document",
+            "expected an object at the top level",
+        ));
     };
     let mut errors = Vec::new();
     let version = match top.get("_format_version") {
@@ -83,8 +97,18 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
                 format!("unsupported value '{v}': expected one of: 1.1, 2.1, 3.0"),
             ))
         }
-        Some(_) => return Err(DeclarativeError::one("_format_version", "expected a string")),
-        None => return Err(DeclarativeError::one("_format_version", "required field missing")),
+        Some(_) => {
+            return Err(DeclarativeError::one(
+                "_format_version",
+                "expected a string",
+            ))
+        }
+        None => {
+            return Err(DeclarativeError::one(
+                "_format_version",
+                "required field missing",
+            ))
+        }
     };
     // Passwords may arrive hashed (exports) or clear (hand-written files): hash what is not.
     let secrets = Secrets::MaybeHashed;
@@ -112,8 +136,13 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
         match prepare(r.schema, r.input.clone(), secrets, opts.now) {
             Ok(d) => {
                 let id = ("id", d["id"].as_str().unwrap_or_default().to_string());
-                for (key, val) in unique_keys(r.schema, &d).into_iter().chain(std::iter::once(id)) {
-                    if let Some(first) = seen.insert((r.schema.name, key, val.clone()), r.path.clone()) {
+                for (key, val) in unique_keys(r.schema, &d)
+                    .into_iter()
+                    .chain(std::iter::once(id))
+                {
+                    if let Some(first) =
+                        seen.insert((r.schema.name, key, val.clone()), r.path.clone())
+                    {
                         errors.push((
                             r.path.clone(),
                             format!(
@@ -128,7 +157,11 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
             Err(e) => {
                 for line in e.flatten() {
                     let (p, m) = line.split_once(": ").unwrap_or(("", &line));
-                    let path = if p.is_empty() { r.path.clone() } else { format!("{}.{p}", r.path) };
+                    let path = if p.is_empty() {
+                        r.path.clone()
+                    } else {
+                        format!("{}.{p}", r.path)
+                    };
                     errors.push((path, m.to_string()));
                 }
             }
@@ -140,10 +173,14 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
         .collect();
     for (r, d) in &prepared {
         for rf in references(r.schema, d) {
-            if !ids.contains(&(rf.target, rf.id.clone())) && rf.id != uuid::Uuid::nil().to_string() {
+            if !ids.contains(&(rf.target, rf.id.clone())) && rf.id != uuid::Uuid::nil().to_string()
+            {
                 errors.push((
                     format!("{}.{}", r.path, rf.field),
-                    format!("the foreign key '{}' does not reference an existing '{}' entity", rf.id, rf.target),
+                    format!(
+                        "the foreign key '{}' does not reference an existing '{}' entity",
+                        rf.id, rf.target
+                    ),
                 ));
             }
         }
@@ -152,7 +189,11 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
         return Err(DeclarativeError { errors });
     }
     for (r, d) in prepared {
-        config.entities.entry(r.schema.name.to_string()).or_default().push(d);
+        config
+            .entities
+            .entry(r.schema.name.to_string())
+            .or_default()
+            .push(d);
     }
     Ok(config)
 }
@@ -190,7 +231,10 @@ fn collect(
         };
         if let Some((field, ref_value)) = &parent {
             if m.get(*field).is_some_and(|v| !v.is_null()) && m.get(*field) != Some(ref_value) {
-                errors.push((format!("{p}.{field}"), "must not be set on a nested entity".into()));
+                errors.push((
+                    format!("{p}.{field}"),
+                    "must not be set on a nested entity".into(),
+                ));
                 continue;
             }
             m.insert(field.to_string(), ref_value.clone());
@@ -198,7 +242,11 @@ fn collect(
         // Children nested under this entity.
         let mut children = Vec::new();
         for child in ENTITIES.iter() {
-            if let Some(fk) = child.foreign_fields().find(|(_, t, _)| *t == schema.name).map(|(f, _, _)| f) {
+            if let Some(fk) = child
+                .foreign_fields()
+                .find(|(_, t, _)| *t == schema.name)
+                .map(|(f, _, _)| f)
+            {
                 if child.name == schema.name {
                     continue;
                 }
@@ -209,7 +257,9 @@ fn collect(
         }
         // A certificate's `snis` may be a list of names.
         if schema.name == "certificates" {
-            if let Some((_, _, Value::Array(a))) = children.iter_mut().find(|(c, _, _)| c.name == "snis") {
+            if let Some((_, _, Value::Array(a))) =
+                children.iter_mut().find(|(c, _, _)| c.name == "snis")
+            {
                 for e in a.iter_mut() {
                     if let Value::String(s) = e {
                         *e = json!({ "name": s });
@@ -227,7 +277,14 @@ fn collect(
             path: p.clone(),
         });
         for (child, fk, cv) in children {
-            collect(child, &cv, &format!("{p}.{}", child.name), Some((fk, json!({ "id": id }))), out, errors);
+            collect(
+                child,
+                &cv,
+                &format!("{p}.{}", child.name),
+                Some((fk, json!({ "id": id }))),
+                out,
+                errors,
+            );
         }
     }
 }
@@ -254,7 +311,9 @@ fn resolve_references(raw: &mut [Raw], errors: &mut Vec<(String, String)>) {
     let mut by_key: HashMap<(&str, String), String> = HashMap::new();
     let mut ids: HashSet<(&str, String)> = HashSet::new();
     for r in raw.iter() {
-        let Some(id) = r.input.get("id").and_then(Value::as_str) else { continue };
+        let Some(id) = r.input.get("id").and_then(Value::as_str) else {
+            continue;
+        };
         ids.insert((r.schema.name, id.to_string()));
         for k in r.schema.unique_fields() {
             if let Some(Value::String(v)) = r.input.get(k) {
@@ -263,12 +322,17 @@ fn resolve_references(raw: &mut [Raw], errors: &mut Vec<(String, String)>) {
         }
     }
     for r in raw.iter_mut() {
-        let fields: Vec<(&'static str, &'static str)> = r.schema.foreign_fields().map(|(f, t, _)| (f, t)).collect();
+        let fields: Vec<(&'static str, &'static str)> =
+            r.schema.foreign_fields().map(|(f, t, _)| (f, t)).collect();
         for (field, target) in fields {
-            let Some(v) = r.input.get(field).cloned() else { continue };
+            let Some(v) = r.input.get(field).cloned() else {
+                continue;
+            };
             let key = match &v {
                 Value::String(s) => Some(s.clone()),
-                Value::Object(m) if !m.contains_key("id") => m.values().find_map(|x| x.as_str().map(str::to_string)),
+                Value::Object(m) if !m.contains_key("id") => {
+                    m.values().find_map(|x| x.as_str().map(str::to_string))
+                }
                 _ => None,
             };
             let Some(key) = key else { continue };
@@ -287,7 +351,10 @@ fn resolve_references(raw: &mut [Raw], errors: &mut Vec<(String, String)>) {
                         format!("could not find '{target}' entity '{key}'"),
                     ));
                     // Reported once: the nil id is skipped by the foreign key check.
-                    r.input.insert(field.to_string(), json!({ "id": uuid::Uuid::nil().to_string() }));
+                    r.input.insert(
+                        field.to_string(),
+                        json!({ "id": uuid::Uuid::nil().to_string() }),
+                    );
                 }
             }
         }
@@ -299,9 +366,9 @@ fn migrate_regex_paths(route: &mut Doc) {
     if let Some(Value::Array(paths)) = route.get_mut("paths") {
         for p in paths.iter_mut() {
             if let Value::String(s) = p {
-                let plain = s
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | '/' | '%'));
+                let plain = s.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '~' | '/' | '%')
+                });
                 if !plain && !s.starts_with('~') {
                     *s = format!("~{s}");
                 }
@@ -317,15 +384,28 @@ pub fn export(config: &Config) -> Value {
     out.insert("_format_version".into(), json!("3.0"));
     out.insert("_transform".into(), json!(false));
     for schema in ENTITIES.iter() {
-        let Some(docs) = config.entities.get(schema.name) else { continue };
+        let Some(docs) = config.entities.get(schema.name) else {
+            continue;
+        };
         if docs.is_empty() {
             continue;
         }
         let mut docs: Vec<&Doc> = docs.iter().collect();
-        docs.sort_by(|a, b| a.get("id").and_then(Value::as_str).cmp(&b.get("id").and_then(Value::as_str)));
+        docs.sort_by(|a, b| {
+            a.get("id")
+                .and_then(Value::as_str)
+                .cmp(&b.get("id").and_then(Value::as_str))
+        });
         let list: Vec<Value> = docs
             .into_iter()
-            .map(|d| Value::Object(d.iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k.clone(), v.clone())).collect()))
+            .map(|d| {
+                Value::Object(
+                    d.iter()
+                        .filter(|(_, v)| !v.is_null())
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                )
+            })
             .collect();
         out.insert(schema.name.into(), Value::Array(list));
     }
@@ -334,7 +414,11 @@ pub fn export(config: &Config) -> Value {
 
 /// Entity counts, for messages.
 pub fn counts(config: &Config) -> BTreeMap<String, usize> {
-    config.entities.iter().map(|(k, v)| (k.clone(), v.len())).collect()
+    config
+        .entities
+        .iter()
+        .map(|(k, v)| (k.clone(), v.len()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -378,10 +462,12 @@ plugins:
         assert_eq!(route["service"]["id"], svc["id"]);
         let plugins = &c.entities["plugins"];
         assert_eq!(plugins.len(), 2);
-        assert!(plugins.iter().any(|p| p["service"]["id"] == svc["id"] && p["name"] == "rate-limiting"));
+        assert!(plugins
+            .iter()
+            .any(|p| p["service"]["id"] == svc["id"] && p["name"] == "rate-limiting"));
         assert_eq!(c.entities["keyauth_credentials"][0]["key"], "k1");
         // Same file, same ids, same hash.
-        let again = load(&v, OPTS).unwrap();
+        let again = load(&v, LoadOptions { now: 42 }).unwrap();
         assert_eq!(hash_config(&c), hash_config(&again));
         // Export and load again: same hash.
         let exported = export(&c);
@@ -403,10 +489,19 @@ plugins:
         });
         let e = load(&v, OPTS).unwrap_err();
         let flat = e.flattened().join("\n");
-        assert!(flat.contains("services[1].port: expected an integer"), "{flat}");
-        assert!(flat.contains("services[0].routes[0].paths.1: should start with"), "{flat}");
+        assert!(
+            flat.contains("services[1].port: expected an integer"),
+            "{flat}"
+        );
+        assert!(
+            flat.contains("services[0].routes[0].paths.1: should start with"),
+            "{flat}"
+        );
         assert!(flat.contains("uniqueness violation"), "{flat}");
-        assert!(flat.contains("routes[0].service: could not find 'services' entity 'missing'"), "{flat}");
+        assert!(
+            flat.contains("routes[0].service: could not find 'services' entity 'missing'"),
+            "{flat}"
+        );
         assert!(flat.contains("bogus: unknown field"), "{flat}");
     }
 
@@ -414,7 +509,10 @@ plugins:
     fn old_formats_migrate_regex_paths() {
         let v = json!({"_format_version": "2.1", "routes": [{"paths": ["/plain", "/users/\\d+"]}]});
         let c = load(&v, OPTS).unwrap();
-        assert_eq!(c.entities["routes"][0]["paths"], json!(["/plain", "~/users/\\d+"]));
+        assert_eq!(
+            c.entities["routes"][0]["paths"],
+            json!(["/plain", "~/users/\\d+"])
+        );
         let e = load(&json!({"_format_version": "9.9"}), OPTS).unwrap_err();
         assert!(e.flattened()[0].starts_with("_format_version"));
         let e = parse_text("a: [1,\n b").unwrap_err();

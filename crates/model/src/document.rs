@@ -20,7 +20,12 @@ pub enum Secrets {
 
 /// Validate `input` as an entity of `schema` and complete it: defaults, id, timestamps,
 /// generated keys, hashed passwords. `now` is Unix seconds.
-pub fn prepare(schema: &EntitySchema, mut input: Doc, secrets: Secrets, now: i64) -> Result<Doc, FieldErrors> {
+pub fn prepare(
+    schema: &EntitySchema,
+    mut input: Doc,
+    secrets: Secrets,
+    now: i64,
+) -> Result<Doc, FieldErrors> {
     let mut errs = FieldErrors::default();
     if schema.name == "services" {
         expand_service_url(&mut input, &mut errs);
@@ -28,7 +33,9 @@ pub fn prepare(schema: &EntitySchema, mut input: Doc, secrets: Secrets, now: i64
     // Fields whose schema depends on another field are checked apart.
     let config = match schema.name {
         "plugins" | "partials" => {
-            let c = input.insert("config".into(), json!({})).unwrap_or(Value::Null);
+            let c = input
+                .insert("config".into(), json!({}))
+                .unwrap_or(Value::Null);
             Some(c)
         }
         _ => None,
@@ -61,7 +68,12 @@ pub fn prepare(schema: &EntitySchema, mut input: Doc, secrets: Secrets, now: i64
     Ok(doc)
 }
 
-fn check_dependent_config(kind: &str, input: &Doc, doc: &Doc, config: Value) -> Result<Value, FieldErrors> {
+fn check_dependent_config(
+    kind: &str,
+    input: &Doc,
+    doc: &Doc,
+    config: Value,
+) -> Result<Value, FieldErrors> {
     let mut errs = FieldErrors::default();
     let config = match config {
         Value::Null => Map::new(),
@@ -92,7 +104,11 @@ fn check_dependent_config(kind: &str, input: &Doc, doc: &Doc, config: Value) -> 
         );
         return Err(errs);
     };
-    for (scoped, forbidden) in [("consumer", p.no_consumer), ("route", p.no_route), ("service", p.no_service)] {
+    for (scoped, forbidden) in [
+        ("consumer", p.no_consumer),
+        ("route", p.no_route),
+        ("service", p.no_service),
+    ] {
         if forbidden && doc.get(scoped).is_some_and(|v| !v.is_null()) {
             errs.add(scoped, "value must be null");
         }
@@ -154,7 +170,8 @@ fn complete(schema: &EntitySchema, doc: &mut Doc, secrets: Secrets, now: i64) {
         "basicauth_credentials" => {
             if let Some(Value::String(pw)) = doc.get("password") {
                 if secrets == Secrets::Clear || !is_password_hash(pw) {
-                    let h = hash_password(pw);
+                    let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
+                    let h = hash_password(pw, id);
                     doc.insert("password".into(), json!(h));
                 }
             }
@@ -176,10 +193,15 @@ pub fn random_token() -> String {
     hex::encode(b)
 }
 
-/// Gantry's password hash: `$sha256$<salt>$<hex>`, salted SHA-256 of the password.
-pub fn hash_password(pw: &str) -> String {
-    let salt = random_token();
-    format!("$sha256${salt}${}", hex::encode(Sha256::digest(format!("{salt}{pw}"))))
+/// Gantry's password hash: `$sha256$<salt>$<hex>`, salted SHA-256 of the password. The salt is
+/// derived from the credential's id: unique per credential, and stable, so that loading the
+/// same declarative file twice gives the same configuration hash.
+pub fn hash_password(pw: &str, credential_id: &str) -> String {
+    let salt = &hex::encode(Sha256::digest(format!("gantry-basic-auth:{credential_id}")))[..32];
+    format!(
+        "$sha256${salt}${}",
+        hex::encode(Sha256::digest(format!("{salt}{pw}")))
+    )
 }
 
 /// A stored hash: Gantry's format, or Kong's (40 hex characters, SHA-1 of password and consumer id).
@@ -265,7 +287,11 @@ pub fn cache_key(schema: &EntitySchema, doc: &Doc) -> Option<String> {
         .iter()
         .map(|f| match doc.get(*f) {
             Some(Value::String(s)) => s.clone(),
-            Some(Value::Object(m)) => m.get("id").and_then(Value::as_str).unwrap_or("").to_string(),
+            Some(Value::Object(m)) => m
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
             Some(Value::Null) | None => String::new(),
             Some(other) => other.to_string(),
         })
@@ -277,7 +303,11 @@ pub fn cache_key(schema: &EntitySchema, doc: &Doc) -> Option<String> {
 pub fn tags(doc: &Doc) -> Vec<String> {
     doc.get("tags")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -293,7 +323,13 @@ mod tests {
     #[test]
     fn service_defaults_and_url() {
         let s = entity("services").unwrap();
-        let d = prepare(s, obj(json!({"name": "a", "url": "https://example.com:8443/p"})), Secrets::Clear, 7).unwrap();
+        let d = prepare(
+            s,
+            obj(json!({"name": "a", "url": "https://example.com:8443/p"})),
+            Secrets::Clear,
+            7,
+        )
+        .unwrap();
         assert_eq!(d["protocol"], "https");
         assert_eq!(d["host"], "example.com");
         assert_eq!(d["port"], 8443);
@@ -302,7 +338,13 @@ mod tests {
         assert_eq!(d["connect_timeout"], 60000);
         assert_eq!(d["created_at"], 7);
         assert!(d["id"].is_string());
-        let d = prepare(s, obj(json!({"url": "http://example.com"})), Secrets::Clear, 7).unwrap();
+        let d = prepare(
+            s,
+            obj(json!({"url": "http://example.com"})),
+            Secrets::Clear,
+            7,
+        )
+        .unwrap();
         assert_eq!(d["port"], 80);
         assert_eq!(d["path"], Value::Null);
     }
@@ -311,7 +353,12 @@ mod tests {
     fn route_needs_a_matching_field() {
         let r = entity("routes").unwrap();
         let e = prepare(r, obj(json!({})), Secrets::Clear, 0).unwrap_err();
-        assert!(e.message().contains("must set one of 'methods', 'hosts', 'headers', 'paths', 'snis'"), "{}", e.message());
+        assert!(
+            e.message()
+                .contains("must set one of 'methods', 'hosts', 'headers', 'paths', 'snis'"),
+            "{}",
+            e.message()
+        );
         let d = prepare(r, obj(json!({"paths": ["/x"]})), Secrets::Clear, 0).unwrap();
         assert_eq!(d["protocols"], json!(["http", "https"]));
         assert_eq!(d["strip_path"], true);
@@ -322,11 +369,22 @@ mod tests {
     #[test]
     fn plugin_config_is_checked_by_its_schema() {
         let p = entity("plugins").unwrap();
-        let d = prepare(p, obj(json!({"name": "rate-limiting", "config": {"minute": 5}})), Secrets::Clear, 0).unwrap();
+        let d = prepare(
+            p,
+            obj(json!({"name": "rate-limiting", "config": {"minute": 5}})),
+            Secrets::Clear,
+            0,
+        )
+        .unwrap();
         assert_eq!(d["config"]["policy"], "local");
         assert_eq!(d["config"]["redis"]["port"], 6379);
-        let e = prepare(p, obj(json!({"name": "rate-limiting", "config": {"minute": "x"}})), Secrets::Clear, 0)
-            .unwrap_err();
+        let e = prepare(
+            p,
+            obj(json!({"name": "rate-limiting", "config": {"minute": "x"}})),
+            Secrets::Clear,
+            0,
+        )
+        .unwrap_err();
         assert_eq!(e.0["config"]["minute"], "expected a number");
         let e = prepare(p, obj(json!({"name": "nope"})), Secrets::Clear, 0).unwrap_err();
         assert!(e.0["name"].as_str().unwrap().contains("not enabled"));
@@ -364,9 +422,18 @@ mod tests {
     fn keys_and_references() {
         let t = entity("targets").unwrap();
         let up = uuid::Uuid::new_v4().to_string();
-        let d = prepare(t, obj(json!({"target": "10.0.0.1", "upstream": {"id": up}})), Secrets::Clear, 0).unwrap();
+        let d = prepare(
+            t,
+            obj(json!({"target": "10.0.0.1", "upstream": {"id": up}})),
+            Secrets::Clear,
+            0,
+        )
+        .unwrap();
         assert_eq!(d["target"], "10.0.0.1:8000");
-        assert_eq!(unique_keys(t, &d), vec![("cache_key", format!("{up}:10.0.0.1:8000"))]);
+        assert_eq!(
+            unique_keys(t, &d),
+            vec![("cache_key", format!("{up}:10.0.0.1:8000"))]
+        );
         let refs = references(t, &d);
         assert_eq!(refs[0].target, "upstreams");
         assert_eq!(refs[0].on_delete, OnDelete::Cascade);

@@ -31,7 +31,9 @@ impl EntitySchema {
         self.fields.iter().find(|f| f.name == name)
     }
     /// The foreign fields: `(field, referenced entity, on delete)`.
-    pub fn foreign_fields(&self) -> impl Iterator<Item = (&'static str, &'static str, OnDelete)> + '_ {
+    pub fn foreign_fields(
+        &self,
+    ) -> impl Iterator<Item = (&'static str, &'static str, OnDelete)> + '_ {
         self.fields.iter().filter_map(|f| match f.ty {
             Ty::Foreign {
                 reference,
@@ -84,7 +86,16 @@ fn timeout() -> Ty {
 fn no_checks(_: &Doc, _: &mut FieldErrors) {}
 
 pub const SERVICE_PROTOCOLS: &[&str] = &[
-    "grpc", "grpcs", "http", "https", "tcp", "tls", "tls_passthrough", "udp", "ws", "wss",
+    "grpc",
+    "grpcs",
+    "http",
+    "https",
+    "tcp",
+    "tls",
+    "tls_passthrough",
+    "udp",
+    "ws",
+    "wss",
 ];
 const ROUTE_PROTOCOLS: &[&str] = SERVICE_PROTOCOLS;
 
@@ -133,7 +144,9 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 id(),
                 created_at(),
                 updated_at(),
-                Field::new("name", str_of(StrKind::WildcardHostPort)).req().unique(),
+                Field::new("name", str_of(StrKind::WildcardHostPort))
+                    .req()
+                    .unique(),
                 Field::new("certificate", foreign("certificates", OnDelete::Cascade)).req(),
                 tags(),
             ],
@@ -151,7 +164,9 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 updated_at(),
                 name_field(),
                 Field::new("retries", int(0, 32767)).def(json!(5)),
-                Field::new("protocol", one_of(SERVICE_PROTOCOLS)).req().def(json!("http")),
+                Field::new("protocol", one_of(SERVICE_PROTOCOLS))
+                    .req()
+                    .def(json!("http")),
                 Field::new("host", str_of(StrKind::Host)).req(),
                 Field::new("port", int(0, 65535)).req().def(json!(80)),
                 Field::new("path", str_of(StrKind::Path)),
@@ -159,7 +174,10 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 Field::new("write_timeout", timeout()).def(json!(60000)),
                 Field::new("read_timeout", timeout()).def(json!(60000)),
                 tags(),
-                Field::new("client_certificate", foreign("certificates", OnDelete::Restrict)),
+                Field::new(
+                    "client_certificate",
+                    foreign("certificates", OnDelete::Restrict),
+                ),
                 Field::new("tls_verify", boolean()),
                 Field::new("tls_verify_depth", int(0, 64)),
                 Field::new("ca_certificates", array(str_of(StrKind::Uuid))),
@@ -178,20 +196,35 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 created_at(),
                 updated_at(),
                 name_field(),
-                Field::new("protocols", set(one_of(ROUTE_PROTOCOLS))).req().def(json!(["http", "https"])),
+                Field::new("protocols", set(one_of(ROUTE_PROTOCOLS)))
+                    .req()
+                    .def(json!(["http", "https"])),
                 Field::new("methods", set(str_of(StrKind::HeaderName))),
                 Field::new("hosts", array(str_of(StrKind::WildcardHostPort))),
                 Field::new("paths", array(str_of(StrKind::RoutePath))),
                 Field::new("headers", map(array(string()))),
-                Field::new("https_redirect_status_code", int_one_of(&[426, 301, 302, 307, 308]))
-                    .req()
-                    .def(json!(426)),
-                Field::new("regex_priority", int(i64::from(i32::MIN), i64::from(i32::MAX))).def(json!(0)),
+                Field::new(
+                    "https_redirect_status_code",
+                    int_one_of(&[426, 301, 302, 307, 308]),
+                )
+                .req()
+                .def(json!(426)),
+                Field::new(
+                    "regex_priority",
+                    int(i64::from(i32::MIN), i64::from(i32::MAX)),
+                )
+                .def(json!(0)),
                 Field::new("strip_path", boolean()).req().def(json!(true)),
                 Field::new("path_handling", one_of(&["v0", "v1"])).def(json!("v0")),
-                Field::new("preserve_host", boolean()).req().def(json!(false)),
-                Field::new("request_buffering", boolean()).req().def(json!(true)),
-                Field::new("response_buffering", boolean()).req().def(json!(true)),
+                Field::new("preserve_host", boolean())
+                    .req()
+                    .def(json!(false)),
+                Field::new("request_buffering", boolean())
+                    .req()
+                    .def(json!(true)),
+                Field::new("response_buffering", boolean())
+                    .req()
+                    .def(json!(true)),
                 Field::new("snis", set(str_of(StrKind::WildcardHostPort))),
                 Field::new("sources", set(endpoint())),
                 Field::new("destinations", set(endpoint())),
@@ -229,7 +262,12 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 Field::new("name", str_of(StrKind::Host)).req().unique(),
                 Field::new(
                     "algorithm",
-                    one_of(&["consistent-hashing", "least-connections", "round-robin", "latency"]),
+                    one_of(&[
+                        "consistent-hashing",
+                        "least-connections",
+                        "round-robin",
+                        "latency",
+                    ]),
                 )
                 .def(json!("round-robin")),
                 Field::new("hash_on", one_of(HASH_ON)).def(json!("none")),
@@ -246,7 +284,10 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 Field::new("healthchecks", crate::healthchecks::healthchecks()),
                 tags(),
                 Field::new("host_header", str_of(StrKind::Host)),
-                Field::new("client_certificate", foreign("certificates", OnDelete::Restrict)),
+                Field::new(
+                    "client_certificate",
+                    foreign("certificates", OnDelete::Restrict),
+                ),
                 Field::new("use_srv_name", boolean()).def(json!(false)),
             ],
             endpoint_key: Some("name"),
@@ -384,8 +425,8 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 Field::new(
                     "algorithm",
                     one_of(&[
-                        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
-                        "PS384", "PS512", "EdDSA",
+                        "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384",
+                        "ES512", "PS256", "PS384", "PS512", "EdDSA",
                     ]),
                 )
                 .def(json!("HS256")),
@@ -414,7 +455,16 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
     ]
 });
 
-const HASH_ON: &[&str] = &["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"];
+const HASH_ON: &[&str] = &[
+    "none",
+    "consumer",
+    "ip",
+    "header",
+    "cookie",
+    "path",
+    "query_arg",
+    "uri_capture",
+];
 
 fn endpoint() -> Ty {
     record(vec![
@@ -452,7 +502,10 @@ fn strs<'a>(d: &'a Doc, k: &str) -> Vec<&'a str> {
 fn service_checks(d: &Doc, e: &mut FieldErrors) {
     let proto = d.get("protocol").and_then(Value::as_str).unwrap_or("http");
     if !matches!(proto, "http" | "https" | "ws" | "wss" | "grpc" | "grpcs") && is_set(d, "path") {
-        e.add("path", format!("value must be null when 'protocol' is '{proto}'"));
+        e.add(
+            "path",
+            format!("value must be null when 'protocol' is '{proto}'"),
+        );
     }
     if !matches!(proto, "https" | "wss" | "grpcs" | "tls") && is_set(d, "client_certificate") {
         e.add(
@@ -471,7 +524,10 @@ fn route_checks(d: &Doc, e: &mut FieldErrors) {
         .iter()
         .any(|p| matches!(*p, "tcp" | "tls" | "udp" | "tls_passthrough"));
     if http_like && stream {
-        e.add("protocols", "mixing http and stream protocols is not allowed");
+        e.add(
+            "protocols",
+            "mixing http and stream protocols is not allowed",
+        );
         return;
     }
     let tls = protocols
@@ -485,14 +541,24 @@ fn route_checks(d: &Doc, e: &mut FieldErrors) {
         if !need.iter().any(|k| is_set(d, k)) {
             let list: Vec<String> = need.iter().map(|k| format!("'{k}'")).collect();
             let last = protocols.last().copied().unwrap_or("http");
-            e.add_entity(format!("must set one of {} when 'protocols' is '{last}'", list.join(", ")));
+            e.add_entity(format!(
+                "must set one of {} when 'protocols' is '{last}'",
+                list.join(", ")
+            ));
         }
         for k in ["sources", "destinations"] {
             if is_set(d, k) {
-                e.add(k, "cannot set 'sources' or 'destinations' when 'protocols' is 'http' or 'https'");
+                e.add(
+                    k,
+                    "cannot set 'sources' or 'destinations' when 'protocols' is 'http' or 'https'",
+                );
             }
         }
-    } else if stream && !["sources", "destinations", "snis"].iter().any(|k| is_set(d, k)) {
+    } else if stream
+        && !["sources", "destinations", "snis"]
+            .iter()
+            .any(|k| is_set(d, k))
+    {
         e.add_entity("must set one of 'sources', 'destinations', 'snis' when 'protocols' is 'tcp', 'tls' or 'udp'");
     }
     if is_set(d, "snis") && !tls {
@@ -509,7 +575,10 @@ fn route_checks(d: &Doc, e: &mut FieldErrors) {
                     "cannot contain 'host' header, which must be specified in the 'hosts' attribute",
                 );
             } else if v.as_array().is_none_or(|a| a.is_empty()) {
-                e.add("headers", format!("header '{k}' must have at least one value"));
+                e.add(
+                    "headers",
+                    format!("header '{k}' must have at least one value"),
+                );
             }
         }
     }
@@ -523,7 +592,10 @@ fn consumer_checks(d: &Doc, e: &mut FieldErrors) {
 
 fn upstream_checks(d: &Doc, e: &mut FieldErrors) {
     let on = d.get("hash_on").and_then(Value::as_str).unwrap_or("none");
-    let fb = d.get("hash_fallback").and_then(Value::as_str).unwrap_or("none");
+    let fb = d
+        .get("hash_fallback")
+        .and_then(Value::as_str)
+        .unwrap_or("none");
     let needs = |v: &str, prefix: &str| -> Option<String> {
         match v {
             "header" => Some(format!("hash_{prefix}_header")),
@@ -534,21 +606,33 @@ fn upstream_checks(d: &Doc, e: &mut FieldErrors) {
     };
     if let Some(f) = needs(on, "on") {
         if !is_set(d, &f) {
-            e.add(&f, format!("required field missing when 'hash_on' is '{on}'"));
+            e.add(
+                &f,
+                format!("required field missing when 'hash_on' is '{on}'"),
+            );
         }
     }
     if on == "cookie" && !is_set(d, "hash_on_cookie") {
-        e.add("hash_on_cookie", "required field missing when 'hash_on' is 'cookie'");
+        e.add(
+            "hash_on_cookie",
+            "required field missing when 'hash_on' is 'cookie'",
+        );
     }
     if fb != "none" {
         if on == "none" || on == "cookie" {
-            e.add("hash_fallback", format!("must be 'none' when 'hash_on' is '{on}'"));
+            e.add(
+                "hash_fallback",
+                format!("must be 'none' when 'hash_on' is '{on}'"),
+            );
         } else if fb == on && !matches!(fb, "header" | "query_arg" | "uri_capture") {
             e.add("hash_fallback", "must be different from 'hash_on'");
         }
         if let Some(f) = needs(fb, "fallback") {
             if !is_set(d, &f) {
-                e.add(&f, format!("required field missing when 'hash_fallback' is '{fb}'"));
+                e.add(
+                    &f,
+                    format!("required field missing when 'hash_fallback' is '{fb}'"),
+                );
             }
         }
     }
@@ -590,9 +674,15 @@ fn ca_certificate_checks(d: &Doc, e: &mut FieldErrors) {
 }
 
 fn jwt_checks(d: &Doc, e: &mut FieldErrors) {
-    let alg = d.get("algorithm").and_then(Value::as_str).unwrap_or("HS256");
+    let alg = d
+        .get("algorithm")
+        .and_then(Value::as_str)
+        .unwrap_or("HS256");
     if !alg.starts_with("HS") && !is_set(d, "rsa_public_key") {
-        e.add("rsa_public_key", format!("required field missing when 'algorithm' is '{alg}'"));
+        e.add(
+            "rsa_public_key",
+            format!("required field missing when 'algorithm' is '{alg}'"),
+        );
     }
 }
 

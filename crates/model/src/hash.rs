@@ -1,5 +1,6 @@
 //! Configuration hashes: MD5 over a canonical serialisation, per entity group and combined,
-//! as Kong computes them; the empty configuration hashes to 32 zeros.
+//! as Kong computes them; the empty configuration hashes to 32 zeros. Timestamps are left out,
+//! so equal content gives equal hashes across loads, stores and nodes.
 
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -10,7 +11,14 @@ use crate::Config;
 pub const EMPTY_HASH: &str = "00000000000000000000000000000000";
 
 /// The groups a data plane compares to know what to rebuild.
-pub const GROUPS: [&str; 6] = ["routes", "services", "plugins", "upstreams", "targets", "rest"];
+pub const GROUPS: [&str; 6] = [
+    "routes",
+    "services",
+    "plugins",
+    "upstreams",
+    "targets",
+    "rest",
+];
 
 /// Per-group hashes and the combined one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,7 +33,11 @@ pub struct ConfigHashes {
 }
 
 fn group_of(entity: &str) -> &'static str {
-    GROUPS.iter().copied().find(|g| *g == entity).unwrap_or("rest")
+    GROUPS
+        .iter()
+        .copied()
+        .find(|g| *g == entity)
+        .unwrap_or("rest")
 }
 
 /// Compute the hashes of a configuration. Entities are taken in id order within each type
@@ -34,14 +46,24 @@ pub fn hash_config(config: &Config) -> ConfigHashes {
     let mut hashers: Vec<(Md5, bool)> = GROUPS.iter().map(|_| (Md5::new(), false)).collect();
     let mut buf = String::new();
     for (name, docs) in &config.entities {
-        let gi = GROUPS.iter().position(|g| *g == group_of(name)).unwrap_or(5);
+        let gi = GROUPS
+            .iter()
+            .position(|g| *g == group_of(name))
+            .unwrap_or(5);
         let mut sorted: Vec<&crate::Doc> = docs.iter().collect();
         sorted.sort_by(|a, b| id_of(a).cmp(id_of(b)));
         for d in sorted {
             buf.clear();
             buf.push_str(name);
             buf.push(':');
-            canonical(&Value::Object(d.clone()), &mut buf);
+            // Timestamps are bookkeeping, not configuration: the same content hashes the same
+            // whether it was loaded today or last year.
+            let content: crate::Doc = d
+                .iter()
+                .filter(|(k, _)| k.as_str() != "created_at" && k.as_str() != "updated_at")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            canonical(&Value::Object(content), &mut buf);
             buf.push('\n');
             hashers[gi].0.update(buf.as_bytes());
             hashers[gi].1 = true;
@@ -49,7 +71,13 @@ pub fn hash_config(config: &Config) -> ConfigHashes {
     }
     let groups: Vec<String> = hashers
         .into_iter()
-        .map(|(h, used)| if used { hex::encode(h.finalize()) } else { EMPTY_HASH.to_string() })
+        .map(|(h, used)| {
+            if used {
+                hex::encode(h.finalize())
+            } else {
+                EMPTY_HASH.to_string()
+            }
+        })
         .collect();
     let config = if groups.iter().all(|g| g == EMPTY_HASH) {
         EMPTY_HASH.to_string()
@@ -76,7 +104,11 @@ fn id_of(d: &crate::Doc) -> &str {
 pub fn canonical(v: &Value, out: &mut String) {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.iter().filter(|(_, v)| !v.is_null()).map(|(k, _)| k).collect();
+            let mut keys: Vec<&String> = m
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| k)
+                .collect();
             keys.sort();
             out.push('{');
             for (i, k) in keys.iter().enumerate() {
@@ -112,10 +144,17 @@ mod tests {
     fn empty_is_zeros_and_order_does_not_matter() {
         let empty = Config::default();
         assert_eq!(hash_config(&empty).config, EMPTY_HASH);
-        let a = json!({"id": "a", "name": "x", "port": 80}).as_object().unwrap().clone();
-        let b = json!({"port": 81, "id": "b", "name": null}).as_object().unwrap().clone();
+        let a = json!({"id": "a", "name": "x", "port": 80})
+            .as_object()
+            .unwrap()
+            .clone();
+        let b = json!({"port": 81, "id": "b", "name": null})
+            .as_object()
+            .unwrap()
+            .clone();
         let mut c1 = Config::default();
-        c1.entities.insert("services".into(), vec![a.clone(), b.clone()]);
+        c1.entities
+            .insert("services".into(), vec![a.clone(), b.clone()]);
         let mut c2 = Config::default();
         c2.entities.insert("services".into(), vec![b, a]);
         let (h1, h2) = (hash_config(&c1), hash_config(&c2));

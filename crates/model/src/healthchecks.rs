@@ -13,7 +13,11 @@ fn counter() -> Ty {
 }
 
 fn interval() -> Ty {
-    Ty::Num { min: Some(0.0), max: Some(65535.0), gt: None }
+    Ty::Num {
+        min: Some(0.0),
+        max: Some(65535.0),
+        gt: None,
+    }
 }
 
 /// `healthchecks = { active = {...}, passive = {...}, threshold = 0 }`.
@@ -22,7 +26,8 @@ pub fn healthchecks() -> Ty {
         Field::new(
             "active",
             record(vec![
-                Field::new("type", one_of(&["tcp", "http", "https", "grpc", "grpcs"])).def(json!("http")),
+                Field::new("type", one_of(&["tcp", "http", "https", "grpc", "grpcs"]))
+                    .def(json!("http")),
                 Field::new("timeout", number()).def(json!(1)),
                 Field::new("concurrency", int(1, 2_147_483_648)).def(json!(10)),
                 Field::new("http_path", str_of(StrKind::Path)).def(json!("/")),
@@ -53,13 +58,14 @@ pub fn healthchecks() -> Ty {
         Field::new(
             "passive",
             record(vec![
-                Field::new("type", one_of(&["tcp", "http", "https", "grpc", "grpcs"])).def(json!("http")),
+                Field::new("type", one_of(&["tcp", "http", "https", "grpc", "grpcs"]))
+                    .def(json!("http")),
                 Field::new(
                     "healthy",
                     record(vec![
                         Field::new("http_statuses", statuses()).def(json!([
-                            200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305,
-                            306, 307, 308
+                            200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303,
+                            304, 305, 306, 307, 308
                         ])),
                         Field::new("successes", counter()).def(json!(0)),
                     ]),
@@ -75,6 +81,14 @@ pub fn healthchecks() -> Ty {
                 ),
             ]),
         ),
-        Field::new("threshold", Ty::Num { min: Some(0.0), max: Some(100.0), gt: None }).def(json!(0)),
+        Field::new(
+            "threshold",
+            Ty::Num {
+                min: Some(0.0),
+                max: Some(100.0),
+                gt: None,
+            },
+        )
+        .def(json!(0)),
     ])
 }

@@ -19,7 +19,10 @@ pub fn parse_cert_chain(pem: &str) -> Result<CertInfo, String> {
     for block in Pem::iter_from_buffer(pem.as_bytes()) {
         let block = block.map_err(|e| format!("invalid certificate: {e}"))?;
         if block.label != "CERTIFICATE" {
-            return Err(format!("invalid certificate: unexpected PEM block '{}'", block.label));
+            return Err(format!(
+                "invalid certificate: unexpected PEM block '{}'",
+                block.label
+            ));
         }
         let x = block
             .parse_x509()
@@ -45,8 +48,13 @@ pub fn parse_cert_chain(pem: &str) -> Result<CertInfo, String> {
 pub fn check_key(pem: &str) -> Result<(), String> {
     let mut it = Pem::iter_from_buffer(pem.as_bytes());
     match it.next() {
-        Some(Ok(block)) if block.label.ends_with("PRIVATE KEY") && !block.contents.is_empty() => Ok(()),
-        Some(Ok(block)) => Err(format!("invalid key: unexpected PEM block '{}'", block.label)),
+        Some(Ok(block)) if block.label.ends_with("PRIVATE KEY") && !block.contents.is_empty() => {
+            Ok(())
+        }
+        Some(Ok(block)) => Err(format!(
+            "invalid key: unexpected PEM block '{}'",
+            block.label
+        )),
         Some(Err(e)) => Err(format!("invalid key: {e}")),
         None => Err("invalid key: no PEM private key found".into()),
     }

@@ -53,7 +53,9 @@ impl PluginSchema {
             json!({"config": {"type": "record", "required": true, "fields": describe(&self.config)}}),
         ];
         if self.no_consumer {
-            fields.push(json!({"consumer": {"type": "foreign", "reference": "consumers", "eq": null}}));
+            fields.push(
+                json!({"consumer": {"type": "foreign", "reference": "consumers", "eq": null}}),
+            );
         }
         json!({ "fields": fields, "priority": self.priority, "version": self.version })
     }
@@ -83,7 +85,12 @@ fn anonymous() -> Field {
 }
 
 fn transform_group(fields: &[&'static str]) -> Ty {
-    record(fields.iter().map(|f| Field::new(f, s_arr()).def(json!([]))).collect())
+    record(
+        fields
+            .iter()
+            .map(|f| Field::new(f, s_arr()).def(json!([])))
+            .collect(),
+    )
 }
 
 pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
@@ -93,8 +100,12 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             100_001,
             vec![
                 Field::new("header_name", string()).def(json!("Kong-Request-ID")),
-                Field::new("generator", one_of(&["uuid", "uuid#counter", "tracker"])).req().def(json!("uuid#counter")),
-                Field::new("echo_downstream", boolean()).req().def(json!(false)),
+                Field::new("generator", one_of(&["uuid", "uuid#counter", "tracker"]))
+                    .req()
+                    .def(json!("uuid#counter")),
+                Field::new("echo_downstream", boolean())
+                    .req()
+                    .def(json!(false)),
             ],
         ),
         PluginSchema::new(
@@ -109,7 +120,9 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
         )
         .checks(|c, e| {
             if !set_nonempty(c, "allow") && !set_nonempty(c, "deny") {
-                e.add_entity("at least one of these fields must be non-empty: 'config.allow', 'config.deny'");
+                e.add_entity(
+                    "at least one of these fields must be non-empty: 'config.allow', 'config.deny'",
+                );
             }
         }),
         PluginSchema::new(
@@ -121,13 +134,22 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                 Field::new("exposed_headers", s_arr()),
                 Field::new(
                     "methods",
-                    array(one_of(&["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"])),
+                    array(one_of(&[
+                        "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE",
+                        "CONNECT",
+                    ])),
                 )
-                .def(json!(["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"])),
+                .def(json!([
+                    "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"
+                ])),
                 Field::new("max_age", number()),
                 Field::new("credentials", boolean()).req().def(json!(false)),
-                Field::new("private_network", boolean()).req().def(json!(false)),
-                Field::new("preflight_continue", boolean()).req().def(json!(false)),
+                Field::new("private_network", boolean())
+                    .req()
+                    .def(json!(false)),
+                Field::new("preflight_continue", boolean())
+                    .req()
+                    .def(json!(false)),
             ],
         ),
         PluginSchema::new(
@@ -137,12 +159,23 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                 Field::new("uri_param_names", set(string())).def(json!(["jwt"])),
                 Field::new("cookie_names", set(string())).def(json!([])),
                 Field::new("key_claim_name", string()).def(json!("iss")),
-                Field::new("secret_is_base64", boolean()).req().def(json!(false)),
+                Field::new("secret_is_base64", boolean())
+                    .req()
+                    .def(json!(false)),
                 Field::new("claims_to_verify", set(one_of(&["exp", "nbf"]))),
                 anonymous(),
-                Field::new("run_on_preflight", boolean()).req().def(json!(true)),
-                Field::new("maximum_expiration", Ty::Num { min: Some(0.0), max: Some(31_536_000.0), gt: None })
-                    .def(json!(0)),
+                Field::new("run_on_preflight", boolean())
+                    .req()
+                    .def(json!(true)),
+                Field::new(
+                    "maximum_expiration",
+                    Ty::Num {
+                        min: Some(0.0),
+                        max: Some(31_536_000.0),
+                        gt: None,
+                    },
+                )
+                .def(json!(0)),
                 Field::new("header_names", set(string())).def(json!(["authorization"])),
                 Field::new("realm", string()),
             ],
@@ -155,12 +188,18 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                 Field::new("key_names", array(str_of(StrKind::HeaderName)))
                     .req()
                     .def(json!(["apikey"])),
-                Field::new("hide_credentials", boolean()).req().def(json!(false)),
+                Field::new("hide_credentials", boolean())
+                    .req()
+                    .def(json!(false)),
                 anonymous(),
-                Field::new("key_in_header", boolean()).req().def(json!(true)),
+                Field::new("key_in_header", boolean())
+                    .req()
+                    .def(json!(true)),
                 Field::new("key_in_query", boolean()).req().def(json!(true)),
                 Field::new("key_in_body", boolean()).req().def(json!(false)),
-                Field::new("run_on_preflight", boolean()).req().def(json!(true)),
+                Field::new("run_on_preflight", boolean())
+                    .req()
+                    .def(json!(true)),
                 Field::new("realm", string()),
             ],
         )
@@ -170,7 +209,9 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             1100,
             vec![
                 anonymous(),
-                Field::new("hide_credentials", boolean()).req().def(json!(false)),
+                Field::new("hide_credentials", boolean())
+                    .req()
+                    .def(json!(false)),
                 Field::new("realm", string()).req().def(json!("service")),
             ],
         )
@@ -179,13 +220,30 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             "hmac-auth",
             1030,
             vec![
-                Field::new("hide_credentials", boolean()).req().def(json!(false)),
+                Field::new("hide_credentials", boolean())
+                    .req()
+                    .def(json!(false)),
                 Field::new("clock_skew", number_gt(0.0)).def(json!(300)),
                 anonymous(),
-                Field::new("validate_request_body", boolean()).req().def(json!(false)),
+                Field::new("validate_request_body", boolean())
+                    .req()
+                    .def(json!(false)),
                 Field::new("enforce_headers", s_arr()).def(json!([])),
-                Field::new("algorithms", array(one_of(&["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"])))
-                    .def(json!(["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"])),
+                Field::new(
+                    "algorithms",
+                    array(one_of(&[
+                        "hmac-sha1",
+                        "hmac-sha256",
+                        "hmac-sha384",
+                        "hmac-sha512",
+                    ])),
+                )
+                .def(json!([
+                    "hmac-sha1",
+                    "hmac-sha256",
+                    "hmac-sha384",
+                    "hmac-sha512"
+                ])),
                 Field::new("realm", string()),
             ],
         )
@@ -196,16 +254,22 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             vec![
                 Field::new("allow", s_arr()),
                 Field::new("deny", s_arr()),
-                Field::new("hide_groups_header", boolean()).req().def(json!(false)),
+                Field::new("hide_groups_header", boolean())
+                    .req()
+                    .def(json!(false)),
                 Field::new("include_consumer_groups", boolean()).def(json!(false)),
-                Field::new("always_use_authenticated_groups", boolean()).req().def(json!(false)),
+                Field::new("always_use_authenticated_groups", boolean())
+                    .req()
+                    .def(json!(false)),
             ],
         )
         .auth()
         .checks(|c, e| {
             let (a, d) = (set_nonempty(c, "allow"), set_nonempty(c, "deny"));
             if a == d {
-                e.add_entity("exactly one of these fields must be non-empty: 'config.allow', 'config.deny'");
+                e.add_entity(
+                    "exactly one of these fields must be non-empty: 'config.allow', 'config.deny'",
+                );
             }
         }),
         rate_limiting(),
@@ -214,15 +278,21 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             951,
             vec![
                 Field::new("allowed_payload_size", int(0, i64::MAX)).def(json!(128)),
-                Field::new("size_unit", one_of(&["megabytes", "kilobytes", "bytes"])).req().def(json!("megabytes")),
-                Field::new("require_content_length", boolean()).req().def(json!(false)),
+                Field::new("size_unit", one_of(&["megabytes", "kilobytes", "bytes"]))
+                    .req()
+                    .def(json!("megabytes")),
+                Field::new("require_content_length", boolean())
+                    .req()
+                    .def(json!(false)),
             ],
         ),
         PluginSchema::new(
             "request-termination",
             2,
             vec![
-                Field::new("status_code", int(100, 599)).req().def(json!(503)),
+                Field::new("status_code", int(100, 599))
+                    .req()
+                    .def(json!(503)),
                 Field::new("message", string()),
                 Field::new("content_type", string()),
                 Field::new("body", string()),
@@ -232,10 +302,15 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
         )
         .checks(|c, e| {
             if set_nonempty(c, "message") && set_nonempty(c, "body") {
-                e.add_entity("at most one of these fields may be set: 'config.message', 'config.body'");
+                e.add_entity(
+                    "at most one of these fields may be set: 'config.message', 'config.body'",
+                );
             }
             if set_nonempty(c, "content_type") && !set_nonempty(c, "body") {
-                e.add("content_type", "value must be null when 'config.body' is not set");
+                e.add(
+                    "content_type",
+                    "value must be null when 'config.body' is not set",
+                );
             }
         }),
         PluginSchema::new(
@@ -243,11 +318,23 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             801,
             vec![
                 Field::new("http_method", str_of(StrKind::HeaderName)),
-                Field::new("remove", transform_group(&["body", "headers", "querystring"])),
-                Field::new("rename", transform_group(&["body", "headers", "querystring"])),
-                Field::new("replace", transform_group(&["body", "headers", "querystring", "uri"])),
+                Field::new(
+                    "remove",
+                    transform_group(&["body", "headers", "querystring"]),
+                ),
+                Field::new(
+                    "rename",
+                    transform_group(&["body", "headers", "querystring"]),
+                ),
+                Field::new(
+                    "replace",
+                    transform_group(&["body", "headers", "querystring", "uri"]),
+                ),
                 Field::new("add", transform_group(&["body", "headers", "querystring"])),
-                Field::new("append", transform_group(&["body", "headers", "querystring"])),
+                Field::new(
+                    "append",
+                    transform_group(&["body", "headers", "querystring"]),
+                ),
             ],
         ),
         PluginSchema::new(
@@ -256,9 +343,15 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             vec![
                 Field::new("remove", transform_group(&["json", "headers"])),
                 Field::new("rename", transform_group(&["json", "headers"])),
-                Field::new("replace", transform_group(&["json", "json_types", "headers"])),
+                Field::new(
+                    "replace",
+                    transform_group(&["json", "json_types", "headers"]),
+                ),
                 Field::new("add", transform_group(&["json", "json_types", "headers"])),
-                Field::new("append", transform_group(&["json", "json_types", "headers"])),
+                Field::new(
+                    "append",
+                    transform_group(&["json", "json_types", "headers"]),
+                ),
             ],
         ),
         PluginSchema::new(
@@ -278,8 +371,11 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             vec![
                 Field::new("http_endpoint", str_of(StrKind::Url)).req(),
                 Field::new("method", one_of(&["POST", "PUT", "PATCH"])).def(json!("POST")),
-                Field::new("content_type", one_of(&["application/json", "application/json; charset=utf-8"]))
-                    .def(json!("application/json")),
+                Field::new(
+                    "content_type",
+                    one_of(&["application/json", "application/json; charset=utf-8"]),
+                )
+                .def(json!("application/json")),
                 Field::new("timeout", number()).def(json!(10000)),
                 Field::new("keepalive", number()).def(json!(60000)),
                 Field::new("retry_count", int(0, 1_000_000)),
@@ -290,15 +386,36 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                     "queue",
                     record(vec![
                         Field::new("max_batch_size", int(1, 1_000_000)).def(json!(1)),
-                        Field::new("max_coalescing_delay", Ty::Num { min: Some(0.0), max: Some(3600.0), gt: None })
-                            .def(json!(1)),
+                        Field::new(
+                            "max_coalescing_delay",
+                            Ty::Num {
+                                min: Some(0.0),
+                                max: Some(3600.0),
+                                gt: None,
+                            },
+                        )
+                        .def(json!(1)),
                         Field::new("max_entries", int(1, 1_000_000)).def(json!(10000)),
                         Field::new("max_bytes", int(1, i64::MAX)),
                         Field::new("max_retry_time", number()).def(json!(60)),
-                        Field::new("initial_retry_delay", Ty::Num { min: Some(0.001), max: Some(1_000_000.0), gt: None })
-                            .def(json!(0.01)),
-                        Field::new("max_retry_delay", Ty::Num { min: Some(0.001), max: Some(1_000_000.0), gt: None })
-                            .def(json!(60)),
+                        Field::new(
+                            "initial_retry_delay",
+                            Ty::Num {
+                                min: Some(0.001),
+                                max: Some(1_000_000.0),
+                                gt: None,
+                            },
+                        )
+                        .def(json!(0.01)),
+                        Field::new(
+                            "max_retry_delay",
+                            Ty::Num {
+                                min: Some(0.001),
+                                max: Some(1_000_000.0),
+                                gt: None,
+                            },
+                        )
+                        .def(json!(60)),
                     ]),
                 ),
             ],
@@ -309,19 +426,34 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
 const LIMITS: [&str; 6] = ["second", "minute", "hour", "day", "month", "year"];
 
 fn rate_limiting() -> PluginSchema {
-    let mut fields: Vec<Field> = LIMITS.iter().map(|l| Field::new(l, number_gt(0.0))).collect();
+    let mut fields: Vec<Field> = LIMITS
+        .iter()
+        .map(|l| Field::new(l, number_gt(0.0)))
+        .collect();
     fields.extend([
         Field::new(
             "limit_by",
-            one_of(&["consumer", "credential", "ip", "service", "header", "path", "consumer-group"]),
+            one_of(&[
+                "consumer",
+                "credential",
+                "ip",
+                "service",
+                "header",
+                "path",
+                "consumer-group",
+            ]),
         )
         .def(json!("consumer")),
         Field::new("header_name", str_of(StrKind::HeaderName)),
         Field::new("path", str_of(StrKind::Path)),
         Field::new("policy", one_of(&["local", "cluster", "redis"])).def(json!("local")),
-        Field::new("fault_tolerant", boolean()).req().def(json!(true)),
+        Field::new("fault_tolerant", boolean())
+            .req()
+            .def(json!(true)),
         Field::new("redis", redis()),
-        Field::new("hide_client_headers", boolean()).req().def(json!(false)),
+        Field::new("hide_client_headers", boolean())
+            .req()
+            .def(json!(false)),
         Field::new("error_code", number()).def(json!(429)),
         Field::new("error_message", string()).def(json!("API rate limit exceeded")),
         Field::new("sync_rate", number()).def(json!(-1)),

@@ -296,7 +296,10 @@ fn flatten_into(v: &Value, path: &str, out: &mut Vec<String>) {
 
 /// Validate `input` against `fields`, returning the full record with defaults filled in.
 /// Every error is collected; nothing stops at the first.
-pub fn validate_record(fields: &[Field], input: &Map<String, Value>) -> Result<Map<String, Value>, FieldErrors> {
+pub fn validate_record(
+    fields: &[Field],
+    input: &Map<String, Value>,
+) -> Result<Map<String, Value>, FieldErrors> {
     let mut errs = FieldErrors::default();
     let mut out = Map::new();
     for k in input.keys() {
@@ -351,9 +354,9 @@ pub fn validate_record(fields: &[Field], input: &Map<String, Value>) -> Result<M
 
 /// Whether a record has a default somewhere, so that an absent one is filled in.
 fn has_defaults(fields: &[Field]) -> bool {
-    fields.iter().any(|f| {
-        f.default.is_some() || matches!(&f.ty, Ty::Record(sub) if has_defaults(sub))
-    })
+    fields
+        .iter()
+        .any(|f| f.default.is_some() || matches!(&f.ty, Ty::Record(sub) if has_defaults(sub)))
 }
 
 /// Check one value against a type; an error is a string or a nested error object.
@@ -435,7 +438,12 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
                 Value::Array(a) => a,
                 // Kong treats an empty object as an empty array (JSON `{}` from Lua clients).
                 Value::Object(m) if m.is_empty() => vec![],
-                _ => return err(format!("expected {}", if *set { "a set" } else { "an array" })),
+                _ => {
+                    return err(format!(
+                        "expected {}",
+                        if *set { "a set" } else { "an array" }
+                    ))
+                }
             };
             if let Some(min) = len_min {
                 if a.len() < *min {
@@ -596,10 +604,13 @@ fn coerce_value(ty: &Ty, v: &mut Value) {
 /// anything else is replaced (Kong's PATCH semantics).
 pub fn merge_patch(fields: &[Field], base: &mut Map<String, Value>, patch: Map<String, Value>) {
     for (k, v) in patch {
-        let sub = fields.iter().find(|f| f.name == k).and_then(|f| match &f.ty {
-            Ty::Record(sub) => Some(sub),
-            _ => None,
-        });
+        let sub = fields
+            .iter()
+            .find(|f| f.name == k)
+            .and_then(|f| match &f.ty {
+                Ty::Record(sub) => Some(sub),
+                _ => None,
+            });
         match (sub, base.get_mut(&k), v) {
             (Some(sub), Some(Value::Object(b)), Value::Object(p)) => merge_patch(sub, b, p),
             (_, _, v) => {
@@ -685,7 +696,9 @@ fn describe_ty(ty: &Ty) -> Value {
         Ty::Array { elem, set, .. } => {
             json!({"type": if *set { "set" } else { "array" }, "elements": describe_ty(elem)})
         }
-        Ty::Map { values } => json!({"type": "map", "keys": {"type": "string"}, "values": describe_ty(values)}),
+        Ty::Map { values } => {
+            json!({"type": "map", "keys": {"type": "string"}, "values": describe_ty(values)})
+        }
         Ty::Record(fields) => json!({"type": "record", "fields": describe(fields)}),
         Ty::Foreign {
             reference,
@@ -722,14 +735,20 @@ mod tests {
         assert_eq!(ok["tags"], Value::Null);
         let e = validate_record(
             &fields(),
-            json!({"port": "x", "zzz": 1, "conf": {"minute": -1}}).as_object().unwrap(),
+            json!({"port": "x", "zzz": 1, "conf": {"minute": -1}})
+                .as_object()
+                .unwrap(),
         )
         .unwrap_err();
         assert_eq!(e.0["name"], json!("required field missing"));
         assert_eq!(e.0["port"], json!("expected an integer"));
         assert_eq!(e.0["zzz"], json!("unknown field"));
         assert_eq!(e.0["conf"]["minute"], json!("value must be greater than 0"));
-        assert!(e.message().starts_with("4 schema violations ("), "{}", e.message());
+        assert!(
+            e.message().starts_with("4 schema violations ("),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
@@ -755,7 +774,10 @@ mod tests {
 
     #[test]
     fn patch_merges_records() {
-        let mut base = json!({"name": "a", "conf": {"minute": 5, "hour": 9}}).as_object().unwrap().clone();
+        let mut base = json!({"name": "a", "conf": {"minute": 5, "hour": 9}})
+            .as_object()
+            .unwrap()
+            .clone();
         let patch = json!({"conf": {"minute": 6}}).as_object().unwrap().clone();
         merge_patch(&fields(), &mut base, patch);
         assert_eq!(base["conf"], json!({"minute": 6, "hour": 9}));

@@ -7,7 +7,8 @@ use regex::Regex;
 
 use crate::schema::StrKind;
 
-static NAME: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._~-]+$").expect("static regex"));
+static NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._~-]+$").expect("static regex"));
 static HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
         .expect("static regex")
@@ -48,7 +49,9 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
                 h
             };
             if stripped.contains('*') {
-                return Err(format!("invalid wildcard: '{s}': must be placed at leftmost or rightmost label"));
+                return Err(format!(
+                    "invalid wildcard: '{s}': must be placed at leftmost or rightmost label"
+                ));
             }
             check_host(stripped)
         }
@@ -62,7 +65,12 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
             if let Some(re) = s.strip_prefix('~') {
                 Regex::new(re).map(|_| ()).map_err(|e| {
                     let msg = e.to_string();
-                    let last = msg.lines().last().unwrap_or("invalid regex").trim().to_string();
+                    let last = msg
+                        .lines()
+                        .last()
+                        .unwrap_or("invalid regex")
+                        .trim()
+                        .to_string();
                     format!("invalid regex: '{re}' ({last})")
                 })
             } else if s.starts_with('/') {
@@ -101,7 +109,9 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
             if HEADER.is_match(s) {
                 Ok(())
             } else {
-                Err(format!("bad header name '{s}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"))
+                Err(format!(
+                    "bad header name '{s}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+                ))
             }
         }
     }
@@ -139,7 +149,9 @@ fn check_host(h: &str) -> Result<(), String> {
 
 fn check_path_chars(s: &str) -> Result<(), String> {
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("invalid path: '{s}' (characters outside of the reserved list of RFC 3986 found)"));
+        return Err(format!(
+            "invalid path: '{s}' (characters outside of the reserved list of RFC 3986 found)"
+        ));
     }
     if s.contains("//") {
         return Err(format!("invalid path: '{s}' (must not contain '//')"));
@@ -152,7 +164,9 @@ fn check_cidr(s: &str) -> Result<(), String> {
         Some((ip, b)) => (ip, Some(b)),
         None => (s, None),
     };
-    let addr: IpAddr = ip.parse().map_err(|_| format!("invalid ip or cidr range: '{s}'"))?;
+    let addr: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("invalid ip or cidr range: '{s}'"))?;
     if let Some(b) = bits {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         match b.parse::<u8>() {

@@ -78,23 +78,39 @@ impl Store {
             version: bump_version(&mut tx).await?,
             seq: 0,
         };
-        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM entities").fetch_one(&mut *tx).await?.try_get(0)?;
+        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM entities")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
         if replace {
             for table in ["entities", "entity_keys", "entity_refs", "entity_tags"] {
-                sqlx::query(&format!("DELETE FROM {table}")).execute(&mut *tx).await?;
+                sqlx::query(&format!("DELETE FROM {table}"))
+                    .execute(&mut *tx)
+                    .await?;
             }
             log_change(&mut tx, &mut st, "*", "*", "reset").await?;
         } else if stored > 0 {
             check_against_store(&mut tx, config).await?;
             clear_indexes_of(&mut tx, config).await?;
         }
-        let (mut ents, mut keys, mut refs, mut tag_rows, mut changes) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut ents, mut keys, mut refs, mut tag_rows, mut changes) =
+            (vec![], vec![], vec![], vec![], vec![]);
         for (name, docs) in &config.entities {
-            let schema = schema_of(name).ok_or_else(|| StoreError::Migration(format!("unknown entity type {name}")))?;
+            let schema = schema_of(name)
+                .ok_or_else(|| StoreError::Migration(format!("unknown entity type {name}")))?;
             for d in docs {
-                let id = d.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+                let id = d
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string();
                 for (k, v) in unique_keys(schema, d) {
-                    keys.push(vec![P::S(name.clone()), P::S(k.to_string()), P::S(v), P::S(id.clone())]);
+                    keys.push(vec![
+                        P::S(name.clone()),
+                        P::S(k.to_string()),
+                        P::S(v),
+                        P::S(id.clone()),
+                    ]);
                 }
                 for r in references(schema, d) {
                     refs.push(vec![
@@ -134,7 +150,14 @@ impl Store {
             "ON CONFLICT (entity_type, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
         )
         .await?;
-        insert_rows(&mut tx, "entity_keys", &["entity_type", "key_name", "key_value", "id"], keys, "").await?;
+        insert_rows(
+            &mut tx,
+            "entity_keys",
+            &["entity_type", "key_name", "key_value", "id"],
+            keys,
+            "",
+        )
+        .await?;
         insert_rows(
             &mut tx,
             "entity_refs",
@@ -143,8 +166,22 @@ impl Store {
             "ON CONFLICT DO NOTHING",
         )
         .await?;
-        insert_rows(&mut tx, "entity_tags", &["entity_type", "id", "tag"], tag_rows, "ON CONFLICT DO NOTHING").await?;
-        insert_rows(&mut tx, "changes", &["version", "seq", "entity_type", "id", "op"], changes, "").await?;
+        insert_rows(
+            &mut tx,
+            "entity_tags",
+            &["entity_type", "id", "tag"],
+            tag_rows,
+            "ON CONFLICT DO NOTHING",
+        )
+        .await?;
+        insert_rows(
+            &mut tx,
+            "changes",
+            &["version", "seq", "entity_type", "id", "op"],
+            changes,
+            "",
+        )
+        .await?;
         tx.commit().await?;
         Ok(st.version)
     }
@@ -152,7 +189,10 @@ impl Store {
 
 /// Unique keys held by other stored entities, and references to entities in neither the file
 /// nor the store, are refused before anything is written.
-async fn check_against_store(tx: &mut Transaction<'static, Any>, config: &Config) -> Result<(), StoreError> {
+async fn check_against_store(
+    tx: &mut Transaction<'static, Any>,
+    config: &Config,
+) -> Result<(), StoreError> {
     let mut in_file: HashSet<(&str, &str)> = HashSet::new();
     for (name, docs) in &config.entities {
         for d in docs {
@@ -162,11 +202,14 @@ async fn check_against_store(tx: &mut Transaction<'static, Any>, config: &Config
         }
     }
     for (name, docs) in &config.entities {
-        let Some(schema) = schema_of(name) else { continue };
-        let rows = sqlx::query("SELECT key_name, key_value, id FROM entity_keys WHERE entity_type = $1")
-            .bind(name.clone())
-            .fetch_all(&mut **tx)
-            .await?;
+        let Some(schema) = schema_of(name) else {
+            continue;
+        };
+        let rows =
+            sqlx::query("SELECT key_name, key_value, id FROM entity_keys WHERE entity_type = $1")
+                .bind(name.clone())
+                .fetch_all(&mut **tx)
+                .await?;
         let mut held: HashMap<(String, String), String> = HashMap::with_capacity(rows.len());
         for r in rows {
             held.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
@@ -188,11 +231,12 @@ async fn check_against_store(tx: &mut Transaction<'static, Any>, config: &Config
                 if in_file.contains(&(r.target, r.id.as_str())) {
                     continue;
                 }
-                let found = sqlx::query("SELECT 1 FROM entities WHERE entity_type = $1 AND id = $2")
-                    .bind(r.target.to_string())
-                    .bind(r.id.clone())
-                    .fetch_optional(&mut **tx)
-                    .await?;
+                let found =
+                    sqlx::query("SELECT 1 FROM entities WHERE entity_type = $1 AND id = $2")
+                        .bind(r.target.to_string())
+                        .bind(r.id.clone())
+                        .fetch_optional(&mut **tx)
+                        .await?;
                 if found.is_none() {
                     return Err(StoreError::ForeignKey {
                         field: r.field.to_string(),
@@ -207,7 +251,10 @@ async fn check_against_store(tx: &mut Transaction<'static, Any>, config: &Config
 }
 
 /// Drop the index rows of the entities about to be rewritten.
-async fn clear_indexes_of(tx: &mut Transaction<'static, Any>, config: &Config) -> Result<(), StoreError> {
+async fn clear_indexes_of(
+    tx: &mut Transaction<'static, Any>,
+    config: &Config,
+) -> Result<(), StoreError> {
     for (name, docs) in &config.entities {
         let ids: Vec<String> = docs
             .iter()
@@ -216,7 +263,10 @@ async fn clear_indexes_of(tx: &mut Transaction<'static, Any>, config: &Config) -
         for chunk in ids.chunks(CHUNK) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             for table in ["entity_keys", "entity_refs", "entity_tags"] {
-                let sql = format!("DELETE FROM {table} WHERE entity_type = $1 AND id IN ({})", marks.join(", "));
+                let sql = format!(
+                    "DELETE FROM {table} WHERE entity_type = $1 AND id IN ({})",
+                    marks.join(", ")
+                );
                 let mut q = sqlx::query(&sql).bind(name.clone());
                 for id in chunk {
                     q = q.bind(id.clone());

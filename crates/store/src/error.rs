@@ -11,15 +11,27 @@ pub enum StoreError {
     #[error("primary key violation on key '{{id=\"{id}\"}}'")]
     PrimaryKey { id: String },
     #[error("UNIQUE violation detected on '{{{field}=\"{value}\"}}'")]
-    Unique { entity: String, field: String, value: String },
+    Unique {
+        entity: String,
+        field: String,
+        value: String,
+    },
     #[error("the foreign key '{{id=\"{id}\"}}' does not reference an existing '{target}' entity.")]
-    ForeignKey { field: String, target: String, id: String },
+    ForeignKey {
+        field: String,
+        target: String,
+        id: String,
+    },
     #[error("an existing '{by}' entity references this '{entity}' entity")]
     ReferencedBy { entity: String, by: String },
     #[error("{0}")]
     Declarative(#[from] DeclarativeError),
     #[error("stored document {entity}/{id} is not valid JSON: {reason}")]
-    Corrupt { entity: String, id: String, reason: String },
+    Corrupt {
+        entity: String,
+        id: String,
+        reason: String,
+    },
     #[error("invalid offset")]
     InvalidOffset,
     #[error("database error: {0}")]

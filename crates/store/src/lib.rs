@@ -50,7 +50,8 @@ impl Store {
         let (url, postgres, max) = match backend {
             Backend::Sqlite(Some(path)) => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
                 }
                 (format!("sqlite://{}?mode=rwc", path.display()), false, 4)
             }
@@ -64,7 +65,9 @@ impl Store {
         };
         if let Some(s) = &schema {
             if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(StoreError::Open(format!("invalid pg_schema '{s}': letters, digits and '_' only")));
+                return Err(StoreError::Open(format!(
+                    "invalid pg_schema '{s}': letters, digits and '_' only"
+                )));
             }
         }
         let timeout = match backend {
@@ -75,15 +78,24 @@ impl Store {
         let pool = AnyPoolOptions::new()
             .max_connections(max)
             .min_connections(if postgres { 0 } else { 1 })
-            .idle_timeout(if max == 1 { None } else { Some(Duration::from_secs(600)) })
-            .max_lifetime(if max == 1 { None } else { Some(Duration::from_secs(1800)) })
+            .idle_timeout(if max == 1 {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if max == 1 {
+                None
+            } else {
+                Some(Duration::from_secs(1800))
+            })
             .acquire_timeout(timeout)
             .after_connect(move |conn: &mut AnyConnection, _| {
                 let schema = setup_schema.clone();
                 Box::pin(async move {
                     if postgres {
                         if let Some(s) = schema {
-                            conn.execute(format!("SET search_path TO \"{s}\"").as_str()).await?;
+                            conn.execute(format!("SET search_path TO \"{s}\"").as_str())
+                                .await?;
                         }
                     } else {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
@@ -97,7 +109,8 @@ impl Store {
             .await
             .map_err(|e| StoreError::Open(describe_connect_error(backend, &e)))?;
         if let Some(s) = &schema {
-            pool.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"").as_str()).await?;
+            pool.execute(format!("CREATE SCHEMA IF NOT EXISTS \"{s}\"").as_str())
+                .await?;
         }
         let store = Store {
             pool,
@@ -147,5 +160,10 @@ fn pg_url(pg: &gantry_conf::PgSettings) -> String {
         Some(p) => format!("{}:{}", pct(&pg.user), pct(p)),
         None => pct(&pg.user),
     };
-    format!("postgres://{auth}@{}:{}/{}", pg.host, pg.port, pct(&pg.database))
+    format!(
+        "postgres://{auth}@{}:{}/{}",
+        pg.host,
+        pg.port,
+        pct(&pg.database)
+    )
 }

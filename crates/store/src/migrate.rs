@@ -52,7 +52,9 @@ pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS gantry_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .execute(&store.pool)
         .await?;
-    let rows = sqlx::query("SELECT name FROM gantry_migrations").fetch_all(&store.pool).await?;
+    let rows = sqlx::query("SELECT name FROM gantry_migrations")
+        .fetch_all(&store.pool)
+        .await?;
     let applied: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
     for (name, statements) in MIGRATIONS {
         if applied.iter().any(|a| a == name) {

@@ -80,7 +80,9 @@ fn encode_offset(key: &str) -> String {
 }
 
 fn decode_offset(o: &str) -> Result<String, StoreError> {
-    let b = URL_SAFE_NO_PAD.decode(o).map_err(|_| StoreError::InvalidOffset)?;
+    let b = URL_SAFE_NO_PAD
+        .decode(o)
+        .map_err(|_| StoreError::InvalidOffset)?;
     String::from_utf8(b).map_err(|_| StoreError::InvalidOffset)
 }
 
@@ -110,7 +112,12 @@ impl Store {
     }
 
     /// An entity by one of its unique keys (`name`, `username`, `cache_key`, ...).
-    pub async fn find_by_key(&self, entity: &str, key: &str, value: &str) -> Result<Option<Doc>, StoreError> {
+    pub async fn find_by_key(
+        &self,
+        entity: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<Doc>, StoreError> {
         let row = sqlx::query(
             "SELECT e.id, e.doc FROM entity_keys k JOIN entities e ON e.entity_type = k.entity_type AND e.id = k.id
              WHERE k.entity_type = $1 AND k.key_name = $2 AND k.key_value = $3",
@@ -125,8 +132,15 @@ impl Store {
 
     /// A page of entities in id order.
     pub async fn list(&self, entity: &str, q: &ListQuery) -> Result<Page, StoreError> {
-        let after = q.offset.as_deref().map(decode_offset).transpose()?.unwrap_or_default();
-        let mut sql = String::from("SELECT e.id, e.doc FROM entities e WHERE e.entity_type = $1 AND e.id > $2");
+        let after = q
+            .offset
+            .as_deref()
+            .map(decode_offset)
+            .transpose()?
+            .unwrap_or_default();
+        let mut sql = String::from(
+            "SELECT e.id, e.doc FROM entities e WHERE e.entity_type = $1 AND e.id > $2",
+        );
         let mut params: Vec<String> = vec![entity.to_string(), after];
         if let Some((field, id)) = &q.reference {
             params.push(field.clone());
@@ -183,7 +197,12 @@ impl Store {
     }
 
     /// Rows of `/tags` (or `/tags/{tag}`), in a stable order.
-    pub async fn tags(&self, tag: Option<&str>, size: usize, offset: Option<&str>) -> Result<(Vec<TagRow>, Option<String>), StoreError> {
+    pub async fn tags(
+        &self,
+        tag: Option<&str>,
+        size: usize,
+        offset: Option<&str>,
+    ) -> Result<(Vec<TagRow>, Option<String>), StoreError> {
         let after = offset.map(decode_offset).transpose()?.unwrap_or_default();
         let (a_tag, a_type, a_id) = {
             let mut it = after.splitn(3, '\u{1f}');
@@ -199,7 +218,10 @@ impl Store {
         if tag.is_some() {
             sql.push_str(" AND tag = $4");
         }
-        sql.push_str(&format!(" ORDER BY tag, entity_type, id LIMIT {}", size + 1));
+        sql.push_str(&format!(
+            " ORDER BY tag, entity_type, id LIMIT {}",
+            size + 1
+        ));
         let mut query = sqlx::query(&sql).bind(a_tag).bind(a_type).bind(a_id);
         if let Some(t) = tag {
             query = query.bind(t.to_string());
@@ -215,8 +237,12 @@ impl Store {
             });
         }
         let next = if more {
-            out.last()
-                .map(|l| encode_offset(&format!("{}\u{1f}{}\u{1f}{}", l.tag, l.entity_name, l.entity_id)))
+            out.last().map(|l| {
+                encode_offset(&format!(
+                    "{}\u{1f}{}\u{1f}{}",
+                    l.tag, l.entity_name, l.entity_id
+                ))
+            })
         } else {
             None
         };
@@ -230,9 +256,10 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?
             .try_get(0)?;
-        let rows = sqlx::query("SELECT entity_type, id, doc FROM entities ORDER BY entity_type, id")
-            .fetch_all(&mut *tx)
-            .await?;
+        let rows =
+            sqlx::query("SELECT entity_type, id, doc FROM entities ORDER BY entity_type, id")
+                .fetch_all(&mut *tx)
+                .await?;
         tx.commit().await?;
         let mut config = Config::default();
         for r in rows {
@@ -247,14 +274,20 @@ impl Store {
 
     /// The current config version (0 for a store never written).
     pub async fn version(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT version FROM config_version WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?)
+        Ok(
+            sqlx::query("SELECT version FROM config_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
     }
 
     /// Changes after `version`, oldest first, at most `limit`.
-    pub async fn changes_since(&self, version: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
+    pub async fn changes_since(
+        &self,
+        version: i64,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT version, entity_type, id, op FROM changes WHERE version > $1 ORDER BY version, seq LIMIT {limit}"
         ))
@@ -275,10 +308,12 @@ impl Store {
 
     /// The number of entities of a type.
     pub async fn count(&self, entity: &str) -> Result<i64, StoreError> {
-        Ok(sqlx::query("SELECT COUNT(*) FROM entities WHERE entity_type = $1")
-            .bind(entity.to_string())
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?)
+        Ok(
+            sqlx::query("SELECT COUNT(*) FROM entities WHERE entity_type = $1")
+                .bind(entity.to_string())
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?,
+        )
     }
 }

@@ -54,9 +54,11 @@ impl Store {
 
 /// Take the next version. On PostgreSQL the row lock taken here orders concurrent writers.
 pub(crate) async fn bump_version(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
-    let row = sqlx::query("UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version")
-        .fetch_one(&mut **tx)
-        .await?;
+    let row = sqlx::query(
+        "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
     Ok(row.try_get::<i64, _>(0)?)
 }
 
@@ -68,22 +70,31 @@ pub(crate) async fn log_change(
     op: &str,
 ) -> Result<(), StoreError> {
     st.seq += 1;
-    sqlx::query("INSERT INTO changes (version, seq, entity_type, id, op) VALUES ($1, $2, $3, $4, $5)")
-        .bind(st.version)
-        .bind(st.seq)
-        .bind(entity.to_string())
-        .bind(id.to_string())
-        .bind(op.to_string())
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO changes (version, seq, entity_type, id, op) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(st.version)
+    .bind(st.seq)
+    .bind(entity.to_string())
+    .bind(id.to_string())
+    .bind(op.to_string())
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
 fn doc_id(doc: &Doc) -> String {
-    doc.get("id").and_then(|v| v.as_str()).unwrap_or_default().to_string()
+    doc.get("id")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string()
 }
 
-async fn exists(tx: &mut Transaction<'static, Any>, entity: &str, id: &str) -> Result<bool, StoreError> {
+async fn exists(
+    tx: &mut Transaction<'static, Any>,
+    entity: &str,
+    id: &str,
+) -> Result<bool, StoreError> {
     let row = sqlx::query("SELECT 1 FROM entities WHERE entity_type = $1 AND id = $2")
         .bind(entity.to_string())
         .bind(id.to_string())
@@ -176,13 +187,19 @@ async fn put(
     log_change(tx, st, schema.name, &id, "upsert").await
 }
 
-async fn clear_indexes(tx: &mut Transaction<'static, Any>, entity: &str, id: &str) -> Result<(), StoreError> {
+async fn clear_indexes(
+    tx: &mut Transaction<'static, Any>,
+    entity: &str,
+    id: &str,
+) -> Result<(), StoreError> {
     for table in ["entity_keys", "entity_refs", "entity_tags"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE entity_type = $1 AND id = $2"))
-            .bind(entity.to_string())
-            .bind(id.to_string())
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE entity_type = $1 AND id = $2"
+        ))
+        .bind(entity.to_string())
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(())
 }
@@ -204,16 +221,20 @@ async fn delete(
         if doomed.iter().any(|(t, i)| *t == etype && *i == eid) {
             continue;
         }
-        let rows = sqlx::query("SELECT entity_type, id, field FROM entity_refs WHERE ref_type = $1 AND ref_id = $2")
-            .bind(etype.to_string())
-            .bind(eid.clone())
-            .fetch_all(&mut **tx)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT entity_type, id, field FROM entity_refs WHERE ref_type = $1 AND ref_id = $2",
+        )
+        .bind(etype.to_string())
+        .bind(eid.clone())
+        .fetch_all(&mut **tx)
+        .await?;
         for row in rows {
             let by: String = row.try_get(0)?;
             let by_id: String = row.try_get(1)?;
             let field: String = row.try_get(2)?;
-            let Some(by_schema) = entity(&by) else { continue };
+            let Some(by_schema) = entity(&by) else {
+                continue;
+            };
             let on_delete = by_schema
                 .foreign_fields()
                 .find(|(f, _, _)| *f == field)

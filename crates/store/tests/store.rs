@@ -10,7 +10,10 @@ use serde_json::json;
 
 fn doc(kind: &str, v: serde_json::Value) -> (&'static gantry_model::entities::EntitySchema, Doc) {
     let s = entity(kind).unwrap();
-    (s, prepare(s, v.as_object().unwrap().clone(), Secrets::Clear, 1).unwrap())
+    (
+        s,
+        prepare(s, v.as_object().unwrap().clone(), Secrets::Clear, 1).unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -18,51 +21,108 @@ async fn crud_constraints_cascade_and_change_log() {
     for t in all_stores().await {
         let st = &t.store;
         let v0 = st.version().await.unwrap();
-        let (ss, svc) = doc("services", json!({"name": "s1", "host": "a.example", "tags": ["x", "y"]}));
+        let (ss, svc) = doc(
+            "services",
+            json!({"name": "s1", "host": "a.example", "tags": ["x", "y"]}),
+        );
         let sid = svc["id"].as_str().unwrap().to_string();
         let v1 = st.write(vec![Op::Insert(ss, svc.clone())]).await.unwrap();
         assert!(v1 > v0, "{}", t.name);
         // Same id again: primary key violation; same name: unique violation.
-        assert!(matches!(st.write(vec![Op::Insert(ss, svc.clone())]).await, Err(StoreError::PrimaryKey { .. })));
+        assert!(matches!(
+            st.write(vec![Op::Insert(ss, svc.clone())]).await,
+            Err(StoreError::PrimaryKey { .. })
+        ));
         let (_, dup) = doc("services", json!({"name": "s1", "host": "b.example"}));
-        assert!(matches!(st.write(vec![Op::Insert(ss, dup)]).await, Err(StoreError::Unique { .. })));
+        assert!(matches!(
+            st.write(vec![Op::Insert(ss, dup)]).await,
+            Err(StoreError::Unique { .. })
+        ));
         // A route on the service, a plugin on the route.
-        let (rs, route) = doc("routes", json!({"name": "r1", "paths": ["/"], "service": {"id": sid}}));
+        let (rs, route) = doc(
+            "routes",
+            json!({"name": "r1", "paths": ["/"], "service": {"id": sid}}),
+        );
         let rid = route["id"].as_str().unwrap().to_string();
         let (ps, plugin) = doc("plugins", json!({"name": "key-auth", "route": {"id": rid}}));
-        st.write(vec![Op::Insert(rs, route), Op::Insert(ps, plugin)]).await.unwrap();
+        st.write(vec![Op::Insert(rs, route), Op::Insert(ps, plugin)])
+            .await
+            .unwrap();
         // A reference to nothing is refused, and the failed write left nothing behind.
         let before = st.version().await.unwrap();
-        let (_, orphan) = doc("routes", json!({"paths": ["/o"], "service": {"id": "8b6f1f4e-93a0-4b5e-9a56-3f0c6b1c9f11"}}));
+        let (_, orphan) = doc(
+            "routes",
+            json!({"paths": ["/o"], "service": {"id": "8b6f1f4e-93a0-4b5e-9a56-3f0c6b1c9f11"}}),
+        );
         let (_, ok) = doc("services", json!({"name": "s2", "host": "c.example"}));
-        let e = st.write(vec![Op::Insert(ss, ok), Op::Insert(rs, orphan)]).await.unwrap_err();
+        let e = st
+            .write(vec![Op::Insert(ss, ok), Op::Insert(rs, orphan)])
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::ForeignKey { .. }), "{e}");
         assert_eq!(st.version().await.unwrap(), before);
-        assert!(st.find_by_key("services", "name", "s2").await.unwrap().is_none());
+        assert!(st
+            .find_by_key("services", "name", "s2")
+            .await
+            .unwrap()
+            .is_none());
         // The service is referenced by a route: deleting it is refused.
-        let e = st.write(vec![Op::Delete(ss, sid.clone())]).await.unwrap_err();
+        let e = st
+            .write(vec![Op::Delete(ss, sid.clone())])
+            .await
+            .unwrap_err();
         assert!(matches!(e, StoreError::ReferencedBy { .. }), "{e}");
         // Deleting the route cascades to its plugin.
         let v = st.write(vec![Op::Delete(rs, rid.clone())]).await.unwrap();
         assert_eq!(st.count("plugins").await.unwrap(), 0);
         let changes = st.changes_since(v - 1, 100).await.unwrap();
-        let ops: Vec<(String, String)> = changes.iter().map(|c| (c.entity_type.clone(), c.op.clone())).collect();
+        let ops: Vec<(String, String)> = changes
+            .iter()
+            .map(|c| (c.entity_type.clone(), c.op.clone()))
+            .collect();
         assert!(ops.contains(&("routes".into(), "delete".into())));
         assert!(ops.contains(&("plugins".into(), "delete".into())));
         // Lookups by key and tags.
-        assert_eq!(st.find_by_key("services", "name", "s1").await.unwrap().unwrap()["id"], json!(sid));
+        assert_eq!(
+            st.find_by_key("services", "name", "s1")
+                .await
+                .unwrap()
+                .unwrap()["id"],
+            json!(sid)
+        );
         let page = st
-            .list("services", &ListQuery { tags: Some(TagFilter::All(vec!["x".into(), "y".into()])), size: 10, ..Default::default() })
+            .list(
+                "services",
+                &ListQuery {
+                    tags: Some(TagFilter::All(vec!["x".into(), "y".into()])),
+                    size: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(page.data.len(), 1);
         let page = st
-            .list("services", &ListQuery { tags: Some(TagFilter::All(vec!["x".into(), "z".into()])), size: 10, ..Default::default() })
+            .list(
+                "services",
+                &ListQuery {
+                    tags: Some(TagFilter::All(vec!["x".into(), "z".into()])),
+                    size: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert!(page.data.is_empty());
         let page = st
-            .list("services", &ListQuery { tags: Some(TagFilter::Any(vec!["z".into(), "y".into()])), size: 10, ..Default::default() })
+            .list(
+                "services",
+                &ListQuery {
+                    tags: Some(TagFilter::Any(vec!["z".into(), "y".into()])),
+                    size: 10,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         assert_eq!(page.data.len(), 1);
@@ -77,14 +137,42 @@ async fn pagination_walks_every_entity_once() {
         let st = &t.store;
         let s = entity("consumers").unwrap();
         let ops: Vec<Op> = (0..25)
-            .map(|i| Op::Insert(s, prepare(s, json!({"username": format!("u{i}")}).as_object().unwrap().clone(), Secrets::Clear, 1).unwrap()))
+            .map(|i| {
+                Op::Insert(
+                    s,
+                    prepare(
+                        s,
+                        json!({"username": format!("u{i}")})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                        Secrets::Clear,
+                        1,
+                    )
+                    .unwrap(),
+                )
+            })
             .collect();
         st.write(ops).await.unwrap();
         let mut seen = Vec::new();
         let mut offset = None;
         loop {
-            let page = st.list("consumers", &ListQuery { size: 10, offset: offset.clone(), ..Default::default() }).await.unwrap();
-            seen.extend(page.data.iter().map(|d| d["username"].as_str().unwrap().to_string()));
+            let page = st
+                .list(
+                    "consumers",
+                    &ListQuery {
+                        size: 10,
+                        offset: offset.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            seen.extend(
+                page.data
+                    .iter()
+                    .map(|d| d["username"].as_str().unwrap().to_string()),
+            );
             match page.next_offset {
                 Some(o) => offset = Some(o),
                 None => break,
@@ -94,7 +182,15 @@ async fn pagination_walks_every_entity_once() {
         seen.dedup();
         assert_eq!(seen.len(), 25, "{}", t.name);
         assert!(matches!(
-            st.list("consumers", &ListQuery { size: 10, offset: Some("!!".into()), ..Default::default() }).await,
+            st.list(
+                "consumers",
+                &ListQuery {
+                    size: 10,
+                    offset: Some("!!".into()),
+                    ..Default::default()
+                }
+            )
+            .await,
             Err(StoreError::InvalidOffset)
         ));
     }
@@ -124,14 +220,20 @@ upstreams:
   targets: [{ target: "10.0.0.1:80", weight: 50 }]
 "#;
     let value = gantry_model::declarative::parse_text(text).unwrap();
-    let config = gantry_model::declarative::load(&value, gantry_model::declarative::LoadOptions { now: 5 }).unwrap();
+    let config =
+        gantry_model::declarative::load(&value, gantry_model::declarative::LoadOptions { now: 5 })
+            .unwrap();
     for t in all_stores().await {
         t.store.import(&config).await.unwrap();
         let (exported, _) = t.store.export().await.unwrap();
         assert_eq!(hash_config(&exported), hash_config(&config), "{}", t.name);
         // Export to the declarative format, load into a new empty store: same hash.
         let doc = gantry_model::declarative::export(&exported);
-        let again = gantry_model::declarative::load(&doc, gantry_model::declarative::LoadOptions { now: 9 }).unwrap();
+        let again = gantry_model::declarative::load(
+            &doc,
+            gantry_model::declarative::LoadOptions { now: 9 },
+        )
+        .unwrap();
         let fresh = match t.name {
             "sqlite" => gantry_testkit::sqlite_store().await,
             _ => gantry_testkit::postgres_store().await.unwrap(),
@@ -144,7 +246,10 @@ upstreams:
         let (twice, _) = t.store.export().await.unwrap();
         assert_eq!(hash_config(&twice), hash_config(&config));
         // Replace empties what the new config lacks.
-        t.store.replace(&gantry_model::Config::default()).await.unwrap();
+        t.store
+            .replace(&gantry_model::Config::default())
+            .await
+            .unwrap();
         let (empty, _) = t.store.export().await.unwrap();
         assert_eq!(hash_config(&empty).config, gantry_model::hash::EMPTY_HASH);
     }

@@ -17,7 +17,10 @@ pub fn ci() -> bool {
 fn base_pg() -> PgSettings {
     PgSettings {
         host: std::env::var("GANTRY_TEST_PG_HOST").unwrap_or_else(|_| "127.0.0.1".into()),
-        port: std::env::var("GANTRY_TEST_PG_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5432),
+        port: std::env::var("GANTRY_TEST_PG_PORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5432),
         user: std::env::var("GANTRY_TEST_PG_USER").unwrap_or_else(|_| "postgres".into()),
         password: std::env::var("GANTRY_TEST_PG_PASSWORD").ok(),
         database: std::env::var("GANTRY_TEST_PG_DATABASE").unwrap_or_else(|_| "test".into()),
@@ -28,8 +31,14 @@ fn base_pg() -> PgSettings {
 
 fn url(pg: &PgSettings) -> String {
     match &pg.password {
-        Some(p) => format!("postgres://{}:{}@{}:{}/{}", pg.user, p, pg.host, pg.port, pg.database),
-        None => format!("postgres://{}@{}:{}/{}", pg.user, pg.host, pg.port, pg.database),
+        Some(p) => format!(
+            "postgres://{}:{}@{}:{}/{}",
+            pg.user, p, pg.host, pg.port, pg.database
+        ),
+        None => format!(
+            "postgres://{}@{}:{}/{}",
+            pg.user, pg.host, pg.port, pg.database
+        ),
     }
 }
 
@@ -44,13 +53,28 @@ impl PgSchema {
     pub async fn create() -> Option<PgSchema> {
         sqlx::any::install_default_drivers();
         let base = base_pg();
-        let conn = tokio::time::timeout(Duration::from_secs(5), sqlx::AnyPool::connect(&url(&base))).await;
+        let conn =
+            tokio::time::timeout(Duration::from_secs(5), sqlx::AnyPool::connect(&url(&base))).await;
         let pool = match conn {
             Ok(Ok(p)) => p,
-            Ok(Err(e)) => return skip(&format!("cannot connect to PostgreSQL at {}:{}: {e}", base.host, base.port)),
-            Err(_) => return skip(&format!("PostgreSQL at {}:{} did not answer in 5 s", base.host, base.port)),
+            Ok(Err(e)) => {
+                return skip(&format!(
+                    "cannot connect to PostgreSQL at {}:{}: {e}",
+                    base.host, base.port
+                ))
+            }
+            Err(_) => {
+                return skip(&format!(
+                    "PostgreSQL at {}:{} did not answer in 5 s",
+                    base.host, base.port
+                ))
+            }
         };
-        let name = format!("gantry_t{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            "gantry_t{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         pool.execute(format!("CREATE SCHEMA \"{name}\"").as_str())
             .await
             .expect("create test schema");
@@ -71,14 +95,21 @@ fn skip<T>(reason: &str) -> Option<T> {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let Some(schema) = self.settings.schema.clone() else { return };
+        let Some(schema) = self.settings.schema.clone() else {
+            return;
+        };
         let u = url(&self.settings);
         // Drop may run inside a runtime: use a thread with its own.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async move {
                 let pool = sqlx::AnyPool::connect(&u).await.ok()?;
-                pool.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str()).await.ok()?;
+                pool.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+                    .await
+                    .ok()?;
                 pool.close().await;
                 Some(())
             })

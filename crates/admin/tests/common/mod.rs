@@ -28,19 +28,39 @@ impl Drop for Api {
 }
 
 pub async fn start(t: TestStore, overrides: &[(&str, &str)]) -> Api {
-    let mut o: Vec<(String, String)> = overrides.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let mut o: Vec<(String, String)> = overrides
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     o.push(("admin_listen".into(), "127.0.0.1:0".into()));
-    let settings = Settings::load(&Sources { file: None, env: vec![], overrides: o }).expect("settings").settings;
+    let settings = Settings::load(&Sources {
+        file: None,
+        env: vec![],
+        overrides: o,
+    })
+    .expect("settings")
+    .settings;
     // The store of `t` is shared by reopening nothing: wrap the same pool.
     let store = Arc::new(gantry_store::Store::open(&t.backend).await.expect("store"));
-    let state = Arc::new(AdminState::new(store, Arc::new(settings), "node".into(), "host".into()));
+    let state = Arc::new(AdminState::new(
+        store,
+        Arc::new(settings),
+        "node".into(),
+        "host".into(),
+    ));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(async move {
         let _ = gantry_admin::serve(state, vec![l], rx).await;
     });
-    Api { base, http: reqwest::Client::new(), t, stop, task: Some(task) }
+    Api {
+        base,
+        http: reqwest::Client::new(),
+        t,
+        stop,
+        task: Some(task),
+    }
 }
 
 impl Api {
@@ -53,7 +73,11 @@ impl Api {
         let res = r.send().await.expect("request");
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
         (status, v)
     }
     pub async fn raw(&self, method: &str, path: &str, ctype: &str, body: Vec<u8>) -> (u16, Value) {
@@ -68,7 +92,10 @@ impl Api {
             .expect("request");
         let status = res.status().as_u16();
         let text = res.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (s, v) = self.req(method, path, body).await;

@@ -1,0 +1,156 @@
+//! Real `gantry` processes on ephemeral ports, killed when dropped.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use gantry_testkit::PgSchema;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gantry")
+}
+
+/// A `gantry` command with no inherited Kong or Gantry settings.
+pub fn cmd(env: &[(String, String)]) -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KONG_") || k.starts_with("GANTRY_") {
+            c.env_remove(k);
+        }
+    }
+    c.envs(env.iter().map(|(a, b)| (a.clone(), b.clone())));
+    c
+}
+
+/// The environment for a store backend: SQLite under the prefix, or a PostgreSQL schema.
+pub fn db_env(pg: Option<&PgSchema>) -> Vec<(String, String)> {
+    match pg {
+        None => vec![],
+        Some(pg) => {
+            let s = &pg.settings;
+            vec![
+                ("KONG_DATABASE".into(), "postgres".into()),
+                ("KONG_PG_HOST".into(), s.host.clone()),
+                ("KONG_PG_PORT".into(), s.port.to_string()),
+                ("KONG_PG_USER".into(), s.user.clone()),
+                ("KONG_PG_DATABASE".into(), s.database.clone()),
+                (
+                    "KONG_PG_SCHEMA".into(),
+                    s.schema.clone().unwrap_or_default(),
+                ),
+            ]
+        }
+    }
+}
+
+pub struct Node {
+    pub child: Child,
+    pub admin: String,
+    pub prefix: PathBuf,
+    early: Vec<String>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Node {
+    /// `gantry start -p PREFIX` with the Admin API on 127.0.0.1:0; waits until it listens.
+    pub fn start(prefix: &Path, env: &[(String, String)]) -> Node {
+        let mut env = env.to_vec();
+        env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+        let mut child = cmd(&env)
+            .args(["start", "-p"])
+            .arg(prefix)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gantry");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let admin = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(url) = line.strip_prefix("gantry: admin API listening on ") {
+                        break url.trim().to_string();
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("gantry did not start; it said:\n{}", seen.join("\n"));
+                }
+            }
+        };
+        Node {
+            child,
+            admin,
+            prefix: prefix.to_path_buf(),
+            early: seen,
+            lines: rx,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gantry did not exit in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn output(&self) -> Vec<String> {
+        self.early
+            .iter()
+            .cloned()
+            .chain(self.lines.try_iter())
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Each backend to run a process test on: `None` for SQLite, a schema for PostgreSQL where it runs.
+pub async fn backends() -> Vec<Option<PgSchema>> {
+    let mut v = vec![None];
+    if let Some(pg) = PgSchema::create().await {
+        v.push(Some(pg));
+    }
+    v
+}
