@@ -32,7 +32,7 @@ pub fn load_file(file: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let value = declarative::parse_text(&text).map_err(|e| report(file, &e))?;
-    declarative::load(&value, LoadOptions { now: now() }).map_err(|e| report(file, &e))
+    declarative::load(value, LoadOptions { now: now() }).map_err(|e| report(file, &e))
 }
 
 fn summary(config: &Config) -> String {

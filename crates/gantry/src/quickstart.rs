@@ -38,7 +38,7 @@ pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
         let store = gantry_store::Store::open(&crate::node::backend(&settings)).await?;
         if store.count("services").await? == 0 {
             let value = gantry_model::declarative::parse_text(EXAMPLE)?;
-            let config = gantry_model::declarative::load(&value, gantry_model::declarative::LoadOptions { now: crate::config_cmd::now() })?;
+            let config = gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: crate::config_cmd::now() })?;
             store.import(&config).await?;
         }
         store.close().await;

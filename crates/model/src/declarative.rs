@@ -51,6 +51,17 @@ pub fn parse_text(text: &str) -> Result<Value, DeclarativeError> {
             )
         });
     }
+    let yaml_err = |e: serde_yaml_ng::Error| {
+        let at = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "document".into());
+        DeclarativeError::one(&at, format!("invalid YAML: {e}"))
+    };
+    // Without merge keys, straight into JSON values (anchors and aliases still resolve).
+    if !text.contains("<<") {
+        return serde_yaml_ng::from_str::<Value>(text).map_err(yaml_err);
+    }
     let mut y: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -81,7 +92,7 @@ const META_KEYS: &[&str] = &[
 ];
 
 /// Validate a whole declarative document and turn it into a configuration.
-pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
+pub fn load(doc: Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
     let Value::Object(top) = doc else {
         return Err(DeclarativeError::one(
             "document",
@@ -118,9 +129,9 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
         if META_KEYS.contains(&k.as_str()) || k.starts_with("x-") || k.starts_with('_') {
             continue;
         }
-        match entity(k) {
-            Some(schema) => collect(schema, v, k, None, &mut raw, &mut errors),
-            None => errors.push((k.clone(), "unknown field".to_string())),
+        match entity(&k) {
+            Some(schema) => collect(schema, v, &k, None, &mut raw, &mut errors),
+            None => errors.push((k, "unknown field".to_string())),
         }
     }
     if version != "3.0" {
@@ -131,9 +142,18 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
     resolve_references(&mut raw, &mut errors);
     let mut config = Config::default();
     let mut seen: HashMap<(&str, &str, String), String> = HashMap::new();
-    let mut prepared: Vec<(&Raw, Doc)> = Vec::new();
-    for r in &raw {
-        match prepare(r.schema, r.input.clone(), secrets, opts.now) {
+    let mut prepared: Vec<(&'static EntitySchema, String, Doc)> = Vec::with_capacity(raw.len());
+    for Raw {
+        schema,
+        input,
+        path,
+    } in raw
+    {
+        let r = RawRef {
+            schema,
+            path: &path,
+        };
+        match prepare(schema, input, secrets, opts.now) {
             Ok(d) => {
                 let id = ("id", d["id"].as_str().unwrap_or_default().to_string());
                 for (key, val) in unique_keys(r.schema, &d)
@@ -141,10 +161,10 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
                     .chain(std::iter::once(id))
                 {
                     if let Some(first) =
-                        seen.insert((r.schema.name, key, val.clone()), r.path.clone())
+                        seen.insert((r.schema.name, key, val.clone()), r.path.to_string())
                     {
                         errors.push((
-                            r.path.clone(),
+                            r.path.to_string(),
                             format!(
                                 "uniqueness violation: '{}' entity with {key} set to '{val}' already declared at {first}",
                                 r.schema.name
@@ -152,31 +172,31 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
                         ));
                     }
                 }
-                prepared.push((r, d));
+                prepared.push((schema, path.clone(), d));
             }
             Err(e) => {
                 for line in e.flatten() {
                     let (p, m) = line.split_once(": ").unwrap_or(("", &line));
-                    let path = if p.is_empty() {
-                        r.path.clone()
+                    let at = if p.is_empty() {
+                        r.path.to_string()
                     } else {
                         format!("{}.{p}", r.path)
                     };
-                    errors.push((path, m.to_string()));
+                    errors.push((at, m.to_string()));
                 }
             }
         }
     }
     let ids: HashSet<(&str, String)> = prepared
         .iter()
-        .map(|(r, d)| (r.schema.name, d["id"].as_str().unwrap_or("").to_string()))
+        .map(|(s, _, d)| (s.name, d["id"].as_str().unwrap_or("").to_string()))
         .collect();
-    for (r, d) in &prepared {
-        for rf in references(r.schema, d) {
+    for (schema, path, d) in &prepared {
+        for rf in references(schema, d) {
             if !ids.contains(&(rf.target, rf.id.clone())) && rf.id != uuid::Uuid::nil().to_string()
             {
                 errors.push((
-                    format!("{}.{}", r.path, rf.field),
+                    format!("{path}.{}", rf.field),
                     format!(
                         "the foreign key '{}' does not reference an existing '{}' entity",
                         rf.id, rf.target
@@ -188,10 +208,10 @@ pub fn load(doc: &Value, opts: LoadOptions) -> Result<Config, DeclarativeError> 
     if !errors.is_empty() {
         return Err(DeclarativeError { errors });
     }
-    for (r, d) in prepared {
+    for (schema, _, d) in prepared {
         config
             .entities
-            .entry(r.schema.name.to_string())
+            .entry(schema.name.to_string())
             .or_default()
             .push(d);
     }
@@ -204,17 +224,22 @@ struct Raw {
     path: String,
 }
 
+struct RawRef<'a> {
+    schema: &'static EntitySchema,
+    path: &'a str,
+}
+
 /// Flatten a list of entities and their nested children into `out`.
 fn collect(
     schema: &'static EntitySchema,
-    v: &Value,
+    v: Value,
     path: &str,
     parent: Option<(&'static str, Value)>,
     out: &mut Vec<Raw>,
     errors: &mut Vec<(String, String)>,
 ) {
     let list = match v {
-        Value::Array(a) => a.clone(),
+        Value::Array(a) => a,
         Value::Null => return,
         // An empty object is how some tools write an empty list.
         Value::Object(m) if m.is_empty() => return,
@@ -279,7 +304,7 @@ fn collect(
         for (child, fk, cv) in children {
             collect(
                 child,
-                &cv,
+                cv,
                 &format!("{p}.{}", child.name),
                 Some((fk, json!({ "id": id }))),
                 out,
@@ -454,7 +479,7 @@ plugins:
   config: { minute: 5 }
 "#;
         let v = parse_text(text).unwrap();
-        let c = load(&v, OPTS).unwrap();
+        let c = load(v.clone(), OPTS).unwrap();
         let svc = &c.entities["services"][0];
         assert_eq!(svc["connect_timeout"], 1000);
         assert_eq!(svc["port"], 8080);
@@ -467,11 +492,11 @@ plugins:
             .any(|p| p["service"]["id"] == svc["id"] && p["name"] == "rate-limiting"));
         assert_eq!(c.entities["keyauth_credentials"][0]["key"], "k1");
         // Same file, same ids, same hash.
-        let again = load(&v, LoadOptions { now: 42 }).unwrap();
+        let again = load(v.clone(), LoadOptions { now: 42 }).unwrap();
         assert_eq!(hash_config(&c), hash_config(&again));
         // Export and load again: same hash.
         let exported = export(&c);
-        let back = load(&exported, OPTS).unwrap();
+        let back = load(exported, OPTS).unwrap();
         assert_eq!(hash_config(&c), hash_config(&back));
     }
 
@@ -487,7 +512,7 @@ plugins:
             "routes": [{"paths": ["/x"], "service": "missing"}],
             "bogus": []
         });
-        let e = load(&v, OPTS).unwrap_err();
+        let e = load(v.clone(), OPTS).unwrap_err();
         let flat = e.flattened().join("\n");
         assert!(
             flat.contains("services[1].port: expected an integer"),
@@ -508,12 +533,12 @@ plugins:
     #[test]
     fn old_formats_migrate_regex_paths() {
         let v = json!({"_format_version": "2.1", "routes": [{"paths": ["/plain", "/users/\\d+"]}]});
-        let c = load(&v, OPTS).unwrap();
+        let c = load(v.clone(), OPTS).unwrap();
         assert_eq!(
             c.entities["routes"][0]["paths"],
             json!(["/plain", "~/users/\\d+"])
         );
-        let e = load(&json!({"_format_version": "9.9"}), OPTS).unwrap_err();
+        let e = load(json!({"_format_version": "9.9"}), OPTS).unwrap_err();
         assert!(e.flattened()[0].starts_with("_format_version"));
         let e = parse_text("a: [1,\n b").unwrap_err();
         assert!(e.errors[0].0.starts_with("line"), "{e}");

@@ -50,20 +50,15 @@ pub fn hash_config(config: &Config) -> ConfigHashes {
             .iter()
             .position(|g| *g == group_of(name))
             .unwrap_or(5);
-        let mut sorted: Vec<&crate::Doc> = docs.iter().collect();
-        sorted.sort_by(|a, b| id_of(a).cmp(id_of(b)));
-        for d in sorted {
+        let mut sorted: Vec<(&str, &crate::Doc)> = docs.iter().map(|d| (id_of(d), d)).collect();
+        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (_, d) in sorted {
             buf.clear();
             buf.push_str(name);
             buf.push(':');
             // Timestamps are bookkeeping, not configuration: the same content hashes the same
             // whether it was loaded today or last year.
-            let content: crate::Doc = d
-                .iter()
-                .filter(|(k, _)| k.as_str() != "created_at" && k.as_str() != "updated_at")
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            canonical(&Value::Object(content), &mut buf);
+            canonical_map(d, &["created_at", "updated_at"], &mut buf);
             buf.push('\n');
             hashers[gi].0.update(buf.as_bytes());
             hashers[gi].1 = true;
@@ -93,6 +88,26 @@ pub fn hash_config(config: &Config) -> ConfigHashes {
         targets: groups[4].clone(),
         rest: groups[5].clone(),
     }
+}
+
+/// An object, keys sorted, nulls and the `skip` keys left out.
+fn canonical_map(m: &crate::Doc, skip: &[&str], out: &mut String) {
+    let mut entries: Vec<(&String, &Value)> = m
+        .iter()
+        .filter(|(k, v)| !v.is_null() && !skip.contains(&k.as_str()))
+        .collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    out.push('{');
+    for (i, (k, v)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Keys are schema field names; escape them as JSON all the same.
+        out.push_str(&serde_json::to_string(k).unwrap_or_default());
+        out.push(':');
+        canonical(v, out);
+    }
+    out.push('}');
 }
 
 fn id_of(d: &crate::Doc) -> &str {

@@ -15,17 +15,27 @@ enum P {
     I(i64),
 }
 
-/// Rows per statement: well under SQLite's and PostgreSQL's parameter limits.
+/// Rows per statement on PostgreSQL: well under its parameter limit.
 const CHUNK: usize = 400;
+
+/// Parameters per statement on SQLite: sqlx looks each parameter up by name, a cost that grows
+/// with the number of parameters in the statement, so SQLite gets small statements.
+const SQLITE_PARAMS: usize = 120;
 
 async fn insert_rows(
     tx: &mut Transaction<'static, Any>,
+    postgres: bool,
     table: &str,
     cols: &[&str],
     rows: Vec<Vec<P>>,
     tail: &str,
 ) -> Result<(), StoreError> {
-    for chunk in rows.chunks(CHUNK) {
+    let per = if postgres {
+        CHUNK
+    } else {
+        (SQLITE_PARAMS / cols.len()).max(1)
+    };
+    for chunk in rows.chunks(per) {
         let mut sql = format!("INSERT INTO {table} ({}) VALUES ", cols.join(", "));
         let mut n = 0;
         for (i, _) in chunk.iter().enumerate() {
@@ -144,6 +154,7 @@ impl Store {
         }
         insert_rows(
             &mut tx,
+            self.postgres,
             "entities",
             &["entity_type", "id", "doc", "version"],
             ents,
@@ -152,6 +163,7 @@ impl Store {
         .await?;
         insert_rows(
             &mut tx,
+            self.postgres,
             "entity_keys",
             &["entity_type", "key_name", "key_value", "id"],
             keys,
@@ -160,6 +172,7 @@ impl Store {
         .await?;
         insert_rows(
             &mut tx,
+            self.postgres,
             "entity_refs",
             &["entity_type", "id", "field", "ref_type", "ref_id"],
             refs,
@@ -168,6 +181,7 @@ impl Store {
         .await?;
         insert_rows(
             &mut tx,
+            self.postgres,
             "entity_tags",
             &["entity_type", "id", "tag"],
             tag_rows,
@@ -176,6 +190,7 @@ impl Store {
         .await?;
         insert_rows(
             &mut tx,
+            self.postgres,
             "changes",
             &["version", "seq", "entity_type", "id", "op"],
             changes,
@@ -260,7 +275,7 @@ async fn clear_indexes_of(
             .iter()
             .filter_map(|d| d.get("id").and_then(|v| v.as_str()).map(str::to_string))
             .collect();
-        for chunk in ids.chunks(CHUNK) {
+        for chunk in ids.chunks(100) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             for table in ["entity_keys", "entity_refs", "entity_tags"] {
                 let sql = format!(

@@ -221,7 +221,7 @@ upstreams:
 "#;
     let value = gantry_model::declarative::parse_text(text).unwrap();
     let config =
-        gantry_model::declarative::load(&value, gantry_model::declarative::LoadOptions { now: 5 })
+        gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: 5 })
             .unwrap();
     for t in all_stores().await {
         t.store.import(&config).await.unwrap();
@@ -229,11 +229,9 @@ upstreams:
         assert_eq!(hash_config(&exported), hash_config(&config), "{}", t.name);
         // Export to the declarative format, load into a new empty store: same hash.
         let doc = gantry_model::declarative::export(&exported);
-        let again = gantry_model::declarative::load(
-            &doc,
-            gantry_model::declarative::LoadOptions { now: 9 },
-        )
-        .unwrap();
+        let again =
+            gantry_model::declarative::load(doc, gantry_model::declarative::LoadOptions { now: 9 })
+                .unwrap();
         let fresh = match t.name {
             "sqlite" => gantry_testkit::sqlite_store().await,
             _ => gantry_testkit::postgres_store().await.unwrap(),
