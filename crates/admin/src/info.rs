@@ -29,16 +29,13 @@ pub async fn root(State(st): State<Arc<AdminState>>) -> Result<Response, ApiErro
             )
         })
         .collect();
-    let (config, _) = st.store.export().await?;
-    let enabled: BTreeSet<String> = config
-        .entities
-        .get("plugins")
-        .map(|ps| {
-            ps.iter()
-                .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let enabled: BTreeSet<String> = st
+        .store
+        .all_of("plugins")
+        .await?
+        .iter()
+        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect();
     Ok(Json(json!({
         "version": gantry_model::KONG_VERSION,
         "gantry_version": gantry_model::GANTRY_VERSION,

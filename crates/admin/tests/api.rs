@@ -12,6 +12,8 @@ struct Case {
     body: Value,
     defaults: Vec<(&'static str, Value)>,
     patch: (&'static str, Value),
+    /// An invalid body and the field its error must name.
+    bad: (Value, &'static str),
 }
 
 async fn cases(api: &Api) -> Vec<Case> {
@@ -53,6 +55,10 @@ async fn cases(api: &Api) -> Vec<Case> {
                 ("enabled", json!(true)),
             ],
             patch: ("retries", json!(3)),
+            bad: (
+                json!({"host": "h.example", "connect_timeout": 0}),
+                "connect_timeout",
+            ),
         },
         Case {
             path: format!("/services/{}/routes", svc["id"].as_str().unwrap()),
@@ -66,6 +72,7 @@ async fn cases(api: &Api) -> Vec<Case> {
                 ("https_redirect_status_code", json!(426)),
             ],
             patch: ("strip_path", json!(false)),
+            bad: (json!({"paths": ["/r"], "methods": ["G T"]}), "methods"),
         },
         Case {
             path: "/upstreams".into(),
@@ -76,18 +83,24 @@ async fn cases(api: &Api) -> Vec<Case> {
                 ("hash_on", json!("none")),
             ],
             patch: ("algorithm", json!("least-connections")),
+            bad: (
+                json!({"name": "u.example", "algorithm": "random"}),
+                "algorithm",
+            ),
         },
         Case {
             path: format!("/upstreams/{}/targets", up["id"].as_str().unwrap()),
             body: json!({"target": "10.1.1.1"}),
             defaults: vec![("weight", json!(100)), ("target", json!("10.1.1.1:8000"))],
             patch: ("weight", json!(5)),
+            bad: (json!({"target": "10.1.1.1:99999"}), "target"),
         },
         Case {
             path: "/consumers".into(),
             body: json!({"username": "alice", "custom_id": "a-1"}),
             defaults: vec![],
             patch: ("custom_id", json!("a-2")),
+            bad: (json!({"username": 7}), "username"),
         },
         Case {
             path: "/plugins".into(),
@@ -97,60 +110,76 @@ async fn cases(api: &Api) -> Vec<Case> {
                 ("protocols", json!(["grpc", "grpcs", "http", "https"])),
             ],
             patch: ("enabled", json!(false)),
+            bad: (
+                json!({"name": "cors", "config": {"max_age": "x"}}),
+                "config",
+            ),
         },
         Case {
             path: "/certificates".into(),
             body: json!({"cert": cert, "key": key}),
             defaults: vec![],
             patch: ("tags", json!(["patched"])),
+            bad: (json!({"cert": "not a pem", "key": "not a pem"}), "cert"),
         },
         Case {
             path: format!("/certificates/{}/snis", c["id"].as_str().unwrap()),
             body: json!({"name": "api.example.com"}),
             defaults: vec![],
             patch: ("name", json!("www.example.com")),
+            bad: (json!({"name": "bad name.example"}), "name"),
         },
         Case {
             path: "/ca_certificates".into(),
             body: json!({"cert": ca}),
             defaults: vec![],
             patch: ("tags", json!(["patched"])),
+            bad: (json!({"cert": cert.clone()}), "cert"),
         },
         Case {
             path: "/partials".into(),
             body: json!({"name": "redis1", "type": "redis-ce", "config": {"host": "redis.internal"}}),
             defaults: vec![],
             patch: ("name", json!("redis2")),
+            bad: (
+                json!({"name": "p", "type": "redis-ce", "config": {"port": "x"}}),
+                "config",
+            ),
         },
         Case {
             path: format!("/consumers/{cid}/key-auth"),
             body: json!({}),
             defaults: vec![],
             patch: ("key", json!("my-key")),
+            bad: (json!({"ttl": -1}), "ttl"),
         },
         Case {
             path: format!("/consumers/{cid}/basic-auth"),
             body: json!({"username": "alice-basic", "password": "pw"}),
             defaults: vec![],
             patch: ("username", json!("alice-basic-x")),
+            bad: (json!({"username": "u"}), "password"),
         },
         Case {
             path: format!("/consumers/{cid}/acls"),
             body: json!({"group": "admins"}),
             defaults: vec![],
             patch: ("group", json!("ops")),
+            bad: (json!({}), "group"),
         },
         Case {
             path: format!("/consumers/{cid}/jwt"),
             body: json!({}),
             defaults: vec![("algorithm", json!("HS256"))],
             patch: ("algorithm", json!("HS512")),
+            bad: (json!({"algorithm": "RS256"}), "rsa_public_key"),
         },
         Case {
             path: format!("/consumers/{cid}/hmac-auth"),
             body: json!({"username": "alice-hmac"}),
             defaults: vec![],
             patch: ("username", json!("alice-hmac-x")),
+            bad: (json!({"username": ["u"]}), "username"),
         },
     ]
 }
@@ -162,6 +191,12 @@ async fn every_entity_crud_defaults_pagination_tags() {
         let api = start(t, &[]).await;
         for case in cases(&api).await {
             let ctx = format!("[{name}] {}", case.path);
+            // An invalid body: 400, the field named, nothing stored.
+            let before = api.version().await;
+            let (s, b) = api.req("POST", &case.path, Some(case.bad.0.clone())).await;
+            assert_eq!(s, 400, "{ctx}: {b}");
+            assert!(b["fields"].get(case.bad.1).is_some(), "{ctx}: {b}");
+            assert_eq!(api.version().await, before, "{ctx}");
             // Create three tagged entities so that pagination has pages.
             let mut created = Vec::new();
             for i in 0..3 {
@@ -508,6 +543,24 @@ async fn bad_input_is_refused_whole_with_the_fields_named() {
         let (s, b) = api.req("POST", "/services", Some(big)).await;
         assert_eq!(s, 413, "{b}");
         assert!(b["message"].as_str().unwrap().contains("2048"), "{b}");
+        // A certificate whose key is another's.
+        let (c1, _, _) = certs();
+        let (_, k2, _) = certs();
+        let (s, b) = api
+            .req(
+                "POST",
+                "/certificates",
+                Some(json!({"cert": c1, "key": k2})),
+            )
+            .await;
+        assert_eq!(s, 400, "{b}");
+        assert!(
+            b["fields"]["key"]
+                .as_str()
+                .unwrap()
+                .contains("does not match"),
+            "{b}"
+        );
         // Route-level checks.
         let (s, b) = api
             .req("POST", "/routes", Some(json!({"protocols": ["http"]})))

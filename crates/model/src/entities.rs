@@ -650,6 +650,13 @@ fn certificate_checks(d: &Doc, e: &mut FieldErrors) {
     if is_set(d, "cert_alt") != is_set(d, "key_alt") {
         e.add_entity("all or none of these fields must be set: 'cert_alt', 'key_alt'");
     }
+    for (c, k) in [("cert", "key"), ("cert_alt", "key_alt")] {
+        if let (Some(Value::String(cert)), Some(Value::String(key))) = (d.get(c), d.get(k)) {
+            if crate::pem::key_matches_cert(cert, key) == Some(false) {
+                e.add(k, format!("does not match the public key of '{c}'"));
+            }
+        }
+    }
 }
 
 fn ca_certificate_checks(d: &Doc, e: &mut FieldErrors) {

@@ -59,3 +59,14 @@ pub fn check_key(pem: &str) -> Result<(), String> {
         None => Err("invalid key: no PEM private key found".into()),
     }
 }
+
+/// Whether a private key belongs to the first certificate of a chain: `Some(false)` when they
+/// differ, `None` when the key's format cannot be read here (PKCS#1 / SEC1 keys), so the check
+/// is left to the TLS layer that loads them.
+pub fn key_matches_cert(cert_pem: &str, key_pem: &str) -> Option<bool> {
+    use rcgen::PublicKeyData;
+    let block = Pem::iter_from_buffer(cert_pem.as_bytes()).next()?.ok()?;
+    let cert = block.parse_x509().ok()?;
+    let key = rcgen::KeyPair::from_pem(key_pem).ok()?;
+    Some(cert.public_key().subject_public_key.data.as_ref() == key.der_bytes())
+}

@@ -272,6 +272,15 @@ impl Store {
         Ok((config, version))
     }
 
+    /// Every entity of one type, in id order.
+    pub async fn all_of(&self, entity: &str) -> Result<Vec<Doc>, StoreError> {
+        let rows = sqlx::query("SELECT id, doc FROM entities WHERE entity_type = $1 ORDER BY id")
+            .bind(entity.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| row_doc(entity, r)).collect()
+    }
+
     /// The current config version (0 for a store never written).
     pub async fn version(&self) -> Result<i64, StoreError> {
         Ok(
