@@ -1,0 +1,716 @@
+//! The router, with the semantics of Kong's default (`traditional_compatible`) router.
+//!
+//! Each route becomes one or more matchers (a route whose paths differ in kind or length is
+//! split, as Kong splits it), each with Kong's 64-bit priority. Matchers are ranked by priority
+//! (higher first; equal priorities: the greater id first, as Kong). Lookup does not scan every
+//! route: prefix paths sit in a byte trie walked along the request path, routes without paths
+//! are indexed by exact host, and only regex routes and host-less routes are always candidates.
+//! The candidates are then checked fully in rank order; the first that matches wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use gantry_model::Doc;
+use regex::Regex;
+use serde_json::Value;
+
+/// A compiled route condition on the path.
+#[derive(Debug)]
+enum PathMatch {
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Debug)]
+enum HostMatch {
+    Exact {
+        host: String,
+        port: Option<u16>,
+    },
+    /// `*.example.com`: ends with `.example.com`.
+    Suffix {
+        suffix: String,
+        port: Option<u16>,
+    },
+    /// `example.*`: starts with `example.`.
+    Prefix {
+        prefix: String,
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug)]
+enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+/// What a matched route says about the request.
+#[derive(Debug)]
+pub struct Route {
+    pub id: String,
+    pub name: Option<String>,
+    pub service_id: Option<String>,
+    pub protocols: Vec<String>,
+    pub strip_path: bool,
+    pub preserve_host: bool,
+    pub https_redirect_status_code: u16,
+    pub doc: Doc,
+}
+
+#[derive(Debug)]
+struct Matcher {
+    route: Arc<Route>,
+    priority: u64,
+    id: String,
+    methods: Vec<String>,
+    hosts: Vec<HostMatch>,
+    paths: Vec<PathMatch>,
+    headers: Vec<(String, Vec<ValueMatch>)>,
+    snis: Vec<HostMatch>,
+}
+
+/// The request facts the router reads.
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    /// The Host header's host part.
+    pub host: &'a str,
+    /// The Host header's port, or the listener's.
+    pub port: u16,
+    /// The normalised path, without the query string.
+    pub path: &'a str,
+    pub headers: &'a hyper::HeaderMap,
+    pub sni: Option<&'a str>,
+    pub https: bool,
+}
+
+/// A match: the route, and what of the path it matched.
+#[derive(Debug)]
+pub struct Matched<'r> {
+    pub route: &'r Arc<Route>,
+    /// The matched prefix (a prefix path, or a regex's whole match).
+    pub prefix: String,
+    /// Named and numbered regex captures.
+    pub captures: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct TrieNode {
+    children: Vec<(u8, u32)>,
+    ranks: Vec<u32>,
+}
+
+/// A compiled router: immutable, shared by every request of one snapshot.
+pub struct Router {
+    matchers: Vec<Matcher>,
+    trie: Vec<TrieNode>,
+    by_host: HashMap<String, Vec<u32>>,
+    /// Ranks of matchers that are candidates for every request (regex paths; no paths and no plain host).
+    always: Vec<u32>,
+}
+
+/// A route that cannot be compiled: the model validated it, so this is a bug or a bad cache.
+#[derive(Debug, thiserror::Error)]
+#[error("route {id}: {reason}")]
+pub struct RouteError {
+    pub id: String,
+    pub reason: String,
+}
+
+fn strs(d: &Doc, k: &str) -> Vec<String> {
+    d.get(k)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn split_port(h: &str) -> (&str, Option<u16>) {
+    match h.rsplit_once(':') {
+        Some((host, p)) if !host.contains(':') || host.ends_with(']') => match p.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (h, None),
+        },
+        _ => (h, None),
+    }
+}
+
+fn host_match(h: &str) -> HostMatch {
+    let (host, port) = split_port(h);
+    let host = host.to_ascii_lowercase();
+    if let Some(rest) = host.strip_prefix('*') {
+        HostMatch::Suffix {
+            suffix: rest.to_string(),
+            port,
+        }
+    } else if let Some(rest) = host.strip_suffix('*') {
+        HostMatch::Prefix {
+            prefix: rest.to_string(),
+            port,
+        }
+    } else {
+        HostMatch::Exact { host, port }
+    }
+}
+
+impl HostMatch {
+    fn matches(&self, host: &str, port: u16) -> bool {
+        let (ok, want) = match self {
+            HostMatch::Exact { host: h, port } => (h.eq_ignore_ascii_case(host), port),
+            HostMatch::Suffix { suffix, port } => (
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix),
+                port,
+            ),
+            HostMatch::Prefix { prefix, port } => (
+                host.len() > prefix.len() && host[..prefix.len()].eq_ignore_ascii_case(prefix),
+                port,
+            ),
+        };
+        ok && want.is_none_or(|p| p == port)
+    }
+}
+
+/// Kong's priority (`transform.get_priority`) for one matcher.
+fn priority(
+    methods: bool,
+    hosts: Option<&[String]>,
+    headers: usize,
+    snis: bool,
+    paths: &[String],
+    regex_priority: i64,
+) -> u64 {
+    let mut weight: u64 = 0;
+    for set in [
+        methods,
+        hosts.is_some_and(|h| !h.is_empty()),
+        headers > 0,
+        snis,
+        !paths.is_empty(),
+    ] {
+        if set {
+            weight += 1;
+        }
+    }
+    let plain_host_only = hosts.is_some_and(|h| h.iter().all(|h| !h.contains('*')));
+    let regex = paths.first().is_some_and(|p| p.starts_with('~'));
+    let mut p = weight << 61;
+    if plain_host_only {
+        p |= 1 << 60;
+    }
+    p |= (headers.min(255) as u64) << 52;
+    if regex {
+        p |= 1 << 51;
+        // Kong shifts the raw value; clamp so that a negative priority cannot reach higher bits.
+        p |= ((regex_priority.clamp(0, (1 << 32) - 1)) as u64) << 19;
+    } else if let Some(first) = paths.first() {
+        p |= (first.len() as u64) & 0x7FFFF;
+    }
+    p
+}
+
+/// Kong's split of a route's paths: all regex paths together, plain paths grouped by length.
+fn group_paths(paths: Vec<String>) -> Vec<Vec<String>> {
+    let mut groups: Vec<(Option<usize>, Vec<String>)> = Vec::new();
+    for p in paths {
+        let key = if p.starts_with('~') {
+            None
+        } else {
+            Some(p.len())
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(p),
+            None => groups.push((key, vec![p])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+impl Router {
+    /// Compile routes (documents as stored) into a router.
+    pub fn build(routes: &[Doc]) -> Result<Router, RouteError> {
+        let mut matchers = Vec::new();
+        for d in routes {
+            let id = d
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let err = |reason: String| RouteError {
+                id: id.clone(),
+                reason,
+            };
+            let protocols = strs(d, "protocols");
+            if !protocols
+                .iter()
+                .any(|p| matches!(p.as_str(), "http" | "https"))
+            {
+                continue; // stream and gRPC-only routes are served elsewhere
+            }
+            let route = Arc::new(Route {
+                id: id.clone(),
+                name: d.get("name").and_then(Value::as_str).map(str::to_string),
+                service_id: d
+                    .get("service")
+                    .and_then(|s| s.get("id"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                protocols,
+                strip_path: d.get("strip_path").and_then(Value::as_bool).unwrap_or(true),
+                preserve_host: d
+                    .get("preserve_host")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+                https_redirect_status_code: d
+                    .get("https_redirect_status_code")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(426) as u16,
+                doc: d.clone(),
+            });
+            let methods = strs(d, "methods");
+            let hosts_raw = d
+                .get("hosts")
+                .and_then(Value::as_array)
+                .map(|_| strs(d, "hosts"));
+            let snis = strs(d, "snis");
+            let mut headers = Vec::new();
+            if let Some(Value::Object(h)) = d.get("headers") {
+                for (name, vals) in h {
+                    let mut ms = Vec::new();
+                    for v in vals
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                    {
+                        ms.push(match v.strip_prefix("~*") {
+                            Some(re) => ValueMatch::Regex(
+                                Regex::new(&format!("(?i){re}")).map_err(|e| err(e.to_string()))?,
+                            ),
+                            None => ValueMatch::Exact(v.to_ascii_lowercase()),
+                        });
+                    }
+                    headers.push((name.to_ascii_lowercase(), ms));
+                }
+            }
+            let regex_priority = d.get("regex_priority").and_then(Value::as_i64).unwrap_or(0);
+            let groups = {
+                let paths = strs(d, "paths");
+                if paths.is_empty() {
+                    vec![vec![]]
+                } else {
+                    group_paths(paths)
+                }
+            };
+            let split = groups.len() > 1;
+            for (gi, group) in groups.into_iter().enumerate() {
+                let prio = priority(
+                    !methods.is_empty(),
+                    hosts_raw.as_deref(),
+                    headers.len(),
+                    !snis.is_empty(),
+                    &group,
+                    regex_priority,
+                );
+                let mut paths = Vec::new();
+                for p in &group {
+                    paths.push(match p.strip_prefix('~') {
+                        Some(re) => PathMatch::Regex(
+                            Regex::new(&format!("^(?:{re})")).map_err(|e| err(e.to_string()))?,
+                        ),
+                        None => PathMatch::Prefix(p.clone()),
+                    });
+                }
+                let mid = if split {
+                    format!("{id}#{gi}")
+                } else {
+                    id.clone()
+                };
+                matchers.push(Matcher {
+                    route: route.clone(),
+                    priority: prio,
+                    id: mid,
+                    methods: methods.clone(),
+                    hosts: hosts_raw.iter().flatten().map(|h| host_match(h)).collect(),
+                    paths,
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| (n.clone(), v.iter().map(clone_value).collect()))
+                        .collect(),
+                    snis: snis
+                        .iter()
+                        .map(|s| host_match(s.trim_end_matches('.')))
+                        .collect(),
+                });
+            }
+        }
+        matchers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| b.id.cmp(&a.id)));
+        let mut router = Router {
+            matchers,
+            trie: vec![TrieNode::default()],
+            by_host: HashMap::new(),
+            always: Vec::new(),
+        };
+        for rank in 0..router.matchers.len() {
+            router.index(rank as u32);
+        }
+        Ok(router)
+    }
+
+    fn index(&mut self, rank: u32) {
+        let m = &self.matchers[rank as usize];
+        let prefixes: Vec<String> = m
+            .paths
+            .iter()
+            .filter_map(|p| match p {
+                PathMatch::Prefix(s) => Some(s.clone()),
+                PathMatch::Regex(_) => None,
+            })
+            .collect();
+        if m.paths.is_empty() {
+            let exact: Option<Vec<String>> = (!m.hosts.is_empty())
+                .then(|| {
+                    m.hosts
+                        .iter()
+                        .map(|h| match h {
+                            HostMatch::Exact { host, .. } => Some(host.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .flatten();
+            match exact {
+                Some(hosts) => {
+                    for h in hosts {
+                        self.by_host.entry(h).or_default().push(rank);
+                    }
+                }
+                None => self.always.push(rank),
+            }
+            return;
+        }
+        if prefixes.len() < m.paths.len() {
+            self.always.push(rank);
+        }
+        for p in prefixes {
+            let mut node = 0usize;
+            for b in p.bytes() {
+                node = match self.trie[node].children.iter().find(|(c, _)| *c == b) {
+                    Some((_, n)) => *n as usize,
+                    None => {
+                        self.trie.push(TrieNode::default());
+                        let n = (self.trie.len() - 1) as u32;
+                        self.trie[node].children.push((b, n));
+                        n as usize
+                    }
+                };
+            }
+            if !self.trie[node].ranks.contains(&rank) {
+                self.trie[node].ranks.push(rank);
+            }
+        }
+    }
+
+    /// The number of routes compiled (after splitting).
+    pub fn len(&self) -> usize {
+        self.matchers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.matchers.is_empty()
+    }
+
+    /// Find the route for a request.
+    pub fn find(&self, req: &RequestInfo<'_>) -> Option<Matched<'_>> {
+        let mut cands: Vec<u32> = Vec::with_capacity(8);
+        let mut node = 0usize;
+        cands.extend_from_slice(&self.trie[0].ranks);
+        for b in req.path.bytes() {
+            match self.trie[node].children.iter().find(|(c, _)| *c == b) {
+                Some((_, n)) => {
+                    node = *n as usize;
+                    cands.extend_from_slice(&self.trie[node].ranks);
+                }
+                None => break,
+            }
+        }
+        if let Some(v) = self.by_host.get(req.host) {
+            cands.extend_from_slice(v);
+        } else if req.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            if let Some(v) = self.by_host.get(&req.host.to_ascii_lowercase()) {
+                cands.extend_from_slice(v);
+            }
+        }
+        cands.extend_from_slice(&self.always);
+        cands.sort_unstable();
+        cands.dedup();
+        cands
+            .into_iter()
+            .find_map(|r| self.check(&self.matchers[r as usize], req))
+    }
+
+    fn check<'r>(&'r self, m: &'r Matcher, req: &RequestInfo<'_>) -> Option<Matched<'r>> {
+        if !m.methods.is_empty() && !m.methods.iter().any(|x| x == req.method) {
+            return None;
+        }
+        if !m.hosts.is_empty() && !m.hosts.iter().any(|h| h.matches(req.host, req.port)) {
+            return None;
+        }
+        if req.https && !m.snis.is_empty() {
+            let sni = req.sni?;
+            if !m.snis.iter().any(|s| {
+                s.matches(sni, 0)
+                    || matches!(s, HostMatch::Exact { host, .. } if host.eq_ignore_ascii_case(sni))
+            }) {
+                return None;
+            }
+        }
+        for (name, values) in &m.headers {
+            let ok = req.headers.get_all(name.as_str()).iter().any(|hv| {
+                let Ok(v) = hv.to_str() else { return false };
+                values.iter().any(|vm| match vm {
+                    ValueMatch::Exact(x) => x.eq_ignore_ascii_case(v),
+                    ValueMatch::Regex(re) => re.is_match(v),
+                })
+            });
+            if !ok {
+                return None;
+            }
+        }
+        if m.paths.is_empty() {
+            return Some(Matched {
+                route: &m.route,
+                prefix: "/".into(),
+                captures: vec![],
+            });
+        }
+        for p in &m.paths {
+            match p {
+                PathMatch::Prefix(s) => {
+                    if req.path.starts_with(s.as_str()) {
+                        return Some(Matched {
+                            route: &m.route,
+                            prefix: s.clone(),
+                            captures: vec![],
+                        });
+                    }
+                }
+                PathMatch::Regex(re) => {
+                    if let Some(c) = re.captures(req.path) {
+                        let whole = c.get(0).map(|m| m.as_str().to_string()).unwrap_or_default();
+                        let mut captures = Vec::new();
+                        for (i, name) in re.capture_names().enumerate().skip(1) {
+                            if let Some(v) = c.get(i) {
+                                captures.push((
+                                    name.map(str::to_string).unwrap_or_else(|| i.to_string()),
+                                    v.as_str().to_string(),
+                                ));
+                            }
+                        }
+                        return Some(Matched {
+                            route: &m.route,
+                            prefix: whole,
+                            captures,
+                        });
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+fn clone_value(v: &ValueMatch) -> ValueMatch {
+    match v {
+        ValueMatch::Exact(s) => ValueMatch::Exact(s.clone()),
+        ValueMatch::Regex(r) => ValueMatch::Regex(r.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn route(id: u32, v: Value) -> Doc {
+        let mut d = v.as_object().cloned().unwrap();
+        d.insert(
+            "id".into(),
+            json!(format!("00000000-0000-4000-8000-{id:012}")),
+        );
+        d.entry("protocols").or_insert(json!(["http", "https"]));
+        d
+    }
+
+    fn find<'a>(
+        r: &'a Router,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Option<(String, String)> {
+        let mut h = hyper::HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let (host, port) = split_port(host);
+        let req = RequestInfo {
+            method,
+            host,
+            port: port.unwrap_or(8000),
+            path,
+            headers: &h,
+            sni: None,
+            https: false,
+        };
+        r.find(&req).map(|m| {
+            (
+                m.route.id[24..].trim_start_matches('0').to_string(),
+                m.prefix,
+            )
+        })
+    }
+
+    #[test]
+    fn kong_priorities() {
+        let r = Router::build(&[
+            route(1, json!({"paths": ["/"]})),
+            route(2, json!({"paths": ["/api"]})),
+            route(3, json!({"paths": ["/api/v1"]})),
+            route(
+                4,
+                json!({"paths": ["~/api/v\\d+/users"], "regex_priority": 0}),
+            ),
+            route(
+                5,
+                json!({"paths": ["~/api/v1/users"], "regex_priority": 10}),
+            ),
+            route(6, json!({"hosts": ["api.example.com"], "paths": ["/api"]})),
+            route(7, json!({"hosts": ["*.example.com"], "paths": ["/api"]})),
+            route(8, json!({"methods": ["POST"], "paths": ["/api"]})),
+            route(
+                9,
+                json!({"headers": {"x-version": ["2", "~*^beta"]}, "paths": ["/api"]}),
+            ),
+            route(10, json!({"hosts": ["only-host.example.com"]})),
+        ])
+        .unwrap();
+        // Longest prefix among plain paths with the same fields.
+        assert_eq!(find(&r, "GET", "x", "/api/v1/things", &[]).unwrap().0, "3");
+        assert_eq!(find(&r, "GET", "x", "/apix", &[]).unwrap().0, "2");
+        assert_eq!(find(&r, "GET", "x", "/other", &[]).unwrap().0, "1");
+        // Regex over prefix; higher regex_priority first.
+        assert_eq!(find(&r, "GET", "x", "/api/v1/users/7", &[]).unwrap().0, "5");
+        assert_eq!(find(&r, "GET", "x", "/api/v2/users/7", &[]).unwrap().0, "4");
+        // More matching fields first; plain host over wildcard.
+        assert_eq!(
+            find(&r, "GET", "api.example.com", "/api", &[]).unwrap().0,
+            "6"
+        );
+        assert_eq!(
+            find(&r, "GET", "a.b.example.com", "/api", &[]).unwrap().0,
+            "7"
+        );
+        assert_eq!(
+            find(&r, "GET", "API.EXAMPLE.COM:8000", "/api", &[])
+                .unwrap()
+                .0,
+            "6"
+        );
+        assert_eq!(find(&r, "POST", "x", "/api", &[]).unwrap().0, "8");
+        assert_eq!(
+            find(&r, "GET", "x", "/api", &[("X-Version", "2")])
+                .unwrap()
+                .0,
+            "9"
+        );
+        assert_eq!(
+            find(&r, "GET", "x", "/api", &[("x-version", "BETA-3")])
+                .unwrap()
+                .0,
+            "9"
+        );
+        assert_eq!(
+            find(&r, "GET", "x", "/api", &[("x-version", "3")])
+                .unwrap()
+                .0,
+            "2"
+        );
+        assert_eq!(
+            find(&r, "GET", "only-host.example.com", "/zzz", &[])
+                .unwrap()
+                .0,
+            "10"
+        );
+    }
+
+    #[test]
+    fn hosts_ports_and_misses() {
+        let r = Router::build(&[
+            route(1, json!({"hosts": ["example.com:8080"]})),
+            route(2, json!({"hosts": ["example.*"], "paths": ["/p"]})),
+            route(3, json!({"paths": ["/x"], "methods": ["GET"]})),
+        ])
+        .unwrap();
+        assert_eq!(
+            find(&r, "GET", "example.com:8080", "/", &[]).unwrap().0,
+            "1"
+        );
+        assert!(find(&r, "GET", "example.com:9090", "/", &[]).is_none());
+        assert_eq!(find(&r, "GET", "example.org", "/p/q", &[]).unwrap().0, "2");
+        assert!(find(&r, "GET", "example", "/p", &[]).is_none());
+        assert!(find(&r, "POST", "h", "/x", &[]).is_none());
+        assert!(find(&r, "GET", "h", "/y", &[]).is_none());
+    }
+
+    #[test]
+    fn regex_captures_and_split_routes() {
+        let r = Router::build(&[route(
+            1,
+            json!({"paths": ["~/users/(?<user>\\d+)", "/long-path", "/one", "/two"]}),
+        )])
+        .unwrap();
+        assert_eq!(r.len(), 3);
+        let mut h = hyper::HeaderMap::new();
+        h.insert("x", "y".parse().unwrap());
+        let req = RequestInfo {
+            method: "GET",
+            host: "h",
+            port: 80,
+            path: "/users/42/x",
+            headers: &h,
+            sni: None,
+            https: false,
+        };
+        let m = r.find(&req).unwrap();
+        assert_eq!(m.prefix, "/users/42");
+        assert_eq!(m.captures, vec![("user".to_string(), "42".to_string())]);
+        assert_eq!(
+            find(&r, "GET", "h", "/two/x", &[]).unwrap(),
+            ("1".into(), "/two".into())
+        );
+    }
+
+    #[test]
+    fn ten_thousand_routes_index() {
+        let routes: Vec<Doc> = (0..10_000)
+            .map(|i| route(i + 1, json!({"paths": [format!("/svc/{i}")]})))
+            .collect();
+        let r = Router::build(&routes).unwrap();
+        assert_eq!(
+            find(&r, "GET", "h", "/svc/1234/x", &[]).unwrap().1,
+            "/svc/1234"
+        );
+        assert_eq!(
+            find(&r, "GET", "h", "/svc/9999", &[]).unwrap().1,
+            "/svc/9999"
+        );
+        assert!(find(&r, "GET", "h", "/nope", &[]).is_none());
+    }
+}

@@ -1,0 +1,161 @@
+//! Request paths as Kong reads them, and the upstream path Kong builds from them.
+
+/// Normalise a request path: decode percent-encoded unreserved characters, remove dot
+/// segments, merge repeated slashes. The query string must already be cut off.
+pub fn normalize(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                let c = h * 16 + l;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    decoded.push(c);
+                } else {
+                    decoded.extend_from_slice(&[
+                        b'%',
+                        bytes[i + 1].to_ascii_uppercase(),
+                        bytes[i + 2].to_ascii_uppercase(),
+                    ]);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let s = String::from_utf8(decoded)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    // Dot segments and empty segments.
+    let trailing = s.ends_with('/') || s.ends_with("/.") || s.ends_with("/..");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in s.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    let mut r = String::with_capacity(s.len());
+    for seg in &out {
+        r.push('/');
+        r.push_str(seg);
+    }
+    if r.is_empty() || (trailing && !r.ends_with('/')) {
+        r.push('/');
+    }
+    r
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn sanitize_postfix(p: &str) -> &str {
+    if p == "." || p == ".." {
+        return "";
+    }
+    p.strip_prefix("./")
+        .or_else(|| p.strip_prefix("../"))
+        .unwrap_or(p)
+}
+
+/// Kong's `path_handling = v0` upstream path (the only one its default router applies):
+/// `base` is the service path (`/` when none), `prefix` the matched route path when
+/// `strip_path` is on (a regex's whole match), `req` the normalised request path.
+pub fn upstream_path_v0(base: &str, prefix: Option<&str>, req: &str) -> String {
+    match prefix {
+        Some(prefix) => {
+            let postfix = sanitize_postfix(req.get(prefix.len()..).unwrap_or(""));
+            if base.ends_with('/') {
+                if postfix.is_empty() {
+                    if base == "/" {
+                        "/".to_string()
+                    } else if req.ends_with('/') {
+                        base.to_string()
+                    } else {
+                        base[..base.len() - 1].to_string()
+                    }
+                } else if postfix.starts_with('/') {
+                    format!("{}{postfix}", &base[..base.len() - 1])
+                } else {
+                    format!("{base}{postfix}")
+                }
+            } else if postfix.is_empty() {
+                if req.len() > 1 && req.ends_with('/') {
+                    format!("{base}/")
+                } else {
+                    base.to_string()
+                }
+            } else if postfix.starts_with('/') {
+                format!("{base}{postfix}")
+            } else {
+                format!("{base}/{postfix}")
+            }
+        }
+        None => {
+            if base.ends_with('/') {
+                format!("{base}{}", &req[1.min(req.len())..])
+            } else if req == "/" {
+                base.to_string()
+            } else {
+                format!("{base}{req}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes() {
+        assert_eq!(normalize("/a//b/./c/../d"), "/a/b/d");
+        assert_eq!(normalize("/a/%7Eb%2Fc"), "/a/~b%2Fc");
+        assert_eq!(normalize("/route%2E%2E/req"), "/route../req");
+        assert_eq!(normalize("/x/"), "/x/");
+        assert_eq!(normalize(""), "/");
+        assert_eq!(normalize("/.."), "/");
+    }
+
+    /// Kong's path handling fixtures (service, route, strip, request, v0 result).
+    #[test]
+    fn v0_matches_kong_fixtures() {
+        let cases: &[(&str, Option<&str>, bool, &str, &str)] = &[
+            ("/", Some("/route"), true, "/routereq", "/req"),
+            ("/srv", Some("/rou"), false, "/roureq", "/srv/roureq"),
+            ("/srv", Some("/rou"), true, "/roureq", "/srv/req"),
+            ("/srv/", Some("/rou"), true, "/rou", "/srv"),
+            ("/service", Some("/"), true, "/", "/service"),
+            ("/service", Some("/"), false, "/", "/service"),
+            ("/service", Some("/route"), true, "/route/", "/service/"),
+            ("/service", Some("/route/"), true, "/route/", "/service/"),
+            ("/service/", Some("/route"), true, "/route", "/service"),
+            ("/service", None, false, "/route", "/service/route"),
+            ("/", Some("/a"), false, "/a/b", "/a/b"),
+        ];
+        for (base, route, strip, req, want) in cases {
+            let prefix = if *strip { *route } else { None };
+            assert_eq!(
+                upstream_path_v0(base, prefix, req),
+                *want,
+                "{base} {route:?} {strip} {req}"
+            );
+        }
+        // Regex routes strip their whole match.
+        assert_eq!(
+            upstream_path_v0("/svc", Some("/users/42"), "/users/42/x"),
+            "/svc/x"
+        );
+    }
+}
