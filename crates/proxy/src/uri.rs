@@ -76,17 +76,15 @@ pub fn upstream_path_v0(base: &str, prefix: Option<&str>, req: &str) -> String {
     match prefix {
         Some(prefix) => {
             let postfix = sanitize_postfix(req.get(prefix.len()..).unwrap_or(""));
-            if base.ends_with('/') {
+            if let Some(trimmed) = base.strip_suffix('/') {
                 if postfix.is_empty() {
-                    if base == "/" {
-                        "/".to_string()
-                    } else if req.ends_with('/') {
+                    if base == "/" || req.ends_with('/') {
                         base.to_string()
                     } else {
-                        base[..base.len() - 1].to_string()
+                        trimmed.to_string()
                     }
                 } else if postfix.starts_with('/') {
-                    format!("{}{postfix}", &base[..base.len() - 1])
+                    format!("{trimmed}{postfix}")
                 } else {
                     format!("{base}{postfix}")
                 }
