@@ -545,8 +545,8 @@ mod tests {
         d
     }
 
-    fn find<'a>(
-        r: &'a Router,
+    fn find(
+        r: &Router,
         method: &str,
         host: &str,
         path: &str,
