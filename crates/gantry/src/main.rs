@@ -34,7 +34,7 @@ pub struct NodeOpts {
 enum Cmd {
     /// Run a node of the configured role in the foreground.
     Start(NodeOpts),
-    /// Bring up a local control plane with an example route and print what runs where.
+    /// Bring up a local node, an echo upstream and an example /mock route; print what runs where.
     Quickstart {
         /// Where the quickstart keeps its files.
         #[arg(short = 'p', long = "prefix")]
@@ -42,6 +42,9 @@ enum Cmd {
         /// Admin API port.
         #[arg(long, default_value_t = 8001)]
         admin_port: u16,
+        /// Proxy port.
+        #[arg(long, default_value_t = 8000)]
+        proxy_port: u16,
     },
     /// Declarative configuration files and the store.
     Config {
@@ -83,7 +86,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Start(opts) => node::start(&opts),
-        Cmd::Quickstart { prefix, admin_port } => quickstart::run(prefix, admin_port),
+        Cmd::Quickstart {
+            prefix,
+            admin_port,
+            proxy_port,
+        } => quickstart::run(prefix, admin_port, proxy_port),
         Cmd::Config { cmd } => match cmd {
             ConfigCmd::Parse { file, opts } => config_cmd::parse(&file, &opts),
             ConfigCmd::DbImport { file, opts } => config_cmd::db_import(&file, &opts),

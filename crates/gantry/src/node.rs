@@ -196,11 +196,90 @@ where
         shutdown.await;
         let _ = tx.send(true);
     });
+    let proxies = if settings.role == Role::Traditional {
+        start_proxy(
+            &settings,
+            store.clone(),
+            state.version_tx.subscribe(),
+            rx.clone(),
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     gantry_admin::serve(state, listeners, rx).await?;
+    for p in proxies {
+        let _ = p.await;
+    }
     store.close().await;
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("gantry stopped");
     Ok(())
+}
+
+/// Bind the proxy listeners, load the configuration and keep it current: every new config
+/// version (announced by the Admin API, or seen in the store, which another control plane may
+/// have written) is built aside and swapped in; a configuration that does not build is refused
+/// and the running one stays.
+async fn start_proxy(
+    settings: &Settings,
+    store: Arc<Store>,
+    mut versions: tokio::sync::watch::Receiver<i64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let proxy = gantry_proxy::Proxy::new();
+    let (config, version) = store.export().await?;
+    proxy
+        .apply(&config, version)
+        .context("the stored configuration does not load")?;
+    let mut tasks = Vec::new();
+    for l in &settings.proxy_listen {
+        if l.ssl {
+            tracing::warn!(
+                "proxy_listen '{} ssl': TLS listeners are not available in this build yet; skipped",
+                l.addr
+            );
+            continue;
+        }
+        let tcp = TcpListener::bind(&l.addr)
+            .await
+            .with_context(|| format!("cannot listen on proxy_listen {}", l.addr))?;
+        let addr = tcp.local_addr()?;
+        tracing::info!("proxy listening on http://{addr}");
+        eprintln!("gantry: proxy listening on http://{addr}");
+        tasks.push(tokio::spawn(proxy.clone().serve(tcp, shutdown.clone())));
+    }
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut applied = version;
+        loop {
+            tokio::select! {
+                _ = versions.changed() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+            }
+            let Ok(v) = store.version().await else {
+                continue;
+            };
+            if v <= applied {
+                continue;
+            }
+            match store.export().await {
+                Ok((config, v)) => match proxy.apply(&config, v) {
+                    Ok(()) => {
+                        applied = v;
+                        tracing::info!(version = v, "proxy configuration updated");
+                    }
+                    Err(e) => {
+                        applied = v;
+                        tracing::error!(version = v, error = %e, "configuration refused; the running one stays");
+                    }
+                },
+                Err(e) => tracing::error!(error = %e, "cannot read the configuration"),
+            }
+        }
+    });
+    Ok(tasks)
 }
 
 /// `gantry health`: the node under the prefix runs and its Admin API answers.

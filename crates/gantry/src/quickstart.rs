@@ -7,17 +7,19 @@ use gantry_conf::{Settings, Sources};
 
 use crate::node::{init_logging, runtime, shutdown_signal};
 
+/// The example configuration; `{echo}` is the local echo upstream's address.
 const EXAMPLE: &str = r#"_format_version: "3.0"
 services:
 - name: mock
-  url: http://127.0.0.1:8080/anything
+  url: http://{echo}/anything
   routes:
   - name: mock
     paths: ["/mock"]
 "#;
 
-/// Start a traditional node with SQLite under `prefix` and an example service and route.
-pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
+/// Start a traditional node with SQLite under `prefix`, a local echo upstream, and an example
+/// service and route to it.
+pub fn run(prefix: Option<PathBuf>, admin_port: u16, proxy_port: u16) -> anyhow::Result<()> {
     let prefix = prefix.unwrap_or_else(|| std::env::temp_dir().join("gantry-quickstart"));
     std::fs::create_dir_all(&prefix)
         .with_context(|| format!("cannot create {}", prefix.display()))?;
@@ -27,6 +29,7 @@ pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
         overrides: vec![
             ("prefix".into(), prefix.display().to_string()),
             ("admin_listen".into(), format!("127.0.0.1:{admin_port}")),
+            ("proxy_listen".into(), format!("127.0.0.1:{proxy_port}")),
             ("role".into(), "traditional".into()),
             ("database".into(), "sqlite".into()),
         ],
@@ -35,9 +38,14 @@ pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
     init_logging(&settings)?;
     let rt = runtime(2)?;
     rt.block_on(async {
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let echo_addr = echo.local_addr()?;
+        tokio::spawn(gantry_proxy::echo::serve(echo));
         let store = gantry_store::Store::open(&crate::node::backend(&settings)).await?;
-        if store.count("services").await? == 0 {
-            let value = gantry_model::declarative::parse_text(EXAMPLE)?;
+        {
+            // Every run: the example points at this run's echo upstream.
+            let text = EXAMPLE.replace("{echo}", &echo_addr.to_string());
+            let value = gantry_model::declarative::parse_text(&text)?;
             let config = gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: crate::config_cmd::now() })?;
             store.import(&config).await?;
         }
@@ -45,9 +53,10 @@ pub fn run(prefix: Option<PathBuf>, admin_port: u16) -> anyhow::Result<()> {
         println!("gantry quickstart");
         println!("  prefix:     {}", prefix.display());
         println!("  database:   SQLite, {}", settings.prefixed("gantry.db").display());
+        println!("  proxy:      http://127.0.0.1:{proxy_port}  (try: curl http://localhost:{proxy_port}/mock)");
         println!("  Admin API:  http://127.0.0.1:{admin_port}  (try: curl http://127.0.0.1:{admin_port}/services)");
-        println!("  example:    service 'mock' with route 'mock' on /mock");
-        println!("  note:       this build runs the control plane only; proxying and data planes are not built yet");
+        println!("  upstream:   echo server on http://{echo_addr}, behind service 'mock' and route 'mock' (/mock)");
+        println!("  node:       traditional role (control plane and proxy in one process); hybrid CP/DP is not built yet");
         println!("Stop with Ctrl-C.");
         crate::node::run(settings, shutdown_signal()).await
     })

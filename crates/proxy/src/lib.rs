@@ -2,6 +2,15 @@
 //!
 //! - [`router`]: Kong's route matching and priorities, compiled off the request path.
 //! - [`uri`]: request path normalisation and Kong's upstream path rules.
+//! - [`snapshot`]: the immutable running configuration (router, services, balancers), rebuilt
+//!   aside and swapped atomically; parts whose hash did not change are reused.
+//! - [`server`]: listeners and forwarding.
 
+pub mod echo;
 pub mod router;
+pub mod server;
+pub mod snapshot;
 pub mod uri;
+
+pub use server::Proxy;
+pub use snapshot::{Snapshot, SnapshotError};

@@ -230,6 +230,16 @@ fn group_paths(paths: Vec<String>) -> Vec<Vec<String>> {
 }
 
 impl Router {
+    /// A router with no routes: every request misses.
+    pub fn empty() -> Router {
+        Router {
+            matchers: Vec::new(),
+            trie: vec![TrieNode::default()],
+            by_host: HashMap::new(),
+            always: Vec::new(),
+        }
+    }
+
     /// Compile routes (documents as stored) into a router.
     pub fn build(routes: &[Doc]) -> Result<Router, RouteError> {
         let mut matchers = Vec::new();
@@ -350,9 +360,7 @@ impl Router {
         matchers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| b.id.cmp(&a.id)));
         let mut router = Router {
             matchers,
-            trie: vec![TrieNode::default()],
-            by_host: HashMap::new(),
-            always: Vec::new(),
+            ..Router::empty()
         };
         for rank in 0..router.matchers.len() {
             router.index(rank as u32);

@@ -50,6 +50,8 @@ pub fn db_env(pg: Option<&PgSchema>) -> Vec<(String, String)> {
 pub struct Node {
     pub child: Child,
     pub admin: String,
+    /// The plain-HTTP proxy listener, when the node proxies.
+    pub proxy: Option<String>,
     pub prefix: PathBuf,
     early: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -60,6 +62,15 @@ impl Node {
     pub fn start(prefix: &Path, env: &[(String, String)]) -> Node {
         let mut env = env.to_vec();
         env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+        if !env.iter().any(|(k, _)| k == "KONG_PROXY_LISTEN") {
+            env.push(("KONG_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
+        }
+        let proxies = env
+            .iter()
+            .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v != "off")
+            && !env
+                .iter()
+                .any(|(k, v)| k == "KONG_ROLE" && v != "traditional");
         let mut child = cmd(&env)
             .args(["start", "-p"])
             .arg(prefix)
@@ -78,11 +89,18 @@ impl Node {
             }
         });
         let mut seen = Vec::new();
+        let (mut admin, mut proxy) = (None, None);
         let admin = loop {
+            if let (Some(a), true) = (&admin, proxy.is_some() || !proxies) {
+                break a.clone();
+            }
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
                     if let Some(url) = line.strip_prefix("gantry: admin API listening on ") {
-                        break url.trim().to_string();
+                        admin = Some(url.trim().to_string());
+                    }
+                    if let Some(url) = line.strip_prefix("gantry: proxy listening on ") {
+                        proxy = Some(url.trim().to_string());
                     }
                     seen.push(line);
                 }

@@ -1,0 +1,381 @@
+//! The HTTP proxy: listeners, request routing and forwarding, Kong's error bodies.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::router::RequestInfo;
+use crate::snapshot::{Snapshot, SnapshotError};
+use crate::uri::{normalize, upstream_path_v0};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
+
+/// The proxy engine: the current snapshot and the upstream connection pool.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    client: Client<HttpConnector, Incoming>,
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r.headers_mut().insert(
+        header::SERVER,
+        HeaderValue::from_static(concat!("gantry/", env!("CARGO_PKG_VERSION"))),
+    );
+    r
+}
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+    h.remove(header::UPGRADE);
+}
+
+fn split_host(h: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = h.strip_prefix('[') {
+        if let Some((host, tail)) = rest.split_once(']') {
+            return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
+        }
+    }
+    match h.rsplit_once(':') {
+        Some((host, p)) => match p.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (h, None),
+        },
+        None => (h, None),
+    }
+}
+
+impl Proxy {
+    pub fn new() -> Arc<Proxy> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(60)));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            client,
+        })
+    }
+
+    /// The snapshot requests read now.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Build a snapshot from `config` aside and publish it. On error the running one stays.
+    pub fn apply(&self, config: &gantry_model::Config, version: i64) -> Result<(), SnapshotError> {
+        let prev = self.snapshot.load();
+        let next = Snapshot::build(config, version, Some(&prev))?;
+        self.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Serve one listener until `shutdown` turns true; connections in flight finish first.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let me = self.clone();
+                    let svc = hyper::service::service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.handle(req, peer, local_port).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(Duration::from_secs(60))
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let conn = graceful.watch(conn);
+                    tokio::spawn(async move {
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "client connection ended with an error");
+                        }
+                    });
+                }
+                _ = async { let _ = shutdown.wait_for(|v| *v).await; } => break,
+            }
+        }
+        drop(listener);
+        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+    }
+
+    /// Route and forward one request.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local_port: u16,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let snap = self.snapshot.load_full();
+        let (parts, body) = req.into_parts();
+        let host_header = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
+        let Some(host_header) = host_header else {
+            return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Host header");
+        };
+        let (host, port) = split_host(&host_header);
+        let raw_path = parts.uri.path();
+        let path = normalize(raw_path);
+        let info = RequestInfo {
+            method: parts.method.as_str(),
+            host,
+            port: port.unwrap_or(local_port),
+            path: &path,
+            headers: &parts.headers,
+            sni: None,
+            https: false,
+        };
+        let Some(m) = snap.router.find(&info) else {
+            return json_error(StatusCode::NOT_FOUND, "no Route matched with those values");
+        };
+        let route = m.route;
+        if !route.protocols.iter().any(|p| p == "http") {
+            return https_redirect(route.https_redirect_status_code, host, &parts.uri);
+        }
+        let Some(service) = route
+            .service_id
+            .as_ref()
+            .and_then(|id| snap.services.get(id))
+        else {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no Service found with those values",
+            );
+        };
+        if !service.enabled {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
+        }
+        if service.protocol != "http" {
+            return json_error(
+                StatusCode::BAD_GATEWAY,
+                "An invalid response was received from the upstream server",
+            );
+        }
+        let target = match snap.balancers.get(&service.host) {
+            Some(b) => match b.pick() {
+                Some(t) => t.to_string(),
+                None => {
+                    return json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "failure to get a peer from the ring-balancer",
+                    )
+                }
+            },
+            None => format!("{}:{}", service.host, service.port),
+        };
+        let prefix = route.strip_path.then_some(m.prefix.as_str());
+        let mut upath = upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path);
+        if let Some(q) = parts.uri.query() {
+            upath.push('?');
+            upath.push_str(q);
+        }
+        let uri: Uri = match format!("http://{target}{upath}").parse() {
+            Ok(u) => u,
+            Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
+        };
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        let upstream_host = if route.preserve_host {
+            host_header.clone()
+        } else if snap.balancers.contains_key(&service.host) {
+            service.host.clone()
+        } else if service.port == 80 {
+            service.host.clone()
+        } else {
+            format!("{}:{}", service.host, service.port)
+        };
+        set(&mut headers, header::HOST, &upstream_host);
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        set(
+            &mut headers,
+            HeaderName::from_static("x-forwarded-for"),
+            &xff,
+        );
+        set(
+            &mut headers,
+            HeaderName::from_static("x-forwarded-proto"),
+            "http",
+        );
+        set(
+            &mut headers,
+            HeaderName::from_static("x-forwarded-host"),
+            &host.to_ascii_lowercase(),
+        );
+        set(
+            &mut headers,
+            HeaderName::from_static("x-forwarded-port"),
+            &local_port.to_string(),
+        );
+        set(
+            &mut headers,
+            HeaderName::from_static("x-forwarded-path"),
+            raw_path,
+        );
+        if route.strip_path && m.prefix != "/" {
+            set(
+                &mut headers,
+                HeaderName::from_static("x-forwarded-prefix"),
+                &m.prefix,
+            );
+        } else {
+            headers.remove("x-forwarded-prefix");
+        }
+        set(
+            &mut headers,
+            HeaderName::from_static("x-real-ip"),
+            &peer.ip().to_string(),
+        );
+        let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {VIA}"),
+            None => VIA.to_string(),
+        };
+        set(&mut headers, header::VIA, &via);
+        let mut up = Request::new(body);
+        *up.method_mut() = parts.method.clone();
+        *up.uri_mut() = uri;
+        *up.headers_mut() = headers;
+        let sent = Instant::now();
+        let timeout = Duration::from_millis(
+            service
+                .connect_timeout_ms
+                .saturating_add(service.read_timeout_ms),
+        );
+        let res = match tokio::time::timeout(timeout, self.client.request(up)).await {
+            Err(_) => {
+                return json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The upstream server is timing out",
+                )
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, upstream = %target, "upstream request failed");
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "An invalid response was received from the upstream server",
+                );
+            }
+            Ok(Ok(r)) => r,
+        };
+        let upstream_ms = sent.elapsed().as_millis();
+        let proxy_ms = sent.duration_since(started).as_millis();
+        let (mut rparts, rbody) = res.into_parts();
+        strip_hop_by_hop(&mut rparts.headers);
+        set(
+            &mut rparts.headers,
+            HeaderName::from_static("x-kong-upstream-latency"),
+            &upstream_ms.to_string(),
+        );
+        set(
+            &mut rparts.headers,
+            HeaderName::from_static("x-kong-proxy-latency"),
+            &proxy_ms.to_string(),
+        );
+        rparts
+            .headers
+            .append(header::VIA, HeaderValue::from_static(VIA));
+        Response::from_parts(rparts, rbody.boxed())
+    }
+}
+
+fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// All matched but the protocol: Kong answers 426, or redirects with the configured status.
+fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
+    if status == 426 {
+        let mut r = json_error(StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol");
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        r.headers_mut().insert(
+            header::UPGRADE,
+            HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
+        );
+        return r;
+    }
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut r = json_error(code, "Moved");
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
