@@ -14,7 +14,11 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 
-async fn answer(req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+async fn answer(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -48,6 +52,7 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes
         "headers": headers,
         "body": String::from_utf8_lossy(&body),
         "client": peer.to_string(),
+        "server": local.to_string(),
     });
     let mut r = Response::new(Full::new(Bytes::from(out.to_string())));
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
@@ -60,13 +65,16 @@ async fn answer(req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes
 
 /// Serve the echo upstream on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: TcpListener) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| async move {
-                Ok::<_, Infallible>(answer(req, peer).await)
+                Ok::<_, Infallible>(answer(req, peer, local).await)
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

@@ -250,9 +250,8 @@ impl Proxy {
         strip_hop_by_hop(&mut headers);
         let upstream_host = if route.preserve_host {
             host_header.clone()
-        } else if snap.balancers.contains_key(&service.host) {
-            service.host.clone()
-        } else if service.port == 80 {
+        } else if snap.balancers.contains_key(&service.host) || service.port == 80 {
+            // An upstream's name, or a host on the default port: no port in Host.
             service.host.clone()
         } else {
             format!("{}:{}", service.host, service.port)

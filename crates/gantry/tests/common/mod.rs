@@ -89,7 +89,7 @@ impl Node {
             }
         });
         let mut seen = Vec::new();
-        let (mut admin, mut proxy) = (None, None);
+        let (mut admin, mut proxy): (Option<String>, Option<String>) = (None, None);
         let admin = loop {
             if let (Some(a), true) = (&admin, proxy.is_some() || !proxies) {
                 break a.clone();
@@ -113,6 +113,7 @@ impl Node {
         Node {
             child,
             admin,
+            proxy,
             prefix: prefix.to_path_buf(),
             early: seen,
             lines: rx,

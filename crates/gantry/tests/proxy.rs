@@ -1,0 +1,402 @@
+//! Proxying through a real `gantry` process to real upstream servers on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Node;
+use serde_json::{json, Value};
+
+async fn echo() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(gantry_proxy::echo::serve(l));
+    addr.to_string()
+}
+
+async fn admin(
+    http: &reqwest::Client,
+    node: &Node,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> Value {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = http
+        .request(m, format!("{}{path}", node.admin))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{method} {path}: {status} {v}");
+    v
+}
+
+/// Wait until `GET path` through the proxy answers `want` (changes apply within a second or so).
+async fn until(http: &reqwest::Client, node: &Node, path: &str, want: u16) -> reqwest::Response {
+    let proxy = node.proxy.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{proxy}{path}")).send().await.unwrap();
+        if r.status().as_u16() == want {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {path}: still {} after 10 s",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn routes_apply_live_with_kong_headers_and_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    // Nothing configured: Kong's 404.
+    let r = until(&http, &node, "/anything", 404).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "no Route matched with those values"})
+    );
+
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "echo", "url": format!("http://{up}/base")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/echo/routes",
+        json!({"name": "r", "paths": ["/api"]}),
+    )
+    .await;
+    let r = until(&http, &node, "/api/users?id=7", 200).await;
+    assert!(r.headers().contains_key("x-kong-upstream-latency"));
+    assert!(r.headers().contains_key("x-kong-proxy-latency"));
+    assert!(r.headers()["via"].to_str().unwrap().contains("gantry"));
+    let seen: Value = r.json().await.unwrap();
+    assert_eq!(seen["uri"], "/base/users?id=7");
+    let h = &seen["headers"];
+    assert_eq!(h["host"], json!(up));
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-path"], "/api/users");
+    assert_eq!(h["x-forwarded-prefix"], "/api");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+
+    // A change of the route applies without a restart; the old path is gone.
+    admin(
+        &http,
+        &node,
+        "PATCH",
+        "/routes/r",
+        json!({"paths": ["~/v(?<n>\\d+)/"], "strip_path": false, "preserve_host": true}),
+    )
+    .await;
+    let seen: Value = until(&http, &node, "/v2/x", 200)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(seen["uri"], "/base/v2/x");
+    assert!(
+        seen["headers"]["host"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{seen}"
+    );
+    assert!(seen["headers"].get("x-forwarded-prefix").is_none());
+    until(&http, &node, "/api/users", 404).await;
+
+    // Bodies go both ways.
+    let proxy = node.proxy.clone().unwrap();
+    let r = http
+        .post(format!("{proxy}/v1/post"))
+        .body("hello upstream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["body"], "hello upstream");
+}
+
+#[tokio::test]
+async fn upstream_errors_redirects_and_balancing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "down", "url": format!("http://{closed}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/down/routes",
+        json!({"paths": ["/down"]}),
+    )
+    .await;
+    admin(&http, &node, "POST", "/services", json!({"name": "slow", "url": format!("http://{up}"), "read_timeout": 300, "connect_timeout": 300})).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/slow/routes",
+        json!({"paths": ["/slow"], "strip_path": false}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "tls-only", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/tls-only/routes",
+        json!({"paths": ["/secure"], "protocols": ["https"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/tls-only/routes",
+        json!({"paths": ["/moved"], "protocols": ["https"], "https_redirect_status_code": 301}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/routes",
+        json!({"paths": ["/orphan"]}),
+    )
+    .await;
+
+    let r = until(&http, &node, "/down", 502).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "An invalid response was received from the upstream server"
+    );
+    let r = until(&http, &node, "/slow/delay/2000", 504).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "The upstream server is timing out"
+    );
+    until(&http, &node, "/slow/delay/10", 200).await;
+    let r = until(&http, &node, "/secure", 426).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Please use HTTPS protocol"
+    );
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = until(&no_redirect, &node, "/moved?a=1", 301).await;
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("https://127.0.0.1/moved?a=1"));
+    until(&http, &node, "/orphan", 503).await;
+
+    // An upstream with two weighted targets.
+    let (a, b) = (echo().await, echo().await);
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams",
+        json!({"name": "pool.internal"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/pool.internal/targets",
+        json!({"target": a, "weight": 300}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/pool.internal/targets",
+        json!({"target": b, "weight": 100}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "pool", "host": "pool.internal"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/pool/routes",
+        json!({"paths": ["/pool"]}),
+    )
+    .await;
+    until(&http, &node, "/pool", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    let mut hits = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let v: Value = http
+            .get(format!("{proxy}/pool"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // The echo sees the Host the proxy sent: the upstream's name.
+        assert_eq!(v["headers"]["host"], "pool.internal");
+        *hits
+            .entry(v["server"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    // Weighted round-robin: 3 to 1.
+    assert_eq!((hits[&a], hits[&b]), (30, 10), "{hits:?}");
+}
+
+/// Routes change while requests flow: none fails.
+#[tokio::test]
+async fn route_changes_under_load_fail_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"name": "main", "paths": ["/live"]}),
+    )
+    .await;
+    until(&http, &node, "/live", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (http, proxy, stop) = (http.clone(), proxy.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("{proxy}/live/x")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    for i in 0..30 {
+        admin(
+            &http,
+            &node,
+            "POST",
+            "/services/s/routes",
+            json!({"paths": [format!("/other/{i}")]}),
+        )
+        .await;
+        admin(
+            &http,
+            &node,
+            "PATCH",
+            "/routes/main",
+            json!({"strip_path": i % 2 == 0}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (ok, failed) = w.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "failed requests during route changes: {failed:?}"
+        );
+        total += ok;
+    }
+    assert!(total > 100, "only {total} requests went through");
+}
+
+#[tokio::test]
+async fn dbless_node_proxies_its_declarative_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = echo().await;
+    let file = dir.path().join("kong.yml");
+    std::fs::write(
+        &file,
+        format!("_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://{up}/in\n  routes:\n  - paths: [/d]\n"),
+    )
+    .unwrap();
+    let env = vec![
+        ("KONG_DATABASE".to_string(), "off".to_string()),
+        (
+            "KONG_DECLARATIVE_CONFIG".to_string(),
+            file.display().to_string(),
+        ),
+    ];
+    let node = Node::start(dir.path(), &env);
+    let http = reqwest::Client::new();
+    let v: Value = until(&http, &node, "/d/x", 200).await.json().await.unwrap();
+    assert_eq!(v["uri"], "/in/x");
+    // A new configuration through POST /config replaces it.
+    let text = format!("_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://{up}/new\n  routes:\n  - paths: [/n]\n");
+    let r = http
+        .post(format!("{}/config", node.admin))
+        .header("content-type", "text/yaml")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = until(&http, &node, "/n/y", 200).await.json().await.unwrap();
+    assert_eq!(v["uri"], "/new/y");
+    until(&http, &node, "/d/x", 404).await;
+}
