@@ -103,11 +103,17 @@ fn hostname() -> String {
 }
 
 /// A multi-threaded runtime of `worker_threads` threads.
+/// One thread runs everything on a current-thread runtime (no cross-thread wake-ups, as an
+/// nginx worker); more threads share a work-stealing one.
 pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()?)
+    let mut b = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    Ok(b.enable_all().build()?)
 }
 
 /// Resolves on SIGTERM or SIGINT.

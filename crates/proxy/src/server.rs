@@ -12,12 +12,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::pool::Pool;
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
@@ -29,7 +28,7 @@ const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
 /// The proxy engine: the current snapshot and the upstream connection pool.
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
-    client: Client<HttpConnector, Incoming>,
+    pool: Pool,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -97,17 +96,9 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
 
 impl Proxy {
     pub fn new() -> Arc<Proxy> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(60)));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
-            client,
+            pool: Pool::new(256),
         })
     }
 
@@ -242,7 +233,7 @@ impl Proxy {
             upath.push('?');
             upath.push_str(q);
         }
-        let uri: Uri = match format!("http://{target}{upath}").parse() {
+        let uri: Uri = match upath.parse() {
             Ok(u) => u,
             Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
         };
@@ -315,7 +306,10 @@ impl Proxy {
                 .connect_timeout_ms
                 .saturating_add(service.read_timeout_ms),
         );
-        let res = match tokio::time::timeout(timeout, self.client.request(up)).await {
+        let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
+        let res = match tokio::time::timeout(timeout, self.pool.send(&target, up, connect_timeout))
+            .await
+        {
             Err(_) => {
                 return json_error(
                     StatusCode::GATEWAY_TIMEOUT,

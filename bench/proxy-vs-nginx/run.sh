@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Gantry (worker_threads = 1) against nginx (one worker, upstream keepalive), both proxying to
+# the same local upstream (an nginx answering a small static body), wrk on loopback, runs
+# alternating. Prints each run, then the throughput and p99 ratios (gantry / nginx).
+# Also: Gantry's RSS with 5,000 routes loaded.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
+command -v nginx >/dev/null || apt-get install -y nginx-light >/dev/null
+[ -x target/release/gantry ] || cargo build --release
+DUR=${DUR:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+UP=18901 NGX=18902 GAN=18903
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cat >"$work/upstream.conf" <<NGX
+worker_processes 1; daemon off; pid $work/up.pid; error_log $work/up.err;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$UP reuseport; keepalive_requests 1000000;
+    location / { return 200 "hello from the upstream\n"; } } }
+NGX
+cat >"$work/nginx.conf" <<NGX
+worker_processes 1; daemon off; pid $work/ngx.pid; error_log $work/ngx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+NGX
+cat >"$work/kong.yml" <<YML
+_format_version: "3.0"
+services:
+- name: up
+  url: http://127.0.0.1:$UP
+  routes:
+  - name: all
+    paths: [/]
+YML
+nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
+  KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 \
+  target/release/gantry start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && break
+  sleep 0.1
+done
+
+run() { # name port -> "rps p99_ms"
+  local out rps p99
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$2/")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  echo "$1 $rps $p99"
+}
+echo "wrk -t1 -c$CONNS -d$DUR, $ROUNDS alternating rounds, $(nproc) cores"
+: >"$work/results"
+for i in $(seq "$ROUNDS"); do
+  run gantry $GAN | tee -a "$work/results"
+  run nginx $NGX | tee -a "$work/results"
+done
+awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 }
+     END { printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"];
+           printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]) }' "$work/results"
+
+# RSS with 5,000 routes loaded.
+python3 - "$work/routes.yml" "$UP" <<'PY'
+import sys
+path, port = sys.argv[1], sys.argv[2]
+with open(path, "w") as f:
+    f.write('_format_version: "3.0"\nservices:\n- name: up\n  url: http://127.0.0.1:%s\n  routes:\n' % port)
+    for i in range(5000):
+        f.write(f"  - name: r{i}\n    paths: [/svc/{i}]\n    methods: [GET]\n")
+PY
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/routes.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
+  KONG_PROXY_LISTEN=127.0.0.1:18904 KONG_ADMIN_LISTEN=127.0.0.1:0 \
+  target/release/gantry start -p "$work/g5k" 2>"$work/g5k.err" & g5k=$!; pids+=($g5k)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:18904/svc/4999" >/dev/null && break; sleep 0.1; done
+wrk -t1 -c10 -d2s "http://127.0.0.1:18904/svc/2500" >/dev/null
+echo "gantry RSS with 5,000 routes loaded (after 2 s of traffic): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$g5k/status)"

@@ -1,0 +1,111 @@
+//! Upstream HTTP/1.1 connections, kept alive and reused per `host:port`.
+//!
+//! A small pool on hyper's connection API: a request takes an idle connection that is ready
+//! (its previous response fully read), or opens one. Connections that closed are dropped when
+//! met. Idle connections past `max_idle` per address are closed.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("connect to {addr} timed out")]
+    ConnectTimeout { addr: String },
+    #[error("upstream HTTP error: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+pub struct Pool {
+    idle: Mutex<HashMap<String, Vec<SendRequest<Incoming>>>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize) -> Pool {
+        Pool {
+            idle: Mutex::new(HashMap::new()),
+            max_idle,
+        }
+    }
+
+    fn take(&self, addr: &str) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock().ok()?;
+        let list = idle.get_mut(addr)?;
+        list.retain(|s| !s.is_closed());
+        let i = list.iter().position(|s| s.is_ready())?;
+        Some(list.swap_remove(i))
+    }
+
+    fn put(&self, addr: &str, s: SendRequest<Incoming>) {
+        if s.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            let list = idle.entry(addr.to_string()).or_default();
+            if list.len() < self.max_idle {
+                list.push(s);
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(UpstreamError::ConnectTimeout {
+                    addr: addr.to_string(),
+                })
+            }
+            Ok(Err(source)) => {
+                return Err(UpstreamError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                })
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Send a request to `addr` (`host:port`) and return the response head; the connection
+    /// goes back to the pool, to be reused once this response's body has been read.
+    pub async fn send(
+        &self,
+        addr: &str,
+        req: Request<Incoming>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = match self.take(addr) {
+            Some(s) => s,
+            None => self.connect(addr, connect_timeout).await?,
+        };
+        let fut = sender.send_request(req);
+        self.put(addr, sender);
+        Ok(fut.await?)
+    }
+}
