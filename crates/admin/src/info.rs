@@ -94,8 +94,18 @@ pub async fn validate_entity(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
+    validate_body(&st, &name, headers, body).await
+}
+
+/// Validate a body as an entity of `name` without storing it.
+async fn validate_body(
+    st: &AdminState,
+    name: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let schema =
-        entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+        entity(name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     let (input, origin) = body::decode(&headers, &bytes)?;
     validate_only(schema, input, origin)?;
@@ -115,11 +125,7 @@ pub async fn validate_plugin(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let schema = entity("plugins").ok_or(ApiError::NotFound)?;
-    let bytes = body::read(body, st.settings.admin_body_max).await?;
-    let (input, origin) = body::decode(&headers, &bytes)?;
-    validate_only(schema, input, origin)?;
-    Ok(Json(json!({"message": "schema validation successful"})).into_response())
+    validate_body(&st, "plugins", headers, body).await
 }
 
 /// `GET /plugins/enabled`

@@ -55,7 +55,6 @@ pub struct Route {
     pub strip_path: bool,
     pub preserve_host: bool,
     pub https_redirect_status_code: u16,
-    pub doc: Doc,
 }
 
 #[derive(Debug)]
@@ -278,7 +277,6 @@ impl Router {
                     .get("https_redirect_status_code")
                     .and_then(Value::as_u64)
                     .unwrap_or(426) as u16,
-                doc: d.clone(),
             });
             let methods = strs(d, "methods");
             let hosts_raw = d
