@@ -400,3 +400,212 @@ async fn dbless_node_proxies_its_declarative_file() {
     assert_eq!(v["uri"], "/new/y");
     until(&http, &node, "/d/x", 404).await;
 }
+
+/// key-auth, rate-limiting (with a consumer-scoped override), request-termination and cors.
+#[tokio::test]
+async fn plugins_authenticate_limit_terminate_and_cors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"name": "p", "paths": ["/p"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"name": "t", "paths": ["/t"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers",
+        json!({"username": "alice"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers",
+        json!({"username": "bob", "custom_id": "b-1"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers/alice/key-auth",
+        json!({"key": "alice-key"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers/bob/key-auth",
+        json!({"key": "bob-key"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/routes/p/plugins",
+        json!({"name": "key-auth"}),
+    )
+    .await;
+    // Hour windows: a test never straddles one in practice, unlike minutes.
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/routes/p/plugins",
+        json!({"name": "rate-limiting", "config": {"hour": 3}}),
+    )
+    .await;
+    let bob = admin(&http, &node, "GET", "/consumers/bob", json!({})).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/plugins",
+        json!({"name": "rate-limiting", "route": {"id": admin(&http, &node, "GET", "/routes/p", json!({})).await["id"]}, "consumer": {"id": bob["id"]}, "config": {"hour": 100}}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/routes/t/plugins",
+        json!({"name": "request-termination", "config": {"status_code": 418, "message": "teapot"}}),
+    )
+    .await;
+    admin(&http, &node, "POST", "/plugins", json!({"name": "cors", "config": {"origins": ["https://app.example"], "exposed_headers": ["x-total"], "max_age": 600}})).await;
+
+    let proxy = node.proxy.clone().unwrap();
+    let r = until(&http, &node, "/p", 401).await;
+    assert_eq!(r.headers()["www-authenticate"], "Key realm=\"kong\"");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "No API key found in request"
+    );
+    let r = http
+        .get(format!("{proxy}/p"))
+        .header("apikey", "nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "Invalid authentication credentials"
+    );
+
+    for i in 0..3 {
+        let r = http
+            .get(format!("{proxy}/p/x"))
+            .header("apikey", "alice-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.headers()["x-ratelimit-limit-hour"], "3");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining-hour"],
+            (2 - i).to_string().as_str()
+        );
+        assert_eq!(r.headers()["ratelimit-limit"], "3");
+        let seen: Value = r.json().await.unwrap();
+        assert_eq!(seen["headers"]["x-consumer-username"], "alice");
+        assert_eq!(
+            seen["headers"]["x-credential-identifier"]
+                .as_str()
+                .map(|s| s.len()),
+            Some(36)
+        );
+    }
+    let r = http
+        .get(format!("{proxy}/p/x?apikey=alice-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["message"],
+        "API rate limit exceeded"
+    );
+    // Bob's own configuration on this route wins over the route's.
+    for _ in 0..5 {
+        let r = http
+            .get(format!("{proxy}/p"))
+            .header("apikey", "bob-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit-hour"], "100");
+        let seen: Value = r.json().await.unwrap();
+        assert_eq!(seen["headers"]["x-consumer-custom-id"], "b-1");
+    }
+
+    let r = until(&http, &node, "/t", 418).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["message"], "teapot");
+
+    // CORS: a preflight is answered here; a simple request gets the headers on the way back.
+    let r = http
+        .request(reqwest::Method::OPTIONS, format!("{proxy}/t"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-max-age"], "600");
+    assert!(r.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("GET"));
+    let r = http
+        .get(format!("{proxy}/p"))
+        .header("apikey", "bob-key")
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(r.headers()["access-control-expose-headers"], "x-total");
+    let r = http
+        .get(format!("{proxy}/p"))
+        .header("apikey", "bob-key")
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}

@@ -7,6 +7,7 @@
 //! - [`server`]: listeners and forwarding.
 
 pub mod echo;
+pub mod plugins;
 pub mod pool;
 pub mod router;
 pub mod server;

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::plugins::{Counters, Ctx};
 use crate::pool::Pool;
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -29,6 +30,7 @@ const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     pool: Pool,
+    counters: Counters,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -99,6 +101,7 @@ impl Proxy {
         Arc::new(Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             pool: Pool::new(256),
+            counters: Counters::default(),
         })
     }
 
@@ -110,7 +113,7 @@ impl Proxy {
     /// Build a snapshot from `config` aside and publish it. On error the running one stays.
     pub fn apply(&self, config: &gantry_model::Config, version: i64) -> Result<(), SnapshotError> {
         let prev = self.snapshot.load();
-        let next = Snapshot::build(config, version, Some(&prev))?;
+        let next = Snapshot::build(config, version, Some(&prev), &self.counters)?;
         self.snapshot.store(Arc::new(next));
         Ok(())
     }
@@ -167,7 +170,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let host_header = parts
             .headers
             .get(header::HOST)
@@ -178,8 +181,8 @@ impl Proxy {
             return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Host header");
         };
         let (host, port) = split_host(&host_header);
-        let raw_path = parts.uri.path();
-        let path = normalize(raw_path);
+        let raw_path = parts.uri.path().to_string();
+        let path = normalize(&raw_path);
         let info = RequestInfo {
             method: parts.method.as_str(),
             host,
@@ -196,11 +199,31 @@ impl Proxy {
         if !route.protocols.iter().any(|p| p == "http") {
             return https_redirect(route.https_redirect_status_code, host, &parts.uri);
         }
-        let Some(service) = route
+        let service = route
             .service_id
             .as_ref()
-            .and_then(|id| snap.services.get(id))
-        else {
+            .and_then(|id| snap.services.get(id));
+        // Plugins: rewrite and access, in priority order; one may answer instead of the upstream.
+        let mut extra_headers = Vec::new();
+        let mut ran = Vec::new();
+        if !snap.plugins.is_empty() {
+            let mut ctx = Ctx {
+                req: &mut parts,
+                client_ip: peer.ip(),
+                route_id: &route.id,
+                service_id: service.map(|s| s.id.as_str()),
+                consumer: None,
+                credential: None,
+                identities: &snap.identities,
+                response_headers: Vec::new(),
+            };
+            match snap.plugins.run_access(&mut ctx) {
+                Ok(r) => ran = r,
+                Err(resp) => return *resp,
+            }
+            extra_headers = ctx.response_headers;
+        }
+        let Some(service) = service else {
             return json_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no Service found with those values",
@@ -275,7 +298,7 @@ impl Proxy {
         set(
             &mut headers,
             HeaderName::from_static("x-forwarded-path"),
-            raw_path,
+            &raw_path,
         );
         if route.strip_path && m.prefix != "/" {
             set(
@@ -342,6 +365,12 @@ impl Proxy {
         rparts
             .headers
             .append(header::VIA, HeaderValue::from_static(VIA));
+        for (n, v) in extra_headers {
+            rparts.headers.append(n, v);
+        }
+        for p in &ran {
+            p.header_filter(&mut rparts);
+        }
         Response::from_parts(rparts, rbody.boxed())
     }
 }

@@ -9,6 +9,7 @@ use gantry_model::hash::{hash_config, ConfigHashes};
 use gantry_model::{Config, Doc};
 use serde_json::Value;
 
+use crate::plugins::{Counters, Identities, PluginSet};
 use crate::router::{RouteError, Router};
 
 /// An upstream service, as the proxy uses it.
@@ -118,12 +119,16 @@ pub struct Snapshot {
     pub services: HashMap<String, Arc<Service>>,
     /// Upstreams by name.
     pub balancers: HashMap<String, Arc<Balancer>>,
+    pub plugins: Arc<PluginSet>,
+    pub identities: Arc<Identities>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("invalid route: {0}")]
     Route(#[from] RouteError),
+    #[error("invalid plugin configuration: {0}")]
+    Plugin(String),
 }
 
 fn docs<'a>(c: &'a Config, k: &str) -> &'a [Doc] {
@@ -139,6 +144,8 @@ impl Snapshot {
             router: Arc::new(Router::empty()),
             services: HashMap::new(),
             balancers: HashMap::new(),
+            plugins: Arc::new(PluginSet::default()),
+            identities: Arc::new(Identities::default()),
         }
     }
 
@@ -148,6 +155,7 @@ impl Snapshot {
         config: &Config,
         version: i64,
         previous: Option<&Snapshot>,
+        counters: &Counters,
     ) -> Result<Snapshot, SnapshotError> {
         let hashes = hash_config(config);
         let router = match previous {
@@ -197,12 +205,26 @@ impl Snapshot {
                     .collect()
             }
         };
+        let same_plugins =
+            previous.filter(|p| p.hashes.plugins == hashes.plugins && p.hashes.rest == hashes.rest);
+        let (plugins, identities) = match same_plugins {
+            Some(p) => (p.plugins.clone(), p.identities.clone()),
+            None => {
+                let set = PluginSet::build(config, counters).map_err(SnapshotError::Plugin)?;
+                if !set.unsupported.is_empty() {
+                    tracing::warn!(plugins = ?set.unsupported, "configured plugins this build cannot run yet are skipped");
+                }
+                (Arc::new(set), Arc::new(Identities::build(config)))
+            }
+        };
         Ok(Snapshot {
             version,
             hashes,
             router,
             services,
             balancers,
+            plugins,
+            identities,
         })
     }
 }

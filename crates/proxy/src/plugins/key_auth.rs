@@ -1,0 +1,166 @@
+//! key-auth: a consumer identified by an API key in a header or the query string.
+
+use std::sync::Arc;
+
+use hyper::header::HeaderValue;
+use hyper::Response;
+use serde_json::Value;
+
+use super::{error, Counters, Ctx, Plugin};
+use crate::server::ProxyBody;
+
+struct KeyAuth {
+    key_names: Vec<String>,
+    hide_credentials: bool,
+    anonymous: Option<String>,
+    in_header: bool,
+    in_query: bool,
+    run_on_preflight: bool,
+    realm: String,
+}
+
+pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+    let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
+    Ok(Arc::new(KeyAuth {
+        key_names: c
+            .get("key_names")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["apikey".into()]),
+        hide_credentials: b("hide_credentials", false),
+        anonymous: c
+            .get("anonymous")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        in_header: b("key_in_header", true),
+        in_query: b("key_in_query", true),
+        run_on_preflight: b("run_on_preflight", true),
+        realm: c
+            .get("realm")
+            .and_then(Value::as_str)
+            .unwrap_or("kong")
+            .to_string(),
+    }))
+}
+
+impl KeyAuth {
+    /// The key and where it was: `(key, Some(header name))` or `(key, None)` for the query.
+    fn find_key(&self, ctx: &Ctx<'_>) -> Option<(String, Option<String>)> {
+        for name in &self.key_names {
+            if self.in_header {
+                if let Some(v) = ctx
+                    .req
+                    .headers
+                    .get(name.as_str())
+                    .and_then(|v| v.to_str().ok())
+                {
+                    return Some((v.to_string(), Some(name.clone())));
+                }
+            }
+            if self.in_query {
+                if let Some(q) = ctx.req.uri.query() {
+                    if let Some((_, v)) =
+                        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name.as_str())
+                    {
+                        return Some((v.into_owned(), None));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn unauthorized(&self, message: &str) -> Response<ProxyBody> {
+        let mut r = error(401, message);
+        if let Ok(v) = HeaderValue::from_str(&format!("Key realm=\"{}\"", self.realm)) {
+            r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, v);
+        }
+        r
+    }
+
+    fn hide(&self, ctx: &mut Ctx<'_>, name: &str, from_header: bool) {
+        if from_header {
+            ctx.req.headers.remove(name);
+            return;
+        }
+        let Some(pq) = ctx.req.uri.path_and_query() else {
+            return;
+        };
+        let path = pq.path().to_string();
+        let kept: Vec<&str> = pq
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty() && p.split('=').next() != Some(name))
+            .collect();
+        let new = if kept.is_empty() {
+            path
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        };
+        if let Ok(uri) = new.parse() {
+            ctx.req.uri = uri;
+        }
+    }
+}
+
+impl Plugin for KeyAuth {
+    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+        if !self.run_on_preflight && ctx.req.method == hyper::Method::OPTIONS {
+            return None;
+        }
+        // Another authentication plugin already identified a real consumer.
+        if ctx.credential.is_some() {
+            return None;
+        }
+        let found = self.find_key(ctx);
+        let outcome = match &found {
+            None => Err("No API key found in request"),
+            Some((key, _)) => match ctx.identities.api_keys.get(key) {
+                Some((cred, consumer)) => match ctx.identities.consumers.get(consumer) {
+                    Some(c) => Ok((c.clone(), cred.clone())),
+                    None => Err("Invalid authentication credentials"),
+                },
+                None => Err("Invalid authentication credentials"),
+            },
+        };
+        match outcome {
+            Ok((consumer, cred)) => {
+                if self.hide_credentials {
+                    if let Some((_, place)) = &found {
+                        match place {
+                            Some(h) => self.hide(ctx, h, true),
+                            None => {
+                                for n in self.key_names.clone() {
+                                    self.hide(ctx, &n, false);
+                                }
+                            }
+                        }
+                    }
+                }
+                ctx.authenticate(consumer, Some(cred), false);
+                None
+            }
+            Err(msg) => match self
+                .anonymous
+                .as_deref()
+                .and_then(|a| ctx.identities.find(a))
+            {
+                Some(anon) => {
+                    ctx.authenticate(anon, None, true);
+                    None
+                }
+                None if self.anonymous.is_some() => Some(error(
+                    500,
+                    "An unexpected error occurred: anonymous consumer not found",
+                )),
+                None => Some(self.unauthorized(msg)),
+            },
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! rate-limiting, local policy: fixed windows per second, minute, hour, day, month and year,
+//! counted in this node's memory. Counters live outside snapshots, so a configuration change
+//! does not reset them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::Response;
+use serde_json::Value;
+
+use super::{error, Ctx, Plugin};
+use crate::server::ProxyBody;
+
+const PERIODS: [(&str, &str, i64); 6] = [
+    ("second", "Second", 1),
+    ("minute", "Minute", 60),
+    ("hour", "Hour", 3600),
+    ("day", "Day", 86_400),
+    ("month", "Month", 2_592_000),
+    ("year", "Year", 31_536_000),
+];
+
+type Key = (String, String, i64, i64);
+
+/// Counters of every rate-limiting instance: `(plugin id, identifier, period, window start)`.
+#[derive(Clone, Default)]
+pub struct Counters(Arc<Mutex<HashMap<Key, u64>>>);
+
+impl Counters {
+    /// Check every limit; when none is reached, count this request in each. Returns, per
+    /// limit, `(period index, limit, remaining after this request, seconds to reset)` and
+    /// whether the request is allowed.
+    fn hit(
+        &self,
+        plugin: &str,
+        ident: &str,
+        limits: &[(usize, u64)],
+        now: i64,
+    ) -> (Vec<(usize, u64, u64, i64)>, bool) {
+        let Ok(mut map) = self.0.lock() else {
+            return (vec![], true);
+        };
+        if map.len() > 100_000 {
+            // Forget windows that have ended.
+            map.retain(|(_, _, period, start), _| start + period > now);
+        }
+        let mut out = Vec::with_capacity(limits.len());
+        let mut allowed = true;
+        for &(pi, limit) in limits {
+            let period = PERIODS[pi].2;
+            let start = now - now.rem_euclid(period);
+            let used = map
+                .get(&(plugin.to_string(), ident.to_string(), period, start))
+                .copied()
+                .unwrap_or(0);
+            if used >= limit {
+                allowed = false;
+            }
+            out.push((pi, limit, used, start + period - now));
+        }
+        for o in out.iter_mut() {
+            if allowed {
+                let period = PERIODS[o.0].2;
+                let start = now - now.rem_euclid(period);
+                let c = map
+                    .entry((plugin.to_string(), ident.to_string(), period, start))
+                    .or_insert(0);
+                *c += 1;
+                o.2 = o.1.saturating_sub(*c);
+            } else {
+                o.2 = o.1.saturating_sub(o.2);
+            }
+        }
+        (out, allowed)
+    }
+}
+
+struct RateLimiting {
+    id: String,
+    limits: Vec<(usize, u64)>,
+    limit_by: String,
+    header_name: Option<String>,
+    hide_client_headers: bool,
+    error_code: u16,
+    error_message: String,
+    counters: Counters,
+}
+
+pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, String> {
+    let limits = PERIODS
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (k, _, _))| {
+            c.get(*k)
+                .and_then(Value::as_f64)
+                .map(|v| (i, v.max(0.0) as u64))
+        })
+        .collect();
+    let policy = c.get("policy").and_then(Value::as_str).unwrap_or("local");
+    if policy != "local" {
+        tracing::warn!(
+            plugin = id,
+            policy,
+            "rate-limiting policy not available in this build: counting locally"
+        );
+    }
+    Ok(Arc::new(RateLimiting {
+        id: id.to_string(),
+        limits,
+        limit_by: c
+            .get("limit_by")
+            .and_then(Value::as_str)
+            .unwrap_or("consumer")
+            .to_string(),
+        header_name: c
+            .get("header_name")
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase),
+        hide_client_headers: c
+            .get("hide_client_headers")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        error_code: c.get("error_code").and_then(Value::as_f64).unwrap_or(429.0) as u16,
+        error_message: c
+            .get("error_message")
+            .and_then(Value::as_str)
+            .unwrap_or("API rate limit exceeded")
+            .to_string(),
+        counters: counters.clone(),
+    }))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl RateLimiting {
+    /// Kong's identifiers; each falls back to the client IP when absent.
+    fn identifier(&self, ctx: &Ctx<'_>) -> String {
+        let ip = || ctx.client_ip.to_string();
+        match self.limit_by.as_str() {
+            "consumer" => ctx
+                .consumer
+                .as_ref()
+                .map(|c| c.id.clone())
+                .unwrap_or_else(ip),
+            "credential" => ctx.credential.clone().unwrap_or_else(ip),
+            "service" => ctx.service_id.map(str::to_string).unwrap_or_else(ip),
+            "header" => self
+                .header_name
+                .as_ref()
+                .and_then(|h| ctx.req.headers.get(h.as_str()))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .unwrap_or_else(ip),
+            "path" => ctx.req.uri.path().to_string(),
+            _ => ip(),
+        }
+    }
+}
+
+impl Plugin for RateLimiting {
+    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+        let ident = self.identifier(ctx);
+        let (usage, allowed) = self.counters.hit(&self.id, &ident, &self.limits, now());
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        // The limit closest to exhaustion gives the RateLimit-* headers.
+        let tightest = usage
+            .iter()
+            .min_by_key(|(_, _, remaining, reset)| (*remaining, -*reset));
+        if !self.hide_client_headers {
+            for (pi, limit, remaining, _) in &usage {
+                let p = PERIODS[*pi].1;
+                for (name, v) in [
+                    (
+                        format!("x-ratelimit-limit-{}", p.to_ascii_lowercase()),
+                        limit,
+                    ),
+                    (
+                        format!("x-ratelimit-remaining-{}", p.to_ascii_lowercase()),
+                        remaining,
+                    ),
+                ] {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(&v.to_string()),
+                    ) {
+                        headers.push((n, v));
+                    }
+                }
+            }
+            if let Some((_, limit, remaining, reset)) = tightest {
+                for (n, v) in [
+                    ("ratelimit-limit", *limit as i64),
+                    ("ratelimit-remaining", *remaining as i64),
+                    ("ratelimit-reset", *reset),
+                ] {
+                    if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
+                        headers.push((HeaderName::from_static(n), v));
+                    }
+                }
+            }
+        }
+        if allowed {
+            ctx.response_headers.extend(headers);
+            return None;
+        }
+        let mut r = error(self.error_code, &self.error_message);
+        for (n, v) in headers {
+            r.headers_mut().append(n, v);
+        }
+        if let Some((_, _, _, reset)) = usage
+            .iter()
+            .filter(|(_, l, r, _)| *r == 0 || *l == 0)
+            .max_by_key(|u| u.3)
+        {
+            if let Ok(v) = HeaderValue::from_str(&reset.to_string()) {
+                r.headers_mut().insert(hyper::header::RETRY_AFTER, v);
+            }
+        }
+        Some(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_count_and_block() {
+        let c = Counters::default();
+        let limits = [(1usize, 2u64), (2usize, 10u64)];
+        let (u, ok) = c.hit("p", "ip", &limits, 120);
+        assert!(ok);
+        assert_eq!((u[0].2, u[1].2), (1, 9));
+        assert!(c.hit("p", "ip", &limits, 121).1);
+        let (u, ok) = c.hit("p", "ip", &limits, 122);
+        assert!(!ok);
+        assert_eq!(u[0].2, 0);
+        assert_eq!(u[0].3, 58, "seconds to the next minute");
+        // Another identifier, and the next window, start again.
+        assert!(c.hit("p", "other", &limits, 122).1);
+        assert!(c.hit("p", "ip", &limits, 180).1);
+    }
+}

@@ -1,0 +1,89 @@
+//! request-termination: answer with a fixed response instead of the upstream.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::Response;
+use serde_json::{json, Value};
+
+use super::{error, raw, Counters, Ctx, Plugin};
+use crate::server::ProxyBody;
+
+struct RequestTermination {
+    status: u16,
+    message: Option<String>,
+    body: Option<(String, String)>,
+    echo: bool,
+    trigger: Option<String>,
+}
+
+pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+    let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
+    Ok(Arc::new(RequestTermination {
+        status: c.get("status_code").and_then(Value::as_u64).unwrap_or(503) as u16,
+        message: s("message"),
+        body: s("body").map(|b| {
+            (
+                b,
+                s("content_type").unwrap_or_else(|| "application/json; charset=utf-8".into()),
+            )
+        }),
+        echo: c.get("echo").and_then(Value::as_bool).unwrap_or(false),
+        trigger: s("trigger").map(|t| t.to_ascii_lowercase()),
+    }))
+}
+
+impl Plugin for RequestTermination {
+    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+        if let Some(t) = &self.trigger {
+            let in_header = ctx.req.headers.contains_key(t.as_str());
+            let in_query = ctx.req.uri.query().is_some_and(|q| {
+                form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k.eq_ignore_ascii_case(t))
+            });
+            if !in_header && !in_query {
+                return None;
+            }
+        }
+        if self.echo {
+            let headers: serde_json::Map<String, Value> = ctx
+                .req
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        json!(String::from_utf8_lossy(v.as_bytes())),
+                    )
+                })
+                .collect();
+            let body = json!({
+                "message": self.message,
+                "request": {
+                    "method": ctx.req.method.as_str(),
+                    "uri": ctx.req.uri.to_string(),
+                    "headers": headers,
+                },
+                "matched_route": ctx.route_id,
+                "matched_service": ctx.service_id,
+                "consumer": ctx.consumer.as_ref().map(|c| c.id.clone()),
+            });
+            return Some(raw(
+                self.status,
+                "application/json; charset=utf-8",
+                Bytes::from(body.to_string()),
+            ));
+        }
+        if let Some((body, ctype)) = &self.body {
+            return Some(raw(self.status, ctype, Bytes::from(body.clone())));
+        }
+        let default = if self.status == 503 {
+            "Service unavailable"
+        } else {
+            "Request terminated"
+        };
+        Some(error(
+            self.status,
+            self.message.as_deref().unwrap_or(default),
+        ))
+    }
+}
