@@ -255,6 +255,19 @@ async fn start_proxy(
         eprintln!("gantry: proxy listening on http://{addr}");
         tasks.push(tokio::spawn(proxy.clone().serve(tcp, shutdown.clone())));
     }
+    for l in &settings.status_listen {
+        let tcp = TcpListener::bind(&l.addr)
+            .await
+            .with_context(|| format!("cannot listen on status_listen {}", l.addr))?;
+        let addr = tcp.local_addr()?;
+        tracing::info!("status listening on http://{addr}");
+        eprintln!("gantry: status listening on http://{addr}");
+        tasks.push(tokio::spawn(gantry_proxy::status::serve(
+            proxy.clone(),
+            tcp,
+            shutdown.clone(),
+        )));
+    }
     let mut stop = shutdown.clone();
     tokio::spawn(async move {
         let mut applied = version;

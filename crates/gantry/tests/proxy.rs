@@ -121,6 +121,44 @@ async fn routes_apply_live_with_kong_headers_and_paths() {
     assert!(seen["headers"].get("x-forwarded-prefix").is_none());
     until(&http, &node, "/api/users", 404).await;
 
+    // The status listener reports the running configuration.
+    let status = node.status.clone().unwrap();
+    let st: Value = http
+        .get(format!("{status}/status"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let admin_status = admin(&http, &node, "GET", "/status", json!({})).await;
+    assert_eq!(st["configuration_hash"], admin_status["configuration_hash"]);
+    assert_eq!(st["ready"], true);
+    assert_eq!(
+        http.get(format!("{status}/status/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = http
+        .get(format!("{status}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gantry_http_requests_total{class=\"2xx\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "gantry_config_hash_info{{hash=\"{}\"}} 1",
+        st["configuration_hash"].as_str().unwrap()
+    )));
+
     // Bodies go both ways.
     let proxy = node.proxy.clone().unwrap();
     let r = http

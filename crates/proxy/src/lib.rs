@@ -12,6 +12,7 @@ pub mod pool;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod status;
 pub mod uri;
 
 pub use server::Proxy;

@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,11 +27,35 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
 
+/// Request counters and readiness, for the status listener.
+#[derive(Default)]
+pub struct Stats {
+    /// Responses by status class: 1xx to 5xx.
+    pub by_class: [AtomicU64; 5],
+    /// Whether a configuration has been loaded.
+    pub ready: AtomicBool,
+}
+
+impl Stats {
+    fn count(&self, status: u16) {
+        let i = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_class
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
 /// The proxy engine: the current snapshot and the upstream connection pool.
 pub struct Proxy {
     snapshot: ArcSwap<Snapshot>,
     pool: Pool,
     counters: Counters,
+    pub stats: Stats,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -102,6 +127,7 @@ impl Proxy {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             pool: Pool::new(256),
             counters: Counters::default(),
+            stats: Stats::default(),
         })
     }
 
@@ -115,6 +141,7 @@ impl Proxy {
         let prev = self.snapshot.load();
         let next = Snapshot::build(config, version, Some(&prev), &self.counters)?;
         self.snapshot.store(Arc::new(next));
+        self.stats.ready.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -163,6 +190,17 @@ impl Proxy {
 
     /// Route and forward one request.
     pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        local_port: u16,
+    ) -> Response<ProxyBody> {
+        let res = self.route_and_forward(req, peer, local_port).await;
+        self.stats.count(res.status().as_u16());
+        res
+    }
+
+    async fn route_and_forward(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,

@@ -52,6 +52,8 @@ pub struct Node {
     pub admin: String,
     /// The plain-HTTP proxy listener, when the node proxies.
     pub proxy: Option<String>,
+    /// The status listener, when the node proxies.
+    pub status: Option<String>,
     pub prefix: PathBuf,
     early: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -62,6 +64,9 @@ impl Node {
     pub fn start(prefix: &Path, env: &[(String, String)]) -> Node {
         let mut env = env.to_vec();
         env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+        if !env.iter().any(|(k, _)| k == "KONG_STATUS_LISTEN") {
+            env.push(("KONG_STATUS_LISTEN".into(), "127.0.0.1:0".into()));
+        }
         if !env.iter().any(|(k, _)| k == "KONG_PROXY_LISTEN") {
             env.push(("KONG_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
         }
@@ -89,9 +94,10 @@ impl Node {
             }
         });
         let mut seen = Vec::new();
-        let (mut admin, mut proxy): (Option<String>, Option<String>) = (None, None);
+        let (mut admin, mut proxy, mut status): (Option<String>, Option<String>, Option<String>) =
+            (None, None, None);
         let admin = loop {
-            if let (Some(a), true) = (&admin, proxy.is_some() || !proxies) {
+            if let (Some(a), true) = (&admin, (proxy.is_some() && status.is_some()) || !proxies) {
                 break a.clone();
             }
             match rx.recv_timeout(Duration::from_secs(30)) {
@@ -101,6 +107,9 @@ impl Node {
                     }
                     if let Some(url) = line.strip_prefix("gantry: proxy listening on ") {
                         proxy = Some(url.trim().to_string());
+                    }
+                    if let Some(url) = line.strip_prefix("gantry: status listening on ") {
+                        status = Some(url.trim().to_string());
                     }
                     seen.push(line);
                 }
@@ -114,6 +123,7 @@ impl Node {
             child,
             admin,
             proxy,
+            status,
             prefix: prefix.to_path_buf(),
             early: seen,
             lines: rx,
