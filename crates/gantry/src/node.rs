@@ -239,21 +239,32 @@ async fn start_proxy(
         .apply(&config, version)
         .context("the stored configuration does not load")?;
     let mut tasks = Vec::new();
+    let mut acceptor = None;
     for l in &settings.proxy_listen {
-        if l.ssl {
-            tracing::warn!(
-                "proxy_listen '{} ssl': TLS listeners are not available in this build yet; skipped",
-                l.addr
-            );
-            continue;
-        }
+        let tls = if l.ssl {
+            if acceptor.is_none() {
+                acceptor = Some(
+                    proxy
+                        .tls_acceptor()
+                        .map_err(|e| anyhow::anyhow!("TLS set-up failed: {e}"))?,
+                );
+            }
+            acceptor.clone()
+        } else {
+            None
+        };
         let tcp = TcpListener::bind(&l.addr)
             .await
             .with_context(|| format!("cannot listen on proxy_listen {}", l.addr))?;
         let addr = tcp.local_addr()?;
-        tracing::info!("proxy listening on http://{addr}");
-        eprintln!("gantry: proxy listening on http://{addr}");
-        tasks.push(tokio::spawn(proxy.clone().serve(tcp, shutdown.clone())));
+        let scheme = if l.ssl { "https" } else { "http" };
+        tracing::info!("proxy listening on {scheme}://{addr}");
+        eprintln!("gantry: proxy listening on {scheme}://{addr}");
+        tasks.push(tokio::spawn(proxy.clone().serve(
+            tcp,
+            tls,
+            shutdown.clone(),
+        )));
     }
     for l in &settings.status_listen {
         let tcp = TcpListener::bind(&l.addr)

@@ -647,3 +647,137 @@ async fn plugins_authenticate_limit_terminate_and_cors() {
         .unwrap();
     assert!(!r.headers().contains_key("access-control-allow-origin"));
 }
+
+fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new("curl")
+        .args(args)
+        .output()
+        .expect("curl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// TLS with the certificate chosen by SNI, HTTP/2 over TLS (ALPN) and in clear (prior knowledge).
+/// curl runs blocking on one thread while the echo upstream is served on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_by_sni_and_http2() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!gantry_testkit::ci(), "curl is required in CI");
+        eprintln!("SKIPPED: curl not found");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![(
+        "KONG_PROXY_LISTEN".to_string(),
+        "127.0.0.1:0, 127.0.0.1:0 ssl".to_string(),
+    )];
+    let node = Node::start(dir.path(), &env);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let ck = rcgen::generate_simple_self_signed(vec!["secure.example".to_string()]).unwrap();
+    let cert_pem = ck.cert.pem();
+    let cert = admin(
+        &http,
+        &node,
+        "POST",
+        "/certificates",
+        json!({"cert": cert_pem, "key": ck.signing_key.serialize_pem()}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        &format!("/certificates/{}/snis", cert["id"].as_str().unwrap()),
+        json!({"name": "secure.example"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/tls"]}),
+    )
+    .await;
+    until(&http, &node, "/tls", 200).await;
+
+    let tls = node.proxy_tls.clone().unwrap();
+    let port = tls.rsplit(':').next().unwrap().to_string();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let resolve = format!("secure.example:{port}:127.0.0.1");
+    let url = format!("https://secure.example:{port}/tls");
+    // The SNI's certificate verifies against itself: it is the one presented.
+    let (ok, out, err) = curl(&[
+        "-s",
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+        "-w",
+        "\n%{http_version}",
+        &url,
+    ]);
+    assert!(ok, "{err}");
+    let (body, version) = out.rsplit_once('\n').unwrap();
+    assert_eq!(version, "2", "HTTP/2 over TLS by ALPN");
+    let seen: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    // Another name gets the default certificate, which that CA does not verify.
+    let other = format!("other.example:{port}:127.0.0.1");
+    let (ok, _, _) = curl(&[
+        "-s",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &other,
+        &format!("https://other.example:{port}/tls"),
+    ]);
+    assert!(!ok, "the default certificate must not be the SNI's");
+    let (ok, _, _) = curl(&[
+        "-sk",
+        "--resolve",
+        &other,
+        &format!("https://other.example:{port}/tls"),
+    ]);
+    assert!(ok);
+    // HTTP/2 in clear with prior knowledge, and HTTP/1.1 on the same listener.
+    let plain = node.proxy.clone().unwrap();
+    let (ok, out, err) = curl(&[
+        "-s",
+        "--http2-prior-knowledge",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{plain}/tls"),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "2 200");
+    let (_, out, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{plain}/tls"),
+    ]);
+    assert_eq!(out, "1.1 200");
+}

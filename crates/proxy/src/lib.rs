@@ -13,6 +13,7 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod tls;
 pub mod uri;
 
 pub use server::Proxy;

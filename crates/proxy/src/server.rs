@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -52,7 +52,7 @@ impl Stats {
 
 /// The proxy engine: the current snapshot and the upstream connection pool.
 pub struct Proxy {
-    snapshot: ArcSwap<Snapshot>,
+    snapshot: Arc<ArcSwap<Snapshot>>,
     pool: Pool,
     counters: Counters,
     pub stats: Stats,
@@ -124,7 +124,7 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
 impl Proxy {
     pub fn new() -> Arc<Proxy> {
         Arc::new(Proxy {
-            snapshot: ArcSwap::from_pointee(Snapshot::empty()),
+            snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(256),
             counters: Counters::default(),
             stats: Stats::default(),
@@ -145,10 +145,17 @@ impl Proxy {
         Ok(())
     }
 
-    /// Serve one listener until `shutdown` turns true; connections in flight finish first.
+    /// The TLS acceptor for `ssl` listeners: certificates by SNI from the running snapshot.
+    pub fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+        crate::tls::acceptor(self.snapshot.clone())
+    }
+
+    /// Serve one listener (TLS when `tls` is given) until `shutdown` turns true; connections in
+    /// flight finish first. HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in clear).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -166,18 +173,20 @@ impl Proxy {
                     };
                     let _ = stream.set_nodelay(true);
                     let me = self.clone();
-                    let svc = hyper::service::service_fn(move |req| {
-                        let me = me.clone();
-                        async move { Ok::<_, Infallible>(me.handle(req, peer, local_port).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(60))
-                        .serve_connection(TokioIo::new(stream), svc);
-                    let conn = graceful.watch(conn);
+                    let watcher = graceful.watcher();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
-                            tracing::debug!(error = %e, "client connection ended with an error");
+                        match tls {
+                            None => me.serve_conn(TokioIo::new(stream), peer, local_port, false, None, watcher).await,
+                            Some(acc) => {
+                                let hs = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await;
+                                let Ok(Ok(tls_stream)) = hs else {
+                                    tracing::debug!(%peer, "TLS handshake failed or timed out");
+                                    return;
+                                };
+                                let sni = tls_stream.get_ref().1.server_name().map(str::to_string);
+                                me.serve_conn(TokioIo::new(tls_stream), peer, local_port, true, sni, watcher).await
+                            }
                         }
                     });
                 }
@@ -188,14 +197,52 @@ impl Proxy {
         let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     }
 
+    async fn serve_conn<I>(
+        self: Arc<Self>,
+        io: I,
+        peer: SocketAddr,
+        local_port: u16,
+        https: bool,
+        sni: Option<String>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let sni = sni.map(Arc::<str>::from);
+        let me = self.clone();
+        let svc = hyper::service::service_fn(move |req| {
+            let me = me.clone();
+            let sni = sni.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    me.handle(req, peer, local_port, https, sni.as_deref())
+                        .await,
+                )
+            }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(60));
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, "client connection ended with an error");
+        }
+    }
+
     /// Route and forward one request.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         local_port: u16,
+        https: bool,
+        sni: Option<&str>,
     ) -> Response<ProxyBody> {
-        let res = self.route_and_forward(req, peer, local_port).await;
+        let res = self
+            .route_and_forward(req, peer, local_port, https, sni)
+            .await;
         self.stats.count(res.status().as_u16());
         res
     }
@@ -205,6 +252,8 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
         local_port: u16,
+        https: bool,
+        sni: Option<&str>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
@@ -227,14 +276,14 @@ impl Proxy {
             port: port.unwrap_or(local_port),
             path: &path,
             headers: &parts.headers,
-            sni: None,
-            https: false,
+            sni,
+            https,
         };
         let Some(m) = snap.router.find(&info) else {
             return json_error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
         let route = m.route;
-        if !route.protocols.iter().any(|p| p == "http") {
+        if !https && !route.protocols.iter().any(|p| p == "http") {
             return https_redirect(route.https_redirect_status_code, host, &parts.uri);
         }
         let service = route
@@ -321,7 +370,7 @@ impl Proxy {
         set(
             &mut headers,
             HeaderName::from_static("x-forwarded-proto"),
-            "http",
+            if https { "https" } else { "http" },
         );
         set(
             &mut headers,
@@ -361,6 +410,8 @@ impl Proxy {
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers;
+        // Whatever the client spoke, upstreams get HTTP/1.1.
+        *up.version_mut() = hyper::Version::HTTP_11;
         let sent = Instant::now();
         let timeout = Duration::from_millis(
             service

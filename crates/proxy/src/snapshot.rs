@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::plugins::{Counters, Identities, PluginSet};
 use crate::router::{RouteError, Router};
+use crate::tls::CertStore;
 
 /// An upstream service, as the proxy uses it.
 #[derive(Debug)]
@@ -121,6 +122,7 @@ pub struct Snapshot {
     pub balancers: HashMap<String, Arc<Balancer>>,
     pub plugins: Arc<PluginSet>,
     pub identities: Arc<Identities>,
+    pub certs: Arc<CertStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,6 +148,7 @@ impl Snapshot {
             balancers: HashMap::new(),
             plugins: Arc::new(PluginSet::default()),
             identities: Arc::new(Identities::default()),
+            certs: Arc::new(CertStore::default()),
         }
     }
 
@@ -217,6 +220,10 @@ impl Snapshot {
                 (Arc::new(set), Arc::new(Identities::build(config)))
             }
         };
+        let certs = match previous {
+            Some(p) if p.hashes.rest == hashes.rest => p.certs.clone(),
+            _ => Arc::new(CertStore::build(config)),
+        };
         Ok(Snapshot {
             version,
             hashes,
@@ -225,6 +232,7 @@ impl Snapshot {
             balancers,
             plugins,
             identities,
+            certs,
         })
     }
 }

@@ -54,6 +54,8 @@ pub struct Node {
     pub proxy: Option<String>,
     /// The status listener, when the node proxies.
     pub status: Option<String>,
+    /// The TLS proxy listener, when one is configured.
+    pub proxy_tls: Option<String>,
     pub prefix: PathBuf,
     early: Vec<String>,
     lines: mpsc::Receiver<String>,
@@ -96,8 +98,13 @@ impl Node {
         let mut seen = Vec::new();
         let (mut admin, mut proxy, mut status): (Option<String>, Option<String>, Option<String>) =
             (None, None, None);
+        let mut proxy_tls: Option<String> = None;
+        let wants_tls = env
+            .iter()
+            .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v.contains("ssl"));
         let admin = loop {
-            if let (Some(a), true) = (&admin, (proxy.is_some() && status.is_some()) || !proxies) {
+            let all = proxy.is_some() && status.is_some() && (proxy_tls.is_some() || !wants_tls);
+            if let (Some(a), true) = (&admin, all || !proxies) {
                 break a.clone();
             }
             match rx.recv_timeout(Duration::from_secs(30)) {
@@ -106,7 +113,12 @@ impl Node {
                         admin = Some(url.trim().to_string());
                     }
                     if let Some(url) = line.strip_prefix("gantry: proxy listening on ") {
-                        proxy = Some(url.trim().to_string());
+                        let url = url.trim().to_string();
+                        if url.starts_with("https://") {
+                            proxy_tls = Some(url);
+                        } else {
+                            proxy = Some(url);
+                        }
                     }
                     if let Some(url) = line.strip_prefix("gantry: status listening on ") {
                         status = Some(url.trim().to_string());
@@ -124,6 +136,7 @@ impl Node {
             admin,
             proxy,
             status,
+            proxy_tls,
             prefix: prefix.to_path_buf(),
             early: seen,
             lines: rx,

@@ -1,0 +1,153 @@
+//! TLS for the proxy listeners: the certificate is chosen by SNI from the configuration's
+//! certificates and SNIs (exact names first, then `*.` wildcards), else a default certificate
+//! generated at start. ALPN offers HTTP/2 and HTTP/1.1.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use gantry_model::{Config, Doc};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+
+use crate::snapshot::Snapshot;
+
+/// Certificates by server name, from one configuration.
+#[derive(Default)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `.example.com`.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+}
+
+/// Parse a PEM chain and key into a signing certificate.
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("certificate: {e}"))?;
+    if chain.is_empty() {
+        return Err("certificate: no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match()
+        .map_err(|e| format!("key does not match the certificate: {e}"))?;
+    Ok(ck)
+}
+
+impl CertStore {
+    /// Build from the configuration's certificates and SNIs. A certificate that does not load
+    /// is skipped with an error in the log; its names then get the default certificate.
+    pub fn build(config: &Config) -> CertStore {
+        let docs = |k: &str| config.entities.get(k).map(Vec::as_slice).unwrap_or(&[]);
+        let mut by_id: HashMap<&str, Arc<CertifiedKey>> = HashMap::new();
+        for c in docs("certificates") {
+            let (Some(id), Some(cert), Some(key)) = (
+                c.get("id").and_then(Value::as_str),
+                c.get("cert").and_then(Value::as_str),
+                c.get("key").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            match certified_key(cert, key) {
+                Ok(ck) => {
+                    by_id.insert(id, Arc::new(ck));
+                }
+                Err(e) => tracing::error!(certificate = id, error = %e, "certificate not loaded"),
+            }
+        }
+        let mut store = CertStore::default();
+        for s in docs("snis") {
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let Some(ck) = sni_cert(s).and_then(|id| by_id.get(id)) else {
+                continue;
+            };
+            match name.strip_prefix('*') {
+                Some(suffix) => store.wildcard.push((suffix.to_string(), ck.clone())),
+                None => {
+                    store.exact.insert(name, ck.clone());
+                }
+            }
+        }
+        // Longest suffix first, so the most specific wildcard wins.
+        store.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        store
+    }
+
+    fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name.to_ascii_lowercase();
+        if let Some(c) = self.exact.get(&name) {
+            return Some(c.clone());
+        }
+        self.wildcard
+            .iter()
+            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
+            .map(|(_, c)| c.clone())
+    }
+}
+
+fn sni_cert(s: &Doc) -> Option<&str> {
+    s.get("certificate")?.get("id")?.as_str()
+}
+
+/// Chooses the certificate of each TLS handshake from the current snapshot.
+pub struct Resolver {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("names", &self.exact.len())
+            .field("wildcards", &self.wildcard.len())
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver")
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let snap = self.snapshot.load();
+        hello
+            .server_name()
+            .and_then(|n| snap.certs.find(n))
+            .or_else(|| Some(self.default.clone()))
+    }
+}
+
+/// A self-signed certificate for names no configured certificate covers.
+pub fn default_cert() -> Result<CertifiedKey, String> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .map_err(|e| e.to_string())?;
+    certified_key(&ck.cert.pem(), &ck.signing_key.serialize_pem())
+}
+
+/// The TLS acceptor of the proxy listeners.
+pub fn acceptor(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<tokio_rustls::TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver {
+            snapshot,
+            default: Arc::new(default_cert()?),
+        }));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
