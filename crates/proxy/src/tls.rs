@@ -79,7 +79,7 @@ impl CertStore {
             }
         }
         // Longest suffix first, so the most specific wildcard wins.
-        store.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        store.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         store
     }
 
