@@ -781,3 +781,136 @@ async fn tls_by_sni_and_http2() {
     ]);
     assert_eq!(out, "1.1 200");
 }
+
+/// Requests whose framing or Host is ambiguous are refused and never reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardening_refuses_ambiguous_requests() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    // An upstream that only counts connections.
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/h"]}),
+    )
+    .await;
+    let echo_up = echo().await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "e", "url": format!("http://{echo_up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/e/routes",
+        json!({"paths": ["/ok"]}),
+    )
+    .await;
+    until(&http, &node, "/ok", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    let addr = proxy.trim_start_matches("http://").to_string();
+    let send = |raw: Vec<u8>| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&raw).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "two CLs",
+            b"POST /h HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"
+                .to_vec(),
+            "400",
+        ),
+        (
+            "two Hosts",
+            b"GET /h HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        ("no Host", b"GET /h HTTP/1.1\r\n\r\n".to_vec(), "400"),
+        (
+            "bad Host",
+            b"GET /h HTTP/1.1\r\nHost: a/b\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            "huge head",
+            [
+                b"GET /h HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec(),
+                vec![b'a'; 70_000],
+                b"\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+            "431",
+        ),
+    ];
+    for (name, raw, want) in cases {
+        let line = send(raw);
+        assert!(line.contains(want), "{name}: {line}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the upstream"
+    );
+
+    // Content-Length with Transfer-Encoding: RFC 9112 section 6.3 lets a server process the
+    // message by Transfer-Encoding alone, and then requires it to close the connection. The
+    // upstream gets the chunked body re-framed, without the conflicting Content-Length.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    // Ok only when the server closed the connection (else the read times out).
+    assert!(
+        s.read_to_end(&mut all).is_ok(),
+        "the connection stayed open"
+    );
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let seen: Value = serde_json::from_str(body.trim()).unwrap_or_else(|_| {
+        // A chunked response: take the JSON object inside.
+        serde_json::from_str(&body[body.find('{').unwrap()..=body.rfind('}').unwrap()]).unwrap()
+    });
+    assert_eq!(seen["body"], "hello");
+    assert!(
+        seen["headers"]
+            .get("content-length")
+            .is_none_or(|v| v != "50"),
+        "{seen}"
+    );
+}

@@ -224,7 +224,9 @@ impl Proxy {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(60));
+            .header_read_timeout(Duration::from_secs(60))
+            // Request heads larger than this get 431, as nginx's large_client_header_buffers.
+            .max_buf_size(MAX_HEAD);
         let conn = builder.serve_connection_with_upgrades(io, svc);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             tracing::debug!(error = %e, "client connection ended with an error");
@@ -258,6 +260,9 @@ impl Proxy {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
         let (mut parts, body) = req.into_parts();
+        if let Err(why) = check_framing(&parts) {
+            return json_error(StatusCode::BAD_REQUEST, why);
+        }
         let host_header = parts
             .headers
             .get(header::HOST)
@@ -267,6 +272,9 @@ impl Proxy {
         let Some(host_header) = host_header else {
             return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Host header");
         };
+        if !valid_host(&host_header) {
+            return json_error(StatusCode::BAD_REQUEST, "Bad request: invalid Host header");
+        }
         let (host, port) = split_host(&host_header);
         let raw_path = parts.uri.path().to_string();
         let path = normalize(&raw_path);
@@ -464,6 +472,56 @@ impl Proxy {
     }
 }
 
+/// The largest request head read from a client.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// Requests whose framing could be read two ways are refused (RFC 9112 section 6.3): a proxy
+/// and its upstream must never disagree on where a request ends.
+fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), &'static str> {
+    if parts.version >= hyper::Version::HTTP_2 {
+        return Ok(());
+    }
+    if parts.headers.get_all(header::HOST).iter().count() > 1 {
+        return Err("Bad request: more than one Host header");
+    }
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err("Bad request: both Content-Length and Transfer-Encoding");
+    }
+    Ok(())
+}
+
+/// A Host value as RFC 9110 allows: a registered name, IPv4 or bracketed IPv6, and an optional port.
+fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, tail)) => {
+                if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                    return false;
+                }
+                (
+                    "",
+                    tail.strip_prefix(':')
+                        .map(Some)
+                        .unwrap_or(if tail.is_empty() { None } else { Some("x") }),
+                )
+            }
+            None => return false,
+        },
+        None => match h.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (h, None),
+        },
+    };
+    let host_ok = host
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok && (h.starts_with('[') || !host.is_empty())
+}
+
 fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -489,4 +547,36 @@ fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts() {
+        for ok in [
+            "example.com",
+            "example.com:8000",
+            "10.0.0.1:80",
+            "[::1]:8000",
+            "[::1]",
+            "a_b.example",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "exa mple",
+            "a/b",
+            "example.com:",
+            "example.com:80a",
+            "[::1",
+            "[zz]:80",
+            "",
+            ":80",
+            "a@b",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
 }
