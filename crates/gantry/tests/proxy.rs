@@ -914,3 +914,78 @@ async fn hardening_refuses_ambiguous_requests() {
         "{seen}"
     );
 }
+
+/// A WebSocket connection through the proxy to an echoing WebSocket upstream.
+#[tokio::test]
+async fn websocket_upgrade_is_proxied() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        let _ = ws.send(m).await;
+                    }
+                }
+            });
+        }
+    });
+    // A plain route must be up before the WebSocket route is tried.
+    let echo_up = echo().await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "e", "url": format!("http://{echo_up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/e/routes",
+        json!({"paths": ["/ok"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "ws", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/ws/routes",
+        json!({"paths": ["/ws"]}),
+    )
+    .await;
+    until(&http, &node, "/ok", 200).await;
+    let url = format!(
+        "{}/ws",
+        node.proxy.clone().unwrap().replace("http://", "ws://")
+    );
+    let (mut ws, resp) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("websocket through the proxy");
+    assert_eq!(resp.status(), 101);
+    for i in 0..3 {
+        ws.send(Message::text(format!("hello {i}"))).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
+    }
+    ws.close(None).await.unwrap();
+}

@@ -84,12 +84,26 @@ impl Pool {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
+        // `with_upgrades`: a connection that switches protocols (WebSocket) is handed over
+        // to the caller instead of being closed.
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
         Ok(sender)
+    }
+
+    /// Send a request that asks to switch protocols, on a connection of its own that never
+    /// returns to the pool.
+    pub async fn send_upgrade(
+        &self,
+        addr: &str,
+        req: Request<Incoming>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut sender = self.connect(addr, connect_timeout).await?;
+        Ok(sender.send_request(req).await?)
     }
 
     /// Send a request to `addr` (`host:port`) and return the response head; the connection

@@ -259,6 +259,9 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
+        let mut req = req;
+        let upgrade = upgrade_protocol(&req);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         if let Err(why) = check_framing(&parts) {
             return json_error(StatusCode::BAD_REQUEST, why);
@@ -357,6 +360,10 @@ impl Proxy {
         };
         let mut headers = parts.headers.clone();
         strip_hop_by_hop(&mut headers);
+        if let Some(proto) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, proto.clone());
+        }
         let upstream_host = if route.preserve_host {
             host_header.clone()
         } else if snap.balancers.contains_key(&service.host) || service.port == 80 {
@@ -447,6 +454,33 @@ impl Proxy {
         };
         let upstream_ms = sent.elapsed().as_millis();
         let proxy_ms = sent.duration_since(started).as_millis();
+        let mut res = res;
+        if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
+            // Both sides switched: splice the two connections.
+            let upstream = hyper::upgrade::on(&mut res);
+            tokio::spawn(async move {
+                match tokio::try_join!(client, upstream) {
+                    Ok((c, u)) => {
+                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "protocol switch failed"),
+                }
+            });
+            let (mut rparts, _) = res.into_parts();
+            let proto = rparts.headers.get(header::UPGRADE).cloned();
+            strip_hop_by_hop(&mut rparts.headers);
+            rparts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(p) = proto {
+                rparts.headers.insert(header::UPGRADE, p);
+            }
+            let empty = http_body_util::Empty::<Bytes>::new()
+                .map_err(|never| match never {})
+                .boxed();
+            return Response::from_parts(rparts, empty);
+        }
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         set(
@@ -469,6 +503,25 @@ impl Proxy {
             p.header_filter(&mut rparts);
         }
         Response::from_parts(rparts, rbody.boxed())
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`).
+fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != hyper::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
     }
 }
 
