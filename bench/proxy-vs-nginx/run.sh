@@ -45,7 +45,7 @@ YML
 nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
-  KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 \
+  KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   target/release/gantry start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && break
@@ -69,6 +69,41 @@ awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 }
      END { printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"];
            printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]) }' "$work/results"
 
+# The same Gantry with key-auth and rate-limiting on the route, against Gantry plain.
+PLUG=18905
+cat >"$work/plugins.yml" <<YML
+_format_version: "3.0"
+services:
+- name: up
+  url: http://127.0.0.1:$UP
+  routes:
+  - name: all
+    paths: [/]
+    plugins:
+    - name: key-auth
+    - name: rate-limiting
+      config: { second: 1000000000, policy: local }
+consumers:
+- username: bench
+  keyauth_credentials: [{ key: bench-key }]
+YML
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/plugins.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
+  KONG_PROXY_LISTEN=127.0.0.1:$PLUG KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
+  target/release/gantry start -p "$work/gplug" 2>"$work/gplug.err" & pids+=($!)
+for _ in $(seq 100); do curl -sf -H "apikey: bench-key" "http://127.0.0.1:$PLUG/" >/dev/null && break; sleep 0.1; done
+runh() { # name port header
+  local out rps
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" -H "$3" "http://127.0.0.1:$2/")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  echo "$1 $rps"
+}
+: >"$work/plugres"
+for i in $(seq "$ROUNDS"); do
+  runh plain $GAN "x-bench: 1" | tee -a "$work/plugres"
+  runh plugins $PLUG "apikey: bench-key" | tee -a "$work/plugres"
+done
+awk '{ n[$1]++; r[$1]+=$2 } END { printf "key-auth + rate-limiting: %.0f req/s, plain %.0f req/s, ratio %.2f\n", r["plugins"]/n["plugins"], r["plain"]/n["plain"], (r["plugins"]/n["plugins"])/(r["plain"]/n["plain"]) }' "$work/plugres"
+
 # RSS with 5,000 routes loaded.
 python3 - "$work/routes.yml" "$UP" <<'PY'
 import sys
@@ -79,7 +114,7 @@ with open(path, "w") as f:
         f.write(f"  - name: r{i}\n    paths: [/svc/{i}]\n    methods: [GET]\n")
 PY
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/routes.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
-  KONG_PROXY_LISTEN=127.0.0.1:18904 KONG_ADMIN_LISTEN=127.0.0.1:0 \
+  KONG_PROXY_LISTEN=127.0.0.1:18904 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   target/release/gantry start -p "$work/g5k" 2>"$work/g5k.err" & g5k=$!; pids+=($g5k)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:18904/svc/4999" >/dev/null && break; sleep 0.1; done
 wrk -t1 -c10 -d2s "http://127.0.0.1:18904/svc/2500" >/dev/null

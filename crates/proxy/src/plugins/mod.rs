@@ -175,12 +175,21 @@ pub static REGISTRY: &[(&str, Build)] = &[
 
 type Scope = (Option<String>, Option<String>, Option<String>);
 
+/// A hash of a scope, computed the same from owned and borrowed parts, so that the request
+/// path looks configurations up without allocating.
+fn scope_hash(route: Option<&str>, service: Option<&str>, consumer: Option<&str>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (route, service, consumer).hash(&mut h);
+    h.finish()
+}
+
 /// Every enabled plugin of a configuration, by name and scope, with the run order.
 #[derive(Default)]
 pub struct PluginSet {
     /// Names in run order (priority, highest first).
     order: Vec<&'static str>,
-    by_name: HashMap<&'static str, HashMap<Scope, Arc<dyn Plugin>>>,
+    by_name: HashMap<&'static str, HashMap<u64, Vec<(Scope, Arc<dyn Plugin>)>>>,
     /// Configured plugins this proxy cannot run, for the reload log.
     pub unsupported: Vec<String>,
 }
@@ -217,10 +226,13 @@ impl PluginSet {
                 ref_id(d, "service"),
                 ref_id(d, "consumer"),
             );
+            let h = scope_hash(scope.0.as_deref(), scope.1.as_deref(), scope.2.as_deref());
             set.by_name
                 .entry(reg_name)
                 .or_default()
-                .insert(scope, plugin);
+                .entry(h)
+                .or_default()
+                .push((scope, plugin));
         }
         let mut order: Vec<&'static str> = set.by_name.keys().copied().collect();
         let prio = |n: &str| {
@@ -246,22 +258,24 @@ impl PluginSet {
         consumer: Option<&str>,
     ) -> Option<&Arc<dyn Plugin>> {
         let scopes = self.by_name.get(name)?;
-        let r = Some(route.to_string());
-        let s = service.map(str::to_string);
-        let c = consumer.map(str::to_string);
-        let candidates: [Scope; 8] = [
-            (r.clone(), s.clone(), c.clone()),
-            (r.clone(), None, c.clone()),
-            (None, s.clone(), c.clone()),
-            (r.clone(), s.clone(), None),
-            (None, None, c.clone()),
-            (r, None, None),
-            (None, s, None),
-            (None, None, None),
-        ];
+        let r = Some(route);
         // Without a consumer or a service, the candidates that name them collapse onto the
         // less specific ones, which keeps Kong's order.
-        candidates.iter().find_map(|k| scopes.get(k))
+        let candidates = [
+            (r, service, consumer),
+            (r, None, consumer),
+            (None, service, consumer),
+            (r, service, None),
+            (None, None, consumer),
+            (r, None, None),
+            (None, service, None),
+            (None, None, None),
+        ];
+        candidates.iter().find_map(|&(r, s, c)| {
+            scopes.get(&scope_hash(r, s, c))?.iter().find_map(|(k, p)| {
+                (k.0.as_deref() == r && k.1.as_deref() == s && k.2.as_deref() == c).then_some(p)
+            })
+        })
     }
 
     /// Run the rewrite and access phases in order; the plugins that ran are returned for the

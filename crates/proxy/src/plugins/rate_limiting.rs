@@ -21,9 +21,17 @@ const PERIODS: [(&str, &str, i64); 6] = [
     ("year", "Year", 31_536_000),
 ];
 
-type Key = (String, String, i64, i64);
+/// `(hash of plugin id and identifier, period, window start)`.
+type Key = (u64, i64, i64);
 
-/// Counters of every rate-limiting instance: `(plugin id, identifier, period, window start)`.
+fn who(plugin: &str, ident: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (plugin, ident).hash(&mut h);
+    h.finish()
+}
+
+/// Counters of every rate-limiting instance, by plugin, identifier, period and window.
 #[derive(Clone, Default)]
 pub struct Counters(Arc<Mutex<HashMap<Key, u64>>>);
 
@@ -43,17 +51,15 @@ impl Counters {
         };
         if map.len() > 100_000 {
             // Forget windows that have ended.
-            map.retain(|(_, _, period, start), _| start + period > now);
+            map.retain(|(_, period, start), _| start + period > now);
         }
+        let id = who(plugin, ident);
         let mut out = Vec::with_capacity(limits.len());
         let mut allowed = true;
         for &(pi, limit) in limits {
             let period = PERIODS[pi].2;
             let start = now - now.rem_euclid(period);
-            let used = map
-                .get(&(plugin.to_string(), ident.to_string(), period, start))
-                .copied()
-                .unwrap_or(0);
+            let used = map.get(&(id, period, start)).copied().unwrap_or(0);
             if used >= limit {
                 allowed = false;
             }
@@ -63,9 +69,7 @@ impl Counters {
             if allowed {
                 let period = PERIODS[o.0].2;
                 let start = now - now.rem_euclid(period);
-                let c = map
-                    .entry((plugin.to_string(), ident.to_string(), period, start))
-                    .or_insert(0);
+                let c = map.entry((id, period, start)).or_insert(0);
                 *c += 1;
                 o.2 = o.1.saturating_sub(*c);
             } else {
