@@ -184,12 +184,15 @@ fn scope_hash(route: Option<&str>, service: Option<&str>, consumer: Option<&str>
     h.finish()
 }
 
+/// The instances of one plugin, by scope hash.
+type Scoped = HashMap<u64, Vec<(Scope, Arc<dyn Plugin>)>>;
+
 /// Every enabled plugin of a configuration, by name and scope, with the run order.
 #[derive(Default)]
 pub struct PluginSet {
     /// Names in run order (priority, highest first).
     order: Vec<&'static str>,
-    by_name: HashMap<&'static str, HashMap<u64, Vec<(Scope, Arc<dyn Plugin>)>>>,
+    by_name: HashMap<&'static str, Scoped>,
     /// Configured plugins this proxy cannot run, for the reload log.
     pub unsupported: Vec<String>,
 }
