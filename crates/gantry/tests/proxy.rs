@@ -939,7 +939,23 @@ async fn websocket_upgrade_is_proxied() {
             });
         }
     });
-    // A plain route must be up before the WebSocket route is tried.
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "ws", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/ws/routes",
+        json!({"paths": ["/ws"]}),
+    )
+    .await;
+    // A plain route written after the WebSocket one: once it answers, both are live.
     let echo_up = echo().await;
     admin(
         &http,
@@ -957,22 +973,6 @@ async fn websocket_upgrade_is_proxied() {
         json!({"paths": ["/ok"]}),
     )
     .await;
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/services",
-        json!({"name": "ws", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/services/ws/routes",
-        json!({"paths": ["/ws"]}),
-    )
-    .await;
     until(&http, &node, "/ok", 200).await;
     let url = format!(
         "{}/ws",
@@ -988,4 +988,147 @@ async fn websocket_upgrade_is_proxied() {
         assert_eq!(back.into_text().unwrap().as_str(), format!("hello {i}"));
     }
     ws.close(None).await.unwrap();
+}
+
+/// A dead target is retried around and ejected (passive checks); a target that fails probes is
+/// ejected and comes back when it answers again (active checks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_health_checks_eject_and_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let alive = echo().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    admin(&http, &node, "POST", "/upstreams", json!({"name": "passive.internal", "healthchecks": {"passive": {"unhealthy": {"tcp_failures": 1}}}})).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/passive.internal/targets",
+        json!({"target": alive}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/passive.internal/targets",
+        json!({"target": dead}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "p", "host": "passive.internal"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/p/routes",
+        json!({"paths": ["/passive"]}),
+    )
+    .await;
+    until(&http, &node, "/passive", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    for _ in 0..20 {
+        let r = http.get(format!("{proxy}/passive")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "a request failed although a target was up");
+        assert_eq!(r.json::<Value>().await.unwrap()["server"], json!(alive));
+    }
+
+    // Active checks: a target that drops connections goes down, then comes back.
+    let flaky = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let flaky_addr = flaky.local_addr().unwrap();
+    flaky.set_nonblocking(true).unwrap();
+    let flaky = tokio::net::TcpListener::from_std(flaky).unwrap();
+    let dropper = tokio::spawn(async move {
+        while let Ok((s, _)) = flaky.accept().await {
+            drop(s);
+        }
+    });
+    let good = echo().await;
+    let checks = json!({"active": {"timeout": 1, "http_path": "/health", "healthy": {"interval": 0.1, "successes": 1}, "unhealthy": {"interval": 0.1, "tcp_failures": 1, "http_failures": 1}}});
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams",
+        json!({"name": "active.internal", "healthchecks": checks}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/active.internal/targets",
+        json!({"target": good}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/active.internal/targets",
+        json!({"target": flaky_addr.to_string()}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "a", "host": "active.internal", "retries": 0}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/a/routes",
+        json!({"paths": ["/active"]}),
+    )
+    .await;
+    until(&http, &node, "/active", 200).await;
+    // Once probed down, every request goes to the good target, with no retries needed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut all_good = true;
+        for _ in 0..10 {
+            let r = http.get(format!("{proxy}/active")).send().await.unwrap();
+            all_good &=
+                r.status() == 200 && r.json::<Value>().await.unwrap()["server"] == json!(good);
+        }
+        if all_good {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failing target was never ejected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The target recovers: an echo on the same address; probes see it healthy again.
+    dropper.abort();
+    let _ = dropper.await;
+    let back = tokio::net::TcpListener::bind(flaky_addr).await.unwrap();
+    tokio::spawn(gantry_proxy::echo::serve(back));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http.get(format!("{proxy}/active")).send().await.unwrap();
+        if r.json::<Value>().await.unwrap()["server"] == json!(flaky_addr.to_string()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the recovered target never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -7,8 +7,10 @@
 //! - [`server`]: listeners and forwarding.
 
 pub mod echo;
+pub mod health;
 pub mod plugins;
 pub mod pool;
+pub mod probe;
 pub mod router;
 pub mod server;
 pub mod snapshot;

@@ -41,6 +41,19 @@ impl Pool {
         }
     }
 
+    /// An idle connection to `addr` that is ready, or a new one. Failing here, nothing of the
+    /// request has been sent: another target may be tried.
+    pub async fn checkout(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        match self.take(addr) {
+            Some(s) => Ok(s),
+            None => self.connect(addr, connect_timeout).await,
+        }
+    }
+
     fn take(&self, addr: &str) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
@@ -49,7 +62,8 @@ impl Pool {
         Some(list.swap_remove(i))
     }
 
-    fn put(&self, addr: &str, s: SendRequest<Incoming>) {
+    /// Give a connection back, to be reused once its current response has been read.
+    pub fn put(&self, addr: &str, s: SendRequest<Incoming>) {
         if s.is_closed() {
             return;
         }
@@ -94,30 +108,22 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Send a request that asks to switch protocols, on a connection of its own that never
-    /// returns to the pool.
-    pub async fn send_upgrade(
+    /// A connection of its own, that never returns to the pool (protocol switches).
+    pub async fn connect_dedicated(
         &self,
         addr: &str,
-        req: Request<Incoming>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = self.connect(addr, connect_timeout).await?;
-        Ok(sender.send_request(req).await?)
+    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        self.connect(addr, connect_timeout).await
     }
 
-    /// Send a request to `addr` (`host:port`) and return the response head; the connection
-    /// goes back to the pool, to be reused once this response's body has been read.
-    pub async fn send(
+    /// Send a request on a checked-out connection; the connection goes back to the pool.
+    pub async fn send_on(
         &self,
         addr: &str,
+        mut sender: SendRequest<Incoming>,
         req: Request<Incoming>,
-        connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = match self.take(addr) {
-            Some(s) => s,
-            None => self.connect(addr, connect_timeout).await?,
-        };
         let fut = sender.send_request(req);
         self.put(addr, sender);
         Ok(fut.await?)

@@ -1,5 +1,6 @@
 //! The HTTP proxy: listeners, request routing and forwarding, Kong's error bodies.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::health::{Health, Outcome};
 use crate::plugins::{Counters, Ctx};
-use crate::pool::Pool;
+use crate::pool::{Pool, UpstreamError};
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
@@ -26,6 +28,13 @@ use crate::uri::{normalize, upstream_path_v0};
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
+
+/// A running active health probe of one upstream.
+struct Probing {
+    probe: crate::health::Probe,
+    targets: Vec<String>,
+    task: tokio::task::JoinHandle<()>,
+}
 
 /// Request counters and readiness, for the status listener.
 #[derive(Default)]
@@ -56,6 +65,8 @@ pub struct Proxy {
     pool: Pool,
     counters: Counters,
     pub stats: Stats,
+    health: Arc<Health>,
+    probes: std::sync::Mutex<HashMap<String, Probing>>,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -128,6 +139,8 @@ impl Proxy {
             pool: Pool::new(256),
             counters: Counters::default(),
             stats: Stats::default(),
+            health: Arc::new(Health::default()),
+            probes: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -142,7 +155,47 @@ impl Proxy {
         let next = Snapshot::build(config, version, Some(&prev), &self.counters)?;
         self.snapshot.store(Arc::new(next));
         self.stats.ready.store(true, Ordering::Relaxed);
+        self.reconcile_probes();
         Ok(())
+    }
+
+    /// Start, restart or stop the active health probes to match the running snapshot.
+    fn reconcile_probes(&self) {
+        let snap = self.snapshot.load();
+        let Ok(mut probes) = self.probes.lock() else {
+            return;
+        };
+        probes.retain(|name, p| {
+            let keep = snap.balancers.get(name).is_some_and(|b| {
+                b.checks.active.as_ref() == Some(&p.probe) && b.targets == p.targets
+            });
+            if !keep {
+                p.task.abort();
+            }
+            keep
+        });
+        for (name, b) in &snap.balancers {
+            let Some(probe) = b.checks.active.clone() else {
+                continue;
+            };
+            if probes.contains_key(name) {
+                continue;
+            }
+            let task = tokio::spawn(crate::probe::run(
+                name.clone(),
+                b.targets.clone(),
+                probe.clone(),
+                self.health.clone(),
+            ));
+            probes.insert(
+                name.clone(),
+                Probing {
+                    probe,
+                    targets: b.targets.clone(),
+                    task,
+                },
+            );
+        }
     }
 
     /// The TLS acceptor for `ssl` listeners: certificates by SNI from the running snapshot.
@@ -336,8 +389,9 @@ impl Proxy {
                 "An invalid response was received from the upstream server",
             );
         }
-        let target = match snap.balancers.get(&service.host) {
-            Some(b) => match b.pick() {
+        let balancer = snap.balancers.get(&service.host);
+        let mut target = match balancer {
+            Some(b) => match b.pick_healthy(&self.health, &[]) {
                 Some(t) => t.to_string(),
                 None => {
                     return json_error(
@@ -428,29 +482,85 @@ impl Proxy {
         // Whatever the client spoke, upstreams get HTTP/1.1.
         *up.version_mut() = hyper::Version::HTTP_11;
         let sent = Instant::now();
-        let timeout = Duration::from_millis(
-            service
-                .connect_timeout_ms
-                .saturating_add(service.read_timeout_ms),
-        );
         let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
-        let res = match tokio::time::timeout(timeout, self.pool.send(&target, up, connect_timeout))
+        let report = |target: &str, outcome: Outcome| {
+            if let Some(b) = balancer {
+                if let Some(up) = self
+                    .health
+                    .report(&b.name, target, outcome, &b.checks.passive)
+                {
+                    tracing::warn!(upstream = %b.name, target, healthy = up, "target health changed (passive check)");
+                }
+            }
+        };
+        // Connect, trying other targets (or the same host again) while nothing has been sent:
+        // up to the service's `retries` more times.
+        let mut tried: Vec<String> = Vec::new();
+        let sender = loop {
+            let got = if upgrade.is_some() {
+                self.pool.connect_dedicated(&target, connect_timeout).await
+            } else {
+                self.pool.checkout(&target, connect_timeout).await
+            };
+            match got {
+                Ok(s) => break s,
+                Err(e) => {
+                    let timed_out = matches!(e, UpstreamError::ConnectTimeout { .. });
+                    report(
+                        &target,
+                        if timed_out {
+                            Outcome::Timeout
+                        } else {
+                            Outcome::TcpFailure
+                        },
+                    );
+                    tracing::warn!(error = %e, upstream = %target, "upstream connection failed");
+                    tried.push(target.clone());
+                    let next = match balancer {
+                        Some(b) => b.pick_healthy(&self.health, &tried).map(str::to_string),
+                        None => Some(target.clone()),
+                    };
+                    match next {
+                        Some(t) if tried.len() <= service.retries as usize => target = t,
+                        _ if timed_out => {
+                            return json_error(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "The upstream server is timing out",
+                            )
+                        }
+                        _ => {
+                            return json_error(
+                                StatusCode::BAD_GATEWAY,
+                                "An invalid response was received from the upstream server",
+                            )
+                        }
+                    }
+                }
+            }
+        };
+        let read_timeout = Duration::from_millis(service.read_timeout_ms);
+        let res = match tokio::time::timeout(read_timeout, self.pool.send_on(&target, sender, up))
             .await
         {
             Err(_) => {
+                report(&target, Outcome::Timeout);
                 return json_error(
                     StatusCode::GATEWAY_TIMEOUT,
                     "The upstream server is timing out",
-                )
+                );
             }
             Ok(Err(e)) => {
+                report(&target, Outcome::TcpFailure);
                 tracing::warn!(error = %e, upstream = %target, "upstream request failed");
                 return json_error(
                     StatusCode::BAD_GATEWAY,
                     "An invalid response was received from the upstream server",
                 );
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => {
+                report(&target, Outcome::Status(r.status().as_u16()));
+                r
+            }
         };
         let upstream_ms = sent.elapsed().as_millis();
         let proxy_ms = sent.duration_since(started).as_millis();

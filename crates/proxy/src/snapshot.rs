@@ -9,6 +9,7 @@ use gantry_model::hash::{hash_config, ConfigHashes};
 use gantry_model::{Config, Doc};
 use serde_json::Value;
 
+use crate::health::{Checks, Health};
 use crate::plugins::{Counters, Identities, PluginSet};
 use crate::router::{RouteError, Router};
 use crate::tls::CertStore;
@@ -58,10 +59,11 @@ pub struct Balancer {
     /// A smooth weighted round-robin schedule of indexes into `targets`.
     schedule: Vec<usize>,
     next: AtomicUsize,
+    pub checks: Checks,
 }
 
 impl Balancer {
-    fn new(name: String, mut targets: Vec<(String, u64)>) -> Balancer {
+    fn new(name: String, mut targets: Vec<(String, u64)>, checks: Checks) -> Balancer {
         targets.retain(|(_, w)| *w > 0);
         targets.sort();
         let g = targets.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
@@ -91,16 +93,25 @@ impl Balancer {
             targets: targets.into_iter().map(|(t, _)| t).collect(),
             schedule,
             next: AtomicUsize::new(0),
+            checks,
         }
     }
 
     /// The next target, or `None` when the upstream has none.
     pub fn pick(&self) -> Option<&str> {
-        if self.schedule.is_empty() {
-            return None;
+        self.pick_healthy(&Health::default(), &[])
+    }
+
+    /// The next target that is up and not in `tried`, or `None` when there is none.
+    pub fn pick_healthy(&self, health: &Health, tried: &[String]) -> Option<&str> {
+        for _ in 0..self.schedule.len() {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
+            let t = self.targets.get(self.schedule[i])?;
+            if !tried.contains(t) && health.is_up(&self.name, t) {
+                return Some(t);
+            }
         }
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-        self.targets.get(self.schedule[i]).map(String::as_str)
+        None
     }
 }
 
@@ -203,7 +214,8 @@ impl Snapshot {
                         let id = u.get("id").and_then(Value::as_str)?;
                         let name = u.get("name").and_then(Value::as_str)?.to_string();
                         let targets = by_upstream.remove(id).unwrap_or_default();
-                        Some((name.clone(), Arc::new(Balancer::new(name, targets))))
+                        let checks = Checks::from_doc(u);
+                        Some((name.clone(), Arc::new(Balancer::new(name, targets, checks))))
                     })
                     .collect()
             }
@@ -238,12 +250,19 @@ impl Snapshot {
 }
 
 #[cfg(test)]
+impl Balancer {
+    fn with_weights(name: String, targets: Vec<(String, u64)>) -> Balancer {
+        Balancer::new(name, targets, Checks::default())
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn weighted_round_robin() {
-        let b = Balancer::new(
+        let b = Balancer::with_weights(
             "u".into(),
             vec![("a:1".into(), 300), ("b:1".into(), 100), ("c:1".into(), 0)],
         );
@@ -253,7 +272,7 @@ mod tests {
         assert!(!picks.contains(&"c:1"));
         // Smooth: never b twice in a row.
         assert!(picks.windows(2).all(|w| !(w[0] == "b:1" && w[1] == "b:1")));
-        let none = Balancer::new("n".into(), vec![]);
+        let none = Balancer::with_weights("n".into(), vec![]);
         assert!(none.pick().is_none());
     }
 }
