@@ -1132,3 +1132,65 @@ async fn retries_and_health_checks_eject_and_recover() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Consistent hashing on a header: one key, one target; many keys, several targets.
+#[tokio::test]
+async fn consistent_hashing_keeps_a_key_on_one_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    admin(&http, &node, "POST", "/upstreams", json!({"name": "ch.internal", "algorithm": "consistent-hashing", "hash_on": "header", "hash_on_header": "x-user"})).await;
+    for _ in 0..3 {
+        let t = echo().await;
+        admin(
+            &http,
+            &node,
+            "POST",
+            "/upstreams/ch.internal/targets",
+            json!({"target": t}),
+        )
+        .await;
+    }
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "ch", "host": "ch.internal"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/ch/routes",
+        json!({"paths": ["/ch"]}),
+    )
+    .await;
+    until(&http, &node, "/ch", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    let server = |user: String| {
+        let (http, proxy) = (http.clone(), proxy.clone());
+        async move {
+            let v: Value = http
+                .get(format!("{proxy}/ch"))
+                .header("x-user", user)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["server"].as_str().unwrap().to_string()
+        }
+    };
+    let first = server("alice".into()).await;
+    for _ in 0..10 {
+        assert_eq!(server("alice".into()).await, first);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..30 {
+        seen.insert(server(format!("user-{i}")).await);
+    }
+    assert!(seen.len() > 1, "30 keys all went to one target");
+}

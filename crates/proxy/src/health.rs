@@ -130,7 +130,8 @@ struct State {
 /// Health of every target, by `(upstream name, target)`.
 #[derive(Default)]
 pub struct Health {
-    states: Mutex<HashMap<(String, String), State>>,
+    /// Upstream name, then target.
+    states: Mutex<HashMap<String, HashMap<String, State>>>,
 }
 
 impl Health {
@@ -139,9 +140,9 @@ impl Health {
         let Ok(s) = self.states.lock() else {
             return true;
         };
-        // Lookups by borrowed parts would need a custom key; upstreams with health state are few.
-        !s.iter()
-            .any(|((u, t), st)| u == upstream && t == target && st.down)
+        !s.get(upstream)
+            .and_then(|t| t.get(target))
+            .is_some_and(|st| st.down)
     }
 
     /// Count an outcome against the thresholds; returns the new up/down state when it changed.
@@ -156,7 +157,9 @@ impl Health {
             return None;
         };
         let st = map
-            .entry((upstream.to_string(), target.to_string()))
+            .entry(upstream.to_string())
+            .or_default()
+            .entry(target.to_string())
             .or_default();
         let was_down = st.down;
         let failure = match outcome {

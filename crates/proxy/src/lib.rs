@@ -6,6 +6,7 @@
 //!   aside and swapped atomically; parts whose hash did not change are reused.
 //! - [`server`]: listeners and forwarding.
 
+pub mod balancer;
 pub mod echo;
 pub mod health;
 pub mod plugins;

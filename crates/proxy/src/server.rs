@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::balancer::{Algorithm, HashOn, Load, Tracked};
 use crate::health::{Health, Outcome};
 use crate::plugins::{Counters, Ctx};
 use crate::pool::{Pool, UpstreamError};
@@ -66,6 +67,7 @@ pub struct Proxy {
     counters: Counters,
     pub stats: Stats,
     health: Arc<Health>,
+    load: Arc<Load>,
     probes: std::sync::Mutex<HashMap<String, Probing>>,
 }
 
@@ -140,6 +142,7 @@ impl Proxy {
             counters: Counters::default(),
             stats: Stats::default(),
             health: Arc::new(Health::default()),
+            load: Arc::new(Load::default()),
             probes: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -357,6 +360,7 @@ impl Proxy {
         // Plugins: rewrite and access, in priority order; one may answer instead of the upstream.
         let mut extra_headers = Vec::new();
         let mut ran = Vec::new();
+        let mut consumer_id: Option<String> = None;
         if !snap.plugins.is_empty() {
             let mut ctx = Ctx {
                 req: &mut parts,
@@ -373,6 +377,7 @@ impl Proxy {
                 Err(resp) => return *resp,
             }
             extra_headers = ctx.response_headers;
+            consumer_id = ctx.consumer.map(|c| c.id.clone());
         }
         let Some(service) = service else {
             return json_error(
@@ -390,8 +395,16 @@ impl Proxy {
             );
         }
         let balancer = snap.balancers.get(&service.host);
+        let key = match balancer.map(|b| &b.algorithm) {
+            Some(Algorithm::ConsistentHashing { on, fallback }) => {
+                let key_of =
+                    |on: &HashOn| hash_key(on, &parts, peer, consumer_id.as_deref(), &m.captures);
+                key_of(on).or_else(|| key_of(fallback))
+            }
+            _ => None,
+        };
         let mut target = match balancer {
-            Some(b) => match b.pick_healthy(&self.health, &[]) {
+            Some(b) => match b.pick(&self.health, &self.load, &[], key.as_deref()) {
                 Some(t) => t.to_string(),
                 None => {
                     return json_error(
@@ -517,7 +530,9 @@ impl Proxy {
                     tracing::warn!(error = %e, upstream = %target, "upstream connection failed");
                     tried.push(target.clone());
                     let next = match balancer {
-                        Some(b) => b.pick_healthy(&self.health, &tried).map(str::to_string),
+                        Some(b) => b
+                            .pick(&self.health, &self.load, &tried, key.as_deref())
+                            .map(str::to_string),
                         None => Some(target.clone()),
                     };
                     match next {
@@ -538,6 +553,7 @@ impl Proxy {
                 }
             }
         };
+        let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
         let res = match tokio::time::timeout(read_timeout, self.pool.send_on(&target, sender, up))
             .await
@@ -559,6 +575,9 @@ impl Proxy {
             }
             Ok(Ok(r)) => {
                 report(&target, Outcome::Status(r.status().as_u16()));
+                if let Some(f) = &in_flight {
+                    f.answered();
+                }
                 r
             }
         };
@@ -612,7 +631,55 @@ impl Proxy {
         for p in &ran {
             p.header_filter(&mut rparts);
         }
-        Response::from_parts(rparts, rbody.boxed())
+        let body = match in_flight {
+            // Counted in flight until the body has gone to the client (least-connections).
+            Some(guard) => Tracked {
+                inner: rbody.boxed(),
+                guard,
+            }
+            .boxed(),
+            None => rbody.boxed(),
+        };
+        Response::from_parts(rparts, body)
+    }
+}
+
+/// The consistent-hashing key of a request, per `hash_on` (`None`: absent, use the fallback).
+fn hash_key(
+    on: &HashOn,
+    parts: &hyper::http::request::Parts,
+    peer: SocketAddr,
+    consumer: Option<&str>,
+    captures: &[(String, String)],
+) -> Option<String> {
+    match on {
+        HashOn::None => None,
+        HashOn::Consumer => consumer.map(str::to_string),
+        HashOn::Ip => Some(peer.ip().to_string()),
+        HashOn::Header(h) => parts
+            .headers
+            .get(h.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.to_string()),
+        HashOn::Path => Some(parts.uri.path().to_string()),
+        HashOn::QueryArg(arg) => parts
+            .uri
+            .query()
+            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == arg.as_str()))
+            .map(|(_, v)| v.into_owned()),
+        HashOn::UriCapture(name) => captures
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone()),
     }
 }
 

@@ -2,14 +2,13 @@
 //! configuration and published with one atomic swap.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use gantry_model::hash::{hash_config, ConfigHashes};
 use gantry_model::{Config, Doc};
 use serde_json::Value;
 
-use crate::health::{Checks, Health};
+use crate::balancer::Balancer;
 use crate::plugins::{Counters, Identities, PluginSet};
 use crate::router::{RouteError, Router};
 use crate::tls::CertStore;
@@ -47,79 +46,6 @@ impl Service {
             retries: n("retries", 5) as u32,
             enabled: d.get("enabled").and_then(Value::as_bool).unwrap_or(true),
         }
-    }
-}
-
-/// An upstream's targets with weighted round-robin.
-#[derive(Debug)]
-pub struct Balancer {
-    pub name: String,
-    /// `host:port` of each target with a weight above zero.
-    pub targets: Vec<String>,
-    /// A smooth weighted round-robin schedule of indexes into `targets`.
-    schedule: Vec<usize>,
-    next: AtomicUsize,
-    pub checks: Checks,
-}
-
-impl Balancer {
-    fn new(name: String, mut targets: Vec<(String, u64)>, checks: Checks) -> Balancer {
-        targets.retain(|(_, w)| *w > 0);
-        targets.sort();
-        let g = targets.iter().fold(0, |g, (_, w)| gcd(g, *w)).max(1);
-        let weights: Vec<i64> = targets.iter().map(|(_, w)| (*w / g) as i64).collect();
-        let total: i64 = weights.iter().sum();
-        // Smooth weighted round-robin (as nginx), precomputed; long schedules are cut, which
-        // keeps proportions to within one part in 4096.
-        let len = total.clamp(0, 4096) as usize;
-        let mut current = vec![0i64; weights.len()];
-        let mut schedule = Vec::with_capacity(len);
-        for _ in 0..len {
-            for (c, w) in current.iter_mut().zip(&weights) {
-                *c += w;
-            }
-            let Some((best, _)) = current
-                .iter()
-                .enumerate()
-                .max_by_key(|(i, c)| (**c, usize::MAX - i))
-            else {
-                break;
-            };
-            current[best] -= total;
-            schedule.push(best);
-        }
-        Balancer {
-            name,
-            targets: targets.into_iter().map(|(t, _)| t).collect(),
-            schedule,
-            next: AtomicUsize::new(0),
-            checks,
-        }
-    }
-
-    /// The next target, or `None` when the upstream has none.
-    pub fn pick(&self) -> Option<&str> {
-        self.pick_healthy(&Health::default(), &[])
-    }
-
-    /// The next target that is up and not in `tried`, or `None` when there is none.
-    pub fn pick_healthy(&self, health: &Health, tried: &[String]) -> Option<&str> {
-        for _ in 0..self.schedule.len() {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
-            let t = self.targets.get(self.schedule[i])?;
-            if !tried.contains(t) && health.is_up(&self.name, t) {
-                return Some(t);
-            }
-        }
-        None
-    }
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
     }
 }
 
@@ -214,8 +140,7 @@ impl Snapshot {
                         let id = u.get("id").and_then(Value::as_str)?;
                         let name = u.get("name").and_then(Value::as_str)?.to_string();
                         let targets = by_upstream.remove(id).unwrap_or_default();
-                        let checks = Checks::from_doc(u);
-                        Some((name.clone(), Arc::new(Balancer::new(name, targets, checks))))
+                        Some((name, Arc::new(Balancer::from_doc(u, targets)?)))
                     })
                     .collect()
             }
@@ -246,33 +171,5 @@ impl Snapshot {
             identities,
             certs,
         })
-    }
-}
-
-#[cfg(test)]
-impl Balancer {
-    fn with_weights(name: String, targets: Vec<(String, u64)>) -> Balancer {
-        Balancer::new(name, targets, Checks::default())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weighted_round_robin() {
-        let b = Balancer::with_weights(
-            "u".into(),
-            vec![("a:1".into(), 300), ("b:1".into(), 100), ("c:1".into(), 0)],
-        );
-        let picks: Vec<&str> = (0..8).map(|_| b.pick().unwrap()).collect();
-        assert_eq!(picks.iter().filter(|p| **p == "a:1").count(), 6);
-        assert_eq!(picks.iter().filter(|p| **p == "b:1").count(), 2);
-        assert!(!picks.contains(&"c:1"));
-        // Smooth: never b twice in a row.
-        assert!(picks.windows(2).all(|w| !(w[0] == "b:1" && w[1] == "b:1")));
-        let none = Balancer::with_weights("n".into(), vec![]);
-        assert!(none.pick().is_none());
     }
 }
