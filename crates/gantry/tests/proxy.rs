@@ -1194,3 +1194,54 @@ async fn consistent_hashing_keeps_a_key_on_one_target() {
     }
     assert!(seen.len() > 1, "30 keys all went to one target");
 }
+
+/// https services: TLS to the upstream; its certificate is checked only with `tls_verify`.
+#[tokio::test]
+async fn https_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(gantry_proxy::echo::serve_tls(l));
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "tls", "url": format!("https://{up}/in")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/tls/routes",
+        json!({"paths": ["/tls"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "strict", "url": format!("https://{up}"), "tls_verify": true, "retries": 0}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/strict/routes",
+        json!({"paths": ["/strict"]}),
+    )
+    .await;
+    let v: Value = until(&http, &node, "/tls/x", 200)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["uri"], "/in/x");
+    // A self-signed upstream certificate fails verification: 502, never a silent success.
+    until(&http, &node, "/strict", 502).await;
+}

@@ -72,13 +72,55 @@ pub async fn serve(listener: TcpListener) {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        tokio::spawn(serve_conn(stream, peer, local));
+    }
+}
+
+/// The same over TLS, with a self-signed certificate for `localhost` and `127.0.0.1`.
+pub async fn serve_tls(listener: TcpListener) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    let Ok(ck) =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+    else {
+        return;
+    };
+    let Ok(key) = crate::tls::certified_key(&ck.cert.pem(), &ck.signing_key.serialize_pem()) else {
+        return;
+    };
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) =
+        rustls::ServerConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return;
+    };
+    let resolver = rustls::sign::SingleCertAndKey::from(key);
+    let cfg = builder
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(resolver));
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg));
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| async move {
-                Ok::<_, Infallible>(answer(req, peer, local).await)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            if let Ok(tls) = acceptor.accept(stream).await {
+                serve_conn(tls, peer, local).await;
+            }
         });
     }
+}
+
+async fn serve_conn<S>(stream: S, peer: SocketAddr, local: SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| async move {
+        Ok::<_, Infallible>(answer(req, peer, local).await)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }

@@ -17,6 +17,7 @@ pub mod server;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
+pub mod upstream_tls;
 pub mod uri;
 
 pub use server::Proxy;

@@ -24,6 +24,11 @@ pub enum UpstreamError {
     },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: String },
+    #[error("TLS with {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("upstream HTTP error: {0}")]
     Http(#[from] hyper::Error),
 }
@@ -31,6 +36,25 @@ pub enum UpstreamError {
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<SendRequest<Incoming>>>>,
     max_idle: usize,
+    tls: crate::upstream_tls::Connectors,
+}
+
+/// How to reach an upstream: its address, and TLS settings when it speaks https.
+#[derive(Debug, Clone)]
+pub struct Dest {
+    pub addr: String,
+    /// `Some((server name, verify))` for TLS.
+    pub tls: Option<(String, bool)>,
+}
+
+impl Dest {
+    /// The pool key: connections are shared only between identical destinations.
+    fn key(&self) -> String {
+        match &self.tls {
+            None => self.addr.clone(),
+            Some((sni, verify)) => format!("tls|{sni}|{verify}|{}", self.addr),
+        }
+    }
 }
 
 impl Pool {
@@ -38,19 +62,20 @@ impl Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             max_idle,
+            tls: crate::upstream_tls::Connectors::new(),
         }
     }
 
-    /// An idle connection to `addr` that is ready, or a new one. Failing here, nothing of the
+    /// An idle connection to `dest` that is ready, or a new one. Failing here, nothing of the
     /// request has been sent: another target may be tried.
     pub async fn checkout(
         &self,
-        addr: &str,
+        dest: &Dest,
         connect_timeout: Duration,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
-        match self.take(addr) {
+        match self.take(&dest.key()) {
             Some(s) => Ok(s),
-            None => self.connect(addr, connect_timeout).await,
+            None => self.connect(dest, connect_timeout).await,
         }
     }
 
@@ -77,9 +102,10 @@ impl Pool {
 
     async fn connect(
         &self,
-        addr: &str,
+        dest: &Dest,
         timeout: Duration,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        let addr = dest.addr.as_str();
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
@@ -95,37 +121,58 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await?;
-        // `with_upgrades`: a connection that switches protocols (WebSocket) is handed over
-        // to the caller instead of being closed.
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+        match &dest.tls {
+            None => handshake(stream).await,
+            Some((sni, verify)) => {
+                let tls = tokio::time::timeout(timeout, self.tls.connect(stream, sni, *verify))
+                    .await
+                    .map_err(|_| UpstreamError::ConnectTimeout {
+                        addr: addr.to_string(),
+                    })?
+                    .map_err(|source| UpstreamError::Tls {
+                        addr: addr.to_string(),
+                        source,
+                    })?;
+                handshake(tls).await
             }
-        });
-        Ok(sender)
+        }
     }
 
     /// A connection of its own, that never returns to the pool (protocol switches).
     pub async fn connect_dedicated(
         &self,
-        addr: &str,
+        dest: &Dest,
         connect_timeout: Duration,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
-        self.connect(addr, connect_timeout).await
+        self.connect(dest, connect_timeout).await
     }
 
     /// Send a request on a checked-out connection; the connection goes back to the pool.
     pub async fn send_on(
         &self,
-        addr: &str,
+        dest: &Dest,
         mut sender: SendRequest<Incoming>,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
         let fut = sender.send_request(req);
-        self.put(addr, sender);
+        self.put(&dest.key(), sender);
         Ok(fut.await?)
     }
+}
+
+/// HTTP/1.1 on a connected stream; `with_upgrades`, so that a connection that switches
+/// protocols (WebSocket) is handed over to the caller instead of being closed.
+async fn handshake<S>(stream: S) -> Result<SendRequest<Incoming>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
 }

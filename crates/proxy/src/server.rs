@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::balancer::{Algorithm, HashOn, Load, Tracked};
 use crate::health::{Health, Outcome};
 use crate::plugins::{Counters, Ctx};
-use crate::pool::{Pool, UpstreamError};
+use crate::pool::{Dest, Pool, UpstreamError};
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
@@ -388,7 +388,7 @@ impl Proxy {
         if !service.enabled {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
         }
-        if service.protocol != "http" {
+        if service.protocol != "http" && service.protocol != "https" {
             return json_error(
                 StatusCode::BAD_GATEWAY,
                 "An invalid response was received from the upstream server",
@@ -506,14 +506,22 @@ impl Proxy {
                 }
             }
         };
+        // https services: TLS with the Host we send as the server name.
+        let sni = split_host(&upstream_host).0.to_string();
+        let dest = |target: &str| Dest {
+            addr: target.to_string(),
+            tls: (service.protocol == "https").then(|| (sni.clone(), service.tls_verify)),
+        };
         // Connect, trying other targets (or the same host again) while nothing has been sent:
         // up to the service's `retries` more times.
         let mut tried: Vec<String> = Vec::new();
         let sender = loop {
             let got = if upgrade.is_some() {
-                self.pool.connect_dedicated(&target, connect_timeout).await
+                self.pool
+                    .connect_dedicated(&dest(&target), connect_timeout)
+                    .await
             } else {
-                self.pool.checkout(&target, connect_timeout).await
+                self.pool.checkout(&dest(&target), connect_timeout).await
             };
             match got {
                 Ok(s) => break s,
@@ -555,32 +563,33 @@ impl Proxy {
         };
         let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        let res = match tokio::time::timeout(read_timeout, self.pool.send_on(&target, sender, up))
-            .await
-        {
-            Err(_) => {
-                report(&target, Outcome::Timeout);
-                return json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The upstream server is timing out",
-                );
-            }
-            Ok(Err(e)) => {
-                report(&target, Outcome::TcpFailure);
-                tracing::warn!(error = %e, upstream = %target, "upstream request failed");
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "An invalid response was received from the upstream server",
-                );
-            }
-            Ok(Ok(r)) => {
-                report(&target, Outcome::Status(r.status().as_u16()));
-                if let Some(f) = &in_flight {
-                    f.answered();
+        let res =
+            match tokio::time::timeout(read_timeout, self.pool.send_on(&dest(&target), sender, up))
+                .await
+            {
+                Err(_) => {
+                    report(&target, Outcome::Timeout);
+                    return json_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "The upstream server is timing out",
+                    );
                 }
-                r
-            }
-        };
+                Ok(Err(e)) => {
+                    report(&target, Outcome::TcpFailure);
+                    tracing::warn!(error = %e, upstream = %target, "upstream request failed");
+                    return json_error(
+                        StatusCode::BAD_GATEWAY,
+                        "An invalid response was received from the upstream server",
+                    );
+                }
+                Ok(Ok(r)) => {
+                    report(&target, Outcome::Status(r.status().as_u16()));
+                    if let Some(f) = &in_flight {
+                        f.answered();
+                    }
+                    r
+                }
+            };
         let upstream_ms = sent.elapsed().as_millis();
         let proxy_ms = sent.duration_since(started).as_millis();
         let mut res = res;

@@ -27,6 +27,8 @@ pub struct Service {
     pub read_timeout_ms: u64,
     pub retries: u32,
     pub enabled: bool,
+    /// Verify an https upstream's certificate (off unless set, as Kong).
+    pub tls_verify: bool,
 }
 
 impl Service {
@@ -45,6 +47,10 @@ impl Service {
             read_timeout_ms: n("read_timeout", 60_000),
             retries: n("retries", 5) as u32,
             enabled: d.get("enabled").and_then(Value::as_bool).unwrap_or(true),
+            tls_verify: d
+                .get("tls_verify")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         }
     }
 }

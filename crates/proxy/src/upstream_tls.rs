@@ -1,0 +1,120 @@
+//! TLS towards upstreams (`https` services). As Kong (`proxy_ssl_verify off` by default), the
+//! upstream's certificate is verified only when the service sets `tls_verify`; then against the
+//! Mozilla root store. Signatures of the handshake are always checked.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Accepts any certificate chain, still checking the handshake's signatures.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One connector that verifies upstream certificates and one that does not.
+pub struct Connectors {
+    verify: Option<TlsConnector>,
+    no_verify: Option<TlsConnector>,
+}
+
+impl Connectors {
+    pub fn new() -> Connectors {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let build = |verify: bool| -> Option<TlsConnector> {
+            let b = ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .ok()?;
+            let mut cfg = if verify {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                b.with_root_certificates(roots).with_no_client_auth()
+            } else {
+                b.dangerous()
+                    .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
+                    .with_no_client_auth()
+            };
+            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(TlsConnector::from(Arc::new(cfg)))
+        };
+        Connectors {
+            verify: build(true),
+            no_verify: build(false),
+        }
+    }
+
+    /// TLS on a connected stream, with `sni` as the server name.
+    pub async fn connect(
+        &self,
+        stream: TcpStream,
+        sni: &str,
+        verify: bool,
+    ) -> std::io::Result<TlsStream<TcpStream>> {
+        let connector = if verify {
+            &self.verify
+        } else {
+            &self.no_verify
+        };
+        let connector = connector
+            .as_ref()
+            .ok_or_else(|| std::io::Error::other("TLS client set-up failed"))?;
+        let name = ServerName::try_from(sni.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        connector.connect(name, stream).await
+    }
+}
+
+impl Default for Connectors {
+    fn default() -> Self {
+        Connectors::new()
+    }
+}
