@@ -1245,3 +1245,108 @@ async fn https_upstreams() {
     // A self-signed upstream certificate fails verification: 502, never a silent success.
     until(&http, &node, "/strict", 502).await;
 }
+
+/// A gRPC call over HTTP/2 through the proxy to an HTTP/2 upstream, trailers included; a
+/// gRPC route answers others as Kong does.
+#[tokio::test]
+async fn grpc_calls_keep_their_trailers() {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    // A gRPC-like upstream: HTTP/2 in clear, a body frame, then trailers.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let path = req.uri().path().to_string();
+                        let got = req
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let mut trailers = hyper::HeaderMap::new();
+                        trailers.insert("grpc-status", "0".parse().unwrap());
+                        trailers.insert("grpc-message", format!("echo {path}").parse().unwrap());
+                        let frames = vec![
+                            Ok::<_, std::convert::Infallible>(Frame::data(got)),
+                            Ok(Frame::trailers(trailers)),
+                        ];
+                        let body = StreamBody::new(futures_util::stream::iter(frames));
+                        let mut r = hyper::Response::new(body);
+                        r.headers_mut()
+                            .insert("content-type", "application/grpc".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .http2_only()
+                .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                .await;
+            });
+        }
+    });
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "g", "url": format!("grpc://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/g/routes",
+        json!({"name": "g", "protocols": ["grpc"], "paths": ["/helloworld.Greeter"], "strip_path": false}),
+    )
+    .await;
+    let proxy = node.proxy.clone().unwrap();
+    let addr = proxy.trim_start_matches("http://").to_string();
+    // Not gRPC on a gRPC route: 415, as Kong.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .get(format!("{proxy}/helloworld.Greeter/SayHello"))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 415 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "route not live: {}", r.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An HTTP/2 client in clear (prior knowledge), as gRPC clients are.
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("http://{addr}/helloworld.Greeter/SayHello"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(bytes::Bytes::from_static(b"\0\0\0\0\x05hello")))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(
+        trailers["grpc-message"],
+        "echo /helloworld.Greeter/SayHello"
+    );
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x05hello");
+}

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http2;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -35,6 +36,8 @@ pub enum UpstreamError {
 
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<SendRequest<Incoming>>>>,
+    /// One multiplexed HTTP/2 connection per destination (gRPC).
+    h2: Mutex<HashMap<String, http2::SendRequest<Incoming>>>,
     max_idle: usize,
     tls: crate::upstream_tls::Connectors,
 }
@@ -45,14 +48,22 @@ pub struct Dest {
     pub addr: String,
     /// `Some((server name, verify))` for TLS.
     pub tls: Option<(String, bool)>,
+    /// HTTP/2 (gRPC) instead of HTTP/1.1.
+    pub h2: bool,
+}
+
+/// A connection ready for one request.
+pub enum Conn {
+    H1(SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
 }
 
 impl Dest {
     /// The pool key: connections are shared only between identical destinations.
     fn key(&self) -> String {
         match &self.tls {
-            None => self.addr.clone(),
-            Some((sni, verify)) => format!("tls|{sni}|{verify}|{}", self.addr),
+            None => format!("{}|{}", self.h2, self.addr),
+            Some((sni, verify)) => format!("{}|tls|{sni}|{verify}|{}", self.h2, self.addr),
         }
     }
 }
@@ -61,6 +72,7 @@ impl Pool {
     pub fn new(max_idle: usize) -> Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
+            h2: Mutex::new(HashMap::new()),
             max_idle,
             tls: crate::upstream_tls::Connectors::new(),
         }
@@ -72,10 +84,34 @@ impl Pool {
         &self,
         dest: &Dest,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<Conn, UpstreamError> {
+        if dest.h2 {
+            let key = dest.key();
+            let live = self
+                .h2
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+            if let Some(s) = live {
+                return Ok(Conn::H2(s));
+            }
+            let stream = self.connect_stream(dest, connect_timeout).await?;
+            let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(TokioIo::new(stream))
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+                }
+            });
+            if let Ok(mut m) = self.h2.lock() {
+                m.insert(key, sender.clone());
+            }
+            return Ok(Conn::H2(sender));
+        }
         match self.take(&dest.key()) {
-            Some(s) => Ok(s),
-            None => self.connect(dest, connect_timeout).await,
+            Some(s) => Ok(Conn::H1(s)),
+            None => Ok(Conn::H1(self.connect(dest, connect_timeout).await?)),
         }
     }
 
@@ -105,6 +141,15 @@ impl Pool {
         dest: &Dest,
         timeout: Duration,
     ) -> Result<SendRequest<Incoming>, UpstreamError> {
+        handshake(self.connect_stream(dest, timeout).await?).await
+    }
+
+    /// A TCP connection to the destination, with TLS when it asks for it.
+    async fn connect_stream(
+        &self,
+        dest: &Dest,
+        timeout: Duration,
+    ) -> Result<Stream, UpstreamError> {
         let addr = dest.addr.as_str();
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Err(_) => {
@@ -122,18 +167,19 @@ impl Pool {
         };
         let _ = stream.set_nodelay(true);
         match &dest.tls {
-            None => handshake(stream).await,
+            None => Ok(Stream::Plain(stream)),
             Some((sni, verify)) => {
-                let tls = tokio::time::timeout(timeout, self.tls.connect(stream, sni, *verify))
-                    .await
-                    .map_err(|_| UpstreamError::ConnectTimeout {
-                        addr: addr.to_string(),
-                    })?
-                    .map_err(|source| UpstreamError::Tls {
-                        addr: addr.to_string(),
-                        source,
-                    })?;
-                handshake(tls).await
+                let tls =
+                    tokio::time::timeout(timeout, self.tls.connect(stream, sni, *verify, dest.h2))
+                        .await
+                        .map_err(|_| UpstreamError::ConnectTimeout {
+                            addr: addr.to_string(),
+                        })?
+                        .map_err(|source| UpstreamError::Tls {
+                            addr: addr.to_string(),
+                            source,
+                        })?;
+                Ok(Stream::Tls(Box::new(tls)))
             }
         }
     }
@@ -151,12 +197,67 @@ impl Pool {
     pub async fn send_on(
         &self,
         dest: &Dest,
-        mut sender: SendRequest<Incoming>,
+        conn: Conn,
         req: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let fut = sender.send_request(req);
-        self.put(&dest.key(), sender);
-        Ok(fut.await?)
+        match conn {
+            Conn::H1(mut sender) => {
+                let fut = sender.send_request(req);
+                self.put(&dest.key(), sender);
+                Ok(fut.await?)
+            }
+            Conn::H2(mut sender) => Ok(sender.send_request(req).await?),
+        }
+    }
+}
+
+/// A connection to an upstream, in clear or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -255,9 +255,9 @@ impl Router {
             let protocols = strs(d, "protocols");
             if !protocols
                 .iter()
-                .any(|p| matches!(p.as_str(), "http" | "https"))
+                .any(|p| matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
             {
-                continue; // stream and gRPC-only routes are served elsewhere
+                continue; // stream routes (tcp, tls, udp) are not HTTP
             }
             let route = Arc::new(Route {
                 id: id.clone(),

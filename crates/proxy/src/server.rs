@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use crate::balancer::{Algorithm, HashOn, Load, Tracked};
 use crate::health::{Health, Outcome};
 use crate::plugins::{Counters, Ctx};
-use crate::pool::{Dest, Pool, UpstreamError};
+use crate::pool::{Conn, Dest, Pool, UpstreamError};
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
@@ -350,8 +350,25 @@ impl Proxy {
             return json_error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
         let route = m.route;
-        if !https && !route.protocols.iter().any(|p| p == "http") {
+        let has = |p: &str| route.protocols.iter().any(|x| x == p);
+        if !https && has("https") && !has("http") {
             return https_redirect(route.https_redirect_status_code, host, &parts.uri);
+        }
+        if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
+            let is_grpc = parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/grpc"));
+            if !is_grpc {
+                return json_error(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "Non-gRPC request matched gRPC route",
+                );
+            }
+            if parts.version != hyper::Version::HTTP_2 {
+                return json_error(StatusCode::UPGRADE_REQUIRED, "Please use HTTP2 protocol");
+            }
         }
         let service = route
             .service_id
@@ -388,7 +405,8 @@ impl Proxy {
         if !service.enabled {
             return json_error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
         }
-        if service.protocol != "http" && service.protocol != "https" {
+        let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
+        if !matches!(service.protocol.as_str(), "http" | "https") && !grpc {
             return json_error(
                 StatusCode::BAD_GATEWAY,
                 "An invalid response was received from the upstream server",
@@ -492,8 +510,23 @@ impl Proxy {
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers;
-        // Whatever the client spoke, upstreams get HTTP/1.1.
-        *up.version_mut() = hyper::Version::HTTP_11;
+        if grpc {
+            // HTTP/2 to gRPC upstreams: the authority travels in the URI, not in Host.
+            let scheme = if service.protocol == "grpcs" {
+                "https"
+            } else {
+                "http"
+            };
+            match format!("{scheme}://{upstream_host}{}", up.uri()).parse() {
+                Ok(u) => *up.uri_mut() = u,
+                Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
+            }
+            up.headers_mut().remove(header::HOST);
+            *up.version_mut() = hyper::Version::HTTP_2;
+        } else {
+            // Whatever the client spoke, other upstreams get HTTP/1.1.
+            *up.version_mut() = hyper::Version::HTTP_11;
+        }
         let sent = Instant::now();
         let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
         let report = |target: &str, outcome: Outcome| {
@@ -510,7 +543,9 @@ impl Proxy {
         let sni = split_host(&upstream_host).0.to_string();
         let dest = |target: &str| Dest {
             addr: target.to_string(),
-            tls: (service.protocol == "https").then(|| (sni.clone(), service.tls_verify)),
+            tls: matches!(service.protocol.as_str(), "https" | "grpcs")
+                .then(|| (sni.clone(), service.tls_verify)),
+            h2: grpc,
         };
         // Connect, trying other targets (or the same host again) while nothing has been sent:
         // up to the service's `retries` more times.
@@ -520,6 +555,7 @@ impl Proxy {
                 self.pool
                     .connect_dedicated(&dest(&target), connect_timeout)
                     .await
+                    .map(Conn::H1)
             } else {
                 self.pool.checkout(&dest(&target), connect_timeout).await
             };

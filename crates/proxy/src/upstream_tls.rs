@@ -61,16 +61,15 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-/// One connector that verifies upstream certificates and one that does not.
+/// Connectors by (verify the certificate, offer HTTP/2 by ALPN).
 pub struct Connectors {
-    verify: Option<TlsConnector>,
-    no_verify: Option<TlsConnector>,
+    by_kind: [Option<TlsConnector>; 4],
 }
 
 impl Connectors {
     pub fn new() -> Connectors {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let build = |verify: bool| -> Option<TlsConnector> {
+        let build = |verify: bool, h2: bool| -> Option<TlsConnector> {
             let b = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .ok()?;
@@ -83,12 +82,20 @@ impl Connectors {
                     .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
                     .with_no_client_auth()
             };
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+            cfg.alpn_protocols = vec![if h2 {
+                b"h2".to_vec()
+            } else {
+                b"http/1.1".to_vec()
+            }];
             Some(TlsConnector::from(Arc::new(cfg)))
         };
         Connectors {
-            verify: build(true),
-            no_verify: build(false),
+            by_kind: [
+                build(false, false),
+                build(false, true),
+                build(true, false),
+                build(true, true),
+            ],
         }
     }
 
@@ -98,12 +105,9 @@ impl Connectors {
         stream: TcpStream,
         sni: &str,
         verify: bool,
+        h2: bool,
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let connector = if verify {
-            &self.verify
-        } else {
-            &self.no_verify
-        };
+        let connector = &self.by_kind[usize::from(verify) * 2 + usize::from(h2)];
         let connector = connector
             .as_ref()
             .ok_or_else(|| std::io::Error::other("TLS client set-up failed"))?;
