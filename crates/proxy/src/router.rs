@@ -368,12 +368,14 @@ impl Router {
 
     fn index(&mut self, rank: u32) {
         let m = &self.matchers[rank as usize];
+        // Every path indexed by the literal text a matching request path must start with: the
+        // prefix itself, or a regex's literal beginning. A regex without one is always a candidate.
         let prefixes: Vec<String> = m
             .paths
             .iter()
             .filter_map(|p| match p {
                 PathMatch::Prefix(s) => Some(s.clone()),
-                PathMatch::Regex(_) => None,
+                PathMatch::Regex(re) => literal_prefix(re.as_str()),
             })
             .collect();
         if m.paths.is_empty() {
@@ -527,6 +529,40 @@ impl Router {
         }
         None
     }
+}
+
+/// The literal text every match of a path regex (compiled as `^(?:...)`) starts with, if any.
+fn literal_prefix(compiled: &str) -> Option<String> {
+    let inner = compiled.strip_prefix("^(?:")?.strip_suffix(')')?;
+    if inner.contains('|') {
+        return None;
+    }
+    let mut out = String::new();
+    let mut chars = inner.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.peek() {
+                // An escaped punctuation character is literal; classes like \d are not.
+                Some(&n) if n.is_ascii_punctuation() => {
+                    out.push(n);
+                    chars.next();
+                }
+                _ => break,
+            },
+            '.' | '+' | '(' | ')' | '[' | ']' | '^' | '$' => break,
+            '*' | '?' | '{' => {
+                // The character before was optional or repeated.
+                out.pop();
+                break;
+            }
+            c => out.push(c),
+        }
+        if matches!(chars.peek(), Some('*' | '?' | '{')) {
+            out.pop();
+            break;
+        }
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 fn clone_value(v: &ValueMatch) -> ValueMatch {
@@ -701,6 +737,18 @@ mod tests {
             find(&r, "GET", "h", "/two/x", &[]).unwrap(),
             ("1".into(), "/two".into())
         );
+    }
+
+    #[test]
+    fn regex_literal_prefixes() {
+        let lp = |re: &str| literal_prefix(&format!("^(?:{re})"));
+        assert_eq!(lp("/api/(?<id>\\d+)"), Some("/api/".into()));
+        assert_eq!(lp("/api/v\\d+/users"), Some("/api/v".into()));
+        assert_eq!(lp("/files\\.json"), Some("/files.json".into()));
+        assert_eq!(lp("/ab?c"), Some("/a".into()));
+        assert_eq!(lp("/a|/b"), None);
+        assert_eq!(lp(".*"), None);
+        assert_eq!(lp("(?i)/x"), None);
     }
 
     #[test]
