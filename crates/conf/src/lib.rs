@@ -80,6 +80,8 @@ pub struct Settings {
     pub worker_threads: usize,
     /// Largest Admin API request body, in bytes.
     pub admin_body_max: usize,
+    /// How long a client may take to send a request head to the proxy.
+    pub client_header_timeout: std::time::Duration,
     /// Every key with its effective value, for display and for settings later crates read.
     pub values: BTreeMap<String, String>,
 }
@@ -220,6 +222,8 @@ impl Settings {
             worker_threads,
             admin_body_max: table::parse_size(&get("nginx_admin_client_max_body_size"))
                 .unwrap_or(10 << 20),
+            client_header_timeout: table::parse_duration(&get("nginx_http_client_header_timeout"))
+                .unwrap_or(std::time::Duration::from_secs(60)),
             values,
         })
     }

@@ -14,6 +14,8 @@ pub enum Kind {
     Size,
     /// A positive integer or `auto`.
     Threads,
+    /// nginx time: `60s`, `500ms`, `2m`, or seconds.
+    Duration,
 }
 
 impl Kind {
@@ -43,6 +45,9 @@ impl Kind {
             Kind::Size => parse_size(v)
                 .map(|_| ())
                 .ok_or_else(|| "expected a size such as 10m, 512k or 1024".into()),
+            Kind::Duration => parse_duration(v)
+                .map(|_| ())
+                .ok_or_else(|| "expected a duration such as 60s, 500ms or 2m".into()),
             Kind::Threads => match v {
                 "auto" => Ok(()),
                 n => match n.parse::<usize>() {
@@ -64,6 +69,24 @@ pub fn parse_size(v: &str) -> Option<usize> {
         _ => (&v[..], 1),
     };
     num.parse::<usize>().ok().map(|n| n * mult)
+}
+
+/// A duration in nginx notation (`ms`, `s`, `m`, `h`; a bare number is seconds).
+pub fn parse_duration(v: &str) -> Option<std::time::Duration> {
+    let v = v.trim();
+    let (num, unit_ms) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000)
+    } else if let Some(n) = v.strip_suffix('h') {
+        (n, 3_600_000)
+    } else {
+        (v, 1000)
+    };
+    let n: u64 = num.trim().parse().ok()?;
+    (n > 0).then(|| std::time::Duration::from_millis(n * unit_ms))
 }
 
 pub struct Key {
@@ -122,6 +145,7 @@ pub static KEYS: &[Key] = &[
     k("declarative_config", "", Kind::Str),
     k("worker_threads", "auto", Kind::Threads),
     k("nginx_admin_client_max_body_size", "10m", Kind::Size),
+    k("nginx_http_client_header_timeout", "60s", Kind::Duration),
     k("cluster_mtls", "shared", Kind::OneOf(&["shared", "pki"])),
     k("cluster_control_plane", "", Kind::Str),
     k("cluster_server_name", "", Kind::Str),

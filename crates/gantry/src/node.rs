@@ -233,7 +233,7 @@ async fn start_proxy(
     mut versions: tokio::sync::watch::Receiver<i64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let proxy = gantry_proxy::Proxy::new();
+    let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
     let (config, version) = store.export().await?;
     proxy
         .apply(&config, version)

@@ -1350,3 +1350,39 @@ async fn grpc_calls_keep_their_trailers() {
     );
     assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x05hello");
 }
+
+/// A client that does not finish its request head in `nginx_http_client_header_timeout` is
+/// disconnected, and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![(
+        "KONG_NGINX_HTTP_CLIENT_HEADER_TIMEOUT".to_string(),
+        "1s".to_string(),
+    )];
+    let node = Node::start(dir.path(), &env);
+    let addr = node
+        .proxy
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Part: ")
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "the connection stayed open {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
+    );
+}

@@ -69,6 +69,7 @@ pub struct Proxy {
     health: Arc<Health>,
     load: Arc<Load>,
     probes: std::sync::Mutex<HashMap<String, Probing>>,
+    header_timeout: Duration,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -136,6 +137,11 @@ fn split_host(h: &str) -> (&str, Option<u16>) {
 
 impl Proxy {
     pub fn new() -> Arc<Proxy> {
+        Proxy::with_header_timeout(Duration::from_secs(60))
+    }
+
+    /// A proxy whose clients must send a request head within `header_timeout`.
+    pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
         Arc::new(Proxy {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(256),
@@ -144,6 +150,7 @@ impl Proxy {
             health: Arc::new(Health::default()),
             load: Arc::new(Load::default()),
             probes: std::sync::Mutex::new(HashMap::new()),
+            header_timeout,
         })
     }
 
@@ -280,7 +287,7 @@ impl Proxy {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(60))
+            .header_read_timeout(self.header_timeout)
             // Request heads larger than this get 431, as nginx's large_client_header_buffers.
             .max_buf_size(MAX_HEAD);
         let conn = builder.serve_connection_with_upgrades(io, svc);
