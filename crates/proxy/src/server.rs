@@ -450,7 +450,7 @@ impl Proxy {
             Ok(u) => u,
             Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
         };
-        let mut headers = parts.headers.clone();
+        let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         if let Some(proto) = &upgrade {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
