@@ -284,7 +284,8 @@ async fn start_proxy(
         let mut applied = version;
         loop {
             tokio::select! {
-                _ = versions.changed() => {}
+                // A burst of writes is applied once: wait a moment for the rest of it.
+                _ = versions.changed() => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
             }
