@@ -34,6 +34,32 @@ async fn admin(
     v
 }
 
+/// Wait until the proxy runs the configuration the Admin API holds (same hash).
+async fn synced(http: &reqwest::Client, node: &Node) {
+    let status = node.status.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let want =
+            admin(http, node, "GET", "/status", json!({})).await["configuration_hash"].clone();
+        let got: Value = http
+            .get(format!("{status}/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if got["configuration_hash"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never caught up with the Admin API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Wait until `GET path` through the proxy answers `want` (changes apply within a second or so).
 async fn until(http: &reqwest::Client, node: &Node, path: &str, want: u16) -> reqwest::Response {
     let proxy = node.proxy.as_ref().unwrap();
@@ -538,6 +564,7 @@ async fn plugins_authenticate_limit_terminate_and_cors() {
     .await;
     admin(&http, &node, "POST", "/plugins", json!({"name": "cors", "config": {"origins": ["https://app.example"], "exposed_headers": ["x-total"], "max_age": 600}})).await;
 
+    synced(&http, &node).await;
     let proxy = node.proxy.clone().unwrap();
     let r = until(&http, &node, "/p", 401).await;
     assert_eq!(r.headers()["www-authenticate"], "Key realm=\"kong\"");
