@@ -145,13 +145,6 @@ fn coerce_form(schema: &EntitySchema, input: &mut Doc, existing: Option<&Doc>) {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 async fn read_input(
     st: &AdminState,
     headers: &HeaderMap,
@@ -191,7 +184,7 @@ async fn write_one(
         input.insert(field.to_string(), json!({ "id": pid }));
     }
     resolve_foreign_inputs(st, schema, &mut input).await?;
-    let now = now();
+    let now = gantry_model::unix_now();
     let secrets = if input.contains_key("password") {
         Secrets::Clear
     } else {
@@ -535,5 +528,5 @@ pub fn validate_only(
     if origin == Origin::Form {
         coerce_form(schema, &mut input, None);
     }
-    prepare(schema, input, Secrets::Clear, now()).map_err(ApiError::Schema)
+    prepare(schema, input, Secrets::Clear, gantry_model::unix_now()).map_err(ApiError::Schema)
 }

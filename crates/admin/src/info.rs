@@ -214,7 +214,12 @@ pub async fn post_config(
             }
         }
     };
-    let config = declarative::load(doc, LoadOptions { now: crate::now() })?;
+    let config = declarative::load(
+        doc,
+        LoadOptions {
+            now: gantry_model::unix_now(),
+        },
+    )?;
     let version = st.store.replace(&config).await?;
     st.notify(version);
     let (_, hashes) = st.config_hash().await?;

@@ -11,13 +11,6 @@ use gantry_store::Store;
 use crate::node::{backend, load_settings, runtime};
 use crate::NodeOpts;
 
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn report(file: &Path, e: &DeclarativeError) -> anyhow::Error {
     let mut msg = format!("{} is invalid ({} errors):", file.display(), e.errors.len());
     for line in e.flattened() {
@@ -32,7 +25,13 @@ pub fn load_file(file: &Path) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let value = declarative::parse_text(&text).map_err(|e| report(file, &e))?;
-    declarative::load(value, LoadOptions { now: now() }).map_err(|e| report(file, &e))
+    declarative::load(
+        value,
+        LoadOptions {
+            now: gantry_model::unix_now(),
+        },
+    )
+    .map_err(|e| report(file, &e))
 }
 
 fn summary(config: &Config) -> String {

@@ -46,7 +46,7 @@ pub fn run(prefix: Option<PathBuf>, admin_port: u16, proxy_port: u16) -> anyhow:
             // Every run: the example points at this run's echo upstream.
             let text = EXAMPLE.replace("{echo}", &echo_addr.to_string());
             let value = gantry_model::declarative::parse_text(&text)?;
-            let config = gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: crate::config_cmd::now() })?;
+            let config = gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: gantry_model::unix_now() })?;
             store.import(&config).await?;
         }
         store.close().await;

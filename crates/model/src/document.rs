@@ -299,16 +299,20 @@ pub fn cache_key(schema: &EntitySchema, doc: &Doc) -> Option<String> {
     Some(parts.join(":"))
 }
 
-/// The tags of a document.
-pub fn tags(doc: &Doc) -> Vec<String> {
-    doc.get("tags")
-        .and_then(Value::as_array)
+/// The strings of a JSON array (other elements and non-arrays give nothing).
+pub fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(|t| t.as_str().map(str::to_string))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The tags of a document.
+pub fn tags(doc: &Doc) -> Vec<String> {
+    strings(doc.get("tags"))
 }
 
 #[cfg(test)]

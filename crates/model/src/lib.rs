@@ -27,6 +27,14 @@ pub const GANTRY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The Kong version whose Admin API and declarative format Gantry implements.
 pub const KONG_VERSION: &str = "3.9.0";
 
+/// Unix seconds now: the clock of `created_at` / `updated_at` and of time windows.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 /// A whole configuration: entity type name to its documents.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {

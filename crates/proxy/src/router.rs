@@ -117,14 +117,7 @@ pub struct RouteError {
 }
 
 fn strs(d: &Doc, k: &str) -> Vec<String> {
-    d.get(k)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    gantry_model::document::strings(d.get(k))
 }
 
 fn split_port(h: &str) -> (&str, Option<u16>) {

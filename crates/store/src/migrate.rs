@@ -69,7 +69,7 @@ pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
         }
         sqlx::query("INSERT INTO gantry_migrations (name, applied_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
             .bind(name.to_string())
-            .bind(crate::write::now())
+            .bind(gantry_model::unix_now())
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

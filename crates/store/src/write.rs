@@ -18,14 +18,6 @@ pub enum Op {
     Delete(&'static EntitySchema, String),
 }
 
-/// Unix seconds now.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 pub(crate) struct TxState {
     pub version: i64,
     pub seq: i64,

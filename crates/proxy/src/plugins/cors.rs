@@ -23,14 +23,7 @@ struct Cors {
 }
 
 fn list(c: &Value, k: &str) -> Vec<String> {
-    c.get(k)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    gantry_model::document::strings(c.get(k))
 }
 
 pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {

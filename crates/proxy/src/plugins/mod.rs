@@ -141,13 +141,17 @@ pub fn error(status: u16, message: &str) -> Response<ProxyBody> {
     raw(status, "application/json; charset=utf-8", Bytes::from(body))
 }
 
-/// A response with a body of the given type.
+/// A response the proxy answers itself, with a body of the given type.
 pub fn raw(status: u16, content_type: &str, body: Bytes) -> Response<ProxyBody> {
     let mut r = Response::new(Full::new(body).map_err(|never| match never {}).boxed());
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = HeaderValue::from_str(content_type) {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
+    r.headers_mut().insert(
+        hyper::header::SERVER,
+        HeaderValue::from_static(concat!("gantry/", env!("CARGO_PKG_VERSION"))),
+    );
     r
 }
 

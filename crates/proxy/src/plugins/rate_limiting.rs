@@ -135,13 +135,6 @@ pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>
     }))
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 impl RateLimiting {
     /// Kong's identifiers; each falls back to the client IP when absent.
     fn identifier(&self, ctx: &Ctx<'_>) -> String {
@@ -170,7 +163,9 @@ impl RateLimiting {
 impl Plugin for RateLimiting {
     fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
         let ident = self.identifier(ctx);
-        let (usage, allowed) = self.counters.hit(&self.id, &ident, &self.limits, now());
+        let (usage, allowed) =
+            self.counters
+                .hit(&self.id, &ident, &self.limits, gantry_model::unix_now());
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         // The limit closest to exhaustion gives the RateLimit-* headers.
         let tightest = usage
