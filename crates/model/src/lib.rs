@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
+pub mod compat;
 pub mod declarative;
+pub mod delta;
 pub mod document;
 pub mod entities;
 pub mod hash;

@@ -150,6 +150,11 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                 Field::new("preflight_continue", boolean())
                     .req()
                     .def(json!(false)),
+                // Since Gantry 0.2 (see `compat`): answer requests without `Origin` with CORS
+                // headers (true, as before) or leave them alone.
+                Field::new("allow_origin_absent", boolean())
+                    .req()
+                    .def(json!(true)),
             ],
         ),
         PluginSchema::new(

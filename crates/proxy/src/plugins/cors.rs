@@ -20,6 +20,7 @@ struct Cors {
     credentials: bool,
     private_network: bool,
     preflight_continue: bool,
+    allow_origin_absent: bool,
 }
 
 fn list(c: &Value, k: &str) -> Vec<String> {
@@ -62,6 +63,10 @@ pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, Stri
             .get("preflight_continue")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        allow_origin_absent: c
+            .get("allow_origin_absent")
+            .and_then(Value::as_bool)
+            .unwrap_or(true),
     }))
 }
 
@@ -82,6 +87,9 @@ impl Cors {
     }
 
     fn common(&self, origin: Option<&str>, out: &mut Vec<(HeaderName, HeaderValue)>) {
+        if origin.is_none() && !self.allow_origin_absent {
+            return;
+        }
         if let Some(v) = self
             .allow_origin(origin)
             .and_then(|v| HeaderValue::from_str(&v).ok())

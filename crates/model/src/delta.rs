@@ -1,0 +1,206 @@
+//! Incremental changes between two configuration versions, as the control plane sends them and
+//! both planes apply them: a keyed set of upserts and deletes that turns the configuration at
+//! `from` into the one at `to`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{Config, Doc};
+
+/// One entity changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Change {
+    /// The entity as it now is (created or replaced).
+    Upsert { entity: String, doc: Doc },
+    /// The entity is gone.
+    Delete { entity: String, id: String },
+}
+
+impl Change {
+    pub fn entity(&self) -> &str {
+        match self {
+            Change::Upsert { entity, .. } | Change::Delete { entity, .. } => entity,
+        }
+    }
+}
+
+/// Why a change cannot be applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("change {index}: unknown entity type '{entity}'")]
+    UnknownEntity { index: usize, entity: String },
+    #[error("change {index}: {entity} document has no string 'id'")]
+    MissingId { index: usize, entity: String },
+}
+
+fn id_of(d: &Doc) -> Option<&str> {
+    d.get("id").and_then(Value::as_str)
+}
+
+impl Config {
+    /// Keep every entity list sorted by id, the order [`Config::apply`] relies on. Exports from
+    /// the store are already in that order.
+    pub fn sort(&mut self) {
+        for docs in self.entities.values_mut() {
+            docs.sort_by(|a, b| id_of(a).cmp(&id_of(b)));
+        }
+    }
+
+    /// Apply `changes` in order, all or none: on error the configuration is left unchanged.
+    /// Each change costs a binary search in its entity's list (kept sorted by id).
+    pub fn apply(&mut self, changes: &[Change]) -> Result<(), DeltaError> {
+        for (index, c) in changes.iter().enumerate() {
+            let entity = c.entity();
+            if crate::entities::entity(entity).is_none() {
+                return Err(DeltaError::UnknownEntity {
+                    index,
+                    entity: entity.to_string(),
+                });
+            }
+            if let Change::Upsert { doc, .. } = c {
+                if id_of(doc).is_none() {
+                    return Err(DeltaError::MissingId {
+                        index,
+                        entity: entity.to_string(),
+                    });
+                }
+            }
+        }
+        for c in changes {
+            match c {
+                Change::Upsert { entity, doc } => {
+                    let docs = self.entities.entry(entity.clone()).or_default();
+                    let id = id_of(doc);
+                    match docs.binary_search_by(|d| id_of(d).cmp(&id)) {
+                        Ok(i) => docs[i] = doc.clone(),
+                        Err(i) => docs.insert(i, doc.clone()),
+                    }
+                }
+                Change::Delete { entity, id } => {
+                    if let Some(docs) = self.entities.get_mut(entity) {
+                        if let Ok(i) = docs.binary_search_by(|d| id_of(d).cmp(&Some(id.as_str())))
+                        {
+                            docs.remove(i);
+                        }
+                        if docs.is_empty() {
+                            self.entities.remove(entity);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Collapse a change log into one change per entity, the last one winning, in first-seen order.
+pub fn collapse(changes: Vec<Change>) -> Vec<Change> {
+    let mut last: std::collections::HashMap<(String, String), usize> = Default::default();
+    let key = |c: &Change| match c {
+        Change::Upsert { entity, doc } => {
+            (entity.clone(), id_of(doc).unwrap_or_default().to_string())
+        }
+        Change::Delete { entity, id } => (entity.clone(), id.clone()),
+    };
+    let mut out: Vec<Option<Change>> = Vec::with_capacity(changes.len());
+    for c in changes {
+        let k = key(&c);
+        if let Some(&i) = last.get(&k) {
+            out[i] = None;
+        }
+        last.insert(k, out.len());
+        out.push(Some(c));
+    }
+    out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: Value) -> Doc {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn upserts_and_deletes_keep_order_and_match_a_full_build() {
+        let mut c = Config::default();
+        c.apply(&[
+            Change::Upsert {
+                entity: "services".into(),
+                doc: doc(json!({"id": "b", "host": "b"})),
+            },
+            Change::Upsert {
+                entity: "services".into(),
+                doc: doc(json!({"id": "a", "host": "a"})),
+            },
+            Change::Upsert {
+                entity: "services".into(),
+                doc: doc(json!({"id": "b", "host": "b2"})),
+            },
+        ])
+        .unwrap();
+        let hosts: Vec<_> = c.entities["services"]
+            .iter()
+            .map(|d| d["host"].as_str().unwrap())
+            .collect();
+        assert_eq!(hosts, ["a", "b2"]);
+        c.apply(&[Change::Delete {
+            entity: "services".into(),
+            id: "a".into(),
+        }])
+        .unwrap();
+        c.apply(&[Change::Delete {
+            entity: "services".into(),
+            id: "b".into(),
+        }])
+        .unwrap();
+        assert!(c.entities.is_empty());
+        assert_eq!(
+            crate::hash::hash_config(&c).config,
+            crate::hash::EMPTY_HASH
+        );
+    }
+
+    #[test]
+    fn a_bad_change_applies_nothing() {
+        let mut c = Config::default();
+        let err = c
+            .apply(&[
+                Change::Upsert {
+                    entity: "services".into(),
+                    doc: doc(json!({"id": "a"})),
+                },
+                Change::Upsert {
+                    entity: "gizmos".into(),
+                    doc: doc(json!({"id": "x"})),
+                },
+            ])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "change 1: unknown entity type 'gizmos'");
+        assert!(c.entities.is_empty());
+    }
+
+    #[test]
+    fn collapse_keeps_the_last_change_per_entity() {
+        let out = collapse(vec![
+            Change::Upsert {
+                entity: "routes".into(),
+                doc: doc(json!({"id": "r"})),
+            },
+            Change::Upsert {
+                entity: "services".into(),
+                doc: doc(json!({"id": "s"})),
+            },
+            Change::Delete {
+                entity: "routes".into(),
+                id: "r".into(),
+            },
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].entity(), "services");
+        assert!(matches!(&out[1], Change::Delete { id, .. } if id == "r"));
+    }
+}
