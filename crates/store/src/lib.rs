@@ -9,6 +9,7 @@
 //! change log under that version: the cluster layer streams deltas from it.
 
 mod bulk;
+mod cluster;
 mod error;
 mod migrate;
 mod read;
@@ -22,6 +23,7 @@ use sqlx::AnyConnection;
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Mutex;
 
+pub use cluster::StoreDelta;
 pub use error::StoreError;
 pub use read::{Change, ListQuery, Page, TagFilter, TagRow};
 pub use write::Op;

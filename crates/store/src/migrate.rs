@@ -5,7 +5,8 @@ use sqlx::Row;
 use crate::{Store, StoreError};
 
 /// `(name, statements)`; never edit a released migration, add one.
-const MIGRATIONS: &[(&str, &[&str])] = &[(
+const MIGRATIONS: &[(&str, &[&str])] = &[
+    (
     "000_base",
     &[
         "CREATE TABLE IF NOT EXISTS config_version (id BIGINT PRIMARY KEY, version BIGINT NOT NULL)",
@@ -46,7 +47,19 @@ const MIGRATIONS: &[(&str, &[&str])] = &[(
             op TEXT NOT NULL,
             PRIMARY KEY (version, seq))",
     ],
-)];
+    ),
+    (
+        "001_clustering",
+        &[
+            // The control planes' registry of data planes: every control plane on one
+            // PostgreSQL sees every data plane, whichever control plane it is connected to.
+            "CREATE TABLE IF NOT EXISTS clustering_data_planes (
+                id TEXT PRIMARY KEY,
+                doc TEXT NOT NULL,
+                last_seen BIGINT NOT NULL)",
+        ],
+    ),
+];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS gantry_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")

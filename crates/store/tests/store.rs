@@ -252,3 +252,87 @@ upstreams:
         assert_eq!(hash_config(&empty).config, gantry_model::hash::EMPTY_HASH);
     }
 }
+
+/// A configuration kept up to date by applying `delta_since` equals a fresh export, through
+/// inserts, updates, cascading deletes and a replace (which asks for a full export).
+#[tokio::test]
+async fn deltas_replay_to_the_exported_configuration() {
+    use gantry_store::StoreDelta;
+    for t in all_stores().await {
+        let st = &t.store;
+        let (mut mirror, mut at) = st.export().await.unwrap();
+        let mut catch_up = |mirror: &mut gantry_model::Config, at: &mut i64, d: StoreDelta| match d {
+            StoreDelta::Changes { to, changes } => {
+                mirror.apply(&changes).unwrap();
+                *at = to;
+            }
+            other => panic!("{}: {other:?}", t.name),
+        };
+        let (ss, svc) = doc("services", json!({"name": "s", "host": "a.example"}));
+        let sid = svc["id"].as_str().unwrap().to_string();
+        let (rs, route) = doc("routes", json!({"paths": ["/"], "service": {"id": sid}}));
+        let rid = route["id"].as_str().unwrap().to_string();
+        let (cs, consumer) = doc("consumers", json!({"username": "u"}));
+        let cid = consumer["id"].as_str().unwrap().to_string();
+        let (ks, key) = doc("keyauth_credentials", json!({"key": "k", "consumer": {"id": cid}}));
+        st.write(vec![
+            Op::Insert(ss, svc.clone()),
+            Op::Insert(rs, route),
+            Op::Insert(cs, consumer),
+            Op::Insert(ks, key),
+        ])
+            .await
+            .unwrap();
+        let mut svc2 = svc.clone();
+        svc2.insert("host".into(), json!("b.example"));
+        st.write(vec![Op::Upsert(ss, svc2)]).await.unwrap();
+        let d = st.delta_since(at, 1000).await.unwrap();
+        if let StoreDelta::Changes { changes, .. } = &d {
+            // Two writes to the service collapse into one change.
+            assert_eq!(changes.len(), 4, "{}", t.name);
+        }
+        catch_up(&mut mirror, &mut at, d);
+        assert_eq!(st.delta_since(at, 1000).await.unwrap(), StoreDelta::Unchanged);
+        let (now, v) = st.export().await.unwrap();
+        assert_eq!((hash_config(&mirror), at), (hash_config(&now), v), "{}", t.name);
+        // Deleting the consumer cascades to its key: both arrive as deletes.
+        st.write(vec![
+            Op::Delete(rs, rid),
+            Op::Delete(ss, sid),
+            Op::Delete(cs, cid),
+        ])
+        .await
+        .unwrap();
+        let d = st.delta_since(at, 1000).await.unwrap();
+        catch_up(&mut mirror, &mut at, d);
+        assert!(mirror.is_empty(), "{}: {mirror:?}", t.name);
+        // A log longer than the limit, or a replace, asks for a full export.
+        for i in 0..3 {
+            let (_, s) = doc("services", json!({"name": format!("n{i}"), "host": "h"}));
+            st.write(vec![Op::Insert(ss, s)]).await.unwrap();
+        }
+        assert_eq!(st.delta_since(at, 2).await.unwrap(), StoreDelta::Reset);
+        st.replace(&gantry_model::Config::default()).await.unwrap();
+        assert_eq!(st.delta_since(at, 1000).await.unwrap(), StoreDelta::Reset);
+    }
+}
+
+#[tokio::test]
+async fn the_data_plane_registry_is_kept_apart_from_the_config() {
+    for t in all_stores().await {
+        let st = &t.store;
+        let v = st.version().await.unwrap();
+        let d = json!({"id": "dp1", "hostname": "h"}).as_object().cloned().unwrap();
+        st.put_data_plane("dp1", &d, 100).await.unwrap();
+        let mut d2 = d.clone();
+        d2.insert("hostname".into(), json!("h2"));
+        st.put_data_plane("dp1", &d2, 200).await.unwrap();
+        st.put_data_plane("dp2", &d, 50).await.unwrap();
+        let all = st.data_planes().await.unwrap();
+        assert_eq!(all.len(), 2, "{}", t.name);
+        assert_eq!(all[0]["hostname"], "h2");
+        assert_eq!(st.purge_data_planes(60).await.unwrap(), 1);
+        assert_eq!(st.data_planes().await.unwrap().len(), 1);
+        assert_eq!(st.version().await.unwrap(), v, "{}: registry writes are not config", t.name);
+    }
+}
