@@ -7,12 +7,14 @@
 //! These are settings that need a restart; configuration that changes live (entities) is
 //! the model's business, never this crate's.
 
+pub mod cluster;
 mod listen;
 mod table;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+pub use cluster::{ClusterSettings, ForwardProxy, Mtls};
 pub use listen::Listen;
 pub use table::{KEYS, SECRET_KEYS};
 
@@ -82,6 +84,8 @@ pub struct Settings {
     pub admin_body_max: usize,
     /// How long a client may take to send a request head to the proxy.
     pub client_header_timeout: std::time::Duration,
+    /// Hybrid mode: certificates, control planes, labels, forward proxy.
+    pub cluster: ClusterSettings,
     /// Every key with its effective value, for display and for settings later crates read.
     pub values: BTreeMap<String, String>,
 }
@@ -192,6 +196,7 @@ impl Settings {
                 "a control plane needs a database (sqlite or postgres)",
             ));
         }
+        let cluster = cluster::from_values(&get, role)?;
         let worker_threads = match get("worker_threads").as_str() {
             "auto" => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -224,6 +229,7 @@ impl Settings {
                 .unwrap_or(10 << 20),
             client_header_timeout: table::parse_duration(&get("nginx_http_client_header_timeout"))
                 .unwrap_or(std::time::Duration::from_secs(60)),
+            cluster,
             values,
         })
     }

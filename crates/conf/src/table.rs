@@ -163,6 +163,8 @@ pub static KEYS: &[Key] = &[
     k("proxy_server_ssl_verify", "on", Kind::Bool),
     k("cluster_data_plane_purge_delay", "1209600", Kind::Int(60)),
     k("cluster_max_payload", "16777216", Kind::Int(4_194_304)),
+    // Gantry's own: how often a data plane pings its control plane.
+    k("cluster_ping_interval", "30s", Kind::Duration),
     k("plugins", "bundled", Kind::Str),
 ];
 
