@@ -77,18 +77,47 @@ impl Store {
         })
     }
 
-    /// Record (create or replace) a data plane's registry entry.
-    pub async fn put_data_plane(&self, id: &str, doc: &Doc, last_seen: i64) -> Result<(), StoreError> {
+    /// Record (create or replace) a data plane's registry entry for the connection `session`.
+    pub async fn put_data_plane(
+        &self,
+        id: &str,
+        session: &str,
+        doc: &Doc,
+        last_seen: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO clustering_data_planes (id, doc, last_seen) VALUES ($1, $2, $3)
-             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, last_seen = excluded.last_seen",
+            "INSERT INTO clustering_data_planes (id, doc, session, last_seen) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, session = excluded.session, last_seen = excluded.last_seen",
         )
         .bind(id.to_string())
         .bind(serde_json::Value::Object(doc.clone()).to_string())
+        .bind(session.to_string())
         .bind(last_seen)
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Update a data plane's entry only while `session` is still its latest connection (a
+    /// newer one, on this control plane or another, wins). Returns whether it was updated.
+    pub async fn update_data_plane(
+        &self,
+        id: &str,
+        session: &str,
+        doc: &Doc,
+        last_seen: i64,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE clustering_data_planes SET doc = $2, last_seen = $4 WHERE id = $1 AND session = $3",
+        )
+        .bind(id.to_string())
+        .bind(serde_json::Value::Object(doc.clone()).to_string())
+        .bind(session.to_string())
+        .bind(last_seen)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
     }
 
     /// Every data plane in the registry, most recently seen first.

@@ -56,6 +56,7 @@ const MIGRATIONS: &[(&str, &[&str])] = &[
             "CREATE TABLE IF NOT EXISTS clustering_data_planes (
                 id TEXT PRIMARY KEY,
                 doc TEXT NOT NULL,
+                session TEXT NOT NULL,
                 last_seen BIGINT NOT NULL)",
         ],
     ),

@@ -323,11 +323,14 @@ async fn the_data_plane_registry_is_kept_apart_from_the_config() {
         let st = &t.store;
         let v = st.version().await.unwrap();
         let d = json!({"id": "dp1", "hostname": "h"}).as_object().cloned().unwrap();
-        st.put_data_plane("dp1", &d, 100).await.unwrap();
+        st.put_data_plane("dp1", "s1", &d, 100).await.unwrap();
         let mut d2 = d.clone();
         d2.insert("hostname".into(), json!("h2"));
-        st.put_data_plane("dp1", &d2, 200).await.unwrap();
-        st.put_data_plane("dp2", &d, 50).await.unwrap();
+        st.put_data_plane("dp1", "s2", &d2, 200).await.unwrap();
+        st.put_data_plane("dp2", "s3", &d, 50).await.unwrap();
+        // The first connection's late update does not overwrite the second's entry.
+        assert!(!st.update_data_plane("dp1", "s1", &d, 300).await.unwrap());
+        assert!(st.update_data_plane("dp1", "s2", &d2, 200).await.unwrap());
         let all = st.data_planes().await.unwrap();
         assert_eq!(all.len(), 2, "{}", t.name);
         assert_eq!(all[0]["hostname"], "h2");

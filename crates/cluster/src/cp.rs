@@ -1,0 +1,694 @@
+//! The control plane side: one tracker that follows the store and publishes each new
+//! configuration version with the delta that led to it, and one session per connected data
+//! plane that sends it what it lacks and keeps its registry entry.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gantry_conf::ClusterSettings;
+use gantry_model::compat::{self, Version};
+use gantry_model::delta::{collapse, Change};
+use gantry_model::hash::hash_config;
+use gantry_model::{unix_now, Config, Doc};
+use gantry_store::{Store, StoreDelta};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
+
+/// How many single-version steps a control plane keeps to bring a data plane up to date with
+/// deltas; a data plane further behind gets a snapshot.
+const RING: usize = 512;
+/// Change-log entries read at most in one catch-up; more and the tracker re-exports.
+const DELTA_LIMIT: usize = 20_000;
+
+/// One version step: the changes from `from` to `to`.
+struct Step {
+    from: i64,
+    from_hash: String,
+    to: i64,
+    changes: Arc<Vec<Change>>,
+    /// Encoded once for every data plane of this control plane's version.
+    frame: OnceLock<Arc<proto::Frame>>,
+}
+
+/// A configuration version as published to the sessions.
+pub struct Published {
+    pub version: i64,
+    pub hash: String,
+    config: Arc<Config>,
+    plugins: BTreeSet<String>,
+    steps: Arc<VecDeque<Arc<Step>>>,
+    snapshot: OnceLock<Arc<proto::Frame>>,
+}
+
+impl Published {
+    fn snapshot_msg(&self, dp: Option<Version>) -> ToDp {
+        let mut entities = self.config.entities.clone();
+        if let Some(v) = dp {
+            for (name, docs) in entities.iter_mut() {
+                for d in docs.iter_mut() {
+                    compat::strip(name, d, v);
+                }
+            }
+        }
+        ToDp::Snapshot {
+            version: self.version,
+            hash: self.hash.clone(),
+            entities,
+        }
+    }
+
+    /// What brings a data plane at (`version`, `hash`) here, if deltas can: the steps after it.
+    fn steps_after(&self, version: i64, hash: &str) -> Option<Vec<Arc<Step>>> {
+        let i = self.steps.iter().position(|s| s.from == version)?;
+        (self.steps[i].from_hash == hash).then(|| self.steps.iter().skip(i).cloned().collect())
+    }
+}
+
+/// The control plane's cluster service.
+pub struct ControlPlane {
+    store: Arc<Store>,
+    settings: ClusterSettings,
+    id: String,
+    published: watch::Sender<Arc<Published>>,
+    tls: tokio_rustls::TlsAcceptor,
+    /// Counters for `/metrics`.
+    pub stats: Stats,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub connected: std::sync::atomic::AtomicI64,
+    pub snapshots_sent: std::sync::atomic::AtomicU64,
+    pub deltas_sent: std::sync::atomic::AtomicU64,
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+}
+
+fn configured_plugins(c: &Config) -> BTreeSet<String> {
+    c.entities
+        .get("plugins")
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("enabled").and_then(Value::as_bool) != Some(false))
+        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_string))
+        .collect()
+}
+
+impl ControlPlane {
+    /// Load the configuration and start following the store: `versions` announces local
+    /// writes; the store is also polled, for writes made through another control plane.
+    pub async fn start(
+        store: Arc<Store>,
+        settings: ClusterSettings,
+        id: String,
+        versions: watch::Receiver<i64>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<ControlPlane>, crate::ClusterError> {
+        let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&settings)?);
+        let (config, version) = store.export().await?;
+        let first = Published {
+            version,
+            hash: hash_config(&config).config,
+            plugins: configured_plugins(&config),
+            config: Arc::new(config),
+            steps: Arc::new(VecDeque::new()),
+            snapshot: OnceLock::new(),
+        };
+        let (published, _) = watch::channel(Arc::new(first));
+        let cp = Arc::new(ControlPlane {
+            store,
+            settings,
+            id,
+            published,
+            tls,
+            stats: Stats::default(),
+        });
+        tokio::spawn(cp.clone().track(versions, shutdown.clone()));
+        tokio::spawn(cp.clone().purge(shutdown));
+        Ok(cp)
+    }
+
+    /// The version published now.
+    pub fn current(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+
+    async fn track(self: Arc<Self>, mut versions: watch::Receiver<i64>, mut stop: watch::Receiver<bool>) {
+        let poll = if self.store.is_postgres() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
+        };
+        loop {
+            tokio::select! {
+                r = versions.changed() => if r.is_err() {
+                    // The Admin API is gone: poll only.
+                    tokio::time::sleep(poll).await;
+                },
+                _ = tokio::time::sleep(poll) => {}
+                _ = crate::stopped(&mut stop) => return,
+            }
+            if let Err(e) = self.catch_up().await {
+                tracing::error!(error = %e, "cannot read configuration changes from the store");
+            }
+        }
+    }
+
+    async fn catch_up(&self) -> Result<(), crate::ClusterError> {
+        let cur = self.current();
+        let next = match self.store.delta_since(cur.version, DELTA_LIMIT).await? {
+            StoreDelta::Unchanged => return Ok(()),
+            StoreDelta::Changes { to, changes } => {
+                let mut config = (*cur.config).clone();
+                config.apply(&changes).map_err(|e| crate::ClusterError::Store(e.to_string()))?;
+                let mut steps = (*cur.steps).clone();
+                steps.push_back(Arc::new(Step {
+                    from: cur.version,
+                    from_hash: cur.hash.clone(),
+                    to,
+                    changes: Arc::new(changes),
+                    frame: OnceLock::new(),
+                }));
+                while steps.len() > RING {
+                    steps.pop_front();
+                }
+                Published {
+                    version: to,
+                    hash: hash_config(&config).config,
+                    plugins: configured_plugins(&config),
+                    config: Arc::new(config),
+                    steps: Arc::new(steps),
+                    snapshot: OnceLock::new(),
+                }
+            }
+            StoreDelta::Reset => {
+                let (config, version) = self.store.export().await?;
+                Published {
+                    version,
+                    hash: hash_config(&config).config,
+                    plugins: configured_plugins(&config),
+                    config: Arc::new(config),
+                    steps: Arc::new(VecDeque::new()),
+                    snapshot: OnceLock::new(),
+                }
+            }
+        };
+        tracing::debug!(version = next.version, hash = %next.hash, "configuration published to data planes");
+        self.published.send_replace(Arc::new(next));
+        Ok(())
+    }
+
+    async fn purge(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                _ = crate::stopped(&mut stop) => return,
+            }
+            let before = unix_now() - self.settings.purge_delay.as_secs() as i64;
+            match self.store.purge_data_planes(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "data planes not seen for cluster_data_plane_purge_delay removed from the registry"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge the data plane registry"),
+            }
+        }
+    }
+
+    /// Accept data planes on `listener` until shutdown.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        let cp = self.clone();
+                        let stop = shutdown.clone();
+                        tokio::spawn(async move { cp.connection(tcp, peer, stop).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+
+    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+        let tls = match tokio::time::timeout(Duration::from_secs(10), self.tls.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(peer = %peer, "data plane refused: TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(peer = %peer, "data plane refused: no TLS handshake within 10s");
+                return;
+            }
+        };
+        let expiry = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::validity(c))
+            .map(|(_, not_after)| not_after);
+        let ws_cfg = WebSocketConfig::default()
+            .max_message_size(Some(self.settings.max_payload))
+            .max_frame_size(Some(self.settings.max_payload));
+        #[allow(clippy::result_large_err)]
+        let check_path = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          res: tokio_tungstenite::tungstenite::handshake::server::Response| {
+            if req.uri().path() == PATH {
+                Ok(res)
+            } else {
+                let mut e = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                    Some(format!("no cluster endpoint at {}; use {PATH}", req.uri().path())),
+                );
+                *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+                Err(e)
+            }
+        };
+        let ws = match tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_cfg)).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                tracing::warn!(peer = %peer, "data plane refused: WebSocket handshake failed: {e}");
+                return;
+            }
+        };
+        let mut session = Session {
+            cp: self.clone(),
+            ws,
+            peer,
+            expiry,
+            max: self.settings.max_payload,
+            dp: None,
+        };
+        let result = session.run(stop).await;
+        if let Some(dp) = &mut session.dp {
+            self.stats.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            dp.status = "disconnected";
+            if let Err(e) = &result {
+                dp.last_error.get_or_insert_with(|| e.clone());
+            }
+            let doc = dp.doc(self.id.as_str(), expiry);
+            let _ = self.store.update_data_plane(&dp.id, &dp.session, &doc, unix_now()).await;
+            tracing::info!(node_id = %dp.id, hostname = %dp.hostname, peer = %peer, reason = %result.err().unwrap_or_else(|| "closed".into()), "data plane disconnected");
+        }
+    }
+}
+
+/// What the control plane knows of one connected data plane.
+struct DpInfo {
+    id: String,
+    session: String,
+    hostname: String,
+    ip: String,
+    version: String,
+    parsed: Option<Version>,
+    labels: BTreeMap<String, String>,
+    plugins: BTreeSet<String>,
+    /// The version and hash the data plane acknowledged (what it runs).
+    config_version: i64,
+    config_hash: String,
+    /// The version last sent and not yet acknowledged, if any.
+    sent: Option<(i64, String)>,
+    /// Whether the data plane's configuration is known (false after it refused one).
+    known: bool,
+    status: &'static str,
+    reason: Option<String>,
+    last_error: Option<String>,
+    first_seen: i64,
+}
+
+impl DpInfo {
+    fn sync_status(&self) -> &'static str {
+        match (self.status, self.reason.as_deref()) {
+            ("incompatible", Some(r)) if r.starts_with("plugin") => "plugin_set_incompatible",
+            ("incompatible", _) => "kong_version_incompatible",
+            ("connected", _) => "normal",
+            _ => "unknown",
+        }
+    }
+
+    fn doc(&self, cp: &str, expiry: Option<i64>) -> Doc {
+        let v = json!({
+            "id": self.id,
+            "hostname": self.hostname,
+            "ip": self.ip,
+            "version": self.version,
+            "labels": self.labels,
+            "status": self.status,
+            "sync_status": self.sync_status(),
+            "config_version": self.config_version,
+            "config_hash": self.config_hash,
+            "last_seen": unix_now(),
+            "cert_details": {"expiry_timestamp": expiry},
+            "last_error": self.last_error,
+            "reason": self.reason,
+            "control_plane": cp,
+            "created_at": self.first_seen,
+            "updated_at": unix_now(),
+        });
+        v.as_object().cloned().unwrap_or_default()
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+
+struct Session {
+    cp: Arc<ControlPlane>,
+    ws: Ws,
+    peer: SocketAddr,
+    expiry: Option<i64>,
+    max: usize,
+    dp: Option<DpInfo>,
+}
+
+impl Session {
+    async fn send(&mut self, frame: &proto::Frame) -> Result<(), String> {
+        let msg = if frame.compressed {
+            Message::Binary(frame.bytes.clone())
+        } else {
+            Message::Text(
+                String::from_utf8_lossy(&frame.bytes).into_owned().into(),
+            )
+        };
+        self.cp
+            .stats
+            .bytes_sent
+            .fetch_add(frame.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.ws.send(msg).await.map_err(|e| format!("send failed: {e}"))
+    }
+
+    async fn recv(&mut self) -> Result<Option<FromDp>, String> {
+        loop {
+            let Some(m) = self.ws.next().await else {
+                return Ok(None);
+            };
+            match m.map_err(|e| e.to_string())? {
+                Message::Text(t) => {
+                    return proto::decode(false, t.as_bytes(), self.max)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                }
+                Message::Binary(b) => {
+                    return proto::decode(true, &b, self.max)
+                        .map(Some)
+                        .map_err(|e| e.to_string())
+                }
+                Message::Close(_) => return Ok(None),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn save(&self, dp: &DpInfo) {
+        let doc = dp.doc(&self.cp.id, self.expiry);
+        if let Err(e) = self
+            .cp
+            .store
+            .update_data_plane(&dp.id, &dp.session, &doc, unix_now())
+            .await
+        {
+            tracing::warn!(node_id = %dp.id, error = %e, "cannot update the data plane registry");
+        }
+    }
+
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+        let hello = tokio::time::timeout(Duration::from_secs(10), self.recv())
+            .await
+            .map_err(|_| "no hello within 10s".to_string())??;
+        let Some(FromDp::Hello {
+            protocol,
+            node_id,
+            hostname,
+            version,
+            labels,
+            plugins,
+            config_version,
+            config_hash,
+        }) = hello
+        else {
+            return Err("the first message was not a hello".into());
+        };
+        if uuid_like(&node_id).is_none() {
+            return Err(format!("invalid node id '{node_id}'"));
+        }
+        let reason = if protocol < 1 {
+            Some(format!("protocol {protocol} is not supported (this control plane speaks {PROTOCOL})"))
+        } else {
+            compat::incompatibility(gantry_model::GANTRY_VERSION, &version)
+        };
+        let parsed = Version::parse(&version);
+        let session = format!("{}:{}", self.cp.id, rand::random::<u64>());
+        let dp = DpInfo {
+            id: node_id,
+            session,
+            hostname,
+            ip: self.peer.ip().to_string(),
+            parsed,
+            version,
+            labels,
+            plugins: plugins.into_iter().collect(),
+            config_version,
+            config_hash,
+            sent: None,
+            known: true,
+            status: if reason.is_some() { "incompatible" } else { "connected" },
+            reason: reason.clone(),
+            last_error: None,
+            first_seen: unix_now(),
+        };
+        let doc = dp.doc(&self.cp.id, self.expiry);
+        self.cp
+            .store
+            .put_data_plane(&dp.id, &dp.session, &doc, unix_now())
+            .await
+            .map_err(|e| format!("cannot register: {e}"))?;
+        self.cp.stats.connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(node_id = %dp.id, hostname = %dp.hostname, version = %dp.version, peer = %self.peer, "data plane connected");
+        self.dp = Some(dp);
+        self.send(&proto::encode(&ToDp::Welcome {
+            protocol: PROTOCOL,
+            control_plane: self.cp.id.clone(),
+            version: gantry_model::GANTRY_VERSION.into(),
+        }))
+        .await?;
+        if let Some(r) = reason {
+            tracing::warn!(peer = %self.peer, "data plane is incompatible: {r}");
+            self.send(&proto::encode(&ToDp::Incompatible { reason: r })).await?;
+        }
+        let mut published = self.cp.published.subscribe();
+        published.mark_changed();
+        loop {
+            tokio::select! {
+                r = published.changed() => {
+                    if r.is_err() { return Err("control plane shutting down".into()); }
+                    let p = published.borrow_and_update().clone();
+                    self.offer(&p).await?;
+                }
+                m = self.recv() => {
+                    let Some(m) = m? else { return Ok(()) };
+                    self.handle(m).await?;
+                }
+                _ = crate::stopped(&mut stop) => {
+                    let _ = self.ws.close(None).await;
+                    return Err("control plane shutting down".into());
+                }
+            }
+        }
+    }
+
+    /// Send what the data plane lacks of `p`, if it can take it.
+    async fn offer(&mut self, p: &Arc<Published>) -> Result<(), String> {
+        let Some(mut dp) = self.dp.take() else { return Ok(()) };
+        let r = self.offer_to(&mut dp, p).await;
+        self.dp = Some(dp);
+        r
+    }
+
+    async fn offer_to(&mut self, dp: &mut DpInfo, p: &Arc<Published>) -> Result<(), String> {
+        if dp.status == "incompatible" && dp.reason.as_deref().is_some_and(|r| !r.starts_with("plugin")) {
+            return Ok(());
+        }
+        if let Some(exp) = self.expiry {
+            if unix_now() > exp {
+                return Err("the data plane's certificate has expired: no more configuration is sent".into());
+            }
+        }
+        let missing: Vec<&str> = p
+            .plugins
+            .iter()
+            .filter(|n| !dp.plugins.contains(*n))
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            let reason = format!(
+                "plugin{} {} configured on the control plane but not available on the data plane",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", "),
+            );
+            if dp.reason.as_deref() != Some(&reason) {
+                dp.status = "incompatible";
+                dp.reason = Some(reason.clone());
+                tracing::warn!(node_id = %dp.id, "data plane is incompatible: {reason}");
+                self.send(&proto::encode(&ToDp::Incompatible { reason })).await?;
+                self.save(dp).await;
+            }
+            return Ok(());
+        }
+        if dp.status == "incompatible" {
+            dp.status = "connected";
+            dp.reason = None;
+        }
+        let (have_v, have_h) = match &dp.sent {
+            Some((v, h)) => (*v, h.clone()),
+            None => (dp.config_version, dp.config_hash.clone()),
+        };
+        if dp.known && have_v == p.version && have_h == p.hash {
+            self.save(dp).await;
+            return Ok(());
+        }
+        if dp.known && have_v > p.version {
+            // The data plane came from a control plane further ahead: this one will catch up.
+            return Ok(());
+        }
+        let strip = dp.parsed.filter(|v| compat::needs_stripping(*v));
+        let steps = if dp.known { p.steps_after(have_v, &have_h) } else { None };
+        let (frame, kind) = match steps {
+            Some(steps) if steps.len() == 1 && strip.is_none() => {
+                let s = &steps[0];
+                let f = s
+                    .frame
+                    .get_or_init(|| {
+                        Arc::new(proto::encode(&ToDp::Delta {
+                            from: s.from,
+                            version: s.to,
+                            hash: p.hash.clone(),
+                            changes: (*s.changes).clone(),
+                        }))
+                    })
+                    .clone();
+                (f, "delta")
+            }
+            Some(steps) => {
+                let mut changes: Vec<Change> =
+                    collapse(steps.iter().flat_map(|s| s.changes.iter().cloned()).collect());
+                if let Some(v) = strip {
+                    for c in changes.iter_mut() {
+                        if let Change::Upsert { entity, doc } = c {
+                            compat::strip(entity, doc, v);
+                        }
+                    }
+                }
+                (
+                    Arc::new(proto::encode(&ToDp::Delta {
+                        from: have_v,
+                        version: p.version,
+                        hash: p.hash.clone(),
+                        changes,
+                    })),
+                    "delta",
+                )
+            }
+            None if strip.is_none() => (
+                p.snapshot
+                    .get_or_init(|| Arc::new(proto::encode(&p.snapshot_msg(None))))
+                    .clone(),
+                "snapshot",
+            ),
+            None => (Arc::new(proto::encode(&p.snapshot_msg(strip))), "snapshot"),
+        };
+        if frame.bytes.len() > self.max {
+            let e = format!(
+                "the configuration {kind} for version {} is {} bytes, more than cluster_max_payload ({} bytes): not sent",
+                p.version,
+                frame.bytes.len(),
+                self.max
+            );
+            tracing::error!(node_id = %dp.id, "{e}");
+            dp.status = "out_of_sync";
+            dp.last_error = Some(e);
+            self.save(dp).await;
+            return Ok(());
+        }
+        dp.sent = Some((p.version, p.hash.clone()));
+        dp.known = true;
+        let counter = if kind == "delta" {
+            &self.cp.stats.deltas_sent
+        } else {
+            &self.cp.stats.snapshots_sent
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(version = p.version, bytes = frame.bytes.len(), kind, "configuration sent");
+        self.send(&frame).await
+    }
+
+    async fn handle(&mut self, m: FromDp) -> Result<(), String> {
+        let Some(mut dp) = self.dp.take() else { return Ok(()) };
+        let r = self.handle_from(&mut dp, m).await;
+        self.dp = Some(dp);
+        r
+    }
+
+    async fn handle_from(&mut self, dp: &mut DpInfo, m: FromDp) -> Result<(), String> {
+        match m {
+            FromDp::Hello { .. } => return Err("a second hello".into()),
+            FromDp::Ack { version, hash } => {
+                let expected = self.cp.current();
+                dp.config_version = version;
+                dp.config_hash = hash.clone();
+                if dp.sent.as_ref().is_some_and(|(v, _)| *v == version) {
+                    dp.sent = None;
+                }
+                if dp.status != "incompatible" {
+                    if version == expected.version && hash != expected.hash {
+                        dp.status = "out_of_sync";
+                        dp.last_error = Some(format!(
+                            "the data plane runs hash {hash} for version {version}, the control plane has {}",
+                            expected.hash
+                        ));
+                    } else {
+                        dp.status = "connected";
+                        dp.last_error = None;
+                    }
+                }
+                self.save(dp).await;
+            }
+            FromDp::Error {
+                version,
+                error,
+                running_version,
+            } => {
+                tracing::warn!(node_id = %dp.id, version, "data plane refused the configuration: {error}");
+                dp.status = "out_of_sync";
+                dp.last_error = Some(format!("version {version}: {error}"));
+                dp.config_version = running_version;
+                dp.sent = None;
+                // Its configuration is unknown now: the next change goes as a snapshot.
+                dp.known = false;
+                self.save(dp).await;
+            }
+            FromDp::Ping { version, hash } => {
+                dp.config_version = version;
+                dp.config_hash = hash;
+                let v = self.cp.current().version;
+                self.save(dp).await;
+                self.send(&proto::encode(&ToDp::Pong { version: v })).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn uuid_like(s: &str) -> Option<()> {
+    (s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
+}

@@ -1,0 +1,222 @@
+//! The wire protocol between control and data planes (see docs/protocol.md).
+//!
+//! One WebSocket per data plane, over mutual TLS, at [`PATH`]. Every message is one JSON
+//! object with a `type`; a text frame carries it as is, a binary frame carries it
+//! gzip-compressed. Senders compress messages larger than [`COMPRESS_ABOVE`].
+//!
+//! Evolution rules: fields are only ever added, with `#[serde(default)]`, and readers ignore
+//! fields they do not know; a message type a peer does not know is ignored; a change that
+//! cannot follow these rules takes a new [`PROTOCOL`] number.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+
+use gantry_model::delta::Change;
+use gantry_model::Doc;
+use serde::{Deserialize, Serialize};
+
+/// The WebSocket path on `cluster_listen`.
+pub const PATH: &str = "/v1/gantry/cluster";
+
+/// This build's protocol number.
+pub const PROTOCOL: u32 = 1;
+
+/// Messages larger than this are sent compressed.
+pub const COMPRESS_ABOVE: usize = 4096;
+
+/// A data plane's message to its control plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromDp {
+    /// First message on a connection.
+    Hello {
+        protocol: u32,
+        node_id: String,
+        hostname: String,
+        version: String,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+        /// The plugins this data plane can run.
+        #[serde(default)]
+        plugins: Vec<String>,
+        /// The configuration it runs (0 and the empty hash when none).
+        #[serde(default)]
+        config_version: i64,
+        #[serde(default)]
+        config_hash: String,
+    },
+    /// A configuration was applied: the version and hash it now runs.
+    Ack { version: i64, hash: String },
+    /// A configuration was refused; the data plane keeps running `running_version`.
+    Error {
+        version: i64,
+        error: String,
+        #[serde(default)]
+        running_version: i64,
+    },
+    /// Liveness, with what the data plane runs.
+    Ping { version: i64, hash: String },
+}
+
+/// A control plane's message to a data plane.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToDp {
+    /// The answer to a hello.
+    Welcome {
+        protocol: u32,
+        control_plane: String,
+        version: String,
+    },
+    /// The whole configuration.
+    Snapshot {
+        version: i64,
+        hash: String,
+        entities: BTreeMap<String, Vec<Doc>>,
+    },
+    /// The changes from `from` to `version`.
+    Delta {
+        from: i64,
+        version: i64,
+        hash: String,
+        changes: Vec<Change>,
+    },
+    /// The data plane cannot take this control plane's configuration; no more is sent until
+    /// that changes.
+    Incompatible { reason: String },
+    /// The answer to a ping.
+    Pong { version: i64 },
+}
+
+/// A message that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("invalid message: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("invalid compressed message: {0}")]
+    Gzip(std::io::Error),
+    #[error("message of more than {limit} bytes once decompressed (cluster_max_payload)")]
+    TooLarge { limit: usize },
+}
+
+/// An encoded message: `(compressed, bytes)`.
+pub struct Frame {
+    pub compressed: bool,
+    pub bytes: bytes::Bytes,
+}
+
+/// Encode a message, compressing it when large.
+pub fn encode<T: Serialize>(msg: &T) -> Frame {
+    let json = serde_json::to_vec(msg).unwrap_or_default();
+    if json.len() <= COMPRESS_ABOVE {
+        return Frame {
+            compressed: false,
+            bytes: json.into(),
+        };
+    }
+    let mut gz = flate2::write::GzEncoder::new(
+        Vec::with_capacity(json.len() / 4),
+        flate2::Compression::fast(),
+    );
+    let _ = gz.write_all(&json);
+    Frame {
+        compressed: true,
+        bytes: gz.finish().unwrap_or_default().into(),
+    }
+}
+
+/// Decode a message from a text (`compressed = false`) or binary frame; a compressed message
+/// may not expand past `limit` bytes.
+pub fn decode<T: for<'de> Deserialize<'de>>(
+    compressed: bool,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, ProtoError> {
+    if !compressed {
+        return Ok(serde_json::from_slice(bytes)?);
+    }
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(ProtoError::Gzip)?;
+    if out.len() > limit {
+        return Err(ProtoError::TooLarge { limit });
+    }
+    Ok(serde_json::from_slice(&out)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Payloads as version 1 of the protocol writes them: these must keep decoding.
+    #[test]
+    fn pinned_version_1_payloads_decode() {
+        let hello: FromDp = serde_json::from_value(json!({
+            "type": "hello", "protocol": 1, "node_id": "n", "hostname": "h", "version": "0.2.0",
+            "labels": {"region": "eu"}, "plugins": ["cors"], "config_version": 3,
+            "config_hash": "00000000000000000000000000000000"
+        }))
+        .unwrap();
+        assert!(matches!(hello, FromDp::Hello { config_version: 3, .. }));
+        // The smallest hello: optional fields may be absent; unknown ones are ignored.
+        let hello: FromDp = serde_json::from_value(json!({
+            "type": "hello", "protocol": 1, "node_id": "n", "hostname": "h", "version": "0.1.0",
+            "future_field": true
+        }))
+        .unwrap();
+        assert!(matches!(hello, FromDp::Hello { config_version: 0, .. }));
+        let delta: ToDp = serde_json::from_value(json!({
+            "type": "delta", "from": 3, "version": 5, "hash": "h",
+            "changes": [
+                {"op": "upsert", "entity": "services", "doc": {"id": "s", "host": "a"}},
+                {"op": "delete", "entity": "routes", "id": "r"}
+            ]
+        }))
+        .unwrap();
+        let ToDp::Delta { changes, .. } = delta else { panic!() };
+        assert_eq!(changes.len(), 2);
+        for m in [
+            json!({"type": "ack", "version": 5, "hash": "h"}),
+            json!({"type": "error", "version": 5, "error": "e"}),
+            json!({"type": "ping", "version": 5, "hash": "h"}),
+        ] {
+            serde_json::from_value::<FromDp>(m).unwrap();
+        }
+        for m in [
+            json!({"type": "welcome", "protocol": 1, "control_plane": "c", "version": "0.2.0"}),
+            json!({"type": "snapshot", "version": 1, "hash": "h", "entities": {}}),
+            json!({"type": "incompatible", "reason": "r"}),
+            json!({"type": "pong", "version": 1}),
+        ] {
+            serde_json::from_value::<ToDp>(m).unwrap();
+        }
+    }
+
+    #[test]
+    fn large_messages_are_compressed_and_bounded() {
+        let mut entities = BTreeMap::new();
+        let docs: Vec<Doc> = (0..500)
+            .map(|i| json!({"id": format!("{i:08}"), "host": "example.com"}).as_object().cloned().unwrap())
+            .collect();
+        entities.insert("services".to_string(), docs);
+        let msg = ToDp::Snapshot {
+            version: 1,
+            hash: "h".into(),
+            entities,
+        };
+        let f = encode(&msg);
+        assert!(f.compressed);
+        let plain = serde_json::to_vec(&msg).unwrap().len();
+        assert!(f.bytes.len() * 5 < plain, "{} vs {plain}", f.bytes.len());
+        assert_eq!(decode::<ToDp>(true, &f.bytes, plain).unwrap(), msg);
+        assert!(matches!(
+            decode::<ToDp>(true, &f.bytes, plain - 1),
+            Err(ProtoError::TooLarge { .. })
+        ));
+        let small = encode(&ToDp::Pong { version: 1 });
+        assert!(!small.compressed);
+    }
+}
