@@ -4,6 +4,7 @@
 //! `info`; every error becomes a response in one place (`error`).
 
 mod body;
+mod clustering;
 mod entities;
 mod error;
 mod info;
@@ -136,6 +137,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/schemas/{entity}", get(info::entity_schema))
         .route("/schemas/{entity}/validate", post(info::validate_entity))
         .route("/plugins/enabled", get(info::enabled_plugins))
+        .route("/clustering/data-planes", get(clustering::data_planes))
+        .route("/clustering/status", get(clustering::status))
         .route("/{coll}", any(entities::collection))
         .route("/{coll}/{key}", any(entities::item))
         .route("/{coll}/{key}/{child}", any(entities::nested))

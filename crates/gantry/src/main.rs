@@ -1,6 +1,7 @@
 //! The `gantry` command.
 
 mod config_cmd;
+mod hybrid;
 mod node;
 mod quickstart;
 
@@ -34,27 +35,52 @@ pub struct NodeOpts {
 enum Cmd {
     /// Run a node of the configured role in the foreground.
     Start(NodeOpts),
-    /// Bring up a local node, an echo upstream and an example /mock route; print what runs where.
+    /// Bring up a control plane, a data plane, cluster certificates, an echo upstream and an
+    /// example /mock route; print what runs where.
     Quickstart {
         /// Where the quickstart keeps its files.
         #[arg(short = 'p', long = "prefix")]
         prefix: Option<PathBuf>,
-        /// Admin API port.
+        /// The control plane's Admin API port.
         #[arg(long, default_value_t = 8001)]
         admin_port: u16,
-        /// Proxy port.
+        /// The data plane's proxy port.
         #[arg(long, default_value_t = 8000)]
         proxy_port: u16,
+        /// The control plane's cluster port.
+        #[arg(long, default_value_t = 8005)]
+        cluster_port: u16,
+        /// The data plane's status port.
+        #[arg(long, default_value_t = 8007)]
+        status_port: u16,
     },
     /// Declarative configuration files and the store.
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Hybrid mode tools.
+    Hybrid {
+        #[command(subcommand)]
+        cmd: HybridCmd,
+    },
     /// Check that the node under the prefix runs and answers.
     Health(NodeOpts),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand)]
+enum HybridCmd {
+    /// Write a self-signed P-384 cluster certificate and key (default cluster.crt, cluster.key).
+    #[command(name = "gen_cert", alias = "gen-cert")]
+    GenCert {
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -90,12 +116,25 @@ fn main() -> std::process::ExitCode {
             prefix,
             admin_port,
             proxy_port,
-        } => quickstart::run(prefix, admin_port, proxy_port),
+            cluster_port,
+            status_port,
+        } => quickstart::run(
+            prefix,
+            quickstart::Ports {
+                admin: admin_port,
+                proxy: proxy_port,
+                cluster: cluster_port,
+                status: status_port,
+            },
+        ),
         Cmd::Config { cmd } => match cmd {
             ConfigCmd::Parse { file, opts } => config_cmd::parse(&file, &opts),
             ConfigCmd::DbImport { file, opts } => config_cmd::db_import(&file, &opts),
             ConfigCmd::DbExport { file, opts } => config_cmd::db_export(file.as_deref(), &opts),
         },
+        Cmd::Hybrid {
+            cmd: HybridCmd::GenCert { cert, key, days },
+        } => hybrid::gen_cert(cert, key, days),
         Cmd::Health(opts) => node::health(&opts),
         Cmd::Version => {
             println!(

@@ -95,7 +95,7 @@ pub fn node_id(prefix: &Path) -> anyhow::Result<String> {
     Ok(id)
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -116,12 +116,13 @@ pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(b.enable_all().build()?)
 }
 
-/// Resolves on SIGTERM or SIGINT.
+/// Resolves on SIGTERM, SIGINT or SIGQUIT: listeners close, requests in flight finish.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
     ) else {
         // Without signal handlers, run until killed.
         std::future::pending::<()>().await;
@@ -130,7 +131,32 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down gracefully"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down gracefully"),
+        _ = quit.recv() => tracing::info!("SIGQUIT received, draining and shutting down"),
     }
+}
+
+/// Bind a listener; with `reuseport`, several processes may hold the port at once (a new
+/// node takes traffic while the old one drains).
+pub async fn bind(l: &gantry_conf::Listen, what: &str) -> anyhow::Result<TcpListener> {
+    let err = || format!("cannot listen on {what} {}", l.addr);
+    if !l.reuseport {
+        return TcpListener::bind(&l.addr).await.with_context(err);
+    }
+    let addr: std::net::SocketAddr = tokio::net::lookup_host(&l.addr)
+        .await
+        .with_context(err)?
+        .next()
+        .with_context(err)?;
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .with_context(err)?;
+    sock.set_reuseaddr(true).with_context(err)?;
+    sock.set_reuseport(true).with_context(err)?;
+    sock.bind(addr).with_context(err)?;
+    sock.listen(1024).with_context(err)
 }
 
 /// `gantry start`
@@ -151,10 +177,10 @@ pub async fn run<F>(settings: Settings, shutdown: F) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    if settings.role == Role::DataPlane {
-        bail!("role = data_plane is not available in this build yet: it comes with hybrid mode");
-    }
     let node_id = node_id(&settings.prefix)?;
+    if settings.role == Role::DataPlane {
+        return crate::hybrid::run_data_plane(Arc::new(settings), node_id, shutdown).await;
+    }
     let store = Arc::new(Store::open(&backend(&settings)).await?);
     if settings.database == Database::Off {
         if let Some(file) = &settings.declarative_config {
@@ -185,10 +211,7 @@ where
         eprintln!("gantry: admin API listening on http://{addr}");
         listeners.push(tcp);
     }
-    let pid_dir = settings.prefixed("pids");
-    std::fs::create_dir_all(&pid_dir)?;
-    let pid_file = pid_dir.join("gantry.pid");
-    std::fs::write(&pid_file, std::process::id().to_string())?;
+    let pid_file = write_pid(&settings)?;
     tracing::info!(
         role = ?settings.role,
         database = ?settings.database,
@@ -202,6 +225,16 @@ where
         shutdown.await;
         let _ = tx.send(true);
     });
+    if settings.role == Role::ControlPlane {
+        crate::hybrid::start_control_plane(
+            &settings,
+            store.clone(),
+            node_id.clone(),
+            state.version_tx.subscribe(),
+            rx.clone(),
+        )
+        .await?;
+    }
     let proxies = if settings.role == Role::Traditional {
         start_proxy(
             &settings,
@@ -238,47 +271,7 @@ async fn start_proxy(
     proxy
         .apply(&config, version)
         .context("the stored configuration does not load")?;
-    let mut tasks = Vec::new();
-    let mut acceptor = None;
-    for l in &settings.proxy_listen {
-        let tls = if l.ssl {
-            if acceptor.is_none() {
-                acceptor = Some(
-                    proxy
-                        .tls_acceptor()
-                        .map_err(|e| anyhow::anyhow!("TLS set-up failed: {e}"))?,
-                );
-            }
-            acceptor.clone()
-        } else {
-            None
-        };
-        let tcp = TcpListener::bind(&l.addr)
-            .await
-            .with_context(|| format!("cannot listen on proxy_listen {}", l.addr))?;
-        let addr = tcp.local_addr()?;
-        let scheme = if l.ssl { "https" } else { "http" };
-        tracing::info!("proxy listening on {scheme}://{addr}");
-        eprintln!("gantry: proxy listening on {scheme}://{addr}");
-        tasks.push(tokio::spawn(proxy.clone().serve(
-            tcp,
-            tls,
-            shutdown.clone(),
-        )));
-    }
-    for l in &settings.status_listen {
-        let tcp = TcpListener::bind(&l.addr)
-            .await
-            .with_context(|| format!("cannot listen on status_listen {}", l.addr))?;
-        let addr = tcp.local_addr()?;
-        tracing::info!("status listening on http://{addr}");
-        eprintln!("gantry: status listening on http://{addr}");
-        tasks.push(tokio::spawn(gantry_proxy::status::serve(
-            proxy.clone(),
-            tcp,
-            shutdown.clone(),
-        )));
-    }
+    let tasks = serve_proxy(settings, &proxy, &shutdown).await?;
     let mut stop = shutdown.clone();
     tokio::spawn(async move {
         let mut applied = version;
@@ -310,6 +303,61 @@ async fn start_proxy(
             }
         }
     });
+    Ok(tasks)
+}
+
+/// Write `<prefix>/pids/gantry.pid`; returns its path.
+pub fn write_pid(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
+    let pid_dir = settings.prefixed("pids");
+    std::fs::create_dir_all(&pid_dir)?;
+    let pid_file = pid_dir.join("gantry.pid");
+    std::fs::write(&pid_file, std::process::id().to_string())?;
+    Ok(pid_file)
+}
+
+/// Bind `proxy_listen` and `status_listen` and serve them with `proxy` until shutdown.
+pub async fn serve_proxy(
+    settings: &Settings,
+    proxy: &Arc<gantry_proxy::Proxy>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    let mut acceptor = None;
+    for l in &settings.proxy_listen {
+        let tls = if l.ssl {
+            if acceptor.is_none() {
+                acceptor = Some(
+                    proxy
+                        .tls_acceptor()
+                        .map_err(|e| anyhow::anyhow!("TLS set-up failed: {e}"))?,
+                );
+            }
+            acceptor.clone()
+        } else {
+            None
+        };
+        let tcp = bind(l, "proxy_listen").await?;
+        let addr = tcp.local_addr()?;
+        let scheme = if l.ssl { "https" } else { "http" };
+        tracing::info!("proxy listening on {scheme}://{addr}");
+        eprintln!("gantry: proxy listening on {scheme}://{addr}");
+        tasks.push(tokio::spawn(proxy.clone().serve(
+            tcp,
+            tls,
+            shutdown.clone(),
+        )));
+    }
+    for l in &settings.status_listen {
+        let tcp = bind(l, "status_listen").await?;
+        let addr = tcp.local_addr()?;
+        tracing::info!("status listening on http://{addr}");
+        eprintln!("gantry: status listening on http://{addr}");
+        tasks.push(tokio::spawn(gantry_proxy::status::serve(
+            proxy.clone(),
+            tcp,
+            shutdown.clone(),
+        )));
+    }
     Ok(tasks)
 }
 

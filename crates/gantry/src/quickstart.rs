@@ -1,8 +1,12 @@
-//! `gantry quickstart`: a local node with an example configuration, ready to explore.
+//! `gantry quickstart`: a whole hybrid cluster on one machine. A control plane (SQLite) and a
+//! data plane run as two child processes of this one, with generated cluster certificates, a
+//! local echo upstream and an example `/mock` route.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 use gantry_conf::{Settings, Sources};
 
 use crate::node::{init_logging, runtime, shutdown_signal};
@@ -17,47 +21,172 @@ services:
     paths: ["/mock"]
 "#;
 
-/// Start a traditional node with SQLite under `prefix`, a local echo upstream, and an example
-/// service and route to it.
-pub fn run(prefix: Option<PathBuf>, admin_port: u16, proxy_port: u16) -> anyhow::Result<()> {
+/// The ports the quickstart uses.
+pub struct Ports {
+    pub admin: u16,
+    pub proxy: u16,
+    pub cluster: u16,
+    pub status: u16,
+}
+
+/// Settings for a child node: only what is given here, none of the caller's `KONG_*`.
+fn child(prefix: &Path, role: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("cannot find the gantry executable")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("start").arg("-p").arg(prefix);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KONG_") || (k.starts_with("GANTRY_") && k != "GANTRY_LOG") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("KONG_ROLE", role);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().with_context(|| format!("cannot start the {role}"))
+}
+
+/// Wait until the data plane proxies `/mock`.
+async fn wait_for_mock(proxy_port: u16, children: &mut [Child]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        for c in children.iter_mut() {
+            if let Some(status) = c.try_wait()? {
+                bail!("a quickstart node exited ({status}); see the messages above");
+            }
+        }
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", proxy_port)).await {
+            let _ = s
+                .write_all(b"GET /mock HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            if buf.starts_with(b"HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the data plane did not serve /mock within 30s; see the messages above");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
     let prefix = prefix.unwrap_or_else(|| std::env::temp_dir().join("gantry-quickstart"));
-    std::fs::create_dir_all(&prefix)
-        .with_context(|| format!("cannot create {}", prefix.display()))?;
+    let (cp_dir, dp_dir) = (prefix.join("cp"), prefix.join("dp"));
+    for d in [&prefix, &cp_dir, &dp_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let (cert, key) = (prefix.join("cluster.crt"), prefix.join("cluster.key"));
+    if !cert.exists() || !key.exists() {
+        let _ = std::fs::remove_file(&cert);
+        let _ = std::fs::remove_file(&key);
+        gantry_cluster::tls::gen_cert(&cert, &key, 3650)?;
+    }
+    // The quickstart's own log (the echo upstream, the import) goes under the prefix.
     let loaded = Settings::load(&Sources {
         file: None,
         env: vec![],
+        overrides: vec![("prefix".into(), prefix.display().to_string())],
+    })?;
+    init_logging(&loaded.settings)?;
+    let cp_settings = Settings::load(&Sources {
+        file: None,
+        env: vec![],
         overrides: vec![
-            ("prefix".into(), prefix.display().to_string()),
-            ("admin_listen".into(), format!("127.0.0.1:{admin_port}")),
-            ("proxy_listen".into(), format!("127.0.0.1:{proxy_port}")),
-            ("role".into(), "traditional".into()),
+            ("prefix".into(), cp_dir.display().to_string()),
             ("database".into(), "sqlite".into()),
         ],
-    })?;
-    let settings = loaded.settings;
-    init_logging(&settings)?;
+    })?
+    .settings;
     let rt = runtime(2)?;
     rt.block_on(async {
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let echo_addr = echo.local_addr()?;
         tokio::spawn(gantry_proxy::echo::serve(echo));
-        let store = gantry_store::Store::open(&crate::node::backend(&settings)).await?;
+        let store = gantry_store::Store::open(&crate::node::backend(&cp_settings)).await?;
         {
             // Every run: the example points at this run's echo upstream.
             let text = EXAMPLE.replace("{echo}", &echo_addr.to_string());
             let value = gantry_model::declarative::parse_text(&text)?;
-            let config = gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: gantry_model::unix_now() })?;
+            let config = gantry_model::declarative::load(
+                value,
+                gantry_model::declarative::LoadOptions {
+                    now: gantry_model::unix_now(),
+                },
+            )?;
             store.import(&config).await?;
         }
         store.close().await;
-        println!("gantry quickstart");
-        println!("  prefix:     {}", prefix.display());
-        println!("  database:   SQLite, {}", settings.prefixed("gantry.db").display());
-        println!("  proxy:      http://127.0.0.1:{proxy_port}  (try: curl http://localhost:{proxy_port}/mock)");
-        println!("  Admin API:  http://127.0.0.1:{admin_port}  (try: curl http://127.0.0.1:{admin_port}/services)");
-        println!("  upstream:   echo server on http://{echo_addr}, behind service 'mock' and route 'mock' (/mock)");
-        println!("  node:       traditional role (control plane and proxy in one process); hybrid CP/DP is not built yet");
+        let certs = [
+            ("KONG_CLUSTER_CERT", cert.display().to_string()),
+            ("KONG_CLUSTER_CERT_KEY", key.display().to_string()),
+        ];
+        let cluster = format!("127.0.0.1:{}", ports.cluster);
+        let mut cp_env = vec![
+            ("KONG_DATABASE", "sqlite".to_string()),
+            ("KONG_ADMIN_LISTEN", format!("127.0.0.1:{}", ports.admin)),
+            ("KONG_CLUSTER_LISTEN", cluster.clone()),
+            ("KONG_STATUS_LISTEN", "off".into()),
+        ];
+        cp_env.extend(certs.iter().cloned());
+        let mut dp_env = vec![
+            ("KONG_DATABASE", "off".to_string()),
+            ("KONG_PROXY_LISTEN", format!("127.0.0.1:{} reuseport", ports.proxy)),
+            ("KONG_STATUS_LISTEN", format!("127.0.0.1:{}", ports.status)),
+            ("KONG_CLUSTER_CONTROL_PLANE", cluster.clone()),
+        ];
+        dp_env.extend(certs.iter().cloned());
+        let mut children = vec![child(&cp_dir, "control_plane", &cp_env)?];
+        children.push(child(&dp_dir, "data_plane", &dp_env)?);
+        let ready = wait_for_mock(ports.proxy, &mut children).await;
+        if let Err(e) = ready {
+            stop(&mut children);
+            return Err(e);
+        }
+        println!("gantry quickstart: a control plane and a data plane are running");
+        println!("  prefix:        {}", prefix.display());
+        println!("  certificates:  {} and {} (shared mTLS)", cert.display(), key.display());
+        println!("  control plane: Admin API http://127.0.0.1:{}  cluster 127.0.0.1:{}  SQLite {}", ports.admin, ports.cluster, cp_settings.prefixed("gantry.db").display());
+        println!("  data plane:    proxy http://127.0.0.1:{}  status http://127.0.0.1:{}/status", ports.proxy, ports.status);
+        println!("  upstream:      echo server http://{echo_addr}, behind service 'mock' and route 'mock'");
+        println!();
+        println!("  try:  curl http://localhost:{}/mock", ports.proxy);
+        println!("        curl http://127.0.0.1:{}/clustering/data-planes", ports.admin);
+        println!();
+        println!("  a second data plane:");
+        println!("    KONG_ROLE=data_plane KONG_DATABASE=off KONG_CLUSTER_CONTROL_PLANE={cluster} \\");
+        println!("    KONG_CLUSTER_CERT={} KONG_CLUSTER_CERT_KEY={} \\", cert.display(), key.display());
+        println!("    KONG_PROXY_LISTEN=127.0.0.1:8100 KONG_STATUS_LISTEN=off \\");
+        println!("    {} start -p {}", std::env::current_exe()?.display(), prefix.join("dp2").display());
         println!("Stop with Ctrl-C.");
-        crate::node::run(settings, shutdown_signal()).await
+        let mut watch = tokio::time::interval(Duration::from_millis(500));
+        let signal = shutdown_signal();
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = &mut signal => break,
+                _ = watch.tick() => {
+                    if children.iter_mut().any(|c| matches!(c.try_wait(), Ok(Some(_)))) {
+                        stop(&mut children);
+                        bail!("a quickstart node exited; see the messages above");
+                    }
+                }
+            }
+        }
+        stop(&mut children);
+        Ok(())
     })
+}
+
+/// SIGTERM each child and wait for it.
+fn stop(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
 }

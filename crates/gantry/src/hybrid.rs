@@ -1,0 +1,145 @@
+//! Hybrid mode in the binary: a control plane's cluster listener, a data plane's run, and
+//! `gantry hybrid gen_cert`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use gantry_cluster::{ConfigSink, ControlPlane, DataPlane, DpOptions};
+use gantry_conf::Settings;
+use gantry_store::Store;
+use tokio::sync::watch;
+
+use crate::node::{bind, serve_proxy, write_pid};
+
+/// Start the cluster service of a control plane: check its certificates, follow the store,
+/// accept data planes on `cluster_listen`.
+pub async fn start_control_plane(
+    settings: &Settings,
+    store: Arc<Store>,
+    node_id: String,
+    versions: watch::Receiver<i64>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<ControlPlane>> {
+    let cp = ControlPlane::start(store, settings.cluster.clone(), node_id, versions, shutdown.clone())
+        .await
+        .context("cannot start the cluster service")?;
+    for l in &settings.cluster_listen {
+        let tcp = bind(l, "cluster_listen").await?;
+        let addr = tcp.local_addr()?;
+        tracing::info!("cluster listening on {addr} (mTLS, cluster_mtls = {:?})", settings.cluster.mtls);
+        eprintln!("gantry: cluster listening on {addr}");
+        tokio::spawn(cp.clone().serve(tcp, shutdown.clone()));
+    }
+    Ok(cp)
+}
+
+/// The proxy as a data plane's configuration sink.
+struct ProxySink(Arc<gantry_proxy::Proxy>);
+
+impl ConfigSink for ProxySink {
+    fn apply(&self, config: &gantry_model::Config, version: i64, _hash: &str) -> Result<(), String> {
+        self.0.apply(config, version).map_err(|e| e.to_string())
+    }
+}
+
+/// Run a data plane until `shutdown`: the cached configuration first, then whatever the
+/// control plane sends. No Admin API.
+pub async fn run_data_plane<F>(settings: Arc<Settings>, node_id: String, shutdown: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    // Bad certificate settings stop the node now, naming the setting.
+    gantry_cluster::tls::client_config(&settings.cluster)?;
+    let pid_file = write_pid(&settings)?;
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    let dp = DataPlane::new(
+        DpOptions {
+            settings: settings.cluster.clone(),
+            node_id: node_id.clone(),
+            hostname: crate::node::hostname(),
+            version: gantry_model::GANTRY_VERSION.into(),
+            plugins: gantry_proxy::plugins::REGISTRY
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            cache: Some(settings.prefixed("config.cache.json.gz")),
+        },
+        Arc::new(ProxySink(proxy.clone())),
+    );
+    dp.load_cached();
+    let tasks = serve_proxy(&settings, &proxy, &rx).await?;
+    tracing::info!(
+        node_id = %node_id,
+        version = gantry_model::GANTRY_VERSION,
+        control_plane = %settings.cluster.control_planes.join(","),
+        "gantry data plane started"
+    );
+    let (rot_tx, rot_rx) = watch::channel(0u64);
+    tokio::spawn(watch_certificates(settings.clone(), rot_tx, rx.clone()));
+    let client = tokio::spawn(dp.run(rot_rx, rx.clone()));
+    for t in tasks {
+        let _ = t.await;
+    }
+    client.abort();
+    let _ = std::fs::remove_file(&pid_file);
+    tracing::info!("gantry stopped");
+    Ok(())
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Tick `rotated` on SIGHUP and when the certificate or key file changes, once the new pair
+/// loads: the data plane reconnects with it.
+async fn watch_certificates(settings: Arc<Settings>, rotated: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+    let files: Vec<PathBuf> = [&settings.cluster.cert, &settings.cluster.cert_key]
+        .into_iter()
+        .filter_map(|v| gantry_cluster::tls::setting_path(v))
+        .collect();
+    let mut seen: Vec<Option<SystemTime>> = files.iter().map(|f| mtime(f)).collect();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        let by_signal = tokio::select! {
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+        };
+        let now: Vec<Option<SystemTime>> = files.iter().map(|f| mtime(f)).collect();
+        if !by_signal && now == seen {
+            continue;
+        }
+        match gantry_cluster::tls::client_config(&settings.cluster) {
+            Ok(_) => {
+                seen = now;
+                tracing::info!(signal = by_signal, "cluster certificate reloaded");
+                rotated.send_modify(|n| *n += 1);
+            }
+            // Half-written files: try again on the next change or tick.
+            Err(e) => tracing::warn!("the new cluster certificate does not load yet: {e}"),
+        }
+    }
+}
+
+/// `gantry hybrid gen_cert [CERT KEY] [--days N]`
+pub fn gen_cert(cert: Option<PathBuf>, key: Option<PathBuf>, days: u32) -> anyhow::Result<()> {
+    let cert = cert.unwrap_or_else(|| PathBuf::from("cluster.crt"));
+    let key = key.unwrap_or_else(|| PathBuf::from("cluster.key"));
+    if days == 0 {
+        anyhow::bail!("--days must be at least 1");
+    }
+    gantry_cluster::tls::gen_cert(&cert, &key, days)?;
+    println!(
+        "wrote {} and {} (P-384, valid {days} days, key mode 0600)",
+        cert.display(),
+        key.display()
+    );
+    Ok(())
+}
