@@ -4,35 +4,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{admin, echo, Node};
 use serde_json::{json, Value};
-
-async fn echo() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(gantry_proxy::echo::serve(l));
-    addr.to_string()
-}
-
-async fn admin(
-    http: &reqwest::Client,
-    node: &Node,
-    method: &str,
-    path: &str,
-    body: Value,
-) -> Value {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let r = http
-        .request(m, format!("{}{path}", node.admin))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: Value = r.json().await.unwrap_or(Value::Null);
-    assert!(status.is_success(), "{method} {path}: {status} {v}");
-    v
-}
 
 /// Wait until the proxy runs the configuration the Admin API holds (same hash).
 async fn synced(http: &reqwest::Client, node: &Node) {

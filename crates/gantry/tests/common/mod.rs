@@ -49,7 +49,10 @@ pub fn db_env(pg: Option<&PgSchema>) -> Vec<(String, String)> {
 
 pub struct Node {
     pub child: Child,
+    /// The Admin API ("" on a data plane, which has none).
     pub admin: String,
+    /// The cluster listener's `host:port`, on a control plane.
+    pub cluster: Option<String>,
     /// The plain-HTTP proxy listener, when the node proxies.
     pub proxy: Option<String>,
     /// The status listener, when the node proxies.
@@ -57,15 +60,24 @@ pub struct Node {
     /// The TLS proxy listener, when one is configured.
     pub proxy_tls: Option<String>,
     pub prefix: PathBuf,
-    early: Vec<String>,
+    early: std::sync::Mutex<Vec<String>>,
     lines: mpsc::Receiver<String>,
 }
 
 impl Node {
-    /// `gantry start -p PREFIX` with the Admin API on 127.0.0.1:0; waits until it listens.
+    /// `gantry start -p PREFIX` with every listener on 127.0.0.1:0 unless `env` says otherwise;
+    /// waits until the listeners of its role listen.
     pub fn start(prefix: &Path, env: &[(String, String)]) -> Node {
         let mut env = env.to_vec();
+        let role = env
+            .iter()
+            .find(|(k, _)| k == "KONG_ROLE")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| "traditional".into());
         env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+        if !env.iter().any(|(k, _)| k == "KONG_CLUSTER_LISTEN") {
+            env.push(("KONG_CLUSTER_LISTEN".into(), "127.0.0.1:0".into()));
+        }
         if !env.iter().any(|(k, _)| k == "KONG_STATUS_LISTEN") {
             env.push(("KONG_STATUS_LISTEN".into(), "127.0.0.1:0".into()));
         }
@@ -75,9 +87,9 @@ impl Node {
         let proxies = env
             .iter()
             .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v != "off")
-            && !env
-                .iter()
-                .any(|(k, v)| k == "KONG_ROLE" && v != "traditional");
+            && role != "control_plane";
+        let needs_admin = role != "data_plane";
+        let needs_cluster = role == "control_plane";
         let mut child = cmd(&env)
             .args(["start", "-p"])
             .arg(prefix)
@@ -98,14 +110,18 @@ impl Node {
         let mut seen = Vec::new();
         let (mut admin, mut proxy, mut status): (Option<String>, Option<String>, Option<String>) =
             (None, None, None);
+        let mut cluster: Option<String> = None;
         let mut proxy_tls: Option<String> = None;
         let wants_tls = env
             .iter()
             .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v.contains("ssl"));
         let admin = loop {
             let all = proxy.is_some() && status.is_some() && (proxy_tls.is_some() || !wants_tls);
-            if let (Some(a), true) = (&admin, all || !proxies) {
-                break a.clone();
+            if (admin.is_some() || !needs_admin)
+                && (all || !proxies)
+                && (cluster.is_some() || !needs_cluster)
+            {
+                break admin.clone().unwrap_or_default();
             }
             match rx.recv_timeout(Duration::from_secs(30)) {
                 Ok(line) => {
@@ -119,6 +135,9 @@ impl Node {
                         } else {
                             proxy = Some(url);
                         }
+                    }
+                    if let Some(a) = line.strip_prefix("gantry: cluster listening on ") {
+                        cluster = Some(a.trim().to_string());
                     }
                     if let Some(url) = line.strip_prefix("gantry: status listening on ") {
                         status = Some(url.trim().to_string());
@@ -134,11 +153,12 @@ impl Node {
         Node {
             child,
             admin,
+            cluster,
             proxy,
             status,
             proxy_tls,
             prefix: prefix.to_path_buf(),
-            early: seen,
+            early: std::sync::Mutex::new(seen),
             lines: rx,
         }
     }
@@ -173,11 +193,25 @@ impl Node {
 
     /// Everything the process wrote to stderr so far.
     pub fn output(&self) -> Vec<String> {
-        self.early
-            .iter()
-            .cloned()
-            .chain(self.lines.try_iter())
-            .collect()
+        let mut all = self.early.lock().unwrap();
+        all.extend(self.lines.try_iter());
+        all.clone()
+    }
+
+    /// Wait until a line of stderr contains `needle`; panics with the output after `within`.
+    pub fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(l) = self.output().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no line with '{needle}' within {within:?}; the node said:\n{}",
+                self.output().join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 }
 
@@ -194,5 +228,34 @@ pub async fn backends() -> Vec<Option<PgSchema>> {
     if let Some(pg) = PgSchema::create().await {
         v.push(Some(pg));
     }
+    v
+}
+
+/// An echo upstream on loopback; returns its `host:port`.
+pub async fn echo() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(gantry_proxy::echo::serve(l));
+    addr.to_string()
+}
+
+/// An Admin API call that must succeed; returns the body.
+pub async fn admin(
+    http: &reqwest::Client,
+    node: &Node,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = http
+        .request(m, format!("{}{path}", node.admin))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    assert!(status.is_success(), "{method} {path}: {status} {v}");
     v
 }

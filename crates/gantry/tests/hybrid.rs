@@ -1,0 +1,353 @@
+//! Hybrid mode with real processes: control planes, data planes, certificates, failures.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{admin, cmd, echo, Node};
+use serde_json::{json, Value};
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A shared-mode certificate pair made by `gantry hybrid gen_cert`.
+fn gen_cert(dir: &Path, name: &str) -> (String, String) {
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let out = cmd(&[])
+        .args(["hybrid", "gen_cert"])
+        .arg(&c)
+        .arg(&k)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (c.display().to_string(), k.display().to_string())
+}
+
+fn cp_env(cert: &(String, String), extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut e = env(&[
+        ("KONG_ROLE", "control_plane"),
+        ("KONG_CLUSTER_CERT", &cert.0),
+        ("KONG_CLUSTER_CERT_KEY", &cert.1),
+    ]);
+    e.extend(env(extra));
+    e
+}
+
+fn dp_env(cp: &str, cert: &(String, String), extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut e = env(&[
+        ("KONG_ROLE", "data_plane"),
+        ("KONG_DATABASE", "off"),
+        ("KONG_CLUSTER_CONTROL_PLANE", cp),
+        ("KONG_CLUSTER_CERT", &cert.0),
+        ("KONG_CLUSTER_CERT_KEY", &cert.1),
+    ]);
+    e.extend(env(extra));
+    e
+}
+
+async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = http.get(url).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Poll `url` until it answers `want`.
+async fn until(http: &reqwest::Client, url: &str, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = http.get(url).send().await.map(|r| r.status().as_u16());
+        if matches!(got, Ok(s) if s == want) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "GET {url}: {got:?}, want {want}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Poll the registry until `pred` holds for it.
+async fn until_registry(
+    http: &reqwest::Client,
+    cp: &Node,
+    query: &str,
+    within: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let (s, v) = get_json(http, &format!("{}/clustering/data-planes{query}", cp.admin)).await;
+        assert_eq!(s, 200, "{v}");
+        let data = v["data"].as_array().cloned().unwrap_or_default();
+        if pred(&data) {
+            return data;
+        }
+        assert!(Instant::now() < deadline, "registry never matched: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn cp_hash(http: &reqwest::Client, cp: &Node) -> String {
+    get_json(http, &format!("{}/status", cp.admin)).await.1["configuration_hash"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Requests against `url` from `workers` tasks until stopped: (ok, failed, first failure).
+struct Load {
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    first: Arc<std::sync::Mutex<Option<String>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, workers: usize, fresh_connections: bool) -> Load {
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let first = Arc::new(std::sync::Mutex::new(None));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let mut b = reqwest::Client::builder().timeout(Duration::from_secs(5));
+            if fresh_connections {
+                b = b.pool_max_idle_per_host(0);
+            }
+            let http = b.build().unwrap();
+            let (url, ok, failed, first, rx) =
+                (url.clone(), ok.clone(), failed.clone(), first.clone(), rx.clone());
+            tasks.push(tokio::spawn(async move {
+                // Bounded: at most 60 s of requests.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !*rx.borrow() && Instant::now() < deadline {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            let mut f = first.lock().unwrap();
+                            if f.is_none() {
+                                *f = Some(format!("{:?}", other.map(|r| r.status())));
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Load {
+            ok,
+            failed,
+            first,
+            stop,
+            tasks,
+        }
+    }
+
+    async fn finish(self) -> (u64, u64, Option<String>) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let first = self.first.lock().unwrap().clone();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            first,
+        )
+    }
+}
+
+/// A free loopback port (for a node that must come back on the same address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gen_cert_writes_a_private_key_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (c, k) = gen_cert(dir.path(), "cluster");
+    let mode = std::fs::metadata(&k).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let pem = std::fs::read_to_string(&c).unwrap();
+    let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
+        .map(|d: rustls_pki_types::CertificateDer| d.to_vec())
+        .unwrap();
+    let (_, x) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let days = (x.validity().not_after.timestamp() - x.validity().not_before.timestamp()) / 86_400;
+    assert!((3649..=3651).contains(&days), "{days}");
+    assert!(x.public_key().algorithm.algorithm.to_id_string() == "1.2.840.10045.2.1");
+    let before = std::fs::read(&c).unwrap();
+    let out = cmd(&[])
+        .args(["hybrid", "gen_cert", &c, &k])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(&c).unwrap(), before);
+    let out = cmd(&[])
+        .args(["hybrid", "gen_cert"])
+        .arg(dir.path().join("short.crt"))
+        .arg(dir.path().join("short.key"))
+        .args(["--days", "30"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+}
+
+/// A control plane and two labelled data planes: configuration reaches both as a snapshot and
+/// then as deltas; the registry shows each node with its labels, hash and certificate expiry,
+/// filters by label and status, and marks a stopped node disconnected.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_planes_sync_and_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let addr = cp.cluster.clone().unwrap();
+    let dp1 = Node::start(
+        &dir.path().join("dp1"),
+        &dp_env(&addr, &cert, &[("KONG_CLUSTER_DP_LABELS", "region:eu,tier:gold")]),
+    );
+    let mut dp2 = Node::start(
+        &dir.path().join("dp2"),
+        &dp_env(&addr, &cert, &[("KONG_CLUSTER_DP_LABELS", "region:us")]),
+    );
+    assert_eq!(dp1.admin, "", "a data plane serves no Admin API");
+    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
+    admin(&http, &cp, "POST", "/services/s/routes", json!({"name": "r", "paths": ["/a"]})).await;
+    for dp in [&dp1, &dp2] {
+        until(&http, &format!("{}/a", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(10)).await;
+    }
+    admin(&http, &cp, "PATCH", "/routes/r", json!({"paths": ["/b"]})).await;
+    for dp in [&dp1, &dp2] {
+        let p = dp.proxy.as_ref().unwrap();
+        until(&http, &format!("{p}/b"), 200, Duration::from_secs(10)).await;
+        until(&http, &format!("{p}/a"), 404, Duration::from_secs(10)).await;
+    }
+    // After the first snapshot, changes travel as deltas.
+    dp1.wait_log("configuration from the control plane applied", Duration::from_secs(5));
+    let hash = cp_hash(&http, &cp).await;
+    let all = until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
+        d.len() == 2 && d.iter().all(|n| n["config_hash"] == hash.as_str() && n["status"] == "connected")
+    })
+    .await;
+    let now = gantry_model::unix_now();
+    for n in &all {
+        assert_eq!(n["version"], gantry_model::GANTRY_VERSION);
+        assert_eq!(n["ip"], "127.0.0.1");
+        assert_eq!(n["sync_status"], "normal");
+        assert_eq!(n["behind"], 0);
+        let exp = n["cert_details"]["expiry_timestamp"].as_i64().unwrap();
+        assert!(exp > now + 3640 * 86_400, "{n}");
+        assert!(n["last_seen"].as_i64().unwrap() >= now - 60);
+    }
+    let eu = until_registry(&http, &cp, "?labels=region:eu", Duration::from_secs(1), |d| d.len() == 1).await;
+    assert_eq!(eu[0]["labels"], json!({"region": "eu", "tier": "gold"}));
+    until_registry(&http, &cp, "?labels=region:eu,tier:silver", Duration::from_secs(1), |d| d.is_empty()).await;
+    until_registry(&http, &cp, "?status=connected", Duration::from_secs(1), |d| d.len() == 2).await;
+    let (s, v) = get_json(&http, &format!("{}/clustering/data-planes?status=sleepy", cp.admin)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("sleepy"), "{v}");
+    let (_, st) = get_json(&http, &format!("{}/clustering/status", cp.admin)).await;
+    assert_eq!(st.as_object().unwrap().len(), 2, "{st}");
+    // The data plane's status listener shows the same configuration hash.
+    let (_, s1) = get_json(&http, &format!("{}/status", dp1.status.as_ref().unwrap())).await;
+    assert_eq!(s1["configuration_hash"], hash.as_str());
+    // A stopped data plane is shown disconnected, then stays listed.
+    dp2.signal("TERM");
+    dp2.wait_exit(Duration::from_secs(10));
+    until_registry(&http, &cp, "?status=disconnected", Duration::from_secs(10), |d| {
+        d.len() == 1 && d[0]["labels"]["region"] == "us"
+    })
+    .await;
+    cp.wait_log("data plane disconnected", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_hybrid_settings_stop_the_node_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let cases: Vec<(Vec<(String, String)>, &str)> = vec![
+        (dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_DP_LABELS", "kong-zone:a")]), "cluster_dp_labels"),
+        (dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_DP_LABELS", "a:b:c,d")]), "cluster_dp_labels"),
+        (dp_env("127.0.0.1:9", &("".into(), "".into()), &[]), "cluster_cert"),
+        (dp_env("", &cert, &[]), "cluster_control_plane"),
+        (dp_env("127.0.0.1:9", &cert, &[("KONG_DATABASE", "sqlite")]), "database"),
+        (dp_env("127.0.0.1:9", &(cert.0.clone(), "/nonexistent/key.pem".into()), &[]), "cluster_cert_key"),
+        (dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_USE_PROXY", "on")]), "proxy_server"),
+        (cp_env(&cert, &[("KONG_CLUSTER_MTLS", "pki")]), "cluster_ca_cert"),
+    ];
+    for (i, (e, key)) in cases.into_iter().enumerate() {
+        let out = cmd(&e)
+            .args(["start", "-p"])
+            .arg(dir.path().join(format!("n{i}")))
+            .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
+            .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
+            .env("KONG_STATUS_LISTEN", "off")
+            .env("KONG_CLUSTER_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "case {i} started: {err}");
+        assert!(err.contains(key), "case {i}: expected '{key}' in: {err}");
+    }
+}
+
+/// The control plane dies under load: the data plane goes on serving with zero failed
+/// requests, restarts from its cache while the control plane is still down, and catches up
+/// when the control plane is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_planes_outlive_their_control_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cp_e = cp_env(&cert, &[("KONG_CLUSTER_LISTEN", &listen)]);
+    let mut cp = Node::start(&dir.path().join("cp"), &cp_e);
+    let dp_e = dp_env(&listen, &cert, &[]);
+    let mut dp = Node::start(&dir.path().join("dp"), &dp_e);
+    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
+    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/a"]})).await;
+    let url = format!("{}/a", dp.proxy.as_ref().unwrap());
+    until(&http, &url, 200, Duration::from_secs(10)).await;
+    let load = Load::start(url.clone(), 4, false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cp.kill9();
+    dp.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed, first) = load.finish().await;
+    assert!(ok > 50, "{ok}");
+    assert_eq!(failed, 0, "first failure: {first:?}");
+    // Restart the data plane with no control plane: it serves from its cache.
+    dp.signal("TERM");
+    dp.wait_exit(Duration::from_secs(10));
+    assert!(dir.path().join("dp/config.cache.json.gz").exists());
+    let dp = Node::start(&dir.path().join("dp"), &dp_e);
+    let url = format!("{}/a", dp.proxy.as_ref().unwrap());
+    until(&http, &url, 200, Duration::from_secs(5)).await;
+    dp.wait_log("serving the cached configuration", Duration::from_secs(5));
+    dp.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    let (s, _) = get_json(&http, &format!("{}/status/ready", dp.status.as_ref().unwrap())).await;
+    assert_eq!(s, 200);
+    // The control plane comes back on its address: the data plane reconnects and follows.
+    let cp = Node::start(&dir.path().join("cp"), &cp_e);
+    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/c"]})).await;
+    until(&http, &format!("{}/c", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(20)).await;
+    until_registry(&http, &cp, "?status=connected", Duration::from_secs(10), |d| d.len() == 1).await;
+}
