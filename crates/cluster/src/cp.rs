@@ -245,7 +245,7 @@ impl ControlPlane {
         let tls = match tokio::time::timeout(Duration::from_secs(10), self.tls.accept(tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::warn!(peer = %peer, "data plane refused: TLS handshake failed: {e}");
+                tracing::warn!(peer = %peer, "data plane refused: TLS handshake failed: {e}{}", explain(&e.to_string()));
                 return;
             }
             Err(_) => {
@@ -686,6 +686,19 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// What a TLS handshake failure means for an operator.
+fn explain(e: &str) -> &'static str {
+    if e.contains("BadSignature") || e.contains("UnknownIssuer") {
+        " (the data plane's certificate is not signed by cluster_ca_cert)"
+    } else if e.contains("received fatal alert") {
+        " (the data plane refused this control plane's certificate: check cluster_cert, cluster_ca_cert and cluster_server_name on both sides)"
+    } else if e.contains("no certificates") {
+        " (the data plane presented no certificate: set cluster_cert and cluster_cert_key)"
+    } else {
+        ""
     }
 }
 

@@ -351,3 +351,186 @@ async fn data_planes_outlive_their_control_plane() {
     until(&http, &format!("{}/c", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(20)).await;
     until_registry(&http, &cp, "?status=connected", Duration::from_secs(10), |d| d.len() == 1).await;
 }
+
+/// A test CA for `cluster_mtls = pki`.
+struct Pki {
+    dir: std::path::PathBuf,
+    ca: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "Gantry test cluster CA");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = p.self_signed(&kp).unwrap();
+        let ca = dir.join("ca.crt");
+        std::fs::write(&ca, cert.pem()).unwrap();
+        Pki {
+            dir: dir.to_path_buf(),
+            ca: ca.display().to_string(),
+            issuer: rcgen::Issuer::new(p, kp),
+        }
+    }
+
+    /// A certificate for `name` signed by the CA, valid until `not_after` (year), or expired.
+    fn leaf(&self, file: &str, name: &str, not_after_year: i32) -> (String, String) {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
+        p.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = p.signed_by(&kp, &self.issuer).unwrap();
+        let (c, k) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        write_atomically(&c, cert.pem().as_bytes());
+        write_atomically(&k, kp.serialize_pem().as_bytes());
+        (c.display().to_string(), k.display().to_string())
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn year_ts(y: i32) -> i64 {
+    rcgen::date_time_ymd(y, 1, 1).unix_timestamp()
+}
+
+/// `pki` mode: a data plane with a certificate from the cluster CA syncs; one with a
+/// certificate of another CA, an expired one, or none, is refused and both sides say why.
+/// A data plane's certificate is rotated by replacing the files (and on SIGHUP) without a
+/// restart; rotated to an expired one, it gets no more configuration but goes on proxying.
+#[tokio::test(flavor = "multi_thread")]
+async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp_cert = pki.leaf("cp", "kong_clustering", 2090);
+    let cp = Node::start(
+        &dir.path().join("cp"),
+        &cp_env(&cp_cert, &[("KONG_CLUSTER_MTLS", "pki"), ("KONG_CLUSTER_CA_CERT", &pki.ca)]),
+    );
+    let addr = cp.cluster.clone().unwrap();
+    let pki_dp = |cert: &(String, String)| {
+        dp_env(&addr, cert, &[("KONG_CLUSTER_MTLS", "pki"), ("KONG_CLUSTER_CA_CERT", &pki.ca)])
+    };
+    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
+    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/a"]})).await;
+
+    // Signed by another CA: refused by the control plane.
+    let other = Pki::new(&dir.path().join("other").tap_mkdir());
+    let stranger = Node::start(&dir.path().join("stranger"), &pki_dp(&other.leaf("dp", "dp-stranger", 2090)));
+    stranger.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    cp.wait_log("not signed by cluster_ca_cert", Duration::from_secs(5));
+    // Expired: refused, and the control plane says so.
+    let expired = Node::start(&dir.path().join("expired"), &pki_dp(&pki.leaf("old", "dp-old", 2021)));
+    expired.wait_log("the cluster certificate expired", Duration::from_secs(10));
+    expired.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    cp.wait_log("certificate expired", Duration::from_secs(5));
+    // No client certificate at all: a raw TLS client is refused in the handshake.
+    {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        let ca_pem = std::fs::read(&pki.ca).unwrap();
+        use rustls_pki_types::pem::PemObject;
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("kong_clustering").unwrap();
+        let r = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await;
+        if let Ok(mut s) = r {
+            // TLS 1.3: the refusal arrives with the first read.
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = s.write_all(b"GET / HTTP/1.1\r\n\r\n").await;
+            let mut buf = [0u8; 64];
+            assert!(s.read(&mut buf).await.is_err() || buf == [0u8; 64]);
+        }
+        cp.wait_log("peer sent no certificates", Duration::from_secs(5));
+    }
+    until_registry(&http, &cp, "", Duration::from_secs(1), |d| d.is_empty()).await;
+
+    // A good certificate: connected, with its expiry in the registry.
+    let dp_cert = pki.leaf("dp", "dp-1", 2090);
+    let dp = Node::start(&dir.path().join("dp"), &pki_dp(&dp_cert));
+    let url = format!("{}/a", dp.proxy.as_ref().unwrap());
+    until(&http, &url, 200, Duration::from_secs(10)).await;
+    until_registry(&http, &cp, "", Duration::from_secs(5), |d| {
+        d.len() == 1 && d[0]["cert_details"]["expiry_timestamp"] == year_ts(2090)
+    })
+    .await;
+    // Rotation by replacing the files: the data plane reconnects with the new pair.
+    pki.leaf("dp", "dp-1", 2091);
+    dp.wait_log("cluster certificate reloaded", Duration::from_secs(10));
+    until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
+        d.len() == 1 && d[0]["cert_details"]["expiry_timestamp"] == year_ts(2091)
+    })
+    .await;
+    // Rotated to an expired pair (applied on SIGHUP): refused; proxying goes on from what it
+    // holds, and new configuration does not reach it.
+    pki.leaf("dp", "dp-1", 2021);
+    dp.signal("HUP");
+    dp.wait_log("the cluster certificate expired", Duration::from_secs(10));
+    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/new"]})).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    until(&http, &url, 200, Duration::from_secs(1)).await;
+    until(&http, &format!("{}/new", dp.proxy.as_ref().unwrap()), 404, Duration::from_secs(1)).await;
+    // Back to a good one: it catches up.
+    pki.leaf("dp", "dp-1", 2092);
+    dp.signal("HUP");
+    until(&http, &format!("{}/new", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(15)).await;
+}
+
+/// `shared` mode: a data plane with a certificate other than the control plane's is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_mode_refuses_a_different_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let other = gen_cert(dir.path(), "other");
+    let http = reqwest::Client::new();
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let dp = Node::start(&dir.path().join("dp"), &dp_env(cp.cluster.as_ref().unwrap(), &other, &[]));
+    // Each side pins its own certificate: the data plane refuses the control plane's first.
+    dp.wait_log("not the pinned cluster_cert", Duration::from_secs(10));
+    cp.wait_log("the data plane refused this control plane's certificate", Duration::from_secs(10));
+    until_registry(&http, &cp, "", Duration::from_secs(1), |d| d.is_empty()).await;
+    // Certificate settings also take PEM text and base64-encoded PEM.
+    use base64::Engine;
+    let pem_cert = std::fs::read_to_string(&cert.0).unwrap();
+    let b64_key = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&cert.1).unwrap());
+    let dp = Node::start(
+        &dir.path().join("dp2"),
+        &dp_env(cp.cluster.as_ref().unwrap(), &(pem_cert, b64_key), &[]),
+    );
+    dp.wait_log("connected to the control plane", Duration::from_secs(10));
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
