@@ -49,19 +49,26 @@ pub struct Published {
 }
 
 impl Published {
+    /// The whole configuration; for an older data plane, without the fields it does not
+    /// know, and with the hash of what it is actually sent.
     fn snapshot_msg(&self, dp: Option<Version>) -> ToDp {
-        let mut entities = self.config.entities.clone();
-        if let Some(v) = dp {
-            for (name, docs) in entities.iter_mut() {
-                for d in docs.iter_mut() {
-                    compat::strip(name, d, v);
-                }
+        let Some(v) = dp else {
+            return ToDp::Snapshot {
+                version: self.version,
+                hash: self.hash.clone(),
+                entities: self.config.entities.clone(),
+            };
+        };
+        let mut config = (*self.config).clone();
+        for (name, docs) in config.entities.iter_mut() {
+            for d in docs.iter_mut() {
+                compat::strip(name, d, v);
             }
         }
         ToDp::Snapshot {
             version: self.version,
-            hash: self.hash.clone(),
-            entities,
+            hash: hash_config(&config).config,
+            entities: config.entities,
         }
     }
 
@@ -553,7 +560,9 @@ impl Session {
             Some((v, h)) => (*v, h.clone()),
             None => (dp.config_version, dp.config_hash.clone()),
         };
-        if dp.known && have_v == p.version && have_h == p.hash {
+        let strip = dp.parsed.filter(|v| compat::needs_stripping(*v));
+        // A data plane sent stripped configuration runs another hash than this one's.
+        if dp.known && have_v == p.version && (strip.is_some() || have_h == p.hash) {
             self.save(dp).await;
             return Ok(());
         }
@@ -561,8 +570,14 @@ impl Session {
             // The data plane came from a control plane further ahead: this one will catch up.
             return Ok(());
         }
-        let strip = dp.parsed.filter(|v| compat::needs_stripping(*v));
-        let steps = if dp.known { p.steps_after(have_v, &have_h) } else { None };
+        // An older data plane runs a stripped configuration whose hash only a whole stripped
+        // copy gives: it gets snapshots (during an upgrade, until it is upgraded too).
+        let steps = if dp.known && strip.is_none() {
+            p.steps_after(have_v, &have_h)
+        } else {
+            None
+        };
+        let mut announced = p.hash.clone();
         let (frame, kind) = match steps {
             Some(steps) if steps.len() == 1 && strip.is_none() => {
                 let s = &steps[0];
@@ -580,15 +595,8 @@ impl Session {
                 (f, "delta")
             }
             Some(steps) => {
-                let mut changes: Vec<Change> =
+                let changes: Vec<Change> =
                     collapse(steps.iter().flat_map(|s| s.changes.iter().cloned()).collect());
-                if let Some(v) = strip {
-                    for c in changes.iter_mut() {
-                        if let Change::Upsert { entity, doc } = c {
-                            compat::strip(entity, doc, v);
-                        }
-                    }
-                }
                 (
                     Arc::new(proto::encode(&ToDp::Delta {
                         from: have_v,
@@ -605,7 +613,13 @@ impl Session {
                     .clone(),
                 "snapshot",
             ),
-            None => (Arc::new(proto::encode(&p.snapshot_msg(strip))), "snapshot"),
+            None => {
+                let msg = p.snapshot_msg(strip);
+                if let ToDp::Snapshot { hash, .. } = &msg {
+                    announced = hash.clone();
+                }
+                (Arc::new(proto::encode(&msg)), "snapshot")
+            }
         };
         if frame.bytes.len() > self.max {
             let e = format!(
@@ -620,7 +634,7 @@ impl Session {
             self.save(dp).await;
             return Ok(());
         }
-        dp.sent = Some((p.version, p.hash.clone()));
+        dp.sent = Some((p.version, announced));
         dp.known = true;
         let counter = if kind == "delta" {
             &self.cp.stats.deltas_sent
@@ -643,18 +657,20 @@ impl Session {
         match m {
             FromDp::Hello { .. } => return Err("a second hello".into()),
             FromDp::Ack { version, hash } => {
-                let expected = self.cp.current();
+                let expected = match dp.sent.take() {
+                    Some((v, h)) if v == version => Some(h),
+                    other => {
+                        dp.sent = other;
+                        None
+                    }
+                };
                 dp.config_version = version;
                 dp.config_hash = hash.clone();
-                if dp.sent.as_ref().is_some_and(|(v, _)| *v == version) {
-                    dp.sent = None;
-                }
                 if dp.status != "incompatible" {
-                    if version == expected.version && hash != expected.hash {
+                    if let Some(want) = expected.filter(|h| *h != hash) {
                         dp.status = "out_of_sync";
                         dp.last_error = Some(format!(
-                            "the data plane runs hash {hash} for version {version}, the control plane has {}",
-                            expected.hash
+                            "the data plane runs hash {hash} for version {version}, the control plane sent {want}"
                         ));
                     } else {
                         dp.status = "connected";

@@ -534,3 +534,135 @@ impl TapMkdir for std::path::PathBuf {
         self
     }
 }
+
+/// A data plane in this process speaking the real protocol, recording what it is given.
+struct Recorder {
+    got: std::sync::Mutex<Vec<(i64, gantry_model::Config)>>,
+    refuse: bool,
+}
+
+impl gantry_cluster::ConfigSink for Recorder {
+    fn apply(&self, config: &gantry_model::Config, version: i64, _: &str) -> Result<(), String> {
+        if self.refuse {
+            return Err("this test's data plane refuses every configuration".into());
+        }
+        self.got.lock().unwrap().push((version, config.clone()));
+        Ok(())
+    }
+}
+
+fn in_process_dp(
+    cp: &str,
+    cert: &(String, String),
+    version: &str,
+    plugins: &[&str],
+    refuse: bool,
+) -> (Arc<Recorder>, String, tokio::sync::watch::Sender<bool>) {
+    let settings = gantry_conf::Settings::load(&gantry_conf::Sources {
+        file: None,
+        env: vec![],
+        overrides: env(&[
+            ("role", "data_plane"),
+            ("database", "off"),
+            ("cluster_control_plane", cp),
+            ("cluster_cert", &cert.0),
+            ("cluster_cert_key", &cert.1),
+        ]),
+    })
+    .unwrap()
+    .settings;
+    let rec = Arc::new(Recorder {
+        got: Default::default(),
+        refuse,
+    });
+    let id = uuid::Uuid::new_v4().to_string();
+    let dp = gantry_cluster::DataPlane::new(
+        gantry_cluster::DpOptions {
+            settings: settings.cluster,
+            node_id: id.clone(),
+            hostname: format!("test-{version}"),
+            version: version.into(),
+            plugins: plugins.iter().map(|p| p.to_string()).collect(),
+            cache: None,
+        },
+        rec.clone(),
+    );
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let (_rot_tx, rot_rx) = tokio::sync::watch::channel(0u64);
+    tokio::spawn(async move {
+        let _keep = _rot_tx;
+        dp.run(rot_rx, rx).await
+    });
+    (rec, id, stop)
+}
+
+fn node<'a>(d: &'a [Value], id: &str) -> Option<&'a Value> {
+    d.iter().find(|n| n["id"] == id)
+}
+
+/// Same major version required, a newer data plane refused, an older one served without the
+/// fields it does not know; a plugin the data plane lacks makes it incompatible, naming the
+/// plugin, until the plugin is removed; a configuration a data plane refuses is reported in
+/// the registry.
+#[tokio::test(flavor = "multi_thread")]
+async fn versions_plugins_and_refusals_show_in_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let addr = cp.cluster.clone().unwrap();
+    admin(&http, &cp, "POST", "/services", json!({"name": "s", "host": "example.com"})).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/plugins",
+        json!({"name": "cors", "config": {"origins": ["*"], "allow_origin_absent": false}}),
+    )
+    .await;
+    let all = ["cors", "key-auth", "rate-limiting", "request-termination"];
+    let (major, major_id, _s1) = in_process_dp(&addr, &cert, "1.0.0", &all, false);
+    let (newer, newer_id, _s2) = in_process_dp(&addr, &cert, "0.3.0", &all, false);
+    let (older, older_id, _s3) = in_process_dp(&addr, &cert, "0.1.0", &all, false);
+    let (lacking, lacking_id, _s4) = in_process_dp(&addr, &cert, gantry_model::GANTRY_VERSION, &["key-auth"], false);
+    let (_refusing, refusing_id, _s5) = in_process_dp(&addr, &cert, gantry_model::GANTRY_VERSION, &all, true);
+    let d = until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
+        d.len() == 5
+            && node(d, &older_id).is_some_and(|n| n["status"] == "connected" && n["config_version"].as_i64() > Some(0))
+            && node(d, &refusing_id).is_some_and(|n| n["status"] == "out_of_sync")
+            && node(d, &lacking_id).is_some_and(|n| n["status"] == "incompatible")
+    })
+    .await;
+    let m = node(&d, &major_id).unwrap();
+    assert_eq!(m["status"], "incompatible", "{m}");
+    assert_eq!(m["sync_status"], "kong_version_incompatible");
+    assert!(m["reason"].as_str().unwrap().contains("different major versions"), "{m}");
+    let n = node(&d, &newer_id).unwrap();
+    assert!(n["reason"].as_str().unwrap().contains("newer than control plane version"), "{n}");
+    let l = node(&d, &lacking_id).unwrap();
+    assert_eq!(l["sync_status"], "plugin_set_incompatible");
+    assert!(l["reason"].as_str().unwrap().contains("plugin 'cors' configured on the control plane"), "{l}");
+    let r = node(&d, &refusing_id).unwrap();
+    assert!(r["last_error"].as_str().unwrap().contains("refuses every configuration"), "{r}");
+    assert!(r["behind"].as_i64().unwrap() > 0, "{r}");
+    assert!(major.got.lock().unwrap().is_empty());
+    assert!(newer.got.lock().unwrap().is_empty());
+    assert!(lacking.got.lock().unwrap().is_empty());
+    // The 0.1.0 data plane got the cors plugin without the 0.2.0 field.
+    {
+        let got = older.got.lock().unwrap();
+        let (_, cfg) = got.last().unwrap();
+        let conf = &cfg.entities["plugins"][0]["config"];
+        assert_eq!(conf["origins"], json!(["*"]));
+        assert!(conf.get("allow_origin_absent").is_none(), "{conf}");
+    }
+    // Removing the plugin makes the lacking data plane compatible: it gets configuration.
+    let plugins = admin(&http, &cp, "GET", "/plugins", json!({})).await;
+    let pid = plugins["data"][0]["id"].as_str().unwrap().to_string();
+    http.delete(format!("{}/plugins/{pid}", cp.admin)).send().await.unwrap();
+    until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
+        node(d, &lacking_id).is_some_and(|n| n["status"] == "connected")
+    })
+    .await;
+    assert!(!lacking.got.lock().unwrap().is_empty());
+}
