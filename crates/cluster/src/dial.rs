@@ -81,9 +81,9 @@ async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, String> 
         .map_err(|e| format!("forward proxy {addr}: {e}"))?;
     match res.status() {
         s if s.is_success() => {}
-        hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+        s @ (hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED | hyper::StatusCode::UNAUTHORIZED) => {
             return Err(format!(
-                "the forward proxy {addr} refused the credentials in proxy_server (407)"
+                "the forward proxy {addr} refused the credentials in proxy_server ({s})"
             ))
         }
         s => return Err(format!("the forward proxy {addr} refused CONNECT {target}: {s}")),

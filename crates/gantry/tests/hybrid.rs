@@ -666,3 +666,89 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     .await;
     assert!(!lacking.got.lock().unwrap().is_empty());
 }
+
+/// tinyproxy (Debian's package) as the forward proxy, killed when dropped.
+struct TinyProxy {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl TinyProxy {
+    /// `None` (with the reason printed) when tinyproxy is not installed, outside CI.
+    fn start(dir: &Path) -> Option<TinyProxy> {
+        let found = std::process::Command::new("tinyproxy").arg("-v").output().is_ok();
+        if !found {
+            assert!(!gantry_testkit::ci(), "tinyproxy is not installed (.ci/run installs it)");
+            eprintln!("skipped: tinyproxy is not installed (apt-get install tinyproxy)");
+            return None;
+        }
+        let port = free_port();
+        let conf = dir.join("tinyproxy.conf");
+        std::fs::write(
+            &conf,
+            format!("Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 50\nLogLevel Connect\nBasicAuth gantry s3cret\nAllow 127.0.0.1\n"),
+        )
+        .unwrap();
+        let log = dir.join("tinyproxy.out");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tinyproxy did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(TinyProxy { child, port, log })
+    }
+
+    fn said(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TinyProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `cluster_use_proxy`: the data plane reaches its control plane through a real forward
+/// proxy with HTTP CONNECT and basic authentication; wrong credentials are named in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_planes_reach_the_control_plane_through_a_forward_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(tp) = TinyProxy::start(dir.path()) else {
+        return;
+    };
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let addr = cp.cluster.clone().unwrap();
+    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
+    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/a"]})).await;
+    let via = format!("http://gantry:s3cret@127.0.0.1:{}", tp.port);
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(&addr, &cert, &[("KONG_CLUSTER_USE_PROXY", "on"), ("KONG_PROXY_SERVER", &via)]),
+    );
+    until(&http, &format!("{}/a", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(10)).await;
+    let said = tp.said();
+    assert!(said.contains(&format!("CONNECT {addr}")), "tinyproxy said:\n{said}");
+    // The proxy_server setting's secret is masked wherever settings are shown.
+    assert!(!dp.output().join("\n").contains("s3cret"));
+    let bad = format!("http://gantry:wrong@127.0.0.1:{}", tp.port);
+    let dp2 = Node::start(
+        &dir.path().join("dp2"),
+        &dp_env(&addr, &cert, &[("KONG_CLUSTER_USE_PROXY", "on"), ("KONG_PROXY_SERVER", &bad)]),
+    );
+    dp2.wait_log("refused the credentials in proxy_server", Duration::from_secs(10));
+}
