@@ -53,7 +53,10 @@ pub async fn data_planes(
         if !STATUSES.contains(&s) {
             return Err(ApiError::Invalid(
                 "status",
-                format!("unknown status '{s}': expected one of {}", STATUSES.join(", ")),
+                format!(
+                    "unknown status '{s}': expected one of {}",
+                    STATUSES.join(", ")
+                ),
             ));
         }
     }
@@ -75,7 +78,10 @@ pub async fn data_planes(
         .filter(|d| status.is_none_or(|s| d.get("status").and_then(Value::as_str) == Some(s)))
         .filter(|d| {
             wanted.iter().all(|(k, v)| {
-                d.get("labels").and_then(|l| l.get(k)).and_then(Value::as_str) == Some(v)
+                d.get("labels")
+                    .and_then(|l| l.get(k))
+                    .and_then(Value::as_str)
+                    == Some(v)
             })
         })
         .collect();
@@ -87,7 +93,11 @@ pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiEr
     only_on_control_planes(&st)?;
     let mut out = serde_json::Map::new();
     for d in entries(&st).await? {
-        let id = d.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
+        let id = d
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         out.insert(
             id,
             json!({

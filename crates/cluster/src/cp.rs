@@ -147,7 +147,11 @@ impl ControlPlane {
         self.published.borrow().clone()
     }
 
-    async fn track(self: Arc<Self>, mut versions: watch::Receiver<i64>, mut stop: watch::Receiver<bool>) {
+    async fn track(
+        self: Arc<Self>,
+        mut versions: watch::Receiver<i64>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let poll = if self.store.is_postgres() {
             Duration::from_millis(200)
         } else {
@@ -174,7 +178,9 @@ impl ControlPlane {
             StoreDelta::Unchanged => return Ok(()),
             StoreDelta::Changes { to, changes } => {
                 let mut config = (*cur.config).clone();
-                config.apply(&changes).map_err(|e| crate::ClusterError::Store(e.to_string()))?;
+                config
+                    .apply(&changes)
+                    .map_err(|e| crate::ClusterError::Store(e.to_string()))?;
                 let mut steps = (*cur.steps).clone();
                 steps.push_back(Arc::new(Step {
                     from: cur.version,
@@ -228,7 +234,11 @@ impl ControlPlane {
     }
 
     /// Accept data planes on `listener` until shutdown.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
@@ -248,7 +258,12 @@ impl ControlPlane {
         }
     }
 
-    async fn connection(self: Arc<Self>, tcp: tokio::net::TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
+    async fn connection(
+        self: Arc<Self>,
+        tcp: tokio::net::TcpStream,
+        peer: SocketAddr,
+        stop: watch::Receiver<bool>,
+    ) {
         let tls = match tokio::time::timeout(Duration::from_secs(10), self.tls.accept(tcp)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -271,19 +286,30 @@ impl ControlPlane {
             .max_message_size(Some(self.settings.max_payload))
             .max_frame_size(Some(self.settings.max_payload));
         #[allow(clippy::result_large_err)]
-        let check_path = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                          res: tokio_tungstenite::tungstenite::handshake::server::Response| {
-            if req.uri().path() == PATH {
-                Ok(res)
-            } else {
-                let mut e = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
-                    Some(format!("no cluster endpoint at {}; use {PATH}", req.uri().path())),
-                );
-                *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
-                Err(e)
-            }
-        };
-        let ws = match tokio_tungstenite::accept_hdr_async_with_config(tls, check_path, Some(ws_cfg)).await {
+        let check_path =
+            |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+             res: tokio_tungstenite::tungstenite::handshake::server::Response| {
+                if req.uri().path() == PATH {
+                    Ok(res)
+                } else {
+                    let mut e =
+                        tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                            Some(format!(
+                                "no cluster endpoint at {}; use {PATH}",
+                                req.uri().path()
+                            )),
+                        );
+                    *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+                    Err(e)
+                }
+            };
+        let ws = match tokio_tungstenite::accept_hdr_async_with_config(
+            tls,
+            check_path,
+            Some(ws_cfg),
+        )
+        .await
+        {
             Ok(ws) => ws,
             Err(e) => {
                 tracing::warn!(peer = %peer, "data plane refused: WebSocket handshake failed: {e}");
@@ -300,13 +326,18 @@ impl ControlPlane {
         };
         let result = session.run(stop).await;
         if let Some(dp) = &mut session.dp {
-            self.stats.connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            self.stats
+                .connected
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             dp.status = "disconnected";
             if let Err(e) = &result {
                 dp.last_error.get_or_insert_with(|| e.clone());
             }
             let doc = dp.doc(self.id.as_str(), expiry);
-            let _ = self.store.update_data_plane(&dp.id, &dp.session, &doc, unix_now()).await;
+            let _ = self
+                .store
+                .update_data_plane(&dp.id, &dp.session, &doc, unix_now())
+                .await;
             tracing::info!(node_id = %dp.id, hostname = %dp.hostname, peer = %peer, reason = %result.err().unwrap_or_else(|| "closed".into()), "data plane disconnected");
         }
     }
@@ -368,7 +399,8 @@ impl DpInfo {
     }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>;
 
 struct Session {
     cp: Arc<ControlPlane>,
@@ -384,15 +416,16 @@ impl Session {
         let msg = if frame.compressed {
             Message::Binary(frame.bytes.clone())
         } else {
-            Message::Text(
-                String::from_utf8_lossy(&frame.bytes).into_owned().into(),
-            )
+            Message::Text(String::from_utf8_lossy(&frame.bytes).into_owned().into())
         };
-        self.cp
-            .stats
-            .bytes_sent
-            .fetch_add(frame.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.ws.send(msg).await.map_err(|e| format!("send failed: {e}"))
+        self.cp.stats.bytes_sent.fetch_add(
+            frame.bytes.len() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.ws
+            .send(msg)
+            .await
+            .map_err(|e| format!("send failed: {e}"))
     }
 
     async fn recv(&mut self) -> Result<Option<FromDp>, String> {
@@ -450,7 +483,9 @@ impl Session {
             return Err(format!("invalid node id '{node_id}'"));
         }
         let reason = if protocol < 1 {
-            Some(format!("protocol {protocol} is not supported (this control plane speaks {PROTOCOL})"))
+            Some(format!(
+                "protocol {protocol} is not supported (this control plane speaks {PROTOCOL})"
+            ))
         } else {
             compat::incompatibility(gantry_model::GANTRY_VERSION, &version)
         };
@@ -469,7 +504,11 @@ impl Session {
             config_hash,
             sent: None,
             known: true,
-            status: if reason.is_some() { "incompatible" } else { "connected" },
+            status: if reason.is_some() {
+                "incompatible"
+            } else {
+                "connected"
+            },
             reason: reason.clone(),
             last_error: None,
             first_seen: unix_now(),
@@ -480,7 +519,10 @@ impl Session {
             .put_data_plane(&dp.id, &dp.session, &doc, unix_now())
             .await
             .map_err(|e| format!("cannot register: {e}"))?;
-        self.cp.stats.connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cp
+            .stats
+            .connected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(node_id = %dp.id, hostname = %dp.hostname, version = %dp.version, peer = %self.peer, "data plane connected");
         self.dp = Some(dp);
         self.send(&proto::encode(&ToDp::Welcome {
@@ -491,7 +533,8 @@ impl Session {
         .await?;
         if let Some(r) = reason {
             tracing::warn!(peer = %self.peer, "data plane is incompatible: {r}");
-            self.send(&proto::encode(&ToDp::Incompatible { reason: r })).await?;
+            self.send(&proto::encode(&ToDp::Incompatible { reason: r }))
+                .await?;
         }
         let mut published = self.cp.published.subscribe();
         published.mark_changed();
@@ -516,19 +559,29 @@ impl Session {
 
     /// Send what the data plane lacks of `p`, if it can take it.
     async fn offer(&mut self, p: &Arc<Published>) -> Result<(), String> {
-        let Some(mut dp) = self.dp.take() else { return Ok(()) };
+        let Some(mut dp) = self.dp.take() else {
+            return Ok(());
+        };
         let r = self.offer_to(&mut dp, p).await;
         self.dp = Some(dp);
         r
     }
 
     async fn offer_to(&mut self, dp: &mut DpInfo, p: &Arc<Published>) -> Result<(), String> {
-        if dp.status == "incompatible" && dp.reason.as_deref().is_some_and(|r| !r.starts_with("plugin")) {
+        if dp.status == "incompatible"
+            && dp
+                .reason
+                .as_deref()
+                .is_some_and(|r| !r.starts_with("plugin"))
+        {
             return Ok(());
         }
         if let Some(exp) = self.expiry {
             if unix_now() > exp {
-                return Err("the data plane's certificate has expired: no more configuration is sent".into());
+                return Err(
+                    "the data plane's certificate has expired: no more configuration is sent"
+                        .into(),
+                );
             }
         }
         let missing: Vec<&str> = p
@@ -538,7 +591,8 @@ impl Session {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            let reason = format!(
+            let reason =
+                format!(
                 "plugin{} {} configured on the control plane but not available on the data plane",
                 if missing.len() > 1 { "s" } else { "" },
                 missing.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", "),
@@ -547,7 +601,8 @@ impl Session {
                 dp.status = "incompatible";
                 dp.reason = Some(reason.clone());
                 tracing::warn!(node_id = %dp.id, "data plane is incompatible: {reason}");
-                self.send(&proto::encode(&ToDp::Incompatible { reason })).await?;
+                self.send(&proto::encode(&ToDp::Incompatible { reason }))
+                    .await?;
                 self.save(dp).await;
             }
             return Ok(());
@@ -595,8 +650,12 @@ impl Session {
                 (f, "delta")
             }
             Some(steps) => {
-                let changes: Vec<Change> =
-                    collapse(steps.iter().flat_map(|s| s.changes.iter().cloned()).collect());
+                let changes: Vec<Change> = collapse(
+                    steps
+                        .iter()
+                        .flat_map(|s| s.changes.iter().cloned())
+                        .collect(),
+                );
                 (
                     Arc::new(proto::encode(&ToDp::Delta {
                         from: have_v,
@@ -642,12 +701,19 @@ impl Session {
             &self.cp.stats.snapshots_sent
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(version = p.version, bytes = frame.bytes.len(), kind, "configuration sent");
+        tracing::debug!(
+            version = p.version,
+            bytes = frame.bytes.len(),
+            kind,
+            "configuration sent"
+        );
         self.send(&frame).await
     }
 
     async fn handle(&mut self, m: FromDp) -> Result<(), String> {
-        let Some(mut dp) = self.dp.take() else { return Ok(()) };
+        let Some(mut dp) = self.dp.take() else {
+            return Ok(());
+        };
         let r = self.handle_from(&mut dp, m).await;
         self.dp = Some(dp);
         r
@@ -698,7 +764,8 @@ impl Session {
                 dp.config_hash = hash;
                 let v = self.cp.current().version;
                 self.save(dp).await;
-                self.send(&proto::encode(&ToDp::Pong { version: v })).await?;
+                self.send(&proto::encode(&ToDp::Pong { version: v }))
+                    .await?;
             }
         }
         Ok(())

@@ -36,7 +36,11 @@ pub async fn dial(
         }
     })
     .await
-    .unwrap_or_else(|_| Err(format!("timed out after {timeout:?} connecting to {target}")))
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "timed out after {timeout:?} connecting to {target}"
+        ))
+    })
 }
 
 async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, String> {
@@ -81,12 +85,17 @@ async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, String> 
         .map_err(|e| format!("forward proxy {addr}: {e}"))?;
     match res.status() {
         s if s.is_success() => {}
-        s @ (hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED | hyper::StatusCode::UNAUTHORIZED) => {
+        s
+        @ (hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED | hyper::StatusCode::UNAUTHORIZED) => {
             return Err(format!(
                 "the forward proxy {addr} refused the credentials in proxy_server ({s})"
             ))
         }
-        s => return Err(format!("the forward proxy {addr} refused CONNECT {target}: {s}")),
+        s => {
+            return Err(format!(
+                "the forward proxy {addr} refused CONNECT {target}: {s}"
+            ))
+        }
     }
     let upgraded = hyper::upgrade::on(res)
         .await

@@ -39,6 +39,8 @@ pub struct DpOptions {
 /// What a data plane runs and whether it is connected, for status and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DpState {
+    /// A configuration runs (from the cache or the control plane).
+    pub loaded: bool,
     pub connected: bool,
     pub version: i64,
     pub hash: String,
@@ -138,6 +140,7 @@ impl DataPlane {
                 Ok(()) => {
                     tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
                     self.state.send_modify(|s| {
+                        s.loaded = true;
                         s.version = version;
                         s.hash = hash;
                     });
@@ -266,7 +269,11 @@ impl DataPlane {
             labels: s.labels.iter().cloned().collect(),
             plugins: self.opts.plugins.clone(),
             config_version: if local.known { local.version } else { 0 },
-            config_hash: if local.known { local.hash.clone() } else { String::new() },
+            config_hash: if local.known {
+                local.hash.clone()
+            } else {
+                String::new()
+            },
         };
         send(&mut ws, &hello).await.map_err(Ended::Connect)?;
         let max = s.max_payload;
@@ -340,7 +347,13 @@ impl DataPlane {
 
     /// Check `config` against `hash` and run it. On success it becomes the local
     /// configuration; on failure the running one stays and the local one is marked unknown.
-    fn install(&self, local: &mut Local, config: Config, version: i64, hash: &str) -> Result<(), String> {
+    fn install(
+        &self,
+        local: &mut Local,
+        config: Config,
+        version: i64,
+        hash: &str,
+    ) -> Result<(), String> {
         let actual = hash_config(&config).config;
         let r = if actual != hash {
             Err(format!(
@@ -380,6 +393,7 @@ impl DataPlane {
             Ok(()) => {
                 tracing::info!(version, hash = %hash, "configuration from the control plane applied");
                 self.state.send_modify(|s| {
+                    s.loaded = true;
                     s.version = version;
                     s.hash = hash.to_string();
                 });
@@ -390,7 +404,10 @@ impl DataPlane {
                 }
             }
             Err(error) => {
-                tracing::error!(version, "configuration from the control plane refused, the running one stays: {error}");
+                tracing::error!(
+                    version,
+                    "configuration from the control plane refused, the running one stays: {error}"
+                );
                 FromDp::Error {
                     version,
                     error,
@@ -402,11 +419,14 @@ impl DataPlane {
     }
 
     async fn save_cache(&self, local: &Local) {
-        let Some(path) = self.opts.cache.clone() else { return };
+        let Some(path) = self.opts.cache.clone() else {
+            return;
+        };
         // One writer at a time; the write itself runs off the runtime's threads.
         let _g = self.cache_writer.lock().await;
         let (config, version, hash) = (local.config.clone(), local.version, local.hash.clone());
-        let r = tokio::task::spawn_blocking(move || write_cache(&path, &config, version, &hash)).await;
+        let r =
+            tokio::task::spawn_blocking(move || write_cache(&path, &config, version, &hash)).await;
         match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!("cannot write the configuration cache: {e}"),
@@ -465,7 +485,10 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert(
             "services".into(),
-            vec![json!({"id": "s", "host": "a"}).as_object().cloned().unwrap()],
+            vec![json!({"id": "s", "host": "a"})
+                .as_object()
+                .cloned()
+                .unwrap()],
         );
         let hash = hash_config(&config).config;
         write_cache(&path, &config, 7, &hash).unwrap();

@@ -160,14 +160,26 @@ mod tests {
             "config_hash": "00000000000000000000000000000000"
         }))
         .unwrap();
-        assert!(matches!(hello, FromDp::Hello { config_version: 3, .. }));
+        assert!(matches!(
+            hello,
+            FromDp::Hello {
+                config_version: 3,
+                ..
+            }
+        ));
         // The smallest hello: optional fields may be absent; unknown ones are ignored.
         let hello: FromDp = serde_json::from_value(json!({
             "type": "hello", "protocol": 1, "node_id": "n", "hostname": "h", "version": "0.1.0",
             "future_field": true
         }))
         .unwrap();
-        assert!(matches!(hello, FromDp::Hello { config_version: 0, .. }));
+        assert!(matches!(
+            hello,
+            FromDp::Hello {
+                config_version: 0,
+                ..
+            }
+        ));
         let delta: ToDp = serde_json::from_value(json!({
             "type": "delta", "from": 3, "version": 5, "hash": "h",
             "changes": [
@@ -176,7 +188,9 @@ mod tests {
             ]
         }))
         .unwrap();
-        let ToDp::Delta { changes, .. } = delta else { panic!() };
+        let ToDp::Delta { changes, .. } = delta else {
+            panic!()
+        };
         assert_eq!(changes.len(), 2);
         for m in [
             json!({"type": "ack", "version": 5, "hash": "h"}),
@@ -199,7 +213,12 @@ mod tests {
     fn large_messages_are_compressed_and_bounded() {
         let mut entities = BTreeMap::new();
         let docs: Vec<Doc> = (0..500)
-            .map(|i| json!({"id": format!("{i:08}"), "host": "example.com"}).as_object().cloned().unwrap())
+            .map(|i| {
+                json!({"id": format!("{i:08}"), "host": "example.com"})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            })
             .collect();
         entities.insert("services".to_string(), docs);
         let msg = ToDp::Snapshot {

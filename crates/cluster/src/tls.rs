@@ -86,7 +86,8 @@ pub fn certs(key: &'static str, value: &str) -> Result<Vec<CertificateDer<'stati
 /// The private key of a PEM setting.
 pub fn key(key: &'static str, value: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_pem(key, value)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| setting(key, format!("no usable private key: {e}")))
+    PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| setting(key, format!("no usable private key: {e}")))
 }
 
 /// A certificate's validity period, Unix seconds.
@@ -138,14 +139,17 @@ impl Pinned {
         }
         let now = now.as_secs() as i64;
         match validity(presented) {
-            Some((_, not_after)) if now > not_after => {
-                Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Expired))
-            }
+            Some((_, not_after)) if now > not_after => Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Expired,
+            )),
             Some((not_before, _)) if now < not_before => Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::NotValidYet,
             )),
             Some(_) => Ok(()),
-            None => Err(refuse(format!("the {}'s certificate does not parse", self.who))),
+            None => Err(refuse(format!(
+                "the {}'s certificate does not parse",
+                self.who
+            ))),
         }
     }
 
@@ -155,7 +159,12 @@ impl Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn tls13(
@@ -164,7 +173,12 @@ impl Pinned {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn schemes(&self) -> Vec<SignatureScheme> {
@@ -184,7 +198,8 @@ impl ClientCertVerifier for Pinned {
         _intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.check(end_entity, now).map(|_| ClientCertVerified::assertion())
+        self.check(end_entity, now)
+            .map(|_| ClientCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -216,7 +231,8 @@ impl ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.check(end_entity, now).map(|_| ServerCertVerified::assertion())
+        self.check(end_entity, now)
+            .map(|_| ServerCertVerified::assertion())
     }
     fn verify_tls12_signature(
         &self,
@@ -278,7 +294,12 @@ pub fn server_config(s: &ClusterSettings) -> Result<Arc<rustls::ServerConfig>, T
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
-        .map_err(|e| setting("cluster_cert_key", format!("does not match cluster_cert: {e}")))?;
+        .map_err(|e| {
+            setting(
+                "cluster_cert_key",
+                format!("does not match cluster_cert: {e}"),
+            )
+        })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -301,9 +322,12 @@ pub fn client_config(s: &ClusterSettings) -> Result<Arc<rustls::ClientConfig>, T
             })),
         Mtls::Pki => builder.with_root_certificates(trust_roots(s)?),
     };
-    let mut cfg = builder
-        .with_client_auth_cert(chain, key)
-        .map_err(|e| setting("cluster_cert_key", format!("does not match cluster_cert: {e}")))?;
+    let mut cfg = builder.with_client_auth_cert(chain, key).map_err(|e| {
+        setting(
+            "cluster_cert_key",
+            format!("does not match cluster_cert: {e}"),
+        )
+    })?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

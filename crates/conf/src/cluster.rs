@@ -279,7 +279,9 @@ mod tests {
             .unwrap_err()
             .contains("reserved prefix 'kong'"));
         assert!(parse_labels("_x:1").is_err());
-        assert!(parse_labels("Gantry.io:1").unwrap_err().contains("reserved"));
+        assert!(parse_labels("Gantry.io:1")
+            .unwrap_err()
+            .contains("reserved"));
         assert!(parse_labels("a:-b")
             .unwrap_err()
             .contains("label value '-b'"));

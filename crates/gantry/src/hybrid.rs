@@ -11,7 +11,7 @@ use gantry_conf::Settings;
 use gantry_store::Store;
 use tokio::sync::watch;
 
-use crate::node::{bind, serve_proxy, write_pid};
+use crate::node::{bind, serve_proxy_listeners, serve_status, write_pid};
 
 /// Start the cluster service of a control plane: check its certificates, follow the store,
 /// accept data planes on `cluster_listen`.
@@ -22,13 +22,22 @@ pub async fn start_control_plane(
     versions: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<ControlPlane>> {
-    let cp = ControlPlane::start(store, settings.cluster.clone(), node_id, versions, shutdown.clone())
-        .await
-        .context("cannot start the cluster service")?;
+    let cp = ControlPlane::start(
+        store,
+        settings.cluster.clone(),
+        node_id,
+        versions,
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot start the cluster service")?;
     for l in &settings.cluster_listen {
         let tcp = bind(l, "cluster_listen").await?;
         let addr = tcp.local_addr()?;
-        tracing::info!("cluster listening on {addr} (mTLS, cluster_mtls = {:?})", settings.cluster.mtls);
+        tracing::info!(
+            "cluster listening on {addr} (mTLS, cluster_mtls = {:?})",
+            settings.cluster.mtls
+        );
         eprintln!("gantry: cluster listening on {addr}");
         tokio::spawn(cp.clone().serve(tcp, shutdown.clone()));
     }
@@ -39,14 +48,23 @@ pub async fn start_control_plane(
 struct ProxySink(Arc<gantry_proxy::Proxy>);
 
 impl ConfigSink for ProxySink {
-    fn apply(&self, config: &gantry_model::Config, version: i64, _hash: &str) -> Result<(), String> {
+    fn apply(
+        &self,
+        config: &gantry_model::Config,
+        version: i64,
+        _hash: &str,
+    ) -> Result<(), String> {
         self.0.apply(config, version).map_err(|e| e.to_string())
     }
 }
 
 /// Run a data plane until `shutdown`: the cached configuration first, then whatever the
 /// control plane sends. No Admin API.
-pub async fn run_data_plane<F>(settings: Arc<Settings>, node_id: String, shutdown: F) -> anyhow::Result<()>
+pub async fn run_data_plane<F>(
+    settings: Arc<Settings>,
+    node_id: String,
+    shutdown: F,
+) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -74,7 +92,7 @@ where
         Arc::new(ProxySink(proxy.clone())),
     );
     dp.load_cached();
-    let tasks = serve_proxy(&settings, &proxy, &rx).await?;
+    let mut tasks = serve_status(&settings, &proxy, &rx).await?;
     tracing::info!(
         node_id = %node_id,
         version = gantry_model::GANTRY_VERSION,
@@ -83,7 +101,23 @@ where
     );
     let (rot_tx, rot_rx) = watch::channel(0u64);
     tokio::spawn(watch_certificates(settings.clone(), rot_tx, rx.clone()));
+    let mut state = dp.state();
     let client = tokio::spawn(dp.run(rot_rx, rx.clone()));
+    // The proxy port opens once a configuration runs: a data plane that joins a SO_REUSEPORT
+    // group takes no request it would answer 404.
+    if !state.borrow().loaded {
+        tracing::info!(
+            "the proxy listeners open once a configuration is loaded from the control plane"
+        );
+        let mut stop = rx.clone();
+        tokio::select! {
+            _ = state.wait_for(|s| s.loaded) => {}
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => {}
+        }
+    }
+    if !*rx.borrow() {
+        tasks.extend(serve_proxy_listeners(&settings, &proxy, &rx).await?);
+    }
     for t in tasks {
         let _ = t.await;
     }
@@ -99,7 +133,11 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 
 /// Tick `rotated` on SIGHUP and when the certificate or key file changes, once the new pair
 /// loads: the data plane reconnects with it.
-async fn watch_certificates(settings: Arc<Settings>, rotated: watch::Sender<u64>, mut stop: watch::Receiver<bool>) {
+async fn watch_certificates(
+    settings: Arc<Settings>,
+    rotated: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) {
     let files: Vec<PathBuf> = [&settings.cluster.cert, &settings.cluster.cert_key]
         .into_iter()
         .filter_map(|v| gantry_cluster::tls::setting_path(v))

@@ -321,6 +321,17 @@ pub async fn serve_proxy(
     proxy: &Arc<gantry_proxy::Proxy>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = serve_proxy_listeners(settings, proxy, shutdown).await?;
+    tasks.extend(serve_status(settings, proxy, shutdown).await?);
+    Ok(tasks)
+}
+
+/// Bind `proxy_listen` and serve it with `proxy` until shutdown.
+pub async fn serve_proxy_listeners(
+    settings: &Settings,
+    proxy: &Arc<gantry_proxy::Proxy>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     let mut acceptor = None;
     for l in &settings.proxy_listen {
@@ -347,6 +358,16 @@ pub async fn serve_proxy(
             shutdown.clone(),
         )));
     }
+    Ok(tasks)
+}
+
+/// Bind `status_listen` and serve it until shutdown.
+pub async fn serve_status(
+    settings: &Settings,
+    proxy: &Arc<gantry_proxy::Proxy>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let mut tasks = Vec::new();
     for l in &settings.status_listen {
         let tcp = bind(l, "status_listen").await?;
         let addr = tcp.local_addr()?;

@@ -43,7 +43,8 @@ fn child(prefix: &Path, role: &str, env: &[(&str, String)]) -> anyhow::Result<Ch
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().with_context(|| format!("cannot start the {role}"))
+    cmd.spawn()
+        .with_context(|| format!("cannot start the {role}"))
 }
 
 /// Wait until the data plane proxies `/mock`.
@@ -184,7 +185,10 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
 /// SIGTERM each child and wait for it.
 fn stop(children: &mut [Child]) {
     for c in children.iter_mut() {
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
     }
     for c in children.iter_mut() {
         let _ = c.wait();

@@ -19,14 +19,21 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// A shared-mode certificate pair made by `gantry hybrid gen_cert`.
 fn gen_cert(dir: &Path, name: &str) -> (String, String) {
-    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
     let out = cmd(&[])
         .args(["hybrid", "gen_cert"])
         .arg(&c)
         .arg(&k)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (c.display().to_string(), k.display().to_string())
 }
 
@@ -121,8 +128,13 @@ impl Load {
                 b = b.pool_max_idle_per_host(0);
             }
             let http = b.build().unwrap();
-            let (url, ok, failed, first, rx) =
-                (url.clone(), ok.clone(), failed.clone(), first.clone(), rx.clone());
+            let (url, ok, failed, first, rx) = (
+                url.clone(),
+                ok.clone(),
+                failed.clone(),
+                first.clone(),
+                rx.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 // Bounded: at most 60 s of requests.
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -220,29 +232,58 @@ async fn data_planes_sync_and_register() {
     let addr = cp.cluster.clone().unwrap();
     let dp1 = Node::start(
         &dir.path().join("dp1"),
-        &dp_env(&addr, &cert, &[("KONG_CLUSTER_DP_LABELS", "region:eu,tier:gold")]),
+        &dp_env(
+            &addr,
+            &cert,
+            &[("KONG_CLUSTER_DP_LABELS", "region:eu,tier:gold")],
+        ),
     );
     let mut dp2 = Node::start(
         &dir.path().join("dp2"),
         &dp_env(&addr, &cert, &[("KONG_CLUSTER_DP_LABELS", "region:us")]),
     );
     assert_eq!(dp1.admin, "", "a data plane serves no Admin API");
-    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
-    admin(&http, &cp, "POST", "/services/s/routes", json!({"name": "r", "paths": ["/a"]})).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"name": "r", "paths": ["/a"]}),
+    )
+    .await;
     for dp in [&dp1, &dp2] {
-        until(&http, &format!("{}/a", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(10)).await;
+        until(
+            &http,
+            &format!("{}/a", dp.dp_proxy()),
+            200,
+            Duration::from_secs(10),
+        )
+        .await;
     }
     admin(&http, &cp, "PATCH", "/routes/r", json!({"paths": ["/b"]})).await;
     for dp in [&dp1, &dp2] {
-        let p = dp.proxy.as_ref().unwrap();
+        let p = dp.dp_proxy();
         until(&http, &format!("{p}/b"), 200, Duration::from_secs(10)).await;
         until(&http, &format!("{p}/a"), 404, Duration::from_secs(10)).await;
     }
     // After the first snapshot, changes travel as deltas.
-    dp1.wait_log("configuration from the control plane applied", Duration::from_secs(5));
+    dp1.wait_log(
+        "configuration from the control plane applied",
+        Duration::from_secs(5),
+    );
     let hash = cp_hash(&http, &cp).await;
     let all = until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
-        d.len() == 2 && d.iter().all(|n| n["config_hash"] == hash.as_str() && n["status"] == "connected")
+        d.len() == 2
+            && d.iter()
+                .all(|n| n["config_hash"] == hash.as_str() && n["status"] == "connected")
     })
     .await;
     let now = gantry_model::unix_now();
@@ -255,11 +296,36 @@ async fn data_planes_sync_and_register() {
         assert!(exp > now + 3640 * 86_400, "{n}");
         assert!(n["last_seen"].as_i64().unwrap() >= now - 60);
     }
-    let eu = until_registry(&http, &cp, "?labels=region:eu", Duration::from_secs(1), |d| d.len() == 1).await;
+    let eu = until_registry(
+        &http,
+        &cp,
+        "?labels=region:eu",
+        Duration::from_secs(1),
+        |d| d.len() == 1,
+    )
+    .await;
     assert_eq!(eu[0]["labels"], json!({"region": "eu", "tier": "gold"}));
-    until_registry(&http, &cp, "?labels=region:eu,tier:silver", Duration::from_secs(1), |d| d.is_empty()).await;
-    until_registry(&http, &cp, "?status=connected", Duration::from_secs(1), |d| d.len() == 2).await;
-    let (s, v) = get_json(&http, &format!("{}/clustering/data-planes?status=sleepy", cp.admin)).await;
+    until_registry(
+        &http,
+        &cp,
+        "?labels=region:eu,tier:silver",
+        Duration::from_secs(1),
+        |d| d.is_empty(),
+    )
+    .await;
+    until_registry(
+        &http,
+        &cp,
+        "?status=connected",
+        Duration::from_secs(1),
+        |d| d.len() == 2,
+    )
+    .await;
+    let (s, v) = get_json(
+        &http,
+        &format!("{}/clustering/data-planes?status=sleepy", cp.admin),
+    )
+    .await;
     assert_eq!(s, 400, "{v}");
     assert!(v["message"].as_str().unwrap().contains("sleepy"), "{v}");
     let (_, st) = get_json(&http, &format!("{}/clustering/status", cp.admin)).await;
@@ -270,9 +336,13 @@ async fn data_planes_sync_and_register() {
     // A stopped data plane is shown disconnected, then stays listed.
     dp2.signal("TERM");
     dp2.wait_exit(Duration::from_secs(10));
-    until_registry(&http, &cp, "?status=disconnected", Duration::from_secs(10), |d| {
-        d.len() == 1 && d[0]["labels"]["region"] == "us"
-    })
+    until_registry(
+        &http,
+        &cp,
+        "?status=disconnected",
+        Duration::from_secs(10),
+        |d| d.len() == 1 && d[0]["labels"]["region"] == "us",
+    )
     .await;
     cp.wait_log("data plane disconnected", Duration::from_secs(5));
 }
@@ -282,14 +352,47 @@ async fn bad_hybrid_settings_stop_the_node_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
     let cert = gen_cert(dir.path(), "cluster");
     let cases: Vec<(Vec<(String, String)>, &str)> = vec![
-        (dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_DP_LABELS", "kong-zone:a")]), "cluster_dp_labels"),
-        (dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_DP_LABELS", "a:b:c,d")]), "cluster_dp_labels"),
-        (dp_env("127.0.0.1:9", &("".into(), "".into()), &[]), "cluster_cert"),
+        (
+            dp_env(
+                "127.0.0.1:9",
+                &cert,
+                &[("KONG_CLUSTER_DP_LABELS", "kong-zone:a")],
+            ),
+            "cluster_dp_labels",
+        ),
+        (
+            dp_env(
+                "127.0.0.1:9",
+                &cert,
+                &[("KONG_CLUSTER_DP_LABELS", "a:b:c,d")],
+            ),
+            "cluster_dp_labels",
+        ),
+        (
+            dp_env("127.0.0.1:9", &("".into(), "".into()), &[]),
+            "cluster_cert",
+        ),
         (dp_env("", &cert, &[]), "cluster_control_plane"),
-        (dp_env("127.0.0.1:9", &cert, &[("KONG_DATABASE", "sqlite")]), "database"),
-        (dp_env("127.0.0.1:9", &(cert.0.clone(), "/nonexistent/key.pem".into()), &[]), "cluster_cert_key"),
-        (dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_USE_PROXY", "on")]), "proxy_server"),
-        (cp_env(&cert, &[("KONG_CLUSTER_MTLS", "pki")]), "cluster_ca_cert"),
+        (
+            dp_env("127.0.0.1:9", &cert, &[("KONG_DATABASE", "sqlite")]),
+            "database",
+        ),
+        (
+            dp_env(
+                "127.0.0.1:9",
+                &(cert.0.clone(), "/nonexistent/key.pem".into()),
+                &[],
+            ),
+            "cluster_cert_key",
+        ),
+        (
+            dp_env("127.0.0.1:9", &cert, &[("KONG_CLUSTER_USE_PROXY", "on")]),
+            "proxy_server",
+        ),
+        (
+            cp_env(&cert, &[("KONG_CLUSTER_MTLS", "pki")]),
+            "cluster_ca_cert",
+        ),
     ];
     for (i, (e, key)) in cases.into_iter().enumerate() {
         let out = cmd(&e)
@@ -322,14 +425,31 @@ async fn data_planes_outlive_their_control_plane() {
     let mut cp = Node::start(&dir.path().join("cp"), &cp_e);
     let dp_e = dp_env(&listen, &cert, &[]);
     let mut dp = Node::start(&dir.path().join("dp"), &dp_e);
-    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
-    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/a"]})).await;
-    let url = format!("{}/a", dp.proxy.as_ref().unwrap());
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
+    let url = format!("{}/a", dp.dp_proxy());
     until(&http, &url, 200, Duration::from_secs(10)).await;
     let load = Load::start(url.clone(), 4, false);
     tokio::time::sleep(Duration::from_millis(300)).await;
     cp.kill9();
-    dp.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    dp.wait_log(
+        "failed to connect to the control plane",
+        Duration::from_secs(10),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed, first) = load.finish().await;
     assert!(ok > 50, "{ok}");
@@ -339,17 +459,44 @@ async fn data_planes_outlive_their_control_plane() {
     dp.wait_exit(Duration::from_secs(10));
     assert!(dir.path().join("dp/config.cache.json.gz").exists());
     let dp = Node::start(&dir.path().join("dp"), &dp_e);
-    let url = format!("{}/a", dp.proxy.as_ref().unwrap());
+    let url = format!("{}/a", dp.dp_proxy());
     until(&http, &url, 200, Duration::from_secs(5)).await;
     dp.wait_log("serving the cached configuration", Duration::from_secs(5));
-    dp.wait_log("failed to connect to the control plane", Duration::from_secs(10));
-    let (s, _) = get_json(&http, &format!("{}/status/ready", dp.status.as_ref().unwrap())).await;
+    dp.wait_log(
+        "failed to connect to the control plane",
+        Duration::from_secs(10),
+    );
+    let (s, _) = get_json(
+        &http,
+        &format!("{}/status/ready", dp.status.as_ref().unwrap()),
+    )
+    .await;
     assert_eq!(s, 200);
     // The control plane comes back on its address: the data plane reconnects and follows.
     let cp = Node::start(&dir.path().join("cp"), &cp_e);
-    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/c"]})).await;
-    until(&http, &format!("{}/c", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(20)).await;
-    until_registry(&http, &cp, "?status=connected", Duration::from_secs(10), |d| d.len() == 1).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/c"]}),
+    )
+    .await;
+    until(
+        &http,
+        &format!("{}/c", dp.dp_proxy()),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+    until_registry(
+        &http,
+        &cp,
+        "?status=connected",
+        Duration::from_secs(10),
+        |d| d.len() == 1,
+    )
+    .await;
 }
 
 /// A test CA for `cluster_mtls = pki`.
@@ -363,7 +510,8 @@ impl Pki {
     fn new(dir: &Path) -> Pki {
         let kp = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, "Gantry test cluster CA");
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "Gantry test cluster CA");
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         p.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
@@ -392,7 +540,10 @@ impl Pki {
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = p.signed_by(&kp, &self.issuer).unwrap();
-        let (c, k) = (self.dir.join(format!("{file}.crt")), self.dir.join(format!("{file}.key")));
+        let (c, k) = (
+            self.dir.join(format!("{file}.crt")),
+            self.dir.join(format!("{file}.key")),
+        );
         write_atomically(&c, cert.pem().as_bytes());
         write_atomically(&k, kp.serialize_pem().as_bytes());
         (c.display().to_string(), k.display().to_string())
@@ -422,24 +573,63 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
     let cp_cert = pki.leaf("cp", "kong_clustering", 2090);
     let cp = Node::start(
         &dir.path().join("cp"),
-        &cp_env(&cp_cert, &[("KONG_CLUSTER_MTLS", "pki"), ("KONG_CLUSTER_CA_CERT", &pki.ca)]),
+        &cp_env(
+            &cp_cert,
+            &[
+                ("KONG_CLUSTER_MTLS", "pki"),
+                ("KONG_CLUSTER_CA_CERT", &pki.ca),
+            ],
+        ),
     );
     let addr = cp.cluster.clone().unwrap();
     let pki_dp = |cert: &(String, String)| {
-        dp_env(&addr, cert, &[("KONG_CLUSTER_MTLS", "pki"), ("KONG_CLUSTER_CA_CERT", &pki.ca)])
+        dp_env(
+            &addr,
+            cert,
+            &[
+                ("KONG_CLUSTER_MTLS", "pki"),
+                ("KONG_CLUSTER_CA_CERT", &pki.ca),
+            ],
+        )
     };
-    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
-    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/a"]})).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
 
     // Signed by another CA: refused by the control plane.
     let other = Pki::new(&dir.path().join("other").tap_mkdir());
-    let stranger = Node::start(&dir.path().join("stranger"), &pki_dp(&other.leaf("dp", "dp-stranger", 2090)));
-    stranger.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    let stranger = Node::start(
+        &dir.path().join("stranger"),
+        &pki_dp(&other.leaf("dp", "dp-stranger", 2090)),
+    );
+    stranger.wait_log(
+        "failed to connect to the control plane",
+        Duration::from_secs(10),
+    );
     cp.wait_log("not signed by cluster_ca_cert", Duration::from_secs(5));
     // Expired: refused, and the control plane says so.
-    let expired = Node::start(&dir.path().join("expired"), &pki_dp(&pki.leaf("old", "dp-old", 2021)));
+    let expired = Node::start(
+        &dir.path().join("expired"),
+        &pki_dp(&pki.leaf("old", "dp-old", 2021)),
+    );
     expired.wait_log("the cluster certificate expired", Duration::from_secs(10));
-    expired.wait_log("failed to connect to the control plane", Duration::from_secs(10));
+    expired.wait_log(
+        "failed to connect to the control plane",
+        Duration::from_secs(10),
+    );
     cp.wait_log("certificate expired", Duration::from_secs(5));
     // No client certificate at all: a raw TLS client is refused in the handshake.
     {
@@ -457,7 +647,9 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
             .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from("kong_clustering").unwrap();
-        let r = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await;
+        let r = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await;
         if let Ok(mut s) = r {
             // TLS 1.3: the refusal arrives with the first read.
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -472,7 +664,7 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
     // A good certificate: connected, with its expiry in the registry.
     let dp_cert = pki.leaf("dp", "dp-1", 2090);
     let dp = Node::start(&dir.path().join("dp"), &pki_dp(&dp_cert));
-    let url = format!("{}/a", dp.proxy.as_ref().unwrap());
+    let url = format!("{}/a", dp.dp_proxy());
     until(&http, &url, 200, Duration::from_secs(10)).await;
     until_registry(&http, &cp, "", Duration::from_secs(5), |d| {
         d.len() == 1 && d[0]["cert_details"]["expiry_timestamp"] == year_ts(2090)
@@ -490,14 +682,33 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
     pki.leaf("dp", "dp-1", 2021);
     dp.signal("HUP");
     dp.wait_log("the cluster certificate expired", Duration::from_secs(10));
-    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/new"]})).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/new"]}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     until(&http, &url, 200, Duration::from_secs(1)).await;
-    until(&http, &format!("{}/new", dp.proxy.as_ref().unwrap()), 404, Duration::from_secs(1)).await;
+    until(
+        &http,
+        &format!("{}/new", dp.dp_proxy()),
+        404,
+        Duration::from_secs(1),
+    )
+    .await;
     // Back to a good one: it catches up.
     pki.leaf("dp", "dp-1", 2092);
     dp.signal("HUP");
-    until(&http, &format!("{}/new", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(15)).await;
+    until(
+        &http,
+        &format!("{}/new", dp.dp_proxy()),
+        200,
+        Duration::from_secs(15),
+    )
+    .await;
 }
 
 /// `shared` mode: a data plane with a certificate other than the control plane's is refused.
@@ -508,10 +719,16 @@ async fn shared_mode_refuses_a_different_certificate() {
     let other = gen_cert(dir.path(), "other");
     let http = reqwest::Client::new();
     let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
-    let dp = Node::start(&dir.path().join("dp"), &dp_env(cp.cluster.as_ref().unwrap(), &other, &[]));
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(cp.cluster.as_ref().unwrap(), &other, &[]),
+    );
     // Each side pins its own certificate: the data plane refuses the control plane's first.
     dp.wait_log("not the pinned cluster_cert", Duration::from_secs(10));
-    cp.wait_log("the data plane refused this control plane's certificate", Duration::from_secs(10));
+    cp.wait_log(
+        "the data plane refused this control plane's certificate",
+        Duration::from_secs(10),
+    );
     until_registry(&http, &cp, "", Duration::from_secs(1), |d| d.is_empty()).await;
     // Certificate settings also take PEM text and base64-encoded PEM.
     use base64::Engine;
@@ -611,7 +828,14 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     let http = reqwest::Client::new();
     let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
     let addr = cp.cluster.clone().unwrap();
-    admin(&http, &cp, "POST", "/services", json!({"name": "s", "host": "example.com"})).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "host": "example.com"}),
+    )
+    .await;
     admin(
         &http,
         &cp,
@@ -624,11 +848,20 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     let (major, major_id, _s1) = in_process_dp(&addr, &cert, "1.0.0", &all, false);
     let (newer, newer_id, _s2) = in_process_dp(&addr, &cert, "0.3.0", &all, false);
     let (older, older_id, _s3) = in_process_dp(&addr, &cert, "0.1.0", &all, false);
-    let (lacking, lacking_id, _s4) = in_process_dp(&addr, &cert, gantry_model::GANTRY_VERSION, &["key-auth"], false);
-    let (_refusing, refusing_id, _s5) = in_process_dp(&addr, &cert, gantry_model::GANTRY_VERSION, &all, true);
+    let (lacking, lacking_id, _s4) = in_process_dp(
+        &addr,
+        &cert,
+        gantry_model::GANTRY_VERSION,
+        &["key-auth"],
+        false,
+    );
+    let (_refusing, refusing_id, _s5) =
+        in_process_dp(&addr, &cert, gantry_model::GANTRY_VERSION, &all, true);
     let d = until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
         d.len() == 5
-            && node(d, &older_id).is_some_and(|n| n["status"] == "connected" && n["config_version"].as_i64() > Some(0))
+            && node(d, &older_id).is_some_and(|n| {
+                n["status"] == "connected" && n["config_version"].as_i64() > Some(0)
+            })
             && node(d, &refusing_id).is_some_and(|n| n["status"] == "out_of_sync")
             && node(d, &lacking_id).is_some_and(|n| n["status"] == "incompatible")
     })
@@ -636,14 +869,38 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     let m = node(&d, &major_id).unwrap();
     assert_eq!(m["status"], "incompatible", "{m}");
     assert_eq!(m["sync_status"], "kong_version_incompatible");
-    assert!(m["reason"].as_str().unwrap().contains("different major versions"), "{m}");
+    assert!(
+        m["reason"]
+            .as_str()
+            .unwrap()
+            .contains("different major versions"),
+        "{m}"
+    );
     let n = node(&d, &newer_id).unwrap();
-    assert!(n["reason"].as_str().unwrap().contains("newer than control plane version"), "{n}");
+    assert!(
+        n["reason"]
+            .as_str()
+            .unwrap()
+            .contains("newer than control plane version"),
+        "{n}"
+    );
     let l = node(&d, &lacking_id).unwrap();
     assert_eq!(l["sync_status"], "plugin_set_incompatible");
-    assert!(l["reason"].as_str().unwrap().contains("plugin 'cors' configured on the control plane"), "{l}");
+    assert!(
+        l["reason"]
+            .as_str()
+            .unwrap()
+            .contains("plugin 'cors' configured on the control plane"),
+        "{l}"
+    );
     let r = node(&d, &refusing_id).unwrap();
-    assert!(r["last_error"].as_str().unwrap().contains("refuses every configuration"), "{r}");
+    assert!(
+        r["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refuses every configuration"),
+        "{r}"
+    );
     assert!(r["behind"].as_i64().unwrap() > 0, "{r}");
     assert!(major.got.lock().unwrap().is_empty());
     assert!(newer.got.lock().unwrap().is_empty());
@@ -659,7 +916,10 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     // Removing the plugin makes the lacking data plane compatible: it gets configuration.
     let plugins = admin(&http, &cp, "GET", "/plugins", json!({})).await;
     let pid = plugins["data"][0]["id"].as_str().unwrap().to_string();
-    http.delete(format!("{}/plugins/{pid}", cp.admin)).send().await.unwrap();
+    http.delete(format!("{}/plugins/{pid}", cp.admin))
+        .send()
+        .await
+        .unwrap();
     until_registry(&http, &cp, "", Duration::from_secs(10), |d| {
         node(d, &lacking_id).is_some_and(|n| n["status"] == "connected")
     })
@@ -677,9 +937,15 @@ struct TinyProxy {
 impl TinyProxy {
     /// `None` (with the reason printed) when tinyproxy is not installed, outside CI.
     fn start(dir: &Path) -> Option<TinyProxy> {
-        let found = std::process::Command::new("tinyproxy").arg("-v").output().is_ok();
+        let found = std::process::Command::new("tinyproxy")
+            .arg("-v")
+            .output()
+            .is_ok();
         if !found {
-            assert!(!gantry_testkit::ci(), "tinyproxy is not installed (.ci/run installs it)");
+            assert!(
+                !gantry_testkit::ci(),
+                "tinyproxy is not installed (.ci/run installs it)"
+            );
             eprintln!("skipped: tinyproxy is not installed (apt-get install tinyproxy)");
             return None;
         }
@@ -733,22 +999,125 @@ async fn data_planes_reach_the_control_plane_through_a_forward_proxy() {
     let up = echo().await;
     let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
     let addr = cp.cluster.clone().unwrap();
-    admin(&http, &cp, "POST", "/services", json!({"name": "s", "url": format!("http://{up}")})).await;
-    admin(&http, &cp, "POST", "/services/s/routes", json!({"paths": ["/a"]})).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
     let via = format!("http://gantry:s3cret@127.0.0.1:{}", tp.port);
     let dp = Node::start(
         &dir.path().join("dp"),
-        &dp_env(&addr, &cert, &[("KONG_CLUSTER_USE_PROXY", "on"), ("KONG_PROXY_SERVER", &via)]),
+        &dp_env(
+            &addr,
+            &cert,
+            &[
+                ("KONG_CLUSTER_USE_PROXY", "on"),
+                ("KONG_PROXY_SERVER", &via),
+            ],
+        ),
     );
-    until(&http, &format!("{}/a", dp.proxy.as_ref().unwrap()), 200, Duration::from_secs(10)).await;
+    until(
+        &http,
+        &format!("{}/a", dp.dp_proxy()),
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
     let said = tp.said();
-    assert!(said.contains(&format!("CONNECT {addr}")), "tinyproxy said:\n{said}");
+    assert!(
+        said.contains(&format!("CONNECT {addr}")),
+        "tinyproxy said:\n{said}"
+    );
     // The proxy_server setting's secret is masked wherever settings are shown.
     assert!(!dp.output().join("\n").contains("s3cret"));
     let bad = format!("http://gantry:wrong@127.0.0.1:{}", tp.port);
     let dp2 = Node::start(
         &dir.path().join("dp2"),
-        &dp_env(&addr, &cert, &[("KONG_CLUSTER_USE_PROXY", "on"), ("KONG_PROXY_SERVER", &bad)]),
+        &dp_env(
+            &addr,
+            &cert,
+            &[
+                ("KONG_CLUSTER_USE_PROXY", "on"),
+                ("KONG_PROXY_SERVER", &bad),
+            ],
+        ),
     );
-    dp2.wait_log("refused the credentials in proxy_server", Duration::from_secs(10));
+    dp2.wait_log(
+        "refused the credentials in proxy_server",
+        Duration::from_secs(10),
+    );
+}
+
+/// Zero-downtime replacement: a new data plane binds the same proxy port (SO_REUSEPORT),
+/// takes configuration, and the old one drains on SIGQUIT; no request fails meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_plane_is_replaced_under_load_without_failures() {
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+    if migrate.trim() != "1" {
+        assert!(
+            !gantry_testkit::ci(),
+            ".ci/run sets net.ipv4.tcp_migrate_req = 1"
+        );
+        eprintln!(
+            "skipped: net.ipv4.tcp_migrate_req is not 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let addr = cp.cluster.clone().unwrap();
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port} reuseport");
+    let e = dp_env(&addr, &cert, &[("KONG_PROXY_LISTEN", &listen)]);
+    let mut old = Node::start(&dir.path().join("dp-old"), &e);
+    let url = format!("http://127.0.0.1:{port}/a");
+    until(&http, &url, 200, Duration::from_secs(10)).await;
+    let load = Load::start(url.clone(), 4, true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let new = Node::start(&dir.path().join("dp-new"), &e);
+    until(
+        &http,
+        &format!("{}/status/ready", new.status.as_ref().unwrap()),
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    let served_before = load.ok.load(Ordering::Relaxed);
+    old.signal("QUIT");
+    old.wait_exit(Duration::from_secs(15));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed, first) = load.finish().await;
+    assert_eq!(failed, 0, "first failure: {first:?}");
+    assert!(ok > served_before, "the new data plane served nothing");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
 }

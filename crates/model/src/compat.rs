@@ -18,7 +18,11 @@ impl Version {
     pub fn parse(s: &str) -> Option<Version> {
         let core = s.split(['-', '+']).next()?;
         let mut it = core.split('.').map(|p| p.parse::<u32>().ok());
-        let v = Version(it.next()??, it.next().unwrap_or(Some(0))?, it.next().unwrap_or(Some(0))?);
+        let v = Version(
+            it.next()??,
+            it.next().unwrap_or(Some(0))?,
+            it.next().unwrap_or(Some(0))?,
+        );
         it.next().is_none().then_some(v)
     }
 }
@@ -71,8 +75,7 @@ pub fn incompatibility(cp: &str, dp: &str) -> Option<String> {
 pub fn unknown_fields(entity: &str, dp: Version) -> impl Iterator<Item = &'static Since> + '_ {
     FIELDS_SINCE.iter().filter(move |s| {
         dp < s.version
-            && (s.entity == entity
-                || (entity == "plugins" && s.entity.starts_with("plugins/")))
+            && (s.entity == entity || (entity == "plugins" && s.entity.starts_with("plugins/")))
     })
 }
 
@@ -149,10 +152,11 @@ mod tests {
             .as_object()
             .cloned()
             .unwrap();
-        let mut other = json!({"id": "q", "name": "key-auth", "config": {"allow_origin_absent": 1}})
-            .as_object()
-            .cloned()
-            .unwrap();
+        let mut other =
+            json!({"id": "q", "name": "key-auth", "config": {"allow_origin_absent": 1}})
+                .as_object()
+                .cloned()
+                .unwrap();
         assert!(strip("plugins", &mut cors.clone(), Version(0, 2, 0)).is_empty());
         assert_eq!(
             strip("plugins", &mut cors, Version(0, 1, 0)),

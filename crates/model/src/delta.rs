@@ -79,8 +79,7 @@ impl Config {
                 }
                 Change::Delete { entity, id } => {
                     if let Some(docs) = self.entities.get_mut(entity) {
-                        if let Ok(i) = docs.binary_search_by(|d| id_of(d).cmp(&Some(id.as_str())))
-                        {
+                        if let Ok(i) = docs.binary_search_by(|d| id_of(d).cmp(&Some(id.as_str()))) {
                             docs.remove(i);
                         }
                         if docs.is_empty() {
@@ -158,10 +157,7 @@ mod tests {
         }])
         .unwrap();
         assert!(c.entities.is_empty());
-        assert_eq!(
-            crate::hash::hash_config(&c).config,
-            crate::hash::EMPTY_HASH
-        );
+        assert_eq!(crate::hash::hash_config(&c).config, crate::hash::EMPTY_HASH);
     }
 
     #[test]

@@ -241,7 +241,12 @@ impl Proxy {
                 _ = async { let _ = shutdown.wait_for(|v| *v).await; } => break,
             }
         }
+        // Stop accepting (with SO_REUSEPORT and net.ipv4.tcp_migrate_req, connections still
+        // queued here move to the node that replaces this one). Connections accepted a moment
+        // ago get a short grace to send their first request before idle ones are closed;
+        // requests in flight then finish, for up to 30 s.
         drop(listener);
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     }
 

@@ -122,9 +122,10 @@ impl Store {
 
     /// Every data plane in the registry, most recently seen first.
     pub async fn data_planes(&self) -> Result<Vec<Doc>, StoreError> {
-        let rows = sqlx::query("SELECT id, doc FROM clustering_data_planes ORDER BY last_seen DESC, id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, doc FROM clustering_data_planes ORDER BY last_seen DESC, id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get(0)?;
@@ -140,10 +141,12 @@ impl Store {
 
     /// Remove the data planes last seen before `before` (Unix seconds); returns how many.
     pub async fn purge_data_planes(&self, before: i64) -> Result<u64, StoreError> {
-        Ok(sqlx::query("DELETE FROM clustering_data_planes WHERE last_seen < $1")
-            .bind(before)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM clustering_data_planes WHERE last_seen < $1")
+                .bind(before)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
     }
 }

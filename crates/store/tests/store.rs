@@ -261,7 +261,8 @@ async fn deltas_replay_to_the_exported_configuration() {
     for t in all_stores().await {
         let st = &t.store;
         let (mut mirror, mut at) = st.export().await.unwrap();
-        let mut catch_up = |mirror: &mut gantry_model::Config, at: &mut i64, d: StoreDelta| match d {
+        let mut catch_up = |mirror: &mut gantry_model::Config, at: &mut i64, d: StoreDelta| match d
+        {
             StoreDelta::Changes { to, changes } => {
                 mirror.apply(&changes).unwrap();
                 *at = to;
@@ -274,15 +275,18 @@ async fn deltas_replay_to_the_exported_configuration() {
         let rid = route["id"].as_str().unwrap().to_string();
         let (cs, consumer) = doc("consumers", json!({"username": "u"}));
         let cid = consumer["id"].as_str().unwrap().to_string();
-        let (ks, key) = doc("keyauth_credentials", json!({"key": "k", "consumer": {"id": cid}}));
+        let (ks, key) = doc(
+            "keyauth_credentials",
+            json!({"key": "k", "consumer": {"id": cid}}),
+        );
         st.write(vec![
             Op::Insert(ss, svc.clone()),
             Op::Insert(rs, route),
             Op::Insert(cs, consumer),
             Op::Insert(ks, key),
         ])
-            .await
-            .unwrap();
+        .await
+        .unwrap();
         let mut svc2 = svc.clone();
         svc2.insert("host".into(), json!("b.example"));
         st.write(vec![Op::Upsert(ss, svc2)]).await.unwrap();
@@ -292,9 +296,17 @@ async fn deltas_replay_to_the_exported_configuration() {
             assert_eq!(changes.len(), 4, "{}", t.name);
         }
         catch_up(&mut mirror, &mut at, d);
-        assert_eq!(st.delta_since(at, 1000).await.unwrap(), StoreDelta::Unchanged);
+        assert_eq!(
+            st.delta_since(at, 1000).await.unwrap(),
+            StoreDelta::Unchanged
+        );
         let (now, v) = st.export().await.unwrap();
-        assert_eq!((hash_config(&mirror), at), (hash_config(&now), v), "{}", t.name);
+        assert_eq!(
+            (hash_config(&mirror), at),
+            (hash_config(&now), v),
+            "{}",
+            t.name
+        );
         // Deleting the consumer cascades to its key: both arrive as deletes.
         st.write(vec![
             Op::Delete(rs, rid),
@@ -322,7 +334,10 @@ async fn the_data_plane_registry_is_kept_apart_from_the_config() {
     for t in all_stores().await {
         let st = &t.store;
         let v = st.version().await.unwrap();
-        let d = json!({"id": "dp1", "hostname": "h"}).as_object().cloned().unwrap();
+        let d = json!({"id": "dp1", "hostname": "h"})
+            .as_object()
+            .cloned()
+            .unwrap();
         st.put_data_plane("dp1", "s1", &d, 100).await.unwrap();
         let mut d2 = d.clone();
         d2.insert("hostname".into(), json!("h2"));
@@ -336,6 +351,11 @@ async fn the_data_plane_registry_is_kept_apart_from_the_config() {
         assert_eq!(all[0]["hostname"], "h2");
         assert_eq!(st.purge_data_planes(60).await.unwrap(), 1);
         assert_eq!(st.data_planes().await.unwrap().len(), 1);
-        assert_eq!(st.version().await.unwrap(), v, "{}: registry writes are not config", t.name);
+        assert_eq!(
+            st.version().await.unwrap(),
+            v,
+            "{}: registry writes are not config",
+            t.name
+        );
     }
 }

@@ -84,10 +84,16 @@ impl Node {
         if !env.iter().any(|(k, _)| k == "KONG_PROXY_LISTEN") {
             env.push(("KONG_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
         }
+        // A data plane opens its proxy port only once it has a configuration: see
+        // `Node::dp_proxy`.
         let proxies = env
             .iter()
             .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v != "off")
-            && role != "control_plane";
+            && role == "traditional";
+        let needs_status = role == "data_plane"
+            && env
+                .iter()
+                .any(|(k, v)| k == "KONG_STATUS_LISTEN" && v != "off");
         let needs_admin = role != "data_plane";
         let needs_cluster = role == "control_plane";
         let mut child = cmd(&env)
@@ -115,15 +121,18 @@ impl Node {
         let wants_tls = env
             .iter()
             .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v.contains("ssl"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let admin = loop {
             let all = proxy.is_some() && status.is_some() && (proxy_tls.is_some() || !wants_tls);
             if (admin.is_some() || !needs_admin)
                 && (all || !proxies)
                 && (cluster.is_some() || !needs_cluster)
+                && (status.is_some() || !needs_status)
             {
                 break admin.clone().unwrap_or_default();
             }
-            match rx.recv_timeout(Duration::from_secs(30)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
                 Ok(line) => {
                     if let Some(url) = line.strip_prefix("gantry: admin API listening on ") {
                         admin = Some(url.trim().to_string());
@@ -196,6 +205,17 @@ impl Node {
         let mut all = self.early.lock().unwrap();
         all.extend(self.lines.try_iter());
         all.clone()
+    }
+
+    /// A data plane's proxy URL, once it listens (it does once it has a configuration).
+    pub fn dp_proxy(&self) -> String {
+        let line = self.wait_log(
+            "gantry: proxy listening on http://",
+            Duration::from_secs(30),
+        );
+        line.trim_start_matches("gantry: proxy listening on ")
+            .trim()
+            .to_string()
     }
 
     /// Wait until a line of stderr contains `needle`; panics with the output after `within`.
