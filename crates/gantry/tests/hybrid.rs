@@ -1121,3 +1121,157 @@ async fn a_data_plane_is_replaced_under_load_without_failures() {
     assert!(ok > served_before, "the new data plane served nothing");
     assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
 }
+
+/// Two control planes on one PostgreSQL: a change made through either reaches data planes
+/// connected to both; data planes that list both fail over when one dies.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_control_planes_share_one_postgres() {
+    let Some(pg) = gantry_testkit::PgSchema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let db = common::db_env(Some(&pg));
+    let with_db = |mut e: Vec<(String, String)>| {
+        e.extend(db.iter().cloned());
+        e
+    };
+    let mut cp1 = Node::start(&dir.path().join("cp1"), &with_db(cp_env(&cert, &[])));
+    let cp2 = Node::start(&dir.path().join("cp2"), &with_db(cp_env(&cert, &[])));
+    let (a1, a2) = (cp1.cluster.clone().unwrap(), cp2.cluster.clone().unwrap());
+    let both = format!("{a1},{a2}");
+    let dp1 = Node::start(&dir.path().join("dp1"), &dp_env(&both, &cert, &[]));
+    let dp2 = Node::start(&dir.path().join("dp2"), &dp_env(&a2, &cert, &[]));
+    admin(
+        &http,
+        &cp1,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp1,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/one"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp2,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/two"]}),
+    )
+    .await;
+    for dp in [&dp1, &dp2] {
+        for p in ["/one", "/two"] {
+            until(
+                &http,
+                &format!("{}{p}", dp.dp_proxy()),
+                200,
+                Duration::from_secs(10),
+            )
+            .await;
+        }
+    }
+    // Either control plane shows every data plane.
+    for cp in [&cp1, &cp2] {
+        until_registry(
+            &http,
+            cp,
+            "?status=connected",
+            Duration::from_secs(10),
+            |d| d.len() == 2,
+        )
+        .await;
+    }
+    cp1.kill9();
+    admin(
+        &http,
+        &cp2,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/three"]}),
+    )
+    .await;
+    until(
+        &http,
+        &format!("{}/three", dp1.dp_proxy()),
+        200,
+        Duration::from_secs(15),
+    )
+    .await;
+    let cp2_id = get_json(&http, &format!("{}/", cp2.admin)).await.1["node_id"].clone();
+    until_registry(
+        &http,
+        &cp2,
+        "?status=connected",
+        Duration::from_secs(10),
+        |d| d.len() == 2 && d.iter().all(|n| n["control_plane"] == cp2_id),
+    )
+    .await;
+}
+
+/// A control plane that stops answering (SIGSTOP) is noticed by the data plane's pings, which
+/// then keeps serving and reconnects once the control plane runs again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unresponsive_control_plane_is_noticed_by_pings() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(
+            cp.cluster.as_ref().unwrap(),
+            &cert,
+            &[("KONG_CLUSTER_PING_INTERVAL", "200ms")],
+        ),
+    );
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
+    let url = format!("{}/a", dp.dp_proxy());
+    until(&http, &url, 200, Duration::from_secs(10)).await;
+    cp.signal("STOP");
+    dp.wait_log(
+        "failed to receive a ping response from the control plane",
+        Duration::from_secs(5),
+    );
+    until(&http, &url, 200, Duration::from_secs(1)).await;
+    cp.signal("CONT");
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/b"]}),
+    )
+    .await;
+    until(
+        &http,
+        &format!("{}/b", dp.dp_proxy()),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+}
