@@ -45,6 +45,10 @@ pub struct DpState {
     pub version: i64,
     pub hash: String,
     pub control_plane: Option<String>,
+    /// Bytes of configuration messages received, as sent (compressed or not).
+    pub bytes_received: u64,
+    /// How long the last configuration took to apply: delta, hash check and the sink.
+    pub last_apply: Duration,
 }
 
 /// The cache file's content.
@@ -297,6 +301,13 @@ impl DataPlane {
                         Some(Err(e)) => return Err(Ended::Lost(e.to_string())),
                         Some(Ok(m)) => m,
                     };
+                    if let Message::Binary(b) = &m {
+                        let n = b.len() as u64;
+                        self.state.send_modify(|st| st.bytes_received += n);
+                    } else if let Message::Text(t) = &m {
+                        let n = t.len() as u64;
+                        self.state.send_modify(|st| st.bytes_received += n);
+                    }
                     let msg: ToDp = match m {
                         Message::Text(t) => proto::decode(false, t.as_bytes(), max),
                         Message::Binary(b) => proto::decode(true, &b, max),
@@ -318,12 +329,15 @@ impl DataPlane {
                             tracing::error!("the control plane sends no configuration to this data plane: {reason}");
                         }
                         ToDp::Snapshot { version, hash, entities } => {
+                            let t = std::time::Instant::now();
                             let mut config = Config { entities };
                             config.sort();
                             let r = self.install(local, config, version, &hash);
+                            self.state.send_modify(|st| st.last_apply = t.elapsed());
                             self.report(&mut ws, local, version, &hash, r).await?;
                         }
                         ToDp::Delta { from, version, hash, changes } => {
+                            let t = std::time::Instant::now();
                             let r = if !local.known || from != local.version {
                                 Err(format!("delta from version {from} does not apply to version {} (asking for a snapshot)", local.version))
                             } else {
@@ -336,6 +350,7 @@ impl DataPlane {
                                     }
                                 }
                             };
+                            self.state.send_modify(|st| st.last_apply = t.elapsed());
                             self.report(&mut ws, local, version, &hash, r).await?;
                         }
                     }

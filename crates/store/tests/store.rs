@@ -261,8 +261,7 @@ async fn deltas_replay_to_the_exported_configuration() {
     for t in all_stores().await {
         let st = &t.store;
         let (mut mirror, mut at) = st.export().await.unwrap();
-        let mut catch_up = |mirror: &mut gantry_model::Config, at: &mut i64, d: StoreDelta| match d
-        {
+        let catch_up = |mirror: &mut gantry_model::Config, at: &mut i64, d: StoreDelta| match d {
             StoreDelta::Changes { to, changes } => {
                 mirror.apply(&changes).unwrap();
                 *at = to;
