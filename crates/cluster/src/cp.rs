@@ -13,7 +13,7 @@ use gantry_model::compat::{self, Version};
 use gantry_model::delta::{collapse, Change};
 use gantry_model::hash::hash_config;
 use gantry_model::{unix_now, Config, Doc};
-use gantry_store::{Store, StoreDelta};
+use gantry_store::{RegistryWrite, Store, StoreDelta};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -79,9 +79,56 @@ impl Published {
     }
 }
 
+/// Registry writes, coalesced: sessions queue entries and one task writes whatever is queued
+/// in one transaction, the latest entry per data plane winning. A thousand data planes
+/// connecting at once cost a few transactions, and no session waits for the database.
+struct Registry {
+    tx: tokio::sync::mpsc::UnboundedSender<RegistryWrite>,
+}
+
+impl Registry {
+    fn start(store: Arc<Store>) -> Registry {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RegistryWrite>();
+        tokio::spawn(async move {
+            let mut batch: Vec<RegistryWrite> = Vec::new();
+            while let Some(first) = rx.recv().await {
+                batch.push(first);
+                while let Ok(w) = rx.try_recv() {
+                    batch.push(w);
+                }
+                let mut latest: Vec<RegistryWrite> = Vec::with_capacity(batch.len());
+                for w in batch.drain(..) {
+                    match latest.iter_mut().find(|l| l.id == w.id) {
+                        Some(l) => {
+                            let insert = l.insert && l.session == w.session || w.insert;
+                            *l = RegistryWrite { insert, ..w };
+                        }
+                        None => latest.push(w),
+                    }
+                }
+                if let Err(e) = store.write_data_planes(&latest).await {
+                    tracing::warn!(error = %e, entries = latest.len(), "cannot write the data plane registry");
+                }
+            }
+        });
+        Registry { tx }
+    }
+
+    fn put(&self, dp: &DpInfo, doc: Doc, insert: bool) {
+        let _ = self.tx.send(RegistryWrite {
+            id: dp.id.clone(),
+            session: dp.session.clone(),
+            doc,
+            last_seen: unix_now(),
+            insert,
+        });
+    }
+}
+
 /// The control plane's cluster service.
 pub struct ControlPlane {
     store: Arc<Store>,
+    registry: Registry,
     settings: ClusterSettings,
     id: String,
     published: watch::Sender<Arc<Published>>,
@@ -130,6 +177,7 @@ impl ControlPlane {
         };
         let (published, _) = watch::channel(Arc::new(first));
         let cp = Arc::new(ControlPlane {
+            registry: Registry::start(store.clone()),
             store,
             settings,
             id,
@@ -333,11 +381,7 @@ impl ControlPlane {
             if let Err(e) = &result {
                 dp.last_error.get_or_insert_with(|| e.clone());
             }
-            let doc = dp.doc(self.id.as_str(), expiry);
-            let _ = self
-                .store
-                .update_data_plane(&dp.id, &dp.session, &doc, unix_now())
-                .await;
+            self.registry.put(dp, dp.doc(self.id.as_str(), expiry), false);
             tracing::info!(node_id = %dp.id, hostname = %dp.hostname, peer = %peer, reason = %result.err().unwrap_or_else(|| "closed".into()), "data plane disconnected");
         }
     }
@@ -451,15 +495,9 @@ impl Session {
     }
 
     async fn save(&self, dp: &DpInfo) {
-        let doc = dp.doc(&self.cp.id, self.expiry);
-        if let Err(e) = self
-            .cp
-            .store
-            .update_data_plane(&dp.id, &dp.session, &doc, unix_now())
-            .await
-        {
-            tracing::warn!(node_id = %dp.id, error = %e, "cannot update the data plane registry");
-        }
+        self.cp
+            .registry
+            .put(dp, dp.doc(&self.cp.id, self.expiry), false);
     }
 
     async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
@@ -513,12 +551,9 @@ impl Session {
             last_error: None,
             first_seen: unix_now(),
         };
-        let doc = dp.doc(&self.cp.id, self.expiry);
         self.cp
-            .store
-            .put_data_plane(&dp.id, &dp.session, &doc, unix_now())
-            .await
-            .map_err(|e| format!("cannot register: {e}"))?;
+            .registry
+            .put(&dp, dp.doc(&self.cp.id, self.expiry), true);
         self.cp
             .stats
             .connected

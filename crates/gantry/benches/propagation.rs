@@ -163,9 +163,11 @@ fn usage(pid: u32) -> (u64, f64) {
 async fn wait_all(states: &[State], pred: impl Fn(&DpState) -> bool, within: Duration) {
     let deadline = Instant::now() + within;
     while !states.iter().all(|s| pred(&s.borrow())) {
+        let done = states.iter().filter(|s| pred(&s.borrow())).count();
         assert!(
             Instant::now() < deadline,
-            "data planes did not get there in {within:?}"
+            "only {done} of {} data planes got there in {within:?}",
+            states.len()
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

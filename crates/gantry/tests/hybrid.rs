@@ -1275,3 +1275,126 @@ async fn an_unresponsive_control_plane_is_noticed_by_pings() {
     )
     .await;
 }
+
+/// A configuration larger than `cluster_max_payload` is not sent; the registry says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configuration_over_cluster_max_payload_is_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    // 4,000 consumers with 2,240 random hex characters each: about 4.5 MB once compressed.
+    let mut yaml = String::from("_format_version: \"3.0\"\nconsumers:\n");
+    for i in 0..4000 {
+        let noise: String = (0..70)
+            .map(|_| uuid::Uuid::new_v4().simple().to_string())
+            .collect();
+        yaml.push_str(&format!("- username: u{i}\n  custom_id: \"{noise}\"\n"));
+    }
+    let file = dir.path().join("big.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = cmd(&[])
+        .args(["config", "db_import"])
+        .arg(&file)
+        .arg("-p")
+        .arg(dir.path().join("cp"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cp = Node::start(
+        &dir.path().join("cp"),
+        &cp_env(&cert, &[("KONG_CLUSTER_MAX_PAYLOAD", "4194304")]),
+    );
+    let _dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(
+            cp.cluster.as_ref().unwrap(),
+            &cert,
+            &[("KONG_CLUSTER_MAX_PAYLOAD", "4194304")],
+        ),
+    );
+    let d = until_registry(&http, &cp, "", Duration::from_secs(20), |d| {
+        d.len() == 1 && d[0]["status"] == "out_of_sync"
+    })
+    .await;
+    let e = d[0]["last_error"].as_str().unwrap();
+    assert!(
+        e.contains("more than cluster_max_payload (4194304 bytes)"),
+        "{e}"
+    );
+    cp.wait_log("more than cluster_max_payload", Duration::from_secs(5));
+}
+
+/// `gantry quickstart`: a control plane, a data plane and `/mock`, all stopped on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_runs_a_control_plane_and_a_data_plane() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (admin_port, proxy_port, cluster_port, status_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let mut child = cmd(&[])
+        .arg("quickstart")
+        .arg("-p")
+        .arg(dir.path())
+        .args(["--admin-port", &admin_port.to_string()])
+        .args(["--proxy-port", &proxy_port.to_string()])
+        .args(["--cluster-port", &cluster_port.to_string()])
+        .args(["--status-port", &status_port.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.starts_with("Stop with Ctrl-C"))
+    {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => said.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("quickstart did not come up: {said:?}");
+            }
+        }
+    }
+    let text = said.join("\n");
+    assert!(text.contains("a second data plane"), "{text}");
+    let http = reqwest::Client::new();
+    let r = http
+        .get(format!("http://127.0.0.1:{proxy_port}/mock"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, reg) = get_json(
+        &http,
+        &format!("http://127.0.0.1:{admin_port}/clustering/data-planes"),
+    )
+    .await;
+    assert_eq!(reg["data"].as_array().unwrap().len(), 1, "{reg}");
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "quickstart did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its nodes are gone with it.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_err());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err());
+}

@@ -20,6 +20,16 @@ pub enum StoreDelta {
     Reset,
 }
 
+/// One registry entry to write (see [`Store::write_data_planes`]).
+#[derive(Debug, Clone)]
+pub struct RegistryWrite {
+    pub id: String,
+    pub session: String,
+    pub doc: Doc,
+    pub last_seen: i64,
+    pub insert: bool,
+}
+
 impl Store {
     /// The changes after `version`, with the documents as they now are; [`StoreDelta::Reset`]
     /// when the log holds more than `limit` entries after it or a replace happened.
@@ -77,47 +87,28 @@ impl Store {
         })
     }
 
-    /// Record (create or replace) a data plane's registry entry for the connection `session`.
-    pub async fn put_data_plane(
-        &self,
-        id: &str,
-        session: &str,
-        doc: &Doc,
-        last_seen: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO clustering_data_planes (id, doc, session, last_seen) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, session = excluded.session, last_seen = excluded.last_seen",
-        )
-        .bind(id.to_string())
-        .bind(serde_json::Value::Object(doc.clone()).to_string())
-        .bind(session.to_string())
-        .bind(last_seen)
-        .execute(&self.pool)
-        .await?;
+    /// Write several registry entries in one transaction: `insert` entries create or replace
+    /// (a new connection), the others update only while their session is the entry's latest.
+    pub async fn write_data_planes(&self, batch: &[RegistryWrite]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for w in batch {
+            let doc = serde_json::Value::Object(w.doc.clone()).to_string();
+            let q = if w.insert {
+                "INSERT INTO clustering_data_planes (id, doc, session, last_seen) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, session = excluded.session, last_seen = excluded.last_seen"
+            } else {
+                "UPDATE clustering_data_planes SET doc = $2, last_seen = $4 WHERE id = $1 AND session = $3"
+            };
+            sqlx::query(q)
+                .bind(w.id.clone())
+                .bind(doc)
+                .bind(w.session.clone())
+                .bind(w.last_seen)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
-    }
-
-    /// Update a data plane's entry only while `session` is still its latest connection (a
-    /// newer one, on this control plane or another, wins). Returns whether it was updated.
-    pub async fn update_data_plane(
-        &self,
-        id: &str,
-        session: &str,
-        doc: &Doc,
-        last_seen: i64,
-    ) -> Result<bool, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE clustering_data_planes SET doc = $2, last_seen = $4 WHERE id = $1 AND session = $3",
-        )
-        .bind(id.to_string())
-        .bind(serde_json::Value::Object(doc.clone()).to_string())
-        .bind(session.to_string())
-        .bind(last_seen)
-        .execute(&self.pool)
-        .await?
-        .rows_affected()
-            > 0)
     }
 
     /// Every data plane in the registry, most recently seen first.

@@ -23,7 +23,7 @@ use sqlx::AnyConnection;
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Mutex;
 
-pub use cluster::StoreDelta;
+pub use cluster::{RegistryWrite, StoreDelta};
 pub use error::StoreError;
 pub use read::{Change, ListQuery, Page, TagFilter, TagRow};
 pub use write::Op;

@@ -337,14 +337,27 @@ async fn the_data_plane_registry_is_kept_apart_from_the_config() {
             .as_object()
             .cloned()
             .unwrap();
-        st.put_data_plane("dp1", "s1", &d, 100).await.unwrap();
+        let w = |id: &str, session: &str, doc: &Doc, last_seen: i64, insert: bool| {
+            gantry_store::RegistryWrite {
+                id: id.into(),
+                session: session.into(),
+                doc: doc.clone(),
+                last_seen,
+                insert,
+            }
+        };
         let mut d2 = d.clone();
         d2.insert("hostname".into(), json!("h2"));
-        st.put_data_plane("dp1", "s2", &d2, 200).await.unwrap();
-        st.put_data_plane("dp2", "s3", &d, 50).await.unwrap();
+        st.write_data_planes(&[w("dp1", "s1", &d, 100, true)])
+            .await
+            .unwrap();
+        st.write_data_planes(&[w("dp1", "s2", &d2, 200, true), w("dp2", "s3", &d, 50, true)])
+            .await
+            .unwrap();
         // The first connection's late update does not overwrite the second's entry.
-        assert!(!st.update_data_plane("dp1", "s1", &d, 300).await.unwrap());
-        assert!(st.update_data_plane("dp1", "s2", &d2, 200).await.unwrap());
+        st.write_data_planes(&[w("dp1", "s1", &d, 300, false)])
+            .await
+            .unwrap();
         let all = st.data_planes().await.unwrap();
         assert_eq!(all.len(), 2, "{}", t.name);
         assert_eq!(all[0]["hostname"], "h2");
