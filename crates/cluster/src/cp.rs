@@ -49,6 +49,18 @@ pub struct Published {
 }
 
 impl Published {
+    /// A version read whole from the store: no steps lead to it.
+    fn whole(config: Config, version: i64) -> Published {
+        Published {
+            version,
+            hash: hash_config(&config).config,
+            plugins: configured_plugins(&config),
+            config: Arc::new(config),
+            steps: Arc::new(VecDeque::new()),
+            snapshot: OnceLock::new(),
+        }
+    }
+
     /// The whole configuration; for an older data plane, without the fields it does not
     /// know, and with the hash of what it is actually sent.
     fn snapshot_msg(&self, dp: Option<Version>) -> ToDp {
@@ -167,15 +179,7 @@ impl ControlPlane {
     ) -> Result<Arc<ControlPlane>, crate::ClusterError> {
         let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&settings)?);
         let (config, version) = store.export().await?;
-        let first = Published {
-            version,
-            hash: hash_config(&config).config,
-            plugins: configured_plugins(&config),
-            config: Arc::new(config),
-            steps: Arc::new(VecDeque::new()),
-            snapshot: OnceLock::new(),
-        };
-        let (published, _) = watch::channel(Arc::new(first));
+        let (published, _) = watch::channel(Arc::new(Published::whole(config, version)));
         let cp = Arc::new(ControlPlane {
             registry: Registry::start(store.clone()),
             store,
@@ -251,14 +255,7 @@ impl ControlPlane {
             }
             StoreDelta::Reset => {
                 let (config, version) = self.store.export().await?;
-                Published {
-                    version,
-                    hash: hash_config(&config).config,
-                    plugins: configured_plugins(&config),
-                    config: Arc::new(config),
-                    steps: Arc::new(VecDeque::new()),
-                    snapshot: OnceLock::new(),
-                }
+                Published::whole(config, version)
             }
         };
         tracing::debug!(version = next.version, hash = %next.hash, "configuration published to data planes");
@@ -381,7 +378,8 @@ impl ControlPlane {
             if let Err(e) = &result {
                 dp.last_error.get_or_insert_with(|| e.clone());
             }
-            self.registry.put(dp, dp.doc(self.id.as_str(), expiry), false);
+            self.registry
+                .put(dp, dp.doc(self.id.as_str(), expiry), false);
             tracing::info!(node_id = %dp.id, hostname = %dp.hostname, peer = %peer, reason = %result.err().unwrap_or_else(|| "closed".into()), "data plane disconnected");
         }
     }

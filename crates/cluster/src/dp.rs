@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gantry_conf::ClusterSettings;
-use gantry_model::hash::{hash_config, EMPTY_HASH};
+use gantry_model::hash::hash_config;
 use gantry_model::Config;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -177,10 +177,12 @@ impl DataPlane {
                 hash,
                 known: true,
             },
+            // Nothing yet: an empty hash (not the empty configuration's) makes the control plane
+            // send a snapshot even of an empty configuration, so the proxy port opens.
             _ => Local {
                 config: Config::default(),
                 version: 0,
-                hash: EMPTY_HASH.into(),
+                hash: String::new(),
                 known: true,
             },
         };

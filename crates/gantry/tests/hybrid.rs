@@ -177,6 +177,14 @@ impl Load {
     }
 }
 
+/// A service `s` to the echo upstream `up` and a route on it with `path`.
+async fn service_and_route(http: &reqwest::Client, cp: &Node, up: &str, path: &str) {
+    let s = json!({"name": "s", "url": format!("http://{up}")});
+    admin(http, cp, "POST", "/services", s).await;
+    let r = json!({"name": "r", "paths": [path]});
+    admin(http, cp, "POST", "/services/s/routes", r).await;
+}
+
 /// A free loopback port (for a node that must come back on the same address).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -243,22 +251,7 @@ async fn data_planes_sync_and_register() {
         &dp_env(&addr, &cert, &[("KONG_CLUSTER_DP_LABELS", "region:us")]),
     );
     assert_eq!(dp1.admin, "", "a data plane serves no Admin API");
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services/s/routes",
-        json!({"name": "r", "paths": ["/a"]}),
-    )
-    .await;
+    service_and_route(&http, &cp, &up, "/a").await;
     for dp in [&dp1, &dp2] {
         until(
             &http,
@@ -425,22 +418,7 @@ async fn data_planes_outlive_their_control_plane() {
     let mut cp = Node::start(&dir.path().join("cp"), &cp_e);
     let dp_e = dp_env(&listen, &cert, &[]);
     let mut dp = Node::start(&dir.path().join("dp"), &dp_e);
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/a"]}),
-    )
-    .await;
+    service_and_route(&http, &cp, &up, "/a").await;
     let url = format!("{}/a", dp.dp_proxy());
     until(&http, &url, 200, Duration::from_secs(10)).await;
     let load = Load::start(url.clone(), 4, false);
@@ -592,22 +570,7 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
             ],
         )
     };
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/a"]}),
-    )
-    .await;
+    service_and_route(&http, &cp, &up, "/a").await;
 
     // Signed by another CA: refused by the control plane.
     let other = Pki::new(&dir.path().join("other").tap_mkdir());
@@ -739,6 +702,14 @@ async fn shared_mode_refuses_a_different_certificate() {
         &dp_env(cp.cluster.as_ref().unwrap(), &(pem_cert, b64_key), &[]),
     );
     dp.wait_log("connected to the control plane", Duration::from_secs(10));
+    // An empty configuration is a configuration: the proxy port opens and answers 404.
+    until(
+        &http,
+        &format!("{}/x", dp.dp_proxy()),
+        404,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 trait TapMkdir {
@@ -999,22 +970,7 @@ async fn data_planes_reach_the_control_plane_through_a_forward_proxy() {
     let up = echo().await;
     let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
     let addr = cp.cluster.clone().unwrap();
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/a"]}),
-    )
-    .await;
+    service_and_route(&http, &cp, &up, "/a").await;
     let via = format!("http://gantry:s3cret@127.0.0.1:{}", tp.port);
     let dp = Node::start(
         &dir.path().join("dp"),
@@ -1080,22 +1036,7 @@ async fn a_data_plane_is_replaced_under_load_without_failures() {
     let up = echo().await;
     let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
     let addr = cp.cluster.clone().unwrap();
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/a"]}),
-    )
-    .await;
+    service_and_route(&http, &cp, &up, "/a").await;
     let port = free_port();
     let listen = format!("127.0.0.1:{port} reuseport");
     let e = dp_env(&addr, &cert, &[("KONG_PROXY_LISTEN", &listen)]);
@@ -1144,22 +1085,7 @@ async fn two_control_planes_share_one_postgres() {
     let both = format!("{a1},{a2}");
     let dp1 = Node::start(&dir.path().join("dp1"), &dp_env(&both, &cert, &[]));
     let dp2 = Node::start(&dir.path().join("dp2"), &dp_env(&a2, &cert, &[]));
-    admin(
-        &http,
-        &cp1,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp1,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/one"]}),
-    )
-    .await;
+    service_and_route(&http, &cp1, &up, "/one").await;
     admin(
         &http,
         &cp2,
@@ -1234,22 +1160,7 @@ async fn an_unresponsive_control_plane_is_noticed_by_pings() {
             &[("KONG_CLUSTER_PING_INTERVAL", "200ms")],
         ),
     );
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
-    admin(
-        &http,
-        &cp,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/a"]}),
-    )
-    .await;
+    service_and_route(&http, &cp, &up, "/a").await;
     let url = format!("{}/a", dp.dp_proxy());
     until(&http, &url, 200, Duration::from_secs(10)).await;
     cp.signal("STOP");
