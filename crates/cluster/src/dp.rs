@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gantry_conf::ClusterSettings;
-use gantry_model::hash::hash_config;
+use gantry_model::hash::{hash_config, ConfigHashes};
 use gantry_model::Config;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -19,7 +19,7 @@ use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 /// Where a data plane's configuration goes: the proxy, or a test's recorder.
 pub trait ConfigSink: Send + Sync + 'static {
     /// Run `config`; an error leaves the running configuration in place.
-    fn apply(&self, config: &Config, version: i64, hash: &str) -> Result<(), String>;
+    fn apply(&self, config: &Config, version: i64, hashes: &ConfigHashes) -> Result<(), String>;
 }
 
 /// Who this data plane is and where it keeps its cache.
@@ -140,21 +140,23 @@ impl DataPlane {
     pub fn load_cached(&self) -> Option<i64> {
         let path = self.opts.cache.as_ref()?;
         match load_cache(path) {
-            Ok(Some((config, version, hash))) => match self.sink.apply(&config, version, &hash) {
-                Ok(()) => {
-                    tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
-                    self.state.send_modify(|s| {
-                        s.loaded = true;
-                        s.version = version;
-                        s.hash = hash;
-                    });
-                    Some(version)
+            Ok(Some((config, version, hash))) => {
+                match self.sink.apply(&config, version, &hash_config(&config)) {
+                    Ok(()) => {
+                        tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
+                        self.state.send_modify(|s| {
+                            s.loaded = true;
+                            s.version = version;
+                            s.hash = hash;
+                        });
+                        Some(version)
+                    }
+                    Err(e) => {
+                        tracing::error!("the cached configuration does not load: {e}");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::error!("the cached configuration does not load: {e}");
-                    None
-                }
-            },
+            }
             Ok(None) => None,
             Err(e) => {
                 tracing::error!("ignoring the configuration cache: {e}");
@@ -371,13 +373,14 @@ impl DataPlane {
         version: i64,
         hash: &str,
     ) -> Result<(), String> {
-        let actual = hash_config(&config).config;
-        let r = if actual != hash {
+        let hashes = hash_config(&config);
+        let r = if hashes.config != hash {
             Err(format!(
-                "the configuration hashes to {actual}, the control plane announced {hash}"
+                "the configuration hashes to {}, the control plane announced {hash}",
+                hashes.config
             ))
         } else {
-            self.sink.apply(&config, version, hash)
+            self.sink.apply(&config, version, &hashes)
         };
         local.config = config;
         match r {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_cluster::{ConfigSink, DataPlane, DpOptions, DpState};
+use gantry_model::hash::ConfigHashes;
 use serde_json::{json, Value};
 
 fn envn(k: &str, d: usize) -> usize {
@@ -25,7 +26,12 @@ fn envn(k: &str, d: usize) -> usize {
 struct Stamp(Mutex<Vec<(i64, Instant)>>);
 
 impl ConfigSink for Stamp {
-    fn apply(&self, _: &gantry_model::Config, version: i64, _: &str) -> Result<(), String> {
+    fn apply(
+        &self,
+        _: &gantry_model::Config,
+        version: i64,
+        _: &ConfigHashes,
+    ) -> Result<(), String> {
         self.0.lock().unwrap().push((version, Instant::now()));
         Ok(())
     }
@@ -34,8 +40,10 @@ impl ConfigSink for Stamp {
 struct ProxySink(Arc<gantry_proxy::Proxy>);
 
 impl ConfigSink for ProxySink {
-    fn apply(&self, c: &gantry_model::Config, v: i64, _: &str) -> Result<(), String> {
-        self.0.apply(c, v).map_err(|e| e.to_string())
+    fn apply(&self, c: &gantry_model::Config, v: i64, h: &ConfigHashes) -> Result<(), String> {
+        self.0
+            .apply_hashed(c, h.clone(), v)
+            .map_err(|e| e.to_string())
     }
 }
 

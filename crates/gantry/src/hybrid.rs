@@ -52,9 +52,11 @@ impl ConfigSink for ProxySink {
         &self,
         config: &gantry_model::Config,
         version: i64,
-        _hash: &str,
+        hashes: &gantry_model::hash::ConfigHashes,
     ) -> Result<(), String> {
-        self.0.apply(config, version).map_err(|e| e.to_string())
+        self.0
+            .apply_hashed(config, hashes.clone(), version)
+            .map_err(|e| e.to_string())
     }
 }
 

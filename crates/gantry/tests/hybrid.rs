@@ -730,7 +730,12 @@ struct Recorder {
 }
 
 impl gantry_cluster::ConfigSink for Recorder {
-    fn apply(&self, config: &gantry_model::Config, version: i64, _: &str) -> Result<(), String> {
+    fn apply(
+        &self,
+        config: &gantry_model::Config,
+        version: i64,
+        _: &gantry_model::hash::ConfigHashes,
+    ) -> Result<(), String> {
         if self.refuse {
             return Err("this test's data plane refuses every configuration".into());
         }

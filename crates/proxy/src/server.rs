@@ -146,8 +146,19 @@ impl Proxy {
 
     /// Build a snapshot from `config` aside and publish it. On error the running one stays.
     pub fn apply(&self, config: &gantry_model::Config, version: i64) -> Result<(), SnapshotError> {
+        self.apply_hashed(config, gantry_model::hash::hash_config(config), version)
+    }
+
+    /// [`Proxy::apply`] for a configuration whose hashes are known (a data plane has just
+    /// checked them).
+    pub fn apply_hashed(
+        &self,
+        config: &gantry_model::Config,
+        hashes: gantry_model::hash::ConfigHashes,
+        version: i64,
+    ) -> Result<(), SnapshotError> {
         let prev = self.snapshot.load();
-        let next = Snapshot::build(config, version, Some(&prev), &self.counters)?;
+        let next = Snapshot::build(config, hashes, version, Some(&prev), &self.counters)?;
         self.snapshot.store(Arc::new(next));
         self.stats.ready.store(true, Ordering::Relaxed);
         self.reconcile_probes();

@@ -99,11 +99,11 @@ impl Snapshot {
     /// (the router is kept when only plugins or consumers changed).
     pub fn build(
         config: &Config,
+        hashes: ConfigHashes,
         version: i64,
         previous: Option<&Snapshot>,
         counters: &Counters,
     ) -> Result<Snapshot, SnapshotError> {
-        let hashes = hash_config(config);
         let router = match previous {
             Some(p) if p.hashes.routes == hashes.routes => p.router.clone(),
             _ => Arc::new(Router::build(docs(config, "routes"))?),
