@@ -327,7 +327,11 @@ impl ControlPlane {
             .and_then(|c| c.first())
             .and_then(|c| crate::tls::validity(c))
             .map(|(_, not_after)| not_after);
+        // Data planes send small messages: a small read buffer keeps a thousand idle
+        // connections cheap (tungstenite reserves 128 KiB by default).
         let ws_cfg = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0)
             .max_message_size(Some(self.settings.max_payload))
             .max_frame_size(Some(self.settings.max_payload));
         #[allow(clippy::result_large_err)]
