@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod analytics;
 pub mod compat;
 pub mod declarative;
 pub mod delta;

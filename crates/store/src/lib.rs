@@ -8,6 +8,7 @@
 //! serialises writers, across processes on PostgreSQL) and records each changed entity in the
 //! change log under that version: the cluster layer streams deltas from it.
 
+mod analytics;
 mod bulk;
 mod cluster;
 mod error;
@@ -23,6 +24,7 @@ use sqlx::AnyConnection;
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Mutex;
 
+pub use analytics::AnalyticsQuery;
 pub use cluster::{RegistryWrite, StoreDelta};
 pub use error::StoreError;
 pub use read::{Change, ListQuery, Page, TagFilter, TagRow};

@@ -60,6 +60,29 @@ const MIGRATIONS: &[(&str, &[&str])] = &[
                 last_seen BIGINT NOT NULL)",
         ],
     ),
+    (
+        "002_analytics",
+        &[
+            // Request analytics per minute, node, service, route, consumer and status; the
+            // histograms are JSON arrays of bucket counts (gantry_model::analytics).
+            "CREATE TABLE IF NOT EXISTS analytics_minutes (
+                minute BIGINT NOT NULL,
+                node_id TEXT NOT NULL,
+                service TEXT NOT NULL,
+                route TEXT NOT NULL,
+                consumer TEXT NOT NULL,
+                status BIGINT NOT NULL,
+                count BIGINT NOT NULL,
+                hist TEXT NOT NULL,
+                PRIMARY KEY (minute, node_id, service, route, consumer, status))",
+            // Batches already counted, so a batch sent twice (its ack lost) counts once.
+            "CREATE TABLE IF NOT EXISTS analytics_batches (
+                node_id TEXT NOT NULL,
+                seq BIGINT NOT NULL,
+                received_at BIGINT NOT NULL,
+                PRIMARY KEY (node_id, seq))",
+        ],
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -371,3 +371,74 @@ async fn the_data_plane_registry_is_kept_apart_from_the_config() {
         );
     }
 }
+
+#[tokio::test]
+async fn analytics_batches_merge_once_and_filter() {
+    use gantry_model::analytics::{Histogram, Row};
+    use gantry_store::AnalyticsQuery;
+    for t in all_stores().await {
+        let st = &t.store;
+        let mut h = Histogram::default();
+        h.record(3.0);
+        let row = |route: &str, status: u16, count: u64| Row {
+            minute: 600,
+            service: "s".into(),
+            route: route.into(),
+            consumer: String::new(),
+            status,
+            count,
+            total: h.clone(),
+            upstream: h.clone(),
+            gateway: h.clone(),
+        };
+        assert!(st
+            .ingest_analytics("n1", 1, &[row("a", 200, 3), row("b", 404, 1)])
+            .await
+            .unwrap());
+        // The same batch again (its ack was lost): counted once.
+        assert!(!st
+            .ingest_analytics("n1", 1, &[row("a", 200, 3)])
+            .await
+            .unwrap());
+        assert!(st
+            .ingest_analytics("n1", 2, &[row("a", 200, 2)])
+            .await
+            .unwrap());
+        assert!(st
+            .ingest_analytics("n2", 1, &[row("a", 200, 5)])
+            .await
+            .unwrap());
+        let q = AnalyticsQuery {
+            start: 0,
+            end: 10_000,
+            ..Default::default()
+        };
+        let all = st.analytics(&q).await.unwrap();
+        assert_eq!(all.len(), 3, "{}", t.name);
+        let a_n1 = all
+            .iter()
+            .find(|(n, r)| n == "n1" && r.route == "a")
+            .unwrap();
+        assert_eq!(a_n1.1.count, 5);
+        assert_eq!(a_n1.1.total.count(), 2);
+        let only = st
+            .analytics(&AnalyticsQuery {
+                route: Some("a".into()),
+                node: Some("n2".into()),
+                ..q.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(only.len(), 1);
+        assert_eq!(only[0].1.count, 5);
+        assert!(st
+            .analytics(&AnalyticsQuery {
+                start: 660,
+                ..q.clone()
+            })
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(st.purge_analytics(700).await.unwrap(), 3);
+    }
+}
