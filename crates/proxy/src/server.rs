@@ -61,7 +61,37 @@ impl Stats {
 }
 
 /// The proxy engine: the current snapshot and the upstream connection pool.
+/// One request as the log phase sees it: who handled it and how long it took.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLog<'a> {
+    pub service: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub consumer: Option<&'a str>,
+    pub status: u16,
+    /// From the request head to the response head.
+    pub total: Duration,
+    /// From sending upstream to the upstream's response head (none when not proxied).
+    pub upstream: Option<Duration>,
+}
+
+/// Receives every request once its response head is ready (telemetry, access logs).
+/// Called on the request path: it must not block.
+pub trait LogSink: Send + Sync + 'static {
+    fn log(&self, r: &RequestLog<'_>);
+}
+
+/// What `route_and_forward` learned of a request, kept only when a sink listens.
+#[derive(Default)]
+struct Seen {
+    on: bool,
+    service: Option<String>,
+    route: Option<String>,
+    consumer: Option<String>,
+    upstream: Option<Duration>,
+}
+
 pub struct Proxy {
+    log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     pool: Pool,
     counters: Counters,
@@ -128,6 +158,7 @@ impl Proxy {
     /// A proxy whose clients must send a request head within `header_timeout`.
     pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
         Arc::new(Proxy {
+            log_sink: std::sync::OnceLock::new(),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(256),
             counters: Counters::default(),
@@ -137,6 +168,11 @@ impl Proxy {
             probes: std::sync::Mutex::new(HashMap::new()),
             header_timeout,
         })
+    }
+
+    /// Send every request to `sink` (once; later calls are ignored).
+    pub fn set_log_sink(&self, sink: Arc<dyn LogSink>) {
+        let _ = self.log_sink.set(sink);
     }
 
     /// The snapshot requests read now.
@@ -306,10 +342,27 @@ impl Proxy {
         https: bool,
         sni: Option<&str>,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let sink = self.log_sink.get();
+        let mut seen = Seen {
+            on: sink.is_some(),
+            ..Seen::default()
+        };
         let res = self
-            .route_and_forward(req, peer, local_port, https, sni)
+            .route_and_forward(req, peer, local_port, https, sni, &mut seen)
             .await;
-        self.stats.count(res.status().as_u16());
+        let status = res.status().as_u16();
+        self.stats.count(status);
+        if let Some(s) = sink {
+            s.log(&RequestLog {
+                service: seen.service.as_deref(),
+                route: seen.route.as_deref(),
+                consumer: seen.consumer.as_deref(),
+                status,
+                total: started.elapsed(),
+                upstream: seen.upstream,
+            });
+        }
         res
     }
 
@@ -320,6 +373,7 @@ impl Proxy {
         local_port: u16,
         https: bool,
         sni: Option<&str>,
+        seen: &mut Seen,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let snap = self.snapshot.load_full();
@@ -358,6 +412,10 @@ impl Proxy {
             return json_error(StatusCode::NOT_FOUND, "no Route matched with those values");
         };
         let route = m.route;
+        if seen.on {
+            seen.route = Some(route.id.clone());
+            seen.service = route.service_id.clone();
+        }
         let has = |p: &str| route.protocols.iter().any(|x| x == p);
         if !https && has("https") && !has("http") {
             return https_redirect(route.https_redirect_status_code, host, &parts.uri);
@@ -403,6 +461,9 @@ impl Proxy {
             }
             extra_headers = ctx.response_headers;
             consumer_id = ctx.consumer.map(|c| c.id.clone());
+            if seen.on {
+                seen.consumer = consumer_id.clone();
+            }
         }
         let Some(service) = service else {
             return json_error(
@@ -634,7 +695,9 @@ impl Proxy {
                     r
                 }
             };
-        let upstream_ms = sent.elapsed().as_millis();
+        let upstream_took = sent.elapsed();
+        seen.upstream = Some(upstream_took);
+        let upstream_ms = upstream_took.as_millis();
         let proxy_ms = sent.duration_since(started).as_millis();
         let mut res = res;
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
