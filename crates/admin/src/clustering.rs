@@ -111,3 +111,113 @@ pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiEr
     }
     Ok(Json(Value::Object(out)).into_response())
 }
+
+const GROUPS: &[&str] = &[
+    "minute",
+    "node",
+    "service",
+    "route",
+    "consumer",
+    "status",
+    "status_class",
+];
+
+/// `GET /analytics/requests`: data planes' requests per minute, merged over `group_by`
+/// (`minute`, `node`, `service`, `route`, `consumer`, `status`, `status_class`, comma-separated;
+/// none: one total), between `start` and `end` (Unix seconds; default the last hour), filtered by
+/// `node`, `service`, `route`, `consumer`.
+pub async fn analytics(
+    State(st): State<Arc<AdminState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    use gantry_model::analytics::{Histogram, Row};
+    only_on_control_planes(&st)?;
+    let now = unix_now();
+    let time = |k: &'static str, default: i64| -> Result<i64, ApiError> {
+        match q.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| ApiError::Invalid(k, format!("'{v}' is not a Unix time in seconds"))),
+        }
+    };
+    let (start, end) = (time("start", now - 3600)?, time("end", now + 60)?);
+    if end <= start {
+        return Err(ApiError::Invalid("end", "end must be after start".into()));
+    }
+    let group: Vec<&str> = q
+        .get("group_by")
+        .map(|g| {
+            g.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(bad) = group.iter().find(|g| !GROUPS.contains(g)) {
+        return Err(ApiError::Invalid(
+            "group_by",
+            format!("cannot group by '{bad}': expected {}", GROUPS.join(", ")),
+        ));
+    }
+    let rows = st
+        .store
+        .analytics(&gantry_store::AnalyticsQuery {
+            start,
+            end,
+            node: q.get("node").cloned(),
+            service: q.get("service").cloned(),
+            route: q.get("route").cloned(),
+            consumer: q.get("consumer").cloned(),
+        })
+        .await?;
+    // Merge rows that agree on the group's fields, in first-seen order.
+    let mut out: Vec<(Vec<Value>, Row, [u64; 5])> = Vec::new();
+    for (node, r) in rows {
+        let key: Vec<Value> = group
+            .iter()
+            .map(|g| match *g {
+                "minute" => json!(r.minute),
+                "node" => json!(node),
+                "service" => json!(r.service),
+                "route" => json!(r.route),
+                "consumer" => json!(r.consumer),
+                "status" => json!(r.status),
+                _ => json!(format!("{}xx", r.status / 100)),
+            })
+            .collect();
+        let class = (r.status / 100).clamp(1, 5) as usize - 1;
+        match out.iter_mut().find(|(k, _, _)| *k == key) {
+            Some((_, acc, classes)) => {
+                acc.merge(&r);
+                classes[class] += r.count;
+            }
+            None => {
+                let mut classes = [0; 5];
+                classes[class] = r.count;
+                out.push((key, r, classes));
+            }
+        }
+    }
+    let lat = |h: &Histogram| json!({"p50": h.quantile(0.5), "p95": h.quantile(0.95), "p99": h.quantile(0.99)});
+    let data: Vec<Value> = out
+        .into_iter()
+        .map(|(key, r, c)| {
+            let mut o = serde_json::Map::new();
+            for (g, v) in group.iter().zip(key) {
+                o.insert(g.to_string(), v);
+            }
+            o.insert("requests".into(), json!(r.count));
+            o.insert(
+                "status_classes".into(),
+                json!({"1xx": c[0], "2xx": c[1], "3xx": c[2], "4xx": c[3], "5xx": c[4]}),
+            );
+            o.insert(
+                "latency_ms".into(),
+                json!({"total": lat(&r.total), "upstream": lat(&r.upstream), "gateway": lat(&r.gateway)}),
+            );
+            Value::Object(o)
+        })
+        .collect();
+    Ok(Json(json!({"start": start, "end": end, "group_by": group, "data": data})).into_response())
+}

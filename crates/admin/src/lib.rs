@@ -139,6 +139,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/plugins/enabled", get(info::enabled_plugins))
         .route("/clustering/data-planes", get(clustering::data_planes))
         .route("/clustering/status", get(clustering::status))
+        .route("/analytics/requests", get(clustering::analytics))
         .route("/{coll}", any(entities::collection))
         .route("/{coll}/{key}", any(entities::item))
         .route("/{coll}/{key}/{child}", any(entities::nested))

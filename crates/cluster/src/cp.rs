@@ -194,6 +194,11 @@ impl ControlPlane {
         Ok(cp)
     }
 
+    /// The mTLS acceptor of the cluster listener, for the telemetry listener too.
+    pub fn tls_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.tls.clone()
+    }
+
     /// The version published now.
     pub fn current(&self) -> Arc<Published> {
         self.published.borrow().clone()

@@ -240,12 +240,8 @@ impl DataPlane {
     async fn session(&self, cp: &str, local: &mut Local) -> Result<(), Ended> {
         let s = &self.opts.settings;
         let tls = crate::tls::client_config(s).map_err(|e| Ended::Connect(e.to_string()))?;
-        if let Ok(chain) = crate::tls::certs("cluster_cert", &s.cert) {
-            if let Some((_, not_after)) = crate::tls::validity(&chain[0]) {
-                if gantry_model::unix_now() > not_after {
-                    tracing::error!("the cluster certificate expired at {not_after} (Unix time): the control plane will refuse it; proxying continues with the configuration held");
-                }
-            }
+        if let Some(not_after) = crate::tls::expired(s) {
+            tracing::error!("the cluster certificate expired at {not_after} (Unix time): the control plane will refuse it; proxying continues with the configuration held");
         }
         let name = crate::tls::server_name(s).map_err(|e| Ended::Connect(e.to_string()))?;
         let io = crate::dial::dial(cp, s.proxy.as_ref(), Duration::from_secs(10))

@@ -99,6 +99,13 @@ pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
+/// When this node's `cluster_cert` has expired, its expiry (Unix seconds).
+pub fn expired(s: &ClusterSettings) -> Option<i64> {
+    let chain = certs("cluster_cert", &s.cert).ok()?;
+    let (_, not_after) = validity(&chain[0])?;
+    (gantry_model::unix_now() > not_after).then_some(not_after)
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -44,6 +44,15 @@ pub struct ClusterSettings {
     pub purge_delay: Duration,
     pub max_payload: usize,
     pub ping_interval: Duration,
+    /// Where a data plane sends analytics (`cluster_telemetry_endpoint`); none: not sent.
+    pub telemetry_endpoint: Option<String>,
+    /// The name a data plane expects on the telemetry endpoint (default `cluster_server_name`).
+    pub telemetry_server_name: String,
+    pub analytics_flush: Duration,
+    /// Requests buffered at most while the telemetry endpoint is unreachable.
+    pub analytics_buffer: u64,
+    /// How long a control plane keeps analytics.
+    pub analytics_retention: Duration,
 }
 
 /// Prefixes of label keys kept for the products' own use.
@@ -237,6 +246,22 @@ pub(crate) fn from_values(
         s if s.is_empty() => "kong_clustering".to_string(),
         s => s,
     };
+    let telemetry_endpoint = match get("cluster_telemetry_endpoint") {
+        s if s.is_empty() => None,
+        s => match s.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Some(s),
+            _ => {
+                return Err(invalid(
+                    "cluster_telemetry_endpoint",
+                    format!("'{s}' is not host:port"),
+                ))
+            }
+        },
+    };
+    let telemetry_server_name = match get("cluster_telemetry_server_name") {
+        s if s.is_empty() => server_name.clone(),
+        s => s,
+    };
     Ok(ClusterSettings {
         mtls,
         cert: get("cluster_cert"),
@@ -244,6 +269,15 @@ pub(crate) fn from_values(
         ca_cert: get("cluster_ca_cert"),
         trusted: list("lua_ssl_trusted_certificate"),
         server_name,
+        telemetry_endpoint,
+        telemetry_server_name,
+        analytics_flush: Duration::from_secs(get("analytics_flush_interval").parse().unwrap_or(1)),
+        analytics_buffer: get("analytics_buffer_size_limit")
+            .parse()
+            .unwrap_or(100_000),
+        analytics_retention: Duration::from_secs(
+            get("analytics_retention").parse().unwrap_or(604_800),
+        ),
         control_planes,
         labels,
         proxy,

@@ -163,6 +163,10 @@ pub static KEYS: &[Key] = &[
     k("proxy_server_ssl_verify", "on", Kind::Bool),
     k("cluster_data_plane_purge_delay", "1209600", Kind::Int(60)),
     k("cluster_max_payload", "16777216", Kind::Int(4_194_304)),
+    k("analytics_flush_interval", "1", Kind::Int(1)),
+    k("analytics_buffer_size_limit", "100000", Kind::Int(1)),
+    // Gantry's own: how long a control plane keeps analytics, in seconds (7 days).
+    k("analytics_retention", "604800", Kind::Int(3600)),
     // Gantry's own: how often a data plane pings its control plane.
     k("cluster_ping_interval", "30s", Kind::Duration),
     k("plugins", "bundled", Kind::Str),

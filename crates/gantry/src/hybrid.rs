@@ -23,7 +23,7 @@ pub async fn start_control_plane(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<ControlPlane>> {
     let cp = ControlPlane::start(
-        store,
+        store.clone(),
         settings.cluster.clone(),
         node_id,
         versions,
@@ -41,6 +41,39 @@ pub async fn start_control_plane(
         eprintln!("gantry: cluster listening on {addr}");
         tokio::spawn(cp.clone().serve(tcp, shutdown.clone()));
     }
+    let tls = cp.tls_acceptor();
+    for l in &settings.cluster_telemetry_listen {
+        let tcp = bind(l, "cluster_telemetry_listen").await?;
+        let addr = tcp.local_addr()?;
+        tracing::info!("telemetry listening on {addr} (mTLS)");
+        eprintln!("gantry: telemetry listening on {addr}");
+        tokio::spawn(gantry_telemetry::receive::serve(
+            store.clone(),
+            tls.clone(),
+            tcp,
+            settings.cluster.max_payload,
+            shutdown.clone(),
+        ));
+    }
+    // Analytics older than analytics_retention go, checked every ten minutes.
+    let retention = settings.cluster.analytics_retention;
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let before = gantry_model::unix_now() - retention.as_secs() as i64;
+            match store.purge_analytics(before).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(rows = n, "analytics older than analytics_retention removed")
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot purge analytics"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+                _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+            }
+        }
+    });
     Ok(cp)
 }
 
@@ -94,6 +127,24 @@ where
         Arc::new(ProxySink(proxy.clone())),
     );
     dp.load_cached();
+    let collector = settings.cluster.telemetry_endpoint.clone().map(|endpoint| {
+        let c = Arc::new(gantry_telemetry::Collector::new(
+            settings.cluster.analytics_buffer,
+        ));
+        proxy.set_log_sink(c.clone());
+        tokio::spawn(gantry_telemetry::send::run(
+            c.clone(),
+            settings.cluster.clone(),
+            endpoint,
+            node_id.clone(),
+            rx.clone(),
+        ));
+        c
+    });
+    proxy.add_metrics(Arc::new(DpMetrics {
+        collector,
+        state: dp.state(),
+    }));
     let mut tasks = serve_status(&settings, &proxy, &rx).await?;
     tracing::info!(
         node_id = %node_id,
@@ -127,6 +178,49 @@ where
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("gantry stopped");
     Ok(())
+}
+
+/// A data plane's own metrics: its link to the control plane and its analytics buffer.
+struct DpMetrics {
+    collector: Option<Arc<gantry_telemetry::Collector>>,
+    state: watch::Receiver<gantry_cluster::DpState>,
+}
+
+impl gantry_proxy::MetricsSource for DpMetrics {
+    fn write(&self, m: &mut String) {
+        let st = self.state.borrow().clone();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            m.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "gantry_control_plane_connected",
+            "gauge",
+            "Whether this data plane is connected to a control plane.",
+            u64::from(st.connected),
+        );
+        metric(
+            "gantry_cluster_bytes_received_total",
+            "counter",
+            "Configuration bytes received from control planes.",
+            st.bytes_received,
+        );
+        if let Some(c) = &self.collector {
+            metric(
+                "gantry_telemetry_dropped_total",
+                "counter",
+                "Requests left out of analytics because the buffer was full.",
+                c.dropped(),
+            );
+            metric(
+                "gantry_telemetry_buffered_requests",
+                "gauge",
+                "Requests held for analytics, not yet acknowledged.",
+                c.buffered(),
+            );
+        }
+    }
 }
 
 fn mtime(p: &Path) -> Option<SystemTime> {

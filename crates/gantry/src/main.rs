@@ -53,6 +53,9 @@ enum Cmd {
         /// The data plane's status port.
         #[arg(long, default_value_t = 8007)]
         status_port: u16,
+        /// The control plane's telemetry port.
+        #[arg(long, default_value_t = 8006)]
+        telemetry_port: u16,
     },
     /// Declarative configuration files and the store.
     Config {
@@ -118,6 +121,7 @@ fn main() -> std::process::ExitCode {
             proxy_port,
             cluster_port,
             status_port,
+            telemetry_port,
         } => quickstart::run(
             prefix,
             quickstart::Ports {
@@ -125,6 +129,7 @@ fn main() -> std::process::ExitCode {
                 proxy: proxy_port,
                 cluster: cluster_port,
                 status: status_port,
+                telemetry: telemetry_port,
             },
         ),
         Cmd::Config { cmd } => match cmd {

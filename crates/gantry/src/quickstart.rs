@@ -27,6 +27,7 @@ pub struct Ports {
     pub proxy: u16,
     pub cluster: u16,
     pub status: u16,
+    pub telemetry: u16,
 }
 
 /// Settings for a child node: only what is given here, none of the caller's `KONG_*`.
@@ -130,6 +131,10 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
             ("KONG_DATABASE", "sqlite".to_string()),
             ("KONG_ADMIN_LISTEN", format!("127.0.0.1:{}", ports.admin)),
             ("KONG_CLUSTER_LISTEN", cluster.clone()),
+            (
+                "KONG_CLUSTER_TELEMETRY_LISTEN",
+                format!("127.0.0.1:{}", ports.telemetry),
+            ),
             ("KONG_STATUS_LISTEN", "off".into()),
         ];
         cp_env.extend(certs.iter().cloned());
@@ -138,6 +143,10 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
             ("KONG_PROXY_LISTEN", format!("127.0.0.1:{} reuseport", ports.proxy)),
             ("KONG_STATUS_LISTEN", format!("127.0.0.1:{}", ports.status)),
             ("KONG_CLUSTER_CONTROL_PLANE", cluster.clone()),
+            (
+                "KONG_CLUSTER_TELEMETRY_ENDPOINT",
+                format!("127.0.0.1:{}", ports.telemetry),
+            ),
         ];
         dp_env.extend(certs.iter().cloned());
         let mut children = vec![child(&cp_dir, "control_plane", &cp_env)?];
@@ -156,6 +165,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
         println!();
         println!("  try:  curl http://localhost:{}/mock", ports.proxy);
         println!("        curl http://127.0.0.1:{}/clustering/data-planes", ports.admin);
+        println!("        curl 'http://127.0.0.1:{}/analytics/requests?group_by=route,status'", ports.admin);
         println!();
         println!("  a second data plane:");
         println!("    KONG_ROLE=data_plane KONG_DATABASE=off KONG_CLUSTER_CONTROL_PLANE={cluster} \\");

@@ -395,6 +395,7 @@ async fn bad_hybrid_settings_stop_the_node_naming_the_setting() {
             .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
             .env("KONG_STATUS_LISTEN", "off")
             .env("KONG_CLUSTER_LISTEN", "127.0.0.1:0")
+            .env("KONG_CLUSTER_TELEMETRY_LISTEN", "127.0.0.1:0")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -1259,6 +1260,7 @@ async fn quickstart_runs_a_control_plane_and_a_data_plane() {
         .args(["--proxy-port", &proxy_port.to_string()])
         .args(["--cluster-port", &cluster_port.to_string()])
         .args(["--status-port", &status_port.to_string()])
+        .args(["--telemetry-port", &free_port().to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -1313,4 +1315,238 @@ async fn quickstart_runs_a_control_plane_and_a_data_plane() {
     // Its nodes are gone with it.
     assert!(std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_err());
     assert!(std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err());
+}
+
+/// `(node, route, status) -> requests` from the control plane's analytics.
+async fn analytics_counts(
+    http: &reqwest::Client,
+    cp: &Node,
+) -> std::collections::BTreeMap<(String, String, u64), u64> {
+    let (s, v) = get_json(
+        http,
+        &format!("{}/analytics/requests?group_by=node,route,status", cp.admin),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["node"].as_str().unwrap().to_string(),
+                    r["route"].as_str().unwrap().to_string(),
+                    r["status"].as_u64().unwrap(),
+                ),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+async fn until_analytics(
+    http: &reqwest::Client,
+    cp: &Node,
+    within: Duration,
+    want: &std::collections::BTreeMap<(String, String, u64), u64>,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = analytics_counts(http, cp).await;
+        if &got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "analytics: {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn hit(http: &reqwest::Client, url: &str, n: usize, want: u16) {
+    for _ in 0..n {
+        assert_eq!(
+            http.get(url).send().await.unwrap().status().as_u16(),
+            want,
+            "{url}"
+        );
+    }
+}
+
+fn node_id(dp: &Node) -> String {
+    std::fs::read_to_string(dp.prefix.join("node_id"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Traffic through two data planes appears in the control plane's analytics with exact counts
+/// per node, route and status, with latency percentiles.
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_from_two_data_planes_are_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    service_and_route(&http, &cp, &up, "/a").await;
+    let route_id = admin(&http, &cp, "GET", "/routes/r", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let tele = cp.telemetry.clone().unwrap();
+    let e = dp_env(
+        cp.cluster.as_ref().unwrap(),
+        &cert,
+        &[("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tele)],
+    );
+    let dp1 = Node::start(&dir.path().join("dp1"), &e);
+    let dp2 = Node::start(&dir.path().join("dp2"), &e);
+    let (p1, p2) = (dp1.dp_proxy(), dp2.dp_proxy());
+    until(&http, &format!("{p1}/a"), 200, Duration::from_secs(10)).await;
+    until(&http, &format!("{p2}/a"), 200, Duration::from_secs(10)).await;
+    // `until` sent one request to each already.
+    hit(&http, &format!("{p1}/a"), 6, 200).await;
+    hit(&http, &format!("{p1}/nowhere"), 3, 404).await;
+    hit(&http, &format!("{p2}/a"), 4, 200).await;
+    let (n1, n2) = (node_id(&dp1), node_id(&dp2));
+    let want = [
+        ((n1.clone(), route_id.clone(), 200), 7),
+        ((n1.clone(), String::new(), 404), 3),
+        ((n2.clone(), route_id.clone(), 200), 5),
+    ]
+    .into_iter()
+    .collect();
+    until_analytics(&http, &cp, Duration::from_secs(15), &want).await;
+    let (_, v) = get_json(
+        &http,
+        &format!("{}/analytics/requests?group_by=status_class", cp.admin),
+    )
+    .await;
+    let classes: Vec<(String, u64)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["status_class"].as_str().unwrap().to_string(),
+                r["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        classes.contains(&("2xx".into(), 12)) && classes.contains(&("4xx".into(), 3)),
+        "{v}"
+    );
+    let (_, v) = get_json(
+        &http,
+        &format!("{}/analytics/requests?route={route_id}&node={n2}", cp.admin),
+    )
+    .await;
+    let row = &v["data"][0];
+    assert_eq!(row["requests"], 5, "{v}");
+    assert!(
+        row["latency_ms"]["total"]["p99"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    assert!(
+        row["latency_ms"]["upstream"]["p50"].as_f64().is_some(),
+        "{v}"
+    );
+    let (s, v) = get_json(
+        &http,
+        &format!("{}/analytics/requests?group_by=colour", cp.admin),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+}
+
+/// With the control plane down, requests within `analytics_buffer_size_limit` wait and arrive
+/// exactly once it is back; those past the limit are dropped and counted in `/metrics`.
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_survive_a_control_plane_outage_within_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let (cl, tl) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let cp_e = cp_env(
+        &cert,
+        &[
+            ("KONG_CLUSTER_LISTEN", &cl),
+            ("KONG_CLUSTER_TELEMETRY_LISTEN", &tl),
+        ],
+    );
+    let mut cp = Node::start(&dir.path().join("cp"), &cp_e);
+    service_and_route(&http, &cp, &up, "/a").await;
+    let route_id = admin(&http, &cp, "GET", "/routes/r", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(
+            &cl,
+            &cert,
+            &[
+                ("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tl),
+                ("KONG_ANALYTICS_BUFFER_SIZE_LIMIT", "10"),
+            ],
+        ),
+    );
+    let p = dp.dp_proxy();
+    until(&http, &format!("{p}/a"), 200, Duration::from_secs(10)).await;
+    let n = node_id(&dp);
+    let key = (n.clone(), route_id.clone(), 200u64);
+    until_analytics(
+        &http,
+        &cp,
+        Duration::from_secs(15),
+        &[(key.clone(), 1)].into_iter().collect(),
+    )
+    .await;
+    // Down: six requests wait in the buffer and arrive once it is back.
+    cp.kill9();
+    hit(&http, &format!("{p}/a"), 6, 200).await;
+    dp.wait_log("failed to send analytics", Duration::from_secs(10));
+    let mut cp = Node::start(&dir.path().join("cp"), &cp_e);
+    until_analytics(
+        &http,
+        &cp,
+        Duration::from_secs(30),
+        &[(key.clone(), 7)].into_iter().collect(),
+    )
+    .await;
+    // Down again: fifteen requests, ten fit, five are dropped and counted.
+    cp.kill9();
+    hit(&http, &format!("{p}/a"), 15, 200).await;
+    let metrics = http
+        .get(format!("{}/metrics", dp.status.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gantry_telemetry_dropped_total 5"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gantry_telemetry_buffered_requests 10"),
+        "{metrics}"
+    );
+    let cp = Node::start(&dir.path().join("cp"), &cp_e);
+    until_analytics(
+        &http,
+        &cp,
+        Duration::from_secs(30),
+        &[(key, 17)].into_iter().collect(),
+    )
+    .await;
 }

@@ -20,5 +20,5 @@ pub mod tls;
 pub mod upstream_tls;
 pub mod uri;
 
-pub use server::{LogSink, Proxy, RequestLog};
+pub use server::{LogSink, MetricsSource, Proxy, RequestLog};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -80,6 +80,12 @@ pub trait LogSink: Send + Sync + 'static {
     fn log(&self, r: &RequestLog<'_>);
 }
 
+/// More Prometheus metrics for `/metrics` on `status_listen`, from other parts of the node.
+pub trait MetricsSource: Send + Sync + 'static {
+    /// Append metrics in the text exposition format.
+    fn write(&self, out: &mut String);
+}
+
 /// What `route_and_forward` learned of a request, kept only when a sink listens.
 #[derive(Default)]
 struct Seen {
@@ -92,6 +98,7 @@ struct Seen {
 
 pub struct Proxy {
     log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
+    pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     pool: Pool,
     counters: Counters,
@@ -159,6 +166,7 @@ impl Proxy {
     pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
         Arc::new(Proxy {
             log_sink: std::sync::OnceLock::new(),
+            metrics: std::sync::Mutex::new(Vec::new()),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(256),
             counters: Counters::default(),
@@ -173,6 +181,13 @@ impl Proxy {
     /// Send every request to `sink` (once; later calls are ignored).
     pub fn set_log_sink(&self, sink: Arc<dyn LogSink>) {
         let _ = self.log_sink.set(sink);
+    }
+
+    /// Add metrics to `/metrics`.
+    pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.push(source);
+        }
     }
 
     /// The snapshot requests read now.

@@ -86,6 +86,11 @@ fn answer(proxy: &Proxy, path: &str) -> Response<ProxyBody> {
             m.push_str("# HELP gantry_memory_rss_bytes Resident memory of the process.\n");
             m.push_str("# TYPE gantry_memory_rss_bytes gauge\n");
             m.push_str(&format!("gantry_memory_rss_bytes {}\n", rss_bytes()));
+            if let Ok(sources) = proxy.metrics.lock() {
+                for s in sources.iter() {
+                    s.write(&mut m);
+                }
+            }
             raw(200, "text/plain; version=0.0.4", Bytes::from(m))
         }
         _ => error(404, "Not found"),

@@ -53,6 +53,8 @@ pub struct Node {
     pub admin: String,
     /// The cluster listener's `host:port`, on a control plane.
     pub cluster: Option<String>,
+    /// The telemetry listener's `host:port`, on a control plane.
+    pub telemetry: Option<String>,
     /// The plain-HTTP proxy listener, when the node proxies.
     pub proxy: Option<String>,
     /// The status listener, when the node proxies.
@@ -75,8 +77,10 @@ impl Node {
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| "traditional".into());
         env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
-        if !env.iter().any(|(k, _)| k == "KONG_CLUSTER_LISTEN") {
-            env.push(("KONG_CLUSTER_LISTEN".into(), "127.0.0.1:0".into()));
+        for k in ["KONG_CLUSTER_LISTEN", "KONG_CLUSTER_TELEMETRY_LISTEN"] {
+            if !env.iter().any(|(e, _)| e == k) {
+                env.push((k.into(), "127.0.0.1:0".into()));
+            }
         }
         if !env.iter().any(|(k, _)| k == "KONG_STATUS_LISTEN") {
             env.push(("KONG_STATUS_LISTEN".into(), "127.0.0.1:0".into()));
@@ -117,6 +121,7 @@ impl Node {
         let (mut admin, mut proxy, mut status): (Option<String>, Option<String>, Option<String>) =
             (None, None, None);
         let mut cluster: Option<String> = None;
+        let mut telemetry: Option<String> = None;
         let mut proxy_tls: Option<String> = None;
         let wants_tls = env
             .iter()
@@ -127,6 +132,7 @@ impl Node {
             if (admin.is_some() || !needs_admin)
                 && (all || !proxies)
                 && (cluster.is_some() || !needs_cluster)
+                && (telemetry.is_some() || !needs_cluster)
                 && (status.is_some() || !needs_status)
             {
                 break admin.clone().unwrap_or_default();
@@ -148,6 +154,9 @@ impl Node {
                     if let Some(a) = line.strip_prefix("gantry: cluster listening on ") {
                         cluster = Some(a.trim().to_string());
                     }
+                    if let Some(a) = line.strip_prefix("gantry: telemetry listening on ") {
+                        telemetry = Some(a.trim().to_string());
+                    }
                     if let Some(url) = line.strip_prefix("gantry: status listening on ") {
                         status = Some(url.trim().to_string());
                     }
@@ -163,6 +172,7 @@ impl Node {
             child,
             admin,
             cluster,
+            telemetry,
             proxy,
             status,
             proxy_tls,

@@ -1,0 +1,99 @@
+//! The control plane's telemetry endpoint: batches in, merged into the store once each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gantry_cluster::proto;
+use gantry_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{Msg, PATH};
+
+/// Accept data planes' analytics on `listener` (mTLS as the cluster listener) until shutdown.
+pub async fn serve(
+    store: Arc<Store>,
+    tls: tokio_rustls::TlsAcceptor,
+    listener: TcpListener,
+    max_payload: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            r = listener.accept() => {
+                let Ok((tcp, peer)) = r else { continue };
+                let (store, tls) = (store.clone(), tls.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = connection(store, tls, tcp, max_payload).await {
+                        tracing::warn!(peer = %peer, "telemetry connection ended: {e}");
+                    }
+                });
+            }
+            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => return,
+        }
+    }
+}
+
+async fn connection(
+    store: Arc<Store>,
+    tls: tokio_rustls::TlsAcceptor,
+    tcp: tokio::net::TcpStream,
+    max: usize,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
+        .await
+        .map_err(|_| "no TLS handshake within 10s".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    #[allow(clippy::result_large_err)]
+    let check = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                 res: tokio_tungstenite::tungstenite::handshake::server::Response| {
+        if req.uri().path() == PATH {
+            Ok(res)
+        } else {
+            let mut e = tokio_tungstenite::tungstenite::handshake::server::ErrorResponse::new(
+                Some(format!("no telemetry endpoint at {}", req.uri().path())),
+            );
+            *e.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::NOT_FOUND;
+            Err(e)
+        }
+    };
+    let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let mut ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(cfg))
+        .await
+        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+    let mut node: Option<String> = None;
+    while let Some(m) = ws.next().await {
+        let msg: Msg = match m.map_err(|e| e.to_string())? {
+            Message::Text(t) => proto::decode(false, t.as_bytes(), max),
+            Message::Binary(b) => proto::decode(true, &b, max),
+            Message::Close(_) => return Ok(()),
+            _ => continue,
+        }
+        .map_err(|e| e.to_string())?;
+        match msg {
+            Msg::Hello { node_id } => node = Some(node_id),
+            Msg::Batch { seq, rows } => {
+                let Some(n) = &node else {
+                    return Err("a batch before hello".into());
+                };
+                store
+                    .ingest_analytics(n, seq, &rows)
+                    .await
+                    .map_err(|e| format!("cannot store analytics: {e}"))?;
+                let f = proto::encode(&Msg::Ack { seq });
+                ws.send(Message::Text(
+                    String::from_utf8_lossy(&f.bytes).into_owned().into(),
+                ))
+                .await
+                .map_err(|e| e.to_string())?;
+            }
+            Msg::Ack { .. } => return Err("unexpected ack from a data plane".into()),
+        }
+    }
+    Ok(())
+}

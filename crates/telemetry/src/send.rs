@@ -1,0 +1,184 @@
+//! The data plane's sender: numbered batches, in order, each kept until acknowledged.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gantry_cluster::proto;
+use gantry_conf::ClusterSettings;
+use gantry_model::analytics::Row;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{Collector, Msg, PATH};
+
+struct Batch {
+    seq: i64,
+    rows: Vec<Row>,
+    requests: u64,
+}
+
+/// Move collected rows into the queue of batches.
+fn cut(collector: &Collector, queue: &mut VecDeque<Batch>, seq: &mut i64) {
+    let (rows, requests) = collector.take();
+    if requests > 0 {
+        *seq += 1;
+        queue.push_back(Batch {
+            seq: *seq,
+            rows,
+            requests,
+        });
+    }
+}
+
+/// Send analytics to `endpoint` until shutdown.
+pub async fn run(
+    collector: Arc<Collector>,
+    settings: ClusterSettings,
+    endpoint: String,
+    node_id: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    // Batch numbers grow across restarts: they start from the clock.
+    let mut seq: i64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64 * 1000)
+        .unwrap_or(0);
+    let mut queue: VecDeque<Batch> = VecDeque::new();
+    let mut attempt = 0u32;
+    let mut told_expired = false;
+    loop {
+        if let Some(at) = gantry_cluster::tls::expired(&settings) {
+            if !told_expired {
+                tracing::error!("analytics are not sent: the cluster certificate expired at {at} (Unix time); requests are buffered up to analytics_buffer_size_limit, then dropped and counted");
+                told_expired = true;
+            }
+        } else {
+            told_expired = false;
+            match session(
+                &collector,
+                &settings,
+                &endpoint,
+                &node_id,
+                &mut queue,
+                &mut seq,
+                &mut shutdown,
+            )
+            .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(
+                        buffered = collector.buffered(),
+                        dropped = collector.dropped(),
+                        "failed to send analytics to {endpoint}: {e}"
+                    );
+                }
+            }
+        }
+        // Meanwhile rows keep moving into batches, so the buffer limit holds.
+        let wait = gantry_cluster::dp::backoff(attempt.max(1)).max(settings.analytics_flush);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => cut(&collector, &mut queue, &mut seq),
+            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => return,
+        }
+    }
+}
+
+async fn session(
+    collector: &Collector,
+    s: &ClusterSettings,
+    endpoint: &str,
+    node_id: &str,
+    queue: &mut VecDeque<Batch>,
+    seq: &mut i64,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), String> {
+    let tls = gantry_cluster::tls::client_config(s).map_err(|e| e.to_string())?;
+    let name =
+        tokio_rustls::rustls::pki_types::ServerName::try_from(s.telemetry_server_name.clone())
+            .map_err(|e| format!("cluster_telemetry_server_name: {e}"))?;
+    let io =
+        gantry_cluster::dial::dial(endpoint, s.proxy.as_ref(), Duration::from_secs(10)).await?;
+    let stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(tls).connect(name, io),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_string())?
+    .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://{endpoint}{PATH}"), stream)
+        .await
+        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+    send(
+        &mut ws,
+        &Msg::Hello {
+            node_id: node_id.to_string(),
+        },
+    )
+    .await?;
+    tracing::info!("sending analytics to {endpoint}");
+    let mut tick = tokio::time::interval(s.analytics_flush);
+    loop {
+        // Everything queued goes first, one batch at a time, each acknowledged.
+        while let Some(b) = queue.front() {
+            send(
+                &mut ws,
+                &Msg::Batch {
+                    seq: b.seq,
+                    rows: b.rows.clone(),
+                },
+            )
+            .await?;
+            let want = b.seq;
+            let ack = tokio::time::timeout(Duration::from_secs(10), recv(&mut ws, s.max_payload))
+                .await
+                .map_err(|_| "no acknowledgement within 10s".to_string())??;
+            match ack {
+                Msg::Ack { seq } if seq == want => {
+                    if let Some(b) = queue.pop_front() {
+                        collector.acknowledged(b.requests);
+                    }
+                }
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+        tokio::select! {
+            _ = tick.tick() => cut(collector, queue, seq),
+            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => return Ok(()),
+        }
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<
+    tokio_rustls::client::TlsStream<gantry_cluster::dial::BoxIo>,
+>;
+
+async fn send(ws: &mut Ws, m: &Msg) -> Result<(), String> {
+    let f = proto::encode(m);
+    let msg = if f.compressed {
+        Message::Binary(f.bytes)
+    } else {
+        Message::Text(String::from_utf8_lossy(&f.bytes).into_owned().into())
+    };
+    ws.send(msg).await.map_err(|e| e.to_string())
+}
+
+async fn recv(ws: &mut Ws, max: usize) -> Result<Msg, String> {
+    loop {
+        match ws.next().await {
+            None => return Err("connection closed".into()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Message::Text(t))) => {
+                return proto::decode(false, t.as_bytes(), max).map_err(|e| e.to_string())
+            }
+            Some(Ok(Message::Binary(b))) => {
+                return proto::decode(true, &b, max).map_err(|e| e.to_string())
+            }
+            Some(Ok(Message::Close(_))) => return Err("closed by the control plane".into()),
+            Some(Ok(_)) => continue,
+        }
+    }
+}
