@@ -46,6 +46,10 @@ pub struct ClusterSettings {
     pub ping_interval: Duration,
     /// Where a data plane sends analytics (`cluster_telemetry_endpoint`); none: not sent.
     pub telemetry_endpoint: Option<String>,
+    /// Whether a data plane collects analytics: `vitals = on` or `konnect_mode = on` (Kong's
+    /// meaning: on a proxying node, vitals decides whether to collect request metrics; a
+    /// Konnect data plane always reports them).
+    pub analytics: bool,
     /// The name a data plane expects on the telemetry endpoint (default `cluster_server_name`).
     pub telemetry_server_name: String,
     pub analytics_flush: Duration,
@@ -270,6 +274,9 @@ pub(crate) fn from_values(
         trusted: list("lua_ssl_trusted_certificate"),
         server_name,
         telemetry_endpoint,
+        analytics: ["vitals", "konnect_mode"]
+            .iter()
+            .any(|k| matches!(get(k).as_str(), "on" | "true")),
         telemetry_server_name,
         analytics_flush: Duration::from_secs(get("analytics_flush_interval").parse().unwrap_or(1)),
         analytics_buffer: get("analytics_buffer_size_limit")

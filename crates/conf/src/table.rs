@@ -163,6 +163,11 @@ pub static KEYS: &[Key] = &[
     k("proxy_server_ssl_verify", "on", Kind::Bool),
     k("cluster_data_plane_purge_delay", "1209600", Kind::Int(60)),
     k("cluster_max_payload", "16777216", Kind::Int(4_194_304)),
+    k("proxy_access_log", "logs/access.log", Kind::Str),
+    // Gantry's own: `human` or `json` lines in error.log and access.log, and their rotation.
+    k("log_format", "human", Kind::OneOf(&["human", "json"])),
+    k("log_rotate_size", "100m", Kind::Size),
+    k("log_rotate_keep", "5", Kind::Int(1)),
     k("analytics_flush_interval", "1", Kind::Int(1)),
     k("analytics_buffer_size_limit", "100000", Kind::Int(1)),
     // Gantry's own: how long a control plane keeps analytics, in seconds (7 days).

@@ -127,11 +127,20 @@ where
         Arc::new(ProxySink(proxy.clone())),
     );
     dp.load_cached();
-    let collector = settings.cluster.telemetry_endpoint.clone().map(|endpoint| {
+    let mut sinks = crate::node::access_log(&settings)?;
+    if settings.cluster.telemetry_endpoint.is_some() && !settings.cluster.analytics {
+        tracing::warn!("cluster_telemetry_endpoint is set but neither vitals nor konnect_mode is on: no analytics are collected");
+    }
+    let endpoint = settings
+        .cluster
+        .telemetry_endpoint
+        .clone()
+        .filter(|_| settings.cluster.analytics);
+    let collector = endpoint.map(|endpoint| {
         let c = Arc::new(gantry_telemetry::Collector::new(
             settings.cluster.analytics_buffer,
         ));
-        proxy.set_log_sink(c.clone());
+        sinks.push(c.clone());
         tokio::spawn(gantry_telemetry::send::run(
             c.clone(),
             settings.cluster.clone(),
@@ -141,6 +150,7 @@ where
         ));
         c
     });
+    proxy.set_log_sinks(sinks);
     proxy.add_metrics(Arc::new(DpMetrics {
         collector,
         state: dp.state(),

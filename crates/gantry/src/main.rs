@@ -2,6 +2,7 @@
 
 mod config_cmd;
 mod hybrid;
+mod logs;
 mod node;
 mod quickstart;
 

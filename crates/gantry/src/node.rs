@@ -49,26 +49,76 @@ pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     };
     let logs = settings.prefixed("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(logs.join("error.log"))
+    let (max, keep) = rotation(settings);
+    let file = crate::logs::Rotating::open(&logs.join("error.log"), max, keep)
         .with_context(|| format!("cannot open {}", logs.join("error.log").display()))?;
-    let _ = tracing_subscriber::registry()
-        .with(
+    let file = std::sync::Mutex::new(file);
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let (console, to_file): (Boxed, Boxed) = if settings.get("log_format") == Some("json") {
+        (
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_filter(filter())
+                .boxed(),
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(file)
+                .with_filter(filter())
+                .boxed(),
+        )
+    } else {
+        (
             tracing_subscriber::fmt::layer()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
-                .with_filter(filter()),
-        )
-        .with(
+                .with_filter(filter())
+                .boxed(),
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .with_filter(filter()),
+                .with_writer(file)
+                .with_filter(filter())
+                .boxed(),
         )
+    };
+    let _ = tracing_subscriber::registry()
+        .with(vec![console, to_file])
         .try_init();
     Ok(())
+}
+
+/// `log_rotate_size` and `log_rotate_keep`.
+fn rotation(settings: &Settings) -> (u64, usize) {
+    let max = settings
+        .get("log_rotate_size")
+        .and_then(gantry_conf::parse_size)
+        .unwrap_or(100 << 20) as u64;
+    let keep = settings
+        .get("log_rotate_keep")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    (max, keep)
+}
+
+/// The proxy's log sinks from the settings: the access log unless `proxy_access_log = off`.
+pub fn access_log(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn gantry_proxy::LogSink>>> {
+    let v = settings.get("proxy_access_log").unwrap_or("off");
+    if v == "off" || v.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = if Path::new(v).is_absolute() {
+        std::path::PathBuf::from(v)
+    } else {
+        settings.prefix.join(v)
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (max, keep) = rotation(settings);
+    let json = settings.get("log_format") == Some("json");
+    let log = crate::logs::AccessLog::start(&path, max, keep, json)
+        .with_context(|| format!("proxy_access_log: cannot open {}", path.display()))?;
+    Ok(vec![log])
 }
 
 /// The store the settings describe.
@@ -267,6 +317,7 @@ async fn start_proxy(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    proxy.set_log_sinks(access_log(settings)?);
     let (config, version) = store.export().await?;
     proxy
         .apply(&config, version)

@@ -147,6 +147,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
                 "KONG_CLUSTER_TELEMETRY_ENDPOINT",
                 format!("127.0.0.1:{}", ports.telemetry),
             ),
+            ("KONG_VITALS", "on".into()),
         ];
         dp_env.extend(certs.iter().cloned());
         let mut children = vec![child(&cp_dir, "control_plane", &cp_env)?];

@@ -561,6 +561,7 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
         ),
     );
     let addr = cp.cluster.clone().unwrap();
+    let tele = cp.telemetry.clone().unwrap();
     let pki_dp = |cert: &(String, String)| {
         dp_env(
             &addr,
@@ -568,6 +569,8 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
             &[
                 ("KONG_CLUSTER_MTLS", "pki"),
                 ("KONG_CLUSTER_CA_CERT", &pki.ca),
+                ("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tele),
+                ("KONG_VITALS", "on"),
             ],
         )
     };
@@ -646,6 +649,7 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
     pki.leaf("dp", "dp-1", 2021);
     dp.signal("HUP");
     dp.wait_log("the cluster certificate expired", Duration::from_secs(10));
+    dp.wait_log("analytics are not sent", Duration::from_secs(10));
     admin(
         &http,
         &cp,
@@ -1400,7 +1404,10 @@ async fn analytics_from_two_data_planes_are_exact() {
     let e = dp_env(
         cp.cluster.as_ref().unwrap(),
         &cert,
-        &[("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tele)],
+        &[
+            ("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tele),
+            ("KONG_VITALS", "on"),
+        ],
     );
     let dp1 = Node::start(&dir.path().join("dp1"), &e);
     let dp2 = Node::start(&dir.path().join("dp2"), &e);
@@ -1495,6 +1502,7 @@ async fn analytics_survive_a_control_plane_outage_within_the_buffer() {
             &cert,
             &[
                 ("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tl),
+                ("KONG_KONNECT_MODE", "on"),
                 ("KONG_ANALYTICS_BUFFER_SIZE_LIMIT", "10"),
             ],
         ),
@@ -1549,4 +1557,95 @@ async fn analytics_survive_a_control_plane_outage_within_the_buffer() {
         &[(key, 17)].into_iter().collect(),
     )
     .await;
+}
+
+/// Access log lines carry the request id the client and the upstream see; JSON when
+/// `log_format = json`; the status listener exposes latency histograms and target health.
+#[tokio::test(flavor = "multi_thread")]
+async fn access_logs_request_ids_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let node = Node::start(&dir.path().join("n"), &env(&[("KONG_LOG_FORMAT", "json")]));
+    admin(&http, &node, "POST", "/upstreams", json!({"name": "pool"})).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/pool/targets",
+        json!({"target": up}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "host": "pool"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
+    let proxy = node.proxy.clone().unwrap();
+    until(&http, &format!("{proxy}/a"), 200, Duration::from_secs(10)).await;
+    let r = http.get(format!("{proxy}/a?x=1")).send().await.unwrap();
+    let id = r.headers()["x-kong-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["headers"]["x-kong-request-id"], id.as_str(), "{body}");
+    let log = dir.path().join("n/logs/access.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains(&id)) {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line with {id}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let entry: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["uri"], "/a?x=1");
+    assert_eq!(entry["method"], "GET");
+    assert!(
+        entry["latencies"]["upstream_ms"].as_f64().is_some(),
+        "{entry}"
+    );
+    // A 404 gets an id too.
+    let r = http.get(format!("{proxy}/none")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().contains_key("x-kong-request-id"));
+    // The error log is JSON too.
+    let err = std::fs::read_to_string(dir.path().join("n/logs/error.log")).unwrap();
+    let first = err.lines().next().unwrap();
+    assert!(serde_json::from_str::<Value>(first).is_ok(), "{first}");
+    let metrics = http
+        .get(format!("{}/metrics", node.status.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gantry_http_request_duration_ms_bucket{le=\"+Inf\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            "gantry_upstream_target_health{{upstream=\"pool\",target=\"{up}\"}} 1"
+        )),
+        "{metrics}"
+    );
 }

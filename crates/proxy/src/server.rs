@@ -44,12 +44,21 @@ pub struct Stats {
     pub by_class: [AtomicU64; 5],
     /// Whether a configuration has been loaded.
     pub ready: AtomicBool,
+    /// Request latency (request head to response head) per bucket of
+    /// `gantry_model::analytics::BOUNDS_MS`, and the sum in microseconds.
+    pub latency: [AtomicU64; gantry_model::analytics::BOUNDS_MS.len() + 1],
+    pub latency_sum_us: AtomicU64,
 }
 
 impl Stats {
-    fn count(&self, status: u16) {
+    fn count(&self, status: u16, took: Duration) {
         let i = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[i].fetch_add(1, Ordering::Relaxed);
+        let ms = took.as_secs_f64() * 1000.0;
+        let b = gantry_model::analytics::BOUNDS_MS.partition_point(|x| *x < ms);
+        self.latency[b].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn total(&self) -> u64 {
@@ -64,6 +73,11 @@ impl Stats {
 /// One request as the log phase sees it: who handled it and how long it took.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLog<'a> {
+    /// Also sent upstream and to the client as `X-Kong-Request-Id`.
+    pub request_id: &'a str,
+    pub client: std::net::IpAddr,
+    pub method: &'a hyper::Method,
+    pub uri: &'a Uri,
     pub service: Option<&'a str>,
     pub route: Option<&'a str>,
     pub consumer: Option<&'a str>,
@@ -87,9 +101,9 @@ pub trait MetricsSource: Send + Sync + 'static {
 }
 
 /// What `route_and_forward` learned of a request, kept only when a sink listens.
-#[derive(Default)]
 struct Seen {
     on: bool,
+    request_id: HeaderValue,
     service: Option<String>,
     route: Option<String>,
     consumer: Option<String>,
@@ -97,7 +111,10 @@ struct Seen {
 }
 
 pub struct Proxy {
-    log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
+    log_sinks: std::sync::OnceLock<Vec<Arc<dyn LogSink>>>,
+    /// Request ids: this process's random prefix and a counter.
+    id_prefix: u32,
+    id_counter: std::sync::atomic::AtomicU64,
     pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     pool: Pool,
@@ -165,7 +182,13 @@ impl Proxy {
     /// A proxy whose clients must send a request head within `header_timeout`.
     pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
         Arc::new(Proxy {
-            log_sink: std::sync::OnceLock::new(),
+            log_sinks: std::sync::OnceLock::new(),
+            id_prefix: (std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+                .unwrap_or(0))
+                ^ std::process::id().rotate_left(8),
+            id_counter: std::sync::atomic::AtomicU64::new(0),
             metrics: std::sync::Mutex::new(Vec::new()),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(256),
@@ -178,9 +201,24 @@ impl Proxy {
         })
     }
 
-    /// Send every request to `sink` (once; later calls are ignored).
-    pub fn set_log_sink(&self, sink: Arc<dyn LogSink>) {
-        let _ = self.log_sink.set(sink);
+    /// Send every request to these sinks (set once; later calls are ignored).
+    pub fn set_log_sinks(&self, sinks: Vec<Arc<dyn LogSink>>) {
+        let _ = self.log_sinks.set(sinks);
+    }
+
+    /// `gantry_upstream_target_health`: 1 healthy, 0 down, for each upstream target running.
+    pub(crate) fn target_health_metrics(&self) -> String {
+        let snap = self.snapshot.load();
+        let mut m = String::from("# HELP gantry_upstream_target_health Whether an upstream target receives traffic (1) or is down by health checks (0).\n# TYPE gantry_upstream_target_health gauge\n");
+        for (name, b) in &snap.balancers {
+            for target in b.targets.iter() {
+                m.push_str(&format!(
+                    "gantry_upstream_target_health{{upstream=\"{name}\",target=\"{target}\"}} {}\n",
+                    u8::from(self.health.is_up(name, target))
+                ));
+            }
+        }
+        m
     }
 
     /// Add metrics to `/metrics`.
@@ -358,25 +396,48 @@ impl Proxy {
         sni: Option<&str>,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        let sink = self.log_sink.get();
+        let sinks = self.log_sinks.get().filter(|s| !s.is_empty());
+        let n = self
+            .id_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let request_id = format!("{:08x}{n:016x}", self.id_prefix);
+        let request_id =
+            HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("0"));
         let mut seen = Seen {
-            on: sink.is_some(),
-            ..Seen::default()
+            on: sinks.is_some(),
+            request_id: request_id.clone(),
+            service: None,
+            route: None,
+            consumer: None,
+            upstream: None,
         };
-        let res = self
+        let logged = sinks.map(|_| (req.method().clone(), req.uri().clone()));
+        let mut res = self
             .route_and_forward(req, peer, local_port, https, sni, &mut seen)
             .await;
+        res.headers_mut().insert(
+            HeaderName::from_static("x-kong-request-id"),
+            request_id.clone(),
+        );
         let status = res.status().as_u16();
-        self.stats.count(status);
-        if let Some(s) = sink {
-            s.log(&RequestLog {
+        let total = started.elapsed();
+        self.stats.count(status, total);
+        if let (Some(sinks), Some((method, uri))) = (sinks, &logged) {
+            let r = RequestLog {
+                request_id: request_id.to_str().unwrap_or(""),
+                client: peer.ip(),
+                method,
+                uri,
                 service: seen.service.as_deref(),
                 route: seen.route.as_deref(),
                 consumer: seen.consumer.as_deref(),
                 status,
-                total: started.elapsed(),
+                total,
                 upstream: seen.upstream,
-            });
+            };
+            for s in sinks {
+                s.log(&r);
+            }
         }
         res
     }
@@ -590,6 +651,10 @@ impl Proxy {
             None => VIA.to_string(),
         };
         set(&mut headers, header::VIA, &via);
+        headers.insert(
+            HeaderName::from_static("x-kong-request-id"),
+            seen.request_id.clone(),
+        );
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;

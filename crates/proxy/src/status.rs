@@ -71,6 +71,24 @@ fn answer(proxy: &Proxy, path: &str) -> Response<ProxyBody> {
                     c.load(Ordering::Relaxed)
                 ));
             }
+            m.push_str("# HELP gantry_http_request_duration_ms Request head to response head, milliseconds.\n");
+            m.push_str("# TYPE gantry_http_request_duration_ms histogram\n");
+            let mut cumulative = 0;
+            for (i, c) in proxy.stats.latency.iter().enumerate() {
+                cumulative += c.load(Ordering::Relaxed);
+                let le = gantry_model::analytics::BOUNDS_MS
+                    .get(i)
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "+Inf".into());
+                m.push_str(&format!(
+                    "gantry_http_request_duration_ms_bucket{{le=\"{le}\"}} {cumulative}\n"
+                ));
+            }
+            m.push_str(&format!(
+                "gantry_http_request_duration_ms_sum {}\ngantry_http_request_duration_ms_count {cumulative}\n",
+                proxy.stats.latency_sum_us.load(Ordering::Relaxed) as f64 / 1000.0
+            ));
+            m.push_str(&proxy.target_health_metrics());
             m.push_str("# HELP gantry_config_version The configuration version this node runs.\n");
             m.push_str("# TYPE gantry_config_version gauge\n");
             m.push_str(&format!("gantry_config_version {}\n", snap.version));

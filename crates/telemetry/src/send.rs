@@ -122,6 +122,11 @@ async fn session(
     tracing::info!("sending analytics to {endpoint}");
     let mut tick = tokio::time::interval(s.analytics_flush);
     loop {
+        // A certificate that expired (or was rotated to an expired one) stops sending even on
+        // a connection made before.
+        if gantry_cluster::tls::expired(s).is_some() {
+            return Err("the cluster certificate has expired".into());
+        }
         // Everything queued goes first, one batch at a time, each acknowledged.
         while let Some(b) = queue.front() {
             send(
