@@ -140,19 +140,21 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn req(route: &str, status: u16) -> RequestLog<'_> {
-        RequestLog {
+    #[test]
+    fn aggregates_and_bounds_what_it_holds() {
+        let (method, uri) = (Default::default(), Default::default());
+        let req = |route, status| RequestLog {
+            request_id: "r",
+            client: std::net::IpAddr::from([127, 0, 0, 1]),
+            method: &method,
+            uri: &uri,
             service: Some("s"),
             route: Some(route),
             consumer: None,
             status,
             total: Duration::from_millis(12),
             upstream: Some(Duration::from_millis(10)),
-        }
-    }
-
-    #[test]
-    fn aggregates_and_bounds_what_it_holds() {
+        };
         let c = Collector::new(5);
         for _ in 0..3 {
             c.record(&req("a", 200));
