@@ -221,3 +221,62 @@ pub async fn analytics(
         .collect();
     Ok(Json(json!({"start": start, "end": end, "group_by": group, "data": data})).into_response())
 }
+
+/// `GET /metrics`: Prometheus text. The configuration version; on a control plane also data
+/// planes by status, their sync lag, and the cluster service's counters.
+pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let version = st.store.version().await?;
+    let mut m = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, i64)]| {
+        m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in lines {
+            m.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    metric(
+        "gantry_config_version",
+        "gauge",
+        "The configuration version in the store.",
+        &[(String::new(), version)],
+    );
+    if st.settings.role == Role::ControlPlane {
+        let dps = entries(&st).await?;
+        let by_status: Vec<(String, i64)> = STATUSES
+            .iter()
+            .map(|s| {
+                let n = dps
+                    .iter()
+                    .filter(|d| d.get("status").and_then(Value::as_str) == Some(s))
+                    .count();
+                (format!("{{status=\"{s}\"}}"), n as i64)
+            })
+            .collect();
+        metric(
+            "gantry_data_planes",
+            "gauge",
+            "Data planes in the registry, by status.",
+            &by_status,
+        );
+        let behind = |d: &Doc| d.get("behind").and_then(Value::as_i64).unwrap_or(0);
+        let live = dps
+            .iter()
+            .filter(|d| d.get("status").and_then(Value::as_str) != Some("disconnected"));
+        metric(
+            "gantry_data_planes_max_versions_behind",
+            "gauge",
+            "Sync lag: the most configuration versions a connected data plane is behind.",
+            &[(String::new(), live.map(behind).max().unwrap_or(0))],
+        );
+        if let Some(extra) = st.extra_metrics.get() {
+            extra(&mut m);
+        }
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        m,
+    )
+        .into_response())
+}

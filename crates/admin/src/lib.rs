@@ -44,7 +44,12 @@ pub struct AdminState {
     pub version_tx: watch::Sender<i64>,
     pub counters: Counters,
     hash_cache: Mutex<Option<(i64, ConfigHashes)>>,
+    /// More metrics for `GET /metrics` (the cluster service's counters, on a control plane).
+    pub extra_metrics: std::sync::OnceLock<MetricsFn>,
 }
+
+/// Appends Prometheus text to `GET /metrics`.
+pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
 
 impl AdminState {
     pub fn new(
@@ -63,6 +68,7 @@ impl AdminState {
             version_tx: watch::channel(0).0,
             counters: Counters::default(),
             hash_cache: Mutex::new(None),
+            extra_metrics: std::sync::OnceLock::new(),
         }
     }
 
@@ -140,6 +146,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clustering/data-planes", get(clustering::data_planes))
         .route("/clustering/status", get(clustering::status))
         .route("/analytics/requests", get(clustering::analytics))
+        .route("/metrics", get(clustering::metrics))
         .route("/{coll}", any(entities::collection))
         .route("/{coll}/{key}", any(entities::item))
         .route("/{coll}/{key}/{child}", any(entities::nested))

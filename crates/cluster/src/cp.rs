@@ -199,6 +199,47 @@ impl ControlPlane {
         self.tls.clone()
     }
 
+    /// The cluster service's counters in Prometheus text.
+    pub fn write_metrics(&self, m: &mut String) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.stats;
+        let mut metric = |name: &str, kind: &str, help: &str, v: String| {
+            m.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        metric(
+            "gantry_cluster_connections",
+            "gauge",
+            "Data planes connected to this control plane.",
+            s.connected.load(Relaxed).to_string(),
+        );
+        metric(
+            "gantry_cluster_snapshots_sent_total",
+            "counter",
+            "Whole configurations pushed to data planes.",
+            s.snapshots_sent.load(Relaxed).to_string(),
+        );
+        metric(
+            "gantry_cluster_deltas_sent_total",
+            "counter",
+            "Configuration deltas pushed to data planes.",
+            s.deltas_sent.load(Relaxed).to_string(),
+        );
+        metric(
+            "gantry_cluster_bytes_sent_total",
+            "counter",
+            "Bytes sent to data planes.",
+            s.bytes_sent.load(Relaxed).to_string(),
+        );
+        metric(
+            "gantry_cluster_config_version",
+            "gauge",
+            "The configuration version published to data planes.",
+            self.current().version.to_string(),
+        );
+    }
+
     /// The version published now.
     pub fn current(&self) -> Arc<Published> {
         self.published.borrow().clone()

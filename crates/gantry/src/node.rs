@@ -276,7 +276,7 @@ where
         let _ = tx.send(true);
     });
     if settings.role == Role::ControlPlane {
-        crate::hybrid::start_control_plane(
+        let cp = crate::hybrid::start_control_plane(
             &settings,
             store.clone(),
             node_id.clone(),
@@ -284,6 +284,9 @@ where
             rx.clone(),
         )
         .await?;
+        let _ = state
+            .extra_metrics
+            .set(Arc::new(move |m: &mut String| cp.write_metrics(m)));
     }
     let proxies = if settings.role == Role::Traditional {
         start_proxy(

@@ -326,6 +326,30 @@ async fn data_planes_sync_and_register() {
     // The data plane's status listener shows the same configuration hash.
     let (_, s1) = get_json(&http, &format!("{}/status", dp1.status.as_ref().unwrap())).await;
     assert_eq!(s1["configuration_hash"], hash.as_str());
+    // The control plane's /metrics: data planes by status, lag, pushes.
+    let m = http
+        .get(format!("{}/metrics", cp.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("gantry_data_planes{status=\"connected\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("gantry_data_planes_max_versions_behind 0"),
+        "{m}"
+    );
+    let deltas: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("gantry_cluster_deltas_sent_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(deltas >= 2, "{m}");
     // A stopped data plane is shown disconnected, then stays listed.
     dp2.signal("TERM");
     dp2.wait_exit(Duration::from_secs(10));
