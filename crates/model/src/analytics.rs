@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency buckets, in milliseconds; a last bucket holds the rest.
-pub const BOUNDS_MS: [f64; 24] = [
-    1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
+pub const BOUNDS_MS: [f64; 27] = [
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
     750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0, 30000.0,
 ];
 
@@ -98,7 +98,7 @@ mod tests {
             a.record(ms);
         }
         assert_eq!(a.count(), 5);
-        assert_eq!(a.0[0], 2);
+        assert_eq!((a.0[2], a.0[3]), (1, 1));
         let mut b = Histogram::default();
         b.record(100_000.0);
         a.merge(&b);
