@@ -227,31 +227,32 @@ pub async fn analytics(
 pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let version = st.store.version().await?;
     let mut m = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, lines: &[(String, i64)]| {
-        m.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in lines {
-            m.push_str(&format!("{name}{labels} {v}\n"));
-        }
-    };
-    metric(
+    gantry_model::prometheus(
+        &mut m,
         "gantry_config_version",
         "gauge",
         "The configuration version in the store.",
-        &[(String::new(), version)],
+        &[("", version as f64)],
     );
     if st.settings.role == Role::ControlPlane {
         let dps = entries(&st).await?;
-        let by_status: Vec<(String, i64)> = STATUSES
+        let labels: Vec<String> = STATUSES
             .iter()
-            .map(|s| {
+            .map(|s| format!("{{status=\"{s}\"}}"))
+            .collect();
+        let by_status: Vec<(&str, f64)> = STATUSES
+            .iter()
+            .zip(&labels)
+            .map(|(s, l)| {
                 let n = dps
                     .iter()
                     .filter(|d| d.get("status").and_then(Value::as_str) == Some(s))
                     .count();
-                (format!("{{status=\"{s}\"}}"), n as i64)
+                (l.as_str(), n as f64)
             })
             .collect();
-        metric(
+        gantry_model::prometheus(
+            &mut m,
             "gantry_data_planes",
             "gauge",
             "Data planes in the registry, by status.",
@@ -261,11 +262,12 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
         let live = dps
             .iter()
             .filter(|d| d.get("status").and_then(Value::as_str) != Some("disconnected"));
-        metric(
+        gantry_model::prometheus(
+            &mut m,
             "gantry_data_planes_max_versions_behind",
             "gauge",
             "Sync lag: the most configuration versions a connected data plane is behind.",
-            &[(String::new(), live.map(behind).max().unwrap_or(0))],
+            &[("", live.map(behind).max().unwrap_or(0) as f64)],
         );
         if let Some(extra) = st.extra_metrics.get() {
             extra(&mut m);

@@ -18,7 +18,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 
@@ -203,41 +202,40 @@ impl ControlPlane {
     pub fn write_metrics(&self, m: &mut String) {
         use std::sync::atomic::Ordering::Relaxed;
         let s = &self.stats;
-        let mut metric = |name: &str, kind: &str, help: &str, v: String| {
-            m.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
-        };
-        metric(
-            "gantry_cluster_connections",
-            "gauge",
-            "Data planes connected to this control plane.",
-            s.connected.load(Relaxed).to_string(),
-        );
-        metric(
-            "gantry_cluster_snapshots_sent_total",
-            "counter",
-            "Whole configurations pushed to data planes.",
-            s.snapshots_sent.load(Relaxed).to_string(),
-        );
-        metric(
-            "gantry_cluster_deltas_sent_total",
-            "counter",
-            "Configuration deltas pushed to data planes.",
-            s.deltas_sent.load(Relaxed).to_string(),
-        );
-        metric(
-            "gantry_cluster_bytes_sent_total",
-            "counter",
-            "Bytes sent to data planes.",
-            s.bytes_sent.load(Relaxed).to_string(),
-        );
-        metric(
-            "gantry_cluster_config_version",
-            "gauge",
-            "The configuration version published to data planes.",
-            self.current().version.to_string(),
-        );
+        for (name, kind, help, v) in [
+            (
+                "gantry_cluster_connections",
+                "gauge",
+                "Data planes connected to this control plane.",
+                s.connected.load(Relaxed) as f64,
+            ),
+            (
+                "gantry_cluster_snapshots_sent_total",
+                "counter",
+                "Whole configurations pushed to data planes.",
+                s.snapshots_sent.load(Relaxed) as f64,
+            ),
+            (
+                "gantry_cluster_deltas_sent_total",
+                "counter",
+                "Configuration deltas pushed to data planes.",
+                s.deltas_sent.load(Relaxed) as f64,
+            ),
+            (
+                "gantry_cluster_bytes_sent_total",
+                "counter",
+                "Bytes sent to data planes.",
+                s.bytes_sent.load(Relaxed) as f64,
+            ),
+            (
+                "gantry_cluster_config_version",
+                "gauge",
+                "The configuration version published to data planes.",
+                self.current().version as f64,
+            ),
+        ] {
+            gantry_model::prometheus(m, name, kind, help, &[("", v)]);
+        }
     }
 
     /// The version published now.
@@ -505,11 +503,7 @@ struct Session {
 
 impl Session {
     async fn send(&mut self, frame: &proto::Frame) -> Result<(), String> {
-        let msg = if frame.compressed {
-            Message::Binary(frame.bytes.clone())
-        } else {
-            Message::Text(String::from_utf8_lossy(&frame.bytes).into_owned().into())
-        };
+        let msg = frame.message();
         self.cp.stats.bytes_sent.fetch_add(
             frame.bytes.len() as u64,
             std::sync::atomic::Ordering::Relaxed,
@@ -525,19 +519,12 @@ impl Session {
             let Some(m) = self.ws.next().await else {
                 return Ok(None);
             };
-            match m.map_err(|e| e.to_string())? {
-                Message::Text(t) => {
-                    return proto::decode(false, t.as_bytes(), self.max)
-                        .map(Some)
-                        .map_err(|e| e.to_string())
-                }
-                Message::Binary(b) => {
-                    return proto::decode(true, &b, self.max)
-                        .map(Some)
-                        .map_err(|e| e.to_string())
-                }
-                Message::Close(_) => return Ok(None),
-                _ => continue,
+            match proto::from_ws(m.map_err(|e| e.to_string())?, self.max)
+                .map_err(|e| e.to_string())?
+            {
+                proto::Received::Msg(m) => return Ok(Some(m)),
+                proto::Received::Closed(_) => return Ok(None),
+                proto::Received::Nothing => continue,
             }
         }
     }

@@ -308,13 +308,11 @@ impl DataPlane {
                         let n = t.len() as u64;
                         self.state.send_modify(|st| st.bytes_received += n);
                     }
-                    let msg: ToDp = match m {
-                        Message::Text(t) => proto::decode(false, t.as_bytes(), max),
-                        Message::Binary(b) => proto::decode(true, &b, max),
-                        Message::Close(f) => return Err(Ended::Lost(format!("closed by the control plane{}", f.map(|f| format!(": {}", f.reason)).unwrap_or_default()))),
-                        _ => continue,
-                    }
-                    .map_err(|e| Ended::Lost(e.to_string()))?;
+                    let msg: ToDp = match proto::from_ws(m, max).map_err(|e| Ended::Lost(e.to_string()))? {
+                        proto::Received::Msg(m) => m,
+                        proto::Received::Closed(why) => return Err(Ended::Lost(format!("closed by the control plane{}", why.map(|w| format!(": {w}")).unwrap_or_default()))),
+                        proto::Received::Nothing => continue,
+                    };
                     match msg {
                         ToDp::Welcome { control_plane, version, .. } => {
                             welcomed = true;
@@ -461,13 +459,7 @@ async fn send<S>(ws: &mut S, msg: &FromDp) -> Result<(), String>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    let f = proto::encode(msg);
-    let m = if f.compressed {
-        Message::Binary(f.bytes)
-    } else {
-        Message::Text(String::from_utf8_lossy(&f.bytes).into_owned().into())
-    };
-    ws.send(m).await.map_err(|e| e.to_string())
+    ws.send(proto::to_ws(msg)).await.map_err(|e| e.to_string())
 }
 
 /// Exponential backoff with jitter: 250 ms doubling to 10 s, each delay between half and all

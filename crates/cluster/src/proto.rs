@@ -146,6 +146,49 @@ pub fn decode<T: for<'de> Deserialize<'de>>(
     Ok(serde_json::from_slice(&out)?)
 }
 
+/// A message as a WebSocket message: text when small, gzip-compressed binary when large.
+pub fn to_ws<T: Serialize>(msg: &T) -> tokio_tungstenite::tungstenite::Message {
+    encode(msg).message()
+}
+
+impl Frame {
+    /// The WebSocket message carrying this frame (the bytes are shared, not copied).
+    pub fn message(&self) -> tokio_tungstenite::tungstenite::Message {
+        use tokio_tungstenite::tungstenite::Message;
+        if self.compressed {
+            Message::Binary(self.bytes.clone())
+        } else {
+            match tokio_tungstenite::tungstenite::Utf8Bytes::try_from(self.bytes.clone()) {
+                Ok(t) => Message::Text(t),
+                Err(_) => Message::Binary(self.bytes.clone()),
+            }
+        }
+    }
+}
+
+/// What a received WebSocket message holds.
+pub enum Received<T> {
+    Msg(T),
+    /// The peer closed, with its reason when it gave one.
+    Closed(Option<String>),
+    /// A ping, pong or raw frame: nothing for the protocol.
+    Nothing,
+}
+
+/// Decode a received WebSocket message (see [`decode`] for `limit`).
+pub fn from_ws<T: for<'de> Deserialize<'de>>(
+    m: tokio_tungstenite::tungstenite::Message,
+    limit: usize,
+) -> Result<Received<T>, ProtoError> {
+    use tokio_tungstenite::tungstenite::Message;
+    Ok(match m {
+        Message::Text(t) => Received::Msg(decode(false, t.as_bytes(), limit)?),
+        Message::Binary(b) => Received::Msg(decode(true, &b, limit)?),
+        Message::Close(f) => Received::Closed(f.map(|f| f.reason.to_string())),
+        _ => Received::Nothing,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

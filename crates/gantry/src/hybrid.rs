@@ -199,36 +199,36 @@ struct DpMetrics {
 impl gantry_proxy::MetricsSource for DpMetrics {
     fn write(&self, m: &mut String) {
         let st = self.state.borrow().clone();
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            m.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        metric(
-            "gantry_control_plane_connected",
-            "gauge",
-            "Whether this data plane is connected to a control plane.",
-            u64::from(st.connected),
-        );
-        metric(
-            "gantry_cluster_bytes_received_total",
-            "counter",
-            "Configuration bytes received from control planes.",
-            st.bytes_received,
-        );
+        let mut all = vec![
+            (
+                "gantry_control_plane_connected",
+                "gauge",
+                "Whether this data plane is connected to a control plane.",
+                u64::from(st.connected),
+            ),
+            (
+                "gantry_cluster_bytes_received_total",
+                "counter",
+                "Configuration bytes received from control planes.",
+                st.bytes_received,
+            ),
+        ];
         if let Some(c) = &self.collector {
-            metric(
+            all.push((
                 "gantry_telemetry_dropped_total",
                 "counter",
                 "Requests left out of analytics because the buffer was full.",
                 c.dropped(),
-            );
-            metric(
+            ));
+            all.push((
                 "gantry_telemetry_buffered_requests",
                 "gauge",
                 "Requests held for analytics, not yet acknowledged.",
                 c.buffered(),
-            );
+            ));
+        }
+        for (name, kind, help, v) in all {
+            gantry_model::prometheus(m, name, kind, help, &[("", v as f64)]);
         }
     }
 }

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 /// Upper bounds of the latency buckets, in milliseconds; a last bucket holds the rest.
 pub const BOUNDS_MS: [f64; 27] = [
-    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0, 300.0, 500.0,
-    750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0, 30000.0,
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0,
+    200.0, 300.0, 500.0, 750.0, 1000.0, 1500.0, 2000.0, 3000.0, 5000.0, 10000.0, 30000.0,
 ];
 
 /// A latency histogram: counts per bucket of [`BOUNDS_MS`] (and one past the last bound).

@@ -53,3 +53,13 @@ impl Config {
         self.len() == 0
     }
 }
+
+/// Append one Prometheus metric (text exposition format): its `# HELP` and `# TYPE` lines, then
+/// one sample per `(labels, value)`; `labels` is empty or `{k="v",...}`.
+pub fn prometheus(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, f64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}

@@ -8,7 +8,6 @@ use gantry_cluster::proto;
 use gantry_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::{Msg, PATH};
 
@@ -68,13 +67,12 @@ async fn connection(
         .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
     let mut node: Option<String> = None;
     while let Some(m) = ws.next().await {
-        let msg: Msg = match m.map_err(|e| e.to_string())? {
-            Message::Text(t) => proto::decode(false, t.as_bytes(), max),
-            Message::Binary(b) => proto::decode(true, &b, max),
-            Message::Close(_) => return Ok(()),
-            _ => continue,
-        }
-        .map_err(|e| e.to_string())?;
+        let msg: Msg =
+            match proto::from_ws(m.map_err(|e| e.to_string())?, max).map_err(|e| e.to_string())? {
+                proto::Received::Msg(m) => m,
+                proto::Received::Closed(_) => return Ok(()),
+                proto::Received::Nothing => continue,
+            };
         match msg {
             Msg::Hello { node_id } => node = Some(node_id),
             Msg::Batch { seq, rows } => {
@@ -85,12 +83,9 @@ async fn connection(
                     .ingest_analytics(n, seq, &rows)
                     .await
                     .map_err(|e| format!("cannot store analytics: {e}"))?;
-                let f = proto::encode(&Msg::Ack { seq });
-                ws.send(Message::Text(
-                    String::from_utf8_lossy(&f.bytes).into_owned().into(),
-                ))
-                .await
-                .map_err(|e| e.to_string())?;
+                ws.send(proto::to_ws(&Msg::Ack { seq }))
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
             Msg::Ack { .. } => return Err("unexpected ack from a data plane".into()),
         }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gantry_cluster::proto;
+use gantry_cluster::proto::Received;
 use gantry_conf::ClusterSettings;
 use gantry_model::analytics::Row;
 use tokio::sync::watch;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::{Collector, Msg, PATH};
 
@@ -162,28 +162,20 @@ type Ws = tokio_tungstenite::WebSocketStream<
 >;
 
 async fn send(ws: &mut Ws, m: &Msg) -> Result<(), String> {
-    let f = proto::encode(m);
-    let msg = if f.compressed {
-        Message::Binary(f.bytes)
-    } else {
-        Message::Text(String::from_utf8_lossy(&f.bytes).into_owned().into())
-    };
-    ws.send(msg).await.map_err(|e| e.to_string())
+    ws.send(proto::to_ws(m)).await.map_err(|e| e.to_string())
 }
 
 async fn recv(ws: &mut Ws, max: usize) -> Result<Msg, String> {
     loop {
-        match ws.next().await {
-            None => return Err("connection closed".into()),
-            Some(Err(e)) => return Err(e.to_string()),
-            Some(Ok(Message::Text(t))) => {
-                return proto::decode(false, t.as_bytes(), max).map_err(|e| e.to_string())
-            }
-            Some(Ok(Message::Binary(b))) => {
-                return proto::decode(true, &b, max).map_err(|e| e.to_string())
-            }
-            Some(Ok(Message::Close(_))) => return Err("closed by the control plane".into()),
-            Some(Ok(_)) => continue,
+        let m = ws
+            .next()
+            .await
+            .ok_or("connection closed")?
+            .map_err(|e| e.to_string())?;
+        match proto::from_ws(m, max).map_err(|e| e.to_string())? {
+            Received::Msg(m) => return Ok(m),
+            Received::Closed(_) => return Err("closed by the control plane".into()),
+            Received::Nothing => continue,
         }
     }
 }
