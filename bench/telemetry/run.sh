@@ -30,7 +30,7 @@ NGX
 nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 common=(KONG_CLUSTER_CERT="$work/c.crt" KONG_CLUSTER_CERT_KEY="$work/c.key" KONG_LOG_LEVEL=error)
 env "${common[@]}" KONG_ROLE=control_plane KONG_ADMIN_LISTEN=127.0.0.1:$ADMIN \
-  KONG_CLUSTER_LISTEN=127.0.0.1:$CL KONG_CLUSTER_TELEMETRY_LISTEN=127.0.0.1:$TL \
+  KONG_CLUSTER_LISTEN=127.0.0.1:$CL KONG_CLUSTER_TELEMETRY_LISTEN=127.0.0.1:$TL KONG_STATUS_LISTEN=off \
   $bin start -p "$work/cp" 2>"$work/cp.err" & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$ADMIN/" >/dev/null && break; sleep 0.1; done
 curl -sf -XPOST "http://127.0.0.1:$ADMIN/services" -d name=up -d url="http://127.0.0.1:$UP" >/dev/null

@@ -167,7 +167,25 @@ pub async fn serve(
     listeners: Vec<TcpListener>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = router(state);
+    serve_app(router(state), listeners, shutdown).await
+}
+
+/// What a control plane serves on `status_listen`: `/status` and Prometheus `/metrics`
+/// (data planes by status, sync lag, pushes), without the rest of the Admin API.
+pub fn status_router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/status", get(info::status))
+        .route("/metrics", get(clustering::metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serve `app` on already-bound listeners until `shutdown` turns true.
+pub async fn serve_app(
+    app: Router,
+    listeners: Vec<TcpListener>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
     let mut tasks = Vec::new();
     for l in listeners {
         let app = app.clone();

@@ -76,6 +76,7 @@ fn start_cp(prefix: &std::path::Path, cert: &(String, String)) -> Cp {
         .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
         .env("KONG_CLUSTER_LISTEN", "127.0.0.1:0")
         .env("KONG_CLUSTER_TELEMETRY_LISTEN", "127.0.0.1:0")
+        .env("KONG_STATUS_LISTEN", "off")
         .env("KONG_CLUSTER_CERT", &cert.0)
         .env("KONG_CLUSTER_CERT_KEY", &cert.1)
         .stderr(std::process::Stdio::piped())

@@ -287,6 +287,19 @@ where
         let _ = state
             .extra_metrics
             .set(Arc::new(move |m: &mut String| cp.write_metrics(m)));
+        let mut status = Vec::new();
+        for l in &settings.status_listen {
+            let tcp = bind(l, "status_listen").await?;
+            let addr = tcp.local_addr()?;
+            tracing::info!("status listening on http://{addr}");
+            eprintln!("gantry: status listening on http://{addr}");
+            status.push(tcp);
+        }
+        tokio::spawn(gantry_admin::serve_app(
+            gantry_admin::status_router(state.clone()),
+            status,
+            rx.clone(),
+        ));
     }
     let proxies = if settings.role == Role::Traditional {
         start_proxy(
