@@ -44,7 +44,7 @@ services:
 YML
 nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
-KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   target/release/gantry start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
 for _ in $(seq 100); do
@@ -87,7 +87,7 @@ consumers:
 - username: bench
   keyauth_credentials: [{ key: bench-key }]
 YML
-KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/plugins.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/plugins.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$PLUG KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   target/release/gantry start -p "$work/gplug" 2>"$work/gplug.err" & pids+=($!)
 for _ in $(seq 100); do curl -sf -H "apikey: bench-key" "http://127.0.0.1:$PLUG/" >/dev/null && break; sleep 0.1; done
@@ -113,7 +113,7 @@ with open(path, "w") as f:
     for i in range(5000):
         f.write(f"  - name: r{i}\n    paths: [/svc/{i}]\n    methods: [GET]\n")
 PY
-KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/routes.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error \
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/routes.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:18904 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   target/release/gantry start -p "$work/g5k" 2>"$work/g5k.err" & g5k=$!; pids+=($g5k)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:18904/svc/4999" >/dev/null && break; sleep 0.1; done
