@@ -1440,6 +1440,21 @@ async fn analytics_from_two_data_planes_are_exact() {
     );
     let dp1 = Node::start(&dir.path().join("dp1"), &e);
     let dp2 = Node::start(&dir.path().join("dp2"), &e);
+    // With neither vitals nor konnect_mode on, a data plane collects nothing.
+    let quiet = Node::start(
+        &dir.path().join("dp3"),
+        &dp_env(
+            cp.cluster.as_ref().unwrap(),
+            &cert,
+            &[("KONG_CLUSTER_TELEMETRY_ENDPOINT", &tele)],
+        ),
+    );
+    quiet.wait_log(
+        "neither vitals nor konnect_mode is on",
+        Duration::from_secs(5),
+    );
+    let p3 = quiet.dp_proxy();
+    until(&http, &format!("{p3}/a"), 200, Duration::from_secs(10)).await;
     let (p1, p2) = (dp1.dp_proxy(), dp2.dp_proxy());
     until(&http, &format!("{p1}/a"), 200, Duration::from_secs(10)).await;
     until(&http, &format!("{p2}/a"), 200, Duration::from_secs(10)).await;
@@ -1456,6 +1471,9 @@ async fn analytics_from_two_data_planes_are_exact() {
     .into_iter()
     .collect();
     until_analytics(&http, &cp, Duration::from_secs(15), &want).await;
+    // Two flush intervals later, still nothing from the quiet data plane, nothing counted twice.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(analytics_counts(&http, &cp).await, want);
     let (_, v) = get_json(
         &http,
         &format!("{}/analytics/requests?group_by=status_class", cp.admin),
