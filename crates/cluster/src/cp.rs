@@ -24,6 +24,8 @@ use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 /// How many single-version steps a control plane keeps to bring a data plane up to date with
 /// deltas; a data plane further behind gets a snapshot.
 const RING: usize = 512;
+/// Versions of change log kept (pruned every minute by control planes).
+pub const CHANGE_LOG_KEEP: i64 = 100_000;
 /// Change-log entries read at most in one catch-up; more and the tracker re-exports.
 const DELTA_LIMIT: usize = 20_000;
 
@@ -312,6 +314,11 @@ impl ControlPlane {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 _ = crate::stopped(&mut stop) => return,
+            }
+            // The change log needs to reach back only as far as a lagging reader; one further
+            // behind reads the configuration whole.
+            if let Err(e) = self.store.prune_changes(CHANGE_LOG_KEEP).await {
+                tracing::warn!(error = %e, "cannot prune the change log");
             }
             let before = unix_now() - self.settings.purge_delay.as_secs() as i64;
             match self.store.purge_data_planes(before).await {

@@ -35,7 +35,7 @@ impl Store {
     /// when the log holds more than `limit` entries after it or a replace happened.
     pub async fn delta_since(&self, version: i64, limit: usize) -> Result<StoreDelta, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT (SELECT version FROM config_version WHERE id = 1), c.entity_type, c.id, c.op, e.doc
+            "SELECT (SELECT version FROM config_version WHERE id = 1), c.entity_type, c.id, c.op, e.doc, c.version
              FROM changes c LEFT JOIN entities e ON e.entity_type = c.entity_type AND e.id = c.id
              WHERE c.version > $1 ORDER BY c.version, c.seq LIMIT {}",
             limit + 1
@@ -45,6 +45,10 @@ impl Store {
         .await?;
         if rows.is_empty() {
             let now = self.version().await?;
+            // The log was pruned past `version`: only a whole export catches up.
+            if now > version && self.oldest_change().await?.is_none_or(|o| o > version + 1) {
+                return Ok(StoreDelta::Reset);
+            }
             return Ok(if now > version {
                 // Versions taken by writes that changed nothing.
                 StoreDelta::Changes {
@@ -56,6 +60,10 @@ impl Store {
             });
         }
         if rows.len() > limit {
+            return Ok(StoreDelta::Reset);
+        }
+        // A gap after `version`: the log was pruned there (see `prune_changes`).
+        if rows[0].try_get::<i64, _>(5)? > version + 1 {
             return Ok(StoreDelta::Reset);
         }
         let mut to = version;
@@ -85,6 +93,24 @@ impl Store {
             to,
             changes: collapse(changes),
         })
+    }
+
+    async fn oldest_change(&self) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query("SELECT MIN(version) FROM changes")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get::<Option<i64>, _>(0)?)
+    }
+
+    /// Forget change-log entries more than `keep` versions old; returns how many. A reader
+    /// further behind gets [`StoreDelta::Reset`] and reads the configuration whole.
+    pub async fn prune_changes(&self, keep: i64) -> Result<u64, StoreError> {
+        let now = self.version().await?;
+        Ok(sqlx::query("DELETE FROM changes WHERE version < $1")
+            .bind(now - keep)
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
     }
 
     /// Write several registry entries in one transaction: `insert` entries create or replace

@@ -323,6 +323,14 @@ async fn deltas_replay_to_the_exported_configuration() {
             st.write(vec![Op::Insert(ss, s)]).await.unwrap();
         }
         assert_eq!(st.delta_since(at, 2).await.unwrap(), StoreDelta::Reset);
+        // A reader behind a pruned log is told to read everything again; one within it is not.
+        let now = st.version().await.unwrap();
+        assert!(st.prune_changes(1).await.unwrap() > 0);
+        assert_eq!(st.delta_since(at, 1000).await.unwrap(), StoreDelta::Reset);
+        assert!(matches!(
+            st.delta_since(now - 1, 1000).await.unwrap(),
+            StoreDelta::Changes { .. }
+        ));
         st.replace(&gantry_model::Config::default()).await.unwrap();
         assert_eq!(st.delta_since(at, 1000).await.unwrap(), StoreDelta::Reset);
     }
