@@ -342,7 +342,19 @@ async fn start_proxy(
     let mut stop = shutdown.clone();
     tokio::spawn(async move {
         let mut applied = version;
+        let mut pruned = std::time::Instant::now();
         loop {
+            // Nothing reads this node's change log but a control plane sharing its database:
+            // keep what one would need.
+            if pruned.elapsed() > std::time::Duration::from_secs(600) {
+                pruned = std::time::Instant::now();
+                if let Err(e) = store
+                    .prune_changes(gantry_cluster::cp::CHANGE_LOG_KEEP)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot prune the change log");
+                }
+            }
             tokio::select! {
                 // A burst of writes is applied once: wait a moment for the rest of it.
                 _ = versions.changed() => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
