@@ -1386,3 +1386,66 @@ async fn slow_clients_are_cut_off() {
         "{text}"
     );
 }
+
+/// `write_timeout`: an upstream that stops reading the request body gets the request cut off
+/// after the service's write timeout, and the client a 504, long before `read_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upstream_write_times_out() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // An upstream that accepts connections and never reads from them.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up = stall.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in stall.incoming().take(8) {
+            held.push(s);
+        }
+    });
+    let node = Node::start(dir.path(), &[]);
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "w", "url": format!("http://{up}"), "write_timeout": 300, "read_timeout": 60000}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/w/routes",
+        json!({"paths": ["/w"]}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let addr = node
+        .proxy
+        .clone()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let size = 256usize << 20;
+    s.write_all(
+        format!("POST /w HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let mut w = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..(size >> 16) {
+            if w.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 504", "{}", String::from_utf8_lossy(&head));
+    assert!(started.elapsed() < Duration::from_secs(30));
+}

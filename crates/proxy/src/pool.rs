@@ -50,6 +50,8 @@ pub struct Dest {
     pub tls: Option<(String, bool)>,
     /// HTTP/2 (gRPC) instead of HTTP/1.1.
     pub h2: bool,
+    /// The longest a write to the upstream may wait (the service's `write_timeout`).
+    pub write_timeout: Duration,
 }
 
 /// A connection ready for one request.
@@ -61,9 +63,10 @@ pub enum Conn {
 impl Dest {
     /// The pool key: connections are shared only between identical destinations.
     fn key(&self) -> String {
+        let w = self.write_timeout.as_millis();
         match &self.tls {
-            None => format!("{}|{}", self.h2, self.addr),
-            Some((sni, verify)) => format!("{}|tls|{sni}|{verify}|{}", self.h2, self.addr),
+            None => format!("{}|{w}|{}", self.h2, self.addr),
+            Some((sni, verify)) => format!("{}|{w}|tls|{sni}|{verify}|{}", self.h2, self.addr),
         }
     }
 }
@@ -166,6 +169,11 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
+        let stream = Timed {
+            inner: stream,
+            write_timeout: dest.write_timeout,
+            deadline: None,
+        };
         match &dest.tls {
             None => Ok(Stream::Plain(stream)),
             Some((sni, verify)) => {
@@ -213,8 +221,103 @@ impl Pool {
 
 /// A connection to an upstream, in clear or TLS.
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Plain(Timed),
+    Tls(Box<tokio_rustls::client::TlsStream<Timed>>),
+}
+
+/// A TCP connection whose writes fail with `TimedOut` once one has waited `write_timeout`
+/// (the upstream stopped reading): nginx's `proxy_send_timeout`, Kong's `write_timeout`.
+struct Timed {
+    inner: TcpStream,
+    write_timeout: Duration,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Timed {
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        r: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::future::Future;
+        if r.is_ready() {
+            self.deadline = None;
+            return r;
+        }
+        let timeout = self.write_timeout;
+        let d = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match d.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("upstream write timed out after {timeout:?}"),
+            ))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Timed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Timed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = std::pin::Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.guard(cx, r)
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let me = self.get_mut();
+        let r = std::pin::Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        me.guard(cx, r)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let r = std::pin::Pin::new(&mut me.inner).poll_flush(cx);
+        me.guard(cx, r)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Whether an upstream error is a write timeout (see [`Timed`]).
+pub fn is_write_timeout(e: &UpstreamError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl tokio::io::AsyncRead for Stream {

@@ -695,6 +695,7 @@ impl Proxy {
             tls: matches!(service.protocol.as_str(), "https" | "grpcs")
                 .then(|| (sni.clone(), service.tls_verify)),
             h2: grpc,
+            write_timeout: Duration::from_millis(service.write_timeout_ms),
         };
         // Connect, trying other targets (or the same host again) while nothing has been sent:
         // up to the service's `retries` more times.
@@ -748,33 +749,43 @@ impl Proxy {
         };
         let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        let res =
-            match tokio::time::timeout(read_timeout, self.pool.send_on(&dest(&target), sender, up))
-                .await
-            {
-                Err(_) => {
-                    report(&target, Outcome::Timeout);
-                    return json_error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "The upstream server is timing out",
-                    );
+        let res = match tokio::time::timeout(
+            read_timeout,
+            self.pool.send_on(&dest(&target), sender, up),
+        )
+        .await
+        {
+            Err(_) => {
+                report(&target, Outcome::Timeout);
+                return json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The upstream server is timing out",
+                );
+            }
+            Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
+                report(&target, Outcome::Timeout);
+                tracing::warn!(error = %e, upstream = %target, "upstream write timed out (write_timeout)");
+                return json_error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "The upstream server is timing out",
+                );
+            }
+            Ok(Err(e)) => {
+                report(&target, Outcome::TcpFailure);
+                tracing::warn!(error = %e, upstream = %target, "upstream request failed");
+                return json_error(
+                    StatusCode::BAD_GATEWAY,
+                    "An invalid response was received from the upstream server",
+                );
+            }
+            Ok(Ok(r)) => {
+                report(&target, Outcome::Status(r.status().as_u16()));
+                if let Some(f) = &in_flight {
+                    f.answered();
                 }
-                Ok(Err(e)) => {
-                    report(&target, Outcome::TcpFailure);
-                    tracing::warn!(error = %e, upstream = %target, "upstream request failed");
-                    return json_error(
-                        StatusCode::BAD_GATEWAY,
-                        "An invalid response was received from the upstream server",
-                    );
-                }
-                Ok(Ok(r)) => {
-                    report(&target, Outcome::Status(r.status().as_u16()));
-                    if let Some(f) = &in_flight {
-                        f.answered();
-                    }
-                    r
-                }
-            };
+                r
+            }
+        };
         let upstream_took = sent.elapsed();
         seen.upstream = Some(upstream_took);
         let upstream_ms = upstream_took.as_millis();

@@ -8,7 +8,6 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, Error, SignatureScheme};
-use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -100,13 +99,16 @@ impl Connectors {
     }
 
     /// TLS on a connected stream, with `sni` as the server name.
-    pub async fn connect(
+    pub async fn connect<S>(
         &self,
-        stream: TcpStream,
+        stream: S,
         sni: &str,
         verify: bool,
         h2: bool,
-    ) -> std::io::Result<TlsStream<TcpStream>> {
+    ) -> std::io::Result<TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let connector = &self.by_kind[usize::from(verify) * 2 + usize::from(h2)];
         let connector = connector
             .as_ref()
