@@ -111,7 +111,7 @@ where
         shutdown.await;
         let _ = tx.send(true);
     });
-    let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    let proxy = crate::node::new_proxy(&settings)?;
     let dp = DataPlane::new(
         DpOptions {
             settings: settings.cluster.clone(),

@@ -100,6 +100,32 @@ fn rotation(settings: &Settings) -> (u64, usize) {
     (max, keep)
 }
 
+/// `dns_resolver`: name servers as `ip[:port]`, comma-separated (port 53 by default).
+pub fn dns_servers(settings: &Settings) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    let v = settings.get("dns_resolver").unwrap_or("");
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<std::net::SocketAddr>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| (ip, 53).into()))
+                .map_err(|_| {
+                    anyhow::anyhow!("invalid value for 'dns_resolver': '{s}' is not ip[:port]")
+                })
+        })
+        .collect()
+}
+
+/// A proxy with the settings' header timeout, access log and name servers.
+pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>> {
+    let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    let servers = dns_servers(settings)?;
+    if !servers.is_empty() {
+        proxy.set_dns(&servers).map_err(anyhow::Error::msg)?;
+    }
+    Ok(proxy)
+}
+
 /// The proxy's log sinks from the settings: the access log unless `proxy_access_log = off`.
 pub fn access_log(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn gantry_proxy::LogSink>>> {
     let v = settings.get("proxy_access_log").unwrap_or("off");
@@ -332,7 +358,7 @@ async fn start_proxy(
     mut versions: tokio::sync::watch::Receiver<i64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    let proxy = new_proxy(settings)?;
     proxy.set_log_sinks(access_log(settings)?);
     let (config, version) = store.export().await?;
     proxy

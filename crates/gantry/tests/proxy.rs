@@ -1449,3 +1449,138 @@ async fn a_stalled_upstream_write_times_out() {
     assert_eq!(&head, b"HTTP/1.1 504", "{}", String::from_utf8_lossy(&head));
     assert!(started.elapsed() < Duration::from_secs(30));
 }
+
+/// A DNS server on loopback for `*.gantry.test`: `api` answers 127.0.0.1 with a TTL of one
+/// second, anything else NXDOMAIN. Returns its address and the count of A queries for `api`.
+fn dns_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        // Bounded: the test process ends long before.
+        for _ in 0..10_000 {
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                return;
+            };
+            let q = &buf[..n];
+            // The question: labels from byte 12 to a zero byte, then type and class.
+            let mut i = 12;
+            let mut labels = Vec::new();
+            while i < n && q[i] != 0 {
+                let l = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..i + 1 + l]).to_ascii_lowercase());
+                i += 1 + l;
+            }
+            let qend = i + 5;
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let name = labels.join(".");
+            let known = name == "api.gantry.test";
+            let a = known && qtype == 1;
+            if a {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let mut r = Vec::new();
+            r.extend_from_slice(&q[0..2]);
+            r.extend_from_slice(if known { &[0x81, 0x80] } else { &[0x81, 0x83] });
+            r.extend_from_slice(&[0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..qend]);
+            if a {
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 1, 0, 4, 127, 0, 0, 1]);
+            }
+            let _ = sock.send_to(&r, from);
+        }
+    });
+    (addr, count)
+}
+
+/// A service host that is a name is resolved by DNS (`dns_resolver`), cached while its TTL
+/// lasts and asked again after; a name that does not resolve gets 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_names_are_resolved_and_cached_for_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (dns, queries) = dns_server();
+    // An upstream that closes every connection, so that each request connects anew.
+    let up = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = up.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in up.incoming().take(100) {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+        }
+    });
+    let env = vec![("KONG_DNS_RESOLVER".to_string(), dns.to_string())];
+    let node = Node::start(dir.path(), &env);
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "d", "host": "api.gantry.test", "port": port}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/d/routes",
+        json!({"paths": ["/d"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "m", "host": "missing.gantry.test", "port": port}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/m/routes",
+        json!({"paths": ["/m"]}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            http.get(format!("{proxy}/d"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let first = queries.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(first, 1, "five requests within the TTL: one query");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        http.get(format!("{proxy}/d"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        queries.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the TTL ran out: asked again"
+    );
+    let r = http.get(format!("{proxy}/m")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("name resolution failed"));
+}

@@ -7,6 +7,7 @@
 //! - [`server`]: listeners and forwarding.
 
 pub mod balancer;
+pub mod dns;
 pub mod echo;
 pub mod health;
 pub mod plugins;

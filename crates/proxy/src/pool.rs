@@ -25,6 +25,8 @@ pub enum UpstreamError {
     },
     #[error("connect to {addr} timed out")]
     ConnectTimeout { addr: String },
+    #[error("{0}")]
+    Resolve(String),
     #[error("TLS with {addr} failed: {source}")]
     Tls {
         addr: String,
@@ -40,6 +42,8 @@ pub struct Pool {
     h2: Mutex<HashMap<String, http2::SendRequest<Incoming>>>,
     max_idle: usize,
     tls: crate::upstream_tls::Connectors,
+    /// Made on first use with the system's configuration unless [`Pool::set_dns`] came first.
+    dns: std::sync::OnceLock<Result<crate::dns::Dns, String>>,
 }
 
 /// How to reach an upstream: its address, and TLS settings when it speaks https.
@@ -78,7 +82,34 @@ impl Pool {
             h2: Mutex::new(HashMap::new()),
             max_idle,
             tls: crate::upstream_tls::Connectors::new(),
+            dns: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Resolve names with these name servers (Kong's `dns_resolver`); empty: the system's.
+    pub fn set_dns(&self, servers: &[std::net::SocketAddr]) -> Result<(), String> {
+        let dns = crate::dns::Dns::new(servers)?;
+        self.dns
+            .set(Ok(dns))
+            .map_err(|_| "the DNS resolver is already in use".to_string())
+    }
+
+    /// The address to connect to for `host:port`.
+    async fn resolve(&self, addr: &str) -> Result<std::net::SocketAddr, UpstreamError> {
+        if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+            return Ok(sa);
+        }
+        let (host, port) = addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .ok_or_else(|| UpstreamError::Resolve(format!("'{addr}' is not host:port")))?;
+        let dns = self
+            .dns
+            .get_or_init(|| crate::dns::Dns::new(&[]))
+            .as_ref()
+            .map_err(|e| UpstreamError::Resolve(e.clone()))?;
+        let ip = dns.resolve(host).await.map_err(UpstreamError::Resolve)?;
+        Ok(std::net::SocketAddr::new(ip, port))
     }
 
     /// An idle connection to `dest` that is ready, or a new one. Failing here, nothing of the
@@ -154,7 +185,8 @@ impl Pool {
         timeout: Duration,
     ) -> Result<Stream, UpstreamError> {
         let addr = dest.addr.as_str();
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let to = self.resolve(addr).await?;
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(to)).await {
             Err(_) => {
                 return Err(UpstreamError::ConnectTimeout {
                     addr: addr.to_string(),

@@ -221,6 +221,11 @@ impl Proxy {
         m
     }
 
+    /// Resolve upstream names with these name servers (`dns_resolver`); call before serving.
+    pub fn set_dns(&self, servers: &[std::net::SocketAddr]) -> Result<(), String> {
+        self.pool.set_dns(servers)
+    }
+
     /// Add metrics to `/metrics`.
     pub fn add_metrics(&self, source: Arc<dyn MetricsSource>) {
         if let Ok(mut m) = self.metrics.lock() {
@@ -731,6 +736,12 @@ impl Proxy {
                     };
                     match next {
                         Some(t) if tried.len() <= service.retries as usize => target = t,
+                        _ if matches!(e, UpstreamError::Resolve(_)) => {
+                            return json_error(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "name resolution failed",
+                            )
+                        }
                         _ if timed_out => {
                             return json_error(
                                 StatusCode::GATEWAY_TIMEOUT,

@@ -1,0 +1,96 @@
+//! Names of upstream hosts, resolved by DNS (hickory) and cached for as long as their records'
+//! TTL says; several addresses are used in turn. IP literals skip all of it.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+
+struct Entry {
+    addrs: Arc<[IpAddr]>,
+    until: Instant,
+    next: AtomicUsize,
+}
+
+/// A caching resolver; see the module documentation.
+pub struct Dns {
+    resolver: TokioResolver,
+    cache: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+impl Dns {
+    /// The system's configuration (`/etc/resolv.conf`, `/etc/hosts`), or these name servers
+    /// (Kong's `dns_resolver`) with `/etc/hosts` first.
+    pub fn new(servers: &[SocketAddr]) -> Result<Dns, String> {
+        let builder = if servers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
+        } else {
+            let ns = servers
+                .iter()
+                .map(|s| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = s.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = s.port();
+                    NameServerConfig::new(s.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], ns),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let mut builder = builder;
+        builder.options_mut().use_hosts_file = ResolveHosts::Always;
+        let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
+        Ok(Dns {
+            resolver,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// An address for `host`: from the cache while its TTL lasts, else asked again.
+    pub async fn resolve(&self, host: &str) -> Result<IpAddr, String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(ip);
+        }
+        let now = Instant::now();
+        let cached = self
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(bare).filter(|e| e.until > now).cloned());
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                let found = self
+                    .resolver
+                    .lookup_ip(bare)
+                    .await
+                    .map_err(|e| format!("name resolution failed for {bare}: {e}"))?;
+                let addrs: Arc<[IpAddr]> = found.iter().collect();
+                if addrs.is_empty() {
+                    return Err(format!("name resolution failed for {bare}: no address"));
+                }
+                let e = Arc::new(Entry {
+                    addrs,
+                    until: found.valid_until(),
+                    next: AtomicUsize::new(0),
+                });
+                if let Ok(mut c) = self.cache.lock() {
+                    c.insert(bare.to_string(), e.clone());
+                }
+                e
+            }
+        };
+        let i = entry.next.fetch_add(1, Ordering::Relaxed) % entry.addrs.len();
+        Ok(entry.addrs[i])
+    }
+}
