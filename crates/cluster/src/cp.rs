@@ -104,23 +104,38 @@ impl Registry {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<RegistryWrite>();
         tokio::spawn(async move {
             let mut batch: Vec<RegistryWrite> = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
+            loop {
+                if batch.is_empty() {
+                    match rx.recv().await {
+                        Some(first) => batch.push(first),
+                        None => return,
+                    }
+                }
                 while let Ok(w) = rx.try_recv() {
                     batch.push(w);
                 }
+                // The latest entry per connection (an insert stays an insert), connections in
+                // the order they were first queued: a new connection's insert is never merged
+                // with an old one's last update.
                 let mut latest: Vec<RegistryWrite> = Vec::with_capacity(batch.len());
                 for w in batch.drain(..) {
-                    match latest.iter_mut().find(|l| l.id == w.id) {
+                    match latest
+                        .iter_mut()
+                        .find(|l| l.id == w.id && l.session == w.session)
+                    {
                         Some(l) => {
-                            let insert = l.insert && l.session == w.session || w.insert;
+                            let insert = l.insert || w.insert;
                             *l = RegistryWrite { insert, ..w };
                         }
                         None => latest.push(w),
                     }
                 }
                 if let Err(e) = store.write_data_planes(&latest).await {
-                    tracing::warn!(error = %e, entries = latest.len(), "cannot write the data plane registry");
+                    tracing::warn!(error = %e, entries = latest.len(), "cannot write the data plane registry; trying again");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Kept for the next round, ahead of anything newer.
+                    batch = latest;
+                    continue;
                 }
             }
         });
@@ -694,7 +709,11 @@ impl Session {
         };
         let strip = dp.parsed.filter(|v| compat::needs_stripping(*v));
         // A data plane sent stripped configuration runs another hash than this one's.
-        if dp.known && have_v == p.version && (strip.is_some() || have_h == p.hash) {
+        if dp.known
+            && have_v == p.version
+            && !have_h.is_empty()
+            && (strip.is_some() || have_h == p.hash)
+        {
             self.save(dp).await;
             return Ok(());
         }
@@ -757,10 +776,11 @@ impl Session {
                 (Arc::new(proto::encode(&msg)), "snapshot")
             }
         };
-        if frame.bytes.len() > self.max {
+        if frame.bytes.len() > self.max || frame.plain_len > proto::expanded_limit(self.max) {
             let e = format!(
-                "the configuration {kind} for version {} is {} bytes, more than cluster_max_payload ({} bytes): not sent",
+                "the configuration {kind} for version {} is {} bytes ({} compressed), more than cluster_max_payload ({} bytes): not sent",
                 p.version,
+                frame.plain_len,
                 frame.bytes.len(),
                 self.max
             );
@@ -832,9 +852,15 @@ impl Session {
                 dp.last_error = Some(format!("version {version}: {error}"));
                 dp.config_version = running_version;
                 dp.sent = None;
-                // Its configuration is unknown now: the next change goes as a snapshot.
+                // Its configuration is unknown now: the next version goes as a snapshot, and
+                // one newer than the refused version goes now (a delta sent on top of the
+                // refused one was refused with it).
                 dp.known = false;
                 self.save(dp).await;
+                let current = self.cp.current();
+                if version < current.version {
+                    self.offer_to(dp, &current).await?;
+                }
             }
             FromDp::Ping { version, hash } => {
                 dp.config_version = version;

@@ -172,7 +172,13 @@ impl DataPlane {
         mut reconnect: watch::Receiver<u64>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let mut local = match self.opts.cache.as_ref().map(|p| load_cache(p)) {
+        // The cached configuration counts only if it runs (`load_cached` applied it).
+        let cached = if self.state.borrow().loaded {
+            self.opts.cache.as_ref().map(|p| load_cache(p))
+        } else {
+            None
+        };
+        let mut local = match cached {
             Some(Ok(Some((config, version, hash)))) => Local {
                 config,
                 version,

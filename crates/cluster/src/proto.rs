@@ -103,6 +103,8 @@ pub enum ProtoError {
 pub struct Frame {
     pub compressed: bool,
     pub bytes: bytes::Bytes,
+    /// The message's size uncompressed: what the receiver's `cluster_max_payload` bounds too.
+    pub plain_len: usize,
 }
 
 /// Encode a message, compressing it when large.
@@ -110,6 +112,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Frame {
     let json = serde_json::to_vec(msg).unwrap_or_default();
     if json.len() <= COMPRESS_ABOVE {
         return Frame {
+            plain_len: json.len(),
             compressed: false,
             bytes: json.into(),
         };
@@ -120,6 +123,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Frame {
     );
     let _ = gz.write_all(&json);
     Frame {
+        plain_len: json.len(),
         compressed: true,
         bytes: gz.finish().unwrap_or_default().into(),
     }
@@ -175,12 +179,23 @@ pub enum Received<T> {
     Nothing,
 }
 
-/// Decode a received WebSocket message (see [`decode`] for `limit`).
+/// How far a compressed message may expand, as a multiple of `cluster_max_payload` (which,
+/// as in Kong, bounds what travels: the compressed size): a guard against decompression bombs.
+pub const EXPANSION: usize = 16;
+
+/// The largest message once decompressed, for a `cluster_max_payload`.
+pub fn expanded_limit(max_payload: usize) -> usize {
+    max_payload.saturating_mul(EXPANSION)
+}
+
+/// Decode a received WebSocket message; the frame itself was bounded by `max_payload`
+/// (tungstenite's limits), the message decompressed by [`expanded_limit`].
 pub fn from_ws<T: for<'de> Deserialize<'de>>(
     m: tokio_tungstenite::tungstenite::Message,
-    limit: usize,
+    max_payload: usize,
 ) -> Result<Received<T>, ProtoError> {
     use tokio_tungstenite::tungstenite::Message;
+    let limit = expanded_limit(max_payload);
     Ok(match m {
         Message::Text(t) => Received::Msg(decode(false, t.as_bytes(), limit)?),
         Message::Binary(b) => Received::Msg(decode(true, &b, limit)?),

@@ -34,6 +34,9 @@ impl Store {
     /// The changes after `version`, with the documents as they now are; [`StoreDelta::Reset`]
     /// when the log holds more than `limit` entries after it or a replace happened.
     pub async fn delta_since(&self, version: i64, limit: usize) -> Result<StoreDelta, StoreError> {
+        // Read first: every change up to it is committed (writers are ordered by the version
+        // row), so the query below sees them all.
+        let before = self.version().await?;
         let rows = sqlx::query(&format!(
             "SELECT (SELECT version FROM config_version WHERE id = 1), c.entity_type, c.id, c.op, e.doc, c.version
              FROM changes c LEFT JOIN entities e ON e.entity_type = c.entity_type AND e.id = c.id
@@ -44,15 +47,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         if rows.is_empty() {
-            let now = self.version().await?;
             // The log was pruned past `version`: only a whole export catches up.
-            if now > version && self.oldest_change().await?.is_none_or(|o| o > version + 1) {
+            if before > version && self.oldest_change().await?.is_none_or(|o| o > version + 1) {
                 return Ok(StoreDelta::Reset);
             }
-            return Ok(if now > version {
+            return Ok(if before > version {
                 // Versions taken by writes that changed nothing.
                 StoreDelta::Changes {
-                    to: now,
+                    to: before,
                     changes: Vec::new(),
                 }
             } else {
@@ -62,8 +64,11 @@ impl Store {
         if rows.len() > limit {
             return Ok(StoreDelta::Reset);
         }
-        // A gap after `version`: the log was pruned there (see `prune_changes`).
-        if rows[0].try_get::<i64, _>(5)? > version + 1 {
+        // A gap after `version`: the log may have been pruned there (see `prune_changes`); a
+        // gap left by writes that changed nothing is not one.
+        if rows[0].try_get::<i64, _>(5)? > version + 1
+            && self.oldest_change().await?.is_none_or(|o| o > version + 1)
+        {
             return Ok(StoreDelta::Reset);
         }
         let mut to = version;

@@ -22,7 +22,14 @@ pub async fn serve(
     loop {
         tokio::select! {
             r = listener.accept() => {
-                let Ok((tcp, peer)) = r else { continue };
+                let (tcp, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "telemetry listener accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let (store, tls) = (store.clone(), tls.clone());
                 tokio::spawn(async move {
                     if let Err(e) = connection(store, tls, tcp, max_payload).await {
