@@ -231,6 +231,26 @@ impl gantry_proxy::MetricsSource for DpMetrics {
             gantry_model::prometheus(m, name, kind, help, &[("", v as f64)]);
         }
     }
+
+    fn status(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
+        let st = self.state.borrow().clone();
+        out.insert(
+            "cluster".into(),
+            serde_json::json!({
+                "connected": st.connected,
+                "control_plane": st.control_plane,
+                "config_version": st.version,
+                "config_hash": st.hash,
+                "bytes_received": st.bytes_received,
+            }),
+        );
+        if let Some(c) = &self.collector {
+            out.insert(
+                "analytics".into(),
+                serde_json::json!({"buffered_requests": c.buffered(), "dropped_requests": c.dropped()}),
+            );
+        }
+    }
 }
 
 fn mtime(p: &Path) -> Option<SystemTime> {

@@ -326,6 +326,8 @@ async fn data_planes_sync_and_register() {
     // The data plane's status listener shows the same configuration hash.
     let (_, s1) = get_json(&http, &format!("{}/status", dp1.status.as_ref().unwrap())).await;
     assert_eq!(s1["configuration_hash"], hash.as_str());
+    assert_eq!(s1["cluster"]["connected"], true, "{s1}");
+    assert_eq!(s1["cluster"]["control_plane"], addr.as_str(), "{s1}");
     // The control plane's /metrics on its status listener: data planes by status, lag, pushes.
     let status = cp.wait_log("gantry: status listening on ", Duration::from_secs(5));
     let status = status

@@ -94,10 +94,14 @@ pub trait LogSink: Send + Sync + 'static {
     fn log(&self, r: &RequestLog<'_>);
 }
 
-/// More Prometheus metrics for `/metrics` on `status_listen`, from other parts of the node.
+/// More for `status_listen`, from other parts of the node: Prometheus metrics for `/metrics` and
+/// fields for `/status`.
 pub trait MetricsSource: Send + Sync + 'static {
     /// Append metrics in the text exposition format.
     fn write(&self, out: &mut String);
+
+    /// Add fields to `/status` (none by default).
+    fn status(&self, _out: &mut serde_json::Map<String, serde_json::Value>) {}
 }
 
 /// What `route_and_forward` learned of a request, kept only when a sink listens.

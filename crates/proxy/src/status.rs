@@ -34,13 +34,18 @@ fn answer(proxy: &Proxy, path: &str) -> Response<ProxyBody> {
     let ready = proxy.stats.ready.load(Ordering::Relaxed);
     match path {
         "/status" => {
-            let body = json!({
+            let mut body = json!({
                 "configuration_hash": snap.hashes.config,
                 "config_version": snap.version,
                 "ready": ready,
                 "server": { "total_requests": proxy.stats.total() },
                 "memory": { "rss_bytes": rss_bytes() },
             });
+            if let (Some(o), Ok(sources)) = (body.as_object_mut(), proxy.metrics.lock()) {
+                for s in sources.iter() {
+                    s.status(o);
+                }
+            }
             raw(
                 200,
                 "application/json; charset=utf-8",
