@@ -1698,3 +1698,127 @@ async fn access_logs_request_ids_and_metrics() {
         "{metrics}"
     );
 }
+
+/// An HTTPS forward proxy (TLS, then HTTP CONNECT with basic authentication) in this test
+/// process, with a self-signed certificate. Returns its port and the count of tunnels opened.
+async fn https_connect_proxy() -> (u16, Arc<AtomicU64>) {
+    use http_body_util::Empty;
+    use hyper_util::rt::TokioIo;
+    let (pem, key) = gantry_cluster::tls::self_signed("localhost", 86_400).unwrap();
+    use rustls_pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tunnels = Arc::new(AtomicU64::new(0));
+    let t = tunnels.clone();
+    tokio::spawn(async move {
+        // Bounded: a handful of connections is all a test makes.
+        for _ in 0..64 {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            let (acceptor, t) = (acceptor.clone(), t.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        let t = t.clone();
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("proxy-authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string);
+                            // gantry:s3cret
+                            let ok = auth.as_deref() == Some("Basic Z2FudHJ5OnMzY3JldA==");
+                            if req.method() != hyper::Method::CONNECT || !ok {
+                                let mut r = hyper::Response::new(Empty::<bytes::Bytes>::new());
+                                *r.status_mut() = hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED;
+                                return Ok::<_, std::convert::Infallible>(r);
+                            }
+                            let target = req.uri().to_string();
+                            let up = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                let (Ok(client), Ok(mut server)) =
+                                    (up.await, tokio::net::TcpStream::connect(&target).await)
+                                else {
+                                    return;
+                                };
+                                t.fetch_add(1, Ordering::SeqCst);
+                                let mut client = TokioIo::new(client);
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                            });
+                            Ok(hyper::Response::new(Empty::<bytes::Bytes>::new()))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (port, tunnels)
+}
+
+/// `proxy_server = https://...`: TLS to the forward proxy, then CONNECT inside it. With
+/// `proxy_server_ssl_verify = off` the self-signed proxy is accepted; with `on` it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_planes_reach_the_control_plane_through_an_https_forward_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let (port, tunnels) = https_connect_proxy().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    service_and_route(&http, &cp, &up, "/a").await;
+    let via = format!("https://gantry:s3cret@localhost:{port}");
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(
+            cp.cluster.as_ref().unwrap(),
+            &cert,
+            &[
+                ("KONG_CLUSTER_USE_PROXY", "on"),
+                ("KONG_PROXY_SERVER", &via),
+                ("KONG_PROXY_SERVER_SSL_VERIFY", "off"),
+            ],
+        ),
+    );
+    until(
+        &http,
+        &format!("{}/a", dp.dp_proxy()),
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(tunnels.load(Ordering::SeqCst) >= 1);
+    let strict = Node::start(
+        &dir.path().join("dp2"),
+        &dp_env(
+            cp.cluster.as_ref().unwrap(),
+            &cert,
+            &[
+                ("KONG_CLUSTER_USE_PROXY", "on"),
+                ("KONG_PROXY_SERVER", &via),
+            ],
+        ),
+    );
+    strict.wait_log("TLS with the forward proxy", Duration::from_secs(10));
+}
