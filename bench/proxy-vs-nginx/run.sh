@@ -12,18 +12,9 @@ DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 UP=18901 NGX=18902 GAN=18903
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/lib.sh
 
-cat >"$work/upstream.conf" <<NGX
-worker_processes 1; daemon off; pid $work/up.pid; error_log $work/up.err;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$UP reuseport; keepalive_requests 1000000;
-    location / { return 200 "hello from the upstream\n"; } } }
-NGX
+start_upstream $UP
 cat >"$work/nginx.conf" <<NGX
 worker_processes 1; daemon off; pid $work/ngx.pid; error_log $work/ngx.err;
 events { worker_connections 4096; }
@@ -42,7 +33,6 @@ services:
   - name: all
     paths: [/]
 YML
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \

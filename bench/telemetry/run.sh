@@ -13,21 +13,11 @@ DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 UP=18911 ADMIN=18912 CL=18913 TL=18914 ON=18915 OFF=18916 LOG=18917
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+. bench/lib.sh
 bin=target/release/gantry
 $bin hybrid gen_cert "$work/c.crt" "$work/c.key" >/dev/null
 
-cat >"$work/upstream.conf" <<NGX
-worker_processes 1; daemon off; pid $work/up.pid; error_log $work/up.err;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$UP reuseport; keepalive_requests 1000000;
-    location / { return 200 "hello from the upstream\n"; } } }
-NGX
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+start_upstream $UP
 common=(KONG_CLUSTER_CERT="$work/c.crt" KONG_CLUSTER_CERT_KEY="$work/c.key" KONG_LOG_LEVEL=error)
 env "${common[@]}" KONG_ROLE=control_plane KONG_ADMIN_LISTEN=127.0.0.1:$ADMIN \
   KONG_CLUSTER_LISTEN=127.0.0.1:$CL KONG_CLUSTER_TELEMETRY_LISTEN=127.0.0.1:$TL KONG_STATUS_LISTEN=off \

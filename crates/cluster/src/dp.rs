@@ -61,6 +61,11 @@ struct Cached {
 
 /// Read the cached configuration, checking it against its hash.
 pub fn load_cache(path: &Path) -> Result<Option<(Config, i64, String)>, String> {
+    Ok(read_cache(path)?.map(|(c, v, h)| (c, v, h.config)))
+}
+
+/// [`load_cache`], with every group's hash (what the proxy reuses its parts by).
+fn read_cache(path: &Path) -> Result<Option<(Config, i64, ConfigHashes)>, String> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -72,15 +77,16 @@ pub fn load_cache(path: &Path) -> Result<Option<(Config, i64, String)>, String> 
         entities: c.entities,
     };
     config.sort();
-    let actual = hash_config(&config).config;
-    if actual != c.hash {
+    let actual = hash_config(&config);
+    if actual.config != c.hash {
         return Err(format!(
-            "{}: content hash {actual} does not match the recorded {}; the file is damaged",
+            "{}: content hash {} does not match the recorded {}; the file is damaged",
             path.display(),
+            actual.config,
             c.hash
         ));
     }
-    Ok(Some((config, c.version, c.hash)))
+    Ok(Some((config, c.version, actual)))
 }
 
 /// Write the cache atomically: a temporary file, synced, renamed over the old one.
@@ -120,6 +126,8 @@ pub struct DataPlane {
     sink: Arc<dyn ConfigSink>,
     state: watch::Sender<DpState>,
     cache_writer: tokio::sync::Mutex<()>,
+    /// The cached configuration `load_cached` put in service, for `run` to start from.
+    cached: std::sync::Mutex<Option<Local>>,
 }
 
 impl DataPlane {
@@ -129,6 +137,7 @@ impl DataPlane {
             sink,
             state: watch::channel(DpState::default()).0,
             cache_writer: tokio::sync::Mutex::new(()),
+            cached: std::sync::Mutex::new(None),
         })
     }
 
@@ -139,16 +148,25 @@ impl DataPlane {
     /// Load the cached configuration into the sink, if there is a good one. Returns its version.
     pub fn load_cached(&self) -> Option<i64> {
         let path = self.opts.cache.as_ref()?;
-        match load_cache(path) {
-            Ok(Some((config, version, hash))) => {
-                match self.sink.apply(&config, version, &hash_config(&config)) {
+        match read_cache(path) {
+            Ok(Some((config, version, hashes))) => {
+                match self.sink.apply(&config, version, &hashes) {
                     Ok(()) => {
+                        let hash = hashes.config;
                         tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
                         self.state.send_modify(|s| {
                             s.loaded = true;
                             s.version = version;
-                            s.hash = hash;
+                            s.hash = hash.clone();
                         });
+                        if let Ok(mut c) = self.cached.lock() {
+                            *c = Some(Local {
+                                config,
+                                version,
+                                hash,
+                                known: true,
+                            });
+                        }
                         Some(version)
                     }
                     Err(e) => {
@@ -173,27 +191,15 @@ impl DataPlane {
         mut shutdown: watch::Receiver<bool>,
     ) {
         // The cached configuration counts only if it runs (`load_cached` applied it).
-        let cached = if self.state.borrow().loaded {
-            self.opts.cache.as_ref().map(|p| load_cache(p))
-        } else {
-            None
-        };
-        let mut local = match cached {
-            Some(Ok(Some((config, version, hash)))) => Local {
-                config,
-                version,
-                hash,
-                known: true,
-            },
-            // Nothing yet: an empty hash (not the empty configuration's) makes the control plane
-            // send a snapshot even of an empty configuration, so the proxy port opens.
-            _ => Local {
-                config: Config::default(),
-                version: 0,
-                hash: String::new(),
-                known: true,
-            },
-        };
+        let cached = self.cached.lock().ok().and_then(|mut c| c.take());
+        // Nothing yet: an empty hash (not the empty configuration's) makes the control plane
+        // send a snapshot even of an empty configuration, so the proxy port opens.
+        let mut local = cached.unwrap_or_else(|| Local {
+            config: Config::default(),
+            version: 0,
+            hash: String::new(),
+            known: true,
+        });
         let cps = self.opts.settings.control_planes.clone();
         let mut attempt: u32 = 0;
         let mut next = 0usize;
@@ -307,11 +313,8 @@ impl DataPlane {
                         Some(Err(e)) => return Err(Ended::Lost(e.to_string())),
                         Some(Ok(m)) => m,
                     };
-                    if let Message::Binary(b) = &m {
-                        let n = b.len() as u64;
-                        self.state.send_modify(|st| st.bytes_received += n);
-                    } else if let Message::Text(t) = &m {
-                        let n = t.len() as u64;
+                    if matches!(m, Message::Binary(_) | Message::Text(_)) {
+                        let n = m.len() as u64;
                         self.state.send_modify(|st| st.bytes_received += n);
                     }
                     let msg: ToDp = match proto::from_ws(m, max).map_err(|e| Ended::Lost(e.to_string()))? {

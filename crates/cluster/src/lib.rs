@@ -31,7 +31,7 @@ impl From<gantry_store::StoreError> for ClusterError {
     }
 }
 
-/// Resolves once `rx` says stop (or its sender is gone).
-pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+/// Resolves once `rx` says stop (or its sender is gone): the shutdown arm of a `select!`.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }

@@ -11,7 +11,7 @@ use gantry_conf::Settings;
 use gantry_store::Store;
 use tokio::sync::watch;
 
-use crate::node::{bind, serve_proxy_listeners, serve_status, write_pid};
+use crate::node::{listen, serve_proxy_listeners, serve_status, write_pid};
 
 /// Start the cluster service of a control plane: check its certificates, follow the store,
 /// accept data planes on `cluster_listen`.
@@ -32,21 +32,12 @@ pub async fn start_control_plane(
     .await
     .context("cannot start the cluster service")?;
     for l in &settings.cluster_listen {
-        let tcp = bind(l, "cluster_listen").await?;
-        let addr = tcp.local_addr()?;
-        tracing::info!(
-            "cluster listening on {addr} (mTLS, cluster_mtls = {:?})",
-            settings.cluster.mtls
-        );
-        eprintln!("gantry: cluster listening on {addr}");
+        let tcp = listen(l, "cluster_listen", "cluster", None).await?;
         tokio::spawn(cp.clone().serve(tcp, shutdown.clone()));
     }
     let tls = cp.tls_acceptor();
     for l in &settings.cluster_telemetry_listen {
-        let tcp = bind(l, "cluster_telemetry_listen").await?;
-        let addr = tcp.local_addr()?;
-        tracing::info!("telemetry listening on {addr} (mTLS)");
-        eprintln!("gantry: telemetry listening on {addr}");
+        let tcp = listen(l, "cluster_telemetry_listen", "telemetry", None).await?;
         tokio::spawn(gantry_telemetry::receive::serve(
             store.clone(),
             tls.clone(),
@@ -70,7 +61,7 @@ pub async fn start_control_plane(
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(600)) => {}
-                _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+                _ = gantry_cluster::stopped(&mut stop) => return,
             }
         }
     });
@@ -175,7 +166,7 @@ where
         let mut stop = rx.clone();
         tokio::select! {
             _ = state.wait_for(|s| s.loaded) => {}
-            _ = async { let _ = stop.wait_for(|v| *v).await; } => {}
+            _ = gantry_cluster::stopped(&mut stop) => {}
         }
     }
     if !*rx.borrow() {
@@ -274,7 +265,7 @@ async fn watch_certificates(
         let by_signal = tokio::select! {
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
             _ = tokio::time::sleep(Duration::from_secs(2)) => false,
-            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+            _ = gantry_cluster::stopped(&mut stop) => return,
         };
         let now: Vec<Option<SystemTime>> = files.iter().map(|f| mtime(f)).collect();
         if !by_signal && now == seen {

@@ -211,6 +211,25 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Bind a listener of `setting` and announce it, in the log and on stderr (which tests and
+/// scripts read): `gantry: LABEL listening on [SCHEME://]ADDR`.
+pub async fn listen(
+    l: &gantry_conf::Listen,
+    setting: &str,
+    label: &str,
+    scheme: Option<&str>,
+) -> anyhow::Result<TcpListener> {
+    let tcp = bind(l, setting).await?;
+    let addr = tcp.local_addr()?;
+    let url = match scheme {
+        Some(s) => format!("{s}://{addr}"),
+        None => addr.to_string(),
+    };
+    tracing::info!("{label} listening on {url}");
+    eprintln!("gantry: {label} listening on {url}");
+    Ok(tcp)
+}
+
 /// Bind a listener; with `reuseport`, several processes may hold the port at once (a new
 /// node takes traffic while the old one drains).
 pub async fn bind(l: &gantry_conf::Listen, what: &str) -> anyhow::Result<TcpListener> {
@@ -279,13 +298,7 @@ where
         if l.ssl {
             bail!("admin_listen '{}': TLS on the Admin API is not available yet; put it behind a TLS proxy or use a plain listener on loopback", l.addr);
         }
-        let tcp = TcpListener::bind(&l.addr)
-            .await
-            .with_context(|| format!("cannot listen on admin_listen {}", l.addr))?;
-        let addr = tcp.local_addr()?;
-        tracing::info!("admin API listening on http://{addr}");
-        eprintln!("gantry: admin API listening on http://{addr}");
-        listeners.push(tcp);
+        listeners.push(listen(l, "admin_listen", "admin API", Some("http")).await?);
     }
     let pid_file = write_pid(&settings)?;
     tracing::info!(
@@ -315,11 +328,7 @@ where
             .set(Arc::new(move |m: &mut String| cp.write_metrics(m)));
         let mut status = Vec::new();
         for l in &settings.status_listen {
-            let tcp = bind(l, "status_listen").await?;
-            let addr = tcp.local_addr()?;
-            tracing::info!("status listening on http://{addr}");
-            eprintln!("gantry: status listening on http://{addr}");
-            status.push(tcp);
+            status.push(listen(l, "status_listen", "status", Some("http")).await?);
         }
         tokio::spawn(gantry_admin::serve_app(
             gantry_admin::status_router(state.clone()),
@@ -385,7 +394,7 @@ async fn start_proxy(
                 // A burst of writes is applied once: wait a moment for the rest of it.
                 _ = versions.changed() => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+                _ = gantry_cluster::stopped(&mut stop) => return,
             }
             let Ok(v) = store.version().await else {
                 continue;
@@ -452,11 +461,8 @@ pub async fn serve_proxy_listeners(
         } else {
             None
         };
-        let tcp = bind(l, "proxy_listen").await?;
-        let addr = tcp.local_addr()?;
         let scheme = if l.ssl { "https" } else { "http" };
-        tracing::info!("proxy listening on {scheme}://{addr}");
-        eprintln!("gantry: proxy listening on {scheme}://{addr}");
+        let tcp = listen(l, "proxy_listen", "proxy", Some(scheme)).await?;
         tasks.push(tokio::spawn(proxy.clone().serve(
             tcp,
             tls,
@@ -474,10 +480,7 @@ pub async fn serve_status(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let mut tasks = Vec::new();
     for l in &settings.status_listen {
-        let tcp = bind(l, "status_listen").await?;
-        let addr = tcp.local_addr()?;
-        tracing::info!("status listening on http://{addr}");
-        eprintln!("gantry: status listening on http://{addr}");
+        let tcp = listen(l, "status_listen", "status", Some("http")).await?;
         tasks.push(tokio::spawn(gantry_proxy::status::serve(
             proxy.clone(),
             tcp,

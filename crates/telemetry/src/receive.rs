@@ -37,7 +37,7 @@ pub async fn serve(
                     }
                 });
             }
-            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => return,
+            _ = gantry_cluster::stopped(&mut shutdown) => return,
         }
     }
 }

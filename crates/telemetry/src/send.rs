@@ -82,7 +82,7 @@ pub async fn run(
         let wait = gantry_cluster::dp::backoff(attempt.max(1)).max(settings.analytics_flush);
         tokio::select! {
             _ = tokio::time::sleep(wait) => cut(&collector, &mut queue, &mut seq),
-            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => return,
+            _ = gantry_cluster::stopped(&mut shutdown) => return,
         }
     }
 }
@@ -152,7 +152,7 @@ async fn session(
         }
         tokio::select! {
             _ = tick.tick() => cut(collector, queue, seq),
-            _ = async { let _ = shutdown.wait_for(|v| *v).await; } => return Ok(()),
+            _ = gantry_cluster::stopped(shutdown) => return Ok(()),
         }
     }
 }
