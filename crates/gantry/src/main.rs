@@ -10,6 +10,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc: the request path allocates and frees small objects at a high rate, where it is
+/// faster than glibc's malloc, and it returns freed pages to the system (lower steady RSS).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "gantry",

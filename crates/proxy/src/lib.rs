@@ -10,6 +10,7 @@ pub mod balancer;
 pub mod dns;
 pub mod echo;
 pub mod health;
+pub mod names;
 pub mod plugins;
 pub mod pool;
 pub mod probe;

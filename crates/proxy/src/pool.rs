@@ -46,7 +46,8 @@ pub struct Pool {
     dns: std::sync::OnceLock<Result<crate::dns::Dns, String>>,
 }
 
-/// How to reach an upstream: its address, and TLS settings when it speaks https.
+/// How to reach an upstream: its address, and TLS settings when it speaks https. Built once
+/// per destination (services keep theirs in the snapshot), cheap to share.
 #[derive(Debug, Clone)]
 pub struct Dest {
     pub addr: String,
@@ -56,6 +57,8 @@ pub struct Dest {
     pub h2: bool,
     /// The longest a write to the upstream may wait (the service's `write_timeout`).
     pub write_timeout: Duration,
+    /// The pool key: connections are shared only between identical destinations.
+    key: String,
 }
 
 /// A connection ready for one request.
@@ -65,12 +68,23 @@ pub enum Conn {
 }
 
 impl Dest {
-    /// The pool key: connections are shared only between identical destinations.
-    fn key(&self) -> String {
-        let w = self.write_timeout.as_millis();
-        match &self.tls {
-            None => format!("{}|{w}|{}", self.h2, self.addr),
-            Some((sni, verify)) => format!("{}|{w}|tls|{sni}|{verify}|{}", self.h2, self.addr),
+    pub fn new(
+        addr: String,
+        tls: Option<(String, bool)>,
+        h2: bool,
+        write_timeout: Duration,
+    ) -> Dest {
+        let w = write_timeout.as_millis();
+        let key = match &tls {
+            None => format!("{h2}|{w}|{addr}"),
+            Some((sni, verify)) => format!("{h2}|{w}|tls|{sni}|{verify}|{addr}"),
+        };
+        Dest {
+            addr,
+            tls,
+            h2,
+            write_timeout,
+            key,
         }
     }
 }
@@ -120,12 +134,12 @@ impl Pool {
         connect_timeout: Duration,
     ) -> Result<Conn, UpstreamError> {
         if dest.h2 {
-            let key = dest.key();
+            let key = &dest.key;
             let live = self
                 .h2
                 .lock()
                 .ok()
-                .and_then(|m| m.get(&key).filter(|s| !s.is_closed()).cloned());
+                .and_then(|m| m.get(key).filter(|s| !s.is_closed()).cloned());
             if let Some(s) = live {
                 return Ok(Conn::H2(s));
             }
@@ -139,11 +153,11 @@ impl Pool {
                 }
             });
             if let Ok(mut m) = self.h2.lock() {
-                m.insert(key, sender.clone());
+                m.insert(key.clone(), sender.clone());
             }
             return Ok(Conn::H2(sender));
         }
-        match self.take(&dest.key()) {
+        match self.take(&dest.key) {
             Some(s) => Ok(Conn::H1(s)),
             None => Ok(Conn::H1(self.connect(dest, connect_timeout).await?)),
         }
@@ -163,9 +177,12 @@ impl Pool {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            let list = idle.entry(addr.to_string()).or_default();
-            if list.len() < self.max_idle {
-                list.push(s);
+            match idle.get_mut(addr) {
+                Some(list) if list.len() < self.max_idle => list.push(s),
+                Some(_) => {}
+                None => {
+                    idle.insert(addr.to_string(), vec![s]);
+                }
             }
         }
     }
@@ -243,7 +260,7 @@ impl Pool {
         match conn {
             Conn::H1(mut sender) => {
                 let fut = sender.send_request(req);
-                self.put(&dest.key(), sender);
+                self.put(&dest.key, sender);
                 Ok(fut.await?)
             }
             Conn::H2(mut sender) => Ok(sender.send_request(req).await?),

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::balancer::{Algorithm, HashOn, Load, Tracked};
 use crate::health::{Health, Outcome};
+use crate::names;
 use crate::plugins::{Counters, Ctx};
 use crate::pool::{Conn, Dest, Pool, UpstreamError};
 use crate::router::RequestInfo;
@@ -114,6 +115,32 @@ struct Seen {
     upstream: Option<Duration>,
 }
 
+/// What a request learns from its connection, computed once per connection.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    pub https: bool,
+    /// The server name the client asked for in its TLS handshake.
+    pub sni: Option<String>,
+    /// The client's address and the listener's port, as header values.
+    peer_ip: HeaderValue,
+    port_value: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local_port: u16, https: bool, sni: Option<String>) -> ConnInfo {
+        ConnInfo {
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .unwrap_or(HeaderValue::from_static("")),
+            port_value: HeaderValue::from(local_port),
+            peer,
+            local_port,
+            https,
+            sni,
+        }
+    }
+}
+
 pub struct Proxy {
     log_sinks: std::sync::OnceLock<Vec<Arc<dyn LogSink>>>,
     /// Request ids: this process's random prefix and a counter.
@@ -135,15 +162,16 @@ fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    names::KEEP_ALIVE,
+    names::PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -160,7 +188,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in HOP_BY_HOP {
         h.remove(n);
     }
-    h.remove(header::UPGRADE);
 }
 
 fn split_host(h: &str) -> (&str, Option<u16>) {
@@ -370,17 +397,12 @@ impl Proxy {
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let sni = sni.map(Arc::<str>::from);
+        let conn = Arc::new(ConnInfo::new(peer, local_port, https, sni));
         let me = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let me = me.clone();
-            let sni = sni.clone();
-            async move {
-                Ok::<_, Infallible>(
-                    me.handle(req, peer, local_port, https, sni.as_deref())
-                        .await,
-                )
-            }
+            let conn = conn.clone();
+            async move { Ok::<_, Infallible>(me.handle(req, &conn).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -396,22 +418,13 @@ impl Proxy {
     }
 
     /// Route and forward one request.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        local_port: u16,
-        https: bool,
-        sni: Option<&str>,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
         let sinks = self.log_sinks.get().filter(|s| !s.is_empty());
         let n = self
             .id_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request_id = format!("{:08x}{n:016x}", self.id_prefix);
-        let request_id =
-            HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("0"));
+        let request_id = request_id(self.id_prefix, n);
         let mut seen = Seen {
             on: sinks.is_some(),
             request_id: request_id.clone(),
@@ -421,20 +434,16 @@ impl Proxy {
             upstream: None,
         };
         let logged = sinks.map(|_| (req.method().clone(), req.uri().clone()));
-        let mut res = self
-            .route_and_forward(req, peer, local_port, https, sni, &mut seen)
-            .await;
-        res.headers_mut().insert(
-            HeaderName::from_static("x-kong-request-id"),
-            request_id.clone(),
-        );
+        let mut res = self.route_and_forward(req, conn, started, &mut seen).await;
+        res.headers_mut()
+            .insert(names::X_KONG_REQUEST_ID, request_id.clone());
         let status = res.status().as_u16();
         let total = started.elapsed();
         self.stats.count(status, total);
         if let (Some(sinks), Some((method, uri))) = (sinks, &logged) {
             let r = RequestLog {
                 request_id: request_id.to_str().unwrap_or(""),
-                client: peer.ip(),
+                client: conn.peer.ip(),
                 method,
                 uri,
                 service: seen.service.as_deref(),
@@ -454,13 +463,12 @@ impl Proxy {
     async fn route_and_forward(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
-        local_port: u16,
-        https: bool,
-        sni: Option<&str>,
+        conn: &ConnInfo,
+        started: Instant,
         seen: &mut Seen,
     ) -> Response<ProxyBody> {
-        let started = Instant::now();
+        let (peer, local_port, https, sni) =
+            (conn.peer, conn.local_port, conn.https, conn.sni.as_deref());
         let snap = self.snapshot.load_full();
         let mut req = req;
         let upgrade = upgrade_protocol(&req);
@@ -469,21 +477,29 @@ impl Proxy {
         if let Err(why) = check_framing(&parts) {
             return json_error(StatusCode::BAD_REQUEST, why);
         }
-        let host_header = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-        let Some(host_header) = host_header else {
-            return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Host header");
+        // Owned copies (reference-counted, not copied) of what routing reads, so that plugins
+        // may change the request afterwards.
+        let host_value = match parts.headers.get(header::HOST) {
+            Some(h) => h.clone(),
+            None => match parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                Some(h) => h,
+                None => {
+                    return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Host header")
+                }
+            },
         };
-        if !valid_host(&host_header) {
-            return json_error(StatusCode::BAD_REQUEST, "Bad request: invalid Host header");
-        }
-        let (host, port) = split_host(&host_header);
-        let raw_path = parts.uri.path().to_string();
-        let path = normalize(&raw_path);
+        let host_header = match host_value.to_str() {
+            Ok(h) if valid_host(h) => h,
+            _ => return json_error(StatusCode::BAD_REQUEST, "Bad request: invalid Host header"),
+        };
+        let (host, port) = split_host(host_header);
+        let request_uri = parts.uri.clone();
+        let raw_path = request_uri.path();
+        let path = normalize(raw_path);
         let info = RequestInfo {
             method: parts.method.as_str(),
             host,
@@ -503,7 +519,7 @@ impl Proxy {
         }
         let has = |p: &str| route.protocols.iter().any(|x| x == p);
         if !https && has("https") && !has("http") {
-            return https_redirect(route.https_redirect_status_code, host, &parts.uri);
+            return https_redirect(route.https_redirect_status_code, host, &request_uri);
         }
         if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
             let is_grpc = parts
@@ -575,9 +591,9 @@ impl Proxy {
             }
             _ => None,
         };
-        let mut target = match balancer {
+        let mut target: std::borrow::Cow<'_, str> = match balancer {
             Some(b) => match b.pick(&self.health, &self.load, &[], key.as_deref()) {
-                Some(t) => t.to_string(),
+                Some(t) => std::borrow::Cow::Owned(t.to_string()),
                 None => {
                     return json_error(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -585,11 +601,11 @@ impl Proxy {
                     )
                 }
             },
-            None => format!("{}:{}", service.host, service.port),
+            None => std::borrow::Cow::Borrowed(service.addr.as_str()),
         };
         let prefix = route.strip_path.then_some(m.prefix.as_str());
         let mut upath = upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path);
-        if let Some(q) = parts.uri.query() {
+        if let Some(q) = request_uri.query() {
             upath.push('?');
             upath.push_str(q);
         }
@@ -604,66 +620,52 @@ impl Proxy {
             headers.insert(header::UPGRADE, proto.clone());
         }
         let upstream_host = if route.preserve_host {
-            host_header.clone()
-        } else if snap.balancers.contains_key(&service.host) || service.port == 80 {
+            host_value.clone()
+        } else if balancer.is_some() || service.port == 80 {
             // An upstream's name, or a host on the default port: no port in Host.
-            service.host.clone()
+            service.host_only.clone()
         } else {
-            format!("{}:{}", service.host, service.port)
+            service.host_port.clone()
         };
-        set(&mut headers, header::HOST, &upstream_host);
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {}", peer.ip()),
-            None => peer.ip().to_string(),
+        headers.insert(header::HOST, upstream_host.clone());
+        let xff = match headers
+            .get(names::X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip()))
+                .unwrap_or_else(|_| conn.peer_ip.clone()),
+            None => conn.peer_ip.clone(),
         };
-        set(
-            &mut headers,
-            HeaderName::from_static("x-forwarded-for"),
-            &xff,
-        );
-        set(
-            &mut headers,
-            HeaderName::from_static("x-forwarded-proto"),
-            if https { "https" } else { "http" },
-        );
-        set(
-            &mut headers,
-            HeaderName::from_static("x-forwarded-host"),
-            &host.to_ascii_lowercase(),
-        );
-        set(
-            &mut headers,
-            HeaderName::from_static("x-forwarded-port"),
-            &local_port.to_string(),
-        );
-        set(
-            &mut headers,
-            HeaderName::from_static("x-forwarded-path"),
-            &raw_path,
-        );
-        if route.strip_path && m.prefix != "/" {
-            set(
-                &mut headers,
-                HeaderName::from_static("x-forwarded-prefix"),
-                &m.prefix,
-            );
-        } else {
-            headers.remove("x-forwarded-prefix");
-        }
-        set(
-            &mut headers,
-            HeaderName::from_static("x-real-ip"),
-            &peer.ip().to_string(),
-        );
-        let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {VIA}"),
-            None => VIA.to_string(),
-        };
-        set(&mut headers, header::VIA, &via);
+        headers.insert(names::X_FORWARDED_FOR, xff);
         headers.insert(
-            HeaderName::from_static("x-kong-request-id"),
-            seen.request_id.clone(),
+            names::X_FORWARDED_PROTO,
+            HeaderValue::from_static(if https { "https" } else { "http" }),
         );
+        let fwd_host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(host)
+        };
+        set(&mut headers, names::X_FORWARDED_HOST, &fwd_host);
+        headers.insert(names::X_FORWARDED_PORT, conn.port_value.clone());
+        set(&mut headers, names::X_FORWARDED_PATH, raw_path);
+        if route.strip_path && m.prefix != "/" {
+            set(&mut headers, names::X_FORWARDED_PREFIX, &m.prefix);
+        } else {
+            headers.remove(names::X_FORWARDED_PREFIX);
+        }
+        headers.insert(names::X_REAL_IP, conn.peer_ip.clone());
+        match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+            Some(prev) => {
+                let via = format!("{prev}, {VIA}");
+                set(&mut headers, header::VIA, &via);
+            }
+            None => {
+                headers.insert(header::VIA, HeaderValue::from_static(VIA));
+            }
+        }
+        headers.insert(names::X_KONG_REQUEST_ID, seen.request_id.clone());
+        let upstream_host = upstream_host.to_str().unwrap_or_default();
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
@@ -697,26 +699,32 @@ impl Proxy {
                 }
             }
         };
-        // https services: TLS with the Host we send as the server name.
-        let sni = split_host(&upstream_host).0.to_string();
-        let dest = |target: &str| Dest {
-            addr: target.to_string(),
-            tls: matches!(service.protocol.as_str(), "https" | "grpcs")
-                .then(|| (sni.clone(), service.tls_verify)),
-            h2: grpc,
-            write_timeout: Duration::from_millis(service.write_timeout_ms),
+        // https services: TLS with the Host we send as the server name. A plain service's
+        // destination was built with the snapshot.
+        let dest_of = |target: &str| -> Arc<Dest> {
+            match &service.direct {
+                Some(d) if balancer.is_none() => d.clone(),
+                _ => Arc::new(Dest::new(
+                    target.to_string(),
+                    matches!(service.protocol.as_str(), "https" | "grpcs")
+                        .then(|| (split_host(upstream_host).0.to_string(), service.tls_verify)),
+                    grpc,
+                    Duration::from_millis(service.write_timeout_ms),
+                )),
+            }
         };
+        let mut dest = dest_of(&target);
         // Connect, trying other targets (or the same host again) while nothing has been sent:
         // up to the service's `retries` more times.
         let mut tried: Vec<String> = Vec::new();
         let sender = loop {
             let got = if upgrade.is_some() {
                 self.pool
-                    .connect_dedicated(&dest(&target), connect_timeout)
+                    .connect_dedicated(&dest, connect_timeout)
                     .await
                     .map(Conn::H1)
             } else {
-                self.pool.checkout(&dest(&target), connect_timeout).await
+                self.pool.checkout(&dest, connect_timeout).await
             };
             match got {
                 Ok(s) => break s,
@@ -731,15 +739,18 @@ impl Proxy {
                         },
                     );
                     tracing::warn!(error = %e, upstream = %target, "upstream connection failed");
-                    tried.push(target.clone());
+                    tried.push(target.to_string());
                     let next = match balancer {
                         Some(b) => b
                             .pick(&self.health, &self.load, &tried, key.as_deref())
                             .map(str::to_string),
-                        None => Some(target.clone()),
+                        None => Some(target.to_string()),
                     };
                     match next {
-                        Some(t) if tried.len() <= service.retries as usize => target = t,
+                        Some(t) if tried.len() <= service.retries as usize => {
+                            dest = dest_of(&t);
+                            target = std::borrow::Cow::Owned(t);
+                        }
                         _ if matches!(e, UpstreamError::Resolve(_)) => {
                             return json_error(
                                 StatusCode::SERVICE_UNAVAILABLE,
@@ -764,11 +775,8 @@ impl Proxy {
         };
         let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        let res = match tokio::time::timeout(
-            read_timeout,
-            self.pool.send_on(&dest(&target), sender, up),
-        )
-        .await
+        let res = match tokio::time::timeout(read_timeout, self.pool.send_on(&dest, sender, up))
+            .await
         {
             Err(_) => {
                 report(&target, Outcome::Timeout);
@@ -834,15 +842,13 @@ impl Proxy {
         }
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        set(
-            &mut rparts.headers,
-            HeaderName::from_static("x-kong-upstream-latency"),
-            &upstream_ms.to_string(),
+        rparts.headers.insert(
+            names::X_KONG_UPSTREAM_LATENCY,
+            HeaderValue::from(upstream_ms as u64),
         );
-        set(
-            &mut rparts.headers,
-            HeaderName::from_static("x-kong-proxy-latency"),
-            &proxy_ms.to_string(),
+        rparts.headers.insert(
+            names::X_KONG_PROXY_LATENCY,
+            HeaderValue::from(proxy_ms as u64),
         );
         rparts
             .headers
@@ -974,6 +980,21 @@ fn valid_host(h: &str) -> bool {
     host_ok && port_ok && (h.starts_with('[') || !host.is_empty())
 }
 
+/// `X-Kong-Request-Id`: this process's prefix and a counter, in hex.
+fn request_id(prefix: u32, n: u64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = [0u8; 24];
+    for (i, slot) in b.iter_mut().enumerate() {
+        let nibble = if i < 8 {
+            (prefix >> (28 - 4 * i)) & 0xf
+        } else {
+            ((n >> (60 - 4 * (i - 8))) & 0xf) as u32
+        };
+        *slot = HEX[nibble as usize];
+    }
+    HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("0"))
+}
+
 fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(name, v);
@@ -1003,7 +1024,19 @@ fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::valid_host;
+    use super::{request_id, valid_host};
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(
+            request_id(0xdeadbeef, 0x1f).to_str().unwrap(),
+            format!("{:08x}{:016x}", 0xdeadbeefu32, 0x1fu64)
+        );
+        assert_eq!(
+            request_id(1, u64::MAX).to_str().unwrap(),
+            "00000001ffffffffffffffff"
+        );
+    }
 
     #[test]
     fn hosts() {

@@ -29,21 +29,49 @@ pub struct Service {
     pub enabled: bool,
     /// Verify an https upstream's certificate (off unless set, as Kong).
     pub tls_verify: bool,
+    /// `host:port`, where requests go when the host is not an upstream's name.
+    pub addr: String,
+    /// That destination, ready for the pool, for an `http` service.
+    pub direct: Option<Arc<crate::pool::Dest>>,
+    /// The `Host` header sent upstream: the host alone for the default port or an upstream's
+    /// name, and with the port otherwise.
+    pub host_only: hyper::header::HeaderValue,
+    pub host_port: hyper::header::HeaderValue,
 }
 
 impl Service {
     fn from_doc(d: &Doc) -> Service {
         let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
         let n = |k: &str, def: u64| d.get(k).and_then(Value::as_u64).unwrap_or(def);
+        let host = s("host").unwrap_or_default();
+        let port = n("port", 80) as u16;
+        let protocol = s("protocol").unwrap_or_else(|| "http".into());
+        let addr = format!("{host}:{port}");
+        let write_timeout_ms = n("write_timeout", 60_000);
+        let header = |v: &str| {
+            hyper::header::HeaderValue::from_str(v)
+                .unwrap_or(hyper::header::HeaderValue::from_static(""))
+        };
         Service {
             id: s("id").unwrap_or_default(),
             name: s("name"),
-            protocol: s("protocol").unwrap_or_else(|| "http".into()),
-            host: s("host").unwrap_or_default(),
-            port: n("port", 80) as u16,
+            direct: (protocol == "http").then(|| {
+                Arc::new(crate::pool::Dest::new(
+                    addr.clone(),
+                    None,
+                    false,
+                    std::time::Duration::from_millis(write_timeout_ms),
+                ))
+            }),
+            host_only: header(&host),
+            host_port: header(&addr),
+            addr,
+            protocol,
+            host,
+            port,
             path: s("path"),
             connect_timeout_ms: n("connect_timeout", 60_000),
-            write_timeout_ms: n("write_timeout", 60_000),
+            write_timeout_ms,
             read_timeout_ms: n("read_timeout", 60_000),
             retries: n("retries", 5) as u32,
             enabled: d.get("enabled").and_then(Value::as_bool).unwrap_or(true),

@@ -1,8 +1,13 @@
 //! Request paths as Kong reads them, and the upstream path Kong builds from them.
 
+use std::borrow::Cow;
+
 /// Normalise a request path: decode percent-encoded unreserved characters, remove dot
 /// segments, merge repeated slashes. The query string must already be cut off.
-pub fn normalize(path: &str) -> String {
+pub fn normalize(path: &str) -> Cow<'_, str> {
+    if is_normal(path) {
+        return Cow::Borrowed(path);
+    }
     let bytes = path.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -48,7 +53,26 @@ pub fn normalize(path: &str) -> String {
     if r.is_empty() || (trailing && !r.ends_with('/')) {
         r.push('/');
     }
-    r
+    Cow::Owned(r)
+}
+
+/// Whether a path is already normal (the common case, checked without allocating): absolute,
+/// nothing percent-encoded, no empty, `.` or `..` segment but an empty last one.
+fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    if path.contains('%') {
+        return false;
+    }
+    let mut segs = rest.split('/').peekable();
+    while let Some(seg) = segs.next() {
+        let last = segs.peek().is_none();
+        if seg == "." || seg == ".." || (seg.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -124,6 +148,13 @@ mod tests {
         assert_eq!(normalize("/x/"), "/x/");
         assert_eq!(normalize(""), "/");
         assert_eq!(normalize("/.."), "/");
+        assert_eq!(normalize("/a/b/"), "/a/b/");
+        assert_eq!(normalize("/a/."), "/a/");
+        assert_eq!(normalize("a/b"), "/a/b");
+        assert_eq!(normalize("/"), "/");
+        // Already normal paths are borrowed, not copied.
+        assert!(matches!(normalize("/a/b.c/d"), Cow::Borrowed(_)));
+        assert!(matches!(normalize("/a//b"), Cow::Owned(_)));
     }
 
     /// Kong's path handling fixtures (service, route, strip, request, v0 result).

@@ -8,6 +8,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::{raw, Counters, Ctx, Plugin};
+use crate::names;
 use crate::server::ProxyBody;
 
 struct Cors {
@@ -151,7 +152,7 @@ impl Plugin for Cors {
                     .contains_key("access-control-request-private-network")
             {
                 h.push((
-                    HeaderName::from_static("access-control-allow-private-network"),
+                    names::ACCESS_CONTROL_ALLOW_PRIVATE_NETWORK,
                     HeaderValue::from_static("true"),
                 ));
             }

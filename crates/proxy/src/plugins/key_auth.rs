@@ -11,6 +11,9 @@ use crate::server::ProxyBody;
 
 struct KeyAuth {
     key_names: Vec<String>,
+    /// The same names as header names (a name that cannot be one is looked for in the query
+    /// string only).
+    header_names: Vec<Option<hyper::header::HeaderName>>,
     hide_credentials: bool,
     anonymous: Option<String>,
     in_header: bool,
@@ -21,16 +24,21 @@ struct KeyAuth {
 
 pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
     let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
+    let key_names: Vec<String> = c
+        .get("key_names")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_else(|| vec!["apikey".into()]);
     Ok(Arc::new(KeyAuth {
-        key_names: c
-            .get("key_names")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_else(|| vec!["apikey".into()]),
+        header_names: key_names
+            .iter()
+            .map(|n| hyper::header::HeaderName::from_bytes(n.as_bytes()).ok())
+            .collect(),
+        key_names,
         hide_credentials: b("hide_credentials", false),
         anonymous: c
             .get("anonymous")
@@ -50,16 +58,11 @@ pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, Stri
 
 impl KeyAuth {
     /// The key and where it was: `(key, Some(header name))` or `(key, None)` for the query.
-    fn find_key(&self, ctx: &Ctx<'_>) -> Option<(String, Option<String>)> {
-        for name in &self.key_names {
-            if self.in_header {
-                if let Some(v) = ctx
-                    .req
-                    .headers
-                    .get(name.as_str())
-                    .and_then(|v| v.to_str().ok())
-                {
-                    return Some((v.to_string(), Some(name.clone())));
+    fn find_key(&self, ctx: &Ctx<'_>) -> Option<(String, Option<&str>)> {
+        for (name, header) in self.key_names.iter().zip(&self.header_names) {
+            if let (true, Some(header)) = (self.in_header, header) {
+                if let Some(v) = ctx.req.headers.get(header).and_then(|v| v.to_str().ok()) {
+                    return Some((v.to_string(), Some(name.as_str())));
                 }
             }
             if self.in_query {
@@ -136,8 +139,8 @@ impl Plugin for KeyAuth {
                         match place {
                             Some(h) => self.hide(ctx, h, true),
                             None => {
-                                for n in self.key_names.clone() {
-                                    self.hide(ctx, &n, false);
+                                for n in &self.key_names {
+                                    self.hide(ctx, n, false);
                                 }
                             }
                         }

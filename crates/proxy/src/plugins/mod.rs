@@ -26,6 +26,7 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::Value;
 
+use crate::names;
 use crate::server::ProxyBody;
 
 pub use rate_limiting::Counters;
@@ -36,6 +37,24 @@ pub struct Consumer {
     pub id: String,
     pub username: Option<String>,
     pub custom_id: Option<String>,
+    /// `X-Consumer-Id`, `-Username` and `-Custom-Id`, made once with the snapshot.
+    headers: [Option<HeaderValue>; 3],
+}
+
+impl Consumer {
+    pub fn new(id: String, username: Option<String>, custom_id: Option<String>) -> Consumer {
+        let h = |v: Option<&str>| v.and_then(|v| HeaderValue::from_str(v).ok());
+        Consumer {
+            headers: [
+                h(Some(&id)),
+                h(username.as_deref()),
+                h(custom_id.as_deref()),
+            ],
+            id,
+            username,
+            custom_id,
+        }
+    }
 }
 
 /// Consumers and their credentials, indexed for authentication plugins.
@@ -56,11 +75,7 @@ impl Identities {
                 let id = s(d, "id")?;
                 Some((
                     id.clone(),
-                    Arc::new(Consumer {
-                        id,
-                        username: s(d, "username"),
-                        custom_id: s(d, "custom_id"),
-                    }),
+                    Arc::new(Consumer::new(id, s(d, "username"), s(d, "custom_id"))),
                 ))
             })
             .collect();
@@ -111,9 +126,7 @@ impl Ctx<'_> {
         anonymous: bool,
     ) {
         let h = &mut self.req.headers;
-        let mut put = |name: &'static str, v: Option<&str>| match v
-            .and_then(|v| HeaderValue::from_str(v).ok())
-        {
+        let mut put = |name: HeaderName, v: Option<HeaderValue>| match v {
             Some(v) => {
                 h.insert(name, v);
             }
@@ -121,15 +134,20 @@ impl Ctx<'_> {
                 h.remove(name);
             }
         };
-        put("x-consumer-id", Some(&consumer.id));
-        put("x-consumer-username", consumer.username.as_deref());
-        put("x-consumer-custom-id", consumer.custom_id.as_deref());
-        put("x-credential-identifier", credential.as_deref());
-        if anonymous {
-            put("x-anonymous-consumer", Some("true"));
-        } else {
-            h.remove("x-anonymous-consumer");
-        }
+        let [id, username, custom_id] = consumer.headers.clone();
+        put(names::X_CONSUMER_ID, id);
+        put(names::X_CONSUMER_USERNAME, username);
+        put(names::X_CONSUMER_CUSTOM_ID, custom_id);
+        put(
+            names::X_CREDENTIAL_IDENTIFIER,
+            credential
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok()),
+        );
+        put(
+            names::X_ANONYMOUS_CONSUMER,
+            anonymous.then_some(HeaderValue::from_static("true")),
+        );
         self.consumer = Some(consumer);
         self.credential = credential;
     }
@@ -177,37 +195,36 @@ pub static REGISTRY: &[(&str, Build)] = &[
     ("cors", cors::build),
 ];
 
-type Scope = (Option<String>, Option<String>, Option<String>);
+/// A scope as interned ids: route, service, consumer. [`NONE`] stands for an absent part.
+type ScopeKey = [u32; 3];
 
-/// A hash of a scope, computed the same from owned and borrowed parts, so that the request
-/// path looks configurations up without allocating.
-fn scope_hash(route: Option<&str>, service: Option<&str>, consumer: Option<&str>) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (route, service, consumer).hash(&mut h);
-    h.finish()
-}
-
-/// The instances of one plugin, by scope hash.
-type Scoped = HashMap<u64, Vec<(Scope, Arc<dyn Plugin>)>>;
+/// No route, service or consumer in a scope.
+const NONE: u32 = 0;
+/// A route, service or consumer that no plugin names: matches no scope.
+const UNSCOPED: u32 = u32::MAX;
 
 /// Every enabled plugin of a configuration, by name and scope, with the run order.
+///
+/// Ids that scopes name are interned into small numbers when the set is built, so that a
+/// request resolves each plugin's configuration with three id lookups in all and a few
+/// binary searches over integer keys per plugin.
 #[derive(Default)]
 pub struct PluginSet {
-    /// Names in run order (priority, highest first).
-    order: Vec<&'static str>,
-    by_name: HashMap<&'static str, Scoped>,
+    /// Names in run order (priority, highest first), and each one's instances sorted by scope.
+    order: Vec<(&'static str, Vec<(ScopeKey, Arc<dyn Plugin>)>)>,
+    ids: HashMap<String, u32>,
     /// Configured plugins this proxy cannot run, for the reload log.
     pub unsupported: Vec<String>,
 }
 
-fn ref_id(d: &Doc, k: &str) -> Option<String> {
-    d.get(k)?.get("id")?.as_str().map(str::to_string)
+fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
+    d.get(k)?.get("id")?.as_str()
 }
 
 impl PluginSet {
     pub fn build(config: &Config, counters: &Counters) -> Result<PluginSet, String> {
         let mut set = PluginSet::default();
+        let mut by_name: HashMap<&'static str, Vec<(ScopeKey, Arc<dyn Plugin>)>> = HashMap::new();
         for d in config
             .entities
             .get("plugins")
@@ -228,61 +245,72 @@ impl PluginSet {
             let config = d.get("config").cloned().unwrap_or(Value::Null);
             let plugin =
                 build(id, &config, counters).map_err(|e| format!("plugin {name} ({id}): {e}"))?;
-            let scope = (
-                ref_id(d, "route"),
-                ref_id(d, "service"),
-                ref_id(d, "consumer"),
-            );
-            let h = scope_hash(scope.0.as_deref(), scope.1.as_deref(), scope.2.as_deref());
-            set.by_name
-                .entry(reg_name)
-                .or_default()
-                .entry(h)
-                .or_default()
-                .push((scope, plugin));
+            let mut intern = |k: &str| match ref_id(d, k) {
+                None => NONE,
+                Some(id) => {
+                    let next = set.ids.len() as u32 + 1;
+                    *set.ids.entry(id.to_string()).or_insert(next)
+                }
+            };
+            let scope = [intern("route"), intern("service"), intern("consumer")];
+            by_name.entry(reg_name).or_default().push((scope, plugin));
         }
-        let mut order: Vec<&'static str> = set.by_name.keys().copied().collect();
         let prio = |n: &str| {
             gantry_model::plugins::plugin(n)
                 .map(|p| p.priority)
                 .unwrap_or(0)
         };
-        order.sort_by(|a, b| prio(b).cmp(&prio(a)).then(a.cmp(b)));
+        let mut order: Vec<_> = by_name.into_iter().collect();
+        order.sort_by(|a, b| prio(b.0).cmp(&prio(a.0)).then(a.0.cmp(b.0)));
+        for (_, instances) in &mut order {
+            // One instance per scope: the store keeps them unique; of duplicates in a
+            // hand-written file, the first stays.
+            instances.sort_by_key(|(k, _)| *k);
+            instances.dedup_by_key(|(k, _)| *k);
+        }
         set.order = order;
         Ok(set)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+    /// The interned id of a route, service or consumer.
+    fn key(&self, id: Option<&str>) -> u32 {
+        match id {
+            None => NONE,
+            Some(id) => self.ids.get(id).copied().unwrap_or(UNSCOPED),
+        }
     }
 
-    /// The configuration of `name` that applies, by Kong's precedence.
+    /// The configuration that applies among `instances`, by Kong's precedence.
     fn resolve(
-        &self,
-        name: &str,
-        route: &str,
-        service: Option<&str>,
-        consumer: Option<&str>,
+        instances: &[(ScopeKey, Arc<dyn Plugin>)],
+        [r, s, c]: ScopeKey,
     ) -> Option<&Arc<dyn Plugin>> {
-        let scopes = self.by_name.get(name)?;
-        let r = Some(route);
         // Without a consumer or a service, the candidates that name them collapse onto the
         // less specific ones, which keeps Kong's order.
+        let n = NONE;
         let candidates = [
-            (r, service, consumer),
-            (r, None, consumer),
-            (None, service, consumer),
-            (r, service, None),
-            (None, None, consumer),
-            (r, None, None),
-            (None, service, None),
-            (None, None, None),
+            [r, s, c],
+            [r, n, c],
+            [n, s, c],
+            [r, s, n],
+            [n, n, c],
+            [r, n, n],
+            [n, s, n],
+            [n, n, n],
         ];
-        candidates.iter().find_map(|&(r, s, c)| {
-            scopes.get(&scope_hash(r, s, c))?.iter().find_map(|(k, p)| {
-                (k.0.as_deref() == r && k.1.as_deref() == s && k.2.as_deref() == c).then_some(p)
-            })
+        candidates.iter().find_map(|k| {
+            if k.contains(&UNSCOPED) {
+                return None;
+            }
+            instances
+                .binary_search_by_key(k, |(key, _)| *key)
+                .ok()
+                .map(|i| &instances[i].1)
         })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
     }
 
     /// Run the rewrite and access phases in order; the plugins that ran are returned for the
@@ -292,10 +320,21 @@ impl PluginSet {
         ctx: &mut Ctx<'_>,
     ) -> Result<Vec<Arc<dyn Plugin>>, Box<Response<ProxyBody>>> {
         let mut ran = Vec::new();
-        for name in &self.order {
-            let consumer = ctx.consumer.as_ref().map(|c| c.id.clone());
-            let Some(p) = self.resolve(name, ctx.route_id, ctx.service_id, consumer.as_deref())
-            else {
+        let route = self.key(Some(ctx.route_id));
+        let service = self.key(ctx.service_id);
+        // The consumer changes when an authentication plugin identifies one.
+        let mut consumer: Option<(Arc<Consumer>, u32)> = None;
+        for (_, instances) in &self.order {
+            let c = match (&ctx.consumer, &consumer) {
+                (None, _) => NONE,
+                (Some(now), Some((seen, k))) if Arc::ptr_eq(now, seen) => *k,
+                (Some(now), _) => {
+                    let k = self.key(Some(&now.id));
+                    consumer = Some((now.clone(), k));
+                    k
+                }
+            };
+            let Some(p) = Self::resolve(instances, [route, service, c]) else {
                 continue;
             };
             p.rewrite(ctx);
@@ -305,5 +344,91 @@ impl PluginSet {
             ran.push(p.clone());
         }
         Ok(ran)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: Value) -> Doc {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    /// request-termination at `status`, scoped by `(route, service, consumer)`.
+    fn terminate(status: u16, scope: [Option<&str>; 3]) -> Doc {
+        let mut d = doc(json!({
+            "id": format!("p{status}"), "name": "request-termination",
+            "config": { "status_code": status },
+        }));
+        for (k, id) in ["route", "service", "consumer"].iter().zip(scope) {
+            if let Some(id) = id {
+                d.insert(k.to_string(), json!({ "id": id }));
+            }
+        }
+        d
+    }
+
+    /// The status the chosen configuration answers with, for a request on route `r1` of
+    /// service `s1`, as `consumer`.
+    fn chosen(plugins: Vec<Doc>, consumer: Option<&str>) -> Option<u16> {
+        let mut config = Config::default();
+        config.entities.insert("plugins".into(), plugins);
+        let set = PluginSet::build(&config, &Counters::default()).expect("builds");
+        let mut parts = hyper::Request::new(()).into_parts().0;
+        let identities = Identities::default();
+        let mut ctx = Ctx {
+            req: &mut parts,
+            client_ip: IpAddr::from([127, 0, 0, 1]),
+            route_id: "r1",
+            service_id: Some("s1"),
+            consumer: consumer.map(|c| Arc::new(Consumer::new(c.into(), None, None))),
+            credential: None,
+            identities: &identities,
+            response_headers: Vec::new(),
+        };
+        match set.run_access(&mut ctx) {
+            Ok(_) => None,
+            Err(r) => Some(r.status().as_u16()),
+        }
+    }
+
+    #[test]
+    fn kong_precedence() {
+        let all = || {
+            vec![
+                terminate(401, [None, None, None]),
+                terminate(402, [None, Some("s1"), None]),
+                terminate(403, [Some("r1"), None, None]),
+                terminate(404, [None, None, Some("c1")]),
+                terminate(405, [Some("r1"), Some("s1"), None]),
+                terminate(406, [None, Some("s1"), Some("c1")]),
+                terminate(407, [Some("r1"), None, Some("c1")]),
+                terminate(408, [Some("r1"), Some("s1"), Some("c1")]),
+                // Scopes of other entities never apply.
+                terminate(409, [Some("r2"), None, None]),
+                terminate(410, [None, Some("s2"), Some("c1")]),
+            ]
+        };
+        // Most specific first, dropping one each time: Kong's order.
+        let order = [408, 407, 406, 405, 404, 403, 402, 401];
+        for (i, want) in order.iter().enumerate() {
+            let plugins: Vec<Doc> = all()
+                .into_iter()
+                .filter(|d| {
+                    let s = d["config"]["status_code"].as_u64().unwrap() as u16;
+                    !order[..i].contains(&s)
+                })
+                .collect();
+            assert_eq!(chosen(plugins, Some("c1")), Some(*want), "step {i}");
+        }
+        // Without a consumer, consumer scopes are skipped.
+        assert_eq!(chosen(all(), None), Some(405));
+        // Another consumer: no consumer scope of c1 applies.
+        assert_eq!(chosen(all(), Some("c9")), Some(405));
+        // Only other entities' scopes: nothing runs.
+        let others = vec![terminate(409, [Some("r2"), None, None])];
+        assert_eq!(chosen(others, Some("c1")), None);
     }
 }

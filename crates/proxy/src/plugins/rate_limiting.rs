@@ -2,6 +2,7 @@
 //! counted in this node's memory. Counters live outside snapshots, so a configuration change
 //! does not reset them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -10,6 +11,7 @@ use hyper::Response;
 use serde_json::Value;
 
 use super::{error, Ctx, Plugin};
+use crate::names;
 use crate::server::ProxyBody;
 
 const PERIODS: [(&str, &str, i64); 6] = [
@@ -83,6 +85,10 @@ impl Counters {
 struct RateLimiting {
     id: String,
     limits: Vec<(usize, u64)>,
+    /// Each limit as a header value, by period index.
+    limit_values: [HeaderValue; 6],
+    /// `X-RateLimit-Limit-<period>` and `X-RateLimit-Remaining-<period>`, by period index.
+    names: [(HeaderName, HeaderName); 6],
     limit_by: String,
     header_name: Option<String>,
     hide_client_headers: bool,
@@ -92,7 +98,7 @@ struct RateLimiting {
 }
 
 pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, String> {
-    let limits = PERIODS
+    let limits: Vec<(usize, u64)> = PERIODS
         .iter()
         .enumerate()
         .filter_map(|(i, (k, _, _))| {
@@ -109,9 +115,23 @@ pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>
             "rate-limiting policy not available in this build: counting locally"
         );
     }
+    let names = PERIODS.map(|(_, p, _)| {
+        let p = p.to_ascii_lowercase();
+        let n = |kind: &str| {
+            HeaderName::from_bytes(format!("x-ratelimit-{kind}-{p}").as_bytes())
+                .expect("a valid header name")
+        };
+        (n("limit"), n("remaining"))
+    });
+    let mut limit_values: [HeaderValue; 6] = std::array::from_fn(|_| HeaderValue::from(0u64));
+    for &(i, limit) in &limits {
+        limit_values[i] = HeaderValue::from(limit);
+    }
     Ok(Arc::new(RateLimiting {
         id: id.to_string(),
         limits,
+        limit_values,
+        names,
         limit_by: c
             .get("limit_by")
             .and_then(Value::as_str)
@@ -137,24 +157,28 @@ pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>
 
 impl RateLimiting {
     /// Kong's identifiers; each falls back to the client IP when absent.
-    fn identifier(&self, ctx: &Ctx<'_>) -> String {
-        let ip = || ctx.client_ip.to_string();
+    fn identifier<'c>(&self, ctx: &'c Ctx<'_>) -> Cow<'c, str> {
+        let ip = || Cow::Owned(ctx.client_ip.to_string());
         match self.limit_by.as_str() {
             "consumer" => ctx
                 .consumer
                 .as_ref()
-                .map(|c| c.id.clone())
+                .map(|c| Cow::Borrowed(c.id.as_str()))
                 .unwrap_or_else(ip),
-            "credential" => ctx.credential.clone().unwrap_or_else(ip),
-            "service" => ctx.service_id.map(str::to_string).unwrap_or_else(ip),
+            "credential" => ctx
+                .credential
+                .as_deref()
+                .map(Cow::Borrowed)
+                .unwrap_or_else(ip),
+            "service" => ctx.service_id.map(Cow::Borrowed).unwrap_or_else(ip),
             "header" => self
                 .header_name
                 .as_ref()
                 .and_then(|h| ctx.req.headers.get(h.as_str()))
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+                .map(Cow::Borrowed)
                 .unwrap_or_else(ip),
-            "path" => ctx.req.uri.path().to_string(),
+            "path" => Cow::Borrowed(ctx.req.uri.path()),
             _ => ip(),
         }
     }
@@ -162,46 +186,26 @@ impl RateLimiting {
 
 impl Plugin for RateLimiting {
     fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
-        let ident = self.identifier(ctx);
-        let (usage, allowed) =
+        let (usage, allowed) = {
+            let ident = self.identifier(ctx);
             self.counters
-                .hit(&self.id, &ident, &self.limits, gantry_model::unix_now());
-        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+                .hit(&self.id, &ident, &self.limits, gantry_model::unix_now())
+        };
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(2 * usage.len() + 3);
         // The limit closest to exhaustion gives the RateLimit-* headers.
         let tightest = usage
             .iter()
             .min_by_key(|(_, _, remaining, reset)| (*remaining, -*reset));
         if !self.hide_client_headers {
-            for (pi, limit, remaining, _) in &usage {
-                let p = PERIODS[*pi].1;
-                for (name, v) in [
-                    (
-                        format!("x-ratelimit-limit-{}", p.to_ascii_lowercase()),
-                        limit,
-                    ),
-                    (
-                        format!("x-ratelimit-remaining-{}", p.to_ascii_lowercase()),
-                        remaining,
-                    ),
-                ] {
-                    if let (Ok(n), Ok(v)) = (
-                        HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_str(&v.to_string()),
-                    ) {
-                        headers.push((n, v));
-                    }
-                }
+            for (pi, _, remaining, _) in &usage {
+                let (limit_name, remaining_name) = &self.names[*pi];
+                headers.push((limit_name.clone(), self.limit_values[*pi].clone()));
+                headers.push((remaining_name.clone(), HeaderValue::from(*remaining)));
             }
-            if let Some((_, limit, remaining, reset)) = tightest {
-                for (n, v) in [
-                    ("ratelimit-limit", *limit as i64),
-                    ("ratelimit-remaining", *remaining as i64),
-                    ("ratelimit-reset", *reset),
-                ] {
-                    if let Ok(v) = HeaderValue::from_str(&v.to_string()) {
-                        headers.push((HeaderName::from_static(n), v));
-                    }
-                }
+            if let Some((pi, _, remaining, reset)) = tightest {
+                headers.push((names::RATELIMIT_LIMIT, self.limit_values[*pi].clone()));
+                headers.push((names::RATELIMIT_REMAINING, HeaderValue::from(*remaining)));
+                headers.push((names::RATELIMIT_RESET, HeaderValue::from(*reset)));
             }
         }
         if allowed {
