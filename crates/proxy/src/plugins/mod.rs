@@ -198,6 +198,9 @@ pub static REGISTRY: &[(&str, Build)] = &[
 /// A scope as interned ids: route, service, consumer. [`NONE`] stands for an absent part.
 type ScopeKey = [u32; 3];
 
+/// One plugin's instances, sorted by scope.
+type Instances = Vec<(ScopeKey, Arc<dyn Plugin>)>;
+
 /// No route, service or consumer in a scope.
 const NONE: u32 = 0;
 /// A route, service or consumer that no plugin names: matches no scope.
@@ -211,7 +214,7 @@ const UNSCOPED: u32 = u32::MAX;
 #[derive(Default)]
 pub struct PluginSet {
     /// Names in run order (priority, highest first), and each one's instances sorted by scope.
-    order: Vec<(&'static str, Vec<(ScopeKey, Arc<dyn Plugin>)>)>,
+    order: Vec<(&'static str, Instances)>,
     ids: HashMap<String, u32>,
     /// Configured plugins this proxy cannot run, for the reload log.
     pub unsupported: Vec<String>,
@@ -224,7 +227,7 @@ fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
 impl PluginSet {
     pub fn build(config: &Config, counters: &Counters) -> Result<PluginSet, String> {
         let mut set = PluginSet::default();
-        let mut by_name: HashMap<&'static str, Vec<(ScopeKey, Arc<dyn Plugin>)>> = HashMap::new();
+        let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
         for d in config
             .entities
             .get("plugins")
