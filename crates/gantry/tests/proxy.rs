@@ -1584,3 +1584,114 @@ async fn upstream_names_are_resolved_and_cached_for_their_ttl() {
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("name resolution failed"));
 }
+
+/// The response phases: response-transformer rewrites headers and a JSON body (header and
+/// body filters), cors adds its headers to a 401 another plugin answered with, and file-log
+/// (log phase) writes one line per request, those answered by plugins included.
+#[tokio::test]
+async fn response_phases_transform_bodies_and_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let log = dir.path().join("requests.log");
+    let post = |path: &'static str, body: Value| {
+        let (http, node) = (&http, &node);
+        async move { admin(http, node, "POST", path, body).await }
+    };
+    post(
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    let rt = post(
+        "/services/s/routes",
+        json!({"name": "rt", "paths": ["/rt"]}),
+    )
+    .await;
+    post("/services/s/routes", json!({"name": "k", "paths": ["/k"]})).await;
+    post(
+        "/routes/rt/plugins",
+        json!({"name": "response-transformer", "config": {
+            "remove": {"json": ["client", "server"], "headers": ["via"]},
+            "rename": {"json": ["path:upstream_path"]},
+            "add": {"json": ["gateway:gantry", "version:2"], "json_types": ["string", "number"],
+                    "headers": ["x-transformed:yes"]},
+        }}),
+    )
+    .await;
+    post("/routes/k/plugins", json!({"name": "key-auth"})).await;
+    post("/routes/k/plugins", json!({"name": "cors"})).await;
+    post(
+        "/plugins",
+        json!({"name": "file-log", "config": {"path": log.to_str().unwrap()}}),
+    )
+    .await;
+    // A bad pair is refused when written, naming the field.
+    let r = http
+        .post(format!("{}/routes/rt/plugins", node.admin))
+        .json(&json!({"name": "response-transformer", "config": {"add": {"headers": ["novalue"]}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("add.headers") && body.contains("novalue"),
+        "{body}"
+    );
+    synced(&http, &node).await;
+
+    let r = until(&http, &node, "/rt/x", 200).await;
+    assert_eq!(r.headers()["x-transformed"], "yes");
+    assert!(r.headers().get("via").is_none());
+    let id = r.headers()["x-kong-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["upstream_path"], "/x");
+    assert_eq!(got["gateway"], "gantry");
+    assert_eq!(got["version"], 2);
+    assert!(
+        got.get("client").is_none() && got.get("path").is_none(),
+        "{got}"
+    );
+
+    let r = http
+        .get(format!("{}/k", node.proxy.as_ref().unwrap()))
+        .header("origin", "http://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["access-control-allow-origin"], "*");
+    let denied = r.headers()["x-kong-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    // Both requests are in the file, with what the proxy knew of them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let has = |id: &str| lines.iter().any(|l| l["request"]["id"] == id);
+        if has(&id) && has(&denied) {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "file-log lines missing: {text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let line = |id: &str| lines.iter().find(|l| l["request"]["id"] == id).unwrap();
+    let ok = line(&id);
+    assert_eq!(ok["request"]["uri"], "/rt/x");
+    assert_eq!(ok["response"]["status"], 200);
+    assert_eq!(ok["route"]["id"], rt["id"]);
+    assert_eq!(ok["source"], "upstream");
+    assert_eq!(line(&denied)["response"]["status"], 401);
+    assert_eq!(line(&denied)["source"], "kong");
+}

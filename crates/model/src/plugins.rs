@@ -358,7 +358,32 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                     transform_group(&["json", "json_types", "headers"]),
                 ),
             ],
-        ),
+        )
+        .checks(|c, e| {
+            // `name:value` entries (rename: `old:new`), and the types of `json` values.
+            for group in ["rename", "replace", "add", "append"] {
+                for list in ["headers", "json"] {
+                    let items = c.get(group).and_then(|g| g.get(list));
+                    for item in crate::document::strings(items) {
+                        if !matches!(item.split_once(':'), Some((n, _)) if !n.is_empty()) {
+                            e.add(
+                                &format!("{group}.{list}"),
+                                format!("invalid value: '{item}' (expected 'name:value')"),
+                            );
+                        }
+                    }
+                }
+                let types = c.get(group).and_then(|g| g.get("json_types"));
+                for t in crate::document::strings(types) {
+                    if !matches!(t.as_str(), "string" | "boolean" | "number") {
+                        e.add(
+                            &format!("{group}.json_types"),
+                            format!("expected one of: string, boolean, number (got '{t}')"),
+                        );
+                    }
+                }
+            }
+        }),
         PluginSchema::new(
             "prometheus",
             13,
@@ -370,6 +395,34 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
                 Field::new("upstream_health_metrics", boolean()).def(json!(false)),
             ],
         ),
+        PluginSchema::new(
+            "file-log",
+            9,
+            vec![
+                Field::new("path", string()).req(),
+                Field::new("reuse", boolean()).req().def(json!(false)),
+                Field::new("custom_fields_by_lua", map(string())),
+            ],
+        )
+        .checks(|c, e| {
+            let path = c.get("path").and_then(Value::as_str).unwrap_or_default();
+            if path
+                .chars()
+                .any(|ch| matches!(ch, '*' | '&' | '%' | '`' | '\0'))
+            {
+                e.add("path", "not a valid filename");
+            }
+            if set_nonempty(c, "custom_fields_by_lua")
+                && c.get("custom_fields_by_lua")
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| !m.is_empty())
+            {
+                e.add(
+                    "custom_fields_by_lua",
+                    "Lua code is not run by Gantry: leave this field empty",
+                );
+            }
+        }),
         PluginSchema::new(
             "http-log",
             12,

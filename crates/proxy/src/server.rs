@@ -105,7 +105,8 @@ pub trait MetricsSource: Send + Sync + 'static {
     fn status(&self, _out: &mut serde_json::Map<String, serde_json::Value>) {}
 }
 
-/// What `route_and_forward` learned of a request, kept only when a sink listens.
+/// What `route_and_forward` learned of a request: the plugins that ran and the headers they
+/// add to the response, and (only when a log phase listens) who handled it.
 struct Seen {
     on: bool,
     request_id: HeaderValue,
@@ -113,6 +114,8 @@ struct Seen {
     route: Option<String>,
     consumer: Option<String>,
     upstream: Option<Duration>,
+    ran: Vec<Arc<dyn crate::plugins::Plugin>>,
+    response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// What a request learns from its connection, computed once per connection.
@@ -425,22 +428,48 @@ impl Proxy {
             .id_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let request_id = request_id(self.id_prefix, n);
+        let snap = self.snapshot.load_full();
+        let logs = sinks.is_some() || snap.plugins.logs();
         let mut seen = Seen {
-            on: sinks.is_some(),
+            on: logs,
             request_id: request_id.clone(),
             service: None,
             route: None,
             consumer: None,
             upstream: None,
+            ran: Vec::new(),
+            response_headers: Vec::new(),
         };
-        let logged = sinks.map(|_| (req.method().clone(), req.uri().clone()));
-        let mut res = self.route_and_forward(req, conn, started, &mut seen).await;
-        res.headers_mut()
+        let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
+        let res = self
+            .route_and_forward(req, conn, &snap, started, &mut seen)
+            .await;
+        // The response phases, over every response: the upstream's, a plugin's, or an error.
+        let (mut rparts, mut body) = res.into_parts();
+        rparts
+            .headers
             .insert(names::X_KONG_REQUEST_ID, request_id.clone());
+        for (n, v) in seen.response_headers.drain(..) {
+            rparts.headers.append(n, v);
+        }
+        for p in &seen.ran {
+            p.header_filter(&mut rparts);
+        }
+        let filters: Vec<_> = seen
+            .ran
+            .iter()
+            .filter_map(|p| p.body_filter(&rparts))
+            .collect();
+        if !filters.is_empty() {
+            // A filtered body's length is known only once it has been sent.
+            rparts.headers.remove(header::CONTENT_LENGTH);
+            body = crate::plugins::Filtered::new(body, filters).boxed();
+        }
+        let res = Response::from_parts(rparts, body);
         let status = res.status().as_u16();
         let total = started.elapsed();
         self.stats.count(status, total);
-        if let (Some(sinks), Some((method, uri))) = (sinks, &logged) {
+        if let Some((method, uri)) = &logged {
             let r = RequestLog {
                 request_id: request_id.to_str().unwrap_or(""),
                 client: conn.peer.ip(),
@@ -453,8 +482,11 @@ impl Proxy {
                 total,
                 upstream: seen.upstream,
             };
-            for s in sinks {
+            for s in sinks.into_iter().flatten() {
                 s.log(&r);
+            }
+            for p in &seen.ran {
+                p.log(&r);
             }
         }
         res
@@ -464,12 +496,12 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        snap: &Snapshot,
         started: Instant,
         seen: &mut Seen,
     ) -> Response<ProxyBody> {
         let (peer, local_port, https, sni) =
             (conn.peer, conn.local_port, conn.https, conn.sni.as_deref());
-        let snap = self.snapshot.load_full();
         let mut req = req;
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -542,8 +574,6 @@ impl Proxy {
             .as_ref()
             .and_then(|id| snap.services.get(id));
         // Plugins: rewrite and access, in priority order; one may answer instead of the upstream.
-        let mut extra_headers = Vec::new();
-        let mut ran = Vec::new();
         let mut consumer_id: Option<String> = None;
         if !snap.plugins.is_empty() {
             let mut ctx = Ctx {
@@ -556,14 +586,15 @@ impl Proxy {
                 identities: &snap.identities,
                 response_headers: Vec::new(),
             };
-            match snap.plugins.run_access(&mut ctx) {
-                Ok(r) => ran = r,
-                Err(resp) => return *resp,
-            }
-            extra_headers = ctx.response_headers;
+            let access = snap.plugins.run_access(&mut ctx);
+            seen.ran = access.ran;
+            seen.response_headers = ctx.response_headers;
             consumer_id = ctx.consumer.map(|c| c.id.clone());
             if seen.on {
                 seen.consumer = consumer_id.clone();
+            }
+            if let Some(exit) = access.exit {
+                return exit;
             }
         }
         let Some(service) = service else {
@@ -853,12 +884,6 @@ impl Proxy {
         rparts
             .headers
             .append(header::VIA, HeaderValue::from_static(VIA));
-        for (n, v) in extra_headers {
-            rparts.headers.append(n, v);
-        }
-        for p in &ran {
-            p.header_filter(&mut rparts);
-        }
         let body = match in_flight {
             // Counted in flight until the body has gone to the client (least-connections).
             Some(guard) => Tracked {

@@ -123,10 +123,20 @@ impl std::fmt::Debug for Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let snap = self.snapshot.load();
-        hello
+        let chosen = hello
             .server_name()
             .and_then(|n| snap.certs.find(n))
-            .or_else(|| Some(self.default.clone()))
+            .unwrap_or_else(|| self.default.clone());
+        if snap.plugins.is_empty() {
+            return Some(chosen);
+        }
+        // The certificate phase: plugins may present another certificate, or refuse.
+        let mut ctx = crate::plugins::CertCtx {
+            server_name: hello.server_name(),
+            certificate: Some(chosen),
+        };
+        snap.plugins.run_certificate(&mut ctx);
+        ctx.certificate
     }
 }
 

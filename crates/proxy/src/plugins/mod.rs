@@ -11,9 +11,11 @@
 //! selects the configuration of the plugins after it.
 
 mod cors;
+mod file_log;
 mod key_auth;
 mod rate_limiting;
 mod request_termination;
+mod response_transformer;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -173,16 +175,123 @@ pub fn raw(status: u16, content_type: &str, body: Bytes) -> Response<ProxyBody> 
     r
 }
 
-/// One configured plugin instance. Every hook has a default that does nothing.
+/// What the certificate phase sees of a TLS handshake.
+pub struct CertCtx<'a> {
+    /// The server name the client asked for (SNI).
+    pub server_name: Option<&'a str>,
+    /// The certificate the handshake presents, chosen from the configuration's SNIs: a plugin
+    /// may replace it, or take it away to refuse the handshake.
+    pub certificate: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+/// A response body rewritten on its way to the client (the response body phase).
+pub trait BodyFilter: Send + Sync {
+    /// The next chunk of the body, in order; `last` is set on the final call, which may carry
+    /// an empty chunk. Returns what goes to the client now (empty: nothing yet).
+    fn filter(&mut self, chunk: Bytes, last: bool) -> Bytes;
+}
+
+/// One configured plugin instance. Every hook has a default that does nothing; phases run in
+/// this order, each over the plugins by priority.
 pub trait Plugin: Send + Sync {
+    /// During a TLS handshake, before routing: global plugins only, as no route is known.
+    fn certificate(&self, _ctx: &mut CertCtx<'_>) {}
     /// Before routing's result is used: may rewrite the request.
     fn rewrite(&self, _ctx: &mut Ctx<'_>) {}
     /// Authentication, authorisation, limits: may answer in place of the upstream.
     fn access(&self, _ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
         None
     }
-    /// The response head from the upstream, before it goes to the client.
+    /// The response head, from the upstream or from a plugin that answered, before it goes to
+    /// the client.
     fn header_filter(&self, _response: &mut hyper::http::response::Parts) {}
+    /// After `header_filter`: a filter for this response's body, when the plugin rewrites it.
+    fn body_filter(&self, _response: &hyper::http::response::Parts) -> Option<Box<dyn BodyFilter>> {
+        None
+    }
+    /// Once the response head has gone: the request as the log phase sees it. Runs on the
+    /// request path, so it must not block (queue the work).
+    fn log(&self, _entry: &crate::server::RequestLog<'_>) {}
+    /// Whether [`Plugin::log`] does anything (the proxy keeps what a log entry needs only then).
+    fn logs(&self) -> bool {
+        false
+    }
+}
+
+/// A response body passed through the body filters of the plugins that ran, in order.
+pub struct Filtered {
+    inner: ProxyBody,
+    filters: Vec<Box<dyn BodyFilter>>,
+    /// The upstream body has ended (the filters had their last call).
+    done: bool,
+    /// Trailers, sent after what the filters gave on their last call.
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl Filtered {
+    pub fn new(inner: ProxyBody, filters: Vec<Box<dyn BodyFilter>>) -> Filtered {
+        Filtered {
+            inner,
+            filters,
+            done: false,
+            trailers: None,
+        }
+    }
+
+    fn run(&mut self, chunk: Bytes, last: bool) -> Bytes {
+        self.filters
+            .iter_mut()
+            .fold(chunk, |chunk, f| f.filter(chunk, last))
+    }
+}
+
+impl hyper::body::Body for Filtered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        use hyper::body::Frame;
+        use std::task::Poll;
+        let me = self.get_mut();
+        loop {
+            if me.done {
+                return Poll::Ready(me.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let out = match std::pin::Pin::new(&mut me.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => me.run(data, false),
+                    Err(frame) => {
+                        me.trailers = frame.into_trailers().ok();
+                        me.done = true;
+                        me.run(Bytes::new(), true)
+                    }
+                },
+                Poll::Ready(None) => {
+                    me.done = true;
+                    me.run(Bytes::new(), true)
+                }
+            };
+            if !out.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(out))));
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.trailers.is_none()
+    }
+}
+
+/// What the access phase decided: the plugins that ran (for the later phases), and the
+/// response one of them answered with, if any.
+pub struct Access {
+    pub ran: Vec<Arc<dyn Plugin>>,
+    pub exit: Option<Response<ProxyBody>>,
 }
 
 type Build = fn(id: &str, config: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, String>;
@@ -193,6 +302,8 @@ pub static REGISTRY: &[(&str, Build)] = &[
     ("rate-limiting", rate_limiting::build),
     ("request-termination", request_termination::build),
     ("cors", cors::build),
+    ("response-transformer", response_transformer::build),
+    ("file-log", file_log::build),
 ];
 
 /// A scope as interned ids: route, service, consumer. [`NONE`] stands for an absent part.
@@ -216,6 +327,8 @@ pub struct PluginSet {
     /// Names in run order (priority, highest first), and each one's instances sorted by scope.
     order: Vec<(&'static str, Instances)>,
     ids: HashMap<String, u32>,
+    /// Whether any instance has a log phase.
+    logs: bool,
     /// Configured plugins this proxy cannot run, for the reload log.
     pub unsupported: Vec<String>,
 }
@@ -256,6 +369,7 @@ impl PluginSet {
                 }
             };
             let scope = [intern("route"), intern("service"), intern("consumer")];
+            set.logs |= plugin.logs();
             by_name.entry(reg_name).or_default().push((scope, plugin));
         }
         let prio = |n: &str| {
@@ -316,13 +430,26 @@ impl PluginSet {
         self.order.is_empty()
     }
 
-    /// Run the rewrite and access phases in order; the plugins that ran are returned for the
-    /// response phase, or the response a plugin answered with.
-    pub fn run_access(
-        &self,
-        ctx: &mut Ctx<'_>,
-    ) -> Result<Vec<Arc<dyn Plugin>>, Box<Response<ProxyBody>>> {
+    /// Whether any plugin has a log phase.
+    pub fn logs(&self) -> bool {
+        self.logs
+    }
+
+    /// The certificate phase: the global instance of each plugin, by priority.
+    pub fn run_certificate(&self, ctx: &mut CertCtx<'_>) {
+        for (_, instances) in &self.order {
+            if let Some(p) = Self::resolve(instances, [NONE; 3]) {
+                p.certificate(ctx);
+            }
+        }
+    }
+
+    /// Run the rewrite and access phases in order, until a plugin answers. Every plugin that
+    /// applies to the request runs the response and log phases, as in Kong: those after the
+    /// one that answered too (a log plugin records requests an authentication plugin refused).
+    pub fn run_access(&self, ctx: &mut Ctx<'_>) -> Access {
         let mut ran = Vec::new();
+        let mut exit = None;
         let route = self.key(Some(ctx.route_id));
         let service = self.key(ctx.service_id);
         // The consumer changes when an authentication plugin identifies one.
@@ -340,13 +467,13 @@ impl PluginSet {
             let Some(p) = Self::resolve(instances, [route, service, c]) else {
                 continue;
             };
-            p.rewrite(ctx);
-            if let Some(resp) = p.access(ctx) {
-                return Err(Box::new(resp));
-            }
             ran.push(p.clone());
+            if exit.is_none() {
+                p.rewrite(ctx);
+                exit = p.access(ctx);
+            }
         }
-        Ok(ran)
+        Access { ran, exit }
     }
 }
 
@@ -391,10 +518,7 @@ mod tests {
             identities: &identities,
             response_headers: Vec::new(),
         };
-        match set.run_access(&mut ctx) {
-            Ok(_) => None,
-            Err(r) => Some(r.status().as_u16()),
-        }
+        set.run_access(&mut ctx).exit.map(|r| r.status().as_u16())
     }
 
     #[test]

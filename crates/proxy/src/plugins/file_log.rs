@@ -1,0 +1,200 @@
+//! file-log: one JSON line per request appended to a file (the log phase), as Kong's.
+//!
+//! The request path only formats the line and queues it; a thread of the plugin's own writes
+//! the file, so a slow disk never holds a request. With `reuse = false` (Kong's default) the
+//! file is opened for each batch of lines, so a file moved away by log rotation is recreated;
+//! with `reuse = true` it stays open. Lines past a full queue are dropped and counted.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{Counters, Plugin};
+use crate::server::RequestLog;
+
+/// Lines waiting for the writer, at most.
+const QUEUE: usize = 10_000;
+
+struct FileLog {
+    path: String,
+    queue: SyncSender<String>,
+    dropped: AtomicU64,
+}
+
+pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+    let path = c
+        .get("path")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty())
+        .ok_or("config.path is required")?
+        .to_string();
+    let reuse = c.get("reuse").and_then(Value::as_bool).unwrap_or(false);
+    let (queue, lines) = sync_channel(QUEUE);
+    let file = path.clone();
+    std::thread::Builder::new()
+        .name("file-log".into())
+        .spawn(move || write_lines(&file, reuse, lines))
+        .map_err(|e| format!("cannot start the file-log writer: {e}"))?;
+    Ok(Arc::new(FileLog {
+        path,
+        queue,
+        dropped: AtomicU64::new(0),
+    }))
+}
+
+fn open(path: &str) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Write queued lines until the plugin is dropped (its configuration replaced or removed).
+fn write_lines(path: &str, reuse: bool, lines: Receiver<String>) {
+    let mut kept: Option<std::fs::File> = None;
+    let mut failing = false;
+    while let Ok(first) = lines.recv() {
+        // Everything queued so far goes in one write.
+        let mut batch = first;
+        while let Ok(more) = lines.try_recv() {
+            batch.push_str(&more);
+        }
+        let file = match kept.take() {
+            Some(f) => Ok(f),
+            None => open(path),
+        };
+        let written = file.and_then(|mut f| {
+            f.write_all(batch.as_bytes())?;
+            if reuse {
+                kept = Some(f);
+            }
+            Ok(())
+        });
+        match written {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(path, error = %e, "file-log cannot write its file: lines are lost until it can");
+            }
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(path, "file-log writes its file again");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Kong's log entry, of what the proxy knows of a request.
+fn entry(r: &RequestLog<'_>) -> Value {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let total = ms(r.total);
+    let proxy = r.upstream.map(ms);
+    let started_at = std::time::SystemTime::now()
+        .checked_sub(r.total)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let id = |v: Option<&str>| v.map(|id| json!({ "id": id }));
+    json!({
+        "request": {
+            "id": r.request_id,
+            "method": r.method.as_str(),
+            "uri": r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+        },
+        "response": { "status": r.status },
+        "latencies": {
+            "request": total.round() as u64,
+            "proxy": proxy.map(|p| p.round() as i64).unwrap_or(-1),
+            "kong": (total - proxy.unwrap_or(0.0)).max(0.0).round() as u64,
+        },
+        "client_ip": r.client.to_string(),
+        "started_at": started_at,
+        "source": if r.upstream.is_some() { "upstream" } else { "kong" },
+        "service": id(r.service),
+        "route": id(r.route),
+        "consumer": id(r.consumer),
+    })
+}
+
+impl Plugin for FileLog {
+    fn logs(&self) -> bool {
+        true
+    }
+
+    fn log(&self, r: &RequestLog<'_>) {
+        let mut line = entry(r).to_string();
+        line.push('\n');
+        match self.queue.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_power_of_two() {
+                    tracing::warn!(path = %self.path, dropped = n, "file-log queue full: lines dropped");
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_reach_the_file_in_order() {
+        let dir = std::env::temp_dir().join(format!("gantry-file-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("requests.log");
+        let p = build(
+            "p",
+            &json!({ "path": path.to_str().unwrap() }),
+            &Counters::default(),
+        )
+        .expect("builds");
+        let (method, uri) = (hyper::Method::POST, "/a?b=1".parse::<hyper::Uri>().unwrap());
+        for status in [200, 401] {
+            p.log(&RequestLog {
+                request_id: "r1",
+                client: std::net::IpAddr::from([10, 0, 0, 1]),
+                method: &method,
+                uri: &uri,
+                service: Some("s1"),
+                route: Some("r1"),
+                consumer: None,
+                status,
+                total: std::time::Duration::from_millis(12),
+                upstream: (status == 200).then(|| std::time::Duration::from_millis(10)),
+            });
+        }
+        drop(p); // the writer drains its queue and stops
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let lines = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let got: Vec<Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(got.len(), 2, "{lines}");
+        assert_eq!(got[0]["request"]["uri"], "/a?b=1");
+        assert_eq!(got[0]["response"]["status"], 200);
+        assert_eq!(
+            got[0]["latencies"],
+            json!({"request": 12, "proxy": 10, "kong": 2})
+        );
+        assert_eq!(got[0]["route"]["id"], "r1");
+        assert_eq!(got[0]["source"], "upstream");
+        assert_eq!(got[1]["response"]["status"], 401);
+        assert_eq!(got[1]["source"], "kong");
+        assert_eq!(got[1]["consumer"], Value::Null);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,338 @@
+//! response-transformer: changes the response's headers and the top-level keys of a JSON
+//! object body on its way to the client, as Kong's: remove, rename, replace, add, append, in
+//! that order. JSON bodies are buffered whole (the body phase), other bodies pass untouched.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use hyper::header::{HeaderName, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::{BodyFilter, Counters, Plugin};
+
+/// `name:value` pairs of one operation.
+type Pairs = Vec<(String, String)>;
+
+#[derive(Default, Clone)]
+struct Ops {
+    remove: Vec<String>,
+    rename: Pairs,
+    replace: Pairs,
+    add: Pairs,
+    append: Pairs,
+}
+
+#[derive(Clone)]
+struct Json {
+    ops: Ops,
+    /// The type of each `replace`, `add` and `append` value, by position (string when absent).
+    replace_types: Vec<String>,
+    add_types: Vec<String>,
+    append_types: Vec<String>,
+}
+
+struct ResponseTransformer {
+    headers: Vec<HeaderOp>,
+    /// `None` when no JSON operation is configured.
+    json: Option<Arc<Json>>,
+}
+
+enum HeaderOp {
+    Remove(HeaderName),
+    Rename(HeaderName, HeaderName),
+    /// Only a header that is present.
+    Replace(HeaderName, HeaderValue),
+    /// Only a header that is absent.
+    Add(HeaderName, HeaderValue),
+    Append(HeaderName, HeaderValue),
+}
+
+fn list(c: &Value, group: &str, k: &str) -> Vec<String> {
+    gantry_model::document::strings(c.get(group).and_then(|g| g.get(k)))
+}
+
+/// `name:value` at the first colon (the schema has checked there is one).
+fn pairs(items: Vec<String>) -> Pairs {
+    items
+        .into_iter()
+        .filter_map(|i| {
+            i.split_once(':')
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+    let header_name = |n: &str| {
+        HeaderName::from_bytes(n.trim().as_bytes())
+            .map_err(|_| format!("invalid header name '{n}'"))
+    };
+    let header_value = |v: &str| {
+        HeaderValue::from_str(v.trim()).map_err(|_| format!("invalid header value '{v}'"))
+    };
+    let mut headers = Vec::new();
+    for n in list(c, "remove", "headers") {
+        headers.push(HeaderOp::Remove(header_name(&n)?));
+    }
+    for (n, to) in pairs(list(c, "rename", "headers")) {
+        headers.push(HeaderOp::Rename(header_name(&n)?, header_name(&to)?));
+    }
+    for (group, op) in [
+        (
+            "replace",
+            HeaderOp::Replace as fn(HeaderName, HeaderValue) -> HeaderOp,
+        ),
+        ("add", HeaderOp::Add),
+        ("append", HeaderOp::Append),
+    ] {
+        for (n, v) in pairs(list(c, group, "headers")) {
+            headers.push(op(header_name(&n)?, header_value(&v)?));
+        }
+    }
+    let ops = Ops {
+        remove: list(c, "remove", "json"),
+        rename: pairs(list(c, "rename", "json")),
+        replace: pairs(list(c, "replace", "json")),
+        add: pairs(list(c, "add", "json")),
+        append: pairs(list(c, "append", "json")),
+    };
+    let any_json = !(ops.remove.is_empty()
+        && ops.rename.is_empty()
+        && ops.replace.is_empty()
+        && ops.add.is_empty()
+        && ops.append.is_empty());
+    let json = any_json.then(|| {
+        Arc::new(Json {
+            ops,
+            replace_types: list(c, "replace", "json_types"),
+            add_types: list(c, "add", "json_types"),
+            append_types: list(c, "append", "json_types"),
+        })
+    });
+    Ok(Arc::new(ResponseTransformer { headers, json }))
+}
+
+/// Whether a response's content type says JSON (Kong looks for `application/json` in it).
+fn is_json(parts: &hyper::http::response::Parts) -> bool {
+    parts
+        .headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("application/json"))
+}
+
+impl Plugin for ResponseTransformer {
+    fn header_filter(&self, response: &mut hyper::http::response::Parts) {
+        let h = &mut response.headers;
+        for op in &self.headers {
+            match op {
+                HeaderOp::Remove(name) => {
+                    h.remove(name);
+                }
+                HeaderOp::Rename(from, to) => {
+                    let values: Vec<HeaderValue> = h.get_all(from).iter().cloned().collect();
+                    if !values.is_empty() {
+                        h.remove(from);
+                        for v in values {
+                            h.append(to.clone(), v);
+                        }
+                    }
+                }
+                HeaderOp::Replace(name, v) => {
+                    if h.contains_key(name) {
+                        h.insert(name.clone(), v.clone());
+                    }
+                }
+                HeaderOp::Add(name, v) => {
+                    if !h.contains_key(name) {
+                        h.insert(name.clone(), v.clone());
+                    }
+                }
+                HeaderOp::Append(name, v) => {
+                    h.append(name.clone(), v.clone());
+                }
+            }
+        }
+    }
+
+    fn body_filter(&self, response: &hyper::http::response::Parts) -> Option<Box<dyn BodyFilter>> {
+        let json = self.json.as_ref()?;
+        if !is_json(response) {
+            return None;
+        }
+        Some(Box::new(Buffered {
+            json: json.clone(),
+            body: BytesMut::new(),
+        }))
+    }
+}
+
+/// Buffers the whole body, then transforms it on the last call.
+struct Buffered {
+    json: Arc<Json>,
+    body: BytesMut,
+}
+
+impl BodyFilter for Buffered {
+    fn filter(&mut self, chunk: Bytes, last: bool) -> Bytes {
+        self.body.extend_from_slice(&chunk);
+        if !last {
+            return Bytes::new();
+        }
+        let body = std::mem::take(&mut self.body).freeze();
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(Value::Object(mut object)) => {
+                transform(&self.json, &mut object);
+                Bytes::from(Value::Object(object).to_string())
+            }
+            // Not a JSON object: sent as it came.
+            _ => body,
+        }
+    }
+}
+
+/// A configured value as its `json_types` entry says: a number or boolean, or else a string.
+fn typed(value: &str, ty: Option<&String>) -> Value {
+    match ty.map(String::as_str) {
+        Some("number") => value
+            .parse::<f64>()
+            .ok()
+            .and_then(|n| {
+                if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                    Some(Value::from(n as i64))
+                } else {
+                    serde_json::Number::from_f64(n).map(Value::Number)
+                }
+            })
+            .unwrap_or(Value::Null),
+        Some("boolean") => Value::Bool(value == "true"),
+        _ => Value::String(value.to_string()),
+    }
+}
+
+fn transform(json: &Json, object: &mut Map<String, Value>) {
+    let ops = &json.ops;
+    for k in &ops.remove {
+        object.remove(k);
+    }
+    for (from, to) in &ops.rename {
+        if let Some(v) = object.remove(from) {
+            object.insert(to.clone(), v);
+        }
+    }
+    for (i, (k, v)) in ops.replace.iter().enumerate() {
+        if object.contains_key(k) {
+            object.insert(k.clone(), typed(v, json.replace_types.get(i)));
+        }
+    }
+    for (i, (k, v)) in ops.add.iter().enumerate() {
+        if !object.contains_key(k) {
+            object.insert(k.clone(), typed(v, json.add_types.get(i)));
+        }
+    }
+    for (i, (k, v)) in ops.append.iter().enumerate() {
+        let v = typed(v, json.append_types.get(i));
+        // As Kong: a string becomes a list of it and the value, a list gets the value, and
+        // anything else is replaced by a list of the value.
+        let next = match object.remove(k) {
+            Some(Value::String(s)) => Value::Array(vec![Value::String(s), v]),
+            Some(Value::Array(mut a)) => {
+                a.push(v);
+                Value::Array(a)
+            }
+            _ => Value::Array(vec![v]),
+        };
+        object.insert(k.clone(), next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn run(config: Value, content_type: &str, chunks: &[&str]) -> (hyper::HeaderMap, String) {
+        let p = build("p", &config, &Counters::default()).expect("builds");
+        let mut parts = hyper::Response::new(()).into_parts().0;
+        parts
+            .headers
+            .insert("content-type", content_type.parse().unwrap());
+        parts.headers.insert("x-old", "1".parse().unwrap());
+        parts.headers.insert("x-gone", "1".parse().unwrap());
+        p.header_filter(&mut parts);
+        let mut out = String::new();
+        match p.body_filter(&parts) {
+            None => chunks.iter().for_each(|c| out.push_str(c)),
+            Some(mut f) => {
+                for c in chunks {
+                    out.push_str(
+                        std::str::from_utf8(&f.filter(Bytes::from(c.to_string()), false)).unwrap(),
+                    );
+                }
+                out.push_str(std::str::from_utf8(&f.filter(Bytes::new(), true)).unwrap());
+            }
+        }
+        (parts.headers, out)
+    }
+
+    #[test]
+    fn headers_in_kong_order() {
+        let (h, _) = run(
+            json!({
+                "remove": {"headers": ["x-gone"]},
+                "rename": {"headers": ["x-old:x-new"]},
+                "replace": {"headers": ["x-new:2", "x-absent:3"]},
+                "add": {"headers": ["x-added:a", "content-type:text/plain"]},
+                "append": {"headers": ["x-added:b"]},
+            }),
+            "text/html",
+            &[],
+        );
+        assert!(!h.contains_key("x-gone") && !h.contains_key("x-old"));
+        assert_eq!(h["x-new"], "2", "renamed, then replaced");
+        assert!(
+            !h.contains_key("x-absent"),
+            "replace only sets present headers"
+        );
+        assert_eq!(h["content-type"], "text/html", "add never overwrites");
+        let added: Vec<_> = h.get_all("x-added").iter().collect();
+        assert_eq!(added, ["a", "b"]);
+    }
+
+    #[test]
+    fn json_body_across_chunks() {
+        let config = json!({
+            "remove": {"json": ["secret"]},
+            "rename": {"json": ["old:new"]},
+            "replace": {"json": ["count:7", "missing:x"], "json_types": ["number"]},
+            "add": {"json": ["flag:true", "old:back"], "json_types": ["boolean"]},
+            "append": {"json": ["tags:b", "name:x", "n:1"]},
+        });
+        let (_, body) = run(
+            config.clone(),
+            "application/json; charset=utf-8",
+            &[
+                r#"{"secret":1,"old":"v","count":"3","#,
+                r#""tags":["a"],"name":"s","n":5}"#,
+            ],
+        );
+        let got: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            got,
+            json!({
+                "new": "v", "count": 7, "flag": true, "old": "back",
+                "tags": ["a", "b"], "name": ["s", "x"], "n": ["1"],
+            })
+        );
+        // Not JSON by its type, or not an object: untouched.
+        assert_eq!(
+            run(config.clone(), "text/plain", &[r#"{"secret":1}"#]).1,
+            r#"{"secret":1}"#
+        );
+        assert_eq!(
+            run(config.clone(), "application/json", &["[1,2]"]).1,
+            "[1,2]"
+        );
+        assert_eq!(run(config, "application/json", &["not json"]).1, "not json");
+    }
+}
