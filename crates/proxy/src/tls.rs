@@ -161,3 +161,55 @@ pub fn acceptor(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<tokio_rustls::TlsAcc
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugins::{CertCtx, Plugin, PluginSet};
+
+    /// Presents its own certificate for `plugin.test` and refuses `refused.test`.
+    struct Swap(Arc<CertifiedKey>);
+
+    impl Plugin for Swap {
+        fn certificate(&self, ctx: &mut CertCtx<'_>) {
+            match ctx.server_name {
+                Some("plugin.test") => ctx.certificate = Some(self.0.clone()),
+                Some("refused.test") => ctx.certificate = None,
+                _ => {}
+            }
+        }
+    }
+
+    /// The certificate a client is shown for `sni`, or the handshake's error.
+    async fn presented(acc: &tokio_rustls::TlsAcceptor, sni: &str) -> Result<Vec<u8>, String> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let acc = acc.clone();
+        let server = tokio::spawn(async move { acc.accept(server).await.map(|_| ()) });
+        let tls = crate::upstream_tls::Connectors::new()
+            .connect(client, sni, false, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = server.await;
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        Ok(certs.first().map(|c| c.to_vec()).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn certificate_phase_replaces_or_refuses() {
+        let own = rcgen::generate_simple_self_signed(vec!["plugin.test".to_string()]).unwrap();
+        let key = certified_key(&own.cert.pem(), &own.signing_key.serialize_pem()).unwrap();
+        let snap = Snapshot {
+            plugins: Arc::new(PluginSet::global(vec![(
+                "swap",
+                Arc::new(Swap(Arc::new(key))),
+            )])),
+            ..Snapshot::empty()
+        };
+        let acc = acceptor(Arc::new(ArcSwap::from_pointee(snap))).unwrap();
+        let der = own.cert.der().to_vec();
+        assert_eq!(presented(&acc, "plugin.test").await.unwrap(), der);
+        let other = presented(&acc, "other.test").await.unwrap();
+        assert!(!other.is_empty() && other != der, "the default certificate");
+        assert!(presented(&acc, "refused.test").await.is_err());
+    }
+}

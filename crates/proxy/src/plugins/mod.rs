@@ -430,6 +430,19 @@ impl PluginSet {
         self.order.is_empty()
     }
 
+    /// A set of global instances, in the given order (tests of the phases).
+    #[cfg(test)]
+    pub(crate) fn global(plugins: Vec<(&'static str, Arc<dyn Plugin>)>) -> PluginSet {
+        PluginSet {
+            logs: plugins.iter().any(|(_, p)| p.logs()),
+            order: plugins
+                .into_iter()
+                .map(|(name, p)| (name, vec![([NONE; 3], p)]))
+                .collect(),
+            ..PluginSet::default()
+        }
+    }
+
     /// Whether any plugin has a log phase.
     pub fn logs(&self) -> bool {
         self.logs
