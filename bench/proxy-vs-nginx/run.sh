@@ -2,6 +2,9 @@
 # Gantry (worker_threads = 1) against nginx (one worker, upstream keepalive), both proxying to
 # the same local upstream (an nginx answering a small static body), wrk on loopback, runs
 # alternating. Prints each run, then the throughput and p99 ratios (gantry / nginx).
+# Two nginx configurations: `nginx`, a plain proxy_pass (X-Forwarded-For only), and
+# `nginx-kong`, which adds the headers Gantry adds as Kong does (X-Forwarded-*, X-Real-IP, Via and
+# a request id upstream; Via, latencies and the request id downstream): the same work per request.
 # Also: Gantry's RSS with 5,000 routes loaded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -11,7 +14,7 @@ command -v nginx >/dev/null || apt-get install -y nginx-light >/dev/null
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
-UP=18901 NGX=18902 GAN=18903
+UP=18901 NGX=18902 GAN=18903 NGK=18906
 . bench/lib.sh
 
 start_upstream $UP
@@ -22,7 +25,16 @@ http { access_log off;
   upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }
+  server { listen 127.0.0.1:$NGK; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Forwarded-Port \$server_port; proxy_set_header X-Forwarded-Path \$uri;
+      proxy_set_header X-Real-IP \$remote_addr; proxy_set_header Via "1.1 nginx";
+      proxy_set_header X-Kong-Request-Id \$request_id;
+      add_header X-Kong-Upstream-Latency \$upstream_response_time; add_header X-Kong-Proxy-Latency 0;
+      add_header Via "1.1 nginx"; add_header X-Kong-Request-Id \$request_id; } } }
 NGX
 cat >"$work/kong.yml" <<YML
 _format_version: "3.0"
@@ -38,7 +50,7 @@ KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   target/release/gantry start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && break
+  curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && curl -sf "http://127.0.0.1:$NGK/" >/dev/null && break
   sleep 0.1
 done
 
@@ -54,10 +66,12 @@ echo "wrk -t1 -c$CONNS -d$DUR, $ROUNDS alternating rounds, $(nproc) cores"
 for i in $(seq "$ROUNDS"); do
   run gantry $GAN | tee -a "$work/results"
   run nginx $NGX | tee -a "$work/results"
+  run nginx-kong $NGK | tee -a "$work/results"
 done
 awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 }
-     END { printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"];
-           printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]) }' "$work/results"
+     END { printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms | nginx-kong %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"], r["nginx-kong"]/n["nginx-kong"], p["nginx-kong"]/n["nginx-kong"];
+           printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]);
+           printf "same headers: throughput ratio gantry/nginx-kong: %.2f   p99 ratio: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx-kong"]/n["nginx-kong"]), (p["gantry"]/n["gantry"])/(p["nginx-kong"]/n["nginx-kong"]) }' "$work/results"
 
 # The same Gantry with key-auth and rate-limiting on the route, against Gantry plain.
 PLUG=18905
