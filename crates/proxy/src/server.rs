@@ -441,6 +441,7 @@ impl Proxy {
             response_headers: Vec::new(),
         };
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
+        let head = req.method() == hyper::Method::HEAD;
         let res = self
             .route_and_forward(req, conn, &snap, started, &mut seen)
             .await;
@@ -455,11 +456,17 @@ impl Proxy {
         for p in &seen.ran {
             p.header_filter(&mut rparts);
         }
-        let filters: Vec<_> = seen
-            .ran
-            .iter()
-            .filter_map(|p| p.body_filter(&rparts))
-            .collect();
+        // Responses without a body (HEAD, 1xx, 204, 304) have nothing to filter.
+        let bodiless =
+            head || rparts.status.is_informational() || matches!(rparts.status.as_u16(), 204 | 304);
+        let filters: Vec<_> = if bodiless {
+            Vec::new()
+        } else {
+            seen.ran
+                .iter()
+                .filter_map(|p| p.body_filter(&rparts))
+                .collect()
+        };
         if !filters.is_empty() {
             // A filtered body's length is known only once it has been sent.
             rparts.headers.remove(header::CONTENT_LENGTH);
