@@ -22,5 +22,9 @@ pub mod tls;
 pub mod upstream_tls;
 pub mod uri;
 
+/// The hash map of the request path's lookups (ids, hosts, keys from the configuration):
+/// foldhash, seeded per process, several times faster than SipHash on short keys.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use server::{LogSink, MetricsSource, Proxy, RequestLog};
 pub use snapshot::{Snapshot, SnapshotError};

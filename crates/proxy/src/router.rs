@@ -7,7 +7,6 @@
 //! are indexed by exact host, and only regex routes and host-less routes are always candidates.
 //! The candidates are then checked fully in rank order; the first that matches wins.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use gantry_model::Doc;
@@ -103,7 +102,7 @@ struct TrieNode {
 pub struct Router {
     matchers: Vec<Matcher>,
     trie: Vec<TrieNode>,
-    by_host: HashMap<String, Vec<u32>>,
+    by_host: crate::FastMap<String, Vec<u32>>,
     /// Ranks of matchers that are candidates for every request (regex paths; no paths and no plain host).
     always: Vec<u32>,
 }
@@ -227,7 +226,7 @@ impl Router {
         Router {
             matchers: Vec::new(),
             trie: vec![TrieNode::default()],
-            by_host: HashMap::new(),
+            by_host: Default::default(),
             always: Vec::new(),
         }
     }

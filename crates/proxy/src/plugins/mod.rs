@@ -62,9 +62,9 @@ impl Consumer {
 /// Consumers and their credentials, indexed for authentication plugins.
 #[derive(Default)]
 pub struct Identities {
-    pub consumers: HashMap<String, Arc<Consumer>>,
+    pub consumers: crate::FastMap<String, Arc<Consumer>>,
     /// key-auth key to (credential id, consumer id).
-    pub api_keys: HashMap<String, (String, String)>,
+    pub api_keys: crate::FastMap<String, (String, String)>,
 }
 
 impl Identities {
@@ -326,7 +326,7 @@ const UNSCOPED: u32 = u32::MAX;
 pub struct PluginSet {
     /// Names in run order (priority, highest first), and each one's instances sorted by scope.
     order: Vec<(&'static str, Instances)>,
-    ids: HashMap<String, u32>,
+    ids: crate::FastMap<String, u32>,
     /// Whether any instance has a log phase.
     logs: bool,
     /// Configured plugins this proxy cannot run, for the reload log.
