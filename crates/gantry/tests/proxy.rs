@@ -1621,6 +1621,14 @@ async fn response_phases_transform_bodies_and_log() {
     )
     .await;
     post("/routes/k/plugins", json!({"name": "key-auth"})).await;
+    post("/services/s/routes", json!({"name": "h", "paths": ["/h"]})).await;
+    post(
+        "/routes/h/plugins",
+        json!({"name": "key-auth", "config": {"hide_credentials": true}}),
+    )
+    .await;
+    post("/consumers", json!({"username": "carol"})).await;
+    post("/consumers/carol/key-auth", json!({"key": "carol-key"})).await;
     post("/routes/k/plugins", json!({"name": "cors"})).await;
     post(
         "/plugins",
@@ -1640,6 +1648,16 @@ async fn response_phases_transform_bodies_and_log() {
         body.contains("add.headers") && body.contains("novalue"),
         "{body}"
     );
+    // So is a header name HTTP does not allow (it would fail only when applied).
+    let r = http
+        .post(format!("{}/routes/rt/plugins", node.admin))
+        .json(&json!({"name": "response-transformer", "config": {"add": {"headers": ["x a:b"]}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("invalid header name"), "{body}");
     synced(&http, &node).await;
 
     let r = until(&http, &node, "/rt/x", 200).await;
@@ -1671,6 +1689,23 @@ async fn response_phases_transform_bodies_and_log() {
         .unwrap()
         .to_string();
 
+    // hide_credentials: a key in the query string does not reach the upstream.
+    let r = until(&http, &node, "/h/q?apikey=carol-key&keep=1", 200).await;
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["uri"], "/q?keep=1", "{got}");
+
+    // No route: the global plugins still run the log phase.
+    let r = http
+        .get(format!("{}/nowhere", node.proxy.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let missing = r.headers()["x-kong-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
     // Both requests are in the file, with what the proxy knew of them.
     let deadline = Instant::now() + Duration::from_secs(10);
     let lines: Vec<Value> = loop {
@@ -1680,7 +1715,7 @@ async fn response_phases_transform_bodies_and_log() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let has = |id: &str| lines.iter().any(|l| l["request"]["id"] == id);
-        if has(&id) && has(&denied) {
+        if has(&id) && has(&denied) && has(&missing) {
             break lines;
         }
         assert!(Instant::now() < deadline, "file-log lines missing: {text}");
@@ -1694,4 +1729,6 @@ async fn response_phases_transform_bodies_and_log() {
     assert_eq!(ok["source"], "upstream");
     assert_eq!(line(&denied)["response"]["status"], 401);
     assert_eq!(line(&denied)["source"], "kong");
+    assert_eq!(line(&missing)["response"]["status"], 404);
+    assert_eq!(line(&missing)["route"], Value::Null);
 }

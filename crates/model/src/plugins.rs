@@ -360,16 +360,45 @@ pub static PLUGINS: LazyLock<Vec<PluginSchema>> = LazyLock::new(|| {
             ],
         )
         .checks(|c, e| {
-            // `name:value` entries (rename: `old:new`), and the types of `json` values.
+            // `name:value` entries (rename: `old:new`), header names and values that HTTP
+            // allows, and the types of `json` values.
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            };
+            let field_value = |s: &str| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+            let removed = c.get("remove").and_then(|g| g.get("headers"));
+            for name in crate::document::strings(removed) {
+                if !token(name.trim()) {
+                    e.add("remove.headers", format!("invalid header name: '{name}'"));
+                }
+            }
             for group in ["rename", "replace", "add", "append"] {
                 for list in ["headers", "json"] {
                     let items = c.get(group).and_then(|g| g.get(list));
                     for item in crate::document::strings(items) {
-                        if !matches!(item.split_once(':'), Some((n, _)) if !n.is_empty()) {
+                        let path = format!("{group}.{list}");
+                        let Some((n, v)) = item.split_once(':').filter(|(n, _)| !n.is_empty())
+                        else {
                             e.add(
-                                &format!("{group}.{list}"),
+                                &path,
                                 format!("invalid value: '{item}' (expected 'name:value')"),
                             );
+                            continue;
+                        };
+                        if list == "headers" {
+                            let (n, v) = (n.trim(), v.trim());
+                            let value_ok = if group == "rename" {
+                                token(v)
+                            } else {
+                                field_value(v)
+                            };
+                            if !token(n) {
+                                e.add(&path, format!("invalid header name: '{n}'"));
+                            } else if !value_ok {
+                                e.add(&path, format!("invalid header value in '{item}'"));
+                            }
                         }
                     }
                 }

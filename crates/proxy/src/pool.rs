@@ -180,9 +180,10 @@ impl Pool {
             match idle.get_mut(addr) {
                 Some(list) if list.len() < self.max_idle => list.push(s),
                 Some(_) => {}
-                None => {
+                None if self.max_idle > 0 => {
                     idle.insert(addr.to_string(), vec![s]);
                 }
+                None => {}
             }
         }
     }

@@ -115,6 +115,8 @@ struct Seen {
     consumer: Option<String>,
     upstream: Option<Duration>,
     ran: Vec<Arc<dyn crate::plugins::Plugin>>,
+    /// Whether the access phase ran (else the global plugins run the response phases).
+    accessed: bool,
     response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -438,6 +440,7 @@ impl Proxy {
             consumer: None,
             upstream: None,
             ran: Vec::new(),
+            accessed: false,
             response_headers: Vec::new(),
         };
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
@@ -446,6 +449,9 @@ impl Proxy {
             .route_and_forward(req, conn, &snap, started, &mut seen)
             .await;
         // The response phases, over every response: the upstream's, a plugin's, or an error.
+        if !seen.accessed {
+            seen.ran = snap.plugins.globals();
+        }
         let (mut rparts, mut body) = res.into_parts();
         rparts
             .headers
@@ -595,6 +601,7 @@ impl Proxy {
             };
             let access = snap.plugins.run_access(&mut ctx);
             seen.ran = access.ran;
+            seen.accessed = true;
             seen.response_headers = ctx.response_headers;
             consumer_id = ctx.consumer.map(|c| c.id.clone());
             if seen.on {
@@ -643,7 +650,8 @@ impl Proxy {
         };
         let prefix = route.strip_path.then_some(m.prefix.as_str());
         let mut upath = upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path);
-        if let Some(q) = request_uri.query() {
+        // The query as the plugins left it (key-auth's hide_credentials removes a key from it).
+        if let Some(q) = parts.uri.query() {
             upath.push('?');
             upath.push_str(q);
         }

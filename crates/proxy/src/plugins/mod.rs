@@ -448,12 +448,20 @@ impl PluginSet {
         self.logs
     }
 
-    /// The certificate phase: the global instance of each plugin, by priority.
+    /// The global instance of each plugin, by priority: what runs when no route is known (the
+    /// certificate phase, and the response and log phases of a request answered before its
+    /// plugins ran: no route matched, a bad request, a redirect).
+    pub fn globals(&self) -> Vec<Arc<dyn Plugin>> {
+        self.order
+            .iter()
+            .filter_map(|(_, instances)| Self::resolve(instances, [NONE; 3]).cloned())
+            .collect()
+    }
+
+    /// The certificate phase.
     pub fn run_certificate(&self, ctx: &mut CertCtx<'_>) {
-        for (_, instances) in &self.order {
-            if let Some(p) = Self::resolve(instances, [NONE; 3]) {
-                p.certificate(ctx);
-            }
+        for p in self.globals() {
+            p.certificate(ctx);
         }
     }
 

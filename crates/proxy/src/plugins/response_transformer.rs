@@ -1,6 +1,8 @@
 //! response-transformer: changes the response's headers and the top-level keys of a JSON
 //! object body on its way to the client, as Kong's: remove, rename, replace, add, append, in
-//! that order. JSON bodies are buffered whole (the body phase), other bodies pass untouched.
+//! that order; an operation with an empty value, or a number that does not parse, is skipped.
+//! JSON bodies are buffered whole (the body phase), up to [`MAX_BODY`]: a larger body is sent
+//! as it came. Other bodies pass untouched.
 
 use std::sync::Arc;
 
@@ -12,6 +14,9 @@ use super::{BodyFilter, Counters, Plugin};
 
 /// `name:value` pairs of one operation.
 type Pairs = Vec<(String, String)>;
+
+/// The largest JSON body transformed; past it, the body goes through unchanged.
+const MAX_BODY: usize = 8 * 1024 * 1024;
 
 #[derive(Default, Clone)]
 struct Ops {
@@ -51,7 +56,8 @@ fn list(c: &Value, group: &str, k: &str) -> Vec<String> {
     gantry_model::document::strings(c.get(group).and_then(|g| g.get(k)))
 }
 
-/// `name:value` at the first colon (the schema has checked there is one).
+/// `name:value` at the first colon (the schema has checked there is one); as Kong, an entry
+/// with an empty value does nothing.
 fn pairs(items: Vec<String>) -> Pairs {
     items
         .into_iter()
@@ -59,6 +65,7 @@ fn pairs(items: Vec<String>) -> Pairs {
             i.split_once(':')
                 .map(|(n, v)| (n.to_string(), v.to_string()))
         })
+        .filter(|(_, v)| !v.is_empty())
         .collect()
 }
 
@@ -112,13 +119,25 @@ pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, Stri
     Ok(Arc::new(ResponseTransformer { headers, json }))
 }
 
-/// Whether a response's content type says JSON (Kong looks for `application/json` in it).
+/// Whether a response's content type is JSON: `application/json`, or a `+json` type such as
+/// `application/problem+json`, parameters aside.
 fn is_json(parts: &hyper::http::response::Parts) -> bool {
     parts
         .headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("application/json"))
+        .is_some_and(|v| {
+            v.split(',').any(|t| {
+                let media = t
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                media == "application/json"
+                    || (media.starts_with("application/") && media.ends_with("+json"))
+            })
+        })
 }
 
 impl Plugin for ResponseTransformer {
@@ -132,7 +151,9 @@ impl Plugin for ResponseTransformer {
                 HeaderOp::Rename(from, to) => {
                     let values: Vec<HeaderValue> = h.get_all(from).iter().cloned().collect();
                     if !values.is_empty() {
+                        // The renamed header takes the place of one of the new name.
                         h.remove(from);
+                        h.remove(to);
                         for v in values {
                             h.append(to.clone(), v);
                         }
@@ -163,6 +184,7 @@ impl Plugin for ResponseTransformer {
         Some(Box::new(Buffered {
             json: json.clone(),
             body: BytesMut::new(),
+            passing: false,
         }))
     }
 }
@@ -171,11 +193,21 @@ impl Plugin for ResponseTransformer {
 struct Buffered {
     json: Arc<Json>,
     body: BytesMut,
+    /// Past [`MAX_BODY`]: chunks go through unchanged.
+    passing: bool,
 }
 
 impl BodyFilter for Buffered {
     fn filter(&mut self, chunk: Bytes, last: bool) -> Bytes {
+        if self.passing {
+            return chunk;
+        }
         self.body.extend_from_slice(&chunk);
+        if self.body.len() > MAX_BODY {
+            // Too large to hold: what is held goes now, and the rest as it comes.
+            self.passing = true;
+            return std::mem::take(&mut self.body).freeze();
+        }
         if !last {
             return Bytes::new();
         }
@@ -192,21 +224,18 @@ impl BodyFilter for Buffered {
 }
 
 /// A configured value as its `json_types` entry says: a number or boolean, or else a string.
-fn typed(value: &str, ty: Option<&String>) -> Value {
+/// `None` for a number that does not parse (the operation is skipped, as Kong's `tonumber`).
+fn typed(value: &str, ty: Option<&String>) -> Option<Value> {
     match ty.map(String::as_str) {
-        Some("number") => value
-            .parse::<f64>()
-            .ok()
-            .and_then(|n| {
-                if n.fract() == 0.0 && n.abs() < 9.0e15 {
-                    Some(Value::from(n as i64))
-                } else {
-                    serde_json::Number::from_f64(n).map(Value::Number)
-                }
-            })
-            .unwrap_or(Value::Null),
-        Some("boolean") => Value::Bool(value == "true"),
-        _ => Value::String(value.to_string()),
+        Some("number") => value.trim().parse::<f64>().ok().and_then(|n| {
+            if n.fract() == 0.0 && n.abs() < 9.0e15 {
+                Some(Value::from(n as i64))
+            } else {
+                serde_json::Number::from_f64(n).map(Value::Number)
+            }
+        }),
+        Some("boolean") => Some(Value::Bool(value == "true")),
+        _ => Some(Value::String(value.to_string())),
     }
 }
 
@@ -222,16 +251,22 @@ fn transform(json: &Json, object: &mut Map<String, Value>) {
     }
     for (i, (k, v)) in ops.replace.iter().enumerate() {
         if object.contains_key(k) {
-            object.insert(k.clone(), typed(v, json.replace_types.get(i)));
+            if let Some(v) = typed(v, json.replace_types.get(i)) {
+                object.insert(k.clone(), v);
+            }
         }
     }
     for (i, (k, v)) in ops.add.iter().enumerate() {
         if !object.contains_key(k) {
-            object.insert(k.clone(), typed(v, json.add_types.get(i)));
+            if let Some(v) = typed(v, json.add_types.get(i)) {
+                object.insert(k.clone(), v);
+            }
         }
     }
     for (i, (k, v)) in ops.append.iter().enumerate() {
-        let v = typed(v, json.append_types.get(i));
+        let Some(v) = typed(v, json.append_types.get(i)) else {
+            continue;
+        };
         // As Kong: a string becomes a list of it and the value, a list gets the value, and
         // anything else is replaced by a list of the value.
         let next = match object.remove(k) {
@@ -259,6 +294,7 @@ mod tests {
             .insert("content-type", content_type.parse().unwrap());
         parts.headers.insert("x-old", "1".parse().unwrap());
         parts.headers.insert("x-gone", "1".parse().unwrap());
+        parts.headers.insert("x-target", "old".parse().unwrap());
         p.header_filter(&mut parts);
         let mut out = String::new();
         match p.body_filter(&parts) {
@@ -280,8 +316,8 @@ mod tests {
         let (h, _) = run(
             json!({
                 "remove": {"headers": ["x-gone"]},
-                "rename": {"headers": ["x-old:x-new"]},
-                "replace": {"headers": ["x-new:2", "x-absent:3"]},
+                "rename": {"headers": ["x-old:x-new", "x-gone:x-never", "x-new:x-target"]},
+                "replace": {"headers": ["x-target:2", "x-absent:3", "x-target:"]},
                 "add": {"headers": ["x-added:a", "content-type:text/plain"]},
                 "append": {"headers": ["x-added:b"]},
             }),
@@ -289,7 +325,16 @@ mod tests {
             &[],
         );
         assert!(!h.contains_key("x-gone") && !h.contains_key("x-old"));
-        assert_eq!(h["x-new"], "2", "renamed, then replaced");
+        assert!(
+            !h.contains_key("x-never"),
+            "an absent header is not renamed"
+        );
+        let target: Vec<_> = h.get_all("x-target").iter().collect();
+        assert_eq!(
+            target,
+            ["2"],
+            "renamed over x-target, then replaced; empty value skipped"
+        );
         assert!(
             !h.contains_key("x-absent"),
             "replace only sets present headers"
@@ -304,9 +349,9 @@ mod tests {
         let config = json!({
             "remove": {"json": ["secret"]},
             "rename": {"json": ["old:new"]},
-            "replace": {"json": ["count:7", "missing:x"], "json_types": ["number"]},
+            "replace": {"json": ["count:7", "missing:x", "name:"], "json_types": ["number"]},
             "add": {"json": ["flag:true", "old:back"], "json_types": ["boolean"]},
-            "append": {"json": ["tags:b", "name:x", "n:1"]},
+            "append": {"json": ["tags:b", "name:x", "n:1", "bad:1x"], "json_types": ["string", "string", "string", "number"]},
         });
         let (_, body) = run(
             config.clone(),
@@ -333,6 +378,26 @@ mod tests {
             run(config.clone(), "application/json", &["[1,2]"]).1,
             "[1,2]"
         );
-        assert_eq!(run(config, "application/json", &["not json"]).1, "not json");
+        assert_eq!(
+            run(config.clone(), "application/json", &["not json"]).1,
+            "not json"
+        );
+        // +json media types are JSON, parameters and case aside.
+        let (_, body) = run(
+            config.clone(),
+            "Application/Problem+JSON; charset=utf-8",
+            &[r#"{"secret":1}"#],
+        );
+        assert_eq!(
+            body,
+            r#"{"flag":true,"old":"back","tags":["b"],"name":["x"],"n":["1"]}"#
+        );
+        // A body past the limit goes through as it came.
+        let big = format!(r#"{{"secret":"{}"}}"#, "x".repeat(MAX_BODY));
+        let half = big.len() / 2;
+        assert_eq!(
+            run(config, "application/json", &[&big[..half], &big[half..]]).1,
+            big
+        );
     }
 }
