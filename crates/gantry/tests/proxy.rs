@@ -1732,3 +1732,84 @@ async fn response_phases_transform_bodies_and_log() {
     assert_eq!(line(&missing)["response"]["status"], 404);
     assert_eq!(line(&missing)["route"], Value::Null);
 }
+
+/// The log phase runs once the body has been sent: a body that comes 300 ms after its head
+/// is in the request latency, not in the upstream's (time to the response head).
+#[tokio::test]
+async fn the_log_phase_waits_for_the_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = s.write_all(b"hello").await;
+            });
+        }
+    });
+    let log = dir.path().join("slow.log");
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "slow", "url": format!("http://{slow_addr}")}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/slow/routes",
+        json!({"paths": ["/slow"]}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/plugins",
+        json!({"name": "file-log", "config": {"path": log.to_str().unwrap(), "reuse": true}}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let r = until(&http, &node, "/slow", 200).await;
+    assert_eq!(r.text().await.unwrap(), "hello");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line: Value = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|l| l["response"]["status"] == 200);
+        if let Some(l) = found {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no file-log line for the 200: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (request, proxy) = (
+        line["latencies"]["request"].as_u64().unwrap(),
+        line["latencies"]["proxy"].as_i64().unwrap(),
+    );
+    assert!(request >= 300, "{line}");
+    assert!(proxy < 300, "{line}");
+}

@@ -71,7 +71,8 @@ impl Stats {
 }
 
 /// The proxy engine: the current snapshot and the upstream connection pool.
-/// One request as the log phase sees it: who handled it and how long it took.
+/// One request as the log phase sees it, once its response has been sent: who handled it and
+/// how long it took.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLog<'a> {
     /// Also sent upstream and to the client as `X-Kong-Request-Id`.
@@ -83,13 +84,13 @@ pub struct RequestLog<'a> {
     pub route: Option<&'a str>,
     pub consumer: Option<&'a str>,
     pub status: u16,
-    /// From the request head to the response head.
+    /// From the request head to the end of the response body (or the client leaving).
     pub total: Duration,
     /// From sending upstream to the upstream's response head (none when not proxied).
     pub upstream: Option<Duration>,
 }
 
-/// Receives every request once its response head is ready (telemetry, access logs).
+/// Receives every request once its response has been sent (telemetry, access logs).
 /// Called on the request path: it must not block.
 pub trait LogSink: Send + Sync + 'static {
     fn log(&self, r: &RequestLog<'_>);
@@ -120,6 +121,86 @@ struct Seen {
     response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// A request's log entry, waiting for the end of its response body.
+struct Pending {
+    request_id: HeaderValue,
+    client: std::net::IpAddr,
+    method: hyper::Method,
+    uri: Uri,
+    service: Option<String>,
+    route: Option<String>,
+    consumer: Option<String>,
+    status: u16,
+    started: Instant,
+    upstream: Option<Duration>,
+    sinks: Option<Arc<[Arc<dyn LogSink>]>>,
+    plugins: Vec<Arc<dyn crate::plugins::Plugin>>,
+}
+
+impl Pending {
+    fn emit(self) {
+        let r = RequestLog {
+            request_id: self.request_id.to_str().unwrap_or(""),
+            client: self.client,
+            method: &self.method,
+            uri: &self.uri,
+            service: self.service.as_deref(),
+            route: self.route.as_deref(),
+            consumer: self.consumer.as_deref(),
+            status: self.status,
+            total: self.started.elapsed(),
+            upstream: self.upstream,
+        };
+        for s in self.sinks.iter().flat_map(|s| s.iter()) {
+            s.log(&r);
+        }
+        for p in &self.plugins {
+            p.log(&r);
+        }
+    }
+}
+
+/// A response body that runs the log phase when it ends, or when it is dropped unfinished
+/// (the client went away).
+struct LogOnEnd {
+    inner: ProxyBody,
+    entry: Option<Box<Pending>>,
+}
+
+impl hyper::body::Body for LogOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            if let Some(e) = self.entry.take() {
+                e.emit();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LogOnEnd {
+    fn drop(&mut self) {
+        if let Some(e) = self.entry.take() {
+            e.emit();
+        }
+    }
+}
+
 /// What a request learns from its connection, computed once per connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -147,7 +228,7 @@ impl ConnInfo {
 }
 
 pub struct Proxy {
-    log_sinks: std::sync::OnceLock<Vec<Arc<dyn LogSink>>>,
+    log_sinks: std::sync::OnceLock<Arc<[Arc<dyn LogSink>]>>,
     /// Request ids: this process's random prefix and a counter.
     id_prefix: u32,
     id_counter: std::sync::atomic::AtomicU64,
@@ -239,7 +320,7 @@ impl Proxy {
 
     /// Send every request to these sinks (set once; later calls are ignored).
     pub fn set_log_sinks(&self, sinks: Vec<Arc<dyn LogSink>>) {
-        let _ = self.log_sinks.set(sinks);
+        let _ = self.log_sinks.set(sinks.into());
     }
 
     /// `gantry_upstream_target_health`: 1 healthy, 0 down, for each upstream target running.
@@ -478,31 +559,30 @@ impl Proxy {
             rparts.headers.remove(header::CONTENT_LENGTH);
             body = crate::plugins::Filtered::new(body, filters).boxed();
         }
-        let res = Response::from_parts(rparts, body);
-        let status = res.status().as_u16();
-        let total = started.elapsed();
-        self.stats.count(status, total);
-        if let Some((method, uri)) = &logged {
-            let r = RequestLog {
-                request_id: request_id.to_str().unwrap_or(""),
-                client: conn.peer.ip(),
-                method,
-                uri,
-                service: seen.service.as_deref(),
-                route: seen.route.as_deref(),
-                consumer: seen.consumer.as_deref(),
-                status,
-                total,
-                upstream: seen.upstream,
-            };
-            for s in sinks.into_iter().flatten() {
-                s.log(&r);
+        let status = rparts.status.as_u16();
+        self.stats.count(status, started.elapsed());
+        if let Some((method, uri)) = logged {
+            // The log phase runs once the body has gone to the client (or the client left).
+            body = LogOnEnd {
+                inner: body,
+                entry: Some(Box::new(Pending {
+                    request_id,
+                    client: conn.peer.ip(),
+                    method,
+                    uri,
+                    service: seen.service,
+                    route: seen.route,
+                    consumer: seen.consumer,
+                    status,
+                    started,
+                    upstream: seen.upstream,
+                    sinks: sinks.cloned(),
+                    plugins: seen.ran,
+                })),
             }
-            for p in &seen.ran {
-                p.log(&r);
-            }
+            .boxed();
         }
-        res
+        Response::from_parts(rparts, body)
     }
 
     async fn route_and_forward(
