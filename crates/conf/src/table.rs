@@ -165,6 +165,12 @@ pub static KEYS: &[Key] = &[
     k("cluster_max_payload", "16777216", Kind::Int(4_194_304)),
     k("proxy_access_log", "logs/access.log", Kind::Str),
     k("dns_resolver", "", Kind::Str),
+    k(
+        "headers",
+        "server_tokens, latency_tokens, X-Kong-Request-Id",
+        Kind::Str,
+    ),
+    k("headers_upstream", "X-Kong-Request-Id", Kind::Str),
     // Gantry's own: `human` or `json` lines in error.log and access.log, and their rotation.
     k("log_format", "human", Kind::OneOf(&["human", "json"])),
     k("log_rotate_size", "100m", Kind::Size),

@@ -119,6 +119,13 @@ pub fn dns_servers(settings: &Settings) -> anyhow::Result<Vec<std::net::SocketAd
 /// A proxy with the settings' header timeout, access log and name servers.
 pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>> {
     let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    proxy.set_headers(
+        gantry_proxy::Headers::parse(
+            settings.get("headers").unwrap_or_default(),
+            settings.get("headers_upstream").unwrap_or_default(),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let servers = dns_servers(settings)?;
     if !servers.is_empty() {
         proxy.set_dns(&servers).map_err(anyhow::Error::msg)?;

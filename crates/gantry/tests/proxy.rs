@@ -1813,3 +1813,89 @@ async fn the_log_phase_waits_for_the_body() {
     assert!(request >= 300, "{line}");
     assert!(proxy < 300, "{line}");
 }
+
+/// `headers` and `headers_upstream` choose the headers the proxy adds, as Kong's; an unknown
+/// value stops the node, naming it.
+#[tokio::test]
+async fn headers_settings_choose_what_is_added() {
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let set = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    async fn configure(http: &reqwest::Client, node: &Node, up: &str) {
+        let service = json!({"name": "s", "url": format!("http://{up}")});
+        admin(http, node, "POST", "/services", service).await;
+        let route = json!({"paths": ["/a"]});
+        admin(http, node, "POST", "/services/s/routes", route).await;
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = set(&[("KONG_HEADERS", "off"), ("KONG_HEADERS_UPSTREAM", "off")]);
+    let node = Node::start(dir.path(), &env);
+    configure(&http, &node, &up).await;
+    let r = until(&http, &node, "/a", 200).await;
+    for h in [
+        "via",
+        "x-kong-request-id",
+        "x-kong-proxy-latency",
+        "x-kong-upstream-latency",
+    ] {
+        assert!(!r.headers().contains_key(h), "{h}: {:?}", r.headers());
+    }
+    let got: Value = r.json().await.unwrap();
+    assert!(got["headers"].get("x-kong-request-id").is_none(), "{got}");
+    let r = http
+        .get(format!("{}/none", node.proxy.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    for h in ["server", "x-kong-request-id", "x-kong-response-latency"] {
+        assert!(!r.headers().contains_key(h), "{h}: {:?}", r.headers());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = set(&[(
+        "KONG_HEADERS",
+        "X-Kong-Upstream-Status, Server, latency_tokens",
+    )]);
+    let node = Node::start(dir.path(), &env);
+    configure(&http, &node, &up).await;
+    let r = until(&http, &node, "/a", 200).await;
+    assert_eq!(r.headers()["x-kong-upstream-status"], "200");
+    assert!(r.headers().contains_key("x-kong-upstream-latency"));
+    assert!(!r.headers().contains_key("via") && !r.headers().contains_key("x-kong-request-id"));
+    let got: Value = r.json().await.unwrap();
+    assert!(
+        got["headers"].get("x-kong-request-id").is_some(),
+        "the default upstream"
+    );
+    let r = http
+        .get(format!("{}/none", node.proxy.as_ref().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["server"]
+        .to_str()
+        .unwrap()
+        .starts_with("gantry/"));
+    assert!(r.headers().contains_key("x-kong-response-latency"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["start", "-p"])
+        .arg(dir.path())
+        .env("KONG_HEADERS", "server_tokens, X-Bogus")
+        .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
+        .env("KONG_STATUS_LISTEN", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {err}");
+    assert!(err.contains("headers") && err.contains("x-bogus"), "{err}");
+}

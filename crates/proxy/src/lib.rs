@@ -26,5 +26,5 @@ pub mod uri;
 /// foldhash, seeded per process, several times faster than SipHash on short keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use server::{LogSink, MetricsSource, Proxy, RequestLog};
+pub use server::{Headers, LogSink, MetricsSource, Proxy, RequestLog};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -25,3 +25,5 @@ pub const X_KONG_PROXY_LATENCY: HeaderName = HeaderName::from_static("x-kong-pro
 pub const X_KONG_REQUEST_ID: HeaderName = HeaderName::from_static("x-kong-request-id");
 pub const X_KONG_UPSTREAM_LATENCY: HeaderName = HeaderName::from_static("x-kong-upstream-latency");
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_KONG_RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-kong-response-latency");
+pub const X_KONG_UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-kong-upstream-status");

@@ -121,6 +121,92 @@ struct Seen {
     response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
+/// The headers the proxy adds to responses and upstream requests: Kong's `headers` and
+/// `headers_upstream` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Headers {
+    /// `Server` on responses the proxy answers itself.
+    pub server: bool,
+    /// `Via` on proxied responses.
+    pub via: bool,
+    pub proxy_latency: bool,
+    pub upstream_latency: bool,
+    /// `X-Kong-Response-Latency` on responses the proxy answers itself.
+    pub response_latency: bool,
+    pub upstream_status: bool,
+    /// `X-Kong-Request-Id` on responses.
+    pub request_id: bool,
+    /// `X-Kong-Request-Id` on upstream requests (`headers_upstream`).
+    pub upstream_request_id: bool,
+}
+
+impl Default for Headers {
+    /// Kong's defaults: `server_tokens, latency_tokens, X-Kong-Request-Id`, and the request id
+    /// upstream.
+    fn default() -> Headers {
+        Headers::parse(
+            "server_tokens, latency_tokens, X-Kong-Request-Id",
+            "X-Kong-Request-Id",
+        )
+        .expect("the defaults parse")
+    }
+}
+
+impl Headers {
+    /// From the comma-separated values of `headers` and `headers_upstream`; an unknown value
+    /// is an error that names it.
+    pub fn parse(headers: &str, upstream: &str) -> Result<Headers, String> {
+        let mut h = Headers {
+            server: false,
+            via: false,
+            proxy_latency: false,
+            upstream_latency: false,
+            response_latency: false,
+            upstream_status: false,
+            request_id: false,
+            upstream_request_id: false,
+        };
+        let tokens = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty())
+                .collect()
+        };
+        let list = tokens(headers);
+        for t in &list {
+            match t.as_str() {
+                "off" if list.len() == 1 => {}
+                "server_tokens" => (h.server, h.via) = (true, true),
+                "latency_tokens" => {
+                    (h.proxy_latency, h.upstream_latency, h.response_latency) = (true, true, true)
+                }
+                "server" => h.server = true,
+                "via" => h.via = true,
+                "x-kong-proxy-latency" => h.proxy_latency = true,
+                "x-kong-upstream-latency" => h.upstream_latency = true,
+                "x-kong-response-latency" => h.response_latency = true,
+                "x-kong-upstream-status" => h.upstream_status = true,
+                "x-kong-request-id" => h.request_id = true,
+                // The Admin API has no latency header to add here.
+                "x-kong-admin-latency" => {}
+                "off" => return Err("headers: 'off' cannot be combined with other values".into()),
+                other => return Err(format!("headers: unknown value '{other}' (expected server_tokens, latency_tokens, Server, Via, X-Kong-Proxy-Latency, X-Kong-Upstream-Latency, X-Kong-Response-Latency, X-Kong-Admin-Latency, X-Kong-Upstream-Status, X-Kong-Request-Id or off)")),
+            }
+        }
+        let list = tokens(upstream);
+        for t in &list {
+            match t.as_str() {
+                "x-kong-request-id" => h.upstream_request_id = true,
+                "off" if list.len() == 1 => {}
+                other => return Err(format!(
+                    "headers_upstream: unknown value '{other}' (expected X-Kong-Request-Id or off)"
+                )),
+            }
+        }
+        Ok(h)
+    }
+}
+
 /// A request's log entry, waiting for the end of its response body.
 struct Pending {
     request_id: HeaderValue,
@@ -228,6 +314,7 @@ impl ConnInfo {
 }
 
 pub struct Proxy {
+    headers: std::sync::OnceLock<Headers>,
     log_sinks: std::sync::OnceLock<Arc<[Arc<dyn LogSink>]>>,
     /// Request ids: this process's random prefix and a counter.
     id_prefix: u32,
@@ -299,6 +386,7 @@ impl Proxy {
     /// A proxy whose clients must send a request head within `header_timeout`.
     pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
         Arc::new(Proxy {
+            headers: std::sync::OnceLock::new(),
             log_sinks: std::sync::OnceLock::new(),
             id_prefix: (std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -316,6 +404,15 @@ impl Proxy {
             probes: std::sync::Mutex::new(HashMap::new()),
             header_timeout,
         })
+    }
+
+    /// The headers to add (Kong's `headers` and `headers_upstream`); set once, before serving.
+    pub fn set_headers(&self, headers: Headers) {
+        let _ = self.headers.set(headers);
+    }
+
+    fn headers(&self) -> &Headers {
+        self.headers.get_or_init(Headers::default)
     }
 
     /// Send every request to these sinks (set once; later calls are ignored).
@@ -534,9 +631,24 @@ impl Proxy {
             seen.ran = snap.plugins.globals();
         }
         let (mut rparts, mut body) = res.into_parts();
-        rparts
-            .headers
-            .insert(names::X_KONG_REQUEST_ID, request_id.clone());
+        let added = self.headers();
+        if added.request_id {
+            rparts
+                .headers
+                .insert(names::X_KONG_REQUEST_ID, request_id.clone());
+        }
+        if seen.upstream.is_none() {
+            // Answered here: a plugin, an error, a redirect.
+            if !added.server {
+                rparts.headers.remove(header::SERVER);
+            }
+            if added.response_latency {
+                rparts.headers.insert(
+                    names::X_KONG_RESPONSE_LATENCY,
+                    HeaderValue::from(started.elapsed().as_millis() as u64),
+                );
+            }
+        }
         for (n, v) in seen.response_headers.drain(..) {
             rparts.headers.append(n, v);
         }
@@ -790,7 +902,9 @@ impl Proxy {
                 headers.insert(header::VIA, HeaderValue::from_static(VIA));
             }
         }
-        headers.insert(names::X_KONG_REQUEST_ID, seen.request_id.clone());
+        if self.headers().upstream_request_id {
+            headers.insert(names::X_KONG_REQUEST_ID, seen.request_id.clone());
+        }
         let upstream_host = upstream_host.to_str().unwrap_or_default();
         let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
@@ -968,17 +1082,30 @@ impl Proxy {
         }
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
-        rparts.headers.insert(
-            names::X_KONG_UPSTREAM_LATENCY,
-            HeaderValue::from(upstream_ms as u64),
-        );
-        rparts.headers.insert(
-            names::X_KONG_PROXY_LATENCY,
-            HeaderValue::from(proxy_ms as u64),
-        );
-        rparts
-            .headers
-            .append(header::VIA, HeaderValue::from_static(VIA));
+        let added = self.headers();
+        if added.upstream_latency {
+            rparts.headers.insert(
+                names::X_KONG_UPSTREAM_LATENCY,
+                HeaderValue::from(upstream_ms as u64),
+            );
+        }
+        if added.proxy_latency {
+            rparts.headers.insert(
+                names::X_KONG_PROXY_LATENCY,
+                HeaderValue::from(proxy_ms as u64),
+            );
+        }
+        if added.upstream_status {
+            rparts.headers.insert(
+                names::X_KONG_UPSTREAM_STATUS,
+                HeaderValue::from(rparts.status.as_u16()),
+            );
+        }
+        if added.via {
+            rparts
+                .headers
+                .append(header::VIA, HeaderValue::from_static(VIA));
+        }
         let body = match in_flight {
             // Counted in flight until the body has gone to the client (least-connections).
             Some(guard) => Tracked {
@@ -1144,7 +1271,26 @@ fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::{request_id, valid_host};
+    use super::{request_id, valid_host, Headers};
+
+    #[test]
+    fn headers_settings() {
+        let d = Headers::default();
+        assert!(d.server && d.via && d.proxy_latency && d.response_latency && d.request_id);
+        assert!(!d.upstream_status && d.upstream_request_id);
+        let off = Headers::parse("off", "off").unwrap();
+        assert!(!(off.server || off.via || off.request_id || off.upstream_request_id));
+        let some = Headers::parse("Via, X-Kong-Upstream-Status", "").unwrap();
+        assert!(some.via && some.upstream_status && !some.server && !some.proxy_latency);
+        let e = Headers::parse("server_tokens, bogus", "").unwrap_err();
+        assert!(e.contains("headers") && e.contains("bogus"), "{e}");
+        assert!(Headers::parse("off, Via", "").is_err());
+        let e = Headers::parse("", "X-Other").unwrap_err();
+        assert!(
+            e.starts_with("headers_upstream") && e.contains("x-other"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn request_ids() {
