@@ -171,6 +171,9 @@ pub static KEYS: &[Key] = &[
         Kind::Str,
     ),
     k("headers_upstream", "X-Kong-Request-Id", Kind::Str),
+    k("trusted_ips", "", Kind::Str),
+    k("real_ip_header", "X-Real-IP", Kind::Str),
+    k("real_ip_recursive", "off", Kind::Bool),
     // Gantry's own: `human` or `json` lines in error.log and access.log, and their rotation.
     k("log_format", "human", Kind::OneOf(&["human", "json"])),
     k("log_rotate_size", "100m", Kind::Size),

@@ -126,6 +126,14 @@ pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>
         )
         .map_err(anyhow::Error::msg)?,
     );
+    proxy.set_trust(
+        gantry_proxy::trust::Trust::parse(
+            settings.get("trusted_ips").unwrap_or_default(),
+            settings.get("real_ip_header").unwrap_or("X-Real-IP"),
+            matches!(settings.get("real_ip_recursive"), Some("on" | "true")),
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let servers = dns_servers(settings)?;
     if !servers.is_empty() {
         proxy.set_dns(&servers).map_err(anyhow::Error::msg)?;

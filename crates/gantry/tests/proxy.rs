@@ -1898,4 +1898,82 @@ async fn headers_settings_choose_what_is_added() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started: {err}");
     assert!(err.contains("headers") && err.contains("x-bogus"), "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["start", "-p"])
+        .arg(dir.path())
+        .env("KONG_TRUSTED_IPS", "10.0.0.0/8, lb.internal")
+        .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
+        .env("KONG_STATUS_LISTEN", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {err}");
+    assert!(
+        err.contains("trusted_ips") && err.contains("lb.internal"),
+        "{err}"
+    );
+}
+
+/// trusted_ips: a trusted peer's client address (real_ip_header) and X-Forwarded-* reach the
+/// upstream; the same headers from an untrusted peer are replaced.
+#[tokio::test]
+async fn trusted_proxies_forward_the_client() {
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let start = |trusted: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let env = vec![
+            ("KONG_TRUSTED_IPS".to_string(), trusted.to_string()),
+            (
+                "KONG_REAL_IP_HEADER".to_string(),
+                "X-Forwarded-For".to_string(),
+            ),
+            ("KONG_REAL_IP_RECURSIVE".to_string(), "on".to_string()),
+        ];
+        let node = Node::start(dir.path(), &env);
+        (dir, node)
+    };
+    let send = |node: &Node| {
+        let url = format!("{}/a", node.proxy.as_ref().unwrap());
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(url)
+                .header("x-forwarded-for", "203.0.113.7, 127.0.0.2")
+                .header("x-forwarded-proto", "https")
+                .header("x-forwarded-host", "shop.example")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()["headers"].clone()
+        }
+    };
+    for (trusted, want_ip, want_proto, want_host) in [
+        ("127.0.0.0/8", "203.0.113.7", "https", "shop.example"),
+        ("10.0.0.0/8", "127.0.0.1", "http", "127.0.0.1"),
+    ] {
+        let (_dir, node) = start(trusted);
+        let service = json!({"name": "s", "url": format!("http://{up}")});
+        admin(&http, &node, "POST", "/services", service).await;
+        admin(
+            &http,
+            &node,
+            "POST",
+            "/services/s/routes",
+            json!({"paths": ["/a"]}),
+        )
+        .await;
+        until(&http, &node, "/a", 200).await;
+        let h = send(&node).await;
+        assert_eq!(h["x-real-ip"], want_ip, "trusted {trusted}: {h}");
+        assert_eq!(h["x-forwarded-proto"], want_proto, "trusted {trusted}: {h}");
+        assert_eq!(h["x-forwarded-host"], want_host, "trusted {trusted}: {h}");
+        assert_eq!(
+            h["x-forwarded-for"],
+            format!("203.0.113.7, 127.0.0.2, {want_ip}"),
+            "the client appended, as nginx: {h}"
+        );
+    }
 }

@@ -19,6 +19,7 @@ pub mod server;
 pub mod snapshot;
 pub mod status;
 pub mod tls;
+pub mod trust;
 pub mod upstream_tls;
 pub mod uri;
 

@@ -198,9 +198,11 @@ impl Headers {
             match t.as_str() {
                 "x-kong-request-id" => h.upstream_request_id = true,
                 "off" if list.len() == 1 => {}
-                other => return Err(format!(
+                other => {
+                    return Err(format!(
                     "headers_upstream: unknown value '{other}' (expected X-Kong-Request-Id or off)"
-                )),
+                ))
+                }
             }
         }
         Ok(h)
@@ -287,6 +289,15 @@ impl Drop for LogOnEnd {
     }
 }
 
+/// The client of a request: the peer, or the address a trusted peer forwarded.
+struct Client {
+    ip: std::net::IpAddr,
+    /// The same, as a header value.
+    value: HeaderValue,
+    /// Whether the peer is trusted (its `X-Forwarded-*` headers are kept).
+    trusted: bool,
+}
+
 /// What a request learns from its connection, computed once per connection.
 pub struct ConnInfo {
     pub peer: SocketAddr,
@@ -315,6 +326,7 @@ impl ConnInfo {
 
 pub struct Proxy {
     headers: std::sync::OnceLock<Headers>,
+    trust: std::sync::OnceLock<crate::trust::Trust>,
     log_sinks: std::sync::OnceLock<Arc<[Arc<dyn LogSink>]>>,
     /// Request ids: this process's random prefix and a counter.
     id_prefix: u32,
@@ -387,6 +399,7 @@ impl Proxy {
     pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
         Arc::new(Proxy {
             headers: std::sync::OnceLock::new(),
+            trust: std::sync::OnceLock::new(),
             log_sinks: std::sync::OnceLock::new(),
             id_prefix: (std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -413,6 +426,33 @@ impl Proxy {
 
     fn headers(&self) -> &Headers {
         self.headers.get_or_init(Headers::default)
+    }
+
+    /// Which peers' forwarding headers to believe (Kong's `trusted_ips`, `real_ip_header`,
+    /// `real_ip_recursive`); set once, before serving.
+    pub fn set_trust(&self, trust: crate::trust::Trust) {
+        let _ = self.trust.set(trust);
+    }
+
+    fn client(&self, conn: &ConnInfo, headers: &HeaderMap) -> Client {
+        let peer = conn.peer.ip();
+        let Some(trust) = self.trust.get().filter(|t| !t.is_empty()) else {
+            return Client {
+                ip: peer,
+                value: conn.peer_ip.clone(),
+                trusted: false,
+            };
+        };
+        let ip = trust.client(peer, headers);
+        Client {
+            ip,
+            value: if ip == peer {
+                conn.peer_ip.clone()
+            } else {
+                HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| conn.peer_ip.clone())
+            },
+            trusted: trust.trusts(peer),
+        }
     }
 
     /// Send every request to these sinks (set once; later calls are ignored).
@@ -623,8 +663,9 @@ impl Proxy {
         };
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
         let head = req.method() == hyper::Method::HEAD;
+        let client = self.client(conn, req.headers());
         let res = self
-            .route_and_forward(req, conn, &snap, started, &mut seen)
+            .route_and_forward(req, conn, &client, &snap, started, &mut seen)
             .await;
         // The response phases, over every response: the upstream's, a plugin's, or an error.
         if !seen.accessed {
@@ -679,7 +720,7 @@ impl Proxy {
                 inner: body,
                 entry: Some(Box::new(Pending {
                     request_id,
-                    client: conn.peer.ip(),
+                    client: client.ip,
                     method,
                     uri,
                     service: seen.service,
@@ -701,12 +742,12 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        client: &Client,
         snap: &Snapshot,
         started: Instant,
         seen: &mut Seen,
     ) -> Response<ProxyBody> {
-        let (peer, local_port, https, sni) =
-            (conn.peer, conn.local_port, conn.https, conn.sni.as_deref());
+        let (local_port, https, sni) = (conn.local_port, conn.https, conn.sni.as_deref());
         let mut req = req;
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -783,7 +824,7 @@ impl Proxy {
         if !snap.plugins.is_empty() {
             let mut ctx = Ctx {
                 req: &mut parts,
-                client_ip: peer.ip(),
+                client_ip: client.ip,
                 route_id: &route.id,
                 service_id: service.map(|s| s.id.as_str()),
                 consumer: None,
@@ -822,8 +863,9 @@ impl Proxy {
         let balancer = snap.balancers.get(&service.host);
         let key = match balancer.map(|b| &b.algorithm) {
             Some(Algorithm::ConsistentHashing { on, fallback }) => {
-                let key_of =
-                    |on: &HashOn| hash_key(on, &parts, peer, consumer_id.as_deref(), &m.captures);
+                let key_of = |on: &HashOn| {
+                    hash_key(on, &parts, client.ip, consumer_id.as_deref(), &m.captures)
+                };
                 key_of(on).or_else(|| key_of(fallback))
             }
             _ => None,
@@ -866,33 +908,46 @@ impl Proxy {
             service.host_port.clone()
         };
         headers.insert(header::HOST, upstream_host.clone());
+        // X-Forwarded-For gets the client appended (as nginx's $proxy_add_x_forwarded_for).
         let xff = match headers
             .get(names::X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
         {
-            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.ip()))
-                .unwrap_or_else(|_| conn.peer_ip.clone()),
-            None => conn.peer_ip.clone(),
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client.ip))
+                .unwrap_or_else(|_| client.value.clone()),
+            None => client.value.clone(),
         };
         headers.insert(names::X_FORWARDED_FOR, xff);
-        headers.insert(
-            names::X_FORWARDED_PROTO,
-            HeaderValue::from_static(if https { "https" } else { "http" }),
-        );
-        let fwd_host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(host)
-        };
-        set(&mut headers, names::X_FORWARDED_HOST, &fwd_host);
-        headers.insert(names::X_FORWARDED_PORT, conn.port_value.clone());
-        set(&mut headers, names::X_FORWARDED_PATH, raw_path);
-        if route.strip_path && m.prefix != "/" {
-            set(&mut headers, names::X_FORWARDED_PREFIX, &m.prefix);
-        } else {
-            headers.remove(names::X_FORWARDED_PREFIX);
+        // The other X-Forwarded-* a trusted peer sent are kept; anyone else's are replaced.
+        let ours = |h: &HeaderMap, name: &HeaderName| !(client.trusted && h.contains_key(name));
+        if ours(&headers, &names::X_FORWARDED_PROTO) {
+            headers.insert(
+                names::X_FORWARDED_PROTO,
+                HeaderValue::from_static(if https { "https" } else { "http" }),
+            );
         }
-        headers.insert(names::X_REAL_IP, conn.peer_ip.clone());
+        if ours(&headers, &names::X_FORWARDED_HOST) {
+            let fwd_host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                std::borrow::Cow::Owned(host.to_ascii_lowercase())
+            } else {
+                std::borrow::Cow::Borrowed(host)
+            };
+            set(&mut headers, names::X_FORWARDED_HOST, &fwd_host);
+        }
+        if ours(&headers, &names::X_FORWARDED_PORT) {
+            headers.insert(names::X_FORWARDED_PORT, conn.port_value.clone());
+        }
+        if ours(&headers, &names::X_FORWARDED_PATH) {
+            set(&mut headers, names::X_FORWARDED_PATH, raw_path);
+        }
+        if ours(&headers, &names::X_FORWARDED_PREFIX) {
+            if route.strip_path && m.prefix != "/" {
+                set(&mut headers, names::X_FORWARDED_PREFIX, &m.prefix);
+            } else {
+                headers.remove(names::X_FORWARDED_PREFIX);
+            }
+        }
+        headers.insert(names::X_REAL_IP, client.value.clone());
         match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
             Some(prev) => {
                 let via = format!("{prev}, {VIA}");
@@ -1123,14 +1178,14 @@ impl Proxy {
 fn hash_key(
     on: &HashOn,
     parts: &hyper::http::request::Parts,
-    peer: SocketAddr,
+    client: std::net::IpAddr,
     consumer: Option<&str>,
     captures: &[(String, String)],
 ) -> Option<String> {
     match on {
         HashOn::None => None,
         HashOn::Consumer => consumer.map(str::to_string),
-        HashOn::Ip => Some(peer.ip().to_string()),
+        HashOn::Ip => Some(client.to_string()),
         HashOn::Header(h) => parts
             .headers
             .get(h.as_str())

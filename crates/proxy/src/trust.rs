@@ -1,0 +1,186 @@
+//! Which clients' forwarding headers to believe: Kong's `trusted_ips`, `real_ip_header` and
+//! `real_ip_recursive` (nginx's realip module). From a trusted peer, the client address comes
+//! from `real_ip_header`, and the `X-Forwarded-*` headers it sent are kept; from any other
+//! peer, the peer is the client and those headers are replaced.
+
+use std::net::IpAddr;
+
+use hyper::header::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+
+#[derive(Debug, Clone)]
+pub struct Trust {
+    nets: Vec<IpNet>,
+    header: HeaderName,
+    recursive: bool,
+}
+
+impl Default for Trust {
+    /// Kong's defaults: no peer is trusted.
+    fn default() -> Trust {
+        Trust {
+            nets: Vec::new(),
+            header: HeaderName::from_static("x-real-ip"),
+            recursive: false,
+        }
+    }
+}
+
+/// An address or a block: `10.0.0.0/8`, `192.0.2.1`, `::/0`.
+fn net(s: &str) -> Option<IpNet> {
+    s.parse::<IpNet>()
+        .ok()
+        .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+impl Trust {
+    /// From the settings' values; an entry that is neither an address nor a block is an error
+    /// naming it. `unix:` (trusting Unix sockets) is accepted and has nothing to match here.
+    pub fn parse(
+        trusted_ips: &str,
+        real_ip_header: &str,
+        recursive: bool,
+    ) -> Result<Trust, String> {
+        let mut nets = Vec::new();
+        for t in trusted_ips
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            if t == "unix:" {
+                continue;
+            }
+            nets.push(net(t).ok_or_else(|| {
+                format!("trusted_ips: '{t}' is not an IP address or a CIDR block")
+            })?);
+        }
+        let name = real_ip_header.trim();
+        if name.eq_ignore_ascii_case("proxy_protocol") {
+            return Err("real_ip_header: proxy_protocol is not supported".into());
+        }
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("real_ip_header: '{name}' is not a header name"))?;
+        Ok(Trust {
+            nets,
+            header,
+            recursive,
+        })
+    }
+
+    /// Whether any peer is trusted at all (none by default: the request path skips the rest).
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.nets.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client's address: the peer's, or, for a trusted peer, the one `real_ip_header`
+    /// names. A list (X-Forwarded-For) gives its last address, or with `real_ip_recursive`
+    /// the last one that is not trusted itself. A value that is not an address is ignored.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if self.nets.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        let listed: Vec<IpAddr> = headers
+            .get_all(&self.header)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| parse_addr(a.trim()))
+            .collect();
+        let Some(last) = listed.last() else {
+            return peer;
+        };
+        if !self.recursive {
+            return *last;
+        }
+        listed
+            .iter()
+            .rev()
+            .find(|a| !self.trusts(**a))
+            .or(listed.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+}
+
+/// An address as forwarding headers write it: `192.0.2.1`, `192.0.2.1:5000`, `[2001:db8::1]`,
+/// `[2001:db8::1]:5000` or `2001:db8::1`.
+fn parse_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(name: &str, values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn realip_as_nginx() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let lb = ip("10.0.0.5");
+        let none = Trust::default();
+        assert_eq!(none.client(lb, &headers("x-real-ip", &["1.2.3.4"])), lb);
+
+        let t = Trust::parse("10.0.0.0/8, 192.0.2.1", "X-Real-IP", false).unwrap();
+        assert!(t.trusts(lb) && t.trusts(ip("192.0.2.1")) && !t.trusts(ip("192.0.2.2")));
+        assert!(t.trusts(ip("::ffff:10.1.2.3")), "IPv4-mapped peers");
+        assert_eq!(
+            t.client(lb, &headers("x-real-ip", &["1.2.3.4"])),
+            ip("1.2.3.4")
+        );
+        assert_eq!(t.client(lb, &headers("x-real-ip", &["garbage"])), lb);
+        assert_eq!(t.client(lb, &HeaderMap::new()), lb);
+        // Untrusted peers are their own client, whatever they send.
+        let other = ip("203.0.113.9");
+        assert_eq!(t.client(other, &headers("x-real-ip", &["1.2.3.4"])), other);
+
+        let xff = |recursive| Trust::parse("10.0.0.0/8", "X-Forwarded-For", recursive).unwrap();
+        let h = headers("x-forwarded-for", &["1.2.3.4, 10.0.0.7", "10.0.0.8"]);
+        assert_eq!(
+            xff(false).client(lb, &h),
+            ip("10.0.0.8"),
+            "the last address"
+        );
+        assert_eq!(
+            xff(true).client(lb, &h),
+            ip("1.2.3.4"),
+            "the last untrusted one"
+        );
+        let all_trusted = headers("x-forwarded-for", &["10.0.0.1, 10.0.0.2"]);
+        assert_eq!(xff(true).client(lb, &all_trusted), ip("10.0.0.1"));
+        let v6 = headers("x-forwarded-for", &["[2001:db8::1]:443"]);
+        assert_eq!(xff(false).client(lb, &v6), ip("2001:db8::1"));
+
+        let e = Trust::parse("10.0.0.0/8, nonsense", "X-Real-IP", false).unwrap_err();
+        assert!(e.contains("trusted_ips") && e.contains("nonsense"), "{e}");
+        assert!(Trust::parse("", "proxy_protocol", false).is_err());
+        assert!(Trust::parse("unix:, ::/0", "X-Real-IP", false)
+            .unwrap()
+            .trusts(ip("::1")));
+    }
+}
