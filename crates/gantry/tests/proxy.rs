@@ -1727,6 +1727,10 @@ async fn response_phases_transform_bodies_and_log() {
     assert_eq!(ok["response"]["status"], 200);
     assert_eq!(ok["route"]["id"], rt["id"]);
     assert_eq!(ok["source"], "upstream");
+    assert_eq!(ok["upstream_uri"], "/x");
+    assert!(ok["request"]["headers"]["host"].is_string(), "{ok}");
+    assert_eq!(ok["response"]["headers"]["x-transformed"], "yes");
+    assert!(ok["response"]["size"].as_u64().unwrap() > 0, "{ok}");
     assert_eq!(line(&denied)["response"]["status"], 401);
     assert_eq!(line(&denied)["source"], "kong");
     assert_eq!(line(&missing)["response"]["status"], 404);

@@ -27,5 +27,5 @@ pub mod uri;
 /// foldhash, seeded per process, several times faster than SipHash on short keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
-pub use server::{Headers, LogSink, MetricsSource, Proxy, RequestLog};
+pub use server::{Headers, LogDetails, LogSink, MetricsSource, Proxy, RequestLog};
 pub use snapshot::{Snapshot, SnapshotError};

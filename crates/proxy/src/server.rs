@@ -88,6 +88,21 @@ pub struct RequestLog<'a> {
     pub total: Duration,
     /// From sending upstream to the upstream's response head (none when not proxied).
     pub upstream: Option<Duration>,
+    /// Bytes of response body sent to the client.
+    pub response_size: u64,
+    /// Headers and the upstream URI, kept only when a plugin's log phase runs.
+    pub details: Option<&'a LogDetails>,
+}
+
+/// What a request's log entry holds beyond [`RequestLog`]'s counters, for log plugins.
+#[derive(Debug, Default)]
+pub struct LogDetails {
+    /// The request's headers as the plugins left them (before the proxy's forwarding headers).
+    pub request_headers: HeaderMap,
+    /// The response's headers as sent to the client.
+    pub response_headers: HeaderMap,
+    /// The path and query sent upstream (none when not proxied).
+    pub upstream_uri: Option<String>,
 }
 
 /// Receives every request once its response has been sent (telemetry, access logs).
@@ -116,6 +131,8 @@ struct Seen {
     consumer: Option<String>,
     upstream: Option<Duration>,
     ran: Vec<Arc<dyn crate::plugins::Plugin>>,
+    /// Kept for log plugins only.
+    details: Option<Box<LogDetails>>,
     /// Whether the access phase ran (else the global plugins run the response phases).
     accessed: bool,
     response_headers: Vec<(HeaderName, HeaderValue)>,
@@ -223,6 +240,9 @@ struct Pending {
     upstream: Option<Duration>,
     sinks: Option<Arc<[Arc<dyn LogSink>]>>,
     plugins: Vec<Arc<dyn crate::plugins::Plugin>>,
+    details: Option<Box<LogDetails>>,
+    /// Body bytes sent so far.
+    size: u64,
 }
 
 impl Pending {
@@ -238,6 +258,8 @@ impl Pending {
             status: self.status,
             total: self.started.elapsed(),
             upstream: self.upstream,
+            response_size: self.size,
+            details: self.details.as_deref(),
         };
         for s in self.sinks.iter().flat_map(|s| s.iter()) {
             s.log(&r);
@@ -264,10 +286,18 @@ impl hyper::body::Body for LogOnEnd {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        if let std::task::Poll::Ready(None) = polled {
-            if let Some(e) = self.entry.take() {
-                e.emit();
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(e), Some(data)) = (self.entry.as_mut(), frame.data_ref()) {
+                    e.size += data.len() as u64;
+                }
             }
+            std::task::Poll::Ready(None) => {
+                if let Some(e) = self.entry.take() {
+                    e.emit();
+                }
+            }
+            _ => {}
         }
         polled
     }
@@ -658,12 +688,19 @@ impl Proxy {
             consumer: None,
             upstream: None,
             ran: Vec::new(),
+            details: None,
             accessed: false,
             response_headers: Vec::new(),
         };
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
         let head = req.method() == hyper::Method::HEAD;
         let client = self.client(conn, req.headers());
+        if logs && snap.plugins.logs() {
+            seen.details = Some(Box::new(LogDetails {
+                request_headers: req.headers().clone(),
+                ..LogDetails::default()
+            }));
+        }
         let res = self
             .route_and_forward(req, conn, &client, &snap, started, &mut seen)
             .await;
@@ -714,6 +751,9 @@ impl Proxy {
         }
         let status = rparts.status.as_u16();
         self.stats.count(status, started.elapsed());
+        if let Some(d) = seen.details.as_mut() {
+            d.response_headers = rparts.headers.clone();
+        }
         if let Some((method, uri)) = logged {
             // The log phase runs once the body has gone to the client (or the client left).
             body = LogOnEnd {
@@ -731,6 +771,8 @@ impl Proxy {
                     upstream: seen.upstream,
                     sinks: sinks.cloned(),
                     plugins: seen.ran,
+                    details: seen.details,
+                    size: 0,
                 })),
             }
             .boxed();
@@ -840,6 +882,10 @@ impl Proxy {
             if seen.on {
                 seen.consumer = consumer_id.clone();
             }
+            if let Some(d) = seen.details.as_mut() {
+                // As the plugins left them: key-auth's hide_credentials removed the key.
+                d.request_headers = parts.headers.clone();
+            }
             if let Some(exit) = access.exit {
                 return exit;
             }
@@ -893,6 +939,9 @@ impl Proxy {
             Ok(u) => u,
             Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
         };
+        if let Some(d) = seen.details.as_mut() {
+            d.upstream_uri = Some(upath);
+        }
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers);
         if let Some(proto) = &upgrade {

@@ -154,6 +154,8 @@ mod tests {
             status,
             total: Duration::from_millis(12),
             upstream: Some(Duration::from_millis(10)),
+            response_size: 0,
+            details: None,
         };
         let c = Collector::new(5);
         for _ in 0..3 {

@@ -87,6 +87,33 @@ fn write_lines(path: &str, reuse: bool, lines: Receiver<String>) {
     }
 }
 
+/// Headers as a JSON object: one value, or a list for a repeated header. Credentials in
+/// `Authorization` and `Proxy-Authorization` are not written, as Kong's serializer.
+fn headers(h: &hyper::HeaderMap) -> Value {
+    let mut out = serde_json::Map::new();
+    for name in h.keys() {
+        let redacted =
+            name == hyper::header::AUTHORIZATION || name == hyper::header::PROXY_AUTHORIZATION;
+        let values: Vec<Value> = h
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                if redacted {
+                    json!("REDACTED")
+                } else {
+                    json!(String::from_utf8_lossy(v.as_bytes()))
+                }
+            })
+            .collect();
+        let v = match <[Value; 1]>::try_from(values) {
+            Ok([one]) => one,
+            Err(many) => Value::Array(many),
+        };
+        out.insert(name.as_str().to_string(), v);
+    }
+    Value::Object(out)
+}
+
 /// Kong's log entry, of what the proxy knows of a request.
 fn entry(r: &RequestLog<'_>) -> Value {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
@@ -98,13 +125,34 @@ fn entry(r: &RequestLog<'_>) -> Value {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let id = |v: Option<&str>| v.map(|id| json!({ "id": id }));
+    let querystring: serde_json::Map<String, Value> = r
+        .uri
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| {
+                    // A flag without a value is `true`, as Kong's.
+                    let v = if v.is_empty() { json!(true) } else { json!(v) };
+                    (k.into_owned(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let d = r.details;
     json!({
         "request": {
             "id": r.request_id,
             "method": r.method.as_str(),
             "uri": r.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+            "querystring": querystring,
+            "headers": d.map(|d| headers(&d.request_headers)),
         },
-        "response": { "status": r.status },
+        "response": {
+            "status": r.status,
+            "size": r.response_size,
+            "headers": d.map(|d| headers(&d.response_headers)),
+        },
+        "upstream_uri": d.and_then(|d| d.upstream_uri.as_deref()),
         "latencies": {
             "request": total.round() as u64,
             "proxy": proxy.map(|p| p.round() as i64).unwrap_or(-1),
@@ -155,7 +203,24 @@ mod tests {
             &Counters::default(),
         )
         .expect("builds");
-        let (method, uri) = (hyper::Method::POST, "/a?b=1".parse::<hyper::Uri>().unwrap());
+        let (method, uri) = (
+            hyper::Method::POST,
+            "/a?b=1&flag".parse::<hyper::Uri>().unwrap(),
+        );
+        let mut details = crate::server::LogDetails::default();
+        details
+            .request_headers
+            .insert("authorization", "Basic c2VjcmV0".parse().unwrap());
+        details
+            .request_headers
+            .append("x-multi", "1".parse().unwrap());
+        details
+            .request_headers
+            .append("x-multi", "2".parse().unwrap());
+        details
+            .response_headers
+            .insert("content-type", "text/plain".parse().unwrap());
+        details.upstream_uri = Some("/up/a?b=1&flag".into());
         for status in [200, 401] {
             p.log(&RequestLog {
                 request_id: "r1",
@@ -168,6 +233,8 @@ mod tests {
                 status,
                 total: std::time::Duration::from_millis(12),
                 upstream: (status == 200).then(|| std::time::Duration::from_millis(10)),
+                response_size: 5,
+                details: Some(&details),
             });
         }
         drop(p); // the writer drains its queue and stops
@@ -184,7 +251,18 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         assert_eq!(got.len(), 2, "{lines}");
-        assert_eq!(got[0]["request"]["uri"], "/a?b=1");
+        assert_eq!(got[0]["request"]["uri"], "/a?b=1&flag");
+        assert_eq!(
+            got[0]["request"]["querystring"],
+            json!({"b": "1", "flag": true})
+        );
+        assert_eq!(
+            got[0]["request"]["headers"],
+            json!({"authorization": "REDACTED", "x-multi": ["1", "2"]})
+        );
+        assert_eq!(got[0]["response"]["headers"]["content-type"], "text/plain");
+        assert_eq!(got[0]["response"]["size"], 5);
+        assert_eq!(got[0]["upstream_uri"], "/up/a?b=1&flag");
         assert_eq!(got[0]["response"]["status"], 200);
         assert_eq!(
             got[0]["latencies"],
