@@ -16,6 +16,8 @@ CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
 UP=18901 NGX=18902 GAN=18903 NGK=18906
 . bench/lib.sh
+# Upstream keep-alive as the nginx reference's (keepalive 128, keepalive_requests 1000000).
+export KONG_UPSTREAM_KEEPALIVE_POOL_SIZE=128 KONG_UPSTREAM_KEEPALIVE_MAX_REQUESTS=1000000
 
 start_upstream $UP
 cat >"$work/nginx.conf" <<NGX

@@ -174,6 +174,9 @@ pub static KEYS: &[Key] = &[
     k("trusted_ips", "", Kind::Str),
     k("real_ip_header", "X-Real-IP", Kind::Str),
     k("real_ip_recursive", "off", Kind::Bool),
+    k("upstream_keepalive_pool_size", "60", Kind::Int(0)),
+    k("upstream_keepalive_max_requests", "100", Kind::Int(0)),
+    k("upstream_keepalive_idle_timeout", "60", Kind::Int(0)),
     // Gantry's own: `human` or `json` lines in error.log and access.log, and their rotation.
     k("log_format", "human", Kind::OneOf(&["human", "json"])),
     k("log_rotate_size", "100m", Kind::Size),

@@ -126,6 +126,17 @@ pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>
         )
         .map_err(anyhow::Error::msg)?,
     );
+    let number = |k: &str| settings.get(k).and_then(|v| v.parse::<u64>().ok());
+    let default = gantry_proxy::pool::Keepalive::default();
+    proxy.set_keepalive(gantry_proxy::pool::Keepalive {
+        pool_size: number("upstream_keepalive_pool_size")
+            .map(|n| n as usize)
+            .unwrap_or(default.pool_size),
+        max_requests: number("upstream_keepalive_max_requests").unwrap_or(default.max_requests),
+        idle_timeout: number("upstream_keepalive_idle_timeout")
+            .map(std::time::Duration::from_secs)
+            .unwrap_or(default.idle_timeout),
+    });
     proxy.set_trust(
         gantry_proxy::trust::Trust::parse(
             settings.get("trusted_ips").unwrap_or_default(),

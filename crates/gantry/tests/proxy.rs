@@ -1981,3 +1981,100 @@ async fn trusted_proxies_forward_the_client() {
         );
     }
 }
+
+/// upstream_keepalive_*: a connection carries at most `max_requests`, and one kept past
+/// `idle_timeout` is not reused (the echo upstream names the connection a request came on).
+#[tokio::test]
+async fn upstream_keepalive_settings_bound_connections() {
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        (
+            "KONG_UPSTREAM_KEEPALIVE_MAX_REQUESTS".to_string(),
+            "2".to_string(),
+        ),
+        (
+            "KONG_UPSTREAM_KEEPALIVE_IDLE_TIMEOUT".to_string(),
+            "1".to_string(),
+        ),
+    ];
+    let node = Node::start(dir.path(), &env);
+    let service = json!({"name": "s", "url": format!("http://{up}")});
+    admin(&http, &node, "POST", "/services", service).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
+    until(&http, &node, "/a", 200).await;
+    // Whatever the warm-up left, start on a fresh connection: wait out the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let got: Value = until(&http, &node, "/a", 200).await.json().await.unwrap();
+        seen.push(got["client"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen[0], seen[1], "two requests on one connection: {seen:?}");
+    assert_ne!(seen[1], seen[2], "then a new one: {seen:?}");
+    assert_eq!(seen[2], seen[3], "{seen:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let got: Value = until(&http, &node, "/a", 200).await.json().await.unwrap();
+    let after = got["client"].as_str().unwrap().to_string();
+    assert!(
+        !seen.contains(&after),
+        "an idle connection past the timeout is not reused: {after} in {seen:?}"
+    );
+}
+
+/// An upstream that closes each connection right after answering, without saying so (no
+/// `Connection: close`): requests that meet a kept connection it has just closed are sent
+/// again on a new one, never answered 502.
+#[tokio::test]
+async fn connections_the_upstream_closed_are_replaced() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http = reqwest::Client::new();
+    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closing.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = closing.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed at once: the proxy may already have this connection back in its pool.
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let service = json!({"name": "s", "url": format!("http://{addr}"), "retries": 0});
+    admin(&http, &node, "POST", "/services", service).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/a"]}),
+    )
+    .await;
+    until(&http, &node, "/a", 200).await;
+    let url = format!("{}/a", node.proxy.as_ref().unwrap());
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let s = http.get(&url).send().await.unwrap().status().as_u16();
+        *statuses.entry(s).or_insert(0) += 1;
+    }
+    assert_eq!(statuses.keys().collect::<Vec<_>>(), [&200], "{statuses:?}");
+}

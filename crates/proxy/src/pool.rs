@@ -36,11 +36,42 @@ pub enum UpstreamError {
     Http(#[from] hyper::Error),
 }
 
+/// Kong's upstream keep-alive settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keepalive {
+    /// Connections kept per destination (`upstream_keepalive_pool_size`); 0 keeps none.
+    pub pool_size: usize,
+    /// Requests per connection before it is closed (`upstream_keepalive_max_requests`);
+    /// 0: no limit.
+    pub max_requests: u64,
+    /// How long a connection is kept after its last request started
+    /// (`upstream_keepalive_idle_timeout`); zero: no limit.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Keepalive {
+    /// Kong's defaults: 60 connections, 100 requests each, 60 s.
+    fn default() -> Keepalive {
+        Keepalive {
+            pool_size: 60,
+            max_requests: 100,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A kept connection: when its last request started, and how many it has carried.
+struct Idle {
+    sender: SendRequest<Incoming>,
+    since: std::time::Instant,
+    uses: u64,
+}
+
 pub struct Pool {
-    idle: Mutex<HashMap<String, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
     /// One multiplexed HTTP/2 connection per destination (gRPC).
     h2: Mutex<HashMap<String, http2::SendRequest<Incoming>>>,
-    max_idle: usize,
+    keepalive: std::sync::OnceLock<Keepalive>,
     tls: crate::upstream_tls::Connectors,
     /// Made on first use with the system's configuration unless [`Pool::set_dns`] came first.
     dns: std::sync::OnceLock<Result<crate::dns::Dns, String>>,
@@ -63,7 +94,8 @@ pub struct Dest {
 
 /// A connection ready for one request.
 pub enum Conn {
-    H1(SendRequest<Incoming>),
+    /// HTTP/1.1, and the requests it has carried.
+    H1(SendRequest<Incoming>, u64),
     H2(http2::SendRequest<Incoming>),
 }
 
@@ -90,14 +122,24 @@ impl Dest {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize) -> Pool {
+    pub fn new() -> Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
-            max_idle,
+            keepalive: std::sync::OnceLock::new(),
             tls: crate::upstream_tls::Connectors::new(),
             dns: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keep connections as these settings say (Kong's `upstream_keepalive_*`); call before
+    /// serving.
+    pub fn set_keepalive(&self, k: Keepalive) {
+        let _ = self.keepalive.set(k);
+    }
+
+    fn keepalive(&self) -> &Keepalive {
+        self.keepalive.get_or_init(Keepalive::default)
     }
 
     /// Resolve names with these name servers (Kong's `dns_resolver`); empty: the system's.
@@ -158,30 +200,44 @@ impl Pool {
             return Ok(Conn::H2(sender));
         }
         match self.take(&dest.key) {
-            Some(s) => Ok(Conn::H1(s)),
-            None => Ok(Conn::H1(self.connect(dest, connect_timeout).await?)),
+            Some((s, uses)) => Ok(Conn::H1(s, uses)),
+            None => Ok(Conn::H1(self.connect(dest, connect_timeout).await?, 0)),
         }
     }
 
-    fn take(&self, addr: &str) -> Option<SendRequest<Incoming>> {
+    /// A kept connection to `addr` that is ready, with the requests it has carried. Closed
+    /// ones, and those kept past the idle timeout, are dropped on the way.
+    fn take(&self, addr: &str) -> Option<(SendRequest<Incoming>, u64)> {
+        let timeout = self.keepalive().idle_timeout;
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
-        list.retain(|s| !s.is_closed());
-        let i = list.iter().position(|s| s.is_ready())?;
-        Some(list.swap_remove(i))
+        list.retain(|c| {
+            !c.sender.is_closed() && (timeout.is_zero() || c.since.elapsed() < timeout)
+        });
+        let i = list.iter().position(|c| c.sender.is_ready())?;
+        let c = list.swap_remove(i);
+        Some((c.sender, c.uses))
     }
 
-    /// Give a connection back, to be reused once its current response has been read.
-    pub fn put(&self, addr: &str, s: SendRequest<Incoming>) {
-        if s.is_closed() {
+    /// Give a connection back, to be reused once its current response has been read; `uses`
+    /// counts the request it carries now. One that has carried `max_requests` is not kept: it
+    /// closes once its response has been read.
+    pub fn put(&self, addr: &str, s: SendRequest<Incoming>, uses: u64) {
+        let k = self.keepalive();
+        if s.is_closed() || (k.max_requests > 0 && uses >= k.max_requests) {
             return;
         }
+        let c = Idle {
+            sender: s,
+            since: std::time::Instant::now(),
+            uses,
+        };
         if let Ok(mut idle) = self.idle.lock() {
             match idle.get_mut(addr) {
-                Some(list) if list.len() < self.max_idle => list.push(s),
+                Some(list) if list.len() < k.pool_size => list.push(c),
                 Some(_) => {}
-                None if self.max_idle > 0 => {
-                    idle.insert(addr.to_string(), vec![s]);
+                None if k.pool_size > 0 => {
+                    idle.insert(addr.to_string(), vec![c]);
                 }
                 None => {}
             }
@@ -252,17 +308,34 @@ impl Pool {
     }
 
     /// Send a request on a checked-out connection; the connection goes back to the pool.
+    ///
+    /// A kept connection the upstream closed just before the request went out (its own
+    /// keep-alive timeout racing ours) gives the request back untouched: it is sent again on
+    /// a new connection, instead of failing with a 502.
     pub async fn send_on(
         &self,
         dest: &Dest,
         conn: Conn,
         req: Request<Incoming>,
+        connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match conn {
-            Conn::H1(mut sender) => {
-                let fut = sender.send_request(req);
-                self.put(&dest.key, sender);
-                Ok(fut.await?)
+            Conn::H1(mut sender, uses) => {
+                let fut = sender.try_send_request(req);
+                self.put(&dest.key, sender, uses + 1);
+                match fut.await {
+                    Ok(r) => Ok(r),
+                    Err(mut e) => match e.take_message() {
+                        Some(req) => {
+                            tracing::debug!(upstream = %dest.addr, error = %e.error(), "kept connection closed before the request was sent: sending on a new one");
+                            let mut fresh = self.connect(dest, connect_timeout).await?;
+                            let fut = fresh.send_request(req);
+                            self.put(&dest.key, fresh, 1);
+                            Ok(fut.await?)
+                        }
+                        None => Err(e.into_error().into()),
+                    },
+                }
             }
             Conn::H2(mut sender) => Ok(sender.send_request(req).await?),
         }

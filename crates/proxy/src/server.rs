@@ -439,7 +439,7 @@ impl Proxy {
             id_counter: std::sync::atomic::AtomicU64::new(0),
             metrics: std::sync::Mutex::new(Vec::new()),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
-            pool: Pool::new(256),
+            pool: Pool::new(),
             counters: Counters::default(),
             stats: Stats::default(),
             health: Arc::new(Health::default()),
@@ -503,6 +503,11 @@ impl Proxy {
             }
         }
         m
+    }
+
+    /// Kong's `upstream_keepalive_*` settings; call before serving.
+    pub fn set_keepalive(&self, k: crate::pool::Keepalive) {
+        self.pool.set_keepalive(k);
     }
 
     /// Resolve upstream names with these name servers (`dns_resolver`); call before serving.
@@ -1066,7 +1071,7 @@ impl Proxy {
                 self.pool
                     .connect_dedicated(&dest, connect_timeout)
                     .await
-                    .map(Conn::H1)
+                    .map(|s| Conn::H1(s, 0))
             } else {
                 self.pool.checkout(&dest, connect_timeout).await
             };
@@ -1119,8 +1124,11 @@ impl Proxy {
         };
         let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        let res = match tokio::time::timeout(read_timeout, self.pool.send_on(&dest, sender, up))
-            .await
+        let res = match tokio::time::timeout(
+            read_timeout,
+            self.pool.send_on(&dest, sender, up, connect_timeout),
+        )
+        .await
         {
             Err(_) => {
                 report(&target, Outcome::Timeout);
