@@ -121,6 +121,12 @@ impl Dest {
     }
 }
 
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool::new()
+    }
+}
+
 impl Pool {
     pub fn new() -> Pool {
         Pool {
