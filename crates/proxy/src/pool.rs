@@ -217,9 +217,11 @@ impl Pool {
         let timeout = self.keepalive().idle_timeout;
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
-        list.retain(|c| {
-            !c.sender.is_closed() && (timeout.is_zero() || c.since.elapsed() < timeout)
-        });
+        // One clock read for the whole list.
+        let oldest = (!timeout.is_zero())
+            .then(|| std::time::Instant::now().checked_sub(timeout))
+            .flatten();
+        list.retain(|c| !c.sender.is_closed() && oldest.is_none_or(|o| c.since > o));
         let i = list.iter().position(|c| c.sender.is_ready())?;
         let c = list.swap_remove(i);
         Some((c.sender, c.uses))
