@@ -1975,10 +1975,29 @@ async fn trusted_proxies_forward_the_client() {
         assert_eq!(h["x-forwarded-proto"], want_proto, "trusted {trusted}: {h}");
         assert_eq!(h["x-forwarded-host"], want_host, "trusted {trusted}: {h}");
         assert_eq!(
-            h["x-forwarded-for"],
-            format!("203.0.113.7, 127.0.0.2, {want_ip}"),
-            "the client appended, as nginx: {h}"
+            h["x-forwarded-for"], "203.0.113.7, 127.0.0.2, 127.0.0.1",
+            "the connecting peer appended, as Kong: {h}"
         );
+        // An https-only route: a trusted proxy that ended TLS says so in X-Forwarded-Proto.
+        let route = json!({"paths": ["/secure"], "protocols": ["https"]});
+        admin(&http, &node, "POST", "/services/s/routes", route).await;
+        let url = format!("{}/secure", node.proxy.as_ref().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let r = http
+                .get(&url)
+                .header("x-forwarded-proto", "https")
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            if s != 404 || Instant::now() > deadline {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let want = if want_proto == "https" { 200 } else { 426 };
+        assert_eq!(status, want, "trusted {trusted}");
     }
 }
 
@@ -2014,13 +2033,21 @@ async fn upstream_keepalive_settings_bound_connections() {
     // Whatever the warm-up left, start on a fresh connection: wait out the idle timeout.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut seen = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..6 {
         let got: Value = until(&http, &node, "/a", 200).await.json().await.unwrap();
         seen.push(got["client"].as_str().unwrap().to_string());
     }
-    assert_eq!(seen[0], seen[1], "two requests on one connection: {seen:?}");
-    assert_ne!(seen[1], seen[2], "then a new one: {seen:?}");
-    assert_eq!(seen[2], seen[3], "{seen:?}");
+    // Connections are reused, two requests each at most (a connection not yet ready again
+    // when the next request comes only means one more connection).
+    let mut uses = std::collections::HashMap::new();
+    for c in &seen {
+        *uses.entry(c).or_insert(0) += 1;
+    }
+    assert!(uses.values().all(|n| *n <= 2), "{seen:?}");
+    assert!(
+        uses.values().any(|n| *n == 2),
+        "no connection was reused: {seen:?}"
+    );
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let got: Value = until(&http, &node, "/a", 200).await.json().await.unwrap();
     let after = got["client"].as_str().unwrap().to_string();

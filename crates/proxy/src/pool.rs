@@ -72,6 +72,10 @@ pub struct Pool {
     /// One multiplexed HTTP/2 connection per destination (gRPC).
     h2: Mutex<HashMap<String, http2::SendRequest<Incoming>>>,
     keepalive: std::sync::OnceLock<Keepalive>,
+    /// When idle connections of every destination were last checked, in milliseconds
+    /// since `born`.
+    swept: std::sync::atomic::AtomicU64,
+    born: std::time::Instant,
     tls: crate::upstream_tls::Connectors,
     /// Made on first use with the system's configuration unless [`Pool::set_dns`] came first.
     dns: std::sync::OnceLock<Result<crate::dns::Dns, String>>,
@@ -133,6 +137,8 @@ impl Pool {
             idle: Mutex::new(HashMap::new()),
             h2: Mutex::new(HashMap::new()),
             keepalive: std::sync::OnceLock::new(),
+            swept: std::sync::atomic::AtomicU64::new(0),
+            born: std::time::Instant::now(),
             tls: crate::upstream_tls::Connectors::new(),
             dns: std::sync::OnceLock::new(),
         }
@@ -235,12 +241,27 @@ impl Pool {
         if s.is_closed() || (k.max_requests > 0 && uses >= k.max_requests) {
             return;
         }
+        let now = std::time::Instant::now();
         let c = Idle {
             sender: s,
-            since: std::time::Instant::now(),
+            since: now,
             uses,
         };
+        // Once a second, connections of every destination kept past the idle timeout are
+        // closed, also where no request comes any more.
+        let ms = now.duration_since(self.born).as_millis() as u64;
+        let sweep = !k.idle_timeout.is_zero()
+            && ms.saturating_sub(self.swept.load(std::sync::atomic::Ordering::Relaxed)) >= 1000;
         if let Ok(mut idle) = self.idle.lock() {
+            if sweep {
+                self.swept.store(ms, std::sync::atomic::Ordering::Relaxed);
+                if let Some(oldest) = now.checked_sub(k.idle_timeout) {
+                    idle.retain(|_, list| {
+                        list.retain(|c| !c.sender.is_closed() && c.since > oldest);
+                        !list.is_empty()
+                    });
+                }
+            }
             match idle.get_mut(addr) {
                 Some(list) if list.len() < k.pool_size => list.push(c),
                 Some(_) => {}

@@ -795,6 +795,7 @@ impl Proxy {
         seen: &mut Seen,
     ) -> Response<ProxyBody> {
         let (local_port, https, sni) = (conn.local_port, conn.https, conn.sni.as_deref());
+        let peer_ip = conn.peer.ip();
         let mut req = req;
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
@@ -843,8 +844,23 @@ impl Proxy {
             seen.service = route.service_id.clone();
         }
         let has = |p: &str| route.protocols.iter().any(|x| x == p);
-        if !https && has("https") && !has("http") {
-            return https_redirect(route.https_redirect_status_code, host, &request_uri);
+        // Behind a trusted proxy that ended TLS, its X-Forwarded-Proto and -Host say what the
+        // client used (Kong's forwarded scheme and host).
+        let forwarded = |name: &HeaderName| {
+            client
+                .trusted
+                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
+                .flatten()
+                .map(|v| v.split(',').next().unwrap_or("").trim())
+                .filter(|v| !v.is_empty())
+        };
+        let forwarded_https = match forwarded(&names::X_FORWARDED_PROTO) {
+            Some(p) => p.eq_ignore_ascii_case("https"),
+            None => https,
+        };
+        if !forwarded_https && has("https") && !has("http") {
+            let to = forwarded(&names::X_FORWARDED_HOST).unwrap_or(host);
+            return https_redirect(route.https_redirect_status_code, to, &request_uri);
         }
         if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
             let is_grpc = parts
@@ -962,14 +978,18 @@ impl Proxy {
             service.host_port.clone()
         };
         headers.insert(header::HOST, upstream_host.clone());
-        // X-Forwarded-For gets the client appended (as nginx's $proxy_add_x_forwarded_for).
-        let xff = match headers
-            .get(names::X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", client.ip))
-                .unwrap_or_else(|_| client.value.clone()),
-            None => client.value.clone(),
+        // As Kong: X-Forwarded-For as received (every line) with the connecting peer
+        // appended, or the client alone when there was none.
+        let prev: Vec<&str> = headers
+            .get_all(names::X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let xff = if prev.is_empty() {
+            client.value.clone()
+        } else {
+            HeaderValue::from_str(&format!("{}, {}", prev.join(", "), peer_ip))
+                .unwrap_or_else(|_| client.value.clone())
         };
         headers.insert(names::X_FORWARDED_FOR, xff);
         // The other X-Forwarded-* a trusted peer sent are kept; anyone else's are replaced.

@@ -72,41 +72,55 @@ impl Trust {
         self.nets.is_empty()
     }
 
+    /// Whether `ip` is in `trusted_ips`, an IPv4-mapped IPv6 address in either of its forms.
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
         };
-        self.nets.iter().any(|n| n.contains(&ip))
+        self.nets
+            .iter()
+            .any(|n| n.contains(&ip) || mapped.is_some_and(|m| n.contains(&m)))
     }
 
     /// The client's address: the peer's, or, for a trusted peer, the one `real_ip_header`
-    /// names. A list (X-Forwarded-For) gives its last address, or with `real_ip_recursive`
-    /// the last one that is not trusted itself. A value that is not an address is ignored.
+    /// names, as nginx's realip module reads it. `X-Forwarded-For` (every line, joined) is
+    /// read from the right: its last address, or with `real_ip_recursive` the first from the
+    /// right that is not trusted itself. Reading stops at an entry that is not an address,
+    /// keeping the last good one (the peer when it is the last entry), so a client cannot
+    /// slip an address past a proxy's. Another header gives the address its first line holds.
     pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if self.nets.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        let listed: Vec<IpAddr> = headers
+        if self.header != hyper::header::HeaderName::from_static("x-forwarded-for") {
+            return headers
+                .get(&self.header)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_addr(v.trim()))
+                .unwrap_or(peer);
+        }
+        let joined: Vec<&str> = headers
             .get_all(&self.header)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|a| parse_addr(a.trim()))
             .collect();
-        let Some(last) = listed.last() else {
-            return peer;
-        };
-        if !self.recursive {
-            return *last;
+        let joined = joined.join(",");
+        let mut client = peer;
+        for entry in joined
+            .rsplit([',', ' '])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            match parse_addr(entry) {
+                Some(a) => client = a,
+                None => break,
+            }
+            if !self.recursive || !self.trusts(client) {
+                break;
+            }
         }
-        listed
-            .iter()
-            .rev()
-            .find(|a| !self.trusts(**a))
-            .or(listed.first())
-            .copied()
-            .unwrap_or(peer)
+        client
     }
 }
 
@@ -147,6 +161,8 @@ mod tests {
         assert_eq!(none.client(lb, &headers("x-real-ip", &["1.2.3.4"])), lb);
 
         let t = Trust::parse("10.0.0.0/8, 192.0.2.1", "X-Real-IP", false).unwrap();
+        let mapped = Trust::parse("::ffff:10.0.0.0/104", "X-Real-IP", false).unwrap();
+        assert!(mapped.trusts(lb), "a mapped block covers the IPv4 peer");
         assert!(t.trusts(lb) && t.trusts(ip("192.0.2.1")) && !t.trusts(ip("192.0.2.2")));
         assert!(t.trusts(ip("::ffff:10.1.2.3")), "IPv4-mapped peers");
         assert_eq!(
@@ -176,6 +192,11 @@ mod tests {
         let v6 = headers("x-forwarded-for", &["[2001:db8::1]:443"]);
         assert_eq!(xff(false).client(lb, &v6), ip("2001:db8::1"));
 
+        // An entry that is not an address stops the reading (nginx): no address past it.
+        let bad_last = headers("x-forwarded-for", &["198.51.100.1, unknown"]);
+        assert_eq!(xff(false).client(lb, &bad_last), lb);
+        let bad_middle = headers("x-forwarded-for", &["198.51.100.1, garbage, 10.0.0.7"]);
+        assert_eq!(xff(true).client(lb, &bad_middle), ip("10.0.0.7"));
         let e = Trust::parse("10.0.0.0/8, nonsense", "X-Real-IP", false).unwrap_err();
         assert!(e.contains("trusted_ips") && e.contains("nonsense"), "{e}");
         assert!(Trust::parse("", "proxy_protocol", false).is_err());

@@ -125,19 +125,31 @@ fn entry(r: &RequestLog<'_>) -> Value {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let id = |v: Option<&str>| v.map(|id| json!({ "id": id }));
-    let querystring: serde_json::Map<String, Value> = r
+    // As Kong: `k` is `true`, `k=` an empty string, a repeated key a list.
+    let mut querystring = serde_json::Map::new();
+    for piece in r
         .uri
         .query()
-        .map(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| {
-                    // A flag without a value is `true`, as Kong's.
-                    let v = if v.is_empty() { json!(true) } else { json!(v) };
-                    (k.into_owned(), v)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let Some((k, v)) = form_urlencoded::parse(piece.as_bytes()).next() else {
+            continue;
+        };
+        let v = if piece.contains('=') {
+            json!(v)
+        } else {
+            json!(true)
+        };
+        match querystring.get_mut(k.as_ref()) {
+            Some(Value::Array(list)) => list.push(v),
+            Some(one) => *one = Value::Array(vec![one.take(), v]),
+            None => {
+                querystring.insert(k.into_owned(), v);
+            }
+        }
+    }
     let d = r.details;
     json!({
         "request": {
