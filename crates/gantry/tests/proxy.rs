@@ -1741,31 +1741,15 @@ async fn response_phases_transform_bodies_and_log() {
 /// is in the request latency, not in the upstream's (time to the response head).
 #[tokio::test]
 async fn the_log_phase_waits_for_the_body() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow_addr = slow.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = slow.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n")
-                    .await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = s.write_all(b"hello").await;
-            });
-        }
-    });
+    let slow_addr = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        Duration::from_millis(300),
+        b"hello",
+    )
+    .await;
     let log = dir.path().join("slow.log");
     admin(
         &http,
@@ -1889,30 +1873,9 @@ async fn headers_settings_choose_what_is_added() {
         .starts_with("gantry/"));
     assert!(r.headers().contains_key("x-kong-response-latency"));
 
-    let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["start", "-p"])
-        .arg(dir.path())
-        .env("KONG_HEADERS", "server_tokens, X-Bogus")
-        .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
-        .env("KONG_STATUS_LISTEN", "off")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started: {err}");
+    let err = failed_start(&[("KONG_HEADERS", "server_tokens, X-Bogus")]);
     assert!(err.contains("headers") && err.contains("x-bogus"), "{err}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["start", "-p"])
-        .arg(dir.path())
-        .env("KONG_TRUSTED_IPS", "10.0.0.0/8, lb.internal")
-        .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
-        .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
-        .env("KONG_STATUS_LISTEN", "off")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started: {err}");
+    let err = failed_start(&[("KONG_TRUSTED_IPS", "10.0.0.0/8, lb.internal")]);
     assert!(
         err.contains("trusted_ips") && err.contains("lb.internal"),
         "{err}"
@@ -2062,28 +2025,14 @@ async fn upstream_keepalive_settings_bound_connections() {
 /// again on a new one, never answered 502.
 #[tokio::test]
 async fn connections_the_upstream_closed_are_replaced() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let http = reqwest::Client::new();
-    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closing.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = closing.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-                // Closed at once: the proxy may already have this connection back in its pool.
-            });
-        }
-    });
+    // Closed at once: the proxy may already have the connection back in its pool.
+    let addr = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        Duration::ZERO,
+        b"",
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let service = json!({"name": "s", "url": format!("http://{addr}"), "retries": 0});
@@ -2113,4 +2062,54 @@ async fn connections_the_upstream_closed_are_replaced() {
         statuses.keys().all(|s| *s == 200 || *s == 502),
         "{statuses:?}"
     );
+}
+
+/// A raw HTTP/1.1 upstream on loopback: for each request head, writes `head`, then (when
+/// `tail` is not empty) waits `pause` and writes `tail`, then closes the connection without
+/// saying so in the response.
+async fn raw_upstream(
+    head: &'static [u8],
+    pause: Duration,
+    tail: &'static [u8],
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(head).await;
+                if !tail.is_empty() {
+                    tokio::time::sleep(pause).await;
+                    let _ = s.write_all(tail).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// `gantry start` with these settings must fail; its standard error.
+fn failed_start(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["start", "-p"])
+        .arg(dir.path())
+        .envs(env.iter().copied())
+        .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
+        .env("KONG_STATUS_LISTEN", "off")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "started: {err}");
+    err
 }
