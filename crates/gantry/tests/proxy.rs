@@ -1814,17 +1814,10 @@ async fn headers_settings_choose_what_is_added() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     };
-    async fn configure(http: &reqwest::Client, node: &Node, up: &str) {
-        let service = json!({"name": "s", "url": format!("http://{up}")});
-        admin(http, node, "POST", "/services", service).await;
-        let route = json!({"paths": ["/a"]});
-        admin(http, node, "POST", "/services/s/routes", route).await;
-    }
-
     let dir = tempfile::tempdir().unwrap();
     let env = set(&[("KONG_HEADERS", "off"), ("KONG_HEADERS_UPSTREAM", "off")]);
     let node = Node::start(dir.path(), &env);
-    configure(&http, &node, &up).await;
+    route_to(&http, &node, &up, "/a").await;
     let r = until(&http, &node, "/a", 200).await;
     for h in [
         "via",
@@ -1852,7 +1845,7 @@ async fn headers_settings_choose_what_is_added() {
         "X-Kong-Upstream-Status, Server, latency_tokens",
     )]);
     let node = Node::start(dir.path(), &env);
-    configure(&http, &node, &up).await;
+    route_to(&http, &node, &up, "/a").await;
     let r = until(&http, &node, "/a", 200).await;
     assert_eq!(r.headers()["x-kong-upstream-status"], "200");
     assert!(r.headers().contains_key("x-kong-upstream-latency"));
@@ -1922,16 +1915,7 @@ async fn trusted_proxies_forward_the_client() {
         ("10.0.0.0/8", "127.0.0.1", "http", "127.0.0.1"),
     ] {
         let (_dir, node) = start(trusted);
-        let service = json!({"name": "s", "url": format!("http://{up}")});
-        admin(&http, &node, "POST", "/services", service).await;
-        admin(
-            &http,
-            &node,
-            "POST",
-            "/services/s/routes",
-            json!({"paths": ["/a"]}),
-        )
-        .await;
+        route_to(&http, &node, &up, "/a").await;
         until(&http, &node, "/a", 200).await;
         let h = send(&node).await;
         assert_eq!(h["x-real-ip"], want_ip, "trusted {trusted}: {h}");
@@ -1982,16 +1966,7 @@ async fn upstream_keepalive_settings_bound_connections() {
         ),
     ];
     let node = Node::start(dir.path(), &env);
-    let service = json!({"name": "s", "url": format!("http://{up}")});
-    admin(&http, &node, "POST", "/services", service).await;
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": ["/a"]}),
-    )
-    .await;
+    route_to(&http, &node, &up, "/a").await;
     until(&http, &node, "/a", 200).await;
     // Whatever the warm-up left, start on a fresh connection: wait out the idle timeout.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -2112,4 +2087,18 @@ fn failed_start(env: &[(&str, &str)]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "started: {err}");
     err
+}
+
+/// A service `s` to `upstream` (host:port) with one route on `path`.
+async fn route_to(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
+    let service = json!({"name": "s", "url": format!("http://{upstream}")});
+    admin(http, node, "POST", "/services", service).await;
+    admin(
+        http,
+        node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": [path]}),
+    )
+    .await;
 }
