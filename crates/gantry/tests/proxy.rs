@@ -2102,3 +2102,53 @@ async fn route_to(http: &reqwest::Client, node: &Node, upstream: &str, path: &st
     )
     .await;
 }
+
+/// An upstream closes a kept connection as a request arrives on it (its keep-alive timeout
+/// racing ours): a bodiless GET on a connection kept a second or more is sent again on a new
+/// connection; a POST with a body is not (it may have been acted on), and gets 502.
+#[tokio::test]
+async fn idempotent_requests_survive_an_upstream_closing_kept_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let http = reqwest::Client::new();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    // Each connection: the first request is answered, the second is read and not answered.
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                for answered in [true, false] {
+                    let mut got = Vec::new();
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if answered {
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    route_to(&http, &node, &addr.to_string(), "/a").await;
+    until(&http, &node, "/a", 200).await;
+    let url = format!("{}/a", node.proxy.as_ref().unwrap());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the GET was sent again on a new connection"
+    );
+    assert_eq!(r.text().await.unwrap(), "ok");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = http.post(&url).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 502, "a request with a body is never sent twice");
+}

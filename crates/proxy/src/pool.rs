@@ -15,6 +15,14 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+/// The body of a request to an upstream: the client's, or none (a request sent again).
+pub type UpBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+
+/// Kept connections idle this long may be closed by the upstream's own keep-alive timeout as
+/// a request goes out: a bodiless idempotent request sent on one keeps its head, to be sent
+/// again on a new connection if the upstream closes without answering.
+const RISKY_IDLE: Duration = Duration::from_secs(1);
+
 /// Why an upstream request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -62,7 +70,7 @@ impl Default for Keepalive {
 
 /// A kept connection: when its last request started, and how many it has carried.
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<UpBody>,
     since: std::time::Instant,
     uses: u64,
 }
@@ -70,7 +78,7 @@ struct Idle {
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
     /// One multiplexed HTTP/2 connection per destination (gRPC).
-    h2: Mutex<HashMap<String, http2::SendRequest<Incoming>>>,
+    h2: Mutex<HashMap<String, http2::SendRequest<UpBody>>>,
     keepalive: std::sync::OnceLock<Keepalive>,
     /// When idle connections of every destination were last checked, in milliseconds
     /// since `born`.
@@ -98,9 +106,9 @@ pub struct Dest {
 
 /// A connection ready for one request.
 pub enum Conn {
-    /// HTTP/1.1, and the requests it has carried.
-    H1(SendRequest<Incoming>, u64),
-    H2(http2::SendRequest<Incoming>),
+    /// HTTP/1.1, the requests it has carried, and how long it was kept idle.
+    H1(SendRequest<UpBody>, u64, Duration),
+    H2(http2::SendRequest<UpBody>),
 }
 
 impl Dest {
@@ -212,14 +220,18 @@ impl Pool {
             return Ok(Conn::H2(sender));
         }
         match self.take(&dest.key) {
-            Some((s, uses)) => Ok(Conn::H1(s, uses)),
-            None => Ok(Conn::H1(self.connect(dest, connect_timeout).await?, 0)),
+            Some((s, uses, idle)) => Ok(Conn::H1(s, uses, idle)),
+            None => Ok(Conn::H1(
+                self.connect(dest, connect_timeout).await?,
+                0,
+                Duration::ZERO,
+            )),
         }
     }
 
     /// A kept connection to `addr` that is ready, with the requests it has carried. Closed
     /// ones, and those kept past the idle timeout, are dropped on the way.
-    fn take(&self, addr: &str) -> Option<(SendRequest<Incoming>, u64)> {
+    fn take(&self, addr: &str) -> Option<(SendRequest<UpBody>, u64, Duration)> {
         let timeout = self.keepalive().idle_timeout;
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
@@ -230,13 +242,13 @@ impl Pool {
         list.retain(|c| !c.sender.is_closed() && oldest.is_none_or(|o| c.since > o));
         let i = list.iter().position(|c| c.sender.is_ready())?;
         let c = list.swap_remove(i);
-        Some((c.sender, c.uses))
+        Some((c.sender, c.uses, c.since.elapsed()))
     }
 
     /// Give a connection back, to be reused once its current response has been read; `uses`
     /// counts the request it carries now. One that has carried `max_requests` is not kept: it
     /// closes once its response has been read.
-    pub fn put(&self, addr: &str, s: SendRequest<Incoming>, uses: u64) {
+    pub fn put(&self, addr: &str, s: SendRequest<UpBody>, uses: u64) {
         let k = self.keepalive();
         if s.is_closed() || (k.max_requests > 0 && uses >= k.max_requests) {
             return;
@@ -277,7 +289,7 @@ impl Pool {
         &self,
         dest: &Dest,
         timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<UpBody>, UpstreamError> {
         handshake(self.connect_stream(dest, timeout).await?).await
     }
 
@@ -332,7 +344,7 @@ impl Pool {
         &self,
         dest: &Dest,
         connect_timeout: Duration,
-    ) -> Result<SendRequest<Incoming>, UpstreamError> {
+    ) -> Result<SendRequest<UpBody>, UpstreamError> {
         self.connect(dest, connect_timeout).await
     }
 
@@ -345,30 +357,60 @@ impl Pool {
         &self,
         dest: &Dest,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<UpBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
         match conn {
-            Conn::H1(mut sender, uses) => {
+            Conn::H1(mut sender, uses, idle) => {
+                let head = (idle >= RISKY_IDLE && resendable(&req)).then(|| head_of(&req));
                 let fut = sender.try_send_request(req);
                 self.put(&dest.key, sender, uses + 1);
-                match fut.await {
-                    Ok(r) => Ok(r),
-                    Err(mut e) => match e.take_message() {
-                        Some(req) => {
+                let req = match fut.await {
+                    Ok(r) => return Ok(r),
+                    Err(mut e) => match (e.take_message(), head) {
+                        (Some(req), _) => {
                             tracing::debug!(upstream = %dest.addr, error = %e.error(), "kept connection closed before the request was sent: sending on a new one");
-                            let mut fresh = self.connect(dest, connect_timeout).await?;
-                            let fut = fresh.send_request(req);
-                            self.put(&dest.key, fresh, 1);
-                            Ok(fut.await?)
+                            req
                         }
-                        None => Err(e.into_error().into()),
+                        (None, Some(head)) => {
+                            tracing::debug!(upstream = %dest.addr, error = %e.error(), "kept connection closed without answering: sending the request again on a new one");
+                            Request::from_parts(
+                                head,
+                                http_body_util::Either::Right(http_body_util::Empty::new()),
+                            )
+                        }
+                        (None, None) => return Err(e.into_error().into()),
                     },
-                }
+                };
+                let mut fresh = self.connect(dest, connect_timeout).await?;
+                let fut = fresh.send_request(req);
+                self.put(&dest.key, fresh, 1);
+                Ok(fut.await?)
             }
             Conn::H2(mut sender) => Ok(sender.send_request(req).await?),
         }
     }
+}
+
+/// Whether a request may be sent twice: an idempotent method (as nginx's
+/// `proxy_next_upstream`: not POST, PATCH or LOCK) and no body.
+fn resendable(req: &Request<UpBody>) -> bool {
+    use hyper::body::Body;
+    use hyper::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    ) && req.body().is_end_stream()
+}
+
+/// A copy of a request's head.
+fn head_of(req: &Request<UpBody>) -> hyper::http::request::Parts {
+    let mut copy = Request::new(());
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy.into_parts().0
 }
 
 /// A connection to an upstream, in clear or TLS.
@@ -518,7 +560,7 @@ impl tokio::io::AsyncWrite for Stream {
 
 /// HTTP/1.1 on a connected stream; `with_upgrades`, so that a connection that switches
 /// protocols (WebSocket) is handed over to the caller instead of being closed.
-async fn handshake<S>(stream: S) -> Result<SendRequest<Incoming>, UpstreamError>
+async fn handshake<S>(stream: S) -> Result<SendRequest<UpBody>, UpstreamError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -1035,7 +1035,7 @@ impl Proxy {
             headers.insert(names::X_KONG_REQUEST_ID, seen.request_id.clone());
         }
         let upstream_host = upstream_host.to_str().unwrap_or_default();
-        let mut up = Request::new(body);
+        let mut up = Request::new(http_body_util::Either::Left(body));
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers;
@@ -1091,7 +1091,7 @@ impl Proxy {
                 self.pool
                     .connect_dedicated(&dest, connect_timeout)
                     .await
-                    .map(|s| Conn::H1(s, 0))
+                    .map(|s| Conn::H1(s, 0, Duration::ZERO))
             } else {
                 self.pool.checkout(&dest, connect_timeout).await
             };
