@@ -236,13 +236,14 @@ impl Pool {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
         // One clock read for the whole list.
+        let now = std::time::Instant::now();
         let oldest = (!timeout.is_zero())
-            .then(|| std::time::Instant::now().checked_sub(timeout))
+            .then(|| now.checked_sub(timeout))
             .flatten();
         list.retain(|c| !c.sender.is_closed() && oldest.is_none_or(|o| c.since > o));
         let i = list.iter().position(|c| c.sender.is_ready())?;
         let c = list.swap_remove(i);
-        Some((c.sender, c.uses, c.since.elapsed()))
+        Some((c.sender, c.uses, now.saturating_duration_since(c.since)))
     }
 
     /// Give a connection back, to be reused once its current response has been read; `uses`

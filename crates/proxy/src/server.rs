@@ -31,6 +31,10 @@ pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
 
+/// Kong's messages for a 504 and a 502 from the upstream.
+const UPSTREAM_TIMED_OUT: &str = "The upstream server is timing out";
+const BAD_UPSTREAM_RESPONSE: &str = "An invalid response was received from the upstream server";
+
 /// A running active health probe of one upstream.
 struct Probing {
     probe: crate::health::Probe,
@@ -922,10 +926,7 @@ impl Proxy {
         }
         let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
         if !matches!(service.protocol.as_str(), "http" | "https") && !grpc {
-            return json_error(
-                StatusCode::BAD_GATEWAY,
-                "An invalid response was received from the upstream server",
-            );
+            return json_error(StatusCode::BAD_GATEWAY, BAD_UPSTREAM_RESPONSE);
         }
         let balancer = snap.balancers.get(&service.host);
         let key = match balancer.map(|b| &b.algorithm) {
@@ -1127,17 +1128,9 @@ impl Proxy {
                             )
                         }
                         _ if timed_out => {
-                            return json_error(
-                                StatusCode::GATEWAY_TIMEOUT,
-                                "The upstream server is timing out",
-                            )
+                            return json_error(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT)
                         }
-                        _ => {
-                            return json_error(
-                                StatusCode::BAD_GATEWAY,
-                                "An invalid response was received from the upstream server",
-                            )
-                        }
+                        _ => return json_error(StatusCode::BAD_GATEWAY, BAD_UPSTREAM_RESPONSE),
                     }
                 }
             }
@@ -1152,26 +1145,17 @@ impl Proxy {
         {
             Err(_) => {
                 report(&target, Outcome::Timeout);
-                return json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The upstream server is timing out",
-                );
+                return json_error(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT);
             }
             Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
                 report(&target, Outcome::Timeout);
                 tracing::warn!(error = %e, upstream = %target, "upstream write timed out (write_timeout)");
-                return json_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "The upstream server is timing out",
-                );
+                return json_error(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT);
             }
             Ok(Err(e)) => {
                 report(&target, Outcome::TcpFailure);
                 tracing::warn!(error = %e, upstream = %target, "upstream request failed");
-                return json_error(
-                    StatusCode::BAD_GATEWAY,
-                    "An invalid response was received from the upstream server",
-                );
+                return json_error(StatusCode::BAD_GATEWAY, BAD_UPSTREAM_RESPONSE);
             }
             Ok(Ok(r)) => {
                 report(&target, Outcome::Status(r.status().as_u16()));

@@ -20,7 +20,7 @@ impl Default for Trust {
     fn default() -> Trust {
         Trust {
             nets: Vec::new(),
-            header: HeaderName::from_static("x-real-ip"),
+            header: crate::names::X_REAL_IP,
             recursive: false,
         }
     }
@@ -93,7 +93,7 @@ impl Trust {
         if self.nets.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        if self.header != hyper::header::HeaderName::from_static("x-forwarded-for") {
+        if self.header != crate::names::X_FORWARDED_FOR {
             return headers
                 .get(&self.header)
                 .and_then(|v| v.to_str().ok())
