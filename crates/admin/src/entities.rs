@@ -1,6 +1,7 @@
 //! The entity endpoints, for every entity at once: collections, items, nested collections
 //! (`/services/{s}/routes`) and nested items (`/consumers/{c}/key-auth/{k}`).
 
+use gantry_model::plugins::Catalog;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -124,7 +125,7 @@ async fn resolve_foreign_inputs(
 }
 
 /// Form bodies carry strings: convert them to what the schema wants, plugin configs included.
-fn coerce_form(schema: &EntitySchema, input: &mut Doc, existing: Option<&Doc>) {
+fn coerce_form(schema: &EntitySchema, input: &mut Doc, existing: Option<&Doc>, plugins: &Catalog) {
     coerce(&schema.fields, input);
     let kind = |k: &str| {
         input
@@ -135,7 +136,7 @@ fn coerce_form(schema: &EntitySchema, input: &mut Doc, existing: Option<&Doc>) {
     };
     let fields = match schema.name {
         "plugins" => kind("name")
-            .and_then(|n| gantry_model::plugins::plugin(&n))
+            .and_then(|n| plugins.schema(&n))
             .map(|p| p.config.clone()),
         "partials" => kind("type").and_then(|t| gantry_model::plugins::partial_config(&t)),
         _ => None,
@@ -178,7 +179,7 @@ async fn write_one(
         return Err(read_only());
     }
     if origin == Origin::Form {
-        coerce_form(schema, &mut input, existing.as_ref());
+        coerce_form(schema, &mut input, existing.as_ref(), &st.plugins);
     }
     if let Some((field, pid)) = &parent {
         input.insert(field.to_string(), json!({ "id": pid }));
@@ -241,7 +242,7 @@ async fn write_one(
             base
         }
     };
-    let doc = prepare(schema, doc, secrets, now).map_err(ApiError::Schema)?;
+    let doc = prepare(schema, doc, secrets, now, &st.plugins).map_err(ApiError::Schema)?;
     let op = if create {
         Op::Insert(schema, doc.clone())
     } else {
@@ -524,9 +525,17 @@ pub fn validate_only(
     schema: &EntitySchema,
     mut input: Doc,
     origin: Origin,
+    plugins: &Catalog,
 ) -> Result<Doc, ApiError> {
     if origin == Origin::Form {
-        coerce_form(schema, &mut input, None);
+        coerce_form(schema, &mut input, None, plugins);
     }
-    prepare(schema, input, Secrets::Clear, gantry_model::unix_now()).map_err(ApiError::Schema)
+    prepare(
+        schema,
+        input,
+        Secrets::Clear,
+        gantry_model::unix_now(),
+        plugins,
+    )
+    .map_err(ApiError::Schema)
 }

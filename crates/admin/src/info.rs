@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gantry_model::declarative::{self, LoadOptions};
 use gantry_model::entities::{entity, ENTITIES};
-use gantry_model::plugins::{plugin, PLUGINS};
 use serde_json::{json, Map, Value};
 
 use crate::body;
@@ -20,8 +19,9 @@ use crate::AdminState;
 
 /// `GET /`
 pub async fn root(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
-    let available: Map<String, Value> = PLUGINS
-        .iter()
+    let available: Map<String, Value> = st
+        .plugins
+        .schemas()
         .map(|p| {
             (
                 p.name.to_string(),
@@ -108,14 +108,19 @@ async fn validate_body(
         entity(name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     let (input, origin) = body::decode(&headers, &bytes)?;
-    validate_only(schema, input, origin)?;
+    validate_only(schema, input, origin, &st.plugins)?;
     Ok(Json(json!({"message": "schema validation successful"})).into_response())
 }
 
 /// `GET /schemas/plugins/{name}`
-pub async fn plugin_schema(Path(name): Path<String>) -> Result<Response, ApiError> {
-    let p =
-        plugin(&name).ok_or_else(|| ApiError::BadRequest(format!("No plugin named '{name}'")))?;
+pub async fn plugin_schema(
+    State(st): State<Arc<AdminState>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = st
+        .plugins
+        .schema(&name)
+        .ok_or_else(|| ApiError::BadRequest(format!("No plugin named '{name}'")))?;
     Ok(Json(p.describe()).into_response())
 }
 
@@ -129,8 +134,8 @@ pub async fn validate_plugin(
 }
 
 /// `GET /plugins/enabled`
-pub async fn enabled_plugins() -> Response {
-    let names: Vec<&str> = PLUGINS.iter().map(|p| p.name).collect();
+pub async fn enabled_plugins(State(st): State<Arc<AdminState>>) -> Response {
+    let names: Vec<&str> = st.plugins.schemas().map(|p| p.name).collect();
     Json(json!({ "enabled_plugins": names })).into_response()
 }
 
@@ -218,6 +223,7 @@ pub async fn post_config(
         doc,
         LoadOptions {
             now: gantry_model::unix_now(),
+            plugins: st.plugins.clone(),
         },
     )?;
     let version = st.store.replace(&config).await?;

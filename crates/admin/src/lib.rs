@@ -9,6 +9,7 @@ mod entities;
 mod error;
 mod info;
 
+use gantry_model::plugins::Catalog;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +44,9 @@ pub struct AdminState {
     /// layer subscribe to it.
     pub version_tx: watch::Sender<i64>,
     pub counters: Counters,
+    /// The plugins this node enables (Kong's `plugins` setting): what every write validates
+    /// and compiles plugin configurations with.
+    pub plugins: Catalog,
     hash_cache: Mutex<Option<(i64, ConfigHashes)>>,
     /// More metrics for `GET /metrics` (the cluster service's counters, on a control plane).
     pub extra_metrics: std::sync::OnceLock<MetricsFn>,
@@ -57,6 +61,7 @@ impl AdminState {
         settings: Arc<Settings>,
         node_id: String,
         hostname: String,
+        plugins: Catalog,
     ) -> AdminState {
         let db_off = settings.database == gantry_conf::Database::Off;
         AdminState {
@@ -67,6 +72,7 @@ impl AdminState {
             hostname,
             version_tx: watch::channel(0).0,
             counters: Counters::default(),
+            plugins,
             hash_cache: Mutex::new(None),
             extra_metrics: std::sync::OnceLock::new(),
         }

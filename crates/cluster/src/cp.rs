@@ -12,6 +12,7 @@ use gantry_conf::ClusterSettings;
 use gantry_model::compat::{self, Version};
 use gantry_model::delta::{collapse, Change};
 use gantry_model::hash::hash_config;
+use gantry_model::plugins::Catalog;
 use gantry_model::{unix_now, Config, Doc};
 use gantry_store::{RegistryWrite, Store, StoreDelta};
 use serde_json::{json, Value};
@@ -64,7 +65,7 @@ impl Published {
 
     /// The whole configuration; for an older data plane, without the fields it does not
     /// know, and with the hash of what it is actually sent.
-    fn snapshot_msg(&self, dp: Option<Version>) -> ToDp {
+    fn snapshot_msg(&self, dp: Option<Version>, plugins: &Catalog) -> ToDp {
         let Some(v) = dp else {
             return ToDp::Snapshot {
                 version: self.version,
@@ -75,7 +76,7 @@ impl Published {
         let mut config = (*self.config).clone();
         for (name, docs) in config.entities.iter_mut() {
             for d in docs.iter_mut() {
-                compat::strip(name, d, v);
+                compat::strip(name, d, v, plugins);
             }
         }
         ToDp::Snapshot {
@@ -161,6 +162,9 @@ pub struct ControlPlane {
     id: String,
     published: watch::Sender<Arc<Published>>,
     tls: tokio_rustls::TlsAcceptor,
+    /// The plugins this control plane enables: their schemas say which fields an older data
+    /// plane does not know.
+    plugins: Catalog,
     /// Counters for `/metrics`.
     pub stats: Stats,
 }
@@ -192,6 +196,7 @@ impl ControlPlane {
         id: String,
         versions: watch::Receiver<i64>,
         shutdown: watch::Receiver<bool>,
+        plugins: Catalog,
     ) -> Result<Arc<ControlPlane>, crate::ClusterError> {
         let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&settings)?);
         let (config, version) = store.export().await?;
@@ -203,6 +208,7 @@ impl ControlPlane {
             id,
             published,
             tls,
+            plugins,
             stats: Stats::default(),
         });
         tokio::spawn(cp.clone().track(versions, shutdown.clone()));
@@ -707,7 +713,9 @@ impl Session {
             Some((v, h)) => (*v, h.clone()),
             None => (dp.config_version, dp.config_hash.clone()),
         };
-        let strip = dp.parsed.filter(|v| compat::needs_stripping(*v));
+        let strip = dp
+            .parsed
+            .filter(|v| compat::needs_stripping(*v, &self.cp.plugins));
         // A data plane sent stripped configuration runs another hash than this one's.
         if dp.known
             && have_v == p.version
@@ -764,12 +772,14 @@ impl Session {
             }
             None if strip.is_none() => (
                 p.snapshot
-                    .get_or_init(|| Arc::new(proto::encode(&p.snapshot_msg(None))))
+                    .get_or_init(|| {
+                        Arc::new(proto::encode(&p.snapshot_msg(None, &self.cp.plugins)))
+                    })
                     .clone(),
                 "snapshot",
             ),
             None => {
-                let msg = p.snapshot_msg(strip);
+                let msg = p.snapshot_msg(strip, &self.cp.plugins);
                 if let ToDp::Snapshot { hash, .. } = &msg {
                     announced = hash.clone();
                 }

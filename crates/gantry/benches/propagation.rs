@@ -124,10 +124,7 @@ fn dp(cp: &str, cert: &(String, String), sink: Arc<dyn ConfigSink>) -> (Arc<Data
             node_id: uuid::Uuid::new_v4().to_string(),
             hostname: "bench".into(),
             version: gantry_model::GANTRY_VERSION.into(),
-            plugins: gantry_proxy::plugins::REGISTRY
-                .iter()
-                .map(|(n, _)| n.to_string())
-                .collect(),
+            plugins: gantry_proxy::plugins::Registry::default().names(),
             cache: None,
         },
         sink,

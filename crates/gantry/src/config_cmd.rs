@@ -5,10 +5,11 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use gantry_model::declarative::{self, DeclarativeError, LoadOptions};
 use gantry_model::hash::hash_config;
+use gantry_model::plugins::Catalog;
 use gantry_model::Config;
 use gantry_store::Store;
 
-use crate::node::{backend, load_settings, runtime};
+use crate::node::{backend, load_settings, plugin_registry, runtime};
 use crate::NodeOpts;
 
 fn report(file: &Path, e: &DeclarativeError) -> anyhow::Error {
@@ -21,7 +22,7 @@ fn report(file: &Path, e: &DeclarativeError) -> anyhow::Error {
 }
 
 /// Read and validate a declarative file.
-pub fn load_file(file: &Path) -> anyhow::Result<Config> {
+pub fn load_file(file: &Path, plugins: &Catalog) -> anyhow::Result<Config> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let value = declarative::parse_text(&text).map_err(|e| report(file, &e))?;
@@ -29,9 +30,15 @@ pub fn load_file(file: &Path) -> anyhow::Result<Config> {
         value,
         LoadOptions {
             now: gantry_model::unix_now(),
+            plugins: plugins.clone(),
         },
     )
     .map_err(|e| report(file, &e))
+}
+
+/// The plugins a file may configure: those of the node's `plugins` setting (`-c`, environment).
+fn catalog(opts: &NodeOpts) -> anyhow::Result<Catalog> {
+    Ok(plugin_registry(&load_settings(opts)?)?.catalog())
 }
 
 fn summary(config: &Config) -> String {
@@ -43,8 +50,8 @@ fn summary(config: &Config) -> String {
 }
 
 /// `gantry config parse FILE`
-pub fn parse(file: &Path, _opts: &NodeOpts) -> anyhow::Result<()> {
-    let config = load_file(file)?;
+pub fn parse(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
+    let config = load_file(file, &catalog(opts)?)?;
     println!(
         "parse successful: {}",
         if config.is_empty() {
@@ -69,7 +76,7 @@ async fn open(opts: &NodeOpts) -> anyhow::Result<Store> {
 
 /// `gantry config db_import FILE`
 pub fn db_import(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
-    let config = load_file(file)?;
+    let config = load_file(file, &catalog(opts)?)?;
     runtime(2)?.block_on(async {
         let store = open(opts).await?;
         let version = store

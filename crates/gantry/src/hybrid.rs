@@ -28,6 +28,7 @@ pub async fn start_control_plane(
         node_id,
         versions,
         shutdown.clone(),
+        crate::node::plugin_registry(settings)?.catalog(),
     )
     .await
     .context("cannot start the cluster service")?;
@@ -109,10 +110,7 @@ where
             node_id: node_id.clone(),
             hostname: crate::node::hostname(),
             version: gantry_model::GANTRY_VERSION.into(),
-            plugins: gantry_proxy::plugins::REGISTRY
-                .iter()
-                .map(|(n, _)| n.to_string())
-                .collect(),
+            plugins: proxy.registry().names(),
             cache: Some(settings.prefixed("config.cache.json.gz")),
         },
         Arc::new(ProxySink(proxy.clone())),

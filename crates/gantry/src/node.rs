@@ -117,8 +117,16 @@ pub fn dns_servers(settings: &Settings) -> anyhow::Result<Vec<std::net::SocketAd
 }
 
 /// A proxy with the settings' header timeout, access log and name servers.
+/// The plugins this node runs: Kong's `plugins` setting over the bundled ones.
+pub fn plugin_registry(settings: &Settings) -> anyhow::Result<gantry_proxy::plugins::Registry> {
+    let value = settings.get("plugins").unwrap_or("bundled");
+    gantry_proxy::plugins::Registry::from_setting(value)
+        .map_err(|e| anyhow::anyhow!("invalid value for 'plugins' ({value}): {e}"))
+}
+
 pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>> {
     let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    proxy.set_registry(plugin_registry(settings)?);
     proxy.set_headers(
         gantry_proxy::Headers::parse(
             settings.get("headers").unwrap_or_default(),
@@ -298,6 +306,7 @@ pub async fn run<F>(settings: Settings, shutdown: F) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let plugins = plugin_registry(&settings)?.catalog();
     let node_id = node_id(&settings.prefix)?;
     if settings.role == Role::DataPlane {
         return crate::hybrid::run_data_plane(Arc::new(settings), node_id, shutdown).await;
@@ -305,7 +314,7 @@ where
     let store = Arc::new(Store::open(&backend(&settings)).await?);
     if settings.database == Database::Off {
         if let Some(file) = &settings.declarative_config {
-            let config = crate::config_cmd::load_file(file)
+            let config = crate::config_cmd::load_file(file, &plugins)
                 .with_context(|| format!("declarative_config {}", file.display()))?;
             store.replace(&config).await?;
             tracing::info!(file = %file.display(), entities = config.len(), "loaded declarative configuration");
@@ -317,6 +326,7 @@ where
         settings.clone(),
         node_id.clone(),
         hostname(),
+        plugins,
     ));
     state.notify(store.version().await?);
     let mut listeners = Vec::new();

@@ -117,6 +117,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
                 value,
                 gantry_model::declarative::LoadOptions {
                     now: gantry_model::unix_now(),
+                    plugins: crate::node::plugin_registry(&cp_settings)?.catalog(),
                 },
             )?;
             store.import(&config).await?;

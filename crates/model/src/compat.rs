@@ -4,10 +4,11 @@
 //! - A data plane newer than its control plane is refused: it may rely on configuration the
 //!   control plane cannot give it.
 //! - An older data plane is served, with the fields it does not know removed from what it is
-//!   sent. [`FIELDS_SINCE`] records, for every field added after the first release that speaks
-//!   the cluster protocol, the version that added it. Adding a field to a schema means adding a
-//!   line here.
+//!   sent. [`FIELDS_SINCE`] records, for every entity field added after the first release that
+//!   speaks the cluster protocol, the version that added it; a plugin's schema lists its own
+//!   (`PluginSchema::since`). Adding a field means adding a line there.
 
+use crate::plugins::Catalog;
 use crate::Doc;
 
 /// A `major.minor.patch` version; a pre-release or build suffix is ignored.
@@ -33,8 +34,9 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// A field and the version that added it. `entity` is an entity type, or `plugins/NAME` for a
-/// field of one plugin's configuration; `path` is dotted from the document's top level.
+/// An entity field and the version that added it; `path` is dotted from the document's top
+/// level. Plugin configuration fields are listed in each plugin's schema
+/// (`PluginSchema::since`).
 #[derive(Debug)]
 pub struct Since {
     pub entity: &'static str,
@@ -42,12 +44,8 @@ pub struct Since {
     pub version: Version,
 }
 
-/// Every field added since the first release of the cluster protocol (0.1.0).
-pub const FIELDS_SINCE: &[Since] = &[Since {
-    entity: "plugins/cors",
-    path: "config.allow_origin_absent",
-    version: Version(0, 2, 0),
-}];
+/// Every entity field added since the first release of the cluster protocol (0.1.0).
+pub const FIELDS_SINCE: &[Since] = &[];
 
 /// Why a data plane of version `dp` cannot take configuration from a control plane of version
 /// `cp`; `None` when it can.
@@ -71,26 +69,31 @@ pub fn incompatibility(cp: &str, dp: &str) -> Option<String> {
     None
 }
 
-/// The fields a data plane of version `dp` does not know, for one entity type.
-pub fn unknown_fields(entity: &str, dp: Version) -> impl Iterator<Item = &'static Since> + '_ {
-    FIELDS_SINCE.iter().filter(move |s| {
-        dp < s.version
-            && (s.entity == entity || (entity == "plugins" && s.entity.starts_with("plugins/")))
-    })
-}
-
 /// Remove from `doc` (an entity of type `entity`) the fields that `dp` does not know.
 /// Returns the paths removed.
-pub fn strip(entity: &str, doc: &mut Doc, dp: Version) -> Vec<&'static str> {
+pub fn strip(entity: &str, doc: &mut Doc, dp: Version, plugins: &Catalog) -> Vec<&'static str> {
     let mut removed = Vec::new();
-    for s in unknown_fields(entity, dp) {
-        if let Some(plugin) = s.entity.strip_prefix("plugins/") {
-            if doc.get("name").and_then(|v| v.as_str()) != Some(plugin) {
-                continue;
-            }
-        }
-        if remove_path(doc, s.path) {
-            removed.push(s.path);
+    let entity_fields = FIELDS_SINCE
+        .iter()
+        .filter(|s| s.entity == entity)
+        .map(|s| (s.path, s.version));
+    let plugin = (entity == "plugins")
+        .then(|| doc.get("name").and_then(|v| v.as_str()))
+        .flatten()
+        .and_then(|n| plugins.schema(n));
+    let plugin_fields = plugin
+        .map(|p| p.since)
+        .unwrap_or_default()
+        .iter()
+        .map(|(path, v)| (*path, *v));
+    let unknown: Vec<&'static str> = entity_fields
+        .chain(plugin_fields)
+        .filter(|(_, v)| dp < *v)
+        .map(|(p, _)| p)
+        .collect();
+    for path in unknown {
+        if remove_path(doc, path) {
+            removed.push(path);
         }
     }
     removed
@@ -108,8 +111,11 @@ fn remove_path(doc: &mut Doc, path: &str) -> bool {
 
 /// True when `dp` needs some field removed from configuration: a data plane of the control
 /// plane's own version never does.
-pub fn needs_stripping(dp: Version) -> bool {
+pub fn needs_stripping(dp: Version, plugins: &Catalog) -> bool {
     FIELDS_SINCE.iter().any(|s| dp < s.version)
+        || plugins
+            .schemas()
+            .any(|p| p.since.iter().any(|(_, v)| dp < *v))
 }
 
 #[cfg(test)]
@@ -148,45 +154,35 @@ mod tests {
 
     #[test]
     fn an_older_data_plane_loses_only_the_fields_it_does_not_know() {
-        let mut cors = json!({"id": "p", "name": "cors", "config": {"origins": ["*"], "allow_origin_absent": false}})
+        let cat = crate::plugins::testing::catalog();
+        let mut limits = json!({"id": "p", "name": "limits", "config": {"minute": 1, "burst": 2}})
             .as_object()
             .cloned()
             .unwrap();
-        let mut other =
-            json!({"id": "q", "name": "key-auth", "config": {"allow_origin_absent": 1}})
-                .as_object()
-                .cloned()
-                .unwrap();
-        assert!(strip("plugins", &mut cors.clone(), Version(0, 2, 0)).is_empty());
+        let mut other = json!({"id": "q", "name": "key-auth", "config": {"burst": 1}})
+            .as_object()
+            .cloned()
+            .unwrap();
+        assert!(strip("plugins", &mut limits.clone(), Version(0, 2, 0), &cat).is_empty());
         assert_eq!(
-            strip("plugins", &mut cors, Version(0, 1, 0)),
-            ["config.allow_origin_absent"]
+            strip("plugins", &mut limits, Version(0, 1, 0), &cat),
+            ["config.burst"]
         );
-        assert_eq!(cors["config"], json!({"origins": ["*"]}));
-        assert!(strip("plugins", &mut other, Version(0, 1, 0)).is_empty());
-        assert!(needs_stripping(Version(0, 1, 9)));
-        assert!(!needs_stripping(Version(0, 2, 0)));
+        assert_eq!(limits["config"], json!({"minute": 1}));
+        assert!(strip("plugins", &mut other, Version(0, 1, 0), &cat).is_empty());
+        assert!(needs_stripping(Version(0, 1, 9), &cat));
+        assert!(!needs_stripping(Version(0, 2, 0), &cat));
+        assert!(!needs_stripping(Version(0, 1, 0), &Catalog::default()));
     }
 
-    /// Every field in the table exists in today's schemas: a typo would strip nothing.
+    /// Every entity field in the table exists in today's schemas: a typo would strip nothing.
     #[test]
     fn the_table_names_real_fields() {
         for s in FIELDS_SINCE {
-            let (entity, plugin) = match s.entity.split_once('/') {
-                Some((e, p)) => (e, Some(p)),
-                None => (s.entity, None),
-            };
-            assert!(crate::entities::entity(entity).is_some(), "{}", s.entity);
-            if let Some(p) = plugin {
-                let schema = crate::plugins::plugin(p).unwrap_or_else(|| panic!("{p}"));
-                let field = s.path.strip_prefix("config.").unwrap();
-                assert!(
-                    schema.config.iter().any(|f| f.name == field),
-                    "{}: {}",
-                    s.entity,
-                    s.path
-                );
-            }
+            let schema =
+                crate::entities::entity(s.entity).unwrap_or_else(|| panic!("{}", s.entity));
+            let top = s.path.split('.').next().unwrap_or_default();
+            assert!(schema.field(top).is_some(), "{}: {}", s.entity, s.path);
         }
     }
 }

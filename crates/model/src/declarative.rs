@@ -76,10 +76,12 @@ pub fn parse_text(text: &str) -> Result<Value, DeclarativeError> {
 }
 
 /// Options of a load.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Unix seconds used for missing timestamps.
     pub now: i64,
+    /// The plugins the node enables: any other is refused, with Kong's message.
+    pub plugins: crate::plugins::Catalog,
 }
 
 const META_KEYS: &[&str] = &[
@@ -153,7 +155,7 @@ pub fn load(doc: Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
             schema,
             path: &path,
         };
-        match prepare(schema, input, secrets, opts.now) {
+        match prepare(schema, input, secrets, opts.now, &opts.plugins) {
             Ok(d) => {
                 let id = ("id", d["id"].as_str().unwrap_or_default().to_string());
                 for (key, val) in unique_keys(r.schema, &d)
@@ -451,7 +453,13 @@ mod tests {
     use super::*;
     use crate::hash::hash_config;
 
-    const OPTS: LoadOptions = LoadOptions { now: 1_700_000_000 };
+    fn opts(now: i64) -> LoadOptions {
+        LoadOptions {
+            now,
+            plugins: crate::plugins::testing::catalog(),
+        }
+    }
+    const NOW: i64 = 1_700_000_000;
 
     #[test]
     fn nested_yaml_with_anchors_and_names() {
@@ -474,12 +482,12 @@ consumers:
   keyauth_credentials:
   - key: k1
 plugins:
-- name: rate-limiting
+- name: limits
   service: a
   config: { minute: 5 }
 "#;
         let v = parse_text(text).unwrap();
-        let c = load(v.clone(), OPTS).unwrap();
+        let c = load(v.clone(), opts(NOW)).unwrap();
         let svc = &c.entities["services"][0];
         assert_eq!(svc["connect_timeout"], 1000);
         assert_eq!(svc["port"], 8080);
@@ -489,14 +497,14 @@ plugins:
         assert_eq!(plugins.len(), 2);
         assert!(plugins
             .iter()
-            .any(|p| p["service"]["id"] == svc["id"] && p["name"] == "rate-limiting"));
+            .any(|p| p["service"]["id"] == svc["id"] && p["name"] == "limits"));
         assert_eq!(c.entities["keyauth_credentials"][0]["key"], "k1");
         // Same file, same ids, same hash.
-        let again = load(v.clone(), LoadOptions { now: 42 }).unwrap();
+        let again = load(v.clone(), opts(42)).unwrap();
         assert_eq!(hash_config(&c), hash_config(&again));
         // Export and load again: same hash.
         let exported = export(&c);
-        let back = load(exported, OPTS).unwrap();
+        let back = load(exported, opts(NOW)).unwrap();
         assert_eq!(hash_config(&c), hash_config(&back));
     }
 
@@ -512,7 +520,7 @@ plugins:
             "routes": [{"paths": ["/x"], "service": "missing"}],
             "bogus": []
         });
-        let e = load(v.clone(), OPTS).unwrap_err();
+        let e = load(v.clone(), opts(NOW)).unwrap_err();
         let flat = e.flattened().join("\n");
         assert!(
             flat.contains("services[1].port: expected an integer"),
@@ -533,12 +541,12 @@ plugins:
     #[test]
     fn old_formats_migrate_regex_paths() {
         let v = json!({"_format_version": "2.1", "routes": [{"paths": ["/plain", "/users/\\d+"]}]});
-        let c = load(v.clone(), OPTS).unwrap();
+        let c = load(v.clone(), opts(NOW)).unwrap();
         assert_eq!(
             c.entities["routes"][0]["paths"],
             json!(["/plain", "~/users/\\d+"])
         );
-        let e = load(json!({"_format_version": "9.9"}), OPTS).unwrap_err();
+        let e = load(json!({"_format_version": "9.9"}), opts(NOW)).unwrap_err();
         assert!(e.flattened()[0].starts_with("_format_version"));
         let e = parse_text("a: [1,\n b").unwrap_err();
         assert!(e.errors[0].0.starts_with("line"), "{e}");

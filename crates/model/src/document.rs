@@ -6,6 +6,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::entities::{expand_service_url, EntitySchema};
+use crate::plugins::Catalog;
 use crate::schema::{validate_record, FieldErrors, OnDelete};
 use crate::Doc;
 
@@ -25,6 +26,7 @@ pub fn prepare(
     mut input: Doc,
     secrets: Secrets,
     now: i64,
+    plugins: &Catalog,
 ) -> Result<Doc, FieldErrors> {
     let mut errs = FieldErrors::default();
     if schema.name == "services" {
@@ -48,7 +50,7 @@ pub fn prepare(
         }
     };
     if let Some(config) = config {
-        match check_dependent_config(schema.name, &input, &doc, config) {
+        match check_dependent_config(schema.name, &input, &doc, config, plugins) {
             Ok(c) => {
                 doc.insert("config".into(), c);
             }
@@ -73,6 +75,7 @@ fn check_dependent_config(
     input: &Doc,
     doc: &Doc,
     config: Value,
+    plugins: &Catalog,
 ) -> Result<Value, FieldErrors> {
     let mut errs = FieldErrors::default();
     let config = match config {
@@ -97,13 +100,11 @@ fn check_dependent_config(
     let Some(name) = input.get("name").and_then(Value::as_str) else {
         return Err(errs);
     };
-    let Some(p) = crate::plugins::plugin(name) else {
-        errs.add(
-            "name",
-            format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property"),
-        );
+    let Some(enabled) = plugins.get(name) else {
+        errs.add("name", crate::plugins::not_enabled(name));
         return Err(errs);
     };
+    let p = enabled.schema;
     for (scoped, forbidden) in [
         ("consumer", p.no_consumer),
         ("route", p.no_route),
@@ -118,7 +119,16 @@ fn check_dependent_config(
             let mut ce = FieldErrors::default();
             (p.checks)(&c, &mut ce);
             if ce.is_empty() && errs.is_empty() {
-                return Ok(Value::Object(c));
+                // Compiled as the runtime will: what it cannot run is refused here.
+                let id = input.get("id").and_then(Value::as_str).unwrap_or_default();
+                let c = Value::Object(c);
+                match (enabled.compile)(id, &c) {
+                    Ok(()) => return Ok(c),
+                    Err(e) => match e.field {
+                        Some(f) => ce.add(&f, e.message),
+                        None => ce.add_entity(e.message),
+                    },
+                }
             }
             if !ce.is_empty() {
                 errs.0.extend(nest("config", ce).0);
@@ -332,6 +342,7 @@ mod tests {
             obj(json!({"name": "a", "url": "https://example.com:8443/p"})),
             Secrets::Clear,
             7,
+            &none(),
         )
         .unwrap();
         assert_eq!(d["protocol"], "https");
@@ -347,6 +358,7 @@ mod tests {
             obj(json!({"url": "http://example.com"})),
             Secrets::Clear,
             7,
+            &none(),
         )
         .unwrap();
         assert_eq!(d["port"], 80);
@@ -356,47 +368,74 @@ mod tests {
     #[test]
     fn route_needs_a_matching_field() {
         let r = entity("routes").unwrap();
-        let e = prepare(r, obj(json!({})), Secrets::Clear, 0).unwrap_err();
+        let e = prepare(r, obj(json!({})), Secrets::Clear, 0, &none()).unwrap_err();
         assert!(
             e.message()
                 .contains("must set one of 'methods', 'hosts', 'headers', 'paths', 'snis'"),
             "{}",
             e.message()
         );
-        let d = prepare(r, obj(json!({"paths": ["/x"]})), Secrets::Clear, 0).unwrap();
+        let d = prepare(r, obj(json!({"paths": ["/x"]})), Secrets::Clear, 0, &none()).unwrap();
         assert_eq!(d["protocols"], json!(["http", "https"]));
         assert_eq!(d["strip_path"], true);
         assert_eq!(d["https_redirect_status_code"], 426);
         assert_eq!(d["path_handling"], "v0");
     }
 
+    /// No plugin enabled.
+    fn none() -> Catalog {
+        Catalog::default()
+    }
+
+    fn limits() -> Catalog {
+        crate::plugins::testing::catalog()
+    }
+
     #[test]
-    fn plugin_config_is_checked_by_its_schema() {
+    fn plugin_config_is_checked_by_its_schema_and_compiled() {
         let p = entity("plugins").unwrap();
+        let cat = limits();
         let d = prepare(
             p,
-            obj(json!({"name": "rate-limiting", "config": {"minute": 5}})),
+            obj(json!({"name": "limits", "config": {"minute": 5}})),
             Secrets::Clear,
             0,
+            &cat,
         )
         .unwrap();
         assert_eq!(d["config"]["policy"], "local");
-        assert_eq!(d["config"]["redis"]["port"], 6379);
         let e = prepare(
             p,
-            obj(json!({"name": "rate-limiting", "config": {"minute": "x"}})),
+            obj(json!({"name": "limits", "config": {"minute": "x"}})),
             Secrets::Clear,
             0,
+            &cat,
         )
         .unwrap_err();
         assert_eq!(e.0["config"]["minute"], "expected a number");
-        let e = prepare(p, obj(json!({"name": "nope"})), Secrets::Clear, 0).unwrap_err();
-        assert!(e.0["name"].as_str().unwrap().contains("not enabled"));
+        let e = prepare(
+            p,
+            obj(json!({"name": "limits", "config": {"policy": "redis"}})),
+            Secrets::Clear,
+            0,
+            &cat,
+        )
+        .unwrap_err();
+        assert_eq!(e.0["config"]["policy"], "not in this build");
+        // A plugin the node does not enable: Kong's message, whatever the configuration.
+        for cat in [none(), limits()] {
+            let e = prepare(p, obj(json!({"name": "nope"})), Secrets::Clear, 0, &cat).unwrap_err();
+            assert_eq!(
+                e.0["name"],
+                "plugin 'nope' not enabled; add it to the 'plugins' configuration property"
+            );
+        }
         let e = prepare(
             p,
             obj(json!({"name": "key-auth", "consumer": {"id": uuid::Uuid::new_v4().to_string()}})),
             Secrets::Clear,
             0,
+            &cat,
         )
         .unwrap_err();
         assert_eq!(e.0["consumer"], "value must be null");
@@ -411,6 +450,7 @@ mod tests {
             obj(json!({"username": "u", "password": "secret", "consumer": {"id": cid}})),
             Secrets::Clear,
             0,
+            &none(),
         )
         .unwrap();
         let stored = d["password"].as_str().unwrap();
@@ -418,7 +458,7 @@ mod tests {
         assert!(verify_password(stored, "secret", &cid));
         assert!(!verify_password(stored, "other", &cid));
         // Re-importing an exported hash keeps it.
-        let again = prepare(b, d.clone(), Secrets::MaybeHashed, 0).unwrap();
+        let again = prepare(b, d.clone(), Secrets::MaybeHashed, 0, &none()).unwrap();
         assert_eq!(again["password"], d["password"]);
     }
 
@@ -431,6 +471,7 @@ mod tests {
             obj(json!({"target": "10.0.0.1", "upstream": {"id": up}})),
             Secrets::Clear,
             0,
+            &none(),
         )
         .unwrap();
         assert_eq!(d["target"], "10.0.0.1:8000");

@@ -369,6 +369,8 @@ pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     pool: Pool,
     counters: Counters,
+    /// The plugins this node runs (Kong's `plugins` setting); all bundled ones unless set.
+    registry: std::sync::OnceLock<crate::plugins::Registry>,
     pub stats: Stats,
     health: Arc<Health>,
     load: Arc<Load>,
@@ -445,12 +447,23 @@ impl Proxy {
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(),
             counters: Counters::default(),
+            registry: std::sync::OnceLock::new(),
             stats: Stats::default(),
             health: Arc::new(Health::default()),
             load: Arc::new(Load::default()),
             probes: std::sync::Mutex::new(HashMap::new()),
             header_timeout,
         })
+    }
+
+    /// The plugins this node runs; set once, before the first configuration.
+    pub fn set_registry(&self, registry: crate::plugins::Registry) {
+        let _ = self.registry.set(registry);
+    }
+
+    /// The plugins this node runs.
+    pub fn registry(&self) -> &crate::plugins::Registry {
+        self.registry.get_or_init(crate::plugins::Registry::default)
     }
 
     /// The headers to add (Kong's `headers` and `headers_upstream`); set once, before serving.
@@ -545,7 +558,14 @@ impl Proxy {
         version: i64,
     ) -> Result<(), SnapshotError> {
         let prev = self.snapshot.load();
-        let next = Snapshot::build(config, hashes, version, Some(&prev), &self.counters)?;
+        let next = Snapshot::build(
+            config,
+            hashes,
+            version,
+            Some(&prev),
+            self.registry(),
+            &self.counters,
+        )?;
         self.snapshot.store(Arc::new(next));
         self.stats.ready.store(true, Ordering::Relaxed);
         self.reconcile_probes();

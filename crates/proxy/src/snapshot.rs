@@ -9,7 +9,7 @@ use gantry_model::{Config, Doc};
 use serde_json::Value;
 
 use crate::balancer::Balancer;
-use crate::plugins::{Counters, Identities, PluginSet};
+use crate::plugins::{Counters, Identities, PluginSet, Registry};
 use crate::router::{RouteError, Router};
 use crate::tls::CertStore;
 
@@ -130,6 +130,7 @@ impl Snapshot {
         hashes: ConfigHashes,
         version: i64,
         previous: Option<&Snapshot>,
+        registry: &Registry,
         counters: &Counters,
     ) -> Result<Snapshot, SnapshotError> {
         let router = match previous {
@@ -184,10 +185,8 @@ impl Snapshot {
         let (plugins, identities) = match same_plugins {
             Some(p) => (p.plugins.clone(), p.identities.clone()),
             None => {
-                let set = PluginSet::build(config, counters).map_err(SnapshotError::Plugin)?;
-                if !set.unsupported.is_empty() {
-                    tracing::warn!(plugins = ?set.unsupported, "configured plugins this build cannot run yet are skipped");
-                }
+                let set =
+                    PluginSet::build(config, registry, counters).map_err(SnapshotError::Plugin)?;
                 (Arc::new(set), Arc::new(Identities::build(config)))
             }
         };

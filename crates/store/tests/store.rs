@@ -12,7 +12,14 @@ fn doc(kind: &str, v: serde_json::Value) -> (&'static gantry_model::entities::En
     let s = entity(kind).unwrap();
     (
         s,
-        prepare(s, v.as_object().unwrap().clone(), Secrets::Clear, 1).unwrap(),
+        prepare(
+            s,
+            v.as_object().unwrap().clone(),
+            Secrets::Clear,
+            1,
+            &gantry_testkit::bundled_plugins(),
+        )
+        .unwrap(),
     )
 }
 
@@ -148,6 +155,7 @@ async fn pagination_walks_every_entity_once() {
                             .clone(),
                         Secrets::Clear,
                         1,
+                        &gantry_testkit::bundled_plugins(),
                     )
                     .unwrap(),
                 )
@@ -220,18 +228,28 @@ upstreams:
   targets: [{ target: "10.0.0.1:80", weight: 50 }]
 "#;
     let value = gantry_model::declarative::parse_text(text).unwrap();
-    let config =
-        gantry_model::declarative::load(value, gantry_model::declarative::LoadOptions { now: 5 })
-            .unwrap();
+    let config = gantry_model::declarative::load(
+        value,
+        gantry_model::declarative::LoadOptions {
+            now: 5,
+            plugins: gantry_testkit::bundled_plugins(),
+        },
+    )
+    .unwrap();
     for t in all_stores().await {
         t.store.import(&config).await.unwrap();
         let (exported, _) = t.store.export().await.unwrap();
         assert_eq!(hash_config(&exported), hash_config(&config), "{}", t.name);
         // Export to the declarative format, load into a new empty store: same hash.
         let doc = gantry_model::declarative::export(&exported);
-        let again =
-            gantry_model::declarative::load(doc, gantry_model::declarative::LoadOptions { now: 9 })
-                .unwrap();
+        let again = gantry_model::declarative::load(
+            doc,
+            gantry_model::declarative::LoadOptions {
+                now: 9,
+                plugins: gantry_testkit::bundled_plugins(),
+            },
+        )
+        .unwrap();
         let fresh = match t.name {
             "sqlite" => gantry_testkit::sqlite_store().await,
             _ => gantry_testkit::postgres_store().await.unwrap(),

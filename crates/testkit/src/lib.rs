@@ -161,3 +161,8 @@ pub async fn all_stores() -> Vec<TestStore> {
     }
     v
 }
+
+/// The plugins every bundled node runs (`plugins = bundled`), as validation sees them.
+pub fn bundled_plugins() -> gantry_model::plugins::Catalog {
+    gantry_proxy::plugins::Registry::default().catalog()
+}

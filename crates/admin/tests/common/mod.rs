@@ -42,11 +42,16 @@ pub async fn start(t: TestStore, overrides: &[(&str, &str)]) -> Api {
     .settings;
     // The store of `t` is shared by reopening nothing: wrap the same pool.
     let store = Arc::new(gantry_store::Store::open(&t.backend).await.expect("store"));
+    let plugins =
+        gantry_proxy::plugins::Registry::from_setting(settings.get("plugins").unwrap_or_default())
+            .expect("plugins")
+            .catalog();
     let state = Arc::new(AdminState::new(
         store,
         Arc::new(settings),
         "node".into(),
         "host".into(),
+        plugins,
     ));
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", l.local_addr().unwrap());

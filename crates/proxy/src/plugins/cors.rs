@@ -5,9 +5,14 @@ use std::sync::Arc;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Response};
 use regex::Regex;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{raw, Counters, Ctx, Plugin};
+use gantry_model::compat::Version;
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+use std::sync::LazyLock;
+
+use super::{raw, Counters, Ctx, Descriptor, Plugin};
 use crate::names;
 use crate::server::ProxyBody;
 
@@ -28,7 +33,47 @@ fn list(c: &Value, k: &str) -> Vec<String> {
     gantry_model::document::strings(c.get(k))
 }
 
-pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+fn schema() -> PluginSchema {
+    PluginSchema::new(
+        "cors",
+        2000,
+        vec![
+            Field::new("origins", s_arr()),
+            Field::new("headers", s_arr()),
+            Field::new("exposed_headers", s_arr()),
+            Field::new(
+                "methods",
+                array(one_of(&[
+                    "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+                ])),
+            )
+            .def(json!([
+                "GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"
+            ])),
+            Field::new("max_age", number()),
+            Field::new("credentials", boolean()).req().def(json!(false)),
+            Field::new("private_network", boolean())
+                .req()
+                .def(json!(false)),
+            Field::new("preflight_continue", boolean())
+                .req()
+                .def(json!(false)),
+            // Since Gantry 0.2 (`since` below): answer requests without `Origin` with CORS
+            // headers (true, as before) or leave them alone.
+            Field::new("allow_origin_absent", boolean())
+                .req()
+                .def(json!(true)),
+        ],
+    )
+    .since(&[("config.allow_origin_absent", Version(0, 2, 0))])
+}
+
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
     let origins = list(c, "origins");
     let any_origin = origins.is_empty() || origins.iter().any(|o| o == "*");
     let mut compiled = Vec::new();

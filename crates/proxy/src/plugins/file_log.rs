@@ -12,7 +12,11 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{Counters, Plugin};
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+use std::sync::LazyLock;
+
+use super::{Counters, Descriptor, Plugin};
 use crate::server::RequestLog;
 
 /// Lines waiting for the writer, at most.
@@ -24,7 +28,43 @@ struct FileLog {
     dropped: AtomicU64,
 }
 
-pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+fn schema() -> PluginSchema {
+    PluginSchema::new(
+        "file-log",
+        9,
+        vec![
+            Field::new("path", string()).req(),
+            Field::new("reuse", boolean()).req().def(json!(false)),
+            Field::new("custom_fields_by_lua", map(string())),
+        ],
+    )
+    .checks(|c, e| {
+        let path = c.get("path").and_then(Value::as_str).unwrap_or_default();
+        if path
+            .chars()
+            .any(|ch| matches!(ch, '*' | '&' | '%' | '`' | '\0'))
+        {
+            e.add("path", "not a valid filename");
+        }
+        if set_nonempty(c, "custom_fields_by_lua")
+            && c.get("custom_fields_by_lua")
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+        {
+            e.add(
+                "custom_fields_by_lua",
+                "Lua code is not run by Gantry: leave this field empty",
+            );
+        }
+    })
+}
+
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
     let path = c
         .get("path")
         .and_then(Value::as_str)

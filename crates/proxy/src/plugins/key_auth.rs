@@ -4,9 +4,13 @@ use std::sync::Arc;
 
 use hyper::header::HeaderValue;
 use hyper::Response;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{error, Counters, Ctx, Plugin};
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+use std::sync::LazyLock;
+
+use super::{error, Counters, Ctx, Descriptor, Plugin};
 use crate::server::ProxyBody;
 
 struct KeyAuth {
@@ -22,7 +26,38 @@ struct KeyAuth {
     realm: String,
 }
 
-pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+fn schema() -> PluginSchema {
+    PluginSchema::new(
+        "key-auth",
+        1250,
+        vec![
+            Field::new("key_names", array(str_of(StrKind::HeaderName)))
+                .req()
+                .def(json!(["apikey"])),
+            Field::new("hide_credentials", boolean())
+                .req()
+                .def(json!(false)),
+            anonymous(),
+            Field::new("key_in_header", boolean())
+                .req()
+                .def(json!(true)),
+            Field::new("key_in_query", boolean()).req().def(json!(true)),
+            Field::new("key_in_body", boolean()).req().def(json!(false)),
+            Field::new("run_on_preflight", boolean())
+                .req()
+                .def(json!(true)),
+            Field::new("realm", string()),
+        ],
+    )
+    .auth()
+}
+
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
     let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
     let key_names: Vec<String> = c
         .get("key_names")

@@ -1,8 +1,13 @@
 //! The plugin runtime.
 //!
-//! A plugin is one file: a type implementing [`Plugin`] (hooks per phase, each with a default
-//! that does nothing) and a `build` function from its configuration, registered in
-//! [`REGISTRY`]. Configurations were validated by the model's plugin schemas when written.
+//! A plugin is one file holding its [`Descriptor`]: its schema (name, priority, version,
+//! configuration fields, fields by version) and its `build` function, which turns a validated
+//! configuration into a type implementing [`Plugin`] (hooks per phase, each with a default that
+//! does nothing). [`BUNDLED`] lists the descriptors; Kong's `plugins` setting chooses a
+//! [`Registry`] among them, and its [`Registry::catalog`] is what the Admin API and the
+//! declarative loaders validate with, compiling each configuration with the same `build`, so
+//! that what is stored is what runs. A plugin outside the registry is refused everywhere: a
+//! node never proxies a route whose plugins it cannot run.
 //!
 //! Scoping follows Kong: for each plugin name, the most specific configuration applies —
 //! route+service+consumer, route+consumer, service+consumer, route+service, consumer, route,
@@ -19,9 +24,10 @@ mod response_transformer;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use gantry_model::plugins::{Catalog, Enabled, PluginError, PluginSchema};
 use gantry_model::{Config, Doc};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
@@ -294,17 +300,119 @@ pub struct Access {
     pub exit: Option<Response<ProxyBody>>,
 }
 
-type Build = fn(id: &str, config: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, String>;
+/// Builds a plugin instance from its id and validated configuration; the counters are state
+/// kept across reloads (rate-limiting's windows).
+pub type Build =
+    fn(id: &str, config: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, PluginError>;
 
-/// The plugins this proxy runs: name and builder. The model holds their schemas and priorities.
-pub static REGISTRY: &[(&str, Build)] = &[
-    ("key-auth", key_auth::build),
-    ("rate-limiting", rate_limiting::build),
-    ("request-termination", request_termination::build),
-    ("cors", cors::build),
-    ("response-transformer", response_transformer::build),
-    ("file-log", file_log::build),
+/// A plugin: its schema and its builder, in the plugin's own module.
+pub struct Descriptor {
+    pub schema: LazyLock<PluginSchema>,
+    pub build: Build,
+}
+
+/// The plugins this build of Gantry ships, each runnable on every node.
+pub static BUNDLED: &[&Descriptor] = &[
+    &key_auth::DESCRIPTOR,
+    &rate_limiting::DESCRIPTOR,
+    &request_termination::DESCRIPTOR,
+    &cors::DESCRIPTOR,
+    &response_transformer::DESCRIPTOR,
+    &file_log::DESCRIPTOR,
 ];
+
+/// Why a `plugins` setting cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("plugin '{0}' is not bundled with this node (bundled: {1})")]
+    Unknown(String, String),
+    #[error("'off' cannot be combined with other values")]
+    OffWithOthers,
+}
+
+/// The plugins a node runs: Kong's `plugins` setting applied to [`BUNDLED`] (and, in tests,
+/// to plugins of their own).
+#[derive(Clone)]
+pub struct Registry(Arc<[&'static Descriptor]>);
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::new(BUNDLED.to_vec())
+    }
+}
+
+impl Registry {
+    pub fn new(mut plugins: Vec<&'static Descriptor>) -> Registry {
+        plugins.sort_by_key(|d| d.schema.name);
+        plugins.dedup_by_key(|d| d.schema.name);
+        Registry(plugins.into())
+    }
+
+    /// Kong's `plugins` setting: `bundled`, names, both comma-separated, or `off` alone.
+    pub fn from_setting(value: &str) -> Result<Registry, RegistryError> {
+        let items: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.contains(&"off") {
+            return match items.len() {
+                1 => Ok(Registry::new(Vec::new())),
+                _ => Err(RegistryError::OffWithOthers),
+            };
+        }
+        let mut chosen = Vec::new();
+        for item in items {
+            if item == "bundled" {
+                chosen.extend_from_slice(BUNDLED);
+                continue;
+            }
+            match BUNDLED.iter().find(|d| d.schema.name == item) {
+                Some(d) => chosen.push(*d),
+                None => {
+                    let names: Vec<&str> = BUNDLED.iter().map(|d| d.schema.name).collect();
+                    return Err(RegistryError::Unknown(item.to_string(), names.join(", ")));
+                }
+            }
+        }
+        Ok(Registry::new(chosen))
+    }
+
+    /// This registry with one more plugin (a plugin defined by a test or an embedding).
+    pub fn with(&self, plugin: &'static Descriptor) -> Registry {
+        let mut v = self.0.to_vec();
+        v.push(plugin);
+        Registry::new(v)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&'static Descriptor> {
+        self.0.iter().copied().find(|d| d.schema.name == name)
+    }
+
+    /// The names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.0.iter().map(|d| d.schema.name.to_string()).collect()
+    }
+
+    /// What validation reads: each plugin's schema, and its configurations compiled by its own
+    /// `build` (the instance is dropped at once).
+    pub fn catalog(&self) -> Catalog {
+        Catalog::new(
+            self.0
+                .iter()
+                .map(|d| {
+                    let build = d.build;
+                    Enabled {
+                        schema: &d.schema,
+                        compile: Arc::new(move |id: &str, config: &Value| {
+                            build(id, config, &Counters::default()).map(drop)
+                        }),
+                    }
+                })
+                .collect(),
+        )
+    }
+}
 
 /// A scope as interned ids: route, service, consumer. [`NONE`] stands for an absent part.
 type ScopeKey = [u32; 3];
@@ -329,8 +437,6 @@ pub struct PluginSet {
     ids: crate::FastMap<String, u32>,
     /// Whether any instance has a log phase.
     logs: bool,
-    /// Configured plugins this proxy cannot run, for the reload log.
-    pub unsupported: Vec<String>,
 }
 
 fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
@@ -338,7 +444,13 @@ fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
 }
 
 impl PluginSet {
-    pub fn build(config: &Config, counters: &Counters) -> Result<PluginSet, String> {
+    /// The plugin instances of `config`. A plugin outside `registry`, or a configuration its
+    /// builder refuses, fails the whole set: the running configuration stays.
+    pub fn build(
+        config: &Config,
+        registry: &Registry,
+        counters: &Counters,
+    ) -> Result<PluginSet, String> {
         let mut set = PluginSet::default();
         let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
         for d in config
@@ -352,15 +464,16 @@ impl PluginSet {
             }
             let name = d.get("name").and_then(Value::as_str).unwrap_or_default();
             let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
-            let Some((reg_name, build)) = REGISTRY.iter().find(|(n, _)| *n == name) else {
-                if !set.unsupported.iter().any(|u| u == name) {
-                    set.unsupported.push(name.to_string());
-                }
-                continue;
+            let Some(descriptor) = registry.get(name) else {
+                return Err(format!(
+                    "{} (plugin {id})",
+                    gantry_model::plugins::not_enabled(name)
+                ));
             };
+            let reg_name = descriptor.schema.name;
             let config = d.get("config").cloned().unwrap_or(Value::Null);
-            let plugin =
-                build(id, &config, counters).map_err(|e| format!("plugin {name} ({id}): {e}"))?;
+            let plugin = (descriptor.build)(id, &config, counters)
+                .map_err(|e| format!("plugin {name} ({id}): {e}"))?;
             let mut intern = |k: &str| match ref_id(d, k) {
                 None => NONE,
                 Some(id) => {
@@ -372,11 +485,7 @@ impl PluginSet {
             set.logs |= plugin.logs();
             by_name.entry(reg_name).or_default().push((scope, plugin));
         }
-        let prio = |n: &str| {
-            gantry_model::plugins::plugin(n)
-                .map(|p| p.priority)
-                .unwrap_or(0)
-        };
+        let prio = |n: &str| registry.get(n).map(|d| d.schema.priority).unwrap_or(0);
         let mut order: Vec<_> = by_name.into_iter().collect();
         order.sort_by(|a, b| prio(b.0).cmp(&prio(a.0)).then(a.0.cmp(b.0)));
         for (_, instances) in &mut order {
@@ -526,7 +635,8 @@ mod tests {
     fn chosen(plugins: Vec<Doc>, consumer: Option<&str>) -> Option<u16> {
         let mut config = Config::default();
         config.entities.insert("plugins".into(), plugins);
-        let set = PluginSet::build(&config, &Counters::default()).expect("builds");
+        let set =
+            PluginSet::build(&config, &Registry::default(), &Counters::default()).expect("builds");
         let mut parts = hyper::Request::new(()).into_parts().0;
         let identities = Identities::default();
         let mut ctx = Ctx {

@@ -8,9 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::Response;
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use super::{error, Ctx, Plugin};
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+use std::sync::LazyLock;
+
+use super::{error, Ctx, Descriptor, Plugin};
 use crate::names;
 use crate::server::ProxyBody;
 
@@ -97,7 +101,81 @@ struct RateLimiting {
     counters: Counters,
 }
 
-pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, String> {
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+const LIMITS: [&str; 6] = ["second", "minute", "hour", "day", "month", "year"];
+
+fn schema() -> PluginSchema {
+    let mut fields: Vec<Field> = LIMITS
+        .iter()
+        .map(|l| Field::new(l, number_gt(0.0)))
+        .collect();
+    fields.extend([
+        Field::new(
+            "limit_by",
+            one_of(&[
+                "consumer",
+                "credential",
+                "ip",
+                "service",
+                "header",
+                "path",
+                "consumer-group",
+            ]),
+        )
+        .def(json!("consumer")),
+        Field::new("header_name", str_of(StrKind::HeaderName)),
+        Field::new("path", str_of(StrKind::Path)),
+        Field::new("policy", one_of(&["local", "cluster", "redis"])).def(json!("local")),
+        Field::new("fault_tolerant", boolean())
+            .req()
+            .def(json!(true)),
+        Field::new("redis", redis()),
+        Field::new("hide_client_headers", boolean())
+            .req()
+            .def(json!(false)),
+        Field::new("error_code", number()).def(json!(429)),
+        Field::new("error_message", string()).def(json!("API rate limit exceeded")),
+        Field::new("sync_rate", number()).def(json!(-1)),
+    ]);
+    let mut p = PluginSchema::new("rate-limiting", 910, fields).checks(|c, e| {
+        let set: Vec<(&str, f64)> = LIMITS
+            .iter()
+            .filter_map(|l| c.get(*l).and_then(Value::as_f64).map(|v| (*l, v)))
+            .collect();
+        if set.is_empty() {
+            e.add_entity(
+                "at least one of these fields must be non-empty: 'config.second', 'config.minute', 'config.hour', 'config.day', 'config.month', 'config.year'",
+            );
+        }
+        for w in set.windows(2) {
+            if w[1].1 < w[0].1 {
+                e.add(
+                    w[1].0,
+                    format!("The limit for {}({}) cannot be lower than the limit for {}({})", w[1].0, w[1].1, w[0].0, w[0].1),
+                );
+            }
+        }
+        let policy = c.get("policy").and_then(Value::as_str).unwrap_or("local");
+        if policy == "redis" && c.get("redis").and_then(|r| r.get("host")).is_none_or(Value::is_null) {
+            e.add_entity("'config.redis.host' is required when 'config.policy' is 'redis'");
+        }
+        let by = c.get("limit_by").and_then(Value::as_str).unwrap_or("consumer");
+        if by == "header" && !set_nonempty(c, "header_name") {
+            e.add("header_name", "required field missing when 'config.limit_by' is 'header'");
+        }
+        if by == "path" && !set_nonempty(c, "path") {
+            e.add("path", "required field missing when 'config.limit_by' is 'path'");
+        }
+    });
+    p.partials = &[("redis-ce", "redis")];
+    p
+}
+
+fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
     let limits: Vec<(usize, u64)> = PERIODS
         .iter()
         .enumerate()
@@ -107,13 +185,21 @@ pub fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>
                 .map(|v| (i, v.max(0.0) as u64))
         })
         .collect();
+    // What this build cannot enforce is refused, never approximated: a limit counted
+    // locally when the configuration asks for one shared by every node would let N times
+    // the traffic through.
     let policy = c.get("policy").and_then(Value::as_str).unwrap_or("local");
     if policy != "local" {
-        tracing::warn!(
-            plugin = id,
-            policy,
-            "rate-limiting policy not available in this build: counting locally"
-        );
+        return Err(PluginError::field(
+            "policy",
+            format!("policy '{policy}' is not available in this build of Gantry (only 'local')"),
+        ));
+    }
+    if c.get("limit_by").and_then(Value::as_str) == Some("consumer-group") {
+        return Err(PluginError::field(
+            "limit_by",
+            "'consumer-group' is not available in this build of Gantry",
+        ));
     }
     let names = PERIODS.map(|(_, p, _)| {
         let p = p.to_ascii_lowercase();

@@ -6,7 +6,11 @@ use bytes::Bytes;
 use hyper::Response;
 use serde_json::{json, Value};
 
-use super::{error, raw, Counters, Ctx, Plugin};
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+use std::sync::LazyLock;
+
+use super::{error, raw, Counters, Ctx, Descriptor, Plugin};
 use crate::server::ProxyBody;
 
 struct RequestTermination {
@@ -17,7 +21,40 @@ struct RequestTermination {
     trigger: Option<String>,
 }
 
-pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+fn schema() -> PluginSchema {
+    PluginSchema::new(
+        "request-termination",
+        2,
+        vec![
+            Field::new("status_code", int(100, 599))
+                .req()
+                .def(json!(503)),
+            Field::new("message", string()),
+            Field::new("content_type", string()),
+            Field::new("body", string()),
+            Field::new("echo", boolean()).req().def(json!(false)),
+            Field::new("trigger", str_of(StrKind::HeaderName)),
+        ],
+    )
+    .checks(|c, e| {
+        if set_nonempty(c, "message") && set_nonempty(c, "body") {
+            e.add_entity("at most one of these fields may be set: 'config.message', 'config.body'");
+        }
+        if set_nonempty(c, "content_type") && !set_nonempty(c, "body") {
+            e.add(
+                "content_type",
+                "value must be null when 'config.body' is not set",
+            );
+        }
+    })
+}
+
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
     let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
     Ok(Arc::new(RequestTermination {
         status: c.get("status_code").and_then(Value::as_u64).unwrap_or(503) as u16,

@@ -10,7 +10,11 @@ use bytes::{Bytes, BytesMut};
 use hyper::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::{BodyFilter, Counters, Plugin};
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+use std::sync::LazyLock;
+
+use super::{BodyFilter, Counters, Descriptor, Plugin};
 
 /// `name:value` pairs of one operation.
 type Pairs = Vec<(String, String)>;
@@ -69,7 +73,85 @@ fn pairs(items: Vec<String>) -> Pairs {
         .collect()
 }
 
-pub fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, String> {
+pub static DESCRIPTOR: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+fn schema() -> PluginSchema {
+    PluginSchema::new(
+        "response-transformer",
+        800,
+        vec![
+            Field::new("remove", transform_group(&["json", "headers"])),
+            Field::new("rename", transform_group(&["json", "headers"])),
+            Field::new(
+                "replace",
+                transform_group(&["json", "json_types", "headers"]),
+            ),
+            Field::new("add", transform_group(&["json", "json_types", "headers"])),
+            Field::new(
+                "append",
+                transform_group(&["json", "json_types", "headers"]),
+            ),
+        ],
+    )
+    .checks(|c, e| {
+        // `name:value` entries (rename: `old:new`), header names and values that HTTP
+        // allows, and the types of `json` values.
+        let token = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        };
+        let field_value = |s: &str| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b));
+        let removed = c.get("remove").and_then(|g| g.get("headers"));
+        for name in gantry_model::document::strings(removed) {
+            if !token(name.trim()) {
+                e.add("remove.headers", format!("invalid header name: '{name}'"));
+            }
+        }
+        for group in ["rename", "replace", "add", "append"] {
+            for list in ["headers", "json"] {
+                let items = c.get(group).and_then(|g| g.get(list));
+                for item in gantry_model::document::strings(items) {
+                    let path = format!("{group}.{list}");
+                    let Some((n, v)) = item.split_once(':').filter(|(n, _)| !n.is_empty()) else {
+                        e.add(
+                            &path,
+                            format!("invalid value: '{item}' (expected 'name:value')"),
+                        );
+                        continue;
+                    };
+                    if list == "headers" {
+                        let (n, v) = (n.trim(), v.trim());
+                        let value_ok = if group == "rename" {
+                            token(v)
+                        } else {
+                            field_value(v)
+                        };
+                        if !token(n) {
+                            e.add(&path, format!("invalid header name: '{n}'"));
+                        } else if !value_ok {
+                            e.add(&path, format!("invalid header value in '{item}'"));
+                        }
+                    }
+                }
+            }
+            let types = c.get(group).and_then(|g| g.get("json_types"));
+            for t in gantry_model::document::strings(types) {
+                if !matches!(t.as_str(), "string" | "boolean" | "number") {
+                    e.add(
+                        &format!("{group}.json_types"),
+                        format!("expected one of: string, boolean, number (got '{t}')"),
+                    );
+                }
+            }
+        }
+    })
+}
+
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
     let header_name = |n: &str| {
         HeaderName::from_bytes(n.trim().as_bytes())
             .map_err(|_| format!("invalid header name '{n}'"))
