@@ -801,3 +801,188 @@ async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
     assert_eq!(s, 201, "{b}");
     assert_eq!(b["configuration_hash"], "00000000000000000000000000000000");
 }
+
+/// Kong's plugins that Gantry does not run yet: each is refused, never stored and skipped.
+const NOT_RUN: &[&str] = &[
+    "basic-auth",
+    "jwt",
+    "acl",
+    "hmac-auth",
+    "ip-restriction",
+    "oauth2",
+    "request-size-limiting",
+    "correlation-id",
+    "request-transformer",
+    "prometheus",
+    "http-log",
+    "opentelemetry",
+    "proxy-cache",
+    "response-ratelimiting",
+];
+
+fn not_enabled(name: &str) -> String {
+    format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")
+}
+
+/// A plugin the node does not run is refused with Kong's 400, at every scope and through
+/// every write; `plugins` chooses what runs, and what is listed is what runs.
+#[tokio::test]
+async fn plugins_a_node_cannot_run_are_refused() {
+    for t in all_stores().await {
+        let api = start(t, &[]).await;
+        let route = api
+            .ok(
+                "POST",
+                "/routes",
+                Some(json!({"name": "r", "paths": ["/r"]})),
+            )
+            .await;
+        let rid = route["id"].as_str().unwrap().to_string();
+        for name in NOT_RUN {
+            for (path, body) in [
+                ("/plugins".to_string(), json!({"name": name})),
+                (format!("/routes/{rid}/plugins"), json!({"name": name})),
+                (
+                    "/schemas/plugins/validate".to_string(),
+                    json!({"name": name}),
+                ),
+            ] {
+                let (s, b) = api.req("POST", &path, Some(body)).await;
+                assert_eq!(s, 400, "{name} {path}: {b}");
+                assert_eq!(b["name"], "schema violation", "{b}");
+                assert_eq!(b["fields"]["name"], not_enabled(name), "{b}");
+            }
+            let (s, _) = api
+                .req(
+                    "PUT",
+                    "/plugins/7d3d6a51-6b0a-4d1c-9e43-2a3f5e6a7b8c",
+                    Some(json!({"name": name})),
+                )
+                .await;
+            assert_eq!(s, 400, "{name}");
+            assert_eq!(
+                api.req("GET", &format!("/schemas/plugins/{name}"), None)
+                    .await
+                    .0,
+                400
+            );
+        }
+        assert_eq!(api.t.store.count("plugins").await.unwrap(), 0);
+        let root = api.ok("GET", "/", None).await;
+        let available = root["plugins"]["available_on_server"].as_object().unwrap();
+        let enabled = api.ok("GET", "/plugins/enabled", None).await;
+        let mut names: Vec<&str> = available.keys().map(String::as_str).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "cors",
+                "file-log",
+                "key-auth",
+                "rate-limiting",
+                "request-termination",
+                "response-transformer"
+            ]
+        );
+        assert_eq!(enabled["enabled_plugins"], json!(names));
+
+        // A configuration the schema takes but the runtime cannot enforce is refused too,
+        // naming the field: a limit counted per node is not the one shared by all.
+        let (s, b) = api
+            .req(
+                "POST",
+                "/plugins",
+                Some(json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis", "redis": {"host": "127.0.0.1"}}})),
+            )
+            .await;
+        assert_eq!(s, 400, "{b}");
+        assert!(
+            b["fields"]["config"]["policy"]
+                .as_str()
+                .is_some_and(|m| m.contains("'redis' is not available")),
+            "{b}"
+        );
+        let (s, b) = api
+            .req(
+                "POST",
+                "/plugins",
+                Some(json!({"name": "rate-limiting", "config": {"minute": 5, "limit_by": "consumer-group"}})),
+            )
+            .await;
+        assert_eq!(s, 400, "{b}");
+        assert!(b["fields"]["config"]["limit_by"].is_string(), "{b}");
+        api.ok(
+            "POST",
+            "/plugins",
+            Some(json!({"name": "rate-limiting", "config": {"minute": 5}})),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn the_plugins_setting_chooses_what_runs() {
+    let api = start(
+        gantry_testkit::sqlite_store().await,
+        &[("plugins", "key-auth, cors")],
+    )
+    .await;
+    assert_eq!(
+        api.ok("GET", "/plugins/enabled", None).await["enabled_plugins"],
+        json!(["cors", "key-auth"])
+    );
+    let root = api.ok("GET", "/", None).await;
+    assert_eq!(
+        root["plugins"]["available_on_server"]
+            .as_object()
+            .unwrap()
+            .len(),
+        2
+    );
+    api.ok("POST", "/plugins", Some(json!({"name": "key-auth"})))
+        .await;
+    for name in ["rate-limiting", "file-log", "basic-auth"] {
+        let (s, b) = api
+            .req(
+                "POST",
+                "/plugins",
+                Some(json!({"name": name, "config": {"minute": 1, "path": "/tmp/x"}})),
+            )
+            .await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["fields"]["name"], not_enabled(name), "{b}");
+        assert_eq!(
+            b["message"],
+            format!("schema violation (name: {})", not_enabled(name)),
+            "{b}"
+        );
+    }
+    let off = start(gantry_testkit::sqlite_store().await, &[("plugins", "off")]).await;
+    assert_eq!(
+        off.ok("GET", "/plugins/enabled", None).await["enabled_plugins"],
+        json!([])
+    );
+    let (s, _) = off
+        .req("POST", "/plugins", Some(json!({"name": "cors"})))
+        .await;
+    assert_eq!(s, 400);
+}
+
+/// `POST /config` refuses a file with a plugin the node does not run, whole: nothing of it
+/// is loaded.
+#[tokio::test]
+async fn dbless_config_refuses_plugins_a_node_cannot_run() {
+    let api = start(gantry_testkit::sqlite_store().await, &[("database", "off")]).await;
+    for name in NOT_RUN {
+        let file = format!(
+            "_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://s.example\n  routes:\n  - name: r\n    paths: [/s]\n    plugins:\n    - name: {name}\n"
+        );
+        let (s, b) = api
+            .raw("POST", "/config", "text/yaml", file.into_bytes())
+            .await;
+        assert_eq!(s, 400, "{name}: {b}");
+        let flat = b["flattened_errors"].to_string();
+        assert!(flat.contains(&not_enabled(name)), "{name}: {flat}");
+        assert_eq!(api.t.store.count("services").await.unwrap(), 0);
+    }
+}

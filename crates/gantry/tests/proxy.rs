@@ -2075,9 +2075,14 @@ async fn raw_upstream(
 /// `gantry start` with these settings must fail; its standard error.
 fn failed_start(env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
+    failed_start_in(dir.path(), env)
+}
+
+/// `gantry start -p PREFIX` with these settings must fail; its standard error.
+fn failed_start_in(prefix: &std::path::Path, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["start", "-p"])
-        .arg(dir.path())
+        .arg(prefix)
         .envs(env.iter().copied())
         .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
         .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
@@ -2151,4 +2156,117 @@ async fn idempotent_requests_survive_an_upstream_closing_kept_connections() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = http.post(&url).body("x").send().await.unwrap();
     assert_eq!(r.status(), 502, "a request with a body is never sent twice");
+}
+
+fn not_enabled(name: &str) -> String {
+    format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")
+}
+
+/// `gantry` with these settings and arguments: whether it succeeded, and its standard error.
+fn gantry(env: &[(&str, &str)], args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Fail closed: a node never proxies a route whose configuration names a plugin it does not
+/// run. A declarative file with one is refused by `config parse` and `db_import`; a store
+/// written while the plugin was enabled does not start a node that no longer enables it; a
+/// node that runs it guards the route.
+#[tokio::test]
+async fn a_node_never_runs_a_route_with_a_plugin_it_does_not_enable() {
+    let err = failed_start(&[("KONG_PLUGINS", "key-auth, nope")]);
+    assert!(
+        err.contains("'plugins'") && err.contains("plugin 'nope' is not bundled"),
+        "{err}"
+    );
+    let err = failed_start(&[("KONG_PLUGINS", "off, cors")]);
+    assert!(err.contains("'plugins'") && err.contains("'off'"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = echo().await;
+    let file = |plugin: &str| {
+        let path = dir.path().join(format!("{plugin}.yml"));
+        let text = format!(
+            "_format_version: \"3.0\"\nservices:\n- name: s\n  url: http://{upstream}\n  routes:\n  - name: guarded\n    paths: [/guarded]\n    plugins:\n    - name: {plugin}\nconsumers:\n- username: alice\n  keyauth_credentials: [{{ key: alice-key }}]\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    for plugin in [
+        "basic-auth",
+        "jwt",
+        "acl",
+        "hmac-auth",
+        "ip-restriction",
+        "http-log",
+    ] {
+        let f = file(plugin);
+        let (ok, err) = gantry(&[], &["config", "parse", &f]);
+        assert!(!ok && err.contains(&not_enabled(plugin)), "{plugin}: {err}");
+        assert!(
+            err.contains("services[0].routes[0].plugins[0].name"),
+            "{err}"
+        );
+    }
+    // What a node does not enable, by its `plugins` setting (-c or the environment).
+    let key_auth = file("key-auth");
+    let (ok, err) = gantry(&[("KONG_PLUGINS", "cors")], &["config", "parse", &key_auth]);
+    assert!(!ok && err.contains(&not_enabled("key-auth")), "{err}");
+    let (ok, err) = gantry(
+        &[("KONG_PLUGINS", "key-auth, cors")],
+        &["config", "parse", &key_auth],
+    );
+    assert!(ok, "{err}");
+
+    // A store written while key-auth was enabled.
+    let prefix = dir.path().join("node");
+    let p = prefix.to_str().unwrap();
+    let (ok, err) = gantry(
+        &[("KONG_PLUGINS", "cors")],
+        &["config", "db_import", &key_auth, "-p", p],
+    );
+    assert!(!ok && err.contains(&not_enabled("key-auth")), "{err}");
+    let (ok, err) = gantry(&[], &["config", "db_import", &key_auth, "-p", p]);
+    assert!(ok, "{err}");
+    // Started without key-auth, the node refuses the stored configuration: nothing serves the
+    // route unauthenticated.
+    let err = failed_start_in(&prefix, &[("KONG_PLUGINS", "cors, file-log")]);
+    assert!(
+        err.contains("the stored configuration does not load"),
+        "{err}"
+    );
+    assert!(err.contains(&not_enabled("key-auth")), "{err}");
+    // With key-auth enabled, the route is guarded.
+    let node = Node::start(&prefix, &[("KONG_PLUGINS".into(), "key-auth".into())]);
+    let proxy = node.proxy.clone().unwrap();
+    let http = reqwest::Client::new();
+    let get = |key: Option<&'static str>| {
+        let mut r = http.get(format!("{proxy}/guarded"));
+        if let Some(k) = key {
+            r = r.header("apikey", k);
+        }
+        r.send()
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(get(Some("alice-key")).await.unwrap().status(), 200);
+    // And the Admin API of that node refuses what it does not run.
+    let (s, b) = {
+        let r = http
+            .post(format!("{}/plugins", node.admin))
+            .json(&json!({"name": "cors"}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["fields"]["name"], not_enabled("cors"));
 }

@@ -689,4 +689,42 @@ mod tests {
         let others = vec![terminate(409, [Some("r2"), None, None])];
         assert_eq!(chosen(others, Some("c1")), None);
     }
+
+    /// A configuration naming a plugin outside the registry does not build: the running
+    /// configuration stays, and no route runs without the plugin.
+    #[test]
+    fn a_plugin_outside_the_registry_fails_the_set() {
+        let mut config = Config::default();
+        config
+            .entities
+            .insert("plugins".into(), vec![terminate(403, [None, None, None])]);
+        let counters = Counters::default();
+        let only_cors = Registry::from_setting("cors").expect("a registry");
+        let e = PluginSet::build(&config, &only_cors, &counters)
+            .err()
+            .expect("refused");
+        assert!(
+            e.contains("plugin 'request-termination' not enabled; add it to the 'plugins' configuration property"),
+            "{e}"
+        );
+        assert!(PluginSet::build(&config, &Registry::default(), &counters).is_ok());
+        // Disabled instances are not run, so they need no runtime.
+        config.entities.get_mut("plugins").unwrap()[0].insert("enabled".into(), json!(false));
+        assert!(PluginSet::build(&config, &only_cors, &counters).is_ok());
+    }
+
+    #[test]
+    fn the_plugins_setting() {
+        let names = |v: &str| Registry::from_setting(v).map(|r| r.names());
+        assert_eq!(names("off"), Ok(vec![]));
+        assert_eq!(
+            names(" cors ,key-auth"),
+            Ok(vec!["cors".into(), "key-auth".into()])
+        );
+        assert_eq!(names("bundled, cors").unwrap().len(), BUNDLED.len());
+        assert_eq!(names("off, cors"), Err(RegistryError::OffWithOthers));
+        assert!(
+            matches!(names("basic-auth"), Err(RegistryError::Unknown(n, _)) if n == "basic-auth")
+        );
+    }
 }
