@@ -96,6 +96,8 @@ pub struct RequestLog<'a> {
     pub response_size: u64,
     /// Headers and the upstream URI, kept only when a plugin's log phase runs.
     pub details: Option<&'a LogDetails>,
+    /// What plugins kept of this request in earlier phases ([`crate::plugins::Ctx::state`]).
+    pub state: &'a hyper::http::Extensions,
 }
 
 /// What a request's log entry holds beyond [`RequestLog`]'s counters, for log plugins.
@@ -140,6 +142,8 @@ struct Seen {
     /// Whether the access phase ran (else the global plugins run the response phases).
     accessed: bool,
     response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// The plugins' per-request state, for the log phase.
+    state: hyper::http::Extensions,
 }
 
 /// The headers the proxy adds to responses and upstream requests: Kong's `headers` and
@@ -245,6 +249,7 @@ struct Pending {
     sinks: Option<Arc<[Arc<dyn LogSink>]>>,
     plugins: Vec<Arc<dyn crate::plugins::Plugin>>,
     details: Option<Box<LogDetails>>,
+    state: hyper::http::Extensions,
     /// Body bytes sent so far.
     size: u64,
 }
@@ -264,12 +269,21 @@ impl Pending {
             upstream: self.upstream,
             response_size: self.size,
             details: self.details.as_deref(),
+            state: &self.state,
         };
         for s in self.sinks.iter().flat_map(|s| s.iter()) {
             s.log(&r);
         }
         for p in &self.plugins {
-            p.log(&r);
+            if let Some(work) = p.log(&r) {
+                // Log work that waits on I/O runs on its own, after the response.
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        rt.spawn(work);
+                    }
+                    Err(_) => tracing::warn!("a plugin's log work was dropped: no runtime"),
+                }
+            }
         }
     }
 }
@@ -720,6 +734,7 @@ impl Proxy {
             details: None,
             accessed: false,
             response_headers: Vec::new(),
+            state: hyper::http::Extensions::new(),
         };
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
         let head = req.method() == hyper::Method::HEAD;
@@ -801,6 +816,7 @@ impl Proxy {
                     sinks: sinks.cloned(),
                     plugins: seen.ran,
                     details: seen.details,
+                    state: std::mem::take(&mut seen.state),
                     size: 0,
                 })),
             }
@@ -826,6 +842,26 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         if let Err(why) = check_framing(&parts) {
             return json_error(StatusCode::BAD_REQUEST, why);
+        }
+        // The rewrite phase, before routing (global plugins, as in Kong): routing reads the
+        // request as they leave it.
+        if !snap.plugins.is_empty() {
+            let mut ctx = Ctx {
+                req: &mut parts,
+                client_ip: client.ip,
+                route_id: None,
+                service_id: None,
+                consumer: None,
+                credential: None,
+                identities: &snap.identities,
+                response_headers: Vec::new(),
+                state: &mut seen.state,
+            };
+            let exit = snap.plugins.run_rewrite(&mut ctx).await;
+            seen.response_headers = ctx.response_headers;
+            if let Some(exit) = exit {
+                return exit;
+            }
         }
         // Owned copies (reference-counted, not copied) of what routing reads, so that plugins
         // may change the request afterwards.
@@ -912,14 +948,15 @@ impl Proxy {
             let mut ctx = Ctx {
                 req: &mut parts,
                 client_ip: client.ip,
-                route_id: &route.id,
+                route_id: Some(&route.id),
                 service_id: service.map(|s| s.id.as_str()),
                 consumer: None,
                 credential: None,
                 identities: &snap.identities,
-                response_headers: Vec::new(),
+                response_headers: std::mem::take(&mut seen.response_headers),
+                state: &mut seen.state,
             };
-            let access = snap.plugins.run_access(&mut ctx);
+            let access = snap.plugins.run_access(&mut ctx).await;
             seen.ran = access.ran;
             seen.accessed = true;
             seen.response_headers = ctx.response_headers;

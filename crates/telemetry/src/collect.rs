@@ -143,6 +143,7 @@ mod tests {
     #[test]
     fn aggregates_and_bounds_what_it_holds() {
         let (method, uri) = (Default::default(), Default::default());
+        let state = Default::default();
         let req = |route, status| RequestLog {
             request_id: "r",
             client: std::net::IpAddr::from([127, 0, 0, 1]),
@@ -156,6 +157,7 @@ mod tests {
             upstream: Some(Duration::from_millis(10)),
             response_size: 0,
             details: None,
+            state: &state,
         };
         let c = Collector::new(5);
         for _ in 0..3 {

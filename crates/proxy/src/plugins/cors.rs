@@ -12,6 +12,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 use std::sync::LazyLock;
 
+use super::Flow;
 use super::{raw, Counters, Ctx, Descriptor, Plugin};
 use crate::names;
 use crate::server::ProxyBody;
@@ -156,7 +157,13 @@ impl Cors {
 }
 
 impl Plugin for Cors {
-    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        self.decide(ctx).into()
+    }
+}
+
+impl Cors {
+    fn decide(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
         let origin = ctx
             .req
             .headers

@@ -224,7 +224,7 @@ impl Plugin for FileLog {
         true
     }
 
-    fn log(&self, r: &RequestLog<'_>) {
+    fn log(&self, r: &RequestLog<'_>) -> Option<super::BoxFuture<'static, ()>> {
         let mut line = entry(r).to_string();
         line.push('\n');
         match self.queue.try_send(line) {
@@ -237,6 +237,7 @@ impl Plugin for FileLog {
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
+        None
     }
 }
 
@@ -287,6 +288,7 @@ mod tests {
                 upstream: (status == 200).then(|| std::time::Duration::from_millis(10)),
                 response_size: 5,
                 details: Some(&details),
+                state: &Default::default(),
             });
         }
         drop(p); // the writer drains its queue and stops

@@ -10,6 +10,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 use std::sync::LazyLock;
 
+use super::Flow;
 use super::{error, Counters, Ctx, Descriptor, Plugin};
 use crate::server::ProxyBody;
 
@@ -148,7 +149,13 @@ impl KeyAuth {
 }
 
 impl Plugin for KeyAuth {
-    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        self.decide(ctx).into()
+    }
+}
+
+impl KeyAuth {
+    fn decide(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
         if !self.run_on_preflight && ctx.req.method == hyper::Method::OPTIONS {
             return None;
         }

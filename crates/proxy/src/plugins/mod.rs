@@ -115,7 +115,8 @@ impl Identities {
 pub struct Ctx<'a> {
     pub req: &'a mut hyper::http::request::Parts,
     pub client_ip: IpAddr,
-    pub route_id: &'a str,
+    /// The route that matched: none in the rewrite phase, which runs before routing.
+    pub route_id: Option<&'a str>,
     pub service_id: Option<&'a str>,
     pub consumer: Option<Arc<Consumer>>,
     /// The credential that authenticated the consumer.
@@ -123,6 +124,10 @@ pub struct Ctx<'a> {
     pub identities: &'a Identities,
     /// Headers to add to the response to the client.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Per-request state, by type: what a plugin keeps from one phase to a later one (the
+    /// log phase reads it from [`crate::server::RequestLog::state`]). Nothing is allocated
+    /// until a plugin stores something.
+    pub state: &'a mut hyper::http::Extensions,
 }
 
 impl Ctx<'_> {
@@ -197,16 +202,64 @@ pub trait BodyFilter: Send + Sync {
     fn filter(&mut self, chunk: Bytes, last: bool) -> Bytes;
 }
 
+/// A future a plugin's hook returns when it waits on I/O.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a request phase (rewrite, access) decided. A hook that decides at once costs
+/// nothing more than a return value; one that waits on I/O (Redis, an HTTP sink, an
+/// introspection endpoint) returns [`Flow::Later`], and the request waits for it without
+/// blocking anything else.
+pub enum Flow<'a> {
+    /// Go on with the next plugin.
+    Next,
+    /// Answer the client with this instead of the upstream's response.
+    Respond(Response<ProxyBody>),
+    /// Decide once this completes: `None` goes on, `Some` answers.
+    Later(BoxFuture<'a, Option<Response<ProxyBody>>>),
+}
+
+impl<'a> Flow<'a> {
+    /// A decision that waits on `f`.
+    pub fn later<F>(f: F) -> Flow<'a>
+    where
+        F: std::future::Future<Output = Option<Response<ProxyBody>>> + Send + 'a,
+    {
+        Flow::Later(Box::pin(f))
+    }
+
+    /// The decision: the response to answer with, if any.
+    pub async fn decided(self) -> Option<Response<ProxyBody>> {
+        match self {
+            Flow::Next => None,
+            Flow::Respond(r) => Some(r),
+            Flow::Later(f) => f.await,
+        }
+    }
+}
+
+impl From<Option<Response<ProxyBody>>> for Flow<'_> {
+    fn from(r: Option<Response<ProxyBody>>) -> Self {
+        match r {
+            None => Flow::Next,
+            Some(r) => Flow::Respond(r),
+        }
+    }
+}
+
 /// One configured plugin instance. Every hook has a default that does nothing; phases run in
 /// this order, each over the plugins by priority.
 pub trait Plugin: Send + Sync {
     /// During a TLS handshake, before routing: global plugins only, as no route is known.
+    /// Synchronous: it runs inside the TLS library's certificate resolver.
     fn certificate(&self, _ctx: &mut CertCtx<'_>) {}
-    /// Before routing's result is used: may rewrite the request.
-    fn rewrite(&self, _ctx: &mut Ctx<'_>) {}
+    /// Before routing, global plugins only (no route is known yet, as in Kong): may rewrite
+    /// the request that routing then reads, or answer it.
+    fn rewrite<'a>(&'a self, _ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        Flow::Next
+    }
     /// Authentication, authorisation, limits: may answer in place of the upstream.
-    fn access(&self, _ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
-        None
+    fn access<'a>(&'a self, _ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        Flow::Next
     }
     /// The response head, from the upstream or from a plugin that answered, before it goes to
     /// the client.
@@ -215,9 +268,12 @@ pub trait Plugin: Send + Sync {
     fn body_filter(&self, _response: &hyper::http::response::Parts) -> Option<Box<dyn BodyFilter>> {
         None
     }
-    /// Once the response head has gone: the request as the log phase sees it. Runs on the
-    /// request path, so it must not block (queue the work).
-    fn log(&self, _entry: &crate::server::RequestLog<'_>) {}
+    /// Once the response body has gone (or the client left): the request as the log phase
+    /// sees it. It must not block: work that waits on I/O goes in the returned future, which
+    /// the runtime runs on its own (it must own what it needs of the entry).
+    fn log(&self, _entry: &crate::server::RequestLog<'_>) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
     /// Whether [`Plugin::log`] does anything (the proxy keeps what a log entry needs only then).
     fn logs(&self) -> bool {
         false
@@ -437,6 +493,8 @@ pub struct PluginSet {
     ids: crate::FastMap<String, u32>,
     /// Whether any instance has a log phase.
     logs: bool,
+    /// The global instance of each plugin, by priority.
+    globals: Vec<Arc<dyn Plugin>>,
 }
 
 fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
@@ -495,6 +553,11 @@ impl PluginSet {
             instances.dedup_by_key(|(k, _)| *k);
         }
         set.order = order;
+        set.globals = set
+            .order
+            .iter()
+            .filter_map(|(_, instances)| Self::resolve(instances, [NONE; 3]).cloned())
+            .collect();
         Ok(set)
     }
 
@@ -544,6 +607,7 @@ impl PluginSet {
     pub(crate) fn global(plugins: Vec<(&'static str, Arc<dyn Plugin>)>) -> PluginSet {
         PluginSet {
             logs: plugins.iter().any(|(_, p)| p.logs()),
+            globals: plugins.iter().map(|(_, p)| p.clone()).collect(),
             order: plugins
                 .into_iter()
                 .map(|(name, p)| (name, vec![([NONE; 3], p)]))
@@ -561,26 +625,33 @@ impl PluginSet {
     /// certificate phase, and the response and log phases of a request answered before its
     /// plugins ran: no route matched, a bad request, a redirect).
     pub fn globals(&self) -> Vec<Arc<dyn Plugin>> {
-        self.order
-            .iter()
-            .filter_map(|(_, instances)| Self::resolve(instances, [NONE; 3]).cloned())
-            .collect()
+        self.globals.clone()
     }
 
     /// The certificate phase.
     pub fn run_certificate(&self, ctx: &mut CertCtx<'_>) {
-        for p in self.globals() {
+        for p in &self.globals {
             p.certificate(ctx);
         }
     }
 
-    /// Run the rewrite and access phases in order, until a plugin answers. Every plugin that
-    /// applies to the request runs the response and log phases, as in Kong: those after the
-    /// one that answered too (a log plugin records requests an authentication plugin refused).
-    pub fn run_access(&self, ctx: &mut Ctx<'_>) -> Access {
+    /// The rewrite phase, before routing: the global plugins in order, until one answers.
+    pub async fn run_rewrite(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+        for p in &self.globals {
+            if let Some(r) = p.rewrite(ctx).decided().await {
+                return Some(r);
+            }
+        }
+        None
+    }
+
+    /// Run the access phase in order, until a plugin answers. Every plugin that applies to
+    /// the request runs the response and log phases, as in Kong: those after the one that
+    /// answered too (a log plugin records requests an authentication plugin refused).
+    pub async fn run_access(&self, ctx: &mut Ctx<'_>) -> Access {
         let mut ran = Vec::new();
         let mut exit = None;
-        let route = self.key(Some(ctx.route_id));
+        let route = self.key(ctx.route_id);
         let service = self.key(ctx.service_id);
         // The consumer changes when an authentication plugin identifies one.
         let mut consumer: Option<(Arc<Consumer>, u32)> = None;
@@ -599,8 +670,7 @@ impl PluginSet {
             };
             ran.push(p.clone());
             if exit.is_none() {
-                p.rewrite(ctx);
-                exit = p.access(ctx);
+                exit = p.access(ctx).decided().await;
             }
         }
         Access { ran, exit }
@@ -639,17 +709,24 @@ mod tests {
             PluginSet::build(&config, &Registry::default(), &Counters::default()).expect("builds");
         let mut parts = hyper::Request::new(()).into_parts().0;
         let identities = Identities::default();
+        let mut state = hyper::http::Extensions::new();
         let mut ctx = Ctx {
             req: &mut parts,
             client_ip: IpAddr::from([127, 0, 0, 1]),
-            route_id: "r1",
+            route_id: Some("r1"),
             service_id: Some("s1"),
             consumer: consumer.map(|c| Arc::new(Consumer::new(c.into(), None, None))),
             credential: None,
             identities: &identities,
             response_headers: Vec::new(),
+            state: &mut state,
         };
-        set.run_access(&mut ctx).exit.map(|r| r.status().as_u16())
+        let access = set.run_access(&mut ctx);
+        let access = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(access);
+        access.exit.map(|r| r.status().as_u16())
     }
 
     #[test]

@@ -14,6 +14,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 use std::sync::LazyLock;
 
+use super::Flow;
 use super::{error, Ctx, Descriptor, Plugin};
 use crate::names;
 use crate::server::ProxyBody;
@@ -271,7 +272,13 @@ impl RateLimiting {
 }
 
 impl Plugin for RateLimiting {
-    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        self.decide(ctx).into()
+    }
+}
+
+impl RateLimiting {
+    fn decide(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
         let (usage, allowed) = {
             let ident = self.identifier(ctx);
             self.counters

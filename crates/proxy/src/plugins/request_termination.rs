@@ -10,6 +10,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 use std::sync::LazyLock;
 
+use super::Flow;
 use super::{error, raw, Counters, Ctx, Descriptor, Plugin};
 use crate::server::ProxyBody;
 
@@ -71,7 +72,13 @@ fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginEr
 }
 
 impl Plugin for RequestTermination {
-    fn access(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        self.decide(ctx).into()
+    }
+}
+
+impl RequestTermination {
+    fn decide(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
         if let Some(t) = &self.trigger {
             let in_header = ctx.req.headers.contains_key(t.as_str());
             let in_query = ctx.req.uri.query().is_some_and(|q| {

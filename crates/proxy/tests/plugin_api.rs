@@ -1,0 +1,236 @@
+//! The plugin API, through a plugin that exists only in this test: one descriptor gives the
+//! schema the configuration is validated with and the runtime the proxy runs. Its rewrite hook
+//! changes the request before routing; its access hook waits on a real HTTP service (an
+//! authorizer on loopback) without blocking the proxy; it keeps per-request state that its
+//! log hook reads back once the response has gone.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_model::plugins::{PluginError, PluginSchema};
+use gantry_model::schema::{string, Field};
+use gantry_proxy::plugins::{error, BoxFuture, Counters, Ctx, Descriptor, Flow, Plugin, Registry};
+use gantry_proxy::{Proxy, RequestLog};
+use hyper::header::HeaderValue;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Who the authorizer said the caller is: kept from the access phase to the log phase.
+#[derive(Clone, Debug, PartialEq)]
+struct Caller(String);
+
+/// What the log phase saw: status, and the caller the access phase kept.
+static LOGGED: Mutex<Vec<(u16, Option<Caller>)>> = Mutex::new(Vec::new());
+
+struct Authz {
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Plugin for Authz {
+    fn rewrite<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        // Before routing: an old path is moved to the one the routes know.
+        if ctx.req.uri.path() == "/old" {
+            ctx.req.uri = hyper::Uri::from_static("/guarded");
+        }
+        Flow::Next
+    }
+
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        let token = ctx
+            .req
+            .headers
+            .get("x-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        Flow::later(async move {
+            let res = self
+                .http
+                .get(format!("{}?token={token}", self.url))
+                .send()
+                .await;
+            let res = match res {
+                Ok(r) => r,
+                Err(_) => return Some(error(502, "authorizer unreachable")),
+            };
+            if res.status() != 200 {
+                return Some(error(403, "denied by the authorizer"));
+            }
+            let who = res.text().await.unwrap_or_default();
+            if let Ok(v) = HeaderValue::from_str(&who) {
+                ctx.req.headers.insert("x-caller", v);
+            }
+            ctx.state.insert(Caller(who));
+            None
+        })
+    }
+
+    fn logs(&self) -> bool {
+        true
+    }
+
+    fn log(&self, entry: &RequestLog<'_>) -> Option<BoxFuture<'static, ()>> {
+        let seen = (entry.status, entry.state.get::<Caller>().cloned());
+        // Work that would wait on I/O goes in the returned future, run after the response.
+        Some(Box::pin(async move {
+            LOGGED.lock().unwrap().push(seen);
+        }))
+    }
+}
+
+fn schema() -> PluginSchema {
+    PluginSchema::new("authz-test", 1500, vec![Field::new("url", string()).req()])
+}
+
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+    let url = c["url"].as_str().unwrap_or_default();
+    if !url.starts_with("http://") {
+        return Err(PluginError::field("url", "expected an http:// URL"));
+    }
+    Ok(Arc::new(Authz {
+        url: url.to_string(),
+        http: reqwest::Client::new(),
+    }))
+}
+
+static AUTHZ: Descriptor = Descriptor {
+    schema: LazyLock::new(schema),
+    build,
+};
+
+/// Lets the authorizer answer `token=slow`: it holds that answer until the test says so.
+static RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// An authorizer: `token=good` is alice, `token=slow` too once released, anything else is
+/// refused.
+async fn authorizer() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).to_string();
+                let slow = head.contains("token=slow");
+                if slow {
+                    RELEASE.notified().await;
+                }
+                let reply = if head.contains("token=good") || slow {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nalice"
+                } else {
+                    "HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_test_plugin_waits_on_io_and_keeps_state_for_the_log_phase() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(gantry_proxy::echo::serve(upstream));
+    let authz = authorizer().await;
+
+    let registry = Registry::default().with(&AUTHZ);
+    // The configuration is validated by the same descriptor the proxy runs: a value its
+    // builder refuses is refused here, naming the field.
+    let load = |url: String| {
+        gantry_model::declarative::load(
+            json!({
+                "_format_version": "3.0",
+                "services": [{"name": "s", "url": format!("http://{upstream_addr}"),
+                              "routes": [{"name": "r", "paths": ["/guarded"]}]}],
+                "plugins": [{"name": "authz-test", "config": {"url": url}}],
+            }),
+            gantry_model::declarative::LoadOptions {
+                now: 1,
+                plugins: registry.catalog(),
+            },
+        )
+    };
+    let e = load("ftp://nope".into()).unwrap_err();
+    assert!(
+        e.flattened()
+            .iter()
+            .any(|l| l.contains("plugins[0].config.url") && l.contains("http:// URL")),
+        "{:?}",
+        e.flattened()
+    );
+    let config = load(format!("http://{authz}/check")).expect("valid");
+    // Without the plugin in its registry, a proxy refuses the configuration.
+    let plain = Proxy::new();
+    assert!(plain.apply(&config, 1).is_err());
+
+    let proxy = Proxy::new();
+    proxy.set_registry(registry.clone());
+    proxy.apply(&config, 1).expect("applies");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(proxy.clone().serve(listener, None, stopped));
+
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: &str| {
+        http.get(format!("{base}{path}"))
+            .header("x-token", token)
+            .send()
+    };
+    let denied = get("/guarded", "bad").await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let ok = get("/guarded", "good").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let echoed: Value = ok.json().await.unwrap();
+    assert_eq!(echoed["headers"]["x-caller"], "alice", "{echoed}");
+    // The rewrite phase ran before routing: /old reaches the /guarded route.
+    let moved = get("/old", "good").await.unwrap();
+    assert_eq!(moved.status(), 200);
+    let echoed: Value = moved.json().await.unwrap();
+    assert_eq!(
+        echoed["headers"]["x-forwarded-path"], "/guarded",
+        "{echoed}"
+    );
+
+    // A request waiting on the authorizer holds up no other: one is answered while it waits,
+    // and it is answered once the authorizer is.
+    let slow = tokio::spawn(get("/guarded", "slow"));
+    assert_eq!(get("/guarded", "bad").await.unwrap().status(), 403);
+    assert!(!slow.is_finished());
+    RELEASE.notify_one();
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
+
+    // The log phase read the state the access phase kept, per request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let logged = loop {
+        let l = LOGGED.lock().unwrap().clone();
+        if l.len() >= 5 || Instant::now() > deadline {
+            break l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let alice = Some(Caller("alice".into()));
+    let mut seen = logged.clone();
+    seen.sort_by_key(|(s, _)| *s);
+    assert_eq!(
+        seen,
+        [
+            (200, alice.clone()),
+            (200, alice.clone()),
+            (200, alice.clone()),
+            (403, None),
+            (403, None)
+        ],
+        "{logged:?}"
+    );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+}
