@@ -187,7 +187,7 @@ impl Snapshot {
             None => {
                 let set =
                     PluginSet::build(config, registry, counters).map_err(SnapshotError::Plugin)?;
-                (Arc::new(set), Arc::new(Identities::build(config)))
+                (Arc::new(set), Arc::new(Identities::build(config, registry)))
             }
         };
         let certs = match previous {

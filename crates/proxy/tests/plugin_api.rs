@@ -99,6 +99,7 @@ fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginEr
 static AUTHZ: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[],
 };
 
 /// Lets the authorizer answer `token=slow`: it holds that answer until the test says so.

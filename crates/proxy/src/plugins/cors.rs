@@ -37,6 +37,7 @@ fn list(c: &Value, k: &str) -> Vec<String> {
 pub static DESCRIPTOR: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[],
 };
 
 fn schema() -> PluginSchema {

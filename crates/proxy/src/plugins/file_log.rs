@@ -31,6 +31,7 @@ struct FileLog {
 pub static DESCRIPTOR: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[],
 };
 
 fn schema() -> PluginSchema {

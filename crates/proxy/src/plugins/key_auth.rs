@@ -30,6 +30,13 @@ struct KeyAuth {
 pub static DESCRIPTOR: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[KEYAUTH_CREDENTIALS],
+};
+
+/// key-auth's credentials, found by their key.
+const KEYAUTH_CREDENTIALS: super::CredentialKind = super::CredentialKind {
+    entity: "keyauth_credentials",
+    key: "key",
 };
 
 fn schema() -> PluginSchema {
@@ -166,11 +173,8 @@ impl KeyAuth {
         let found = self.find_key(ctx);
         let outcome = match &found {
             None => Err("No API key found in request"),
-            Some((key, _)) => match ctx.identities.api_keys.get(key) {
-                Some((cred, consumer)) => match ctx.identities.consumers.get(consumer) {
-                    Some(c) => Ok((c.clone(), cred.clone())),
-                    None => Err("Invalid authentication credentials"),
-                },
+            Some((key, _)) => match ctx.identities.credential(&KEYAUTH_CREDENTIALS, key) {
+                Some(c) => Ok((c.consumer.clone(), c.id.clone())),
                 None => Err("Invalid authentication credentials"),
             },
         };

@@ -65,19 +65,40 @@ impl Consumer {
     }
 }
 
-/// Consumers and their credentials, indexed for authentication plugins.
+/// A credential entity that an authentication plugin finds consumers through: its type and
+/// the field that identifies a credential (key-auth's `key`, basic-auth's `username`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialKind {
+    pub entity: &'static str,
+    pub key: &'static str,
+}
+
+/// A credential as authentication plugins find it.
+#[derive(Debug)]
+pub struct Credential {
+    pub id: String,
+    /// The consumer it belongs to (always present in the index: a credential of an unknown
+    /// consumer is left out).
+    pub consumer: Arc<Consumer>,
+    /// The whole stored document (secrets, algorithms, ... as the plugin needs them).
+    pub doc: Doc,
+}
+
+/// Consumers and their credentials, indexed for authentication plugins: every plugin of the
+/// registry names the credential kinds it reads ([`Descriptor::credentials`]), and each is
+/// indexed by its identifying field once per configuration.
 #[derive(Default)]
 pub struct Identities {
     pub consumers: crate::FastMap<String, Arc<Consumer>>,
-    /// key-auth key to (credential id, consumer id).
-    pub api_keys: crate::FastMap<String, (String, String)>,
+    /// By credential entity, then by identifying value.
+    credentials: crate::FastMap<&'static str, crate::FastMap<String, Arc<Credential>>>,
 }
 
 impl Identities {
-    pub fn build(config: &Config) -> Identities {
+    pub fn build(config: &Config, registry: &Registry) -> Identities {
         let docs = |k: &str| config.entities.get(k).map(Vec::as_slice).unwrap_or(&[]);
         let s = |d: &Doc, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-        let consumers = docs("consumers")
+        let consumers: crate::FastMap<String, Arc<Consumer>> = docs("consumers")
             .iter()
             .filter_map(|d| {
                 let id = s(d, "id")?;
@@ -87,17 +108,33 @@ impl Identities {
                 ))
             })
             .collect();
-        let api_keys = docs("keyauth_credentials")
-            .iter()
-            .filter_map(|d| {
-                let consumer = d.get("consumer")?.get("id")?.as_str()?.to_string();
-                Some((s(d, "key")?, (s(d, "id")?, consumer)))
-            })
-            .collect();
+        let mut credentials: crate::FastMap<_, crate::FastMap<_, _>> = Default::default();
+        for kind in registry.credential_kinds() {
+            let index = credentials.entry(kind.entity).or_default();
+            for d in docs(kind.entity) {
+                let found = (|| {
+                    let consumer = consumers.get(ref_id(d, "consumer")?)?.clone();
+                    let credential = Credential {
+                        id: s(d, "id")?,
+                        consumer,
+                        doc: d.clone(),
+                    };
+                    Some((s(d, kind.key)?, Arc::new(credential)))
+                })();
+                if let Some((key, c)) = found {
+                    index.insert(key, c);
+                }
+            }
+        }
         Identities {
             consumers,
-            api_keys,
+            credentials,
         }
+    }
+
+    /// The credential of `kind` whose identifying field is `key`.
+    pub fn credential(&self, kind: &CredentialKind, key: &str) -> Option<&Arc<Credential>> {
+        self.credentials.get(kind.entity)?.get(key)
     }
 
     /// A consumer by id or username (the `anonymous` setting accepts both).
@@ -365,6 +402,9 @@ pub type Build =
 pub struct Descriptor {
     pub schema: LazyLock<PluginSchema>,
     pub build: Build,
+    /// The credential entities this plugin authenticates with, indexed for it in
+    /// [`Identities`].
+    pub credentials: &'static [CredentialKind],
 }
 
 /// The plugins this build of Gantry ships, each runnable on every node.
@@ -443,6 +483,18 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<&'static Descriptor> {
         self.0.iter().copied().find(|d| d.schema.name == name)
+    }
+
+    /// The credential kinds the plugins read, each once.
+    pub fn credential_kinds(&self) -> Vec<CredentialKind> {
+        let mut kinds: Vec<CredentialKind> = self
+            .0
+            .iter()
+            .flat_map(|d| d.credentials.iter().copied())
+            .collect();
+        kinds.sort_by_key(|k| (k.entity, k.key));
+        kinds.dedup();
+        kinds
     }
 
     /// The names, sorted.
@@ -803,5 +855,35 @@ mod tests {
         assert!(
             matches!(names("basic-auth"), Err(RegistryError::Unknown(n, _)) if n == "basic-auth")
         );
+    }
+
+    /// Credentials are indexed for the plugins of the registry that read them, and only
+    /// those of known consumers.
+    #[test]
+    fn the_credential_index_serves_the_registry() {
+        let mut config = Config::default();
+        config.entities.insert(
+            "consumers".into(),
+            vec![doc(json!({"id": "c1", "username": "alice"}))],
+        );
+        config.entities.insert(
+            "keyauth_credentials".into(),
+            vec![
+                doc(json!({"id": "k1", "key": "alice-key", "consumer": {"id": "c1"}})),
+                doc(json!({"id": "k2", "key": "orphan", "consumer": {"id": "c9"}})),
+            ],
+        );
+        let kind = key_auth::DESCRIPTOR.credentials[0];
+        let ids = Identities::build(&config, &Registry::default());
+        let c = ids.credential(&kind, "alice-key").expect("indexed");
+        assert_eq!(
+            (c.id.as_str(), c.consumer.username.as_deref()),
+            ("k1", Some("alice"))
+        );
+        assert_eq!(c.doc["key"], "alice-key");
+        assert!(ids.credential(&kind, "orphan").is_none());
+        let without = Identities::build(&config, &Registry::from_setting("cors").unwrap());
+        assert!(without.credential(&kind, "alice-key").is_none());
+        assert!(without.find("alice").is_some());
     }
 }

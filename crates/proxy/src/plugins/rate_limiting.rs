@@ -105,6 +105,7 @@ struct RateLimiting {
 pub static DESCRIPTOR: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[],
 };
 
 const LIMITS: [&str; 6] = ["second", "minute", "hour", "day", "month", "year"];

@@ -25,6 +25,7 @@ struct RequestTermination {
 pub static DESCRIPTOR: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[],
 };
 
 fn schema() -> PluginSchema {

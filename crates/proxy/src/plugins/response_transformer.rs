@@ -76,6 +76,7 @@ fn pairs(items: Vec<String>) -> Pairs {
 pub static DESCRIPTOR: Descriptor = Descriptor {
     schema: LazyLock::new(schema),
     build,
+    credentials: &[],
 };
 
 fn schema() -> PluginSchema {
