@@ -48,6 +48,9 @@ pub struct Published {
     plugins: BTreeSet<String>,
     steps: Arc<VecDeque<Arc<Step>>>,
     snapshot: OnceLock<Arc<proto::Frame>>,
+    /// The snapshot for each older data plane version, without the fields it does not know,
+    /// with its hash: built once per version, whatever the number of such data planes.
+    stripped: std::sync::Mutex<std::collections::HashMap<Version, (Arc<proto::Frame>, String)>>,
 }
 
 impl Published {
@@ -60,6 +63,7 @@ impl Published {
             config: Arc::new(config),
             steps: Arc::new(VecDeque::new()),
             snapshot: OnceLock::new(),
+            stripped: Default::default(),
         }
     }
 
@@ -84,6 +88,22 @@ impl Published {
             hash: hash_config(&config).config,
             entities: config.entities,
         }
+    }
+
+    /// The encoded snapshot for a data plane of version `dp`, and the hash of what it holds.
+    fn stripped_frame(&self, dp: Version, plugins: &Catalog) -> (Arc<proto::Frame>, String) {
+        let mut cache = self.stripped.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(dp)
+            .or_insert_with(|| {
+                let msg = self.snapshot_msg(Some(dp), plugins);
+                let hash = match &msg {
+                    ToDp::Snapshot { hash, .. } => hash.clone(),
+                    _ => String::new(),
+                };
+                (Arc::new(proto::encode(&msg)), hash)
+            })
+            .clone()
     }
 
     /// What brings a data plane at (`version`, `hash`) here, if deltas can: the steps after it.
@@ -318,6 +338,7 @@ impl ControlPlane {
                     config: Arc::new(config),
                     steps: Arc::new(steps),
                     snapshot: OnceLock::new(),
+                    stripped: Default::default(),
                 }
             }
             StoreDelta::Reset => {
@@ -770,21 +791,21 @@ impl Session {
                     "delta",
                 )
             }
-            None if strip.is_none() => (
-                p.snapshot
-                    .get_or_init(|| {
-                        Arc::new(proto::encode(&p.snapshot_msg(None, &self.cp.plugins)))
-                    })
-                    .clone(),
-                "snapshot",
-            ),
-            None => {
-                let msg = p.snapshot_msg(strip, &self.cp.plugins);
-                if let ToDp::Snapshot { hash, .. } = &msg {
-                    announced = hash.clone();
+            None => match strip {
+                None => (
+                    p.snapshot
+                        .get_or_init(|| {
+                            Arc::new(proto::encode(&p.snapshot_msg(None, &self.cp.plugins)))
+                        })
+                        .clone(),
+                    "snapshot",
+                ),
+                Some(v) => {
+                    let (frame, hash) = p.stripped_frame(v, &self.cp.plugins);
+                    announced = hash;
+                    (frame, "snapshot")
                 }
-                (Arc::new(proto::encode(&msg)), "snapshot")
-            }
+            },
         };
         if frame.bytes.len() > self.max || frame.plain_len > proto::expanded_limit(self.max) {
             let e = format!(
@@ -900,4 +921,37 @@ fn explain(e: &str) -> &'static str {
 
 fn uuid_like(s: &str) -> Option<()> {
     (s.len() == 36 && s.chars().all(|c| c.is_ascii_hexdigit() || c == '-')).then_some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// An older data plane's snapshot is stripped and encoded once per version, shared by
+    /// every data plane of that version.
+    #[test]
+    fn stripped_snapshots_are_built_once_per_version() {
+        let mut config = Config::default();
+        let cors = json!({"id": "p1", "name": "cors", "config": {"origins": ["*"], "allow_origin_absent": true}});
+        config
+            .entities
+            .insert("plugins".into(), vec![cors.as_object().cloned().unwrap()]);
+        let p = Published::whole(config, 3);
+        let plugins = gantry_testkit::bundled_plugins();
+        let (a, ha) = p.stripped_frame(Version(0, 1, 0), &plugins);
+        let (b, hb) = p.stripped_frame(Version(0, 1, 0), &plugins);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(ha, hb);
+        assert_ne!(ha, p.hash, "the stripped configuration hashes otherwise");
+        let (c, _) = p.stripped_frame(Version(0, 1, 5), &plugins);
+        assert!(!Arc::ptr_eq(&a, &c));
+        let ToDp::Snapshot { entities, .. } = p.snapshot_msg(Some(Version(0, 1, 0)), &plugins)
+        else {
+            panic!("a snapshot");
+        };
+        assert!(entities["plugins"][0]["config"]
+            .get("allow_origin_absent")
+            .is_none());
+    }
 }

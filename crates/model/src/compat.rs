@@ -12,7 +12,7 @@ use crate::plugins::Catalog;
 use crate::Doc;
 
 /// A `major.minor.patch` version; a pre-release or build suffix is ignored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version(pub u32, pub u32, pub u32);
 
 impl Version {
