@@ -9,6 +9,9 @@
 pub mod balancer;
 pub mod dns;
 pub mod echo;
+pub mod error;
+mod exchange;
+mod forward;
 pub mod health;
 pub mod names;
 pub mod plugins;

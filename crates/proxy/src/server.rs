@@ -19,21 +19,18 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::balancer::{Algorithm, HashOn, Load, Tracked};
-use crate::health::{Health, Outcome};
+use crate::error::ProxyError;
+use crate::health::Health;
 use crate::names;
 use crate::plugins::{Counters, Ctx};
-use crate::pool::{Conn, Dest, Pool, UpstreamError};
+use crate::pool::Pool;
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-const VIA: &str = concat!("1.1 gantry/", env!("CARGO_PKG_VERSION"));
-
-/// Kong's messages for a 504 and a 502 from the upstream.
-const UPSTREAM_TIMED_OUT: &str = "The upstream server is timing out";
-const BAD_UPSTREAM_RESPONSE: &str = "An invalid response was received from the upstream server";
+use crate::forward::{strip_hop_by_hop, VIA};
 
 /// A running active health probe of one upstream.
 struct Probing {
@@ -338,12 +335,12 @@ impl Drop for LogOnEnd {
 }
 
 /// The client of a request: the peer, or the address a trusted peer forwarded.
-struct Client {
-    ip: std::net::IpAddr,
+pub(crate) struct Client {
+    pub(crate) ip: std::net::IpAddr,
     /// The same, as a header value.
-    value: HeaderValue,
+    pub(crate) value: HeaderValue,
     /// Whether the peer is trusted (its `X-Forwarded-*` headers are kept).
-    trusted: bool,
+    pub(crate) trusted: bool,
 }
 
 /// What a request learns from its connection, computed once per connection.
@@ -381,13 +378,13 @@ pub struct Proxy {
     id_counter: std::sync::atomic::AtomicU64,
     pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    pool: Pool,
+    pub(crate) pool: Pool,
     counters: Counters,
     /// The plugins this node runs (Kong's `plugins` setting); all bundled ones unless set.
     registry: std::sync::OnceLock<crate::plugins::Registry>,
     pub stats: Stats,
-    health: Arc<Health>,
-    load: Arc<Load>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) load: Arc<Load>,
     probes: std::sync::Mutex<HashMap<String, Probing>>,
     header_timeout: Duration,
 }
@@ -396,36 +393,7 @@ fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     crate::plugins::error(status.as_u16(), message)
 }
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    names::KEEP_ALIVE,
-    names::PROXY_CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
-    }
-    for n in HOP_BY_HOP {
-        h.remove(n);
-    }
-}
-
-fn split_host(h: &str) -> (&str, Option<u16>) {
+pub(crate) fn split_host(h: &str) -> (&str, Option<u16>) {
     if let Some(rest) = h.strip_prefix('[') {
         if let Some((host, tail)) = rest.split_once(']') {
             return (host, tail.strip_prefix(':').and_then(|p| p.parse().ok()));
@@ -745,9 +713,11 @@ impl Proxy {
                 ..LogDetails::default()
             }));
         }
+        // Every way the proxy ends a request itself becomes Kong's response here.
         let res = self
             .route_and_forward(req, conn, &client, &snap, started, &mut seen)
-            .await;
+            .await
+            .unwrap_or_else(|e| e.response());
         // The response phases, over every response: the upstream's, a plugin's, or an error.
         if !seen.accessed {
             seen.ran = snap.plugins.globals();
@@ -833,7 +803,7 @@ impl Proxy {
         snap: &Snapshot,
         started: Instant,
         seen: &mut Seen,
-    ) -> Response<ProxyBody> {
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let (local_port, https, sni) = (conn.local_port, conn.https, conn.sni.as_deref());
         let peer_ip = conn.peer.ip();
         let mut req = req;
@@ -841,7 +811,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         if let Err(why) = check_framing(&parts) {
-            return json_error(StatusCode::BAD_REQUEST, why);
+            return Err(ProxyError::BadRequest(why));
         }
         // The rewrite phase, before routing (global plugins, as in Kong): routing reads the
         // request as they leave it.
@@ -860,7 +830,7 @@ impl Proxy {
             let exit = snap.plugins.run_rewrite(&mut ctx).await;
             seen.response_headers = ctx.response_headers;
             if let Some(exit) = exit {
-                return exit;
+                return Ok(exit);
             }
         }
         // Owned copies (reference-counted, not copied) of what routing reads, so that plugins
@@ -873,14 +843,12 @@ impl Proxy {
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             {
                 Some(h) => h,
-                None => {
-                    return json_error(StatusCode::BAD_REQUEST, "Bad request: missing Host header")
-                }
+                None => return Err(ProxyError::BadRequest("Bad request: missing Host header")),
             },
         };
         let host_header = match host_value.to_str() {
             Ok(h) if valid_host(h) => h,
-            _ => return json_error(StatusCode::BAD_REQUEST, "Bad request: invalid Host header"),
+            _ => return Err(ProxyError::BadRequest("Bad request: invalid Host header")),
         };
         let (host, port) = split_host(host_header);
         let request_uri = parts.uri.clone();
@@ -896,7 +864,7 @@ impl Proxy {
             https,
         };
         let Some(m) = snap.router.find(&info) else {
-            return json_error(StatusCode::NOT_FOUND, "no Route matched with those values");
+            return Err(ProxyError::NoRoute);
         };
         let route = m.route;
         if seen.on {
@@ -920,7 +888,11 @@ impl Proxy {
         };
         if !forwarded_https && has("https") && !has("http") {
             let to = forwarded(&names::X_FORWARDED_HOST).unwrap_or(host);
-            return https_redirect(route.https_redirect_status_code, to, &request_uri);
+            return Ok(https_redirect(
+                route.https_redirect_status_code,
+                to,
+                &request_uri,
+            ));
         }
         if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
             let is_grpc = parts
@@ -929,13 +901,10 @@ impl Proxy {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/grpc"));
             if !is_grpc {
-                return json_error(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "Non-gRPC request matched gRPC route",
-                );
+                return Err(ProxyError::NotGrpc);
             }
             if parts.version != hyper::Version::HTTP_2 {
-                return json_error(StatusCode::UPGRADE_REQUIRED, "Please use HTTP2 protocol");
+                return Err(ProxyError::Http2Required);
             }
         }
         let service = route
@@ -969,21 +938,18 @@ impl Proxy {
                 d.request_headers = parts.headers.clone();
             }
             if let Some(exit) = access.exit {
-                return exit;
+                return Ok(exit);
             }
         }
         let Some(service) = service else {
-            return json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no Service found with those values",
-            );
+            return Err(ProxyError::NoService);
         };
         if !service.enabled {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Service unavailable");
+            return Err(ProxyError::ServiceDisabled);
         }
         let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
         if !matches!(service.protocol.as_str(), "http" | "https") && !grpc {
-            return json_error(StatusCode::BAD_GATEWAY, BAD_UPSTREAM_RESPONSE);
+            return Err(ProxyError::UnsupportedProtocol);
         }
         let balancer = snap.balancers.get(&service.host);
         let key = match balancer.map(|b| &b.algorithm) {
@@ -995,15 +961,10 @@ impl Proxy {
             }
             _ => None,
         };
-        let mut target: std::borrow::Cow<'_, str> = match balancer {
+        let target: std::borrow::Cow<'_, str> = match balancer {
             Some(b) => match b.pick(&self.health, &self.load, &[], key.as_deref()) {
                 Some(t) => std::borrow::Cow::Owned(t.to_string()),
-                None => {
-                    return json_error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "failure to get a peer from the ring-balancer",
-                    )
-                }
+                None => return Err(ProxyError::NoPeer),
             },
             None => std::borrow::Cow::Borrowed(service.addr.as_str()),
         };
@@ -1016,16 +977,10 @@ impl Proxy {
         }
         let uri: Uri = match upath.parse() {
             Ok(u) => u,
-            Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
+            Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
         };
         if let Some(d) = seen.details.as_mut() {
             d.upstream_uri = Some(upath);
-        }
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers);
-        if let Some(proto) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, proto.clone());
         }
         let upstream_host = if route.preserve_host {
             host_value.clone()
@@ -1035,63 +990,24 @@ impl Proxy {
         } else {
             service.host_port.clone()
         };
-        headers.insert(header::HOST, upstream_host.clone());
-        // As Kong: X-Forwarded-For as received (every line) with the connecting peer
-        // appended, or the client alone when there was none.
-        let prev: Vec<&str> = headers
-            .get_all(names::X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let xff = if prev.is_empty() {
-            client.value.clone()
-        } else {
-            HeaderValue::from_str(&format!("{}, {}", prev.join(", "), peer_ip))
-                .unwrap_or_else(|_| client.value.clone())
-        };
-        headers.insert(names::X_FORWARDED_FOR, xff);
-        // The other X-Forwarded-* a trusted peer sent are kept; anyone else's are replaced.
-        let ours = |h: &HeaderMap, name: &HeaderName| !(client.trusted && h.contains_key(name));
-        if ours(&headers, &names::X_FORWARDED_PROTO) {
-            headers.insert(
-                names::X_FORWARDED_PROTO,
-                HeaderValue::from_static(if https { "https" } else { "http" }),
-            );
-        }
-        if ours(&headers, &names::X_FORWARDED_HOST) {
-            let fwd_host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
-                std::borrow::Cow::Owned(host.to_ascii_lowercase())
-            } else {
-                std::borrow::Cow::Borrowed(host)
-            };
-            set(&mut headers, names::X_FORWARDED_HOST, &fwd_host);
-        }
-        if ours(&headers, &names::X_FORWARDED_PORT) {
-            headers.insert(names::X_FORWARDED_PORT, conn.port_value.clone());
-        }
-        if ours(&headers, &names::X_FORWARDED_PATH) {
-            set(&mut headers, names::X_FORWARDED_PATH, raw_path);
-        }
-        if ours(&headers, &names::X_FORWARDED_PREFIX) {
-            if route.strip_path && m.prefix != "/" {
-                set(&mut headers, names::X_FORWARDED_PREFIX, &m.prefix);
-            } else {
-                headers.remove(names::X_FORWARDED_PREFIX);
-            }
-        }
-        headers.insert(names::X_REAL_IP, client.value.clone());
-        match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-            Some(prev) => {
-                let via = format!("{prev}, {VIA}");
-                set(&mut headers, header::VIA, &via);
-            }
-            None => {
-                headers.insert(header::VIA, HeaderValue::from_static(VIA));
-            }
-        }
-        if self.headers().upstream_request_id {
-            headers.insert(names::X_KONG_REQUEST_ID, seen.request_id.clone());
-        }
+        let headers = crate::forward::upstream_headers(
+            std::mem::take(&mut parts.headers),
+            &crate::forward::Forwarding {
+                client,
+                peer_ip,
+                https,
+                host,
+                port: &conn.port_value,
+                raw_path,
+                prefix: (route.strip_path && m.prefix != "/").then_some(m.prefix.as_str()),
+                upgrade: upgrade.as_ref(),
+                upstream_host: &upstream_host,
+                request_id: self
+                    .headers()
+                    .upstream_request_id
+                    .then_some(&seen.request_id),
+            },
+        );
         let upstream_host = upstream_host.to_str().unwrap_or_default();
         let mut up = Request::new(http_body_util::Either::Left(body));
         *up.method_mut() = parts.method.clone();
@@ -1106,7 +1022,7 @@ impl Proxy {
             };
             match format!("{scheme}://{upstream_host}{}", up.uri()).parse() {
                 Ok(u) => *up.uri_mut() = u,
-                Err(_) => return json_error(StatusCode::BAD_GATEWAY, "invalid upstream address"),
+                Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
             }
             up.headers_mut().remove(header::HOST);
             *up.version_mut() = hyper::Version::HTTP_2;
@@ -1115,113 +1031,20 @@ impl Proxy {
             *up.version_mut() = hyper::Version::HTTP_11;
         }
         let sent = Instant::now();
-        let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
-        let report = |target: &str, outcome: Outcome| {
-            if let Some(b) = balancer {
-                if let Some(up) = self
-                    .health
-                    .report(&b.name, target, outcome, &b.checks.passive)
-                {
-                    tracing::warn!(upstream = %b.name, target, healthy = up, "target health changed (passive check)");
-                }
-            }
-        };
-        // https services: TLS with the Host we send as the server name. A plain service's
-        // destination was built with the snapshot.
-        let dest_of = |target: &str| -> Arc<Dest> {
-            match &service.direct {
-                Some(d) if balancer.is_none() => d.clone(),
-                _ => Arc::new(Dest::new(
-                    target.to_string(),
-                    matches!(service.protocol.as_str(), "https" | "grpcs")
-                        .then(|| (split_host(upstream_host).0.to_string(), service.tls_verify)),
+        let (res, in_flight) = self
+            .exchange(
+                up,
+                target,
+                &crate::exchange::Exchange {
+                    service,
+                    balancer: balancer.map(|b| &**b),
+                    key: key.as_deref(),
+                    upgrade: upgrade.is_some(),
                     grpc,
-                    Duration::from_millis(service.write_timeout_ms),
-                )),
-            }
-        };
-        let mut dest = dest_of(&target);
-        // Connect, trying other targets (or the same host again) while nothing has been sent:
-        // up to the service's `retries` more times.
-        let mut tried: Vec<String> = Vec::new();
-        let sender = loop {
-            let got = if upgrade.is_some() {
-                self.pool
-                    .connect_dedicated(&dest, connect_timeout)
-                    .await
-                    .map(|s| Conn::H1(s, 0, Duration::ZERO))
-            } else {
-                self.pool.checkout(&dest, connect_timeout).await
-            };
-            match got {
-                Ok(s) => break s,
-                Err(e) => {
-                    let timed_out = matches!(e, UpstreamError::ConnectTimeout { .. });
-                    report(
-                        &target,
-                        if timed_out {
-                            Outcome::Timeout
-                        } else {
-                            Outcome::TcpFailure
-                        },
-                    );
-                    tracing::warn!(error = %e, upstream = %target, "upstream connection failed");
-                    tried.push(target.to_string());
-                    let next = match balancer {
-                        Some(b) => b
-                            .pick(&self.health, &self.load, &tried, key.as_deref())
-                            .map(str::to_string),
-                        None => Some(target.to_string()),
-                    };
-                    match next {
-                        Some(t) if tried.len() <= service.retries as usize => {
-                            dest = dest_of(&t);
-                            target = std::borrow::Cow::Owned(t);
-                        }
-                        _ if matches!(e, UpstreamError::Resolve(_)) => {
-                            return json_error(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "name resolution failed",
-                            )
-                        }
-                        _ if timed_out => {
-                            return json_error(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT)
-                        }
-                        _ => return json_error(StatusCode::BAD_GATEWAY, BAD_UPSTREAM_RESPONSE),
-                    }
-                }
-            }
-        };
-        let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
-        let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        let res = match tokio::time::timeout(
-            read_timeout,
-            self.pool.send_on(&dest, sender, up, connect_timeout),
-        )
-        .await
-        {
-            Err(_) => {
-                report(&target, Outcome::Timeout);
-                return json_error(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT);
-            }
-            Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
-                report(&target, Outcome::Timeout);
-                tracing::warn!(error = %e, upstream = %target, "upstream write timed out (write_timeout)");
-                return json_error(StatusCode::GATEWAY_TIMEOUT, UPSTREAM_TIMED_OUT);
-            }
-            Ok(Err(e)) => {
-                report(&target, Outcome::TcpFailure);
-                tracing::warn!(error = %e, upstream = %target, "upstream request failed");
-                return json_error(StatusCode::BAD_GATEWAY, BAD_UPSTREAM_RESPONSE);
-            }
-            Ok(Ok(r)) => {
-                report(&target, Outcome::Status(r.status().as_u16()));
-                if let Some(f) = &in_flight {
-                    f.answered();
-                }
-                r
-            }
-        };
+                    upstream_host,
+                },
+            )
+            .await?;
         let upstream_took = sent.elapsed();
         seen.upstream = Some(upstream_took);
         let upstream_ms = upstream_took.as_millis();
@@ -1251,7 +1074,7 @@ impl Proxy {
             let empty = http_body_util::Empty::<Bytes>::new()
                 .map_err(|never| match never {})
                 .boxed();
-            return Response::from_parts(rparts, empty);
+            return Ok(Response::from_parts(rparts, empty));
         }
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
@@ -1288,7 +1111,7 @@ impl Proxy {
             .boxed(),
             None => rbody.boxed(),
         };
-        Response::from_parts(rparts, body)
+        Ok(Response::from_parts(rparts, body))
     }
 }
 
@@ -1413,12 +1236,6 @@ fn request_id(prefix: u32, n: u64) -> HeaderValue {
         *slot = HEX[nibble as usize];
     }
     HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("0"))
-}
-
-fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        h.insert(name, v);
-    }
 }
 
 /// All matched but the protocol: Kong answers 426, or redirects with the configured status.

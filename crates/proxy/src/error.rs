@@ -1,0 +1,102 @@
+//! Every way the proxy itself can end a request, and Kong's answer to each, in one place.
+
+use hyper::{Response, StatusCode};
+
+use crate::server::ProxyBody;
+
+/// Why the proxy answered a request itself instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// Framing or a head the proxy refuses (the reason is Kong's message).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("no Route matched with those values")]
+    NoRoute,
+    #[error("Non-gRPC request matched gRPC route")]
+    NotGrpc,
+    #[error("Please use HTTP2 protocol")]
+    Http2Required,
+    #[error("no Service found with those values")]
+    NoService,
+    #[error("Service unavailable")]
+    ServiceDisabled,
+    /// A service protocol the proxy does not forward to (tcp, tls, udp, ...).
+    #[error("An invalid response was received from the upstream server")]
+    UnsupportedProtocol,
+    #[error("failure to get a peer from the ring-balancer")]
+    NoPeer,
+    #[error("invalid upstream address")]
+    InvalidUpstreamAddress,
+    #[error("name resolution failed")]
+    NameResolution,
+    /// Connect, write or read timeout.
+    #[error("The upstream server is timing out")]
+    UpstreamTimeout,
+    /// The upstream refused the connection, closed it or answered with something that is not
+    /// HTTP.
+    #[error("An invalid response was received from the upstream server")]
+    BadUpstream,
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::NotGrpc => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::Http2Required => StatusCode::UPGRADE_REQUIRED,
+            ProxyError::NoService
+            | ProxyError::ServiceDisabled
+            | ProxyError::NoPeer
+            | ProxyError::NameResolution => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::UnsupportedProtocol
+            | ProxyError::InvalidUpstreamAddress
+            | ProxyError::BadUpstream => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Kong's response: the status and `{"message": ...}`.
+    pub fn response(&self) -> Response<ProxyBody> {
+        crate::plugins::error(self.status().as_u16(), &self.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kong_statuses_and_messages() {
+        for (e, status, message) in [
+            (
+                ProxyError::NoRoute,
+                404,
+                "no Route matched with those values",
+            ),
+            (
+                ProxyError::NoPeer,
+                503,
+                "failure to get a peer from the ring-balancer",
+            ),
+            (
+                ProxyError::UpstreamTimeout,
+                504,
+                "The upstream server is timing out",
+            ),
+            (
+                ProxyError::BadUpstream,
+                502,
+                "An invalid response was received from the upstream server",
+            ),
+            (
+                ProxyError::BadRequest("Bad request: missing Host header"),
+                400,
+                "Bad request: missing Host header",
+            ),
+        ] {
+            assert_eq!(e.status().as_u16(), status);
+            assert_eq!(e.to_string(), message);
+        }
+    }
+}

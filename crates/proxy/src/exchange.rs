@@ -1,0 +1,149 @@
+//! The upstream exchange: connect (pooled; a connection of its own for an upgrade), trying
+//! other targets, or the same host again, while nothing has been sent, up to the service's
+//! `retries`; then send, within the read timeout. Every outcome feeds passive health checks.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::balancer::{Balancer, InFlight};
+use crate::error::ProxyError;
+use crate::health::Outcome;
+use crate::pool::{Conn, Dest, UpBody, UpstreamError};
+use crate::server::{split_host, Proxy};
+use crate::snapshot::Service;
+
+/// Where a request goes.
+pub(crate) struct Exchange<'a> {
+    pub service: &'a Service,
+    pub balancer: Option<&'a Balancer>,
+    /// The consistent-hashing key, when the upstream hashes.
+    pub key: Option<&'a str>,
+    /// The request asks for a protocol switch (WebSocket): a connection of its own.
+    pub upgrade: bool,
+    pub grpc: bool,
+    /// The `Host` (and TLS server name) the upstream is sent.
+    pub upstream_host: &'a str,
+}
+
+impl Proxy {
+    /// Send `up` to the first target that takes a connection. Returns the upstream's response
+    /// head and, for an upstream's target, its in-flight guard (least-connections counts it
+    /// until the body has gone).
+    pub(crate) async fn exchange(
+        &self,
+        up: Request<UpBody>,
+        target: Cow<'_, str>,
+        x: &Exchange<'_>,
+    ) -> Result<(Response<Incoming>, Option<InFlight>), ProxyError> {
+        let (service, balancer, grpc, upstream_host) =
+            (x.service, x.balancer, x.grpc, x.upstream_host);
+        let mut target = target;
+        let connect_timeout = Duration::from_millis(service.connect_timeout_ms);
+        let report = |target: &str, outcome: Outcome| {
+            if let Some(b) = balancer {
+                if let Some(up) = self
+                    .health
+                    .report(&b.name, target, outcome, &b.checks.passive)
+                {
+                    tracing::warn!(upstream = %b.name, target, healthy = up, "target health changed (passive check)");
+                }
+            }
+        };
+        // https services: TLS with the Host we send as the server name. A plain service's
+        // destination was built with the snapshot.
+        let dest_of = |target: &str| -> Arc<Dest> {
+            match &service.direct {
+                Some(d) if balancer.is_none() => d.clone(),
+                _ => Arc::new(Dest::new(
+                    target.to_string(),
+                    matches!(service.protocol.as_str(), "https" | "grpcs")
+                        .then(|| (split_host(upstream_host).0.to_string(), service.tls_verify)),
+                    grpc,
+                    Duration::from_millis(service.write_timeout_ms),
+                )),
+            }
+        };
+        let mut dest = dest_of(&target);
+        // Connect, trying other targets (or the same host again) while nothing has been sent:
+        // up to the service's `retries` more times.
+        let mut tried: Vec<String> = Vec::new();
+        let sender = loop {
+            let got = if x.upgrade {
+                self.pool
+                    .connect_dedicated(&dest, connect_timeout)
+                    .await
+                    .map(|s| Conn::H1(s, 0, Duration::ZERO))
+            } else {
+                self.pool.checkout(&dest, connect_timeout).await
+            };
+            match got {
+                Ok(s) => break s,
+                Err(e) => {
+                    let timed_out = matches!(e, UpstreamError::ConnectTimeout { .. });
+                    report(
+                        &target,
+                        if timed_out {
+                            Outcome::Timeout
+                        } else {
+                            Outcome::TcpFailure
+                        },
+                    );
+                    tracing::warn!(error = %e, upstream = %target, "upstream connection failed");
+                    tried.push(target.to_string());
+                    let next = match balancer {
+                        Some(b) => b
+                            .pick(&self.health, &self.load, &tried, x.key)
+                            .map(str::to_string),
+                        None => Some(target.to_string()),
+                    };
+                    match next {
+                        Some(t) if tried.len() <= service.retries as usize => {
+                            dest = dest_of(&t);
+                            target = std::borrow::Cow::Owned(t);
+                        }
+                        _ if matches!(e, UpstreamError::Resolve(_)) => {
+                            return Err(ProxyError::NameResolution)
+                        }
+                        _ if timed_out => return Err(ProxyError::UpstreamTimeout),
+                        _ => return Err(ProxyError::BadUpstream),
+                    }
+                }
+            }
+        };
+        let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
+        let read_timeout = Duration::from_millis(service.read_timeout_ms);
+        let res = match tokio::time::timeout(
+            read_timeout,
+            self.pool.send_on(&dest, sender, up, connect_timeout),
+        )
+        .await
+        {
+            Err(_) => {
+                report(&target, Outcome::Timeout);
+                return Err(ProxyError::UpstreamTimeout);
+            }
+            Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
+                report(&target, Outcome::Timeout);
+                tracing::warn!(error = %e, upstream = %target, "upstream write timed out (write_timeout)");
+                return Err(ProxyError::UpstreamTimeout);
+            }
+            Ok(Err(e)) => {
+                report(&target, Outcome::TcpFailure);
+                tracing::warn!(error = %e, upstream = %target, "upstream request failed");
+                return Err(ProxyError::BadUpstream);
+            }
+            Ok(Ok(r)) => {
+                report(&target, Outcome::Status(r.status().as_u16()));
+                if let Some(f) = &in_flight {
+                    f.answered();
+                }
+                r
+            }
+        };
+        Ok((res, in_flight))
+    }
+}
