@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 command -v nginx >/dev/null || apt-get install -y nginx-light >/dev/null
-[ -x target/release/gantry ] || cargo build --release
+# GANTRY: the binary to measure (another build, to compare two in back-to-back runs).
+GANTRY=${GANTRY:-target/release/gantry}
+[ -x "$GANTRY" ] || cargo build --release
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
@@ -50,7 +52,7 @@ YML
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-  target/release/gantry start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
+  "$GANTRY" start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && curl -sf "http://127.0.0.1:$NGK/" >/dev/null && break
   sleep 0.1
@@ -95,7 +97,7 @@ consumers:
 YML
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/plugins.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$PLUG KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-  target/release/gantry start -p "$work/gplug" 2>"$work/gplug.err" & pids+=($!)
+  "$GANTRY" start -p "$work/gplug" 2>"$work/gplug.err" & pids+=($!)
 for _ in $(seq 100); do curl -sf -H "apikey: bench-key" "http://127.0.0.1:$PLUG/" >/dev/null && break; sleep 0.1; done
 runh() { # name port header
   local out rps
@@ -121,7 +123,7 @@ with open(path, "w") as f:
 PY
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/routes.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:18904 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-  target/release/gantry start -p "$work/g5k" 2>"$work/g5k.err" & g5k=$!; pids+=($g5k)
+  "$GANTRY" start -p "$work/g5k" 2>"$work/g5k.err" & g5k=$!; pids+=($g5k)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:18904/svc/4999" >/dev/null && break; sleep 0.1; done
 wrk -t1 -c10 -d2s "http://127.0.0.1:18904/svc/2500" >/dev/null
 echo "gantry RSS with 5,000 routes loaded (after 2 s of traffic): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$g5k/status)"
