@@ -986,3 +986,46 @@ async fn dbless_config_refuses_plugins_a_node_cannot_run() {
         assert_eq!(api.t.store.count("services").await.unwrap(), 0);
     }
 }
+
+/// A route the proxy could not compile is refused before it is stored, naming the field: it
+/// never reaches a node, where it would fail every later configuration.
+#[tokio::test]
+async fn routes_are_compiled_before_they_are_stored() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let (s, b) = api
+        .req(
+            "POST",
+            "/routes",
+            Some(json!({"name": "r", "paths": ["/x"], "headers": {"x": ["~*(unclosed"]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["name"], "schema violation", "{b}");
+    assert!(
+        b["fields"]["headers"]
+            .as_str()
+            .is_some_and(|m| m.contains("unclosed")),
+        "{b}"
+    );
+    assert_eq!(api.t.store.count("routes").await.unwrap(), 0);
+    // Fixed, it is stored; a later PATCH that breaks it is refused and changes nothing.
+    let r = api
+        .ok(
+            "POST",
+            "/routes",
+            Some(json!({"name": "r", "paths": ["/x"], "headers": {"x": ["~*(closed)"]}})),
+        )
+        .await;
+    let (s, b) = api
+        .req(
+            "PATCH",
+            &format!("/routes/{}", r["id"].as_str().unwrap()),
+            Some(json!({"headers": {"x": ["~*(("]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        api.ok("GET", "/routes/r", None).await["headers"]["x"],
+        json!(["~*(closed)"])
+    );
+}

@@ -67,6 +67,14 @@ pub fn prepare(
         return Err(errs);
     }
     complete(schema, &mut doc, secrets, now);
+    // Compiled as a node will run it: what it could not is refused here, not on every node.
+    if let Err(e) = plugins.compile_entity(schema.name, &doc) {
+        match e.field {
+            Some(f) => errs.add(&f, e.message),
+            None => errs.add_entity(e.message),
+        }
+        return Err(errs);
+    }
     Ok(doc)
 }
 

@@ -85,45 +85,45 @@ impl PluginSchema {
     }
 }
 
-/// Why a plugin's runtime cannot take a configuration its schema accepted.
+/// Why a node cannot run what a schema accepted: a plugin configuration, a route, a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}{message}", field.as_deref().map(|f| format!("config.{f}: ")).unwrap_or_default())]
-pub struct PluginError {
-    /// The configuration field at fault (dotted, under `config`), when one is.
+#[error("{}{message}", field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+pub struct CompileError {
+    /// The field at fault, when one is (for a plugin: dotted under `config`).
     pub field: Option<String>,
     pub message: String,
 }
 
-impl PluginError {
-    pub fn field(field: &str, message: impl Into<String>) -> PluginError {
-        PluginError {
+impl CompileError {
+    pub fn field(field: &str, message: impl Into<String>) -> CompileError {
+        CompileError {
             field: Some(field.to_string()),
             message: message.into(),
         }
     }
-    pub fn whole(message: impl Into<String>) -> PluginError {
-        PluginError {
+    pub fn whole(message: impl Into<String>) -> CompileError {
+        CompileError {
             field: None,
             message: message.into(),
         }
     }
 }
 
-impl From<String> for PluginError {
-    fn from(message: String) -> PluginError {
-        PluginError::whole(message)
+impl From<String> for CompileError {
+    fn from(message: String) -> CompileError {
+        CompileError::whole(message)
     }
 }
 
-impl From<&str> for PluginError {
-    fn from(message: &str) -> PluginError {
-        PluginError::whole(message)
+impl From<&str> for CompileError {
+    fn from(message: &str) -> CompileError {
+        CompileError::whole(message)
     }
 }
 
 /// Compiles a configuration its schema accepted exactly as the runtime will, without running
 /// it: `(plugin id, config)`.
-pub type Compile = Arc<dyn Fn(&str, &Value) -> Result<(), PluginError> + Send + Sync>;
+pub type Compile = Arc<dyn Fn(&str, &Value) -> Result<(), CompileError> + Send + Sync>;
 
 /// One plugin a node runs: its schema and the compiler of its configurations.
 #[derive(Clone)]
@@ -132,22 +132,47 @@ pub struct Enabled {
     pub compile: Compile,
 }
 
-/// The plugins a node runs (Kong's `plugins` setting applied), by name.
+/// Compiles an entity as a node will run it (a route's matchers, a certificate's key pair):
+/// `(entity type, document)`. What does not compile is refused before it is stored.
+pub type EntityCompile = Arc<dyn Fn(&str, &crate::Doc) -> Result<(), CompileError> + Send + Sync>;
+
+/// What a node runs, as validation needs it: the plugins (Kong's `plugins` setting applied),
+/// by name, and the compiler of the other entities.
 #[derive(Clone, Default)]
-pub struct Catalog(Arc<[Enabled]>);
+pub struct Catalog {
+    plugins: Arc<[Enabled]>,
+    entities: Option<EntityCompile>,
+}
 
 impl Catalog {
     pub fn new(mut plugins: Vec<Enabled>) -> Catalog {
         plugins.sort_by_key(|p| p.schema.name);
         plugins.dedup_by_key(|p| p.schema.name);
-        Catalog(plugins.into())
+        Catalog {
+            plugins: plugins.into(),
+            entities: None,
+        }
+    }
+
+    /// This catalog, with entities compiled by `f`.
+    pub fn with_entities(mut self, f: EntityCompile) -> Catalog {
+        self.entities = Some(f);
+        self
+    }
+
+    /// Compile an entity as the node will (no compiler: nothing to compile).
+    pub fn compile_entity(&self, entity: &str, doc: &crate::Doc) -> Result<(), CompileError> {
+        match &self.entities {
+            Some(f) => f(entity, doc),
+            None => Ok(()),
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Enabled> {
-        self.0
+        self.plugins
             .binary_search_by_key(&name, |p| p.schema.name)
             .ok()
-            .map(|i| &self.0[i])
+            .map(|i| &self.plugins[i])
     }
 
     pub fn schema(&self, name: &str) -> Option<&'static PluginSchema> {
@@ -156,11 +181,11 @@ impl Catalog {
 
     /// The schemas, by name.
     pub fn schemas(&self) -> impl Iterator<Item = &'static PluginSchema> + '_ {
-        self.0.iter().map(|p| p.schema)
+        self.plugins.iter().map(|p| p.schema)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.plugins.is_empty()
     }
 }
 
@@ -258,7 +283,7 @@ pub(crate) mod testing {
             Enabled {
                 schema: &LIMITS,
                 compile: Arc::new(|_, c| match c["policy"].as_str() {
-                    Some("redis") => Err(PluginError::field("policy", "not in this build")),
+                    Some("redis") => Err(CompileError::field("policy", "not in this build")),
                     _ => Ok(()),
                 }),
             },

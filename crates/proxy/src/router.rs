@@ -107,11 +107,15 @@ pub struct Router {
     always: Vec<u32>,
 }
 
-/// A route that cannot be compiled: the model validated it, so this is a bug or a bad cache.
+/// A route that cannot be compiled (a header regex the regex engine refuses, say). Writes
+/// compile each route before it is stored, so a running node meets one only in a
+/// configuration written by an older build.
 #[derive(Debug, thiserror::Error)]
-#[error("route {id}: {reason}")]
+#[error("route {id}: {field}: {reason}")]
 pub struct RouteError {
     pub id: String,
+    /// The route's field at fault.
+    pub field: &'static str,
     pub reason: String,
 }
 
@@ -240,8 +244,9 @@ impl Router {
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string();
-            let err = |reason: String| RouteError {
+            let err = |field: &'static str, reason: String| RouteError {
                 id: id.clone(),
+                field,
                 reason,
             };
             let protocols = strs(d, "protocols");
@@ -288,7 +293,8 @@ impl Router {
                     {
                         ms.push(match v.strip_prefix("~*") {
                             Some(re) => ValueMatch::Regex(
-                                Regex::new(&format!("(?i){re}")).map_err(|e| err(e.to_string()))?,
+                                Regex::new(&format!("(?i){re}"))
+                                    .map_err(|e| err("headers", e.to_string()))?,
                             ),
                             None => ValueMatch::Exact(v.to_ascii_lowercase()),
                         });
@@ -319,7 +325,8 @@ impl Router {
                 for p in &group {
                     paths.push(match p.strip_prefix('~') {
                         Some(re) => PathMatch::Regex(
-                            Regex::new(&format!("^(?:{re})")).map_err(|e| err(e.to_string()))?,
+                            Regex::new(&format!("^(?:{re})"))
+                                .map_err(|e| err("paths", e.to_string()))?,
                         ),
                         None => PathMatch::Prefix(p.clone()),
                     });

@@ -206,3 +206,63 @@ impl Snapshot {
         })
     }
 }
+
+/// Compile one entity as a snapshot will: a route's matchers (header and path regexes), a
+/// certificate's chain and key. Writes run this before they store the entity, so that what a
+/// node cannot load is refused at the Admin API, naming the field, instead of being skipped
+/// or failing every later configuration.
+pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugins::CompileError> {
+    use gantry_model::plugins::CompileError;
+    match entity {
+        "routes" => Router::build(std::slice::from_ref(doc))
+            .map(drop)
+            .map_err(|e| CompileError::field(e.field, e.reason)),
+        "certificates" => {
+            let s = |k: &str| doc.get(k).and_then(Value::as_str);
+            for (cert, key) in [("cert", "key"), ("cert_alt", "key_alt")] {
+                if let (Some(c), Some(k)) = (s(cert), s(key)) {
+                    crate::tls::certified_key(c, k).map_err(|e| {
+                        let field = if e.starts_with("key") { key } else { cert };
+                        CompileError::field(field, e)
+                    })?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: serde_json::Value) -> Doc {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn entities_compile_as_snapshots_do() {
+        let bad = doc(
+            json!({"id": "r1", "protocols": ["http"], "paths": ["/a"], "headers": {"x": ["~*(("]}}),
+        );
+        let e = compile_entity("routes", &bad).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("headers"));
+        let good = doc(
+            json!({"id": "r1", "protocols": ["http"], "paths": ["/a"], "headers": {"x": ["~*a+"]}}),
+        );
+        assert!(compile_entity("routes", &good).is_ok());
+        // A key that is not the certificate's.
+        let a = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.example".into()]).unwrap();
+        let mismatched =
+            doc(json!({"id": "c1", "cert": a.cert.pem(), "key": b.signing_key.serialize_pem()}));
+        let e = compile_entity("certificates", &mismatched).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("key"), "{e}");
+        assert!(e.message.contains("does not match"), "{e}");
+        let ok =
+            doc(json!({"id": "c1", "cert": a.cert.pem(), "key": a.signing_key.serialize_pem()}));
+        assert!(compile_entity("certificates", &ok).is_ok());
+    }
+}

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_model::plugins::{PluginError, PluginSchema};
+use gantry_model::plugins::{CompileError, PluginSchema};
 use gantry_model::schema::{string, Field};
 use gantry_proxy::plugins::{error, BoxFuture, Counters, Ctx, Descriptor, Flow, Plugin, Registry};
 use gantry_proxy::{Proxy, RequestLog};
@@ -85,10 +85,10 @@ fn schema() -> PluginSchema {
     PluginSchema::new("authz-test", 1500, vec![Field::new("url", string()).req()])
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
     let url = c["url"].as_str().unwrap_or_default();
     if !url.starts_with("http://") {
-        return Err(PluginError::field("url", "expected an http:// URL"));
+        return Err(CompileError::field("url", "expected an http:// URL"));
     }
     Ok(Arc::new(Authz {
         url: url.to_string(),

@@ -75,7 +75,7 @@ fn schema() -> PluginSchema {
     .since(&[("config.allow_origin_absent", Version(0, 2, 0))])
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
     let origins = list(c, "origins");
     let any_origin = origins.is_empty() || origins.iter().any(|o| o == "*");
     let mut compiled = Vec::new();

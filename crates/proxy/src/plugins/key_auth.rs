@@ -65,7 +65,7 @@ fn schema() -> PluginSchema {
     .auth()
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
     let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
     let key_names: Vec<String> = c
         .get("key_names")

@@ -27,7 +27,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
-use gantry_model::plugins::{Catalog, Enabled, PluginError, PluginSchema};
+use gantry_model::plugins::{Catalog, CompileError, Enabled, PluginSchema};
 use gantry_model::{Config, Doc};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
@@ -396,7 +396,7 @@ pub struct Access {
 /// Builds a plugin instance from its id and validated configuration; the counters are state
 /// kept across reloads (rate-limiting's windows).
 pub type Build =
-    fn(id: &str, config: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, PluginError>;
+    fn(id: &str, config: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, CompileError>;
 
 /// A plugin: its schema and its builder, in the plugin's own module.
 pub struct Descriptor {
@@ -502,8 +502,9 @@ impl Registry {
         self.0.iter().map(|d| d.schema.name.to_string()).collect()
     }
 
-    /// What validation reads: each plugin's schema, and its configurations compiled by its own
-    /// `build` (the instance is dropped at once).
+    /// What validation reads: each plugin's schema, its configurations compiled by its own
+    /// `build` (the instance is dropped at once), and routes and certificates compiled as a
+    /// snapshot compiles them.
     pub fn catalog(&self) -> Catalog {
         Catalog::new(
             self.0
@@ -519,6 +520,7 @@ impl Registry {
                 })
                 .collect(),
         )
+        .with_entities(Arc::new(crate::snapshot::compile_entity))
     }
 }
 

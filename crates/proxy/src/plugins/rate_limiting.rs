@@ -177,7 +177,7 @@ fn schema() -> PluginSchema {
     p
 }
 
-fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
     let limits: Vec<(usize, u64)> = PERIODS
         .iter()
         .enumerate()
@@ -192,13 +192,13 @@ fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, Pl
     // the traffic through.
     let policy = c.get("policy").and_then(Value::as_str).unwrap_or("local");
     if policy != "local" {
-        return Err(PluginError::field(
+        return Err(CompileError::field(
             "policy",
             format!("policy '{policy}' is not available in this build of Gantry (only 'local')"),
         ));
     }
     if c.get("limit_by").and_then(Value::as_str) == Some("consumer-group") {
-        return Err(PluginError::field(
+        return Err(CompileError::field(
             "limit_by",
             "'consumer-group' is not available in this build of Gantry",
         ));

@@ -56,7 +56,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
     let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
     Ok(Arc::new(RequestTermination {
         status: c.get("status_code").and_then(Value::as_u64).unwrap_or(503) as u16,

@@ -152,7 +152,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, PluginError> {
+fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
     let header_name = |n: &str| {
         HeaderName::from_bytes(n.trim().as_bytes())
             .map_err(|_| format!("invalid header name '{n}'"))
