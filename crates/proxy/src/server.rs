@@ -22,7 +22,7 @@ use crate::balancer::{Algorithm, HashOn, Load, Tracked};
 use crate::error::ProxyError;
 use crate::health::Health;
 use crate::names;
-use crate::plugins::{Counters, Ctx};
+use crate::plugins::{Ctx, Shared};
 use crate::pool::Pool;
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
@@ -379,7 +379,8 @@ pub struct Proxy {
     pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) pool: Pool,
-    counters: Counters,
+    /// State plugins keep across configurations.
+    shared: crate::plugins::Shared,
     /// The plugins this node runs (Kong's `plugins` setting); all bundled ones unless set.
     registry: std::sync::OnceLock<crate::plugins::Registry>,
     pub stats: Stats,
@@ -428,7 +429,7 @@ impl Proxy {
             metrics: std::sync::Mutex::new(Vec::new()),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(),
-            counters: Counters::default(),
+            shared: Shared::default(),
             registry: std::sync::OnceLock::new(),
             stats: Stats::default(),
             health: Arc::new(Health::default()),
@@ -546,7 +547,7 @@ impl Proxy {
             version,
             Some(&prev),
             self.registry(),
-            &self.counters,
+            &self.shared,
         )?;
         self.snapshot.store(Arc::new(next));
         self.stats.ready.store(true, Ordering::Relaxed);

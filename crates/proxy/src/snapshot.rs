@@ -9,7 +9,7 @@ use gantry_model::{Config, Doc};
 use serde_json::Value;
 
 use crate::balancer::Balancer;
-use crate::plugins::{Counters, Identities, PluginSet, Registry};
+use crate::plugins::{Identities, PluginSet, Registry, Shared};
 use crate::router::{RouteError, Router};
 use crate::tls::CertStore;
 
@@ -131,7 +131,7 @@ impl Snapshot {
         version: i64,
         previous: Option<&Snapshot>,
         registry: &Registry,
-        counters: &Counters,
+        shared: &Shared,
     ) -> Result<Snapshot, SnapshotError> {
         let router = match previous {
             Some(p) if p.hashes.routes == hashes.routes => p.router.clone(),
@@ -186,7 +186,7 @@ impl Snapshot {
             Some(p) => (p.plugins.clone(), p.identities.clone()),
             None => {
                 let set =
-                    PluginSet::build(config, registry, counters).map_err(SnapshotError::Plugin)?;
+                    PluginSet::build(config, registry, shared).map_err(SnapshotError::Plugin)?;
                 (Arc::new(set), Arc::new(Identities::build(config, registry)))
             }
         };

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use gantry_model::plugins::{CompileError, PluginSchema};
 use gantry_model::schema::{string, Field};
-use gantry_proxy::plugins::{error, BoxFuture, Counters, Ctx, Descriptor, Flow, Plugin, Registry};
+use gantry_proxy::plugins::{error, BoxFuture, Ctx, Descriptor, Flow, Plugin, Registry, Shared};
 use gantry_proxy::{Proxy, RequestLog};
 use hyper::header::HeaderValue;
 use serde_json::{json, Value};
@@ -85,7 +85,7 @@ fn schema() -> PluginSchema {
     PluginSchema::new("authz-test", 1500, vec![Field::new("url", string()).req()])
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let url = c["url"].as_str().unwrap_or_default();
     if !url.starts_with("http://") {
         return Err(CompileError::field("url", "expected an http:// URL"));

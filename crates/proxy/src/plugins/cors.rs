@@ -13,7 +13,7 @@ use gantry_model::schema::*;
 use std::sync::LazyLock;
 
 use super::Flow;
-use super::{raw, Counters, Ctx, Descriptor, Plugin};
+use super::{raw, Ctx, Descriptor, Plugin, Shared};
 use crate::names;
 use crate::server::ProxyBody;
 
@@ -75,7 +75,7 @@ fn schema() -> PluginSchema {
     .since(&[("config.allow_origin_absent", Version(0, 2, 0))])
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let origins = list(c, "origins");
     let any_origin = origins.is_empty() || origins.iter().any(|o| o == "*");
     let mut compiled = Vec::new();

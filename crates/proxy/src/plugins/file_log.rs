@@ -16,7 +16,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 use std::sync::LazyLock;
 
-use super::{Counters, Descriptor, Plugin};
+use super::{Descriptor, Plugin, Shared};
 use crate::server::RequestLog;
 
 /// Lines waiting for the writer, at most.
@@ -65,7 +65,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let path = c
         .get("path")
         .and_then(Value::as_str)
@@ -254,7 +254,7 @@ mod tests {
         let p = build(
             "p",
             &json!({ "path": path.to_str().unwrap() }),
-            &Counters::default(),
+            &Shared::default(),
         )
         .expect("builds");
         let (method, uri) = (

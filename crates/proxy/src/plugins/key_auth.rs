@@ -11,7 +11,7 @@ use gantry_model::schema::*;
 use std::sync::LazyLock;
 
 use super::Flow;
-use super::{error, Counters, Ctx, Descriptor, Plugin};
+use super::{error, Ctx, Descriptor, Plugin, Shared};
 use crate::server::ProxyBody;
 
 struct KeyAuth {
@@ -65,7 +65,7 @@ fn schema() -> PluginSchema {
     .auth()
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
     let key_names: Vec<String> = c
         .get("key_names")

@@ -39,6 +39,28 @@ use crate::server::ProxyBody;
 
 pub use rate_limiting::Counters;
 
+/// State that outlives configurations (rate-limiting's windows; a connection pool or a queue
+/// a plugin keeps), owned by the proxy and handed to every `build`: one value per type, made
+/// on first use and shared by every instance and every later configuration.
+#[derive(Clone, Default)]
+pub struct Shared(
+    Arc<std::sync::Mutex<HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>>>,
+);
+
+impl Shared {
+    /// The value of type `T`, made with `T::default()` the first time it is asked for.
+    pub fn get<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let v = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()))
+            .clone();
+        drop(map);
+        // The entry under T's TypeId always holds a T.
+        v.downcast::<T>().unwrap_or_else(|_| Arc::new(T::default()))
+    }
+}
+
 /// A consumer, as plugins and upstream headers need it.
 #[derive(Debug)]
 pub struct Consumer {
@@ -393,10 +415,10 @@ pub struct Access {
     pub exit: Option<Response<ProxyBody>>,
 }
 
-/// Builds a plugin instance from its id and validated configuration; the counters are state
-/// kept across reloads (rate-limiting's windows).
+/// Builds a plugin instance from its id and validated configuration, with the state kept
+/// across reloads.
 pub type Build =
-    fn(id: &str, config: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, CompileError>;
+    fn(id: &str, config: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError>;
 
 /// A plugin: its schema and its builder, in the plugin's own module.
 pub struct Descriptor {
@@ -514,7 +536,7 @@ impl Registry {
                     Enabled {
                         schema: &d.schema,
                         compile: Arc::new(move |id: &str, config: &Value| {
-                            build(id, config, &Counters::default()).map(drop)
+                            build(id, config, &Shared::default()).map(drop)
                         }),
                     }
                 })
@@ -561,7 +583,7 @@ impl PluginSet {
     pub fn build(
         config: &Config,
         registry: &Registry,
-        counters: &Counters,
+        shared: &Shared,
     ) -> Result<PluginSet, String> {
         let mut set = PluginSet::default();
         let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
@@ -584,7 +606,7 @@ impl PluginSet {
             };
             let reg_name = descriptor.schema.name;
             let config = d.get("config").cloned().unwrap_or(Value::Null);
-            let plugin = (descriptor.build)(id, &config, counters)
+            let plugin = (descriptor.build)(id, &config, shared)
                 .map_err(|e| format!("plugin {name} ({id}): {e}"))?;
             let mut intern = |k: &str| match ref_id(d, k) {
                 None => NONE,
@@ -760,7 +782,7 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert("plugins".into(), plugins);
         let set =
-            PluginSet::build(&config, &Registry::default(), &Counters::default()).expect("builds");
+            PluginSet::build(&config, &Registry::default(), &Shared::default()).expect("builds");
         let mut parts = hyper::Request::new(()).into_parts().0;
         let identities = Identities::default();
         let mut state = hyper::http::Extensions::new();
@@ -829,7 +851,7 @@ mod tests {
         config
             .entities
             .insert("plugins".into(), vec![terminate(403, [None, None, None])]);
-        let counters = Counters::default();
+        let counters = Shared::default();
         let only_cors = Registry::from_setting("cors").expect("a registry");
         let e = PluginSet::build(&config, &only_cors, &counters)
             .err()
@@ -887,5 +909,23 @@ mod tests {
         let without = Identities::build(&config, &Registry::from_setting("cors").unwrap());
         assert!(without.credential(&kind, "alice-key").is_none());
         assert!(without.find("alice").is_some());
+    }
+
+    /// State handed to builds is one value per type, the same for every later configuration.
+    #[test]
+    fn shared_state_outlives_builds() {
+        let shared = Shared::default();
+        let a = shared.get::<Counters>();
+        assert!(Arc::ptr_eq(&a, &shared.get::<Counters>()));
+        assert!(Arc::ptr_eq(&a, &shared.clone().get::<Counters>()));
+        let n = shared.get::<std::sync::atomic::AtomicU64>();
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            shared
+                .get::<std::sync::atomic::AtomicU64>()
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(!Arc::ptr_eq(&a, &Shared::default().get::<Counters>()));
     }
 }

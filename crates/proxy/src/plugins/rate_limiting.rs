@@ -15,6 +15,7 @@ use gantry_model::schema::*;
 use std::sync::LazyLock;
 
 use super::Flow;
+use super::Shared;
 use super::{error, Ctx, Descriptor, Plugin};
 use crate::names;
 use crate::server::ProxyBody;
@@ -99,7 +100,7 @@ struct RateLimiting {
     hide_client_headers: bool,
     error_code: u16,
     error_message: String,
-    counters: Counters,
+    counters: Arc<Counters>,
 }
 
 pub static DESCRIPTOR: Descriptor = Descriptor {
@@ -177,7 +178,7 @@ fn schema() -> PluginSchema {
     p
 }
 
-fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(id: &str, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let limits: Vec<(usize, u64)> = PERIODS
         .iter()
         .enumerate()
@@ -239,7 +240,7 @@ fn build(id: &str, c: &Value, counters: &Counters) -> Result<Arc<dyn Plugin>, Co
             .and_then(Value::as_str)
             .unwrap_or("API rate limit exceeded")
             .to_string(),
-        counters: counters.clone(),
+        counters: shared.get::<Counters>(),
     }))
 }
 

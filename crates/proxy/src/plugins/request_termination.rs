@@ -11,7 +11,7 @@ use gantry_model::schema::*;
 use std::sync::LazyLock;
 
 use super::Flow;
-use super::{error, raw, Counters, Ctx, Descriptor, Plugin};
+use super::{error, raw, Ctx, Descriptor, Plugin, Shared};
 use crate::server::ProxyBody;
 
 struct RequestTermination {
@@ -56,7 +56,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
     Ok(Arc::new(RequestTermination {
         status: c.get("status_code").and_then(Value::as_u64).unwrap_or(503) as u16,

@@ -14,7 +14,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 use std::sync::LazyLock;
 
-use super::{BodyFilter, Counters, Descriptor, Plugin};
+use super::{BodyFilter, Descriptor, Plugin, Shared};
 
 /// `name:value` pairs of one operation.
 type Pairs = Vec<(String, String)>;
@@ -152,7 +152,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Counters) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let header_name = |n: &str| {
         HeaderName::from_bytes(n.trim().as_bytes())
             .map_err(|_| format!("invalid header name '{n}'"))
@@ -370,7 +370,7 @@ mod tests {
     use serde_json::json;
 
     fn run(config: Value, content_type: &str, chunks: &[&str]) -> (hyper::HeaderMap, String) {
-        let p = build("p", &config, &Counters::default()).expect("builds");
+        let p = build("p", &config, &Shared::default()).expect("builds");
         let mut parts = hyper::Response::new(()).into_parts().0;
         parts
             .headers
