@@ -36,11 +36,6 @@ pub fn load_file(file: &Path, plugins: &Catalog) -> anyhow::Result<Config> {
     .map_err(|e| report(file, &e))
 }
 
-/// The plugins a file may configure: those of the node's `plugins` setting (`-c`, environment).
-fn catalog(opts: &NodeOpts) -> anyhow::Result<Catalog> {
-    Ok(plugin_registry(&load_settings(opts)?)?.catalog())
-}
-
 fn summary(config: &Config) -> String {
     declarative::counts(config)
         .iter()
@@ -51,7 +46,8 @@ fn summary(config: &Config) -> String {
 
 /// `gantry config parse FILE`
 pub fn parse(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
-    let config = load_file(file, &catalog(opts)?)?;
+    // The plugins a file may configure: those of the node's `plugins` setting.
+    let config = load_file(file, &plugin_registry(&load_settings(opts)?)?.catalog())?;
     println!(
         "parse successful: {}",
         if config.is_empty() {
@@ -64,21 +60,21 @@ pub fn parse(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(opts: &NodeOpts) -> anyhow::Result<Store> {
-    let settings = load_settings(opts)?;
+async fn open(settings: &gantry_conf::Settings) -> anyhow::Result<Store> {
     if settings.database == gantry_conf::Database::Off {
         bail!("database = off: there is no store to import into or export from");
     }
     std::fs::create_dir_all(&settings.prefix)
         .with_context(|| format!("cannot create prefix {}", settings.prefix.display()))?;
-    Ok(Store::open(&backend(&settings)).await?)
+    Ok(Store::open(&backend(settings)).await?)
 }
 
 /// `gantry config db_import FILE`
 pub fn db_import(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
-    let config = load_file(file, &catalog(opts)?)?;
+    let settings = load_settings(opts)?;
+    let config = load_file(file, &plugin_registry(&settings)?.catalog())?;
     runtime(2)?.block_on(async {
-        let store = open(opts).await?;
+        let store = open(&settings).await?;
         let version = store
             .import(&config)
             .await
@@ -96,8 +92,9 @@ pub fn db_import(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
 
 /// `gantry config db_export [FILE]`
 pub fn db_export(file: Option<&Path>, opts: &NodeOpts) -> anyhow::Result<()> {
+    let settings = load_settings(opts)?;
     runtime(2)?.block_on(async {
-        let store = open(opts).await?;
+        let store = open(&settings).await?;
         let (config, version) = store.export().await?;
         store.close().await;
         let doc = declarative::export(&config);

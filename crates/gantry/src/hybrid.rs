@@ -21,6 +21,7 @@ pub async fn start_control_plane(
     node_id: String,
     versions: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
+    plugins: gantry_model::plugins::Catalog,
 ) -> anyhow::Result<Arc<ControlPlane>> {
     let cp = ControlPlane::start(
         store.clone(),
@@ -28,7 +29,7 @@ pub async fn start_control_plane(
         node_id,
         versions,
         shutdown.clone(),
-        crate::node::plugin_registry(settings)?.catalog(),
+        plugins,
     )
     .await
     .context("cannot start the cluster service")?;

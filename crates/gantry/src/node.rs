@@ -357,6 +357,7 @@ where
             node_id.clone(),
             state.version_tx.subscribe(),
             rx.clone(),
+            state.plugins.clone(),
         )
         .await?;
         let _ = state

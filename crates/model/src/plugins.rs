@@ -183,10 +183,6 @@ impl Catalog {
     pub fn schemas(&self) -> impl Iterator<Item = &'static PluginSchema> + '_ {
         self.plugins.iter().map(|p| p.schema)
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.plugins.is_empty()
-    }
 }
 
 /// Kong's message for a plugin that the node does not enable.

@@ -5,7 +5,7 @@
 //! log hook reads back once the response has gone.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_model::plugins::{CompileError, PluginSchema};
@@ -96,11 +96,7 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
     }))
 }
 
-static AUTHZ: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[],
-};
+static AUTHZ: Descriptor = Descriptor::new(schema, build);
 
 /// Lets the authorizer answer `token=slow`: it holds that answer until the test says so.
 static RELEASE: tokio::sync::Notify = tokio::sync::Notify::const_new();

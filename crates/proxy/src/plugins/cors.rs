@@ -10,7 +10,6 @@ use serde_json::{json, Value};
 use gantry_model::compat::Version;
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
-use std::sync::LazyLock;
 
 use super::Flow;
 use super::{raw, Ctx, Descriptor, Plugin, Shared};
@@ -34,11 +33,7 @@ fn list(c: &Value, k: &str) -> Vec<String> {
     gantry_model::document::strings(c.get(k))
 }
 
-pub static DESCRIPTOR: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[],
-};
+pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
 fn schema() -> PluginSchema {
     PluginSchema::new(

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
-use std::sync::LazyLock;
 
 use super::{Descriptor, Plugin, Shared};
 use crate::server::RequestLog;
@@ -28,11 +27,7 @@ struct FileLog {
     dropped: AtomicU64,
 }
 
-pub static DESCRIPTOR: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[],
-};
+pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
 fn schema() -> PluginSchema {
     PluginSchema::new(

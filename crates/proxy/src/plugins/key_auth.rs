@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
-use std::sync::LazyLock;
 
 use super::Flow;
 use super::{error, Ctx, Descriptor, Plugin, Shared};
@@ -27,11 +26,8 @@ struct KeyAuth {
     realm: String,
 }
 
-pub static DESCRIPTOR: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[KEYAUTH_CREDENTIALS],
-};
+pub static DESCRIPTOR: Descriptor =
+    Descriptor::new(schema, build).with_credentials(&[KEYAUTH_CREDENTIALS]);
 
 /// key-auth's credentials, found by their key.
 const KEYAUTH_CREDENTIALS: super::CredentialKind = super::CredentialKind {

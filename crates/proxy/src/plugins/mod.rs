@@ -56,8 +56,8 @@ impl Shared {
             .or_insert_with(|| Arc::new(T::default()))
             .clone();
         drop(map);
-        // The entry under T's TypeId always holds a T.
-        v.downcast::<T>().unwrap_or_else(|_| Arc::new(T::default()))
+        v.downcast::<T>()
+            .expect("the entry under a type's id holds a value of that type")
     }
 }
 
@@ -427,6 +427,23 @@ pub struct Descriptor {
     /// The credential entities this plugin authenticates with, indexed for it in
     /// [`Identities`].
     pub credentials: &'static [CredentialKind],
+}
+
+impl Descriptor {
+    /// A plugin's descriptor, for a `static`: its schema is made on first use.
+    pub const fn new(schema: fn() -> PluginSchema, build: Build) -> Descriptor {
+        Descriptor {
+            schema: LazyLock::new(schema),
+            build,
+            credentials: &[],
+        }
+    }
+
+    /// This descriptor, for a plugin that authenticates with these credentials.
+    pub const fn with_credentials(mut self, credentials: &'static [CredentialKind]) -> Descriptor {
+        self.credentials = credentials;
+        self
+    }
 }
 
 /// The plugins this build of Gantry ships, each runnable on every node.

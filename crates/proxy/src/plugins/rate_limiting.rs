@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
-use std::sync::LazyLock;
 
 use super::Flow;
 use super::Shared;
@@ -40,8 +39,8 @@ fn who(plugin: &str, ident: &str) -> u64 {
 }
 
 /// Counters of every rate-limiting instance, by plugin, identifier, period and window.
-#[derive(Clone, Default)]
-pub struct Counters(Arc<Mutex<HashMap<Key, u64>>>);
+#[derive(Default)]
+pub struct Counters(Mutex<HashMap<Key, u64>>);
 
 impl Counters {
     /// Check every limit; when none is reached, count this request in each. Returns, per
@@ -103,11 +102,7 @@ struct RateLimiting {
     counters: Arc<Counters>,
 }
 
-pub static DESCRIPTOR: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[],
-};
+pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
 const LIMITS: [&str; 6] = ["second", "minute", "hour", "day", "month", "year"];
 
@@ -144,7 +139,9 @@ fn schema() -> PluginSchema {
         Field::new("error_message", string()).def(json!("API rate limit exceeded")),
         Field::new("sync_rate", number()).def(json!(-1)),
     ]);
-    let mut p = PluginSchema::new("rate-limiting", 910, fields).checks(|c, e| {
+    PluginSchema::new("rate-limiting", 910, fields)
+        .partials(&[("redis-ce", "redis")])
+        .checks(|c, e| {
         let set: Vec<(&str, f64)> = LIMITS
             .iter()
             .filter_map(|l| c.get(*l).and_then(Value::as_f64).map(|v| (*l, v)))
@@ -173,9 +170,7 @@ fn schema() -> PluginSchema {
         if by == "path" && !set_nonempty(c, "path") {
             e.add("path", "required field missing when 'config.limit_by' is 'path'");
         }
-    });
-    p.partials = &[("redis-ce", "redis")];
-    p
+        })
 }
 
 fn build(id: &str, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {

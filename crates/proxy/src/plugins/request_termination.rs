@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
-use std::sync::LazyLock;
 
 use super::Flow;
 use super::{error, raw, Ctx, Descriptor, Plugin, Shared};
@@ -22,11 +21,7 @@ struct RequestTermination {
     trigger: Option<String>,
 }
 
-pub static DESCRIPTOR: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[],
-};
+pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
 fn schema() -> PluginSchema {
     PluginSchema::new(

@@ -12,7 +12,6 @@ use serde_json::{Map, Value};
 
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
-use std::sync::LazyLock;
 
 use super::{BodyFilter, Descriptor, Plugin, Shared};
 
@@ -73,11 +72,7 @@ fn pairs(items: Vec<String>) -> Pairs {
         .collect()
 }
 
-pub static DESCRIPTOR: Descriptor = Descriptor {
-    schema: LazyLock::new(schema),
-    build,
-    credentials: &[],
-};
+pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
 fn schema() -> PluginSchema {
     PluginSchema::new(
