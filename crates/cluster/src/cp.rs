@@ -11,7 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use gantry_conf::ClusterSettings;
 use gantry_model::compat::{self, Version};
 use gantry_model::delta::{collapse, Change};
-use gantry_model::hash::hash_config;
+use gantry_model::hash::{hash_config, Digests};
 use gantry_model::plugins::Catalog;
 use gantry_model::{unix_now, Config, Doc};
 use gantry_store::{RegistryWrite, Store, StoreDelta};
@@ -45,6 +45,8 @@ pub struct Published {
     pub version: i64,
     pub hash: String,
     config: Arc<Config>,
+    /// `config`'s digests, which the next version updates change by change.
+    digests: Digests,
     plugins: BTreeSet<String>,
     steps: Arc<VecDeque<Arc<Step>>>,
     snapshot: OnceLock<Arc<proto::Frame>>,
@@ -56,9 +58,11 @@ pub struct Published {
 impl Published {
     /// A version read whole from the store: no steps lead to it.
     fn whole(config: Config, version: i64) -> Published {
+        let digests = Digests::of(&config);
         Published {
             version,
-            hash: hash_config(&config).config,
+            hash: digests.hashes().config,
+            digests,
             plugins: configured_plugins(&config),
             config: Arc::new(config),
             steps: Arc::new(VecDeque::new()),
@@ -77,6 +81,7 @@ impl Published {
                 entities: self.config.entities.clone(),
             };
         };
+        // The documents are shared with the published version; the ones stripped are copied.
         let mut config = (*self.config).clone();
         for (name, docs) in config.entities.iter_mut() {
             for d in docs.iter_mut() {
@@ -316,9 +321,12 @@ impl ControlPlane {
         let next = match self.store.delta_since(cur.version, DELTA_LIMIT).await? {
             StoreDelta::Unchanged => return Ok(()),
             StoreDelta::Changes { to, changes } => {
+                // A copy of the document pointers, not of the documents; the digests are
+                // updated for the entities that changed alone.
                 let mut config = (*cur.config).clone();
+                let mut digests = cur.digests.clone();
                 config
-                    .apply(&changes)
+                    .apply_tracked(&changes, &mut digests)
                     .map_err(|e| crate::ClusterError::Store(e.to_string()))?;
                 let mut steps = (*cur.steps).clone();
                 steps.push_back(Arc::new(Step {
@@ -333,7 +341,8 @@ impl ControlPlane {
                 }
                 Published {
                     version: to,
-                    hash: hash_config(&config).config,
+                    hash: digests.hashes().config,
+                    digests,
                     plugins: configured_plugins(&config),
                     config: Arc::new(config),
                     steps: Arc::new(steps),
@@ -604,9 +613,10 @@ impl Session {
         if uuid_like(&node_id).is_none() {
             return Err(format!("invalid node id '{node_id}'"));
         }
-        let reason = if protocol < 1 {
+        let reason = if protocol < proto::MIN_PROTOCOL {
             Some(format!(
-                "protocol {protocol} is not supported (this control plane speaks {PROTOCOL})"
+                "protocol {protocol} is not supported (this control plane speaks {PROTOCOL}, and hashes configurations as protocol {} data planes do); upgrade the data plane",
+                proto::MIN_PROTOCOL
             ))
         } else {
             compat::incompatibility(gantry_model::GANTRY_VERSION, &version)
@@ -934,9 +944,7 @@ mod tests {
     fn stripped_snapshots_are_built_once_per_version() {
         let mut config = Config::default();
         let cors = json!({"id": "p1", "name": "cors", "config": {"origins": ["*"], "allow_origin_absent": true}});
-        config
-            .entities
-            .insert("plugins".into(), vec![cors.as_object().cloned().unwrap()]);
+        config.push("plugins", cors.as_object().cloned().unwrap());
         let p = Published::whole(config, 3);
         let plugins = gantry_testkit::bundled_plugins();
         let (a, ha) = p.stripped_frame(Version(0, 1, 0), &plugins);

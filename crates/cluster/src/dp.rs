@@ -7,19 +7,20 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gantry_conf::ClusterSettings;
-use gantry_model::hash::{hash_config, ConfigHashes};
+use gantry_model::hash::Digests;
 use gantry_model::Config;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::cache::{self, CacheError};
 use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 
 /// Where a data plane's configuration goes: the proxy, or a test's recorder.
 pub trait ConfigSink: Send + Sync + 'static {
-    /// Run `config`; an error leaves the running configuration in place.
-    fn apply(&self, config: &Config, version: i64, hashes: &ConfigHashes) -> Result<(), String>;
+    /// Run `config` (whose digests are `digests`); an error leaves the running configuration
+    /// in place.
+    fn apply(&self, config: &Config, version: i64, digests: &Digests) -> Result<(), String>;
 }
 
 /// Who this data plane is and where it keeps its cache.
@@ -32,7 +33,7 @@ pub struct DpOptions {
     pub version: String,
     /// The plugins this data plane can run.
     pub plugins: Vec<String>,
-    /// The configuration cache file; `None` keeps none.
+    /// The configuration cache file (its delta log beside it); `None` keeps none.
     pub cache: Option<PathBuf>,
 }
 
@@ -51,68 +52,15 @@ pub struct DpState {
     pub last_apply: Duration,
 }
 
-/// The cache file's content.
-#[derive(Serialize, Deserialize)]
-struct Cached {
-    version: i64,
-    hash: String,
-    entities: std::collections::BTreeMap<String, Vec<gantry_model::Doc>>,
-}
-
-/// Read the cached configuration, checking it against its hash.
-pub fn load_cache(path: &Path) -> Result<Option<(Config, i64, String)>, String> {
-    Ok(read_cache(path)?.map(|(c, v, h)| (c, v, h.config)))
-}
-
-/// [`load_cache`], with every group's hash (what the proxy reuses its parts by).
-fn read_cache(path: &Path) -> Result<Option<(Config, i64, ConfigHashes)>, String> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let c: Cached = proto::decode(true, &bytes, usize::MAX / 2)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut config = Config {
-        entities: c.entities,
-    };
-    config.sort();
-    let actual = hash_config(&config);
-    if actual.config != c.hash {
-        return Err(format!(
-            "{}: content hash {} does not match the recorded {}; the file is damaged",
-            path.display(),
-            actual.config,
-            c.hash
-        ));
-    }
-    Ok(Some((config, c.version, actual)))
-}
-
-/// Write the cache atomically: a temporary file, synced, renamed over the old one.
-pub fn write_cache(path: &Path, config: &Config, version: i64, hash: &str) -> Result<(), String> {
-    use std::io::Write;
-    let c = Cached {
-        version,
-        hash: hash.to_string(),
-        entities: config.entities.clone(),
-    };
-    let json = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&json).map_err(|e| e.to_string())?;
-    let bytes = gz.finish().map_err(|e| e.to_string())?;
-    let tmp = path.with_extension("tmp");
-    let err = |e: std::io::Error| format!("cannot write {}: {e}", tmp.display());
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&bytes).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("cannot rename to {}: {e}", path.display()))?;
-    Ok(())
+/// Read the cached configuration, checked against its hashes: (configuration, version, hash).
+pub fn load_cache(path: &Path) -> Result<Option<(Config, i64, String)>, CacheError> {
+    Ok(cache::read(path)?.map(|l| (l.config, l.version, l.hash)))
 }
 
 /// The configuration this data plane holds.
 struct Local {
     config: Config,
+    digests: Digests,
     version: i64,
     hash: String,
     /// False once `config` may differ from what runs (after a refused change): the next
@@ -125,7 +73,8 @@ pub struct DataPlane {
     opts: DpOptions,
     sink: Arc<dyn ConfigSink>,
     state: watch::Sender<DpState>,
-    cache_writer: tokio::sync::Mutex<()>,
+    /// Started with what the cache holds (by `load_cached`), or on the first write.
+    cache_writer: std::sync::OnceLock<cache::Writer>,
     /// The cached configuration `load_cached` put in service, for `run` to start from.
     cached: std::sync::Mutex<Option<Local>>,
 }
@@ -136,7 +85,7 @@ impl DataPlane {
             opts,
             sink,
             state: watch::channel(DpState::default()).0,
-            cache_writer: tokio::sync::Mutex::new(()),
+            cache_writer: std::sync::OnceLock::new(),
             cached: std::sync::Mutex::new(None),
         })
     }
@@ -148,38 +97,58 @@ impl DataPlane {
     /// Load the cached configuration into the sink, if there is a good one. Returns its version.
     pub fn load_cached(&self) -> Option<i64> {
         let path = self.opts.cache.as_ref()?;
-        match read_cache(path) {
-            Ok(Some((config, version, hashes))) => {
-                match self.sink.apply(&config, version, &hashes) {
-                    Ok(()) => {
-                        let hash = hashes.config;
-                        tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
-                        self.state.send_modify(|s| {
-                            s.loaded = true;
-                            s.version = version;
-                            s.hash = hash.clone();
-                        });
-                        if let Ok(mut c) = self.cached.lock() {
-                            *c = Some(Local {
-                                config,
-                                version,
-                                hash,
-                                known: true,
-                            });
-                        }
-                        Some(version)
-                    }
-                    Err(e) => {
-                        tracing::error!("the cached configuration does not load: {e}");
-                        None
-                    }
-                }
-            }
-            Ok(None) => None,
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        let loaded = match cache::read(path) {
+            Ok(Some(l)) => l,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::error!("ignoring the configuration cache: {e}");
-                None
+                return None;
             }
+        };
+        if let Some(why) = &loaded.stopped {
+            tracing::warn!(
+                "the configuration cache's delta log ends early ({why}): serving version {}",
+                loaded.version
+            );
+        }
+        let cache::Loaded {
+            config,
+            digests,
+            version,
+            hash,
+            ..
+        } = loaded;
+        if let Err(e) = self.sink.apply(&config, version, &digests) {
+            tracing::error!("the cached configuration does not load: {e}");
+            return None;
+        }
+        tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
+        self.state.send_modify(|s| {
+            s.loaded = true;
+            s.version = version;
+            s.hash = hash.clone();
+        });
+        let _ = self.cache_writer.set(cache::Writer::start(
+            path.clone(),
+            Some((config.clone(), version, size)),
+        ));
+        if let Ok(mut c) = self.cached.lock() {
+            *c = Some(Local {
+                config,
+                digests,
+                version,
+                hash,
+                known: true,
+            });
+        }
+        Some(version)
+    }
+
+    /// Write whatever the cache writer has queued; call before the process exits.
+    pub fn finish(&self) {
+        if let Some(w) = self.cache_writer.get() {
+            w.finish();
         }
     }
 
@@ -196,6 +165,7 @@ impl DataPlane {
         // send a snapshot even of an empty configuration, so the proxy port opens.
         let mut local = cached.unwrap_or_else(|| Local {
             config: Config::default(),
+            digests: Digests::default(),
             version: 0,
             hash: String::new(),
             known: true,
@@ -339,26 +309,31 @@ impl DataPlane {
                             let t = std::time::Instant::now();
                             let mut config = Config { entities };
                             config.sort();
-                            let r = self.install(local, config, version, &hash);
+                            local.digests = Digests::of(&config);
+                            local.config = config;
+                            let r = self.install(local, version, &hash);
                             self.state.send_modify(|st| st.last_apply = t.elapsed());
-                            self.report(&mut ws, local, version, &hash, r).await?;
+                            if r.is_ok() {
+                                self.save(cache::Save::Snapshot { config: local.config.clone(), version, hash: hash.clone() });
+                            }
+                            self.report(&mut ws, version, &hash, r).await?;
                         }
                         ToDp::Delta { from, version, hash, changes } => {
                             let t = std::time::Instant::now();
                             let r = if !local.known || from != local.version {
                                 Err(format!("delta from version {from} does not apply to version {} (asking for a snapshot)", local.version))
                             } else {
-                                let mut config = std::mem::take(&mut local.config);
-                                match config.apply(&changes) {
-                                    Ok(()) => self.install(local, config, version, &hash),
-                                    Err(e) => {
-                                        local.config = config;
-                                        Err(e.to_string())
-                                    }
+                                // All or none: on error nothing changed.
+                                match local.config.apply_tracked(&changes, &mut local.digests) {
+                                    Ok(()) => self.install(local, version, &hash),
+                                    Err(e) => Err(e.to_string()),
                                 }
                             };
                             self.state.send_modify(|st| st.last_apply = t.elapsed());
-                            self.report(&mut ws, local, version, &hash, r).await?;
+                            if r.is_ok() {
+                                self.save(cache::Save::Delta { from, version, hash: hash.clone(), changes: Arc::new(changes) });
+                            }
+                            self.report(&mut ws, version, &hash, r).await?;
                         }
                     }
                     let _ = welcomed;
@@ -367,25 +342,18 @@ impl DataPlane {
         }
     }
 
-    /// Check `config` against `hash` and run it. On success it becomes the local
-    /// configuration; on failure the running one stays and the local one is marked unknown.
-    fn install(
-        &self,
-        local: &mut Local,
-        config: Config,
-        version: i64,
-        hash: &str,
-    ) -> Result<(), String> {
-        let hashes = hash_config(&config);
-        let r = if hashes.config != hash {
+    /// Check the local configuration (just changed) against `hash` and run it. On success it
+    /// is the running one; on failure the running one stays and the local one is marked
+    /// unknown (the next configuration must be a snapshot).
+    fn install(&self, local: &mut Local, version: i64, hash: &str) -> Result<(), String> {
+        let actual = local.digests.hashes().config;
+        let r = if actual != hash {
             Err(format!(
-                "the configuration hashes to {}, the control plane announced {hash}",
-                hashes.config
+                "the configuration hashes to {actual}, the control plane announced {hash}"
             ))
         } else {
-            self.sink.apply(&config, version, &hashes)
+            self.sink.apply(&local.config, version, &local.digests)
         };
-        local.config = config;
         match r {
             Ok(()) => {
                 local.version = version;
@@ -400,10 +368,19 @@ impl DataPlane {
         }
     }
 
+    /// Queue a cache write (off this task: the acknowledgement does not wait for the disk).
+    fn save(&self, s: cache::Save) {
+        let Some(path) = &self.opts.cache else {
+            return;
+        };
+        self.cache_writer
+            .get_or_init(|| cache::Writer::start(path.clone(), None))
+            .send(s);
+    }
+
     async fn report<S>(
         &self,
         ws: &mut S,
-        local: &Local,
         version: i64,
         hash: &str,
         r: Result<(), String>,
@@ -420,7 +397,6 @@ impl DataPlane {
                     s.version = version;
                     s.hash = hash.to_string();
                 });
-                self.save_cache(local).await;
                 FromDp::Ack {
                     version,
                     hash: hash.to_string(),
@@ -439,22 +415,6 @@ impl DataPlane {
             }
         };
         send(ws, &msg).await.map_err(Ended::Lost)
-    }
-
-    async fn save_cache(&self, local: &Local) {
-        let Some(path) = self.opts.cache.clone() else {
-            return;
-        };
-        // One writer at a time; the write itself runs off the runtime's threads.
-        let _g = self.cache_writer.lock().await;
-        let (config, version, hash) = (local.config.clone(), local.version, local.hash.clone());
-        let r =
-            tokio::task::spawn_blocking(move || write_cache(&path, &config, version, &hash)).await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!("cannot write the configuration cache: {e}"),
-            Err(e) => tracing::error!("cannot write the configuration cache: {e}"),
-        }
     }
 }
 
@@ -482,7 +442,6 @@ pub fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn backoff_grows_to_a_ceiling_with_jitter() {
@@ -492,28 +451,5 @@ mod tests {
             assert!(d >= step / 2 && d <= step, "{a}: {d}");
         }
         assert!(backoff(30) <= Duration::from_secs(10));
-    }
-
-    #[test]
-    fn the_cache_round_trips_and_a_damaged_one_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("config.cache");
-        assert!(load_cache(&path).unwrap().is_none());
-        let mut config = Config::default();
-        config.entities.insert(
-            "services".into(),
-            vec![json!({"id": "s", "host": "a"})
-                .as_object()
-                .cloned()
-                .unwrap()],
-        );
-        let hash = hash_config(&config).config;
-        write_cache(&path, &config, 7, &hash).unwrap();
-        let (c, v, h) = load_cache(&path).unwrap().unwrap();
-        assert_eq!((c, v, h), (config.clone(), 7, hash));
-        write_cache(&path, &config, 7, "0123").unwrap();
-        assert!(load_cache(&path).unwrap_err().contains("does not match"));
-        std::fs::write(&path, b"junk").unwrap();
-        assert!(load_cache(&path).is_err());
     }
 }

@@ -4,9 +4,11 @@
 //! - [`tls`]: cluster certificates, `shared` and `pki` verification, `hybrid gen_cert`.
 //! - [`cp`]: the control plane: follows the store, publishes versions with their deltas, one
 //!   session per data plane, the registry.
-//! - [`dp`]: the data plane: connection with backoff, delta application, config cache.
+//! - [`dp`]: the data plane: connection with backoff, delta application.
+//! - [`cache`]: the data plane's configuration cache: a snapshot and a log of deltas.
 //! - [`dial`]: reaching the control plane directly or through a forward proxy.
 
+pub mod cache;
 pub mod cp;
 pub mod dial;
 pub mod dp;

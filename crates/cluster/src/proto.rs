@@ -18,8 +18,13 @@ use serde::{Deserialize, Serialize};
 /// The WebSocket path on `cluster_listen`.
 pub const PATH: &str = "/v1/gantry/cluster";
 
-/// This build's protocol number.
-pub const PROTOCOL: u32 = 1;
+/// This build's protocol number. 2: configuration hashes are combined from per-entity
+/// digests (`gantry_model::hash`), which a protocol 1 peer computes otherwise.
+pub const PROTOCOL: u32 = 2;
+
+/// The oldest protocol a control plane accepts: a protocol 1 data plane would refuse every
+/// configuration on its hash.
+pub const MIN_PROTOCOL: u32 = 2;
 
 /// Messages larger than this are sent compressed.
 pub const COMPRESS_ABOVE: usize = 4096;
@@ -72,7 +77,7 @@ pub enum ToDp {
     Snapshot {
         version: i64,
         hash: String,
-        entities: BTreeMap<String, Vec<Doc>>,
+        entities: BTreeMap<String, Vec<std::sync::Arc<Doc>>>,
     },
     /// The changes from `from` to `version`.
     Delta {
@@ -270,12 +275,14 @@ mod tests {
     #[test]
     fn large_messages_are_compressed_and_bounded() {
         let mut entities = BTreeMap::new();
-        let docs: Vec<Doc> = (0..500)
+        let docs: Vec<std::sync::Arc<Doc>> = (0..500)
             .map(|i| {
-                json!({"id": format!("{i:08}"), "host": "example.com"})
-                    .as_object()
-                    .cloned()
-                    .unwrap()
+                std::sync::Arc::new(
+                    json!({"id": format!("{i:08}"), "host": "example.com"})
+                        .as_object()
+                        .cloned()
+                        .unwrap(),
+                )
             })
             .collect();
         entities.insert("services".to_string(), docs);

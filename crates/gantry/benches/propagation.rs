@@ -4,15 +4,20 @@
 //!    process: `CHANGES` (50) route changes through the Admin API, each timed from the Admin
 //!    API's answer to every data plane having applied it. p50 / p99 over all (change, data plane)
 //!    pairs and over "the last data plane" per change.
-//! 2. One route changed in a 10,000-route configuration: bytes received and apply time on one
-//!    data plane running the real proxy engine.
+//! 2. One route changed among `ROUTES` (1,000, 10,000 and 100,000) routes, `BIG_CHANGES` (50)
+//!    times, then one consumer added among `CONSUMERS` (50,000) with key-auth credentials: from
+//!    the Admin API's answer until one data plane running the real proxy engine serves it (p50,
+//!    p99), its apply time, and the bytes sent.
 //! 3. `HOLD` (1,000) connected data planes on one control plane: its RSS and CPU.
+//! 4. Data plane processes: RSS and peak with `MEM_SERVICES` (5,000) services of one route
+//!    (paths and hosts) and with `MEM_ROUTES` (100,000) routes; a restart with the control plane
+//!    down, timed from exec until a `START_ROUTES` (10,000) route cache serves.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gantry_cluster::{ConfigSink, DataPlane, DpOptions, DpState};
-use gantry_model::hash::ConfigHashes;
+use gantry_model::hash::Digests;
 use serde_json::{json, Value};
 
 fn envn(k: &str, d: usize) -> usize {
@@ -26,12 +31,7 @@ fn envn(k: &str, d: usize) -> usize {
 struct Stamp(Mutex<Vec<(i64, Instant)>>);
 
 impl ConfigSink for Stamp {
-    fn apply(
-        &self,
-        _: &gantry_model::Config,
-        version: i64,
-        _: &ConfigHashes,
-    ) -> Result<(), String> {
+    fn apply(&self, _: &gantry_model::Config, version: i64, _: &Digests) -> Result<(), String> {
         self.0.lock().unwrap().push((version, Instant::now()));
         Ok(())
     }
@@ -40,10 +40,8 @@ impl ConfigSink for Stamp {
 struct ProxySink(Arc<gantry_proxy::Proxy>);
 
 impl ConfigSink for ProxySink {
-    fn apply(&self, c: &gantry_model::Config, v: i64, h: &ConfigHashes) -> Result<(), String> {
-        self.0
-            .apply_hashed(c, h.clone(), v)
-            .map_err(|e| e.to_string())
+    fn apply(&self, c: &gantry_model::Config, v: i64, d: &Digests) -> Result<(), String> {
+        self.0.apply_digested(c, d, v).map_err(|e| e.to_string())
     }
 }
 
@@ -193,7 +191,17 @@ async fn main() {
     let dps = envn("DPS", 100);
     let changes = envn("CHANGES", 50);
     let hold = envn("HOLD", 1000);
-    let routes = envn("ROUTES", 10_000);
+    let sizes: Vec<usize> = std::env::var("ROUTES")
+        .unwrap_or_else(|_| "1000,10000,100000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect();
+    let consumers = envn("CONSUMERS", 50_000);
+    let big_changes = envn("BIG_CHANGES", 50);
+    let mem = envn("MEM_SERVICES", 5_000);
+    let large = envn("MEM_ROUTES", 100_000);
+    let start_routes = envn("START_ROUTES", 10_000);
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.crt"), dir.path().join("c.key"));
     gantry_cluster::tls::gen_cert(&c, &k, 30).unwrap();
@@ -203,8 +211,14 @@ async fn main() {
     if dps > 0 {
         propagation(&http, &cert, dir.path(), dps, changes).await;
     }
-    if routes > 0 {
-        big_config(&http, &cert, dir.path(), routes).await;
+    for routes in sizes {
+        big_config(&http, &cert, dir.path(), routes, big_changes).await;
+    }
+    if consumers > 0 {
+        many_consumers(&http, &cert, dir.path(), consumers, big_changes).await;
+    }
+    if mem + large + start_routes > 0 {
+        dp_processes(&http, &cert, dir.path(), mem, large, start_routes).await;
     }
     if hold > 0 {
         many(&http, &cert, dir.path(), hold).await;
@@ -292,38 +306,106 @@ async fn propagation(
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
-/// 2. One route changed in a `routes`-route configuration.
-async fn big_config(
-    http: &reqwest::Client,
-    cert: &(String, String),
-    dir: &std::path::Path,
-    routes: usize,
-) {
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let prefix = dir.join("big");
-    std::fs::create_dir_all(&prefix).unwrap();
-    let mut yaml = String::from("_format_version: \"3.0\"\nservices:\n");
-    for s in 0..(routes / 10) {
-        yaml.push_str(&format!(
-            "- name: svc{s}\n  url: http://127.0.0.1:9/{s}\n  routes:\n"
-        ));
-        for r in 0..10 {
-            yaml.push_str(&format!(
-                "  - name: r{s}-{r}\n    paths: [\"/s{s}/r{r}\"]\n"
-            ));
-        }
-    }
-    let file = dir.join("big.yaml");
+/// Import `yaml` into a fresh SQLite store under `prefix`.
+fn import(dir: &std::path::Path, prefix: &std::path::Path, yaml: &str) {
+    std::fs::create_dir_all(prefix).unwrap();
+    let file = dir.join(format!(
+        "{}.yaml",
+        prefix.file_name().unwrap().to_string_lossy()
+    ));
     std::fs::write(&file, yaml).unwrap();
     let st = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["config", "db_import"])
         .arg(&file)
         .arg("-p")
-        .arg(&prefix)
+        .arg(prefix)
         .env("KONG_LOG_LEVEL", "warn")
         .status()
         .unwrap();
     assert!(st.success());
+}
+
+/// `services` services of `per` routes each, routes with paths (and hosts when `hosts`),
+/// pointing at `upstream`.
+fn routes_yaml(services: usize, per: usize, hosts: bool, upstream: &str) -> String {
+    let mut yaml = String::from("_format_version: \"3.0\"\nservices:\n");
+    for s in 0..services {
+        yaml.push_str(&format!(
+            "- name: svc{s}\n  url: {upstream}/{s}\n  routes:\n"
+        ));
+        for r in 0..per {
+            yaml.push_str(&format!(
+                "  - name: r{s}-{r}\n    paths: [\"/s{s}/r{r}\"]\n"
+            ));
+            if hosts {
+                yaml.push_str(&format!("    hosts: [\"h{s}.example.com\"]\n"));
+            }
+        }
+    }
+    yaml
+}
+
+/// What one kind of change costs, repeated `n` times on a data plane running the real proxy.
+struct Costs {
+    bytes: Vec<f64>,
+    apply: Vec<f64>,
+    end_to_end: Vec<f64>,
+}
+
+async fn measure(
+    http: &reqwest::Client,
+    state: &mut State,
+    n: usize,
+    change: impl Fn(usize) -> (reqwest::Method, String, Value),
+) -> Costs {
+    let mut c = Costs {
+        bytes: vec![],
+        apply: vec![],
+        end_to_end: vec![],
+    };
+    for i in 0..n {
+        let before = state.borrow().clone();
+        let (m, url, body) = change(i);
+        send(http, m, url, body).await;
+        let answered = Instant::now();
+        let v = before.version;
+        state.wait_for(|s| s.version > v).await.unwrap();
+        c.end_to_end.push(answered.elapsed().as_secs_f64() * 1000.0);
+        let after = state.borrow().clone();
+        c.bytes
+            .push((after.bytes_received - before.bytes_received) as f64);
+        c.apply.push(after.last_apply.as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c
+}
+
+fn report(what: &str, mut c: Costs) {
+    println!(
+        "{what}: Admin API answer to the data plane serving it p50 {:.2} ms, p99 {:.2} ms; data plane apply p50 {:.2} ms, p99 {:.2} ms; {:.0} bytes on the wire (median), {} changes",
+        pct(&mut c.end_to_end.clone(), 0.5),
+        pct(&mut c.end_to_end, 0.99),
+        pct(&mut c.apply.clone(), 0.5),
+        pct(&mut c.apply, 0.99),
+        pct(&mut c.bytes, 0.5),
+        c.apply.len()
+    );
+}
+
+/// A control plane holding `yaml`, and one in-process data plane running the real proxy on it.
+async fn big(
+    http: &reqwest::Client,
+    cert: &(String, String),
+    dir: &std::path::Path,
+    name: &str,
+    yaml: &str,
+    what: &str,
+    changes: usize,
+    change: impl Fn(&str, usize) -> (reqwest::Method, String, Value),
+) {
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let prefix = dir.join(name);
+    import(dir, &prefix, yaml);
     let cp = start_cp(&prefix, cert);
     let proxy = gantry_proxy::Proxy::new();
     let (d, mut state) = dp(&cp.cluster, cert, Arc::new(ProxySink(proxy.clone())));
@@ -332,45 +414,248 @@ async fn big_config(
     state.wait_for(|s| s.loaded).await.unwrap();
     let first = state.borrow().clone();
     println!(
-        "{routes} routes: first snapshot {:.1} KiB on the wire, applied in {:.1} ms (hash check and proxy snapshot build), {:.0} ms from connect",
+        "{what}: first snapshot {:.1} KiB on the wire, applied in {:.1} ms, {:.0} ms from connect",
         first.bytes_received as f64 / 1024.0,
         first.last_apply.as_secs_f64() * 1000.0,
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let mut bytes = Vec::new();
-    let mut apply = Vec::new();
-    let mut end_to_end = Vec::new();
-    for i in 0..10 {
-        let before = state.borrow().clone();
-        send(
-            http,
-            reqwest::Method::PATCH,
-            format!("{}/routes/r{i}-0", cp.admin),
-            json!({"paths": [format!("/changed{i}")]}),
-        )
-        .await;
-        let answered = Instant::now();
-        let v = before.version;
-        state.wait_for(|s| s.version > v).await.unwrap();
-        end_to_end.push(answered.elapsed().as_secs_f64() * 1000.0);
-        let after = state.borrow().clone();
-        bytes.push((after.bytes_received - before.bytes_received) as f64);
-        apply.push(after.last_apply.as_secs_f64() * 1000.0);
-    }
-    println!(
-        "{routes} routes, one route changed (10 times): {:.0} bytes sent per data plane (median); applied in {:.2} ms median, {:.2} ms max (delta, hash check, proxy snapshot rebuild)",
-        pct(&mut bytes, 0.5),
-        pct(&mut apply.clone(), 0.5),
-        pct(&mut apply, 1.0)
-    );
-    println!(
-        "{routes} routes, one route changed: Admin API answer to the data plane serving it {:.1} ms median, {:.1} ms max (control plane: delta read, mirror update and hash; data plane: apply)",
-        pct(&mut end_to_end.clone(), 0.5),
-        pct(&mut end_to_end, 1.0)
-    );
+    let admin = cp.admin.clone();
+    let costs = measure(http, &mut state, changes, |i| change(&admin, i)).await;
+    report(what, costs);
     let _ = stop_tx.send(true);
     drop(cp);
     tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// 2. One route changed among `routes`.
+async fn big_config(
+    http: &reqwest::Client,
+    cert: &(String, String),
+    dir: &std::path::Path,
+    routes: usize,
+    changes: usize,
+) {
+    let yaml = routes_yaml(routes.div_ceil(10), 10, false, "http://127.0.0.1:9");
+    big(
+        http,
+        cert,
+        dir,
+        &format!("routes{routes}"),
+        &yaml,
+        &format!("{routes} routes, one route changed"),
+        changes,
+        |admin, i| {
+            (
+                reqwest::Method::PATCH,
+                format!("{admin}/routes/r{i}-0"),
+                json!({"paths": [format!("/changed{i}")]}),
+            )
+        },
+    )
+    .await;
+}
+
+/// 2b. One consumer added among `consumers`, each with a key-auth credential.
+async fn many_consumers(
+    http: &reqwest::Client,
+    cert: &(String, String),
+    dir: &std::path::Path,
+    consumers: usize,
+    changes: usize,
+) {
+    let mut yaml = routes_yaml(1, 1, false, "http://127.0.0.1:9");
+    yaml.push_str("  plugins:\n  - name: key-auth\nconsumers:\n");
+    for c in 0..consumers {
+        yaml.push_str(&format!(
+            "- username: u{c}\n  keyauth_credentials:\n  - key: key-{c}\n"
+        ));
+    }
+    big(
+        http,
+        cert,
+        dir,
+        &format!("consumers{consumers}"),
+        &yaml,
+        &format!("{consumers} consumers, one consumer added"),
+        changes,
+        |admin, i| {
+            (
+                reqwest::Method::POST,
+                format!("{admin}/consumers"),
+                json!({"username": format!("new{i}")}),
+            )
+        },
+    )
+    .await;
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (VmRSS, VmHWM) of a process, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A data plane process (the real binary) on `cp`, proxying on `port`, its cache in `prefix`.
+fn start_dp_process(
+    prefix: &std::path::Path,
+    cp: &str,
+    cert: &(String, String),
+    port: u16,
+) -> Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KONG_") || k.starts_with("GANTRY_") {
+            cmd.env_remove(k);
+        }
+    }
+    Child(
+        cmd.args(["start", "-p"])
+            .arg(prefix)
+            .env("KONG_ROLE", "data_plane")
+            .env("KONG_DATABASE", "off")
+            .env("KONG_LOG_LEVEL", "error")
+            .env("KONG_WORKER_THREADS", "1")
+            .env("KONG_PROXY_ACCESS_LOG", "off")
+            .env("KONG_CLUSTER_CONTROL_PLANE", cp)
+            .env("KONG_PROXY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("KONG_STATUS_LISTEN", "off")
+            .env("KONG_CLUSTER_CERT", &cert.0)
+            .env("KONG_CLUSTER_CERT_KEY", &cert.1)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the data plane"),
+    )
+}
+
+/// The status of `GET path` on `port` with `host`, or `None` while nothing answers.
+async fn probe(http: &reqwest::Client, port: u16, host: &str, path: &str) -> Option<u16> {
+    http.get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+/// 4. Data plane processes: RSS (and peak) holding `services` services of one route each
+///    (paths and hosts); the same at `large` routes; and a restart with the control plane down,
+///    timed from exec until the cached `start_routes`-route configuration serves.
+async fn dp_processes(
+    http: &reqwest::Client,
+    cert: &(String, String),
+    dir: &std::path::Path,
+    services: usize,
+    large: usize,
+    start_routes: usize,
+) {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", up.local_addr().unwrap());
+    tokio::spawn(gantry_proxy::echo::serve(up));
+    let cases = [
+        (services, 1, true, "services of one route (paths and hosts)"),
+        (
+            large.div_ceil(10),
+            10,
+            true,
+            "routes, 10 per service (paths and hosts)",
+        ),
+        (
+            start_routes.div_ceil(10),
+            10,
+            true,
+            "routes, 10 per service, for the cached start",
+        ),
+    ];
+    for (i, (svcs, per, hosts, what)) in cases.into_iter().enumerate() {
+        if svcs == 0 {
+            continue;
+        }
+        let n = if per == 1 { svcs } else { svcs * per };
+        let prefix = dir.join(format!("dpmem{i}"));
+        import(dir, &prefix, &routes_yaml(svcs, per, hosts, &upstream));
+        let cp = start_cp(&prefix, cert);
+        let dp_prefix = dir.join(format!("dpproc{i}"));
+        std::fs::create_dir_all(&dp_prefix).unwrap();
+        let port = free_port();
+        let last = (svcs - 1, per - 1);
+        let host = format!("h{}.example.com", last.0);
+        let path = format!("/s{}/r{}", last.0, last.1);
+        let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port);
+        let t = Instant::now();
+        while probe(http, port, &host, &path).await != Some(200) {
+            assert!(
+                t.elapsed() < Duration::from_secs(300),
+                "the data plane never served"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let loaded = t.elapsed();
+        // Let the cache write finish and the allocator settle, with some traffic.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..200 {
+            probe(http, port, &host, &path).await;
+        }
+        let (rss, peak) = memory(child.0.id());
+        if i < 2 {
+            println!(
+                "data plane process, {n} {what}: RSS {rss:.1} MiB, peak {peak:.1} MiB; served {:.0} ms after exec (control plane up, first snapshot)",
+                loaded.as_secs_f64() * 1000.0
+            );
+            drop(child);
+            drop(cp);
+            continue;
+        }
+        // The cached start: the control plane down, the data plane restarted.
+        drop(child);
+        drop(cp);
+        let dead_cp = format!("127.0.0.1:{}", free_port());
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let t = Instant::now();
+            let child = start_dp_process(&dp_prefix, &dead_cp, cert, port);
+            while probe(http, port, &host, &path).await != Some(200) {
+                assert!(
+                    t.elapsed() < Duration::from_secs(60),
+                    "the cached start never served"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            drop(child);
+        }
+        println!(
+            "data plane restarted with the control plane down, {n} {what}: served {:.0} ms after exec (median of 5), {:.0} ms max",
+            pct(&mut times.clone(), 0.5),
+            pct(&mut times, 1.0)
+        );
+    }
 }
 
 /// 3. `hold` connected data planes on one control plane.

@@ -78,10 +78,10 @@ impl ConfigSink for ProxySink {
         &self,
         config: &gantry_model::Config,
         version: i64,
-        hashes: &gantry_model::hash::ConfigHashes,
+        digests: &gantry_model::hash::Digests,
     ) -> Result<(), String> {
         self.0
-            .apply_hashed(config, hashes.clone(), version)
+            .apply_digested(config, digests, version)
             .map_err(|e| e.to_string())
     }
 }
@@ -155,7 +155,7 @@ where
     let (rot_tx, rot_rx) = watch::channel(0u64);
     tokio::spawn(watch_certificates(settings.clone(), rot_tx, rx.clone()));
     let mut state = dp.state();
-    let client = tokio::spawn(dp.run(rot_rx, rx.clone()));
+    let client = tokio::spawn(dp.clone().run(rot_rx, rx.clone()));
     // The proxy port opens once a configuration runs: a data plane that joins a SO_REUSEPORT
     // group takes no request it would answer 404.
     if !state.borrow().loaded {
@@ -175,6 +175,9 @@ where
         let _ = t.await;
     }
     client.abort();
+    // What the cache writer has queued reaches the disk before the process ends.
+    let finish = dp.clone();
+    let _ = tokio::task::spawn_blocking(move || finish.finish()).await;
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("gantry stopped");
     Ok(())

@@ -770,7 +770,7 @@ impl gantry_cluster::ConfigSink for Recorder {
         &self,
         config: &gantry_model::Config,
         version: i64,
-        _: &gantry_model::hash::ConfigHashes,
+        _: &gantry_model::hash::Digests,
     ) -> Result<(), String> {
         if self.refuse {
             return Err("this test's data plane refuses every configuration".into());

@@ -69,9 +69,14 @@ pub fn incompatibility(cp: &str, dp: &str) -> Option<String> {
     None
 }
 
-/// Remove from `doc` (an entity of type `entity`) the fields that `dp` does not know.
-/// Returns the paths removed.
-pub fn strip(entity: &str, doc: &mut Doc, dp: Version, plugins: &Catalog) -> Vec<&'static str> {
+/// Remove from `doc` (an entity of type `entity`) the fields that `dp` does not know; a shared
+/// document is copied only when it holds one. Returns the paths removed.
+pub fn strip(
+    entity: &str,
+    doc: &mut std::sync::Arc<Doc>,
+    dp: Version,
+    plugins: &Catalog,
+) -> Vec<&'static str> {
     let mut removed = Vec::new();
     let entity_fields = FIELDS_SINCE
         .iter()
@@ -92,11 +97,21 @@ pub fn strip(entity: &str, doc: &mut Doc, dp: Version, plugins: &Catalog) -> Vec
         .map(|(p, _)| p)
         .collect();
     for path in unknown {
-        if remove_path(doc, path) {
+        if has_path(doc, path) && remove_path(std::sync::Arc::make_mut(doc), path) {
             removed.push(path);
         }
     }
     removed
+}
+
+fn has_path(doc: &Doc, path: &str) -> bool {
+    match path.split_once('.') {
+        None => doc.contains_key(path),
+        Some((head, rest)) => doc
+            .get(head)
+            .and_then(|v| v.as_object())
+            .is_some_and(|inner| has_path(inner, rest)),
+    }
 }
 
 fn remove_path(doc: &mut Doc, path: &str) -> bool {
@@ -155,14 +170,11 @@ mod tests {
     #[test]
     fn an_older_data_plane_loses_only_the_fields_it_does_not_know() {
         let cat = crate::plugins::testing::catalog();
-        let mut limits = json!({"id": "p", "name": "limits", "config": {"minute": 1, "burst": 2}})
-            .as_object()
-            .cloned()
-            .unwrap();
-        let mut other = json!({"id": "q", "name": "key-auth", "config": {"burst": 1}})
-            .as_object()
-            .cloned()
-            .unwrap();
+        let doc = |v: serde_json::Value| std::sync::Arc::new(v.as_object().cloned().unwrap());
+        let mut limits =
+            doc(json!({"id": "p", "name": "limits", "config": {"minute": 1, "burst": 2}}));
+        let mut other = doc(json!({"id": "q", "name": "key-auth", "config": {"burst": 1}}));
+        let shared = other.clone();
         assert!(strip("plugins", &mut limits.clone(), Version(0, 2, 0), &cat).is_empty());
         assert_eq!(
             strip("plugins", &mut limits, Version(0, 1, 0), &cat),
@@ -170,6 +182,10 @@ mod tests {
         );
         assert_eq!(limits["config"], json!({"minute": 1}));
         assert!(strip("plugins", &mut other, Version(0, 1, 0), &cat).is_empty());
+        assert!(
+            std::sync::Arc::ptr_eq(&other, &shared),
+            "a document with nothing to strip stays shared"
+        );
         assert!(needs_stripping(Version(0, 1, 9), &cat));
         assert!(!needs_stripping(Version(0, 2, 0), &cat));
         assert!(!needs_stripping(Version(0, 1, 0), &Catalog::default()));

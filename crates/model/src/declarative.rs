@@ -211,11 +211,7 @@ pub fn load(doc: Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
         return Err(DeclarativeError { errors });
     }
     for (schema, _, d) in prepared {
-        config
-            .entities
-            .entry(schema.name.to_string())
-            .or_default()
-            .push(d);
+        config.push(schema.name, d);
     }
     Ok(config)
 }
@@ -417,7 +413,7 @@ pub fn export(config: &Config) -> Value {
         if docs.is_empty() {
             continue;
         }
-        let mut docs: Vec<&Doc> = docs.iter().collect();
+        let mut docs: Vec<&Doc> = docs.iter().map(|d| &**d).collect();
         docs.sort_by(|a, b| {
             a.get("id")
                 .and_then(Value::as_str)

@@ -2,9 +2,12 @@
 //! both planes apply them: a keyed set of upserts and deletes that turns the configuration at
 //! `from` into the one at `to`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::hash::Digests;
 use crate::{Config, Doc};
 
 /// One entity changed.
@@ -12,7 +15,7 @@ use crate::{Config, Doc};
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Change {
     /// The entity as it now is (created or replaced).
-    Upsert { entity: String, doc: Doc },
+    Upsert { entity: String, doc: Arc<Doc> },
     /// The entity is gone.
     Delete { entity: String, id: String },
 }
@@ -50,6 +53,24 @@ impl Config {
     /// Apply `changes` in order, all or none: on error the configuration is left unchanged.
     /// Each change costs a binary search in its entity's list (kept sorted by id).
     pub fn apply(&mut self, changes: &[Change]) -> Result<(), DeltaError> {
+        self.apply_inner(changes, None)
+    }
+
+    /// [`Config::apply`], keeping `digests` (this configuration's) up to date: each change
+    /// digests the document it replaces or removes and the one it brings, nothing else.
+    pub fn apply_tracked(
+        &mut self,
+        changes: &[Change],
+        digests: &mut Digests,
+    ) -> Result<(), DeltaError> {
+        self.apply_inner(changes, Some(digests))
+    }
+
+    fn apply_inner(
+        &mut self,
+        changes: &[Change],
+        mut digests: Option<&mut Digests>,
+    ) -> Result<(), DeltaError> {
         for (index, c) in changes.iter().enumerate() {
             let entity = c.entity();
             if crate::entities::entity(entity).is_none() {
@@ -72,15 +93,27 @@ impl Config {
                 Change::Upsert { entity, doc } => {
                     let docs = self.entities.entry(entity.clone()).or_default();
                     let id = id_of(doc);
-                    match docs.binary_search_by(|d| id_of(d).cmp(&id)) {
-                        Ok(i) => docs[i] = doc.clone(),
-                        Err(i) => docs.insert(i, doc.clone()),
+                    let old = match docs.binary_search_by(|d| id_of(d).cmp(&id)) {
+                        Ok(i) => Some(std::mem::replace(&mut docs[i], doc.clone())),
+                        Err(i) => {
+                            docs.insert(i, doc.clone());
+                            None
+                        }
+                    };
+                    if let Some(d) = digests.as_deref_mut() {
+                        if let Some(old) = old {
+                            d.remove(entity, &old);
+                        }
+                        d.add(entity, doc);
                     }
                 }
                 Change::Delete { entity, id } => {
                     if let Some(docs) = self.entities.get_mut(entity) {
                         if let Ok(i) = docs.binary_search_by(|d| id_of(d).cmp(&Some(id.as_str()))) {
-                            docs.remove(i);
+                            let old = docs.remove(i);
+                            if let Some(d) = digests.as_deref_mut() {
+                                d.remove(entity, &old);
+                            }
                         }
                         if docs.is_empty() {
                             self.entities.remove(entity);
@@ -119,38 +152,47 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn doc(v: Value) -> Doc {
-        v.as_object().cloned().unwrap()
+    fn doc(v: Value) -> Arc<Doc> {
+        Arc::new(v.as_object().cloned().unwrap())
     }
 
     #[test]
     fn upserts_and_deletes_keep_order_and_match_a_full_build() {
         let mut c = Config::default();
-        c.apply(&[
-            Change::Upsert {
-                entity: "services".into(),
-                doc: doc(json!({"id": "b", "host": "b"})),
-            },
-            Change::Upsert {
-                entity: "services".into(),
-                doc: doc(json!({"id": "a", "host": "a"})),
-            },
-            Change::Upsert {
-                entity: "services".into(),
-                doc: doc(json!({"id": "b", "host": "b2"})),
-            },
-        ])
+        let mut digests = Digests::default();
+        c.apply_tracked(
+            &[
+                Change::Upsert {
+                    entity: "services".into(),
+                    doc: doc(json!({"id": "b", "host": "b"})),
+                },
+                Change::Upsert {
+                    entity: "services".into(),
+                    doc: doc(json!({"id": "a", "host": "a"})),
+                },
+                Change::Upsert {
+                    entity: "services".into(),
+                    doc: doc(json!({"id": "b", "host": "b2"})),
+                },
+            ],
+            &mut digests,
+        )
         .unwrap();
+        assert_eq!(digests, Digests::of(&c));
         let hosts: Vec<_> = c.entities["services"]
             .iter()
             .map(|d| d["host"].as_str().unwrap())
             .collect();
         assert_eq!(hosts, ["a", "b2"]);
-        c.apply(&[Change::Delete {
-            entity: "services".into(),
-            id: "a".into(),
-        }])
+        c.apply_tracked(
+            &[Change::Delete {
+                entity: "services".into(),
+                id: "a".into(),
+            }],
+            &mut digests,
+        )
         .unwrap();
+        assert_eq!(digests, Digests::of(&c));
         c.apply(&[Change::Delete {
             entity: "services".into(),
             id: "b".into(),

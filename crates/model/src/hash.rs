@@ -1,11 +1,20 @@
-//! Configuration hashes: MD5 over a canonical serialisation, per entity group and combined,
-//! as Kong computes them; the empty configuration hashes to 32 zeros. Timestamps are left out,
-//! so equal content gives equal hashes across loads, stores and nodes.
+//! Configuration hashes, built from per-entity digests so that a change costs what it touches.
+//!
+//! Each entity's digest is the MD5 of its type and its canonical serialisation (keys sorted,
+//! nulls and timestamps left out). A type's digest is the sum (mod 2^128) of its entities'
+//! digests with their count, so it does not depend on order and an upsert or a delete updates
+//! it by one subtraction and one addition, without reserialising anything else. The group
+//! hashes (`routes`, `services`, `plugins`, `upstreams`, `targets`, `rest`) and the combined
+//! hash are MD5s over those sums; an empty group hashes to 32 zeros, and so does an empty
+//! configuration. Timestamps are left out, so equal content gives equal hashes across loads,
+//! stores and nodes.
+
+use std::collections::BTreeMap;
 
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::Config;
+use crate::{Config, Doc};
 
 /// The hash of an empty configuration (and of an empty group).
 pub const EMPTY_HASH: &str = "00000000000000000000000000000000";
@@ -32,66 +41,143 @@ pub struct ConfigHashes {
     pub rest: String,
 }
 
-fn group_of(entity: &str) -> &'static str {
-    GROUPS
-        .iter()
-        .copied()
-        .find(|g| *g == entity)
-        .unwrap_or("rest")
+fn group_index(entity: &str) -> usize {
+    GROUPS[..5].iter().position(|g| *g == entity).unwrap_or(5)
 }
 
-/// Compute the hashes of a configuration. Entities are taken in id order within each type
-/// and object keys are sorted, so the hash does not depend on storage order.
-pub fn hash_config(config: &Config) -> ConfigHashes {
-    let mut hashers: Vec<(Md5, bool)> = GROUPS.iter().map(|_| (Md5::new(), false)).collect();
-    let mut buf = String::new();
-    for (name, docs) in &config.entities {
-        let gi = GROUPS
-            .iter()
-            .position(|g| *g == group_of(name))
-            .unwrap_or(5);
-        let mut sorted: Vec<(&str, &crate::Doc)> = docs.iter().map(|d| (id_of(d), d)).collect();
-        sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        for (_, d) in sorted {
-            buf.clear();
-            buf.push_str(name);
-            buf.push(':');
-            // Timestamps are bookkeeping, not configuration: the same content hashes the same
-            // whether it was loaded today or last year.
-            canonical_map(d, &["created_at", "updated_at"], &mut buf);
-            buf.push('\n');
-            hashers[gi].0.update(buf.as_bytes());
-            hashers[gi].1 = true;
+/// The digests of a set of entities: their sum (mod 2^128) and their number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sum {
+    total: u128,
+    count: u64,
+}
+
+impl Sum {
+    fn add(&mut self, d: u128) {
+        self.total = self.total.wrapping_add(d);
+        self.count += 1;
+    }
+    fn remove(&mut self, d: u128) {
+        self.total = self.total.wrapping_sub(d);
+        self.count = self.count.saturating_sub(1);
+    }
+    fn merge(&mut self, o: Sum) {
+        self.total = self.total.wrapping_add(o.total);
+        self.count += o.count;
+    }
+    fn hash(self) -> String {
+        if self.count == 0 {
+            return EMPTY_HASH.to_string();
+        }
+        let mut h = Md5::new();
+        h.update(self.total.to_be_bytes());
+        h.update(self.count.to_be_bytes());
+        hex::encode(h.finalize())
+    }
+}
+
+/// The digest of one entity of type `entity`.
+pub fn entity_digest(entity: &str, doc: &Doc) -> u128 {
+    let mut buf = String::with_capacity(256);
+    buf.push_str(entity);
+    buf.push(':');
+    // Timestamps are bookkeeping, not configuration: the same content hashes the same
+    // whether it was loaded today or last year.
+    canonical_map(doc, &["created_at", "updated_at"], &mut buf);
+    u128::from_be_bytes(Md5::digest(buf.as_bytes()).into())
+}
+
+/// The digests of a configuration by entity type, kept up to date change by change
+/// ([`Config::apply_tracked`]); [`Digests::hashes`] gives the configuration's hashes from them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Digests {
+    by_type: BTreeMap<String, Sum>,
+}
+
+impl Digests {
+    /// Digest every entity of `config`: the cost of a whole configuration, paid once.
+    pub fn of(config: &Config) -> Digests {
+        let mut d = Digests::default();
+        for (name, docs) in &config.entities {
+            for doc in docs {
+                d.add(name, doc);
+            }
+        }
+        d
+    }
+
+    pub fn add(&mut self, entity: &str, doc: &Doc) {
+        let d = entity_digest(entity, doc);
+        match self.by_type.get_mut(entity) {
+            Some(s) => s.add(d),
+            None => {
+                let mut s = Sum::default();
+                s.add(d);
+                self.by_type.insert(entity.to_string(), s);
+            }
         }
     }
-    let groups: Vec<String> = hashers
-        .into_iter()
-        .map(|(h, used)| {
-            if used {
-                hex::encode(h.finalize())
-            } else {
-                EMPTY_HASH.to_string()
+
+    pub fn remove(&mut self, entity: &str, doc: &Doc) {
+        let d = entity_digest(entity, doc);
+        if let Some(s) = self.by_type.get_mut(entity) {
+            s.remove(d);
+            if s.count == 0 {
+                self.by_type.remove(entity);
             }
-        })
-        .collect();
-    let config = if groups.iter().all(|g| g == EMPTY_HASH) {
-        EMPTY_HASH.to_string()
-    } else {
-        hex::encode(Md5::digest(groups.concat().as_bytes()))
-    };
-    ConfigHashes {
-        config,
-        routes: groups[0].clone(),
-        services: groups[1].clone(),
-        plugins: groups[2].clone(),
-        upstreams: groups[3].clone(),
-        targets: groups[4].clone(),
-        rest: groups[5].clone(),
+        }
     }
+
+    /// The digest of the entities of these types, to tell whether any of them changed.
+    pub fn of_types(&self, types: &[&str]) -> Sum {
+        let mut sum = Sum::default();
+        for t in types {
+            if let Some(s) = self.by_type.get(*t) {
+                sum.merge(*s);
+            }
+        }
+        sum
+    }
+
+    /// Whether the entities of `types` are the same here and in `other`.
+    pub fn same(&self, other: &Digests, types: &[&str]) -> bool {
+        types
+            .iter()
+            .all(|t| self.by_type.get(*t) == other.by_type.get(*t))
+    }
+
+    /// The group hashes and the combined hash.
+    pub fn hashes(&self) -> ConfigHashes {
+        let mut groups = [Sum::default(); 6];
+        for (name, s) in &self.by_type {
+            groups[group_index(name)].merge(*s);
+        }
+        let groups: [String; 6] = groups.map(Sum::hash);
+        let config = if groups.iter().all(|g| g == EMPTY_HASH) {
+            EMPTY_HASH.to_string()
+        } else {
+            hex::encode(Md5::digest(groups.concat().as_bytes()))
+        };
+        let [routes, services, plugins, upstreams, targets, rest] = groups;
+        ConfigHashes {
+            config,
+            routes,
+            services,
+            plugins,
+            upstreams,
+            targets,
+            rest,
+        }
+    }
+}
+
+/// The hashes of a whole configuration (every entity digested).
+pub fn hash_config(config: &Config) -> ConfigHashes {
+    Digests::of(config).hashes()
 }
 
 /// An object, keys sorted, nulls and the `skip` keys left out.
-fn canonical_map(m: &crate::Doc, skip: &[&str], out: &mut String) {
+fn canonical_map(m: &Doc, skip: &[&str], out: &mut String) {
     let mut entries: Vec<(&String, &Value)> = m
         .iter()
         .filter(|(k, v)| !v.is_null() && !skip.contains(&k.as_str()))
@@ -108,10 +194,6 @@ fn canonical_map(m: &crate::Doc, skip: &[&str], out: &mut String) {
         canonical(v, out);
     }
     out.push('}');
-}
-
-fn id_of(d: &crate::Doc) -> &str {
-    d.get("id").and_then(Value::as_str).unwrap_or("")
 }
 
 /// Serialise with object keys sorted and no whitespace; nulls are left out of objects,
@@ -168,14 +250,47 @@ mod tests {
             .unwrap()
             .clone();
         let mut c1 = Config::default();
-        c1.entities
-            .insert("services".into(), vec![a.clone(), b.clone()]);
+        c1.push("services", a.clone());
+        c1.push("services", b.clone());
         let mut c2 = Config::default();
-        c2.entities.insert("services".into(), vec![b, a]);
+        c2.push("services", b);
+        c2.push("services", a);
         let (h1, h2) = (hash_config(&c1), hash_config(&c2));
         assert_eq!(h1, h2);
         assert_ne!(h1.config, EMPTY_HASH);
         assert_ne!(h1.services, EMPTY_HASH);
         assert_eq!(h1.routes, EMPTY_HASH);
+    }
+
+    #[test]
+    fn digests_follow_changes_as_a_full_rehash_would() {
+        let doc = |v: Value| v.as_object().cloned().unwrap();
+        let mut c = Config::default();
+        c.push("services", doc(json!({"id": "a", "host": "a"})));
+        c.push("routes", doc(json!({"id": "r", "paths": ["/"]})));
+        let mut d = Digests::of(&c);
+        d.remove("services", &doc(json!({"id": "a", "host": "a"})));
+        d.add("services", &doc(json!({"id": "a", "host": "b"})));
+        d.add("consumers", &doc(json!({"id": "c", "username": "u"})));
+        let mut want = Config::default();
+        want.push("services", doc(json!({"id": "a", "host": "b"})));
+        want.push("routes", doc(json!({"id": "r", "paths": ["/"]})));
+        want.push("consumers", doc(json!({"id": "c", "username": "u"})));
+        assert_eq!(d, Digests::of(&want));
+        assert_eq!(d.hashes(), hash_config(&want));
+        assert!(d.same(&Digests::of(&c), &["routes"]));
+        assert!(!d.same(&Digests::of(&c), &["services"]));
+        // Timestamps do not count; every other field does.
+        let mut t = doc(json!({"id": "a", "host": "b"}));
+        t.insert("updated_at".into(), json!(5));
+        assert_eq!(
+            entity_digest("services", &t),
+            entity_digest("services", &doc(json!({"host": "b", "id": "a"})))
+        );
+        assert_ne!(entity_digest("services", &t), entity_digest("routes", &t));
+        d.remove("consumers", &doc(json!({"id": "c", "username": "u"})));
+        d.remove("services", &doc(json!({"id": "a", "host": "b"})));
+        d.remove("routes", &doc(json!({"id": "r", "paths": ["/"]})));
+        assert_eq!(d.hashes().config, EMPTY_HASH);
     }
 }

@@ -7,6 +7,7 @@
 //! - [`hash`]: configuration hashes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub mod analytics;
 pub mod compat;
@@ -39,9 +40,13 @@ pub fn unix_now() -> i64 {
 }
 
 /// A whole configuration: entity type name to its documents.
+///
+/// Documents are shared (`Arc`): a new version made by applying a delta to a copy of this one
+/// copies pointers, not documents, and the proxy, the cache writer and the control plane's
+/// published versions hold the same documents.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Config {
-    pub entities: BTreeMap<String, Vec<Doc>>,
+    pub entities: BTreeMap<String, Vec<Arc<Doc>>>,
 }
 
 impl Config {
@@ -51,6 +56,20 @@ impl Config {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The documents of one entity type (none when it has none).
+    pub fn docs(&self, entity: &str) -> &[Arc<Doc>] {
+        self.entities.get(entity).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Add a document at the end of its type's list (call [`Config::sort`] before applying
+    /// deltas).
+    pub fn push(&mut self, entity: &str, doc: Doc) {
+        self.entities
+            .entry(entity.to_string())
+            .or_default()
+            .push(Arc::new(doc));
     }
 }
 

@@ -236,7 +236,7 @@ impl Router {
     }
 
     /// Compile routes (documents as stored) into a router.
-    pub fn build(routes: &[Doc]) -> Result<Router, RouteError> {
+    pub fn build<'a>(routes: impl IntoIterator<Item = &'a Doc>) -> Result<Router, RouteError> {
         let mut matchers = Vec::new();
         for d in routes {
             let id = d

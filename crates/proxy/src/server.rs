@@ -529,21 +529,21 @@ impl Proxy {
 
     /// Build a snapshot from `config` aside and publish it. On error the running one stays.
     pub fn apply(&self, config: &gantry_model::Config, version: i64) -> Result<(), SnapshotError> {
-        self.apply_hashed(config, gantry_model::hash::hash_config(config), version)
+        self.apply_digested(config, &gantry_model::hash::Digests::of(config), version)
     }
 
-    /// [`Proxy::apply`] for a configuration whose hashes are known (a data plane has just
-    /// checked them).
-    pub fn apply_hashed(
+    /// [`Proxy::apply`] for a configuration whose digests are known (a data plane keeps them
+    /// change by change).
+    pub fn apply_digested(
         &self,
         config: &gantry_model::Config,
-        hashes: gantry_model::hash::ConfigHashes,
+        digests: &gantry_model::hash::Digests,
         version: i64,
     ) -> Result<(), SnapshotError> {
         let prev = self.snapshot.load();
         let next = Snapshot::build(
             config,
-            hashes,
+            digests,
             version,
             Some(&prev),
             self.registry(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gantry_model::hash::{hash_config, ConfigHashes};
+use gantry_model::hash::{ConfigHashes, Digests};
 use gantry_model::{Config, Doc};
 use serde_json::Value;
 
@@ -87,6 +87,8 @@ impl Service {
 pub struct Snapshot {
     pub version: i64,
     pub hashes: ConfigHashes,
+    /// The digests by entity type: a part is rebuilt only when a type it reads changed.
+    pub digests: Digests,
     pub router: Arc<Router>,
     pub services: crate::FastMap<String, Arc<Service>>,
     /// Upstreams by name.
@@ -104,16 +106,24 @@ pub enum SnapshotError {
     Plugin(String),
 }
 
-fn docs<'a>(c: &'a Config, k: &str) -> &'a [Doc] {
-    c.entities.get(k).map(Vec::as_slice).unwrap_or(&[])
+fn docs<'a>(c: &'a Config, k: &str) -> &'a [Arc<Doc>] {
+    c.docs(k)
 }
+
+/// The entity types each part of a snapshot is built from.
+const ROUTER: &[&str] = &["routes"];
+const SERVICES: &[&str] = &["services"];
+const BALANCERS: &[&str] = &["upstreams", "targets"];
+const PLUGINS: &[&str] = &["plugins"];
+const CERTS: &[&str] = &["certificates", "snis"];
 
 impl Snapshot {
     /// An empty snapshot: every request gets 404.
     pub fn empty() -> Snapshot {
         Snapshot {
             version: 0,
-            hashes: hash_config(&Config::default()),
+            hashes: Digests::default().hashes(),
+            digests: Digests::default(),
             router: Arc::new(Router::empty()),
             services: Default::default(),
             balancers: Default::default(),
@@ -123,22 +133,24 @@ impl Snapshot {
         }
     }
 
-    /// Build a snapshot aside. Parts whose hash did not change are taken from `previous`
-    /// (the router is kept when only plugins or consumers changed).
+    /// Build a snapshot aside. Parts built from entity types whose digests did not change
+    /// are taken from `previous`: a consumer added rebuilds the consumer index alone, a route
+    /// changed the router alone.
     pub fn build(
         config: &Config,
-        hashes: ConfigHashes,
+        digests: &Digests,
         version: i64,
         previous: Option<&Snapshot>,
         registry: &Registry,
         shared: &Shared,
     ) -> Result<Snapshot, SnapshotError> {
-        let router = match previous {
-            Some(p) if p.hashes.routes == hashes.routes => p.router.clone(),
-            _ => Arc::new(Router::build(docs(config, "routes"))?),
+        let unchanged = |types: &[&str]| previous.filter(|p| p.digests.same(digests, types));
+        let router = match unchanged(ROUTER) {
+            Some(p) => p.router.clone(),
+            None => Arc::new(Router::build(docs(config, "routes").iter().map(|d| &**d))?),
         };
-        let services = match previous {
-            Some(p) if p.hashes.services == hashes.services => p.services.clone(),
+        let services = match unchanged(SERVICES) {
+            Some(p) => p.services.clone(),
             _ => docs(config, "services")
                 .iter()
                 .map(|d| {
@@ -147,13 +159,9 @@ impl Snapshot {
                 })
                 .collect(),
         };
-        let balancers = match previous {
-            Some(p)
-                if p.hashes.upstreams == hashes.upstreams && p.hashes.targets == hashes.targets =>
-            {
-                p.balancers.clone()
-            }
-            _ => {
+        let balancers = match unchanged(BALANCERS) {
+            Some(p) => p.balancers.clone(),
+            None => {
                 let mut by_upstream: HashMap<&str, Vec<(String, u64)>> = HashMap::new();
                 for t in docs(config, "targets") {
                     if let (Some(up), Some(target)) = (
@@ -180,23 +188,27 @@ impl Snapshot {
                     .collect()
             }
         };
-        let same_plugins =
-            previous.filter(|p| p.hashes.plugins == hashes.plugins && p.hashes.rest == hashes.rest);
-        let (plugins, identities) = match same_plugins {
-            Some(p) => (p.plugins.clone(), p.identities.clone()),
+        let plugins = match unchanged(PLUGINS) {
+            Some(p) => p.plugins.clone(),
             None => {
-                let set =
-                    PluginSet::build(config, registry, shared).map_err(SnapshotError::Plugin)?;
-                (Arc::new(set), Arc::new(Identities::build(config, registry)))
+                Arc::new(PluginSet::build(config, registry, shared).map_err(SnapshotError::Plugin)?)
             }
         };
-        let certs = match previous {
-            Some(p) if p.hashes.rest == hashes.rest => p.certs.clone(),
-            _ => Arc::new(CertStore::build(config)),
+        let identity_types: Vec<&str> = std::iter::once("consumers")
+            .chain(registry.credential_kinds().into_iter().map(|k| k.entity))
+            .collect();
+        let identities = match unchanged(&identity_types) {
+            Some(p) => p.identities.clone(),
+            None => Arc::new(Identities::build(config, registry)),
+        };
+        let certs = match unchanged(CERTS) {
+            Some(p) => p.certs.clone(),
+            None => Arc::new(CertStore::build(config)),
         };
         Ok(Snapshot {
             version,
-            hashes,
+            hashes: digests.hashes(),
+            digests: digests.clone(),
             router,
             services,
             balancers,
@@ -214,7 +226,7 @@ impl Snapshot {
 pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugins::CompileError> {
     use gantry_model::plugins::CompileError;
     match entity {
-        "routes" => Router::build(std::slice::from_ref(doc))
+        "routes" => Router::build([doc])
             .map(drop)
             .map_err(|e| CompileError::field(e.field, e.reason)),
         "certificates" => {

@@ -147,7 +147,7 @@ impl Store {
                 ents.push(vec![
                     P::S(name.clone()),
                     P::S(id),
-                    P::S(serde_json::Value::Object(d.clone()).to_string()),
+                    P::S(serde_json::to_string(&**d).unwrap_or_default()),
                     P::I(st.version),
                 ]);
             }

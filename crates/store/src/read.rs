@@ -267,7 +267,7 @@ impl Store {
             let id: String = r.try_get(1)?;
             let text: String = r.try_get(2)?;
             let d = parse_doc(&t, &id, &text)?;
-            config.entities.entry(t).or_default().push(d);
+            config.push(&t, d);
         }
         Ok((config, version))
     }

@@ -102,8 +102,9 @@ pub struct Credential {
     /// The consumer it belongs to (always present in the index: a credential of an unknown
     /// consumer is left out).
     pub consumer: Arc<Consumer>,
-    /// The whole stored document (secrets, algorithms, ... as the plugin needs them).
-    pub doc: Doc,
+    /// The whole stored document (secrets, algorithms, ... as the plugin needs them), shared
+    /// with the configuration.
+    pub doc: Arc<Doc>,
 }
 
 /// Consumers and their credentials, indexed for authentication plugins: every plugin of the
@@ -112,13 +113,14 @@ pub struct Credential {
 #[derive(Default)]
 pub struct Identities {
     pub consumers: crate::FastMap<String, Arc<Consumer>>,
+    by_username: crate::FastMap<String, Arc<Consumer>>,
     /// By credential entity, then by identifying value.
     credentials: crate::FastMap<&'static str, crate::FastMap<String, Arc<Credential>>>,
 }
 
 impl Identities {
     pub fn build(config: &Config, registry: &Registry) -> Identities {
-        let docs = |k: &str| config.entities.get(k).map(Vec::as_slice).unwrap_or(&[]);
+        let docs = |k: &str| config.docs(k);
         let s = |d: &Doc, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
         let consumers: crate::FastMap<String, Arc<Consumer>> = docs("consumers")
             .iter()
@@ -148,8 +150,13 @@ impl Identities {
                 }
             }
         }
+        let by_username = consumers
+            .values()
+            .filter_map(|c| Some((c.username.clone()?, c.clone())))
+            .collect();
         Identities {
             consumers,
+            by_username,
             credentials,
         }
     }
@@ -161,12 +168,10 @@ impl Identities {
 
     /// A consumer by id or username (the `anonymous` setting accepts both).
     pub fn find(&self, key: &str) -> Option<Arc<Consumer>> {
-        self.consumers.get(key).cloned().or_else(|| {
-            self.consumers
-                .values()
-                .find(|c| c.username.as_deref() == Some(key))
-                .cloned()
-        })
+        self.consumers
+            .get(key)
+            .or_else(|| self.by_username.get(key))
+            .cloned()
     }
 }
 
@@ -604,12 +609,7 @@ impl PluginSet {
     ) -> Result<PluginSet, String> {
         let mut set = PluginSet::default();
         let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
-        for d in config
-            .entities
-            .get("plugins")
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
+        for d in config.docs("plugins") {
             if d.get("enabled").and_then(Value::as_bool) == Some(false) {
                 continue;
             }
@@ -797,7 +797,10 @@ mod tests {
     /// service `s1`, as `consumer`.
     fn chosen(plugins: Vec<Doc>, consumer: Option<&str>) -> Option<u16> {
         let mut config = Config::default();
-        config.entities.insert("plugins".into(), plugins);
+        config.entities.insert(
+            "plugins".into(),
+            plugins.into_iter().map(Arc::new).collect(),
+        );
         let set =
             PluginSet::build(&config, &Registry::default(), &Shared::default()).expect("builds");
         let mut parts = hyper::Request::new(()).into_parts().0;
@@ -865,9 +868,10 @@ mod tests {
     #[test]
     fn a_plugin_outside_the_registry_fails_the_set() {
         let mut config = Config::default();
-        config
-            .entities
-            .insert("plugins".into(), vec![terminate(403, [None, None, None])]);
+        config.entities.insert(
+            "plugins".into(),
+            vec![Arc::new(terminate(403, [None, None, None]))],
+        );
         let counters = Shared::default();
         let only_cors = Registry::from_setting("cors").expect("a registry");
         let e = PluginSet::build(&config, &only_cors, &counters)
@@ -879,7 +883,8 @@ mod tests {
         );
         assert!(PluginSet::build(&config, &Registry::default(), &counters).is_ok());
         // Disabled instances are not run, so they need no runtime.
-        config.entities.get_mut("plugins").unwrap()[0].insert("enabled".into(), json!(false));
+        Arc::make_mut(&mut config.entities.get_mut("plugins").unwrap()[0])
+            .insert("enabled".into(), json!(false));
         assert!(PluginSet::build(&config, &only_cors, &counters).is_ok());
     }
 
@@ -905,13 +910,17 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert(
             "consumers".into(),
-            vec![doc(json!({"id": "c1", "username": "alice"}))],
+            vec![Arc::new(doc(json!({"id": "c1", "username": "alice"})))],
         );
         config.entities.insert(
             "keyauth_credentials".into(),
             vec![
-                doc(json!({"id": "k1", "key": "alice-key", "consumer": {"id": "c1"}})),
-                doc(json!({"id": "k2", "key": "orphan", "consumer": {"id": "c9"}})),
+                Arc::new(doc(
+                    json!({"id": "k1", "key": "alice-key", "consumer": {"id": "c1"}}),
+                )),
+                Arc::new(doc(
+                    json!({"id": "k2", "key": "orphan", "consumer": {"id": "c9"}}),
+                )),
             ],
         );
         let kind = key_auth::DESCRIPTOR.credentials[0];

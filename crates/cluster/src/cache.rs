@@ -1,0 +1,530 @@
+//! The data plane's configuration cache: a snapshot file plus a log of the deltas applied
+//! since, so that a change costs an appended record, not a rewritten configuration.
+//!
+//! - `PATH` (`config.cache.json.gz`): gzip'd JSON `{format, version, hash, entities}`, written
+//!   atomically (a temporary file, synced, renamed over the old one).
+//! - `PATH.deltas`: one JSON record a line, `{from, version, hash, changes}`, each appended and
+//!   synced after the delta it records was applied. Once the log holds [`COMPACT_RECORDS`]
+//!   records, or more bytes than the snapshot (and 64 KiB), the snapshot is rewritten and the
+//!   log emptied.
+//!
+//! Reading checks the snapshot against its hash (a damaged snapshot is refused whole), then
+//! replays the records that follow its version, each checked against the hash it recorded.
+//! A record cut short by a crash, or one that does not check, ends the replay there: what
+//! loads is the last version that this data plane applied and checked.
+//!
+//! The writes run on a thread of their own, in order, off the path that acknowledges a
+//! configuration to the control plane.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gantry_model::delta::Change;
+use gantry_model::hash::Digests;
+use gantry_model::{Config, Doc};
+use serde::{Deserialize, Serialize};
+
+use crate::proto;
+
+/// The snapshot's format: a file of another format (an older Gantry's) is not read.
+const FORMAT: u32 = 2;
+
+/// Records in the delta log before the snapshot is rewritten.
+pub const COMPACT_RECORDS: usize = 256;
+
+/// A log smaller than this is not compacted for its size alone (a small snapshot would be
+/// rewritten every other change).
+const COMPACT_FLOOR: u64 = 64 * 1024;
+
+/// Why the cache cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error(
+        "{path}: content hash {actual} does not match the recorded {recorded}; the file is damaged"
+    )]
+    Damaged {
+        path: PathBuf,
+        actual: String,
+        recorded: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    #[serde(default)]
+    format: u32,
+    version: i64,
+    hash: String,
+    entities: std::collections::BTreeMap<String, Vec<Arc<Doc>>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Record {
+    from: i64,
+    version: i64,
+    hash: String,
+    changes: Vec<Change>,
+}
+
+/// What the cache holds: the configuration, its digests, version and hash.
+pub struct Loaded {
+    pub config: Config,
+    pub digests: Digests,
+    pub version: i64,
+    pub hash: String,
+    /// Delta records replayed on top of the snapshot.
+    pub replayed: usize,
+    /// Why the replay stopped before the log's end, if it did.
+    pub stopped: Option<String>,
+}
+
+/// The delta log beside the snapshot at `path`.
+pub fn deltas_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".deltas");
+    PathBuf::from(p)
+}
+
+/// Read the cache at `path`: `None` when there is none.
+pub fn read(path: &Path) -> Result<Option<Loaded>, CacheError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CacheError::Read {
+                path: path.into(),
+                source,
+            })
+        }
+    };
+    let invalid = |reason: String| CacheError::Invalid {
+        path: path.into(),
+        reason,
+    };
+    let s: Snapshot =
+        proto::decode(true, &bytes, usize::MAX / 2).map_err(|e| invalid(e.to_string()))?;
+    if s.format != FORMAT {
+        return Err(invalid(format!(
+            "written in cache format {} (this Gantry reads {FORMAT}); the control plane will send the configuration",
+            s.format
+        )));
+    }
+    let mut config = Config {
+        entities: s.entities,
+    };
+    config.sort();
+    let mut digests = Digests::of(&config);
+    let actual = digests.hashes().config;
+    if actual != s.hash {
+        return Err(CacheError::Damaged {
+            path: path.into(),
+            actual,
+            recorded: s.hash,
+        });
+    }
+    let mut loaded = Loaded {
+        config,
+        digests: Digests::default(),
+        version: s.version,
+        hash: s.hash,
+        replayed: 0,
+        stopped: None,
+    };
+    let log = deltas_path(path);
+    let file = match std::fs::File::open(&log) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(CacheError::Read { path: log, source }),
+    };
+    for (n, line) in file
+        .map(std::io::BufReader::new)
+        .into_iter()
+        .flat_map(|r| r.lines())
+        .enumerate()
+    {
+        let stop = |why: String| Some(format!("{}: record {}: {why}", log.display(), n + 1));
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                loaded.stopped = stop(e.to_string());
+                break;
+            }
+        };
+        let r: Record = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                loaded.stopped = stop(format!("unreadable ({e}), cut short by a crash?"));
+                break;
+            }
+        };
+        // Records older than the snapshot: a crash came between the snapshot's rename and
+        // the log's truncation.
+        if r.version <= loaded.version {
+            continue;
+        }
+        if r.from != loaded.version {
+            loaded.stopped = stop(format!(
+                "leads from version {} but the cache is at {}",
+                r.from, loaded.version
+            ));
+            break;
+        }
+        let mut next = loaded.config.clone();
+        let mut d = digests.clone();
+        if let Err(e) = next.apply_tracked(&r.changes, &mut d) {
+            loaded.stopped = stop(e.to_string());
+            break;
+        }
+        let h = d.hashes().config;
+        if h != r.hash {
+            loaded.stopped = stop(format!(
+                "hashes to {h}, {} recorded; the log is damaged",
+                r.hash
+            ));
+            break;
+        }
+        (loaded.config, digests) = (next, d);
+        loaded.version = r.version;
+        loaded.hash = r.hash;
+        loaded.replayed += 1;
+    }
+    loaded.digests = digests;
+    Ok(Some(loaded))
+}
+
+/// Write a snapshot atomically and empty the delta log. Returns the snapshot's size.
+pub fn write_snapshot(
+    path: &Path,
+    config: &Config,
+    version: i64,
+    hash: &str,
+) -> Result<u64, CacheError> {
+    // Serialised from borrowed documents: no copy of the configuration.
+    #[derive(Serialize)]
+    struct Out<'a> {
+        format: u32,
+        version: i64,
+        hash: &'a str,
+        entities: &'a std::collections::BTreeMap<String, Vec<Arc<Doc>>>,
+    }
+    let tmp = path.with_extension("tmp");
+    let werr = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CacheError::Write { path: p, source }
+    };
+    let f = std::fs::File::create(&tmp).map_err(werr(&tmp))?;
+    let mut gz =
+        flate2::write::GzEncoder::new(std::io::BufWriter::new(f), flate2::Compression::fast());
+    serde_json::to_writer(
+        &mut gz,
+        &Out {
+            format: FORMAT,
+            version,
+            hash,
+            entities: &config.entities,
+        },
+    )
+    .map_err(|e| CacheError::Write {
+        path: tmp.clone(),
+        source: e.into(),
+    })?;
+    let f = gz
+        .finish()
+        .map_err(werr(&tmp))?
+        .into_inner()
+        .map_err(|e| CacheError::Write {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
+    f.sync_all().map_err(werr(&tmp))?;
+    let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+    std::fs::rename(&tmp, path).map_err(werr(path))?;
+    // The records are all older than the snapshot now.
+    let log = deltas_path(path);
+    match std::fs::remove_file(&log) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(CacheError::Write { path: log, source }),
+    }
+    Ok(size)
+}
+
+/// Append one record to the delta log and sync it. Returns the bytes appended.
+fn append(
+    path: &Path,
+    from: i64,
+    version: i64,
+    hash: &str,
+    changes: &[Change],
+) -> Result<u64, CacheError> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        from: i64,
+        version: i64,
+        hash: &'a str,
+        changes: &'a [Change],
+    }
+    let log = deltas_path(path);
+    let mut line = serde_json::to_vec(&Out {
+        from,
+        version,
+        hash,
+        changes,
+    })
+    .map_err(|e| CacheError::Write {
+        path: log.clone(),
+        source: e.into(),
+    })?;
+    line.push(b'\n');
+    let werr = |source| CacheError::Write {
+        path: log.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(werr)?;
+    f.write_all(&line).map_err(werr)?;
+    f.sync_data().map_err(werr)?;
+    Ok(line.len() as u64)
+}
+
+/// One thing for the writer to record.
+pub enum Save {
+    /// The whole configuration (shares its documents with the running one).
+    Snapshot {
+        config: Config,
+        version: i64,
+        hash: String,
+    },
+    /// A delta applied on top of the last thing saved.
+    Delta {
+        from: i64,
+        version: i64,
+        hash: String,
+        changes: Arc<Vec<Change>>,
+    },
+}
+
+/// The cache writer: a thread that records what it is sent, in order.
+pub struct Writer {
+    tx: std::sync::Mutex<Option<std::sync::mpsc::Sender<Save>>>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Writer {
+    /// Start a writer for the cache at `path`; `loaded` is what the cache holds now.
+    pub fn start(path: PathBuf, loaded: Option<(Config, i64, u64)>) -> Writer {
+        let (tx, rx) = std::sync::mpsc::channel::<Save>();
+        let thread = std::thread::Builder::new()
+            .name("gantry-cache".into())
+            .spawn(move || writer(path, loaded, rx))
+            .ok();
+        Writer {
+            tx: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(thread),
+        }
+    }
+
+    pub fn send(&self, s: Save) {
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            let _ = tx.send(s);
+        }
+    }
+
+    /// Write whatever is queued, then stop.
+    pub fn finish(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn writer(path: PathBuf, loaded: Option<(Config, i64, u64)>, rx: std::sync::mpsc::Receiver<Save>) {
+    // The writer's own copy of what the files hold (documents shared with the proxy's), to
+    // compact from; `None` until a snapshot is written, when deltas cannot be recorded.
+    let mut held: Option<(Config, i64)> = None;
+    let (mut records, mut log_bytes, mut snapshot_bytes) = (0usize, 0u64, 0u64);
+    if let Some((config, version, size)) = loaded {
+        held = Some((config, version));
+        snapshot_bytes = size;
+        // A log already there counts towards compaction.
+        if let Ok(m) = std::fs::metadata(deltas_path(&path)) {
+            log_bytes = m.len();
+            records = COMPACT_RECORDS / 2;
+        }
+    }
+    let report = |r: Result<u64, CacheError>| match r {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::error!("cannot write the configuration cache: {e}");
+            None
+        }
+    };
+    while let Ok(s) = rx.recv() {
+        match s {
+            Save::Snapshot {
+                config,
+                version,
+                hash,
+            } => {
+                snapshot_bytes =
+                    report(write_snapshot(&path, &config, version, &hash)).unwrap_or(0);
+                (records, log_bytes) = (0, 0);
+                held = Some((config, version));
+            }
+            Save::Delta {
+                from,
+                version,
+                hash,
+                changes,
+            } => {
+                let Some((config, at)) = held.as_mut() else {
+                    continue;
+                };
+                if *at != from || config.apply(&changes).is_err() {
+                    // Not on top of what the files hold: nothing recorded until a snapshot.
+                    held = None;
+                    continue;
+                }
+                *at = version;
+                if records + 1 >= COMPACT_RECORDS || log_bytes > snapshot_bytes.max(COMPACT_FLOOR) {
+                    snapshot_bytes =
+                        report(write_snapshot(&path, config, version, &hash)).unwrap_or(0);
+                    (records, log_bytes) = (0, 0);
+                } else if let Some(n) = report(append(&path, from, version, &hash, &changes)) {
+                    records += 1;
+                    log_bytes += n;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: serde_json::Value) -> Arc<Doc> {
+        Arc::new(v.as_object().cloned().unwrap())
+    }
+
+    fn upsert(id: &str, host: &str) -> Change {
+        Change::Upsert {
+            entity: "services".into(),
+            doc: doc(json!({"id": id, "host": host})),
+        }
+    }
+
+    fn hash_of(c: &Config) -> String {
+        gantry_model::hash::hash_config(c).config
+    }
+
+    #[test]
+    fn a_snapshot_and_its_deltas_load_as_the_last_version_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.cache.json.gz");
+        assert!(read(&path).unwrap().is_none());
+        let mut config = Config::default();
+        config.apply(&[upsert("a", "a")]).unwrap();
+        let w = Writer::start(path.clone(), None);
+        w.send(Save::Snapshot {
+            config: config.clone(),
+            version: 1,
+            hash: hash_of(&config),
+        });
+        for (v, c) in [(2, upsert("b", "b")), (3, upsert("a", "a2"))] {
+            config.apply(std::slice::from_ref(&c)).unwrap();
+            w.send(Save::Delta {
+                from: v - 1,
+                version: v,
+                hash: hash_of(&config),
+                changes: Arc::new(vec![c]),
+            });
+        }
+        w.finish();
+        let l = read(&path).unwrap().unwrap();
+        assert_eq!((l.version, l.replayed, l.stopped), (3, 2, None));
+        assert_eq!(l.config, config);
+        assert_eq!(l.hash, hash_of(&config));
+        assert_eq!(l.digests, Digests::of(&config));
+
+        // A record cut short by a crash: the version before it loads.
+        let log = deltas_path(&path);
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::write(&log, &text[..text.len() - 10]).unwrap();
+        let l = read(&path).unwrap().unwrap();
+        assert_eq!((l.version, l.replayed), (2, 1));
+        assert!(l.stopped.unwrap().contains("record 2: unreadable"));
+
+        // A record whose content does not match its hash stops the replay.
+        let bad = text.replacen("\"a2\"", "\"zz\"", 1);
+        std::fs::write(&log, bad).unwrap();
+        let l = read(&path).unwrap().unwrap();
+        assert_eq!(l.version, 2);
+        assert!(l.stopped.unwrap().contains("the log is damaged"));
+
+        // A damaged snapshot is refused whole.
+        let mut other = config.clone();
+        other.apply(&[upsert("c", "c")]).unwrap();
+        write_snapshot(&path, &other, 9, &hash_of(&config)).unwrap();
+        assert!(!log.exists(), "a snapshot empties the log");
+        assert!(matches!(read(&path), Err(CacheError::Damaged { .. })));
+        std::fs::write(&path, b"junk").unwrap();
+        assert!(matches!(read(&path), Err(CacheError::Invalid { .. })));
+    }
+
+    #[test]
+    fn the_log_is_compacted_into_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json.gz");
+        let mut config = Config::default();
+        let w = Writer::start(path.clone(), None);
+        w.send(Save::Snapshot {
+            config: config.clone(),
+            version: 0,
+            hash: hash_of(&config),
+        });
+        let n = COMPACT_RECORDS as i64 + 10;
+        for v in 1..=n {
+            let c = upsert(&format!("s{v}"), "h");
+            config.apply(std::slice::from_ref(&c)).unwrap();
+            w.send(Save::Delta {
+                from: v - 1,
+                version: v,
+                hash: hash_of(&config),
+                changes: Arc::new(vec![c]),
+            });
+        }
+        w.finish();
+        let lines = std::fs::read_to_string(deltas_path(&path))
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        assert!(lines < COMPACT_RECORDS, "{lines} records left in the log");
+        let l = read(&path).unwrap().unwrap();
+        assert_eq!((l.version, l.stopped), (n, None));
+        assert_eq!(l.config, config);
+    }
+}
