@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use gantry_conf::ClusterSettings;
+use gantry_model::delta::Update;
 use gantry_model::hash::Digests;
 use gantry_model::Config;
 use tokio::sync::watch;
@@ -18,9 +19,8 @@ use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 
 /// Where a data plane's configuration goes: the proxy, or a test's recorder.
 pub trait ConfigSink: Send + Sync + 'static {
-    /// Run `config` (whose digests are `digests`); an error leaves the running configuration
-    /// in place.
-    fn apply(&self, config: &Config, version: i64, digests: &Digests) -> Result<(), String>;
+    /// Run the configuration of `update`; an error leaves the running one in place.
+    fn apply(&self, update: &Update<'_>) -> Result<(), String>;
 }
 
 /// Who this data plane is and where it keeps its cache.
@@ -119,7 +119,13 @@ impl DataPlane {
             hash,
             ..
         } = loaded;
-        if let Err(e) = self.sink.apply(&config, version, &digests) {
+        let update = Update {
+            config: &config,
+            digests: &digests,
+            version,
+            changes: None,
+        };
+        if let Err(e) = self.sink.apply(&update) {
             tracing::error!("the cached configuration does not load: {e}");
             return None;
         }
@@ -311,7 +317,7 @@ impl DataPlane {
                             config.sort();
                             local.digests = Digests::of(&config);
                             local.config = config;
-                            let r = self.install(local, version, &hash);
+                            let r = self.install(local, version, &hash, None);
                             self.state.send_modify(|st| st.last_apply = t.elapsed());
                             if r.is_ok() {
                                 self.save(cache::Save::Snapshot { config: local.config.clone(), version, hash: hash.clone() });
@@ -325,7 +331,7 @@ impl DataPlane {
                             } else {
                                 // All or none: on error nothing changed.
                                 match local.config.apply_tracked(&changes, &mut local.digests) {
-                                    Ok(()) => self.install(local, version, &hash),
+                                    Ok(()) => self.install(local, version, &hash, Some(&changes)),
                                     Err(e) => Err(e.to_string()),
                                 }
                             };
@@ -345,14 +351,25 @@ impl DataPlane {
     /// Check the local configuration (just changed) against `hash` and run it. On success it
     /// is the running one; on failure the running one stays and the local one is marked
     /// unknown (the next configuration must be a snapshot).
-    fn install(&self, local: &mut Local, version: i64, hash: &str) -> Result<(), String> {
+    fn install(
+        &self,
+        local: &mut Local,
+        version: i64,
+        hash: &str,
+        changes: Option<&[gantry_model::delta::Change]>,
+    ) -> Result<(), String> {
         let actual = local.digests.hashes().config;
         let r = if actual != hash {
             Err(format!(
                 "the configuration hashes to {actual}, the control plane announced {hash}"
             ))
         } else {
-            self.sink.apply(&local.config, version, &local.digests)
+            self.sink.apply(&Update {
+                config: &local.config,
+                digests: &local.digests,
+                version,
+                changes,
+            })
         };
         match r {
             Ok(()) => {

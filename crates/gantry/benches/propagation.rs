@@ -14,10 +14,15 @@
 //!    down, timed from exec until a `START_ROUTES` (10,000) route cache serves.
 
 use std::sync::{Arc, Mutex};
+
+/// The allocator the `gantry` binary runs with, so that the in-process data planes cost what
+/// a real one does.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use gantry_cluster::{ConfigSink, DataPlane, DpOptions, DpState};
-use gantry_model::hash::Digests;
+use gantry_model::delta::Update;
 use serde_json::{json, Value};
 
 fn envn(k: &str, d: usize) -> usize {
@@ -31,8 +36,8 @@ fn envn(k: &str, d: usize) -> usize {
 struct Stamp(Mutex<Vec<(i64, Instant)>>);
 
 impl ConfigSink for Stamp {
-    fn apply(&self, _: &gantry_model::Config, version: i64, _: &Digests) -> Result<(), String> {
-        self.0.lock().unwrap().push((version, Instant::now()));
+    fn apply(&self, u: &Update<'_>) -> Result<(), String> {
+        self.0.lock().unwrap().push((u.version, Instant::now()));
         Ok(())
     }
 }
@@ -40,8 +45,8 @@ impl ConfigSink for Stamp {
 struct ProxySink(Arc<gantry_proxy::Proxy>);
 
 impl ConfigSink for ProxySink {
-    fn apply(&self, c: &gantry_model::Config, v: i64, d: &Digests) -> Result<(), String> {
-        self.0.apply_digested(c, d, v).map_err(|e| e.to_string())
+    fn apply(&self, u: &Update<'_>) -> Result<(), String> {
+        self.0.apply_update(u).map_err(|e| e.to_string())
     }
 }
 
@@ -397,9 +402,8 @@ async fn big(
     http: &reqwest::Client,
     cert: &(String, String),
     dir: &std::path::Path,
-    name: &str,
+    (name, what): (&str, &str),
     yaml: &str,
-    what: &str,
     changes: usize,
     change: impl Fn(&str, usize) -> (reqwest::Method, String, Value),
 ) {
@@ -440,9 +444,11 @@ async fn big_config(
         http,
         cert,
         dir,
-        &format!("routes{routes}"),
+        (
+            &format!("routes{routes}"),
+            &format!("{routes} routes, one route changed"),
+        ),
         &yaml,
-        &format!("{routes} routes, one route changed"),
         changes,
         |admin, i| {
             (
@@ -474,9 +480,11 @@ async fn many_consumers(
         http,
         cert,
         dir,
-        &format!("consumers{consumers}"),
+        (
+            &format!("consumers{consumers}"),
+            &format!("{consumers} consumers, one consumer added"),
+        ),
         &yaml,
-        &format!("{consumers} consumers, one consumer added"),
         changes,
         |admin, i| {
             (

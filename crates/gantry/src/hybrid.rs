@@ -74,15 +74,8 @@ pub async fn start_control_plane(
 struct ProxySink(Arc<gantry_proxy::Proxy>);
 
 impl ConfigSink for ProxySink {
-    fn apply(
-        &self,
-        config: &gantry_model::Config,
-        version: i64,
-        digests: &gantry_model::hash::Digests,
-    ) -> Result<(), String> {
-        self.0
-            .apply_digested(config, digests, version)
-            .map_err(|e| e.to_string())
+    fn apply(&self, update: &gantry_model::delta::Update<'_>) -> Result<(), String> {
+        self.0.apply_update(update).map_err(|e| e.to_string())
     }
 }
 

@@ -766,16 +766,11 @@ struct Recorder {
 }
 
 impl gantry_cluster::ConfigSink for Recorder {
-    fn apply(
-        &self,
-        config: &gantry_model::Config,
-        version: i64,
-        _: &gantry_model::hash::Digests,
-    ) -> Result<(), String> {
+    fn apply(&self, u: &gantry_model::delta::Update<'_>) -> Result<(), String> {
         if self.refuse {
             return Err("this test's data plane refuses every configuration".into());
         }
-        self.got.lock().unwrap().push((version, config.clone()));
+        self.got.lock().unwrap().push((u.version, u.config.clone()));
         Ok(())
     }
 }

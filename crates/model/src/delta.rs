@@ -10,6 +10,16 @@ use serde_json::Value;
 use crate::hash::Digests;
 use crate::{Config, Doc};
 
+/// A configuration to run, as the planes hand it on: the whole configuration, its digests,
+/// its version and, when it was reached by a delta, the changes that led to it (so that the
+/// proxy patches what they touched instead of rebuilding).
+pub struct Update<'a> {
+    pub config: &'a Config,
+    pub digests: &'a Digests,
+    pub version: i64,
+    pub changes: Option<&'a [Change]>,
+}
+
 /// One entity changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

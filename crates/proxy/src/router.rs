@@ -98,9 +98,15 @@ struct TrieNode {
     ranks: Vec<u32>,
 }
 
+/// A route's document (shared with the configuration) and the matchers compiled from it.
+type Compiled = (Arc<Doc>, Arc<[Arc<Matcher>]>);
+
 /// A compiled router: immutable, shared by every request of one snapshot.
 pub struct Router {
-    matchers: Vec<Matcher>,
+    matchers: Vec<Arc<Matcher>>,
+    /// Each route's document (shared with the configuration) and its matchers, in id order:
+    /// the next router reuses the matchers of every document that did not change.
+    compiled: Vec<Compiled>,
     trie: Vec<TrieNode>,
     by_host: crate::FastMap<String, Vec<u32>>,
     /// Ranks of matchers that are candidates for every request (regex paths; no paths and no plain host).
@@ -229,6 +235,7 @@ impl Router {
     pub fn empty() -> Router {
         Router {
             matchers: Vec::new(),
+            compiled: Vec::new(),
             trie: vec![TrieNode::default()],
             by_host: Default::default(),
             always: Vec::new(),
@@ -239,130 +246,47 @@ impl Router {
     pub fn build<'a>(routes: impl IntoIterator<Item = &'a Doc>) -> Result<Router, RouteError> {
         let mut matchers = Vec::new();
         for d in routes {
-            let id = d
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let err = |field: &'static str, reason: String| RouteError {
-                id: id.clone(),
-                field,
-                reason,
-            };
-            let protocols = strs(d, "protocols");
-            if !protocols
-                .iter()
-                .any(|p| matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
-            {
-                continue; // stream routes (tcp, tls, udp) are not HTTP
-            }
-            let route = Arc::new(Route {
-                id: id.clone(),
-                name: d.get("name").and_then(Value::as_str).map(str::to_string),
-                service_id: d
-                    .get("service")
-                    .and_then(|s| s.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
-                protocols,
-                strip_path: d.get("strip_path").and_then(Value::as_bool).unwrap_or(true),
-                preserve_host: d
-                    .get("preserve_host")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-                https_redirect_status_code: d
-                    .get("https_redirect_status_code")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(426) as u16,
-            });
-            let methods = strs(d, "methods");
-            let hosts_raw = d
-                .get("hosts")
-                .and_then(Value::as_array)
-                .map(|_| strs(d, "hosts"));
-            let snis = strs(d, "snis");
-            let mut headers = Vec::new();
-            if let Some(Value::Object(h)) = d.get("headers") {
-                for (name, vals) in h {
-                    let mut ms = Vec::new();
-                    for v in vals
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_str)
-                    {
-                        ms.push(match v.strip_prefix("~*") {
-                            Some(re) => ValueMatch::Regex(
-                                Regex::new(&format!("(?i){re}"))
-                                    .map_err(|e| err("headers", e.to_string()))?,
-                            ),
-                            None => ValueMatch::Exact(v.to_ascii_lowercase()),
-                        });
-                    }
-                    headers.push((name.to_ascii_lowercase(), ms));
-                }
-            }
-            let regex_priority = d.get("regex_priority").and_then(Value::as_i64).unwrap_or(0);
-            let groups = {
-                let paths = strs(d, "paths");
-                if paths.is_empty() {
-                    vec![vec![]]
-                } else {
-                    group_paths(paths)
-                }
-            };
-            let split = groups.len() > 1;
-            for (gi, group) in groups.into_iter().enumerate() {
-                let prio = priority(
-                    !methods.is_empty(),
-                    hosts_raw.as_deref(),
-                    headers.len(),
-                    !snis.is_empty(),
-                    &group,
-                    regex_priority,
-                );
-                let mut paths = Vec::new();
-                for p in &group {
-                    paths.push(match p.strip_prefix('~') {
-                        Some(re) => PathMatch::Regex(
-                            Regex::new(&format!("^(?:{re})"))
-                                .map_err(|e| err("paths", e.to_string()))?,
-                        ),
-                        None => PathMatch::Prefix(p.clone()),
-                    });
-                }
-                let mid = if split {
-                    format!("{id}#{gi}")
-                } else {
-                    id.clone()
-                };
-                matchers.push(Matcher {
-                    route: route.clone(),
-                    priority: prio,
-                    id: mid,
-                    methods: methods.clone(),
-                    hosts: hosts_raw.iter().flatten().map(|h| host_match(h)).collect(),
-                    paths,
-                    headers: headers
-                        .iter()
-                        .map(|(n, v)| (n.clone(), v.iter().map(clone_value).collect()))
-                        .collect(),
-                    snis: snis
-                        .iter()
-                        .map(|s| host_match(s.trim_end_matches('.')))
-                        .collect(),
-                });
-            }
+            matchers.extend(compile(d)?);
         }
+        Ok(Router::assemble(matchers, Vec::new()))
+    }
+
+    /// Build the router of `routes` (in id order, as a configuration holds them), compiling
+    /// only the documents that are not `previous`'s: an unchanged route keeps its compiled
+    /// matchers (regexes included), and what remains is ranking and indexing.
+    pub fn rebuild(routes: &[Arc<Doc>], previous: Option<&Router>) -> Result<Router, RouteError> {
+        let old = previous.map(|p| p.compiled.as_slice()).unwrap_or(&[]);
+        fn id(d: &Doc) -> &str {
+            d.get("id").and_then(Value::as_str).unwrap_or_default()
+        }
+        let (mut i, mut compiled, mut matchers) = (0, Vec::with_capacity(routes.len()), Vec::new());
+        for d in routes {
+            let rid = id(d);
+            while i < old.len() && id(&old[i].0) < rid {
+                i += 1;
+            }
+            let ms: Arc<[Arc<Matcher>]> = match old.get(i) {
+                Some((od, ms)) if Arc::ptr_eq(od, d) => ms.clone(),
+                _ => compile(d)?.into(),
+            };
+            matchers.extend(ms.iter().cloned());
+            compiled.push((d.clone(), ms));
+        }
+        Ok(Router::assemble(matchers, compiled))
+    }
+
+    /// Rank matchers and index them.
+    fn assemble(mut matchers: Vec<Arc<Matcher>>, compiled: Vec<Compiled>) -> Router {
         matchers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| b.id.cmp(&a.id)));
         let mut router = Router {
             matchers,
+            compiled,
             ..Router::empty()
         };
         for rank in 0..router.matchers.len() {
             router.index(rank as u32);
         }
-        Ok(router)
+        router
     }
 
     fn index(&mut self, rank: u32) {
@@ -528,6 +452,125 @@ impl Router {
         }
         None
     }
+}
+
+/// Compile one route into its matchers (none for a stream route).
+fn compile(d: &Doc) -> Result<Vec<Arc<Matcher>>, RouteError> {
+    let mut matchers = Vec::new();
+    let id = d
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let err = |field: &'static str, reason: String| RouteError {
+        id: id.clone(),
+        field,
+        reason,
+    };
+    let protocols = strs(d, "protocols");
+    if !protocols
+        .iter()
+        .any(|p| matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
+    {
+        return Ok(Vec::new()); // stream routes (tcp, tls, udp) are not HTTP
+    }
+    let route = Arc::new(Route {
+        id: id.clone(),
+        name: d.get("name").and_then(Value::as_str).map(str::to_string),
+        service_id: d
+            .get("service")
+            .and_then(|s| s.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        protocols,
+        strip_path: d.get("strip_path").and_then(Value::as_bool).unwrap_or(true),
+        preserve_host: d
+            .get("preserve_host")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        https_redirect_status_code: d
+            .get("https_redirect_status_code")
+            .and_then(Value::as_u64)
+            .unwrap_or(426) as u16,
+    });
+    let methods = strs(d, "methods");
+    let hosts_raw = d
+        .get("hosts")
+        .and_then(Value::as_array)
+        .map(|_| strs(d, "hosts"));
+    let snis = strs(d, "snis");
+    let mut headers = Vec::new();
+    if let Some(Value::Object(h)) = d.get("headers") {
+        for (name, vals) in h {
+            let mut ms = Vec::new();
+            for v in vals
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                ms.push(match v.strip_prefix("~*") {
+                    Some(re) => ValueMatch::Regex(
+                        Regex::new(&format!("(?i){re}"))
+                            .map_err(|e| err("headers", e.to_string()))?,
+                    ),
+                    None => ValueMatch::Exact(v.to_ascii_lowercase()),
+                });
+            }
+            headers.push((name.to_ascii_lowercase(), ms));
+        }
+    }
+    let regex_priority = d.get("regex_priority").and_then(Value::as_i64).unwrap_or(0);
+    let groups = {
+        let paths = strs(d, "paths");
+        if paths.is_empty() {
+            vec![vec![]]
+        } else {
+            group_paths(paths)
+        }
+    };
+    let split = groups.len() > 1;
+    for (gi, group) in groups.into_iter().enumerate() {
+        let prio = priority(
+            !methods.is_empty(),
+            hosts_raw.as_deref(),
+            headers.len(),
+            !snis.is_empty(),
+            &group,
+            regex_priority,
+        );
+        let mut paths = Vec::new();
+        for p in &group {
+            paths.push(match p.strip_prefix('~') {
+                Some(re) => PathMatch::Regex(
+                    Regex::new(&format!("^(?:{re})")).map_err(|e| err("paths", e.to_string()))?,
+                ),
+                None => PathMatch::Prefix(p.clone()),
+            });
+        }
+        let mid = if split {
+            format!("{id}#{gi}")
+        } else {
+            id.clone()
+        };
+        matchers.push(Arc::new(Matcher {
+            route: route.clone(),
+            priority: prio,
+            id: mid,
+            methods: methods.clone(),
+            hosts: hosts_raw.iter().flatten().map(|h| host_match(h)).collect(),
+            paths,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.iter().map(clone_value).collect()))
+                .collect(),
+            snis: snis
+                .iter()
+                .map(|s| host_match(s.trim_end_matches('.')))
+                .collect(),
+        }));
+    }
+    Ok(matchers)
 }
 
 /// The literal text every match of a path regex (compiled as `^(?:...)`) starts with, if any.
@@ -748,6 +791,54 @@ mod tests {
         assert_eq!(lp("/a|/b"), None);
         assert_eq!(lp(".*"), None);
         assert_eq!(lp("(?i)/x"), None);
+    }
+
+    /// A rebuild compiles only the routes whose documents changed, and routes as a build
+    /// from scratch does.
+    #[test]
+    fn a_rebuild_reuses_what_did_not_change() {
+        let docs: Vec<Arc<Doc>> = (0..50)
+            .map(|i| Arc::new(route(i + 1, json!({"paths": [format!("/svc/{i}")]}))))
+            .collect();
+        let first = Router::rebuild(&docs, None).unwrap();
+        let mut next = docs.clone();
+        next[7] = Arc::new(route(8, json!({"paths": ["/moved"]})));
+        next.remove(3);
+        next.push(Arc::new(route(99, json!({"paths": ["~/re/\\d+$"]}))));
+        let second = Router::rebuild(&next, Some(&first)).unwrap();
+        let shared = |a: &Router, b: &Router, k: usize| {
+            let (x, y) = (&a.compiled, &b.compiled);
+            let find = |v: &[Compiled], id: &str| {
+                v.iter()
+                    .find(|(d, _)| d["id"] == id)
+                    .map(|(_, m)| m.clone())
+            };
+            let id = x[k].0["id"].as_str().unwrap().to_string();
+            match (find(x, &id), find(y, &id)) {
+                (Some(m1), Some(m2)) => Arc::ptr_eq(&m1, &m2),
+                _ => false,
+            }
+        };
+        assert!(shared(&first, &second, 0));
+        assert!(shared(&first, &second, 20));
+        assert!(
+            !shared(&first, &second, 7),
+            "a changed route is compiled again"
+        );
+        let scratch = Router::build(next.iter().map(|d| &**d)).unwrap();
+        for (path, want) in [
+            ("/svc/1", Some("/svc/1")),
+            ("/svc/3", None),
+            ("/svc/7", None),
+            ("/moved/x", Some("/moved")),
+            ("/re/12", Some("/re/12")),
+        ] {
+            let a = find(&second, "GET", "h", path, &[]).map(|m| m.1);
+            let b = find(&scratch, "GET", "h", path, &[]).map(|m| m.1);
+            assert_eq!(a.as_deref(), want, "{path}");
+            assert_eq!(a, b, "{path}");
+        }
+        assert_eq!(second.len(), scratch.len());
     }
 
     #[test]

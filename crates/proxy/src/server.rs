@@ -529,26 +529,19 @@ impl Proxy {
 
     /// Build a snapshot from `config` aside and publish it. On error the running one stays.
     pub fn apply(&self, config: &gantry_model::Config, version: i64) -> Result<(), SnapshotError> {
-        self.apply_digested(config, &gantry_model::hash::Digests::of(config), version)
+        self.apply_update(&gantry_model::delta::Update {
+            config,
+            digests: &gantry_model::hash::Digests::of(config),
+            version,
+            changes: None,
+        })
     }
 
     /// [`Proxy::apply`] for a configuration whose digests are known (a data plane keeps them
-    /// change by change).
-    pub fn apply_digested(
-        &self,
-        config: &gantry_model::Config,
-        digests: &gantry_model::hash::Digests,
-        version: i64,
-    ) -> Result<(), SnapshotError> {
+    /// change by change), and the changes that led to it when a delta did.
+    pub fn apply_update(&self, u: &gantry_model::delta::Update<'_>) -> Result<(), SnapshotError> {
         let prev = self.snapshot.load();
-        let next = Snapshot::build(
-            config,
-            digests,
-            version,
-            Some(&prev),
-            self.registry(),
-            &self.shared,
-        )?;
+        let next = Snapshot::build(u, Some(&prev), self.registry(), &self.shared)?;
         self.snapshot.store(Arc::new(next));
         self.stats.ready.store(true, Ordering::Relaxed);
         self.reconcile_probes();

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use gantry_model::delta::Update;
 use gantry_model::hash::{ConfigHashes, Digests};
 use gantry_model::{Config, Doc};
 use serde_json::Value;
@@ -137,17 +138,19 @@ impl Snapshot {
     /// are taken from `previous`: a consumer added rebuilds the consumer index alone, a route
     /// changed the router alone.
     pub fn build(
-        config: &Config,
-        digests: &Digests,
-        version: i64,
+        u: &Update<'_>,
         previous: Option<&Snapshot>,
         registry: &Registry,
         shared: &Shared,
     ) -> Result<Snapshot, SnapshotError> {
+        let (config, digests, version) = (u.config, u.digests, u.version);
         let unchanged = |types: &[&str]| previous.filter(|p| p.digests.same(digests, types));
         let router = match unchanged(ROUTER) {
             Some(p) => p.router.clone(),
-            None => Arc::new(Router::build(docs(config, "routes").iter().map(|d| &**d))?),
+            None => Arc::new(Router::rebuild(
+                docs(config, "routes"),
+                previous.map(|p| &*p.router),
+            )?),
         };
         let services = match unchanged(SERVICES) {
             Some(p) => p.services.clone(),
@@ -197,9 +200,10 @@ impl Snapshot {
         let identity_types: Vec<&str> = std::iter::once("consumers")
             .chain(registry.credential_kinds().into_iter().map(|k| k.entity))
             .collect();
-        let identities = match unchanged(&identity_types) {
-            Some(p) => p.identities.clone(),
-            None => Arc::new(Identities::build(config, registry)),
+        let identities = match (unchanged(&identity_types), previous, u.changes) {
+            (Some(p), _, _) => p.identities.clone(),
+            (None, Some(p), Some(changes)) => Arc::new(p.identities.patch(changes, registry)),
+            _ => Arc::new(Identities::build(config, registry)),
         };
         let certs = match unchanged(CERTS) {
             Some(p) => p.certs.clone(),

@@ -170,7 +170,7 @@ impl KeyAuth {
         let outcome = match &found {
             None => Err("No API key found in request"),
             Some((key, _)) => match ctx.identities.credential(&KEYAUTH_CREDENTIALS, key) {
-                Some(c) => Ok((c.consumer.clone(), c.id.clone())),
+                Some(c) => Ok((c.consumer.clone(), c.credential.id.clone())),
                 None => Err("Invalid authentication credentials"),
             },
         };

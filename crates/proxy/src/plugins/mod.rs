@@ -27,6 +27,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
+use gantry_model::delta::Change;
 use gantry_model::plugins::{Catalog, CompileError, Enabled, PluginSchema};
 use gantry_model::{Config, Doc};
 use http_body_util::{BodyExt, Full};
@@ -99,71 +100,139 @@ pub struct CredentialKind {
 #[derive(Debug)]
 pub struct Credential {
     pub id: String,
-    /// The consumer it belongs to (always present in the index: a credential of an unknown
-    /// consumer is left out).
-    pub consumer: Arc<Consumer>,
+    /// The id of the consumer it belongs to (a credential is found only while its consumer
+    /// is in the index).
+    pub consumer_id: String,
     /// The whole stored document (secrets, algorithms, ... as the plugin needs them), shared
     /// with the configuration.
     pub doc: Arc<Doc>,
 }
 
+/// A credential found, with its consumer.
+pub struct Found<'a> {
+    pub credential: &'a Arc<Credential>,
+    pub consumer: &'a Arc<Consumer>,
+}
+
+/// A persistent map: a copy costs O(1) and a change O(log n), so that the index of a new
+/// configuration is the last one patched with what changed.
+type PMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// Consumers and their credentials, indexed for authentication plugins: every plugin of the
 /// registry names the credential kinds it reads ([`Descriptor::credentials`]), and each is
-/// indexed by its identifying field once per configuration.
-#[derive(Default)]
+/// indexed by its identifying field. A new configuration patches the index with the
+/// consumers and credentials that changed ([`Identities::patch`]).
+#[derive(Clone, Default)]
 pub struct Identities {
-    pub consumers: crate::FastMap<String, Arc<Consumer>>,
-    by_username: crate::FastMap<String, Arc<Consumer>>,
+    consumers: PMap<String, Arc<Consumer>>,
+    by_username: PMap<String, Arc<Consumer>>,
     /// By credential entity, then by identifying value.
-    credentials: crate::FastMap<&'static str, crate::FastMap<String, Arc<Credential>>>,
+    credentials: crate::FastMap<&'static str, PMap<String, Arc<Credential>>>,
+    /// Credential id to its entity and identifying value, to remove or replace it by id.
+    keys: PMap<String, (&'static str, String)>,
 }
 
 impl Identities {
+    /// The index of a whole configuration.
     pub fn build(config: &Config, registry: &Registry) -> Identities {
-        let docs = |k: &str| config.docs(k);
-        let s = |d: &Doc, k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-        let consumers: crate::FastMap<String, Arc<Consumer>> = docs("consumers")
-            .iter()
-            .filter_map(|d| {
-                let id = s(d, "id")?;
-                Some((
-                    id.clone(),
-                    Arc::new(Consumer::new(id, s(d, "username"), s(d, "custom_id"))),
-                ))
-            })
-            .collect();
-        let mut credentials: crate::FastMap<_, crate::FastMap<_, _>> = Default::default();
+        let mut ids = Identities::default();
+        for d in config.docs("consumers") {
+            ids.put_consumer(d);
+        }
         for kind in registry.credential_kinds() {
-            let index = credentials.entry(kind.entity).or_default();
-            for d in docs(kind.entity) {
-                let found = (|| {
-                    let consumer = consumers.get(ref_id(d, "consumer")?)?.clone();
-                    let credential = Credential {
-                        id: s(d, "id")?,
-                        consumer,
-                        doc: d.clone(),
-                    };
-                    Some((s(d, kind.key)?, Arc::new(credential)))
-                })();
-                if let Some((key, c)) = found {
-                    index.insert(key, c);
+            ids.credentials.entry(kind.entity).or_default();
+            for d in config.docs(kind.entity) {
+                ids.put_credential(kind, d);
+            }
+        }
+        ids
+    }
+
+    /// This index with `changes` applied: the cost of the changes, not of the index.
+    pub fn patch(&self, changes: &[Change], registry: &Registry) -> Identities {
+        let mut ids = self.clone();
+        let kinds = registry.credential_kinds();
+        for c in changes {
+            let entity = c.entity();
+            if entity == "consumers" {
+                match c {
+                    Change::Upsert { doc, .. } => ids.put_consumer(doc),
+                    Change::Delete { id, .. } => ids.remove_consumer(id),
+                }
+            } else if let Some(kind) = kinds.iter().find(|k| k.entity == entity) {
+                match c {
+                    Change::Upsert { doc, .. } => ids.put_credential(*kind, doc),
+                    Change::Delete { id, .. } => ids.remove_credential(id),
                 }
             }
         }
-        let by_username = consumers
-            .values()
-            .filter_map(|c| Some((c.username.clone()?, c.clone())))
-            .collect();
-        Identities {
-            consumers,
-            by_username,
-            credentials,
+        ids
+    }
+
+    fn put_consumer(&mut self, d: &Doc) {
+        let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+        let Some(id) = s("id") else {
+            return;
+        };
+        self.remove_consumer(&id);
+        let c = Arc::new(Consumer::new(id.clone(), s("username"), s("custom_id")));
+        if let Some(u) = &c.username {
+            self.by_username.insert(u.clone(), c.clone());
+        }
+        self.consumers.insert(id, c);
+    }
+
+    fn remove_consumer(&mut self, id: &str) {
+        if let Some(old) = self.consumers.remove(id) {
+            if let Some(u) = &old.username {
+                if self.by_username.get(u).is_some_and(|c| c.id == old.id) {
+                    self.by_username.remove(u);
+                }
+            }
         }
     }
 
-    /// The credential of `kind` whose identifying field is `key`.
-    pub fn credential(&self, kind: &CredentialKind, key: &str) -> Option<&Arc<Credential>> {
-        self.credentials.get(kind.entity)?.get(key)
+    fn put_credential(&mut self, kind: CredentialKind, d: &Arc<Doc>) {
+        let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
+        let (Some(id), Some(key), Some(consumer_id)) = (
+            s("id"),
+            s(kind.key),
+            ref_id(d, "consumer").map(str::to_string),
+        ) else {
+            return;
+        };
+        self.remove_credential(&id);
+        let c = Arc::new(Credential {
+            id: id.clone(),
+            consumer_id,
+            doc: d.clone(),
+        });
+        self.credentials
+            .entry(kind.entity)
+            .or_default()
+            .insert(key.clone(), c);
+        self.keys.insert(id, (kind.entity, key));
+    }
+
+    fn remove_credential(&mut self, id: &str) {
+        if let Some((entity, key)) = self.keys.remove(id) {
+            if let Some(index) = self.credentials.get_mut(entity) {
+                if index.get(&key).is_some_and(|c| c.id == id) {
+                    index.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// The credential of `kind` whose identifying field is `key`, with its consumer.
+    pub fn credential(&self, kind: &CredentialKind, key: &str) -> Option<Found<'_>> {
+        let credential = self.credentials.get(kind.entity)?.get(key)?;
+        let consumer = self.consumers.get(&credential.consumer_id)?;
+        Some(Found {
+            credential,
+            consumer,
+        })
     }
 
     /// A consumer by id or username (the `anonymous` setting accepts both).
@@ -172,6 +241,11 @@ impl Identities {
             .get(key)
             .or_else(|| self.by_username.get(key))
             .cloned()
+    }
+
+    /// The number of consumers indexed.
+    pub fn consumers(&self) -> usize {
+        self.consumers.len()
     }
 }
 
@@ -927,14 +1001,79 @@ mod tests {
         let ids = Identities::build(&config, &Registry::default());
         let c = ids.credential(&kind, "alice-key").expect("indexed");
         assert_eq!(
-            (c.id.as_str(), c.consumer.username.as_deref()),
+            (c.credential.id.as_str(), c.consumer.username.as_deref()),
             ("k1", Some("alice"))
         );
-        assert_eq!(c.doc["key"], "alice-key");
+        assert_eq!(c.credential.doc["key"], "alice-key");
         assert!(ids.credential(&kind, "orphan").is_none());
         let without = Identities::build(&config, &Registry::from_setting("cors").unwrap());
         assert!(without.credential(&kind, "alice-key").is_none());
         assert!(without.find("alice").is_some());
+    }
+
+    /// A patched index answers as one built from the whole configuration would.
+    #[test]
+    fn the_credential_index_is_patched_by_changes() {
+        let d = |v: Value| Arc::new(doc(v));
+        let mut config = Config::default();
+        let first = [
+            Change::Upsert {
+                entity: "consumers".into(),
+                doc: d(json!({"id": "c1", "username": "alice"})),
+            },
+            Change::Upsert {
+                entity: "keyauth_credentials".into(),
+                doc: d(json!({"id": "k1", "key": "one", "consumer": {"id": "c1"}})),
+            },
+        ];
+        config.apply(&first).unwrap();
+        let reg = Registry::default();
+        let kind = key_auth::DESCRIPTOR.credentials[0];
+        let base = Identities::build(&config, &reg);
+        let changes = [
+            // alice is renamed, her key replaced; bob arrives with a key; then bob leaves.
+            Change::Upsert {
+                entity: "consumers".into(),
+                doc: d(json!({"id": "c1", "username": "alicia"})),
+            },
+            Change::Upsert {
+                entity: "keyauth_credentials".into(),
+                doc: d(json!({"id": "k1", "key": "two", "consumer": {"id": "c1"}})),
+            },
+            Change::Upsert {
+                entity: "consumers".into(),
+                doc: d(json!({"id": "c2", "username": "bob"})),
+            },
+            Change::Upsert {
+                entity: "keyauth_credentials".into(),
+                doc: d(json!({"id": "k2", "key": "bobs", "consumer": {"id": "c2"}})),
+            },
+            Change::Delete {
+                entity: "consumers".into(),
+                id: "c2".into(),
+            },
+        ];
+        config.apply(&changes).unwrap();
+        let patched = base.patch(&changes, &reg);
+        let whole = Identities::build(&config, &reg);
+        for ids in [&patched, &whole] {
+            assert!(ids.credential(&kind, "one").is_none());
+            let c = ids.credential(&kind, "two").expect("the new key");
+            assert_eq!(c.consumer.username.as_deref(), Some("alicia"));
+            assert!(
+                ids.credential(&kind, "bobs").is_none(),
+                "its consumer is gone"
+            );
+            assert!(ids.find("alice").is_none());
+            assert_eq!(
+                ids.find("alicia").map(|c| c.id.clone()).as_deref(),
+                Some("c1")
+            );
+            assert!(ids.find("bob").is_none());
+            assert_eq!(ids.consumers(), 1);
+        }
+        // The index patched is a new value: the old one is unchanged.
+        assert!(base.credential(&kind, "one").is_some());
     }
 
     /// State handed to builds is one value per type, the same for every later configuration.
