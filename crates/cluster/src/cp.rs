@@ -14,7 +14,8 @@ use gantry_model::delta::{collapse, Change};
 use gantry_model::hash::{hash_config, Digests};
 use gantry_model::plugins::Catalog;
 use gantry_model::{unix_now, Config, Doc};
-use gantry_store::{RegistryWrite, Store, StoreDelta};
+use gantry_store::feed::{Feed, Step as FeedStep};
+use gantry_store::{RegistryWrite, Store};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -25,10 +26,6 @@ use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 /// How many single-version steps a control plane keeps to bring a data plane up to date with
 /// deltas; a data plane further behind gets a snapshot.
 const RING: usize = 512;
-/// Versions of change log kept (pruned every minute by control planes).
-pub const CHANGE_LOG_KEEP: i64 = 100_000;
-/// Change-log entries read at most in one catch-up; more and the tracker re-exports.
-const DELTA_LIMIT: usize = 20_000;
 
 /// One version step: the changes from `from` to `to`.
 struct Step {
@@ -45,8 +42,6 @@ pub struct Published {
     pub version: i64,
     pub hash: String,
     config: Arc<Config>,
-    /// `config`'s digests, which the next version updates change by change.
-    digests: Digests,
     plugins: BTreeSet<String>,
     steps: Arc<VecDeque<Arc<Step>>>,
     snapshot: OnceLock<Arc<proto::Frame>>,
@@ -57,15 +52,27 @@ pub struct Published {
 
 impl Published {
     /// A version read whole from the store: no steps lead to it.
-    fn whole(config: Config, version: i64) -> Published {
-        let digests = Digests::of(&config);
+    fn whole(feed: &Feed) -> Published {
+        Published::at(feed, Arc::new(VecDeque::new()))
+    }
+
+    /// The feed's version, reached by `steps`.
+    fn at(feed: &Feed, steps: Arc<VecDeque<Arc<Step>>>) -> Published {
+        Published::new(feed.config().clone(), feed.digests(), feed.version(), steps)
+    }
+
+    fn new(
+        config: Arc<Config>,
+        digests: &Digests,
+        version: i64,
+        steps: Arc<VecDeque<Arc<Step>>>,
+    ) -> Published {
         Published {
             version,
             hash: digests.hashes().config,
-            digests,
             plugins: configured_plugins(&config),
-            config: Arc::new(config),
-            steps: Arc::new(VecDeque::new()),
+            config,
+            steps,
             snapshot: OnceLock::new(),
             stripped: Default::default(),
         }
@@ -224,8 +231,8 @@ impl ControlPlane {
         plugins: Catalog,
     ) -> Result<Arc<ControlPlane>, crate::ClusterError> {
         let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&settings)?);
-        let (config, version) = store.export().await?;
-        let (published, _) = watch::channel(Arc::new(Published::whole(config, version)));
+        let feed = Feed::start(&store).await?;
+        let (published, _) = watch::channel(Arc::new(Published::whole(&feed)));
         let cp = Arc::new(ControlPlane {
             registry: Registry::start(store.clone()),
             store,
@@ -236,7 +243,7 @@ impl ControlPlane {
             plugins,
             stats: Stats::default(),
         });
-        tokio::spawn(cp.clone().track(versions, shutdown.clone()));
+        tokio::spawn(cp.clone().track(feed, versions, shutdown.clone()));
         tokio::spawn(cp.clone().purge(shutdown));
         Ok(cp)
     }
@@ -293,6 +300,7 @@ impl ControlPlane {
 
     async fn track(
         self: Arc<Self>,
+        mut feed: Feed,
         mut versions: watch::Receiver<i64>,
         mut stop: watch::Receiver<bool>,
     ) {
@@ -310,50 +318,34 @@ impl ControlPlane {
                 _ = tokio::time::sleep(poll) => {}
                 _ = crate::stopped(&mut stop) => return,
             }
-            if let Err(e) = self.catch_up().await {
+            if let Err(e) = self.catch_up(&mut feed).await {
                 tracing::error!(error = %e, "cannot read configuration changes from the store");
             }
         }
     }
 
-    async fn catch_up(&self) -> Result<(), crate::ClusterError> {
-        let cur = self.current();
-        let next = match self.store.delta_since(cur.version, DELTA_LIMIT).await? {
-            StoreDelta::Unchanged => return Ok(()),
-            StoreDelta::Changes { to, changes } => {
-                // A copy of the document pointers, not of the documents; the digests are
-                // updated for the entities that changed alone.
-                let mut config = (*cur.config).clone();
-                let mut digests = cur.digests.clone();
-                config
-                    .apply_tracked(&changes, &mut digests)
-                    .map_err(|e| crate::ClusterError::Store(e.to_string()))?;
-                let mut steps = (*cur.steps).clone();
+    async fn catch_up(&self, feed: &mut Feed) -> Result<(), crate::ClusterError> {
+        let next = match feed.next(&self.store).await? {
+            FeedStep::Unchanged => return Ok(()),
+            FeedStep::Changes {
+                from,
+                from_hash,
+                changes,
+            } => {
+                let mut steps = (*self.current().steps).clone();
                 steps.push_back(Arc::new(Step {
-                    from: cur.version,
-                    from_hash: cur.hash.clone(),
-                    to,
-                    changes: Arc::new(changes),
+                    from,
+                    from_hash,
+                    to: feed.version(),
+                    changes,
                     frame: OnceLock::new(),
                 }));
                 while steps.len() > RING {
                     steps.pop_front();
                 }
-                Published {
-                    version: to,
-                    hash: digests.hashes().config,
-                    digests,
-                    plugins: configured_plugins(&config),
-                    config: Arc::new(config),
-                    steps: Arc::new(steps),
-                    snapshot: OnceLock::new(),
-                    stripped: Default::default(),
-                }
+                Published::at(feed, Arc::new(steps))
             }
-            StoreDelta::Reset => {
-                let (config, version) = self.store.export().await?;
-                Published::whole(config, version)
-            }
+            FeedStep::Whole { .. } => Published::whole(feed),
         };
         tracing::debug!(version = next.version, hash = %next.hash, "configuration published to data planes");
         self.published.send_replace(Arc::new(next));
@@ -368,7 +360,7 @@ impl ControlPlane {
             }
             // The change log needs to reach back only as far as a lagging reader; one further
             // behind reads the configuration whole.
-            if let Err(e) = self.store.prune_changes(CHANGE_LOG_KEEP).await {
+            if let Err(e) = Feed::prune(&self.store).await {
                 tracing::warn!(error = %e, "cannot prune the change log");
             }
             let before = unix_now() - self.settings.purge_delay.as_secs() as i64;
@@ -945,7 +937,8 @@ mod tests {
         let mut config = Config::default();
         let cors = json!({"id": "p1", "name": "cors", "config": {"origins": ["*"], "allow_origin_absent": true}});
         config.push("plugins", cors.as_object().cloned().unwrap());
-        let p = Published::whole(config, 3);
+        let digests = Digests::of(&config);
+        let p = Published::new(Arc::new(config), &digests, 3, Default::default());
         let plugins = gantry_testkit::bundled_plugins();
         let (a, ha) = p.stripped_frame(Version(0, 1, 0), &plugins);
         let (b, hb) = p.stripped_frame(Version(0, 1, 0), &plugins);

@@ -331,7 +331,7 @@ impl DataPlane {
                             } else {
                                 // All or none: on error nothing changed.
                                 match local.config.apply_tracked(&changes, &mut local.digests) {
-                                    Ok(()) => self.install(local, version, &hash, Some(&changes)),
+                                    Ok(()) => self.install(local, version, &hash, Some((from, &changes))),
                                     Err(e) => Err(e.to_string()),
                                 }
                             };
@@ -356,7 +356,7 @@ impl DataPlane {
         local: &mut Local,
         version: i64,
         hash: &str,
-        changes: Option<&[gantry_model::delta::Change]>,
+        changes: Option<(i64, &[gantry_model::delta::Change])>,
     ) -> Result<(), String> {
         let actual = local.digests.hashes().config;
         let r = if actual != hash {

@@ -406,24 +406,26 @@ async fn start_proxy(
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let proxy = new_proxy(settings)?;
     proxy.set_log_sinks(access_log(settings)?);
-    let (config, version) = store.export().await?;
+    // The change feed: each write costs the proxy what it changed, not an export.
+    let mut feed = gantry_store::feed::Feed::start(&store).await?;
     proxy
-        .apply(&config, version)
+        .apply_update(&gantry_model::delta::Update {
+            config: feed.config(),
+            digests: feed.digests(),
+            version: feed.version(),
+            changes: None,
+        })
         .context("the stored configuration does not load")?;
     let tasks = serve_proxy(settings, &proxy, &shutdown).await?;
     let mut stop = shutdown.clone();
     tokio::spawn(async move {
-        let mut applied = version;
         let mut pruned = std::time::Instant::now();
         loop {
             // Nothing reads this node's change log but a control plane sharing its database:
             // keep what one would need.
             if pruned.elapsed() > std::time::Duration::from_secs(600) {
                 pruned = std::time::Instant::now();
-                if let Err(e) = store
-                    .prune_changes(gantry_cluster::cp::CHANGE_LOG_KEEP)
-                    .await
-                {
+                if let Err(e) = gantry_store::feed::Feed::prune(&store).await {
                     tracing::warn!(error = %e, "cannot prune the change log");
                 }
             }
@@ -433,24 +435,29 @@ async fn start_proxy(
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = gantry_cluster::stopped(&mut stop) => return,
             }
-            let Ok(v) = store.version().await else {
-                continue;
+            let changes = match feed.next(&store).await {
+                Ok(gantry_store::feed::Step::Unchanged) => continue,
+                Ok(gantry_store::feed::Step::Changes { from, changes, .. }) => {
+                    Some((from, changes))
+                }
+                Ok(gantry_store::feed::Step::Whole { .. }) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the configuration");
+                    continue;
+                }
             };
-            if v <= applied {
-                continue;
-            }
-            match store.export().await {
-                Ok((config, v)) => match proxy.apply(&config, v) {
-                    Ok(()) => {
-                        applied = v;
-                        tracing::info!(version = v, "proxy configuration updated");
-                    }
-                    Err(e) => {
-                        applied = v;
-                        tracing::error!(version = v, error = %e, "configuration refused; the running one stays");
-                    }
-                },
-                Err(e) => tracing::error!(error = %e, "cannot read the configuration"),
+            let v = feed.version();
+            let update = gantry_model::delta::Update {
+                config: feed.config(),
+                digests: feed.digests(),
+                version: v,
+                changes: changes.as_ref().map(|(from, c)| (*from, c.as_slice())),
+            };
+            match proxy.apply_update(&update) {
+                Ok(()) => tracing::info!(version = v, "proxy configuration updated"),
+                Err(e) => {
+                    tracing::error!(version = v, error = %e, "configuration refused; the running one stays")
+                }
             }
         }
     });

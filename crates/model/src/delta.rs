@@ -11,13 +11,14 @@ use crate::hash::Digests;
 use crate::{Config, Doc};
 
 /// A configuration to run, as the planes hand it on: the whole configuration, its digests,
-/// its version and, when it was reached by a delta, the changes that led to it (so that the
-/// proxy patches what they touched instead of rebuilding).
+/// its version and, when it was reached by a delta, the version the delta started from and
+/// its changes (so that a proxy running that version patches what they touched instead of
+/// rebuilding).
 pub struct Update<'a> {
     pub config: &'a Config,
     pub digests: &'a Digests,
     pub version: i64,
-    pub changes: Option<&'a [Change]>,
+    pub changes: Option<(i64, &'a [Change])>,
 }
 
 /// One entity changed.

@@ -202,7 +202,10 @@ impl Snapshot {
             .collect();
         let identities = match (unchanged(&identity_types), previous, u.changes) {
             (Some(p), _, _) => p.identities.clone(),
-            (None, Some(p), Some(changes)) => Arc::new(p.identities.patch(changes, registry)),
+            // The changes lead from the version running: patch its index.
+            (None, Some(p), Some((from, changes))) if p.version == from => {
+                Arc::new(p.identities.patch(changes, registry))
+            }
             _ => Arc::new(Identities::build(config, registry)),
         };
         let certs = match unchanged(CERTS) {

@@ -12,6 +12,7 @@ mod analytics;
 mod bulk;
 mod cluster;
 mod error;
+pub mod feed;
 mod migrate;
 mod read;
 mod write;

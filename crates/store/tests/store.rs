@@ -354,6 +354,48 @@ async fn deltas_replay_to_the_exported_configuration() {
     }
 }
 
+/// The change feed keeps a configuration, its digests and its hash equal to a fresh export's,
+/// and says what each step brought.
+#[tokio::test]
+async fn the_change_feed_follows_the_store() {
+    use gantry_store::feed::{Feed, Step};
+    for t in all_stores().await {
+        let st = &t.store;
+        let mut feed = Feed::start(st).await.unwrap();
+        assert_eq!(feed.next(st).await.unwrap(), Step::Unchanged);
+        let start = (feed.version(), feed.hash().to_string());
+        let (ss, svc) = doc("services", json!({"name": "s", "host": "a.example"}));
+        let (cs, consumer) = doc("consumers", json!({"username": "u"}));
+        st.write(vec![Op::Insert(ss, svc.clone()), Op::Insert(cs, consumer)])
+            .await
+            .unwrap();
+        let mut svc2 = svc.clone();
+        svc2.insert("host".into(), json!("b.example"));
+        st.write(vec![Op::Upsert(ss, svc2)]).await.unwrap();
+        match feed.next(st).await.unwrap() {
+            Step::Changes {
+                from,
+                from_hash,
+                changes,
+            } => {
+                assert_eq!((from, from_hash), start, "{}", t.name);
+                assert_eq!(changes.len(), 2, "{}", t.name);
+            }
+            other => panic!("{}: {other:?}", t.name),
+        }
+        let (now, v) = st.export().await.unwrap();
+        assert_eq!(feed.version(), v, "{}", t.name);
+        assert_eq!(**feed.config(), now, "{}", t.name);
+        assert_eq!(feed.hash(), hash_config(&now).config, "{}", t.name);
+        assert_eq!(*feed.digests(), gantry_model::hash::Digests::of(&now));
+        // A replace is read whole.
+        st.replace(&gantry_model::Config::default()).await.unwrap();
+        assert!(matches!(feed.next(st).await.unwrap(), Step::Whole { .. }));
+        assert!(feed.config().is_empty(), "{}", t.name);
+        assert_eq!(feed.hash(), gantry_model::hash::EMPTY_HASH);
+    }
+}
+
 #[tokio::test]
 async fn the_data_plane_registry_is_kept_apart_from_the_config() {
     for t in all_stores().await {

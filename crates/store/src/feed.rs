@@ -1,0 +1,114 @@
+//! The change feed: the store's configuration followed version by version, change by change.
+//! A traditional node's proxy and a control plane's publisher both follow one, so neither
+//! exports the store on a write: each step reads the change log after the version held (one
+//! statement), applies it to a copy of the document pointers and updates the digests of the
+//! entities it touched. A replace, or a log pruned past the version held, costs one export.
+//! Pruning the change log is the feed's too.
+
+use std::sync::Arc;
+
+use gantry_model::delta::Change;
+use gantry_model::hash::Digests;
+use gantry_model::Config;
+
+use crate::{Store, StoreDelta, StoreError};
+
+/// Changes read in one step at most; a longer log is read as a whole export.
+pub const DELTA_LIMIT: usize = 20_000;
+
+/// Versions of change log kept when pruning: a follower further behind reads the
+/// configuration whole.
+pub const CHANGE_LOG_KEEP: i64 = 100_000;
+
+/// What a step of the feed brought.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Nothing new.
+    Unchanged,
+    /// These changes (one per entity) lead from version `from` to the feed's version.
+    Changes {
+        from: i64,
+        from_hash: String,
+        changes: Arc<Vec<Change>>,
+    },
+    /// The configuration was read whole (a replace, or the log was pruned past `from`).
+    Whole { from: i64 },
+}
+
+/// A configuration kept at the store's latest version.
+pub struct Feed {
+    config: Arc<Config>,
+    digests: Digests,
+    hash: String,
+    version: i64,
+}
+
+impl Feed {
+    /// Start from the store's configuration now (one export).
+    pub async fn start(store: &Store) -> Result<Feed, StoreError> {
+        let (config, version) = store.export().await?;
+        let digests = Digests::of(&config);
+        Ok(Feed {
+            hash: digests.hashes().config,
+            digests,
+            config: Arc::new(config),
+            version,
+        })
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn digests(&self) -> &Digests {
+        &self.digests
+    }
+
+    pub fn version(&self) -> i64 {
+        self.version
+    }
+
+    /// The configuration hash at [`Feed::version`].
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Catch up with the store.
+    pub async fn next(&mut self, store: &Store) -> Result<Step, StoreError> {
+        let from = self.version;
+        match store.delta_since(from, DELTA_LIMIT).await? {
+            StoreDelta::Unchanged => Ok(Step::Unchanged),
+            StoreDelta::Changes { to, changes } => {
+                // A copy of the document pointers, not of the documents.
+                let mut config = (*self.config).clone();
+                let mut digests = self.digests.clone();
+                config
+                    .apply_tracked(&changes, &mut digests)
+                    .map_err(|e| StoreError::Corrupt {
+                        entity: "changes".into(),
+                        id: to.to_string(),
+                        reason: e.to_string(),
+                    })?;
+                let from_hash = std::mem::replace(&mut self.hash, digests.hashes().config);
+                (self.config, self.digests, self.version) = (Arc::new(config), digests, to);
+                Ok(Step::Changes {
+                    from,
+                    from_hash,
+                    changes: Arc::new(changes),
+                })
+            }
+            StoreDelta::Reset => {
+                let (config, version) = store.export().await?;
+                self.digests = Digests::of(&config);
+                self.hash = self.digests.hashes().config;
+                (self.config, self.version) = (Arc::new(config), version);
+                Ok(Step::Whole { from })
+            }
+        }
+    }
+
+    /// Drop the change log older than [`CHANGE_LOG_KEEP`] versions.
+    pub async fn prune(store: &Store) -> Result<u64, StoreError> {
+        store.prune_changes(CHANGE_LOG_KEEP).await
+    }
+}
