@@ -6,8 +6,8 @@
 //!    pairs and over "the last data plane" per change.
 //! 2. One route changed among `ROUTES` (1,000, 10,000 and 100,000) routes, `BIG_CHANGES` (50)
 //!    times, then one consumer added among `CONSUMERS` (50,000) with key-auth credentials: from
-//!    the Admin API's answer until one data plane running the real proxy engine serves it (p50,
-//!    p99), its apply time, and the bytes sent.
+//!    the Admin API's answer until a data plane process (the real binary) serves it (p50, p99),
+//!    its apply time (its `/status`), the bytes sent, and its RSS.
 //! 3. `HOLD` (1,000) connected data planes on one control plane: its RSS and CPU.
 //! 4. Data plane processes: RSS and peak with `MEM_SERVICES` (5,000) services of one route
 //!    (paths and hosts) and with `MEM_ROUTES` (100,000) routes; a restart with the control plane
@@ -39,14 +39,6 @@ impl ConfigSink for Stamp {
     fn apply(&self, u: &Update<'_>) -> Result<(), String> {
         self.0.lock().unwrap().push((u.version, Instant::now()));
         Ok(())
-    }
-}
-
-struct ProxySink(Arc<gantry_proxy::Proxy>);
-
-impl ConfigSink for ProxySink {
-    fn apply(&self, u: &Update<'_>) -> Result<(), String> {
-        self.0.apply_update(u).map_err(|e| e.to_string())
     }
 }
 
@@ -350,39 +342,11 @@ fn routes_yaml(services: usize, per: usize, hosts: bool, upstream: &str) -> Stri
     yaml
 }
 
-/// What one kind of change costs, repeated `n` times on a data plane running the real proxy.
+/// What one kind of change costs, repeated on a data plane process.
 struct Costs {
     bytes: Vec<f64>,
     apply: Vec<f64>,
     end_to_end: Vec<f64>,
-}
-
-async fn measure(
-    http: &reqwest::Client,
-    state: &mut State,
-    n: usize,
-    change: impl Fn(usize) -> (reqwest::Method, String, Value),
-) -> Costs {
-    let mut c = Costs {
-        bytes: vec![],
-        apply: vec![],
-        end_to_end: vec![],
-    };
-    for i in 0..n {
-        let before = state.borrow().clone();
-        let (m, url, body) = change(i);
-        send(http, m, url, body).await;
-        let answered = Instant::now();
-        let v = before.version;
-        state.wait_for(|s| s.version > v).await.unwrap();
-        c.end_to_end.push(answered.elapsed().as_secs_f64() * 1000.0);
-        let after = state.borrow().clone();
-        c.bytes
-            .push((after.bytes_received - before.bytes_received) as f64);
-        c.apply.push(after.last_apply.as_secs_f64() * 1000.0);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    c
 }
 
 fn report(what: &str, mut c: Costs) {
@@ -397,7 +361,30 @@ fn report(what: &str, mut c: Costs) {
     );
 }
 
-/// A control plane holding `yaml`, and one in-process data plane running the real proxy on it.
+/// A data plane process's `cluster` status: (config version, last apply in ms, bytes received).
+async fn dp_status(http: &reqwest::Client, status: u16) -> Option<(i64, f64, f64)> {
+    let v: Value = http
+        .get(format!("http://127.0.0.1:{status}/status"))
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let c = &v["cluster"];
+    Some((
+        c["config_version"].as_i64()?,
+        c["last_apply_ms"].as_f64()?,
+        c["bytes_received"].as_f64()?,
+    ))
+}
+
+/// A control plane holding `yaml`, and one data plane process on it (the real binary: its
+/// allocator, runtime and proxy); `changes` changes made through the Admin API, each timed
+/// from the answer until the data plane reports the new version, then `check` (a request the
+/// change makes answer, if any) passes.
+#[allow(clippy::too_many_arguments)]
 async fn big(
     http: &reqwest::Client,
     cert: &(String, String),
@@ -406,29 +393,63 @@ async fn big(
     yaml: &str,
     changes: usize,
     change: impl Fn(&str, usize) -> (reqwest::Method, String, Value),
+    check: impl Fn(usize) -> Option<(String, String)>,
 ) {
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let prefix = dir.join(name);
     import(dir, &prefix, yaml);
     let cp = start_cp(&prefix, cert);
-    let proxy = gantry_proxy::Proxy::new();
-    let (d, mut state) = dp(&cp.cluster, cert, Arc::new(ProxySink(proxy.clone())));
-    spawn_dp(d, &stop);
+    let dp_prefix = dir.join(format!("{name}-dp"));
+    std::fs::create_dir_all(&dp_prefix).unwrap();
+    let (port, status) = (free_port(), free_port());
     let t = Instant::now();
-    state.wait_for(|s| s.loaded).await.unwrap();
-    let first = state.borrow().clone();
+    let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port, Some(status));
+    let first = loop {
+        if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > 0) {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "the data plane never loaded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     println!(
-        "{what}: first snapshot {:.1} KiB on the wire, applied in {:.1} ms, {:.0} ms from connect",
-        first.bytes_received as f64 / 1024.0,
-        first.last_apply.as_secs_f64() * 1000.0,
+        "{what}: first snapshot {:.1} KiB on the wire, applied in {:.1} ms, {:.0} ms from exec",
+        first.2 / 1024.0,
+        first.1,
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let admin = cp.admin.clone();
-    let costs = measure(http, &mut state, changes, |i| change(&admin, i)).await;
-    report(what, costs);
-    let _ = stop_tx.send(true);
+    let mut c = Costs {
+        bytes: vec![],
+        apply: vec![],
+        end_to_end: vec![],
+    };
+    let mut at = first;
+    for i in 0..changes {
+        let (m, url, body) = change(&cp.admin, i);
+        send(http, m, url, body).await;
+        let answered = Instant::now();
+        let now = loop {
+            if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > at.0) {
+                break s;
+            }
+            assert!(answered.elapsed() < Duration::from_secs(60), "change {i} never arrived");
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        if let Some((host, path)) = check(i) {
+            while probe(http, port, &host, &path).await == Some(404) {
+                tokio::time::sleep(Duration::from_micros(500)).await;
+            }
+        }
+        c.end_to_end
+            .push(answered.elapsed().as_secs_f64() * 1000.0);
+        c.apply.push(now.1);
+        c.bytes.push(now.2 - at.2);
+        at = now;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (rss, peak) = memory(child.0.id());
+    report(what, c);
+    println!("{what}: data plane RSS {rss:.1} MiB, peak {peak:.1} MiB");
+    drop(child);
     drop(cp);
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 /// 2. One route changed among `routes`.
@@ -440,6 +461,7 @@ async fn big_config(
     changes: usize,
 ) {
     let yaml = routes_yaml(routes.div_ceil(10), 10, false, "http://127.0.0.1:9");
+    // The proxy answers 502 for these routes (nothing listens upstream): not 404 means served.
     big(
         http,
         cert,
@@ -457,6 +479,7 @@ async fn big_config(
                 json!({"paths": [format!("/changed{i}")]}),
             )
         },
+        |i| Some(("localhost".to_string(), format!("/changed{i}"))),
     )
     .await;
 }
@@ -493,6 +516,7 @@ async fn many_consumers(
                 json!({"username": format!("new{i}")}),
             )
         },
+        |_| None,
     )
     .await;
 }
@@ -534,6 +558,7 @@ fn start_dp_process(
     cp: &str,
     cert: &(String, String),
     port: u16,
+    status: Option<u16>,
 ) -> Child {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"));
     for (k, _) in std::env::vars() {
@@ -551,7 +576,10 @@ fn start_dp_process(
             .env("KONG_PROXY_ACCESS_LOG", "off")
             .env("KONG_CLUSTER_CONTROL_PLANE", cp)
             .env("KONG_PROXY_LISTEN", format!("127.0.0.1:{port}"))
-            .env("KONG_STATUS_LISTEN", "off")
+            .env(
+                "KONG_STATUS_LISTEN",
+                status.map_or("off".into(), |s| format!("127.0.0.1:{s}")),
+            )
             .env("KONG_CLUSTER_CERT", &cert.0)
             .env("KONG_CLUSTER_CERT_KEY", &cert.1)
             .stderr(std::process::Stdio::null())
@@ -614,7 +642,7 @@ async fn dp_processes(
         let last = (svcs - 1, per - 1);
         let host = format!("h{}.example.com", last.0);
         let path = format!("/s{}/r{}", last.0, last.1);
-        let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port);
+        let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port, None);
         let t = Instant::now();
         while probe(http, port, &host, &path).await != Some(200) {
             assert!(
@@ -647,7 +675,7 @@ async fn dp_processes(
         for _ in 0..5 {
             let port = free_port();
             let t = Instant::now();
-            let child = start_dp_process(&dp_prefix, &dead_cp, cert, port);
+            let child = start_dp_process(&dp_prefix, &dead_cp, cert, port, None);
             while probe(http, port, &host, &path).await != Some(200) {
                 assert!(
                     t.elapsed() < Duration::from_secs(60),

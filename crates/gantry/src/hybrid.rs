@@ -216,6 +216,13 @@ impl gantry_proxy::MetricsSource for DpMetrics {
         for (name, kind, help, v) in all {
             gantry_model::prometheus(m, name, kind, help, &[("", v as f64)]);
         }
+        gantry_model::prometheus(
+            m,
+            "gantry_config_last_apply_seconds",
+            "gauge",
+            "How long the last configuration took to apply: delta, hash check and proxy snapshot.",
+            &[("", st.last_apply.as_secs_f64())],
+        );
     }
 
     fn status(&self, out: &mut serde_json::Map<String, serde_json::Value>) {
@@ -228,6 +235,7 @@ impl gantry_proxy::MetricsSource for DpMetrics {
                 "config_version": st.version,
                 "config_hash": st.hash,
                 "bytes_received": st.bytes_received,
+                "last_apply_ms": st.last_apply.as_secs_f64() * 1000.0,
             }),
         );
         if let Some(c) = &self.collector {
