@@ -407,7 +407,10 @@ async fn big(
         if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > 0) {
             break s;
         }
-        assert!(t.elapsed() < Duration::from_secs(600), "the data plane never loaded");
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "the data plane never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     println!(
@@ -430,7 +433,10 @@ async fn big(
             if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > at.0) {
                 break s;
             }
-            assert!(answered.elapsed() < Duration::from_secs(60), "change {i} never arrived");
+            assert!(
+                answered.elapsed() < Duration::from_secs(60),
+                "change {i} never arrived"
+            );
             tokio::time::sleep(Duration::from_micros(500)).await;
         };
         if let Some((host, path)) = check(i) {
@@ -438,8 +444,7 @@ async fn big(
                 tokio::time::sleep(Duration::from_micros(500)).await;
             }
         }
-        c.end_to_end
-            .push(answered.elapsed().as_secs_f64() * 1000.0);
+        c.end_to_end.push(answered.elapsed().as_secs_f64() * 1000.0);
         c.apply.push(now.1);
         c.bytes.push(now.2 - at.2);
         at = now;

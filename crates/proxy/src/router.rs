@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use gantry_model::delta::Change;
 use gantry_model::Doc;
 use regex::Regex;
 use serde_json::Value;
@@ -92,25 +93,123 @@ pub struct Matched<'r> {
     pub captures: Vec<(String, String)>,
 }
 
-#[derive(Default)]
-struct TrieNode {
-    children: Vec<(u8, u32)>,
-    ranks: Vec<u32>,
+/// A node of the path trie: the matchers whose path prefix ends here, and the children by
+/// next byte. Nodes are shared between routers: a change copies the nodes on the paths it
+/// touches ([`Arc::make_mut`]), the rest stay where they are.
+#[derive(Clone, Default)]
+struct Node {
+    children: Vec<(u8, Arc<Node>)>,
+    here: Vec<Arc<Matcher>>,
 }
 
-/// A route's document (shared with the configuration) and the matchers compiled from it.
-type Compiled = (Arc<Doc>, Arc<[Arc<Matcher>]>);
+/// A persistent map (a copy is O(1), a change O(log n)).
+type PMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
-/// A compiled router: immutable, shared by every request of one snapshot.
+/// A compiled router: immutable, shared by every request of one snapshot. The next
+/// configuration's router is this one patched with the routes that changed
+/// ([`Router::patch`]): what it costs is what changed, not the number of routes.
+#[derive(Clone)]
 pub struct Router {
-    matchers: Vec<Arc<Matcher>>,
-    /// Each route's document (shared with the configuration) and its matchers, in id order:
-    /// the next router reuses the matchers of every document that did not change.
-    compiled: Vec<Compiled>,
-    trie: Vec<TrieNode>,
-    by_host: crate::FastMap<String, Vec<u32>>,
-    /// Ranks of matchers that are candidates for every request (regex paths; no paths and no plain host).
-    always: Vec<u32>,
+    /// Prefix paths (and regex paths' literal beginnings), byte by byte.
+    root: Arc<Node>,
+    /// Matchers without paths whose hosts are all plain, by host.
+    by_host: PMap<String, Vec<Arc<Matcher>>>,
+    /// Candidates for every request: regex paths without a literal beginning; no paths and
+    /// no plain host.
+    always: Arc<Vec<Arc<Matcher>>>,
+    /// Each route's matchers, by route id.
+    routes: PMap<String, Arc<[Arc<Matcher>]>>,
+    len: usize,
+}
+
+/// Kong's order: the higher priority first; equal priorities, the greater id first.
+fn rank(a: &Matcher, b: &Matcher) -> std::cmp::Ordering {
+    b.priority.cmp(&a.priority).then_with(|| b.id.cmp(&a.id))
+}
+
+/// Where a matcher is indexed.
+struct Places {
+    prefixes: Vec<String>,
+    hosts: Vec<String>,
+    always: bool,
+}
+
+fn places(m: &Matcher) -> Places {
+    // Every path indexed by the literal text a matching request path must start with: the
+    // prefix itself, or a regex's literal beginning. A regex without one is always a candidate.
+    let prefixes: Vec<String> = m
+        .paths
+        .iter()
+        .filter_map(|p| match p {
+            PathMatch::Prefix(s) => Some(s.clone()),
+            PathMatch::Regex(re) => literal_prefix(re.as_str()),
+        })
+        .collect();
+    if m.paths.is_empty() {
+        let exact: Option<Vec<String>> = (!m.hosts.is_empty())
+            .then(|| {
+                m.hosts
+                    .iter()
+                    .map(|h| match h {
+                        HostMatch::Exact { host, .. } => Some(host.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .flatten();
+        return match exact {
+            Some(hosts) => Places {
+                prefixes: vec![],
+                hosts,
+                always: false,
+            },
+            None => Places {
+                prefixes: vec![],
+                hosts: vec![],
+                always: true,
+            },
+        };
+    }
+    Places {
+        always: prefixes.len() < m.paths.len(),
+        prefixes,
+        hosts: vec![],
+    }
+}
+
+fn trie_insert(mut node: &mut Arc<Node>, key: &[u8], m: &Arc<Matcher>) {
+    for &b in key {
+        let n = Arc::make_mut(node);
+        let i = match n.children.iter().position(|(c, _)| *c == b) {
+            Some(i) => i,
+            None => {
+                n.children.push((b, Arc::new(Node::default())));
+                n.children.len() - 1
+            }
+        };
+        node = &mut n.children[i].1;
+    }
+    let n = Arc::make_mut(node);
+    if !n.here.iter().any(|x| Arc::ptr_eq(x, m)) {
+        n.here.push(m.clone());
+    }
+}
+
+/// Remove `m` at `key`; true when the node is left empty (its parent drops it).
+fn trie_remove(node: &mut Arc<Node>, key: &[u8], m: &Arc<Matcher>) -> bool {
+    let n = Arc::make_mut(node);
+    match key.split_first() {
+        None => n.here.retain(|x| !Arc::ptr_eq(x, m)),
+        Some((b, rest)) => {
+            if let Some(i) = n.children.iter().position(|(c, _)| c == b) {
+                if trie_remove(&mut n.children[i].1, rest, m) {
+                    n.children.swap_remove(i);
+                }
+            }
+        }
+    }
+    n.here.is_empty() && n.children.is_empty()
 }
 
 /// A route that cannot be compiled (a header regex the regex engine refuses, say). Writes
@@ -234,153 +333,120 @@ impl Router {
     /// A router with no routes: every request misses.
     pub fn empty() -> Router {
         Router {
-            matchers: Vec::new(),
-            compiled: Vec::new(),
-            trie: vec![TrieNode::default()],
+            root: Arc::new(Node::default()),
             by_host: Default::default(),
-            always: Vec::new(),
+            always: Arc::new(Vec::new()),
+            routes: Default::default(),
+            len: 0,
         }
     }
 
     /// Compile routes (documents as stored) into a router.
     pub fn build<'a>(routes: impl IntoIterator<Item = &'a Doc>) -> Result<Router, RouteError> {
-        let mut matchers = Vec::new();
+        let mut r = Router::empty();
         for d in routes {
-            matchers.extend(compile(d)?);
+            r.put(d)?;
         }
-        Ok(Router::assemble(matchers, Vec::new()))
+        Ok(r)
     }
 
-    /// Build the router of `routes` (in id order, as a configuration holds them), compiling
-    /// only the documents that are not `previous`'s: an unchanged route keeps its compiled
-    /// matchers (regexes included), and what remains is ranking and indexing.
-    pub fn rebuild(routes: &[Arc<Doc>], previous: Option<&Router>) -> Result<Router, RouteError> {
-        let old = previous.map(|p| p.compiled.as_slice()).unwrap_or(&[]);
-        fn id(d: &Doc) -> &str {
-            d.get("id").and_then(Value::as_str).unwrap_or_default()
-        }
-        let (mut i, mut compiled, mut matchers) = (0, Vec::with_capacity(routes.len()), Vec::new());
-        for d in routes {
-            let rid = id(d);
-            while i < old.len() && id(&old[i].0) < rid {
-                i += 1;
+    /// This router with `changes` (of any entities; the routes' count) applied. A route that
+    /// does not compile fails the whole patch; this router is unchanged.
+    pub fn patch(&self, changes: &[Change]) -> Result<Router, RouteError> {
+        let mut r = self.clone();
+        for c in changes.iter().filter(|c| c.entity() == "routes") {
+            match c {
+                Change::Upsert { doc, .. } => r.put(doc)?,
+                Change::Delete { id, .. } => r.remove(id),
             }
-            let ms: Arc<[Arc<Matcher>]> = match old.get(i) {
-                Some((od, ms)) if Arc::ptr_eq(od, d) => ms.clone(),
-                _ => compile(d)?.into(),
-            };
-            matchers.extend(ms.iter().cloned());
-            compiled.push((d.clone(), ms));
         }
-        Ok(Router::assemble(matchers, compiled))
+        Ok(r)
     }
 
-    /// Rank matchers and index them.
-    fn assemble(mut matchers: Vec<Arc<Matcher>>, compiled: Vec<Compiled>) -> Router {
-        matchers.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| b.id.cmp(&a.id)));
-        let mut router = Router {
-            matchers,
-            compiled,
-            ..Router::empty()
+    /// Compile and index one route, in place of the one with its id.
+    fn put(&mut self, d: &Doc) -> Result<(), RouteError> {
+        let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
+        let matchers: Arc<[Arc<Matcher>]> = compile(d)?.into();
+        self.remove(id);
+        for m in matchers.iter() {
+            let p = places(m);
+            for prefix in &p.prefixes {
+                trie_insert(&mut self.root, prefix.as_bytes(), m);
+            }
+            for h in p.hosts {
+                let mut v = self.by_host.get(&h).cloned().unwrap_or_default();
+                v.push(m.clone());
+                self.by_host.insert(h, v);
+            }
+            if p.always {
+                Arc::make_mut(&mut self.always).push(m.clone());
+            }
+        }
+        self.len += matchers.len();
+        self.routes.insert(id.to_string(), matchers);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &str) {
+        let Some(matchers) = self.routes.remove(id) else {
+            return;
         };
-        for rank in 0..router.matchers.len() {
-            router.index(rank as u32);
-        }
-        router
-    }
-
-    fn index(&mut self, rank: u32) {
-        let m = &self.matchers[rank as usize];
-        // Every path indexed by the literal text a matching request path must start with: the
-        // prefix itself, or a regex's literal beginning. A regex without one is always a candidate.
-        let prefixes: Vec<String> = m
-            .paths
-            .iter()
-            .filter_map(|p| match p {
-                PathMatch::Prefix(s) => Some(s.clone()),
-                PathMatch::Regex(re) => literal_prefix(re.as_str()),
-            })
-            .collect();
-        if m.paths.is_empty() {
-            let exact: Option<Vec<String>> = (!m.hosts.is_empty())
-                .then(|| {
-                    m.hosts
-                        .iter()
-                        .map(|h| match h {
-                            HostMatch::Exact { host, .. } => Some(host.clone()),
-                            _ => None,
-                        })
-                        .collect()
-                })
-                .flatten();
-            match exact {
-                Some(hosts) => {
-                    for h in hosts {
-                        self.by_host.entry(h).or_default().push(rank);
+        for m in matchers.iter() {
+            let p = places(m);
+            for prefix in &p.prefixes {
+                trie_remove(&mut self.root, prefix.as_bytes(), m);
+            }
+            for h in p.hosts {
+                if let Some(v) = self.by_host.get(&h) {
+                    let v: Vec<_> = v.iter().filter(|x| !Arc::ptr_eq(x, m)).cloned().collect();
+                    if v.is_empty() {
+                        self.by_host.remove(&h);
+                    } else {
+                        self.by_host.insert(h, v);
                     }
                 }
-                None => self.always.push(rank),
             }
-            return;
-        }
-        if prefixes.len() < m.paths.len() {
-            self.always.push(rank);
-        }
-        for p in prefixes {
-            let mut node = 0usize;
-            for b in p.bytes() {
-                node = match self.trie[node].children.iter().find(|(c, _)| *c == b) {
-                    Some((_, n)) => *n as usize,
-                    None => {
-                        self.trie.push(TrieNode::default());
-                        let n = (self.trie.len() - 1) as u32;
-                        self.trie[node].children.push((b, n));
-                        n as usize
-                    }
-                };
-            }
-            if !self.trie[node].ranks.contains(&rank) {
-                self.trie[node].ranks.push(rank);
+            if p.always {
+                Arc::make_mut(&mut self.always).retain(|x| !Arc::ptr_eq(x, m));
             }
         }
+        self.len -= matchers.len();
     }
 
     /// The number of routes compiled (after splitting).
     pub fn len(&self) -> usize {
-        self.matchers.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.matchers.is_empty()
+        self.len == 0
     }
 
     /// Find the route for a request.
     pub fn find(&self, req: &RequestInfo<'_>) -> Option<Matched<'_>> {
-        let mut cands: Vec<u32> = Vec::with_capacity(8);
-        let mut node = 0usize;
-        cands.extend_from_slice(&self.trie[0].ranks);
+        let mut cands: Vec<&Arc<Matcher>> = Vec::with_capacity(8);
+        let mut node = &*self.root;
+        cands.extend(node.here.iter());
         for b in req.path.bytes() {
-            match self.trie[node].children.iter().find(|(c, _)| *c == b) {
+            match node.children.iter().find(|(c, _)| *c == b) {
                 Some((_, n)) => {
-                    node = *n as usize;
-                    cands.extend_from_slice(&self.trie[node].ranks);
+                    node = n;
+                    cands.extend(node.here.iter());
                 }
                 None => break,
             }
         }
         if let Some(v) = self.by_host.get(req.host) {
-            cands.extend_from_slice(v);
+            cands.extend(v.iter());
         } else if req.host.bytes().any(|b| b.is_ascii_uppercase()) {
             if let Some(v) = self.by_host.get(&req.host.to_ascii_lowercase()) {
-                cands.extend_from_slice(v);
+                cands.extend(v.iter());
             }
         }
-        cands.extend_from_slice(&self.always);
-        cands.sort_unstable();
-        cands.dedup();
-        cands
-            .into_iter()
-            .find_map(|r| self.check(&self.matchers[r as usize], req))
+        cands.extend(self.always.iter());
+        cands.sort_unstable_by(|a, b| rank(a, b));
+        cands.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        cands.into_iter().find_map(|m| self.check(m, req))
     }
 
     fn check<'r>(&'r self, m: &'r Matcher, req: &RequestInfo<'_>) -> Option<Matched<'r>> {
@@ -619,6 +685,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn doc_of(v: Value) -> Doc {
+        v.as_object().cloned().unwrap()
+    }
+
     fn route(id: u32, v: Value) -> Doc {
         let mut d = v.as_object().cloned().unwrap();
         d.insert(
@@ -793,52 +863,66 @@ mod tests {
         assert_eq!(lp("(?i)/x"), None);
     }
 
-    /// A rebuild compiles only the routes whose documents changed, and routes as a build
-    /// from scratch does.
+    /// A patched router routes as one built from scratch, and the router it was patched
+    /// from still routes as before.
     #[test]
-    fn a_rebuild_reuses_what_did_not_change() {
-        let docs: Vec<Arc<Doc>> = (0..50)
-            .map(|i| Arc::new(route(i + 1, json!({"paths": [format!("/svc/{i}")]}))))
+    fn a_patched_router_routes_as_a_built_one() {
+        let docs: Vec<Doc> = (0..50)
+            .map(|i| route(i + 1, json!({"paths": [format!("/svc/{i}")]})))
             .collect();
-        let first = Router::rebuild(&docs, None).unwrap();
-        let mut next = docs.clone();
-        next[7] = Arc::new(route(8, json!({"paths": ["/moved"]})));
-        next.remove(3);
-        next.push(Arc::new(route(99, json!({"paths": ["~/re/\\d+$"]}))));
-        let second = Router::rebuild(&next, Some(&first)).unwrap();
-        let shared = |a: &Router, b: &Router, k: usize| {
-            let (x, y) = (&a.compiled, &b.compiled);
-            let find = |v: &[Compiled], id: &str| {
-                v.iter()
-                    .find(|(d, _)| d["id"] == id)
-                    .map(|(_, m)| m.clone())
-            };
-            let id = x[k].0["id"].as_str().unwrap().to_string();
-            match (find(x, &id), find(y, &id)) {
-                (Some(m1), Some(m2)) => Arc::ptr_eq(&m1, &m2),
-                _ => false,
-            }
+        let first = Router::build(&docs).unwrap();
+        let up = |d: Doc| Change::Upsert {
+            entity: "routes".into(),
+            doc: Arc::new(d),
         };
-        assert!(shared(&first, &second, 0));
-        assert!(shared(&first, &second, 20));
-        assert!(
-            !shared(&first, &second, 7),
-            "a changed route is compiled again"
-        );
-        let scratch = Router::build(next.iter().map(|d| &**d)).unwrap();
-        for (path, want) in [
-            ("/svc/1", Some("/svc/1")),
-            ("/svc/3", None),
-            ("/svc/7", None),
-            ("/moved/x", Some("/moved")),
-            ("/re/12", Some("/re/12")),
+        let changes = vec![
+            up(route(8, json!({"paths": ["/moved"]}))),
+            Change::Delete {
+                entity: "routes".into(),
+                id: docs[3]["id"].as_str().unwrap().into(),
+            },
+            up(route(99, json!({"paths": ["~/re/\\d+$"]}))),
+            up(route(100, json!({"hosts": ["only.example"]}))),
+            up(route(101, json!({"paths": ["/svc/1"], "methods": ["GET"]}))),
+            Change::Upsert {
+                entity: "services".into(),
+                doc: Arc::new(doc_of(json!({"id": "s"}))),
+            },
+        ];
+        let second = first.patch(&changes).unwrap();
+        let mut all: Vec<Doc> = docs.clone();
+        all[7] = route(8, json!({"paths": ["/moved"]}));
+        all.remove(3);
+        all.push(route(99, json!({"paths": ["~/re/\\d+$"]})));
+        all.push(route(100, json!({"hosts": ["only.example"]})));
+        all.push(route(101, json!({"paths": ["/svc/1"], "methods": ["GET"]})));
+        let scratch = Router::build(&all).unwrap();
+        for (host, path) in [
+            ("h", "/svc/1"),
+            ("h", "/svc/3"),
+            ("h", "/svc/7"),
+            ("h", "/moved/x"),
+            ("h", "/re/12"),
+            ("only.example", "/x"),
+            ("h", "/svc/20/deeper"),
         ] {
-            let a = find(&second, "GET", "h", path, &[]).map(|m| m.1);
-            let b = find(&scratch, "GET", "h", path, &[]).map(|m| m.1);
-            assert_eq!(a.as_deref(), want, "{path}");
-            assert_eq!(a, b, "{path}");
+            let a = find(&second, "GET", host, path, &[]);
+            let b = find(&scratch, "GET", host, path, &[]);
+            assert_eq!(a, b, "{host}{path}");
         }
+        assert_eq!(find(&second, "GET", "h", "/svc/1", &[]).unwrap().0, "101");
+        assert!(find(&second, "GET", "h", "/svc/3", &[]).is_none());
         assert_eq!(second.len(), scratch.len());
+        // The router patched from is untouched.
+        assert_eq!(find(&first, "GET", "h", "/svc/3", &[]).unwrap().0, "4");
+        assert!(find(&first, "GET", "h", "/moved", &[]).is_none());
+        assert_eq!(first.len(), 50);
+        // A route that does not compile fails the patch.
+        let bad = up(route(
+            7,
+            json!({"paths": ["/a"], "headers": {"x": ["~*(("]}}),
+        ));
+        assert_eq!(first.patch(&[bad]).err().unwrap().field, "headers");
     }
 
     #[test]

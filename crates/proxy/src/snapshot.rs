@@ -145,12 +145,16 @@ impl Snapshot {
     ) -> Result<Snapshot, SnapshotError> {
         let (config, digests, version) = (u.config, u.digests, u.version);
         let unchanged = |types: &[&str]| previous.filter(|p| p.digests.same(digests, types));
-        let router = match unchanged(ROUTER) {
-            Some(p) => p.router.clone(),
-            None => Arc::new(Router::rebuild(
-                docs(config, "routes"),
-                previous.map(|p| &*p.router),
-            )?),
+        // Changes that lead from the version running patch what it has; otherwise (a
+        // snapshot, or a version skipped) the part is built whole.
+        let patch_from = previous.and_then(|p| {
+            let (from, changes) = u.changes?;
+            (from == p.version).then_some((p, changes))
+        });
+        let router = match (unchanged(ROUTER), patch_from) {
+            (Some(p), _) => p.router.clone(),
+            (None, Some((p, changes))) => Arc::new(p.router.patch(changes)?),
+            _ => Arc::new(Router::build(docs(config, "routes").iter().map(|d| &**d))?),
         };
         let services = match unchanged(SERVICES) {
             Some(p) => p.services.clone(),
@@ -200,12 +204,9 @@ impl Snapshot {
         let identity_types: Vec<&str> = std::iter::once("consumers")
             .chain(registry.credential_kinds().into_iter().map(|k| k.entity))
             .collect();
-        let identities = match (unchanged(&identity_types), previous, u.changes) {
-            (Some(p), _, _) => p.identities.clone(),
-            // The changes lead from the version running: patch its index.
-            (None, Some(p), Some((from, changes))) if p.version == from => {
-                Arc::new(p.identities.patch(changes, registry))
-            }
+        let identities = match (unchanged(&identity_types), patch_from) {
+            (Some(p), _) => p.identities.clone(),
+            (None, Some((p, changes))) => Arc::new(p.identities.patch(changes, registry)),
             _ => Arc::new(Identities::build(config, registry)),
         };
         let certs = match unchanged(CERTS) {
