@@ -494,7 +494,7 @@ impl Proxy {
     pub(crate) fn target_health_metrics(&self) -> String {
         let snap = self.snapshot.load();
         let mut m = String::from("# HELP gantry_upstream_target_health Whether an upstream target receives traffic (1) or is down by health checks (0).\n# TYPE gantry_upstream_target_health gauge\n");
-        for (name, b) in &snap.balancers {
+        for (name, b) in snap.balancers.iter() {
             for target in b.targets.iter() {
                 m.push_str(&format!(
                     "gantry_upstream_target_health{{upstream=\"{name}\",target=\"{target}\"}} {}\n",
@@ -563,7 +563,7 @@ impl Proxy {
             }
             keep
         });
-        for (name, b) in &snap.balancers {
+        for (name, b) in snap.balancers.iter() {
             let Some(probe) = b.checks.active.clone() else {
                 continue;
             };

@@ -91,9 +91,9 @@ pub struct Snapshot {
     /// The digests by entity type: a part is rebuilt only when a type it reads changed.
     pub digests: Digests,
     pub router: Arc<Router>,
-    pub services: crate::FastMap<String, Arc<Service>>,
+    pub services: Arc<crate::FastMap<String, Arc<Service>>>,
     /// Upstreams by name.
-    pub balancers: crate::FastMap<String, Arc<Balancer>>,
+    pub balancers: Arc<crate::FastMap<String, Arc<Balancer>>>,
     pub plugins: Arc<PluginSet>,
     pub identities: Arc<Identities>,
     pub certs: Arc<CertStore>,
@@ -158,13 +158,15 @@ impl Snapshot {
         };
         let services = match unchanged(SERVICES) {
             Some(p) => p.services.clone(),
-            _ => docs(config, "services")
-                .iter()
-                .map(|d| {
-                    let s = Service::from_doc(d);
-                    (s.id.clone(), Arc::new(s))
-                })
-                .collect(),
+            _ => Arc::new(
+                docs(config, "services")
+                    .iter()
+                    .map(|d| {
+                        let s = Service::from_doc(d);
+                        (s.id.clone(), Arc::new(s))
+                    })
+                    .collect(),
+            ),
         };
         let balancers = match unchanged(BALANCERS) {
             Some(p) => p.balancers.clone(),
@@ -184,15 +186,17 @@ impl Snapshot {
                             .push((target.to_string(), w));
                     }
                 }
-                docs(config, "upstreams")
-                    .iter()
-                    .filter_map(|u| {
-                        let id = u.get("id").and_then(Value::as_str)?;
-                        let name = u.get("name").and_then(Value::as_str)?.to_string();
-                        let targets = by_upstream.remove(id).unwrap_or_default();
-                        Some((name, Arc::new(Balancer::from_doc(u, targets)?)))
-                    })
-                    .collect()
+                Arc::new(
+                    docs(config, "upstreams")
+                        .iter()
+                        .filter_map(|u| {
+                            let id = u.get("id").and_then(Value::as_str)?;
+                            let name = u.get("name").and_then(Value::as_str)?.to_string();
+                            let targets = by_upstream.remove(id).unwrap_or_default();
+                            Some((name, Arc::new(Balancer::from_doc(u, targets)?)))
+                        })
+                        .collect(),
+                )
             }
         };
         let plugins = match unchanged(PLUGINS) {
