@@ -68,6 +68,7 @@ struct Snapshot {
     format: u32,
     version: i64,
     hash: String,
+    #[serde(deserialize_with = "gantry_model::deserialize_compact")]
     entities: std::collections::BTreeMap<String, Vec<Arc<Doc>>>,
 }
 

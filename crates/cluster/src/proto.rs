@@ -77,6 +77,8 @@ pub enum ToDp {
     Snapshot {
         version: i64,
         hash: String,
+        /// Read back compacted (`gantry_model::deserialize_compact`).
+        #[serde(deserialize_with = "gantry_model::deserialize_compact")]
         entities: BTreeMap<String, Vec<std::sync::Arc<Doc>>>,
     },
     /// The changes from `from` to `version`.

@@ -25,6 +25,12 @@ use gantry_cluster::{ConfigSink, DataPlane, DpOptions, DpState};
 use gantry_model::delta::Update;
 use serde_json::{json, Value};
 
+/// The binary the processes run: `GANTRY=path` measures another build (an older one, for a
+/// before and after; its data planes then report no apply time).
+fn gantry_bin() -> std::ffi::OsString {
+    std::env::var_os("GANTRY").unwrap_or_else(|| env!("CARGO_BIN_EXE_gantry").into())
+}
+
 fn envn(k: &str, d: usize) -> usize {
     std::env::var(k)
         .ok()
@@ -57,7 +63,7 @@ impl Drop for Cp {
 
 fn start_cp(prefix: &std::path::Path, cert: &(String, String)) -> Cp {
     use std::io::BufRead;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"));
+    let mut cmd = std::process::Command::new(gantry_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("KONG_") || k.starts_with("GANTRY_") {
             cmd.env_remove(k);
@@ -138,7 +144,7 @@ fn spawn_dp(d: Arc<DataPlane>, stop: &tokio::sync::watch::Receiver<bool>) {
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -311,7 +317,7 @@ fn import(dir: &std::path::Path, prefix: &std::path::Path, yaml: &str) {
         prefix.file_name().unwrap().to_string_lossy()
     ));
     std::fs::write(&file, yaml).unwrap();
-    let st = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+    let st = std::process::Command::new(gantry_bin())
         .args(["config", "db_import"])
         .arg(&file)
         .arg("-p")
@@ -375,7 +381,7 @@ async fn dp_status(http: &reqwest::Client, status: u16) -> Option<(i64, f64, f64
     let c = &v["cluster"];
     Some((
         c["config_version"].as_i64()?,
-        c["last_apply_ms"].as_f64()?,
+        c["last_apply_ms"].as_f64().unwrap_or(f64::NAN),
         c["bytes_received"].as_f64()?,
     ))
 }
@@ -565,7 +571,7 @@ fn start_dp_process(
     port: u16,
     status: Option<u16>,
 ) -> Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"));
+    let mut cmd = std::process::Command::new(gantry_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("KONG_") || k.starts_with("GANTRY_") {
             cmd.env_remove(k);

@@ -25,8 +25,12 @@ pub struct Update<'a> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Change {
-    /// The entity as it now is (created or replaced).
-    Upsert { entity: String, doc: Arc<Doc> },
+    /// The entity as it now is (created or replaced); read back [`crate::compact`]ed.
+    Upsert {
+        entity: String,
+        #[serde(deserialize_with = "compact_doc")]
+        doc: Arc<Doc>,
+    },
     /// The entity is gone.
     Delete { entity: String, id: String },
 }
@@ -46,6 +50,10 @@ pub enum DeltaError {
     UnknownEntity { index: usize, entity: String },
     #[error("change {index}: {entity} document has no string 'id'")]
     MissingId { index: usize, entity: String },
+}
+
+fn compact_doc<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<Doc>, D::Error> {
+    Ok(<crate::CompactDoc as Deserialize>::deserialize(d)?.0)
 }
 
 fn id_of(d: &Doc) -> Option<&str> {
@@ -211,6 +219,32 @@ mod tests {
         .unwrap();
         assert!(c.entities.is_empty());
         assert_eq!(crate::hash::hash_config(&c).config, crate::hash::EMPTY_HASH);
+    }
+
+    /// Documents read back lose their nulls, and no capacity is left over; hashes agree.
+    #[test]
+    fn documents_are_read_back_compacted() {
+        let c: Change = serde_json::from_value(
+            json!({"op": "upsert", "entity": "routes", "doc": {"id": "r", "name": null, "paths": ["/"], "headers": null, "service": {"id": "s", "x": null}}}),
+        )
+        .unwrap();
+        let Change::Upsert { doc: d, .. } = &c else {
+            panic!("an upsert");
+        };
+        assert_eq!(d.len(), 3);
+        assert!(d.get("name").is_none());
+        assert_eq!(
+            d["service"],
+            json!({"id": "s", "x": null}),
+            "nested values stay"
+        );
+        let full = doc(
+            json!({"id": "r", "name": null, "paths": ["/"], "headers": null, "service": {"id": "s", "x": null}}),
+        );
+        assert_eq!(
+            crate::hash::entity_digest("routes", d),
+            crate::hash::entity_digest("routes", &full)
+        );
     }
 
     #[test]

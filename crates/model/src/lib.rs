@@ -25,6 +25,40 @@ pub mod typedefs;
 /// One entity as stored and sent: a JSON object.
 pub type Doc = serde_json::Map<String, serde_json::Value>;
 
+/// A copy of `doc` without its null fields, sized to what it holds (a document as parsed keeps
+/// the spare capacity of its growth, and Kong's entities have many optional fields). Nested
+/// values are kept as they are: a plugin's configuration says `null` on purpose.
+pub fn compact(doc: &Doc) -> Doc {
+    let mut out = Doc::with_capacity(doc.values().filter(|v| !v.is_null()).count());
+    for (k, v) in doc.iter().filter(|(_, v)| !v.is_null()) {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}
+
+/// Deserialize documents by entity type, each [`compact`]ed as soon as it is read (so that a
+/// large configuration never lives twice in memory): what a data plane receives and caches.
+/// Hashes do not change: they leave nulls out.
+pub fn deserialize_compact<'de, D>(d: D) -> Result<BTreeMap<String, Vec<Arc<Doc>>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let m: BTreeMap<String, Vec<CompactDoc>> = serde::Deserialize::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| (k, v.into_iter().map(|c| c.0).collect()))
+        .collect())
+}
+
+/// A document compacted as it is deserialized.
+pub struct CompactDoc(pub Arc<Doc>);
+
+impl<'de> serde::Deserialize<'de> for CompactDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let doc = <Doc as serde::Deserialize>::deserialize(d)?;
+        Ok(CompactDoc(Arc::new(compact(&doc))))
+    }
+}
+
 /// Gantry's own version, used for control plane / data plane compatibility.
 pub const GANTRY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
