@@ -35,6 +35,17 @@ pub enum Step {
     Whole { from: i64 },
 }
 
+/// The feed holds its documents compacted (`gantry_model::compact`): it keeps a whole
+/// configuration for as long as the node runs. Hashes are unchanged (they leave nulls out).
+fn compacted(mut config: Config) -> Config {
+    for docs in config.entities.values_mut() {
+        for d in docs.iter_mut() {
+            *d = Arc::new(gantry_model::compact(d));
+        }
+    }
+    config
+}
+
 /// A configuration kept at the store's latest version.
 pub struct Feed {
     config: Arc<Config>,
@@ -47,6 +58,7 @@ impl Feed {
     /// Start from the store's configuration now (one export).
     pub async fn start(store: &Store) -> Result<Feed, StoreError> {
         let (config, version) = store.export().await?;
+        let config = compacted(config);
         let digests = Digests::of(&config);
         Ok(Feed {
             hash: digests.hashes().config,
@@ -78,7 +90,12 @@ impl Feed {
         let from = self.version;
         match store.delta_since(from, DELTA_LIMIT).await? {
             StoreDelta::Unchanged => Ok(Step::Unchanged),
-            StoreDelta::Changes { to, changes } => {
+            StoreDelta::Changes { to, mut changes } => {
+                for c in changes.iter_mut() {
+                    if let Change::Upsert { doc, .. } = c {
+                        *doc = Arc::new(gantry_model::compact(doc));
+                    }
+                }
                 // A copy of the document pointers, not of the documents.
                 let mut config = (*self.config).clone();
                 let mut digests = self.digests.clone();
@@ -99,6 +116,7 @@ impl Feed {
             }
             StoreDelta::Reset => {
                 let (config, version) = store.export().await?;
+                let config = compacted(config);
                 self.digests = Digests::of(&config);
                 self.hash = self.digests.hashes().config;
                 (self.config, self.version) = (Arc::new(config), version);
