@@ -25,24 +25,15 @@ pub mod typedefs;
 /// One entity as stored and sent: a JSON object.
 pub type Doc = serde_json::Map<String, serde_json::Value>;
 
-/// `doc` without its null fields, sized to what it holds (a document as parsed keeps the spare
-/// capacity of its growth, and Kong's entities have many optional fields). Keys and values are
-/// moved, not copied. Nested values are kept as they are: a plugin's configuration says `null`
-/// on purpose.
-pub fn compact(doc: Doc) -> Doc {
+/// A copy of `doc` without its null fields, sized to what it holds (a document as parsed keeps
+/// the spare capacity of its growth, and Kong's entities have many optional fields). Nested
+/// values are kept as they are: a plugin's configuration says `null` on purpose.
+pub fn compact(doc: &Doc) -> Doc {
     let mut out = Doc::with_capacity(doc.values().filter(|v| !v.is_null()).count());
-    for (k, v) in doc {
-        if !v.is_null() {
-            out.insert(k, v);
-        }
+    for (k, v) in doc.iter().filter(|(_, v)| !v.is_null()) {
+        out.insert(k.clone(), v.clone());
     }
     out
-}
-
-/// [`compact`] a shared document in place (moved when this is its only holder).
-pub fn compact_shared(doc: &mut Arc<Doc>) {
-    let owned = std::mem::take(doc);
-    *doc = Arc::new(compact(Arc::try_unwrap(owned).unwrap_or_else(|d| (*d).clone())));
 }
 
 /// Deserialize documents by entity type, each [`compact`]ed as soon as it is read (so that a
@@ -64,7 +55,7 @@ pub struct CompactDoc(pub Arc<Doc>);
 impl<'de> serde::Deserialize<'de> for CompactDoc {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let doc = <Doc as serde::Deserialize>::deserialize(d)?;
-        Ok(CompactDoc(Arc::new(compact(doc))))
+        Ok(CompactDoc(Arc::new(compact(&doc))))
     }
 }
 

@@ -40,7 +40,7 @@ pub enum Step {
 fn compacted(mut config: Config) -> Config {
     for docs in config.entities.values_mut() {
         for d in docs.iter_mut() {
-            gantry_model::compact_shared(d);
+            *d = Arc::new(gantry_model::compact(d));
         }
     }
     config
@@ -93,7 +93,7 @@ impl Feed {
             StoreDelta::Changes { to, mut changes } => {
                 for c in changes.iter_mut() {
                     if let Change::Upsert { doc, .. } = c {
-                        gantry_model::compact_shared(doc);
+                        *doc = Arc::new(gantry_model::compact(doc));
                     }
                 }
                 // A copy of the document pointers, not of the documents.

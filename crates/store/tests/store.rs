@@ -389,7 +389,7 @@ async fn the_change_feed_follows_the_store() {
         let mut compact = gantry_model::Config::default();
         for (k, docs) in &now.entities {
             for d in docs {
-                compact.push(k, gantry_model::compact((**d).clone()));
+                compact.push(k, gantry_model::compact(d));
             }
         }
         assert_eq!(**feed.config(), compact, "{}", t.name);
