@@ -19,8 +19,25 @@ use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
 
 /// Where a data plane's configuration goes: the proxy, or a test's recorder.
 pub trait ConfigSink: Send + Sync + 'static {
-    /// Run the configuration of `update`; an error leaves the running one in place.
-    fn apply(&self, update: &Update<'_>) -> Result<(), String>;
+    /// Run the configuration of `update`; an error (the sink's own, the reason reported to the
+    /// control plane) leaves the running one in place.
+    fn apply(&self, update: &Update<'_>) -> Result<(), SinkError>;
+}
+
+/// Why a sink refused a configuration.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a configuration from the control plane was not applied (reported to it, and logged).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("delta from version {from} does not apply to version {held} (asking for a snapshot)")]
+    Gap { from: i64, held: i64 },
+    #[error(transparent)]
+    Delta(#[from] gantry_model::delta::DeltaError),
+    #[error("the configuration hashes to {actual}, the control plane announced {announced}")]
+    Hash { actual: String, announced: String },
+    #[error("{0}")]
+    Refused(SinkError),
 }
 
 /// Who this data plane is and where it keeps its cache.
@@ -327,12 +344,12 @@ impl DataPlane {
                         ToDp::Delta { from, version, hash, changes } => {
                             let t = std::time::Instant::now();
                             let r = if !local.known || from != local.version {
-                                Err(format!("delta from version {from} does not apply to version {} (asking for a snapshot)", local.version))
+                                Err(ApplyError::Gap { from, held: local.version })
                             } else {
                                 // All or none: on error nothing changed.
                                 match local.config.apply_tracked(&changes, &mut local.digests) {
                                     Ok(()) => self.install(local, version, &hash, Some((from, &changes))),
-                                    Err(e) => Err(e.to_string()),
+                                    Err(e) => Err(e.into()),
                                 }
                             };
                             self.state.send_modify(|st| st.last_apply = t.elapsed());
@@ -357,19 +374,22 @@ impl DataPlane {
         version: i64,
         hash: &str,
         changes: Option<(i64, &[gantry_model::delta::Change])>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ApplyError> {
         let actual = local.digests.hashes().config;
         let r = if actual != hash {
-            Err(format!(
-                "the configuration hashes to {actual}, the control plane announced {hash}"
-            ))
-        } else {
-            self.sink.apply(&Update {
-                config: &local.config,
-                digests: &local.digests,
-                version,
-                changes,
+            Err(ApplyError::Hash {
+                actual,
+                announced: hash.to_string(),
             })
+        } else {
+            self.sink
+                .apply(&Update {
+                    config: &local.config,
+                    digests: &local.digests,
+                    version,
+                    changes,
+                })
+                .map_err(ApplyError::Refused)
         };
         match r {
             Ok(()) => {
@@ -400,7 +420,7 @@ impl DataPlane {
         ws: &mut S,
         version: i64,
         hash: &str,
-        r: Result<(), String>,
+        r: Result<(), ApplyError>,
     ) -> Result<(), Ended>
     where
         S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
@@ -426,7 +446,7 @@ impl DataPlane {
                 );
                 FromDp::Error {
                     version,
-                    error,
+                    error: error.to_string(),
                     running_version: running,
                 }
             }

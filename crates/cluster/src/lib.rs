@@ -16,7 +16,7 @@ pub mod proto;
 pub mod tls;
 
 pub use cp::ControlPlane;
-pub use dp::{ConfigSink, DataPlane, DpOptions, DpState};
+pub use dp::{ApplyError, ConfigSink, DataPlane, DpOptions, DpState, SinkError};
 
 /// Why the cluster service cannot start or go on.
 #[derive(Debug, thiserror::Error)]

@@ -42,7 +42,7 @@ fn envn(k: &str, d: usize) -> usize {
 struct Stamp(Mutex<Vec<(i64, Instant)>>);
 
 impl ConfigSink for Stamp {
-    fn apply(&self, u: &Update<'_>) -> Result<(), String> {
+    fn apply(&self, u: &Update<'_>) -> Result<(), gantry_cluster::SinkError> {
         self.0.lock().unwrap().push((u.version, Instant::now()));
         Ok(())
     }

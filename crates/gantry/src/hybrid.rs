@@ -74,8 +74,11 @@ pub async fn start_control_plane(
 struct ProxySink(Arc<gantry_proxy::Proxy>);
 
 impl ConfigSink for ProxySink {
-    fn apply(&self, update: &gantry_model::delta::Update<'_>) -> Result<(), String> {
-        self.0.apply_update(update).map_err(|e| e.to_string())
+    fn apply(
+        &self,
+        update: &gantry_model::delta::Update<'_>,
+    ) -> Result<(), gantry_cluster::SinkError> {
+        Ok(self.0.apply_update(update)?)
     }
 }
 

@@ -766,7 +766,7 @@ struct Recorder {
 }
 
 impl gantry_cluster::ConfigSink for Recorder {
-    fn apply(&self, u: &gantry_model::delta::Update<'_>) -> Result<(), String> {
+    fn apply(&self, u: &gantry_model::delta::Update<'_>) -> Result<(), gantry_cluster::SinkError> {
         if self.refuse {
             return Err("this test's data plane refuses every configuration".into());
         }
