@@ -90,6 +90,9 @@ pub struct Loaded {
     pub replayed: usize,
     /// Why the replay stopped before the log's end, if it did.
     pub stopped: Option<String>,
+    /// The snapshot file's size and the delta log's, for the writer's compaction rule.
+    snapshot_bytes: u64,
+    log_bytes: u64,
 }
 
 /// The delta log beside the snapshot at `path`.
@@ -143,10 +146,15 @@ pub fn read(path: &Path) -> Result<Option<Loaded>, CacheError> {
         hash: s.hash,
         replayed: 0,
         stopped: None,
+        snapshot_bytes: bytes.len() as u64,
+        log_bytes: 0,
     };
     let log = deltas_path(path);
     let file = match std::fs::File::open(&log) {
-        Ok(f) => Some(f),
+        Ok(f) => {
+            loaded.log_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+            Some(f)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(source) => return Err(CacheError::Read { path: log, source }),
     };
@@ -328,12 +336,27 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Start a writer for the cache at `path`; `loaded` is what the cache holds now.
-    pub fn start(path: PathBuf, loaded: Option<(Config, i64, u64)>) -> Writer {
+    /// Start a writer for the cache at `path`; `loaded` is what the cache holds now (the
+    /// writer goes on from it).
+    pub fn start(path: PathBuf, loaded: Option<&Loaded>) -> Writer {
         let (tx, rx) = std::sync::mpsc::channel::<Save>();
+        let files = match loaded {
+            Some(l) => Files {
+                held: Some((l.config.clone(), l.version)),
+                records: l.replayed,
+                log_bytes: l.log_bytes,
+                snapshot_bytes: l.snapshot_bytes,
+            },
+            None => Files::default(),
+        };
+        // A log whose replay stopped early has a torn or damaged record at its end: a record
+        // appended after it would never be read. It is folded into a new snapshot first.
+        let rewrite = loaded
+            .filter(|l| l.stopped.is_some())
+            .map(|l| l.hash.clone());
         let thread = std::thread::Builder::new()
             .name("gantry-cache".into())
-            .spawn(move || writer(path, loaded, rx))
+            .spawn(move || writer(path, files, rewrite, rx))
             .ok();
         Writer {
             tx: std::sync::Mutex::new(Some(tx)),
@@ -362,27 +385,69 @@ impl Drop for Writer {
     }
 }
 
-fn writer(path: PathBuf, loaded: Option<(Config, i64, u64)>, rx: std::sync::mpsc::Receiver<Save>) {
-    // The writer's own copy of what the files hold (documents shared with the proxy's), to
-    // compact from; `None` until a snapshot is written, when deltas cannot be recorded.
-    let mut held: Option<(Config, i64)> = None;
-    let (mut records, mut log_bytes, mut snapshot_bytes) = (0usize, 0u64, 0u64);
-    if let Some((config, version, size)) = loaded {
-        held = Some((config, version));
-        snapshot_bytes = size;
-        // A log already there counts towards compaction.
-        if let Ok(m) = std::fs::metadata(deltas_path(&path)) {
-            log_bytes = m.len();
-            records = COMPACT_RECORDS / 2;
+/// What the cache files hold, as the writer knows it.
+#[derive(Default)]
+struct Files {
+    /// The writer's own copy of the configuration the files hold (documents shared with the
+    /// proxy's), to compact from; `None` until a snapshot is written, when deltas cannot be
+    /// recorded.
+    held: Option<(Config, i64)>,
+    records: usize,
+    log_bytes: u64,
+    snapshot_bytes: u64,
+}
+
+impl Files {
+    /// Write the held configuration as the snapshot, emptying the log.
+    fn rewrite(&mut self, path: &Path, hash: &str) {
+        let Some((config, version)) = &self.held else {
+            return;
+        };
+        match write_snapshot(path, config, *version, hash) {
+            Ok(n) => (self.snapshot_bytes, self.records, self.log_bytes) = (n, 0, 0),
+            Err(e) => {
+                tracing::error!("cannot write the configuration cache: {e}");
+                // Tried again on the next change.
+                self.records = COMPACT_RECORDS;
+            }
         }
     }
-    let report = |r: Result<u64, CacheError>| match r {
-        Ok(n) => Some(n),
-        Err(e) => {
-            tracing::error!("cannot write the configuration cache: {e}");
-            None
+
+    fn record(&mut self, path: &Path, from: i64, version: i64, hash: &str, changes: &[Change]) {
+        let Some((config, at)) = self.held.as_mut() else {
+            return;
+        };
+        if *at != from || config.apply(changes).is_err() {
+            // Not on top of what the files hold: nothing recorded until a snapshot.
+            self.held = None;
+            return;
         }
-    };
+        *at = version;
+        if self.records + 1 >= COMPACT_RECORDS
+            || self.log_bytes > self.snapshot_bytes.max(COMPACT_FLOOR)
+        {
+            return self.rewrite(path, hash);
+        }
+        match append(path, from, version, hash, changes) {
+            Ok(n) => (self.records, self.log_bytes) = (self.records + 1, self.log_bytes + n),
+            Err(e) => {
+                tracing::error!("cannot write the configuration cache: {e}");
+                // A record half written ends the log: the next change rewrites the snapshot.
+                self.records = COMPACT_RECORDS;
+            }
+        }
+    }
+}
+
+fn writer(
+    path: PathBuf,
+    mut files: Files,
+    rewrite: Option<String>,
+    rx: std::sync::mpsc::Receiver<Save>,
+) {
+    if let Some(hash) = rewrite {
+        files.rewrite(&path, &hash);
+    }
     while let Ok(s) = rx.recv() {
         match s {
             Save::Snapshot {
@@ -390,35 +455,15 @@ fn writer(path: PathBuf, loaded: Option<(Config, i64, u64)>, rx: std::sync::mpsc
                 version,
                 hash,
             } => {
-                snapshot_bytes =
-                    report(write_snapshot(&path, &config, version, &hash)).unwrap_or(0);
-                (records, log_bytes) = (0, 0);
-                held = Some((config, version));
+                files.held = Some((config, version));
+                files.rewrite(&path, &hash);
             }
             Save::Delta {
                 from,
                 version,
                 hash,
                 changes,
-            } => {
-                let Some((config, at)) = held.as_mut() else {
-                    continue;
-                };
-                if *at != from || config.apply(&changes).is_err() {
-                    // Not on top of what the files hold: nothing recorded until a snapshot.
-                    held = None;
-                    continue;
-                }
-                *at = version;
-                if records + 1 >= COMPACT_RECORDS || log_bytes > snapshot_bytes.max(COMPACT_FLOOR) {
-                    snapshot_bytes =
-                        report(write_snapshot(&path, config, version, &hash)).unwrap_or(0);
-                    (records, log_bytes) = (0, 0);
-                } else if let Some(n) = report(append(&path, from, version, &hash, &changes)) {
-                    records += 1;
-                    log_bytes += n;
-                }
-            }
+            } => files.record(&path, from, version, &hash, &changes),
         }
     }
 }
@@ -443,6 +488,29 @@ mod tests {
         gantry_model::hash::hash_config(c).config
     }
 
+    /// A writer on a new cache at `path` holding the empty configuration as version 0.
+    fn empty_cache(path: &Path) -> (Writer, Config) {
+        let config = Config::default();
+        let w = Writer::start(path.to_path_buf(), None);
+        w.send(Save::Snapshot {
+            config: config.clone(),
+            version: 0,
+            hash: hash_of(&config),
+        });
+        (w, config)
+    }
+
+    /// Apply `c` to `config` as version `v` and have `w` record it.
+    fn record(w: &Writer, config: &mut Config, v: i64, c: Change) {
+        config.apply(std::slice::from_ref(&c)).unwrap();
+        w.send(Save::Delta {
+            from: v - 1,
+            version: v,
+            hash: hash_of(config),
+            changes: Arc::new(vec![c]),
+        });
+    }
+
     #[test]
     fn a_snapshot_and_its_deltas_load_as_the_last_version_applied() {
         let dir = tempfile::tempdir().unwrap();
@@ -457,13 +525,7 @@ mod tests {
             hash: hash_of(&config),
         });
         for (v, c) in [(2, upsert("b", "b")), (3, upsert("a", "a2"))] {
-            config.apply(std::slice::from_ref(&c)).unwrap();
-            w.send(Save::Delta {
-                from: v - 1,
-                version: v,
-                hash: hash_of(&config),
-                changes: Arc::new(vec![c]),
-            });
+            record(&w, &mut config, v, c);
         }
         w.finish();
         let l = read(&path).unwrap().unwrap();
@@ -497,27 +559,37 @@ mod tests {
         assert!(matches!(read(&path), Err(CacheError::Invalid { .. })));
     }
 
+    /// A writer started on a log whose replay stopped at a torn record rewrites the snapshot
+    /// first, so that what it records next is read back.
+    #[test]
+    fn a_torn_log_is_folded_into_a_snapshot_before_more_is_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json.gz");
+        let (w, mut config) = empty_cache(&path);
+        record(&w, &mut config, 1, upsert("a", "a"));
+        w.finish();
+        let log = deltas_path(&path);
+        let text = std::fs::read_to_string(&log).unwrap();
+        std::fs::write(&log, format!("{text}{{\"from\": 1, \"vers")).unwrap();
+        let l = read(&path).unwrap().unwrap();
+        assert_eq!(l.version, 1);
+        assert!(l.stopped.is_some());
+        let w = Writer::start(path.clone(), Some(&l));
+        record(&w, &mut config, 2, upsert("b", "b"));
+        w.finish();
+        let l = read(&path).unwrap().unwrap();
+        assert_eq!((l.version, l.stopped), (2, None));
+        assert_eq!(l.config, config);
+    }
+
     #[test]
     fn the_log_is_compacted_into_the_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.json.gz");
-        let mut config = Config::default();
-        let w = Writer::start(path.clone(), None);
-        w.send(Save::Snapshot {
-            config: config.clone(),
-            version: 0,
-            hash: hash_of(&config),
-        });
+        let (w, mut config) = empty_cache(&path);
         let n = COMPACT_RECORDS as i64 + 10;
         for v in 1..=n {
-            let c = upsert(&format!("s{v}"), "h");
-            config.apply(std::slice::from_ref(&c)).unwrap();
-            w.send(Save::Delta {
-                from: v - 1,
-                version: v,
-                hash: hash_of(&config),
-                changes: Arc::new(vec![c]),
-            });
+            record(&w, &mut config, v, upsert(&format!("s{v}"), "h"));
         }
         w.finish();
         let lines = std::fs::read_to_string(deltas_path(&path))

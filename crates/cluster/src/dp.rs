@@ -114,7 +114,6 @@ impl DataPlane {
     /// Load the cached configuration into the sink, if there is a good one. Returns its version.
     pub fn load_cached(&self) -> Option<i64> {
         let path = self.opts.cache.as_ref()?;
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
         let loaded = match cache::read(path) {
             Ok(Some(l)) => l,
             Ok(None) => return None,
@@ -129,6 +128,19 @@ impl DataPlane {
                 loaded.version
             );
         }
+        let update = Update {
+            config: &loaded.config,
+            digests: &loaded.digests,
+            version: loaded.version,
+            changes: None,
+        };
+        if let Err(e) = self.sink.apply(&update) {
+            tracing::error!("the cached configuration does not load: {e}");
+            return None;
+        }
+        let _ = self
+            .cache_writer
+            .set(cache::Writer::start(path.clone(), Some(&loaded)));
         let cache::Loaded {
             config,
             digests,
@@ -136,26 +148,12 @@ impl DataPlane {
             hash,
             ..
         } = loaded;
-        let update = Update {
-            config: &config,
-            digests: &digests,
-            version,
-            changes: None,
-        };
-        if let Err(e) = self.sink.apply(&update) {
-            tracing::error!("the cached configuration does not load: {e}");
-            return None;
-        }
         tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
         self.state.send_modify(|s| {
             s.loaded = true;
             s.version = version;
             s.hash = hash.clone();
         });
-        let _ = self.cache_writer.set(cache::Writer::start(
-            path.clone(),
-            Some((config.clone(), version, size)),
-        ));
         if let Ok(mut c) = self.cached.lock() {
             *c = Some(Local {
                 config,

@@ -13,6 +13,7 @@
 //!    (paths and hosts) and with `MEM_ROUTES` (100,000) routes; a restart with the control plane
 //!    down, timed from exec until a `START_ROUTES` (10,000) route cache serves.
 
+use gantry_testkit::free_port;
 use std::sync::{Arc, Mutex};
 
 /// The allocator the `gantry` binary runs with, so that the in-process data planes cost what
@@ -150,12 +151,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// (RSS KiB, CPU seconds) of a process.
 fn usage(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0);
+    let rss = status_kib(pid, "VmRSS:") as u64;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let f: Vec<&str> = stat
         .rsplit(')')
@@ -532,26 +528,22 @@ async fn many_consumers(
     .await;
 }
 
-/// A free loopback port (bound, then released for the child to take).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// (VmRSS, VmHWM) of a process, in MiB.
 fn memory(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    (
+        status_kib(pid, "VmRSS:") / 1024.0,
+        status_kib(pid, "VmHWM:") / 1024.0,
+    )
+}
+
+/// A `/proc/PID/status` line's value in KiB (0 when absent).
+fn status_kib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
 }
 
 struct Child(std::process::Child);

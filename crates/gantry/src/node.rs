@@ -409,12 +409,7 @@ async fn start_proxy(
     // The change feed: each write costs the proxy what it changed, not an export.
     let mut feed = gantry_store::feed::Feed::start(&store).await?;
     proxy
-        .apply_update(&gantry_model::delta::Update {
-            config: feed.config(),
-            digests: feed.digests(),
-            version: feed.version(),
-            changes: None,
-        })
+        .apply_update(&feed.update(None))
         .context("the stored configuration does not load")?;
     let tasks = serve_proxy(settings, &proxy, &shutdown).await?;
     let mut stop = shutdown.clone();
@@ -435,25 +430,16 @@ async fn start_proxy(
                 _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                 _ = gantry_cluster::stopped(&mut stop) => return,
             }
-            let changes = match feed.next(&store).await {
+            let step = match feed.next(&store).await {
                 Ok(gantry_store::feed::Step::Unchanged) => continue,
-                Ok(gantry_store::feed::Step::Changes { from, changes, .. }) => {
-                    Some((from, changes))
-                }
-                Ok(gantry_store::feed::Step::Whole { .. }) => None,
+                Ok(step) => step,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the configuration");
                     continue;
                 }
             };
             let v = feed.version();
-            let update = gantry_model::delta::Update {
-                config: feed.config(),
-                digests: feed.digests(),
-                version: v,
-                changes: changes.as_ref().map(|(from, c)| (*from, c.as_slice())),
-            };
-            match proxy.apply_update(&update) {
+            match proxy.apply_update(&feed.update(step.changes())) {
                 Ok(()) => tracing::info!(version = v, "proxy configuration updated"),
                 Err(e) => {
                     tracing::error!(version = v, error = %e, "configuration refused; the running one stays")

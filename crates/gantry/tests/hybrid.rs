@@ -2,6 +2,7 @@
 
 mod common;
 
+use gantry_testkit::free_port;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -183,15 +184,6 @@ async fn service_and_route(http: &reqwest::Client, cp: &Node, up: &str, path: &s
     admin(http, cp, "POST", "/services", s).await;
     let r = json!({"name": "r", "paths": [path]});
     admin(http, cp, "POST", "/services/s/routes", r).await;
-}
-
-/// A free loopback port (for a node that must come back on the same address).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gantry_model::delta::Update;
 use gantry_model::hash::{ConfigHashes, Digests};
-use gantry_model::{Config, Doc};
+use gantry_model::Doc;
 use serde_json::Value;
 
 use crate::balancer::Balancer;
@@ -107,10 +107,6 @@ pub enum SnapshotError {
     Plugin(String),
 }
 
-fn docs<'a>(c: &'a Config, k: &str) -> &'a [Arc<Doc>] {
-    c.docs(k)
-}
-
 /// The entity types each part of a snapshot is built from.
 const ROUTER: &[&str] = &["routes"];
 const SERVICES: &[&str] = &["services"];
@@ -154,12 +150,13 @@ impl Snapshot {
         let router = match (unchanged(ROUTER), patch_from) {
             (Some(p), _) => p.router.clone(),
             (None, Some((p, changes))) => Arc::new(p.router.patch(changes)?),
-            _ => Arc::new(Router::build(docs(config, "routes").iter().map(|d| &**d))?),
+            _ => Arc::new(Router::build(config.docs("routes").iter().map(|d| &**d))?),
         };
         let services = match unchanged(SERVICES) {
             Some(p) => p.services.clone(),
             _ => Arc::new(
-                docs(config, "services")
+                config
+                    .docs("services")
                     .iter()
                     .map(|d| {
                         let s = Service::from_doc(d);
@@ -172,7 +169,7 @@ impl Snapshot {
             Some(p) => p.balancers.clone(),
             None => {
                 let mut by_upstream: HashMap<&str, Vec<(String, u64)>> = HashMap::new();
-                for t in docs(config, "targets") {
+                for t in config.docs("targets") {
                     if let (Some(up), Some(target)) = (
                         t.get("upstream")
                             .and_then(|u| u.get("id"))
@@ -187,7 +184,8 @@ impl Snapshot {
                     }
                 }
                 Arc::new(
-                    docs(config, "upstreams")
+                    config
+                        .docs("upstreams")
                         .iter()
                         .filter_map(|u| {
                             let id = u.get("id").and_then(Value::as_str)?;

@@ -44,9 +44,8 @@ impl CertStore {
     /// Build from the configuration's certificates and SNIs. A certificate that does not load
     /// is skipped with an error in the log; its names then get the default certificate.
     pub fn build(config: &Config) -> CertStore {
-        let docs = |k: &str| config.entities.get(k).map(Vec::as_slice).unwrap_or(&[]);
         let mut by_id: HashMap<&str, Arc<CertifiedKey>> = HashMap::new();
-        for c in docs("certificates") {
+        for c in config.docs("certificates") {
             let (Some(id), Some(cert), Some(key)) = (
                 c.get("id").and_then(Value::as_str),
                 c.get("cert").and_then(Value::as_str),
@@ -62,7 +61,7 @@ impl CertStore {
             }
         }
         let mut store = CertStore::default();
-        for s in docs("snis") {
+        for s in config.docs("snis") {
             let name = s
                 .get("name")
                 .and_then(Value::as_str)

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use gantry_model::delta::Change;
+use gantry_model::delta::{Change, Update};
 use gantry_model::hash::Digests;
 use gantry_model::Config;
 
@@ -46,11 +46,20 @@ fn compacted(mut config: Config) -> Config {
     config
 }
 
+impl Step {
+    /// The changes of this step and the version they lead from, for [`Feed::update`].
+    pub fn changes(&self) -> Option<(i64, &[Change])> {
+        match self {
+            Step::Changes { from, changes, .. } => Some((*from, changes.as_slice())),
+            _ => None,
+        }
+    }
+}
+
 /// A configuration kept at the store's latest version.
 pub struct Feed {
     config: Arc<Config>,
     digests: Digests,
-    hash: String,
     version: i64,
 }
 
@@ -59,10 +68,8 @@ impl Feed {
     pub async fn start(store: &Store) -> Result<Feed, StoreError> {
         let (config, version) = store.export().await?;
         let config = compacted(config);
-        let digests = Digests::of(&config);
         Ok(Feed {
-            hash: digests.hashes().config,
-            digests,
+            digests: Digests::of(&config),
             config: Arc::new(config),
             version,
         })
@@ -80,9 +87,19 @@ impl Feed {
         self.version
     }
 
+    /// The feed's configuration for a proxy, reached by `changes` when a step brought them.
+    pub fn update<'a>(&'a self, changes: Option<(i64, &'a [Change])>) -> Update<'a> {
+        Update {
+            config: &self.config,
+            digests: &self.digests,
+            version: self.version,
+            changes,
+        }
+    }
+
     /// The configuration hash at [`Feed::version`].
-    pub fn hash(&self) -> &str {
-        &self.hash
+    pub fn hash(&self) -> String {
+        self.digests.hashes().config
     }
 
     /// Catch up with the store.
@@ -106,7 +123,7 @@ impl Feed {
                         id: to.to_string(),
                         reason: e.to_string(),
                     })?;
-                let from_hash = std::mem::replace(&mut self.hash, digests.hashes().config);
+                let from_hash = self.hash();
                 (self.config, self.digests, self.version) = (Arc::new(config), digests, to);
                 Ok(Step::Changes {
                     from,
@@ -115,11 +132,7 @@ impl Feed {
                 })
             }
             StoreDelta::Reset => {
-                let (config, version) = store.export().await?;
-                let config = compacted(config);
-                self.digests = Digests::of(&config);
-                self.hash = self.digests.hashes().config;
-                (self.config, self.version) = (Arc::new(config), version);
+                *self = Feed::start(store).await?;
                 Ok(Step::Whole { from })
             }
         }

@@ -166,3 +166,12 @@ pub async fn all_stores() -> Vec<TestStore> {
 pub fn bundled_plugins() -> gantry_model::plugins::Catalog {
     gantry_proxy::plugins::Registry::default().catalog()
 }
+
+/// A free loopback port: bound, then released, for a child process to take (or for a node
+/// that must come back on the same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
