@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::AdminState;
 
-const STATUSES: &[&str] = &["connected", "out_of_sync", "incompatible", "disconnected"];
+use gantry_protocol::status::NodeStatus;
 
 fn only_on_control_planes(st: &AdminState) -> Result<(), ApiError> {
     if st.settings.role != Role::ControlPlane {
@@ -34,7 +34,7 @@ async fn entries(st: &AdminState) -> Result<Vec<Doc>, ApiError> {
     for d in out.iter_mut() {
         let last_seen = d.get("last_seen").and_then(Value::as_i64).unwrap_or(0);
         if last_seen < stale {
-            d.insert("status".into(), json!("disconnected"));
+            d.insert("status".into(), json!(NodeStatus::Disconnected.as_str()));
         }
         let cv = d.get("config_version").and_then(Value::as_i64).unwrap_or(0);
         d.insert("behind".into(), json!((version - cv).max(0)));
@@ -50,12 +50,12 @@ pub async fn data_planes(
     only_on_control_planes(&st)?;
     let status = q.get("status").map(String::as_str);
     if let Some(s) = status {
-        if !STATUSES.contains(&s) {
+        if NodeStatus::parse(s).is_none() {
             return Err(ApiError::Invalid(
                 "status",
                 format!(
                     "unknown status '{s}': expected one of {}",
-                    STATUSES.join(", ")
+                    NodeStatus::ALL.map(NodeStatus::as_str).join(", ")
                 ),
             ));
         }
@@ -236,17 +236,17 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
     );
     if st.settings.role == Role::ControlPlane {
         let dps = entries(&st).await?;
-        let labels: Vec<String> = STATUSES
+        let labels: Vec<String> = NodeStatus::ALL
             .iter()
             .map(|s| format!("{{status=\"{s}\"}}"))
             .collect();
-        let by_status: Vec<(&str, f64)> = STATUSES
+        let by_status: Vec<(&str, f64)> = NodeStatus::ALL
             .iter()
             .zip(&labels)
             .map(|(s, l)| {
                 let n = dps
                     .iter()
-                    .filter(|d| d.get("status").and_then(Value::as_str) == Some(s))
+                    .filter(|d| d.get("status").and_then(Value::as_str) == Some(s.as_str()))
                     .count();
                 (l.as_str(), n as f64)
             })
@@ -259,9 +259,9 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
             &by_status,
         );
         let behind = |d: &Doc| d.get("behind").and_then(Value::as_i64).unwrap_or(0);
-        let live = dps
-            .iter()
-            .filter(|d| d.get("status").and_then(Value::as_str) != Some("disconnected"));
+        let live = dps.iter().filter(|d| {
+            d.get("status").and_then(Value::as_str) != Some(NodeStatus::Disconnected.as_str())
+        });
         gantry_model::prometheus(
             &mut m,
             "gantry_data_planes_max_versions_behind",

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
-use gantry_cluster::{ConfigSink, DataPlane, DpOptions, DpState};
+use gantry_dp::{ConfigSink, DataPlane, DpOptions, DpState};
 use gantry_model::delta::Update;
 use serde_json::{json, Value};
 
@@ -43,7 +43,7 @@ fn envn(k: &str, d: usize) -> usize {
 struct Stamp(Mutex<Vec<(i64, Instant)>>);
 
 impl ConfigSink for Stamp {
-    fn apply(&self, u: &Update<'_>) -> Result<(), gantry_cluster::SinkError> {
+    fn apply(&self, u: &Update<'_>) -> Result<(), gantry_dp::SinkError> {
         self.0.lock().unwrap().push((u.version, Instant::now()));
         Ok(())
     }
@@ -203,7 +203,7 @@ async fn main() {
     let start_routes = envn("START_ROUTES", 10_000);
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.crt"), dir.path().join("c.key"));
-    gantry_cluster::tls::gen_cert(&c, &k, 30).unwrap();
+    gantry_protocol::tls::gen_cert(&c, &k, 30).unwrap();
     let cert = (c.display().to_string(), k.display().to_string());
     let http = reqwest::Client::new();
 

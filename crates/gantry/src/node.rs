@@ -50,7 +50,7 @@ pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
     let logs = settings.prefixed("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let (max, keep) = rotation(settings);
-    let file = crate::logs::Rotating::open(&logs.join("error.log"), max, keep)
+    let file = gantry_proxy::logfile::Rotating::open(&logs.join("error.log"), max, keep)
         .with_context(|| format!("cannot open {}", logs.join("error.log").display()))?;
     let file = std::sync::Mutex::new(file);
     type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
@@ -176,7 +176,7 @@ pub fn access_log(settings: &Settings) -> anyhow::Result<Vec<Arc<dyn gantry_prox
     }
     let (max, keep) = rotation(settings);
     let json = settings.get("log_format") == Some("json");
-    let log = crate::logs::AccessLog::start(&path, max, keep, json)
+    let log = gantry_proxy::logfile::AccessLog::start(&path, max, keep, json)
         .with_context(|| format!("proxy_access_log: cannot open {}", path.display()))?;
     Ok(vec![log])
 }
@@ -401,52 +401,20 @@ where
 async fn start_proxy(
     settings: &Settings,
     store: Arc<Store>,
-    mut versions: tokio::sync::watch::Receiver<i64>,
+    versions: tokio::sync::watch::Receiver<i64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let proxy = new_proxy(settings)?;
     proxy.set_log_sinks(access_log(settings)?);
     // The change feed: each write costs the proxy what it changed, not an export.
-    let mut feed = gantry_store::feed::Feed::start(&store).await?;
+    let feed = gantry_store::feed::Feed::start(&store).await?;
     proxy
         .apply_update(&feed.update(None))
         .context("the stored configuration does not load")?;
     let tasks = serve_proxy(settings, &proxy, &shutdown).await?;
-    let mut stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut pruned = std::time::Instant::now();
-        loop {
-            // Nothing reads this node's change log but a control plane sharing its database:
-            // keep what one would need.
-            if pruned.elapsed() > std::time::Duration::from_secs(600) {
-                pruned = std::time::Instant::now();
-                if let Err(e) = gantry_store::feed::Feed::prune(&store).await {
-                    tracing::warn!(error = %e, "cannot prune the change log");
-                }
-            }
-            tokio::select! {
-                // A burst of writes is applied once: wait a moment for the rest of it.
-                _ = versions.changed() => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                _ = gantry_cluster::stopped(&mut stop) => return,
-            }
-            let step = match feed.next(&store).await {
-                Ok(gantry_store::feed::Step::Unchanged) => continue,
-                Ok(step) => step,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the configuration");
-                    continue;
-                }
-            };
-            let v = feed.version();
-            match proxy.apply_update(&feed.update(step.changes())) {
-                Ok(()) => tracing::info!(version = v, "proxy configuration updated"),
-                Err(e) => {
-                    tracing::error!(version = v, error = %e, "configuration refused; the running one stays")
-                }
-            }
-        }
-    });
+    tokio::spawn(gantry_store::feed::follow(
+        feed, store, proxy, versions, shutdown,
+    ));
     Ok(tasks)
 }
 

@@ -85,7 +85,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
     if !cert.exists() || !key.exists() {
         let _ = std::fs::remove_file(&cert);
         let _ = std::fs::remove_file(&key);
-        gantry_cluster::tls::gen_cert(&cert, &key, 3650)?;
+        gantry_protocol::tls::gen_cert(&cert, &key, 3650)?;
     }
     // The quickstart's own log (the echo upstream, the import) goes under the prefix.
     let loaded = Settings::load(&Sources {

@@ -757,8 +757,8 @@ struct Recorder {
     refuse: bool,
 }
 
-impl gantry_cluster::ConfigSink for Recorder {
-    fn apply(&self, u: &gantry_model::delta::Update<'_>) -> Result<(), gantry_cluster::SinkError> {
+impl gantry_dp::ConfigSink for Recorder {
+    fn apply(&self, u: &gantry_model::delta::Update<'_>) -> Result<(), gantry_dp::SinkError> {
         if self.refuse {
             return Err("this test's data plane refuses every configuration".into());
         }
@@ -792,8 +792,8 @@ fn in_process_dp(
         refuse,
     });
     let id = uuid::Uuid::new_v4().to_string();
-    let dp = gantry_cluster::DataPlane::new(
-        gantry_cluster::DpOptions {
+    let dp = gantry_dp::DataPlane::new(
+        gantry_dp::DpOptions {
             settings: settings.cluster,
             node_id: id.clone(),
             hostname: format!("test-{version}"),
@@ -1679,7 +1679,7 @@ async fn access_logs_request_ids_and_metrics() {
 async fn https_connect_proxy() -> (u16, Arc<AtomicU64>) {
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
-    let (pem, key) = gantry_cluster::tls::self_signed("localhost", 86_400).unwrap();
+    let (pem, key) = gantry_protocol::tls::self_signed("localhost", 86_400).unwrap();
     use rustls_pki_types::pem::PemObject;
     let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()

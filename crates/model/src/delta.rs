@@ -21,6 +21,17 @@ pub struct Update<'a> {
     pub changes: Option<(i64, &'a [Change])>,
 }
 
+/// Where a configuration goes to run: the proxy (on a traditional node, following the store; on
+/// a data plane, following its control plane), or a test's recorder.
+pub trait ConfigSink: Send + Sync + 'static {
+    /// Run the configuration of `update`; an error (the sink's own, the reason logged or
+    /// reported to the control plane) leaves the running one in place.
+    fn apply(&self, update: &Update<'_>) -> Result<(), SinkError>;
+}
+
+/// Why a sink refused a configuration.
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
 /// One entity changed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]

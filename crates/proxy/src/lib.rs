@@ -13,6 +13,7 @@ pub mod error;
 mod exchange;
 mod forward;
 pub mod health;
+pub mod logfile;
 pub mod names;
 pub mod plugins;
 pub mod pool;

@@ -1253,6 +1253,17 @@ fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
     r
 }
 
+/// The proxy runs what the store's change feed (a traditional node) or the control plane (a
+/// data plane) hands it.
+impl gantry_model::delta::ConfigSink for Proxy {
+    fn apply(
+        &self,
+        update: &gantry_model::delta::Update<'_>,
+    ) -> Result<(), gantry_model::delta::SinkError> {
+        Ok(self.apply_update(update)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{request_id, valid_host, Headers};

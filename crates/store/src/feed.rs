@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use gantry_model::delta::{Change, Update};
+use gantry_model::delta::{Change, ConfigSink, Update};
 use gantry_model::hash::Digests;
 use gantry_model::Config;
 
@@ -141,5 +141,51 @@ impl Feed {
     /// Drop the change log older than [`CHANGE_LOG_KEEP`] versions.
     pub async fn prune(store: &Store) -> Result<u64, StoreError> {
         store.prune_changes(CHANGE_LOG_KEEP).await
+    }
+}
+
+/// Keep `sink` on the store's configuration until `stop`: each new version (announced on
+/// `versions` by the Admin API, or found by polling every second, for writes made by another
+/// node on the same database) is applied as the changes that led to it. A burst of writes is
+/// applied once. A configuration the sink refuses is logged, and the running one stays. The
+/// change log is pruned every ten minutes.
+pub async fn follow(
+    mut feed: Feed,
+    store: Arc<Store>,
+    sink: Arc<dyn ConfigSink>,
+    mut versions: tokio::sync::watch::Receiver<i64>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use std::time::{Duration, Instant};
+    let mut pruned = Instant::now();
+    loop {
+        // Nothing reads a traditional node's change log but a control plane sharing its
+        // database: keep what one would need.
+        if pruned.elapsed() > Duration::from_secs(600) {
+            pruned = Instant::now();
+            if let Err(e) = Feed::prune(&store).await {
+                tracing::warn!(error = %e, "cannot prune the change log");
+            }
+        }
+        tokio::select! {
+            _ = versions.changed() => tokio::time::sleep(Duration::from_millis(50)).await,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = async { let _ = stop.wait_for(|v| *v).await; } => return,
+        }
+        let step = match feed.next(&store).await {
+            Ok(Step::Unchanged) => continue,
+            Ok(step) => step,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the configuration");
+                continue;
+            }
+        };
+        let v = feed.version();
+        match sink.apply(&feed.update(step.changes())) {
+            Ok(()) => tracing::info!(version = v, "proxy configuration updated"),
+            Err(e) => {
+                tracing::error!(version = v, error = %e, "configuration refused; the running one stays")
+            }
+        }
     }
 }

@@ -40,6 +40,29 @@ impl Collector {
     }
 
     /// Requests dropped because the buffer was full.
+    /// Its Prometheus metrics: requests dropped from analytics, and those held.
+    pub fn write_metrics(&self, m: &mut String) {
+        gantry_model::prometheus(
+            m,
+            "gantry_telemetry_dropped_total",
+            "counter",
+            "Requests left out of analytics because the buffer was full.",
+            &[("", self.dropped() as f64)],
+        );
+        gantry_model::prometheus(
+            m,
+            "gantry_telemetry_buffered_requests",
+            "gauge",
+            "Requests held for analytics, not yet acknowledged.",
+            &[("", self.buffered() as f64)],
+        );
+    }
+
+    /// Its `analytics` object on the status API.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({"buffered_requests": self.buffered(), "dropped_requests": self.dropped()})
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

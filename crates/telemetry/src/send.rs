@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use gantry_cluster::proto;
-use gantry_cluster::proto::Received;
 use gantry_conf::ClusterSettings;
 use gantry_model::analytics::Row;
+use gantry_protocol as proto;
+use gantry_protocol::Received;
 use tokio::sync::watch;
 
 use crate::{Collector, Msg, PATH};
@@ -49,7 +49,7 @@ pub async fn run(
     let mut attempt = 0u32;
     let mut told_expired = false;
     loop {
-        if let Some(at) = gantry_cluster::tls::expired(&settings) {
+        if let Some(at) = gantry_protocol::tls::expired(&settings) {
             if !told_expired {
                 tracing::error!("analytics are not sent: the cluster certificate expired at {at} (Unix time); requests are buffered up to analytics_buffer_size_limit, then dropped and counted");
                 told_expired = true;
@@ -79,10 +79,10 @@ pub async fn run(
             }
         }
         // Meanwhile rows keep moving into batches, so the buffer limit holds.
-        let wait = gantry_cluster::dp::backoff(attempt.max(1)).max(settings.analytics_flush);
+        let wait = gantry_protocol::backoff(attempt.max(1)).max(settings.analytics_flush);
         tokio::select! {
             _ = tokio::time::sleep(wait) => cut(&collector, &mut queue, &mut seq),
-            _ = gantry_cluster::stopped(&mut shutdown) => return,
+            _ = proto::stopped(&mut shutdown) => return,
         }
     }
 }
@@ -96,12 +96,12 @@ async fn session(
     seq: &mut i64,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let tls = gantry_cluster::tls::client_config(s).map_err(|e| e.to_string())?;
+    let tls = gantry_protocol::tls::client_config(s).map_err(|e| e.to_string())?;
     let name =
         tokio_rustls::rustls::pki_types::ServerName::try_from(s.telemetry_server_name.clone())
             .map_err(|e| format!("cluster_telemetry_server_name: {e}"))?;
     let io =
-        gantry_cluster::dial::dial(endpoint, s.proxy.as_ref(), Duration::from_secs(10)).await?;
+        gantry_protocol::dial::dial(endpoint, s.proxy.as_ref(), Duration::from_secs(10)).await?;
     let stream = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_rustls::TlsConnector::from(tls).connect(name, io),
@@ -124,7 +124,7 @@ async fn session(
     loop {
         // A certificate that expired (or was rotated to an expired one) stops sending even on
         // a connection made before.
-        if gantry_cluster::tls::expired(s).is_some() {
+        if gantry_protocol::tls::expired(s).is_some() {
             return Err("the cluster certificate has expired".into());
         }
         // Everything queued goes first, one batch at a time, each acknowledged.
@@ -152,13 +152,13 @@ async fn session(
         }
         tokio::select! {
             _ = tick.tick() => cut(collector, queue, seq),
-            _ = gantry_cluster::stopped(shutdown) => return Ok(()),
+            _ = proto::stopped(shutdown) => return Ok(()),
         }
     }
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_rustls::client::TlsStream<gantry_cluster::dial::BoxIo>,
+    tokio_rustls::client::TlsStream<gantry_protocol::dial::BoxIo>,
 >;
 
 async fn send(ws: &mut Ws, m: &Msg) -> Result<(), String> {

@@ -1,15 +1,32 @@
-//! The control plane's telemetry endpoint: batches in, merged into the store once each.
+//! The control plane's telemetry endpoint: batches in, merged into the store once each; and
+//! their retention.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use gantry_cluster::proto;
+use gantry_protocol as proto;
 use gantry_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::{Msg, PATH};
+use gantry_protocol::telemetry::{Msg, PATH};
+
+/// Remove analytics older than `retention`, now and every ten minutes, until `stop`.
+pub async fn purge(store: Arc<Store>, retention: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        let before = gantry_model::unix_now() - retention.as_secs() as i64;
+        match store.purge_analytics(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "analytics older than analytics_retention removed"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge analytics"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            _ = proto::stopped(&mut stop) => return,
+        }
+    }
+}
 
 /// Accept data planes' analytics on `listener` (mTLS as the cluster listener) until shutdown.
 pub async fn serve(
@@ -37,7 +54,7 @@ pub async fn serve(
                     }
                 });
             }
-            _ = gantry_cluster::stopped(&mut shutdown) => return,
+            _ = proto::stopped(&mut shutdown) => return,
         }
     }
 }

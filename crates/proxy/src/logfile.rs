@@ -1,4 +1,5 @@
-//! Log files: size-based rotation, and the proxy's access log.
+//! Log files: size-based rotation (the error log and the access log), and the proxy's access
+//! log, written by a thread of its own so that the request path never waits on the disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 
-use gantry_proxy::{LogSink, RequestLog};
+use crate::{LogSink, RequestLog};
 
 /// A log file that rotates once it would pass `max` bytes: `f` becomes `f.1`, `f.1` becomes
 /// `f.2`, ..., keeping `keep` old files.

@@ -25,7 +25,7 @@ use gantry_model::hash::Digests;
 use gantry_model::{Config, Doc};
 use serde::{Deserialize, Serialize};
 
-use crate::proto;
+use gantry_protocol as proto;
 
 /// The snapshot's format: a file of another format (an older Gantry's) is not read.
 const FORMAT: u32 = 2;

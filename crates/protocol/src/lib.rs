@@ -1,12 +1,26 @@
-//! The wire protocol between control and data planes (see docs/protocol.md).
+//! The hybrid-mode protocol, shared by control and data planes (see docs/protocol.md); no
+//! store and no SQL here.
 //!
-//! One WebSocket per data plane, over mutual TLS, at [`PATH`]. Every message is one JSON
-//! object with a `type`; a text frame carries it as is, a binary frame carries it
-//! gzip-compressed. Senders compress messages larger than [`COMPRESS_ABOVE`].
+//! - this module: the messages and their framing. One WebSocket per data plane, over mutual
+//!   TLS, at [`PATH`]. Every message is one JSON object with a `type`; a text frame carries it
+//!   as is, a binary frame carries it gzip-compressed. Senders compress messages larger than
+//!   [`COMPRESS_ABOVE`].
+//! - [`status`]: a data plane's status in the registry, and why it is incompatible.
+//! - [`telemetry`]: the analytics messages on `cluster_telemetry_listen`.
+//! - [`tls`]: cluster certificates, `shared` and `pki` verification, `hybrid gen_cert`.
+//! - [`dial`]: reaching the control plane directly or through a forward proxy.
+//!
+//! The compatibility rules between versions (which fields an older data plane loses) are
+//! `gantry_model::compat`'s, which the Admin API also applies.
 //!
 //! Evolution rules: fields are only ever added, with `#[serde(default)]`, and readers ignore
 //! fields they do not know; a message type a peer does not know is ignored; a change that
 //! cannot follow these rules takes a new [`PROTOCOL`] number.
+
+pub mod dial;
+pub mod status;
+pub mod telemetry;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -211,9 +225,32 @@ pub fn from_ws<T: for<'de> Deserialize<'de>>(
     })
 }
 
+/// Resolves once `rx` says stop (or its sender is gone): the shutdown arm of a `select!`.
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Exponential backoff with jitter: 250 ms doubling to 10 s, each delay between half and all
+/// of its step, so data planes cut off together do not come back together.
+pub fn backoff(attempt: u32) -> std::time::Duration {
+    let step = (250u64 << attempt.min(6).saturating_sub(1)).min(10_000);
+    let ms = step / 2 + rand::random::<u64>() % (step / 2 + 1);
+    std::time::Duration::from_millis(ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_ceiling_with_jitter() {
+        for a in 1..20 {
+            let d = backoff(a).as_millis() as u64;
+            let step = (250u64 << (a.min(6) - 1)).min(10_000);
+            assert!(d >= step / 2 && d <= step, "{a}: {d}");
+        }
+        assert!(backoff(30) <= std::time::Duration::from_secs(10));
+    }
     use serde_json::json;
 
     /// Payloads as version 1 of the protocol writes them: these must keep decoding.

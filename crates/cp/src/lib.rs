@@ -1,6 +1,12 @@
-//! The control plane side: one tracker that follows the store and publishes each new
-//! configuration version with the delta that led to it, and one session per connected data
+//! The control plane side: one tracker that follows the store's change feed and publishes each
+//! new configuration version with the delta that led to it, and one session per connected data
 //! plane that sends it what it lacks and keeps its registry entry.
+//!
+//! - [`ControlPlane`]: the tracker, the sessions, the registry, the cluster listener.
+//! - [`telemetry`]: `cluster_telemetry_listen`, analytics merged into the store, and their
+//!   retention.
+
+pub mod telemetry;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +27,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
+use gantry_protocol::status::{Incompatible, NodeStatus, SyncStatus};
+use gantry_protocol::{self as proto, FromDp, ToDp, PATH, PROTOCOL};
+
+/// Why the control plane's cluster service cannot start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum CpError {
+    #[error(transparent)]
+    Tls(#[from] proto::tls::TlsError),
+    #[error(transparent)]
+    Store(#[from] gantry_store::StoreError),
+}
 
 /// How many single-version steps a control plane keeps to bring a data plane up to date with
 /// deltas; a data plane further behind gets a snapshot.
@@ -229,8 +245,8 @@ impl ControlPlane {
         versions: watch::Receiver<i64>,
         shutdown: watch::Receiver<bool>,
         plugins: Catalog,
-    ) -> Result<Arc<ControlPlane>, crate::ClusterError> {
-        let tls = tokio_rustls::TlsAcceptor::from(crate::tls::server_config(&settings)?);
+    ) -> Result<Arc<ControlPlane>, CpError> {
+        let tls = tokio_rustls::TlsAcceptor::from(proto::tls::server_config(&settings)?);
         let feed = Feed::start(&store).await?;
         let (published, _) = watch::channel(Arc::new(Published::whole(&feed)));
         let cp = Arc::new(ControlPlane {
@@ -316,7 +332,7 @@ impl ControlPlane {
                     tokio::time::sleep(poll).await;
                 },
                 _ = tokio::time::sleep(poll) => {}
-                _ = crate::stopped(&mut stop) => return,
+                _ = proto::stopped(&mut stop) => return,
             }
             if let Err(e) = self.catch_up(&mut feed).await {
                 tracing::error!(error = %e, "cannot read configuration changes from the store");
@@ -324,7 +340,7 @@ impl ControlPlane {
         }
     }
 
-    async fn catch_up(&self, feed: &mut Feed) -> Result<(), crate::ClusterError> {
+    async fn catch_up(&self, feed: &mut Feed) -> Result<(), CpError> {
         let next = match feed.next(&self.store).await? {
             FeedStep::Unchanged => return Ok(()),
             FeedStep::Changes {
@@ -356,7 +372,7 @@ impl ControlPlane {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
-                _ = crate::stopped(&mut stop) => return,
+                _ = proto::stopped(&mut stop) => return,
             }
             // The change log needs to reach back only as far as a lagging reader; one further
             // behind reads the configuration whole.
@@ -392,7 +408,7 @@ impl ControlPlane {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                 },
-                _ = crate::stopped(&mut shutdown) => return,
+                _ = proto::stopped(&mut shutdown) => return,
             }
         }
     }
@@ -419,7 +435,7 @@ impl ControlPlane {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .and_then(|c| crate::tls::validity(c))
+            .and_then(|c| proto::tls::validity(c))
             .map(|(_, not_after)| not_after);
         // Data planes send small messages: a small read buffer keeps a thousand idle
         // connections cheap (tungstenite reserves 128 KiB by default).
@@ -472,7 +488,7 @@ impl ControlPlane {
             self.stats
                 .connected
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            dp.status = "disconnected";
+            dp.status = NodeStatus::Disconnected;
             if let Err(e) = &result {
                 dp.last_error.get_or_insert_with(|| e.clone());
             }
@@ -500,22 +516,14 @@ struct DpInfo {
     sent: Option<(i64, String)>,
     /// Whether the data plane's configuration is known (false after it refused one).
     known: bool,
-    status: &'static str,
-    reason: Option<String>,
+    status: NodeStatus,
+    /// Why it is sent no configuration, while it is not.
+    reason: Option<Incompatible>,
     last_error: Option<String>,
     first_seen: i64,
 }
 
 impl DpInfo {
-    fn sync_status(&self) -> &'static str {
-        match (self.status, self.reason.as_deref()) {
-            ("incompatible", Some(r)) if r.starts_with("plugin") => "plugin_set_incompatible",
-            ("incompatible", _) => "kong_version_incompatible",
-            ("connected", _) => "normal",
-            _ => "unknown",
-        }
-    }
-
     fn doc(&self, cp: &str, expiry: Option<i64>) -> Doc {
         let v = json!({
             "id": self.id,
@@ -523,14 +531,14 @@ impl DpInfo {
             "ip": self.ip,
             "version": self.version,
             "labels": self.labels,
-            "status": self.status,
-            "sync_status": self.sync_status(),
+            "status": self.status.as_str(),
+            "sync_status": SyncStatus::of(self.status, self.reason.as_ref()).as_str(),
             "config_version": self.config_version,
             "config_hash": self.config_hash,
             "last_seen": unix_now(),
             "cert_details": {"expiry_timestamp": expiry},
             "last_error": self.last_error,
-            "reason": self.reason,
+            "reason": self.reason.as_ref().map(Incompatible::reason),
             "control_plane": cp,
             "created_at": self.first_seen,
             "updated_at": unix_now(),
@@ -606,12 +614,13 @@ impl Session {
             return Err(format!("invalid node id '{node_id}'"));
         }
         let reason = if protocol < proto::MIN_PROTOCOL {
-            Some(format!(
+            Some(Incompatible::Version(format!(
                 "protocol {protocol} is not supported (this control plane speaks {PROTOCOL}, and hashes configurations as protocol {} data planes do); upgrade the data plane",
                 proto::MIN_PROTOCOL
-            ))
+            )))
         } else {
             compat::incompatibility(gantry_model::GANTRY_VERSION, &version)
+                .map(Incompatible::Version)
         };
         let parsed = Version::parse(&version);
         let session = format!("{}:{}", self.cp.id, rand::random::<u64>());
@@ -629,9 +638,9 @@ impl Session {
             sent: None,
             known: true,
             status: if reason.is_some() {
-                "incompatible"
+                NodeStatus::Incompatible
             } else {
-                "connected"
+                NodeStatus::Connected
             },
             reason: reason.clone(),
             last_error: None,
@@ -653,9 +662,11 @@ impl Session {
         }))
         .await?;
         if let Some(r) = reason {
-            tracing::warn!(peer = %self.peer, "data plane is incompatible: {r}");
-            self.send(&proto::encode(&ToDp::Incompatible { reason: r }))
-                .await?;
+            tracing::warn!(peer = %self.peer, "data plane is incompatible: {}", r.reason());
+            self.send(&proto::encode(&ToDp::Incompatible {
+                reason: r.reason().to_string(),
+            }))
+            .await?;
         }
         let mut published = self.cp.published.subscribe();
         published.mark_changed();
@@ -670,7 +681,7 @@ impl Session {
                     let Some(m) = m? else { return Ok(()) };
                     self.handle(m).await?;
                 }
-                _ = crate::stopped(&mut stop) => {
+                _ = proto::stopped(&mut stop) => {
                     let _ = self.ws.close(None).await;
                     return Err("control plane shutting down".into());
                 }
@@ -689,11 +700,8 @@ impl Session {
     }
 
     async fn offer_to(&mut self, dp: &mut DpInfo, p: &Arc<Published>) -> Result<(), String> {
-        if dp.status == "incompatible"
-            && dp
-                .reason
-                .as_deref()
-                .is_some_and(|r| !r.starts_with("plugin"))
+        if dp.status == NodeStatus::Incompatible
+            && matches!(dp.reason, Some(Incompatible::Version(_)))
         {
             return Ok(());
         }
@@ -712,15 +720,11 @@ impl Session {
             .map(String::as_str)
             .collect();
         if !missing.is_empty() {
-            let reason =
-                format!(
-                "plugin{} {} configured on the control plane but not available on the data plane",
-                if missing.len() > 1 { "s" } else { "" },
-                missing.iter().map(|m| format!("'{m}'")).collect::<Vec<_>>().join(", "),
-            );
-            if dp.reason.as_deref() != Some(&reason) {
-                dp.status = "incompatible";
-                dp.reason = Some(reason.clone());
+            let why = Incompatible::plugins(&missing);
+            if dp.reason.as_ref() != Some(&why) {
+                let reason = why.reason().to_string();
+                dp.status = NodeStatus::Incompatible;
+                dp.reason = Some(why);
                 tracing::warn!(node_id = %dp.id, "data plane is incompatible: {reason}");
                 self.send(&proto::encode(&ToDp::Incompatible { reason }))
                     .await?;
@@ -728,8 +732,8 @@ impl Session {
             }
             return Ok(());
         }
-        if dp.status == "incompatible" {
-            dp.status = "connected";
+        if dp.status == NodeStatus::Incompatible {
+            dp.status = NodeStatus::Connected;
             dp.reason = None;
         }
         let (have_v, have_h) = match &dp.sent {
@@ -818,7 +822,7 @@ impl Session {
                 self.max
             );
             tracing::error!(node_id = %dp.id, "{e}");
-            dp.status = "out_of_sync";
+            dp.status = NodeStatus::OutOfSync;
             dp.last_error = Some(e);
             self.save(dp).await;
             return Ok(());
@@ -862,14 +866,14 @@ impl Session {
                 };
                 dp.config_version = version;
                 dp.config_hash = hash.clone();
-                if dp.status != "incompatible" {
+                if dp.status != NodeStatus::Incompatible {
                     if let Some(want) = expected.filter(|h| *h != hash) {
-                        dp.status = "out_of_sync";
+                        dp.status = NodeStatus::OutOfSync;
                         dp.last_error = Some(format!(
                             "the data plane runs hash {hash} for version {version}, the control plane sent {want}"
                         ));
                     } else {
-                        dp.status = "connected";
+                        dp.status = NodeStatus::Connected;
                         dp.last_error = None;
                     }
                 }
@@ -881,7 +885,7 @@ impl Session {
                 running_version,
             } => {
                 tracing::warn!(node_id = %dp.id, version, "data plane refused the configuration: {error}");
-                dp.status = "out_of_sync";
+                dp.status = NodeStatus::OutOfSync;
                 dp.last_error = Some(format!("version {version}: {error}"));
                 dp.config_version = running_version;
                 dp.sent = None;

@@ -1,5 +1,14 @@
 //! The data plane side: keep a connection to a control plane, apply what it sends, keep the
 //! last good configuration on disk, and serve from it while no control plane answers.
+//!
+//! - [`DataPlane`]: the connection with backoff, delta application, the hash check, and the
+//!   sink the configuration goes to (the proxy).
+//! - [`cache`]: the configuration cache, a snapshot and a log of deltas.
+//! - [`certs`]: the cluster certificate watched for rotation (SIGHUP or new files).
+//! - [`DpState`]: what runs and whether it is connected, and the metrics and status it gives.
+
+pub mod cache;
+pub mod certs;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,18 +23,10 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::cache::{self, CacheError};
-use crate::proto::{self, FromDp, ToDp, PATH, PROTOCOL};
+use crate::cache::CacheError;
+use gantry_protocol::{self as proto, FromDp, ToDp, PATH, PROTOCOL};
 
-/// Where a data plane's configuration goes: the proxy, or a test's recorder.
-pub trait ConfigSink: Send + Sync + 'static {
-    /// Run the configuration of `update`; an error (the sink's own, the reason reported to the
-    /// control plane) leaves the running one in place.
-    fn apply(&self, update: &Update<'_>) -> Result<(), SinkError>;
-}
-
-/// Why a sink refused a configuration.
-pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+pub use gantry_model::delta::{ConfigSink, SinkError};
 
 /// Why a configuration from the control plane was not applied (reported to it, and logged).
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +68,48 @@ pub struct DpState {
     pub bytes_received: u64,
     /// How long the last configuration took to apply: delta, hash check and the sink.
     pub last_apply: Duration,
+}
+
+impl DpState {
+    /// Its Prometheus metrics: the link to the control plane, the bytes received, the last
+    /// apply's duration.
+    pub fn write_metrics(&self, m: &mut String) {
+        let gauges = [
+            (
+                "gantry_control_plane_connected",
+                "gauge",
+                "Whether this data plane is connected to a control plane.",
+                f64::from(u8::from(self.connected)),
+            ),
+            (
+                "gantry_cluster_bytes_received_total",
+                "counter",
+                "Configuration bytes received from control planes.",
+                self.bytes_received as f64,
+            ),
+            (
+                "gantry_config_last_apply_seconds",
+                "gauge",
+                "How long the last configuration took to apply: delta, hash check and proxy snapshot.",
+                self.last_apply.as_secs_f64(),
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            gantry_model::prometheus(m, name, kind, help, &[("", v)]);
+        }
+    }
+
+    /// Its `cluster` object on the status API.
+    pub fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connected": self.connected,
+            "control_plane": self.control_plane,
+            "config_version": self.version,
+            "config_hash": self.hash,
+            "bytes_received": self.bytes_received,
+            "last_apply_ms": self.last_apply.as_secs_f64() * 1000.0,
+        })
+    }
 }
 
 /// Read the cached configuration, checked against its hashes: (configuration, version, hash).
@@ -201,7 +244,7 @@ impl DataPlane {
             let r = tokio::select! {
                 r = self.session(cp, &mut local) => r,
                 _ = reconnect.changed() => Err(Ended::Rotated),
-                _ = crate::stopped(&mut shutdown) => return,
+                _ = proto::stopped(&mut shutdown) => return,
             };
             self.state.send_modify(|s| {
                 s.connected = false;
@@ -216,7 +259,7 @@ impl DataPlane {
                 Err(Ended::Connect(e)) => {
                     tracing::error!("failed to connect to the control plane {cp}: {e}");
                     attempt += 1;
-                    backoff(attempt)
+                    proto::backoff(attempt)
                 }
                 Err(Ended::Lost(e)) => {
                     tracing::error!("connection to the control plane {cp} lost: {e}");
@@ -224,30 +267,30 @@ impl DataPlane {
                         attempt = 0;
                     }
                     attempt += 1;
-                    backoff(attempt)
+                    proto::backoff(attempt)
                 }
                 Ok(()) => {
                     tracing::warn!("the control plane {cp} closed the connection");
                     attempt += 1;
-                    backoff(attempt)
+                    proto::backoff(attempt)
                 }
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = reconnect.changed() => {}
-                _ = crate::stopped(&mut shutdown) => return,
+                _ = proto::stopped(&mut shutdown) => return,
             }
         }
     }
 
     async fn session(&self, cp: &str, local: &mut Local) -> Result<(), Ended> {
         let s = &self.opts.settings;
-        let tls = crate::tls::client_config(s).map_err(|e| Ended::Connect(e.to_string()))?;
-        if let Some(not_after) = crate::tls::expired(s) {
+        let tls = proto::tls::client_config(s).map_err(|e| Ended::Connect(e.to_string()))?;
+        if let Some(not_after) = proto::tls::expired(s) {
             tracing::error!("the cluster certificate expired at {not_after} (Unix time): the control plane will refuse it; proxying continues with the configuration held");
         }
-        let name = crate::tls::server_name(s).map_err(|e| Ended::Connect(e.to_string()))?;
-        let io = crate::dial::dial(cp, s.proxy.as_ref(), Duration::from_secs(10))
+        let name = proto::tls::server_name(s).map_err(|e| Ended::Connect(e.to_string()))?;
+        let io = proto::dial::dial(cp, s.proxy.as_ref(), Duration::from_secs(10))
             .await
             .map_err(Ended::Connect)?;
         let stream = tokio::time::timeout(
@@ -464,27 +507,4 @@ where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
     ws.send(proto::to_ws(msg)).await.map_err(|e| e.to_string())
-}
-
-/// Exponential backoff with jitter: 250 ms doubling to 10 s, each delay between half and all
-/// of its step, so data planes cut off together do not come back together.
-pub fn backoff(attempt: u32) -> Duration {
-    let step = (250u64 << attempt.min(6).saturating_sub(1)).min(10_000);
-    let ms = step / 2 + rand::random::<u64>() % (step / 2 + 1);
-    Duration::from_millis(ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_to_a_ceiling_with_jitter() {
-        for a in 1..20 {
-            let d = backoff(a).as_millis() as u64;
-            let step = (250u64 << (a.min(6) - 1)).min(10_000);
-            assert!(d >= step / 2 && d <= step, "{a}: {d}");
-        }
-        assert!(backoff(30) <= Duration::from_secs(10));
-    }
 }
