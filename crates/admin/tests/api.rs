@@ -1,9 +1,8 @@
 //! The Admin API against a real socket, on SQLite and on PostgreSQL.
 
-mod common;
-
-use common::{certs, start, Api};
+use gantry_testkit::admin::{certs, start, Api};
 use gantry_testkit::all_stores;
+use gantry_testkit::http::not_enabled;
 use serde_json::{json, Value};
 
 /// For one entity: where to create it, a valid body, defaults to expect, a field to patch.
@@ -819,10 +818,6 @@ const NOT_RUN: &[&str] = &[
     "proxy-cache",
     "response-ratelimiting",
 ];
-
-fn not_enabled(name: &str) -> String {
-    format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")
-}
 
 /// A plugin the node does not run is refused with Kong's 400, at every scope and through
 /// every write; `plugins` chooses what runs, and what is listed is what runs.

@@ -1,83 +1,15 @@
 //! Hybrid mode with real processes: control planes, data planes, certificates, failures.
 
-mod common;
-
 use gantry_testkit::free_port;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{admin, cmd, echo, Node};
+use gantry_testkit::http::{get_json, until};
+use gantry_testkit::process::{admin, cmd, cp_env, dp_env, env, gen_cert, service_and_route, Node};
+use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
-
-fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-/// A shared-mode certificate pair made by `gantry hybrid gen_cert`.
-fn gen_cert(dir: &Path, name: &str) -> (String, String) {
-    let (c, k) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = cmd(&[])
-        .args(["hybrid", "gen_cert"])
-        .arg(&c)
-        .arg(&k)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (c.display().to_string(), k.display().to_string())
-}
-
-fn cp_env(cert: &(String, String), extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut e = env(&[
-        ("KONG_ROLE", "control_plane"),
-        ("KONG_CLUSTER_CERT", &cert.0),
-        ("KONG_CLUSTER_CERT_KEY", &cert.1),
-    ]);
-    e.extend(env(extra));
-    e
-}
-
-fn dp_env(cp: &str, cert: &(String, String), extra: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut e = env(&[
-        ("KONG_ROLE", "data_plane"),
-        ("KONG_DATABASE", "off"),
-        ("KONG_CLUSTER_CONTROL_PLANE", cp),
-        ("KONG_CLUSTER_CERT", &cert.0),
-        ("KONG_CLUSTER_CERT_KEY", &cert.1),
-    ]);
-    e.extend(env(extra));
-    e
-}
-
-async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
-    let r = http.get(url).send().await.unwrap();
-    let s = r.status().as_u16();
-    (s, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Poll `url` until it answers `want`.
-async fn until(http: &reqwest::Client, url: &str, want: u16, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = http.get(url).send().await.map(|r| r.status().as_u16());
-        if matches!(got, Ok(s) if s == want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "GET {url}: {got:?}, want {want}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// Poll the registry until `pred` holds for it.
 async fn until_registry(
@@ -176,14 +108,6 @@ impl Load {
             first,
         )
     }
-}
-
-/// A service `s` to the echo upstream `up` and a route on it with `path`.
-async fn service_and_route(http: &reqwest::Client, cp: &Node, up: &str, path: &str) {
-    let s = json!({"name": "s", "url": format!("http://{up}")});
-    admin(http, cp, "POST", "/services", s).await;
-    let r = json!({"name": "r", "paths": [path]});
-    admin(http, cp, "POST", "/services/s/routes", r).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1090,7 +1014,7 @@ async fn two_control_planes_share_one_postgres() {
     let cert = gen_cert(dir.path(), "cluster");
     let http = reqwest::Client::new();
     let up = echo().await;
-    let db = common::db_env(Some(&pg));
+    let db = gantry_testkit::process::db_env(Some(&pg));
     let with_db = |mut e: Vec<(String, String)>| {
         e.extend(db.iter().cloned());
         e

@@ -1,12 +1,10 @@
 //! The `gantry` binary as users run it: real processes, real sockets, SQLite and PostgreSQL.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{backends, cmd, db_env, Node};
+use gantry_testkit::process::{backends, cmd, db_env, Node};
 use serde_json::{json, Value};
 
 fn hash_line(out: &str) -> String {

@@ -1,10 +1,10 @@
 //! Proxying through a real `gantry` process to real upstream servers on loopback.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{admin, echo, Node};
+use gantry_testkit::http::not_enabled;
+use gantry_testkit::process::{admin, service_and_route, Node};
+use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
 
 /// Wait until the proxy runs the configuration the Admin API holds (same hash).
@@ -35,20 +35,8 @@ async fn synced(http: &reqwest::Client, node: &Node) {
 
 /// Wait until `GET path` through the proxy answers `want` (changes apply within a second or so).
 async fn until(http: &reqwest::Client, node: &Node, path: &str, want: u16) -> reqwest::Response {
-    let proxy = node.proxy.as_ref().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = http.get(format!("{proxy}{path}")).send().await.unwrap();
-        if r.status().as_u16() == want {
-            return r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path}: still {} after 10 s",
-            r.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let url = format!("{}{path}", node.proxy.as_ref().unwrap());
+    gantry_testkit::http::until(http, &url, want, Duration::from_secs(10)).await
 }
 
 #[tokio::test]
@@ -1744,7 +1732,7 @@ async fn the_log_phase_waits_for_the_body() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    let slow_addr = raw_upstream(
+    let slow_addr = gantry_testkit::upstream::raw(
         b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
         Duration::from_millis(300),
         b"hello",
@@ -1817,7 +1805,7 @@ async fn headers_settings_choose_what_is_added() {
     let dir = tempfile::tempdir().unwrap();
     let env = set(&[("KONG_HEADERS", "off"), ("KONG_HEADERS_UPSTREAM", "off")]);
     let node = Node::start(dir.path(), &env);
-    route_to(&http, &node, &up, "/a").await;
+    service_and_route(&http, &node, &up, "/a").await;
     let r = until(&http, &node, "/a", 200).await;
     for h in [
         "via",
@@ -1845,7 +1833,7 @@ async fn headers_settings_choose_what_is_added() {
         "X-Kong-Upstream-Status, Server, latency_tokens",
     )]);
     let node = Node::start(dir.path(), &env);
-    route_to(&http, &node, &up, "/a").await;
+    service_and_route(&http, &node, &up, "/a").await;
     let r = until(&http, &node, "/a", 200).await;
     assert_eq!(r.headers()["x-kong-upstream-status"], "200");
     assert!(r.headers().contains_key("x-kong-upstream-latency"));
@@ -1915,7 +1903,7 @@ async fn trusted_proxies_forward_the_client() {
         ("10.0.0.0/8", "127.0.0.1", "http", "127.0.0.1"),
     ] {
         let (_dir, node) = start(trusted);
-        route_to(&http, &node, &up, "/a").await;
+        service_and_route(&http, &node, &up, "/a").await;
         until(&http, &node, "/a", 200).await;
         let h = send(&node).await;
         assert_eq!(h["x-real-ip"], want_ip, "trusted {trusted}: {h}");
@@ -1966,7 +1954,7 @@ async fn upstream_keepalive_settings_bound_connections() {
         ),
     ];
     let node = Node::start(dir.path(), &env);
-    route_to(&http, &node, &up, "/a").await;
+    service_and_route(&http, &node, &up, "/a").await;
     until(&http, &node, "/a", 200).await;
     // Whatever the warm-up left, start on a fresh connection: wait out the idle timeout.
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -2002,7 +1990,7 @@ async fn upstream_keepalive_settings_bound_connections() {
 async fn connections_the_upstream_closed_are_replaced() {
     let http = reqwest::Client::new();
     // Closed at once: the proxy may already have the connection back in its pool.
-    let addr = raw_upstream(
+    let addr = gantry_testkit::upstream::raw(
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
         Duration::ZERO,
         b"",
@@ -2039,39 +2027,6 @@ async fn connections_the_upstream_closed_are_replaced() {
     );
 }
 
-/// A raw HTTP/1.1 upstream on loopback: for each request head, writes `head`, then (when
-/// `tail` is not empty) waits `pause` and writes `tail`, then closes the connection without
-/// saying so in the response.
-async fn raw_upstream(
-    head: &'static [u8],
-    pause: Duration,
-    tail: &'static [u8],
-) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(head).await;
-                if !tail.is_empty() {
-                    tokio::time::sleep(pause).await;
-                    let _ = s.write_all(tail).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// `gantry start` with these settings must fail; its standard error.
 fn failed_start(env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -2092,20 +2047,6 @@ fn failed_start_in(prefix: &std::path::Path, env: &[(&str, &str)]) -> String {
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(!out.status.success(), "started: {err}");
     err
-}
-
-/// A service `s` to `upstream` (host:port) with one route on `path`.
-async fn route_to(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
-    let service = json!({"name": "s", "url": format!("http://{upstream}")});
-    admin(http, node, "POST", "/services", service).await;
-    admin(
-        http,
-        node,
-        "POST",
-        "/services/s/routes",
-        json!({"paths": [path]}),
-    )
-    .await;
 }
 
 /// An upstream closes a kept connection as a request arrives on it (its keep-alive timeout
@@ -2142,7 +2083,7 @@ async fn idempotent_requests_survive_an_upstream_closing_kept_connections() {
     });
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
-    route_to(&http, &node, &addr.to_string(), "/a").await;
+    service_and_route(&http, &node, &addr.to_string(), "/a").await;
     until(&http, &node, "/a", 200).await;
     let url = format!("{}/a", node.proxy.as_ref().unwrap());
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -2156,10 +2097,6 @@ async fn idempotent_requests_survive_an_upstream_closing_kept_connections() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = http.post(&url).body("x").send().await.unwrap();
     assert_eq!(r.status(), 502, "a request with a body is never sent twice");
-}
-
-fn not_enabled(name: &str) -> String {
-    format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")
 }
 
 /// `gantry` with these settings and arguments: whether it succeeded, and its standard error.

@@ -1,9 +1,20 @@
-//! Support for the project's tests: isolated databases and backends.
+//! Support for the project's tests: isolated databases and backends, real processes, upstreams.
+//!
+//! - this module: PostgreSQL schemas and stores per test, free ports, the bundled plugins.
+//! - [`process`]: `gantry` processes on ephemeral ports, their environments and certificates.
+//! - [`admin`]: an in-process Admin API over a test store, and its client.
+//! - [`http`]: calls that must succeed, waiting for an answer, Kong's messages tests expect.
+//! - [`upstream`]: echo and raw upstreams.
 //!
 //! Tests that need PostgreSQL get a fresh schema each, dropped afterwards. Where PostgreSQL is
 //! absent they skip with a printed reason, except in CI (`CI=true`), where that is a failure.
 
 use std::time::Duration;
+
+pub mod admin;
+pub mod http;
+pub mod process;
+pub mod upstream;
 
 use gantry_conf::PgSettings;
 use gantry_store::{Backend, Store};

@@ -1,6 +1,4 @@
-//! Real `gantry` processes on ephemeral ports, killed when dropped.
-
-#![allow(dead_code)]
+//! Real `gantry` processes on ephemeral ports, killed when dropped, and what tests ask of them.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -8,10 +6,26 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use gantry_testkit::PgSchema;
+use crate::PgSchema;
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_gantry")
+/// The `gantry` binary under test: `GANTRY_BIN`, or the one Cargo built beside the test
+/// (a test binary runs from `target/<profile>/deps/`, the binary is in `target/<profile>/`).
+pub fn bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("GANTRY_BIN") {
+        return PathBuf::from(b);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary under target/<profile>/deps");
+    let bin = profile.join("gantry");
+    assert!(
+        bin.exists(),
+        "no gantry binary at {} (run the tests of the gantry package, or set GANTRY_BIN)",
+        bin.display()
+    );
+    bin
 }
 
 /// A `gantry` command with no inherited Kong or Gantry settings.
@@ -261,15 +275,60 @@ pub async fn backends() -> Vec<Option<PgSchema>> {
     v
 }
 
-/// An echo upstream on loopback; returns its `host:port`.
-pub async fn echo() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(gantry_proxy::echo::serve(l));
-    addr.to_string()
+/// `(key, value)` pairs as an environment.
+pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-/// An Admin API call that must succeed; returns the body.
+/// A cluster certificate and key from `gantry hybrid gen_cert`, under `dir` as `NAME.crt` and
+/// `NAME.key`; returns their paths.
+pub fn gen_cert(dir: &Path, name: &str) -> (String, String) {
+    let (c, k) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let out = cmd(&[])
+        .args(["hybrid", "gen_cert"])
+        .arg(&c)
+        .arg(&k)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// A control plane's environment with the cluster certificate `cert`, and `extra`.
+pub fn cp_env(cert: &(String, String), extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut e = env(&[
+        ("KONG_ROLE", "control_plane"),
+        ("KONG_CLUSTER_CERT", &cert.0),
+        ("KONG_CLUSTER_CERT_KEY", &cert.1),
+    ]);
+    e.extend(env(extra));
+    e
+}
+
+/// A data plane's environment, of control plane `cp` and certificate `cert`, and `extra`.
+pub fn dp_env(cp: &str, cert: &(String, String), extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut e = env(&[
+        ("KONG_ROLE", "data_plane"),
+        ("KONG_DATABASE", "off"),
+        ("KONG_CLUSTER_CONTROL_PLANE", cp),
+        ("KONG_CLUSTER_CERT", &cert.0),
+        ("KONG_CLUSTER_CERT_KEY", &cert.1),
+    ]);
+    e.extend(env(extra));
+    e
+}
+
+/// An Admin API call on `node` that must succeed; returns the body.
 pub async fn admin(
     http: &reqwest::Client,
     node: &Node,
@@ -277,15 +336,13 @@ pub async fn admin(
     path: &str,
     body: serde_json::Value,
 ) -> serde_json::Value {
-    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let r = http
-        .request(m, format!("{}{path}", node.admin))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let v: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
-    assert!(status.is_success(), "{method} {path}: {status} {v}");
-    v
+    crate::http::call_ok(http, method, &format!("{}{path}", node.admin), body).await
+}
+
+/// A service `s` of `upstream` with a route `r` of `path`, through `node`'s Admin API.
+pub async fn service_and_route(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
+    let s = serde_json::json!({"name": "s", "url": format!("http://{upstream}")});
+    admin(http, node, "POST", "/services", s).await;
+    let r = serde_json::json!({"name": "r", "paths": [path]});
+    admin(http, node, "POST", "/services/s/routes", r).await;
 }

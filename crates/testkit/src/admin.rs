@@ -1,12 +1,11 @@
-//! An Admin API on a real socket (127.0.0.1:0) over a test store, and a small client.
-
-#![allow(dead_code)]
+//! An Admin API on a real socket (127.0.0.1:0) over a test store, a small client, and the
+//! certificates tests store through it.
 
 use std::sync::Arc;
 
+use crate::TestStore;
 use gantry_admin::AdminState;
 use gantry_conf::{Settings, Sources};
-use gantry_testkit::TestStore;
 use serde_json::Value;
 use tokio::sync::watch;
 

@@ -1,0 +1,50 @@
+//! HTTP as tests use it: calls that must succeed, and waiting for an answer.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A call that must succeed (2xx); returns the body (`null` when it is not JSON).
+pub async fn call_ok(http: &reqwest::Client, method: &str, url: &str, body: Value) -> Value {
+    let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let r = http.request(m, url).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{method} {url}: {status} {v}");
+    v
+}
+
+/// `GET url`: the status and the JSON body (`null` when it is not JSON).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
+    let r = http.get(url).send().await.unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(Value::Null))
+}
+
+/// `GET url` until it answers `want`; panics after `within`. Returns the answer.
+pub async fn until(
+    http: &reqwest::Client,
+    url: &str,
+    want: u16,
+    within: Duration,
+) -> reqwest::Response {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = http.get(url).send().await;
+        match got {
+            Ok(r) if r.status().as_u16() == want => return r,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {url}: {:?} after {within:?}, want {want}",
+            got.map(|r| r.status())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kong's error for a plugin the node does not enable, as Kong 3.9 words it.
+pub fn not_enabled(name: &str) -> String {
+    format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")
+}
