@@ -118,8 +118,10 @@ pub fn read(path: &Path) -> Result<Option<Loaded>, CacheError> {
         path: path.into(),
         reason,
     };
+    let started = std::time::Instant::now();
     let s: Snapshot =
         proto::decode(true, &bytes, usize::MAX / 2).map_err(|e| invalid(e.to_string()))?;
+    let decoded = started.elapsed();
     if s.format != FORMAT {
         return Err(invalid(format!(
             "written in cache format {} (this Gantry reads {FORMAT}); the control plane will send the configuration",
@@ -131,6 +133,11 @@ pub fn read(path: &Path) -> Result<Option<Loaded>, CacheError> {
     };
     config.sort();
     let mut digests = Digests::of(&config);
+    tracing::debug!(
+        decode_ms = decoded.as_secs_f64() * 1e3,
+        digests_ms = (started.elapsed() - decoded).as_secs_f64() * 1e3,
+        "configuration cache snapshot read"
+    );
     let actual = digests.hashes().config;
     if actual != s.hash {
         return Err(CacheError::Damaged {

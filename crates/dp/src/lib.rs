@@ -157,6 +157,7 @@ impl DataPlane {
     /// Load the cached configuration into the sink, if there is a good one. Returns its version.
     pub fn load_cached(&self) -> Option<i64> {
         let path = self.opts.cache.as_ref()?;
+        let started = std::time::Instant::now();
         let loaded = match cache::read(path) {
             Ok(Some(l)) => l,
             Ok(None) => return None,
@@ -177,10 +178,12 @@ impl DataPlane {
             version: loaded.version,
             changes: None,
         };
+        let read = started.elapsed();
         if let Err(e) = self.sink.apply(&update) {
             tracing::error!("the cached configuration does not load: {e}");
             return None;
         }
+        let applied = started.elapsed() - read;
         let _ = self
             .cache_writer
             .set(cache::Writer::start(path.clone(), Some(&loaded)));
@@ -191,7 +194,13 @@ impl DataPlane {
             hash,
             ..
         } = loaded;
-        tracing::info!(version, hash = %hash, "serving the cached configuration until the control plane answers");
+        tracing::info!(
+            version,
+            hash = %hash,
+            read_ms = read.as_secs_f64() * 1e3,
+            apply_ms = applied.as_secs_f64() * 1e3,
+            "serving the cached configuration until the control plane answers"
+        );
         self.state.send_modify(|s| {
             s.loaded = true;
             s.version = version;
