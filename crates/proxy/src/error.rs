@@ -36,6 +36,13 @@ pub enum ProxyError {
     /// HTTP.
     #[error("An invalid response was received from the upstream server")]
     BadUpstream,
+    /// A plugin reads the request body, and it is larger than the proxy buffers
+    /// ([`crate::plugins::BODY_LIMIT`]): refused rather than passed unread.
+    #[error("Request size limit exceeded")]
+    BodyTooLarge,
+    /// The client's body ended early or was malformed while a plugin waited to read it.
+    #[error("Bad request: the request body could not be read")]
+    BodyUnreadable,
 }
 
 impl ProxyError {
@@ -53,6 +60,8 @@ impl ProxyError {
             | ProxyError::InvalidUpstreamAddress
             | ProxyError::BadUpstream => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyUnreadable => StatusCode::BAD_REQUEST,
         }
     }
 

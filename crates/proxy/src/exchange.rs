@@ -1,6 +1,7 @@
 //! The upstream exchange: connect (pooled; a connection of its own for an upgrade), trying
 //! other targets, or the same host again, while nothing has been sent, up to the service's
-//! `retries`; then send, within the read timeout. Every outcome feeds passive health checks.
+//! `retries` (a plugin may stop the retries: `Plugin::upstream_failed`); then send, within the
+//! read timeout. Every outcome feeds passive health checks.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use hyper::{Request, Response};
 use crate::balancer::{Balancer, InFlight};
 use crate::error::ProxyError;
 use crate::health::Outcome;
+use crate::plugins::{Retry, UpstreamFailure};
 use crate::pool::{Conn, Dest, UpBody, UpstreamError};
 use crate::server::{split_host, Proxy};
 use crate::snapshot::Service;
@@ -27,6 +29,8 @@ pub(crate) struct Exchange<'a> {
     pub grpc: bool,
     /// The `Host` (and TLS server name) the upstream is sent.
     pub upstream_host: &'a str,
+    /// The plugins that run on the request: each may stop the retries after a failure.
+    pub plugins: &'a [Arc<dyn crate::plugins::Plugin>],
 }
 
 impl Proxy {
@@ -94,6 +98,16 @@ impl Proxy {
                     );
                     tracing::warn!(error = %e, upstream = %target, "upstream connection failed");
                     tried.push(target.to_string());
+                    let failure = UpstreamFailure {
+                        target: &target,
+                        attempt: tried.len(),
+                        timed_out,
+                        error: &e,
+                    };
+                    let stopped = x
+                        .plugins
+                        .iter()
+                        .any(|p| p.upstream_failed(&failure) == Retry::Stop);
                     let next = match balancer {
                         Some(b) => b
                             .pick(&self.health, &self.load, &tried, x.key)
@@ -101,7 +115,7 @@ impl Proxy {
                         None => Some(target.to_string()),
                     };
                     match next {
-                        Some(t) if tried.len() <= service.retries as usize => {
+                        Some(t) if !stopped && tried.len() <= service.retries as usize => {
                             dest = dest_of(&t);
                             target = std::borrow::Cow::Owned(t);
                         }

@@ -16,7 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The body of a request to an upstream: the client's, or none (a request sent again).
-pub type UpBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+/// A request body to an upstream: the client's, streamed; or one the proxy holds (empty, for a
+/// request sent again; or what plugins that read the body left).
+pub type UpBody = http_body_util::Either<Incoming, http_body_util::Full<bytes::Bytes>>;
 
 /// Kept connections idle this long may be closed by the upstream's own keep-alive timeout as
 /// a request goes out: a bodiless idempotent request sent on one keeps its head, to be sent
@@ -377,7 +379,7 @@ impl Pool {
                             tracing::debug!(upstream = %dest.addr, error = %e.error(), "kept connection closed without answering: sending the request again on a new one");
                             Request::from_parts(
                                 head,
-                                http_body_util::Either::Right(http_body_util::Empty::new()),
+                                http_body_util::Either::Right(http_body_util::Full::default()),
                             )
                         }
                         (None, None) => return Err(e.into_error().into()),

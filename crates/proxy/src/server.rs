@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
@@ -22,8 +22,8 @@ use crate::balancer::{Algorithm, HashOn, Load, Tracked};
 use crate::error::ProxyError;
 use crate::health::Health;
 use crate::names;
-use crate::plugins::{Ctx, Shared};
-use crate::pool::Pool;
+use crate::plugins::{Ctx, Shared, UpstreamRequest, BODY_LIMIT};
+use crate::pool::{Pool, UpBody};
 use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
@@ -804,6 +804,7 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let mut body: UpBody = Either::Left(body);
         if let Err(why) = check_framing(&parts) {
             return Err(ProxyError::BadRequest(why));
         }
@@ -920,6 +921,23 @@ impl Proxy {
                 state: &mut seen.state,
             };
             let access = snap.plugins.run_access(&mut ctx).await;
+            let mut exit = access.exit;
+            // The request body phase, for the plugins that read it.
+            if exit.is_none() && access.ran.iter().any(|p| p.reads_body()) {
+                let client_body = std::mem::replace(&mut body, Either::Right(Full::default()));
+                let mut bytes = read_body(client_body, &ctx.req.headers).await?;
+                for p in access.ran.iter().filter(|p| p.reads_body()) {
+                    exit = p.request_body(&mut ctx, &mut bytes).decided().await;
+                    if exit.is_some() {
+                        break;
+                    }
+                }
+                ctx.req.headers.remove(header::TRANSFER_ENCODING);
+                ctx.req
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                body = Either::Right(Full::new(bytes));
+            }
             seen.ran = access.ran;
             seen.accessed = true;
             seen.response_headers = ctx.response_headers;
@@ -931,7 +949,7 @@ impl Proxy {
                 // As the plugins left them: key-auth's hide_credentials removed the key.
                 d.request_headers = parts.headers.clone();
             }
-            if let Some(exit) = access.exit {
+            if let Some(exit) = exit {
                 return Ok(exit);
             }
         }
@@ -1003,7 +1021,7 @@ impl Proxy {
             },
         );
         let upstream_host = upstream_host.to_str().unwrap_or_default();
-        let mut up = Request::new(http_body_util::Either::Left(body));
+        let mut up = Request::new(body);
         *up.method_mut() = parts.method.clone();
         *up.uri_mut() = uri;
         *up.headers_mut() = headers;
@@ -1024,6 +1042,19 @@ impl Proxy {
             // Whatever the client spoke, other upstreams get HTTP/1.1.
             *up.version_mut() = hyper::Version::HTTP_11;
         }
+        if !seen.ran.is_empty() {
+            let (mut head, b) = up.into_parts();
+            for p in &seen.ran {
+                p.upstream_request(&mut UpstreamRequest {
+                    method: &mut head.method,
+                    uri: &mut head.uri,
+                    headers: &mut head.headers,
+                    target: &target,
+                    state: &mut seen.state,
+                });
+            }
+            up = Request::from_parts(head, b);
+        }
         let sent = Instant::now();
         let (res, in_flight) = self
             .exchange(
@@ -1036,6 +1067,7 @@ impl Proxy {
                     upgrade: upgrade.is_some(),
                     grpc,
                     upstream_host,
+                    plugins: &seen.ran,
                 },
             )
             .await?;
@@ -1261,6 +1293,26 @@ impl gantry_model::delta::ConfigSink for Proxy {
         update: &gantry_model::delta::Update<'_>,
     ) -> Result<(), gantry_model::delta::SinkError> {
         Ok(self.apply_update(update)?)
+    }
+}
+
+/// The whole request body, for plugins that read it: at most [`BODY_LIMIT`] bytes (a larger
+/// one, announced or sent, is refused).
+async fn read_body(body: UpBody, headers: &hyper::HeaderMap) -> Result<Bytes, ProxyError> {
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    match http_body_util::Limited::new(body, BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge),
+        Err(_) => Err(ProxyError::BodyUnreadable),
     }
 }
 

@@ -2,7 +2,9 @@
 //! schema the configuration is validated with and the runtime the proxy runs. Its rewrite hook
 //! changes the request before routing; its access hook waits on a real HTTP service (an
 //! authorizer on loopback) without blocking the proxy; it keeps per-request state that its
-//! log hook reads back once the response has gone.
+//! log hook reads back once the response has gone. A second one reads and replaces request
+//! bodies, edits the upstream request with what it kept, and stops retries after a failed
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -228,6 +230,182 @@ async fn a_test_plugin_waits_on_io_and_keeps_state_for_the_log_phase() {
         ],
         "{logged:?}"
     );
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+}
+
+/// Reads and rewrites request bodies, edits the upstream request, and stops retries: the
+/// hooks around the upstream exchange.
+struct Body {
+    retry: bool,
+}
+
+/// How many connection failures `upstream_failed` saw.
+static FAILURES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Plugin for Body {
+    fn reads_body(&self) -> bool {
+        true
+    }
+
+    fn request_body<'a>(&'a self, ctx: &'a mut Ctx<'_>, body: &'a mut bytes::Bytes) -> Flow<'a> {
+        if body.windows(9).any(|w| w == b"forbidden") {
+            return Flow::Respond(error(403, "the body says no"));
+        }
+        // Waits like any hook may, then replaces the body.
+        Flow::later(async move {
+            tokio::task::yield_now().await;
+            ctx.state.insert(Caller(format!("{} bytes", body.len())));
+            *body = bytes::Bytes::from(body.to_ascii_uppercase());
+            None
+        })
+    }
+
+    fn upstream_request(&self, req: &mut gantry_proxy::plugins::UpstreamRequest<'_>) {
+        let kept = req.state.get::<Caller>().map(|c| c.0.clone());
+        req.headers.insert(
+            "x-kept",
+            HeaderValue::from_str(&kept.unwrap_or_default()).unwrap(),
+        );
+        req.headers
+            .insert("x-target", HeaderValue::from_str(req.target).unwrap());
+    }
+
+    fn upstream_failed(
+        &self,
+        f: &gantry_proxy::plugins::UpstreamFailure<'_>,
+    ) -> gantry_proxy::plugins::Retry {
+        FAILURES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(!f.timed_out, "{}", f.error);
+        if self.retry {
+            gantry_proxy::plugins::Retry::Allow
+        } else {
+            gantry_proxy::plugins::Retry::Stop
+        }
+    }
+}
+
+fn body_schema() -> PluginSchema {
+    PluginSchema::new(
+        "body-test",
+        900,
+        vec![Field::new("retry", gantry_model::schema::boolean()).def(json!(true))],
+    )
+}
+
+fn body_build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+    Ok(Arc::new(Body {
+        retry: c["retry"].as_bool().unwrap_or(true),
+    }))
+}
+
+static BODY: Descriptor = Descriptor::new(body_schema, body_build);
+
+#[tokio::test]
+async fn a_test_plugin_reads_the_body_edits_the_upstream_request_and_stops_retries() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(gantry_proxy::echo::serve(upstream));
+    // A port nothing listens on: every connection to it is refused.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let registry = Registry::default().with(&BODY);
+    let config = gantry_model::declarative::load(
+        json!({
+            "_format_version": "3.0",
+            "services": [
+                {"name": "s", "url": format!("http://{upstream_addr}"),
+                 "routes": [{"name": "r", "paths": ["/body"]}]},
+                {"name": "down", "url": format!("http://{closed}"), "retries": 3,
+                 "routes": [{"name": "retried", "paths": ["/retried"],
+                             "plugins": [{"name": "body-test"}]},
+                            {"name": "once", "paths": ["/once"],
+                             "plugins": [{"name": "body-test", "config": {"retry": false}}]}]},
+            ],
+            "plugins": [{"name": "body-test", "route": "r"}],
+        }),
+        gantry_model::declarative::LoadOptions {
+            now: 1,
+            plugins: registry.catalog(),
+        },
+    )
+    .expect("valid");
+    let proxy = Proxy::new();
+    proxy.set_registry(registry);
+    proxy.apply(&config, 1).expect("applies");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(proxy.clone().serve(listener, None, stopped));
+    let http = reqwest::Client::new();
+
+    // The body is read whole, replaced, and sent with its new length; the upstream request
+    // carries what the body phase kept in the request's state.
+    let res = http
+        .post(format!("{base}/body"))
+        .body("hello body")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let echoed: Value = res.json().await.unwrap();
+    assert_eq!(echoed["body"], "HELLO BODY", "{echoed}");
+    assert_eq!(echoed["headers"]["content-length"], "10", "{echoed}");
+    assert_eq!(echoed["headers"]["x-kept"], "10 bytes", "{echoed}");
+    assert_eq!(
+        echoed["headers"]["x-target"],
+        upstream_addr.to_string(),
+        "{echoed}"
+    );
+    // A chunked body too: the upstream gets it with a Content-Length.
+    let mut raw = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    raw.write_all(
+        b"POST /body HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n4\r\nchun\r\n3\r\nked\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    raw.read_to_string(&mut answer).await.unwrap();
+    let json_at = answer.find('{').expect("a JSON body");
+    let echoed: Value = serde_json::from_str(answer[json_at..].trim()).unwrap();
+    assert_eq!(echoed["body"], "CHUNKED", "{echoed}");
+    assert_eq!(echoed["headers"]["content-length"], "7", "{echoed}");
+    assert!(
+        echoed["headers"].get("transfer-encoding").is_none(),
+        "{echoed}"
+    );
+    // The body phase may answer.
+    let res = http
+        .post(format!("{base}/body"))
+        .body("this is forbidden")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // A body larger than the proxy reads for plugins is refused, not passed unread.
+    let big = vec![b'x'; gantry_proxy::plugins::BODY_LIMIT + 1];
+    let res = http
+        .post(format!("{base}/body"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+
+    // Connection failures: retried up to `retries` (1 + 3 tries) unless the plugin stops them.
+    FAILURES.store(0, std::sync::atomic::Ordering::SeqCst);
+    let res = http.get(format!("{base}/retried")).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(FAILURES.load(std::sync::atomic::Ordering::SeqCst), 4);
+    FAILURES.store(0, std::sync::atomic::Ordering::SeqCst);
+    let res = http.get(format!("{base}/once")).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    assert_eq!(FAILURES.load(std::sync::atomic::Ordering::SeqCst), 1);
+
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
 }

@@ -399,6 +399,27 @@ pub trait Plugin: Send + Sync {
     fn access<'a>(&'a self, _ctx: &'a mut Ctx<'_>) -> Flow<'a> {
         Flow::Next
     }
+    /// Whether this plugin reads the request body ([`Plugin::request_body`]). When one that
+    /// runs on a request does, the proxy reads the whole body (up to [`BODY_LIMIT`]) before
+    /// any of it goes upstream.
+    fn reads_body(&self) -> bool {
+        false
+    }
+    /// After access, for plugins that [read the body](Plugin::reads_body), in priority order:
+    /// the whole request body, which the plugin may replace (the upstream gets what the last
+    /// one left, with its `Content-Length`); it may also change the request head, or answer.
+    fn request_body<'a>(&'a self, _ctx: &'a mut Ctx<'_>, _body: &'a mut Bytes) -> Flow<'a> {
+        Flow::Next
+    }
+    /// The request as it goes upstream, its headers made (Host, Kong's `X-Forwarded-*`, `Via`
+    /// ...), before it is sent: a last edit of its head.
+    fn upstream_request(&self, _req: &mut UpstreamRequest<'_>) {}
+    /// A connection to an upstream target failed: whether the proxy may try again (another
+    /// target, or the same host, within the service's `retries`). Any plugin that runs on the
+    /// request may stop the retries; the client then gets the error of this failure.
+    fn upstream_failed(&self, _failure: &UpstreamFailure<'_>) -> Retry {
+        Retry::Allow
+    }
     /// The response head, from the upstream or from a plugin that answered, before it goes to
     /// the client.
     fn header_filter(&self, _response: &mut hyper::http::response::Parts) {}
@@ -416,6 +437,42 @@ pub trait Plugin: Send + Sync {
     fn logs(&self) -> bool {
         false
     }
+}
+
+/// The most of a request body the proxy reads for plugins that [read it](Plugin::reads_body):
+/// a larger body is answered 413 (a plugin that must see the body is never skipped).
+pub const BODY_LIMIT: usize = 8 << 20;
+
+/// The upstream request's head, for [`Plugin::upstream_request`].
+pub struct UpstreamRequest<'a> {
+    pub method: &'a mut hyper::Method,
+    pub uri: &'a mut hyper::Uri,
+    pub headers: &'a mut hyper::HeaderMap,
+    /// The target it goes to first (`host:port`).
+    pub target: &'a str,
+    /// The per-request state the earlier phases kept.
+    pub state: &'a mut hyper::http::Extensions,
+}
+
+/// A failed connection to an upstream target, for [`Plugin::upstream_failed`].
+pub struct UpstreamFailure<'a> {
+    /// The target (`host:port`).
+    pub target: &'a str,
+    /// Connections tried for this request so far, this one included.
+    pub attempt: usize,
+    /// Whether it timed out (`connect_timeout`), rather than being refused or unresolved.
+    pub timed_out: bool,
+    /// What failed, as logged.
+    pub error: &'a (dyn std::error::Error + Send + Sync),
+}
+
+/// Whether a failed upstream connection may be tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Within the service's `retries`.
+    Allow,
+    /// No more tries for this request.
+    Stop,
 }
 
 /// A response body passed through the body filters of the plugins that ran, in order.
