@@ -26,10 +26,10 @@ pub struct Dns {
 impl Dns {
     /// The system's configuration (`/etc/resolv.conf`, `/etc/hosts`), or these name servers
     /// (Kong's `dns_resolver`) with `/etc/hosts` first.
-    pub fn new(servers: &[SocketAddr]) -> Result<Dns, String> {
+    pub fn new(servers: &[SocketAddr]) -> Result<Dns, crate::error::SetupError> {
         let builder = if servers.is_empty() {
             TokioResolver::builder_tokio()
-                .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
+                .map_err(|e| crate::error::SetupError::SystemDns(e.to_string()))?
         } else {
             let ns = servers
                 .iter()
@@ -48,7 +48,9 @@ impl Dns {
         };
         let mut builder = builder;
         builder.options_mut().use_hosts_file = ResolveHosts::Always;
-        let resolver = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
+        let resolver = builder
+            .build()
+            .map_err(|e| crate::error::SetupError::Dns(e.to_string()))?;
         Ok(Dns {
             resolver,
             cache: Mutex::new(HashMap::new()),

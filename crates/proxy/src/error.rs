@@ -45,6 +45,35 @@ pub enum ProxyError {
     BodyUnreadable,
 }
 
+/// Why the proxy cannot be set up as its settings say: the setting and the value are named.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("{setting}: unknown value '{value}' (expected {expected})")]
+    UnknownValue {
+        setting: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{setting}: 'off' cannot be combined with other values")]
+    OffCombined { setting: &'static str },
+    #[error("trusted_ips: '{0}' is not an IP address or a CIDR block")]
+    TrustedIp(String),
+    #[error("real_ip_header: proxy_protocol is not supported")]
+    ProxyProtocol,
+    #[error("real_ip_header: '{0}' is not a header name")]
+    RealIpHeader(String),
+    #[error("cannot read the system's DNS configuration: {0}")]
+    SystemDns(String),
+    #[error("DNS resolver: {0}")]
+    Dns(String),
+    #[error("the DNS resolver is already in use")]
+    DnsInUse,
+    #[error(transparent)]
+    Cert(#[from] crate::tls::CertError),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {

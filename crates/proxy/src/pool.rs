@@ -88,7 +88,7 @@ pub struct Pool {
     born: std::time::Instant,
     tls: crate::upstream_tls::Connectors,
     /// Made on first use with the system's configuration unless [`Pool::set_dns`] came first.
-    dns: std::sync::OnceLock<Result<crate::dns::Dns, String>>,
+    dns: std::sync::OnceLock<Result<crate::dns::Dns, crate::error::SetupError>>,
 }
 
 /// How to reach an upstream: its address, and TLS settings when it speaks https. Built once
@@ -165,11 +165,14 @@ impl Pool {
     }
 
     /// Resolve names with these name servers (Kong's `dns_resolver`); empty: the system's.
-    pub fn set_dns(&self, servers: &[std::net::SocketAddr]) -> Result<(), String> {
+    pub fn set_dns(
+        &self,
+        servers: &[std::net::SocketAddr],
+    ) -> Result<(), crate::error::SetupError> {
         let dns = crate::dns::Dns::new(servers)?;
         self.dns
             .set(Ok(dns))
-            .map_err(|_| "the DNS resolver is already in use".to_string())
+            .map_err(|_| crate::error::SetupError::DnsInUse)
     }
 
     /// The address to connect to for `host:port`.
@@ -185,7 +188,7 @@ impl Pool {
             .dns
             .get_or_init(|| crate::dns::Dns::new(&[]))
             .as_ref()
-            .map_err(|e| UpstreamError::Resolve(e.clone()))?;
+            .map_err(|e| UpstreamError::Resolve(e.to_string()))?;
         let ip = dns.resolve(host).await.map_err(UpstreamError::Resolve)?;
         Ok(std::net::SocketAddr::new(ip, port))
     }

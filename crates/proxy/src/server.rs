@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::balancer::{Algorithm, HashOn, Load, Tracked};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, SetupError};
 use crate::health::Health;
 use crate::names;
 use crate::plugins::{Ctx, Shared, UpstreamRequest, BODY_LIMIT};
@@ -177,7 +177,7 @@ impl Default for Headers {
 impl Headers {
     /// From the comma-separated values of `headers` and `headers_upstream`; an unknown value
     /// is an error that names it.
-    pub fn parse(headers: &str, upstream: &str) -> Result<Headers, String> {
+    pub fn parse(headers: &str, upstream: &str) -> Result<Headers, SetupError> {
         let mut h = Headers {
             server: false,
             via: false,
@@ -211,8 +211,12 @@ impl Headers {
                 "x-kong-request-id" => h.request_id = true,
                 // The Admin API has no latency header to add here.
                 "x-kong-admin-latency" => {}
-                "off" => return Err("headers: 'off' cannot be combined with other values".into()),
-                other => return Err(format!("headers: unknown value '{other}' (expected server_tokens, latency_tokens, Server, Via, X-Kong-Proxy-Latency, X-Kong-Upstream-Latency, X-Kong-Response-Latency, X-Kong-Admin-Latency, X-Kong-Upstream-Status, X-Kong-Request-Id or off)")),
+                "off" => return Err(SetupError::OffCombined { setting: "headers" }),
+                other => return Err(SetupError::UnknownValue {
+                    setting: "headers",
+                    value: other.to_string(),
+                    expected: "server_tokens, latency_tokens, Server, Via, X-Kong-Proxy-Latency, X-Kong-Upstream-Latency, X-Kong-Response-Latency, X-Kong-Admin-Latency, X-Kong-Upstream-Status, X-Kong-Request-Id or off",
+                }),
             }
         }
         let list = tokens(upstream);
@@ -221,9 +225,11 @@ impl Headers {
                 "x-kong-request-id" => h.upstream_request_id = true,
                 "off" if list.len() == 1 => {}
                 other => {
-                    return Err(format!(
-                    "headers_upstream: unknown value '{other}' (expected X-Kong-Request-Id or off)"
-                ))
+                    return Err(SetupError::UnknownValue {
+                        setting: "headers_upstream",
+                        value: other.to_string(),
+                        expected: "X-Kong-Request-Id or off",
+                    })
                 }
             }
         }
@@ -511,7 +517,7 @@ impl Proxy {
     }
 
     /// Resolve upstream names with these name servers (`dns_resolver`); call before serving.
-    pub fn set_dns(&self, servers: &[std::net::SocketAddr]) -> Result<(), String> {
+    pub fn set_dns(&self, servers: &[std::net::SocketAddr]) -> Result<(), SetupError> {
         self.pool.set_dns(servers)
     }
 
@@ -588,7 +594,7 @@ impl Proxy {
     }
 
     /// The TLS acceptor for `ssl` listeners: certificates by SNI from the running snapshot.
-    pub fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, String> {
+    pub fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, SetupError> {
         crate::tls::acceptor(self.snapshot.clone())
     }
 
@@ -1329,10 +1335,12 @@ mod tests {
         assert!(!(off.server || off.via || off.request_id || off.upstream_request_id));
         let some = Headers::parse("Via, X-Kong-Upstream-Status", "").unwrap();
         assert!(some.via && some.upstream_status && !some.server && !some.proxy_latency);
-        let e = Headers::parse("server_tokens, bogus", "").unwrap_err();
+        let e = Headers::parse("server_tokens, bogus", "")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("headers") && e.contains("bogus"), "{e}");
         assert!(Headers::parse("off, Via", "").is_err());
-        let e = Headers::parse("", "X-Other").unwrap_err();
+        let e = Headers::parse("", "X-Other").unwrap_err().to_string();
         assert!(
             e.starts_with("headers_upstream") && e.contains("x-other"),
             "{e}"

@@ -104,7 +104,7 @@ pub enum SnapshotError {
     #[error("invalid route: {0}")]
     Route(#[from] RouteError),
     #[error("invalid plugin configuration: {0}")]
-    Plugin(String),
+    Plugin(#[from] crate::plugins::PluginSetError),
 }
 
 /// The entity types each part of a snapshot is built from.
@@ -244,8 +244,8 @@ pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugi
             for (cert, key) in [("cert", "key"), ("cert_alt", "key_alt")] {
                 if let (Some(c), Some(k)) = (s(cert), s(key)) {
                     crate::tls::certified_key(c, k).map_err(|e| {
-                        let field = if e.starts_with("key") { key } else { cert };
-                        CompileError::field(field, e)
+                        let field = if e.is_key() { key } else { cert };
+                        CompileError::field(field, e.to_string())
                     })?;
                 }
             }

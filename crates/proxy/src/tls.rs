@@ -23,20 +23,45 @@ pub struct CertStore {
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
 }
 
+/// Why a certificate and key do not make a signing certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("certificate: {0}")]
+    CertPem(rustls_pki_types::pem::Error),
+    #[error("certificate: no PEM certificate")]
+    NoCert,
+    #[error("key: {0}")]
+    KeyPem(rustls_pki_types::pem::Error),
+    #[error("key: {0}")]
+    Key(rustls::Error),
+    #[error("key does not match the certificate: {0}")]
+    Mismatch(rustls::Error),
+    #[error("cannot generate the default certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+impl CertError {
+    /// Whether the key is at fault (else the certificate).
+    pub fn is_key(&self) -> bool {
+        matches!(
+            self,
+            CertError::KeyPem(_) | CertError::Key(_) | CertError::Mismatch(_)
+        )
+    }
+}
+
 /// Parse a PEM chain and key into a signing certificate.
-pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, String> {
+pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, CertError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("certificate: {e}"))?;
+        .map_err(CertError::CertPem)?;
     if chain.is_empty() {
-        return Err("certificate: no PEM certificate".into());
+        return Err(CertError::NoCert);
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(CertError::KeyPem)?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).map_err(CertError::Key)?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match()
-        .map_err(|e| format!("key does not match the certificate: {e}"))?;
+    ck.keys_match().map_err(CertError::Mismatch)?;
     Ok(ck)
 }
 
@@ -140,18 +165,18 @@ impl ResolvesServerCert for Resolver {
 }
 
 /// A self-signed certificate for names no configured certificate covers.
-pub fn default_cert() -> Result<CertifiedKey, String> {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
-        .map_err(|e| e.to_string())?;
+pub fn default_cert() -> Result<CertifiedKey, CertError> {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
     certified_key(&ck.cert.pem(), &ck.signing_key.serialize_pem())
 }
 
 /// The TLS acceptor of the proxy listeners.
-pub fn acceptor(snapshot: Arc<ArcSwap<Snapshot>>) -> Result<tokio_rustls::TlsAcceptor, String> {
+pub fn acceptor(
+    snapshot: Arc<ArcSwap<Snapshot>>,
+) -> Result<tokio_rustls::TlsAcceptor, crate::error::SetupError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver {
             snapshot,

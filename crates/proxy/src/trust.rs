@@ -40,7 +40,7 @@ impl Trust {
         trusted_ips: &str,
         real_ip_header: &str,
         recursive: bool,
-    ) -> Result<Trust, String> {
+    ) -> Result<Trust, crate::error::SetupError> {
         let mut nets = Vec::new();
         for t in trusted_ips
             .split(',')
@@ -50,16 +50,14 @@ impl Trust {
             if t == "unix:" {
                 continue;
             }
-            nets.push(net(t).ok_or_else(|| {
-                format!("trusted_ips: '{t}' is not an IP address or a CIDR block")
-            })?);
+            nets.push(net(t).ok_or_else(|| crate::error::SetupError::TrustedIp(t.to_string()))?);
         }
         let name = real_ip_header.trim();
         if name.eq_ignore_ascii_case("proxy_protocol") {
-            return Err("real_ip_header: proxy_protocol is not supported".into());
+            return Err(crate::error::SetupError::ProxyProtocol);
         }
         let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("real_ip_header: '{name}' is not a header name"))?;
+            .map_err(|_| crate::error::SetupError::RealIpHeader(name.to_string()))?;
         Ok(Trust {
             nets,
             header,
@@ -197,7 +195,9 @@ mod tests {
         assert_eq!(xff(false).client(lb, &bad_last), lb);
         let bad_middle = headers("x-forwarded-for", &["198.51.100.1, garbage, 10.0.0.7"]);
         assert_eq!(xff(true).client(lb, &bad_middle), ip("10.0.0.7"));
-        let e = Trust::parse("10.0.0.0/8, nonsense", "X-Real-IP", false).unwrap_err();
+        let e = Trust::parse("10.0.0.0/8, nonsense", "X-Real-IP", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("trusted_ips") && e.contains("nonsense"), "{e}");
         assert!(Trust::parse("", "proxy_protocol", false).is_err());
         assert!(Trust::parse("unix:, ::/0", "X-Real-IP", false)

@@ -730,6 +730,21 @@ fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
     d.get(k)?.get("id")?.as_str()
 }
 
+/// Why the plugins of a configuration do not build.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginSetError {
+    #[error(
+        "plugin '{name}' not enabled; add it to the 'plugins' configuration property (plugin {id})"
+    )]
+    NotEnabled { name: String, id: String },
+    #[error("plugin {name} ({id}): {source}")]
+    Build {
+        name: String,
+        id: String,
+        source: CompileError,
+    },
+}
+
 impl PluginSet {
     /// The plugin instances of `config`. A plugin outside `registry`, or a configuration its
     /// builder refuses, fails the whole set: the running configuration stays.
@@ -737,7 +752,7 @@ impl PluginSet {
         config: &Config,
         registry: &Registry,
         shared: &Shared,
-    ) -> Result<PluginSet, String> {
+    ) -> Result<PluginSet, PluginSetError> {
         let mut set = PluginSet::default();
         let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
         for d in config.docs("plugins") {
@@ -747,15 +762,20 @@ impl PluginSet {
             let name = d.get("name").and_then(Value::as_str).unwrap_or_default();
             let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
             let Some(descriptor) = registry.get(name) else {
-                return Err(format!(
-                    "{} (plugin {id})",
-                    gantry_model::plugins::not_enabled(name)
-                ));
+                return Err(PluginSetError::NotEnabled {
+                    name: name.to_string(),
+                    id: id.to_string(),
+                });
             };
             let reg_name = descriptor.schema.name;
             let config = d.get("config").cloned().unwrap_or(Value::Null);
-            let plugin = (descriptor.build)(id, &config, shared)
-                .map_err(|e| format!("plugin {name} ({id}): {e}"))?;
+            let plugin = (descriptor.build)(id, &config, shared).map_err(|source| {
+                PluginSetError::Build {
+                    name: name.to_string(),
+                    id: id.to_string(),
+                    source,
+                }
+            })?;
             let mut intern = |k: &str| match ref_id(d, k) {
                 None => NONE,
                 Some(id) => {
@@ -1007,7 +1027,8 @@ mod tests {
         let only_cors = Registry::from_setting("cors").expect("a registry");
         let e = PluginSet::build(&config, &only_cors, &counters)
             .err()
-            .expect("refused");
+            .expect("refused")
+            .to_string();
         assert!(
             e.contains("plugin 'request-termination' not enabled; add it to the 'plugins' configuration property"),
             "{e}"
