@@ -675,7 +675,7 @@ fn ca_certificate_checks(d: &Doc, e: &mut FieldErrors) {
                     }
                 }
             }
-            Err(m) => e.add("cert", m),
+            Err(m) => e.add("cert", m.0),
         }
     }
 }

@@ -3,6 +3,8 @@
 use sha2::{Digest, Sha256};
 use x509_parser::pem::Pem;
 
+use crate::typedefs::Invalid;
+
 /// A parsed certificate's facts the model needs.
 #[derive(Debug, Clone)]
 pub struct CertInfo {
@@ -14,19 +16,19 @@ pub struct CertInfo {
 }
 
 /// Parse a PEM chain: at least one certificate, each a valid X.509 structure.
-pub fn parse_cert_chain(pem: &str) -> Result<CertInfo, String> {
+pub fn parse_cert_chain(pem: &str) -> Result<CertInfo, Invalid> {
     let mut first: Option<CertInfo> = None;
     for block in Pem::iter_from_buffer(pem.as_bytes()) {
-        let block = block.map_err(|e| format!("invalid certificate: {e}"))?;
+        let block = block.map_err(|e| Invalid(format!("invalid certificate: {e}")))?;
         if block.label != "CERTIFICATE" {
-            return Err(format!(
+            return Err(Invalid::from(format!(
                 "invalid certificate: unexpected PEM block '{}'",
                 block.label
-            ));
+            )));
         }
         let x = block
             .parse_x509()
-            .map_err(|e| format!("invalid certificate: {e}"))?;
+            .map_err(|e| Invalid(format!("invalid certificate: {e}")))?;
         if first.is_none() {
             let is_ca = x
                 .basic_constraints()
@@ -41,22 +43,22 @@ pub fn parse_cert_chain(pem: &str) -> Result<CertInfo, String> {
             });
         }
     }
-    first.ok_or_else(|| "invalid certificate: no PEM certificate found".to_string())
+    first.ok_or_else(|| Invalid::from("invalid certificate: no PEM certificate found"))
 }
 
 /// Check that a string holds one PEM private key.
-pub fn check_key(pem: &str) -> Result<(), String> {
+pub fn check_key(pem: &str) -> Result<(), Invalid> {
     let mut it = Pem::iter_from_buffer(pem.as_bytes());
     match it.next() {
         Some(Ok(block)) if block.label.ends_with("PRIVATE KEY") && !block.contents.is_empty() => {
             Ok(())
         }
-        Some(Ok(block)) => Err(format!(
+        Some(Ok(block)) => Err(Invalid::from(format!(
             "invalid key: unexpected PEM block '{}'",
             block.label
-        )),
-        Some(Err(e)) => Err(format!("invalid key: {e}")),
-        None => Err("invalid key: no PEM private key found".into()),
+        ))),
+        Some(Err(e)) => Err(Invalid::from(format!("invalid key: {e}"))),
+        None => Err(Invalid::from("invalid key: no PEM private key found")),
     }
 }
 

@@ -388,7 +388,7 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
                     return err(format!("length must be at most {max}"));
                 }
             }
-            typedefs::check_str(*kind, &s).map_err(Value::String)?;
+            typedefs::check_str(*kind, &s).map_err(|e| Value::String(e.0))?;
             Ok(Value::String(s))
         }
         Ty::Int { min, max, one_of } => {
@@ -514,7 +514,7 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
             };
             match m.get("id") {
                 Some(Value::String(id)) if m.len() == 1 => {
-                    typedefs::check_str(StrKind::Uuid, id).map_err(|e| json!({ "id": e }))?;
+                    typedefs::check_str(StrKind::Uuid, id).map_err(|e| json!({ "id": e.0 }))?;
                     Ok(json!({ "id": id }))
                 }
                 Some(_) if m.len() == 1 => Err(json!({"id": "expected a string"})),

@@ -16,20 +16,37 @@ static HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
 static HEADER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$").expect("static regex"));
 
+/// A value that is not of its kind: Kong's validation message, which names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(s: String) -> Invalid {
+        Invalid(s)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(s: &str) -> Invalid {
+        Invalid(s.to_string())
+    }
+}
+
 /// Check a string of the given kind; the error names what is wrong.
-pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
+pub fn check_str(kind: StrKind, s: &str) -> Result<(), Invalid> {
     match kind {
         StrKind::Plain => Ok(()),
         StrKind::Uuid => uuid::Uuid::parse_str(s)
             .map(|_| ())
-            .map_err(|_| "expected a valid UUID".to_string()),
+            .map_err(|_| Invalid::from("expected a valid UUID")),
         StrKind::Name => {
             if NAME.is_match(s) {
                 Ok(())
             } else {
-                Err(format!(
+                Err(Invalid::from(format!(
                     "invalid value '{s}': it must only contain alphanumeric and '., -, _, ~' characters"
-                ))
+                )))
             }
         }
         StrKind::Host => check_host(s),
@@ -49,15 +66,15 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
                 h
             };
             if stripped.contains('*') {
-                return Err(format!(
+                return Err(Invalid::from(format!(
                     "invalid wildcard: '{s}': must be placed at leftmost or rightmost label"
-                ));
+                )));
             }
             check_host(stripped)
         }
         StrKind::Path => {
             if !s.starts_with('/') {
-                return Err("should start with: /".into());
+                return Err(Invalid::from("should start with: /"));
             }
             check_path_chars(s)
         }
@@ -71,34 +88,40 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
                         .unwrap_or("invalid regex")
                         .trim()
                         .to_string();
-                    format!("invalid regex: '{re}' ({last})")
+                    Invalid(format!("invalid regex: '{re}' ({last})"))
                 })
             } else if s.starts_with('/') {
                 check_path_chars(s)
             } else {
-                Err("should start with: / (fixed path) or ~/ (regex path)".into())
+                Err(Invalid::from(
+                    "should start with: / (fixed path) or ~/ (regex path)",
+                ))
             }
         }
         StrKind::Ip => s
             .parse::<IpAddr>()
             .map(|_| ())
-            .map_err(|_| format!("invalid ip address: {s}")),
+            .map_err(|_| Invalid(format!("invalid ip address: {s}"))),
         StrKind::IpOrCidr => check_cidr(s),
         StrKind::Url => {
             let rest = s
                 .strip_prefix("http://")
                 .or_else(|| s.strip_prefix("https://"))
-                .ok_or_else(|| format!("invalid url '{s}': scheme must be http or https"))?;
+                .ok_or_else(|| {
+                    Invalid(format!("invalid url '{s}': scheme must be http or https"))
+                })?;
             let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
             let authority = authority.rsplit('@').next().unwrap_or(authority);
             if authority.is_empty() {
-                return Err(format!("invalid url '{s}': missing host"));
+                return Err(Invalid::from(format!("invalid url '{s}': missing host")));
             }
             Ok(())
         }
         StrKind::Tag => {
             if s.chars().any(|c| c == ',' || c == '/' || c.is_control()) {
-                Err("invalid tag: must not contain ',' or '/' or control characters".into())
+                Err(Invalid::from(
+                    "invalid tag: must not contain ',' or '/' or control characters",
+                ))
             } else {
                 Ok(())
             }
@@ -109,9 +132,9 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), String> {
             if HEADER.is_match(s) {
                 Ok(())
             } else {
-                Err(format!(
+                Err(Invalid::from(format!(
                     "bad header name '{s}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
-                ))
+                )))
             }
         }
     }
@@ -129,37 +152,39 @@ fn split_host_port(s: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn check_port(p: Option<&str>) -> Result<(), String> {
+fn check_port(p: Option<&str>) -> Result<(), Invalid> {
     match p {
         None => Ok(()),
         Some(p) => match p.parse::<u32>() {
             Ok(n) if n <= 65535 => Ok(()),
-            _ => Err(format!("invalid port number '{p}'")),
+            _ => Err(Invalid::from(format!("invalid port number '{p}'"))),
         },
     }
 }
 
-fn check_host(h: &str) -> Result<(), String> {
+fn check_host(h: &str) -> Result<(), Invalid> {
     if h.parse::<IpAddr>().is_ok() || (h.len() <= 253 && HOSTNAME.is_match(h)) {
         Ok(())
     } else {
-        Err(format!("invalid hostname: {h}"))
+        Err(Invalid::from(format!("invalid hostname: {h}")))
     }
 }
 
-fn check_path_chars(s: &str) -> Result<(), String> {
+fn check_path_chars(s: &str) -> Result<(), Invalid> {
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
+        return Err(Invalid::from(format!(
             "invalid path: '{s}' (characters outside of the reserved list of RFC 3986 found)"
-        ));
+        )));
     }
     if s.contains("//") {
-        return Err(format!("invalid path: '{s}' (must not contain '//')"));
+        return Err(Invalid::from(format!(
+            "invalid path: '{s}' (must not contain '//')"
+        )));
     }
     Ok(())
 }
 
-fn check_cidr(s: &str) -> Result<(), String> {
+fn check_cidr(s: &str) -> Result<(), Invalid> {
     let (ip, bits) = match s.split_once('/') {
         Some((ip, b)) => (ip, Some(b)),
         None => (s, None),
@@ -171,7 +196,7 @@ fn check_cidr(s: &str) -> Result<(), String> {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         match b.parse::<u8>() {
             Ok(n) if n <= max => {}
-            _ => return Err(format!("invalid ip or cidr range: '{s}'")),
+            _ => return Err(Invalid::from(format!("invalid ip or cidr range: '{s}'"))),
         }
     }
     Ok(())
