@@ -296,7 +296,7 @@ async fn list(
         .get("tags")
         .map(|t| TagFilter::parse(t))
         .transpose()
-        .map_err(|m| ApiError::Invalid("invalid options", m))?;
+        .map_err(|m| ApiError::Invalid("invalid options", m.to_string()))?;
     // A filter on a unique field answers at most one entity.
     for field in schema.unique_fields() {
         if let Some(v) = q.get(field) {

@@ -77,42 +77,48 @@ fn label_part_ok(s: &str) -> bool {
 }
 
 /// Parse `cluster_dp_labels`: `key:value,key:value`.
-pub fn parse_labels(v: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_labels(v: &str) -> Result<Vec<(String, String)>, crate::InvalidValue> {
     let mut out: Vec<(String, String)> = Vec::new();
     for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let Some((k, val)) = item.split_once(':') else {
-            return Err(format!("label '{item}' is not key:value"));
+            return Err(crate::InvalidValue(format!(
+                "label '{item}' is not key:value"
+            )));
         };
         let (k, val) = (k.trim(), val.trim());
         if !label_part_ok(k) {
-            return Err(format!("label key '{k}' must be 1 to 63 characters of letters, digits, '.', '-', '_' or '~', beginning and ending with a letter or digit"));
+            return Err(crate::InvalidValue(format!("label key '{k}' must be 1 to 63 characters of letters, digits, '.', '-', '_' or '~', beginning and ending with a letter or digit")));
         }
         if !label_part_ok(val) {
-            return Err(format!("label value '{val}' of '{k}' must be 1 to 63 characters of letters, digits, '.', '-', '_' or '~', beginning and ending with a letter or digit"));
+            return Err(crate::InvalidValue(format!("label value '{val}' of '{k}' must be 1 to 63 characters of letters, digits, '.', '-', '_' or '~', beginning and ending with a letter or digit")));
         }
         let lower = k.to_ascii_lowercase();
         if let Some(p) = RESERVED_LABEL_PREFIXES
             .iter()
             .find(|p| lower.starts_with(*p))
         {
-            return Err(format!("label key '{k}' uses the reserved prefix '{p}'"));
+            return Err(crate::InvalidValue(format!(
+                "label key '{k}' uses the reserved prefix '{p}'"
+            )));
         }
         if out.iter().any(|(e, _)| e == k) {
-            return Err(format!("label key '{k}' appears twice"));
+            return Err(crate::InvalidValue(format!(
+                "label key '{k}' appears twice"
+            )));
         }
         out.push((k.to_string(), val.to_string()));
     }
     if out.len() > MAX_LABELS {
-        return Err(format!(
+        return Err(crate::InvalidValue(format!(
             "{} labels given, at most {MAX_LABELS} are allowed",
             out.len()
-        ));
+        )));
     }
     Ok(out)
 }
 
 /// Parse `proxy_server`: `http://[user:password@]host:port` or `https://...`.
-pub fn parse_proxy_server(v: &str, verify: bool) -> Result<ForwardProxy, String> {
+pub fn parse_proxy_server(v: &str, verify: bool) -> Result<ForwardProxy, crate::InvalidValue> {
     let (tls, rest) = if let Some(r) = v.strip_prefix("http://") {
         (false, r)
     } else if let Some(r) = v.strip_prefix("https://") {
@@ -151,7 +157,7 @@ pub fn parse_proxy_server(v: &str, verify: bool) -> Result<ForwardProxy, String>
     })
 }
 
-fn pct_decode(s: &str) -> Result<String, String> {
+fn pct_decode(s: &str) -> Result<String, crate::InvalidValue> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -192,7 +198,7 @@ pub(crate) fn from_values(
             .collect()
     };
     let labels =
-        parse_labels(&get("cluster_dp_labels")).map_err(|r| invalid("cluster_dp_labels", r))?;
+        parse_labels(&get("cluster_dp_labels")).map_err(|r| invalid("cluster_dp_labels", r.0))?;
     let verify = matches!(get("proxy_server_ssl_verify").as_str(), "on" | "true");
     let use_proxy = matches!(get("cluster_use_proxy").as_str(), "on" | "true");
     let proxy = if use_proxy {
@@ -203,7 +209,7 @@ pub(crate) fn from_values(
                 "cluster_use_proxy = on needs proxy_server".into(),
             ));
         }
-        Some(parse_proxy_server(&v, verify).map_err(|r| invalid("proxy_server", r))?)
+        Some(parse_proxy_server(&v, verify).map_err(|r| invalid("proxy_server", r.0))?)
     } else {
         None
     };
@@ -315,24 +321,30 @@ mod tests {
         assert!(parse_labels("").unwrap().is_empty());
         assert!(parse_labels("novalue")
             .unwrap_err()
+            .0
             .contains("not key:value"));
         assert!(parse_labels("kong_x:1")
             .unwrap_err()
+            .0
             .contains("reserved prefix 'kong'"));
         assert!(parse_labels("_x:1").is_err());
         assert!(parse_labels("Gantry.io:1")
             .unwrap_err()
+            .0
             .contains("reserved"));
         assert!(parse_labels("a:-b")
             .unwrap_err()
+            .0
             .contains("label value '-b'"));
         assert!(parse_labels(&format!("{}:v", "k".repeat(64)))
             .unwrap_err()
+            .0
             .contains("1 to 63"));
-        assert!(parse_labels("a:1,a:2").unwrap_err().contains("twice"));
+        assert!(parse_labels("a:1,a:2").unwrap_err().0.contains("twice"));
         let eleven: Vec<String> = (0..11).map(|i| format!("k{i}:v")).collect();
         assert!(parse_labels(&eleven.join(","))
             .unwrap_err()
+            .0
             .contains("at most 10"));
     }
 

@@ -37,6 +37,23 @@ pub enum ConfError {
     },
 }
 
+/// Why a value is not what its setting takes (the key is named by [`ConfError::Invalid`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);
+
+impl From<String> for InvalidValue {
+    fn from(s: String) -> InvalidValue {
+        InvalidValue(s)
+    }
+}
+
+impl From<&str> for InvalidValue {
+    fn from(s: &str) -> InvalidValue {
+        InvalidValue(s.to_string())
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Traditional,
@@ -149,7 +166,7 @@ impl Settings {
             k.kind.check(v).map_err(|reason| ConfError::Invalid {
                 key: k.name.to_string(),
                 value: v.clone(),
-                reason,
+                reason: reason.0,
             })?;
         }
         let settings = Settings::from_values(values)?;
@@ -162,7 +179,7 @@ impl Settings {
             Listen::parse_list(&get(k)).map_err(|reason| ConfError::Invalid {
                 key: k.to_string(),
                 value: get(k),
-                reason,
+                reason: reason.0,
             })
         };
         let opt = |k: &str| {

@@ -13,7 +13,7 @@ pub struct Listen {
 
 impl Listen {
     /// Parse a comma-separated list; `off` is the empty list.
-    pub fn parse_list(s: &str) -> Result<Vec<Listen>, String> {
+    pub fn parse_list(s: &str) -> Result<Vec<Listen>, crate::InvalidValue> {
         let s = s.trim();
         if s == "off" || s.is_empty() {
             return Ok(vec![]);
@@ -21,14 +21,14 @@ impl Listen {
         s.split(',').map(|e| Listen::parse(e.trim())).collect()
     }
 
-    fn parse(entry: &str) -> Result<Listen, String> {
+    fn parse(entry: &str) -> Result<Listen, crate::InvalidValue> {
         let mut words = entry.split_whitespace();
         let addr = words.next().ok_or("empty listen entry")?;
         let (host, port) = addr
             .rsplit_once(':')
             .ok_or_else(|| format!("'{addr}' is not host:port"))?;
         if host.is_empty() {
-            return Err(format!("'{addr}' has no host"));
+            return Err(crate::InvalidValue(format!("'{addr}' has no host")));
         }
         port.parse::<u16>()
             .map_err(|_| format!("'{port}' in '{addr}' is not a port number"))?;
@@ -50,7 +50,11 @@ impl Listen {
                 w if w.starts_with("backlog=")
                     || w.starts_with("ipv6only=")
                     || w.starts_with("so_keepalive=") => {}
-                other => return Err(format!("unknown flag '{other}' in '{entry}'")),
+                other => {
+                    return Err(crate::InvalidValue(format!(
+                        "unknown flag '{other}' in '{entry}'"
+                    )))
+                }
             }
         }
         Ok(l)

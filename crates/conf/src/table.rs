@@ -19,14 +19,17 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn check(self, v: &str) -> Result<(), String> {
+    pub fn check(self, v: &str) -> Result<(), crate::InvalidValue> {
         match self {
             Kind::Str => Ok(()),
             Kind::OneOf(set) => {
                 if set.contains(&v) {
                     Ok(())
                 } else {
-                    Err(format!("expected one of: {}", set.join(", ")))
+                    Err(crate::InvalidValue(format!(
+                        "expected one of: {}",
+                        set.join(", ")
+                    )))
                 }
             }
             Kind::Bool => match v {
@@ -39,7 +42,9 @@ impl Kind {
             },
             Kind::Int(min) => match v.parse::<u64>() {
                 Ok(n) if n >= min => Ok(()),
-                _ => Err(format!("expected an integer of at least {min}")),
+                _ => Err(crate::InvalidValue(format!(
+                    "expected an integer of at least {min}"
+                ))),
             },
             Kind::Listen => super::Listen::parse_list(v).map(|_| ()),
             Kind::Size => parse_size(v)

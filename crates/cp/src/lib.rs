@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use gantry_protocol::status::{Incompatible, NodeStatus, SyncStatus};
-use gantry_protocol::{self as proto, FromDp, ToDp, PATH, PROTOCOL};
+use gantry_protocol::{self as proto, FromDp, LinkError, ToDp, PATH, PROTOCOL};
 
 /// Why the control plane's cluster service cannot start or go on.
 #[derive(Debug, thiserror::Error)]
@@ -490,7 +490,7 @@ impl ControlPlane {
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             dp.status = NodeStatus::Disconnected;
             if let Err(e) = &result {
-                dp.last_error.get_or_insert_with(|| e.clone());
+                dp.last_error.get_or_insert_with(|| e.to_string());
             }
             self.registry
                 .put(dp, dp.doc(self.id.as_str(), expiry), false);
@@ -560,7 +560,7 @@ struct Session {
 }
 
 impl Session {
-    async fn send(&mut self, frame: &proto::Frame) -> Result<(), String> {
+    async fn send(&mut self, frame: &proto::Frame) -> Result<(), proto::LinkError> {
         let msg = frame.message();
         self.cp.stats.bytes_sent.fetch_add(
             frame.bytes.len() as u64,
@@ -569,17 +569,15 @@ impl Session {
         self.ws
             .send(msg)
             .await
-            .map_err(|e| format!("send failed: {e}"))
+            .map_err(|e| LinkError::Failed(format!("send failed: {e}")))
     }
 
-    async fn recv(&mut self) -> Result<Option<FromDp>, String> {
+    async fn recv(&mut self) -> Result<Option<FromDp>, proto::LinkError> {
         loop {
             let Some(m) = self.ws.next().await else {
                 return Ok(None);
             };
-            match proto::from_ws(m.map_err(|e| e.to_string())?, self.max)
-                .map_err(|e| e.to_string())?
-            {
+            match proto::from_ws(m?, self.max)? {
                 proto::Received::Msg(m) => return Ok(Some(m)),
                 proto::Received::Closed(_) => return Ok(None),
                 proto::Received::Nothing => continue,
@@ -593,7 +591,7 @@ impl Session {
             .put(dp, dp.doc(&self.cp.id, self.expiry), false);
     }
 
-    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    async fn run(&mut self, mut stop: watch::Receiver<bool>) -> Result<(), proto::LinkError> {
         let hello = tokio::time::timeout(Duration::from_secs(10), self.recv())
             .await
             .map_err(|_| "no hello within 10s".to_string())??;
@@ -611,7 +609,7 @@ impl Session {
             return Err("the first message was not a hello".into());
         };
         if uuid_like(&node_id).is_none() {
-            return Err(format!("invalid node id '{node_id}'"));
+            return Err(LinkError::Failed(format!("invalid node id '{node_id}'")));
         }
         let reason = if protocol < proto::MIN_PROTOCOL {
             Some(Incompatible::Version(format!(
@@ -690,7 +688,7 @@ impl Session {
     }
 
     /// Send what the data plane lacks of `p`, if it can take it.
-    async fn offer(&mut self, p: &Arc<Published>) -> Result<(), String> {
+    async fn offer(&mut self, p: &Arc<Published>) -> Result<(), proto::LinkError> {
         let Some(mut dp) = self.dp.take() else {
             return Ok(());
         };
@@ -699,7 +697,11 @@ impl Session {
         r
     }
 
-    async fn offer_to(&mut self, dp: &mut DpInfo, p: &Arc<Published>) -> Result<(), String> {
+    async fn offer_to(
+        &mut self,
+        dp: &mut DpInfo,
+        p: &Arc<Published>,
+    ) -> Result<(), proto::LinkError> {
         if dp.status == NodeStatus::Incompatible
             && matches!(dp.reason, Some(Incompatible::Version(_)))
         {
@@ -844,7 +846,7 @@ impl Session {
         self.send(&frame).await
     }
 
-    async fn handle(&mut self, m: FromDp) -> Result<(), String> {
+    async fn handle(&mut self, m: FromDp) -> Result<(), proto::LinkError> {
         let Some(mut dp) = self.dp.take() else {
             return Ok(());
         };
@@ -853,7 +855,7 @@ impl Session {
         r
     }
 
-    async fn handle_from(&mut self, dp: &mut DpInfo, m: FromDp) -> Result<(), String> {
+    async fn handle_from(&mut self, dp: &mut DpInfo, m: FromDp) -> Result<(), proto::LinkError> {
         match m {
             FromDp::Hello { .. } => return Err("a second hello".into()),
             FromDp::Ack { version, hash } => {

@@ -64,7 +64,7 @@ async fn connection(
     tls: tokio_rustls::TlsAcceptor,
     tcp: tokio::net::TcpStream,
     max: usize,
-) -> Result<(), String> {
+) -> Result<(), proto::LinkError> {
     let stream = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
         .await
         .map_err(|_| "no TLS handshake within 10s".to_string())?
@@ -91,12 +91,11 @@ async fn connection(
         .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
     let mut node: Option<String> = None;
     while let Some(m) = ws.next().await {
-        let msg: Msg =
-            match proto::from_ws(m.map_err(|e| e.to_string())?, max).map_err(|e| e.to_string())? {
-                proto::Received::Msg(m) => m,
-                proto::Received::Closed(_) => return Ok(()),
-                proto::Received::Nothing => continue,
-            };
+        let msg: Msg = match proto::from_ws(m?, max)? {
+            proto::Received::Msg(m) => m,
+            proto::Received::Closed(_) => return Ok(()),
+            proto::Received::Nothing => continue,
+        };
         match msg {
             Msg::Hello { node_id } => node = Some(node_id),
             Msg::Batch { seq, rows } => {
@@ -107,9 +106,7 @@ async fn connection(
                     .ingest_analytics(n, seq, &rows)
                     .await
                     .map_err(|e| format!("cannot store analytics: {e}"))?;
-                ws.send(proto::to_ws(&Msg::Ack { seq }))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                ws.send(proto::to_ws(&Msg::Ack { seq })).await?;
             }
             Msg::Ack { .. } => return Err("unexpected ack from a data plane".into()),
         }

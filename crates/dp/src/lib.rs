@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cache::CacheError;
-use gantry_protocol::{self as proto, FromDp, ToDp, PATH, PROTOCOL};
+use gantry_protocol::{self as proto, FromDp, LinkError, ToDp, PATH, PROTOCOL};
 
 pub use gantry_model::delta::{ConfigSink, SinkError};
 
@@ -294,11 +294,11 @@ impl DataPlane {
 
     async fn session(&self, cp: &str, local: &mut Local) -> Result<(), Ended> {
         let s = &self.opts.settings;
-        let tls = proto::tls::client_config(s).map_err(|e| Ended::Connect(e.to_string()))?;
+        let tls = proto::tls::client_config(s).map_err(|e| Ended::Connect(e.into()))?;
         if let Some(not_after) = proto::tls::expired(s) {
             tracing::error!("the cluster certificate expired at {not_after} (Unix time): the control plane will refuse it; proxying continues with the configuration held");
         }
-        let name = proto::tls::server_name(s).map_err(|e| Ended::Connect(e.to_string()))?;
+        let name = proto::tls::server_name(s).map_err(|e| Ended::Connect(e.into()))?;
         let io = proto::dial::dial(cp, s.proxy.as_ref(), Duration::from_secs(10))
             .await
             .map_err(Ended::Connect)?;
@@ -308,7 +308,7 @@ impl DataPlane {
         )
         .await
         .map_err(|_| Ended::Connect("TLS handshake timed out".into()))?
-        .map_err(|e| Ended::Connect(format!("TLS handshake failed: {e}")))?;
+        .map_err(|e| Ended::Connect(LinkError::Failed(format!("TLS handshake failed: {e}"))))?;
         let ws_cfg = WebSocketConfig::default()
             .max_message_size(Some(s.max_payload))
             .max_frame_size(Some(s.max_payload));
@@ -319,7 +319,11 @@ impl DataPlane {
         )
         .await
         .map_err(|_| Ended::Connect("WebSocket handshake timed out".into()))?
-        .map_err(|e| Ended::Connect(format!("WebSocket handshake failed: {e}")))?;
+        .map_err(|e| {
+            Ended::Connect(LinkError::Failed(format!(
+                "WebSocket handshake failed: {e}"
+            )))
+        })?;
         let hello = FromDp::Hello {
             protocol: PROTOCOL,
             node_id: self.opts.node_id.clone(),
@@ -347,22 +351,22 @@ impl DataPlane {
                         return Err(Ended::Lost("failed to receive a ping response from the control plane".into()));
                     }
                     let m = FromDp::Ping { version: local.version, hash: local.hash.clone() };
-                    send(&mut ws, &m).await.map_err(|e| Ended::Lost(format!("failed to ping the control plane: {e}")))?;
+                    send(&mut ws, &m).await.map_err(|e| Ended::Lost(LinkError::Failed(format!("failed to ping the control plane: {e}"))))?;
                     awaiting_pong = true;
                 }
                 m = ws.next() => {
                     let m = match m {
                         None => return Ok(()),
-                        Some(Err(e)) => return Err(Ended::Lost(e.to_string())),
+                        Some(Err(e)) => return Err(Ended::Lost(e.into())),
                         Some(Ok(m)) => m,
                     };
                     if matches!(m, Message::Binary(_) | Message::Text(_)) {
                         let n = m.len() as u64;
                         self.state.send_modify(|st| st.bytes_received += n);
                     }
-                    let msg: ToDp = match proto::from_ws(m, max).map_err(|e| Ended::Lost(e.to_string()))? {
+                    let msg: ToDp = match proto::from_ws(m, max).map_err(|e| Ended::Lost(e.into()))? {
                         proto::Received::Msg(m) => m,
-                        proto::Received::Closed(why) => return Err(Ended::Lost(format!("closed by the control plane{}", why.map(|w| format!(": {w}")).unwrap_or_default()))),
+                        proto::Received::Closed(why) => return Err(Ended::Lost(LinkError::Failed(format!("closed by the control plane{}", why.map(|w| format!(": {w}")).unwrap_or_default())))),
                         proto::Received::Nothing => continue,
                     };
                     match msg {
@@ -506,14 +510,14 @@ impl DataPlane {
 }
 
 enum Ended {
-    Connect(String),
-    Lost(String),
+    Connect(LinkError),
+    Lost(LinkError),
     Rotated,
 }
 
-async fn send<S>(ws: &mut S, msg: &FromDp) -> Result<(), String>
+async fn send<S>(ws: &mut S, msg: &FromDp) -> Result<(), proto::LinkError>
 where
     S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error> + Unpin,
 {
-    ws.send(proto::to_ws(msg)).await.map_err(|e| e.to_string())
+    Ok(ws.send(proto::to_ws(msg)).await?)
 }

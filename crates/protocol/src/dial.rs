@@ -22,7 +22,7 @@ pub async fn dial(
     target: &str,
     proxy: Option<&ForwardProxy>,
     timeout: Duration,
-) -> Result<BoxIo, String> {
+) -> Result<BoxIo, crate::LinkError> {
     tokio::time::timeout(timeout, async {
         match proxy {
             None => TcpStream::connect(target)
@@ -31,19 +31,19 @@ pub async fn dial(
                     let _ = s.set_nodelay(true);
                     Box::new(s) as BoxIo
                 })
-                .map_err(|e| format!("cannot connect to {target}: {e}")),
+                .map_err(|e| crate::LinkError::Failed(format!("cannot connect to {target}: {e}"))),
             Some(p) => through_proxy(target, p).await,
         }
     })
     .await
     .unwrap_or_else(|_| {
-        Err(format!(
+        Err(crate::LinkError::Failed(format!(
             "timed out after {timeout:?} connecting to {target}"
-        ))
+        )))
     })
 }
 
-async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, String> {
+async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, crate::LinkError> {
     let addr = format!("{}:{}", p.host, p.port);
     let tcp = TcpStream::connect(&addr)
         .await
@@ -87,14 +87,14 @@ async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, String> 
         s if s.is_success() => {}
         s
         @ (hyper::StatusCode::PROXY_AUTHENTICATION_REQUIRED | hyper::StatusCode::UNAUTHORIZED) => {
-            return Err(format!(
+            return Err(crate::LinkError::Failed(format!(
                 "the forward proxy {addr} refused the credentials in proxy_server ({s})"
-            ))
+            )))
         }
         s => {
-            return Err(format!(
+            return Err(crate::LinkError::Failed(format!(
                 "the forward proxy {addr} refused CONNECT {target}: {s}"
-            ))
+            )))
         }
     }
     let upgraded = hyper::upgrade::on(res)
@@ -103,7 +103,7 @@ async fn through_proxy(target: &str, p: &ForwardProxy) -> Result<BoxIo, String> 
     Ok(Box::new(TokioIo::new(upgraded)))
 }
 
-fn proxy_tls(verify: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+fn proxy_tls(verify: bool) -> Result<Arc<rustls::ClientConfig>, crate::LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let b = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

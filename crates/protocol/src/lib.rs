@@ -120,6 +120,36 @@ pub enum ProtoError {
     TooLarge { limit: usize },
 }
 
+/// Why a link between the planes (the cluster or the telemetry connection) failed or ended:
+/// logged, and for a data plane's configuration, reported.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("{0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// What went wrong, as the side that saw it says it: the peer broke the protocol, a
+    /// timeout passed, a connection could not be made.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for LinkError {
+    fn from(s: String) -> LinkError {
+        LinkError::Failed(s)
+    }
+}
+
+impl From<&str> for LinkError {
+    fn from(s: &str) -> LinkError {
+        LinkError::Failed(s.to_string())
+    }
+}
+
 /// An encoded message: `(compressed, bytes)`.
 pub struct Frame {
     pub compressed: bool,

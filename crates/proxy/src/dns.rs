@@ -23,6 +23,15 @@ pub struct Dns {
     cache: Mutex<HashMap<String, Arc<Entry>>>,
 }
 
+/// Why a name has no address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("name resolution failed for {host}: {reason}")]
+    Lookup { host: String, reason: String },
+    #[error("name resolution failed for {0}: no address")]
+    NoAddress(String),
+}
+
 impl Dns {
     /// The system's configuration (`/etc/resolv.conf`, `/etc/hosts`), or these name servers
     /// (Kong's `dns_resolver`) with `/etc/hosts` first.
@@ -58,7 +67,7 @@ impl Dns {
     }
 
     /// An address for `host`: from the cache while its TTL lasts, else asked again.
-    pub async fn resolve(&self, host: &str) -> Result<IpAddr, String> {
+    pub async fn resolve(&self, host: &str) -> Result<IpAddr, ResolveError> {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         if let Ok(ip) = bare.parse::<IpAddr>() {
             return Ok(ip);
@@ -72,14 +81,17 @@ impl Dns {
         let entry = match cached {
             Some(e) => e,
             None => {
-                let found = self
-                    .resolver
-                    .lookup_ip(bare)
-                    .await
-                    .map_err(|e| format!("name resolution failed for {bare}: {e}"))?;
+                let found =
+                    self.resolver
+                        .lookup_ip(bare)
+                        .await
+                        .map_err(|e| ResolveError::Lookup {
+                            host: bare.to_string(),
+                            reason: e.to_string(),
+                        })?;
                 let addrs: Arc<[IpAddr]> = found.iter().collect();
                 if addrs.is_empty() {
-                    return Err(format!("name resolution failed for {bare}: no address"));
+                    return Err(ResolveError::NoAddress(bare.to_string()));
                 }
                 let e = Arc::new(Entry {
                     addrs,

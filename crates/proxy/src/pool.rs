@@ -189,7 +189,10 @@ impl Pool {
             .get_or_init(|| crate::dns::Dns::new(&[]))
             .as_ref()
             .map_err(|e| UpstreamError::Resolve(e.to_string()))?;
-        let ip = dns.resolve(host).await.map_err(UpstreamError::Resolve)?;
+        let ip = dns
+            .resolve(host)
+            .await
+            .map_err(|e| UpstreamError::Resolve(e.to_string()))?;
         Ok(std::net::SocketAddr::new(ip, port))
     }
 

@@ -16,11 +16,20 @@ pub enum TagFilter {
     Any(Vec<String>),
 }
 
+/// A `tags` filter that cannot be read (Kong's messages).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagFilterError {
+    #[error("invalid option (tags: cannot mix 'and' and 'or')")]
+    Mixed,
+    #[error("invalid option (tags: must not be empty)")]
+    Empty,
+}
+
 impl TagFilter {
     /// Parse `a,b` or `a/b`; mixing both is an error.
-    pub fn parse(s: &str) -> Result<TagFilter, String> {
+    pub fn parse(s: &str) -> Result<TagFilter, TagFilterError> {
         if s.contains(',') && s.contains('/') {
-            return Err("invalid option (tags: cannot mix 'and' and 'or')".into());
+            return Err(TagFilterError::Mixed);
         }
         let split: Vec<String> = s
             .split([',', '/'])
@@ -29,7 +38,7 @@ impl TagFilter {
             .map(str::to_string)
             .collect();
         if split.is_empty() {
-            return Err("invalid option (tags: must not be empty)".into());
+            return Err(TagFilterError::Empty);
         }
         Ok(if s.contains('/') {
             TagFilter::Any(split)

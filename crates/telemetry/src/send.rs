@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use gantry_conf::ClusterSettings;
 use gantry_model::analytics::Row;
 use gantry_protocol as proto;
+use gantry_protocol::LinkError;
 use gantry_protocol::Received;
 use tokio::sync::watch;
 
@@ -95,8 +96,8 @@ async fn session(
     queue: &mut VecDeque<Batch>,
     seq: &mut i64,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), String> {
-    let tls = gantry_protocol::tls::client_config(s).map_err(|e| e.to_string())?;
+) -> Result<(), gantry_protocol::LinkError> {
+    let tls = gantry_protocol::tls::client_config(s)?;
     let name =
         tokio_rustls::rustls::pki_types::ServerName::try_from(s.telemetry_server_name.clone())
             .map_err(|e| format!("cluster_telemetry_server_name: {e}"))?;
@@ -147,7 +148,7 @@ async fn session(
                         collector.acknowledged(b.requests);
                     }
                 }
-                other => return Err(format!("unexpected answer {other:?}")),
+                other => return Err(LinkError::Failed(format!("unexpected answer {other:?}"))),
             }
         }
         tokio::select! {
@@ -161,18 +162,14 @@ type Ws = tokio_tungstenite::WebSocketStream<
     tokio_rustls::client::TlsStream<gantry_protocol::dial::BoxIo>,
 >;
 
-async fn send(ws: &mut Ws, m: &Msg) -> Result<(), String> {
-    ws.send(proto::to_ws(m)).await.map_err(|e| e.to_string())
+async fn send(ws: &mut Ws, m: &Msg) -> Result<(), gantry_protocol::LinkError> {
+    Ok(ws.send(proto::to_ws(m)).await?)
 }
 
-async fn recv(ws: &mut Ws, max: usize) -> Result<Msg, String> {
+async fn recv(ws: &mut Ws, max: usize) -> Result<Msg, gantry_protocol::LinkError> {
     loop {
-        let m = ws
-            .next()
-            .await
-            .ok_or("connection closed")?
-            .map_err(|e| e.to_string())?;
-        match proto::from_ws(m, max).map_err(|e| e.to_string())? {
+        let m = ws.next().await.ok_or("connection closed")??;
+        match proto::from_ws(m, max)? {
             Received::Msg(m) => return Ok(m),
             Received::Closed(_) => return Err("closed by the control plane".into()),
             Received::Nothing => continue,
