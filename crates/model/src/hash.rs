@@ -95,12 +95,69 @@ pub struct Digests {
 }
 
 impl Digests {
-    /// Digest every entity of `config`: the cost of a whole configuration, paid once.
+    /// Digest every entity of `config`: the cost of a whole configuration, paid once (a data
+    /// plane's start from its cache, a snapshot). Sums do not depend on order, so a large
+    /// configuration is digested in slices on the cores there are, and the sums merged.
     pub fn of(config: &Config) -> Digests {
-        let mut d = Digests::default();
+        /// Below this many entities, threads cost more than they save.
+        const PARALLEL_ABOVE: usize = 4_096;
+        let total: usize = config.entities.values().map(Vec::len).sum();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get().min(8))
+            .unwrap_or(1);
+        if total < PARALLEL_ABOVE || threads < 2 {
+            let mut d = Digests::default();
+            for (name, docs) in &config.entities {
+                for doc in docs {
+                    d.add(name, doc);
+                }
+            }
+            return d;
+        }
+        let per = total.div_ceil(threads);
+        // (entity type, its documents) in slices of about `per` documents.
+        let mut slices: Vec<Vec<(&str, &[std::sync::Arc<Doc>])>> = vec![Vec::new()];
+        let mut filled = 0;
         for (name, docs) in &config.entities {
-            for doc in docs {
-                d.add(name, doc);
+            let mut rest: &[std::sync::Arc<Doc>] = docs;
+            while !rest.is_empty() {
+                let take = (per - filled).min(rest.len());
+                let (now, later) = rest.split_at(take);
+                if let Some(s) = slices.last_mut() {
+                    s.push((name.as_str(), now));
+                }
+                filled += take;
+                rest = later;
+                if filled == per {
+                    slices.push(Vec::new());
+                    filled = 0;
+                }
+            }
+        }
+        let parts: Vec<BTreeMap<String, Sum>> = std::thread::scope(|scope| {
+            let running: Vec<_> = slices
+                .iter()
+                .map(|slice| {
+                    scope.spawn(move || {
+                        let mut d = Digests::default();
+                        for (name, docs) in slice {
+                            for doc in *docs {
+                                d.add(name, doc);
+                            }
+                        }
+                        d.by_type
+                    })
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|t| t.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut d = Digests::default();
+        for part in parts {
+            for (name, sum) in part {
+                d.by_type.entry(name).or_default().merge(sum);
             }
         }
         d
@@ -235,6 +292,29 @@ pub fn canonical(v: &Value, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A large configuration is digested in slices on several threads: the same digests as
+    /// one by one.
+    #[test]
+    fn slices_sum_to_the_whole() {
+        let mut c = Config::default();
+        for i in 0..10_000 {
+            let doc = serde_json::json!({"id": format!("r{i}"), "paths": [format!("/{i}")]});
+            c.push("routes", doc.as_object().cloned().unwrap_or_default());
+        }
+        for i in 0..3 {
+            let doc = serde_json::json!({"id": format!("s{i}")});
+            c.push("services", doc.as_object().cloned().unwrap_or_default());
+        }
+        let mut one_by_one = Digests::default();
+        for (name, docs) in &c.entities {
+            for d in docs {
+                one_by_one.add(name, d);
+            }
+        }
+        assert_eq!(Digests::of(&c), one_by_one);
+        assert_eq!(Digests::of(&c).hashes(), one_by_one.hashes());
+    }
     use serde_json::json;
 
     #[test]
