@@ -116,7 +116,8 @@ impl Digests {
         }
         let per = total.div_ceil(threads);
         // (entity type, its documents) in slices of about `per` documents.
-        let mut slices: Vec<Vec<(&str, &[std::sync::Arc<Doc>])>> = vec![Vec::new()];
+        type Slice<'a> = Vec<(&'a str, &'a [std::sync::Arc<Doc>])>;
+        let mut slices: Vec<Slice<'_>> = vec![Vec::new()];
         let mut filled = 0;
         for (name, docs) in &config.entities {
             let mut rest: &[std::sync::Arc<Doc>] = docs;
