@@ -1143,17 +1143,12 @@ async fn a_configuration_over_cluster_max_payload_is_not_sent() {
     }
     let file = dir.path().join("big.yaml");
     std::fs::write(&file, yaml).unwrap();
-    let out = cmd(&[])
-        .args(["config", "db_import"])
-        .arg(&file)
-        .arg("-p")
-        .arg(dir.path().join("cp"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    gantry_testkit::process::succeed(
+        cmd(&[])
+            .args(["config", "db_import"])
+            .arg(&file)
+            .arg("-p")
+            .arg(dir.path().join("cp")),
     );
     let cp = Node::start(
         &dir.path().join("cp"),

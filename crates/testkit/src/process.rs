@@ -275,6 +275,17 @@ pub async fn backends() -> Vec<Option<PgSchema>> {
     v
 }
 
+/// Run `c` to its end; it must succeed (else the test fails with its stderr).
+pub fn succeed(c: &mut Command) -> std::process::Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// `(key, value)` pairs as an environment.
 pub fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -290,17 +301,7 @@ pub fn gen_cert(dir: &Path, name: &str) -> (String, String) {
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
     );
-    let out = cmd(&[])
-        .args(["hybrid", "gen_cert"])
-        .arg(&c)
-        .arg(&k)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(cmd(&[]).args(["hybrid", "gen_cert"]).arg(&c).arg(&k));
     (c.display().to_string(), k.display().to_string())
 }
 

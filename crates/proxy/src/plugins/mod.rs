@@ -733,9 +733,7 @@ fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
 /// Why the plugins of a configuration do not build.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginSetError {
-    #[error(
-        "plugin '{name}' not enabled; add it to the 'plugins' configuration property (plugin {id})"
-    )]
+    #[error("{} (plugin {id})", gantry_model::plugins::not_enabled(name))]
     NotEnabled { name: String, id: String },
     #[error("plugin {name} ({id}): {source}")]
     Build {
