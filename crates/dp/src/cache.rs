@@ -8,7 +8,10 @@
 //!   records, or more bytes than the snapshot (and 64 KiB), the snapshot is rewritten and the
 //!   log emptied.
 //!
-//! Reading checks the snapshot against its hash (a damaged snapshot is refused whole), then
+//! The snapshot stores each entity with its digest (`[digest, entity]`), so that a start reads
+//! entities as text and parses none of them until the proxy builds from them. Reading checks
+//! the gzip stream (its CRC) and the digests against the recorded hash (a damaged snapshot is
+//! refused whole), then
 //! replays the records that follow its version, each checked against the hash it recorded.
 //! A record cut short by a crash, or one that does not check, ends the replay there: what
 //! loads is the last version that this data plane applied and checked.
@@ -22,13 +25,13 @@ use std::sync::Arc;
 
 use gantry_model::delta::Change;
 use gantry_model::hash::Digests;
-use gantry_model::{Config, Doc};
+use gantry_model::{Config, Entity};
 use serde::{Deserialize, Serialize};
 
 use gantry_protocol as proto;
 
 /// The snapshot's format: a file of another format (an older Gantry's) is not read.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 /// Records in the delta log before the snapshot is rewritten.
 pub const COMPACT_RECORDS: usize = 256;
@@ -62,14 +65,33 @@ pub enum CacheError {
     },
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Snapshot {
     #[serde(default)]
     format: u32,
     version: i64,
     hash: String,
-    #[serde(deserialize_with = "gantry_model::deserialize_compact")]
-    entities: std::collections::BTreeMap<String, Vec<Arc<Doc>>>,
+    entities: std::collections::BTreeMap<String, Vec<Digested>>,
+}
+
+/// An entity with its digest, as the snapshot stores it: `["<32 hex digits>", {...}]`.
+struct Digested(Entity);
+
+/// [`Digested`] as written, borrowing its entity.
+struct DigestedRef<'a>(&'a str, &'a Entity);
+
+impl Serialize for DigestedRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (format!("{:032x}", self.1.digest(self.0)), self.1).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digested {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (digest, entity): (String, Entity) = Deserialize::deserialize(d)?;
+        let digest = u128::from_str_radix(&digest, 16).map_err(serde::de::Error::custom)?;
+        Ok(Digested(entity.with_digest(digest)))
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,7 +151,11 @@ pub fn read(path: &Path) -> Result<Option<Loaded>, CacheError> {
         )));
     }
     let mut config = Config {
-        entities: s.entities,
+        entities: s
+            .entities
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().map(|d| d.0).collect()))
+            .collect(),
     };
     config.sort();
     let mut digests = Digests::of(&config);
@@ -228,13 +254,13 @@ pub fn write_snapshot(
     version: i64,
     hash: &str,
 ) -> Result<u64, CacheError> {
-    // Serialised from borrowed documents: no copy of the configuration.
+    // Serialised from borrowed entities: no copy of the configuration.
     #[derive(Serialize)]
     struct Out<'a> {
         format: u32,
         version: i64,
         hash: &'a str,
-        entities: &'a std::collections::BTreeMap<String, Vec<Arc<Doc>>>,
+        entities: std::collections::BTreeMap<&'a str, Vec<DigestedRef<'a>>>,
     }
     let tmp = path.with_extension("tmp");
     let werr = |p: &Path| {
@@ -250,7 +276,11 @@ pub fn write_snapshot(
             format: FORMAT,
             version,
             hash,
-            entities: &config.entities,
+            entities: config
+                .entities
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.iter().map(|e| DigestedRef(k, e)).collect()))
+                .collect(),
         },
     )
     .map_err(|e| CacheError::Write {
@@ -480,8 +510,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn doc(v: serde_json::Value) -> Arc<Doc> {
-        Arc::new(v.as_object().cloned().unwrap())
+    fn doc(v: serde_json::Value) -> Entity {
+        Entity::new(v.as_object().unwrap())
     }
 
     fn upsert(id: &str, host: &str) -> Change {

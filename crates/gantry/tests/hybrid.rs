@@ -820,7 +820,7 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     {
         let got = older.got.lock().unwrap();
         let (_, cfg) = got.last().unwrap();
-        let conf = &cfg.entities["plugins"][0]["config"];
+        let conf = &cfg.entities["plugins"][0].doc()["config"];
         assert_eq!(conf["origins"], json!(["*"]));
         assert!(conf.get("allow_origin_absent").is_none(), "{conf}");
     }

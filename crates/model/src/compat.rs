@@ -69,14 +69,30 @@ pub fn incompatibility(cp: &str, dp: &str) -> Option<String> {
     None
 }
 
-/// Remove from `doc` (an entity of type `entity`) the fields that `dp` does not know; a shared
-/// document is copied only when it holds one. Returns the paths removed.
+/// Remove from `entity` (an entity of type `kind`) the fields that `dp` does not know; a
+/// shared entity is replaced only when it holds one. Returns the paths removed.
 pub fn strip(
-    entity: &str,
-    doc: &mut std::sync::Arc<Doc>,
+    kind: &str,
+    entity: &mut crate::Entity,
     dp: Version,
     plugins: &Catalog,
 ) -> Vec<&'static str> {
+    let has_fields = FIELDS_SINCE
+        .iter()
+        .any(|s| s.entity == kind && dp < s.version);
+    if !has_fields && kind != "plugins" {
+        return Vec::new();
+    }
+    let mut doc = entity.doc();
+    let removed = strip_doc(kind, &mut doc, dp, plugins);
+    if !removed.is_empty() {
+        *entity = crate::Entity::new(&doc);
+    }
+    removed
+}
+
+/// [`strip`] on a parsed document.
+pub fn strip_doc(entity: &str, doc: &mut Doc, dp: Version, plugins: &Catalog) -> Vec<&'static str> {
     let mut removed = Vec::new();
     let entity_fields = FIELDS_SINCE
         .iter()
@@ -97,7 +113,7 @@ pub fn strip(
         .map(|(p, _)| p)
         .collect();
     for path in unknown {
-        if has_path(doc, path) && remove_path(std::sync::Arc::make_mut(doc), path) {
+        if has_path(doc, path) && remove_path(doc, path) {
             removed.push(path);
         }
     }
@@ -170,7 +186,7 @@ mod tests {
     #[test]
     fn an_older_data_plane_loses_only_the_fields_it_does_not_know() {
         let cat = crate::plugins::testing::catalog();
-        let doc = |v: serde_json::Value| std::sync::Arc::new(v.as_object().cloned().unwrap());
+        let doc = |v: serde_json::Value| crate::Entity::new(v.as_object().unwrap());
         let mut limits =
             doc(json!({"id": "p", "name": "limits", "config": {"minute": 1, "burst": 2}}));
         let mut other = doc(json!({"id": "q", "name": "key-auth", "config": {"burst": 1}}));
@@ -180,10 +196,10 @@ mod tests {
             strip("plugins", &mut limits, Version(0, 1, 0), &cat),
             ["config.burst"]
         );
-        assert_eq!(limits["config"], json!({"minute": 1}));
+        assert_eq!(limits.doc()["config"], json!({"minute": 1}));
         assert!(strip("plugins", &mut other, Version(0, 1, 0), &cat).is_empty());
         assert!(
-            std::sync::Arc::ptr_eq(&other, &shared),
+            other.ptr_eq(&shared),
             "a document with nothing to strip stays shared"
         );
         assert!(needs_stripping(Version(0, 1, 9), &cat));

@@ -413,23 +413,10 @@ pub fn export(config: &Config) -> Value {
         if docs.is_empty() {
             continue;
         }
-        let mut docs: Vec<&Doc> = docs.iter().map(|d| &**d).collect();
-        docs.sort_by(|a, b| {
-            a.get("id")
-                .and_then(Value::as_str)
-                .cmp(&b.get("id").and_then(Value::as_str))
-        });
-        let list: Vec<Value> = docs
-            .into_iter()
-            .map(|d| {
-                Value::Object(
-                    d.iter()
-                        .filter(|(_, v)| !v.is_null())
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                )
-            })
-            .collect();
+        let mut docs: Vec<&crate::Entity> = docs.iter().collect();
+        docs.sort_by(|a, b| a.id().cmp(b.id()));
+        // Entities hold no top-level nulls.
+        let list: Vec<Value> = docs.into_iter().map(|d| Value::Object(d.doc())).collect();
         out.insert(schema.name.into(), Value::Array(list));
     }
     Value::Object(out)
@@ -484,17 +471,20 @@ plugins:
 "#;
         let v = parse_text(text).unwrap();
         let c = load(v.clone(), opts(NOW)).unwrap();
-        let svc = &c.entities["services"][0];
+        let svc = &c.entities["services"][0].doc();
         assert_eq!(svc["connect_timeout"], 1000);
         assert_eq!(svc["port"], 8080);
-        let route = &c.entities["routes"][0];
+        let route = &c.entities["routes"][0].doc();
         assert_eq!(route["service"]["id"], svc["id"]);
-        let plugins = &c.entities["plugins"];
+        let plugins: Vec<_> = c.entities["plugins"]
+            .iter()
+            .map(|p| Value::Object(p.doc()))
+            .collect();
         assert_eq!(plugins.len(), 2);
         assert!(plugins
             .iter()
             .any(|p| p["service"]["id"] == svc["id"] && p["name"] == "limits"));
-        assert_eq!(c.entities["keyauth_credentials"][0]["key"], "k1");
+        assert_eq!(c.entities["keyauth_credentials"][0].doc()["key"], "k1");
         // Same file, same ids, same hash.
         let again = load(v.clone(), opts(42)).unwrap();
         assert_eq!(hash_config(&c), hash_config(&again));
@@ -539,7 +529,7 @@ plugins:
         let v = json!({"_format_version": "2.1", "routes": [{"paths": ["/plain", "/users/\\d+"]}]});
         let c = load(v.clone(), opts(NOW)).unwrap();
         assert_eq!(
-            c.entities["routes"][0]["paths"],
+            c.entities["routes"][0].doc()["paths"],
             json!(["/plain", "~/users/\\d+"])
         );
         let e = load(json!({"_format_version": "9.9"}), opts(NOW)).unwrap_err();

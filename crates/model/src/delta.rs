@@ -2,13 +2,10 @@
 //! both planes apply them: a keyed set of upserts and deletes that turns the configuration at
 //! `from` into the one at `to`.
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::hash::Digests;
-use crate::{Config, Doc};
+use crate::{Config, Entity};
 
 /// A configuration to run, as the planes hand it on: the whole configuration, its digests,
 /// its version and, when it was reached by a delta, the version the delta started from and
@@ -33,17 +30,49 @@ pub trait ConfigSink: Send + Sync + 'static {
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One entity changed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Change {
-    /// The entity as it now is (created or replaced); read back [`crate::compact`]ed.
-    Upsert {
-        entity: String,
-        #[serde(deserialize_with = "compact_doc")]
-        doc: Arc<Doc>,
-    },
+    /// The entity as it now is (created or replaced).
+    Upsert { entity: String, doc: Entity },
     /// The entity is gone.
     Delete { entity: String, id: String },
+}
+
+/// A change as read: a plain record, so that the entity's text is taken as it is (serde's
+/// tagged enums buffer their content, which loses it).
+#[derive(Deserialize)]
+struct ChangeRecord {
+    op: Op,
+    entity: String,
+    #[serde(default)]
+    doc: Option<Entity>,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Op {
+    Upsert,
+    Delete,
+}
+
+impl<'de> Deserialize<'de> for Change {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let r = ChangeRecord::deserialize(d)?;
+        match r.op {
+            Op::Upsert => Ok(Change::Upsert {
+                entity: r.entity,
+                doc: r.doc.ok_or_else(|| D::Error::missing_field("doc"))?,
+            }),
+            Op::Delete => Ok(Change::Delete {
+                entity: r.entity,
+                id: r.id.ok_or_else(|| D::Error::missing_field("id"))?,
+            }),
+        }
+    }
 }
 
 impl Change {
@@ -63,20 +92,12 @@ pub enum DeltaError {
     MissingId { index: usize, entity: String },
 }
 
-fn compact_doc<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<Doc>, D::Error> {
-    Ok(<crate::CompactDoc as Deserialize>::deserialize(d)?.0)
-}
-
-fn id_of(d: &Doc) -> Option<&str> {
-    d.get("id").and_then(Value::as_str)
-}
-
 impl Config {
     /// Keep every entity list sorted by id, the order [`Config::apply`] relies on. Exports from
     /// the store are already in that order.
     pub fn sort(&mut self) {
         for docs in self.entities.values_mut() {
-            docs.sort_by(|a, b| id_of(a).cmp(&id_of(b)));
+            docs.sort_by(|a, b| a.id().cmp(b.id()));
         }
     }
 
@@ -110,7 +131,7 @@ impl Config {
                 });
             }
             if let Change::Upsert { doc, .. } = c {
-                if id_of(doc).is_none() {
+                if doc.id().is_empty() {
                     return Err(DeltaError::MissingId {
                         index,
                         entity: entity.to_string(),
@@ -122,8 +143,7 @@ impl Config {
             match c {
                 Change::Upsert { entity, doc } => {
                     let docs = self.entities.entry(entity.clone()).or_default();
-                    let id = id_of(doc);
-                    let old = match docs.binary_search_by(|d| id_of(d).cmp(&id)) {
+                    let old = match docs.binary_search_by(|d| d.id().cmp(doc.id())) {
                         Ok(i) => Some(std::mem::replace(&mut docs[i], doc.clone())),
                         Err(i) => {
                             docs.insert(i, doc.clone());
@@ -139,7 +159,7 @@ impl Config {
                 }
                 Change::Delete { entity, id } => {
                     if let Some(docs) = self.entities.get_mut(entity) {
-                        if let Ok(i) = docs.binary_search_by(|d| id_of(d).cmp(&Some(id.as_str()))) {
+                        if let Ok(i) = docs.binary_search_by(|d| d.id().cmp(id.as_str())) {
                             let old = docs.remove(i);
                             if let Some(d) = digests.as_deref_mut() {
                                 d.remove(entity, &old);
@@ -160,9 +180,7 @@ impl Config {
 pub fn collapse(changes: Vec<Change>) -> Vec<Change> {
     let mut last: std::collections::HashMap<(String, String), usize> = Default::default();
     let key = |c: &Change| match c {
-        Change::Upsert { entity, doc } => {
-            (entity.clone(), id_of(doc).unwrap_or_default().to_string())
-        }
+        Change::Upsert { entity, doc } => (entity.clone(), doc.id().to_string()),
         Change::Delete { entity, id } => (entity.clone(), id.clone()),
     };
     let mut out: Vec<Option<Change>> = Vec::with_capacity(changes.len());
@@ -182,8 +200,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn doc(v: Value) -> Arc<Doc> {
-        Arc::new(v.as_object().cloned().unwrap())
+    use serde_json::Value;
+
+    fn doc(v: Value) -> Entity {
+        Entity::new(v.as_object().unwrap())
     }
 
     #[test]
@@ -211,7 +231,7 @@ mod tests {
         assert_eq!(digests, Digests::of(&c));
         let hosts: Vec<_> = c.entities["services"]
             .iter()
-            .map(|d| d["host"].as_str().unwrap())
+            .map(|d| d.doc()["host"].as_str().unwrap().to_string())
             .collect();
         assert_eq!(hosts, ["a", "b2"]);
         c.apply_tracked(
@@ -235,13 +255,18 @@ mod tests {
     /// Documents read back lose their nulls, and no capacity is left over; hashes agree.
     #[test]
     fn documents_are_read_back_compacted() {
-        let c: Change = serde_json::from_value(
-            json!({"op": "upsert", "entity": "routes", "doc": {"id": "r", "name": null, "paths": ["/"], "headers": null, "service": {"id": "s", "x": null}}}),
+        let c: Change = serde_json::from_str(
+            &json!({"op": "upsert", "entity": "routes", "doc": {"id": "r", "name": null, "paths": ["/"], "headers": null, "service": {"id": "s", "x": null}}}).to_string(),
         )
         .unwrap();
+        let d: Change =
+            serde_json::from_str(r#"{"op":"delete","entity":"routes","id":"r"}"#).unwrap();
+        assert!(matches!(d, Change::Delete { id, .. } if id == "r"));
+        assert!(serde_json::from_str::<Change>(r#"{"op":"upsert","entity":"routes"}"#).is_err());
         let Change::Upsert { doc: d, .. } = &c else {
             panic!("an upsert");
         };
+        let d = d.doc();
         assert_eq!(d.len(), 3);
         assert!(d.get("name").is_none());
         assert_eq!(
@@ -253,8 +278,8 @@ mod tests {
             json!({"id": "r", "name": null, "paths": ["/"], "headers": null, "service": {"id": "s", "x": null}}),
         );
         assert_eq!(
-            crate::hash::entity_digest("routes", d),
-            crate::hash::entity_digest("routes", &full)
+            crate::hash::entity_digest("routes", &d),
+            full.digest("routes")
         );
     }
 

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use md5::{Digest, Md5};
 use serde_json::Value;
 
-use crate::{Config, Doc};
+use crate::{Config, Doc, Entity};
 
 /// The hash of an empty configuration (and of an empty group).
 pub const EMPTY_HASH: &str = "00000000000000000000000000000000";
@@ -116,11 +116,11 @@ impl Digests {
         }
         let per = total.div_ceil(threads);
         // (entity type, its documents) in slices of about `per` documents.
-        type Slice<'a> = Vec<(&'a str, &'a [std::sync::Arc<Doc>])>;
+        type Slice<'a> = Vec<(&'a str, &'a [Entity])>;
         let mut slices: Vec<Slice<'_>> = vec![Vec::new()];
         let mut filled = 0;
         for (name, docs) in &config.entities {
-            let mut rest: &[std::sync::Arc<Doc>] = docs;
+            let mut rest: &[Entity] = docs;
             while !rest.is_empty() {
                 let take = (per - filled).min(rest.len());
                 let (now, later) = rest.split_at(take);
@@ -164,8 +164,8 @@ impl Digests {
         d
     }
 
-    pub fn add(&mut self, entity: &str, doc: &Doc) {
-        let d = entity_digest(entity, doc);
+    pub fn add(&mut self, entity: &str, doc: &Entity) {
+        let d = doc.digest(entity);
         match self.by_type.get_mut(entity) {
             Some(s) => s.add(d),
             None => {
@@ -176,8 +176,8 @@ impl Digests {
         }
     }
 
-    pub fn remove(&mut self, entity: &str, doc: &Doc) {
-        let d = entity_digest(entity, doc);
+    pub fn remove(&mut self, entity: &str, doc: &Entity) {
+        let d = doc.digest(entity);
         if let Some(s) = self.by_type.get_mut(entity) {
             s.remove(d);
             if s.count == 0 {
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn digests_follow_changes_as_a_full_rehash_would() {
-        let doc = |v: Value| v.as_object().cloned().unwrap();
+        let doc = |v: Value| Entity::new(v.as_object().unwrap());
         let mut c = Config::default();
         c.push("services", doc(json!({"id": "a", "host": "a"})));
         c.push("routes", doc(json!({"id": "r", "paths": ["/"]})));
@@ -362,11 +362,12 @@ mod tests {
         assert!(d.same(&Digests::of(&c), &["routes"]));
         assert!(!d.same(&Digests::of(&c), &["services"]));
         // Timestamps do not count; every other field does.
-        let mut t = doc(json!({"id": "a", "host": "b"}));
+        let raw = |v: Value| v.as_object().cloned().unwrap();
+        let mut t = raw(json!({"id": "a", "host": "b"}));
         t.insert("updated_at".into(), json!(5));
         assert_eq!(
             entity_digest("services", &t),
-            entity_digest("services", &doc(json!({"host": "b", "id": "a"})))
+            entity_digest("services", &raw(json!({"host": "b", "id": "a"})))
         );
         assert_ne!(entity_digest("services", &t), entity_digest("routes", &t));
         d.remove("consumers", &doc(json!({"id": "c", "username": "u"})));

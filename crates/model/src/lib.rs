@@ -6,8 +6,8 @@
 //! - [`declarative`]: the `_format_version` 3.0 file format.
 //! - [`hash`]: configuration hashes.
 
+pub use entity::Entity;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 pub mod analytics;
 pub mod compat;
@@ -15,11 +15,13 @@ pub mod declarative;
 pub mod delta;
 pub mod document;
 pub mod entities;
+pub mod entity;
 pub mod hash;
 pub mod healthchecks;
 pub mod pem;
 pub mod plugins;
 pub mod schema;
+pub mod typed;
 pub mod typedefs;
 
 /// One entity as stored and sent: a JSON object.
@@ -39,29 +41,6 @@ pub fn compact(doc: &Doc) -> Doc {
     out
 }
 
-/// Deserialize documents by entity type, each [`compact`]ed as soon as it is read (so that a
-/// large configuration never lives twice in memory): what a data plane receives and caches.
-/// Hashes do not change: they leave nulls out.
-pub fn deserialize_compact<'de, D>(d: D) -> Result<BTreeMap<String, Vec<Arc<Doc>>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let m: BTreeMap<String, Vec<CompactDoc>> = serde::Deserialize::deserialize(d)?;
-    Ok(m.into_iter()
-        .map(|(k, v)| (k, v.into_iter().map(|c| c.0).collect()))
-        .collect())
-}
-
-/// A document compacted as it is deserialized.
-pub struct CompactDoc(pub Arc<Doc>);
-
-impl<'de> serde::Deserialize<'de> for CompactDoc {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let doc = <Doc as serde::Deserialize>::deserialize(d)?;
-        Ok(CompactDoc(Arc::new(compact(&doc))))
-    }
-}
-
 /// Gantry's own version, used for control plane / data plane compatibility.
 pub const GANTRY_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -78,12 +57,13 @@ pub fn unix_now() -> i64 {
 
 /// A whole configuration: entity type name to its documents.
 ///
-/// Documents are shared (`Arc`): a new version made by applying a delta to a copy of this one
-/// copies pointers, not documents, and the proxy, the cache writer and the control plane's
-/// published versions hold the same documents.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Entities are shared ([`Entity`] is a pointer to its text): a new version made by applying a
+/// delta to a copy of this one copies pointers, not documents, and the proxy, the cache writer
+/// and the control plane's published versions hold the same entities.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Config {
-    pub entities: BTreeMap<String, Vec<Arc<Doc>>>,
+    pub entities: BTreeMap<String, Vec<Entity>>,
 }
 
 impl Config {
@@ -96,17 +76,17 @@ impl Config {
     }
 
     /// The documents of one entity type (none when it has none).
-    pub fn docs(&self, entity: &str) -> &[Arc<Doc>] {
+    pub fn docs(&self, entity: &str) -> &[Entity] {
         self.entities.get(entity).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Add a document at the end of its type's list (call [`Config::sort`] before applying
     /// deltas).
-    pub fn push(&mut self, entity: &str, doc: Doc) {
+    pub fn push(&mut self, entity: &str, doc: impl Into<Entity>) {
         self.entities
             .entry(entity.to_string())
             .or_default()
-            .push(Arc::new(doc));
+            .push(doc.into());
     }
 }
 

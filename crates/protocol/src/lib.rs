@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
 use gantry_model::delta::Change;
-use gantry_model::Doc;
+use gantry_model::Entity;
 use serde::{Deserialize, Serialize};
 
 /// The WebSocket path on `cluster_listen`.
@@ -78,7 +78,7 @@ pub enum FromDp {
 }
 
 /// A control plane's message to a data plane.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToDp {
     /// The answer to a hello.
@@ -91,9 +91,7 @@ pub enum ToDp {
     Snapshot {
         version: i64,
         hash: String,
-        /// Read back compacted (`gantry_model::deserialize_compact`).
-        #[serde(deserialize_with = "gantry_model::deserialize_compact")]
-        entities: BTreeMap<String, Vec<std::sync::Arc<Doc>>>,
+        entities: BTreeMap<String, Vec<Entity>>,
     },
     /// The changes from `from` to `version`.
     Delta {
@@ -107,6 +105,79 @@ pub enum ToDp {
     Incompatible { reason: String },
     /// The answer to a ping.
     Pong { version: i64 },
+}
+
+/// [`ToDp`] as read: one flat record, so that entities' texts are taken as they are (serde's
+/// tagged enums buffer their content, which loses them).
+#[derive(Deserialize)]
+struct ToDpRecord {
+    #[serde(rename = "type")]
+    kind: String,
+    protocol: Option<u32>,
+    control_plane: Option<String>,
+    version: Option<VersionField>,
+    hash: Option<String>,
+    entities: Option<BTreeMap<String, Vec<Entity>>>,
+    from: Option<i64>,
+    changes: Option<Vec<Change>>,
+    reason: Option<String>,
+}
+
+/// `version` is Gantry's version in a welcome and a configuration version elsewhere.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VersionField {
+    Number(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for ToDp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let r = ToDpRecord::deserialize(d)?;
+        fn need<T, E: Error>(v: Option<T>, field: &'static str) -> Result<T, E> {
+            v.ok_or_else(|| E::missing_field(field))
+        }
+        let number = |v: Option<VersionField>| match need(v, "version")? {
+            VersionField::Number(n) => Ok(n),
+            VersionField::Text(_) => Err(D::Error::custom("version: expected a number")),
+        };
+        Ok(match r.kind.as_str() {
+            "welcome" => ToDp::Welcome {
+                protocol: need(r.protocol, "protocol")?,
+                control_plane: need(r.control_plane, "control_plane")?,
+                version: match need(r.version, "version")? {
+                    VersionField::Text(s) => s,
+                    VersionField::Number(_) => {
+                        return Err(D::Error::custom("version: expected a string"))
+                    }
+                },
+            },
+            "snapshot" => ToDp::Snapshot {
+                version: number(r.version)?,
+                hash: need(r.hash, "hash")?,
+                entities: need(r.entities, "entities")?,
+            },
+            "delta" => ToDp::Delta {
+                from: need(r.from, "from")?,
+                version: number(r.version)?,
+                hash: need(r.hash, "hash")?,
+                changes: need(r.changes, "changes")?,
+            },
+            "incompatible" => ToDp::Incompatible {
+                reason: need(r.reason, "reason")?,
+            },
+            "pong" => ToDp::Pong {
+                version: number(r.version)?,
+            },
+            other => {
+                return Err(D::Error::unknown_variant(
+                    other,
+                    &["welcome", "snapshot", "delta", "incompatible", "pong"],
+                ))
+            }
+        })
+    }
 }
 
 /// A message that cannot be read.
@@ -344,12 +415,11 @@ mod tests {
     #[test]
     fn large_messages_are_compressed_and_bounded() {
         let mut entities = BTreeMap::new();
-        let docs: Vec<std::sync::Arc<Doc>> = (0..500)
+        let docs: Vec<Entity> = (0..500)
             .map(|i| {
-                std::sync::Arc::new(
+                Entity::new(
                     json!({"id": format!("{i:08}"), "host": "example.com"})
                         .as_object()
-                        .cloned()
                         .unwrap(),
                 )
             })

@@ -1,11 +1,10 @@
 //! Router build and match times with 10,000 routes (`cargo bench -p gantry-proxy --bench router`).
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gantry_model::Doc;
 use gantry_proxy::router::{RequestInfo, Router};
 use serde_json::json;
 
-fn routes(n: usize) -> Vec<Doc> {
+fn routes(n: usize) -> Vec<gantry_model::Entity> {
     (0..n)
         .map(|i| {
             let mut d = json!({
@@ -21,7 +20,7 @@ fn routes(n: usize) -> Vec<Doc> {
             if i % 100 == 0 {
                 d["paths"] = json!([format!("~/api/{i}/items/(?<item>\\d+)$")]);
             }
-            d.as_object().cloned().unwrap_or_default()
+            gantry_model::Entity::new(d.as_object().unwrap_or(&Default::default()))
         })
         .collect()
 }

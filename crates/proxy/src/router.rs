@@ -10,9 +10,8 @@
 use std::sync::Arc;
 
 use gantry_model::delta::Change;
-use gantry_model::Doc;
+use gantry_model::Entity;
 use regex::Regex;
-use serde_json::Value;
 
 /// A compiled route condition on the path.
 #[derive(Debug)]
@@ -216,16 +215,12 @@ fn trie_remove(node: &mut Arc<Node>, key: &[u8], m: &Arc<Matcher>) -> bool {
 /// compile each route before it is stored, so a running node meets one only in a
 /// configuration written by an older build.
 #[derive(Debug, thiserror::Error)]
-#[error("route {id}: {field}: {reason}")]
+#[error("route {id}: {}{reason}", field.map(|f| format!("{f}: ")).unwrap_or_default())]
 pub struct RouteError {
     pub id: String,
-    /// The route's field at fault.
-    pub field: &'static str,
+    /// The route's field at fault (none when the document is not a route at all).
+    pub field: Option<&'static str>,
     pub reason: String,
-}
-
-fn strs(d: &Doc, k: &str) -> Vec<String> {
-    gantry_model::document::strings(d.get(k))
 }
 
 fn split_port(h: &str) -> (&str, Option<u16>) {
@@ -341,8 +336,8 @@ impl Router {
         }
     }
 
-    /// Compile routes (documents as stored) into a router.
-    pub fn build<'a>(routes: impl IntoIterator<Item = &'a Doc>) -> Result<Router, RouteError> {
+    /// Compile routes (entities as stored) into a router.
+    pub fn build<'a>(routes: impl IntoIterator<Item = &'a Entity>) -> Result<Router, RouteError> {
         let mut r = Router::empty();
         for d in routes {
             r.put(d)?;
@@ -364,9 +359,14 @@ impl Router {
     }
 
     /// Compile and index one route, in place of the one with its id.
-    fn put(&mut self, d: &Doc) -> Result<(), RouteError> {
-        let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
-        let matchers: Arc<[Arc<Matcher>]> = compile(d)?.into();
+    fn put(&mut self, e: &Entity) -> Result<(), RouteError> {
+        let id = e.id();
+        let route = gantry_model::typed::Route::try_from(e).map_err(|t| RouteError {
+            id: id.to_string(),
+            field: None,
+            reason: t.reason,
+        })?;
+        let matchers: Arc<[Arc<Matcher>]> = compile(route)?.into();
         self.remove(id);
         for m in matchers.iter() {
             let p = places(m);
@@ -521,20 +521,16 @@ impl Router {
 }
 
 /// Compile one route into its matchers (none for a stream route).
-fn compile(d: &Doc) -> Result<Vec<Arc<Matcher>>, RouteError> {
+fn compile(d: gantry_model::typed::Route) -> Result<Vec<Arc<Matcher>>, RouteError> {
     let mut matchers = Vec::new();
-    let id = d
-        .get("id")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let id = d.id;
     let err = |field: &'static str, reason: String| RouteError {
         id: id.clone(),
-        field,
+        field: Some(field),
         reason,
     };
-    let protocols = strs(d, "protocols");
-    if !protocols
+    if !d
+        .protocols
         .iter()
         .any(|p| matches!(p.as_str(), "http" | "https" | "grpc" | "grpcs"))
     {
@@ -542,53 +538,32 @@ fn compile(d: &Doc) -> Result<Vec<Arc<Matcher>>, RouteError> {
     }
     let route = Arc::new(Route {
         id: id.clone(),
-        name: d.get("name").and_then(Value::as_str).map(str::to_string),
-        service_id: d
-            .get("service")
-            .and_then(|s| s.get("id"))
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        protocols,
-        strip_path: d.get("strip_path").and_then(Value::as_bool).unwrap_or(true),
-        preserve_host: d
-            .get("preserve_host")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        https_redirect_status_code: d
-            .get("https_redirect_status_code")
-            .and_then(Value::as_u64)
-            .unwrap_or(426) as u16,
+        name: d.name,
+        service_id: d.service.map(|s| s.id),
+        protocols: d.protocols,
+        strip_path: d.strip_path,
+        preserve_host: d.preserve_host,
+        https_redirect_status_code: d.https_redirect_status_code,
     });
-    let methods = strs(d, "methods");
-    let hosts_raw = d
-        .get("hosts")
-        .and_then(Value::as_array)
-        .map(|_| strs(d, "hosts"));
-    let snis = strs(d, "snis");
+    let methods = d.methods.unwrap_or_default();
+    let hosts_raw = d.hosts;
+    let snis = d.snis.unwrap_or_default();
     let mut headers = Vec::new();
-    if let Some(Value::Object(h)) = d.get("headers") {
-        for (name, vals) in h {
-            let mut ms = Vec::new();
-            for v in vals
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-            {
-                ms.push(match v.strip_prefix("~*") {
-                    Some(re) => ValueMatch::Regex(
-                        Regex::new(&format!("(?i){re}"))
-                            .map_err(|e| err("headers", e.to_string()))?,
-                    ),
-                    None => ValueMatch::Exact(v.to_ascii_lowercase()),
-                });
-            }
-            headers.push((name.to_ascii_lowercase(), ms));
+    for (name, vals) in d.headers.unwrap_or_default() {
+        let mut ms = Vec::new();
+        for v in vals {
+            ms.push(match v.strip_prefix("~*") {
+                Some(re) => ValueMatch::Regex(
+                    Regex::new(&format!("(?i){re}")).map_err(|e| err("headers", e.to_string()))?,
+                ),
+                None => ValueMatch::Exact(v.to_ascii_lowercase()),
+            });
         }
+        headers.push((name.to_ascii_lowercase(), ms));
     }
-    let regex_priority = d.get("regex_priority").and_then(Value::as_i64).unwrap_or(0);
+    let regex_priority = d.regex_priority;
     let groups = {
-        let paths = strs(d, "paths");
+        let paths = d.paths.unwrap_or_default();
         if paths.is_empty() {
             vec![vec![]]
         } else {
@@ -683,20 +658,20 @@ fn clone_value(v: &ValueMatch) -> ValueMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn doc_of(v: Value) -> Doc {
-        v.as_object().cloned().unwrap()
+    fn doc_of(v: Value) -> Entity {
+        Entity::new(v.as_object().unwrap())
     }
 
-    fn route(id: u32, v: Value) -> Doc {
+    fn route(id: u32, v: Value) -> Entity {
         let mut d = v.as_object().cloned().unwrap();
         d.insert(
             "id".into(),
             json!(format!("00000000-0000-4000-8000-{id:012}")),
         );
         d.entry("protocols").or_insert(json!(["http", "https"]));
-        d
+        Entity::new(&d)
     }
 
     fn find(
@@ -867,30 +842,30 @@ mod tests {
     /// from still routes as before.
     #[test]
     fn a_patched_router_routes_as_a_built_one() {
-        let docs: Vec<Doc> = (0..50)
+        let docs: Vec<Entity> = (0..50)
             .map(|i| route(i + 1, json!({"paths": [format!("/svc/{i}")]})))
             .collect();
         let first = Router::build(&docs).unwrap();
-        let up = |d: Doc| Change::Upsert {
+        let up = |d: Entity| Change::Upsert {
             entity: "routes".into(),
-            doc: Arc::new(d),
+            doc: d,
         };
         let changes = vec![
             up(route(8, json!({"paths": ["/moved"]}))),
             Change::Delete {
                 entity: "routes".into(),
-                id: docs[3]["id"].as_str().unwrap().into(),
+                id: docs[3].id().into(),
             },
             up(route(99, json!({"paths": ["~/re/\\d+$"]}))),
             up(route(100, json!({"hosts": ["only.example"]}))),
             up(route(101, json!({"paths": ["/svc/1"], "methods": ["GET"]}))),
             Change::Upsert {
                 entity: "services".into(),
-                doc: Arc::new(doc_of(json!({"id": "s"}))),
+                doc: doc_of(json!({"id": "s"})),
             },
         ];
         let second = first.patch(&changes).unwrap();
-        let mut all: Vec<Doc> = docs.clone();
+        let mut all: Vec<Entity> = docs.clone();
         all[7] = route(8, json!({"paths": ["/moved"]}));
         all.remove(3);
         all.push(route(99, json!({"paths": ["~/re/\\d+$"]})));
@@ -922,12 +897,12 @@ mod tests {
             7,
             json!({"paths": ["/a"], "headers": {"x": ["~*(("]}}),
         ));
-        assert_eq!(first.patch(&[bad]).err().unwrap().field, "headers");
+        assert_eq!(first.patch(&[bad]).err().unwrap().field, Some("headers"));
     }
 
     #[test]
     fn ten_thousand_routes_index() {
-        let routes: Vec<Doc> = (0..10_000)
+        let routes: Vec<Entity> = (0..10_000)
             .map(|i| route(i + 1, json!({"paths": [format!("/svc/{i}")]})))
             .collect();
         let r = Router::build(&routes).unwrap();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use gantry_model::delta::Update;
 use gantry_model::hash::{ConfigHashes, Digests};
-use gantry_model::Doc;
+use gantry_model::{typed, Doc};
 use serde_json::Value;
 
 use crate::balancer::Balancer;
@@ -41,45 +41,36 @@ pub struct Service {
 }
 
 impl Service {
-    fn from_doc(d: &Doc) -> Service {
-        let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-        let n = |k: &str, def: u64| d.get(k).and_then(Value::as_u64).unwrap_or(def);
-        let host = s("host").unwrap_or_default();
-        let port = n("port", 80) as u16;
-        let protocol = s("protocol").unwrap_or_else(|| "http".into());
-        let addr = format!("{host}:{port}");
-        let write_timeout_ms = n("write_timeout", 60_000);
+    fn new(d: gantry_model::typed::Service) -> Service {
+        let addr = format!("{}:{}", d.host, d.port);
         let header = |v: &str| {
             hyper::header::HeaderValue::from_str(v)
                 .unwrap_or(hyper::header::HeaderValue::from_static(""))
         };
         Service {
-            id: s("id").unwrap_or_default(),
-            name: s("name"),
-            direct: (protocol == "http").then(|| {
+            direct: (d.protocol == "http").then(|| {
                 Arc::new(crate::pool::Dest::new(
                     addr.clone(),
                     None,
                     false,
-                    std::time::Duration::from_millis(write_timeout_ms),
+                    std::time::Duration::from_millis(d.write_timeout),
                 ))
             }),
-            host_only: header(&host),
+            host_only: header(&d.host),
             host_port: header(&addr),
             addr,
-            protocol,
-            host,
-            port,
-            path: s("path"),
-            connect_timeout_ms: n("connect_timeout", 60_000),
-            write_timeout_ms,
-            read_timeout_ms: n("read_timeout", 60_000),
-            retries: n("retries", 5) as u32,
-            enabled: d.get("enabled").and_then(Value::as_bool).unwrap_or(true),
-            tls_verify: d
-                .get("tls_verify")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            id: d.id,
+            name: d.name,
+            protocol: d.protocol,
+            host: d.host,
+            port: d.port,
+            path: d.path,
+            connect_timeout_ms: d.connect_timeout,
+            write_timeout_ms: d.write_timeout,
+            read_timeout_ms: d.read_timeout,
+            retries: d.retries,
+            enabled: d.enabled,
+            tls_verify: d.tls_verify.unwrap_or(false),
         }
     }
 }
@@ -105,6 +96,8 @@ pub enum SnapshotError {
     Route(#[from] RouteError),
     #[error("invalid plugin configuration: {0}")]
     Plugin(#[from] crate::plugins::PluginSetError),
+    #[error("invalid entity: {0}")]
+    Typed(#[from] typed::TypedError),
 }
 
 /// The entity types each part of a snapshot is built from.
@@ -150,51 +143,42 @@ impl Snapshot {
         let router = match (unchanged(ROUTER), patch_from) {
             (Some(p), _) => p.router.clone(),
             (None, Some((p, changes))) => Arc::new(p.router.patch(changes)?),
-            _ => Arc::new(Router::build(config.docs("routes").iter().map(|d| &**d))?),
+            _ => Arc::new(Router::build(config.docs("routes"))?),
         };
         let services = match unchanged(SERVICES) {
             Some(p) => p.services.clone(),
-            _ => Arc::new(
-                config
-                    .docs("services")
-                    .iter()
-                    .map(|d| {
-                        let s = Service::from_doc(d);
-                        (s.id.clone(), Arc::new(s))
-                    })
-                    .collect(),
-            ),
+            _ => {
+                let mut services = crate::FastMap::default();
+                for e in config.docs("services") {
+                    let s = Service::new(typed::Service::try_from(e)?);
+                    services.insert(s.id.clone(), Arc::new(s));
+                }
+                Arc::new(services)
+            }
         };
         let balancers = match unchanged(BALANCERS) {
             Some(p) => p.balancers.clone(),
             None => {
-                let mut by_upstream: HashMap<&str, Vec<(String, u64)>> = HashMap::new();
-                for t in config.docs("targets") {
-                    if let (Some(up), Some(target)) = (
-                        t.get("upstream")
-                            .and_then(|u| u.get("id"))
-                            .and_then(Value::as_str),
-                        t.get("target").and_then(Value::as_str),
-                    ) {
-                        let w = t.get("weight").and_then(Value::as_u64).unwrap_or(100);
-                        by_upstream
-                            .entry(up)
-                            .or_default()
-                            .push((target.to_string(), w));
+                let mut by_upstream: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+                for e in config.docs("targets") {
+                    let t = typed::Target::try_from(e)?;
+                    by_upstream
+                        .entry(t.upstream.id)
+                        .or_default()
+                        .push((t.target, t.weight));
+                }
+                let mut balancers = crate::FastMap::default();
+                for e in config.docs("upstreams") {
+                    let u = e.doc();
+                    let Some(name) = u.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let targets = by_upstream.remove(e.id()).unwrap_or_default();
+                    if let Some(b) = Balancer::from_doc(&u, targets) {
+                        balancers.insert(name.to_string(), Arc::new(b));
                     }
                 }
-                Arc::new(
-                    config
-                        .docs("upstreams")
-                        .iter()
-                        .filter_map(|u| {
-                            let id = u.get("id").and_then(Value::as_str)?;
-                            let name = u.get("name").and_then(Value::as_str)?.to_string();
-                            let targets = by_upstream.remove(id).unwrap_or_default();
-                            Some((name, Arc::new(Balancer::from_doc(u, targets)?)))
-                        })
-                        .collect(),
-                )
+                Arc::new(balancers)
             }
         };
         let plugins = match unchanged(PLUGINS) {
@@ -236,9 +220,12 @@ impl Snapshot {
 pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugins::CompileError> {
     use gantry_model::plugins::CompileError;
     match entity {
-        "routes" => Router::build([doc])
+        "routes" => Router::build([&gantry_model::Entity::new(doc)])
             .map(drop)
-            .map_err(|e| CompileError::field(e.field, e.reason)),
+            .map_err(|e| match e.field {
+                Some(f) => CompileError::field(f, e.reason),
+                None => CompileError::whole(e.reason),
+            }),
         "certificates" => {
             let s = |k: &str| doc.get(k).and_then(Value::as_str);
             for (cert, key) in [("cert", "key"), ("cert_alt", "key_alt")] {

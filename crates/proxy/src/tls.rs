@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use gantry_model::{Config, Doc};
+use gantry_model::Config;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::Value;
 
 use crate::snapshot::Snapshot;
 
@@ -69,30 +68,28 @@ impl CertStore {
     /// Build from the configuration's certificates and SNIs. A certificate that does not load
     /// is skipped with an error in the log; its names then get the default certificate.
     pub fn build(config: &Config) -> CertStore {
-        let mut by_id: HashMap<&str, Arc<CertifiedKey>> = HashMap::new();
+        use gantry_model::typed::{Certificate, Sni};
+        let mut by_id: HashMap<String, Arc<CertifiedKey>> = HashMap::new();
         for c in config.docs("certificates") {
-            let (Some(id), Some(cert), Some(key)) = (
-                c.get("id").and_then(Value::as_str),
-                c.get("cert").and_then(Value::as_str),
-                c.get("key").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
-            match certified_key(cert, key) {
+            let loaded = Certificate::try_from(c)
+                .map_err(|e| e.to_string())
+                .and_then(|c| certified_key(&c.cert, &c.key).map_err(|e| e.to_string()));
+            match loaded {
                 Ok(ck) => {
-                    by_id.insert(id, Arc::new(ck));
+                    by_id.insert(c.id().to_string(), Arc::new(ck));
                 }
-                Err(e) => tracing::error!(certificate = id, error = %e, "certificate not loaded"),
+                Err(e) => {
+                    tracing::error!(certificate = c.id(), error = %e, "certificate not loaded")
+                }
             }
         }
         let mut store = CertStore::default();
         for s in config.docs("snis") {
-            let name = s
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            let Some(ck) = sni_cert(s).and_then(|id| by_id.get(id)) else {
+            let Ok(s) = Sni::try_from(s) else {
+                continue;
+            };
+            let name = s.name.to_ascii_lowercase();
+            let Some(ck) = by_id.get(&s.certificate.id) else {
                 continue;
             };
             match name.strip_prefix('*') {
@@ -117,10 +114,6 @@ impl CertStore {
             .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
             .map(|(_, c)| c.clone())
     }
-}
-
-fn sni_cert(s: &Doc) -> Option<&str> {
-    s.get("certificate")?.get("id")?.as_str()
 }
 
 /// Chooses the certificate of each TLS handshake from the current snapshot.

@@ -108,12 +108,9 @@ impl Store {
         for (name, docs) in &config.entities {
             let schema = schema_of(name)
                 .ok_or_else(|| StoreError::Migration(format!("unknown entity type {name}")))?;
-            for d in docs {
-                let id = d
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string();
+            for e in docs {
+                let id = e.id().to_string();
+                let d = &e.doc();
                 for (k, v) in unique_keys(schema, d) {
                     keys.push(vec![
                         P::S(name.clone()),
@@ -147,7 +144,7 @@ impl Store {
                 ents.push(vec![
                     P::S(name.clone()),
                     P::S(id),
-                    P::S(serde_json::to_string(&**d).unwrap_or_default()),
+                    P::S(e.json().to_string()),
                     P::I(st.version),
                 ]);
             }
@@ -211,9 +208,7 @@ async fn check_against_store(
     let mut in_file: HashSet<(&str, &str)> = HashSet::new();
     for (name, docs) in &config.entities {
         for d in docs {
-            if let Some(id) = d.get("id").and_then(|v| v.as_str()) {
-                in_file.insert((name.as_str(), id));
-            }
+            in_file.insert((name.as_str(), d.id()));
         }
     }
     for (name, docs) in &config.entities {
@@ -229,8 +224,9 @@ async fn check_against_store(
         for r in rows {
             held.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
         }
-        for d in docs {
-            let id = d.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        for e in docs {
+            let id = e.id();
+            let d = &e.doc();
             for (k, v) in unique_keys(schema, d) {
                 if let Some(other) = held.get(&(k.to_string(), v.clone())) {
                     if other != id && !in_file.contains(&(name.as_str(), other.as_str())) {
@@ -271,10 +267,7 @@ async fn clear_indexes_of(
     config: &Config,
 ) -> Result<(), StoreError> {
     for (name, docs) in &config.entities {
-        let ids: Vec<String> = docs
-            .iter()
-            .filter_map(|d| d.get("id").and_then(|v| v.as_str()).map(str::to_string))
-            .collect();
+        let ids: Vec<String> = docs.iter().map(|d| d.id().to_string()).collect();
         for chunk in ids.chunks(100) {
             let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
             for table in ["entity_keys", "entity_refs", "entity_tags"] {

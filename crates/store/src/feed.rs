@@ -35,17 +35,6 @@ pub enum Step {
     Whole { from: i64 },
 }
 
-/// The feed holds its documents compacted (`gantry_model::compact`): it keeps a whole
-/// configuration for as long as the node runs. Hashes are unchanged (they leave nulls out).
-fn compacted(mut config: Config) -> Config {
-    for docs in config.entities.values_mut() {
-        for d in docs.iter_mut() {
-            *d = Arc::new(gantry_model::compact(d));
-        }
-    }
-    config
-}
-
 impl Step {
     /// The changes of this step and the version they lead from, for [`Feed::update`].
     pub fn changes(&self) -> Option<(i64, &[Change])> {
@@ -67,7 +56,6 @@ impl Feed {
     /// Start from the store's configuration now (one export).
     pub async fn start(store: &Store) -> Result<Feed, StoreError> {
         let (config, version) = store.export().await?;
-        let config = compacted(config);
         Ok(Feed {
             digests: Digests::of(&config),
             config: Arc::new(config),
@@ -107,12 +95,7 @@ impl Feed {
         let from = self.version;
         match store.delta_since(from, DELTA_LIMIT).await? {
             StoreDelta::Unchanged => Ok(Step::Unchanged),
-            StoreDelta::Changes { to, mut changes } => {
-                for c in changes.iter_mut() {
-                    if let Change::Upsert { doc, .. } = c {
-                        *doc = Arc::new(gantry_model::compact(doc));
-                    }
-                }
+            StoreDelta::Changes { to, changes } => {
                 // A copy of the document pointers, not of the documents.
                 let mut config = (*self.config).clone();
                 let mut digests = self.digests.clone();

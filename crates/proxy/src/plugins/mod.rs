@@ -29,7 +29,7 @@ use std::sync::{Arc, LazyLock};
 use bytes::Bytes;
 use gantry_model::delta::Change;
 use gantry_model::plugins::{Catalog, CompileError, Enabled, PluginSchema};
-use gantry_model::{Config, Doc};
+use gantry_model::{Config, Entity};
 use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Response, StatusCode};
@@ -103,9 +103,9 @@ pub struct Credential {
     /// The id of the consumer it belongs to (a credential is found only while its consumer
     /// is in the index).
     pub consumer_id: String,
-    /// The whole stored document (secrets, algorithms, ... as the plugin needs them), shared
+    /// The whole stored entity (secrets, algorithms, ... as the plugin needs them), shared
     /// with the configuration.
-    pub doc: Arc<Doc>,
+    pub entity: Entity,
 }
 
 /// A credential found, with its consumer.
@@ -170,13 +170,16 @@ impl Identities {
         ids
     }
 
-    fn put_consumer(&mut self, d: &Doc) {
-        let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-        let Some(id) = s("id") else {
+    fn put_consumer(&mut self, e: &Entity) {
+        // A consumer that is not one (the control plane validated it) is left out of the
+        // index: no credential finds it.
+        let Ok(d) = gantry_model::typed::Consumer::try_from(e) else {
+            self.remove_consumer(e.id());
             return;
         };
+        let id = d.id;
         self.remove_consumer(&id);
-        let c = Arc::new(Consumer::new(id.clone(), s("username"), s("custom_id")));
+        let c = Arc::new(Consumer::new(id.clone(), d.username, d.custom_id));
         if let Some(u) = &c.username {
             self.by_username.insert(u.clone(), c.clone());
         }
@@ -193,20 +196,24 @@ impl Identities {
         }
     }
 
-    fn put_credential(&mut self, kind: CredentialKind, d: &Arc<Doc>) {
+    fn put_credential(&mut self, kind: CredentialKind, e: &Entity) {
+        let d = e.doc();
         let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
-        let (Some(id), Some(key), Some(consumer_id)) = (
-            s("id"),
+        let id = e.id().to_string();
+        self.remove_credential(&id);
+        let (Some(key), Some(consumer_id)) = (
             s(kind.key),
-            ref_id(d, "consumer").map(str::to_string),
+            d.get("consumer")
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_string),
         ) else {
             return;
         };
-        self.remove_credential(&id);
         let c = Arc::new(Credential {
             id: id.clone(),
             consumer_id,
-            doc: d.clone(),
+            entity: e.clone(),
         });
         self.credentials
             .entry(kind.entity)
@@ -726,15 +733,13 @@ pub struct PluginSet {
     globals: Vec<Arc<dyn Plugin>>,
 }
 
-fn ref_id<'a>(d: &'a Doc, k: &str) -> Option<&'a str> {
-    d.get(k)?.get("id")?.as_str()
-}
-
 /// Why the plugins of a configuration do not build.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginSetError {
     #[error("{} (plugin {id})", gantry_model::plugins::not_enabled(name))]
     NotEnabled { name: String, id: String },
+    #[error(transparent)]
+    Typed(gantry_model::typed::TypedError),
     #[error("plugin {name} ({id}): {source}")]
     Build {
         name: String,
@@ -753,12 +758,12 @@ impl PluginSet {
     ) -> Result<PluginSet, PluginSetError> {
         let mut set = PluginSet::default();
         let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
-        for d in config.docs("plugins") {
-            if d.get("enabled").and_then(Value::as_bool) == Some(false) {
+        for e in config.docs("plugins") {
+            let d = gantry_model::typed::Plugin::try_from(e).map_err(PluginSetError::Typed)?;
+            if !d.enabled {
                 continue;
             }
-            let name = d.get("name").and_then(Value::as_str).unwrap_or_default();
-            let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
+            let (name, id) = (d.name.as_str(), d.id.as_str());
             let Some(descriptor) = registry.get(name) else {
                 return Err(PluginSetError::NotEnabled {
                     name: name.to_string(),
@@ -766,22 +771,21 @@ impl PluginSet {
                 });
             };
             let reg_name = descriptor.schema.name;
-            let config = d.get("config").cloned().unwrap_or(Value::Null);
-            let plugin = (descriptor.build)(id, &config, shared).map_err(|source| {
+            let plugin = (descriptor.build)(id, &d.config, shared).map_err(|source| {
                 PluginSetError::Build {
                     name: name.to_string(),
                     id: id.to_string(),
                     source,
                 }
             })?;
-            let mut intern = |k: &str| match ref_id(d, k) {
+            let mut intern = |r: &Option<gantry_model::typed::Ref>| match r {
                 None => NONE,
-                Some(id) => {
+                Some(r) => {
                     let next = set.ids.len() as u32 + 1;
-                    *set.ids.entry(id.to_string()).or_insert(next)
+                    *set.ids.entry(r.id.clone()).or_insert(next)
                 }
             };
-            let scope = [intern("route"), intern("service"), intern("consumer")];
+            let scope = [intern(&d.route), intern(&d.service), intern(&d.consumer)];
             set.logs |= plugin.logs();
             by_name.entry(reg_name).or_default().push((scope, plugin));
         }
@@ -922,6 +926,7 @@ impl PluginSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_model::Doc;
     use serde_json::json;
 
     fn doc(v: Value) -> Doc {
@@ -948,7 +953,7 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert(
             "plugins".into(),
-            plugins.into_iter().map(Arc::new).collect(),
+            plugins.into_iter().map(Entity::from).collect(),
         );
         let set =
             PluginSet::build(&config, &Registry::default(), &Shared::default()).expect("builds");
@@ -1019,7 +1024,7 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert(
             "plugins".into(),
-            vec![Arc::new(terminate(403, [None, None, None]))],
+            vec![Entity::from(terminate(403, [None, None, None]))],
         );
         let counters = Shared::default();
         let only_cors = Registry::from_setting("cors").expect("a registry");
@@ -1033,8 +1038,9 @@ mod tests {
         );
         assert!(PluginSet::build(&config, &Registry::default(), &counters).is_ok());
         // Disabled instances are not run, so they need no runtime.
-        Arc::make_mut(&mut config.entities.get_mut("plugins").unwrap()[0])
-            .insert("enabled".into(), json!(false));
+        let mut off = terminate(403, [None, None, None]);
+        off.insert("enabled".into(), json!(false));
+        config.entities.get_mut("plugins").unwrap()[0] = off.into();
         assert!(PluginSet::build(&config, &only_cors, &counters).is_ok());
     }
 
@@ -1060,15 +1066,15 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert(
             "consumers".into(),
-            vec![Arc::new(doc(json!({"id": "c1", "username": "alice"})))],
+            vec![Entity::from(doc(json!({"id": "c1", "username": "alice"})))],
         );
         config.entities.insert(
             "keyauth_credentials".into(),
             vec![
-                Arc::new(doc(
+                Entity::from(doc(
                     json!({"id": "k1", "key": "alice-key", "consumer": {"id": "c1"}}),
                 )),
-                Arc::new(doc(
+                Entity::from(doc(
                     json!({"id": "k2", "key": "orphan", "consumer": {"id": "c9"}}),
                 )),
             ],
@@ -1080,7 +1086,7 @@ mod tests {
             (c.credential.id.as_str(), c.consumer.username.as_deref()),
             ("k1", Some("alice"))
         );
-        assert_eq!(c.credential.doc["key"], "alice-key");
+        assert_eq!(c.credential.entity.doc()["key"], "alice-key");
         assert!(ids.credential(&kind, "orphan").is_none());
         let without = Identities::build(&config, &Registry::from_setting("cors").unwrap());
         assert!(without.credential(&kind, "alice-key").is_none());
@@ -1090,7 +1096,7 @@ mod tests {
     /// A patched index answers as one built from the whole configuration would.
     #[test]
     fn the_credential_index_is_patched_by_changes() {
-        let d = |v: Value| Arc::new(doc(v));
+        let d = |v: Value| Entity::from(doc(v));
         let mut config = Config::default();
         let first = [
             Change::Upsert {
