@@ -11,12 +11,15 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use gantry_model::Doc;
+use gantry_model::delta::Change;
+use gantry_model::typed::{Target, TypedError};
+use gantry_model::{Config, Doc, Entity};
 use hyper::body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
 use crate::health::{Checks, Health};
 use crate::server::ProxyBody;
+use crate::{FastMap, PMap};
 
 /// Where a consistent-hashing key comes from (`hash_on` / `hash_fallback`).
 #[derive(Debug, Clone, PartialEq)]
@@ -309,6 +312,127 @@ impl Balancer {
 
     fn load_of(&self, load: &Load, i: usize) -> (i64, f64) {
         load.get(&self.name, &self.targets[i])
+    }
+}
+
+/// The balancers of a configuration and what they are built from, so that a change rebuilds
+/// the balancers of the upstreams it touches, and no other.
+#[derive(Clone, Default)]
+pub struct Upstreams {
+    /// Balancers by upstream name: what requests read. A change copies this map's pointers
+    /// (upstreams are few) and builds the balancers it touches.
+    pub by_name: Arc<FastMap<String, Arc<Balancer>>>,
+    /// Upstream id to its entity and name.
+    upstreams: PMap<String, (Entity, Option<String>)>,
+    /// Upstream id to its targets: target id to `(host:port, weight)`.
+    targets: PMap<String, PMap<String, (String, u64)>>,
+    /// Target id to its upstream's id.
+    target_upstream: PMap<String, String>,
+}
+
+impl Upstreams {
+    /// The balancers of a whole configuration.
+    pub fn build(config: &Config) -> Result<Upstreams, TypedError> {
+        let mut u = Upstreams::default();
+        let mut touched = Vec::new();
+        for e in config.docs("upstreams") {
+            touched.extend(u.put_upstream(e));
+        }
+        for e in config.docs("targets") {
+            touched.extend(u.put_target(e)?);
+        }
+        u.rebuild(touched);
+        Ok(u)
+    }
+
+    /// These balancers with `changes` applied: the upstreams and targets changed are read, and
+    /// the balancers of the upstreams they belong to rebuilt.
+    pub fn patch(&self, changes: &[Change]) -> Result<Upstreams, TypedError> {
+        let mut u = self.clone();
+        let mut touched = Vec::new();
+        for c in changes {
+            match (c.entity(), c) {
+                ("upstreams", Change::Upsert { doc, .. }) => touched.extend(u.put_upstream(doc)),
+                ("upstreams", Change::Delete { id, .. }) => touched.extend(u.remove_upstream(id)),
+                ("targets", Change::Upsert { doc, .. }) => touched.extend(u.put_target(doc)?),
+                ("targets", Change::Delete { id, .. }) => touched.extend(u.remove_target(id)),
+                _ => {}
+            }
+        }
+        u.rebuild(touched);
+        Ok(u)
+    }
+
+    /// Returns the names whose balancers change: the old name and the new.
+    fn put_upstream(&mut self, e: &Entity) -> Vec<(String, Option<String>)> {
+        let name = e.get("name").and_then(|v| v.as_str().map(str::to_string));
+        let old = self
+            .upstreams
+            .insert(e.id().to_string(), (e.clone(), name))
+            .and_then(|(_, n)| n);
+        vec![(e.id().to_string(), old)]
+    }
+
+    fn remove_upstream(&mut self, id: &str) -> Vec<(String, Option<String>)> {
+        let old = self.upstreams.remove(id).and_then(|(_, n)| n);
+        vec![(id.to_string(), old)]
+    }
+
+    fn put_target(&mut self, e: &Entity) -> Result<Vec<(String, Option<String>)>, TypedError> {
+        let t = Target::try_from(e)?;
+        let mut touched = self.remove_target(&t.id);
+        self.target_upstream
+            .insert(t.id.clone(), t.upstream.id.clone());
+        self.targets
+            .entry(t.upstream.id.clone())
+            .or_default()
+            .insert(t.id, (t.target, t.weight));
+        touched.push((t.upstream.id, None));
+        Ok(touched)
+    }
+
+    fn remove_target(&mut self, id: &str) -> Vec<(String, Option<String>)> {
+        let Some(up) = self.target_upstream.remove(id) else {
+            return Vec::new();
+        };
+        if let Some(ts) = self.targets.get_mut(&up) {
+            ts.remove(id);
+            if ts.is_empty() {
+                self.targets.remove(&up);
+            }
+        }
+        vec![(up, None)]
+    }
+
+    /// Rebuild the balancers of the upstreams `touched` (id, and a name it no longer has).
+    fn rebuild(&mut self, touched: Vec<(String, Option<String>)>) {
+        if touched.is_empty() {
+            return;
+        }
+        let by_name = Arc::make_mut(&mut self.by_name);
+        let mut ids = Vec::with_capacity(touched.len());
+        for (id, old_name) in touched {
+            if let Some(old) = old_name {
+                by_name.remove(&old);
+            }
+            ids.push(id);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some((e, Some(name))) = self.upstreams.get(&id) else {
+                continue;
+            };
+            let targets = self
+                .targets
+                .get(&id)
+                .map(|ts| ts.values().cloned().collect())
+                .unwrap_or_default();
+            match Balancer::from_doc(&e.doc(), targets) {
+                Some(b) => by_name.insert(name.clone(), Arc::new(b)),
+                None => by_name.remove(name),
+            };
+        }
     }
 }
 

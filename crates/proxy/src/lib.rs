@@ -31,5 +31,10 @@ pub mod uri;
 /// foldhash, seeded per process, several times faster than SipHash on short keys.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A persistent map: a copy costs O(1) and a change O(log n), so that an index of a new
+/// configuration is the last one patched with what changed.
+pub(crate) type PMap<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 pub use server::{Headers, LogDetails, LogSink, MetricsSource, Proxy, RequestLog};
 pub use snapshot::{Snapshot, SnapshotError};

@@ -1,15 +1,14 @@
 //! The running configuration of the proxy: one immutable snapshot, built aside from a
 //! configuration and published with one atomic swap.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use gantry_model::delta::Update;
+use gantry_model::delta::{Change, Update};
 use gantry_model::hash::{ConfigHashes, Digests};
 use gantry_model::{typed, Doc};
 use serde_json::Value;
 
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Upstreams};
 use crate::plugins::{Identities, PluginSet, Registry, Shared};
 use crate::router::{RouteError, Router};
 use crate::tls::CertStore;
@@ -83,8 +82,10 @@ pub struct Snapshot {
     pub digests: Digests,
     pub router: Arc<Router>,
     pub services: Arc<crate::FastMap<String, Arc<Service>>>,
-    /// Upstreams by name.
+    /// Balancers by upstream name (`upstreams.by_name`, at hand for requests).
     pub balancers: Arc<crate::FastMap<String, Arc<Balancer>>>,
+    /// The upstreams and targets the balancers are built from, to patch them.
+    pub upstreams: Arc<Upstreams>,
     pub plugins: Arc<PluginSet>,
     pub identities: Arc<Identities>,
     pub certs: Arc<CertStore>,
@@ -117,6 +118,7 @@ impl Snapshot {
             router: Arc::new(Router::empty()),
             services: Default::default(),
             balancers: Default::default(),
+            upstreams: Default::default(),
             plugins: Arc::new(PluginSet::default()),
             identities: Arc::new(Identities::default()),
             certs: Arc::new(CertStore::default()),
@@ -145,8 +147,23 @@ impl Snapshot {
             (None, Some((p, changes))) => Arc::new(p.router.patch(changes)?),
             _ => Arc::new(Router::build(config.docs("routes"))?),
         };
-        let services = match unchanged(SERVICES) {
-            Some(p) => p.services.clone(),
+        let services = match (unchanged(SERVICES), patch_from) {
+            (Some(p), _) => p.services.clone(),
+            (None, Some((p, changes))) => {
+                let mut services = (*p.services).clone();
+                for c in changes.iter().filter(|c| c.entity() == "services") {
+                    match c {
+                        Change::Upsert { doc, .. } => {
+                            let s = Service::new(typed::Service::try_from(doc)?);
+                            services.insert(s.id.clone(), Arc::new(s));
+                        }
+                        Change::Delete { id, .. } => {
+                            services.remove(id);
+                        }
+                    }
+                }
+                Arc::new(services)
+            }
             _ => {
                 let mut services = crate::FastMap::default();
                 for e in config.docs("services") {
@@ -156,30 +173,10 @@ impl Snapshot {
                 Arc::new(services)
             }
         };
-        let balancers = match unchanged(BALANCERS) {
-            Some(p) => p.balancers.clone(),
-            None => {
-                let mut by_upstream: HashMap<String, Vec<(String, u64)>> = HashMap::new();
-                for e in config.docs("targets") {
-                    let t = typed::Target::try_from(e)?;
-                    by_upstream
-                        .entry(t.upstream.id)
-                        .or_default()
-                        .push((t.target, t.weight));
-                }
-                let mut balancers = crate::FastMap::default();
-                for e in config.docs("upstreams") {
-                    let u = e.doc();
-                    let Some(name) = u.get("name").and_then(Value::as_str) else {
-                        continue;
-                    };
-                    let targets = by_upstream.remove(e.id()).unwrap_or_default();
-                    if let Some(b) = Balancer::from_doc(&u, targets) {
-                        balancers.insert(name.to_string(), Arc::new(b));
-                    }
-                }
-                Arc::new(balancers)
-            }
+        let upstreams = match (unchanged(BALANCERS), patch_from) {
+            (Some(p), _) => p.upstreams.clone(),
+            (None, Some((p, changes))) => Arc::new(p.upstreams.patch(changes)?),
+            _ => Arc::new(Upstreams::build(config)?),
         };
         let plugins = match unchanged(PLUGINS) {
             Some(p) => p.plugins.clone(),
@@ -195,9 +192,10 @@ impl Snapshot {
             (None, Some((p, changes))) => Arc::new(p.identities.patch(changes, registry)),
             _ => Arc::new(Identities::build(config, registry)),
         };
-        let certs = match unchanged(CERTS) {
-            Some(p) => p.certs.clone(),
-            None => Arc::new(CertStore::build(config)),
+        let certs = match (unchanged(CERTS), patch_from) {
+            (Some(p), _) => p.certs.clone(),
+            (None, Some((p, changes))) => Arc::new(p.certs.patch(changes)),
+            _ => Arc::new(CertStore::build(config)),
         };
         Ok(Snapshot {
             version,
@@ -205,7 +203,8 @@ impl Snapshot {
             digests: digests.clone(),
             router,
             services,
-            balancers,
+            balancers: upstreams.by_name.clone(),
+            upstreams,
             plugins,
             identities,
             certs,
@@ -249,6 +248,155 @@ mod tests {
 
     fn doc(v: serde_json::Value) -> Doc {
         v.as_object().cloned().unwrap()
+    }
+
+    /// A snapshot patched with changes to services, upstreams, targets, certificates and
+    /// SNIs serves as one built from the configuration they lead to.
+    #[test]
+    fn patched_parts_match_built_ones() {
+        use gantry_model::Entity;
+        let registry = Registry::default();
+        let shared = Shared::default();
+        let ca = rcgen::generate_simple_self_signed(vec!["a.example".into()]).unwrap();
+        let cb = rcgen::generate_simple_self_signed(vec!["b.example".into()]).unwrap();
+        let cert = |id: &str, c: &rcgen::CertifiedKey<rcgen::KeyPair>| json!({"id": id, "cert": c.cert.pem(), "key": c.signing_key.serialize_pem()});
+        let e = |v: serde_json::Value| Entity::new(v.as_object().unwrap());
+        let up = |kind: &str, v: serde_json::Value| Change::Upsert {
+            entity: kind.into(),
+            doc: e(v),
+        };
+        let del = |kind: &str, id: &str| Change::Delete {
+            entity: kind.into(),
+            id: id.into(),
+        };
+        let mut config = gantry_model::Config::default();
+        let first = vec![
+            up("services", json!({"id": "s1", "host": "one.internal"})),
+            up("services", json!({"id": "s2", "host": "two.internal"})),
+            up("upstreams", json!({"id": "u1", "name": "pool-a"})),
+            up("upstreams", json!({"id": "u2", "name": "pool-b"})),
+            up(
+                "targets",
+                json!({"id": "t1", "upstream": {"id": "u1"}, "target": "10.0.0.1:80"}),
+            ),
+            up(
+                "targets",
+                json!({"id": "t2", "upstream": {"id": "u1"}, "target": "10.0.0.2:80"}),
+            ),
+            up(
+                "targets",
+                json!({"id": "t3", "upstream": {"id": "u2"}, "target": "10.0.0.3:80"}),
+            ),
+            up("certificates", cert("c1", &ca)),
+            up(
+                "snis",
+                json!({"id": "n1", "name": "a.example", "certificate": {"id": "c1"}}),
+            ),
+            up(
+                "snis",
+                json!({"id": "n2", "name": "*.wild.example", "certificate": {"id": "c1"}}),
+            ),
+        ];
+        let mut digests = Digests::default();
+        config.apply_tracked(&first, &mut digests).unwrap();
+        let u1 = Update {
+            config: &config,
+            digests: &digests,
+            version: 1,
+            changes: None,
+        };
+        let s1 = Snapshot::build(&u1, None, &registry, &shared).unwrap();
+        let second = vec![
+            up(
+                "services",
+                json!({"id": "s2", "host": "moved.internal", "port": 8080}),
+            ),
+            del("services", "s1"),
+            up("upstreams", json!({"id": "u2", "name": "pool-renamed"})),
+            del("targets", "t1"),
+            up(
+                "targets",
+                json!({"id": "t4", "upstream": {"id": "u1"}, "target": "10.0.0.4:80", "weight": 50}),
+            ),
+            up("certificates", cert("c2", &cb)),
+            up(
+                "snis",
+                json!({"id": "n1", "name": "a.example", "certificate": {"id": "c2"}}),
+            ),
+            del("snis", "n2"),
+            up(
+                "snis",
+                json!({"id": "n3", "name": "*.example", "certificate": {"id": "c1"}}),
+            ),
+        ];
+        let mut next = config.clone();
+        let mut d2 = digests.clone();
+        next.apply_tracked(&second, &mut d2).unwrap();
+        let u2 = Update {
+            config: &next,
+            digests: &d2,
+            version: 2,
+            changes: Some((1, &second)),
+        };
+        let patched = Snapshot::build(&u2, Some(&s1), &registry, &shared).unwrap();
+        let whole = Update {
+            changes: None,
+            ..u2
+        };
+        let built = Snapshot::build(&whole, None, &registry, &shared).unwrap();
+        let services = |s: &Snapshot| {
+            let mut v: Vec<_> = s
+                .services
+                .values()
+                .map(|s| (s.id.clone(), s.addr.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(services(&patched), services(&built));
+        assert_eq!(
+            services(&patched),
+            [("s2".to_string(), "moved.internal:8080".to_string())]
+        );
+        let balancers = |s: &Snapshot| {
+            let mut v: Vec<_> = s
+                .balancers
+                .iter()
+                .map(|(n, b)| (n.clone(), b.targets.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(balancers(&patched), balancers(&built));
+        assert_eq!(
+            balancers(&patched),
+            [
+                (
+                    "pool-a".to_string(),
+                    vec!["10.0.0.2:80".to_string(), "10.0.0.4:80".to_string()]
+                ),
+                ("pool-renamed".to_string(), vec!["10.0.0.3:80".to_string()]),
+            ]
+        );
+        let served = |s: &Snapshot, name: &str| s.certs.find(name).map(|c| c.cert[0].to_vec());
+        for name in [
+            "a.example",
+            "x.wild.example",
+            "x.example",
+            "b.example",
+            "other.test",
+        ] {
+            assert_eq!(served(&patched, name), served(&built, name), "{name}");
+        }
+        assert_eq!(served(&patched, "a.example"), Some(cb.cert.der().to_vec()));
+        assert_eq!(
+            served(&patched, "x.wild.example"),
+            Some(ca.cert.der().to_vec())
+        );
+        assert_eq!(served(&patched, "other.test"), None);
+        // The snapshot patched from still serves its own configuration.
+        assert_eq!(served(&s1, "a.example"), Some(ca.cert.der().to_vec()));
+        assert_eq!(balancers(&s1)[0].1.len(), 2);
     }
 
     #[test]

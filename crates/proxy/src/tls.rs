@@ -6,20 +6,29 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use gantry_model::Config;
+use gantry_model::delta::Change;
+use gantry_model::typed::{Certificate, Sni};
+use gantry_model::{Config, Entity};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::snapshot::Snapshot;
+use crate::PMap;
 
-/// Certificates by server name, from one configuration.
+/// Certificates by server name, from one configuration. A change parses the certificates it
+/// brings and no other: the loaded ones and the SNIs are kept, and the name lookups remade from
+/// them.
 #[derive(Default)]
 pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` stored as `.example.com`.
     wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    /// The certificates that loaded, by id.
+    loaded: PMap<String, Arc<CertifiedKey>>,
+    /// SNI id to its name (lowercase) and its certificate's id.
+    snis: PMap<String, (String, String)>,
 }
 
 /// Why a certificate and key do not make a signing certificate.
@@ -66,45 +75,91 @@ pub fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, Cert
 
 impl CertStore {
     /// Build from the configuration's certificates and SNIs. A certificate that does not load
-    /// is skipped with an error in the log; its names then get the default certificate.
+    /// is skipped with an error in the log (writes refuse such certificates, so this is a
+    /// configuration made by hand); its names then get the default certificate.
     pub fn build(config: &Config) -> CertStore {
-        use gantry_model::typed::{Certificate, Sni};
-        let mut by_id: HashMap<String, Arc<CertifiedKey>> = HashMap::new();
-        for c in config.docs("certificates") {
-            let loaded = Certificate::try_from(c)
-                .map_err(|e| e.to_string())
-                .and_then(|c| certified_key(&c.cert, &c.key).map_err(|e| e.to_string()));
-            match loaded {
-                Ok(ck) => {
-                    by_id.insert(c.id().to_string(), Arc::new(ck));
-                }
-                Err(e) => {
-                    tracing::error!(certificate = c.id(), error = %e, "certificate not loaded")
-                }
-            }
-        }
         let mut store = CertStore::default();
-        for s in config.docs("snis") {
-            let Ok(s) = Sni::try_from(s) else {
-                continue;
-            };
-            let name = s.name.to_ascii_lowercase();
-            let Some(ck) = by_id.get(&s.certificate.id) else {
-                continue;
-            };
-            match name.strip_prefix('*') {
-                Some(suffix) => store.wildcard.push((suffix.to_string(), ck.clone())),
-                None => {
-                    store.exact.insert(name, ck.clone());
-                }
-            }
+        for c in config.docs("certificates") {
+            store.put_cert(c);
         }
-        // Longest suffix first, so the most specific wildcard wins.
-        store.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        for s in config.docs("snis") {
+            store.put_sni(s);
+        }
+        store.index();
         store
     }
 
-    fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+    /// This store with `changes` applied.
+    pub fn patch(&self, changes: &[Change]) -> CertStore {
+        let mut store = CertStore {
+            loaded: self.loaded.clone(),
+            snis: self.snis.clone(),
+            ..CertStore::default()
+        };
+        for c in changes {
+            match (c.entity(), c) {
+                ("certificates", Change::Upsert { doc, .. }) => store.put_cert(doc),
+                ("certificates", Change::Delete { id, .. }) => {
+                    store.loaded.remove(id);
+                }
+                ("snis", Change::Upsert { doc, .. }) => store.put_sni(doc),
+                ("snis", Change::Delete { id, .. }) => {
+                    store.snis.remove(id);
+                }
+                _ => {}
+            }
+        }
+        store.index();
+        store
+    }
+
+    fn put_cert(&mut self, e: &Entity) {
+        let loaded = Certificate::try_from(e)
+            .map_err(|e| e.to_string())
+            .and_then(|c| certified_key(&c.cert, &c.key).map_err(|e| e.to_string()));
+        match loaded {
+            Ok(ck) => {
+                self.loaded.insert(e.id().to_string(), Arc::new(ck));
+            }
+            Err(err) => {
+                self.loaded.remove(e.id());
+                tracing::error!(certificate = e.id(), error = %err, "certificate not loaded")
+            }
+        }
+    }
+
+    fn put_sni(&mut self, e: &Entity) {
+        match Sni::try_from(e) {
+            Ok(s) => {
+                self.snis
+                    .insert(s.id, (s.name.to_ascii_lowercase(), s.certificate.id));
+            }
+            Err(_) => {
+                self.snis.remove(e.id());
+            }
+        }
+    }
+
+    /// Remake the name lookups from the SNIs and the loaded certificates.
+    fn index(&mut self) {
+        for (name, cert) in self.snis.values() {
+            let Some(ck) = self.loaded.get(cert) else {
+                continue;
+            };
+            match name.strip_prefix('*') {
+                Some(suffix) => self.wildcard.push((suffix.to_string(), ck.clone())),
+                None => {
+                    self.exact.insert(name.clone(), ck.clone());
+                }
+            }
+        }
+        // Longest suffix first, so the most specific wildcard wins (then by name, so that the
+        // order does not depend on the map's).
+        self.wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    }
+
+    pub(crate) fn find(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = name.to_ascii_lowercase();
         if let Some(c) = self.exact.get(&name) {
             return Some(c.clone());

@@ -114,10 +114,7 @@ pub struct Found<'a> {
     pub consumer: &'a Arc<Consumer>,
 }
 
-/// A persistent map: a copy costs O(1) and a change O(log n), so that the index of a new
-/// configuration is the last one patched with what changed.
-type PMap<K, V> =
-    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+use crate::PMap;
 
 /// Consumers and their credentials, indexed for authentication plugins: every plugin of the
 /// registry names the credential kinds it reads ([`Descriptor::credentials`]), and each is
