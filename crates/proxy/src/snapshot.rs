@@ -213,12 +213,20 @@ impl Snapshot {
 }
 
 /// Compile one entity as a snapshot will: a route's matchers (header and path regexes), a
-/// certificate's chain and key. Writes run this before they store the entity, so that what a
+/// certificate's chain and key; every entity the proxy builds from is read as its typed value.
+/// Writes run this before they store the entity, so that what a
 /// node cannot load is refused at the Admin API, naming the field, instead of being skipped
 /// or failing every later configuration.
 pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugins::CompileError> {
     use gantry_model::plugins::CompileError;
+    let e = || gantry_model::Entity::new(doc);
+    let typed = |r: Result<(), typed::TypedError>| r.map_err(|t| CompileError::whole(t.reason));
     match entity {
+        "services" => typed(typed::Service::try_from(&e()).map(drop)),
+        "targets" => typed(typed::Target::try_from(&e()).map(drop)),
+        "consumers" => typed(typed::Consumer::try_from(&e()).map(drop)),
+        "snis" => typed(typed::Sni::try_from(&e()).map(drop)),
+        "plugins" => typed(typed::Plugin::try_from(&e()).map(drop)),
         "routes" => Router::build([&gantry_model::Entity::new(doc)])
             .map(drop)
             .map_err(|e| match e.field {
@@ -226,6 +234,7 @@ pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugi
                 None => CompileError::whole(e.reason),
             }),
         "certificates" => {
+            typed(typed::Certificate::try_from(&e()).map(drop))?;
             let s = |k: &str| doc.get(k).and_then(Value::as_str);
             for (cert, key) in [("cert", "key"), ("cert_alt", "key_alt")] {
                 if let (Some(c), Some(k)) = (s(cert), s(key)) {
@@ -421,5 +430,13 @@ mod tests {
         let ok =
             doc(json!({"id": "c1", "cert": a.cert.pem(), "key": a.signing_key.serialize_pem()}));
         assert!(compile_entity("certificates", &ok).is_ok());
+        // What the proxy reads as a typed value is read so at the write too.
+        let e = compile_entity(
+            "targets",
+            &doc(json!({"id": "t", "target": "a:1", "weight": -1})),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("invalid value"), "{e:?}");
+        assert!(compile_entity("services", &doc(json!({"id": "s", "host": "h"}))).is_ok());
     }
 }
