@@ -261,8 +261,9 @@ async fn every_entity_crud_defaults_pagination_tags() {
             assert_eq!(api.ok("GET", &item, None).await["id"], first["id"], "{ctx}");
             // Secrets never come back in clear.
             if case.path.ends_with("/basic-auth") {
+                let stored = first["password"].as_str().unwrap();
                 assert!(
-                    first["password"].as_str().unwrap().starts_with("$sha256$"),
+                    stored.len() == 40 && stored.bytes().all(|b| b.is_ascii_hexdigit()),
                     "{ctx}"
                 );
             }
@@ -803,11 +804,9 @@ async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
 
 /// Kong's plugins that Gantry does not run yet: each is refused, never stored and skipped.
 const NOT_RUN: &[&str] = &[
-    "basic-auth",
     "jwt",
     "acl",
     "hmac-auth",
-    "ip-restriction",
     "oauth2",
     "request-size-limiting",
     "correlation-id",

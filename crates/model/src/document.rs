@@ -3,7 +3,7 @@
 
 use rand::Rng;
 use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::entities::{expand_service_url, EntitySchema};
 use crate::plugins::Catalog;
@@ -49,6 +49,16 @@ pub fn prepare(
             Map::new()
         }
     };
+    if schema.name == "plugins" && input.get("protocols").is_none_or(Value::is_null) {
+        // The plugin's own default, where it has one.
+        let name = input
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if let Some(p) = plugins.get(name) {
+            doc.insert("protocols".into(), json!(p.schema.protocols));
+        }
+    }
     if let Some(config) = config {
         match check_dependent_config(schema.name, &input, &doc, config, plugins) {
             Ok(c) => {
@@ -126,6 +136,12 @@ fn check_dependent_config(
         Ok(c) => {
             let mut ce = FieldErrors::default();
             (p.checks)(&c, &mut ce);
+            // A check across fields is the plugin entity's, as Kong reports it (`@entity`).
+            if let Some(Value::Array(whole)) = ce.0.remove("@entity") {
+                for m in whole {
+                    errs.add_entity(m.as_str().unwrap_or_default());
+                }
+            }
             if ce.is_empty() && errs.is_empty() {
                 // Compiled as the runtime will: what it cannot run is refused here.
                 let id = input.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -188,8 +204,12 @@ fn complete(schema: &EntitySchema, doc: &mut Doc, secrets: Secrets, now: i64) {
         "basicauth_credentials" => {
             if let Some(Value::String(pw)) = doc.get("password") {
                 if secrets == Secrets::Clear || !is_password_hash(pw) {
-                    let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
-                    let h = hash_password(pw, id);
+                    let consumer = doc
+                        .get("consumer")
+                        .and_then(|c| c.get("id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
+                    let h = hash_password(pw, consumer);
                     doc.insert("password".into(), json!(h));
                 }
             }
@@ -211,32 +231,28 @@ pub fn random_token() -> String {
     hex::encode(b)
 }
 
-/// Gantry's password hash: `$sha256$<salt>$<hex>`, salted SHA-256 of the password. The salt is
-/// derived from the credential's id: unique per credential, and stable, so that loading the
-/// same declarative file twice gives the same configuration hash.
-pub fn hash_password(pw: &str, credential_id: &str) -> String {
-    let salt = &hex::encode(Sha256::digest(format!("gantry-basic-auth:{credential_id}")))[..32];
-    format!(
-        "$sha256${salt}${}",
-        hex::encode(Sha256::digest(format!("{salt}{pw}")))
-    )
-}
-
-/// A stored hash: Gantry's format, or Kong's (40 hex characters, SHA-1 of password and consumer id).
-pub fn is_password_hash(s: &str) -> bool {
-    s.starts_with("$sha256$") || (s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// Check a clear password against a stored hash of either format.
-pub fn verify_password(stored: &str, pw: &str, consumer_id: &str) -> bool {
-    if let Some(rest) = stored.strip_prefix("$sha256$") {
-        if let Some((salt, hash)) = rest.split_once('$') {
-            return hex::encode(Sha256::digest(format!("{salt}{pw}"))) == hash;
-        }
-        return false;
-    }
+/// A basic-auth password as Kong 3.9 stores it: the hex SHA-1 of the password followed by
+/// the credential's consumer id (Kong's `basic-auth/crypto.lua`). Kong's format, so that a
+/// store or a declarative export moves between Kong and Gantry with its credentials working.
+pub fn hash_password(pw: &str, consumer_id: &str) -> String {
     use sha1::Sha1;
-    hex::encode(Sha1::digest(format!("{pw}{consumer_id}"))) == stored
+    hex::encode(Sha1::digest(format!("{pw}{consumer_id}")))
+}
+
+/// A stored hash: 40 hex characters.
+pub fn is_password_hash(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Check a clear password against a stored hash, in constant time.
+pub fn verify_password(stored: &str, pw: &str, consumer_id: &str) -> bool {
+    let given = hash_password(pw, consumer_id);
+    given.len() == stored.len()
+        && given
+            .bytes()
+            .zip(stored.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b.to_ascii_lowercase()))
+            == 0
 }
 
 /// A reference from one entity to another, as the store indexes it.
@@ -462,7 +478,9 @@ mod tests {
         )
         .unwrap();
         let stored = d["password"].as_str().unwrap();
-        assert!(stored.starts_with("$sha256$"));
+        // Kong's own: SHA-1 of the password and the consumer id.
+        assert_eq!(stored, hash_password("secret", &cid));
+        assert!(is_password_hash(stored));
         assert!(verify_password(stored, "secret", &cid));
         assert!(!verify_password(stored, "other", &cid));
         // Re-importing an exported hash keeps it.

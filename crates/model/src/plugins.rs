@@ -36,7 +36,13 @@ pub struct PluginSchema {
     /// the version that added it (dotted under `config.`): an older data plane is sent the
     /// configuration without them (`compat`).
     pub since: &'static [(&'static str, Version)],
+    /// The plugin's `protocols` default, when it is not Kong's HTTP set (ip-restriction also
+    /// guards stream routes).
+    pub protocols: &'static [&'static str],
 }
+
+/// The `protocols` default of most plugins (Kong's `typedefs.protocols_http`).
+pub const HTTP_PROTOCOLS: &[&str] = &["grpc", "grpcs", "http", "https"];
 
 impl PluginSchema {
     pub fn new(name: &'static str, priority: i32, config: Vec<Field>) -> PluginSchema {
@@ -51,7 +57,13 @@ impl PluginSchema {
             partials: &[],
             checks: |_, _| {},
             since: &[],
+            protocols: HTTP_PROTOCOLS,
         }
+    }
+    /// A `protocols` default other than [`HTTP_PROTOCOLS`].
+    pub fn protocols(mut self, p: &'static [&'static str]) -> PluginSchema {
+        self.protocols = p;
+        self
     }
     /// An authentication plugin: never scoped to a consumer.
     pub fn auth(mut self) -> PluginSchema {
@@ -73,7 +85,7 @@ impl PluginSchema {
     /// Kong's `/schemas/plugins/{name}` body.
     pub fn describe(&self) -> Value {
         let mut fields = vec![
-            json!({"protocols": {"type": "set", "elements": {"type": "string", "one_of": crate::entities::SERVICE_PROTOCOLS}, "default": ["grpc", "grpcs", "http", "https"], "required": true}}),
+            json!({"protocols": {"type": "set", "elements": {"type": "string", "one_of": crate::entities::SERVICE_PROTOCOLS}, "default": self.protocols, "required": true}}),
             json!({"config": {"type": "record", "required": true, "fields": describe(&self.config)}}),
         ];
         if self.no_consumer {

@@ -8,9 +8,43 @@ use std::net::IpAddr;
 use hyper::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
+/// A set of addresses and blocks, matched with IPv4-mapped IPv6 addresses in either form:
+/// `trusted_ips`, ip-restriction's `allow` and `deny`.
+#[derive(Debug, Clone, Default)]
+pub struct IpSet {
+    nets: Vec<IpNet>,
+}
+
+impl IpSet {
+    /// From addresses and blocks (`10.0.0.0/8`, `192.0.2.1`, `::/0`); an entry that is neither
+    /// is returned as the error.
+    pub fn parse<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<IpSet, &'a str> {
+        let mut nets = Vec::new();
+        for t in items {
+            nets.push(net(t).ok_or(t)?);
+        }
+        Ok(IpSet { nets })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// Whether `ip` is in the set, an IPv4-mapped IPv6 address in either of its forms.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let mapped = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
+        };
+        self.nets
+            .iter()
+            .any(|n| n.contains(&ip) || mapped.is_some_and(|m| n.contains(&m)))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Trust {
-    nets: Vec<IpNet>,
+    nets: IpSet,
     header: HeaderName,
     recursive: bool,
 }
@@ -19,7 +53,7 @@ impl Default for Trust {
     /// Kong's defaults: no peer is trusted.
     fn default() -> Trust {
         Trust {
-            nets: Vec::new(),
+            nets: IpSet::default(),
             header: crate::names::X_REAL_IP,
             recursive: false,
         }
@@ -41,17 +75,13 @@ impl Trust {
         real_ip_header: &str,
         recursive: bool,
     ) -> Result<Trust, crate::error::SetupError> {
-        let mut nets = Vec::new();
-        for t in trusted_ips
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-        {
-            if t == "unix:" {
-                continue;
-            }
-            nets.push(net(t).ok_or_else(|| crate::error::SetupError::TrustedIp(t.to_string()))?);
-        }
+        let nets = IpSet::parse(
+            trusted_ips
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty() && *t != "unix:"),
+        )
+        .map_err(|t| crate::error::SetupError::TrustedIp(t.to_string()))?;
         let name = real_ip_header.trim();
         if name.eq_ignore_ascii_case("proxy_protocol") {
             return Err(crate::error::SetupError::ProxyProtocol);
@@ -72,13 +102,7 @@ impl Trust {
 
     /// Whether `ip` is in `trusted_ips`, an IPv4-mapped IPv6 address in either of its forms.
     pub fn trusts(&self, ip: IpAddr) -> bool {
-        let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
-            IpAddr::V4(v4) => Some(IpAddr::V6(v4.to_ipv6_mapped())),
-        };
-        self.nets
-            .iter()
-            .any(|n| n.contains(&ip) || mapped.is_some_and(|m| n.contains(&m)))
+        self.nets.contains(ip)
     }
 
     /// The client's address: the peer's, or, for a trusted peer, the one `real_ip_header`

@@ -340,6 +340,43 @@ pub async fn admin(
     crate::http::call_ok(http, method, &format!("{}{path}", node.admin), body).await
 }
 
+/// Wait until `node`'s proxy runs the configuration its Admin API holds (the same hash on the
+/// status listener as on the Admin API).
+pub async fn synced(http: &reqwest::Client, node: &Node) {
+    use std::time::{Duration, Instant};
+    let status = node.status.clone().expect("a node with a status listener");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let want = admin(http, node, "GET", "/status", serde_json::json!({})).await
+            ["configuration_hash"]
+            .clone();
+        let (_, got) = crate::http::get_json(http, &format!("{status}/status")).await;
+        if got["configuration_hash"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never caught up with the Admin API"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until `GET path` through `node`'s proxy answers `want` (changes apply within a second
+/// or so).
+pub async fn proxy_until(
+    http: &reqwest::Client,
+    node: &Node,
+    path: &str,
+    want: u16,
+) -> reqwest::Response {
+    let url = format!(
+        "{}{path}",
+        node.proxy.as_ref().expect("a node with a proxy")
+    );
+    crate::http::until(http, &url, want, std::time::Duration::from_secs(10)).await
+}
+
 /// A service `s` of `upstream` with a route `r` of `path`, through `node`'s Admin API.
 pub async fn service_and_route(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
     let s = serde_json::json!({"name": "s", "url": format!("http://{upstream}")});

@@ -15,8 +15,10 @@
 //! when its turn comes, so the consumer an authentication plugin identified (higher priority)
 //! selects the configuration of the plugins after it.
 
+mod basic_auth;
 mod cors;
 mod file_log;
+mod ip_restriction;
 mod key_auth;
 mod rate_limiting;
 mod request_termination;
@@ -94,6 +96,9 @@ impl Consumer {
 pub struct CredentialKind {
     pub entity: &'static str,
     pub key: &'static str,
+    /// The fields the plugin reads on each request (basic-auth's `password`): taken out of
+    /// the document once, when the credential is indexed, into [`Credential::fields`].
+    pub fields: &'static [&'static str],
 }
 
 /// A credential as authentication plugins find it.
@@ -103,9 +108,11 @@ pub struct Credential {
     /// The id of the consumer it belongs to (a credential is found only while its consumer
     /// is in the index).
     pub consumer_id: String,
-    /// The whole stored entity (secrets, algorithms, ... as the plugin needs them), shared
-    /// with the configuration.
+    /// The whole stored entity, shared with the configuration.
     pub entity: Entity,
+    /// The values of the kind's [`CredentialKind::fields`], in its order (`None` for a field
+    /// that is absent or not a string).
+    pub fields: Box<[Option<Box<str>>]>,
 }
 
 /// A credential found, with its consumer.
@@ -211,6 +218,11 @@ impl Identities {
             id: id.clone(),
             consumer_id,
             entity: e.clone(),
+            fields: kind
+                .fields
+                .iter()
+                .map(|f| d.get(*f).and_then(Value::as_str).map(Into::into))
+                .collect(),
         });
         self.credentials
             .entry(kind.entity)
@@ -588,6 +600,8 @@ impl Descriptor {
 
 /// The plugins this build of Gantry ships, each runnable on every node.
 pub static BUNDLED: &[&Descriptor] = &[
+    &basic_auth::DESCRIPTOR,
+    &ip_restriction::DESCRIPTOR,
     &key_auth::DESCRIPTOR,
     &rate_limiting::DESCRIPTOR,
     &request_termination::DESCRIPTOR,
