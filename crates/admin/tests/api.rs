@@ -870,8 +870,10 @@ async fn plugins_a_node_cannot_run_are_refused() {
         assert_eq!(
             names,
             [
+                "basic-auth",
                 "cors",
                 "file-log",
+                "ip-restriction",
                 "key-auth",
                 "rate-limiting",
                 "request-termination",

@@ -1066,7 +1066,7 @@ mod tests {
         assert_eq!(names("bundled, cors").unwrap().len(), BUNDLED.len());
         assert_eq!(names("off, cors"), Err(RegistryError::OffWithOthers));
         assert!(
-            matches!(names("basic-auth"), Err(RegistryError::Unknown(n, _)) if n == "basic-auth")
+            matches!(names("oauth2"), Err(RegistryError::Unknown(n, _)) if n == "oauth2")
         );
     }
 
