@@ -407,3 +407,271 @@ async fn ip_restriction_as_kong() {
         403
     );
 }
+
+/// Sorted groups of an `X-Consumer-Groups` value (their order is the ACLs' ids').
+fn groups_of(v: &Value) -> Vec<String> {
+    let mut g: Vec<String> = v
+        .as_str()
+        .unwrap_or_default()
+        .split(", ")
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    g.sort();
+    g
+}
+
+/// acl: `allow` and `deny` by the groups of the consumer key-auth identified, Kong's 401 and
+/// 403, `X-Consumer-Groups`, `hide_groups_header`, an anonymous consumer, validation, and group
+/// changes applying at once.
+#[tokio::test]
+async fn acl_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let call = |method: &'static str, path: String, body: Value| {
+        let (http, node) = (&http, &node);
+        async move { admin(http, node, method, &path, body).await }
+    };
+    call(
+        "POST",
+        "/services".into(),
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    for (route, auth, acl) in [
+        ("admins", json!({}), json!({"allow": ["admins"]})),
+        ("nostaff", json!({}), json!({"deny": ["staff"]})),
+        (
+            "hidden",
+            json!({}),
+            json!({"allow": ["staff"], "hide_groups_header": true}),
+        ),
+        (
+            "anon",
+            json!({"anonymous": "guest"}),
+            json!({"allow": ["admins"]}),
+        ),
+    ] {
+        call(
+            "POST",
+            "/services/s/routes".into(),
+            json!({"name": route, "paths": [format!("/{route}")]}),
+        )
+        .await;
+        call(
+            "POST",
+            format!("/routes/{route}/plugins"),
+            json!({"name": "key-auth", "config": auth}),
+        )
+        .await;
+        call(
+            "POST",
+            format!("/routes/{route}/plugins"),
+            json!({"name": "acl", "config": acl}),
+        )
+        .await;
+    }
+    call(
+        "POST",
+        "/services/s/routes".into(),
+        json!({"name": "bare", "paths": ["/bare"]}),
+    )
+    .await;
+    call(
+        "POST",
+        "/routes/bare/plugins".into(),
+        json!({"name": "acl", "config": {"allow": ["admins"]}}),
+    )
+    .await;
+    for (who, groups) in [
+        ("alice", vec!["admins", "staff"]),
+        ("bob", vec!["staff"]),
+        ("carol", vec![]),
+        ("guest", vec![]),
+    ] {
+        call("POST", "/consumers".into(), json!({"username": who})).await;
+        call(
+            "POST",
+            format!("/consumers/{who}/key-auth"),
+            json!({"key": format!("{who}-key")}),
+        )
+        .await;
+        for g in groups {
+            call(
+                "POST",
+                format!("/consumers/{who}/acls"),
+                json!({"group": g}),
+            )
+            .await;
+        }
+    }
+    // Kong's validation: exactly one of the lists.
+    for (config, message) in [
+        (
+            json!({}),
+            "at least one of these fields must be non-empty: 'config.allow', 'config.deny'",
+        ),
+        (
+            json!({"allow": ["a"], "deny": ["b"]}),
+            "exactly one of these fields must be non-empty: 'config.allow', 'config.deny'",
+        ),
+    ] {
+        let r = http
+            .post(format!("{}/plugins", node.admin))
+            .json(&json!({"name": "acl", "config": config}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["fields"]["@entity"], json!([message]), "{b}");
+    }
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let get = |path: &str, key: Option<&str>| {
+        let mut r = http
+            .get(format!("{proxy}{path}"))
+            .header("x-consumer-groups", "forged");
+        if let Some(k) = key {
+            r = r.header("apikey", format!("{k}-key"));
+        }
+        r.send()
+    };
+    let status = |path: &'static str, key: Option<&'static str>| {
+        let get = &get;
+        async move { get(path, key).await.unwrap().status().as_u16() }
+    };
+    let denied = json!({"message": "You cannot consume this service"});
+
+    // allow: the consumer's groups upstream.
+    let r = get("/admins", Some("alice")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(
+        groups_of(&got["headers"]["x-consumer-groups"]),
+        ["admins", "staff"]
+    );
+    let r = get("/admins", Some("bob")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap(), denied);
+    // In no group, with a credential: 403.
+    assert_eq!(status("/admins", Some("carol")).await, 403);
+    // deny: in the group refused; in no group allowed, with an empty groups header.
+    assert_eq!(status("/nostaff", Some("bob")).await, 403);
+    assert_eq!(status("/nostaff", Some("alice")).await, 403);
+    let r = get("/nostaff", Some("carol")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["headers"]["x-consumer-groups"], "", "{got}");
+    // hide_groups_header: no groups header, not even the client's own.
+    let r = get("/hidden", Some("bob")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert!(got["headers"].get("x-consumer-groups").is_none(), "{got}");
+    // No consumer at all: 401; an anonymous consumer (no credential) in no group: 401.
+    let r = get("/bare", None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Unauthorized"})
+    );
+    assert_eq!(status("/anon", None).await, 401);
+    assert_eq!(status("/anon", Some("alice")).await, 200);
+
+    // A group given, then taken away, applies at once.
+    let acl = call(
+        "POST",
+        "/consumers/bob/acls".into(),
+        json!({"group": "admins"}),
+    )
+    .await;
+    synced(&http, &node).await;
+    assert_eq!(status("/admins", Some("bob")).await, 200);
+    let aid = acl["id"].as_str().unwrap();
+    let r = http
+        .delete(format!("{}/consumers/bob/acls/{aid}", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    synced(&http, &node).await;
+    assert_eq!(status("/admins", Some("bob")).await, 403);
+}
+
+/// acl in hybrid mode: groups written on the control plane decide on a data plane.
+#[tokio::test]
+async fn acl_on_a_data_plane() {
+    use gantry_testkit::process::{cp_env, dp_env, gen_cert, service_and_route};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(cp.cluster.as_ref().unwrap(), &cert, &[]),
+    );
+    service_and_route(&http, &cp, &up, "/a").await;
+    for plugin in [
+        json!({"name": "key-auth"}),
+        json!({"name": "acl", "config": {"allow": ["gold"]}}),
+    ] {
+        admin(&http, &cp, "POST", "/routes/r/plugins", plugin).await;
+    }
+    for who in ["alice", "bob"] {
+        admin(&http, &cp, "POST", "/consumers", json!({"username": who})).await;
+        let key = json!({"key": format!("{who}-key")});
+        admin(
+            &http,
+            &cp,
+            "POST",
+            &format!("/consumers/{who}/key-auth"),
+            key,
+        )
+        .await;
+    }
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/consumers/alice/acls",
+        json!({"group": "gold"}),
+    )
+    .await;
+    let url = format!("{}/a", dp.dp_proxy());
+    let status = |who: &'static str| {
+        let (http, url) = (&http, &url);
+        async move {
+            http.get(url)
+                .header("apikey", format!("{who}-key"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status("alice").await != 200 {
+        assert!(std::time::Instant::now() < deadline, "alice never got in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status("bob").await, 403);
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/consumers/bob/acls",
+        json!({"group": "gold"}),
+    )
+    .await;
+    while status("bob").await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's group never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

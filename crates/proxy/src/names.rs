@@ -11,6 +11,7 @@ pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit
 pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 pub const X_ANONYMOUS_CONSUMER: HeaderName = HeaderName::from_static("x-anonymous-consumer");
+pub const X_CONSUMER_GROUPS: HeaderName = HeaderName::from_static("x-consumer-groups");
 pub const X_CONSUMER_CUSTOM_ID: HeaderName = HeaderName::from_static("x-consumer-custom-id");
 pub const X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 pub const X_CONSUMER_USERNAME: HeaderName = HeaderName::from_static("x-consumer-username");

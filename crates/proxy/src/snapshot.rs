@@ -186,6 +186,7 @@ impl Snapshot {
         };
         let identity_types: Vec<&str> = std::iter::once("consumers")
             .chain(registry.credential_kinds().into_iter().map(|k| k.entity))
+            .chain(registry.reads_groups().then_some(crate::plugins::ACLS))
             .collect();
         let identities = match (unchanged(&identity_types), patch_from) {
             (Some(p), _) => p.identities.clone(),

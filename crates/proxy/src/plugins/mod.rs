@@ -15,6 +15,7 @@
 //! when its turn comes, so the consumer an authentication plugin identified (higher priority)
 //! selects the configuration of the plugins after it.
 
+mod acl;
 mod basic_auth;
 mod cors;
 mod file_log;
@@ -135,6 +136,35 @@ pub struct Identities {
     credentials: crate::FastMap<&'static str, PMap<String, Arc<Credential>>>,
     /// Credential id to its entity and identifying value, to remove or replace it by id.
     keys: PMap<String, (&'static str, String)>,
+    /// Consumer id to its ACL groups, when a plugin of the registry reads them
+    /// ([`Descriptor::with_groups`]).
+    groups: PMap<String, Arc<ConsumerGroups>>,
+    /// ACL id to `(consumer id, group)`, to remove or replace it by id.
+    acls: PMap<String, (String, String)>,
+}
+
+/// The entity of ACL group memberships.
+pub const ACLS: &str = "acls";
+
+/// A consumer's ACL groups, in the order of their ACL ids, and the `X-Consumer-Groups` value
+/// they make (`a, b`), made once per change of them.
+#[derive(Debug, Default)]
+pub struct ConsumerGroups {
+    by_acl: imbl::OrdMap<String, String>,
+    pub names: Vec<String>,
+    pub header: Option<HeaderValue>,
+}
+
+impl ConsumerGroups {
+    fn with(by_acl: imbl::OrdMap<String, String>) -> ConsumerGroups {
+        let names: Vec<String> = by_acl.values().cloned().collect();
+        let header = HeaderValue::from_str(&names.join(", ")).ok();
+        ConsumerGroups {
+            by_acl,
+            names,
+            header,
+        }
+    }
 }
 
 impl Identities {
@@ -143,6 +173,11 @@ impl Identities {
         let mut ids = Identities::default();
         for d in config.docs("consumers") {
             ids.put_consumer(d);
+        }
+        if registry.reads_groups() {
+            for d in config.docs(ACLS) {
+                ids.put_acl(d);
+            }
         }
         for kind in registry.credential_kinds() {
             ids.credentials.entry(kind.entity).or_default();
@@ -168,6 +203,11 @@ impl Identities {
                 match c {
                     Change::Upsert { doc, .. } => ids.put_credential(*kind, doc),
                     Change::Delete { id, .. } => ids.remove_credential(id),
+                }
+            } else if entity == ACLS && registry.reads_groups() {
+                match c {
+                    Change::Upsert { doc, .. } => ids.put_acl(doc),
+                    Change::Delete { id, .. } => ids.remove_acl(id),
                 }
             }
         }
@@ -257,6 +297,53 @@ impl Identities {
             .get(key)
             .or_else(|| self.by_username.get(key))
             .cloned()
+    }
+
+    /// The ACL groups of a consumer (none when it is in no group).
+    pub fn groups(&self, consumer_id: &str) -> Option<&Arc<ConsumerGroups>> {
+        self.groups.get(consumer_id)
+    }
+
+    fn put_acl(&mut self, e: &Entity) {
+        self.remove_acl(e.id());
+        let d = e.doc();
+        let consumer = d
+            .get("consumer")
+            .and_then(|c| c.get("id"))
+            .and_then(Value::as_str);
+        let (Some(consumer), Some(group)) = (consumer, d.get("group").and_then(Value::as_str))
+        else {
+            return;
+        };
+        let mut by_acl = self
+            .groups
+            .get(consumer)
+            .map(|g| g.by_acl.clone())
+            .unwrap_or_default();
+        by_acl.insert(e.id().to_string(), group.to_string());
+        self.groups
+            .insert(consumer.to_string(), Arc::new(ConsumerGroups::with(by_acl)));
+        self.acls.insert(
+            e.id().to_string(),
+            (consumer.to_string(), group.to_string()),
+        );
+    }
+
+    fn remove_acl(&mut self, id: &str) {
+        let Some((consumer, _)) = self.acls.remove(id) else {
+            return;
+        };
+        let Some(g) = self.groups.get(&consumer) else {
+            return;
+        };
+        let mut by_acl = g.by_acl.clone();
+        by_acl.remove(id);
+        if by_acl.is_empty() {
+            self.groups.remove(&consumer);
+        } else {
+            self.groups
+                .insert(consumer, Arc::new(ConsumerGroups::with(by_acl)));
+        }
     }
 
     /// The number of consumers indexed.
@@ -579,6 +666,8 @@ pub struct Descriptor {
     /// The credential entities this plugin authenticates with, indexed for it in
     /// [`Identities`].
     pub credentials: &'static [CredentialKind],
+    /// Whether the plugin reads consumers' ACL groups ([`Identities::groups`]).
+    pub groups: bool,
 }
 
 impl Descriptor {
@@ -588,7 +677,14 @@ impl Descriptor {
             schema: LazyLock::new(schema),
             build,
             credentials: &[],
+            groups: false,
         }
+    }
+
+    /// This descriptor, for a plugin that reads consumers' ACL groups.
+    pub const fn with_groups(mut self) -> Descriptor {
+        self.groups = true;
+        self
     }
 
     /// This descriptor, for a plugin that authenticates with these credentials.
@@ -600,6 +696,7 @@ impl Descriptor {
 
 /// The plugins this build of Gantry ships, each runnable on every node.
 pub static BUNDLED: &[&Descriptor] = &[
+    &acl::DESCRIPTOR,
     &basic_auth::DESCRIPTOR,
     &ip_restriction::DESCRIPTOR,
     &key_auth::DESCRIPTOR,
@@ -679,6 +776,11 @@ impl Registry {
     }
 
     /// The credential kinds the plugins read, each once.
+    /// Whether a plugin of the registry reads consumers' ACL groups.
+    pub fn reads_groups(&self) -> bool {
+        self.0.iter().any(|d| d.groups)
+    }
+
     pub fn credential_kinds(&self) -> Vec<CredentialKind> {
         let mut kinds: Vec<CredentialKind> = self
             .0
@@ -1065,9 +1167,7 @@ mod tests {
         );
         assert_eq!(names("bundled, cors").unwrap().len(), BUNDLED.len());
         assert_eq!(names("off, cors"), Err(RegistryError::OffWithOthers));
-        assert!(
-            matches!(names("oauth2"), Err(RegistryError::Unknown(n, _)) if n == "oauth2")
-        );
+        assert!(matches!(names("oauth2"), Err(RegistryError::Unknown(n, _)) if n == "oauth2"));
     }
 
     /// Credentials are indexed for the plugins of the registry that read them, and only

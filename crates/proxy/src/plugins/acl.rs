@@ -1,0 +1,132 @@
+//! acl: requests allowed or denied by the ACL groups of the consumer an authentication plugin
+//! identified, as Kong 3.9's plugin does.
+//!
+//! - No consumer: 401 `Unauthorized` (403 `You cannot consume this service` when a credential
+//!   was given but found no consumer).
+//! - `allow`: the consumer must be in one of the groups; `deny`: in none of them. A consumer in
+//!   no group is refused by `allow` (401 when it came without a credential, as an anonymous
+//!   consumer does) and passes `deny`. A refusal is 403 `You cannot consume this service`.
+//! - Allowed: `X-Consumer-Groups` upstream holds the consumer's groups (`a, b`), unless
+//!   `hide_groups_header`. Kong leaves a client's own `X-Consumer-Groups` in place when the
+//!   header is hidden; Gantry removes it, so that an upstream never sees groups a client made up.
+//! - Kong OSS 3.9 has no plugin that sets authenticated groups without a consumer (its
+//!   Enterprise LDAP and OpenID Connect plugins do), so `always_use_authenticated_groups` has no
+//!   groups to prefer and the consumer's are used, as Kong OSS does.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use gantry_model::plugins::*;
+use gantry_model::schema::*;
+
+use super::Flow;
+use super::{error, Ctx, Descriptor, Plugin, Shared};
+use crate::names;
+
+struct Acl {
+    /// The groups of `allow`, or of `deny` when `deny` is the list given.
+    groups: Vec<String>,
+    deny: bool,
+    hide_groups_header: bool,
+}
+
+pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build).with_groups();
+
+fn schema() -> PluginSchema {
+    PluginSchema::new(
+        "acl",
+        950,
+        vec![
+            Field::new("allow", array(string())),
+            Field::new("deny", array(string())),
+            Field::new("hide_groups_header", boolean())
+                .req()
+                .def(json!(false)),
+            Field::new("always_use_authenticated_groups", boolean())
+                .req()
+                .def(json!(false)),
+        ],
+    )
+    .auth()
+    .checks(|c, e| {
+        let set = |k: &str| {
+            c.get(k)
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        };
+        match (set("allow"), set("deny")) {
+            (false, false) => e.add_entity(
+                "at least one of these fields must be non-empty: 'config.allow', 'config.deny'",
+            ),
+            (true, true) => e.add_entity(
+                "exactly one of these fields must be non-empty: 'config.allow', 'config.deny'",
+            ),
+            _ => {}
+        }
+    })
+}
+
+fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+    let list = |k: &str| -> Vec<String> {
+        c.get(k)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let deny = list("deny");
+    let is_deny = !deny.is_empty();
+    Ok(Arc::new(Acl {
+        groups: if is_deny { deny } else { list("allow") },
+        deny: is_deny,
+        hide_groups_header: c
+            .get("hide_groups_header")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    }))
+}
+
+const DENIED: &str = "You cannot consume this service";
+
+impl Plugin for Acl {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        self.decide(ctx).into()
+    }
+}
+
+impl Acl {
+    fn decide(&self, ctx: &mut Ctx<'_>) -> Option<hyper::Response<crate::server::ProxyBody>> {
+        if self.hide_groups_header {
+            ctx.req.headers.remove(names::X_CONSUMER_GROUPS);
+        }
+        let refuse = |ctx: &Ctx<'_>| {
+            Some(if ctx.credential.is_some() {
+                error(403, DENIED)
+            } else {
+                error(401, "Unauthorized")
+            })
+        };
+        let Some(consumer) = ctx.consumer.as_ref() else {
+            return refuse(ctx);
+        };
+        let groups = ctx.identities.groups(&consumer.id).cloned();
+        let in_group = groups
+            .as_ref()
+            .is_some_and(|g| g.names.iter().any(|n| self.groups.contains(n)));
+        if groups.is_none() && !self.deny {
+            return refuse(ctx);
+        }
+        if in_group == self.deny {
+            return Some(error(403, DENIED));
+        }
+        if !self.hide_groups_header {
+            let value = groups
+                .and_then(|g| g.header.clone())
+                .unwrap_or(hyper::header::HeaderValue::from_static(""));
+            ctx.req.headers.insert(names::X_CONSUMER_GROUPS, value);
+        }
+        None
+    }
+}
