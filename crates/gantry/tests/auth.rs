@@ -675,3 +675,491 @@ async fn acl_on_a_data_plane() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A JWT of `header` and `claims`, signed by `sign` over `header.claims` (base64url).
+fn jwt(header: Value, claims: Value, sign: &dyn Fn(&[u8]) -> Vec<u8>) -> String {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let signed = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = sign(signed.as_bytes());
+    format!("{signed}.{}", b64(&sig))
+}
+
+fn hmac(alg: ring::hmac::Algorithm, secret: &[u8]) -> impl Fn(&[u8]) -> Vec<u8> {
+    let key = ring::hmac::Key::new(alg, secret);
+    move |data| ring::hmac::sign(&key, data).as_ref().to_vec()
+}
+
+/// An RSA key pair made by openssl: the private key (PKCS#1 DER) and the public key (PEM).
+fn rsa_pair(dir: &std::path::Path) -> (Vec<u8>, String) {
+    let key = dir.join("rsa.der");
+    gantry_testkit::process::succeed(std::process::Command::new("openssl").args([
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-outform",
+        "DER",
+        "-out",
+        key.to_str().unwrap(),
+    ]));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "pkey",
+            "-inform",
+            "DER",
+            "-pubout",
+            "-in",
+            key.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    (
+        std::fs::read(&key).unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+/// jwt: one token per algorithm family signed with keys made here; where the token comes from;
+/// Kong's 401s and bodies for each failure (no token, several, a bad one, an unknown or missing
+/// key claim, another algorithm, a wrong key, expired, not yet valid, past the maximum
+/// expiration); `secret_is_base64`, `realm`, `anonymous`; credentials this node cannot check
+/// refused when written.
+#[tokio::test]
+async fn jwt_as_kong() {
+    if !gantry_testkit::have_tool("openssl") {
+        return;
+    }
+    use ring::signature;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let call = |method: &'static str, path: String, body: Value| {
+        let (http, node) = (&http, &node);
+        async move { admin(http, node, method, &path, body).await }
+    };
+    call(
+        "POST",
+        "/services".into(),
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    for (route, config) in [
+        (
+            "jwt",
+            json!({"claims_to_verify": ["exp", "nbf"], "cookie_names": ["tok"]}),
+        ),
+        (
+            "max",
+            json!({"claims_to_verify": ["exp"], "maximum_expiration": 60}),
+        ),
+        ("b64", json!({"secret_is_base64": true, "realm": "api"})),
+        ("anon", json!({"anonymous": "guest"})),
+    ] {
+        call(
+            "POST",
+            "/services/s/routes".into(),
+            json!({"name": route, "paths": [format!("/{route}")]}),
+        )
+        .await;
+        call(
+            "POST",
+            format!("/routes/{route}/plugins"),
+            json!({"name": "jwt", "config": config}),
+        )
+        .await;
+    }
+    call("POST", "/consumers".into(), json!({"username": "alice"})).await;
+    call("POST", "/consumers".into(), json!({"username": "guest"})).await;
+
+    // Keys: RSA from openssl; ECDSA and Ed25519 from rcgen; all signed with ring.
+    let rng = ring::rand::SystemRandom::new();
+    let (rsa_der, rsa_pub) = rsa_pair(dir.path());
+    let rsa = signature::RsaKeyPair::from_der(&rsa_der).unwrap();
+    let rsa_sign = |pad: &'static dyn signature::RsaEncoding| {
+        let (rsa, rng) = (&rsa, &rng);
+        move |data: &[u8]| {
+            let mut sig = vec![0; rsa.public().modulus_len()];
+            rsa.sign(pad, rng, data, &mut sig).unwrap();
+            sig
+        }
+    };
+    let ec = |alg: &'static rcgen::SignatureAlgorithm,
+              signing: &'static signature::EcdsaSigningAlgorithm| {
+        let kp = rcgen::KeyPair::generate_for(alg).unwrap();
+        let pair = signature::EcdsaKeyPair::from_pkcs8(signing, &kp.serialize_der(), &rng).unwrap();
+        (pair, kp.public_key_pem())
+    };
+    let (p256, p256_pub) = ec(
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    );
+    let (p384, p384_pub) = ec(
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+        &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+    );
+    let ed_kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let ed = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&ed_kp.serialize_der()).unwrap();
+    let raw_secret = b"raw secret \x00\x01 bytes";
+    let b64_secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw_secret);
+    for (key, alg, material) in [
+        ("hs-key", "HS256", json!({"secret": "hs-secret"})),
+        ("hs512-key", "HS512", json!({"secret": b64_secret})),
+        ("rs-key", "RS256", json!({"rsa_public_key": rsa_pub})),
+        ("ps-key", "PS384", json!({"rsa_public_key": rsa_pub})),
+        ("es256-key", "ES256", json!({"rsa_public_key": p256_pub})),
+        ("es384-key", "ES384", json!({"rsa_public_key": p384_pub})),
+        (
+            "ed-key",
+            "EdDSA",
+            json!({"rsa_public_key": ed_kp.public_key_pem()}),
+        ),
+    ] {
+        let mut body = json!({"key": key, "algorithm": alg});
+        body.as_object_mut()
+            .unwrap()
+            .extend(material.as_object().unwrap().clone());
+        call("POST", "/consumers/alice/jwt".into(), body).await;
+    }
+    // Keys this node cannot check are refused when written, naming the field.
+    for (body, field, says) in [
+        (
+            json!({"algorithm": "ES512", "rsa_public_key": p256_pub}),
+            "algorithm",
+            "not supported",
+        ),
+        (
+            json!({"algorithm": "RS256", "rsa_public_key": "not a key"}),
+            "rsa_public_key",
+            "invalid key",
+        ),
+        (
+            json!({"algorithm": "RS256", "rsa_public_key": p256_pub}),
+            "rsa_public_key",
+            "invalid key",
+        ),
+    ] {
+        let r = http
+            .post(format!("{}/consumers/alice/jwt", node.admin))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let b: Value = r.json().await.unwrap();
+        let msg = b["fields"][field].as_str().unwrap_or_default();
+        assert!(msg.contains(says), "{b}");
+    }
+    synced(&http, &node).await;
+
+    let now = gantry_model::unix_now();
+    let hs = hmac(ring::hmac::HMAC_SHA256, b"hs-secret");
+    let good = |iss: &str| json!({"iss": iss, "exp": now + 30, "nbf": now - 10});
+    let proxy = node.proxy.clone().unwrap();
+    let get = |path: String, token: Option<String>| {
+        let mut r = http.get(format!("{proxy}{path}"));
+        if let Some(t) = token {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.send()
+    };
+
+    // One token per algorithm family: the consumer and its credential upstream.
+    let tokens = [
+        (
+            "hs-key",
+            jwt(json!({"alg": "HS256", "typ": "JWT"}), good("hs-key"), &hs),
+        ),
+        (
+            "rs-key",
+            jwt(
+                json!({"alg": "RS256"}),
+                good("rs-key"),
+                &rsa_sign(&signature::RSA_PKCS1_SHA256),
+            ),
+        ),
+        (
+            "ps-key",
+            jwt(
+                json!({"alg": "PS384"}),
+                good("ps-key"),
+                &rsa_sign(&signature::RSA_PSS_SHA384),
+            ),
+        ),
+        (
+            "es256-key",
+            jwt(json!({"alg": "ES256"}), good("es256-key"), &|d| {
+                p256.sign(&rng, d).unwrap().as_ref().to_vec()
+            }),
+        ),
+        (
+            "es384-key",
+            jwt(json!({"alg": "ES384"}), good("es384-key"), &|d| {
+                p384.sign(&rng, d).unwrap().as_ref().to_vec()
+            }),
+        ),
+        (
+            "ed-key",
+            jwt(json!({"alg": "EdDSA"}), good("ed-key"), &|d| {
+                ed.sign(d).as_ref().to_vec()
+            }),
+        ),
+    ];
+    for (key, token) in &tokens {
+        let r = get("/jwt".into(), Some(token.clone())).await.unwrap();
+        assert_eq!(r.status(), 200, "{key}");
+        let got: Value = r.json().await.unwrap();
+        assert_eq!(got["headers"]["x-consumer-username"], "alice", "{key}");
+        assert_eq!(got["headers"]["x-credential-identifier"], *key);
+    }
+    let hs_token = tokens[0].1.clone();
+    // From the query and from a cookie too.
+    let r = get(format!("/jwt?jwt={hs_token}"), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http
+        .get(format!("{proxy}/jwt"))
+        .header("cookie", format!("other=1; tok={hs_token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The same token twice is one token; two different ones are refused.
+    let r = get(format!("/jwt?jwt={hs_token}"), Some(hs_token.clone()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Refusals: Kong's message, and its challenge.
+    let expect = |r: reqwest::Response, body: Value, challenge: &'static str| async move {
+        assert_eq!(r.status(), 401, "{body}");
+        assert_eq!(r.headers()["www-authenticate"], challenge, "{body}");
+        assert_eq!(r.json::<Value>().await.unwrap(), body);
+    };
+    let invalid = "Bearer error=\"invalid_token\"";
+    let msg = |m: &str| json!({"message": m});
+    expect(
+        get("/jwt".into(), None).await.unwrap(),
+        msg("Unauthorized"),
+        "Bearer",
+    )
+    .await;
+    let other = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "hs-key", "x": 1}),
+        &hs,
+    );
+    expect(
+        get(format!("/jwt?jwt={other}"), Some(hs_token.clone()))
+            .await
+            .unwrap(),
+        msg("Multiple tokens provided"),
+        invalid,
+    )
+    .await;
+    expect(
+        get("/jwt".into(), Some("garbage".into())).await.unwrap(),
+        msg("Bad token; invalid JSON"),
+        invalid,
+    )
+    .await;
+    let none_alg = jwt(json!({"alg": "none"}), good("hs-key"), &|_| Vec::new());
+    expect(
+        get("/jwt".into(), Some(none_alg)).await.unwrap(),
+        msg("Bad token; invalid alg"),
+        invalid,
+    )
+    .await;
+    let no_iss = jwt(json!({"alg": "HS256"}), json!({"exp": now + 30}), &hs);
+    expect(
+        get("/jwt".into(), Some(no_iss)).await.unwrap(),
+        msg("No mandatory 'iss' in claims"),
+        invalid,
+    )
+    .await;
+    let empty_iss = jwt(json!({"alg": "HS256"}), json!({"iss": ""}), &hs);
+    expect(
+        get("/jwt".into(), Some(empty_iss)).await.unwrap(),
+        msg("Invalid 'iss' in claims"),
+        invalid,
+    )
+    .await;
+    let unknown = jwt(json!({"alg": "HS256"}), good("nobody"), &hs);
+    expect(
+        get("/jwt".into(), Some(unknown)).await.unwrap(),
+        msg("No credentials found for given 'iss'"),
+        invalid,
+    )
+    .await;
+    let other_alg = jwt(
+        json!({"alg": "HS384"}),
+        good("hs-key"),
+        &hmac(ring::hmac::HMAC_SHA384, b"hs-secret"),
+    );
+    expect(
+        get("/jwt".into(), Some(other_alg)).await.unwrap(),
+        msg("Invalid algorithm"),
+        invalid,
+    )
+    .await;
+    let wrong_key = jwt(
+        json!({"alg": "HS256"}),
+        good("hs-key"),
+        &hmac(ring::hmac::HMAC_SHA256, b"guess"),
+    );
+    expect(
+        get("/jwt".into(), Some(wrong_key)).await.unwrap(),
+        msg("Invalid signature"),
+        invalid,
+    )
+    .await;
+    // An RS256 token signed by another key.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let (other_der, _) = rsa_pair(&other_dir);
+    let other_rsa = signature::RsaKeyPair::from_der(&other_der).unwrap();
+    let forged = jwt(json!({"alg": "RS256"}), good("rs-key"), &|d| {
+        let mut sig = vec![0; other_rsa.public().modulus_len()];
+        other_rsa
+            .sign(&signature::RSA_PKCS1_SHA256, &rng, d, &mut sig)
+            .unwrap();
+        sig
+    });
+    expect(
+        get("/jwt".into(), Some(forged)).await.unwrap(),
+        msg("Invalid signature"),
+        invalid,
+    )
+    .await;
+    let expired = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "hs-key", "exp": now - 5, "nbf": now - 10}),
+        &hs,
+    );
+    expect(
+        get("/jwt".into(), Some(expired)).await.unwrap(),
+        json!({"exp": "token expired"}),
+        invalid,
+    )
+    .await;
+    let early = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "hs-key", "exp": now + 60, "nbf": now + 30}),
+        &hs,
+    );
+    expect(
+        get("/jwt".into(), Some(early)).await.unwrap(),
+        json!({"nbf": "token not valid yet"}),
+        invalid,
+    )
+    .await;
+    let no_claims = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "hs-key", "exp": "soon"}),
+        &hs,
+    );
+    expect(
+        get("/jwt".into(), Some(no_claims)).await.unwrap(),
+        json!({"exp": "must be a number", "nbf": "must be a number"}),
+        invalid,
+    )
+    .await;
+    // maximum_expiration.
+    let far = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "hs-key", "exp": now + 3600}),
+        &hs,
+    );
+    expect(
+        get("/max".into(), Some(far)).await.unwrap(),
+        json!({"exp": "exceeds maximum allowed expiration"}),
+        invalid,
+    )
+    .await;
+    let near = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "hs-key", "exp": now + 30}),
+        &hs,
+    );
+    assert_eq!(get("/max".into(), Some(near)).await.unwrap().status(), 200);
+    // secret_is_base64: the secret decoded is the key; the realm in the challenge.
+    let b64 = jwt(
+        json!({"alg": "HS512"}),
+        json!({"iss": "hs512-key"}),
+        &hmac(ring::hmac::HMAC_SHA512, raw_secret),
+    );
+    assert_eq!(get("/b64".into(), Some(b64)).await.unwrap().status(), 200);
+    let r = get("/b64".into(), None).await.unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"api\"");
+    // anonymous.
+    let r = get("/anon".into(), Some("garbage".into())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["headers"]["x-consumer-username"], "guest");
+    assert_eq!(got["headers"]["x-anonymous-consumer"], "true");
+}
+
+/// jwt in hybrid mode: a credential written on the control plane checks tokens on a data
+/// plane.
+#[tokio::test]
+async fn jwt_on_a_data_plane() {
+    use gantry_testkit::process::{cp_env, dp_env, gen_cert, service_and_route};
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &dp_env(cp.cluster.as_ref().unwrap(), &cert, &[]),
+    );
+    service_and_route(&http, &cp, &up, "/a").await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/routes/r/plugins",
+        json!({"name": "jwt"}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/consumers",
+        json!({"username": "alice"}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/consumers/alice/jwt",
+        json!({"key": "k", "secret": "s3cret"}),
+    )
+    .await;
+    let token = jwt(
+        json!({"alg": "HS256"}),
+        json!({"iss": "k"}),
+        &hmac(ring::hmac::HMAC_SHA256, b"s3cret"),
+    );
+    let url = format!("{}/a", dp.dp_proxy());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+        if r.status() == 200 {
+            let got: Value = r.json().await.unwrap();
+            assert_eq!(got["headers"]["x-consumer-username"], "alice");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never authenticated");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+}

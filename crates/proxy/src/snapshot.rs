@@ -228,6 +228,7 @@ pub fn compile_entity(entity: &str, doc: &Doc) -> Result<(), gantry_model::plugi
         "consumers" => typed(typed::Consumer::try_from(&e()).map(drop)),
         "snis" => typed(typed::Sni::try_from(&e()).map(drop)),
         "plugins" => typed(typed::Plugin::try_from(&e()).map(drop)),
+        "jwt_secrets" => crate::plugins::jwt::check_credential(doc),
         "routes" => Router::build([&gantry_model::Entity::new(doc)])
             .map(drop)
             .map_err(|e| match e.field {

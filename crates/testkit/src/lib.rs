@@ -25,6 +25,20 @@ pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// Whether the command `tool` is installed. Absent, a test skips (it prints why and returns
+/// early) on a user's machine; in CI that is a failure.
+pub fn have_tool(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(!ci(), "{tool} is required in CI (.ci/run installs it)");
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}
+
 fn base_pg() -> PgSettings {
     PgSettings {
         host: std::env::var("GANTRY_TEST_PG_HOST").unwrap_or_else(|_| "127.0.0.1".into()),

@@ -34,8 +34,14 @@ pub static DESCRIPTOR: Descriptor =
 const BASICAUTH_CREDENTIALS: super::CredentialKind = super::CredentialKind {
     entity: "basicauth_credentials",
     key: "username",
-    fields: &["password"],
+    prepare: Some(|d| {
+        let hash = d.get("password")?.as_str()?.to_string();
+        Some(Arc::new(PasswordHash(hash)))
+    }),
 };
+
+/// A credential's stored password hash.
+struct PasswordHash(String);
 
 fn schema() -> PluginSchema {
     PluginSchema::new(
@@ -140,9 +146,8 @@ impl BasicAuth {
         let Some(((consumer, credential), username, password)) = found else {
             return Err(());
         };
-        let stored = credential.fields.first().and_then(|f| f.as_deref());
-        let valid = stored.is_some_and(|s| {
-            gantry_model::document::verify_password(s, &password, &credential.consumer_id)
+        let valid = credential.prepared::<PasswordHash>().is_some_and(|s| {
+            gantry_model::document::verify_password(&s.0, &password, &credential.consumer_id)
         });
         if !valid {
             return Err(());

@@ -20,6 +20,7 @@ mod basic_auth;
 mod cors;
 mod file_log;
 mod ip_restriction;
+pub mod jwt;
 mod key_auth;
 mod rate_limiting;
 mod request_termination;
@@ -93,14 +94,18 @@ impl Consumer {
 
 /// A credential entity that an authentication plugin finds consumers through: its type and
 /// the field that identifies a credential (key-auth's `key`, basic-auth's `username`, ...).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct CredentialKind {
     pub entity: &'static str,
     pub key: &'static str,
-    /// The fields the plugin reads on each request (basic-auth's `password`): taken out of
-    /// the document once, when the credential is indexed, into [`Credential::fields`].
-    pub fields: &'static [&'static str],
+    /// What the plugin reads of a credential on each request (basic-auth's password hash,
+    /// jwt's parsed key), made from its document once, when it is indexed, into
+    /// [`Credential::prepared`]. A credential it makes nothing of is not indexed.
+    pub prepare: Option<Prepare>,
 }
+
+/// Makes a credential's per-request form from its document.
+pub type Prepare = fn(&gantry_model::Doc) -> Option<Arc<dyn std::any::Any + Send + Sync>>;
 
 /// A credential as authentication plugins find it.
 #[derive(Debug)]
@@ -111,9 +116,15 @@ pub struct Credential {
     pub consumer_id: String,
     /// The whole stored entity, shared with the configuration.
     pub entity: Entity,
-    /// The values of the kind's [`CredentialKind::fields`], in its order (`None` for a field
-    /// that is absent or not a string).
-    pub fields: Box<[Option<Box<str>>]>,
+    /// What the kind's [`CredentialKind::prepare`] made of it.
+    pub prepared: Option<Arc<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Credential {
+    /// The prepared form, as the type its kind makes.
+    pub fn prepared<T: 'static>(&self) -> Option<&T> {
+        self.prepared.as_deref()?.downcast_ref()
+    }
 }
 
 /// A credential found, with its consumer.
@@ -254,15 +265,18 @@ impl Identities {
         ) else {
             return;
         };
+        let prepared = match kind.prepare {
+            Some(f) => match f(&d) {
+                Some(p) => Some(p),
+                None => return,
+            },
+            None => None,
+        };
         let c = Arc::new(Credential {
             id: id.clone(),
             consumer_id,
             entity: e.clone(),
-            fields: kind
-                .fields
-                .iter()
-                .map(|f| d.get(*f).and_then(Value::as_str).map(Into::into))
-                .collect(),
+            prepared,
         });
         self.credentials
             .entry(kind.entity)
@@ -699,6 +713,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &acl::DESCRIPTOR,
     &basic_auth::DESCRIPTOR,
     &ip_restriction::DESCRIPTOR,
+    &jwt::DESCRIPTOR,
     &key_auth::DESCRIPTOR,
     &rate_limiting::DESCRIPTOR,
     &request_termination::DESCRIPTOR,
@@ -788,7 +803,7 @@ impl Registry {
             .flat_map(|d| d.credentials.iter().copied())
             .collect();
         kinds.sort_by_key(|k| (k.entity, k.key));
-        kinds.dedup();
+        kinds.dedup_by_key(|k| (k.entity, k.key));
         kinds
     }
 
