@@ -1163,3 +1163,299 @@ async fn jwt_on_a_data_plane() {
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// An `hmac` authorization value: `headers` signed as Kong's plugin reads them.
+fn hmac_auth_value(
+    user: &str,
+    algorithm: &str,
+    secret: &[u8],
+    headers: &[&str],
+    signing: &str,
+) -> String {
+    let alg = match algorithm {
+        "hmac-sha1" => ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+        "hmac-sha384" => ring::hmac::HMAC_SHA384,
+        "hmac-sha512" => ring::hmac::HMAC_SHA512,
+        _ => ring::hmac::HMAC_SHA256,
+    };
+    let sig = hmac(alg, secret)(signing.as_bytes());
+    format!(
+        "hmac username=\"{user}\", algorithm=\"{algorithm}\", headers=\"{}\", signature=\"{}\"",
+        headers.join(" "),
+        base64::engine::general_purpose::STANDARD.encode(sig)
+    )
+}
+
+/// hmac-auth: every algorithm, `@request-target` and `request-line`, the date window,
+/// `enforce_headers`, `algorithms`, `validate_request_body` with `Digest`, `hide_credentials`
+/// and `realm`, and Kong's messages for each failure.
+#[tokio::test]
+async fn hmac_auth_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let call = |method: &'static str, path: String, body: Value| {
+        let (http, node) = (&http, &node);
+        async move { admin(http, node, method, &path, body).await }
+    };
+    call(
+        "POST",
+        "/services".into(),
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    for (route, config) in [
+        ("h", json!({})),
+        ("enf", json!({"enforce_headers": ["date", "x-custom"]})),
+        ("algo", json!({"algorithms": ["hmac-sha512"]})),
+        ("body", json!({"validate_request_body": true})),
+        ("hide", json!({"hide_credentials": true, "realm": "api"})),
+    ] {
+        call(
+            "POST",
+            "/services/s/routes".into(),
+            json!({"name": route, "paths": [format!("/{route}")]}),
+        )
+        .await;
+        call(
+            "POST",
+            format!("/routes/{route}/plugins"),
+            json!({"name": "hmac-auth", "config": config}),
+        )
+        .await;
+    }
+    call("POST", "/consumers".into(), json!({"username": "alice"})).await;
+    call(
+        "POST",
+        "/consumers/alice/hmac-auth".into(),
+        json!({"username": "alice", "secret": "s3cret"}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+    let signed = |path: &str, alg: &str, secret: &[u8]| {
+        hmac_auth_value(
+            "alice",
+            alg,
+            secret,
+            &["date", "@request-target"],
+            &format!("date: {date}\n@request-target: get {path}"),
+        )
+    };
+    let send = |path: &str, auth: Option<String>, extra: &[(&str, String)]| {
+        let mut r = http.get(format!("{proxy}{path}"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        for (k, v) in extra {
+            r = r.header(*k, v.clone());
+        }
+        r.send()
+    };
+    let with_date = [("date", date.clone())];
+    let expect = |r: reqwest::Response, message: &'static str, challenge: &'static str| async move {
+        assert_eq!(r.status(), 401, "{message}");
+        assert_eq!(r.headers()["www-authenticate"], challenge);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({ "message": message })
+        );
+    };
+
+    // Each algorithm, signing the date and the request target.
+    for alg in ["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"] {
+        let r = send("/h?x=1", Some(signed("/h?x=1", alg, b"s3cret")), &with_date)
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{alg}");
+        let got: Value = r.json().await.unwrap();
+        assert_eq!(got["headers"]["x-consumer-username"], "alice");
+        assert_eq!(got["headers"]["x-credential-identifier"], "alice");
+        assert!(got["headers"]["authorization"].is_string());
+    }
+    // request-line, and X-Date in place of Date.
+    let line = hmac_auth_value(
+        "alice",
+        "hmac-sha256",
+        b"s3cret",
+        &["x-date", "request-line"],
+        &format!("x-date: {date}\nGET /h HTTP/1.1"),
+    );
+    let r = send("/h", Some(line), &[("x-date", date.clone())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    expect(
+        send("/h", None, &with_date).await.unwrap(),
+        "Unauthorized",
+        "hmac",
+    )
+    .await;
+    let no_date = "HMAC signature cannot be verified, a valid date or x-date header is required for HMAC Authentication";
+    expect(
+        send("/h", Some(signed("/h", "hmac-sha256", b"s3cret")), &[])
+            .await
+            .unwrap(),
+        no_date,
+        "hmac",
+    )
+    .await;
+    let old =
+        httpdate::fmt_http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(600));
+    expect(
+        send(
+            "/h",
+            Some(signed("/h", "hmac-sha256", b"s3cret")),
+            &[("date", old)],
+        )
+        .await
+        .unwrap(),
+        no_date,
+        "hmac",
+    )
+    .await;
+    expect(
+        send(
+            "/h",
+            Some(signed("/h", "hmac-sha256", b"guess")),
+            &with_date,
+        )
+        .await
+        .unwrap(),
+        "HMAC signature does not match",
+        "hmac",
+    )
+    .await;
+    let stranger = hmac_auth_value(
+        "bob",
+        "hmac-sha256",
+        b"s3cret",
+        &["date"],
+        &format!("date: {date}"),
+    );
+    expect(
+        send("/h", Some(stranger), &with_date).await.unwrap(),
+        "HMAC signature cannot be verified",
+        "hmac",
+    )
+    .await;
+    expect(
+        send("/h", Some("hmac nonsense".into()), &with_date)
+            .await
+            .unwrap(),
+        "HMAC signature cannot be verified",
+        "hmac",
+    )
+    .await;
+    // enforce_headers: every enforced header signed.
+    expect(
+        send(
+            "/enf",
+            Some(signed("/enf", "hmac-sha256", b"s3cret")),
+            &with_date,
+        )
+        .await
+        .unwrap(),
+        "HMAC signature cannot be verified",
+        "hmac",
+    )
+    .await;
+    let both = hmac_auth_value(
+        "alice",
+        "hmac-sha256",
+        b"s3cret",
+        &["date", "x-custom"],
+        &format!("date: {date}\nx-custom: v"),
+    );
+    let r = send(
+        "/enf",
+        Some(both),
+        &[("date", date.clone()), ("x-custom", "v".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // algorithms: another one is refused.
+    expect(
+        send(
+            "/algo",
+            Some(signed("/algo", "hmac-sha256", b"s3cret")),
+            &with_date,
+        )
+        .await
+        .unwrap(),
+        "HMAC signature cannot be verified",
+        "hmac",
+    )
+    .await;
+    let r = send(
+        "/algo",
+        Some(signed("/algo", "hmac-sha512", b"s3cret")),
+        &with_date,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // validate_request_body: the Digest must be the body's.
+    let post = |body: &'static str, digest: Option<&str>| {
+        let mut r = http
+            .post(format!("{proxy}/body"))
+            .header("date", date.clone())
+            .header(
+                "authorization",
+                hmac_auth_value(
+                    "alice",
+                    "hmac-sha256",
+                    b"s3cret",
+                    &["date"],
+                    &format!("date: {date}"),
+                ),
+            )
+            .body(body);
+        if let Some(d) = digest {
+            r = r.header("digest", d);
+        }
+        r.send()
+    };
+    let sum = ring::digest::digest(&ring::digest::SHA256, b"hello");
+    let digest = format!(
+        "SHA-256={}",
+        base64::engine::general_purpose::STANDARD.encode(sum.as_ref())
+    );
+    let r = post("hello", Some(&digest)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["body"], "hello");
+    expect(
+        post("hullo", Some(&digest)).await.unwrap(),
+        "HMAC signature does not match",
+        "hmac",
+    )
+    .await;
+    expect(
+        post("hello", None).await.unwrap(),
+        "HMAC signature does not match",
+        "hmac",
+    )
+    .await;
+    // hide_credentials and realm.
+    let r = send(
+        "/hide",
+        Some(signed("/hide", "hmac-sha256", b"s3cret")),
+        &with_date,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert!(got["headers"].get("authorization").is_none(), "{got}");
+    expect(
+        send("/hide", None, &with_date).await.unwrap(),
+        "Unauthorized",
+        "hmac realm=\"api\"",
+    )
+    .await;
+}

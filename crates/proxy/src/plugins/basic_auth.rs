@@ -173,19 +173,7 @@ impl BasicAuth {
         if self.authenticate(ctx).is_ok() {
             return None;
         }
-        match self.anonymous.as_deref() {
-            None => Some(self.unauthorized()),
-            Some(a) => match ctx.identities.find(a) {
-                Some(anon) => {
-                    ctx.authenticate(anon, None, true);
-                    None
-                }
-                None => Some(error(
-                    500,
-                    "An unexpected error occurred: anonymous consumer not found",
-                )),
-            },
-        }
+        super::fall_back(ctx, self.anonymous.as_deref(), || self.unauthorized())
     }
 }
 

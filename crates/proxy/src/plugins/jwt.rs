@@ -596,19 +596,7 @@ impl Jwt {
             Ok(()) => return None,
             Err(r) => r,
         };
-        match self.anonymous.as_deref() {
-            None => Some(self.respond(refusal)),
-            Some(a) => match ctx.identities.find(a) {
-                Some(anon) => {
-                    ctx.authenticate(anon, None, true);
-                    None
-                }
-                None => Some(error(
-                    500,
-                    "An unexpected error occurred: anonymous consumer not found",
-                )),
-            },
-        }
+        super::fall_back(ctx, self.anonymous.as_deref(), || self.respond(refusal))
     }
 }
 

@@ -192,21 +192,7 @@ impl KeyAuth {
                 ctx.authenticate(consumer, Some(cred), false);
                 None
             }
-            Err(msg) => match self
-                .anonymous
-                .as_deref()
-                .and_then(|a| ctx.identities.find(a))
-            {
-                Some(anon) => {
-                    ctx.authenticate(anon, None, true);
-                    None
-                }
-                None if self.anonymous.is_some() => Some(error(
-                    500,
-                    "An unexpected error occurred: anonymous consumer not found",
-                )),
-                None => Some(self.unauthorized(msg)),
-            },
+            Err(msg) => super::fall_back(ctx, self.anonymous.as_deref(), || self.unauthorized(msg)),
         }
     }
 }

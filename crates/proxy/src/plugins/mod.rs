@@ -19,6 +19,7 @@ mod acl;
 mod basic_auth;
 mod cors;
 mod file_log;
+mod hmac_auth;
 mod ip_restriction;
 pub mod jwt;
 mod key_auth;
@@ -421,6 +422,29 @@ impl Ctx<'_> {
     }
 }
 
+/// An authentication plugin's answer once its own check failed: with `anonymous` (Kong's
+/// "logical OR" between auth plugins) the request goes on as that consumer, id or username;
+/// without, `refusal`. An anonymous consumer that does not exist is a 500, never a pass.
+pub fn fall_back(
+    ctx: &mut Ctx<'_>,
+    anonymous: Option<&str>,
+    refusal: impl FnOnce() -> Response<ProxyBody>,
+) -> Option<Response<ProxyBody>> {
+    let Some(a) = anonymous else {
+        return Some(refusal());
+    };
+    match ctx.identities.find(a) {
+        Some(anon) => {
+            ctx.authenticate(anon, None, true);
+            None
+        }
+        None => Some(error(
+            500,
+            "An unexpected error occurred: anonymous consumer not found",
+        )),
+    }
+}
+
 /// A Kong-style JSON error response.
 pub fn error(status: u16, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "message": message }).to_string();
@@ -712,6 +736,7 @@ impl Descriptor {
 pub static BUNDLED: &[&Descriptor] = &[
     &acl::DESCRIPTOR,
     &basic_auth::DESCRIPTOR,
+    &hmac_auth::DESCRIPTOR,
     &ip_restriction::DESCRIPTOR,
     &jwt::DESCRIPTOR,
     &key_auth::DESCRIPTOR,
