@@ -2,10 +2,14 @@
 //! bodies and headers Kong 3.9 answers with, and what reaches the upstream.
 
 use base64::Engine;
+use gantry_testkit::http::eventually;
 use gantry_testkit::process::{admin, proxy_until, synced, Node};
 use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
 use sha1::Digest;
+
+/// How long a change may take to reach a data plane.
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn basic(user: &str, password: &str) -> String {
     let pair = format!("{user}:{password}");
@@ -203,17 +207,11 @@ fn hex(bytes: &[u8]) -> String {
 /// credentials changed there reach it.
 #[tokio::test]
 async fn basic_auth_on_a_data_plane() {
-    use gantry_testkit::process::{cp_env, dp_env, gen_cert, service_and_route};
     let dir = tempfile::tempdir().unwrap();
-    let cert = gen_cert(dir.path(), "cluster");
+    let (cp, dp) = gantry_testkit::process::hybrid_pair(dir.path());
     let http = reqwest::Client::new();
     let up = echo().await;
-    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
-    let dp = Node::start(
-        &dir.path().join("dp"),
-        &dp_env(cp.cluster.as_ref().unwrap(), &cert, &[]),
-    );
-    service_and_route(&http, &cp, &up, "/a").await;
+    gantry_testkit::process::service_and_route(&http, &cp, &up, "/a").await;
     admin(
         &http,
         &cp,
@@ -250,11 +248,10 @@ async fn basic_auth_on_a_data_plane() {
         }
     };
     // Once the credential has arrived, it authenticates; nothing else does.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while with("alice", "pw").await.status() != 200 {
-        assert!(std::time::Instant::now() < deadline, "never authenticated");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(WITHIN, "the credential authenticates", || async {
+        with("alice", "pw").await.status() == 200
+    })
+    .await;
     let r = with("alice", "pw").await;
     let got: Value = r.json().await.unwrap();
     assert_eq!(got["headers"]["x-consumer-username"], "alice", "{got}");
@@ -270,14 +267,10 @@ async fn basic_auth_on_a_data_plane() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while with("alice", "pw").await.status() != 401 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the deletion never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(WITHIN, "the deletion never arrived", || async {
+        with("alice", "pw").await.status() == 401
+    })
+    .await;
 }
 
 /// ip-restriction: `deny` before `allow`, Kong's 403 and message or the configured ones, the
@@ -603,17 +596,11 @@ async fn acl_as_kong() {
 /// acl in hybrid mode: groups written on the control plane decide on a data plane.
 #[tokio::test]
 async fn acl_on_a_data_plane() {
-    use gantry_testkit::process::{cp_env, dp_env, gen_cert, service_and_route};
     let dir = tempfile::tempdir().unwrap();
-    let cert = gen_cert(dir.path(), "cluster");
+    let (cp, dp) = gantry_testkit::process::hybrid_pair(dir.path());
     let http = reqwest::Client::new();
     let up = echo().await;
-    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
-    let dp = Node::start(
-        &dir.path().join("dp"),
-        &dp_env(cp.cluster.as_ref().unwrap(), &cert, &[]),
-    );
-    service_and_route(&http, &cp, &up, "/a").await;
+    gantry_testkit::process::service_and_route(&http, &cp, &up, "/a").await;
     for plugin in [
         json!({"name": "key-auth"}),
         json!({"name": "acl", "config": {"allow": ["gold"]}}),
@@ -653,11 +640,10 @@ async fn acl_on_a_data_plane() {
                 .as_u16()
         }
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while status("alice").await != 200 {
-        assert!(std::time::Instant::now() < deadline, "alice never got in");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(WITHIN, "alice never got in", || async {
+        status("alice").await == 200
+    })
+    .await;
     assert_eq!(status("bob").await, 403);
     admin(
         &http,
@@ -667,13 +653,10 @@ async fn acl_on_a_data_plane() {
         json!({"group": "gold"}),
     )
     .await;
-    while status("bob").await != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "bob's group never arrived"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually(WITHIN, "bob's group never arrived", || async {
+        status("bob").await == 200
+    })
+    .await;
 }
 
 /// A JWT of `header` and `claims`, signed by `sign` over `header.claims` (base64url).
@@ -1108,17 +1091,11 @@ async fn jwt_as_kong() {
 /// plane.
 #[tokio::test]
 async fn jwt_on_a_data_plane() {
-    use gantry_testkit::process::{cp_env, dp_env, gen_cert, service_and_route};
     let dir = tempfile::tempdir().unwrap();
-    let cert = gen_cert(dir.path(), "cluster");
+    let (cp, dp) = gantry_testkit::process::hybrid_pair(dir.path());
     let http = reqwest::Client::new();
     let up = echo().await;
-    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
-    let dp = Node::start(
-        &dir.path().join("dp"),
-        &dp_env(cp.cluster.as_ref().unwrap(), &cert, &[]),
-    );
-    service_and_route(&http, &cp, &up, "/a").await;
+    gantry_testkit::process::service_and_route(&http, &cp, &up, "/a").await;
     admin(
         &http,
         &cp,
@@ -1149,17 +1126,13 @@ async fn jwt_on_a_data_plane() {
         &hmac(ring::hmac::HMAC_SHA256, b"s3cret"),
     );
     let url = format!("{}/a", dp.dp_proxy());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
-        if r.status() == 200 {
-            let got: Value = r.json().await.unwrap();
-            assert_eq!(got["headers"]["x-consumer-username"], "alice");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never authenticated");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let send = || http.get(&url).bearer_auth(&token).send();
+    eventually(WITHIN, "the token authenticates", || async {
+        send().await.unwrap().status() == 200
+    })
+    .await;
+    let got: Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(got["headers"]["x-consumer-username"], "alice");
     let r = http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
 }

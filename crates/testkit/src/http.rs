@@ -48,3 +48,16 @@ pub async fn until(
 pub fn not_enabled(name: &str) -> String {
     format!("plugin '{name}' not enabled; add it to the 'plugins' configuration property")
 }
+
+/// Wait until `check` holds; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -377,6 +377,18 @@ pub async fn proxy_until(
     crate::http::until(http, &url, want, std::time::Duration::from_secs(10)).await
 }
 
+/// A control plane and one data plane of it, under `dir`, sharing a generated cluster
+/// certificate.
+pub fn hybrid_pair(dir: &Path) -> (Node, Node) {
+    let cert = gen_cert(dir, "cluster");
+    let cp = Node::start(&dir.join("cp"), &cp_env(&cert, &[]));
+    let dp = Node::start(
+        &dir.join("dp"),
+        &dp_env(cp.cluster.as_ref().expect("a control plane"), &cert, &[]),
+    );
+    (cp, dp)
+}
+
 /// A service `s` of `upstream` with a route `r` of `path`, through `node`'s Admin API.
 pub async fn service_and_route(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
     let s = serde_json::json!({"name": "s", "url": format!("http://{upstream}")});

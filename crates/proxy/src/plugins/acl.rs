@@ -68,23 +68,16 @@ fn schema() -> PluginSchema {
 }
 
 fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
-    let list = |k: &str| -> Vec<String> {
-        c.get(k)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect()
-    };
-    let deny = list("deny");
+    let deny = super::conf_strings(c, "deny");
     let is_deny = !deny.is_empty();
     Ok(Arc::new(Acl {
-        groups: if is_deny { deny } else { list("allow") },
+        groups: if is_deny {
+            deny
+        } else {
+            super::conf_strings(c, "allow")
+        },
         deny: is_deny,
-        hide_groups_header: c
-            .get("hide_groups_header")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        hide_groups_header: super::conf_bool(c, "hide_groups_header", false),
     }))
 }
 

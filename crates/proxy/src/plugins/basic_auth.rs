@@ -63,15 +63,8 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
     let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
         .map_err(|_| CompileError::field("realm", "must be usable in a WWW-Authenticate header"))?;
     Ok(Arc::new(BasicAuth {
-        hide_credentials: c
-            .get("hide_credentials")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        anonymous: c
-            .get("anonymous")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        hide_credentials: super::conf_bool(c, "hide_credentials", false),
+        anonymous: super::conf_anonymous(c),
         challenge,
     }))
 }

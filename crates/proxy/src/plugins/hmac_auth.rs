@@ -73,35 +73,17 @@ struct HmacAuth {
 }
 
 fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
-    let strings = |k: &str| -> Vec<String> {
-        c.get(k)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect()
-    };
     let challenge = match c.get("realm").and_then(Value::as_str) {
         Some(r) => format!("hmac realm=\"{r}\""),
         None => "hmac".to_string(),
     };
     Ok(Arc::new(HmacAuth {
-        hide_credentials: c
-            .get("hide_credentials")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
+        hide_credentials: super::conf_bool(c, "hide_credentials", false),
         clock_skew: c.get("clock_skew").and_then(Value::as_f64).unwrap_or(300.0),
-        anonymous: c
-            .get("anonymous")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        validate_request_body: c
-            .get("validate_request_body")
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        enforce_headers: strings("enforce_headers"),
-        algorithms: strings("algorithms"),
+        anonymous: super::conf_anonymous(c),
+        validate_request_body: super::conf_bool(c, "validate_request_body", false),
+        enforce_headers: super::conf_strings(c, "enforce_headers"),
+        algorithms: super::conf_strings(c, "algorithms"),
         challenge: HeaderValue::from_str(&challenge).map_err(|_| {
             CompileError::field("realm", "must be usable in a WWW-Authenticate header")
         })?,

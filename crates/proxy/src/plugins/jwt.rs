@@ -100,18 +100,9 @@ struct Jwt {
     challenge_invalid: HeaderValue,
 }
 
-fn strings(c: &Value, k: &str) -> Vec<String> {
-    c.get(k)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
-}
-
 fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let mut header_names = Vec::new();
-    for h in strings(c, "header_names") {
+    for h in super::conf_strings(c, "header_names") {
         header_names.push(
             hyper::header::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).map_err(
                 |_| CompileError::field("header_names", format!("'{h}' is not a header name")),
@@ -127,10 +118,10 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
             CompileError::field("realm", "must be usable in a WWW-Authenticate header")
         })
     };
-    let claims = strings(c, "claims_to_verify");
+    let claims = super::conf_strings(c, "claims_to_verify");
     Ok(Arc::new(Jwt {
-        uri_param_names: strings(c, "uri_param_names"),
-        cookie_names: strings(c, "cookie_names"),
+        uri_param_names: super::conf_strings(c, "uri_param_names"),
+        cookie_names: super::conf_strings(c, "cookie_names"),
         header_names,
         key_claim_name: c
             .get("key_claim_name")
@@ -147,15 +138,8 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
             .get("maximum_expiration")
             .and_then(Value::as_f64)
             .unwrap_or(0.0),
-        anonymous: c
-            .get("anonymous")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        run_on_preflight: c
-            .get("run_on_preflight")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
+        anonymous: super::conf_anonymous(c),
+        run_on_preflight: super::conf_bool(c, "run_on_preflight", true),
         challenge_invalid: header(format!("{base} error=\"invalid_token\""))?,
         challenge: header(base)?,
     }))

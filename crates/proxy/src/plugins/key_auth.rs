@@ -80,11 +80,7 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
             .collect(),
         key_names,
         hide_credentials: b("hide_credentials", false),
-        anonymous: c
-            .get("anonymous")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
+        anonymous: super::conf_anonymous(c),
         in_header: b("key_in_header", true),
         in_query: b("key_in_query", true),
         run_on_preflight: b("run_on_preflight", true),

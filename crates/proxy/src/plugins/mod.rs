@@ -422,6 +422,29 @@ impl Ctx<'_> {
     }
 }
 
+/// A boolean of a validated plugin configuration (`default` where it is absent).
+pub(crate) fn conf_bool(c: &Value, k: &str, default: bool) -> bool {
+    c.get(k).and_then(Value::as_bool).unwrap_or(default)
+}
+
+/// The strings of an array of a validated plugin configuration (none where it is absent).
+pub(crate) fn conf_strings(c: &Value, k: &str) -> Vec<String> {
+    c.get(k)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// An auth plugin's `anonymous` consumer (an empty string is none, as in Kong).
+pub(crate) fn conf_anonymous(c: &Value) -> Option<String> {
+    c.get("anonymous")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
 /// An authentication plugin's answer once its own check failed: with `anonymous` (Kong's
 /// "logical OR" between auth plugins) the request goes on as that consumer, id or username;
 /// without, `refusal`. An anonymous consumer that does not exist is a 500, never a pass.
