@@ -8,6 +8,23 @@ use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
 use sha1::Digest;
 
+/// A route `/<name>` on the service `s`, with these plugins; returns the plugins as created.
+async fn route_with(
+    http: &reqwest::Client,
+    node: &Node,
+    name: &str,
+    plugins: &[Value],
+) -> Vec<Value> {
+    let route = json!({"name": name, "paths": [format!("/{name}")]});
+    admin(http, node, "POST", "/services/s/routes", route).await;
+    let mut created = Vec::new();
+    for p in plugins {
+        let path = format!("/routes/{name}/plugins");
+        created.push(admin(http, node, "POST", &path, p.clone()).await);
+    }
+    created
+}
+
 /// How long a change may take to reach a data plane.
 const WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -43,17 +60,14 @@ async fn basic_auth_as_kong() {
         ("hide", json!({"hide_credentials": true, "realm": "gantry"})),
         ("anon", json!({"anonymous": "guest"})),
     ] {
-        post(
-            "/services/s/routes".into(),
-            json!({"name": route, "paths": [format!("/{route}")]}),
+        let p = route_with(
+            &http,
+            &node,
+            route,
+            &[json!({"name": "basic-auth", "config": config})],
         )
         .await;
-        let p = post(
-            format!("/routes/{route}/plugins"),
-            json!({"name": "basic-auth", "config": config}),
-        )
-        .await;
-        plugins.push(p);
+        plugins.extend(p);
     }
     // Kong's defaults.
     assert_eq!(
@@ -309,23 +323,14 @@ async fn ip_restriction_as_kong() {
             json!({"allow": ["0.0.0.0/0"], "deny": ["198.51.100.9"]}),
         ),
     ] {
-        admin(
+        let p = route_with(
             &http,
             &node,
-            "POST",
-            "/services/s/routes",
-            json!({"name": route, "paths": [format!("/{route}")]}),
+            route,
+            &[json!({"name": "ip-restriction", "config": config})],
         )
         .await;
-        let p = admin(
-            &http,
-            &node,
-            "POST",
-            &format!("/routes/{route}/plugins"),
-            json!({"name": "ip-restriction", "config": config}),
-        )
-        .await;
-        ids.push(p);
+        ids.extend(p);
     }
     // Its own protocols default, stream protocols included.
     assert_eq!(
@@ -447,37 +452,14 @@ async fn acl_as_kong() {
             json!({"allow": ["admins"]}),
         ),
     ] {
-        call(
-            "POST",
-            "/services/s/routes".into(),
-            json!({"name": route, "paths": [format!("/{route}")]}),
-        )
-        .await;
-        call(
-            "POST",
-            format!("/routes/{route}/plugins"),
+        let plugins = [
             json!({"name": "key-auth", "config": auth}),
-        )
-        .await;
-        call(
-            "POST",
-            format!("/routes/{route}/plugins"),
             json!({"name": "acl", "config": acl}),
-        )
-        .await;
+        ];
+        route_with(&http, &node, route, &plugins).await;
     }
-    call(
-        "POST",
-        "/services/s/routes".into(),
-        json!({"name": "bare", "paths": ["/bare"]}),
-    )
-    .await;
-    call(
-        "POST",
-        "/routes/bare/plugins".into(),
-        json!({"name": "acl", "config": {"allow": ["admins"]}}),
-    )
-    .await;
+    let acl = json!({"name": "acl", "config": {"allow": ["admins"]}});
+    route_with(&http, &node, "bare", &[acl]).await;
     for (who, groups) in [
         ("alice", vec!["admins", "staff"]),
         ("bob", vec!["staff"]),
@@ -745,16 +727,11 @@ async fn jwt_as_kong() {
         ("b64", json!({"secret_is_base64": true, "realm": "api"})),
         ("anon", json!({"anonymous": "guest"})),
     ] {
-        call(
-            "POST",
-            "/services/s/routes".into(),
-            json!({"name": route, "paths": [format!("/{route}")]}),
-        )
-        .await;
-        call(
-            "POST",
-            format!("/routes/{route}/plugins"),
-            json!({"name": "jwt", "config": config}),
+        route_with(
+            &http,
+            &node,
+            route,
+            &[json!({"name": "jwt", "config": config})],
         )
         .await;
     }
@@ -1185,16 +1162,11 @@ async fn hmac_auth_as_kong() {
         ("body", json!({"validate_request_body": true})),
         ("hide", json!({"hide_credentials": true, "realm": "api"})),
     ] {
-        call(
-            "POST",
-            "/services/s/routes".into(),
-            json!({"name": route, "paths": [format!("/{route}")]}),
-        )
-        .await;
-        call(
-            "POST",
-            format!("/routes/{route}/plugins"),
-            json!({"name": "hmac-auth", "config": config}),
+        route_with(
+            &http,
+            &node,
+            route,
+            &[json!({"name": "hmac-auth", "config": config})],
         )
         .await;
     }
