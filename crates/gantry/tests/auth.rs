@@ -922,63 +922,6 @@ async fn jwt_as_kong() {
         invalid,
     )
     .await;
-    expect(
-        get("/jwt".into(), Some("garbage".into())).await.unwrap(),
-        msg("Bad token; invalid JSON"),
-        invalid,
-    )
-    .await;
-    let none_alg = jwt(json!({"alg": "none"}), good("hs-key"), &|_| Vec::new());
-    expect(
-        get("/jwt".into(), Some(none_alg)).await.unwrap(),
-        msg("Bad token; invalid alg"),
-        invalid,
-    )
-    .await;
-    let no_iss = jwt(json!({"alg": "HS256"}), json!({"exp": now + 30}), &hs);
-    expect(
-        get("/jwt".into(), Some(no_iss)).await.unwrap(),
-        msg("No mandatory 'iss' in claims"),
-        invalid,
-    )
-    .await;
-    let empty_iss = jwt(json!({"alg": "HS256"}), json!({"iss": ""}), &hs);
-    expect(
-        get("/jwt".into(), Some(empty_iss)).await.unwrap(),
-        msg("Invalid 'iss' in claims"),
-        invalid,
-    )
-    .await;
-    let unknown = jwt(json!({"alg": "HS256"}), good("nobody"), &hs);
-    expect(
-        get("/jwt".into(), Some(unknown)).await.unwrap(),
-        msg("No credentials found for given 'iss'"),
-        invalid,
-    )
-    .await;
-    let other_alg = jwt(
-        json!({"alg": "HS384"}),
-        good("hs-key"),
-        &hmac(ring::hmac::HMAC_SHA384, b"hs-secret"),
-    );
-    expect(
-        get("/jwt".into(), Some(other_alg)).await.unwrap(),
-        msg("Invalid algorithm"),
-        invalid,
-    )
-    .await;
-    let wrong_key = jwt(
-        json!({"alg": "HS256"}),
-        good("hs-key"),
-        &hmac(ring::hmac::HMAC_SHA256, b"guess"),
-    );
-    expect(
-        get("/jwt".into(), Some(wrong_key)).await.unwrap(),
-        msg("Invalid signature"),
-        invalid,
-    )
-    .await;
-    // An RS256 token signed by another key.
     let other_dir = dir.path().join("other");
     std::fs::create_dir_all(&other_dir).unwrap();
     let (other_der, _) = rsa_pair(&other_dir);
@@ -990,45 +933,62 @@ async fn jwt_as_kong() {
             .unwrap();
         sig
     });
-    expect(
-        get("/jwt".into(), Some(forged)).await.unwrap(),
-        msg("Invalid signature"),
-        invalid,
-    )
-    .await;
-    let expired = jwt(
-        json!({"alg": "HS256"}),
-        json!({"iss": "hs-key", "exp": now - 5, "nbf": now - 10}),
-        &hs,
-    );
-    expect(
-        get("/jwt".into(), Some(expired)).await.unwrap(),
-        json!({"exp": "token expired"}),
-        invalid,
-    )
-    .await;
-    let early = jwt(
-        json!({"alg": "HS256"}),
-        json!({"iss": "hs-key", "exp": now + 60, "nbf": now + 30}),
-        &hs,
-    );
-    expect(
-        get("/jwt".into(), Some(early)).await.unwrap(),
-        json!({"nbf": "token not valid yet"}),
-        invalid,
-    )
-    .await;
-    let no_claims = jwt(
-        json!({"alg": "HS256"}),
-        json!({"iss": "hs-key", "exp": "soon"}),
-        &hs,
-    );
-    expect(
-        get("/jwt".into(), Some(no_claims)).await.unwrap(),
-        json!({"exp": "must be a number", "nbf": "must be a number"}),
-        invalid,
-    )
-    .await;
+    let hs256 = json!({"alg": "HS256"});
+    let claims = |c: Value| jwt(hs256.clone(), c, &hs);
+    let refusals = [
+        ("garbage".to_string(), msg("Bad token; invalid JSON")),
+        (
+            jwt(json!({"alg": "none"}), good("hs-key"), &|_| Vec::new()),
+            msg("Bad token; invalid alg"),
+        ),
+        (
+            claims(json!({"exp": now + 30})),
+            msg("No mandatory 'iss' in claims"),
+        ),
+        (claims(json!({"iss": ""})), msg("Invalid 'iss' in claims")),
+        (
+            claims(good("nobody")),
+            msg("No credentials found for given 'iss'"),
+        ),
+        (
+            jwt(
+                json!({"alg": "HS384"}),
+                good("hs-key"),
+                &hmac(ring::hmac::HMAC_SHA384, b"hs-secret"),
+            ),
+            msg("Invalid algorithm"),
+        ),
+        (
+            jwt(
+                hs256.clone(),
+                good("hs-key"),
+                &hmac(ring::hmac::HMAC_SHA256, b"guess"),
+            ),
+            msg("Invalid signature"),
+        ),
+        // An RS256 token signed by another key.
+        (forged, msg("Invalid signature")),
+        (
+            claims(json!({"iss": "hs-key", "exp": now - 5, "nbf": now - 10})),
+            json!({"exp": "token expired"}),
+        ),
+        (
+            claims(json!({"iss": "hs-key", "exp": now + 60, "nbf": now + 30})),
+            json!({"nbf": "token not valid yet"}),
+        ),
+        (
+            claims(json!({"iss": "hs-key", "exp": "soon"})),
+            json!({"exp": "must be a number", "nbf": "must be a number"}),
+        ),
+    ];
+    for (token, body) in refusals {
+        expect(
+            get("/jwt".into(), Some(token)).await.unwrap(),
+            body,
+            invalid,
+        )
+        .await;
+    }
     // maximum_expiration.
     let far = jwt(
         json!({"alg": "HS256"}),
