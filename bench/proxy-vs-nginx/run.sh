@@ -5,7 +5,8 @@
 # Two nginx configurations: `nginx`, a plain proxy_pass (X-Forwarded-For only), and
 # `nginx-kong`, which adds the headers Gantry adds as Kong does (X-Forwarded-*, X-Real-IP, Via and
 # a request id upstream; Via, latencies and the request id downstream): the same work per request.
-# Also: Gantry's RSS with 5,000 routes loaded.
+# Also: Gantry with jwt, basic-auth and acl against Gantry plain, acl among 10,000 consumers,
+# and Gantry's RSS with 5,000 routes loaded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
@@ -111,6 +112,63 @@ for i in $(seq "$ROUNDS"); do
   runh plugins $PLUG "apikey: bench-key" | tee -a "$work/plugres"
 done
 awk '{ n[$1]++; r[$1]+=$2 } END { printf "key-auth + rate-limiting: %.0f req/s, plain %.0f req/s, ratio %.2f\n", r["plugins"]/n["plugins"], r["plain"]/n["plain"], (r["plugins"]/n["plugins"])/(r["plain"]/n["plain"]) }' "$work/plugres"
+
+# Authentication, against Gantry plain, in one process: jwt (RS256), basic-auth, and key-auth
+# with acl; then the acl route again on a Gantry holding 10,000 consumers (each with a key
+# and a group) against one holding 10: the consumer and group lookups should cost the same.
+AUTH=18907 AUTHBIG=18908
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$work/rsa.pem" 2>/dev/null
+openssl pkey -in "$work/rsa.pem" -pubout -out "$work/rsa.pub"
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+jwt_signed="$(printf '{"alg":"RS256","typ":"JWT"}' | b64url).$(printf '{"iss":"bench-jwt"}' | b64url)"
+jwt_token="$jwt_signed.$(printf %s "$jwt_signed" | openssl dgst -sha256 -sign "$work/rsa.pem" | b64url)"
+auth_config() { # file consumers
+  python3 - "$1" "$2" "$UP" "$work/rsa.pub" <<'PY'
+import json, sys
+path, n, port, pub = sys.argv[1], int(sys.argv[2]), sys.argv[3], open(sys.argv[4]).read()
+routes = [("plain", []), ("jwt", [{"name": "jwt"}]), ("basic", [{"name": "basic-auth"}]),
+          ("acl", [{"name": "key-auth"}, {"name": "acl", "config": {"allow": ["bench"]}}])]
+conf = {"_format_version": "3.0", "services": [{"name": "up", "url": f"http://127.0.0.1:{port}",
+        "routes": [{"name": r, "paths": [f"/{r}"], "plugins": p} for r, p in routes]}],
+        "consumers": [{"username": f"c{i}", "keyauth_credentials": [{"key": f"key-{i}"}],
+                       "acls": [{"group": "bench" if i == 0 else f"g{i % 50}"}]} for i in range(n)]}
+conf["consumers"][0]["jwt_secrets"] = [{"key": "bench-jwt", "algorithm": "RS256", "rsa_public_key": pub}]
+conf["consumers"][0]["basicauth_credentials"] = [{"username": "bench", "password": "bench-pw"}]
+json.dump(conf, open(path, "w"))
+PY
+}
+auth_config "$work/auth.json" 10
+auth_config "$work/authbig.json" 10000
+for pair in "$AUTH auth" "$AUTHBIG authbig"; do
+  set -- $pair
+  KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/$2.json" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
+    KONG_PROXY_LISTEN=127.0.0.1:$1 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
+    "$GANTRY" start -p "$work/$2" 2>"$work/$2.err" & pids+=($!)
+done
+basic="Authorization: Basic $(printf bench:bench-pw | base64 -w0)"
+for _ in $(seq 300); do
+  curl -sf -H "apikey: key-0" "http://127.0.0.1:$AUTHBIG/acl" >/dev/null &&
+    curl -sf -H "$basic" "http://127.0.0.1:$AUTH/basic" >/dev/null && break
+  sleep 0.1
+done
+curl -sf -H "Authorization: Bearer $jwt_token" "http://127.0.0.1:$AUTH/jwt" >/dev/null || { echo "the jwt token is refused"; exit 1; }
+runp() { # name port path header
+  local out
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" -H "$4" "http://127.0.0.1:$2$3")
+  echo "$1 $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
+}
+: >"$work/authres"
+for i in $(seq "$ROUNDS"); do
+  runp plain $AUTH /plain "x-bench: 1" | tee -a "$work/authres"
+  runp jwt $AUTH /jwt "Authorization: Bearer $jwt_token" | tee -a "$work/authres"
+  runp basic $AUTH /basic "$basic" | tee -a "$work/authres"
+  runp acl10 $AUTH /acl "apikey: key-0" | tee -a "$work/authres"
+  runp acl10000 $AUTHBIG /acl "apikey: key-0" | tee -a "$work/authres"
+done
+awk '{ n[$1]++; r[$1]+=$2 } END {
+  m = r["plain"]/n["plain"]
+  printf "jwt (RS256): %.0f req/s, %.2f of plain (%.0f req/s); basic-auth: %.0f req/s, %.2f of plain\n", r["jwt"]/n["jwt"], (r["jwt"]/n["jwt"])/m, m, r["basic"]/n["basic"], (r["basic"]/n["basic"])/m
+  printf "key-auth + acl: %.0f req/s with 10 consumers, %.0f with 10,000 (ratio %.2f)\n", r["acl10"]/n["acl10"], r["acl10000"]/n["acl10000"], (r["acl10000"]/n["acl10000"])/(r["acl10"]/n["acl10"]) }' "$work/authres"
 
 # RSS with 5,000 routes loaded.
 python3 - "$work/routes.yml" "$UP" <<'PY'

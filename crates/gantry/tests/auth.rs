@@ -766,6 +766,7 @@ async fn jwt_as_kong() {
     );
     let ed_kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
     let ed = signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&ed_kp.serialize_der()).unwrap();
+    let mut ids = std::collections::HashMap::new();
     let raw_secret = b"raw secret \x00\x01 bytes";
     let b64_secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw_secret);
     for (key, alg, material) in [
@@ -785,7 +786,8 @@ async fn jwt_as_kong() {
         body.as_object_mut()
             .unwrap()
             .extend(material.as_object().unwrap().clone());
-        call("POST", "/consumers/alice/jwt".into(), body).await;
+        let c = call("POST", "/consumers/alice/jwt".into(), body).await;
+        ids.insert(key, c["id"].as_str().unwrap().to_string());
     }
     // Keys this node cannot check are refused when written, naming the field.
     for (body, field, says) in [
@@ -1022,6 +1024,44 @@ async fn jwt_as_kong() {
     let got: Value = r.json().await.unwrap();
     assert_eq!(got["headers"]["x-consumer-username"], "guest");
     assert_eq!(got["headers"]["x-anonymous-consumer"], "true");
+
+    // A token checked before no longer passes once its credential changes, or is gone.
+    assert_eq!(
+        get("/jwt".into(), Some(hs_token.clone()))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    call(
+        "PATCH",
+        format!("/consumers/alice/jwt/{}", ids["hs-key"]),
+        json!({"secret": "another-secret"}),
+    )
+    .await;
+    synced(&http, &node).await;
+    expect(
+        get("/jwt".into(), Some(hs_token.clone())).await.unwrap(),
+        msg("Invalid signature"),
+        invalid,
+    )
+    .await;
+    let r = http
+        .delete(format!(
+            "{}/consumers/alice/jwt/{}",
+            node.admin, ids["rs-key"]
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    synced(&http, &node).await;
+    expect(
+        get("/jwt".into(), Some(tokens[1].1.clone())).await.unwrap(),
+        msg("No credentials found for given 'iss'"),
+        invalid,
+    )
+    .await;
 }
 
 /// jwt in hybrid mode: a credential written on the control plane checks tokens on a data

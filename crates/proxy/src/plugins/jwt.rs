@@ -98,6 +98,7 @@ struct Jwt {
     /// `Bearer` or `Bearer realm="..."`, and the same with `error="invalid_token"`.
     challenge: HeaderValue,
     challenge_invalid: HeaderValue,
+    verified: VerifiedCache,
 }
 
 fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
@@ -142,6 +143,7 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
         run_on_preflight: super::conf_bool(c, "run_on_preflight", true),
         challenge_invalid: header(format!("{base} error=\"invalid_token\""))?,
         challenge: header(base)?,
+        verified: VerifiedCache::default(),
     }))
 }
 
@@ -388,6 +390,48 @@ fn decode(token: &str) -> Result<Token<'_>, &'static str> {
     })
 }
 
+/// A token whose signature checked, with the credential it checked against and its claims.
+struct Verified {
+    key: String,
+    credential: Arc<super::Credential>,
+    claims: Map<String, Value>,
+}
+
+/// The tokens one plugin instance verified, so that a token sent again costs a lookup instead
+/// of a signature check. An entry serves only while the credential it was verified with is
+/// the one the index holds (a changed or deleted credential is checked again, or refused);
+/// claims are checked on every request. At most [`VERIFIED_MAX`] entries: a full cache is
+/// emptied.
+#[derive(Default)]
+struct VerifiedCache(std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<Verified>>>);
+
+const VERIFIED_MAX: usize = 4096;
+
+/// A consumer and the credential that authenticated it.
+type Identified = (Arc<super::Consumer>, Arc<super::Credential>);
+
+impl VerifiedCache {
+    fn get(&self, token: &str, ids: &super::Identities) -> Option<(Arc<Verified>, Identified)> {
+        let v = self.0.lock().ok()?.get(token).cloned()?;
+        let found = ids.credential(&JWT_SECRETS, &v.key)?;
+        Arc::ptr_eq(found.credential, &v.credential).then(|| {
+            (
+                v.clone(),
+                (found.consumer.clone(), found.credential.clone()),
+            )
+        })
+    }
+
+    fn put(&self, token: &str, v: Arc<Verified>) {
+        if let Ok(mut m) = self.0.lock() {
+            if m.len() >= VERIFIED_MAX {
+                m.clear();
+            }
+            m.insert(token.into(), v);
+        }
+    }
+}
+
 /// Kong's 401 for a refusal.
 enum Refusal {
     Message(String, bool),
@@ -447,6 +491,63 @@ impl Jwt {
             [one] => one,
             _ => return Err(refuse("Multiple tokens provided")),
         };
+        // A token verified before against the credential still current skips the decoding
+        // and the signature (an RSA check costs more than the rest of the request).
+        let claim = &self.key_claim_name;
+        let (verified, found) = match self.verified.get(token, ctx.identities) {
+            Some(hit) => hit,
+            None => {
+                let v = Arc::new(self.verify(ctx, token)?);
+                self.verified.put(token, v.clone());
+                let found = ctx
+                    .identities
+                    .credential(&JWT_SECRETS, &v.key)
+                    .ok_or_else(|| refuse(&format!("No credentials found for given '{claim}'")))?;
+                let found = (found.consumer.clone(), found.credential.clone());
+                (v, found)
+            }
+        };
+        let (consumer, credential) = found;
+        let Some(secret) = credential.prepared::<Secret>() else {
+            return Err(refuse("Invalid key/secret"));
+        };
+        let now = now();
+        let mut errors = Map::new();
+        for (on, name) in [(self.verify_nbf, "nbf"), (self.verify_exp, "exp")] {
+            if !on {
+                continue;
+            }
+            match verified.claims.get(name).and_then(Value::as_f64) {
+                None => {
+                    errors.insert(name.into(), json!("must be a number"));
+                }
+                Some(v) if name == "exp" && v <= now => {
+                    errors.insert(name.into(), json!("token expired"));
+                }
+                Some(v) if name == "nbf" && v > now => {
+                    errors.insert(name.into(), json!("token not valid yet"));
+                }
+                Some(_) => {}
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Refusal::Claims(errors));
+        }
+        if self.maximum_expiration > 0.0 {
+            let exp = verified.claims.get("exp").and_then(Value::as_f64);
+            if exp.is_none_or(|e| e - now > self.maximum_expiration) {
+                let mut e = Map::new();
+                e.insert("exp".into(), json!("exceeds maximum allowed expiration"));
+                return Err(Refusal::Claims(e));
+            }
+        }
+        ctx.authenticate(consumer, Some(secret.key.clone()), false);
+        Ok(())
+    }
+
+    /// Decode `token` and check its signature with the credential its key claim names.
+    fn verify(&self, ctx: &Ctx<'_>, token: &str) -> Result<Verified, Refusal> {
+        let refuse = |m: &str| Refusal::Message(m.to_string(), true);
         let jwt = decode(token).map_err(|e| refuse(&format!("Bad token; {e}")))?;
         let claim = &self.key_claim_name;
         let key = match jwt.claims.get(claim).or_else(|| jwt.header.get(claim)) {
@@ -462,7 +563,7 @@ impl Jwt {
         let Some(found) = ctx.identities.credential(&JWT_SECRETS, &key) else {
             return Err(refuse(&format!("No credentials found for given '{claim}'")));
         };
-        let (consumer, credential) = (found.consumer.clone(), found.credential.clone());
+        let credential = found.credential.clone();
         let Some(secret) = credential.prepared::<Secret>() else {
             return Err(refuse("Invalid key/secret"));
         };
@@ -497,38 +598,11 @@ impl Jwt {
         if !valid {
             return Err(refuse("Invalid signature"));
         }
-        let now = now();
-        let mut errors = Map::new();
-        for (on, name) in [(self.verify_nbf, "nbf"), (self.verify_exp, "exp")] {
-            if !on {
-                continue;
-            }
-            match jwt.claims.get(name).and_then(Value::as_f64) {
-                None => {
-                    errors.insert(name.into(), json!("must be a number"));
-                }
-                Some(v) if name == "exp" && v <= now => {
-                    errors.insert(name.into(), json!("token expired"));
-                }
-                Some(v) if name == "nbf" && v > now => {
-                    errors.insert(name.into(), json!("token not valid yet"));
-                }
-                Some(_) => {}
-            }
-        }
-        if !errors.is_empty() {
-            return Err(Refusal::Claims(errors));
-        }
-        if self.maximum_expiration > 0.0 {
-            let exp = jwt.claims.get("exp").and_then(Value::as_f64);
-            if exp.is_none_or(|e| e - now > self.maximum_expiration) {
-                let mut e = Map::new();
-                e.insert("exp".into(), json!("exceeds maximum allowed expiration"));
-                return Err(Refusal::Claims(e));
-            }
-        }
-        ctx.authenticate(consumer, Some(secret.key.clone()), false);
-        Ok(())
+        Ok(Verified {
+            key,
+            credential,
+            claims: jwt.claims,
+        })
     }
 
     fn respond(&self, r: Refusal) -> Response<ProxyBody> {
