@@ -6,7 +6,7 @@
 //! A missing header, an unreadable one, an unknown username and a wrong password all answer
 //! 401 `Unauthorized` with `WWW-Authenticate: Basic realm="<realm>"`.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use base64::Engine;
 use hyper::header::{HeaderName, HeaderValue};
@@ -69,10 +69,6 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
     }))
 }
 
-/// Kong's reading of the header: `Basic` (or `basic`) anywhere, then base64 of `user:password`.
-static BASIC: LazyLock<regex::Regex> =
-    LazyLock::new(|| regex::Regex::new(r"\s*[Bb]asic\s*(.+)").expect("a valid regex"));
-
 /// base64 as nginx decodes it: the standard alphabet, padding optional.
 const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
@@ -83,7 +79,8 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 /// The username and password of a header value, if it holds them.
 fn credentials(value: &HeaderValue) -> Option<(String, String)> {
     let text = value.to_str().ok()?;
-    let encoded = BASIC.captures(text)?.get(1)?.as_str();
+    // Kong's reading: `Basic` (or `basic`) anywhere, then base64 of `user:password`.
+    let encoded = super::after_scheme(text, "Basic", 0)?;
     let decoded = BASE64.decode(encoded).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     // `([^:]+):(.*)`: a username of at least one character, the rest of the line its password.

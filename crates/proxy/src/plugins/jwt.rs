@@ -630,10 +630,7 @@ impl Jwt {
 
 /// The token of an `Authorization: Bearer <token>` value (Kong's `\s*[Bb]earer\s+(.+)`).
 fn bearer(v: &str) -> Option<&str> {
-    static BEARER: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"\s*[Bb]earer\s+(.+)").expect("a valid regex")
-    });
-    Some(BEARER.captures(v)?.get(1)?.as_str())
+    super::after_scheme(v, "Bearer", 1)
 }
 
 impl Plugin for Jwt {
