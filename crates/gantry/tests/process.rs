@@ -48,11 +48,27 @@ services:
 - name: users
   host: users.internal
   <<: *defaults
+  routes:
+  - name: users-api
+    paths: ["/users"]
+    plugins:
+    - name: basic-auth
+      config: { hide_credentials: true }
+    - name: jwt
+      config: { claims_to_verify: [exp] }
+    - name: hmac-auth
+      config: { enforce_headers: [date] }
+    - name: acl
+      config: { allow: [admins] }
+    - name: ip-restriction
+      config: { allow: ["10.0.0.0/8"] }
 consumers:
 - username: alice
   keyauth_credentials: [{ key: alice-key }]
   basicauth_credentials: [{ username: alice, password: s3cret }]
-  acls: [{ group: admins }]
+  jwt_secrets: [{ key: alice-jwt, secret: jwt-s3cret }]
+  hmacauth_credentials: [{ username: alice-hmac, secret: hmac-s3cret }]
+  acls: [{ group: admins }, { group: staff }]
 upstreams:
 - name: billing.internal
   targets: [{ target: "10.0.0.1:8080" }, { target: "10.0.0.2:8080", weight: 50 }]
