@@ -1254,14 +1254,23 @@ mod tests {
     #[test]
     fn schemes_found_as_kongs_regexes_find_them() {
         assert_eq!(after_scheme("Bearer abc", "Bearer", 1), Some("abc"));
-        assert_eq!(after_scheme("  bearer \t abc.d", "Bearer", 1), Some("abc.d"));
+        assert_eq!(
+            after_scheme("  bearer \t abc.d", "Bearer", 1),
+            Some("abc.d")
+        );
         assert_eq!(after_scheme("Bearerabc", "Bearer", 1), None);
         assert_eq!(after_scheme("Bearer", "Bearer", 1), None);
         assert_eq!(after_scheme("Bearer  ", "Bearer", 1), Some(" "));
-        assert_eq!(after_scheme("xBearer y Bearer z", "Bearer", 1), Some("y Bearer z"));
+        assert_eq!(
+            after_scheme("xBearer y Bearer z", "Bearer", 1),
+            Some("y Bearer z")
+        );
         assert_eq!(after_scheme("Basicabc", "Basic", 0), Some("abc"));
         assert_eq!(after_scheme("Basic", "Basic", 0), None);
-        assert_eq!(after_scheme("Token Basic dXNlcjpw", "Basic", 0), Some("dXNlcjpw"));
+        assert_eq!(
+            after_scheme("Token Basic dXNlcjpw", "Basic", 0),
+            Some("dXNlcjpw")
+        );
         assert_eq!(after_scheme("Digest x", "Basic", 0), None);
     }
 
