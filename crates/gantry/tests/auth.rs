@@ -1404,3 +1404,84 @@ async fn hmac_auth_as_kong() {
     )
     .await;
 }
+
+/// Kong's documented "logical OR" of auth plugins: key-auth and basic-auth on one route, each
+/// with the same `anonymous` consumer, and request-termination on that consumer: either
+/// credential gets in as its own consumer, neither gets request-termination's 401.
+#[tokio::test]
+async fn auth_plugins_as_alternatives() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let call = |path: String, body: Value| {
+        let (http, node) = (&http, &node);
+        async move { admin(http, node, "POST", &path, body).await }
+    };
+    call(
+        "/services".into(),
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    for who in ["alice", "bob", "anonymous"] {
+        call("/consumers".into(), json!({"username": who})).await;
+    }
+    call(
+        "/consumers/alice/key-auth".into(),
+        json!({"key": "alice-key"}),
+    )
+    .await;
+    call(
+        "/consumers/bob/basic-auth".into(),
+        json!({"username": "bob", "password": "pw"}),
+    )
+    .await;
+    let either = [
+        json!({"name": "key-auth", "config": {"anonymous": "anonymous"}}),
+        json!({"name": "basic-auth", "config": {"anonymous": "anonymous"}}),
+    ];
+    route_with(&http, &node, "either", &either).await;
+    call(
+        "/consumers/anonymous/plugins".into(),
+        json!({"name": "request-termination", "config": {"status_code": 401, "message": "log in first"}}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let get = |h: Option<(&str, String)>| {
+        let mut r = http.get(format!("{proxy}/either"));
+        if let Some((k, v)) = h {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let who = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        let got: Value = r.json().await.unwrap();
+        got["headers"]["x-consumer-username"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        who(get(Some(("apikey", "alice-key".into()))).await.unwrap()).await,
+        "alice"
+    );
+    assert_eq!(
+        who(get(Some(("authorization", basic("bob", "pw"))))
+            .await
+            .unwrap())
+        .await,
+        "bob"
+    );
+    let r = get(None).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "log in first"})
+    );
+    let r = get(Some(("authorization", basic("bob", "wrong"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
