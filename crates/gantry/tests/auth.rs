@@ -358,6 +358,20 @@ async fn ip_restriction_as_kong() {
         post(json!({"name": "ip-restriction", "config": {"allow": ["10.0.0.0/33"]}})).await;
     assert_eq!(s, 400, "{b}");
     assert!(b["fields"]["config"]["allow"].is_array(), "{b}");
+    // Protocols: ip-restriction takes stream ones; an HTTP-only plugin does not.
+    let (s, b) = post(
+        json!({"name": "ip-restriction", "protocols": ["tcp"], "config": {"deny": ["10.0.0.1"]}}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = post(json!({"name": "basic-auth", "protocols": ["http", "tcp"]})).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["fields"]["protocols"]
+            .to_string()
+            .contains("expected one of: grpc, grpcs, http, https"),
+        "{b}"
+    );
     synced(&http, &node).await;
 
     let proxy = node.proxy.clone().unwrap();

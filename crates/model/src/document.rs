@@ -49,14 +49,30 @@ pub fn prepare(
             Map::new()
         }
     };
-    if schema.name == "plugins" && input.get("protocols").is_none_or(Value::is_null) {
-        // The plugin's own default, where it has one.
+    if schema.name == "plugins" {
+        // The plugin's own protocols: its default where none are given, and only those it
+        // takes (most take the HTTP ones alone).
         let name = input
             .get("name")
             .and_then(Value::as_str)
             .unwrap_or_default();
         if let Some(p) = plugins.get(name) {
-            doc.insert("protocols".into(), json!(p.schema.protocols));
+            match input.get("protocols").filter(|v| !v.is_null()) {
+                None => {
+                    doc.insert("protocols".into(), json!(p.schema.protocols));
+                }
+                Some(given) => {
+                    let field = [crate::schema::Field::new(
+                        "protocols",
+                        crate::schema::set(crate::schema::one_of(p.schema.allowed_protocols())),
+                    )];
+                    let mut one = Map::new();
+                    one.insert("protocols".into(), given.clone());
+                    if let Err(e) = validate_record(&field, &one) {
+                        errs.0.extend(e.0);
+                    }
+                }
+            }
         }
     }
     if let Some(config) = config {

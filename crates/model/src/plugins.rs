@@ -39,6 +39,9 @@ pub struct PluginSchema {
     /// The plugin's `protocols` default, when it is not Kong's HTTP set (ip-restriction also
     /// guards stream routes).
     pub protocols: &'static [&'static str],
+    /// Whether the plugin takes any protocol (Kong's `typedefs.protocols`); most take the HTTP
+    /// ones alone (`typedefs.protocols_http`).
+    pub any_protocol: bool,
 }
 
 /// The `protocols` default of most plugins (Kong's `typedefs.protocols_http`).
@@ -58,6 +61,20 @@ impl PluginSchema {
             checks: |_, _| {},
             since: &[],
             protocols: HTTP_PROTOCOLS,
+            any_protocol: false,
+        }
+    }
+    /// A plugin that takes any protocol, stream ones included.
+    pub fn any_protocol(mut self) -> PluginSchema {
+        self.any_protocol = true;
+        self
+    }
+    /// The protocols the plugin may be configured for.
+    pub fn allowed_protocols(&self) -> &'static [&'static str] {
+        if self.any_protocol {
+            crate::entities::SERVICE_PROTOCOLS
+        } else {
+            HTTP_PROTOCOLS
         }
     }
     /// A `protocols` default other than [`HTTP_PROTOCOLS`].
@@ -85,7 +102,7 @@ impl PluginSchema {
     /// Kong's `/schemas/plugins/{name}` body.
     pub fn describe(&self) -> Value {
         let mut fields = vec![
-            json!({"protocols": {"type": "set", "elements": {"type": "string", "one_of": crate::entities::SERVICE_PROTOCOLS}, "default": self.protocols, "required": true}}),
+            json!({"protocols": {"type": "set", "elements": {"type": "string", "one_of": self.allowed_protocols()}, "default": self.protocols, "required": true}}),
             json!({"config": {"type": "record", "required": true, "fields": describe(&self.config)}}),
         ];
         if self.no_consumer {

@@ -39,6 +39,7 @@ fn schema() -> PluginSchema {
             Field::new("custom_fields_by_lua", map(string())),
         ],
     )
+    .any_protocol()
     .checks(|c, e| {
         let path = c.get("path").and_then(Value::as_str).unwrap_or_default();
         if path

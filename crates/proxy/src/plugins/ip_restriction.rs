@@ -35,6 +35,7 @@ fn schema() -> PluginSchema {
         ],
     )
     .protocols(&["http", "https", "tcp", "tls", "grpc", "grpcs"])
+    .any_protocol()
     .checks(|c, e| {
         let set = |k: &str| {
             c.get(k)
