@@ -458,10 +458,13 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
             let mut out = Vec::with_capacity(a.len());
             let mut errs = vec![Value::Null; a.len()];
             let mut bad = false;
+            // A set keeps the first of equal elements; seen by their JSON text, so that a long
+            // input costs O(n), not a comparison with every element kept.
+            let mut seen = std::collections::HashSet::new();
             for (i, e) in a.into_iter().enumerate() {
                 match check(elem, e) {
                     Ok(e) => {
-                        if *set && out.contains(&e) {
+                        if *set && !seen.insert(e.to_string()) {
                             continue;
                         }
                         out.push(e)
@@ -725,6 +728,22 @@ mod tests {
             Field::new("tags", set(string())),
             Field::new("conf", record(vec![Field::new("minute", number_gt(0.0))])),
         ]
+    }
+
+    /// A set keeps the first of equal elements, in order, however many there are.
+    #[test]
+    fn sets_keep_the_first_of_equal_elements() {
+        let mut tags: Vec<Value> = (0..100_000)
+            .map(|i| json!(format!("t{}", i % 1000)))
+            .collect();
+        tags.insert(0, json!("first"));
+        let input = json!({"name": "x", "tags": tags});
+        let d = validate_record(&fields(), input.as_object().unwrap()).unwrap();
+        let kept = d["tags"].as_array().unwrap();
+        assert_eq!(kept.len(), 1001);
+        assert_eq!(kept[0], "first");
+        assert_eq!(kept[1], "t0");
+        assert_eq!(kept[1000], "t999");
     }
 
     #[test]
