@@ -29,6 +29,8 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     UnsupportedMedia(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// Kong's error codes (kong/db/errors.lua).
@@ -85,6 +87,7 @@ impl IntoResponse for ApiError {
                 format!("request body too large (limit is {n} bytes; see nginx_admin_client_max_body_size)"),
             ),
             ApiError::UnsupportedMedia(m) => message(StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
+            ApiError::Forbidden(m) => message(StatusCode::FORBIDDEN, m),
         }
     }
 }

@@ -132,6 +132,39 @@ async fn count_and_tag(State(st): State<Arc<AdminState>>, req: Request, next: Ne
     res
 }
 
+/// Refuse a request that would change the gateway when a browser sends it from another site:
+/// its `Origin` is neither one of `admin_gui_origin` nor the Admin API's own (the `Host` it
+/// was sent to). Clients that send no `Origin` (decK, go-kong, curl, scripts) are not
+/// browsers and are unaffected; reads are unaffected too. Without this, any page a browser
+/// opens could change a gateway listening on localhost with a form post.
+async fn same_site_writes(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    use axum::http::{header, Method};
+    let reads = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if let (false, Some(origin)) = (reads, req.headers().get(header::ORIGIN)) {
+        let origin = origin
+            .to_str()
+            .unwrap_or("null")
+            .trim_end_matches('/')
+            .to_ascii_lowercase();
+        let own = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin
+                    .split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+            });
+        if !own && !st.settings.admin_gui_origin.contains(&origin) {
+            return ApiError::Forbidden(format!(
+                "cross-site request refused: origin '{origin}' is not allowed to change this gateway (see admin_gui_origin)"
+            ))
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 async fn not_found() -> Response {
     ApiError::NotFound.into_response()
 }
@@ -159,6 +192,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/{coll}/{key}/{child}/{ckey}", any(entities::nested_item))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed.into_response() })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            same_site_writes,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_and_tag,

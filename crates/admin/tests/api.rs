@@ -1025,3 +1025,79 @@ async fn routes_are_compiled_before_they_are_stored() {
         json!(["~*(closed)"])
     );
 }
+
+/// A browser on another site cannot change the gateway: a write whose `Origin` is neither
+/// `admin_gui_origin` nor the Admin API's own is refused with 403 and changes nothing; reads,
+/// clients that send no `Origin`, the console's origin and the API's own origin are served.
+#[tokio::test]
+async fn cross_site_writes_are_refused() {
+    let api = start(
+        gantry_testkit::sqlite_store().await,
+        &[(
+            "admin_gui_origin",
+            "https://console.example:8445, http://localhost:8002",
+        )],
+    )
+    .await;
+    let post = |origin: Option<&str>, name: &str, form: bool| {
+        let mut r = api.http.post(format!("{}/services", api.base));
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r = if form {
+            r.header("content-type", "application/x-www-form-urlencoded")
+                .body(format!("name={name}&url=http://x.example"))
+        } else {
+            r.json(&json!({"name": name, "url": "http://x.example"}))
+        };
+        r.send()
+    };
+    for (origin, form) in [
+        ("http://evil.example", true),
+        ("http://evil.example", false),
+        ("null", true),
+        ("https://console.example", false),
+    ] {
+        let r = post(Some(origin), "evil", form).await.unwrap();
+        assert_eq!(r.status(), 403, "{origin}");
+        let b: Value = r.json().await.unwrap();
+        assert!(
+            b["message"]
+                .as_str()
+                .unwrap()
+                .contains("cross-site request refused"),
+            "{b}"
+        );
+    }
+    assert_eq!(api.t.store.count("services").await.unwrap(), 0);
+    let r = api
+        .http
+        .delete(format!("{}/services/anything", api.base))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // Served: no Origin (decK, curl), the console's origin, the API's own, and reads.
+    let own = api.base.clone();
+    for (i, origin) in [
+        None,
+        Some("https://console.example:8445"),
+        Some("http://localhost:8002/"),
+        Some(own.as_str()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = post(origin, &format!("ok{i}"), false).await.unwrap();
+        assert_eq!(r.status(), 201, "{origin:?}");
+    }
+    let r = api
+        .http
+        .get(format!("{}/services", api.base))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

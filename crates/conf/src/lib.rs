@@ -90,6 +90,9 @@ pub struct Settings {
     pub proxy_listen: Vec<Listen>,
     pub admin_listen: Vec<Listen>,
     pub admin_gui_listen: Vec<Listen>,
+    /// The browser origins (`scheme://host[:port]`, comma-separated) that may change the
+    /// gateway through the Admin API: the console's. Other origins are refused.
+    pub admin_gui_origin: Vec<String>,
     pub status_listen: Vec<Listen>,
     pub cluster_listen: Vec<Listen>,
     pub cluster_telemetry_listen: Vec<Listen>,
@@ -227,6 +230,11 @@ impl Settings {
             proxy_listen: listen("proxy_listen")?,
             admin_listen: listen("admin_listen")?,
             admin_gui_listen: listen("admin_gui_listen")?,
+            admin_gui_origin: get("admin_gui_origin")
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                .filter(|o| !o.is_empty())
+                .collect(),
             status_listen: listen("status_listen")?,
             cluster_listen: listen("cluster_listen")?,
             cluster_telemetry_listen: listen("cluster_telemetry_listen")?,

@@ -130,6 +130,7 @@ pub static KEYS: &[Key] = &[
     ),
     k("admin_listen", "127.0.0.1:8001", Kind::Listen),
     k("admin_gui_listen", "0.0.0.0:8002", Kind::Listen),
+    k("admin_gui_origin", "", Kind::Str),
     k("status_listen", "127.0.0.1:8007", Kind::Listen),
     k("cluster_listen", "0.0.0.0:8005", Kind::Listen),
     k("cluster_telemetry_listen", "0.0.0.0:8006", Kind::Listen),
