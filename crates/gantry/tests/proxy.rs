@@ -818,6 +818,24 @@ async fn hardening_refuses_ambiguous_requests() {
         ),
         ("no Host", b"GET /h HTTP/1.1\r\n\r\n".to_vec(), "400"),
         (
+            "a coding other than chunked",
+            b"POST /h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            "501",
+        ),
+        (
+            "a coding on a line of its own",
+            b"POST /h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: deflate\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            "501",
+        ),
+        (
+            "chunked twice",
+            b"POST /h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"
+                .to_vec(),
+            "400",
+        ),
+        (
             "bad Host",
             b"GET /h HTTP/1.1\r\nHost: a/b\r\n\r\n".to_vec(),
             "400",

@@ -43,6 +43,10 @@ pub enum ProxyError {
     /// The client's body ended early or was malformed while a plugin waited to read it.
     #[error("Bad request: the request body could not be read")]
     BodyUnreadable,
+    /// A transfer coding other than `chunked` (RFC 9112 section 6.1: a server that does not
+    /// understand a coding answers 501), never dropped silently.
+    #[error("Not implemented: the only transfer coding accepted is chunked")]
+    UnknownCoding,
 }
 
 /// Why the proxy cannot be set up as its settings say: the setting and the value are named.
@@ -91,6 +95,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyUnreadable => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -131,6 +136,11 @@ mod tests {
                 ProxyError::BadRequest("Bad request: missing Host header"),
                 400,
                 "Bad request: missing Host header",
+            ),
+            (
+                ProxyError::UnknownCoding,
+                501,
+                "Not implemented: the only transfer coding accepted is chunked",
             ),
         ] {
             assert_eq!(e.status().as_u16(), status);

@@ -811,9 +811,7 @@ impl Proxy {
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let mut body: UpBody = Either::Left(body);
-        if let Err(why) = check_framing(&parts) {
-            return Err(ProxyError::BadRequest(why));
-        }
+        check_framing(&parts)?;
         // The rewrite phase, before routing (global plugins, as in Kong): routing reads the
         // request as they leave it.
         if !snap.plugins.is_empty() {
@@ -1210,17 +1208,42 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// Requests whose framing could be read two ways are refused (RFC 9112 section 6.3): a proxy
 /// and its upstream must never disagree on where a request ends.
-fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), &'static str> {
+fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), ProxyError> {
     if parts.version >= hyper::Version::HTTP_2 {
         return Ok(());
     }
     if parts.headers.get_all(header::HOST).iter().count() > 1 {
-        return Err("Bad request: more than one Host header");
+        return Err(ProxyError::BadRequest(
+            "Bad request: more than one Host header",
+        ));
     }
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.contains_key(header::CONTENT_LENGTH)
-    {
-        return Err("Bad request: both Content-Length and Transfer-Encoding");
+    let mut codings = parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .peekable();
+    if codings.peek().is_none() {
+        return Ok(());
+    }
+    if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "Bad request: both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let mut chunked = 0;
+    for c in codings {
+        if !c.eq_ignore_ascii_case("chunked") {
+            return Err(ProxyError::UnknownCoding);
+        }
+        chunked += 1;
+    }
+    if chunked > 1 {
+        return Err(ProxyError::BadRequest(
+            "Bad request: chunked applied more than once",
+        ));
     }
     Ok(())
 }
