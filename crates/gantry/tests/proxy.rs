@@ -2186,3 +2186,65 @@ async fn a_node_never_runs_a_route_with_a_plugin_it_does_not_enable() {
     assert_eq!(s, 400, "{b}");
     assert_eq!(b["fields"]["name"], not_enabled("cors"));
 }
+
+/// An absolute-form request routes by its target's authority, not by Host (RFC 9112 section
+/// 3.2.2), and the upstream sees that authority as Host (issue 17's item 8).
+#[tokio::test]
+async fn an_absolute_form_target_wins_over_host() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "e", "url": format!("http://{up}")}),
+    )
+    .await;
+    for (name, host) in [("secret", "secret.example"), ("open", "open.example")] {
+        admin(
+            &http,
+            &node,
+            "POST",
+            "/services/e/routes",
+            json!({"name": name, "hosts": [host], "preserve_host": true}),
+        )
+        .await;
+    }
+    synced(&http, &node).await;
+    let addr = node
+        .proxy
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    // Async: the echo upstream runs on this test's runtime.
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"GET http://secret.example/x HTTP/1.1\r\nHost: open.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Read until the whole JSON body has come.
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    let body: Value = loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&all));
+        all.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&all);
+        if let Some(at) = text.find("\r\n\r\n") {
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            if let Ok(v) = serde_json::from_str(&text[at + 4..]) {
+                break v;
+            }
+        }
+    };
+    assert_eq!(body["headers"]["host"], "secret.example", "{body}");
+}

@@ -834,16 +834,27 @@ impl Proxy {
         }
         // Owned copies (reference-counted, not copied) of what routing reads, so that plugins
         // may change the request afterwards.
-        let host_value = match parts.headers.get(header::HOST) {
-            Some(h) => h.clone(),
-            None => match parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            {
-                Some(h) => h,
-                None => return Err(ProxyError::BadRequest("Bad request: missing Host header")),
-            },
+        // The target's authority, when it has one, is the host (RFC 9112 section 3.2.2: an
+        // absolute-form target wins over Host, which is replaced with it; RFC 9113 section
+        // 8.3.1: a Host that names another host than :authority is malformed).
+        let authority = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let host_value = match (authority, parts.headers.get(header::HOST)) {
+            (Some(a), Some(h)) if parts.version >= hyper::Version::HTTP_2 && a != h => {
+                return Err(ProxyError::BadRequest(
+                    "Bad request: Host and :authority differ",
+                ))
+            }
+            (Some(a), h) => {
+                if h != Some(&a) {
+                    parts.headers.insert(header::HOST, a.clone());
+                }
+                a
+            }
+            (None, Some(h)) => h.clone(),
+            (None, None) => return Err(ProxyError::BadRequest("Bad request: missing Host header")),
         };
         let host_header = match host_value.to_str() {
             Ok(h) if valid_host(h) => h,
