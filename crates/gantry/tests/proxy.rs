@@ -2248,3 +2248,87 @@ async fn an_absolute_form_target_wins_over_host() {
     };
     assert_eq!(body["headers"]["host"], "secret.example", "{body}");
 }
+
+/// A client cannot take an upstream down: bodies it aborts or frames badly are its own fault
+/// (400 where it is still there to hear it), and never count as the target's failures, however
+/// many (issue 17's item 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_broken_body_is_not_the_upstreams_failure() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let checks =
+        json!({"passive": {"unhealthy": {"tcp_failures": 1, "timeouts": 1, "http_failures": 1}}});
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams",
+        json!({"name": "one.internal", "healthchecks": checks}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/one.internal/targets",
+        json!({"target": up}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "one", "host": "one.internal"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/one/routes",
+        json!({"paths": ["/b"]}),
+    )
+    .await;
+    until(&http, &node, "/b", 200).await;
+    let addr = node
+        .proxy
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let head = "POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for _ in 0..3 {
+        // Aborted mid-body.
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(format!("{head}a\r\nhel").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+        // A chunk size that is not one.
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(format!("{head}5\r\nhello\r\nzz\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+    // The only target is still up.
+    for _ in 0..3 {
+        let r = http
+            .get(format!("{}/b", node.proxy.as_ref().unwrap()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+}

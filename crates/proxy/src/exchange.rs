@@ -1,7 +1,8 @@
 //! The upstream exchange: connect (pooled; a connection of its own for an upgrade), trying
 //! other targets, or the same host again, while nothing has been sent, up to the service's
 //! `retries` (a plugin may stop the retries: `Plugin::upstream_failed`); then send, within the
-//! read timeout. Every outcome feeds passive health checks.
+//! read timeout. Every outcome of the upstream's feeds passive health checks; a failure of the
+//! client's own body does not.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -139,6 +140,12 @@ impl Proxy {
             Err(_) => {
                 report(&target, Outcome::Timeout);
                 return Err(ProxyError::UpstreamTimeout);
+            }
+            Ok(Err(e)) if crate::pool::is_client_body_error(&e) => {
+                // The client's body failed (aborted, malformed chunks): its fault, answered
+                // 400, and the target's health is untouched.
+                tracing::info!(error = %e, upstream = %target, "the client's request body failed");
+                return Err(ProxyError::BodyUnreadable);
             }
             Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
                 report(&target, Outcome::Timeout);

@@ -510,6 +510,22 @@ impl tokio::io::AsyncWrite for Timed {
 }
 
 /// Whether an upstream error is a write timeout (see [`Timed`]).
+/// Whether the request failed because of the client's body (it ended early, or its chunked
+/// framing was malformed), not because of the upstream: hyper reports a request body's own
+/// error as a user error. Such a failure is the client's, and never counts against a target.
+pub fn is_client_body_error(e: &UpstreamError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_user())
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 pub fn is_write_timeout(e: &UpstreamError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
