@@ -57,7 +57,7 @@ pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<(Map<String, Value>, 
 /// `a.b=1&a.c[]=x&a.c[]=y&d=1&d=2` into `{"a": {"b": "1", "c": ["x", "y"]}, "d": ["1", "2"]}`.
 pub fn parse_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let mut root = Map::new();
-    for (k, v) in form_urlencoded::parse(bytes) {
+    for (k, v) in form_pairs(bytes)? {
         let mut path: Vec<Seg> = Vec::new();
         for part in k.split('.') {
             let (name, idx) = match part.find('[') {
@@ -79,10 +79,42 @@ pub fn parse_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
                 });
             }
         }
-        insert(&mut root, &path, Value::String(v.into_owned()))
+        insert(&mut root, &path, Value::String(v))
             .map_err(|_| ApiError::BadRequest(format!("conflicting form keys at '{k}'")))?;
     }
     Ok(root)
+}
+
+/// The `key=value` pairs of a form body, decoded (`+` is a space, `%XX` a byte), refusing
+/// what is not UTF-8 once decoded, naming the key: nothing is stored with replacement
+/// characters in place of what the client sent.
+fn form_pairs(bytes: &[u8]) -> Result<Vec<(String, String)>, ApiError> {
+    let decode = |part: &[u8]| -> Result<String, Vec<u8>> {
+        let spaced: Vec<u8> = part
+            .iter()
+            .map(|b| if *b == b'+' { b' ' } else { *b })
+            .collect();
+        let raw: Vec<u8> = percent_encoding::percent_decode(&spaced).collect();
+        String::from_utf8(raw).map_err(|e| e.into_bytes())
+    };
+    let mut out = Vec::new();
+    for pair in bytes.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let key = decode(k).map_err(|raw| {
+            ApiError::BadRequest(format!(
+                "invalid form key '{}': not UTF-8",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
+        let value = decode(v).map_err(|_| {
+            ApiError::BadRequest(format!("invalid form value for '{key}': not UTF-8"))
+        })?;
+        out.push((key, value));
+    }
+    Ok(out)
 }
 
 enum Seg {
@@ -163,5 +195,18 @@ mod tests {
             json!({"name": "a", "paths": ["/x", "/y"], "config": {"minute": "5"}, "hosts": ["h1", "h2"], "methods": ["GET", "POST"], "service": {"id": "abc"}})
         );
         assert!(parse_form(b"a=1&a.b=2").is_err());
+    }
+
+    /// What is not UTF-8 once decoded is refused, naming the key; nothing is stored with
+    /// replacement characters (issue 17's item 10).
+    #[test]
+    fn form_bodies_that_are_not_utf8_are_refused() {
+        let m = parse_form(b"name=caf%C3%A9+bar&x=a%2Bb").unwrap();
+        assert_eq!(Value::Object(m), json!({"name": "café bar", "x": "a+b"}));
+        let e = parse_form(b"name=%FF%FE").unwrap_err().to_string();
+        assert!(e.contains("invalid form value for 'name'"), "{e}");
+        let e = parse_form(b"na%C3me=x").unwrap_err().to_string();
+        assert!(e.contains("invalid form key"), "{e}");
+        assert!(parse_form(b"name=\xff").is_err());
     }
 }
