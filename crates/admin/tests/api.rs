@@ -1101,3 +1101,49 @@ async fn cross_site_writes_are_refused() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A certificate this node cannot serve (a P-521 key, which rustls' ring provider does not
+/// sign with) is refused when written, naming the field, instead of stored and then never
+/// loadable (issue 17's item 1).
+#[tokio::test]
+async fn certificates_a_node_cannot_serve_are_refused() {
+    if !gantry_testkit::have_tool("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-521",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=p521.example", "-days", "1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let body = json!({
+        "cert": std::fs::read_to_string(&cert).unwrap(),
+        "key": std::fs::read_to_string(&key).unwrap(),
+    });
+    let (s, b) = api.req("POST", "/certificates", Some(body)).await;
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["fields"]["key"].is_string() || b["fields"]["cert"].is_string(),
+        "{b}"
+    );
+    assert_eq!(api.t.store.count("certificates").await.unwrap(), 0);
+}
