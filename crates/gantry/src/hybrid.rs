@@ -23,6 +23,12 @@ pub async fn start_control_plane(
     shutdown: watch::Receiver<bool>,
     plugins: gantry_model::plugins::Catalog,
 ) -> anyhow::Result<Arc<ControlPlane>> {
+    if let Some(at) = gantry_protocol::tls::expired(&settings.cluster) {
+        tracing::error!(
+            expired_at = at,
+            "the cluster certificate (cluster_cert) expired at {at} (Unix time): data planes will refuse this control plane until it is renewed"
+        );
+    }
     let cp = ControlPlane::start(
         store.clone(),
         settings.cluster.clone(),

@@ -545,6 +545,22 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
         Duration::from_secs(10),
     );
     cp.wait_log("certificate expired", Duration::from_secs(5));
+    // A control plane whose own certificate has expired says so when it starts.
+    let old_cp = Node::start(
+        &dir.path().join("old-cp"),
+        &cp_env(
+            &pki.leaf("old-cp", "kong_clustering", 2021),
+            &[
+                ("KONG_CLUSTER_MTLS", "pki"),
+                ("KONG_CLUSTER_CA_CERT", &pki.ca),
+            ],
+        ),
+    );
+    old_cp.wait_log(
+        "the cluster certificate (cluster_cert) expired",
+        Duration::from_secs(10),
+    );
+    drop(old_cp);
     // No client certificate at all: a raw TLS client is refused in the handshake.
     {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
