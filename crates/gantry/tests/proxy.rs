@@ -851,15 +851,44 @@ async fn hardening_refuses_ambiguous_requests() {
             "431",
         ),
     ];
+    let refused_4xx = || async {
+        let status = node.status.clone().unwrap();
+        let m = http
+            .get(format!("{status}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("gantry_http_requests_total{class=\"4xx\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = refused_4xx().await;
+    let mut want_4xx = 0;
     for (name, raw, want) in cases {
         let line = send(raw);
         assert!(line.contains(want), "{name}: {line}");
+        want_4xx += u64::from(want.starts_with('4'));
     }
     assert_eq!(
         hits.load(Ordering::SeqCst),
         0,
         "a refused request reached the upstream"
     );
+    // Every refusal is counted, those of the HTTP parser (two Content-Lengths, a huge head)
+    // as well as the proxy's own.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while refused_4xx().await - before < want_4xx {
+        assert!(
+            Instant::now() < deadline,
+            "refusals not counted: {} of {want_4xx}",
+            refused_4xx().await - before
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Content-Length with Transfer-Encoding: RFC 9112 section 6.3 lets a server process the
     // message by Transfer-Encoding alone, and then requires it to close the connection. The

@@ -677,7 +677,27 @@ impl Proxy {
             .max_buf_size(MAX_HEAD);
         let conn = builder.serve_connection_with_upgrades(io, svc);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
-            tracing::debug!(error = %e, "client connection ended with an error");
+            // A request head the HTTP parser refused was answered by hyper itself (400, or 431
+            // for one too large, 408 for one too slow): count and log it, as the proxy's own
+            // answers are, so that rejections leave a trace.
+            let refused = e.downcast_ref::<hyper::Error>().and_then(|h| {
+                if h.is_parse_too_large() {
+                    Some(431)
+                } else if h.is_parse() {
+                    Some(400)
+                } else if h.is_timeout() {
+                    Some(408)
+                } else {
+                    None
+                }
+            });
+            match refused {
+                Some(status) => {
+                    self.stats.count(status, Duration::ZERO);
+                    tracing::info!(client = %peer, status, error = %e, "request refused by the HTTP parser");
+                }
+                None => tracing::debug!(error = %e, "client connection ended with an error"),
+            }
         }
     }
 
