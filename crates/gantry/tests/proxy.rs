@@ -2361,3 +2361,68 @@ async fn a_clients_broken_body_is_not_the_upstreams_failure() {
         assert_eq!(r.status(), 200);
     }
 }
+
+/// Only WebSocket upgrades are tunnelled, as Kong: `Upgrade: h2c` (or any other token) goes
+/// upstream as an ordinary request without its Upgrade, so no tunnel can carry requests past
+/// the routes and plugins they would meet (issue 17's item 4).
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunnelled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    // An upstream willing to switch to whatever it is asked for.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                // Request after request on the connection (the proxy keeps it alive).
+                let mut buf = [0u8; 1024];
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let asked = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    if asked.contains("\r\nupgrade:") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n")
+                            .await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nplain")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    service_and_route(&http, &node, &up, "/u").await;
+    until(&http, &node, "/u", 200).await;
+    let addr = node
+        .proxy
+        .as_ref()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
+    let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    s.write_all(b"GET /u HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("an answer")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("plain"), "{text}");
+}

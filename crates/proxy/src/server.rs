@@ -1227,11 +1227,12 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    if asks {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
-    }
+    // Only WebSocket is tunnelled, as Kong (its `$upstream_upgrade` is `websocket` or
+    // nothing): any other token (`h2c`, ...) would open a tunnel past the routes and plugins of
+    // the requests sent through it. The request then goes on as an ordinary one, its Upgrade
+    // and Connection headers removed as hop-by-hop.
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    (asks && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| upgrade.clone())
 }
 
 /// The largest request head read from a client.
