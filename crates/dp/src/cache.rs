@@ -267,7 +267,23 @@ pub fn write_snapshot(
         let p = p.to_path_buf();
         move |source| CacheError::Write { path: p, source }
     };
-    let f = std::fs::File::create(&tmp).map_err(werr(&tmp))?;
+    // Owner-only: the cache holds certificate keys and credentials.
+    let f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(werr(&tmp))?
+    };
+    {
+        // A temporary file left by an older Gantry keeps its mode when reopened.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(werr(&tmp))?;
+    }
     let mut gz =
         flate2::write::GzEncoder::new(std::io::BufWriter::new(f), flate2::Compression::fast());
     serde_json::to_writer(
@@ -339,11 +355,15 @@ fn append(
         path: log.clone(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log)
-        .map_err(werr)?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&log)
+            .map_err(werr)?
+    };
     f.write_all(&line).map_err(werr)?;
     f.sync_data().map_err(werr)?;
     Ok(line.len() as u64)
@@ -617,6 +637,22 @@ mod tests {
         let l = read(&path).unwrap().unwrap();
         assert_eq!((l.version, l.stopped), (2, None));
         assert_eq!(l.config, config);
+    }
+
+    /// The cache holds certificate keys and credentials: its files are the owner's alone
+    /// (issue 17's item 6).
+    #[test]
+    fn cache_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.json.gz");
+        let (w, mut config) = empty_cache(&path);
+        record(&w, &mut config, 1, upsert("a", "a"));
+        w.finish();
+        for p in [path.clone(), deltas_path(&path)] {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
     }
 
     #[test]

@@ -63,7 +63,10 @@ pub fn read_pem(key: &'static str, value: &str) -> Result<Vec<u8>, TlsError> {
     }
     // A private key's value is a secret: never echoed, whatever it holds.
     let shown = if key.ends_with("_key") {
-        format!("the value ({} characters, not shown)", value.chars().count())
+        format!(
+            "the value ({} characters, not shown)",
+            value.chars().count()
+        )
     } else {
         format!("'{value}'")
     };

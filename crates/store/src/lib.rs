@@ -48,6 +48,34 @@ pub struct Store {
     write_lock: Mutex<()>,
 }
 
+/// Make `path` readable by its owner alone (0600), creating it empty when absent: the database
+/// holds certificate keys and credentials. SQLite gives its `-wal` and `-shm` files the
+/// database's mode; ones left by an older Gantry are tightened too.
+fn private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for p in [
+        path.to_path_buf(),
+        suffixed(path, "-wal"),
+        suffixed(path, "-shm"),
+    ] {
+        if p.exists() {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
+fn suffixed(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    std::path::PathBuf::from(s)
+}
+
 impl Store {
     /// Open (creating when needed) and migrate.
     pub async fn open(backend: &Backend) -> Result<Store, StoreError> {
@@ -58,6 +86,8 @@ impl Store {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| StoreError::Open(format!("{}: {e}", dir.display())))?;
                 }
+                private_file(path)
+                    .map_err(|e| StoreError::Open(format!("{}: {e}", path.display())))?;
                 (format!("sqlite://{}?mode=rwc", path.display()), false, 4)
             }
             // One shared connection, or each would see its own empty database.

@@ -511,3 +511,24 @@ async fn analytics_batches_merge_once_and_filter() {
         assert_eq!(st.purge_analytics(700).await.unwrap(), 3);
     }
 }
+
+/// The SQLite database holds certificate keys and credentials: it is the owner's alone, and
+/// one left readable by others is tightened when opened (issue 17's item 6).
+#[tokio::test]
+async fn the_sqlite_database_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gantry.db");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    {
+        let _store = gantry_store::Store::open(&gantry_store::Backend::Sqlite(Some(path.clone())))
+            .await
+            .unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _store = gantry_store::Store::open(&gantry_store::Backend::Sqlite(Some(path.clone())))
+        .await
+        .unwrap();
+    assert_eq!(mode(&path), 0o600);
+}
