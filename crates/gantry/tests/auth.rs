@@ -1455,6 +1455,9 @@ async fn auth_plugins_as_alternatives() {
         json!({"name": "basic-auth", "config": {"anonymous": "anonymous"}}),
     ];
     route_with(&http, &node, "either", &either).await;
+    // An anonymous consumer that does not exist fails closed.
+    let ghost = [json!({"name": "basic-auth", "config": {"anonymous": "nobody"}})];
+    route_with(&http, &node, "ghost", &ghost).await;
     call(
         "/consumers/anonymous/plugins".into(),
         json!({"name": "request-termination", "config": {"status_code": 401, "message": "log in first"}}),
@@ -1498,4 +1501,10 @@ async fn auth_plugins_as_alternatives() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    let r = http.get(format!("{proxy}/ghost")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "An unexpected error occurred: anonymous consumer not found"})
+    );
 }
