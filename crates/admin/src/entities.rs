@@ -73,6 +73,12 @@ async fn resolve(
                     .find_by_key(schema.name, "cache_key", &format!("{up}:{t}"))
                     .await?
             }
+            // An ACL under its consumer, by its group (Kong: `/consumers/{c}/acls/{group}`).
+            ("acls", Some((_, consumer)), _) => {
+                st.store
+                    .find_by_key(schema.name, "cache_key", &format!("{consumer}:{key}"))
+                    .await?
+            }
             (_, _, Some(k)) => st.store.find_by_key(schema.name, k, key).await?,
             _ => None,
         };

@@ -1147,3 +1147,31 @@ async fn certificates_a_node_cannot_serve_are_refused() {
     );
     assert_eq!(api.t.store.count("certificates").await.unwrap(), 0);
 }
+
+/// An ACL is found under its consumer by its group, as Kong allows
+/// (`/consumers/{consumer}/acls/{group}`), and only under that consumer.
+#[tokio::test]
+async fn acls_are_found_by_group_under_their_consumer() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    for who in ["alice", "bob"] {
+        api.ok("POST", "/consumers", Some(json!({"username": who})))
+            .await;
+    }
+    let acl = api
+        .ok(
+            "POST",
+            "/consumers/alice/acls",
+            Some(json!({"group": "admins"})),
+        )
+        .await;
+    let got = api.ok("GET", "/consumers/alice/acls/admins", None).await;
+    assert_eq!(got["id"], acl["id"]);
+    assert_eq!(got["group"], "admins");
+    let (s, _) = api.req("GET", "/consumers/bob/acls/admins", None).await;
+    assert_eq!(s, 404);
+    let (s, _) = api
+        .req("DELETE", "/consumers/alice/acls/admins", None)
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(api.t.store.count("acls").await.unwrap(), 0);
+}
