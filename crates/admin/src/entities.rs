@@ -95,7 +95,8 @@ async fn resolve(
     Ok(found)
 }
 
-/// Turn foreign references given by name (`"service": "my-svc"`, `{"name": "my-svc"}`) into ids.
+/// Turn foreign references given by name (`"service": "my-svc"`, `{"name": "my-svc"}`) or as
+/// a whole entity (`{"id": ..., "name": ..., ...}`) into `{"id": ...}`.
 async fn resolve_foreign_inputs(
     st: &AdminState,
     schema: &EntitySchema,
@@ -103,16 +104,26 @@ async fn resolve_foreign_inputs(
 ) -> Result<(), ApiError> {
     for (field, target, _) in schema.foreign_fields() {
         let Some(v) = input.get(field) else { continue };
-        let key = match v {
-            Value::String(s) => s.clone(),
-            Value::Object(m) if !m.contains_key("id") && m.len() == 1 => match m.values().next() {
-                Some(Value::String(s)) => s.clone(),
-                _ => continue,
-            },
-            _ => continue,
-        };
         let Some(tschema) = entity(target) else {
             continue;
+        };
+        let key = match v {
+            Value::String(s) => s.clone(),
+            // A whole entity, as client libraries send the value they hold: its id is the
+            // reference, the rest is theirs.
+            Value::Object(m) if m.len() > 1 && m.get("id").is_some_and(Value::is_string) => {
+                let id = m["id"].clone();
+                input.insert(field.to_string(), json!({ "id": id }));
+                continue;
+            }
+            Value::Object(m) if !m.contains_key("id") => {
+                let by_key = tschema.endpoint_key.and_then(|k| m.get(k));
+                match by_key.or_else(|| m.values().next().filter(|_| m.len() == 1)) {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => continue,
+                }
+            }
+            _ => continue,
         };
         match resolve(st, tschema, &key, None).await? {
             Some(d) => {

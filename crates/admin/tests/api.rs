@@ -1175,3 +1175,41 @@ async fn acls_are_found_by_group_under_their_consumer() {
     assert_eq!(s, 204);
     assert_eq!(api.t.store.count("acls").await.unwrap(), 0);
 }
+
+/// A reference given as the whole entity, as client libraries send the value they hold, is
+/// taken by its id (or its name when it has no id); an unknown one is still refused.
+#[tokio::test]
+async fn references_given_as_whole_entities() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let svc = api
+        .ok(
+            "POST",
+            "/services",
+            Some(json!({"name": "s", "url": "http://s.example"})),
+        )
+        .await;
+    let r = api
+        .ok(
+            "POST",
+            "/routes",
+            Some(json!({"name": "a", "paths": ["/a"], "service": svc.clone()})),
+        )
+        .await;
+    assert_eq!(r["service"], json!({"id": svc["id"]}));
+    let r = api
+        .ok(
+            "POST",
+            "/routes",
+            Some(json!({"name": "b", "paths": ["/b"], "service": {"name": "s", "port": 80}})),
+        )
+        .await;
+    assert_eq!(r["service"], json!({"id": svc["id"]}));
+    let (s, b) = api
+        .req(
+            "POST",
+            "/routes",
+            Some(json!({"name": "c", "paths": ["/c"], "service": {"name": "nope", "port": 80}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+}
