@@ -1213,3 +1213,30 @@ async fn references_given_as_whole_entities() {
         .await;
     assert_eq!(s, 400, "{b}");
 }
+
+/// A CA certificate's `cert_digest` is the certificate's own: a body that still carries the
+/// old digest with a new `cert` gets the new one computed, as Kong (issue 13).
+#[tokio::test]
+async fn ca_certificate_digests_are_recomputed() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let (_, _, first) = certs();
+    let (_, _, second) = certs();
+    let ca = api
+        .ok("POST", "/ca_certificates", Some(json!({"cert": first})))
+        .await;
+    let old = ca["cert_digest"].as_str().unwrap().to_string();
+    let path = format!("/ca_certificates/{}", ca["id"].as_str().unwrap());
+    let patched = api
+        .ok(
+            "PATCH",
+            &path,
+            Some(json!({"cert": second, "cert_digest": old})),
+        )
+        .await;
+    let new = patched["cert_digest"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert_eq!(new.len(), 64);
+    // Given with the certificate it belongs to, the digest is the same either way.
+    let again = api.ok("GET", &path, None).await;
+    assert_eq!(again["cert_digest"], new);
+}
