@@ -31,6 +31,9 @@ pub enum ApiError {
     UnsupportedMedia(String),
     #[error("{0}")]
     Forbidden(String),
+    /// A 404 with its own message (Kong's `No plugin named 'x'`).
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// Kong's error codes (kong/db/errors.lua).
@@ -88,6 +91,7 @@ impl IntoResponse for ApiError {
             ),
             ApiError::UnsupportedMedia(m) => message(StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Forbidden(m) => message(StatusCode::FORBIDDEN, m),
+            ApiError::Missing(m) => message(StatusCode::NOT_FOUND, m),
         }
     }
 }

@@ -120,7 +120,7 @@ pub async fn plugin_schema(
     let p = st
         .plugins
         .schema(&name)
-        .ok_or_else(|| ApiError::BadRequest(format!("No plugin named '{name}'")))?;
+        .ok_or_else(|| ApiError::Missing(format!("No plugin named '{name}'")))?;
     Ok(Json(p.describe()).into_response())
 }
 
