@@ -298,6 +298,9 @@ impl DataPlane {
         if let Some(not_after) = proto::tls::expired(s) {
             tracing::error!("the cluster certificate expired at {not_after} (Unix time): the control plane will refuse it; proxying continues with the configuration held");
         }
+        if let Some(not_before) = proto::tls::not_yet_valid(s) {
+            tracing::error!("the cluster certificate is not valid before {not_before} (Unix time; is this machine's clock right?): the control plane will refuse it (TLS calls this CertificateExpired); proxying continues with the configuration held");
+        }
         let name = proto::tls::server_name(s).map_err(|e| Ended::Connect(e.into()))?;
         let io = proto::dial::dial(cp, s.proxy.as_ref(), Duration::from_secs(10))
             .await

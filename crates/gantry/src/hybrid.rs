@@ -29,6 +29,12 @@ pub async fn start_control_plane(
             "the cluster certificate (cluster_cert) expired at {at} (Unix time): data planes will refuse this control plane until it is renewed"
         );
     }
+    if let Some(at) = gantry_protocol::tls::not_yet_valid(&settings.cluster) {
+        tracing::error!(
+            not_before = at,
+            "the cluster certificate (cluster_cert) is not valid before {at} (Unix time; is this machine's clock right?): data planes will refuse this control plane until then"
+        );
+    }
     let cp = ControlPlane::start(
         store.clone(),
         settings.cluster.clone(),

@@ -456,10 +456,21 @@ impl Pki {
 
     /// A certificate for `name` signed by the CA, valid until `not_after` (year), or expired.
     fn leaf(&self, file: &str, name: &str, not_after_year: i32) -> (String, String) {
+        self.leaf_between(file, name, 2020, not_after_year)
+    }
+
+    /// A certificate for `name` signed by the CA, valid between two years.
+    fn leaf_between(
+        &self,
+        file: &str,
+        name: &str,
+        not_before_year: i32,
+        not_after_year: i32,
+    ) -> (String, String) {
         let kp = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
         p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_before = rcgen::date_time_ymd(not_before_year, 1, 1);
         p.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
         p.extended_key_usages = vec![
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
@@ -545,6 +556,16 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
         Duration::from_secs(10),
     );
     cp.wait_log("certificate expired", Duration::from_secs(5));
+    // Not valid yet: TLS calls it CertificateExpired; the data plane says which.
+    let future = Node::start(
+        &dir.path().join("future"),
+        &pki_dp(&pki.leaf_between("future", "dp-future", 2080, 2090)),
+    );
+    future.wait_log(
+        "the cluster certificate is not valid before",
+        Duration::from_secs(10),
+    );
+    drop(future);
     // A control plane whose own certificate has expired says so when it starts.
     let old_cp = Node::start(
         &dir.path().join("old-cp"),

@@ -108,11 +108,53 @@ pub fn validity(cert: &[u8]) -> Option<(i64, i64)> {
     ))
 }
 
+/// Where a moment stands against a certificate's validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    /// Not valid before this (Unix seconds): a clock behind, or a certificate from the future.
+    NotYet {
+        not_before: i64,
+    },
+    Expired {
+        not_after: i64,
+    },
+}
+
+/// Where `now` (Unix seconds) stands against the validity of `cert` (DER).
+pub fn validity_at(cert: &[u8], now: i64) -> Option<Validity> {
+    let (not_before, not_after) = validity(cert)?;
+    Some(if now > not_after {
+        Validity::Expired { not_after }
+    } else if now < not_before {
+        Validity::NotYet { not_before }
+    } else {
+        Validity::Valid
+    })
+}
+
+/// Where this node's `cluster_cert` stands now. TLS peers report a certificate that is not yet
+/// valid with the same alert as an expired one (`CertificateExpired`), so a node checks its own
+/// and says which.
+pub fn own_validity(s: &ClusterSettings) -> Option<Validity> {
+    let chain = certs("cluster_cert", &s.cert).ok()?;
+    validity_at(&chain[0], gantry_model::unix_now())
+}
+
 /// When this node's `cluster_cert` has expired, its expiry (Unix seconds).
 pub fn expired(s: &ClusterSettings) -> Option<i64> {
-    let chain = certs("cluster_cert", &s.cert).ok()?;
-    let (_, not_after) = validity(&chain[0])?;
-    (gantry_model::unix_now() > not_after).then_some(not_after)
+    match own_validity(s)? {
+        Validity::Expired { not_after } => Some(not_after),
+        _ => None,
+    }
+}
+
+/// When this node's `cluster_cert` is not valid yet, the time it becomes so (Unix seconds).
+pub fn not_yet_valid(s: &ClusterSettings) -> Option<i64> {
+    match own_validity(s)? {
+        Validity::NotYet { not_before } => Some(not_before),
+        _ => None,
+    }
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -450,6 +492,28 @@ mod tests {
 
     /// A key setting that is not a key is refused without its value in the message (issue
     /// 17's item 5); other settings name what they were given.
+    /// A certificate's period: not yet valid, valid, expired.
+    #[test]
+    fn validity_says_which_side_of_the_period() {
+        let mut p = rcgen::CertificateParams::new(vec!["dp".into()]).unwrap();
+        p.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = p.self_signed(&key).unwrap().der().to_vec();
+        let ymd = |y| rcgen::date_time_ymd(y, 6, 1).unix_timestamp();
+        let nb = rcgen::date_time_ymd(2030, 1, 1).unix_timestamp();
+        let na = rcgen::date_time_ymd(2031, 1, 1).unix_timestamp();
+        assert_eq!(
+            validity_at(&der, ymd(2029)),
+            Some(Validity::NotYet { not_before: nb })
+        );
+        assert_eq!(validity_at(&der, ymd(2030)), Some(Validity::Valid));
+        assert_eq!(
+            validity_at(&der, ymd(2031)),
+            Some(Validity::Expired { not_after: na })
+        );
+    }
+
     #[test]
     fn a_bad_key_setting_is_not_echoed() {
         let secret = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC-not-really";
