@@ -807,7 +807,6 @@ async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
 const NOT_RUN: &[&str] = &[
     "oauth2",
     "request-size-limiting",
-    "correlation-id",
     "request-transformer",
     "prometheus",
     "http-log",
@@ -870,6 +869,7 @@ async fn plugins_a_node_cannot_run_are_refused() {
             [
                 "acl",
                 "basic-auth",
+                "correlation-id",
                 "cors",
                 "file-log",
                 "hmac-auth",

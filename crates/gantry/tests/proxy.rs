@@ -2151,7 +2151,7 @@ async fn a_node_never_runs_a_route_with_a_plugin_it_does_not_enable() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    for plugin in ["oauth2", "http-log", "correlation-id"] {
+    for plugin in ["oauth2", "http-log", "request-transformer"] {
         let f = file(plugin);
         let (ok, err) = gantry(&[], &["config", "parse", &f]);
         assert!(!ok && err.contains(&not_enabled(plugin)), "{plugin}: {err}");
@@ -2425,4 +2425,88 @@ async fn only_websocket_upgrades_are_tunnelled() {
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("plain"), "{text}");
+}
+
+/// correlation-id: an id generated per request (`uuid#counter`: this process's UUID and a
+/// counter; `uuid`), sent upstream, echoed downstream when asked; a client's own id is kept;
+/// `tracker`, which Gantry cannot build, is refused when written.
+#[tokio::test]
+async fn correlation_id_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let post = |path: String, body: Value| {
+        let (http, node) = (&http, &node);
+        async move { admin(http, node, "POST", &path, body).await }
+    };
+    post(
+        "/services".into(),
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    for (route, config) in [
+        ("counter", json!({"echo_downstream": true})),
+        (
+            "uuid",
+            json!({"generator": "uuid", "header_name": "X-Trace"}),
+        ),
+    ] {
+        post(
+            "/services/s/routes".into(),
+            json!({"name": route, "paths": [format!("/{route}")]}),
+        )
+        .await;
+        let p = post(
+            format!("/routes/{route}/plugins"),
+            json!({"name": "correlation-id", "config": config}),
+        )
+        .await;
+        assert!(p["config"]["header_name"].is_string(), "{p}");
+    }
+    let r = http
+        .post(format!("{}/plugins", node.admin))
+        .json(&json!({"name": "correlation-id", "config": {"generator": "tracker"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert!(b["fields"]["config"]["generator"].is_string(), "{b}");
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let r = http.get(format!("{proxy}/counter")).send().await.unwrap();
+        let echoed = r.headers()["kong-request-id"].to_str().unwrap().to_string();
+        let got: Value = r.json().await.unwrap();
+        let sent = got["headers"]["kong-request-id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(sent, echoed);
+        let (id, n) = sent.split_once('#').unwrap();
+        assert_eq!(id.len(), 36, "{sent}");
+        seen.push((id.to_string(), n.parse::<u64>().unwrap()));
+    }
+    assert_eq!(seen[0].0, seen[1].0, "one UUID per process");
+    assert!(seen[1].1 > seen[0].1, "{seen:?}");
+    // A client's own id is kept.
+    let r = http
+        .get(format!("{proxy}/counter"))
+        .header("kong-request-id", "mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["kong-request-id"], "mine");
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["headers"]["kong-request-id"], "mine");
+    // uuid, in another header, not echoed.
+    let r = http.get(format!("{proxy}/uuid")).send().await.unwrap();
+    assert!(r.headers().get("x-trace").is_none());
+    let got: Value = r.json().await.unwrap();
+    let id = got["headers"]["x-trace"].as_str().unwrap();
+    assert_eq!(id.len(), 36, "{id}");
+    assert!(!id.contains('#'));
 }

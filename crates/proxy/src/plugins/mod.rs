@@ -17,6 +17,7 @@
 
 mod acl;
 mod basic_auth;
+mod correlation_id;
 mod cors;
 mod file_log;
 mod hmac_auth;
@@ -790,6 +791,7 @@ impl Descriptor {
 pub static BUNDLED: &[&Descriptor] = &[
     &acl::DESCRIPTOR,
     &basic_auth::DESCRIPTOR,
+    &correlation_id::DESCRIPTOR,
     &hmac_auth::DESCRIPTOR,
     &ip_restriction::DESCRIPTOR,
     &jwt::DESCRIPTOR,
