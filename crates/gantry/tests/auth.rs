@@ -3,27 +3,10 @@
 
 use base64::Engine;
 use gantry_testkit::http::eventually;
-use gantry_testkit::process::{admin, proxy_until, synced, Node};
+use gantry_testkit::process::{admin, proxy_until, route_with, service, synced, Node};
 use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
 use sha1::Digest;
-
-/// A route `/<name>` on the service `s`, with these plugins; returns the plugins as created.
-async fn route_with(
-    http: &reqwest::Client,
-    node: &Node,
-    name: &str,
-    plugins: &[Value],
-) -> Vec<Value> {
-    let route = json!({"name": name, "paths": [format!("/{name}")]});
-    admin(http, node, "POST", "/services/s/routes", route).await;
-    let mut created = Vec::new();
-    for p in plugins {
-        let path = format!("/routes/{name}/plugins");
-        created.push(admin(http, node, "POST", &path, p.clone()).await);
-    }
-    created
-}
 
 /// How long a change may take to reach a data plane.
 const WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
@@ -49,11 +32,7 @@ async fn basic_auth_as_kong() {
         let (http, node) = (&http, &node);
         async move { admin(http, node, "POST", &path, body).await }
     };
-    post(
-        "/services".into(),
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    service(&http, &node, &up).await;
     let mut plugins = Vec::new();
     for (route, config) in [
         ("ba", json!({})),
@@ -299,14 +278,7 @@ async fn ip_restriction_as_kong() {
     );
     let http = reqwest::Client::new();
     let up = echo().await;
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/services",
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    service(&http, &node, &up).await;
     let mut ids = Vec::new();
     for (route, config) in [
         ("deny", json!({"deny": ["127.0.0.0/8", "203.0.113.7"]})),
@@ -446,12 +418,7 @@ async fn acl_as_kong() {
         let (http, node) = (&http, &node);
         async move { admin(http, node, method, &path, body).await }
     };
-    call(
-        "POST",
-        "/services".into(),
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    service(&http, &node, &up).await;
     for (route, auth, acl) in [
         ("admins", json!({}), json!({"allow": ["admins"]})),
         ("nostaff", json!({}), json!({"deny": ["staff"]})),
@@ -723,12 +690,7 @@ async fn jwt_as_kong() {
         let (http, node) = (&http, &node);
         async move { admin(http, node, method, &path, body).await }
     };
-    call(
-        "POST",
-        "/services".into(),
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    service(&http, &node, &up).await;
     for (route, config) in [
         (
             "jwt",
@@ -1163,12 +1125,7 @@ async fn hmac_auth_as_kong() {
         let (http, node) = (&http, &node);
         async move { admin(http, node, method, &path, body).await }
     };
-    call(
-        "POST",
-        "/services".into(),
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    service(&http, &node, &up).await;
     for (route, config) in [
         ("h", json!({})),
         ("enf", json!({"enforce_headers": ["date", "x-custom"]})),
@@ -1432,11 +1389,7 @@ async fn auth_plugins_as_alternatives() {
         let (http, node) = (&http, &node);
         async move { admin(http, node, "POST", &path, body).await }
     };
-    call(
-        "/services".into(),
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    service(&http, &node, &up).await;
     for who in ["alice", "bob", "anonymous"] {
         call("/consumers".into(), json!({"username": who})).await;
     }

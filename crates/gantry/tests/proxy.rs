@@ -2436,15 +2436,7 @@ async fn correlation_id_as_kong() {
     let node = Node::start(dir.path(), &[]);
     let http = reqwest::Client::new();
     let up = echo().await;
-    let post = |path: String, body: Value| {
-        let (http, node) = (&http, &node);
-        async move { admin(http, node, "POST", &path, body).await }
-    };
-    post(
-        "/services".into(),
-        json!({"name": "s", "url": format!("http://{up}")}),
-    )
-    .await;
+    gantry_testkit::process::service(&http, &node, &up).await;
     for (route, config) in [
         ("counter", json!({"echo_downstream": true})),
         (
@@ -2452,17 +2444,9 @@ async fn correlation_id_as_kong() {
             json!({"generator": "uuid", "header_name": "X-Trace"}),
         ),
     ] {
-        post(
-            "/services/s/routes".into(),
-            json!({"name": route, "paths": [format!("/{route}")]}),
-        )
-        .await;
-        let p = post(
-            format!("/routes/{route}/plugins"),
-            json!({"name": "correlation-id", "config": config}),
-        )
-        .await;
-        assert!(p["config"]["header_name"].is_string(), "{p}");
+        let plugin = json!({"name": "correlation-id", "config": config});
+        let p = gantry_testkit::process::route_with(&http, &node, route, &[plugin]).await;
+        assert!(p[0]["config"]["header_name"].is_string(), "{}", p[0]);
     }
     let r = http
         .post(format!("{}/plugins", node.admin))

@@ -389,10 +389,32 @@ pub fn hybrid_pair(dir: &Path) -> (Node, Node) {
     (cp, dp)
 }
 
-/// A service `s` of `upstream` with a route `r` of `path`, through `node`'s Admin API.
-pub async fn service_and_route(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
+/// A service `s` of `upstream`, through `node`'s Admin API.
+pub async fn service(http: &reqwest::Client, node: &Node, upstream: &str) {
     let s = serde_json::json!({"name": "s", "url": format!("http://{upstream}")});
     admin(http, node, "POST", "/services", s).await;
+}
+
+/// A route `/<name>` on the service `s`, with these plugins; returns the plugins as created.
+pub async fn route_with(
+    http: &reqwest::Client,
+    node: &Node,
+    name: &str,
+    plugins: &[serde_json::Value],
+) -> Vec<serde_json::Value> {
+    let route = serde_json::json!({"name": name, "paths": [format!("/{name}")]});
+    admin(http, node, "POST", "/services/s/routes", route).await;
+    let mut created = Vec::new();
+    for p in plugins {
+        let path = format!("/routes/{name}/plugins");
+        created.push(admin(http, node, "POST", &path, p.clone()).await);
+    }
+    created
+}
+
+/// A service `s` of `upstream` with a route `r` of `path`, through `node`'s Admin API.
+pub async fn service_and_route(http: &reqwest::Client, node: &Node, upstream: &str, path: &str) {
+    service(http, node, upstream).await;
     let r = serde_json::json!({"name": "r", "paths": [path]});
     admin(http, node, "POST", "/services/s/routes", r).await;
 }

@@ -69,19 +69,12 @@ fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileErr
     }))
 }
 
-/// base64 as nginx decodes it: the standard alphabet, padding optional.
-const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
 /// The username and password of a header value, if it holds them.
 fn credentials(value: &HeaderValue) -> Option<(String, String)> {
     let text = value.to_str().ok()?;
     // Kong's reading: `Basic` (or `basic`) anywhere, then base64 of `user:password`.
     let encoded = super::after_scheme(text, "Basic", 0)?;
-    let decoded = BASE64.decode(encoded).ok()?;
+    let decoded = super::NGINX_BASE64.decode(encoded).ok()?;
     let decoded = String::from_utf8(decoded).ok()?;
     // `([^:]+):(.*)`: a username of at least one character, the rest of the line its password.
     let (user, rest) = decoded.split_once(':')?;

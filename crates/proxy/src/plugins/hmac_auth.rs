@@ -118,13 +118,6 @@ fn params(v: &HeaderValue) -> Option<Params> {
     })
 }
 
-/// base64 as nginx decodes it: the standard alphabet, padding optional.
-const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new()
-        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
-);
-
 /// The request's body digest still to check, kept from access for the request body phase.
 #[derive(Clone)]
 struct PendingDigest(Option<String>);
@@ -255,7 +248,9 @@ impl HmacAuth {
         let (consumer, credential) = (found.consumer.clone(), found.credential.clone());
         let secret = credential.prepared::<HmacSecret>().ok_or(NOT_VALID)?;
         let signing = Self::signing_string(ctx, &p.headers);
-        let given = BASE64.decode(&p.signature).map_err(|_| NOT_SAME)?;
+        let given = super::NGINX_BASE64
+            .decode(&p.signature)
+            .map_err(|_| NOT_SAME)?;
         let key = ring::hmac::Key::new(alg, secret.0.as_bytes());
         ring::hmac::verify(&key, signing.as_bytes(), &given).map_err(|_| NOT_SAME)?;
         if self.validate_request_body {

@@ -493,17 +493,12 @@ impl Jwt {
         };
         // A token verified before against the credential still current skips the decoding
         // and the signature (an RSA check costs more than the rest of the request).
-        let claim = &self.key_claim_name;
         let (verified, found) = match self.verified.get(token, ctx.identities) {
             Some(hit) => hit,
             None => {
-                let v = Arc::new(self.verify(ctx, token)?);
+                let (v, found) = self.verify(ctx, token)?;
+                let v = Arc::new(v);
                 self.verified.put(token, v.clone());
-                let found = ctx
-                    .identities
-                    .credential(&JWT_SECRETS, &v.key)
-                    .ok_or_else(|| refuse(&format!("No credentials found for given '{claim}'")))?;
-                let found = (found.consumer.clone(), found.credential.clone());
                 (v, found)
             }
         };
@@ -546,7 +541,7 @@ impl Jwt {
     }
 
     /// Decode `token` and check its signature with the credential its key claim names.
-    fn verify(&self, ctx: &Ctx<'_>, token: &str) -> Result<Verified, Refusal> {
+    fn verify(&self, ctx: &Ctx<'_>, token: &str) -> Result<(Verified, Identified), Refusal> {
         let refuse = |m: &str| Refusal::Message(m.to_string(), true);
         let jwt = decode(token).map_err(|e| refuse(&format!("Bad token; {e}")))?;
         let claim = &self.key_claim_name;
@@ -563,7 +558,7 @@ impl Jwt {
         let Some(found) = ctx.identities.credential(&JWT_SECRETS, &key) else {
             return Err(refuse(&format!("No credentials found for given '{claim}'")));
         };
-        let credential = found.credential.clone();
+        let (consumer, credential) = (found.consumer.clone(), found.credential.clone());
         let Some(secret) = credential.prepared::<Secret>() else {
             return Err(refuse("Invalid key/secret"));
         };
@@ -598,11 +593,15 @@ impl Jwt {
         if !valid {
             return Err(refuse("Invalid signature"));
         }
-        Ok(Verified {
-            key,
-            credential,
-            claims: jwt.claims,
-        })
+        let found = (consumer, credential.clone());
+        Ok((
+            Verified {
+                key,
+                credential,
+                claims: jwt.claims,
+            },
+            found,
+        ))
     }
 
     fn respond(&self, r: Refusal) -> Response<ProxyBody> {

@@ -461,13 +461,15 @@ pub(crate) fn conf_bool(c: &Value, k: &str, default: bool) -> bool {
 
 /// The strings of an array of a validated plugin configuration (none where it is absent).
 pub(crate) fn conf_strings(c: &Value, k: &str) -> Vec<String> {
-    c.get(k)
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect()
+    gantry_model::document::strings(c.get(k))
 }
+
+/// base64 as nginx decodes it (`ngx.decode_base64`): the standard alphabet, padding optional.
+pub(crate) const NGINX_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
 
 /// An auth plugin's `anonymous` consumer (an empty string is none, as in Kong).
 pub(crate) fn conf_anonymous(c: &Value) -> Option<String> {
