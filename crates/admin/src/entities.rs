@@ -254,6 +254,18 @@ async fn write_one(
                 }
             }
             input.remove("created_at");
+            if schema.name == "plugins" {
+                // A patch's shorthands stand for their fields before it is merged, as in
+                // Kong: `redis_host` replaces the stored `redis.host`.
+                let p = input
+                    .get("name")
+                    .or_else(|| base.get("name"))
+                    .and_then(Value::as_str)
+                    .and_then(|n| st.plugins.schema(n));
+                if let (Some(p), Some(Value::Object(c))) = (p, input.get_mut("config")) {
+                    p.expand_shorthands(c, &mut FieldErrors::default());
+                }
+            }
             merge_patch(&schema.fields, &mut base, input);
             stamp(schema, &mut base, now);
             base
@@ -268,6 +280,21 @@ async fn write_one(
     let version = st.store.write(vec![op]).await?;
     st.notify(version);
     Ok(doc)
+}
+
+/// An entity as the Admin API shows it: a plugin's deprecated shorthand fields are added,
+/// mirrored from the fields they stand for, as Kong 3.9 returns them.
+fn shown(plugins: &Catalog, schema: &EntitySchema, mut d: Doc) -> Value {
+    if schema.name == "plugins" {
+        let p = d
+            .get("name")
+            .and_then(Value::as_str)
+            .and_then(|n| plugins.schema(n));
+        if let (Some(p), Some(Value::Object(c))) = (p, d.get_mut("config")) {
+            p.mirror_shorthands(c);
+        }
+    }
+    Value::Object(d)
 }
 
 /// Set `updated_at` on entities that have one.
@@ -325,7 +352,7 @@ async fn list(
                         d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id)
                     })
                 })
-                .map(Value::Object)
+                .map(|d| shown(&st.plugins, schema, d))
                 .collect();
             return Ok(Json(json!({"data": data, "next": null})).into_response());
         }
@@ -342,7 +369,12 @@ async fn list(
             },
         )
         .await?;
-    let mut body = json!({ "data": page.data, "next": null });
+    let data: Vec<Value> = page
+        .data
+        .into_iter()
+        .map(|d| shown(&st.plugins, schema, d))
+        .collect();
+    let mut body = json!({ "data": data, "next": null });
     if let Some(o) = page.next_offset {
         let mut next = format!("/{path}?offset={o}");
         if q.contains_key("size") {
@@ -375,7 +407,7 @@ pub async fn collection(
         Method::POST => {
             let (input, origin) = read_input(&st, &headers, body).await?;
             let d = write_one(&st, schema, input, origin, Write::Create, None, None).await?;
-            Ok((StatusCode::CREATED, Json(Value::Object(d))).into_response())
+            Ok((StatusCode::CREATED, Json(shown(&st.plugins, schema, d))).into_response())
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -411,7 +443,7 @@ async fn one(
     .await?;
     match method {
         Method::GET | Method::HEAD => match existing {
-            Some(d) => Ok(Json(Value::Object(d)).into_response()),
+            Some(d) => Ok(Json(shown(&st.plugins, schema, d)).into_response()),
             None => Err(ApiError::NotFound),
         },
         Method::PATCH => {
@@ -429,7 +461,7 @@ async fn one(
                 existing,
             )
             .await?;
-            Ok(Json(Value::Object(d)).into_response())
+            Ok(Json(shown(&st.plugins, schema, d)).into_response())
         }
         Method::PUT => {
             let (input, origin) = read_input(st, &headers, body).await?;
@@ -437,7 +469,7 @@ async fn one(
                 key: key.to_string(),
             };
             let d = write_one(st, schema, input, origin, how, parent, existing).await?;
-            Ok(Json(Value::Object(d)).into_response())
+            Ok(Json(shown(&st.plugins, schema, d)).into_response())
         }
         Method::DELETE => {
             if st.db_off {
@@ -486,7 +518,7 @@ pub async fn nested(
                     None,
                 )
                 .await?;
-                Ok((StatusCode::CREATED, Json(Value::Object(d))).into_response())
+                Ok((StatusCode::CREATED, Json(shown(&st.plugins, schema, d))).into_response())
             }
             _ => Err(ApiError::MethodNotAllowed),
         };

@@ -112,7 +112,7 @@ fn check_dependent_config(
     plugins: &Catalog,
 ) -> Result<Value, FieldErrors> {
     let mut errs = FieldErrors::default();
-    let config = match config {
+    let mut config = match config {
         Value::Null => Map::new(),
         Value::Object(m) => m,
         _ => {
@@ -148,6 +148,12 @@ fn check_dependent_config(
             errs.add(scoped, "value must be null");
         }
     }
+    let mut shorthand_errs = FieldErrors::default();
+    p.expand_shorthands(&mut config, &mut shorthand_errs);
+    if !shorthand_errs.is_empty() {
+        errs.0.extend(nest("config", shorthand_errs).0);
+        return Err(errs);
+    }
     match validate_record(&p.config, &config) {
         Ok(c) => {
             let mut ce = FieldErrors::default();
@@ -170,7 +176,9 @@ fn check_dependent_config(
                     },
                 }
             }
-            if !ce.is_empty() {
+            if let Some(whole) = ce.0.remove("@record") {
+                errs.0.insert("config".into(), whole);
+            } else if !ce.is_empty() {
                 errs.0.extend(nest("config", ce).0);
             }
         }

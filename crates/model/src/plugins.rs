@@ -42,6 +42,9 @@ pub struct PluginSchema {
     /// Whether the plugin takes any protocol (Kong's `typedefs.protocols`); most take the HTTP
     /// ones alone (`typedefs.protocols_http`).
     pub any_protocol: bool,
+    /// Kong's deprecated shorthand fields: `(name, path of the field it stands for)`. Accepted
+    /// on writes and moved to their field; returned on every read, mirrored from it.
+    pub shorthands: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// The `protocols` default of most plugins (Kong's `typedefs.protocols_http`).
@@ -62,6 +65,63 @@ impl PluginSchema {
             since: &[],
             protocols: HTTP_PROTOCOLS,
             any_protocol: false,
+            shorthands: &[],
+        }
+    }
+    /// Deprecated shorthand fields (see [`PluginSchema::shorthands`]).
+    pub fn shorthands(mut self, s: &'static [(&'static str, &'static [&'static str])]) -> Self {
+        self.shorthands = s;
+        self
+    }
+    /// Move the shorthand fields of a configuration to the fields they stand for, as Kong
+    /// 3.9 does: each is checked as its field's type, and one given beside its field with
+    /// another value is refused. Errors are keyed by the shorthand's name, and a shorthand in
+    /// error stays where it was.
+    pub fn expand_shorthands(&self, config: &mut Map<String, Value>, errs: &mut FieldErrors) {
+        for (name, path) in self.shorthands {
+            let Some(v) = config.get(*name).cloned() else {
+                continue;
+            };
+            if v.is_null() {
+                config.remove(*name);
+                continue;
+            }
+            let Some(ty) = field_at(&self.config, path) else {
+                continue;
+            };
+            let v = match check(ty, v) {
+                Ok(v) => v,
+                Err(e) => {
+                    errs.0.insert(name.to_string(), e);
+                    continue;
+                }
+            };
+            match value_at(config, path).filter(|c| !c.is_null()) {
+                Some(cur) if *cur != v => errs.add(
+                    name,
+                    format!(
+                        "both deprecated and new field are used but their values mismatch: {name} = {} vs {} = {}",
+                        shown(&v),
+                        path.join("."),
+                        shown(cur)
+                    ),
+                ),
+                Some(_) => {
+                    config.remove(*name);
+                }
+                None => {
+                    config.remove(*name);
+                    set_at(config, path, v);
+                }
+            }
+        }
+    }
+    /// Add the shorthand fields to a stored configuration, each mirroring its field (null when
+    /// that is unset), as Kong 3.9 returns them on reads.
+    pub fn mirror_shorthands(&self, config: &mut Map<String, Value>) {
+        for (name, path) in self.shorthands {
+            let v = value_at(config, path).cloned().unwrap_or(Value::Null);
+            config.insert(name.to_string(), v);
         }
     }
     /// A plugin that takes any protocol, stream ones included.
@@ -113,6 +173,66 @@ impl PluginSchema {
         json!({ "fields": fields, "priority": self.priority, "version": self.version })
     }
 }
+
+/// The type of the field at `path` in a field list.
+fn field_at<'f>(fields: &'f [Field], path: &[&str]) -> Option<&'f Ty> {
+    let (first, rest) = path.split_first()?;
+    let f = fields.iter().find(|f| f.name == *first)?;
+    match (&f.ty, rest.is_empty()) {
+        (ty, true) => Some(ty),
+        (Ty::Record(sub), false) => field_at(sub, rest),
+        _ => None,
+    }
+}
+
+fn value_at<'v>(m: &'v Map<String, Value>, path: &[&str]) -> Option<&'v Value> {
+    let (first, rest) = path.split_first()?;
+    let v = m.get(*first)?;
+    if rest.is_empty() {
+        return Some(v);
+    }
+    value_at(v.as_object()?, rest)
+}
+
+fn set_at(m: &mut Map<String, Value>, path: &[&str], v: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        m.insert(first.to_string(), v);
+        return;
+    }
+    let slot = m
+        .entry(first.to_string())
+        .or_insert_with(|| Value::Object(Map::new()));
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    if let Value::Object(sub) = slot {
+        set_at(sub, rest, v);
+    }
+}
+
+/// A value as Kong's messages print it: strings bare.
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// Kong 3.9's deprecated `config.redis_*` fields of rate-limiting and response-ratelimiting.
+pub const REDIS_SHORTHANDS: &[(&str, &[&str])] = &[
+    ("redis_host", &["redis", "host"]),
+    ("redis_port", &["redis", "port"]),
+    ("redis_password", &["redis", "password"]),
+    ("redis_username", &["redis", "username"]),
+    ("redis_ssl", &["redis", "ssl"]),
+    ("redis_ssl_verify", &["redis", "ssl_verify"]),
+    ("redis_server_name", &["redis", "server_name"]),
+    ("redis_timeout", &["redis", "timeout"]),
+    ("redis_database", &["redis", "database"]),
+];
 
 /// Why a node cannot run what a schema accepted: a plugin configuration, a route, a certificate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

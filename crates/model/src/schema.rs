@@ -227,6 +227,11 @@ impl FieldErrors {
     pub fn add(&mut self, field: &str, msg: impl Into<String>) {
         self.0.insert(field.to_string(), Value::String(msg.into()));
     }
+    /// An error of a plugin's configuration record as a whole (Kong's `custom_validator`),
+    /// reported as the `config` field's message.
+    pub fn add_record(&mut self, msg: impl Into<String>) {
+        self.0.insert("@record".into(), Value::String(msg.into()));
+    }
     /// An error that concerns the entity as a whole (`@entity`).
     pub fn add_entity(&mut self, msg: impl Into<String>) {
         let list = self

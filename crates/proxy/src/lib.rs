@@ -18,6 +18,7 @@ pub mod names;
 pub mod plugins;
 pub mod pool;
 pub mod probe;
+pub mod redis;
 pub mod router;
 pub mod server;
 pub mod snapshot;

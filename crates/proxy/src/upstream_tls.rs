@@ -60,15 +60,16 @@ impl ServerCertVerifier for NoVerify {
     }
 }
 
-/// Connectors by (verify the certificate, offer HTTP/2 by ALPN).
+/// Connectors by (verify the certificate, offer HTTP/2 by ALPN), then two without ALPN (for
+/// protocols other than HTTP, such as Redis), without and with verification.
 pub struct Connectors {
-    by_kind: [Option<TlsConnector>; 4],
+    by_kind: [Option<TlsConnector>; 6],
 }
 
 impl Connectors {
     pub fn new() -> Connectors {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let build = |verify: bool, h2: bool| -> Option<TlsConnector> {
+        let build = |verify: bool, alpn: Option<bool>| -> Option<TlsConnector> {
             let b = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .ok()?;
@@ -81,19 +82,21 @@ impl Connectors {
                     .with_custom_certificate_verifier(Arc::new(NoVerify(provider.clone())))
                     .with_no_client_auth()
             };
-            cfg.alpn_protocols = vec![if h2 {
-                b"h2".to_vec()
-            } else {
-                b"http/1.1".to_vec()
-            }];
+            cfg.alpn_protocols = match alpn {
+                Some(true) => vec![b"h2".to_vec()],
+                Some(false) => vec![b"http/1.1".to_vec()],
+                None => vec![],
+            };
             Some(TlsConnector::from(Arc::new(cfg)))
         };
         Connectors {
             by_kind: [
-                build(false, false),
-                build(false, true),
-                build(true, false),
-                build(true, true),
+                build(false, Some(false)),
+                build(false, Some(true)),
+                build(true, Some(false)),
+                build(true, Some(true)),
+                build(false, None),
+                build(true, None),
             ],
         }
     }
@@ -109,7 +112,34 @@ impl Connectors {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let connector = &self.by_kind[usize::from(verify) * 2 + usize::from(h2)];
+        self.connect_with(stream, sni, usize::from(verify) * 2 + usize::from(h2))
+            .await
+    }
+
+    /// TLS without ALPN, for a protocol other than HTTP.
+    pub async fn connect_bare<S>(
+        &self,
+        stream: S,
+        sni: &str,
+        verify: bool,
+    ) -> std::io::Result<TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.connect_with(stream, sni, 4 + usize::from(verify))
+            .await
+    }
+
+    async fn connect_with<S>(
+        &self,
+        stream: S,
+        sni: &str,
+        kind: usize,
+    ) -> std::io::Result<TlsStream<S>>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let connector = &self.by_kind[kind];
         let connector = connector
             .as_ref()
             .ok_or_else(|| std::io::Error::other("TLS client set-up failed"))?;

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use gantry_model::plugins::{CompileError, PluginSchema};
 use gantry_model::schema::{string, Field};
-use gantry_proxy::plugins::{error, BoxFuture, Ctx, Descriptor, Flow, Plugin, Registry, Shared};
+use gantry_proxy::plugins::{
+    error, BoxFuture, Ctx, Descriptor, Flow, Instance, Plugin, Registry, Shared,
+};
 use gantry_proxy::{Proxy, RequestLog};
 use hyper::header::HeaderValue;
 use serde_json::{json, Value};
@@ -87,7 +89,7 @@ fn schema() -> PluginSchema {
     PluginSchema::new("authz-test", 1500, vec![Field::new("url", string()).req()])
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let url = c["url"].as_str().unwrap_or_default();
     if !url.starts_with("http://") {
         return Err(CompileError::field("url", "expected an http:// URL"));
@@ -293,7 +295,7 @@ fn body_schema() -> PluginSchema {
     )
 }
 
-fn body_build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn body_build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     Ok(Arc::new(Body {
         retry: c["retry"].as_bool().unwrap_or(true),
     }))

@@ -21,7 +21,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{error, Ctx, Descriptor, Plugin, Shared};
+use super::{error, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::names;
 
 struct Acl {
@@ -67,7 +67,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let deny = super::conf_strings(c, "deny");
     let is_deny = !deny.is_empty();
     Ok(Arc::new(Acl {

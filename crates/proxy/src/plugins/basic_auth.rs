@@ -17,7 +17,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{error, Ctx, Descriptor, Plugin, Shared};
+use super::{error, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::server::ProxyBody;
 
 struct BasicAuth {
@@ -58,7 +58,7 @@ fn schema() -> PluginSchema {
     .auth()
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let realm = c.get("realm").and_then(Value::as_str).unwrap_or("service");
     let challenge = HeaderValue::from_str(&format!("Basic realm=\"{realm}\""))
         .map_err(|_| CompileError::field("realm", "must be usable in a WWW-Authenticate header"))?;

@@ -16,7 +16,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{Ctx, Descriptor, Plugin, Shared};
+use super::{Ctx, Descriptor, Instance, Plugin, Shared};
 
 pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
@@ -52,7 +52,7 @@ struct CorrelationId {
 static PROCESS: LazyLock<(String, AtomicU64)> =
     LazyLock::new(|| (uuid::Uuid::new_v4().to_string(), AtomicU64::new(0)));
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let name = c
         .get("header_name")
         .and_then(Value::as_str)

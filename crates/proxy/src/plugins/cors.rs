@@ -12,7 +12,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{raw, Ctx, Descriptor, Plugin, Shared};
+use super::{raw, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::names;
 use crate::server::ProxyBody;
 
@@ -70,7 +70,7 @@ fn schema() -> PluginSchema {
     .since(&[("config.allow_origin_absent", Version(0, 2, 0))])
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let origins = list(c, "origins");
     let any_origin = origins.is_empty() || origins.iter().any(|o| o == "*");
     let mut compiled = Vec::new();

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
-use super::{Descriptor, Plugin, Shared};
+use super::{Descriptor, Instance, Plugin, Shared};
 use crate::server::RequestLog;
 
 /// Lines waiting for the writer, at most.
@@ -61,7 +61,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let path = c
         .get("path")
         .and_then(Value::as_str)
@@ -248,7 +248,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("requests.log");
         let p = build(
-            "p",
+            &Instance::new("p"),
             &json!({ "path": path.to_str().unwrap() }),
             &Shared::default(),
         )

@@ -21,7 +21,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{error, Ctx, Descriptor, Plugin, Shared};
+use super::{error, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::server::ProxyBody;
 
 pub static DESCRIPTOR: Descriptor =
@@ -72,7 +72,7 @@ struct HmacAuth {
     challenge: HeaderValue,
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let challenge = match c.get("realm").and_then(Value::as_str) {
         Some(r) => format!("hmac realm=\"{r}\""),
         None => "hmac".to_string(),

@@ -11,7 +11,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{error, Ctx, Descriptor, Plugin, Shared};
+use super::{error, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::trust::IpSet;
 
 struct IpRestriction {
@@ -50,7 +50,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let list = |k: &str| {
         let items = c.get(k).and_then(Value::as_array);
         IpSet::parse(items.into_iter().flatten().filter_map(Value::as_str))

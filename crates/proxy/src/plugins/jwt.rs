@@ -24,7 +24,7 @@ use gantry_model::schema::*;
 use gantry_model::Doc;
 
 use super::Flow;
-use super::{error, Ctx, Descriptor, Plugin, Shared};
+use super::{error, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::server::ProxyBody;
 
 pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build).with_credentials(&[JWT_SECRETS]);
@@ -101,7 +101,7 @@ struct Jwt {
     verified: VerifiedCache,
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let mut header_names = Vec::new();
     for h in super::conf_strings(c, "header_names") {
         header_names.push(

@@ -10,7 +10,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{error, Ctx, Descriptor, Plugin, Shared};
+use super::{error, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::server::ProxyBody;
 
 struct KeyAuth {
@@ -62,7 +62,7 @@ fn schema() -> PluginSchema {
     .auth()
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let b = |k: &str, d: bool| c.get(k).and_then(Value::as_bool).unwrap_or(d);
     let key_names: Vec<String> = c
         .get("key_names")

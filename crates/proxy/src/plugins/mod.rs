@@ -752,7 +752,27 @@ pub struct Access {
 /// Builds a plugin instance from its id and validated configuration, with the state kept
 /// across reloads.
 pub type Build =
-    fn(id: &str, config: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError>;
+    fn(at: &Instance, config: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError>;
+
+/// The plugin entity a configuration belongs to: its id and scope. When a configuration is
+/// only checked (before it is stored), the scope is unknown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Instance<'a> {
+    pub id: &'a str,
+    pub route: Option<&'a str>,
+    pub service: Option<&'a str>,
+    pub consumer: Option<&'a str>,
+}
+
+impl<'a> Instance<'a> {
+    /// An instance of no scope.
+    pub fn new(id: &'a str) -> Instance<'a> {
+        Instance {
+            id,
+            ..Instance::default()
+        }
+    }
+}
 
 /// A plugin: its schema and its builder, in the plugin's own module.
 pub struct Descriptor {
@@ -907,7 +927,7 @@ impl Registry {
                     Enabled {
                         schema: &d.schema,
                         compile: Arc::new(move |id: &str, config: &Value| {
-                            build(id, config, &Shared::default()).map(drop)
+                            build(&Instance::new(id), config, &Shared::default()).map(drop)
                         }),
                     }
                 })
@@ -982,7 +1002,13 @@ impl PluginSet {
                 });
             };
             let reg_name = descriptor.schema.name;
-            let plugin = (descriptor.build)(id, &d.config, shared).map_err(|source| {
+            let at = Instance {
+                id,
+                route: d.route.as_ref().map(|r| r.id.as_str()),
+                service: d.service.as_ref().map(|r| r.id.as_str()),
+                consumer: d.consumer.as_ref().map(|r| r.id.as_str()),
+            };
+            let plugin = (descriptor.build)(&at, &d.config, shared).map_err(|source| {
                 PluginSetError::Build {
                     name: name.to_string(),
                     id: id.to_string(),

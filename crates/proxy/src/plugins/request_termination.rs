@@ -10,7 +10,7 @@ use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
 use super::Flow;
-use super::{error, raw, Ctx, Descriptor, Plugin, Shared};
+use super::{error, raw, Ctx, Descriptor, Instance, Plugin, Shared};
 use crate::server::ProxyBody;
 
 struct RequestTermination {
@@ -51,7 +51,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let s = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_string);
     Ok(Arc::new(RequestTermination {
         status: c.get("status_code").and_then(Value::as_u64).unwrap_or(503) as u16,

@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
-use super::{BodyFilter, Descriptor, Plugin, Shared};
+use super::{BodyFilter, Descriptor, Instance, Plugin, Shared};
 
 /// `name:value` pairs of one operation.
 type Pairs = Vec<(String, String)>;
@@ -147,7 +147,7 @@ fn schema() -> PluginSchema {
     })
 }
 
-fn build(_id: &str, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
+fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let header_name = |n: &str| {
         HeaderName::from_bytes(n.trim().as_bytes())
             .map_err(|_| format!("invalid header name '{n}'"))
@@ -365,7 +365,7 @@ mod tests {
     use serde_json::json;
 
     fn run(config: Value, content_type: &str, chunks: &[&str]) -> (hyper::HeaderMap, String) {
-        let p = build("p", &config, &Shared::default()).expect("builds");
+        let p = build(&Instance::new("p"), &config, &Shared::default()).expect("builds");
         let mut parts = hyper::Response::new(()).into_parts().0;
         parts
             .headers
