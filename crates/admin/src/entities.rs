@@ -264,6 +264,14 @@ async fn write_one(
                     .and_then(|n| st.plugins.schema(n));
                 if let (Some(p), Some(Value::Object(c))) = (p, input.get_mut("config")) {
                     p.expand_shorthands(c, &mut FieldErrors::default());
+                    // The configuration merges as its plugin's record, nested records
+                    // (`config.redis`) field by field.
+                    if let Some(Value::Object(b)) = base.get_mut("config") {
+                        if let Some(Value::Object(patch)) = input.get_mut("config") {
+                            merge_patch(&p.config, b, std::mem::take(patch));
+                            input.remove("config");
+                        }
+                    }
                 }
             }
             merge_patch(&schema.fields, &mut base, input);

@@ -889,16 +889,19 @@ async fn plugins_a_node_cannot_run_are_refused() {
             .req(
                 "POST",
                 "/plugins",
-                Some(json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis", "redis": {"host": "127.0.0.1"}}})),
+                Some(
+                    json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "cluster"}}),
+                ),
             )
             .await;
         assert_eq!(s, 400, "{b}");
         assert!(
             b["fields"]["config"]["policy"]
                 .as_str()
-                .is_some_and(|m| m.contains("'redis' is not available")),
+                .is_some_and(|m| m.contains("'cluster' counts in Kong's database")),
             "{b}"
         );
+        // Kong 3.9 has no consumer-group limits.
         let (s, b) = api
             .req(
                 "POST",
@@ -907,7 +910,11 @@ async fn plugins_a_node_cannot_run_are_refused() {
             )
             .await;
         assert_eq!(s, 400, "{b}");
-        assert!(b["fields"]["config"]["limit_by"].is_string(), "{b}");
+        assert_eq!(
+            b["fields"]["config"]["limit_by"],
+            "expected one of: consumer, credential, ip, service, header, path",
+            "{b}"
+        );
         api.ok(
             "POST",
             "/plugins",
@@ -1240,4 +1247,113 @@ async fn ca_certificate_digests_are_recomputed() {
     // Given with the certificate it belongs to, the digest is the same either way.
     let again = api.ok("GET", &path, None).await;
     assert_eq!(again["cert_digest"], new);
+}
+
+/// Kong 3.9's deprecated `config.redis_*` fields: accepted either way, refused when they
+/// disagree with `config.redis.*`, mirrored on every read (decK compares them).
+#[tokio::test]
+async fn rate_limiting_redis_shorthands_as_kong() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let p = api
+        .ok(
+            "POST",
+            "/plugins",
+            Some(json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis", "redis_host": "127.0.0.1", "redis_port": 6380}})),
+        )
+        .await;
+    let c = &p["config"];
+    assert_eq!(c["redis"]["host"], "127.0.0.1", "{p}");
+    assert_eq!(c["redis"]["port"], 6380, "{p}");
+    assert_eq!(c["redis_host"], "127.0.0.1", "{p}");
+    assert_eq!(c["redis_port"], 6380, "{p}");
+    assert_eq!(c["redis_timeout"], 2000, "{p}");
+    assert!(c["redis_password"].is_null(), "{p}");
+    let id = p["id"].as_str().unwrap().to_string();
+    let got = api.ok("GET", &format!("/plugins/{id}"), None).await;
+    assert_eq!(got, p);
+    let listed = api.ok("GET", "/plugins", None).await;
+    assert_eq!(listed["data"][0], p);
+    // What was read can be written back unchanged.
+    let back = api
+        .ok("PUT", &format!("/plugins/{id}"), Some(got.clone()))
+        .await;
+    assert_eq!(back["config"], got["config"]);
+    // A shorthand in a patch replaces the stored field.
+    let patched = api
+        .ok(
+            "PATCH",
+            &format!("/plugins/{id}"),
+            Some(json!({"config": {"redis_port": 6381}})),
+        )
+        .await;
+    assert_eq!(patched["config"]["redis"]["port"], 6381, "{patched}");
+    assert_eq!(patched["config"]["redis_port"], 6381, "{patched}");
+    // Both given, and different: refused with Kong's message.
+    let (s, b) = api
+        .req(
+            "POST",
+            "/plugins",
+            Some(json!({"name": "rate-limiting", "config": {"minute": 5, "redis_host": "a.example", "redis": {"host": "b.example"}}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["config"]["redis_host"],
+        "both deprecated and new field are used but their values mismatch: redis_host = a.example vs redis.host = b.example",
+        "{b}"
+    );
+    let (s, b) = api
+        .req(
+            "POST",
+            "/plugins",
+            Some(json!({"name": "rate-limiting", "config": {"minute": 5, "redis_port": "x"}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert!(b["fields"]["config"]["redis_port"].is_string(), "{b}");
+    // Kong's own checks and messages.
+    let (s, b) = api
+        .req(
+            "POST",
+            "/plugins",
+            Some(
+                json!({"name": "rate-limiting", "config": {"second": 10, "minute": 20, "hour": 5}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["config"],
+        "The limit for hour(5.0) cannot be lower than the limit for second(10.0)",
+        "{b}"
+    );
+    let (s, b) = api
+        .req(
+            "POST",
+            "/plugins",
+            Some(json!({"name": "rate-limiting", "config": {"minute": 5, "sync_rate": 1}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["config"], "sync_rate can only be used with the redis policy",
+        "{b}"
+    );
+    let (s, b) = api
+        .req(
+            "POST",
+            "/plugins",
+            Some(json!({"name": "rate-limiting", "config": {"minute": 5, "policy": "redis"}})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["@entity"][0],
+        "failed conditional validation given value of field 'config.policy'",
+        "{b}"
+    );
+    assert_eq!(
+        b["fields"]["config"]["redis"]["host"], "required field missing",
+        "{b}"
+    );
 }

@@ -5,6 +5,7 @@
 //! - [`admin`]: an in-process Admin API over a test store, and its client.
 //! - [`http`]: calls that must succeed, waiting for an answer, Kong's messages tests expect.
 //! - [`upstream`]: echo and raw upstreams.
+//! - [`redis`]: the shared Redis server (keys under a prefix per test) and private ones.
 //!
 //! Tests that need PostgreSQL get a fresh schema each, dropped afterwards. Where PostgreSQL is
 //! absent they skip with a printed reason, except in CI (`CI=true`), where that is a failure.
@@ -14,6 +15,7 @@ use std::time::Duration;
 pub mod admin;
 pub mod http;
 pub mod process;
+pub mod redis;
 pub mod upstream;
 
 use gantry_conf::PgSettings;

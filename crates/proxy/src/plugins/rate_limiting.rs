@@ -487,11 +487,12 @@ impl RateLimiting {
             let used: Vec<i64> = pool.query(target, &pipe).await?;
             let mut map = pending.counters.lock().unwrap_or_else(|e| e.into_inner());
             for ((pi, key), u) in missing.into_iter().zip(used) {
-                // Redis counted this request already: the node's own count starts at -1.
+                // Redis counted this request already: the node's count of it is taken back
+                // (-1), so the sync does not add it twice.
                 map.insert(
                     key,
                     Cached {
-                        usage: u,
+                        usage: u + 1,
                         expire_at: window_start(pi, now) + PERIODS[pi].2,
                         delta: -1,
                     },

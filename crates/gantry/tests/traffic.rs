@@ -1,0 +1,194 @@
+//! Kong's traffic plugins through real `gantry` processes: rate-limiting's policies against a
+//! real Redis (shared by two data planes, stopped mid-test, synced every `sync_rate`).
+
+use gantry_testkit::http::eventually;
+use gantry_testkit::process::{admin, cp_env, dp_env, gen_cert, proxy_until, route_with, Node};
+use gantry_testkit::redis as test_redis;
+use gantry_testkit::upstream::echo;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const NIL: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Seconds since the Unix epoch.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Kong's Redis key of a day's counter for the plugin of `route` (no service), by `ip`.
+fn day_key(route: &str, ip: &str) -> String {
+    let t = now();
+    format!(
+        "ratelimit:{route}:{NIL}:{ip}:{}:day",
+        (t - t % 86_400) * 1000
+    )
+}
+
+/// Tests count per day: one that would straddle UTC midnight waits for the new day.
+async fn clear_of_midnight() {
+    let left = 86_400 - now() % 86_400;
+    if left < 20 {
+        tokio::time::sleep(Duration::from_secs(left as u64 + 1)).await;
+    }
+}
+
+fn host_port(addr: &str) -> (String, u16) {
+    let (h, p) = addr.rsplit_once(':').expect("host:port");
+    (h.to_string(), p.parse().expect("a port"))
+}
+
+fn header<'r>(r: &'r reqwest::Response, name: &str) -> Option<&'r str> {
+    r.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Two data planes of one control plane share one limit through Redis: the counts of both
+/// add up, under Kong's own keys, and the request past the limit gets Kong's 429.
+#[tokio::test]
+async fn redis_limits_are_shared_by_data_planes() {
+    if !test_redis::shared_available().await {
+        return;
+    }
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let cp = Node::start(&dir.path().join("cp"), &cp_env(&cert, &[]));
+    let cluster = cp.cluster.clone().unwrap();
+    let dps: Vec<Node> = ["dp1", "dp2"]
+        .iter()
+        .map(|n| Node::start(&dir.path().join(n), &dp_env(&cluster, &cert, &[])))
+        .collect();
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &cp, &up).await;
+    let (host, port) = host_port(&test_redis::shared_addr());
+    let rl = json!({"name": "rate-limiting", "config": {
+        "day": 4, "limit_by": "ip", "policy": "redis",
+        "redis": {"host": host, "port": port},
+    }});
+    route_with(&http, &cp, "rl", &[rl]).await;
+    route_with(&http, &cp, "ready", &[]).await;
+    let route = admin(&http, &cp, "GET", "/routes/rl", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let prefix = format!("ratelimit:{route}:");
+    let proxies: Vec<String> = dps.iter().map(|d| d.dp_proxy()).collect();
+    for p in &proxies {
+        gantry_testkit::http::until(&http, &format!("{p}/ready"), 200, Duration::from_secs(10))
+            .await;
+    }
+    for (i, want) in [3, 2, 1, 0].into_iter().enumerate() {
+        let r = http
+            .get(format!("{}/rl", proxies[i % 2]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(header(&r, "x-ratelimit-limit-day"), Some("4"));
+        assert_eq!(
+            header(&r, "x-ratelimit-remaining-day"),
+            Some(want.to_string().as_str()),
+            "request {i}"
+        );
+        assert_eq!(header(&r, "ratelimit-limit"), Some("4"));
+        assert!(header(&r, "ratelimit-reset").is_some());
+    }
+    for p in &proxies {
+        let r = http.get(format!("{p}/rl")).send().await.unwrap();
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-remaining-day"), Some("0"));
+        assert!(header(&r, "retry-after").is_some_and(|s| s.parse::<i64>().unwrap() > 0));
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body, json!({"message": "API rate limit exceeded"}));
+    }
+    // Kong's key and count (a refused request counts too, as in Kong's Redis policy).
+    let addr = test_redis::shared_addr();
+    assert_eq!(
+        test_redis::get(&addr, &day_key(&route, "127.0.0.1")).await,
+        Some(6)
+    );
+    test_redis::delete_prefix(&addr, &prefix).await;
+}
+
+/// Redis stopped under a running node: with `fault_tolerant` requests go on without limits
+/// (an error is logged); without it they get a 500. Redis back, limits are enforced again.
+#[tokio::test]
+async fn redis_down_fails_open_or_closed_as_configured() {
+    let Some(mut redis) = test_redis::Private::start().await else {
+        return;
+    };
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    for (route, tolerant) in [("open", true), ("closed", false)] {
+        let rl = json!({"name": "rate-limiting", "config": {
+            "day": 100, "limit_by": "ip", "policy": "redis", "fault_tolerant": tolerant,
+            "redis": {"host": "127.0.0.1", "port": redis.port, "timeout": 500},
+        }});
+        route_with(&http, &node, route, &[rl]).await;
+    }
+    for route in ["/open", "/closed"] {
+        let r = proxy_until(&http, &node, route, 200).await;
+        assert!(header(&r, "x-ratelimit-remaining-day").is_some());
+    }
+    redis.down();
+    let proxy = node.proxy.clone().unwrap();
+    let r = http.get(format!("{proxy}/open")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "x-ratelimit-remaining-day").is_none());
+    let r = http.get(format!("{proxy}/closed")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"message": "An unexpected error occurred"}));
+    node.wait_log("failed to get usage", Duration::from_secs(5));
+    redis.up().await;
+    eventually(Duration::from_secs(10), "limits are back", || async {
+        let r = http.get(format!("{proxy}/closed")).send().await.unwrap();
+        r.status() == 200 && header(&r, "x-ratelimit-remaining-day").is_some()
+    })
+    .await;
+}
+
+/// With a `sync_rate`, a node counts locally and adds its counts to Redis every `sync_rate`
+/// seconds, under Kong's keys; the limit holds on the node meanwhile.
+#[tokio::test]
+async fn sync_rate_adds_local_counts_to_redis() {
+    let Some(redis) = test_redis::Private::start().await else {
+        return;
+    };
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let rl = json!({"name": "rate-limiting", "config": {
+        "day": 5, "limit_by": "ip", "policy": "redis", "sync_rate": 1,
+        "redis": {"host": "127.0.0.1", "port": redis.port},
+    }});
+    route_with(&http, &node, "rl", &[rl]).await;
+    route_with(&http, &node, "ready", &[]).await;
+    proxy_until(&http, &node, "/ready", 200).await;
+    let route = admin(&http, &node, "GET", "/routes/rl", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = node.proxy.clone().unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let r = http.get(format!("{proxy}/rl")).send().await.unwrap();
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+    let key = day_key(&route, "127.0.0.1");
+    eventually(Duration::from_secs(5), "the counts reach Redis", || async {
+        test_redis::get(&redis.addr(), &key).await == Some(5)
+    })
+    .await;
+}
