@@ -877,6 +877,7 @@ async fn plugins_a_node_cannot_run_are_refused() {
                 "jwt",
                 "key-auth",
                 "rate-limiting",
+                "request-size-limiting",
                 "request-termination",
                 "response-transformer"
             ]

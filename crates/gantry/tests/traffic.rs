@@ -192,3 +192,96 @@ async fn sync_rate_adds_local_counts_to_redis() {
     })
     .await;
 }
+
+/// Send `head` and then `chunks` chunks of `size` bytes each as a chunked body on a raw
+/// connection to `proxy` (`http://host:port`); returns the response's status line and body.
+async fn chunked(proxy: &str, path: &str, size: usize, chunks: usize) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = proxy.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = format!("{size:x}\r\n{}\r\n", "x".repeat(size));
+        for _ in 0..chunks {
+            // The proxy may answer and close before the whole body is sent.
+            if wr.write_all(chunk.as_bytes()).await.is_err() {
+                return wr;
+            }
+        }
+        let _ = wr.write_all(b"0\r\n\r\n").await;
+        // Kept open: a half-closed connection is closed by the server without an answer.
+        wr
+    });
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut out)).await;
+    drop(writer.await);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// request-size-limiting: Kong's 413 (417 with `Expect: 100-continue`) for a body announced
+/// too large; a chunked body cut with a 413 once past the limit; 411 under
+/// `require_content_length`; bodies within the limit reach the upstream whole.
+#[tokio::test]
+async fn request_size_limiting_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let limit = json!({"name": "request-size-limiting", "config": {"allowed_payload_size": 16, "size_unit": "kilobytes"}});
+    let p = route_with(&http, &node, "small", &[limit]).await;
+    assert_eq!(
+        p[0]["config"],
+        json!({"allowed_payload_size": 16, "size_unit": "kilobytes", "require_content_length": false})
+    );
+    let strict =
+        json!({"name": "request-size-limiting", "config": {"require_content_length": true}});
+    route_with(&http, &node, "strict", &[strict]).await;
+    proxy_until(&http, &node, "/small", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    let post = |path: &str, body: Vec<u8>| http.post(format!("{proxy}{path}")).body(body);
+    let r = post("/small", vec![b'a'; 16 * 1024]).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = post("/small", vec![b'a'; 16 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body, json!({"message": "Request size limit exceeded"}));
+    let r = post("/small", vec![b'a'; 20_000])
+        .header("expect", "100-continue")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 417);
+    // Chunked: within the limit it reaches the upstream; past it, it is cut (8 MiB sent, the
+    // answer comes once 16 KiB went by).
+    let (status, _) = chunked(&proxy, "/small", 4096, 4).await;
+    assert!(status.contains(" 200 "), "{status}");
+    let (status, body) = chunked(&proxy, "/small", 65_536, 128).await;
+    assert!(status.contains(" 413 "), "{status}");
+    assert!(body.contains("Request size limit exceeded"), "{body}");
+    // require_content_length: a body of no length that is not chunked is refused.
+    let r = http.get(format!("{proxy}/strict")).send().await.unwrap();
+    assert_eq!(r.status(), 411);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"message": "A valid Content-Length header is required"})
+    );
+    let r = post("/strict", b"hello".to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _) = chunked(&proxy, "/strict", 10, 1).await;
+    assert!(status.contains(" 200 "), "{status}");
+}

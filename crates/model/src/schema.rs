@@ -161,6 +161,14 @@ pub fn int(min: i64, max: i64) -> Ty {
         one_of: None,
     }
 }
+/// An integer of any value.
+pub fn integer() -> Ty {
+    Ty::Int {
+        min: None,
+        max: None,
+        one_of: None,
+    }
+}
 pub fn int_one_of(values: &[i64]) -> Ty {
     Ty::Int {
         min: None,

@@ -141,6 +141,11 @@ impl Proxy {
                 report(&target, Outcome::Timeout);
                 return Err(ProxyError::UpstreamTimeout);
             }
+            Ok(Err(e)) if crate::pool::is_body_too_large(&e) => {
+                // The client's body went past its limit: cut, answered 413, the target's
+                // health untouched.
+                return Err(ProxyError::BodyTooLarge);
+            }
             Ok(Err(e)) if crate::pool::is_client_body_error(&e) => {
                 // The client's body failed (aborted, malformed chunks): its fault, answered
                 // 400, and the target's health is untouched.

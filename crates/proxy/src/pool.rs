@@ -15,10 +15,82 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-/// The body of a request to an upstream: the client's, or none (a request sent again).
 /// A request body to an upstream: the client's, streamed; or one the proxy holds (empty, for a
 /// request sent again; or what plugins that read the body left).
-pub type UpBody = http_body_util::Either<Incoming, http_body_util::Full<bytes::Bytes>>;
+pub type UpBody = http_body_util::Either<ClientBody, http_body_util::Full<bytes::Bytes>>;
+
+/// The client's request body as it streams upstream, cut with [`BodyTooLarge`] once it goes
+/// past a limit (request-size-limiting's, for a body of no announced length): nothing is
+/// buffered to count it.
+pub struct ClientBody {
+    inner: Incoming,
+    left: u64,
+}
+
+/// The client's body went past the limit set on it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body exceeds the size allowed")]
+pub struct BodyTooLarge;
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> ClientBody {
+        ClientBody {
+            inner,
+            left: u64::MAX,
+        }
+    }
+
+    /// Allow at most `bytes` more of the body.
+    pub fn limit(&mut self, bytes: u64) {
+        self.left = self.left.min(bytes);
+    }
+}
+
+impl hyper::body::Body for ClientBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let me = self.get_mut();
+        match std::pin::Pin::new(&mut me.inner).poll_frame(cx) {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    let n = d.len() as u64;
+                    if n > me.left {
+                        return std::task::Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    me.left -= n;
+                }
+                std::task::Poll::Ready(Some(Ok(frame)))
+            }
+            std::task::Poll::Ready(Some(Err(e))) => std::task::Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Whether a request failed because the client's body went past its limit ([`BodyTooLarge`]).
+pub fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.is::<BodyTooLarge>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
 
 /// Kept connections idle this long may be closed by the upstream's own keep-alive timeout as
 /// a request goes out: a bodiless idempotent request sent on one keeps its head, to be sent

@@ -830,7 +830,7 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let mut body: UpBody = Either::Left(body);
+        let mut body: UpBody = Either::Left(crate::pool::ClientBody::new(body));
         check_framing(&parts)?;
         // The rewrite phase, before routing (global plugins, as in Kong): routing reads the
         // request as they leave it.
@@ -957,6 +957,13 @@ impl Proxy {
             };
             let access = snap.plugins.run_access(&mut ctx).await;
             let mut exit = access.exit;
+            // A limit on the body's size (request-size-limiting) cuts it as it streams.
+            if let (Either::Left(b), Some(n)) = (
+                &mut body,
+                access.ran.iter().filter_map(|p| p.body_limit()).min(),
+            ) {
+                b.limit(n);
+            }
             // The request body phase, for the plugins that read it.
             if exit.is_none() && access.ran.iter().any(|p| p.reads_body()) {
                 let client_body = std::mem::replace(&mut body, Either::Right(Full::default()));
@@ -1372,7 +1379,12 @@ async fn read_body(body: UpBody, headers: &hyper::HeaderMap) -> Result<Bytes, Pr
         .await
     {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ProxyError::BodyTooLarge),
+        Err(e)
+            if e.is::<http_body_util::LengthLimitError>()
+                || crate::pool::is_body_too_large(e.as_ref()) =>
+        {
+            Err(ProxyError::BodyTooLarge)
+        }
         Err(_) => Err(ProxyError::BodyUnreadable),
     }
 }

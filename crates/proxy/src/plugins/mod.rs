@@ -25,6 +25,7 @@ mod ip_restriction;
 pub mod jwt;
 mod key_auth;
 mod rate_limiting;
+mod request_size_limiting;
 mod request_termination;
 mod response_transformer;
 
@@ -597,6 +598,12 @@ pub trait Plugin: Send + Sync {
     fn access<'a>(&'a self, _ctx: &'a mut Ctx<'_>) -> Flow<'a> {
         Flow::Next
     }
+    /// The most bytes of request body this plugin lets through, when it limits them: the
+    /// body streams upstream and is cut (413) once past the least limit of the plugins that
+    /// ran access.
+    fn body_limit(&self) -> Option<u64> {
+        None
+    }
     /// Whether this plugin reads the request body ([`Plugin::request_body`]). When one that
     /// runs on a request does, the proxy reads the whole body (up to [`BODY_LIMIT`]) before
     /// any of it goes upstream.
@@ -819,6 +826,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &jwt::DESCRIPTOR,
     &key_auth::DESCRIPTOR,
     &rate_limiting::DESCRIPTOR,
+    &request_size_limiting::DESCRIPTOR,
     &request_termination::DESCRIPTOR,
     &cors::DESCRIPTOR,
     &response_transformer::DESCRIPTOR,
