@@ -498,13 +498,15 @@ impl Router {
                 PathMatch::Regex(re) => {
                     if let Some(c) = re.captures(req.path) {
                         let whole = c.get(0).map(|m| m.as_str().to_string()).unwrap_or_default();
-                        let mut captures = Vec::new();
+                        // As Kong's `uri_captures`: each group by its name, and by its
+                        // number (`0`: the whole match).
+                        let mut captures = vec![("0".to_string(), whole.clone())];
                         for (i, name) in re.capture_names().enumerate().skip(1) {
                             if let Some(v) = c.get(i) {
-                                captures.push((
-                                    name.map(str::to_string).unwrap_or_else(|| i.to_string()),
-                                    v.as_str().to_string(),
-                                ));
+                                if let Some(n) = name {
+                                    captures.push((n.to_string(), v.as_str().to_string()));
+                                }
+                                captures.push((i.to_string(), v.as_str().to_string()));
                             }
                         }
                         return Some(Matched {
@@ -819,7 +821,11 @@ mod tests {
         };
         let m = r.find(&req).unwrap();
         assert_eq!(m.prefix, "/users/42");
-        assert_eq!(m.captures, vec![("user".to_string(), "42".to_string())]);
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        assert_eq!(
+            m.captures,
+            vec![pair("0", "/users/42"), pair("user", "42"), pair("1", "42")]
+        );
         assert_eq!(
             find(&r, "GET", "h", "/two/x", &[]).unwrap(),
             ("1".into(), "/two".into())

@@ -843,6 +843,7 @@ impl Proxy {
                 consumer: None,
                 credential: None,
                 identities: &snap.identities,
+                captures: &[],
                 response_headers: Vec::new(),
                 state: &mut seen.state,
             };
@@ -952,6 +953,7 @@ impl Proxy {
                 consumer: None,
                 credential: None,
                 identities: &snap.identities,
+                captures: &m.captures,
                 response_headers: std::mem::take(&mut seen.response_headers),
                 state: &mut seen.state,
             };
@@ -1023,7 +1025,10 @@ impl Proxy {
             None => std::borrow::Cow::Borrowed(service.addr.as_str()),
         };
         let prefix = route.strip_path.then_some(m.prefix.as_str());
-        let mut upath = upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path);
+        let mut upath = match seen.state.get::<crate::plugins::UpstreamPath>() {
+            Some(p) => p.0.clone(),
+            None => upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path),
+        };
         // The query as the plugins left it (key-auth's hide_credentials removes a key from it).
         if let Some(q) = parts.uri.query() {
             upath.push('?');
@@ -1036,7 +1041,9 @@ impl Proxy {
         if let Some(d) = seen.details.as_mut() {
             d.upstream_uri = Some(upath);
         }
-        let upstream_host = if route.preserve_host {
+        let upstream_host = if let Some(h) = seen.state.get::<crate::plugins::UpstreamHost>() {
+            h.0.clone()
+        } else if route.preserve_host {
             host_value.clone()
         } else if balancer.is_some() || service.port == 80 {
             // An upstream's name, or a host on the default port: no port in Host.

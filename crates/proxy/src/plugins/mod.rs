@@ -69,6 +69,18 @@ impl Shared {
     }
 }
 
+/// Kept in [`Ctx::state`] by a plugin, the path the upstream gets instead of the one routing
+/// made (Kong's `kong.service.request.set_path`): the service's path and `strip_path` no
+/// longer apply; the query string stays.
+#[derive(Clone, Debug)]
+pub struct UpstreamPath(pub String);
+
+/// Kept in [`Ctx::state`] by a plugin, the `Host` the upstream gets (Kong's
+/// `kong.service.request.set_header("host", ...)`), in place of the one `preserve_host` and the
+/// service choose.
+#[derive(Clone, Debug)]
+pub struct UpstreamHost(pub HeaderValue);
+
 /// A consumer, as plugins and upstream headers need it.
 #[derive(Debug)]
 pub struct Consumer {
@@ -380,6 +392,9 @@ pub struct Ctx<'a> {
     /// The credential that authenticated the consumer.
     pub credential: Option<String>,
     pub identities: &'a Identities,
+    /// The route's regex captures, by name and by number (`0` is the whole match): none in
+    /// the rewrite phase.
+    pub captures: &'a [(String, String)],
     /// Headers to add to the response to the client.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
     /// Per-request state, by type: what a plugin keeps from one phase to a later one (the
@@ -1213,6 +1228,7 @@ mod tests {
             consumer: consumer.map(|c| Arc::new(Consumer::new(c.into(), None, None))),
             credential: None,
             identities: &identities,
+            captures: &[],
             response_headers: Vec::new(),
             state: &mut state,
         };
