@@ -285,3 +285,193 @@ async fn request_size_limiting_as_kong() {
     let (status, _) = chunked(&proxy, "/strict", 10, 1).await;
     assert!(status.contains(" 200 "), "{status}");
 }
+
+/// The echo upstream's account of a request sent through `proxy`.
+async fn echoed(r: reqwest::RequestBuilder) -> Value {
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// request-transformer, as Kong 3.9's: headers and query string removed, renamed, replaced,
+/// added and appended in that order, with templates read from the request as the client sent
+/// it; JSON, form and multipart bodies; `http_method` moving a form body to the query string;
+/// `replace.uri` from the route's named captures; templates Gantry cannot render refused
+/// when written, naming the field.
+#[tokio::test]
+async fn request_transformer_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let head = json!({"name": "request-transformer", "config": {
+        "remove": {"headers": ["x-remove"], "querystring": ["drop"]},
+        "rename": {"headers": ["x-old:x-new"], "querystring": ["a:b"]},
+        "replace": {"headers": ["x-rep:new", "x-absent:never"], "querystring": ["q:replaced"]},
+        "add": {"headers": ["x-add:$(headers.x_user)", "x-rep:not-added"],
+                "querystring": ["added:$(query_params.q)"]},
+        "append": {"headers": ["x-app:one"], "querystring": ["multi:2"]},
+    }});
+    let created = route_with(&http, &node, "head", &[head]).await;
+    // Kong's defaults fill every group.
+    assert_eq!(
+        created[0]["config"]["remove"],
+        json!({"body": [], "headers": ["x-remove"], "querystring": ["drop"]})
+    );
+    assert_eq!(created[0]["config"]["http_method"], Value::Null);
+    let body = json!({"name": "request-transformer", "config": {
+        "remove": {"body": ["gone"]},
+        "rename": {"body": ["old:new"]},
+        "replace": {"body": ["r:x"]},
+        "add": {"body": ["k:$(headers.x_user or 'nobody')"]},
+        "append": {"body": ["list:3"]},
+    }});
+    route_with(&http, &node, "body", &[body]).await;
+    let get = json!({"name": "request-transformer", "config": {"http_method": "GET"}});
+    route_with(&http, &node, "form", &[get]).await;
+    let route = json!({"name": "users", "paths": ["~/users/(?<id>\\d+)$"]});
+    admin(&http, &node, "POST", "/services/s/routes", route).await;
+    let uri = json!({"name": "request-transformer", "config": {
+        "replace": {"uri": "/v2/people/$(uri_captures.id)"},
+        "add": {"headers": ["x-whole:$(uri_captures[0])"]},
+    }});
+    admin(&http, &node, "POST", "/routes/users/plugins", uri).await;
+    proxy_until(&http, &node, "/head", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+
+    // Headers and query string.
+    let e = echoed(
+        http.get(format!("{proxy}/head?q=1&drop=x&a=5"))
+            .header("x-remove", "r")
+            .header("x-old", "v")
+            .header("x-rep", "old")
+            .header("x-user", "alice")
+            .header("x-app", "zero"),
+    )
+    .await;
+    let h = &e["headers"];
+    assert_eq!(h.get("x-remove"), None, "{e}");
+    assert_eq!(h.get("x-old"), None, "{e}");
+    assert_eq!(h["x-new"], "v");
+    assert_eq!(h["x-rep"], "new");
+    assert_eq!(h.get("x-absent"), None, "{e}");
+    assert_eq!(h["x-add"], "alice");
+    assert_eq!(h["x-user"], "alice");
+    let uri = e["uri"].as_str().unwrap();
+    assert_eq!(uri, "/?added=1&b=5&multi=2&q=replaced", "{e}");
+
+    // A JSON body; its Content-Length follows the new body.
+    let e = echoed(
+        http.post(format!("{proxy}/body"))
+            .header("x-user", "bob")
+            .json(&json!({"old": 1, "gone": true, "r": "y", "list": [1, 2]})),
+    )
+    .await;
+    let sent: Value = serde_json::from_str(e["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        sent,
+        json!({"new": 1, "r": "x", "list": [1, 2, "3"], "k": "bob"})
+    );
+    assert_eq!(
+        e["headers"]["content-length"],
+        e["body"].as_str().unwrap().len().to_string()
+    );
+    // A form body, sorted and escaped as Kong encodes it.
+    let e = echoed(
+        http.post(format!("{proxy}/body"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("old=a%20b&gone=1&r=y&list=1"),
+    )
+    .await;
+    assert_eq!(e["body"], "k=nobody&list=1&list=3&new=a%20b&r=x", "{e}");
+    // A multipart body: parts kept, removed, replaced, added.
+    let mp = "--XB\r\nContent-Disposition: form-data; name=\"keep\"\r\n\r\nk\r\n--XB\r\nContent-Disposition: form-data; name=\"gone\"\r\n\r\ng\r\n--XB\r\nContent-Disposition: form-data; name=\"r\"\r\n\r\nold\r\n--XB--\r\n";
+    let e = echoed(
+        http.post(format!("{proxy}/body"))
+            .header("content-type", "multipart/form-data; boundary=XB")
+            .body(mp),
+    )
+    .await;
+    let b = e["body"].as_str().unwrap();
+    assert!(b.contains("name=\"keep\"\r\n\r\nk\r\n"), "{b}");
+    assert!(!b.contains("name=\"gone\""), "{b}");
+    assert!(b.contains("name=\"r\"\r\n\r\nx\r\n"), "{b}");
+    assert!(b.contains("name=\"k\"\r\n\r\nnobody\r\n"), "{b}");
+    assert!(b.ends_with("--XB--\r\n"), "{b}");
+    // A body of another type passes untouched.
+    let e = echoed(
+        http.post(format!("{proxy}/body"))
+            .header("content-type", "text/plain")
+            .body("old=1"),
+    )
+    .await;
+    assert_eq!(e["body"], "old=1");
+
+    // http_method GET: the method changes and a form body joins the query string.
+    let e = echoed(
+        http.post(format!("{proxy}/form?z=0"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("a=1&b=two"),
+    )
+    .await;
+    assert_eq!(e["method"], "GET");
+    assert_eq!(e["uri"], "/?a=1&b=two&z=0", "{e}");
+
+    // replace.uri from the route's captures.
+    let e = echoed(http.get(format!("{proxy}/users/42?x=1"))).await;
+    assert_eq!(e["path"], "/v2/people/42", "{e}");
+    assert_eq!(e["uri"], "/v2/people/42?x=1", "{e}");
+    assert_eq!(e["headers"]["x-whole"], "/users/42");
+
+    // Refused when written, naming the field; nothing stored.
+    for (config, field, message) in [
+        (
+            json!({"add": {"headers": ["no-colon"]}}),
+            json!({"add": {"headers": ["invalid value: no-colon"]}}),
+            "",
+        ),
+        (
+            json!({"add": {"querystring": ["k"]}}),
+            json!({"add": {"querystring": ["key 'k' has no value"]}}),
+            "",
+        ),
+        (
+            json!({"rename": {"headers": ["a:b c"]}}),
+            json!({"rename": {"headers": ["'b c' is not a valid header"]}}),
+            "",
+        ),
+        (
+            json!({"http_method": "get"}),
+            json!({"http_method": "invalid value: get"}),
+            "",
+        ),
+        (
+            json!({"add": {"body": ["k:$(10 * uri_captures.id)"]}}),
+            Value::Null,
+            "is not in supported format",
+        ),
+        (
+            json!({"add": {"headers": ["x:$(shared.v)"]}}),
+            Value::Null,
+            "add.headers",
+        ),
+    ] {
+        let p = json!({"name": "request-transformer", "config": config});
+        let r = http
+            .post(format!("{}/plugins", node.admin))
+            .json(&p)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{config}");
+        let b: Value = r.json().await.unwrap();
+        if field.is_null() {
+            assert!(b.to_string().contains(message), "{config}: {b}");
+        } else {
+            assert_eq!(b["fields"]["config"], field, "{config}: {b}");
+        }
+    }
+    let plugins = admin(&http, &node, "GET", "/plugins", json!({})).await;
+    assert_eq!(plugins["data"].as_array().unwrap().len(), 4);
+}

@@ -27,6 +27,7 @@ mod key_auth;
 mod rate_limiting;
 mod request_size_limiting;
 mod request_termination;
+mod request_transformer;
 mod response_transformer;
 
 use std::collections::HashMap;
@@ -843,6 +844,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &rate_limiting::DESCRIPTOR,
     &request_size_limiting::DESCRIPTOR,
     &request_termination::DESCRIPTOR,
+    &request_transformer::DESCRIPTOR,
     &cors::DESCRIPTOR,
     &response_transformer::DESCRIPTOR,
     &file_log::DESCRIPTOR,
