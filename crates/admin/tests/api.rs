@@ -807,7 +807,6 @@ async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
 const NOT_RUN: &[&str] = &[
     "oauth2",
     "prometheus",
-    "http-log",
     "opentelemetry",
     "proxy-cache",
     "response-ratelimiting",
@@ -871,6 +870,7 @@ async fn plugins_a_node_cannot_run_are_refused() {
                 "cors",
                 "file-log",
                 "hmac-auth",
+                "http-log",
                 "ip-restriction",
                 "jwt",
                 "key-auth",

@@ -159,10 +159,14 @@ fn check_dependent_config(
             let mut ce = FieldErrors::default();
             (p.checks)(&c, &mut ce);
             // A check across fields is the plugin entity's, as Kong reports it (`@entity`).
-            if let Some(Value::Array(whole)) = ce.0.remove("@entity") {
-                for m in whole {
-                    errs.add_entity(m.as_str().unwrap_or_default());
+            match ce.0.remove("@entity") {
+                Some(Value::Array(whole)) => {
+                    for m in whole {
+                        errs.add_entity(m.as_str().unwrap_or_default());
+                    }
                 }
+                Some(Value::String(m)) => errs.add_entity(m),
+                _ => {}
             }
             if ce.is_empty() && errs.is_empty() {
                 // Compiled as the runtime will: what it cannot run is refused here.

@@ -422,6 +422,9 @@ impl Proxy {
 
     /// A proxy whose clients must send a request head within `header_timeout`.
     pub fn with_header_timeout(header_timeout: Duration) -> Arc<Proxy> {
+        let shared = Shared::default();
+        // The plugin queues' drops and backlog (http-log).
+        let queues: Arc<dyn MetricsSource> = shared.get::<crate::plugins::Queues>();
         Arc::new(Proxy {
             headers: std::sync::OnceLock::new(),
             trust: std::sync::OnceLock::new(),
@@ -432,10 +435,10 @@ impl Proxy {
                 .unwrap_or(0))
                 ^ std::process::id().rotate_left(8),
             id_counter: std::sync::atomic::AtomicU64::new(0),
-            metrics: std::sync::Mutex::new(Vec::new()),
+            metrics: std::sync::Mutex::new(vec![queues]),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(),
-            shared: Shared::default(),
+            shared,
             registry: std::sync::OnceLock::new(),
             stats: Stats::default(),
             health: Arc::new(Health::default()),

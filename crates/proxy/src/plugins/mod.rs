@@ -21,14 +21,17 @@ mod correlation_id;
 mod cors;
 mod file_log;
 mod hmac_auth;
+mod http_log;
 mod ip_restriction;
 pub mod jwt;
 mod key_auth;
+mod queue;
 mod rate_limiting;
 mod request_size_limiting;
 mod request_termination;
 mod request_transformer;
 mod response_transformer;
+mod serialize;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -46,6 +49,7 @@ use serde_json::Value;
 use crate::names;
 use crate::server::ProxyBody;
 
+pub use queue::Queues;
 pub use rate_limiting::Counters;
 
 /// State that outlives configurations (rate-limiting's windows; a connection pool or a queue
@@ -848,6 +852,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &cors::DESCRIPTOR,
     &response_transformer::DESCRIPTOR,
     &file_log::DESCRIPTOR,
+    &http_log::DESCRIPTOR,
 ];
 
 /// Why a `plugins` setting cannot be used.

@@ -1,0 +1,316 @@
+//! Kong's log plugins through real `gantry` processes: http-log to a local sink (single
+//! entries and batches, retries, a sink that hangs or is gone, drops counted).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gantry_testkit::http::eventually;
+use gantry_testkit::process::{admin, proxy_until, route_with, Node};
+use gantry_testkit::upstream::echo;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+struct Got {
+    method: String,
+    target: String,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+/// A log sink: records what it gets and answers `status` (0: never answers). Dropped, it
+/// closes its listener and every connection.
+struct Sink {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Got>>>,
+    status: Arc<AtomicU16>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Sink {
+    async fn start() -> Sink {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let got: Arc<Mutex<Vec<Got>>> = Arc::default();
+        let status = Arc::new(AtomicU16::new(200));
+        let (g, s) = (got.clone(), status.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = l.accept().await else {
+                    continue;
+                };
+                let (g, s) = (g.clone(), s.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (g, s) = (g.clone(), s.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let headers = parts
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect();
+                                g.lock().unwrap().push(Got {
+                                    method: parts.method.to_string(),
+                                    target: parts.uri.to_string(),
+                                    headers,
+                                    body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                                });
+                                let code = s.load(Ordering::SeqCst);
+                                if code == 0 {
+                                    std::future::pending::<()>().await;
+                                }
+                                let mut r =
+                                    hyper::Response::new(Full::new(Bytes::from("sink says no")));
+                                *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                                Ok::<_, std::convert::Infallible>(r)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Sink {
+            addr,
+            got,
+            status,
+            task,
+        }
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// A metric's value in a Prometheus text exposition.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// http-log, as Kong 3.9's: one entry per POST with the endpoint's user info as basic
+/// authentication and the configured headers; batches as JSON arrays; failed sends retried;
+/// a sink that hangs or is gone never holds a request; a full queue drops its oldest entries,
+/// counted in `/metrics`; bad configurations refused naming the field.
+#[tokio::test]
+async fn http_log_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let sink = Sink::start().await;
+    let one = json!({"name": "http-log", "config": {
+        "http_endpoint": format!("http://logger:s3cret@{}/in?src=gantry", sink.addr),
+        "headers": {"X-Token": "t0k"},
+    }});
+    let created = route_with(&http, &node, "one", &[one]).await;
+    let c = &created[0]["config"];
+    assert_eq!(c["method"], "POST");
+    assert_eq!(c["content_type"], "application/json");
+    assert_eq!(c["timeout"], 10000);
+    assert_eq!(c["keepalive"], 60000);
+    assert_eq!(c["retry_count"], Value::Null);
+    assert_eq!(
+        c["queue"],
+        json!({"max_batch_size": 1, "max_coalescing_delay": 1, "max_entries": 10000,
+               "max_bytes": null, "max_retry_time": 60, "initial_retry_delay": 0.01,
+               "max_retry_delay": 60, "concurrency_limit": 1})
+    );
+    let batched = json!({"name": "http-log", "config": {
+        "http_endpoint": format!("http://{}/batch", sink.addr),
+        "method": "PUT",
+        "queue": {"max_batch_size": 5, "max_coalescing_delay": 2},
+    }});
+    route_with(&http, &node, "batched", &[batched]).await;
+    proxy_until(&http, &node, "/one", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+
+    // One entry per request, as Kong's serializer writes it.
+    for i in 0..3 {
+        let r = http
+            .get(format!("{proxy}/one?n={i}"))
+            .header("authorization", "Bearer hidden")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Entries of these requests (proxy_until's are logged too).
+    let numbered = || -> Vec<Got> {
+        sink.got()
+            .into_iter()
+            .filter(|g| !g.body["request"]["querystring"]["n"].is_null())
+            .collect()
+    };
+    eventually(Duration::from_secs(10), "three entries", || async {
+        numbered().len() >= 3
+    })
+    .await;
+    let got = numbered();
+    let g = &got[0];
+    assert_eq!(
+        (g.method.as_str(), g.target.as_str()),
+        ("POST", "/in?src=gantry")
+    );
+    // base64("logger:s3cret")
+    assert_eq!(g.headers["authorization"], "Basic bG9nZ2VyOnMzY3JldA==");
+    assert_eq!(g.headers["x-token"], "t0k");
+    assert_eq!(g.headers["content-type"], "application/json");
+    assert_eq!(g.headers["host"], sink.addr.to_string());
+    let e = &g.body;
+    assert!(e.is_object(), "{e}");
+    assert_eq!(e["request"]["method"], "GET");
+    assert_eq!(e["request"]["headers"]["authorization"], "REDACTED", "{e}");
+    assert_eq!(e["response"]["status"], 200);
+    assert_eq!(e["source"], "upstream");
+    let route = admin(&http, &node, "GET", "/routes/one", json!({})).await;
+    assert_eq!(e["route"]["id"], route["id"]);
+    let ns: Vec<Value> = got
+        .iter()
+        .map(|g| g.body["request"]["querystring"]["n"].clone())
+        .collect();
+    assert_eq!(ns, vec![json!("0"), json!("1"), json!("2")]);
+
+    // Batches: five requests in one PUT of a JSON array.
+    for _ in 0..5 {
+        let r = http.get(format!("{proxy}/batched")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    eventually(Duration::from_secs(10), "a batch of five", || async {
+        sink.got().iter().any(|g| g.target == "/batch")
+    })
+    .await;
+    let batches: Vec<Got> = sink
+        .got()
+        .into_iter()
+        .filter(|g| g.target == "/batch")
+        .collect();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!(batches[0].method, "PUT");
+    assert_eq!(batches[0].body.as_array().map(Vec::len), Some(5));
+
+    // A sink that fails: the entry is sent again until it takes it.
+    sink.status.store(500, Ordering::SeqCst);
+    let before = sink.got().len();
+    http.get(format!("{proxy}/one?n=retried"))
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "two refused tries", || async {
+        sink.got().len() >= before + 2
+    })
+    .await;
+    sink.status.store(200, Ordering::SeqCst);
+    eventually(Duration::from_secs(10), "the entry taken", || async {
+        let got = sink.got();
+        let tries = got[before..]
+            .iter()
+            .filter(|g| g.body["request"]["querystring"]["n"] == "retried")
+            .count();
+        tries >= 3 && sink.got().len() == got.len()
+    })
+    .await;
+
+    // A sink that hangs, then one that is gone: requests do not wait for it.
+    let stuck = Sink::start().await;
+    stuck.status.store(0, Ordering::SeqCst);
+    let hang = json!({"name": "http-log", "config": {
+        "http_endpoint": format!("http://{}/", stuck.addr),
+        "timeout": 60000,
+        "queue": {"max_entries": 2},
+    }});
+    route_with(&http, &node, "stuck", &[hang]).await;
+    proxy_until(&http, &node, "/stuck", 200).await;
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = http.get(format!("{proxy}/stuck")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // 20 requests while the sink holds its first batch for a minute: none waited for it.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(stuck);
+    for _ in 0..5 {
+        let r = http.get(format!("{proxy}/stuck")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let status = node.status.clone().unwrap();
+    let metrics = http
+        .get(format!("{status}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let full = metric(
+        &metrics,
+        "gantry_plugin_queue_dropped_total{plugin=\"http-log\",reason=\"full\"}",
+    );
+    // At most two wait and one is being sent; the rest of the 21 or more were dropped.
+    assert!(full >= 18.0, "{metrics}");
+
+    // Refused when written, naming the field.
+    for (config, field) in [
+        (
+            json!({"http_endpoint": "http://h/", "headers": {"Host": "x"}}),
+            json!({"headers": "cannot contain 'Host' header"}),
+        ),
+        (
+            json!({"http_endpoint": "http://h/", "method": "GET"}),
+            json!({"method": "expected one of: POST, PUT, PATCH"}),
+        ),
+        (
+            json!({"http_endpoint": "ftp://h/"}),
+            json!({"http_endpoint": "invalid url 'ftp://h/': scheme must be http or https"}),
+        ),
+        (
+            json!({"http_endpoint": "http://h/", "queue": {"max_batch_size": 0}}),
+            json!({"queue": {"max_batch_size": "value should be between 1 and 1000000"}}),
+        ),
+        (
+            json!({"http_endpoint": "http://u:p@h/", "headers": {"authorization": "x"}}),
+            json!("specifying both an 'Authorization' header and user info in 'http_endpoint' is not allowed"),
+        ),
+    ] {
+        let p = json!({"name": "http-log", "config": config});
+        let r = http
+            .post(format!("{}/plugins", node.admin))
+            .json(&p)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{config}");
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["fields"]["config"], field, "{config}: {b}");
+    }
+}
