@@ -127,6 +127,10 @@ pub fn plugin_registry(settings: &Settings) -> anyhow::Result<gantry_proxy::plug
 pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>> {
     let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
     proxy.set_registry(plugin_registry(settings)?);
+    // The node's id names it in Kong's metrics; a node that cannot keep one still proxies.
+    if let Ok(id) = node_id(&settings.prefix) {
+        proxy.set_node_id(&id);
+    }
     proxy.set_headers(
         gantry_proxy::Headers::parse(
             settings.get("headers").unwrap_or_default(),

@@ -314,3 +314,241 @@ async fn http_log_as_kong() {
         assert_eq!(b["fields"]["config"], field, "{config}: {b}");
     }
 }
+
+/// A metric sample: its name, labels and value.
+type Sample = (String, HashMap<String, String>, f64);
+
+/// The samples of a Prometheus text exposition, as the reference parser (Python's
+/// `prometheus_client`) reads them: (name, labels, value). None (the test skips) where the
+/// parser is absent outside CI.
+fn parse_exposition(text: &str) -> Option<Vec<Sample>> {
+    const SCRIPT: &str = "import json,sys\nfrom prometheus_client.parser import text_string_to_metric_families as f\nprint(json.dumps([[s.name, s.labels, s.value] for m in f(sys.stdin.read()) for s in m.samples]))";
+    let has = std::process::Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            !gantry_testkit::ci(),
+            "prometheus_client is required in CI (.ci/run installs it)"
+        );
+        eprintln!(
+            "skipped: python3 with prometheus_client not found (pip install prometheus_client)"
+        );
+        return None;
+    }
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.2)
+}
+
+/// prometheus, as Kong 3.9's: Kong's metric names and labels on the status listener's
+/// `/metrics`, read by the reference parser; only requests the plugin applies to counted; the
+/// consumer's username with `per_consumer`; `source` kong for a plugin's answer; the
+/// per-request series gone once no instance is configured, the node's still there.
+#[tokio::test]
+async fn prometheus_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let prom = json!({"name": "prometheus", "config": {
+        "per_consumer": true, "status_code_metrics": true, "latency_metrics": true,
+        "bandwidth_metrics": true, "upstream_health_metrics": true,
+    }});
+    let created = route_with(
+        &http,
+        &node,
+        "counted",
+        &[prom, json!({"name": "key-auth"})],
+    )
+    .await;
+    assert_eq!(
+        created[0]["config"],
+        json!({"per_consumer": true, "status_code_metrics": true, "ai_metrics": false,
+               "latency_metrics": true, "bandwidth_metrics": true, "upstream_health_metrics": true})
+    );
+    route_with(&http, &node, "quiet", &[]).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers",
+        json!({"username": "alice"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers/alice/key-auth",
+        json!({"key": "alice-key"}),
+    )
+    .await;
+    proxy_until(&http, &node, "/quiet", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    eventually(Duration::from_secs(10), "alice's key works", || async {
+        http.get(format!("{proxy}/counted"))
+            .header("apikey", "alice-key")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let r = http
+        .get(format!("{proxy}/counted"))
+        .header("apikey", "alice-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = http.get(format!("{proxy}/counted")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    for _ in 0..3 {
+        http.get(format!("{proxy}/quiet")).send().await.unwrap();
+    }
+    let status = node.status.clone().unwrap();
+    let scrape = || async {
+        http.get(format!("{status}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let text = scrape().await;
+    let Some(samples) = parse_exposition(&text) else {
+        return;
+    };
+    let route = [
+        ("service", "s"),
+        ("route", "counted"),
+        ("workspace", "default"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        route.iter().chain(extra).copied().collect()
+    };
+    // prometheus_client names counter samples with `_total`.
+    let ok = sample(
+        &samples,
+        "kong_http_requests_total",
+        &with(&[
+            ("code", "200"),
+            ("source", "service"),
+            ("consumer", "alice"),
+        ]),
+    );
+    assert_eq!(ok, Some(2.0), "{text}");
+    let refused = sample(
+        &samples,
+        "kong_http_requests_total",
+        &with(&[("code", "401"), ("source", "kong"), ("consumer", "")]),
+    );
+    assert_eq!(refused, Some(1.0), "{text}");
+    assert!(
+        !samples
+            .iter()
+            .any(|(_, l, _)| l.get("route").is_some_and(|r| r == "quiet")),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&samples, "kong_request_latency_ms_count", &route),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&samples, "kong_kong_latency_ms_count", &route),
+        Some(3.0)
+    );
+    // The 401 never reached the upstream.
+    assert_eq!(
+        sample(&samples, "kong_upstream_latency_ms_count", &route),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(
+            &samples,
+            "kong_request_latency_ms_bucket",
+            &with(&[("le", "+Inf")])
+        ),
+        Some(3.0)
+    );
+    for dir in ["ingress", "egress"] {
+        let b = sample(
+            &samples,
+            "kong_bandwidth_bytes_total",
+            &with(&[("direction", dir), ("consumer", "alice")]),
+        );
+        assert!(b.is_some_and(|b| b > 100.0), "{dir}: {text}");
+    }
+    let node_id = std::fs::read_to_string(dir.path().join("node_id")).unwrap();
+    assert_eq!(
+        sample(
+            &samples,
+            "kong_node_info",
+            &[("node_id", node_id.trim()), ("version", "3.9.0")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(sample(&samples, "gantry_http_requests_total", &[("class", "2xx")]).is_some());
+
+    // No instance left: the node's metrics stay, the per-request ones go.
+    let pid = created[0]["id"].as_str().unwrap();
+    let r = http
+        .delete(format!("{}/plugins/{pid}", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually(Duration::from_secs(10), "the series gone", || async {
+        !scrape().await.contains("kong_http_requests_total")
+    })
+    .await;
+    let samples = parse_exposition(&scrape().await).unwrap();
+    assert!(sample(&samples, "kong_node_info", &[("version", "3.9.0")]).is_some());
+
+    // Kong's AI metrics need AI plugins, which Gantry does not run: refused, naming the field.
+    let r = http
+        .post(format!("{}/plugins", node.admin))
+        .json(&json!({"name": "prometheus", "config": {"ai_metrics": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert!(b["fields"]["config"]["ai_metrics"].is_string(), "{b}");
+}

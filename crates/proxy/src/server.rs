@@ -91,10 +91,28 @@ pub struct RequestLog<'a> {
     pub upstream: Option<Duration>,
     /// Bytes of response body sent to the client.
     pub response_size: u64,
+    /// The route, service and consumer themselves, for log plugins that name them.
+    pub route_entity: Option<&'a crate::router::Route>,
+    pub service_entity: Option<&'a crate::snapshot::Service>,
+    pub consumer_entity: Option<&'a crate::plugins::Consumer>,
+    /// Bytes of the request as the client sent it: its head and its announced body (a body of
+    /// no announced length is not counted).
+    pub request_size: u64,
+    /// Bytes of the response head sent to the client (status line and headers).
+    pub response_head_size: u64,
     /// Headers and the upstream URI, kept only when a plugin's log phase runs.
     pub details: Option<&'a LogDetails>,
     /// What plugins kept of this request in earlier phases ([`crate::plugins::Ctx::state`]).
     pub state: &'a hyper::http::Extensions,
+}
+
+/// The bytes of an HTTP/1.1 head: its first line (`line` bytes without CRLF) and `headers`.
+fn head_size(line: usize, headers: &HeaderMap) -> u64 {
+    let fields: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    (line + 2 + fields + 2) as u64
 }
 
 /// What a request's log entry holds beyond [`RequestLog`]'s counters, for log plugins.
@@ -129,9 +147,9 @@ pub trait MetricsSource: Send + Sync + 'static {
 struct Seen {
     on: bool,
     request_id: HeaderValue,
-    service: Option<String>,
-    route: Option<String>,
-    consumer: Option<String>,
+    service: Option<Arc<crate::snapshot::Service>>,
+    route: Option<Arc<crate::router::Route>>,
+    consumer: Option<Arc<crate::plugins::Consumer>>,
     upstream: Option<Duration>,
     ran: Vec<Arc<dyn crate::plugins::Plugin>>,
     /// Kept for log plugins only.
@@ -243,10 +261,12 @@ struct Pending {
     client: std::net::IpAddr,
     method: hyper::Method,
     uri: Uri,
-    service: Option<String>,
-    route: Option<String>,
-    consumer: Option<String>,
+    service: Option<Arc<crate::snapshot::Service>>,
+    route: Option<Arc<crate::router::Route>>,
+    consumer: Option<Arc<crate::plugins::Consumer>>,
     status: u16,
+    request_size: u64,
+    response_head_size: u64,
     started: Instant,
     upstream: Option<Duration>,
     sinks: Option<Arc<[Arc<dyn LogSink>]>>,
@@ -264,9 +284,14 @@ impl Pending {
             client: self.client,
             method: &self.method,
             uri: &self.uri,
-            service: self.service.as_deref(),
-            route: self.route.as_deref(),
-            consumer: self.consumer.as_deref(),
+            service: self.service.as_ref().map(|s| s.id.as_str()),
+            route: self.route.as_ref().map(|r| r.id.as_str()),
+            consumer: self.consumer.as_ref().map(|c| c.id.as_str()),
+            route_entity: self.route.as_deref(),
+            service_entity: self.service.as_deref(),
+            consumer_entity: self.consumer.as_deref(),
+            request_size: self.request_size,
+            response_head_size: self.response_head_size,
             status: self.status,
             total: self.started.elapsed(),
             upstream: self.upstream,
@@ -383,6 +408,7 @@ pub struct Proxy {
     id_prefix: u32,
     id_counter: std::sync::atomic::AtomicU64,
     pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
+    node_id: std::sync::OnceLock<String>,
     snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) pool: Pool,
     /// State plugins keep across configurations.
@@ -435,6 +461,7 @@ impl Proxy {
                 .unwrap_or(0))
                 ^ std::process::id().rotate_left(8),
             id_counter: std::sync::atomic::AtomicU64::new(0),
+            node_id: std::sync::OnceLock::new(),
             metrics: std::sync::Mutex::new(vec![queues]),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(),
@@ -500,6 +527,49 @@ impl Proxy {
     }
 
     /// `gantry_upstream_target_health`: 1 healthy, 0 down, for each upstream target running.
+    /// Kong's prometheus plugin's exposition, when the plugin is loaded: node metrics always,
+    /// the per-request ones while an instance is configured, `kong_upstream_target_health`
+    /// once an instance asked for it.
+    pub(crate) fn kong_metrics(&self, out: &mut String) {
+        let loaded = self
+            .registry
+            .get()
+            .is_some_and(|r| r.get("prometheus").is_some());
+        if !loaded {
+            return;
+        }
+        let snap = self.snapshot.load();
+        let m = self.shared.get::<crate::plugins::prometheus::Metrics>();
+        let node_id = self.node_id.get().map_or("", String::as_str);
+        m.write(
+            out,
+            snap.plugins.has("prometheus"),
+            node_id,
+            self.stats.total(),
+        );
+        if m.upstream_health() {
+            out.push_str(crate::plugins::prometheus::TARGET_HEALTH_HEAD);
+            let mut names: Vec<_> = snap.balancers.iter().collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, b) in names {
+                for target in b.targets.iter() {
+                    let state = if self.health.is_up(name, target) {
+                        "healthy"
+                    } else {
+                        "unhealthy"
+                    };
+                    let t = target.to_string();
+                    crate::plugins::prometheus::target_health(out, name, &t, &t, state);
+                }
+            }
+        }
+    }
+
+    /// The node's id, for Kong's metrics (`kong_node_info`); set once, before serving.
+    pub fn set_node_id(&self, id: &str) {
+        let _ = self.node_id.set(id.to_string());
+    }
+
     pub(crate) fn target_health_metrics(&self) -> String {
         let snap = self.snapshot.load();
         let mut m = String::from("# HELP gantry_upstream_target_health Whether an upstream target receives traffic (1) or is down by health checks (0).\n# TYPE gantry_upstream_target_health gauge\n");
@@ -728,6 +798,18 @@ impl Proxy {
             state: hyper::http::Extensions::new(),
         };
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
+        // What the client sent, as Kong's `$request_length`: the head, and the body it announced.
+        let request_size = if logs {
+            let announced = req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(0);
+            let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+            head_size(line, req.headers()) + announced
+        } else {
+            0
+        };
         let head = req.method() == hyper::Method::HEAD;
         let client = self.client(conn, req.headers());
         if logs && snap.plugins.logs() {
@@ -804,6 +886,11 @@ impl Proxy {
                     route: seen.route,
                     consumer: seen.consumer,
                     status,
+                    request_size,
+                    response_head_size: head_size(
+                        13 + rparts.status.canonical_reason().map_or(0, str::len),
+                        &rparts.headers,
+                    ),
                     started,
                     upstream: seen.upstream,
                     sinks: sinks.cloned(),
@@ -902,8 +989,7 @@ impl Proxy {
         };
         let route = m.route;
         if seen.on {
-            seen.route = Some(route.id.clone());
-            seen.service = route.service_id.clone();
+            seen.route = Some(route.clone());
         }
         let has = |p: &str| route.protocols.iter().any(|x| x == p);
         // Behind a trusted proxy that ended TLS, its X-Forwarded-Proto and -Host say what the
@@ -945,6 +1031,9 @@ impl Proxy {
             .service_id
             .as_ref()
             .and_then(|id| snap.services.get(id));
+        if seen.on {
+            seen.service = service.cloned();
+        }
         // Plugins: rewrite and access, in priority order; one may answer instead of the upstream.
         let mut consumer_id: Option<String> = None;
         if !snap.plugins.is_empty() {
@@ -988,9 +1077,9 @@ impl Proxy {
             seen.ran = access.ran;
             seen.accessed = true;
             seen.response_headers = ctx.response_headers;
-            consumer_id = ctx.consumer.map(|c| c.id.clone());
+            consumer_id = ctx.consumer.as_ref().map(|c| c.id.clone());
             if seen.on {
-                seen.consumer = consumer_id.clone();
+                seen.consumer = ctx.consumer;
             }
             if let Some(d) = seen.details.as_mut() {
                 // As the plugins left them: key-auth's hide_credentials removed the key.

@@ -114,6 +114,7 @@ fn answer(proxy: &Proxy, path: &str) -> Response<ProxyBody> {
                     s.write(&mut m);
                 }
             }
+            proxy.kong_metrics(&mut m);
             raw(200, "text/plain; version=0.0.4", Bytes::from(m))
         }
         _ => error(404, "Not found"),

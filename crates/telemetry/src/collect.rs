@@ -179,6 +179,11 @@ mod tests {
             total: Duration::from_millis(12),
             upstream: Some(Duration::from_millis(10)),
             response_size: 0,
+            route_entity: None,
+            service_entity: None,
+            consumer_entity: None,
+            request_size: 0,
+            response_head_size: 0,
             details: None,
             state: &state,
         };

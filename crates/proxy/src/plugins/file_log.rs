@@ -192,6 +192,11 @@ mod tests {
                 total: std::time::Duration::from_millis(12),
                 upstream: (status == 200).then(|| std::time::Duration::from_millis(10)),
                 response_size: 5,
+                route_entity: None,
+                service_entity: None,
+                consumer_entity: None,
+                request_size: 0,
+                response_head_size: 0,
                 details: Some(&details),
                 state: &Default::default(),
             });

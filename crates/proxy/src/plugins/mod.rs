@@ -25,6 +25,7 @@ mod http_log;
 mod ip_restriction;
 pub mod jwt;
 mod key_auth;
+pub mod prometheus;
 mod queue;
 mod rate_limiting;
 mod request_size_limiting;
@@ -853,6 +854,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &response_transformer::DESCRIPTOR,
     &file_log::DESCRIPTOR,
     &http_log::DESCRIPTOR,
+    &prometheus::DESCRIPTOR,
 ];
 
 /// Why a `plugins` setting cannot be used.
@@ -1127,6 +1129,11 @@ impl PluginSet {
                 .collect(),
             ..PluginSet::default()
         }
+    }
+
+    /// Whether an enabled instance of the plugin `name` is in the set.
+    pub fn has(&self, name: &str) -> bool {
+        self.order.iter().any(|(n, _)| *n == name)
     }
 
     /// Whether any plugin has a log phase.
