@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gantry_testkit::http::eventually;
-use gantry_testkit::process::{admin, proxy_until, route_with, Node};
+use gantry_testkit::process::{admin, proxy_until, refused, route_with, Node};
 use gantry_testkit::upstream::echo;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -303,14 +303,7 @@ async fn http_log_as_kong() {
         ),
     ] {
         let p = json!({"name": "http-log", "config": config});
-        let r = http
-            .post(format!("{}/plugins", node.admin))
-            .json(&p)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{config}");
-        let b: Value = r.json().await.unwrap();
+        let b = refused(&http, &node, "/plugins", &p).await;
         assert_eq!(b["fields"]["config"], field, "{config}: {b}");
     }
 }
@@ -472,12 +465,12 @@ async fn prometheus_as_kong() {
         ]),
     );
     assert_eq!(ok, Some(2.0), "{text}");
-    let refused = sample(
+    let denied = sample(
         &samples,
         "kong_http_requests_total",
         &with(&[("code", "401"), ("source", "kong"), ("consumer", "")]),
     );
-    assert_eq!(refused, Some(1.0), "{text}");
+    assert_eq!(denied, Some(1.0), "{text}");
     assert!(
         !samples
             .iter()
@@ -542,13 +535,7 @@ async fn prometheus_as_kong() {
     assert!(sample(&samples, "kong_node_info", &[("version", "3.9.0")]).is_some());
 
     // Kong's AI metrics need AI plugins, which Gantry does not run: refused, naming the field.
-    let r = http
-        .post(format!("{}/plugins", node.admin))
-        .json(&json!({"name": "prometheus", "config": {"ai_metrics": true}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let b: Value = r.json().await.unwrap();
+    let ai = json!({"name": "prometheus", "config": {"ai_metrics": true}});
+    let b = refused(&http, &node, "/plugins", &ai).await;
     assert!(b["fields"]["config"]["ai_metrics"].is_string(), "{b}");
 }

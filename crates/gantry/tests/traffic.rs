@@ -2,7 +2,9 @@
 //! real Redis (shared by two data planes, stopped mid-test, synced every `sync_rate`).
 
 use gantry_testkit::http::eventually;
-use gantry_testkit::process::{admin, cp_env, dp_env, gen_cert, proxy_until, route_with, Node};
+use gantry_testkit::process::{
+    admin, cp_env, dp_env, gen_cert, proxy_until, refused, route_with, Node,
+};
 use gantry_testkit::redis as test_redis;
 use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
@@ -458,14 +460,7 @@ async fn request_transformer_as_kong() {
         ),
     ] {
         let p = json!({"name": "request-transformer", "config": config});
-        let r = http
-            .post(format!("{}/plugins", node.admin))
-            .json(&p)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 400, "{config}");
-        let b: Value = r.json().await.unwrap();
+        let b = refused(&http, &node, "/plugins", &p).await;
         if field.is_null() {
             assert!(b.to_string().contains(message), "{config}: {b}");
         } else {

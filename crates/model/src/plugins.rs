@@ -384,6 +384,20 @@ pub fn set_nonempty(c: &Map<String, Value>, k: &str) -> bool {
     }
 }
 
+/// Kong's `custom_fields_by_lua` (log plugins): Lua Gantry does not run, so a map that is not
+/// empty is refused, naming the field.
+pub fn refuse_lua_fields(c: &Map<String, Value>, e: &mut FieldErrors) {
+    if c.get("custom_fields_by_lua")
+        .and_then(Value::as_object)
+        .is_some_and(|m| !m.is_empty())
+    {
+        e.add(
+            "custom_fields_by_lua",
+            "Lua code is not run by Gantry: leave this field empty",
+        );
+    }
+}
+
 /// The config schema of a partial type.
 pub fn partial_config(kind: &str) -> Option<Vec<Field>> {
     match kind {

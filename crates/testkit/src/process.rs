@@ -340,6 +340,23 @@ pub async fn admin(
     crate::http::call_ok(http, method, &format!("{}{path}", node.admin), body).await
 }
 
+/// A POST to `node`'s Admin API that must be refused with 400; returns Kong's error body.
+pub async fn refused(
+    http: &reqwest::Client,
+    node: &Node,
+    path: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let r = http
+        .post(format!("{}{path}", node.admin))
+        .json(body)
+        .send()
+        .await
+        .expect("the Admin API answers");
+    assert_eq!(r.status(), 400, "POST {path} {body}");
+    r.json().await.expect("a JSON error body")
+}
+
 /// Wait until `node`'s proxy runs the configuration its Admin API holds (the same hash on the
 /// status listener as on the Admin API).
 pub async fn synced(http: &reqwest::Client, node: &Node) {

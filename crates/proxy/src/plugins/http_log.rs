@@ -86,16 +86,7 @@ fn schema() -> PluginSchema {
                 );
             }
         }
-        if set_nonempty(c, "custom_fields_by_lua")
-            && c.get("custom_fields_by_lua")
-                .and_then(Value::as_object)
-                .is_some_and(|m| !m.is_empty())
-        {
-            e.add(
-                "custom_fields_by_lua",
-                "Lua code is not run by Gantry: leave this field empty",
-            );
-        }
+        refuse_lua_fields(c, e);
     })
 }
 
