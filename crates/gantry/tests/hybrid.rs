@@ -250,14 +250,7 @@ async fn data_planes_sync_and_register() {
         .trim_start_matches("gantry: status listening on ")
         .trim()
         .to_string();
-    let m = http
-        .get(format!("{status}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = gantry_testkit::http::get_text(&http, &format!("{status}/metrics")).await;
     assert!(
         m.contains("gantry_data_planes{status=\"connected\"} 2"),
         "{m}"

@@ -264,14 +264,7 @@ async fn http_log_as_kong() {
         assert_eq!(r.status(), 200);
     }
     let status = node.status.clone().unwrap();
-    let metrics = http
-        .get(format!("{status}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gantry_testkit::http::get_text(&http, &format!("{status}/metrics")).await;
     let full = metric(
         &metrics,
         "gantry_plugin_queue_dropped_total{plugin=\"http-log\",reason=\"full\"}",
@@ -433,15 +426,8 @@ async fn prometheus_as_kong() {
         http.get(format!("{proxy}/quiet")).send().await.unwrap();
     }
     let status = node.status.clone().unwrap();
-    let scrape = || async {
-        http.get(format!("{status}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
+    let scrape =
+        || async { gantry_testkit::http::get_text(&http, &format!("{status}/metrics")).await };
     let text = scrape().await;
     let Some(samples) = parse_exposition(&text) else {
         return;

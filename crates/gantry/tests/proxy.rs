@@ -97,14 +97,7 @@ async fn routes_apply_live_with_kong_headers_and_paths() {
             .status(),
         200
     );
-    let metrics = http
-        .get(format!("{status}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gantry_testkit::http::get_text(&http, &format!("{status}/metrics")).await;
     assert!(
         metrics.contains("gantry_http_requests_total{class=\"2xx\"}"),
         "{metrics}"
@@ -853,14 +846,7 @@ async fn hardening_refuses_ambiguous_requests() {
     ];
     let refused_4xx = || async {
         let status = node.status.clone().unwrap();
-        let m = http
-            .get(format!("{status}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = gantry_testkit::http::get_text(&http, &format!("{status}/metrics")).await;
         m.lines()
             .find_map(|l| l.strip_prefix("gantry_http_requests_total{class=\"4xx\"} "))
             .and_then(|v| v.trim().parse::<u64>().ok())

@@ -549,19 +549,10 @@ impl Proxy {
         );
         if m.upstream_health() {
             out.push_str(crate::plugins::prometheus::TARGET_HEALTH_HEAD);
-            let mut names: Vec<_> = snap.balancers.iter().collect();
-            names.sort_by(|a, b| a.0.cmp(b.0));
-            for (name, b) in names {
-                for target in b.targets.iter() {
-                    let state = if self.health.is_up(name, target) {
-                        "healthy"
-                    } else {
-                        "unhealthy"
-                    };
-                    let t = target.to_string();
-                    crate::plugins::prometheus::target_health(out, name, &t, &t, state);
-                }
-            }
+            self.each_target(|upstream, target, up| {
+                let state = if up { "healthy" } else { "unhealthy" };
+                crate::plugins::prometheus::target_health(out, upstream, target, target, state);
+            });
         }
     }
 
@@ -571,17 +562,27 @@ impl Proxy {
     }
 
     pub(crate) fn target_health_metrics(&self) -> String {
-        let snap = self.snapshot.load();
         let mut m = String::from("# HELP gantry_upstream_target_health Whether an upstream target receives traffic (1) or is down by health checks (0).\n# TYPE gantry_upstream_target_health gauge\n");
-        for (name, b) in snap.balancers.iter() {
+        self.each_target(|upstream, target, up| {
+            m.push_str(&format!(
+                "gantry_upstream_target_health{{upstream=\"{upstream}\",target=\"{target}\"}} {}\n",
+                u8::from(up)
+            ));
+        });
+        m
+    }
+
+    /// Every target of the running configuration, by upstream name in order, and whether
+    /// health checks let it take traffic.
+    fn each_target(&self, mut f: impl FnMut(&str, &str, bool)) {
+        let snap = self.snapshot.load();
+        let mut upstreams: Vec<_> = snap.balancers.iter().collect();
+        upstreams.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, b) in upstreams {
             for target in b.targets.iter() {
-                m.push_str(&format!(
-                    "gantry_upstream_target_health{{upstream=\"{name}\",target=\"{target}\"}} {}\n",
-                    u8::from(self.health.is_up(name, target))
-                ));
+                f(name, target, self.health.is_up(name, target));
             }
         }
-        m
     }
 
     /// Kong's `upstream_keepalive_*` settings; call before serving.
@@ -805,7 +806,10 @@ impl Proxy {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            let line = req.method().as_str().len() + req.uri().to_string().len() + 11;
+            let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+                + req.uri().authority().map_or(0, |a| a.as_str().len() + 3)
+                + req.uri().scheme_str().map_or(0, str::len);
+            let line = req.method().as_str().len() + target + 10;
             head_size(line, req.headers()) + announced
         } else {
             0

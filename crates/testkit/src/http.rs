@@ -21,6 +21,12 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> (u16, Value) {
     (s, r.json().await.unwrap_or(Value::Null))
 }
 
+/// `GET url`: the body as text (a status listener's `/metrics`, say).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    let r = http.get(url).send().await.expect("an answer");
+    r.text().await.expect("a text body")
+}
+
 /// `GET url` until it answers `want`; panics after `within`. Returns the answer.
 pub async fn until(
     http: &reqwest::Client,

@@ -429,18 +429,8 @@ impl Sender {
 }
 
 impl Handler for Sender {
-    fn send(&self, batch: Arc<[Bytes]>) -> BoxFuture<'static, Result<(), SendFailed>> {
-        let me = Sender {
-            endpoint: self.endpoint.clone(),
-            method: self.method.clone(),
-            headers: self.headers.clone(),
-            timeout: self.timeout,
-            keepalive: self.keepalive,
-            array: self.array,
-            tls: self.tls.clone(),
-            idle: self.idle.clone(),
-        };
-        Box::pin(async move { me.post(payload(&batch, me.array)).await })
+    fn send(self: Arc<Self>, batch: Arc<[Bytes]>) -> BoxFuture<'static, Result<(), SendFailed>> {
+        Box::pin(async move { self.post(payload(&batch, self.array)).await })
     }
 }
 

@@ -119,7 +119,7 @@ pub struct SendFailed(pub String);
 
 /// What sends a batch: a plugin's configuration.
 pub trait Handler: Send + Sync + 'static {
-    fn send(&self, batch: Arc<[Bytes]>) -> BoxFuture<'static, Result<(), SendFailed>>;
+    fn send(self: Arc<Self>, batch: Arc<[Bytes]>) -> BoxFuture<'static, Result<(), SendFailed>>;
 }
 
 #[derive(Default)]
@@ -188,7 +188,7 @@ impl Queues {
             let label = format!("{plugin} {name}");
             let retry = params.clone();
             rt.spawn(async move {
-                if !deliver(&label, &retry, &*h, Arc::from([entry])).await {
+                if !deliver(&label, &retry, &h, Arc::from([entry])).await {
                     queues.count(plugin, Dropped::RetriesExhausted, 1);
                 }
             });
@@ -350,7 +350,7 @@ async fn run(queues: Arc<Queues>, q: Arc<Queue>) {
         let Some(handler) = handler else {
             return;
         };
-        if deliver(&label, &q.params, &*handler, Arc::from(batch)).await {
+        if deliver(&label, &q.params, &handler, Arc::from(batch)).await {
             queues.sent.fetch_add(1, Ordering::Relaxed);
         } else {
             queues.count(q.plugin, Dropped::RetriesExhausted, n);
@@ -366,11 +366,11 @@ fn take(q: &Queue) -> Option<Bytes> {
 }
 
 /// Send `batch`, trying again with backoff until `max_retry_time`; whether it went.
-async fn deliver(label: &str, p: &Params, handler: &dyn Handler, batch: Arc<[Bytes]>) -> bool {
+async fn deliver(label: &str, p: &Params, handler: &Arc<dyn Handler>, batch: Arc<[Bytes]>) -> bool {
     let started = Instant::now();
     let mut tries = 0i32;
     loop {
-        match handler.send(batch.clone()).await {
+        match handler.clone().send(batch.clone()).await {
             Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(queue = %label, "handler could not process entries: {e}");
@@ -404,9 +404,12 @@ mod tests {
         fail: AtomicUsize,
     }
 
-    impl Handler for Arc<Sink> {
-        fn send(&self, batch: Arc<[Bytes]>) -> BoxFuture<'static, Result<(), SendFailed>> {
-            let me = self.clone();
+    impl Handler for Sink {
+        fn send(
+            self: Arc<Self>,
+            batch: Arc<[Bytes]>,
+        ) -> BoxFuture<'static, Result<(), SendFailed>> {
+            let me = self;
             Box::pin(async move {
                 if me
                     .fail
@@ -451,7 +454,7 @@ mod tests {
             batches: Mutex::default(),
             fail: AtomicUsize::new(2),
         });
-        let h: Arc<dyn Handler> = Arc::new(sink.clone());
+        let h: Arc<dyn Handler> = sink.clone();
         for i in 0..3 {
             queues.enqueue("t", "q", &params(10, 100), &h, Bytes::from(format!("{i}")));
         }
@@ -497,7 +500,7 @@ mod tests {
             batches: Mutex::default(),
             fail: AtomicUsize::new(usize::MAX),
         });
-        let h: Arc<dyn Handler> = Arc::new(sink.clone());
+        let h: Arc<dyn Handler> = sink.clone();
         let mut p = params(1, 10);
         p.max_retry_time = 0.05;
         queues.enqueue("t", "q", &p, &h, Bytes::from("x"));

@@ -327,6 +327,10 @@ struct RequestTransformer {
     body: Ops,
     /// Whether templates read the client's headers (kept before they change).
     reads_headers: bool,
+    /// Whether the client's query string and the route's captures are read: only then are
+    /// they copied for the request.
+    reads_query: bool,
+    reads_captures: bool,
 }
 
 const GROUPS: [&str; 5] = ["remove", "rename", "replace", "add", "append"];
@@ -475,11 +479,16 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
         ),
         None => None,
     };
-    let reads_headers = uri.iter().any(|t| t.uses(Source::Headers))
-        || [&headers, &query, &body]
-            .iter()
-            .flat_map(|o| o.all())
-            .any(|e| e.value.as_ref().is_some_and(|t| t.uses(Source::Headers)));
+    let reads = |src: Source| {
+        uri.iter().any(|t| t.uses(src))
+            || [&headers, &query, &body]
+                .iter()
+                .flat_map(|o| o.all())
+                .any(|e| e.value.as_ref().is_some_and(|t| t.uses(src)))
+    };
+    let (reads_headers, reads_captures) = (reads(Source::Headers), reads(Source::Captures));
+    // The query string is read to change it, or by templates.
+    let reads_query = !query.is_empty() || reads(Source::Query);
     Ok(Arc::new(RequestTransformer {
         method,
         uri,
@@ -487,6 +496,8 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
         query,
         body,
         reads_headers,
+        reads_query,
+        reads_captures,
     }))
 }
 
@@ -870,8 +881,16 @@ impl Plugin for RequestTransformer {
             } else {
                 HeaderMap::new()
             },
-            query: decode_pairs(ctx.req.uri.query().unwrap_or_default(), false),
-            captures: ctx.captures.to_vec(),
+            query: if self.reads_query {
+                decode_pairs(ctx.req.uri.query().unwrap_or_default(), false)
+            } else {
+                Vec::new()
+            },
+            captures: if self.reads_captures {
+                ctx.captures.to_vec()
+            } else {
+                Vec::new()
+            },
         };
         if let Some(r) = self.head(ctx, &orig) {
             return Flow::Respond(r);
