@@ -42,7 +42,8 @@ impl Store {
         seq: i64,
         rows: &[Row],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
+        let result = async {
         let fresh = sqlx::query(
             "INSERT INTO analytics_batches (node_id, seq, received_at) VALUES ($1, $2, $3)
              ON CONFLICT (node_id, seq) DO NOTHING",
@@ -55,13 +56,12 @@ impl Store {
         .rows_affected()
             > 0;
         if !fresh {
-            tx.rollback().await?;
             return Ok(false);
         }
         for r in rows {
             let existing = sqlx::query(
                 "SELECT count, hist FROM analytics_minutes WHERE minute = $1 AND node_id = $2
-                 AND service = $3 AND route = $4 AND consumer = $5 AND status = $6",
+                 AND service = $3 AND route = $4 AND consumer = $5 AND status = $6 AND cp = $7",
             )
             .bind(r.minute)
             .bind(node.to_string())
@@ -69,6 +69,7 @@ impl Store {
             .bind(r.route.clone())
             .bind(r.consumer.clone())
             .bind(r.status as i64)
+            .bind(self.cp)
             .fetch_optional(&mut *tx)
             .await?;
             let mut merged = r.clone();
@@ -92,10 +93,10 @@ impl Store {
             .map_err(corrupt)?;
             let q = if existing.is_some() {
                 "UPDATE analytics_minutes SET count = $7, hist = $8 WHERE minute = $1 AND node_id = $2
-                 AND service = $3 AND route = $4 AND consumer = $5 AND status = $6"
+                 AND service = $3 AND route = $4 AND consumer = $5 AND status = $6 AND cp = $9"
             } else {
-                "INSERT INTO analytics_minutes (minute, node_id, service, route, consumer, status, count, hist)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                "INSERT INTO analytics_minutes (minute, node_id, service, route, consumer, status, count, hist, cp)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
             };
             sqlx::query(q)
                 .bind(r.minute)
@@ -106,18 +107,28 @@ impl Store {
                 .bind(r.status as i64)
                 .bind(merged.count as i64)
                 .bind(hist)
+                .bind(self.cp)
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(true)
+        }
+        .await;
+        // A batch counted already changes nothing: rolled back.
+        match result {
+            Ok(false) => {
+                tx.rollback().await?;
+                Ok(false)
+            }
+            other => crate::finish(tx, other).await,
+        }
     }
 
     /// Stored rows in a time range, with the node each came from.
     pub async fn analytics(&self, q: &AnalyticsQuery) -> Result<Vec<(String, Row)>, StoreError> {
         let mut sql = String::from(
             "SELECT minute, node_id, service, route, consumer, status, count, hist FROM analytics_minutes
-             WHERE minute >= $1 AND minute < $2",
+             WHERE minute >= $1 AND minute < $2 AND cp = $3",
         );
         let filters = [
             ("node_id", &q.node),
@@ -125,7 +136,7 @@ impl Store {
             ("route", &q.route),
             ("consumer", &q.consumer),
         ];
-        let mut n = 2;
+        let mut n = 3;
         for (col, v) in &filters {
             if v.is_some() {
                 n += 1;
@@ -133,13 +144,13 @@ impl Store {
             }
         }
         sql.push_str(" ORDER BY minute");
-        let mut query = sqlx::query(&sql).bind(q.start).bind(q.end);
+        let mut query = sqlx::query(&sql).bind(q.start).bind(q.end).bind(self.cp);
         for (_, v) in filters {
             if let Some(v) = v {
                 query = query.bind(v.clone());
             }
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(self.pool()).await?;
         rows.iter()
             .map(|r| {
                 let h: Hists =
@@ -162,16 +173,17 @@ impl Store {
             .collect()
     }
 
-    /// Remove analytics older than `before` (Unix seconds); returns the rows removed.
+    /// Remove analytics, of every control plane, older than `before` (Unix seconds); returns
+    /// the rows removed.
     pub async fn purge_analytics(&self, before: i64) -> Result<u64, StoreError> {
         let n = sqlx::query("DELETE FROM analytics_minutes WHERE minute < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?
             .rows_affected();
         sqlx::query("DELETE FROM analytics_batches WHERE received_at < $1")
             .bind(before)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(n)
     }

@@ -82,26 +82,40 @@ impl Store {
     }
 
     async fn bulk(&self, config: &Config, replace: bool) -> Result<i64, StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
+        let _guard = self.db.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let result = self.bulk_in(&mut tx, config, replace).await;
+        crate::finish(tx, result).await
+    }
+
+    async fn bulk_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        config: &Config,
+        replace: bool,
+    ) -> Result<i64, StoreError> {
+        let cp = self.cp;
         let mut st = TxState {
-            version: bump_version(&mut tx).await?,
+            cp,
+            version: bump_version(tx, cp).await?,
             seq: 0,
         };
-        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM entities")
-            .fetch_one(&mut *tx)
+        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM entities WHERE cp = $1")
+            .bind(cp)
+            .fetch_one(&mut **tx)
             .await?
             .try_get(0)?;
         if replace {
             for table in ["entities", "entity_keys", "entity_refs", "entity_tags"] {
-                sqlx::query(&format!("DELETE FROM {table}"))
-                    .execute(&mut *tx)
+                sqlx::query(&format!("DELETE FROM {table} WHERE cp = $1"))
+                    .bind(cp)
+                    .execute(&mut **tx)
                     .await?;
             }
-            log_change(&mut tx, &mut st, "*", "*", "reset").await?;
+            log_change(tx, &mut st, "*", "*", "reset").await?;
         } else if stored > 0 {
-            check_against_store(&mut tx, config).await?;
-            clear_indexes_of(&mut tx, config).await?;
+            check_against_store(tx, cp, config).await?;
+            clear_indexes_of(tx, cp, config).await?;
         }
         let (mut ents, mut keys, mut refs, mut tag_rows, mut changes) =
             (vec![], vec![], vec![], vec![], vec![]);
@@ -113,6 +127,7 @@ impl Store {
                 let d = &e.doc();
                 for (k, v) in unique_keys(schema, d) {
                     keys.push(vec![
+                        P::I(cp),
                         P::S(name.clone()),
                         P::S(k.to_string()),
                         P::S(v),
@@ -121,6 +136,7 @@ impl Store {
                 }
                 for r in references(schema, d) {
                     refs.push(vec![
+                        P::I(cp),
                         P::S(name.clone()),
                         P::S(id.clone()),
                         P::S(r.field.to_string()),
@@ -129,11 +145,17 @@ impl Store {
                     ]);
                 }
                 for t in tags(d) {
-                    tag_rows.push(vec![P::S(name.clone()), P::S(id.clone()), P::S(t)]);
+                    tag_rows.push(vec![
+                        P::I(cp),
+                        P::S(name.clone()),
+                        P::S(id.clone()),
+                        P::S(t),
+                    ]);
                 }
                 if !replace {
                     st.seq += 1;
                     changes.push(vec![
+                        P::I(cp),
                         P::I(st.version),
                         P::I(st.seq),
                         P::S(name.clone()),
@@ -142,6 +164,7 @@ impl Store {
                     ]);
                 }
                 ents.push(vec![
+                    P::I(cp),
                     P::S(name.clone()),
                     P::S(id),
                     P::S(e.json().to_string()),
@@ -150,51 +173,50 @@ impl Store {
             }
         }
         insert_rows(
-            &mut tx,
-            self.postgres,
+            tx,
+            self.db.postgres,
             "entities",
-            &["entity_type", "id", "doc", "version"],
+            &["cp", "entity_type", "id", "doc", "version"],
             ents,
-            "ON CONFLICT (entity_type, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
+            "ON CONFLICT (cp, entity_type, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
         )
         .await?;
         insert_rows(
-            &mut tx,
-            self.postgres,
+            tx,
+            self.db.postgres,
             "entity_keys",
-            &["entity_type", "key_name", "key_value", "id"],
+            &["cp", "entity_type", "key_name", "key_value", "id"],
             keys,
             "",
         )
         .await?;
         insert_rows(
-            &mut tx,
-            self.postgres,
+            tx,
+            self.db.postgres,
             "entity_refs",
-            &["entity_type", "id", "field", "ref_type", "ref_id"],
+            &["cp", "entity_type", "id", "field", "ref_type", "ref_id"],
             refs,
             "ON CONFLICT DO NOTHING",
         )
         .await?;
         insert_rows(
-            &mut tx,
-            self.postgres,
+            tx,
+            self.db.postgres,
             "entity_tags",
-            &["entity_type", "id", "tag"],
+            &["cp", "entity_type", "id", "tag"],
             tag_rows,
             "ON CONFLICT DO NOTHING",
         )
         .await?;
         insert_rows(
-            &mut tx,
-            self.postgres,
+            tx,
+            self.db.postgres,
             "changes",
-            &["version", "seq", "entity_type", "id", "op"],
+            &["cp", "version", "seq", "entity_type", "id", "op"],
             changes,
             "",
         )
         .await?;
-        tx.commit().await?;
         Ok(st.version)
     }
 }
@@ -203,6 +225,7 @@ impl Store {
 /// nor the store, are refused before anything is written.
 async fn check_against_store(
     tx: &mut Transaction<'static, Any>,
+    cp: i64,
     config: &Config,
 ) -> Result<(), StoreError> {
     let mut in_file: HashSet<(&str, &str)> = HashSet::new();
@@ -215,11 +238,13 @@ async fn check_against_store(
         let Some(schema) = schema_of(name) else {
             continue;
         };
-        let rows =
-            sqlx::query("SELECT key_name, key_value, id FROM entity_keys WHERE entity_type = $1")
-                .bind(name.clone())
-                .fetch_all(&mut **tx)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT key_name, key_value, id FROM entity_keys WHERE cp = $1 AND entity_type = $2",
+        )
+        .bind(cp)
+        .bind(name.clone())
+        .fetch_all(&mut **tx)
+        .await?;
         let mut held: HashMap<(String, String), String> = HashMap::with_capacity(rows.len());
         for r in rows {
             held.insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
@@ -242,12 +267,14 @@ async fn check_against_store(
                 if in_file.contains(&(r.target, r.id.as_str())) {
                     continue;
                 }
-                let found =
-                    sqlx::query("SELECT 1 FROM entities WHERE entity_type = $1 AND id = $2")
-                        .bind(r.target.to_string())
-                        .bind(r.id.clone())
-                        .fetch_optional(&mut **tx)
-                        .await?;
+                let found = sqlx::query(
+                    "SELECT 1 FROM entities WHERE cp = $1 AND entity_type = $2 AND id = $3",
+                )
+                .bind(cp)
+                .bind(r.target.to_string())
+                .bind(r.id.clone())
+                .fetch_optional(&mut **tx)
+                .await?;
                 if found.is_none() {
                     return Err(StoreError::ForeignKey {
                         field: r.field.to_string(),
@@ -264,18 +291,19 @@ async fn check_against_store(
 /// Drop the index rows of the entities about to be rewritten.
 async fn clear_indexes_of(
     tx: &mut Transaction<'static, Any>,
+    cp: i64,
     config: &Config,
 ) -> Result<(), StoreError> {
     for (name, docs) in &config.entities {
         let ids: Vec<String> = docs.iter().map(|d| d.id().to_string()).collect();
         for chunk in ids.chunks(100) {
-            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
             for table in ["entity_keys", "entity_refs", "entity_tags"] {
                 let sql = format!(
-                    "DELETE FROM {table} WHERE entity_type = $1 AND id IN ({})",
+                    "DELETE FROM {table} WHERE cp = $1 AND entity_type = $2 AND id IN ({})",
                     marks.join(", ")
                 );
-                let mut q = sqlx::query(&sql).bind(name.clone());
+                let mut q = sqlx::query(&sql).bind(cp).bind(name.clone());
                 for id in chunk {
                     q = q.bind(id.clone());
                 }

@@ -38,13 +38,14 @@ impl Store {
         // row), so the query below sees them all.
         let before = self.version().await?;
         let rows = sqlx::query(&format!(
-            "SELECT (SELECT version FROM config_version WHERE id = 1), c.entity_type, c.id, c.op, e.doc, c.version
-             FROM changes c LEFT JOIN entities e ON e.entity_type = c.entity_type AND e.id = c.id
-             WHERE c.version > $1 ORDER BY c.version, c.seq LIMIT {}",
+            "SELECT (SELECT version FROM config_version WHERE id = $1), c.entity_type, c.id, c.op, e.doc, c.version
+             FROM changes c LEFT JOIN entities e ON e.cp = c.cp AND e.entity_type = c.entity_type AND e.id = c.id
+             WHERE c.cp = $1 AND c.version > $2 ORDER BY c.version, c.seq LIMIT {}",
             limit + 1
         ))
+        .bind(self.cp)
         .bind(version)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         if rows.is_empty() {
             // The log was pruned past `version`: only a whole export catches up.
@@ -101,53 +102,65 @@ impl Store {
     }
 
     async fn oldest_change(&self) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query("SELECT MIN(version) FROM changes")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get::<Option<i64>, _>(0)?)
+        Ok(
+            sqlx::query("SELECT MIN(version) FROM changes WHERE cp = $1")
+                .bind(self.cp)
+                .fetch_one(self.pool())
+                .await?
+                .try_get::<Option<i64>, _>(0)?,
+        )
     }
 
     /// Forget change-log entries more than `keep` versions old; returns how many. A reader
     /// further behind gets [`StoreDelta::Reset`] and reads the configuration whole.
     pub async fn prune_changes(&self, keep: i64) -> Result<u64, StoreError> {
         let now = self.version().await?;
-        Ok(sqlx::query("DELETE FROM changes WHERE version < $1")
-            .bind(now - keep)
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
+        Ok(
+            sqlx::query("DELETE FROM changes WHERE cp = $1 AND version < $2")
+                .bind(self.cp)
+                .bind(now - keep)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 
     /// Write several registry entries in one transaction: `insert` entries create or replace
     /// (a new connection), the others update only while their session is the entry's latest.
     pub async fn write_data_planes(&self, batch: &[RegistryWrite]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
+        let result = async {
         for w in batch {
             let doc = serde_json::Value::Object(w.doc.clone()).to_string();
             let q = if w.insert {
-                "INSERT INTO clustering_data_planes (id, doc, session, last_seen) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, session = excluded.session, last_seen = excluded.last_seen"
+                "INSERT INTO clustering_data_planes (id, doc, session, last_seen, cp) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, session = excluded.session, last_seen = excluded.last_seen, cp = excluded.cp"
             } else {
-                "UPDATE clustering_data_planes SET doc = $2, last_seen = $4 WHERE id = $1 AND session = $3"
+                "UPDATE clustering_data_planes SET doc = $2, last_seen = $4 WHERE id = $1 AND session = $3 AND cp = $5"
             };
             sqlx::query(q)
                 .bind(w.id.clone())
                 .bind(doc)
                 .bind(w.session.clone())
                 .bind(w.last_seen)
+                .bind(self.cp)
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
         Ok(())
+        }
+        .await;
+        crate::finish(tx, result).await
     }
 
     /// Every data plane in the registry, most recently seen first.
     pub async fn data_planes(&self) -> Result<Vec<Doc>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, doc FROM clustering_data_planes ORDER BY last_seen DESC, id")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, doc FROM clustering_data_planes WHERE cp = $1 ORDER BY last_seen DESC, id",
+        )
+        .bind(self.cp)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|r| {
                 let id: String = r.try_get(0)?;
@@ -161,12 +174,13 @@ impl Store {
             .collect()
     }
 
-    /// Remove the data planes last seen before `before` (Unix seconds); returns how many.
+    /// Remove the data planes, of every control plane, last seen before `before` (Unix
+    /// seconds); returns how many.
     pub async fn purge_data_planes(&self, before: i64) -> Result<u64, StoreError> {
         Ok(
             sqlx::query("DELETE FROM clustering_data_planes WHERE last_seen < $1")
                 .bind(before)
-                .execute(&self.pool)
+                .execute(self.pool())
                 .await?
                 .rows_affected(),
         )

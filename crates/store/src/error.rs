@@ -36,6 +36,10 @@ pub enum StoreError {
     InvalidOffset,
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("control plane {0} does not exist (it was deleted)")]
+    NoControlPlane(i64),
+    #[error("the default control plane cannot be deleted")]
+    DefaultControlPlane,
     #[error("migration failed: {0}")]
     Migration(String),
 }

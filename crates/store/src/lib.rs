@@ -15,9 +15,11 @@ mod error;
 pub mod feed;
 mod migrate;
 mod read;
+mod tenants;
 mod write;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -29,6 +31,7 @@ pub use analytics::AnalyticsQuery;
 pub use cluster::{RegistryWrite, StoreDelta};
 pub use error::StoreError;
 pub use read::{Change, ListQuery, Page, TagFilter, TagRow};
+pub use tenants::{ControlPlaneRow, DpCertRow, TokenRow};
 pub use write::Op;
 
 /// Which database a store runs on.
@@ -39,14 +42,27 @@ pub enum Backend {
     Postgres(gantry_conf::PgSettings),
 }
 
-/// A handle on the store; cheap to share behind an `Arc`.
+/// A handle on one control plane's part of the store: its entities, configuration version and
+/// change log, data plane registry and analytics. Cheap to clone; [`Store::scoped`] gives the
+/// handle of another control plane on the same database.
+#[derive(Clone)]
 pub struct Store {
+    db: Arc<Db>,
+    /// The control plane's key (`control_planes.key`, `config_version.id`); 1 is the default.
+    cp: i64,
+}
+
+/// The database every control plane's handle shares.
+struct Db {
     pool: AnyPool,
     postgres: bool,
-    /// One writer at a time within this process; PostgreSQL's row lock on the version row
-    /// orders writers across processes.
+    /// One writer at a time within this process; PostgreSQL's row lock on a control plane's
+    /// version row orders writers across processes.
     write_lock: Mutex<()>,
 }
+
+/// The default control plane's key: the one Kong's Admin API at `/` serves.
+pub const DEFAULT_CP: i64 = 1;
 
 /// Make `path` readable by its owner alone (0600), creating it empty when absent: the database
 /// holds certificate keys and credentials. SQLite gives its `-wal` and `-shm` files the
@@ -151,22 +167,65 @@ impl Store {
                 .await?;
         }
         let store = Store {
-            pool,
-            postgres,
-            write_lock: Mutex::new(()),
+            db: Arc::new(Db {
+                pool,
+                postgres,
+                write_lock: Mutex::new(()),
+            }),
+            cp: DEFAULT_CP,
         };
         migrate::run(&store).await?;
+        store.ensure_default_control_plane().await?;
         Ok(store)
+    }
+
+    /// The handle of the control plane with key `cp` on the same database.
+    pub fn scoped(&self, cp: i64) -> Store {
+        Store {
+            db: self.db.clone(),
+            cp,
+        }
+    }
+
+    /// The key of the control plane this handle reads and writes.
+    pub fn cp(&self) -> i64 {
+        self.cp
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.db.pool
     }
 
     /// Whether this store is PostgreSQL.
     pub fn is_postgres(&self) -> bool {
-        self.postgres
+        self.db.postgres
     }
 
     /// Close the pool, waiting for connections to finish.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.db.pool.close().await;
+    }
+}
+
+/// End a transaction by its body's result: commit on success, roll back on error. Always
+/// explicitly: sqlx defers the rollback of a transaction dropped open until its connection is
+/// next used, so until then it would sit idle in its transaction, holding its locks (the
+/// control plane's version row, on PostgreSQL, which every writer waits for).
+pub(crate) async fn finish<T>(
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    result: Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    match result {
+        Ok(v) => {
+            tx.commit().await?;
+            Ok(v)
+        }
+        Err(e) => {
+            if let Err(r) = tx.rollback().await {
+                tracing::warn!(error = %r, "cannot roll back a failed write");
+            }
+            Err(e)
+        }
     }
 }
 

@@ -83,21 +83,134 @@ const MIGRATIONS: &[(&str, &[&str])] = &[
                 PRIMARY KEY (node_id, seq))",
         ],
     ),
+    (
+        "003_control_planes",
+        &[
+            // Many control planes in one store: each entity, index row, change, registry entry
+            // and analytics row belongs to one, by its key; `config_version` holds one row per
+            // control plane (its `id` is the key). What was stored before belongs to the
+            // default control plane, key 1. Tables whose primary key gains the key are rebuilt.
+            "CREATE TABLE control_planes (
+                key BIGINT PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                name TEXT NOT NULL UNIQUE,
+                doc TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL)",
+            "CREATE TABLE entities_cp (
+                cp BIGINT NOT NULL,
+                entity_type TEXT NOT NULL,
+                id TEXT NOT NULL,
+                doc TEXT NOT NULL,
+                version BIGINT NOT NULL,
+                PRIMARY KEY (cp, entity_type, id))",
+            "INSERT INTO entities_cp (cp, entity_type, id, doc, version)
+                SELECT 1, entity_type, id, doc, version FROM entities",
+            "DROP TABLE entities",
+            "ALTER TABLE entities_cp RENAME TO entities",
+            "CREATE TABLE entity_keys_cp (
+                cp BIGINT NOT NULL,
+                entity_type TEXT NOT NULL,
+                key_name TEXT NOT NULL,
+                key_value TEXT NOT NULL,
+                id TEXT NOT NULL,
+                PRIMARY KEY (cp, entity_type, key_name, key_value))",
+            "INSERT INTO entity_keys_cp (cp, entity_type, key_name, key_value, id)
+                SELECT 1, entity_type, key_name, key_value, id FROM entity_keys",
+            "DROP TABLE entity_keys",
+            "ALTER TABLE entity_keys_cp RENAME TO entity_keys",
+            "CREATE INDEX entity_keys_by_id ON entity_keys (cp, entity_type, id)",
+            "CREATE TABLE entity_refs_cp (
+                cp BIGINT NOT NULL,
+                entity_type TEXT NOT NULL,
+                id TEXT NOT NULL,
+                field TEXT NOT NULL,
+                ref_type TEXT NOT NULL,
+                ref_id TEXT NOT NULL,
+                PRIMARY KEY (cp, entity_type, id, field, ref_id))",
+            "INSERT INTO entity_refs_cp (cp, entity_type, id, field, ref_type, ref_id)
+                SELECT 1, entity_type, id, field, ref_type, ref_id FROM entity_refs",
+            "DROP TABLE entity_refs",
+            "ALTER TABLE entity_refs_cp RENAME TO entity_refs",
+            "CREATE INDEX entity_refs_by_target ON entity_refs (cp, ref_type, ref_id)",
+            "CREATE INDEX entity_refs_by_field ON entity_refs (cp, entity_type, field, ref_id)",
+            "CREATE TABLE entity_tags_cp (
+                cp BIGINT NOT NULL,
+                entity_type TEXT NOT NULL,
+                id TEXT NOT NULL,
+                tag TEXT NOT NULL,
+                PRIMARY KEY (cp, entity_type, id, tag))",
+            "INSERT INTO entity_tags_cp (cp, entity_type, id, tag)
+                SELECT 1, entity_type, id, tag FROM entity_tags",
+            "DROP TABLE entity_tags",
+            "ALTER TABLE entity_tags_cp RENAME TO entity_tags",
+            "CREATE INDEX entity_tags_by_tag ON entity_tags (cp, tag, entity_type, id)",
+            "CREATE TABLE changes_cp (
+                cp BIGINT NOT NULL,
+                version BIGINT NOT NULL,
+                seq BIGINT NOT NULL,
+                entity_type TEXT NOT NULL,
+                id TEXT NOT NULL,
+                op TEXT NOT NULL,
+                PRIMARY KEY (cp, version, seq))",
+            "INSERT INTO changes_cp (cp, version, seq, entity_type, id, op)
+                SELECT 1, version, seq, entity_type, id, op FROM changes",
+            "DROP TABLE changes",
+            "ALTER TABLE changes_cp RENAME TO changes",
+            "ALTER TABLE clustering_data_planes ADD COLUMN cp BIGINT NOT NULL DEFAULT 1",
+            "CREATE INDEX clustering_data_planes_by_cp ON clustering_data_planes (cp, last_seen)",
+            "CREATE TABLE analytics_minutes_cp (
+                cp BIGINT NOT NULL,
+                minute BIGINT NOT NULL,
+                node_id TEXT NOT NULL,
+                service TEXT NOT NULL,
+                route TEXT NOT NULL,
+                consumer TEXT NOT NULL,
+                status BIGINT NOT NULL,
+                count BIGINT NOT NULL,
+                hist TEXT NOT NULL,
+                PRIMARY KEY (cp, minute, node_id, service, route, consumer, status))",
+            "INSERT INTO analytics_minutes_cp (cp, minute, node_id, service, route, consumer, status, count, hist)
+                SELECT 1, minute, node_id, service, route, consumer, status, count, hist FROM analytics_minutes",
+            "DROP TABLE analytics_minutes",
+            "ALTER TABLE analytics_minutes_cp RENAME TO analytics_minutes",
+            // Access tokens: the secret is never stored, only its Argon2id hash (PHC string);
+            // `lookup` (not secret) finds the row.
+            "CREATE TABLE access_tokens (
+                id TEXT PRIMARY KEY,
+                lookup TEXT NOT NULL UNIQUE,
+                hash TEXT NOT NULL,
+                doc TEXT NOT NULL,
+                expires_at BIGINT,
+                revoked_at BIGINT,
+                created_at BIGINT NOT NULL)",
+            // Data plane client certificates a control plane pins (Konnect's
+            // dp-client-certificates); `digest` is the SHA-256 of the certificate's DER.
+            "CREATE TABLE dp_client_certificates (
+                id TEXT PRIMARY KEY,
+                cp BIGINT NOT NULL,
+                digest TEXT NOT NULL,
+                doc TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                UNIQUE (cp, digest))",
+            "CREATE INDEX dp_client_certificates_by_digest ON dp_client_certificates (digest)",
+        ],
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {
     sqlx::query("CREATE TABLE IF NOT EXISTS gantry_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)")
-        .execute(&store.pool)
+        .execute(store.pool())
         .await?;
     let rows = sqlx::query("SELECT name FROM gantry_migrations")
-        .fetch_all(&store.pool)
+        .fetch_all(store.pool())
         .await?;
     let applied: Vec<String> = rows.iter().map(|r| r.get::<String, _>(0)).collect();
     for (name, statements) in MIGRATIONS {
         if applied.iter().any(|a| a == name) {
             continue;
         }
-        let mut tx = store.pool.begin().await?;
+        let mut tx = store.pool().begin().await?;
         for s in *statements {
             sqlx::query(s)
                 .execute(&mut *tx)

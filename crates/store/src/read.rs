@@ -112,11 +112,14 @@ fn row_doc(entity: &str, row: &AnyRow) -> Result<Doc, StoreError> {
 impl Store {
     /// An entity by id.
     pub async fn get(&self, entity: &str, id: &str) -> Result<Option<Doc>, StoreError> {
-        let row = sqlx::query("SELECT id, doc FROM entities WHERE entity_type = $1 AND id = $2")
-            .bind(entity.to_string())
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, doc FROM entities WHERE cp = $1 AND entity_type = $2 AND id = $3",
+        )
+        .bind(self.cp)
+        .bind(entity.to_string())
+        .bind(id.to_string())
+        .fetch_optional(self.pool())
+        .await?;
         row.map(|r| row_doc(entity, &r)).transpose()
     }
 
@@ -128,13 +131,14 @@ impl Store {
         value: &str,
     ) -> Result<Option<Doc>, StoreError> {
         let row = sqlx::query(
-            "SELECT e.id, e.doc FROM entity_keys k JOIN entities e ON e.entity_type = k.entity_type AND e.id = k.id
-             WHERE k.entity_type = $1 AND k.key_name = $2 AND k.key_value = $3",
+            "SELECT e.id, e.doc FROM entity_keys k JOIN entities e ON e.cp = k.cp AND e.entity_type = k.entity_type AND e.id = k.id
+             WHERE k.cp = $1 AND k.entity_type = $2 AND k.key_name = $3 AND k.key_value = $4",
         )
+        .bind(self.cp)
         .bind(entity.to_string())
         .bind(key.to_string())
         .bind(value.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.pool())
         .await?;
         row.map(|r| row_doc(entity, &r)).transpose()
     }
@@ -148,16 +152,18 @@ impl Store {
             .transpose()?
             .unwrap_or_default();
         let mut sql = String::from(
-            "SELECT e.id, e.doc FROM entities e WHERE e.entity_type = $1 AND e.id > $2",
+            "SELECT e.id, e.doc FROM entities e WHERE e.cp = $1 AND e.entity_type = $2 AND e.id > $3",
         );
         let mut params: Vec<String> = vec![entity.to_string(), after];
+        // `$1` is the control plane; the text parameters follow it.
+        let n = |params: &Vec<String>| params.len() + 1;
         if let Some((field, id)) = &q.reference {
             params.push(field.clone());
             params.push(id.clone());
             sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM entity_refs r WHERE r.entity_type = e.entity_type AND r.id = e.id AND r.field = ${} AND r.ref_id = ${})",
-                params.len() - 1,
-                params.len()
+                " AND EXISTS (SELECT 1 FROM entity_refs r WHERE r.cp = e.cp AND r.entity_type = e.entity_type AND r.id = e.id AND r.field = ${} AND r.ref_id = ${})",
+                n(&params) - 1,
+                n(&params)
             ));
         }
         match &q.tags {
@@ -165,8 +171,8 @@ impl Store {
                 for t in tags {
                     params.push(t.clone());
                     sql.push_str(&format!(
-                        " AND EXISTS (SELECT 1 FROM entity_tags t WHERE t.entity_type = e.entity_type AND t.id = e.id AND t.tag = ${})",
-                        params.len()
+                        " AND EXISTS (SELECT 1 FROM entity_tags t WHERE t.cp = e.cp AND t.entity_type = e.entity_type AND t.id = e.id AND t.tag = ${})",
+                        n(&params)
                     ));
                 }
             }
@@ -174,21 +180,21 @@ impl Store {
                 let mut marks = Vec::new();
                 for t in tags {
                     params.push(t.clone());
-                    marks.push(format!("${}", params.len()));
+                    marks.push(format!("${}", n(&params)));
                 }
                 sql.push_str(&format!(
-                    " AND EXISTS (SELECT 1 FROM entity_tags t WHERE t.entity_type = e.entity_type AND t.id = e.id AND t.tag IN ({}))",
+                    " AND EXISTS (SELECT 1 FROM entity_tags t WHERE t.cp = e.cp AND t.entity_type = e.entity_type AND t.id = e.id AND t.tag IN ({}))",
                     marks.join(", ")
                 ));
             }
             None => {}
         }
         sql.push_str(&format!(" ORDER BY e.id LIMIT {}", q.size + 1));
-        let mut query = sqlx::query(&sql);
+        let mut query = sqlx::query(&sql).bind(self.cp);
         for p in params {
             query = query.bind(p);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(self.pool()).await?;
         let more = rows.len() > q.size;
         let mut data = Vec::with_capacity(rows.len().min(q.size));
         for r in rows.iter().take(q.size) {
@@ -222,20 +228,24 @@ impl Store {
             )
         };
         let mut sql = String::from(
-            "SELECT tag, entity_type, id FROM entity_tags WHERE (tag > $1 OR (tag = $1 AND (entity_type > $2 OR (entity_type = $2 AND id > $3))))",
+            "SELECT tag, entity_type, id FROM entity_tags WHERE cp = $4 AND (tag > $1 OR (tag = $1 AND (entity_type > $2 OR (entity_type = $2 AND id > $3))))",
         );
         if tag.is_some() {
-            sql.push_str(" AND tag = $4");
+            sql.push_str(" AND tag = $5");
         }
         sql.push_str(&format!(
             " ORDER BY tag, entity_type, id LIMIT {}",
             size + 1
         ));
-        let mut query = sqlx::query(&sql).bind(a_tag).bind(a_type).bind(a_id);
+        let mut query = sqlx::query(&sql)
+            .bind(a_tag)
+            .bind(a_type)
+            .bind(a_id)
+            .bind(self.cp);
         if let Some(t) = tag {
             query = query.bind(t.to_string());
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(self.pool()).await?;
         let more = rows.len() > size;
         let mut out = Vec::new();
         for r in rows.iter().take(size) {
@@ -260,16 +270,24 @@ impl Store {
 
     /// The whole configuration and the version it is at, read in one transaction.
     pub async fn export(&self) -> Result<(Config, i64), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let version: i64 = sqlx::query("SELECT version FROM config_version WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await?
-            .try_get(0)?;
-        let rows =
-            sqlx::query("SELECT entity_type, id, doc FROM entities ORDER BY entity_type, id")
-                .fetch_all(&mut *tx)
-                .await?;
-        tx.commit().await?;
+        let mut tx = self.pool().begin().await?;
+        let result = async {
+            let version: i64 = sqlx::query("SELECT version FROM config_version WHERE id = $1")
+                .bind(self.cp)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NoControlPlane(self.cp))?
+                .try_get(0)?;
+            let rows = sqlx::query(
+                "SELECT entity_type, id, doc FROM entities WHERE cp = $1 ORDER BY entity_type, id",
+            )
+            .bind(self.cp)
+            .fetch_all(&mut *tx)
+            .await?;
+            Ok((version, rows))
+        }
+        .await;
+        let (version, rows) = crate::finish(tx, result).await?;
         let mut config = Config::default();
         for r in rows {
             let t: String = r.try_get(0)?;
@@ -283,19 +301,24 @@ impl Store {
 
     /// Every entity of one type, in id order.
     pub async fn all_of(&self, entity: &str) -> Result<Vec<Doc>, StoreError> {
-        let rows = sqlx::query("SELECT id, doc FROM entities WHERE entity_type = $1 ORDER BY id")
-            .bind(entity.to_string())
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, doc FROM entities WHERE cp = $1 AND entity_type = $2 ORDER BY id",
+        )
+        .bind(self.cp)
+        .bind(entity.to_string())
+        .fetch_all(self.pool())
+        .await?;
         rows.iter().map(|r| row_doc(entity, r)).collect()
     }
 
     /// The current config version (0 for a store never written).
     pub async fn version(&self) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query("SELECT version FROM config_version WHERE id = 1")
-                .fetch_one(&self.pool)
+            sqlx::query("SELECT version FROM config_version WHERE id = $1")
+                .bind(self.cp)
+                .fetch_optional(self.pool())
                 .await?
+                .ok_or(StoreError::NoControlPlane(self.cp))?
                 .try_get(0)?,
         )
     }
@@ -307,10 +330,11 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT version, entity_type, id, op FROM changes WHERE version > $1 ORDER BY version, seq LIMIT {limit}"
+            "SELECT version, entity_type, id, op FROM changes WHERE cp = $1 AND version > $2 ORDER BY version, seq LIMIT {limit}"
         ))
+        .bind(self.cp)
         .bind(version)
-        .fetch_all(&self.pool)
+        .fetch_all(self.pool())
         .await?;
         rows.iter()
             .map(|r| {
@@ -327,9 +351,10 @@ impl Store {
     /// The number of entities of a type.
     pub async fn count(&self, entity: &str) -> Result<i64, StoreError> {
         Ok(
-            sqlx::query("SELECT COUNT(*) FROM entities WHERE entity_type = $1")
+            sqlx::query("SELECT COUNT(*) FROM entities WHERE cp = $1 AND entity_type = $2")
+                .bind(self.cp)
                 .bind(entity.to_string())
-                .fetch_one(&self.pool)
+                .fetch_one(self.pool())
                 .await?
                 .try_get(0)?,
         )

@@ -19,6 +19,8 @@ pub enum Op {
 }
 
 pub(crate) struct TxState {
+    /// The control plane written.
+    pub cp: i64,
     pub version: i64,
     pub seq: i64,
 }
@@ -26,31 +28,45 @@ pub(crate) struct TxState {
 impl Store {
     /// Apply the operations atomically: all or none. Returns the new config version.
     pub async fn write(&self, ops: Vec<Op>) -> Result<i64, StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.pool.begin().await?;
-        let mut st = TxState {
-            version: bump_version(&mut tx).await?,
-            seq: 0,
-        };
-        for op in ops {
-            match op {
-                Op::Insert(schema, doc) => put(&mut tx, &mut st, schema, doc, true).await?,
-                Op::Upsert(schema, doc) => put(&mut tx, &mut st, schema, doc, false).await?,
-                Op::Delete(schema, id) => delete(&mut tx, &mut st, schema, &id).await?,
-            }
-        }
-        tx.commit().await?;
-        Ok(st.version)
+        let _guard = self.db.write_lock.lock().await;
+        let mut tx = self.pool().begin().await?;
+        let result = write_in(&mut tx, self.cp, ops).await;
+        crate::finish(tx, result).await
     }
 }
 
+async fn write_in(
+    tx: &mut Transaction<'static, Any>,
+    cp: i64,
+    ops: Vec<Op>,
+) -> Result<i64, StoreError> {
+    let mut st = TxState {
+        cp,
+        version: bump_version(tx, cp).await?,
+        seq: 0,
+    };
+    for op in ops {
+        match op {
+            Op::Insert(schema, doc) => put(tx, &mut st, schema, doc, true).await?,
+            Op::Upsert(schema, doc) => put(tx, &mut st, schema, doc, false).await?,
+            Op::Delete(schema, id) => delete(tx, &mut st, schema, &id).await?,
+        }
+    }
+    Ok(st.version)
+}
+
 /// Take the next version. On PostgreSQL the row lock taken here orders concurrent writers.
-pub(crate) async fn bump_version(tx: &mut Transaction<'static, Any>) -> Result<i64, StoreError> {
+pub(crate) async fn bump_version(
+    tx: &mut Transaction<'static, Any>,
+    cp: i64,
+) -> Result<i64, StoreError> {
     let row = sqlx::query(
-        "UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version",
+        "UPDATE config_version SET version = version + 1 WHERE id = $1 RETURNING version",
     )
-    .fetch_one(&mut **tx)
-    .await?;
+    .bind(cp)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(StoreError::NoControlPlane(cp))?;
     Ok(row.try_get::<i64, _>(0)?)
 }
 
@@ -63,8 +79,9 @@ pub(crate) async fn log_change(
 ) -> Result<(), StoreError> {
     st.seq += 1;
     sqlx::query(
-        "INSERT INTO changes (version, seq, entity_type, id, op) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO changes (cp, version, seq, entity_type, id, op) VALUES ($1, $2, $3, $4, $5, $6)",
     )
+    .bind(st.cp)
     .bind(st.version)
     .bind(st.seq)
     .bind(entity.to_string())
@@ -84,10 +101,12 @@ fn doc_id(doc: &Doc) -> String {
 
 async fn exists(
     tx: &mut Transaction<'static, Any>,
+    cp: i64,
     entity: &str,
     id: &str,
 ) -> Result<bool, StoreError> {
-    let row = sqlx::query("SELECT 1 FROM entities WHERE entity_type = $1 AND id = $2")
+    let row = sqlx::query("SELECT 1 FROM entities WHERE cp = $1 AND entity_type = $2 AND id = $3")
+        .bind(cp)
         .bind(entity.to_string())
         .bind(id.to_string())
         .fetch_optional(&mut **tx)
@@ -103,11 +122,11 @@ async fn put(
     insert_only: bool,
 ) -> Result<(), StoreError> {
     let id = doc_id(&doc);
-    if insert_only && exists(tx, schema.name, &id).await? {
+    if insert_only && exists(tx, st.cp, schema.name, &id).await? {
         return Err(StoreError::PrimaryKey { id });
     }
     for r in references(schema, &doc) {
-        if !exists(tx, r.target, &r.id).await? {
+        if !exists(tx, st.cp, r.target, &r.id).await? {
             return Err(StoreError::ForeignKey {
                 field: r.field.to_string(),
                 target: r.target.to_string(),
@@ -117,7 +136,8 @@ async fn put(
     }
     let keys = unique_keys(schema, &doc);
     for (k, v) in &keys {
-        let row = sqlx::query("SELECT id FROM entity_keys WHERE entity_type = $1 AND key_name = $2 AND key_value = $3")
+        let row = sqlx::query("SELECT id FROM entity_keys WHERE cp = $1 AND entity_type = $2 AND key_name = $3 AND key_value = $4")
+            .bind(st.cp)
             .bind(schema.name.to_string())
             .bind(k.to_string())
             .bind(v.clone())
@@ -134,9 +154,10 @@ async fn put(
             }
         }
     }
-    clear_indexes(tx, schema.name, &id).await?;
+    clear_indexes(tx, st.cp, schema.name, &id).await?;
     for (k, v) in keys {
-        sqlx::query("INSERT INTO entity_keys (entity_type, key_name, key_value, id) VALUES ($1, $2, $3, $4)")
+        sqlx::query("INSERT INTO entity_keys (cp, entity_type, key_name, key_value, id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(st.cp)
             .bind(schema.name.to_string())
             .bind(k.to_string())
             .bind(v)
@@ -146,9 +167,10 @@ async fn put(
     }
     for r in references(schema, &doc) {
         sqlx::query(
-            "INSERT INTO entity_refs (entity_type, id, field, ref_type, ref_id) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (entity_type, id, field, ref_id) DO NOTHING",
+            "INSERT INTO entity_refs (cp, entity_type, id, field, ref_type, ref_id) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (cp, entity_type, id, field, ref_id) DO NOTHING",
         )
+        .bind(st.cp)
         .bind(schema.name.to_string())
         .bind(id.clone())
         .bind(r.field.to_string())
@@ -158,7 +180,8 @@ async fn put(
         .await?;
     }
     for t in tags(&doc) {
-        sqlx::query("INSERT INTO entity_tags (entity_type, id, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO entity_tags (cp, entity_type, id, tag) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(st.cp)
             .bind(schema.name.to_string())
             .bind(id.clone())
             .bind(t)
@@ -167,9 +190,10 @@ async fn put(
     }
     let text = serde_json::Value::Object(doc).to_string();
     sqlx::query(
-        "INSERT INTO entities (entity_type, id, doc, version) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (entity_type, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
+        "INSERT INTO entities (cp, entity_type, id, doc, version) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (cp, entity_type, id) DO UPDATE SET doc = excluded.doc, version = excluded.version",
     )
+    .bind(st.cp)
     .bind(schema.name.to_string())
     .bind(id.clone())
     .bind(text)
@@ -181,13 +205,15 @@ async fn put(
 
 async fn clear_indexes(
     tx: &mut Transaction<'static, Any>,
+    cp: i64,
     entity: &str,
     id: &str,
 ) -> Result<(), StoreError> {
     for table in ["entity_keys", "entity_refs", "entity_tags"] {
         sqlx::query(&format!(
-            "DELETE FROM {table} WHERE entity_type = $1 AND id = $2"
+            "DELETE FROM {table} WHERE cp = $1 AND entity_type = $2 AND id = $3"
         ))
+        .bind(cp)
         .bind(entity.to_string())
         .bind(id.to_string())
         .execute(&mut **tx)
@@ -202,7 +228,7 @@ async fn delete(
     schema: &'static EntitySchema,
     id: &str,
 ) -> Result<(), StoreError> {
-    if !exists(tx, schema.name, id).await? {
+    if !exists(tx, st.cp, schema.name, id).await? {
         return Err(StoreError::NotFound);
     }
     // Walk the entities that reference this one, breadth first: refuse if any restricts,
@@ -214,8 +240,9 @@ async fn delete(
             continue;
         }
         let rows = sqlx::query(
-            "SELECT entity_type, id, field FROM entity_refs WHERE ref_type = $1 AND ref_id = $2",
+            "SELECT entity_type, id, field FROM entity_refs WHERE cp = $1 AND ref_type = $2 AND ref_id = $3",
         )
+        .bind(st.cp)
         .bind(etype.to_string())
         .bind(eid.clone())
         .fetch_all(&mut **tx)
@@ -243,8 +270,9 @@ async fn delete(
         doomed.push((etype, eid));
     }
     for (etype, eid) in doomed {
-        clear_indexes(tx, etype, &eid).await?;
-        sqlx::query("DELETE FROM entities WHERE entity_type = $1 AND id = $2")
+        clear_indexes(tx, st.cp, etype, &eid).await?;
+        sqlx::query("DELETE FROM entities WHERE cp = $1 AND entity_type = $2 AND id = $3")
+            .bind(st.cp)
             .bind(etype.to_string())
             .bind(eid.clone())
             .execute(&mut **tx)

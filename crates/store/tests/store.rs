@@ -532,3 +532,149 @@ async fn the_sqlite_database_is_owner_only() {
         .unwrap();
     assert_eq!(mode(&path), 0o600);
 }
+
+#[tokio::test]
+async fn control_planes_hold_their_own_configuration() {
+    for t in all_stores().await {
+        let st = &t.store;
+        let cps = st.control_planes().await.unwrap();
+        assert_eq!(cps.len(), 1, "{}: the default control plane", t.name);
+        assert_eq!((cps[0].key, cps[0].name.as_str()), (1, "default"));
+        let meta = json!({"description": "b"}).as_object().cloned().unwrap();
+        let b_row = st
+            .create_control_plane(&uuid::Uuid::new_v4().to_string(), "b", &meta)
+            .await
+            .unwrap();
+        assert!(matches!(
+            st.create_control_plane(&uuid::Uuid::new_v4().to_string(), "b", &meta)
+                .await,
+            Err(StoreError::Unique { .. })
+        ));
+        let b = st.scoped(b_row.key);
+        assert_eq!(b.version().await.unwrap(), 0, "{}", t.name);
+        // The same service, id and name, in both: keys and ids hold within a control plane.
+        let (ss, svc) = doc(
+            "services",
+            json!({"name": "s", "host": "a.example", "tags": ["t"]}),
+        );
+        let sid = svc["id"].as_str().unwrap().to_string();
+        st.write(vec![Op::Insert(ss, svc.clone())]).await.unwrap();
+        let before_b = b.version().await.unwrap();
+        b.write(vec![Op::Insert(ss, svc.clone())]).await.unwrap();
+        assert_eq!(b.version().await.unwrap(), before_b + 1);
+        // A reference never crosses: a route in b to a service only the default has.
+        let (_, other) = doc("services", json!({"name": "only-a", "host": "a.example"}));
+        let only_a = other["id"].as_str().unwrap().to_string();
+        st.write(vec![Op::Insert(ss, other)]).await.unwrap();
+        let (rs, route) = doc(
+            "routes",
+            json!({"name": "r", "paths": ["/"], "service": {"id": only_a}}),
+        );
+        assert!(matches!(
+            b.write(vec![Op::Insert(rs, route.clone())]).await,
+            Err(StoreError::ForeignKey { .. })
+        ));
+        st.write(vec![Op::Insert(rs, route)]).await.unwrap();
+        // Reads, lists, tags, exports and the change log see one control plane each.
+        assert_eq!(b.count("services").await.unwrap(), 1, "{}", t.name);
+        assert_eq!(st.count("services").await.unwrap(), 2, "{}", t.name);
+        assert!(b.get("services", &only_a).await.unwrap().is_none());
+        assert!(b
+            .find_by_key("services", "name", "only-a")
+            .await
+            .unwrap()
+            .is_none());
+        let (bc, _) = b.export().await.unwrap();
+        assert_eq!(bc.len(), 1, "{}", t.name);
+        assert_eq!(b.tags(None, 10, None).await.unwrap().0.len(), 1);
+        let changes = b.changes_since(0, 100).await.unwrap();
+        assert_eq!(changes.len(), 1, "{}: {changes:?}", t.name);
+        // Deleting b's service leaves the default's, whose route still stands.
+        b.write(vec![Op::Delete(ss, sid.clone())]).await.unwrap();
+        assert!(st.get("services", &sid).await.unwrap().is_some());
+        assert_eq!(st.count("routes").await.unwrap(), 1);
+        // A replace of b clears b alone.
+        b.write(vec![Op::Insert(ss, svc.clone())]).await.unwrap();
+        b.replace(&gantry_model::Config::default()).await.unwrap();
+        assert_eq!(b.count("services").await.unwrap(), 0);
+        assert_eq!(st.count("services").await.unwrap(), 2);
+        // Deleting a control plane removes what it held; the default stays.
+        b.write(vec![Op::Insert(ss, svc.clone())]).await.unwrap();
+        st.delete_control_plane(b_row.key).await.unwrap();
+        assert!(matches!(
+            b.version().await,
+            Err(StoreError::NoControlPlane(_))
+        ));
+        assert!(matches!(
+            b.write(vec![Op::Insert(ss, svc)]).await,
+            Err(StoreError::NoControlPlane(_))
+        ));
+        assert!(matches!(
+            st.delete_control_plane(1).await,
+            Err(StoreError::DefaultControlPlane)
+        ));
+        assert_eq!(st.control_planes().await.unwrap().len(), 1);
+    }
+}
+
+/// A database written before control planes existed opens with its entities, change log,
+/// registry and analytics in the default control plane.
+#[tokio::test]
+async fn a_database_from_before_control_planes_migrates_in_place() {
+    use sqlx::{Connection, Executor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        let mut c =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+                .await
+                .unwrap();
+        for s in [
+            "CREATE TABLE gantry_migrations (name TEXT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            "INSERT INTO gantry_migrations VALUES ('000_base', 0), ('001_clustering', 0), ('002_analytics', 0)",
+            "CREATE TABLE config_version (id BIGINT PRIMARY KEY, version BIGINT NOT NULL)",
+            "INSERT INTO config_version VALUES (1, 7)",
+            "CREATE TABLE entities (entity_type TEXT NOT NULL, id TEXT NOT NULL, doc TEXT NOT NULL, version BIGINT NOT NULL, PRIMARY KEY (entity_type, id))",
+            r#"INSERT INTO entities VALUES ('services', '0b7f3a4e-4c1f-4a5e-9e42-2d5b7b0c1a11', '{"id":"0b7f3a4e-4c1f-4a5e-9e42-2d5b7b0c1a11","name":"old","host":"a.example","port":80,"protocol":"http","path":null,"retries":5,"connect_timeout":60000,"write_timeout":60000,"read_timeout":60000,"tags":["t"],"created_at":1,"updated_at":1,"enabled":true,"client_certificate":null,"tls_verify":null,"tls_verify_depth":null,"ca_certificates":null}', 7)"#,
+            "CREATE TABLE entity_keys (entity_type TEXT NOT NULL, key_name TEXT NOT NULL, key_value TEXT NOT NULL, id TEXT NOT NULL, PRIMARY KEY (entity_type, key_name, key_value))",
+            "CREATE INDEX entity_keys_by_id ON entity_keys (entity_type, id)",
+            "INSERT INTO entity_keys VALUES ('services', 'name', 'old', '0b7f3a4e-4c1f-4a5e-9e42-2d5b7b0c1a11')",
+            "CREATE TABLE entity_refs (entity_type TEXT NOT NULL, id TEXT NOT NULL, field TEXT NOT NULL, ref_type TEXT NOT NULL, ref_id TEXT NOT NULL, PRIMARY KEY (entity_type, id, field, ref_id))",
+            "CREATE INDEX entity_refs_by_target ON entity_refs (ref_type, ref_id)",
+            "CREATE INDEX entity_refs_by_field ON entity_refs (entity_type, field, ref_id)",
+            "CREATE TABLE entity_tags (entity_type TEXT NOT NULL, id TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (entity_type, id, tag))",
+            "CREATE INDEX entity_tags_by_tag ON entity_tags (tag, entity_type, id)",
+            "INSERT INTO entity_tags VALUES ('services', '0b7f3a4e-4c1f-4a5e-9e42-2d5b7b0c1a11', 't')",
+            "CREATE TABLE changes (version BIGINT NOT NULL, seq BIGINT NOT NULL, entity_type TEXT NOT NULL, id TEXT NOT NULL, op TEXT NOT NULL, PRIMARY KEY (version, seq))",
+            "INSERT INTO changes VALUES (7, 1, 'services', '0b7f3a4e-4c1f-4a5e-9e42-2d5b7b0c1a11', 'upsert')",
+            "CREATE TABLE clustering_data_planes (id TEXT PRIMARY KEY, doc TEXT NOT NULL, session TEXT NOT NULL, last_seen BIGINT NOT NULL)",
+            r#"INSERT INTO clustering_data_planes VALUES ('dp1', '{"id":"dp1"}', 's', 100)"#,
+            "CREATE TABLE analytics_minutes (minute BIGINT NOT NULL, node_id TEXT NOT NULL, service TEXT NOT NULL, route TEXT NOT NULL, consumer TEXT NOT NULL, status BIGINT NOT NULL, count BIGINT NOT NULL, hist TEXT NOT NULL, PRIMARY KEY (minute, node_id, service, route, consumer, status))",
+            "CREATE TABLE analytics_batches (node_id TEXT NOT NULL, seq BIGINT NOT NULL, received_at BIGINT NOT NULL, PRIMARY KEY (node_id, seq))",
+        ] {
+            c.execute(s).await.unwrap();
+        }
+        c.close().await.unwrap();
+    }
+    let st = gantry_store::Store::open(&gantry_store::Backend::Sqlite(Some(path.clone())))
+        .await
+        .unwrap();
+    assert_eq!(st.version().await.unwrap(), 7);
+    assert_eq!(st.count("services").await.unwrap(), 1);
+    assert!(st
+        .find_by_key("services", "name", "old")
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(st.changes_since(0, 10).await.unwrap().len(), 1);
+    assert_eq!(st.data_planes().await.unwrap().len(), 1);
+    assert_eq!(st.tags(Some("t"), 10, None).await.unwrap().0.len(), 1);
+    assert_eq!(st.control_planes().await.unwrap()[0].name, "default");
+    // The unique key still holds after the move.
+    let (ss, dup) = doc("services", json!({"name": "old", "host": "b.example"}));
+    assert!(matches!(
+        st.write(vec![Op::Insert(ss, dup)]).await,
+        Err(StoreError::Unique { .. })
+    ));
+    st.close().await;
+}
