@@ -99,7 +99,9 @@ impl IntoResponse for ApiError {
 fn store_error(e: StoreError) -> Response {
     let text = e.to_string();
     match e {
-        StoreError::NotFound => message(StatusCode::NOT_FOUND, "Not found"),
+        StoreError::NotFound | StoreError::NoControlPlane(_) => {
+            message(StatusCode::NOT_FOUND, "Not found")
+        }
         StoreError::PrimaryKey { id } => kong(
             StatusCode::CONFLICT,
             PRIMARY_KEY_VIOLATION,

@@ -50,7 +50,26 @@ pub struct AdminState {
     hash_cache: Mutex<Option<(i64, ConfigHashes)>>,
     /// More metrics for `GET /metrics` (the cluster service's counters, on a control plane).
     pub extra_metrics: std::sync::OnceLock<MetricsFn>,
+    /// Checks each request's access token, when this API requires one (see [`Authorize`]).
+    pub authorizer: std::sync::OnceLock<Arc<dyn Authorize>>,
 }
+
+/// Decides whether a request may reach the Admin API: the access tokens of `gantry-konnect`.
+/// `write` is whether the request may change the configuration. `None` lets it through;
+/// `Some(response)` answers it instead.
+pub trait Authorize: Send + Sync {
+    fn authorize<'a>(
+        &'a self,
+        headers: &'a axum::http::HeaderMap,
+        client: std::net::IpAddr,
+        write: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Response>> + Send + 'a>>;
+}
+
+/// Marks a request whose token was checked already (the v2 API's, forwarded to a control
+/// plane's Admin API), so that it is not checked twice.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorized;
 
 /// Appends Prometheus text to `GET /metrics`.
 pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
@@ -75,6 +94,7 @@ impl AdminState {
             plugins,
             hash_cache: Mutex::new(None),
             extra_metrics: std::sync::OnceLock::new(),
+            authorizer: std::sync::OnceLock::new(),
         }
     }
 
@@ -165,6 +185,29 @@ async fn same_site_writes(State(st): State<Arc<AdminState>>, req: Request, next:
     next.run(req).await
 }
 
+/// The client's address, as the listener saw it (unspecified when the request did not come
+/// through one).
+pub fn client_ip(req: &Request) -> std::net::IpAddr {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+/// Require an access token when an authorizer is set (see [`Authorize`]).
+async fn require_token(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    use axum::http::Method;
+    if let Some(auth) = st.authorizer.get() {
+        if req.extensions().get::<Authorized>().is_none() {
+            let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+            if let Some(refused) = auth.authorize(req.headers(), client_ip(&req), write).await {
+                return refused;
+            }
+        }
+    }
+    next.run(req).await
+}
+
 async fn not_found() -> Response {
     ApiError::NotFound.into_response()
 }
@@ -195,6 +238,10 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             same_site_writes,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -237,7 +284,12 @@ pub async fn serve_app(
             let _ = sd.wait_for(|v| *v).await;
         };
         tasks.push(tokio::spawn(async move {
-            axum::serve(l, app).with_graceful_shutdown(stop).await
+            axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
         }));
     }
     for t in tasks {

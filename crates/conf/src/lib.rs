@@ -96,6 +96,10 @@ pub struct Settings {
     pub status_listen: Vec<Listen>,
     pub cluster_listen: Vec<Listen>,
     pub cluster_telemetry_listen: Vec<Listen>,
+    /// Gantry's own: the domain under which each control plane's endpoints are named
+    /// (`https://<id prefix>.cp.<domain>`, `https://<id prefix>.tp.<domain>`), as Konnect names
+    /// them; empty: every control plane shows this node's host name.
+    pub cluster_endpoint_domain: Option<String>,
     pub pg: PgSettings,
     pub log_level: String,
     pub declarative_config: Option<PathBuf>,
@@ -238,6 +242,10 @@ impl Settings {
             status_listen: listen("status_listen")?,
             cluster_listen: listen("cluster_listen")?,
             cluster_telemetry_listen: listen("cluster_telemetry_listen")?,
+            cluster_endpoint_domain: Some(
+                get("cluster_endpoint_domain").trim().to_ascii_lowercase(),
+            )
+            .filter(|d| !d.is_empty()),
             pg: PgSettings {
                 host: get("pg_host"),
                 port: get("pg_port").parse().unwrap_or(5432),

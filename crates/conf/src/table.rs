@@ -155,6 +155,8 @@ pub static KEYS: &[Key] = &[
     k("cluster_mtls", "shared", Kind::OneOf(&["shared", "pki"])),
     k("cluster_control_plane", "", Kind::Str),
     k("cluster_server_name", "", Kind::Str),
+    // Gantry's own: the domain of each control plane's endpoints (`<id>.cp.<domain>`).
+    k("cluster_endpoint_domain", "", Kind::Str),
     k("cluster_telemetry_endpoint", "", Kind::Str),
     k("cluster_telemetry_server_name", "", Kind::Str),
     k("cluster_cert", "", Kind::Str),

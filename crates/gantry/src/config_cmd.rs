@@ -60,7 +60,7 @@ pub fn parse(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn open(settings: &gantry_conf::Settings) -> anyhow::Result<Store> {
+pub async fn open(settings: &gantry_conf::Settings) -> anyhow::Result<Store> {
     if settings.database == gantry_conf::Database::Off {
         bail!("database = off: there is no store to import into or export from");
     }

@@ -2,6 +2,7 @@
 
 mod config_cmd;
 mod hybrid;
+mod manage;
 mod node;
 mod quickstart;
 
@@ -75,6 +76,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: HybridCmd,
     },
+    /// Access tokens for the v2 API and the Admin API (run on the control plane's host).
+    Tokens {
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
+    /// Control planes in this Gantry's store.
+    #[command(name = "control-planes")]
+    ControlPlanes {
+        #[command(subcommand)]
+        cmd: CpCmd,
+    },
     /// Check that the node under the prefix runs and answers.
     Health(NodeOpts),
     /// Print the version.
@@ -91,6 +103,57 @@ enum HybridCmd {
         /// Validity in days.
         #[arg(long, default_value_t = 3650)]
         days: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Make a token and print it, once, on its own line.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer or admin.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// A control plane (id or name) the role applies to; repeat for several; none: all.
+        #[arg(long = "control-plane")]
+        control_planes: Vec<String>,
+        /// personal (kpat_) or system (spat_).
+        #[arg(long, default_value = "personal")]
+        kind: String,
+        /// 90d, 12h, 30m, 3600s or never.
+        #[arg(long = "expires-in", default_value = "90d")]
+        expires_in: String,
+        #[command(flatten)]
+        opts: NodeOpts,
+    },
+    /// List tokens (never their secrets).
+    List(NodeOpts),
+    /// Revoke a token by id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        opts: NodeOpts,
+    },
+}
+
+#[derive(Subcommand)]
+enum CpCmd {
+    /// Create a control plane; prints its id.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        opts: NodeOpts,
+    },
+    /// List control planes.
+    List(NodeOpts),
+    /// Delete a control plane (id or name) and its configuration.
+    Delete {
+        which: String,
+        #[command(flatten)]
+        opts: NodeOpts,
     },
 }
 
@@ -148,6 +211,27 @@ fn main() -> std::process::ExitCode {
         Cmd::Hybrid {
             cmd: HybridCmd::GenCert { cert, key, days },
         } => hybrid::gen_cert(cert, key, days),
+        Cmd::Tokens { cmd } => match cmd {
+            TokensCmd::Create {
+                name,
+                role,
+                control_planes,
+                kind,
+                expires_in,
+                opts,
+            } => manage::tokens_create(&opts, &name, &role, &control_planes, &kind, &expires_in),
+            TokensCmd::List(opts) => manage::tokens_list(&opts),
+            TokensCmd::Revoke { id, opts } => manage::tokens_revoke(&opts, &id),
+        },
+        Cmd::ControlPlanes { cmd } => match cmd {
+            CpCmd::Create {
+                name,
+                description,
+                opts,
+            } => manage::cp_create(&opts, &name, &description),
+            CpCmd::List(opts) => manage::cp_list(&opts),
+            CpCmd::Delete { which, opts } => manage::cp_delete(&opts, &which),
+        },
         Cmd::Health(opts) => node::health(&opts),
         Cmd::Version => {
             println!(

@@ -333,6 +333,29 @@ where
         plugins,
     ));
     state.notify(store.version().await?);
+    // The Admin API needs access tokens wherever it can be reached from another host.
+    let konnect = gantry_konnect::Konnect::new(state.clone());
+    if !settings.admin_listen.is_empty() && !gantry_konnect::loopback_only(&settings.admin_listen) {
+        if !store.has_live_token(gantry_model::unix_now()).await? {
+            bail!(
+                "admin_listen ({}) is reachable from other hosts, and no access token exists to guard it: create one first with `gantry tokens create --name NAME -c FILE -p PREFIX`, or listen on loopback only",
+                settings
+                    .admin_listen
+                    .iter()
+                    .map(|l| l.addr.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        let _ = state
+            .authorizer
+            .set(Arc::new(gantry_konnect::KongApiTokens {
+                konnect: Arc::downgrade(&konnect),
+            }));
+        tracing::info!(
+            "admin_listen is not loopback only: every Admin API request needs an access token"
+        );
+    }
     let mut listeners = Vec::new();
     for l in &settings.admin_listen {
         if l.ssl {
@@ -388,7 +411,8 @@ where
     } else {
         Vec::new()
     };
-    gantry_admin::serve(state, listeners, rx).await?;
+    let app = gantry_admin::router(state).merge(gantry_konnect::api::router(konnect));
+    gantry_admin::serve_app(app, listeners, rx).await?;
     for p in proxies {
         let _ = p.await;
     }

@@ -90,7 +90,9 @@ impl Node {
             .find(|(k, _)| k == "KONG_ROLE")
             .map(|(_, v)| v.clone())
             .unwrap_or_else(|| "traditional".into());
-        env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+        if !env.iter().any(|(k, _)| k == "KONG_ADMIN_LISTEN") {
+            env.push(("KONG_ADMIN_LISTEN".into(), "127.0.0.1:0".into()));
+        }
         for k in ["KONG_CLUSTER_LISTEN", "KONG_CLUSTER_TELEMETRY_LISTEN"] {
             if !env.iter().any(|(e, _)| e == k) {
                 env.push((k.into(), "127.0.0.1:0".into()));
@@ -284,6 +286,23 @@ pub fn succeed(c: &mut Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// `gantry tokens create --name NAME ARGS... -p PREFIX`: the token it printed.
+pub fn token(prefix: &Path, env: &[(String, String)], name: &str, args: &[&str]) -> String {
+    let out = succeed(
+        cmd(env)
+            .args(["tokens", "create", "--name", name])
+            .args(args)
+            .arg("-p")
+            .arg(prefix),
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        token.starts_with("kpat_") || token.starts_with("spat_"),
+        "{token}"
+    );
+    token
 }
 
 /// `(key, value)` pairs as an environment.

@@ -1,0 +1,487 @@
+//! Konnect in a box: control planes through the v2 API, each with its own configuration, and
+//! access tokens on every management endpoint; through real `gantry` processes.
+
+use std::time::Duration;
+
+use gantry_testkit::process::{self, cmd, succeed, Node};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn call(
+    http: &Client,
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut r = http.request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let res = r.send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn cp_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    let cert = process::gen_cert(dir, "cluster");
+    process::cp_env(&cert, &[])
+}
+
+#[tokio::test]
+async fn control_planes_through_the_v2_api_with_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("cp");
+    let env = cp_env(dir.path());
+    let admin = process::token(&prefix, &env, "ops", &["--role", "admin"]);
+    let node = Node::start(&prefix, &env);
+    let http = Client::new();
+    let v2 = format!("{}/v2/control-planes", node.admin);
+
+    // No token, a malformed one, a well-formed unknown one: 401 in Konnect's shape.
+    let (s, body) = call(&http, Method::GET, &v2, None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["status"], 401);
+    assert_eq!(body["title"], "Unauthorized");
+    assert!(body["instance"]
+        .as_str()
+        .unwrap()
+        .starts_with("gantry:trace:"));
+    let forged = format!("kpat_{}", "A".repeat(48));
+    for t in ["nope", forged.as_str()] {
+        let (s, _) = call(&http, Method::GET, &v2, Some(t), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{t}");
+    }
+
+    // The default control plane is listed.
+    let (s, list) = call(&http, Method::GET, &v2, Some(&admin), None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["meta"]["page"]["total"], 1);
+    assert_eq!(list["data"][0]["name"], "default");
+
+    // Create A and B; a name taken is 409; a bad label, an unknown field, a missing name: 400
+    // naming the field.
+    let mut ids = Vec::new();
+    for name in ["team-a", "team-b"] {
+        let (s, cp) = call(
+            &http,
+            Method::POST,
+            &v2,
+            Some(&admin),
+            Some(json!({"name": name, "labels": {"env": "test"}, "description": "d"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{cp}");
+        assert_eq!(cp["config"]["cluster_type"], "CLUSTER_TYPE_CONTROL_PLANE");
+        assert_eq!(cp["config"]["auth_type"], "pinned_client_certs");
+        assert!(cp["config"]["control_plane_endpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://"));
+        assert!(cp["created_at"].as_str().unwrap().ends_with('Z'));
+        ids.push(cp["id"].as_str().unwrap().to_string());
+    }
+    let (a, b) = (ids[0].clone(), ids[1].clone());
+    let (s, e) = call(
+        &http,
+        Method::POST,
+        &v2,
+        Some(&admin),
+        Some(json!({"name": "team-a"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    for (bad, field) in [
+        (
+            json!({"name": "x", "labels": {"kong-x": "y"}}),
+            "labels.kong-x",
+        ),
+        (json!({"name": "x", "colour": "red"}), "colour"),
+        (json!({"description": "no name"}), "name"),
+        (json!({"name": "x", "auth_type": "password"}), "auth_type"),
+        (json!({"name": "x", "cloud_gateway": true}), "cloud_gateway"),
+    ] {
+        let (s, e) = call(&http, Method::POST, &v2, Some(&admin), Some(bad.clone())).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {e}");
+        assert_eq!(e["invalid_parameters"][0]["field"], field, "{e}");
+    }
+    // Filters and pages.
+    let (_, f) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}?filter[name][contains]=team&page[size]=1&page[number]=2"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(f["meta"]["page"]["total"], 2, "{f}");
+    assert_eq!(f["data"][0]["name"], "team-b", "{f}");
+    let (_, f) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}?labels=env:test"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(f["meta"]["page"]["total"], 2, "{f}");
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}?page[size]=0"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Patch: rename, drop a label.
+    let (s, p) = call(
+        &http,
+        Method::PATCH,
+        &format!("{v2}/{b}"),
+        Some(&admin),
+        Some(json!({"name": "team-b2", "labels": {"env": null, "tier": "gold"}})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["name"], "team-b2");
+    assert_eq!(p["labels"], json!({"tier": "gold"}));
+
+    // The same service and route names in A and B, each in its own configuration.
+    for id in [&a, &b] {
+        let ce = format!("{v2}/{id}/core-entities");
+        let (s, svc) = call(
+            &http,
+            Method::POST,
+            &format!("{ce}/services"),
+            Some(&admin),
+            Some(json!({"name": "billing", "url": "http://127.0.0.1:9"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{svc}");
+        let (s, r) = call(
+            &http,
+            Method::POST,
+            &format!("{ce}/services/billing/routes"),
+            Some(&admin),
+            Some(json!({"name": "bills", "paths": [format!("/{id}")]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+    }
+    let (_, ra) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{a}/core-entities/routes"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(ra["data"].as_array().unwrap().len(), 1, "{ra}");
+    assert_eq!(ra["data"][0]["paths"], json!([format!("/{a}")]));
+    // Kong's Admin API at / is the default control plane's: it sees neither.
+    let (_, def) = call(
+        &http,
+        Method::GET,
+        &format!("{}/routes", node.admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(def["data"], json!([]), "{def}");
+    // A control plane's Admin API serves entities, not the node's endpoints.
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{a}/core-entities/config"),
+        Some(&admin),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, h) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{a}/expected-config-hash"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    assert_eq!(h["expected_hash"].as_str().unwrap().len(), 32, "{h}");
+    let (_, v) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{a}/expected-config-version"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(v["expected_config_version"], "2", "{v}");
+
+    // A viewer of A: reads A, may not write it, does not see B.
+    let viewer = process::token(
+        &prefix,
+        &env,
+        "reader",
+        &["--role", "viewer", "--control-plane", "team-a"],
+    );
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{a}/core-entities/services"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{a}/core-entities/services"),
+        Some(&viewer),
+        Some(json!({"name": "x", "host": "example.com"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{e}");
+    assert_eq!(e["status"], 403);
+    let (s, _) = call(
+        &http,
+        Method::PATCH,
+        &format!("{v2}/{a}"),
+        Some(&viewer),
+        Some(json!({"description": "x"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for url in [
+        format!("{v2}/{b}"),
+        format!("{v2}/{b}/core-entities/services"),
+    ] {
+        let (s, _) = call(&http, Method::GET, &url, Some(&viewer), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{url}");
+    }
+    let (_, l) = call(&http, Method::GET, &v2, Some(&viewer), None).await;
+    assert_eq!(l["meta"]["page"]["total"], 1, "{l}");
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &v2,
+        Some(&viewer),
+        Some(json!({"name": "c"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Revoked and expired tokens: 401.
+    let list = succeed(cmd(&env).args(["tokens", "list", "-p"]).arg(&prefix));
+    let listing = String::from_utf8_lossy(&list.stdout).to_string();
+    let reader_id = listing
+        .lines()
+        .find(|l| l.contains("\treader\t"))
+        .and_then(|l| l.split('\t').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        !listing.contains(&viewer) && !listing.contains(&admin),
+        "{listing}"
+    );
+    succeed(
+        cmd(&env)
+            .args(["tokens", "revoke", &reader_id, "-p"])
+            .arg(&prefix),
+    );
+    let (s, e) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{a}"),
+        Some(&viewer),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+    let short = process::token(&prefix, &env, "short", &["--expires-in", "1s"]);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (s, e) = call(&http, Method::GET, &v2, Some(&short), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+
+    // Deleting B removes its configuration; the default cannot be deleted.
+    let (s, _) = call(
+        &http,
+        Method::DELETE,
+        &format!("{v2}/{b}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{b}/core-entities/routes"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let default_id = list_ids(&http, &v2, &admin, "default").await;
+    let (s, _) = call(
+        &http,
+        Method::DELETE,
+        &format!("{v2}/{default_id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // The CLI sees the same control planes.
+    let out = succeed(
+        cmd(&env)
+            .args(["control-planes", "list", "-p"])
+            .arg(&prefix),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("team-a") && !text.contains("team-b2"),
+        "{text}"
+    );
+
+    // Failed attempts from one client are cut off.
+    let mut last = StatusCode::OK;
+    for _ in 0..12 {
+        last = call(&http, Method::GET, &v2, Some(&forged), None).await.0;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+
+    // No token is in clear in the store or the logs.
+    drop(node);
+    let db = std::fs::read(prefix.join("gantry.db")).unwrap_or_default();
+    let wal = std::fs::read(prefix.join("gantry.db-wal")).unwrap_or_default();
+    let log = std::fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+    for t in [&admin, &viewer, &short] {
+        let needle = t.as_bytes();
+        assert!(!db.windows(needle.len()).any(|w| w == needle));
+        assert!(!wal.windows(needle.len()).any(|w| w == needle));
+        assert!(!log.contains(t.as_str()));
+        // Nor its secret part alone.
+        assert!(!log.contains(&t[17..]));
+    }
+    assert!(log.contains("access token refused"), "failures are logged");
+}
+
+async fn list_ids(http: &Client, v2: &str, token: &str, name: &str) -> String {
+    let (_, l) = call(
+        http,
+        Method::GET,
+        &format!("{v2}?filter[name][eq]={name}"),
+        Some(token),
+        None,
+    )
+    .await;
+    l["data"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// Kong's Admin API needs a token when it listens beyond loopback; a node refuses to start so
+/// without one.
+#[tokio::test]
+async fn the_admin_api_beyond_loopback_requires_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("n");
+    let mut env = process::env(&[("KONG_ADMIN_LISTEN", "0.0.0.0:0")]);
+    let out = cmd(&env)
+        .args(["start", "-p"])
+        .arg(&prefix)
+        .env("KONG_PROXY_LISTEN", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin_listen"), "{err}");
+
+    let admin = process::token(&prefix, &env, "ops", &[]);
+    let cps = succeed(
+        cmd(&env)
+            .args(["control-planes", "create", "other", "-p"])
+            .arg(&prefix),
+    );
+    let other = String::from_utf8_lossy(&cps.stdout).trim().to_string();
+    let on_other = process::token(&prefix, &env, "other-admin", &["--control-plane", &other]);
+    let viewer_default = process::token(
+        &prefix,
+        &env,
+        "default-viewer",
+        &["--role", "viewer", "--control-plane", "default"],
+    );
+    env.push(("KONG_PROXY_LISTEN".into(), "off".into()));
+    let node = Node::start(&prefix, &env);
+    let base = node.admin.replace("0.0.0.0", "127.0.0.1");
+    let http = Client::new();
+    let (s, e) = call(&http, Method::GET, &format!("{base}/services"), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+    assert!(e["message"]
+        .as_str()
+        .unwrap()
+        .contains("Invalid credentials"));
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{base}/services"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    // Kong Manager's header works too.
+    let res = http
+        .get(format!("{base}/services"))
+        .header("Kong-Admin-Token", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{base}/services"),
+        Some(&on_other),
+        None,
+    )
+    .await;
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "a token for another control plane"
+    );
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{base}/services"),
+        Some(&viewer_default),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{base}/services"),
+        Some(&viewer_default),
+        Some(json!({"name": "s", "host": "example.com"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{base}/services"),
+        Some(&admin),
+        Some(json!({"name": "s", "host": "example.com"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+}
