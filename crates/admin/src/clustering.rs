@@ -27,7 +27,9 @@ fn only_on_control_planes(st: &AdminState) -> Result<(), ApiError> {
 
 /// The registry entries with what is known only at read time: whether a node still pings
 /// (an entry whose control plane died is not updated any more) and how far behind it is.
-async fn entries(st: &AdminState) -> Result<Vec<Doc>, ApiError> {
+/// The registry of this control plane's data planes, each with its status as of now
+/// (disconnected when silent past three pings) and how many versions it is behind.
+pub async fn entries(st: &AdminState) -> Result<Vec<Doc>, ApiError> {
     let version = st.store.version().await?;
     let stale = unix_now() - 3 * st.settings.cluster.ping_interval.as_secs().max(1) as i64 - 5;
     let mut out = st.store.data_planes().await?;

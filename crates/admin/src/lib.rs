@@ -4,7 +4,7 @@
 //! `info`; every error becomes a response in one place (`error`).
 
 mod body;
-mod clustering;
+pub mod clustering;
 mod entities;
 mod error;
 mod info;

@@ -49,6 +49,20 @@ pub fn router(k: Arc<Konnect>) -> Router {
             "/v2/control-planes/{id}/expected-config-version",
             get(expected_version),
         )
+        .route("/v2/control-planes/{id}/nodes", get(crate::dp::list_nodes))
+        .route("/v2/control-planes/{id}/nodes/eol", get(crate::dp::eol_nodes))
+        .route(
+            "/v2/control-planes/{id}/nodes/{node}",
+            get(crate::dp::get_node).delete(crate::dp::delete_node),
+        )
+        .route(
+            "/v2/control-planes/{id}/dp-client-certificates",
+            get(crate::dp::list_certs).post(crate::dp::create_cert),
+        )
+        .route(
+            "/v2/control-planes/{id}/dp-client-certificates/{cert}",
+            get(crate::dp::get_cert).delete(crate::dp::delete_cert),
+        )
         .route("/v2", any(unknown))
         .route("/v2/{*rest}", any(unknown))
         .layer(axum::middleware::from_fn_with_state(
@@ -80,6 +94,9 @@ async fn authenticate(State(k): K, mut req: Request, next: Next) -> Response {
                     Json(json!({"message": m, "status": status.as_u16()})),
                 )
                     .into_response()
+            } else if path.contains("/dp-client-certificates") || path.contains("/nodes") {
+                let (status, m) = status_of(&e);
+                crate::dp::legacy(status, m)
             } else {
                 e.into_response()
             }
@@ -87,7 +104,7 @@ async fn authenticate(State(k): K, mut req: Request, next: Next) -> Response {
     }
 }
 
-fn status_of(e: &KonnectError) -> (StatusCode, String) {
+pub(crate) fn status_of(e: &KonnectError) -> (StatusCode, String) {
     let r = match e {
         KonnectError::Unauthorized(crate::tokens::Denied::TooManyFailures) => {
             StatusCode::TOO_MANY_REQUESTS
@@ -102,7 +119,7 @@ fn status_of(e: &KonnectError) -> (StatusCode, String) {
     (r, e.to_string())
 }
 
-fn principal(req_ext: &axum::http::Extensions) -> Result<&Principal> {
+pub(crate) fn principal(req_ext: &axum::http::Extensions) -> Result<&Principal> {
     req_ext
         .get::<Principal>()
         .ok_or(KonnectError::Unauthorized(crate::tokens::Denied::Missing))
@@ -113,7 +130,7 @@ fn not_found() -> KonnectError {
 }
 
 /// The control plane `id` names, if the token may see it, and the token's role on it.
-async fn visible(k: &Konnect, p: &Principal, id: &str) -> Result<(ControlPlaneRow, Role)> {
+pub(crate) async fn visible(k: &Konnect, p: &Principal, id: &str) -> Result<(ControlPlaneRow, Role)> {
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(KonnectError::invalid(
             "Request contains invalid ID format",
@@ -172,7 +189,7 @@ pub fn shown(k: &Konnect, row: &ControlPlaneRow) -> Value {
 }
 
 /// The query string as pairs, in order.
-fn pairs(uri: &Uri) -> Vec<(String, String)> {
+pub(crate) fn pairs(uri: &Uri) -> Vec<(String, String)> {
     uri.query()
         .map(|q| {
             form_urlencoded::parse(q.as_bytes())

@@ -7,6 +7,7 @@
 //! same code over the store's handle on it ([`gantry_store::Store::scoped`]).
 
 pub mod api;
+pub mod dp;
 pub mod error;
 pub mod tokens;
 
@@ -38,6 +39,9 @@ pub struct Plane {
 pub enum PlaneEvent {
     Created(i64),
     Deleted(i64),
+    /// Its pinned data plane certificates changed: data planes connected with one no longer
+    /// pinned must go.
+    CertsChanged(i64),
 }
 
 /// The control planes of this Gantry and what reaches them.

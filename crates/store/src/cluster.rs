@@ -174,6 +174,19 @@ impl Store {
             .collect()
     }
 
+    /// Forget one of this control plane's data planes; false when it had none by that id.
+    pub async fn delete_data_plane(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM clustering_data_planes WHERE cp = $1 AND id = $2")
+                .bind(self.cp)
+                .bind(id.to_string())
+                .execute(self.pool())
+                .await?
+                .rows_affected()
+                > 0,
+        )
+    }
+
     /// Remove the data planes, of every control plane, last seen before `before` (Unix
     /// seconds); returns how many.
     pub async fn purge_data_planes(&self, before: i64) -> Result<u64, StoreError> {
