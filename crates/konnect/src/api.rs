@@ -50,7 +50,10 @@ pub fn router(k: Arc<Konnect>) -> Router {
             get(expected_version),
         )
         .route("/v2/control-planes/{id}/nodes", get(crate::dp::list_nodes))
-        .route("/v2/control-planes/{id}/nodes/eol", get(crate::dp::eol_nodes))
+        .route(
+            "/v2/control-planes/{id}/nodes/eol",
+            get(crate::dp::eol_nodes),
+        )
         .route(
             "/v2/control-planes/{id}/nodes/{node}",
             get(crate::dp::get_node).delete(crate::dp::delete_node),
@@ -130,7 +133,11 @@ fn not_found() -> KonnectError {
 }
 
 /// The control plane `id` names, if the token may see it, and the token's role on it.
-pub(crate) async fn visible(k: &Konnect, p: &Principal, id: &str) -> Result<(ControlPlaneRow, Role)> {
+pub(crate) async fn visible(
+    k: &Konnect,
+    p: &Principal,
+    id: &str,
+) -> Result<(ControlPlaneRow, Role)> {
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(KonnectError::invalid(
             "Request contains invalid ID format",

@@ -36,12 +36,10 @@ async fn scope(
     write: bool,
 ) -> Result<gantry_store::ControlPlaneRow, Response> {
     let p = crate::api::principal(ext).map_err(from_konnect)?;
-    let (row, role) = crate::api::visible(k, p, id)
-        .await
-        .map_err(|e| match e {
-            KonnectError::NotFound(_) => legacy(StatusCode::NOT_FOUND, "Not Found"),
-            other => from_konnect(other),
-        })?;
+    let (row, role) = crate::api::visible(k, p, id).await.map_err(|e| match e {
+        KonnectError::NotFound(_) => legacy(StatusCode::NOT_FOUND, "Not Found"),
+        other => from_konnect(other),
+    })?;
     if write && role != Role::Admin {
         return Err(legacy(StatusCode::FORBIDDEN, "Forbidden"));
     }
@@ -50,7 +48,10 @@ async fn scope(
 
 /// A registry entry as Konnect's node record.
 fn node(d: &Map<String, Value>) -> Value {
-    let sync = d.get("sync_status").and_then(Value::as_str).unwrap_or("unknown");
+    let sync = d
+        .get("sync_status")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown");
     let reason = d.get("reason").and_then(Value::as_str);
     let (state, issues) = match sync {
         "normal" => ("COMPATIBILITY_STATE_FULLY_COMPATIBLE", vec![]),
@@ -99,7 +100,18 @@ fn node(d: &Map<String, Value>) -> Value {
     })
 }
 
-fn page_query(req: &Request) -> Result<(usize, usize), Response> {
+/// A request this family refuses with 400, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
+
+impl IntoResponse for BadInput {
+    fn into_response(self) -> Response {
+        legacy(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+fn page_query(req: &Request) -> Result<(usize, usize), BadInput> {
     let mut size = 100usize;
     let mut after = 0usize;
     for (key, v) in crate::api::pairs(req.uri()) {
@@ -110,13 +122,13 @@ fn page_query(req: &Request) -> Result<(usize, usize), Response> {
                     .ok()
                     .filter(|n| (1..=1000).contains(n))
                     .ok_or_else(|| {
-                        legacy(StatusCode::BAD_REQUEST, "page[size] must be an integer from 1 to 1000")
+                        BadInput("page[size] must be an integer from 1 to 1000".into())
                     })?
             }
             "page[after]" if !v.is_empty() => {
-                after = v.parse().map_err(|_| {
-                    legacy(StatusCode::BAD_REQUEST, "page[after]: not a value this API returned")
-                })?
+                after = v
+                    .parse()
+                    .map_err(|_| BadInput("page[after]: not a value this API returned".into()))?
             }
             _ => {}
         }
@@ -139,7 +151,7 @@ pub async fn list_nodes(State(k): K, Path(id): Path<String>, req: Request) -> Re
     };
     let (size, after) = match page_query(&req) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let all = match entries(&k, row.key).await {
         Ok(e) => e,
@@ -168,7 +180,9 @@ pub async fn eol_nodes(State(k): K, Path(id): Path<String>, req: Request) -> Res
     };
     let items: Vec<Value> = all
         .iter()
-        .filter(|d| d.get("sync_status").and_then(Value::as_str) == Some("kong_version_incompatible"))
+        .filter(|d| {
+            d.get("sync_status").and_then(Value::as_str) == Some("kong_version_incompatible")
+        })
         .map(|d| {
             json!({
                 "node_id": d.get("id"),
@@ -232,29 +246,37 @@ fn cert_item(c: &DpCertRow) -> Value {
 }
 
 /// The PEM certificate of a request body and the SHA-256 of its DER, or why not.
-pub fn read_cert(body: &[u8]) -> Result<(String, Option<String>, String), String> {
+pub fn read_cert(body: &[u8]) -> Result<(String, Option<String>, String), BadInput> {
+    let bad = |m: String| BadInput(m);
     let Ok(Value::Object(b)) = serde_json::from_slice::<Value>(body) else {
-        return Err("the body must be a JSON object with cert (PEM)".into());
+        return Err(bad("the body must be a JSON object with cert (PEM)".into()));
     };
     if let Some(extra) = b.keys().find(|k| !["cert", "title"].contains(&k.as_str())) {
-        return Err(format!("property {extra} should not exist"));
+        return Err(bad(format!("property {extra} should not exist")));
     }
     let Some(pem) = b.get("cert").and_then(Value::as_str) else {
-        return Err("cert: required, a PEM certificate".into());
+        return Err(bad("cert: required, a PEM certificate".into()));
     };
     let title = match b.get("title") {
         None | Some(Value::Null) => None,
         Some(Value::String(t)) => Some(t.clone()),
-        Some(_) => return Err("title: must be a string".into()),
+        Some(_) => return Err(bad("title: must be a string".into())),
     };
     let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|e| format!("cert: not a PEM certificate: {e}"))?;
+        .map_err(|e| bad(format!("cert: not a PEM certificate: {e}")))?;
     if parsed.label != "CERTIFICATE" {
-        return Err(format!("cert: a PEM CERTIFICATE is expected, not {}", parsed.label));
+        return Err(bad(format!(
+            "cert: a PEM CERTIFICATE is expected, not {}",
+            parsed.label
+        )));
     }
     x509_parser::parse_x509_certificate(&parsed.contents)
-        .map_err(|e| format!("cert: not an X.509 certificate: {e}"))?;
-    Ok((pem.to_string(), title, hex::encode(Sha256::digest(&parsed.contents))))
+        .map_err(|e| bad(format!("cert: not an X.509 certificate: {e}")))?;
+    Ok((
+        pem.to_string(),
+        title,
+        hex::encode(Sha256::digest(&parsed.contents)),
+    ))
 }
 
 /// `GET /v2/control-planes/{id}/dp-client-certificates`
@@ -281,11 +303,16 @@ pub async fn create_cert(State(k): K, Path(id): Path<String>, req: Request) -> R
     };
     let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
         Ok(b) => b,
-        Err(_) => return legacy(StatusCode::BAD_REQUEST, "the body could not be read (limit 1 MiB)"),
+        Err(_) => {
+            return legacy(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read (limit 1 MiB)",
+            )
+        }
     };
     let (pem, title, digest) = match read_cert(&body) {
         Ok(c) => c,
-        Err(m) => return legacy(StatusCode::BAD_REQUEST, m),
+        Err(e) => return e.into_response(),
     };
     let now = gantry_model::unix_now();
     let mut doc = Map::new();
