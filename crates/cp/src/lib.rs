@@ -205,10 +205,17 @@ impl Registry {
 /// The control plane's cluster service.
 pub struct ControlPlane {
     store: Arc<Store>,
-    registry: Registry,
     settings: ClusterSettings,
     id: String,
-    published: watch::Sender<Arc<Published>>,
+    /// The default control plane's configuration and data planes.
+    default: Arc<Tenant>,
+    /// Every control plane hosted, the default included, by key.
+    tenants: std::sync::Mutex<std::collections::HashMap<i64, Arc<Tenant>>>,
+    /// The ids of the control planes, by key: SNIs name them by their prefix.
+    ids: std::sync::Mutex<std::collections::HashMap<i64, String>>,
+    /// The data plane certificates the other control planes accept.
+    pins: proto::tls::Pins,
+    shutdown: watch::Receiver<bool>,
     tls: tokio_rustls::TlsAcceptor,
     /// The plugins this control plane enables: their schemas say which fields an older data
     /// plane does not know.
@@ -236,9 +243,29 @@ fn configured_plugins(c: &Config) -> BTreeSet<String> {
         .collect()
 }
 
+/// One control plane hosted by this cluster service: its configuration as published to its
+/// data planes, its registry, and what stops it.
+pub struct Tenant {
+    key: i64,
+    store: Arc<Store>,
+    published: watch::Sender<Arc<Published>>,
+    registry: Registry,
+    /// Turns true when the control plane is deleted: its sessions end.
+    gone: watch::Sender<bool>,
+    /// Bumped when the pinned certificates change: sessions check theirs is still accepted.
+    certs: watch::Sender<u64>,
+}
+
+impl Tenant {
+    fn current(&self) -> Arc<Published> {
+        self.published.borrow().clone()
+    }
+}
+
 impl ControlPlane {
-    /// Load the configuration and start following the store: `versions` announces local
-    /// writes; the store is also polled, for writes made through another control plane.
+    /// Load the default control plane's configuration and start following the store:
+    /// `versions` announces local writes; the store is also polled, for writes made through
+    /// another control plane process. Other control planes are added with [`ControlPlane::host`].
     pub async fn start(
         store: Arc<Store>,
         settings: ClusterSettings,
@@ -247,22 +274,152 @@ impl ControlPlane {
         shutdown: watch::Receiver<bool>,
         plugins: Catalog,
     ) -> Result<Arc<ControlPlane>, CpError> {
-        let tls = tokio_rustls::TlsAcceptor::from(proto::tls::server_config(&settings)?);
-        let feed = Feed::start(&store).await?;
-        let (published, _) = watch::channel(Arc::new(Published::whole(&feed)));
+        let pins: proto::tls::Pins = Default::default();
+        let tls = tokio_rustls::TlsAcceptor::from(proto::tls::hosted_server_config(
+            &settings,
+            pins.clone(),
+        )?);
+        let (default, feed) = Tenant::load(store.clone()).await?;
         let cp = Arc::new(ControlPlane {
-            registry: Registry::start(store.clone()),
             store,
             settings,
             id,
-            published,
+            default: default.clone(),
+            tenants: std::sync::Mutex::new([(gantry_store::DEFAULT_CP, default.clone())].into()),
+            ids: Default::default(),
+            pins,
+            shutdown: shutdown.clone(),
             tls,
             plugins,
             stats: Stats::default(),
         });
-        tokio::spawn(cp.clone().track(feed, versions, shutdown.clone()));
+        cp.clone().run_tenant(default, feed, versions);
         tokio::spawn(cp.clone().purge(shutdown));
         Ok(cp)
+    }
+
+    /// Host the control plane `key` (no-op when hosted already): follow its configuration and
+    /// accept its data planes. `versions` announces writes made through this process.
+    pub async fn host(
+        self: &Arc<Self>,
+        key: i64,
+        versions: watch::Receiver<i64>,
+    ) -> Result<(), CpError> {
+        if self.tenant(key).is_some() {
+            return Ok(());
+        }
+        let (t, feed) = Tenant::load(Arc::new(self.store.scoped(key))).await?;
+        {
+            let mut all = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            if all.contains_key(&key) {
+                return Ok(());
+            }
+            all.insert(key, t.clone());
+        }
+        self.clone().run_tenant(t, feed, versions);
+        Ok(())
+    }
+
+    /// Stop hosting a deleted control plane: its data planes are disconnected.
+    pub fn unhost(&self, key: i64) {
+        let t = self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        if let Some(t) = t {
+            let _ = t.gone.send(true);
+        }
+    }
+
+    /// Replace the set of pinned data plane certificates; data planes connected with one no
+    /// longer accepted by their control plane are disconnected.
+    pub fn set_pins(&self, pins: proto::tls::PinSet) {
+        self.pins.store(Arc::new(pins));
+        for t in self
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            t.certs.send_modify(|g| *g += 1);
+        }
+    }
+
+    fn tenant(&self, key: i64) -> Option<Arc<Tenant>> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned()
+    }
+
+    fn run_tenant(self: Arc<Self>, t: Arc<Tenant>, feed: Feed, versions: watch::Receiver<i64>) {
+        let stop = self.shutdown.clone();
+        let gone = t.gone.subscribe();
+        tokio::spawn(async move { t.track(feed, versions, stop, gone).await });
+    }
+
+    /// Which hosted control plane a data plane belongs to, from what it proved in its TLS
+    /// handshake: the control plane its SNI names (`<id prefix>.cp.<domain>`) must accept its
+    /// certificate; without such an SNI, the one control plane that pins it (or holds its CA),
+    /// else the default one if `cluster_mtls` accepts it.
+    pub fn owner(&self, conn: &rustls::ServerConnection) -> Result<i64, String> {
+        let Some(chain) = conn.peer_certificates().filter(|c| !c.is_empty()) else {
+            return Err("no client certificate".into());
+        };
+        let (end, inter) = (&chain[0], &chain[1..]);
+        let now = rustls_pki_types::UnixTime::now();
+        let owners = self.pins.load().owners(end, inter, now);
+        let default_ok = proto::tls::default_accepts(&self.settings, end, inter, now);
+        let accepts = |k: i64| (k == gantry_store::DEFAULT_CP && default_ok) || owners.contains(&k);
+        let sni = conn.server_name().unwrap_or("");
+        if let Some((prefix, _)) = sni.split_once(".cp.") {
+            let named = self.by_prefix(prefix);
+            return match named {
+                Some(k) if accepts(k) => Ok(k),
+                Some(_) => Err(format!(
+                    "its certificate is not accepted by the control plane it dialled ({sni})"
+                )),
+                None => Err(format!("no control plane answers to {sni}")),
+            };
+        }
+        match owners.as_slice() {
+            [k] => Ok(*k),
+            [] if default_ok => Ok(gantry_store::DEFAULT_CP),
+            [] => Err("its certificate is accepted by no control plane".into()),
+            _ => Err("its certificate is pinned by several control planes: dial the endpoint of the one it belongs to (<id prefix>.cp.<domain>)".into()),
+        }
+    }
+
+    fn by_prefix(&self, prefix: &str) -> Option<i64> {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter()
+            .find(|(_, id)| gantry_model::endpoint_prefix(id) == prefix)
+            .map(|(k, _)| *k)
+    }
+
+    /// Tell the cluster service the id of control plane `key` (for endpoint names).
+    pub fn name_tenant(&self, key: i64, id: &str) {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, id.to_string());
+    }
+
+    /// The keys of the control planes hosted.
+    pub fn hosted(&self) -> Vec<i64> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// The store handle of a hosted control plane.
+    pub fn tenant_store(&self, key: i64) -> Option<Arc<Store>> {
+        self.tenant(key).map(|t| t.store.clone())
     }
 
     /// The mTLS acceptor of the cluster listener, for the telemetry listener too.
@@ -310,9 +467,25 @@ impl ControlPlane {
         }
     }
 
-    /// The version published now.
+    /// The version the default control plane publishes now.
     pub fn current(&self) -> Arc<Published> {
-        self.published.borrow().clone()
+        self.default.current()
+    }
+}
+
+impl Tenant {
+    async fn load(store: Arc<Store>) -> Result<(Arc<Tenant>, Feed), CpError> {
+        let feed = Feed::start(&store).await?;
+        let (published, _) = watch::channel(Arc::new(Published::whole(&feed)));
+        let t = Arc::new(Tenant {
+            key: store.cp(),
+            registry: Registry::start(store.clone()),
+            store,
+            published,
+            gone: watch::channel(false).0,
+            certs: watch::channel(0).0,
+        });
+        Ok((t, feed))
     }
 
     async fn track(
@@ -320,7 +493,9 @@ impl ControlPlane {
         mut feed: Feed,
         mut versions: watch::Receiver<i64>,
         mut stop: watch::Receiver<bool>,
+        mut gone: watch::Receiver<bool>,
     ) {
+        let mut pruned = std::time::Instant::now();
         let poll = if self.store.is_postgres() {
             Duration::from_millis(200)
         } else {
@@ -334,9 +509,18 @@ impl ControlPlane {
                 },
                 _ = tokio::time::sleep(poll) => {}
                 _ = proto::stopped(&mut stop) => return,
+                _ = proto::stopped(&mut gone) => return,
             }
             if let Err(e) = self.catch_up(&mut feed).await {
-                tracing::error!(error = %e, "cannot read configuration changes from the store");
+                tracing::error!(control_plane = self.key, error = %e, "cannot read configuration changes from the store");
+            }
+            // The change log needs to reach back only as far as a lagging reader; one further
+            // behind reads the configuration whole.
+            if pruned.elapsed() > Duration::from_secs(60) {
+                pruned = std::time::Instant::now();
+                if let Err(e) = Feed::prune(&self.store).await {
+                    tracing::warn!(control_plane = self.key, error = %e, "cannot prune the change log");
+                }
             }
         }
     }
@@ -368,17 +552,14 @@ impl ControlPlane {
         self.published.send_replace(Arc::new(next));
         Ok(())
     }
+}
 
+impl ControlPlane {
     async fn purge(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 _ = proto::stopped(&mut stop) => return,
-            }
-            // The change log needs to reach back only as far as a lagging reader; one further
-            // behind reads the configuration whole.
-            if let Err(e) = Feed::prune(&self.store).await {
-                tracing::warn!(error = %e, "cannot prune the change log");
             }
             let before = unix_now() - self.settings.purge_delay.as_secs() as i64;
             match self.store.purge_data_planes(before).await {
@@ -431,6 +612,25 @@ impl ControlPlane {
                 return;
             }
         };
+        let tenant = match self.owner(tls.get_ref().1) {
+            Ok(k) => match self.tenant(k) {
+                Some(t) => t,
+                None => {
+                    tracing::warn!(peer = %peer, "data plane refused: its control plane is not hosted here");
+                    return;
+                }
+            },
+            Err(why) => {
+                tracing::warn!(peer = %peer, "data plane refused: {why}");
+                return;
+            }
+        };
+        let peer_cert = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+            .unwrap_or_default();
         let expiry = tls
             .get_ref()
             .1
@@ -478,6 +678,8 @@ impl ControlPlane {
         };
         let mut session = Session {
             cp: self.clone(),
+            tenant: tenant.clone(),
+            peer_cert,
             ws,
             peer,
             expiry,
@@ -493,7 +695,8 @@ impl ControlPlane {
             if let Err(e) = &result {
                 dp.last_error.get_or_insert_with(|| e.to_string());
             }
-            self.registry
+            tenant
+                .registry
                 .put(dp, dp.doc(self.id.as_str(), expiry), false);
             tracing::info!(node_id = %dp.id, hostname = %dp.hostname, peer = %peer, reason = %result.err().unwrap_or_else(|| "closed".into()), "data plane disconnected");
         }
@@ -553,6 +756,9 @@ type Ws =
 
 struct Session {
     cp: Arc<ControlPlane>,
+    tenant: Arc<Tenant>,
+    /// The chain the data plane presented, checked again when pinned certificates change.
+    peer_cert: Vec<rustls_pki_types::CertificateDer<'static>>,
     ws: Ws,
     peer: SocketAddr,
     expiry: Option<i64>,
@@ -561,6 +767,22 @@ struct Session {
 }
 
 impl Session {
+    /// Whether this data plane's control plane still accepts the certificate it connected
+    /// with (the default control plane accepts what `cluster_mtls` does).
+    fn still_accepted(&self) -> bool {
+        if self.tenant.key == gantry_store::DEFAULT_CP {
+            return true;
+        }
+        let Some((end, inter)) = self.peer_cert.split_first() else {
+            return false;
+        };
+        self.cp
+            .pins
+            .load()
+            .owners(end, inter, rustls_pki_types::UnixTime::now())
+            .contains(&self.tenant.key)
+    }
+
     async fn send(&mut self, frame: &proto::Frame) -> Result<(), proto::LinkError> {
         let msg = frame.message();
         self.cp.stats.bytes_sent.fetch_add(
@@ -587,7 +809,7 @@ impl Session {
     }
 
     async fn save(&self, dp: &DpInfo) {
-        self.cp
+        self.tenant
             .registry
             .put(dp, dp.doc(&self.cp.id, self.expiry), false);
     }
@@ -645,7 +867,7 @@ impl Session {
             last_error: None,
             first_seen: unix_now(),
         };
-        self.cp
+        self.tenant
             .registry
             .put(&dp, dp.doc(&self.cp.id, self.expiry), true);
         self.cp
@@ -667,10 +889,22 @@ impl Session {
             }))
             .await?;
         }
-        let mut published = self.cp.published.subscribe();
+        let mut published = self.tenant.published.subscribe();
         published.mark_changed();
+        let mut gone = self.tenant.gone.subscribe();
+        let mut certs = self.tenant.certs.subscribe();
         loop {
             tokio::select! {
+                _ = proto::stopped(&mut gone) => {
+                    let _ = self.ws.close(None).await;
+                    return Err("its control plane was deleted".into());
+                }
+                r = certs.changed() => {
+                    if r.is_ok() && !self.still_accepted() {
+                        let _ = self.ws.close(None).await;
+                        return Err("its client certificate is no longer accepted by its control plane (unpinned)".into());
+                    }
+                }
                 r = published.changed() => {
                     if r.is_err() { return Err("control plane shutting down".into()); }
                     let p = published.borrow_and_update().clone();
@@ -897,7 +1131,7 @@ impl Session {
                 // refused one was refused with it).
                 dp.known = false;
                 self.save(dp).await;
-                let current = self.cp.current();
+                let current = self.tenant.current();
                 if version < current.version {
                     self.offer_to(dp, &current).await?;
                 }
@@ -905,7 +1139,7 @@ impl Session {
             FromDp::Ping { version, hash } => {
                 dp.config_version = version;
                 dp.config_hash = hash;
-                let v = self.cp.current().version;
+                let v = self.tenant.current().version;
                 self.save(dp).await;
                 self.send(&proto::encode(&ToDp::Pong { version: v }))
                     .await?;

@@ -30,8 +30,7 @@ pub async fn purge(store: Arc<Store>, retention: Duration, mut stop: watch::Rece
 
 /// Accept data planes' analytics on `listener` (mTLS as the cluster listener) until shutdown.
 pub async fn serve(
-    store: Arc<Store>,
-    tls: tokio_rustls::TlsAcceptor,
+    cp: Arc<crate::ControlPlane>,
     listener: TcpListener,
     max_payload: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -47,9 +46,9 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let (store, tls) = (store.clone(), tls.clone());
+                let cp = cp.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(store, tls, tcp, max_payload).await {
+                    if let Err(e) = connection(cp, tcp, max_payload).await {
                         tracing::warn!(peer = %peer, "telemetry connection ended: {e}");
                     }
                 });
@@ -60,15 +59,19 @@ pub async fn serve(
 }
 
 async fn connection(
-    store: Arc<Store>,
-    tls: tokio_rustls::TlsAcceptor,
+    cp: Arc<crate::ControlPlane>,
     tcp: tokio::net::TcpStream,
     max: usize,
 ) -> Result<(), proto::LinkError> {
-    let stream = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp))
+    let stream = tokio::time::timeout(Duration::from_secs(10), cp.tls_acceptor().accept(tcp))
         .await
         .map_err(|_| "no TLS handshake within 10s".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    // Analytics land in the control plane the data plane belongs to, whatever it claims.
+    let key = cp.owner(stream.get_ref().1)?;
+    let store = cp
+        .tenant_store(key)
+        .ok_or_else(|| "its control plane is not hosted here".to_string())?;
     #[allow(clippy::result_large_err)]
     let check = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                  res: tokio_tungstenite::tungstenite::handshake::server::Response| {

@@ -49,12 +49,10 @@ pub async fn start_control_plane(
         let tcp = listen(l, "cluster_listen", "cluster", None).await?;
         tokio::spawn(cp.clone().serve(tcp, shutdown.clone()));
     }
-    let tls = cp.tls_acceptor();
     for l in &settings.cluster_telemetry_listen {
         let tcp = listen(l, "cluster_telemetry_listen", "telemetry", None).await?;
         tokio::spawn(gantry_cp::telemetry::serve(
-            store.clone(),
-            tls.clone(),
+            cp.clone(),
             tcp,
             settings.cluster.max_payload,
             shutdown.clone(),
@@ -66,6 +64,74 @@ pub async fn start_control_plane(
         shutdown,
     ));
     Ok(cp)
+}
+
+/// Keep the cluster service hosting every control plane in the store, with the data plane
+/// certificates each pins: at once on a change made through this process's v2 API, and every
+/// few seconds for changes made through another control plane process on the same database.
+pub async fn keep_hosting(
+    cp: Arc<ControlPlane>,
+    konnect: Arc<gantry_konnect::Konnect>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut events = konnect.subscribe();
+    let mut pinned: Option<Vec<(i64, String, bool)>> = None;
+    loop {
+        if let Err(e) = host_all(&cp, &konnect, &mut pinned).await {
+            tracing::warn!(error = %e, "cannot read the control planes from the store");
+        }
+        tokio::select! {
+            _ = events.recv() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3)) => {}
+            _ = gantry_protocol::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+async fn host_all(
+    cp: &Arc<ControlPlane>,
+    konnect: &gantry_konnect::Konnect,
+    pinned: &mut Option<Vec<(i64, String, bool)>>,
+) -> anyhow::Result<()> {
+    let store = konnect.store();
+    let rows = store.control_planes().await?;
+    let mut pki = std::collections::HashSet::new();
+    for row in &rows {
+        cp.name_tenant(row.key, &row.id);
+        if row.doc.get("auth_type").and_then(|v| v.as_str()) == Some("pki_client_certs") {
+            pki.insert(row.key);
+        }
+        if row.key != gantry_store::DEFAULT_CP {
+            let versions = konnect.plane(row.key).state.version_tx.subscribe();
+            cp.host(row.key, versions).await?;
+        }
+    }
+    for key in cp.hosted() {
+        if !rows.iter().any(|r| r.key == key) {
+            tracing::info!(
+                control_plane = key,
+                "control plane deleted: its data planes are disconnected"
+            );
+            cp.unhost(key);
+        }
+    }
+    let mut certs: Vec<(i64, String, bool)> = store
+        .all_dp_certs()
+        .await?
+        .into_iter()
+        .filter_map(|c| {
+            let pem = c.doc.get("cert")?.as_str()?.to_string();
+            Some((c.cp, pem, pki.contains(&c.cp)))
+        })
+        .collect();
+    certs.sort();
+    if pinned.as_ref() != Some(&certs) {
+        cp.set_pins(gantry_protocol::tls::PinSet::build(
+            certs.iter().map(|(k, pem, ca)| (*k, pem.as_str(), *ca)),
+        ));
+        *pinned = Some(certs);
+    }
+    Ok(())
 }
 
 /// Run a data plane until `shutdown`: the cached configuration first, then whatever the

@@ -387,6 +387,11 @@ where
             state.plugins.clone(),
         )
         .await?;
+        tokio::spawn(crate::hybrid::keep_hosting(
+            cp.clone(),
+            konnect.clone(),
+            rx.clone(),
+        ));
         let _ = state
             .extra_metrics
             .set(Arc::new(move |m: &mut String| cp.write_metrics(m)));

@@ -418,74 +418,6 @@ async fn data_planes_outlive_their_control_plane() {
     .await;
 }
 
-/// A test CA for `cluster_mtls = pki`.
-struct Pki {
-    dir: std::path::PathBuf,
-    ca: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let kp = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "Gantry test cluster CA");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let cert = p.self_signed(&kp).unwrap();
-        let ca = dir.join("ca.crt");
-        std::fs::write(&ca, cert.pem()).unwrap();
-        Pki {
-            dir: dir.to_path_buf(),
-            ca: ca.display().to_string(),
-            issuer: rcgen::Issuer::new(p, kp),
-        }
-    }
-
-    /// A certificate for `name` signed by the CA, valid until `not_after` (year), or expired.
-    fn leaf(&self, file: &str, name: &str, not_after_year: i32) -> (String, String) {
-        self.leaf_between(file, name, 2020, not_after_year)
-    }
-
-    /// A certificate for `name` signed by the CA, valid between two years.
-    fn leaf_between(
-        &self,
-        file: &str,
-        name: &str,
-        not_before_year: i32,
-        not_after_year: i32,
-    ) -> (String, String) {
-        let kp = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.not_before = rcgen::date_time_ymd(not_before_year, 1, 1);
-        p.not_after = rcgen::date_time_ymd(not_after_year, 1, 1);
-        p.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = p.signed_by(&kp, &self.issuer).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{file}.crt")),
-            self.dir.join(format!("{file}.key")),
-        );
-        write_atomically(&c, cert.pem().as_bytes());
-        write_atomically(&k, kp.serialize_pem().as_bytes());
-        (c.display().to_string(), k.display().to_string())
-    }
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 fn year_ts(y: i32) -> i64 {
     rcgen::date_time_ymd(y, 1, 1).unix_timestamp()
 }
@@ -497,7 +429,7 @@ fn year_ts(y: i32) -> i64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
+    let pki = gantry_testkit::pki::Pki::new(dir.path());
     let http = reqwest::Client::new();
     let up = echo().await;
     let cp_cert = pki.leaf("cp", "kong_clustering", 2090);
@@ -528,7 +460,7 @@ async fn pki_certificates_are_checked_and_rotate_without_a_restart() {
     service_and_route(&http, &cp, &up, "/a").await;
 
     // Signed by another CA: refused by the control plane.
-    let other = Pki::new(&dir.path().join("other").tap_mkdir());
+    let other = gantry_testkit::pki::Pki::new(&dir.path().join("other").tap_mkdir());
     let stranger = Node::start(
         &dir.path().join("stranger"),
         &pki_dp(&other.leaf("dp", "dp-stranger", 2090)),

@@ -485,3 +485,182 @@ async fn the_admin_api_beyond_loopback_requires_tokens() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
 }
+
+/// Data planes attach to the control plane their certificate proves: each gets its own
+/// control plane's configuration only; an SNI naming another control plane than the one that
+/// pins the certificate is refused; unpinning a certificate disconnects exactly the data planes
+/// that used it.
+#[tokio::test(flavor = "multi_thread")]
+async fn data_planes_attach_to_their_own_control_plane() {
+    use gantry_testkit::pki::Pki;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let http = Client::new();
+    let up = gantry_testkit::upstream::echo().await;
+    // The control plane's certificate names every control plane's endpoint, as Konnect's do.
+    let cp_cert = pki.leaf_for("cp", &["kong_clustering", "*.cp.gantry.test"], 2020, 2090);
+    let prefix = dir.path().join("cp");
+    let cp_env = process::cp_env(
+        &cp_cert,
+        &[
+            ("KONG_CLUSTER_MTLS", "pki"),
+            ("KONG_CLUSTER_CA_CERT", &pki.ca),
+            ("KONG_CLUSTER_ENDPOINT_DOMAIN", "gantry.test"),
+        ],
+    );
+    let token = process::token(&prefix, &cp_env, "ops", &[]);
+    let cp = Node::start(&prefix, &cp_env);
+    let v2 = format!("{}/v2/control-planes", cp.admin);
+    let cluster = cp.cluster.clone().unwrap();
+
+    // Two control planes, each with a route of the same name to its own path, and each
+    // pinning its own data plane certificate.
+    let mut planes = Vec::new();
+    for name in ["a", "b"] {
+        let (_, c) = call(
+            &http,
+            Method::POST,
+            &v2,
+            Some(&token),
+            Some(json!({"name": name})),
+        )
+        .await;
+        let id = c["id"].as_str().unwrap().to_string();
+        let endpoint = c["config"]["control_plane_endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let sni = endpoint
+            .trim_start_matches("https://")
+            .rsplit_once(':')
+            .unwrap()
+            .0
+            .to_string();
+        assert!(sni.ends_with(".cp.gantry.test"), "{sni}");
+        let ce = format!("{v2}/{id}/core-entities");
+        let (s, svc) = call(
+            &http,
+            Method::POST,
+            &format!("{ce}/services"),
+            Some(&token),
+            Some(json!({"name": "s", "url": format!("http://{up}")})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{svc}");
+        let (s, r) = call(
+            &http,
+            Method::POST,
+            &format!("{ce}/services/s/routes"),
+            Some(&token),
+            Some(json!({"name": "r", "paths": [format!("/{name}")]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        let cert = process::gen_cert(dir.path(), &format!("dp-{name}"));
+        let pem = std::fs::read_to_string(&cert.0).unwrap();
+        let (s, c) = call(
+            &http,
+            Method::POST,
+            &format!("{v2}/{id}/dp-client-certificates"),
+            Some(&token),
+            Some(json!({"cert": pem, "title": name})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{c}");
+        planes.push((id, sni, cert, c["item"]["id"].as_str().unwrap().to_string()));
+    }
+    let dp = |name: &str, cert: &(String, String), sni: &str| {
+        Node::start(
+            &dir.path().join(name),
+            &process::dp_env(
+                &cluster,
+                cert,
+                &[
+                    ("KONG_CLUSTER_MTLS", "pki"),
+                    ("KONG_CLUSTER_CA_CERT", &pki.ca),
+                    ("KONG_CLUSTER_SERVER_NAME", sni),
+                ],
+            ),
+        )
+    };
+    let (a_id, a_sni, a_cert, _) = planes[0].clone();
+    let (b_id, b_sni, b_cert, b_cert_id) = planes[1].clone();
+    let dp_a = dp("dp-a", &a_cert, &a_sni);
+    // Its pinned certificate alone finds its control plane (no endpoint name).
+    let dp_a2 = dp("dp-a2", &a_cert, "kong_clustering");
+    let dp_b = dp("dp-b", &b_cert, &b_sni);
+    // B's certificate dialling A's endpoint: refused.
+    let intruder = dp("intruder", &b_cert, &a_sni);
+    cp.wait_log(
+        "is not accepted by the control plane it dialled",
+        Duration::from_secs(15),
+    );
+    intruder.wait_log(
+        "failed to connect to the control plane",
+        Duration::from_secs(15),
+    );
+
+    let url = |n: &Node, path: &str| format!("{}{path}", n.dp_proxy());
+    for (n, mine, theirs) in [
+        (&dp_a, "/a", "/b"),
+        (&dp_a2, "/a", "/b"),
+        (&dp_b, "/b", "/a"),
+    ] {
+        gantry_testkit::http::until(&http, &url(n, mine), 200, Duration::from_secs(15)).await;
+        let res = http.get(url(n, theirs)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{theirs}");
+    }
+    // Each control plane lists its own data planes.
+    let nodes = |id: String| {
+        let (http, v2, token) = (http.clone(), v2.clone(), token.clone());
+        async move {
+            let (_, n) = call(
+                &http,
+                Method::GET,
+                &format!("{v2}/{id}/nodes"),
+                Some(&token),
+                None,
+            )
+            .await;
+            n["items"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    gantry_testkit::http::eventually(
+        Duration::from_secs(10),
+        "A lists two data planes",
+        || async { nodes(a_id.clone()).await.len() == 2 },
+    )
+    .await;
+    let b_nodes = nodes(b_id.clone()).await;
+    assert_eq!(b_nodes.len(), 1, "{b_nodes:?}");
+    assert_eq!(
+        b_nodes[0]["compatibility_status"]["state"],
+        "COMPATIBILITY_STATE_FULLY_COMPATIBLE"
+    );
+    // Unpinning B's certificate disconnects B's data plane, and only it.
+    let (s, _) = call(
+        &http,
+        Method::DELETE,
+        &format!("{v2}/{b_id}/dp-client-certificates/{b_cert_id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    cp.wait_log(
+        "no longer accepted by its control plane",
+        Duration::from_secs(10),
+    );
+    // A change in A still reaches A's data planes.
+    call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{a_id}/core-entities/services/s/routes"),
+        Some(&token),
+        Some(json!({"name": "r2", "paths": ["/a2"]})),
+    )
+    .await;
+    gantry_testkit::http::until(&http, &url(&dp_a, "/a2"), 200, Duration::from_secs(10)).await;
+    gantry_testkit::http::until(&http, &url(&dp_a2, "/a2"), 200, Duration::from_secs(10)).await;
+    drop((dp_a, dp_a2, dp_b, intruder));
+}

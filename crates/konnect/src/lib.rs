@@ -166,10 +166,7 @@ impl Konnect {
     }
 }
 
-/// The first ten hexadecimal digits of a control plane's id: its endpoints' first label.
-pub fn endpoint_prefix(id: &str) -> String {
-    id.chars().filter(|c| *c != '-').take(10).collect()
-}
+pub use gantry_model::endpoint_prefix;
 
 /// The Kong Admin API's check of access tokens: a token with a role on the default control
 /// plane (admin to write). Set on the default control plane's Admin API when it must require

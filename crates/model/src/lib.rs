@@ -34,6 +34,12 @@ pub const GANTRY_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const KONG_VERSION: &str = "3.9.0";
 
 /// Unix seconds now: the clock of `created_at` / `updated_at` and of time windows.
+/// The first ten hexadecimal digits of a control plane's id: the first label of its
+/// endpoints' names (`<prefix>.cp.<domain>`), as Konnect names them.
+pub fn endpoint_prefix(id: &str) -> String {
+    id.chars().filter(|c| *c != '-').take(10).collect()
+}
+
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

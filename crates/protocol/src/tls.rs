@@ -326,28 +326,233 @@ fn roots(
     Ok(Arc::new(store))
 }
 
-/// The control plane's TLS: its certificate, and data plane certificates checked as
-/// `cluster_mtls` says.
-pub fn server_config(s: &ClusterSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let chain = certs("cluster_cert", &s.cert)?;
-    let key = key("cluster_cert_key", &s.cert_key)?;
-    let provider = provider();
-    let verifier: Arc<dyn ClientCertVerifier> = match s.mtls {
+/// The data plane certificates the control planes other than the default accept: pinned ones
+/// (`pinned_client_certs`, by the SHA-256 of their DER) and CAs (`pki_client_certs`), each
+/// owned by one control plane (its key). Swapped whole when one changes.
+#[derive(Default)]
+pub struct PinSet {
+    pinned: std::collections::HashMap<[u8; 32], Vec<i64>>,
+    cas: Vec<(i64, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl std::fmt::Debug for PinSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PinSet")
+            .field("pinned", &self.pinned.len())
+            .field("cas", &self.cas.len())
+            .finish()
+    }
+}
+
+/// SHA-256 of a certificate's DER: how a pinned certificate is known.
+pub fn digest(cert: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(cert).into()
+}
+
+impl PinSet {
+    /// `certs`: (control plane key, PEM certificate, whether it is a CA for `pki_client_certs`).
+    /// A certificate that does not parse is left out, and logged.
+    pub fn build<'a>(certs: impl IntoIterator<Item = (i64, &'a str, bool)>) -> PinSet {
+        let mut set = PinSet::default();
+        for (cp, pem, ca) in certs {
+            let der = match CertificateDer::pem_slice_iter(pem.as_bytes()).next() {
+                Some(Ok(d)) => d,
+                _ => {
+                    tracing::warn!(
+                        control_plane = cp,
+                        "a pinned data plane certificate does not parse; left out"
+                    );
+                    continue;
+                }
+            };
+            if ca {
+                let mut store = rustls::RootCertStore::empty();
+                let built = store.add(der).ok().and_then(|_| {
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(
+                        Arc::new(store),
+                        provider(),
+                    )
+                    .build()
+                    .ok()
+                });
+                match built {
+                    Some(v) => set.cas.push((cp, v)),
+                    None => tracing::warn!(
+                        control_plane = cp,
+                        "a data plane CA certificate is not usable; left out"
+                    ),
+                }
+            } else {
+                set.pinned.entry(digest(der.as_ref())).or_default().push(cp);
+            }
+        }
+        set
+    }
+
+    /// The control planes that accept `cert` (with `intermediates`) at `now`, by pin or by CA.
+    pub fn owners(
+        &self,
+        cert: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Vec<i64> {
+        let mut out: Vec<i64> = self
+            .pinned
+            .get(&digest(cert.as_ref()))
+            .cloned()
+            .unwrap_or_default();
+        if !out.is_empty() && !within_validity(cert, now) {
+            out.clear();
+        }
+        for (cp, v) in &self.cas {
+            if v.verify_client_cert(cert, intermediates, now).is_ok() && !out.contains(cp) {
+                out.push(*cp);
+            }
+        }
+        out
+    }
+}
+
+fn within_validity(cert: &CertificateDer<'_>, now: UnixTime) -> bool {
+    let now = now.as_secs() as i64;
+    validity(cert).is_some_and(|(nb, na)| now >= nb && now <= na)
+}
+
+/// The pin set a control plane hosting several shares with its TLS listener.
+pub type Pins = Arc<arc_swap::ArcSwap<PinSet>>;
+
+/// Accepts what `cluster_mtls` accepts (the default control plane's data planes), or a
+/// certificate some other control plane pins or whose CA it holds. Which control plane a data
+/// plane belongs to is decided after the handshake, from the certificate and the SNI.
+#[derive(Debug)]
+struct Hosted {
+    base: Arc<dyn ClientCertVerifier>,
+    pins: Pins,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for Hosted {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.base.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.base.verify_client_cert(end_entity, intermediates, now) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if self
+                    .pins
+                    .load()
+                    .owners(end_entity, intermediates, now)
+                    .is_empty()
+                {
+                    Err(e)
+                } else {
+                    Ok(ClientCertVerified::assertion())
+                }
+            }
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Whether the default control plane (by `cluster_mtls`) accepts this data plane certificate.
+pub fn default_accepts(
+    s: &ClusterSettings,
+    cert: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> bool {
+    base_verifier(s, provider())
+        .is_ok_and(|v| v.verify_client_cert(cert, intermediates, now).is_ok())
+}
+
+fn base_verifier(
+    s: &ClusterSettings,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    Ok(match s.mtls {
         Mtls::Shared => Arc::new(Pinned {
-            cert: chain[0].clone(),
-            provider: provider.clone(),
+            cert: certs("cluster_cert", &s.cert)?[0].clone(),
+            provider,
             who: "data plane",
         }),
         Mtls::Pki => {
             let ca = certs("cluster_ca_cert", &s.ca_cert)?;
             rustls::server::WebPkiClientVerifier::builder_with_provider(
                 roots("cluster_ca_cert", ca)?,
-                provider.clone(),
+                provider,
             )
             .build()
             .map_err(|e| setting("cluster_ca_cert", e.to_string()))?
         }
-    };
+    })
+}
+
+/// The TLS of a control plane hosting several: [`server_config`]'s, also accepting what the
+/// other control planes pin (`pins`, which may change while it runs).
+pub fn hosted_server_config(
+    s: &ClusterSettings,
+    pins: Pins,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(Hosted {
+        base: base_verifier(s, provider.clone())?,
+        pins,
+        provider,
+    });
+    finish_server_config(s, verifier)
+}
+
+/// The control plane's TLS: its certificate, and data plane certificates checked as
+/// `cluster_mtls` says.
+pub fn server_config(s: &ClusterSettings) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let verifier = base_verifier(s, provider())?;
+    finish_server_config(s, verifier)
+}
+
+fn finish_server_config(
+    s: &ClusterSettings,
+    verifier: Arc<dyn ClientCertVerifier>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certs("cluster_cert", &s.cert)?;
+    let key = key("cluster_cert_key", &s.cert_key)?;
+    let provider = provider();
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
