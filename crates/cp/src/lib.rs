@@ -6,6 +6,7 @@
 //! - [`telemetry`]: `cluster_telemetry_listen`, analytics merged into the store, and their
 //!   retention.
 
+pub mod group;
 pub mod telemetry;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -254,6 +255,24 @@ pub struct Tenant {
     gone: watch::Sender<bool>,
     /// Bumped when the pinned certificates change: sessions check theirs is still accepted.
     certs: watch::Sender<u64>,
+    /// For a control plane group: its members and its status.
+    group: Option<Group>,
+}
+
+struct Group {
+    members: watch::Sender<Vec<i64>>,
+    status: std::sync::Mutex<GroupStatus>,
+}
+
+/// A control plane group's state: `OK` (its union published), `CONFLICT` (members conflict:
+/// nothing new is published until they do not), `UNKNOWN` (not computed yet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupStatus {
+    pub state: &'static str,
+    /// Each conflict, with the id of the member holding it.
+    pub conflicts: Vec<(String, group::Conflict)>,
+    /// Unix seconds.
+    pub updated_at: i64,
 }
 
 impl Tenant {
@@ -317,6 +336,139 @@ impl ControlPlane {
             all.insert(key, t.clone());
         }
         self.clone().run_tenant(t, feed, versions);
+        Ok(())
+    }
+
+    /// Host the control plane group `key` with these members (keys), or set its members when
+    /// hosted already.
+    pub async fn host_group(self: &Arc<Self>, key: i64, members: Vec<i64>) -> Result<(), CpError> {
+        if let Some(t) = self.tenant(key) {
+            if let Some(g) = &t.group {
+                g.members.send_if_modified(|m| {
+                    let changed = *m != members;
+                    *m = members;
+                    changed
+                });
+            }
+            return Ok(());
+        }
+        let t = Tenant::load_group(Arc::new(self.store.scoped(key)), members).await?;
+        {
+            let mut all = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            if all.contains_key(&key) {
+                return Ok(());
+            }
+            all.insert(key, t.clone());
+        }
+        tokio::spawn(self.clone().group_track(t));
+        Ok(())
+    }
+
+    /// A hosted group's status.
+    pub fn group_status(&self, key: i64) -> Option<GroupStatus> {
+        let t = self.tenant(key)?;
+        let g = t.group.as_ref()?;
+        let s = g.status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Some(s)
+    }
+
+    /// Keep a group's published configuration the union of its members': recomputed when a
+    /// member publishes or the members change.
+    async fn group_track(self: Arc<Self>, t: Arc<Tenant>) {
+        let Some(g) = &t.group else { return };
+        let mut members = g.members.subscribe();
+        let mut stop = self.shutdown.clone();
+        let mut gone = t.gone.subscribe();
+        let mut seen: Option<Vec<(i64, i64)>> = None;
+        loop {
+            let keys = members.borrow_and_update().clone();
+            let tenants: Vec<Arc<Tenant>> = keys.iter().filter_map(|k| self.tenant(*k)).collect();
+            let mut rxs: Vec<watch::Receiver<Arc<Published>>> =
+                tenants.iter().map(|m| m.published.subscribe()).collect();
+            let now: Vec<(i64, i64)> = tenants
+                .iter()
+                .map(|m| (m.key, m.current().version))
+                .collect();
+            if seen.as_ref() != Some(&now) || tenants.len() != keys.len() {
+                let configs: Vec<(i64, Arc<Config>)> = tenants
+                    .iter()
+                    .map(|m| (m.key, m.current().config.clone()))
+                    .collect();
+                match self.publish_union(&t, g, &configs).await {
+                    Ok(()) => seen = Some(now),
+                    Err(e) => {
+                        tracing::error!(control_plane = t.key, error = %e, "cannot publish the group's configuration")
+                    }
+                }
+            }
+            let any_member = async {
+                if rxs.is_empty() {
+                    std::future::pending::<()>().await;
+                } else {
+                    let _ = futures_util::future::select_all(
+                        rxs.iter_mut().map(|r| Box::pin(r.changed())),
+                    )
+                    .await;
+                }
+            };
+            tokio::select! {
+                _ = any_member => {}
+                _ = members.changed() => {}
+                // A member created after the group is hosted shortly after.
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = proto::stopped(&mut stop) => return,
+                _ = proto::stopped(&mut gone) => return,
+            }
+        }
+    }
+
+    async fn publish_union(
+        &self,
+        t: &Tenant,
+        g: &Group,
+        configs: &[(i64, Arc<Config>)],
+    ) -> Result<(), CpError> {
+        let status = match group::union(configs) {
+            Ok(config) => {
+                let digests = Digests::of(&config);
+                if digests.hashes().config != t.current().hash {
+                    // The group's own version row orders what its data planes are sent.
+                    let version = t.store.write(Vec::new()).await?;
+                    let next =
+                        Published::new(Arc::new(config), &digests, version, Default::default());
+                    tracing::info!(control_plane = t.key, version, hash = %next.hash, "group configuration published");
+                    t.published.send_replace(Arc::new(next));
+                }
+                GroupStatus {
+                    state: "OK",
+                    conflicts: Vec::new(),
+                    updated_at: unix_now(),
+                }
+            }
+            Err(conflicts) => {
+                let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                for c in &conflicts {
+                    tracing::warn!(
+                        control_plane = t.key,
+                        member = c.member,
+                        "group conflict, not published: {}",
+                        c.description
+                    );
+                }
+                GroupStatus {
+                    state: "CONFLICT",
+                    conflicts: conflicts
+                        .into_iter()
+                        .map(|c| (ids.get(&c.member).cloned().unwrap_or_default(), c))
+                        .collect(),
+                    updated_at: unix_now(),
+                }
+            }
+        };
+        let mut s = g.status.lock().unwrap_or_else(|e| e.into_inner());
+        if s.state != status.state || s.conflicts != status.conflicts {
+            *s = status;
+        }
         Ok(())
     }
 
@@ -484,8 +636,37 @@ impl Tenant {
             published,
             gone: watch::channel(false).0,
             certs: watch::channel(0).0,
+            group: None,
         });
         Ok((t, feed))
+    }
+
+    /// A group's tenant: what it publishes is its members' union, at its own version.
+    async fn load_group(store: Arc<Store>, members: Vec<i64>) -> Result<Arc<Tenant>, CpError> {
+        let version = store.version().await?;
+        let empty = Arc::new(Config::default());
+        let published = Published::new(
+            empty.clone(),
+            &Digests::of(&empty),
+            version,
+            Default::default(),
+        );
+        Ok(Arc::new(Tenant {
+            key: store.cp(),
+            registry: Registry::start(store.clone()),
+            store,
+            published: watch::channel(Arc::new(published)).0,
+            gone: watch::channel(false).0,
+            certs: watch::channel(0).0,
+            group: Some(Group {
+                members: watch::channel(members).0,
+                status: std::sync::Mutex::new(GroupStatus {
+                    state: "UNKNOWN",
+                    conflicts: Vec::new(),
+                    updated_at: unix_now(),
+                }),
+            }),
+        }))
     }
 
     async fn track(

@@ -101,7 +101,20 @@ async fn host_all(
         if row.doc.get("auth_type").and_then(|v| v.as_str()) == Some("pki_client_certs") {
             pki.insert(row.key);
         }
-        if row.key != gantry_store::DEFAULT_CP {
+        let group = row.doc.get("cluster_type").and_then(|v| v.as_str())
+            == Some("CLUSTER_TYPE_CONTROL_PLANE_GROUP");
+        if group {
+            let members: Vec<i64> = row
+                .doc
+                .get("members")
+                .and_then(|m| m.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m.as_str())
+                .filter_map(|id| rows.iter().find(|r| r.id == id).map(|r| r.key))
+                .collect();
+            cp.host_group(row.key, members).await?;
+        } else if row.key != gantry_store::DEFAULT_CP {
             let versions = konnect.plane(row.key).state.version_tx.subscribe();
             cp.host(row.key, versions).await?;
         }

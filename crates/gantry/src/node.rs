@@ -387,6 +387,24 @@ where
             state.plugins.clone(),
         )
         .await?;
+        {
+            let cp = Arc::downgrade(&cp);
+            let _ = konnect.group_status.set(Arc::new(move |key| {
+                let s = cp.upgrade()?.group_status(key)?;
+                let conflicts = s
+                    .conflicts
+                    .iter()
+                    .map(|(member, c)| {
+                        serde_json::json!({
+                            "cluster_id": member,
+                            "description": c.description,
+                            "resource": {"id": c.id, "type": c.entity.trim_end_matches('s')},
+                        })
+                    })
+                    .collect();
+                Some((s.state.to_string(), conflicts, s.updated_at))
+            }));
+        }
         tokio::spawn(crate::hybrid::keep_hosting(
             cp.clone(),
             konnect.clone(),

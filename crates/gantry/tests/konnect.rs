@@ -664,3 +664,246 @@ async fn data_planes_attach_to_their_own_control_plane() {
     gantry_testkit::http::until(&http, &url(&dp_a2, "/a2"), 200, Duration::from_secs(10)).await;
     drop((dp_a, dp_a2, dp_b, intruder));
 }
+
+/// A control plane group serves the union of its members' configurations to its data planes;
+/// a conflict between members (the same route name) is reported and not pushed, and the data
+/// planes keep the last good union until it is resolved.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_serves_its_members_union_and_reports_conflicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let up = gantry_testkit::upstream::echo().await;
+    let cert = process::gen_cert(dir.path(), "cluster");
+    let prefix = dir.path().join("cp");
+    let env = process::cp_env(&cert, &[]);
+    let token = process::token(&prefix, &env, "ops", &[]);
+    let cp = Node::start(&prefix, &env);
+    let v2 = format!("{}/v2/control-planes", cp.admin);
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let (_, c) = call(
+            &http,
+            Method::POST,
+            &v2,
+            Some(&token),
+            Some(json!({"name": name})),
+        )
+        .await;
+        let id = c["id"].as_str().unwrap().to_string();
+        let ce = format!("{v2}/{id}/core-entities");
+        call(
+            &http,
+            Method::POST,
+            &format!("{ce}/services"),
+            Some(&token),
+            Some(json!({"name": format!("s-{name}"), "url": format!("http://{up}")})),
+        )
+        .await;
+        let (s, r) = call(
+            &http,
+            Method::POST,
+            &format!("{ce}/services/s-{name}/routes"),
+            Some(&token),
+            Some(json!({"name": format!("r-{name}"), "paths": [format!("/{name}")]})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{r}");
+        ids.push(id);
+    }
+    let (s, g) = call(
+        &http,
+        Method::POST,
+        &v2,
+        Some(&token),
+        Some(json!({"name": "both", "cluster_type": "CLUSTER_TYPE_CONTROL_PLANE_GROUP"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{g}");
+    let gid = g["id"].as_str().unwrap().to_string();
+    // Members: a group is not a member; then A and B.
+    let (s, e) = call(
+        &http,
+        Method::PUT,
+        &format!("{v2}/{gid}/group-memberships"),
+        Some(&token),
+        Some(json!({"members": [{"id": gid}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, _) = call(
+        &http,
+        Method::PUT,
+        &format!("{v2}/{gid}/group-memberships"),
+        Some(&token),
+        Some(json!({"members": [{"id": ids[0]}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{gid}/group-memberships/add"),
+        Some(&token),
+        Some(json!({"members": [{"id": ids[1]}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (_, m) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{gid}/group-memberships"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(m["meta"]["page"]["total"], 2, "{m}");
+    let (_, st) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{}/group-member-status", ids[0]),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(st["is_member"], true);
+    // A group has no entities of its own.
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{gid}/core-entities/services"),
+        Some(&token),
+        Some(json!({"name": "x", "host": "example.com"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    // A data plane pinned by the group gets both members' routes.
+    let dp_cert = process::gen_cert(dir.path(), "dp-group");
+    let pem = std::fs::read_to_string(&dp_cert.0).unwrap();
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{gid}/dp-client-certificates"),
+        Some(&token),
+        Some(json!({"cert": pem})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let cluster = cp.cluster.clone().unwrap();
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &process::dp_env(
+            &cluster,
+            &dp_cert,
+            &[
+                ("KONG_CLUSTER_MTLS", "pki"),
+                ("KONG_CLUSTER_CA_CERT", &cert.0),
+            ],
+        ),
+    );
+    let proxy = dp.dp_proxy();
+    for path in ["/a", "/b"] {
+        gantry_testkit::http::until(
+            &http,
+            &format!("{proxy}{path}"),
+            200,
+            Duration::from_secs(15),
+        )
+        .await;
+    }
+    let (_, st) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{gid}/group-status"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(st["item"]["state"], "OK", "{st}");
+
+    // The same route name in B as in A: a conflict, reported, and not pushed.
+    let (s, r) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{}/core-entities/services/s-b/routes", ids[1]),
+        Some(&token),
+        Some(json!({"name": "r-a", "paths": ["/conflict"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let conflict_route = r["id"].as_str().unwrap().to_string();
+    let status_url = format!("{v2}/{gid}/group-status");
+    gantry_testkit::http::eventually(
+        Duration::from_secs(10),
+        "the group reports the conflict",
+        || {
+            let (http, url, token) = (http.clone(), status_url.clone(), token.clone());
+            async move {
+                let (_, st) = call(&http, Method::GET, &url, Some(&token), None).await;
+                st["item"]["state"] == "CONFLICT"
+            }
+        },
+    )
+    .await;
+    let (_, last) = call(&http, Method::GET, &status_url, Some(&token), None).await;
+    assert_eq!(
+        last["item"]["conflicts"][0]["cluster_id"],
+        ids[1].as_str(),
+        "{last}"
+    );
+    assert_eq!(
+        last["item"]["conflicts"][0]["resource"]["id"],
+        conflict_route.as_str(),
+        "{last}"
+    );
+    assert_eq!(
+        last["item"]["conflicts"][0]["resource"]["type"], "route",
+        "{last}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let res = http.get(format!("{proxy}/conflict")).send().await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "a conflicting union is not pushed"
+    );
+    let res = http.get(format!("{proxy}/a")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "the last good union stays");
+    // Resolved: the union goes out again.
+    let (s, _) = call(
+        &http,
+        Method::PATCH,
+        &format!("{v2}/{}/core-entities/routes/{conflict_route}", ids[1]),
+        Some(&token),
+        Some(json!({"name": "r-b2"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    gantry_testkit::http::until(
+        &http,
+        &format!("{proxy}/conflict"),
+        200,
+        Duration::from_secs(15),
+    )
+    .await;
+    let (_, st) = call(
+        &http,
+        Method::GET,
+        &format!("{v2}/{gid}/group-status"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(st["item"]["state"], "OK", "{st}");
+    // Removing B takes its routes away from the group's data planes.
+    let (s, _) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{gid}/group-memberships/remove"),
+        Some(&token),
+        Some(json!({"members": [{"id": ids[1]}]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    gantry_testkit::http::until(&http, &format!("{proxy}/b"), 404, Duration::from_secs(15)).await;
+}

@@ -66,6 +66,26 @@ pub fn router(k: Arc<Konnect>) -> Router {
             "/v2/control-planes/{id}/dp-client-certificates/{cert}",
             get(crate::dp::get_cert).delete(crate::dp::delete_cert),
         )
+        .route(
+            "/v2/control-planes/{id}/group-memberships",
+            get(crate::groups::list).put(crate::groups::put),
+        )
+        .route(
+            "/v2/control-planes/{id}/group-memberships/add",
+            axum::routing::post(crate::groups::add),
+        )
+        .route(
+            "/v2/control-planes/{id}/group-memberships/remove",
+            axum::routing::post(crate::groups::remove),
+        )
+        .route(
+            "/v2/control-planes/{id}/group-member-status",
+            get(crate::groups::member_status),
+        )
+        .route(
+            "/v2/control-planes/{id}/group-status",
+            get(crate::groups::status),
+        )
         .route("/v2", any(unknown))
         .route("/v2/{*rest}", any(unknown))
         .layer(axum::middleware::from_fn_with_state(
@@ -162,7 +182,7 @@ fn require_admin(role: Role, what: &str) -> Result<()> {
     }
 }
 
-fn iso(ms: i64) -> String {
+pub(crate) fn iso(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {
@@ -603,14 +623,19 @@ async fn create(State(k): K, req: Request) -> Result<Response> {
     let name = required_name(&body)?;
     let cluster_type = one_of(&body, "cluster_type", &CLUSTER_TYPES)?
         .unwrap_or_else(|| "CLUSTER_TYPE_CONTROL_PLANE".into());
-    if !matches!(
-        cluster_type.as_str(),
-        "CLUSTER_TYPE_CONTROL_PLANE" | "CLUSTER_TYPE_K8S_INGRESS_CONTROLLER"
-    ) {
+    const AVAILABLE: [&str; 3] = [
+        "CLUSTER_TYPE_CONTROL_PLANE",
+        "CLUSTER_TYPE_K8S_INGRESS_CONTROLLER",
+        "CLUSTER_TYPE_CONTROL_PLANE_GROUP",
+    ];
+    if !AVAILABLE.contains(&cluster_type.as_str()) {
         return Err(KonnectError::invalid(
-            format!("cluster_type {cluster_type} is not available in Gantry: CLUSTER_TYPE_CONTROL_PLANE or CLUSTER_TYPE_K8S_INGRESS_CONTROLLER"),
+            format!(
+                "cluster_type {cluster_type} is not available in Gantry: {}",
+                AVAILABLE.join(", ")
+            ),
             Invalid::body("cluster_type", "enum", "not available in Gantry")
-                .with("choices", json!(["CLUSTER_TYPE_CONTROL_PLANE", "CLUSTER_TYPE_K8S_INGRESS_CONTROLLER"])),
+                .with("choices", json!(AVAILABLE)),
         ));
     }
     match body.get("cloud_gateway") {
@@ -632,6 +657,9 @@ async fn create(State(k): K, req: Request) -> Result<Response> {
     doc.insert("cluster_type".into(), json!(cluster_type));
     doc.insert("auth_type".into(), json!("pinned_client_certs"));
     doc.insert("proxy_urls".into(), json!([]));
+    if cluster_type == "CLUSTER_TYPE_CONTROL_PLANE_GROUP" {
+        doc.insert("members".into(), json!([]));
+    }
     apply_common(&body, &mut doc)?;
     let row = k
         .store
@@ -707,6 +735,7 @@ async fn remove(State(k): K, Path(id): Path<String>, req: Request) -> Result<Res
             },
         ));
     }
+    crate::groups::forget_member(&k, &row.id).await?;
     k.store.delete_control_plane(row.key).await?;
     tracing::info!(control_plane = %row.id, name = %row.name, by = %p.name, "control plane deleted");
     k.announce(PlaneEvent::Deleted(row.key));
@@ -765,6 +794,16 @@ async fn core_entities(
     if write && !validation && role != Role::Admin {
         return core_error(KonnectError::Forbidden(
             "Forbidden: this token may read this control plane, not change it".into(),
+        ));
+    }
+    if write && !validation && crate::groups::is_group(&row) {
+        return core_error(KonnectError::invalid(
+            "A control plane group's configuration is its members': change the members' entities",
+            Invalid::body(
+                "id",
+                "invalid",
+                "a control plane group has no entities of its own",
+            ),
         ));
     }
     if !core_path_allowed(&rest) {

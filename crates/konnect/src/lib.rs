@@ -9,6 +9,7 @@
 pub mod api;
 pub mod dp;
 pub mod error;
+pub mod groups;
 pub mod tokens;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub enum PlaneEvent {
     /// Its pinned data plane certificates changed: data planes connected with one no longer
     /// pinned must go.
     CertsChanged(i64),
+    /// A group's members changed.
+    MembersChanged(i64),
 }
 
 /// The control planes of this Gantry and what reaches them.
@@ -56,7 +59,13 @@ pub struct Konnect {
     planes: Mutex<HashMap<i64, Plane>>,
     pub verifier: Verifier,
     events: broadcast::Sender<PlaneEvent>,
+    /// A control plane group's status, from the cluster service that computes it.
+    pub group_status: std::sync::OnceLock<GroupStatusFn>,
 }
+
+/// A group's status: `(state, conflicts as Konnect's GroupConflict objects, updated_at)`.
+pub type GroupStatusFn =
+    Arc<dyn Fn(i64) -> Option<(String, Vec<serde_json::Value>, i64)> + Send + Sync>;
 
 impl Konnect {
     /// `default` is the Admin API state of the default control plane (Kong's at `/`).
@@ -75,6 +84,7 @@ impl Konnect {
             planes: Mutex::new(HashMap::new()),
             verifier: Verifier::new(),
             events: broadcast::channel(64).0,
+            group_status: std::sync::OnceLock::new(),
         })
     }
 
