@@ -907,3 +907,91 @@ async fn a_group_serves_its_members_union_and_reports_conflicts() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     gantry_testkit::http::until(&http, &format!("{proxy}/b"), 404, Duration::from_secs(15)).await;
 }
+
+/// An independent check: Schemathesis (PyPI) drives the operations Gantry implements of both
+/// Konnect specs, with examples, coverage, fuzzing and stateful sequences: no 5xx, and every
+/// response conforms to its spec's schema.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemathesis_finds_no_server_errors_or_nonconforming_responses() {
+    if !gantry_testkit::have_tool("schemathesis") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("cp");
+    let env = cp_env(dir.path());
+    let token = process::token(&prefix, &env, "schemathesis", &[]);
+    let node = Node::start(&prefix, &env);
+    let http = Client::new();
+    let v2 = format!("{}/v2", node.admin);
+    let (_, cp) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/control-planes"),
+        Some(&token),
+        Some(json!({"name": "under-test"})),
+    )
+    .await;
+    let id = cp["id"].as_str().unwrap();
+    let config = dir.path().join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!("[parameters]\n\"path.controlPlaneId\" = \"{id}\"\n"),
+    )
+    .unwrap();
+    // Konnect's specs, as kept beside the project (GANTRY_KONNECT_SPECS names another place).
+    let specs = [
+        std::env::var("GANTRY_KONNECT_SPECS").unwrap_or_default(),
+        format!(
+            "{}/../../../shared/reference/kong-specs",
+            env!("CARGO_MANIFEST_DIR")
+        ),
+        "/work/shared/reference/kong-specs".to_string(),
+    ]
+    .into_iter()
+    .map(std::path::PathBuf::from)
+    .find(|p| p.join("konnect-control-planes.yaml").is_file());
+    let Some(specs) = specs else {
+        assert!(
+            !gantry_testkit::ci(),
+            "Konnect's OpenAPI specs are required in CI: set GANTRY_KONNECT_SPECS"
+        );
+        eprintln!("skipped: Konnect's OpenAPI specs are not beside the project (set GANTRY_KONNECT_SPECS)");
+        return;
+    };
+    let runs = [
+        ("konnect-control-planes.yaml", ".*", "30"),
+        (
+            "konnect-control-planes-config.yaml",
+            "/(nodes|dp-client-certificates|expected-config)",
+            "20",
+        ),
+        (
+            "konnect-control-planes-config.yaml",
+            "/core-entities/(services|routes|consumers|plugins|upstreams|targets|certificates|snis|ca_certificates|key-auths|basic-auths|acls|jwts|hmac-auths|schemas|tags)",
+            "5",
+        ),
+    ];
+    for (spec, paths, examples) in runs {
+        let out = std::process::Command::new("schemathesis")
+            .current_dir(dir.path())
+            .arg("--config-file")
+            .arg(&config)
+            .arg("run")
+            .arg(specs.join(spec))
+            .args(["--url", &v2])
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .args(["--checks", "not_a_server_error,response_schema_conformance"])
+            .args(["--max-examples", examples])
+            .args(["--seed", "20261206"])
+            .args(["--include-path-regex", paths])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "schemathesis on {spec} ({paths}):\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("passed"), "{text}");
+    }
+}

@@ -64,7 +64,9 @@ pub fn router(k: Arc<Konnect>) -> Router {
         )
         .route(
             "/v2/control-planes/{id}/dp-client-certificates/{cert}",
-            get(crate::dp::get_cert).delete(crate::dp::delete_cert),
+            get(crate::dp::get_cert)
+                .put(crate::dp::put_cert)
+                .delete(crate::dp::delete_cert),
         )
         .route(
             "/v2/control-planes/{id}/group-memberships",
@@ -815,30 +817,53 @@ async fn core_entities(
     }
     let plane = k.plane(row.key);
     let (parts, body) = req.into_parts();
-    let uri = match parts.uri.query() {
-        Some(q) => format!("/{rest}?{q}"),
-        None => format!("/{rest}"),
-    };
-    let Ok(uri) = uri.parse::<Uri>() else {
-        return core_error(KonnectError::NotFound("Not found".into()));
-    };
-    // A new request, not this one's parts: those carry this route's path parameters, which
-    // the inner router's would be added to.
-    let mut inner = Request::new(body);
-    *inner.method_mut() = parts.method;
-    *inner.uri_mut() = uri;
-    *inner.version_mut() = parts.version;
-    *inner.headers_mut() = parts.headers;
-    inner.extensions_mut().insert(gantry_admin::Authorized);
-    if let Some(c) = parts
+    let conn = parts
         .extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        inner.extensions_mut().insert(*c);
-    }
-    let res = match plane.router.clone().oneshot(inner).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+        .copied();
+    let pairs = pairs(&parts.uri);
+    let name_filter: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k.starts_with("filter["))
+        .cloned()
+        .collect();
+    let res = if name_filter.is_empty() {
+        let target = match parts.uri.query() {
+            Some(q) => format!("/{rest}?{q}"),
+            None => format!("/{rest}"),
+        };
+        forward(
+            &plane,
+            parts.method.clone(),
+            &target,
+            parts.headers,
+            body,
+            conn,
+        )
+        .await
+    } else if parts.method != Method::GET {
+        return core_error(KonnectError::invalid(
+            "filter[...] applies to lists",
+            Invalid::query("filter", "invalid", "filters apply to GET of a collection"),
+        ));
+    } else {
+        let rest_query: Vec<(String, String)> = pairs
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("filter["))
+            .collect();
+        match filtered_list(
+            &plane,
+            &rest,
+            &rest_query,
+            &name_filter,
+            parts.headers,
+            conn,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return core_error(e),
+        }
     };
     if write && res.status().is_success() {
         // The control plane's cluster service follows its store; this wakes it now.
@@ -846,7 +871,179 @@ async fn core_entities(
             plane.state.notify(v);
         }
     }
-    res
+    konnect_shape(res).await
+}
+
+/// Send a request to a control plane's Admin API.
+async fn forward(
+    plane: &crate::Plane,
+    method: Method,
+    target: &str,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+    conn: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+) -> Response {
+    let Ok(uri) = target.parse::<Uri>() else {
+        return core_error(KonnectError::NotFound("Not found".into()));
+    };
+    // A new request, not the v2 one's parts: those carry the v2 route's path parameters,
+    // which the inner router's would be added to.
+    let mut inner = Request::new(body);
+    *inner.method_mut() = method;
+    *inner.uri_mut() = uri;
+    *inner.headers_mut() = headers;
+    inner.extensions_mut().insert(gantry_admin::Authorized);
+    if let Some(c) = conn {
+        inner.extensions_mut().insert(c);
+    }
+    match plane.router.clone().oneshot(inner).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    }
+}
+
+/// Entities a filtered list walks at most.
+const FILTER_WALK_MAX: usize = 100_000;
+
+/// `GET` of a collection with Konnect's `filter[name][eq]` / `filter[name][contains]`: the
+/// collection is walked page by page and the matches returned, `size` at most, on one page.
+async fn filtered_list(
+    plane: &crate::Plane,
+    rest: &str,
+    query: &[(String, String)],
+    filters: &[(String, String)],
+    headers: axum::http::HeaderMap,
+    conn: Option<axum::extract::ConnectInfo<std::net::SocketAddr>>,
+) -> Result<Response> {
+    let mut eq = None;
+    let mut contains = None;
+    for (k, v) in filters {
+        match k.as_str() {
+            "filter[name][eq]" | "filter[name]" => eq = Some(v.clone()),
+            "filter[name][contains]" => contains = Some(v.clone()),
+            other => {
+                return Err(KonnectError::invalid(
+                    format!("unknown filter '{other}': filter[name][eq] and filter[name][contains] are supported"),
+                    Invalid::query(other, "unknown_property", "unsupported filter"),
+                ))
+            }
+        }
+    }
+    let mut size = 100usize;
+    let mut keep: Vec<(String, String)> = Vec::new();
+    for (k, v) in query {
+        match k.as_str() {
+            "size" => size = positive("size", v, Some(1000))? as usize,
+            "offset" => {}
+            _ => keep.push((k.clone(), v.clone())),
+        }
+    }
+    let mut found = Vec::new();
+    let mut offset: Option<String> = None;
+    let mut walked = 0usize;
+    loop {
+        let target = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("size", "1000");
+            for (k, v) in &keep {
+                q.append_pair(k, v);
+            }
+            if let Some(o) = &offset {
+                q.append_pair("offset", o);
+            }
+            format!("/{rest}?{}", q.finish())
+        };
+        let res = forward(
+            plane,
+            Method::GET,
+            &target,
+            headers.clone(),
+            axum::body::Body::empty(),
+            conn,
+        )
+        .await;
+        if !res.status().is_success() {
+            return Ok(res);
+        }
+        let bytes = axum::body::to_bytes(res.into_body(), 64 << 20)
+            .await
+            .map_err(|e| KonnectError::Internal(e.to_string()))?;
+        let page: Value =
+            serde_json::from_slice(&bytes).map_err(|e| KonnectError::Internal(e.to_string()))?;
+        let data = page["data"].as_array().cloned().unwrap_or_default();
+        walked += data.len();
+        for item in data {
+            let name = item.get("name").and_then(Value::as_str).unwrap_or("");
+            let ok = eq.as_deref().is_none_or(|e| name == e)
+                && contains.as_deref().is_none_or(|c| name.contains(c));
+            if ok && found.len() < size {
+                found.push(item);
+            }
+        }
+        offset = page["offset"].as_str().map(str::to_string);
+        if offset.is_none() || found.len() >= size {
+            break;
+        }
+        if walked >= FILTER_WALK_MAX {
+            return Err(KonnectError::invalid(
+                format!("filter[name] walks {FILTER_WALK_MAX} entities at most: narrow the list with tags"),
+                Invalid::query("filter[name]", "invalid", "too many entities to filter"),
+            ));
+        }
+    }
+    Ok(Json(json!({ "data": found })).into_response())
+}
+
+/// A control plane's Admin API answer in the v2 API's shape: Kong's `"next": null` and
+/// `"offset": null` are left out, and so are the null values nested inside an entity's
+/// fields (a health check's `headers`, a source's `ip`), which Konnect's schemas type as
+/// present-or-absent. Top-level fields stay as Kong shows them.
+async fn konnect_shape(res: Response) -> Response {
+    let json = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json || !res.status().is_success() {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+        return core_error(KonnectError::Internal("response too large".into()));
+    };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    fn strip_nulls(v: &mut Value) {
+        match v {
+            Value::Object(m) => {
+                m.retain(|_, x| !x.is_null());
+                m.values_mut().for_each(strip_nulls);
+            }
+            Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+            _ => {}
+        }
+    }
+    fn entity(e: &mut Value) {
+        if let Value::Object(m) = e {
+            m.values_mut().for_each(strip_nulls);
+        }
+    }
+    if let Some(m) = v.as_object_mut() {
+        if let Some(Value::Array(items)) = m.get_mut("data") {
+            items.iter_mut().for_each(entity);
+            for k in ["next", "offset"] {
+                if m.get(k).is_some_and(Value::is_null) {
+                    m.remove(k);
+                }
+            }
+        } else {
+            entity(&mut v);
+        }
+    }
+    let out = serde_json::to_vec(&v).unwrap_or_default();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(out))
 }
 
 /// `GET /v2/control-planes/{id}/expected-config-hash`

@@ -164,7 +164,12 @@ pub async fn list_nodes(State(k): K, Path(id): Path<String>, req: Request) -> Re
             after + size
         )
     });
-    Json(json!({"items": items, "page": {"total_count": all.len(), "next": next}})).into_response()
+    let mut page = json!({ "total_count": all.len() });
+    // The spec types `next` as a string: it is left out on the last page.
+    if let Some(n) = next {
+        page["next"] = json!(n);
+    }
+    Json(json!({"items": items, "page": page})).into_response()
 }
 
 /// `GET /v2/control-planes/{id}/nodes/eol`: data planes whose version this control plane no
@@ -354,6 +359,57 @@ pub async fn get_cert(
             Some(c) => Json(json!({ "item": cert_item(c) })).into_response(),
             None => legacy(StatusCode::NOT_FOUND, "Not Found"),
         },
+        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `PUT /v2/control-planes/{id}/dp-client-certificates/{cert}`: replace the certificate (and
+/// title); data planes connected with the old one are disconnected.
+pub async fn put_cert(
+    State(k): K,
+    Path((id, cert)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let row = match scope(&k, req.extensions(), &id, true).await {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let body = match axum::body::to_bytes(req.into_body(), 1 << 20).await {
+        Ok(b) => b,
+        Err(_) => {
+            return legacy(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read (limit 1 MiB)",
+            )
+        }
+    };
+    let (pem, title, digest) = match read_cert(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let store = k.store.scoped(row.key);
+    let old = match store.dp_certs().await {
+        Ok(all) => all.into_iter().find(|c| c.id == cert),
+        Err(e) => return legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let Some(mut c) = old else {
+        return legacy(StatusCode::NOT_FOUND, "Not Found");
+    };
+    c.digest = digest;
+    c.doc.insert("cert".into(), json!(pem));
+    c.doc.insert("title".into(), json!(title));
+    c.doc
+        .insert("updated_at".into(), json!(gantry_model::unix_now()));
+    match store.update_dp_cert(&c).await {
+        Ok(true) => {
+            k.announce(PlaneEvent::CertsChanged(row.key));
+            Json(json!({ "item": cert_item(&c) })).into_response()
+        }
+        Ok(false) => legacy(StatusCode::NOT_FOUND, "Not Found"),
+        Err(gantry_store::StoreError::Unique { .. }) => legacy(
+            StatusCode::CONFLICT,
+            "this certificate is pinned for this control plane already",
+        ),
         Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

@@ -196,7 +196,8 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 created_at(),
                 updated_at(),
                 name_field(),
-                Field::new("protocols", set(one_of(ROUTE_PROTOCOLS)))
+                // Kong: `len_min = 1`.
+                Field::new("protocols", set_min(one_of(ROUTE_PROTOCOLS), 1))
                     .req()
                     .def(json!(["http", "https"])),
                 Field::new("methods", set(str_of(StrKind::HeaderName))),

@@ -209,6 +209,15 @@ pub fn set(elem: Ty) -> Ty {
         len_max: None,
     }
 }
+/// A set of at least `min` elements.
+pub fn set_min(elem: Ty, min: usize) -> Ty {
+    Ty::Array {
+        elem: Box::new(elem),
+        set: true,
+        len_min: Some(min),
+        len_max: None,
+    }
+}
 pub fn map(values: Ty) -> Ty {
     Ty::Map {
         values: Box::new(values),

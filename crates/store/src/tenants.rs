@@ -421,6 +421,37 @@ impl Store {
         Ok(())
     }
 
+    /// Replace one of this control plane's pinned certificates (by id); false when it has none
+    /// by that id.
+    pub async fn update_dp_cert(&self, c: &DpCertRow) -> Result<bool, StoreError> {
+        let clash = sqlx::query(
+            "SELECT 1 FROM dp_client_certificates WHERE cp = $1 AND digest = $2 AND id <> $3",
+        )
+        .bind(self.cp)
+        .bind(c.digest.clone())
+        .bind(c.id.clone())
+        .fetch_optional(self.pool())
+        .await?;
+        if clash.is_some() {
+            return Err(StoreError::Unique {
+                entity: "dp_client_certificates".into(),
+                field: "cert".into(),
+                value: c.digest.clone(),
+            });
+        }
+        Ok(sqlx::query(
+            "UPDATE dp_client_certificates SET digest = $1, doc = $2 WHERE cp = $3 AND id = $4",
+        )
+        .bind(c.digest.clone())
+        .bind(serde_json::Value::Object(c.doc.clone()).to_string())
+        .bind(self.cp)
+        .bind(c.id.clone())
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
     /// This control plane's pinned certificates, oldest first.
     pub async fn dp_certs(&self) -> Result<Vec<DpCertRow>, StoreError> {
         let rows = sqlx::query(
