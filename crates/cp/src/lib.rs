@@ -255,6 +255,8 @@ pub struct Tenant {
     gone: watch::Sender<bool>,
     /// Bumped when the pinned certificates change: sessions check theirs is still accepted.
     certs: watch::Sender<u64>,
+    /// The version the store holds, as the cluster service's one poller last read it.
+    polled: watch::Sender<i64>,
     /// For a control plane group: its members and its status.
     group: Option<Group>,
 }
@@ -313,7 +315,8 @@ impl ControlPlane {
             stats: Stats::default(),
         });
         cp.clone().run_tenant(default, feed, versions);
-        tokio::spawn(cp.clone().purge(shutdown));
+        tokio::spawn(cp.clone().purge(shutdown.clone()));
+        tokio::spawn(cp.clone().poll(shutdown));
         Ok(cp)
     }
 
@@ -636,6 +639,7 @@ impl Tenant {
             published,
             gone: watch::channel(false).0,
             certs: watch::channel(0).0,
+            polled: watch::channel(0).0,
             group: None,
         });
         Ok((t, feed))
@@ -658,6 +662,7 @@ impl Tenant {
             published: watch::channel(Arc::new(published)).0,
             gone: watch::channel(false).0,
             certs: watch::channel(0).0,
+            polled: watch::channel(version).0,
             group: Some(Group {
                 members: watch::channel(members).0,
                 status: std::sync::Mutex::new(GroupStatus {
@@ -677,18 +682,17 @@ impl Tenant {
         mut gone: watch::Receiver<bool>,
     ) {
         let mut pruned = std::time::Instant::now();
-        let poll = if self.store.is_postgres() {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(1)
-        };
+        let mut polled = self.polled.subscribe();
+        let mut admin_gone = false;
         loop {
             tokio::select! {
-                r = versions.changed() => if r.is_err() {
-                    // The Admin API is gone: poll only.
-                    tokio::time::sleep(poll).await;
+                r = versions.changed(), if !admin_gone => if r.is_err() {
+                    // The Admin API is gone: the poller alone wakes this.
+                    admin_gone = true;
+                    continue;
                 },
-                _ = tokio::time::sleep(poll) => {}
+                // The store's version row moved (a write through another process).
+                r = polled.changed() => if r.is_err() { return },
                 _ = proto::stopped(&mut stop) => return,
                 _ = proto::stopped(&mut gone) => return,
             }
@@ -736,6 +740,50 @@ impl Tenant {
 }
 
 impl ControlPlane {
+    /// One poller for every control plane hosted: each interval, one statement reads every
+    /// control plane's version, and only the tenants whose version moved are woken (writes
+    /// made through this process wake theirs at once, without it). Idle control planes cost
+    /// nothing but their row in that statement.
+    async fn poll(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let every = if self.store.is_postgres() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(1)
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = proto::stopped(&mut stop) => return,
+            }
+            let versions = match self.store.all_versions().await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the control planes' versions");
+                    continue;
+                }
+            };
+            let tenants: Vec<Arc<Tenant>> = self
+                .tenants
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .filter(|t| t.group.is_none())
+                .cloned()
+                .collect();
+            for t in tenants {
+                if let Some((_, v)) = versions.iter().find(|(k, _)| *k == t.key) {
+                    t.polled.send_if_modified(|p| {
+                        let moved = *v > *p;
+                        if moved {
+                            *p = *v;
+                        }
+                        moved
+                    });
+                }
+            }
+        }
+    }
+
     async fn purge(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         loop {
             tokio::select! {

@@ -569,26 +569,33 @@ async fn data_planes_attach_to_their_own_control_plane() {
         assert_eq!(s, StatusCode::CREATED, "{c}");
         planes.push((id, sni, cert, c["item"]["id"].as_str().unwrap().to_string()));
     }
-    let dp = |name: &str, cert: &(String, String), sni: &str| {
+    let telemetry = cp.telemetry.clone().unwrap();
+    let dp_with = |name: &str, cert: &(String, String), sni: &str, analytics: bool| {
+        let mut extra = vec![
+            ("KONG_CLUSTER_MTLS", "pki"),
+            ("KONG_CLUSTER_CA_CERT", pki.ca.as_str()),
+            ("KONG_CLUSTER_SERVER_NAME", sni),
+        ];
+        if analytics {
+            extra.extend([
+                ("KONG_CLUSTER_TELEMETRY_ENDPOINT", telemetry.as_str()),
+                ("KONG_CLUSTER_TELEMETRY_SERVER_NAME", sni),
+                ("KONG_VITALS", "on"),
+            ]);
+        }
         Node::start(
             &dir.path().join(name),
-            &process::dp_env(
-                &cluster,
-                cert,
-                &[
-                    ("KONG_CLUSTER_MTLS", "pki"),
-                    ("KONG_CLUSTER_CA_CERT", &pki.ca),
-                    ("KONG_CLUSTER_SERVER_NAME", sni),
-                ],
-            ),
+            &process::dp_env(&cluster, cert, &extra),
         )
     };
+    let dp = |name: &str, cert: &(String, String), sni: &str| dp_with(name, cert, sni, false);
     let (a_id, a_sni, a_cert, _) = planes[0].clone();
     let (b_id, b_sni, b_cert, b_cert_id) = planes[1].clone();
     let dp_a = dp("dp-a", &a_cert, &a_sni);
     // Its pinned certificate alone finds its control plane (no endpoint name).
     let dp_a2 = dp("dp-a2", &a_cert, "kong_clustering");
-    let dp_b = dp("dp-b", &b_cert, &b_sni);
+    // B's data plane sends analytics.
+    let dp_b = dp_with("dp-b", &b_cert, &b_sni, true);
     // B's certificate dialling A's endpoint: refused.
     let intruder = dp("intruder", &b_cert, &a_sni);
     cp.wait_log(
@@ -637,6 +644,54 @@ async fn data_planes_attach_to_their_own_control_plane() {
         b_nodes[0]["compatibility_status"]["state"],
         "COMPATIBILITY_STATE_FULLY_COMPATIBLE"
     );
+    // Its analytics land in B, and nowhere else.
+    for _ in 0..3 {
+        http.get(url(&dp_b, "/b")).send().await.unwrap();
+    }
+    let store = gantry_store::Store::open(&gantry_store::Backend::Sqlite(Some(
+        prefix.join("gantry.db"),
+    )))
+    .await
+    .unwrap();
+    let key = |id: String| {
+        let store = store.clone();
+        async move { store.control_plane(&id).await.unwrap().unwrap().key }
+    };
+    let (a_key, b_key) = (key(a_id.clone()).await, key(b_id.clone()).await);
+    let now = gantry_model::unix_now();
+    let q = gantry_store::AnalyticsQuery {
+        start: now - 3600,
+        end: now + 3600,
+        node: None,
+        service: None,
+        route: None,
+        consumer: None,
+    };
+    let count = |k: i64| {
+        let (store, q) = (store.scoped(k), q.clone());
+        async move {
+            store
+                .analytics(&q)
+                .await
+                .unwrap()
+                .iter()
+                .map(|(_, r)| r.count)
+                .sum::<u64>()
+        }
+    };
+    gantry_testkit::http::eventually(Duration::from_secs(15), "B's analytics arrive", || {
+        let c = count(b_key);
+        async move { c.await >= 3 }
+    })
+    .await;
+    assert_eq!(count(a_key).await, 0, "nothing in A");
+    assert_eq!(
+        count(gantry_store::DEFAULT_CP).await,
+        0,
+        "nothing in the default"
+    );
+    store.close().await;
+
     // Unpinning B's certificate disconnects B's data plane, and only it.
     let (s, _) = call(
         &http,
@@ -994,4 +1049,136 @@ async fn schemathesis_finds_no_server_errors_or_nonconforming_responses() {
         );
         assert!(text.contains("passed"), "{text}");
     }
+}
+
+/// Two control plane processes on one PostgreSQL serve the same control planes: one made
+/// through either is hosted by both, a data plane of it may connect to either and gets what
+/// was written through the other, and unpinning its certificate through one disconnects it
+/// from the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_control_plane_processes_on_postgres_serve_the_same_control_planes() {
+    let Some(pg) = gantry_testkit::PgSchema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let http = Client::new();
+    let up = gantry_testkit::upstream::echo().await;
+    let cert = process::gen_cert(dir.path(), "cluster");
+    let mut env = process::cp_env(&cert, &[]);
+    env.extend(process::db_env(Some(&pg)));
+    let token = process::token(&dir.path().join("one"), &env, "ops", &[]);
+    let one = Node::start(&dir.path().join("one"), &env);
+    let two = Node::start(&dir.path().join("two"), &env);
+    let (v2_one, v2_two) = (
+        format!("{}/v2/control-planes", one.admin),
+        format!("{}/v2/control-planes", two.admin),
+    );
+    let (s, c) = call(
+        &http,
+        Method::POST,
+        &v2_one,
+        Some(&token),
+        Some(json!({"name": "shared"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let id = c["id"].as_str().unwrap().to_string();
+    let (_, l) = call(
+        &http,
+        Method::GET,
+        &format!("{v2_two}?filter[name][eq]=shared"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(l["data"][0]["id"], id.as_str(), "{l}");
+    let ce = format!("{v2_one}/{id}/core-entities");
+    call(
+        &http,
+        Method::POST,
+        &format!("{ce}/services"),
+        Some(&token),
+        Some(json!({"name": "s", "url": format!("http://{up}")})),
+    )
+    .await;
+    let (s, r) = call(
+        &http,
+        Method::POST,
+        &format!("{ce}/services/s/routes"),
+        Some(&token),
+        Some(json!({"name": "r", "paths": ["/shared"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let dp_cert = process::gen_cert(dir.path(), "dp");
+    let pem = std::fs::read_to_string(&dp_cert.0).unwrap();
+    let (s, pinned) = call(
+        &http,
+        Method::POST,
+        &format!("{v2_one}/{id}/dp-client-certificates"),
+        Some(&token),
+        Some(json!({"cert": pem})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Process two learns of the control plane and its pin within its polling interval.
+    let dp = Node::start(
+        &dir.path().join("dp"),
+        &process::dp_env(
+            two.cluster.as_ref().unwrap(),
+            &dp_cert,
+            &[
+                ("KONG_CLUSTER_MTLS", "pki"),
+                ("KONG_CLUSTER_CA_CERT", &cert.0),
+            ],
+        ),
+    );
+    let proxy = dp.dp_proxy();
+    gantry_testkit::http::until(
+        &http,
+        &format!("{proxy}/shared"),
+        200,
+        Duration::from_secs(20),
+    )
+    .await;
+    // A change through process one reaches the data plane of process two.
+    call(
+        &http,
+        Method::POST,
+        &format!("{ce}/services/s/routes"),
+        Some(&token),
+        Some(json!({"name": "r2", "paths": ["/shared2"]})),
+    )
+    .await;
+    gantry_testkit::http::until(
+        &http,
+        &format!("{proxy}/shared2"),
+        200,
+        Duration::from_secs(10),
+    )
+    .await;
+    let (_, nodes) = call(
+        &http,
+        Method::GET,
+        &format!("{v2_one}/{id}/nodes"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(nodes["items"].as_array().map(Vec::len), Some(1), "{nodes}");
+    // Unpinned through process one: process two disconnects it.
+    let cert_id = pinned["item"]["id"].as_str().unwrap();
+    let (s, _) = call(
+        &http,
+        Method::DELETE,
+        &format!("{v2_one}/{id}/dp-client-certificates/{cert_id}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    two.wait_log(
+        "no longer accepted by its control plane",
+        Duration::from_secs(15),
+    );
 }

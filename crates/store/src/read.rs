@@ -323,6 +323,16 @@ impl Store {
         )
     }
 
+    /// Every control plane's configuration version, `(key, version)`: one statement.
+    pub async fn all_versions(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT id, version FROM config_version")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
     /// Changes after `version`, oldest first, at most `limit`.
     pub async fn changes_since(
         &self,
