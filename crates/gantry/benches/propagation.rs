@@ -7,7 +7,10 @@
 //! 2. One route changed among `ROUTES` (1,000, 10,000 and 100,000) routes, `BIG_CHANGES` (50)
 //!    times, then one consumer added among `CONSUMERS` (50,000) with key-auth credentials: from
 //!    the Admin API's answer until a data plane process (the real binary) serves it (p50, p99),
-//!    its apply time (its `/status`), the bytes sent, and its RSS.
+//!    its apply time (its `/status`), the bytes sent, and its RSS. Then `PLANES` (100) control
+//!    planes of `PLANE_ROUTES` (1,000) routes each in one control plane process: one route
+//!    changed, `BIG_CHANGES` times, in one of them through the v2 API, timed the same way
+//!    (compare with 1,000 routes in one control plane).
 //! 3. `HOLD` (1,000) connected data planes on one control plane: its RSS and CPU.
 //! 4. Data plane processes: RSS and peak with `MEM_SERVICES` (5,000) services of one route
 //!    (paths and hosts) and with `MEM_ROUTES` (100,000) routes; a restart with the control plane
@@ -201,6 +204,8 @@ async fn main() {
     let mem = envn("MEM_SERVICES", 5_000);
     let large = envn("MEM_ROUTES", 100_000);
     let start_routes = envn("START_ROUTES", 10_000);
+    let planes = envn("PLANES", 100);
+    let plane_routes = envn("PLANE_ROUTES", 1000);
     let dir = tempfile::tempdir().unwrap();
     let (c, k) = (dir.path().join("c.crt"), dir.path().join("c.key"));
     gantry_protocol::tls::gen_cert(&c, &k, 30).unwrap();
@@ -212,6 +217,9 @@ async fn main() {
     }
     for routes in sizes {
         big_config(&http, &cert, dir.path(), routes, big_changes).await;
+    }
+    if planes > 0 {
+        many_control_planes(&http, &cert, dir.path(), planes, plane_routes, big_changes).await;
     }
     if consumers > 0 {
         many_consumers(&http, &cert, dir.path(), consumers, big_changes).await;
@@ -421,6 +429,37 @@ async fn big(
         first.1,
         t.elapsed().as_secs_f64() * 1000.0
     );
+    let c = measure(
+        http,
+        status,
+        port,
+        first,
+        changes,
+        |i| change(&cp.admin, i),
+        None,
+        &check,
+    )
+    .await;
+    let (rss, peak) = memory(child.0.id());
+    report(what, c);
+    println!("{what}: data plane RSS {rss:.1} MiB, peak {peak:.1} MiB");
+    drop(child);
+    drop(cp);
+}
+
+/// Make `changes` changes and time each until the data plane (status port `status`, proxy
+/// `port`) runs it, and serves it when `check` says what to probe.
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    http: &reqwest::Client,
+    status: u16,
+    port: u16,
+    first: (i64, f64, f64),
+    changes: usize,
+    change: impl Fn(usize) -> (reqwest::Method, String, Value),
+    token: Option<&str>,
+    check: &impl Fn(usize) -> Option<(String, String)>,
+) -> Costs {
     let mut c = Costs {
         bytes: vec![],
         apply: vec![],
@@ -428,8 +467,13 @@ async fn big(
     };
     let mut at = first;
     for i in 0..changes {
-        let (m, url, body) = change(&cp.admin, i);
-        send(http, m, url, body).await;
+        let (m, url, body) = change(i);
+        let mut req = http.request(m, &url).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert!(r.status().is_success(), "{url}: {}", r.status());
         let answered = Instant::now();
         let now = loop {
             if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > at.0) {
@@ -452,9 +496,119 @@ async fn big(
         at = now;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (rss, peak) = memory(child.0.id());
-    report(what, c);
-    println!("{what}: data plane RSS {rss:.1} MiB, peak {peak:.1} MiB");
+    c
+}
+
+/// 2c. `planes` control planes of `routes` routes each; one route changed in one of them.
+async fn many_control_planes(
+    http: &reqwest::Client,
+    cert: &(String, String),
+    dir: &std::path::Path,
+    planes: usize,
+    routes: usize,
+    changes: usize,
+) {
+    let prefix = dir.join("planes");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(gantry_bin())
+            .args(args)
+            .arg("-p")
+            .arg(&prefix)
+            .env("KONG_LOG_LEVEL", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let yaml = dir.join("plane.yaml");
+    std::fs::write(
+        &yaml,
+        routes_yaml(routes.div_ceil(10), 10, false, "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut ids = Vec::new();
+    for i in 0..planes {
+        let name = format!("cp{i}");
+        ids.push(cli(&["control-planes", "create", &name]));
+        cli(&[
+            "config",
+            "db_import",
+            &yaml.display().to_string(),
+            "--control-plane",
+            &name,
+        ]);
+    }
+    println!(
+        "{planes} control planes of {routes} routes: stored in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let token = cli(&["tokens", "create", "--name", "bench"]);
+    let cp = start_cp(&prefix, cert);
+    // The data plane presents the cluster certificate, pinned by one control plane: it is
+    // that control plane's.
+    let target = &ids[planes / 2];
+    let pem = std::fs::read_to_string(&cert.0).unwrap();
+    let r = http
+        .post(format!(
+            "{}/v2/control-planes/{target}/dp-client-certificates",
+            cp.admin
+        ))
+        .bearer_auth(&token)
+        .json(&json!({ "cert": pem }))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "pin: {}", r.status());
+    // Hosted and pinned within the cluster service's polling interval.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let dp_prefix = dir.join("planes-dp");
+    std::fs::create_dir_all(&dp_prefix).unwrap();
+    let (port, status) = (free_port(), free_port());
+    let t = Instant::now();
+    let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port, Some(status));
+    let first = loop {
+        if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > 0) {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the data plane never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let what = format!("{planes} control planes of {routes} routes, one route changed in one");
+    println!(
+        "{what}: first snapshot {:.1} KiB on the wire, applied in {:.1} ms",
+        first.2 / 1024.0,
+        first.1
+    );
+    let admin = cp.admin.clone();
+    let c = measure(
+        http,
+        status,
+        port,
+        first,
+        changes,
+        |i| {
+            (
+                reqwest::Method::PATCH,
+                format!("{admin}/v2/control-planes/{target}/core-entities/routes/r{i}-0"),
+                json!({"paths": [format!("/changed{i}")]}),
+            )
+        },
+        Some(&token),
+        &|i| Some(("localhost".to_string(), format!("/changed{i}"))),
+    )
+    .await;
+    let (rss, _) = memory(cp.child.id());
+    report(&what, c);
+    println!("{what}: control plane RSS {rss:.1} MiB");
     drop(child);
     drop(cp);
 }

@@ -69,12 +69,23 @@ pub async fn open(settings: &gantry_conf::Settings) -> anyhow::Result<Store> {
     Ok(Store::open(&backend(settings)).await?)
 }
 
+/// The store's handle on a control plane named by id or name (the default one when none is).
+async fn scoped(store: Store, control_plane: Option<&str>) -> anyhow::Result<Store> {
+    let Some(which) = control_plane else {
+        return Ok(store);
+    };
+    let row = crate::manage::find_cp(&store, which)
+        .await
+        .context("--control-plane")?;
+    Ok(store.scoped(row.key))
+}
+
 /// `gantry config db_import FILE`
-pub fn db_import(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
+pub fn db_import(file: &Path, control_plane: Option<&str>, opts: &NodeOpts) -> anyhow::Result<()> {
     let settings = load_settings(opts)?;
     let config = load_file(file, &plugin_registry(&settings)?.catalog())?;
     runtime(2)?.block_on(async {
-        let store = open(&settings).await?;
+        let store = scoped(open(&settings).await?, control_plane).await?;
         let version = store
             .import(&config)
             .await
@@ -91,10 +102,14 @@ pub fn db_import(file: &Path, opts: &NodeOpts) -> anyhow::Result<()> {
 }
 
 /// `gantry config db_export [FILE]`
-pub fn db_export(file: Option<&Path>, opts: &NodeOpts) -> anyhow::Result<()> {
+pub fn db_export(
+    file: Option<&Path>,
+    control_plane: Option<&str>,
+    opts: &NodeOpts,
+) -> anyhow::Result<()> {
     let settings = load_settings(opts)?;
     runtime(2)?.block_on(async {
-        let store = open(&settings).await?;
+        let store = scoped(open(&settings).await?, control_plane).await?;
         let (config, version) = store.export().await?;
         store.close().await;
         let doc = declarative::export(&config);

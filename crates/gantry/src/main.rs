@@ -170,6 +170,9 @@ enum ConfigCmd {
     #[command(name = "db_import", alias = "db-import")]
     DbImport {
         file: PathBuf,
+        /// The control plane (id or name) to import into; the default one when absent.
+        #[arg(long = "control-plane")]
+        control_plane: Option<String>,
         #[command(flatten)]
         opts: NodeOpts,
     },
@@ -177,6 +180,9 @@ enum ConfigCmd {
     #[command(name = "db_export", alias = "db-export")]
     DbExport {
         file: Option<PathBuf>,
+        /// The control plane (id or name) to export; the default one when absent.
+        #[arg(long = "control-plane")]
+        control_plane: Option<String>,
         #[command(flatten)]
         opts: NodeOpts,
     },
@@ -205,8 +211,16 @@ fn main() -> std::process::ExitCode {
         ),
         Cmd::Config { cmd } => match cmd {
             ConfigCmd::Parse { file, opts } => config_cmd::parse(&file, &opts),
-            ConfigCmd::DbImport { file, opts } => config_cmd::db_import(&file, &opts),
-            ConfigCmd::DbExport { file, opts } => config_cmd::db_export(file.as_deref(), &opts),
+            ConfigCmd::DbImport {
+                file,
+                control_plane,
+                opts,
+            } => config_cmd::db_import(&file, control_plane.as_deref(), &opts),
+            ConfigCmd::DbExport {
+                file,
+                control_plane,
+                opts,
+            } => config_cmd::db_export(file.as_deref(), control_plane.as_deref(), &opts),
         },
         Cmd::Hybrid {
             cmd: HybridCmd::GenCert { cert, key, days },

@@ -12,7 +12,7 @@ use crate::node::{load_settings, runtime};
 use crate::NodeOpts;
 
 /// A control plane named by id or name.
-async fn find_cp(store: &Store, which: &str) -> anyhow::Result<ControlPlaneRow> {
+pub(crate) async fn find_cp(store: &Store, which: &str) -> anyhow::Result<ControlPlaneRow> {
     if let Some(row) = store.control_plane(which).await? {
         return Ok(row);
     }
