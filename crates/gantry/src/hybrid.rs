@@ -126,6 +126,7 @@ async fn host_all(
                 "control plane deleted: its data planes are disconnected"
             );
             cp.unhost(key);
+            konnect.forget(key);
         }
     }
     let mut certs: Vec<(i64, String, bool)> = store

@@ -103,11 +103,16 @@ impl Konnect {
 
     pub(crate) fn announce(&self, e: PlaneEvent) {
         if let PlaneEvent::Deleted(key) = &e {
-            if let Ok(mut p) = self.planes.lock() {
-                p.remove(key);
-            }
+            self.forget(*key);
         }
         let _ = self.events.send(e);
+    }
+
+    /// Drop the Admin API of a control plane deleted (here or through another process).
+    pub fn forget(&self, key: i64) {
+        if let Ok(mut p) = self.planes.lock() {
+            p.remove(&key);
+        }
     }
 
     /// The Admin API of the control plane with key `key`.
