@@ -607,11 +607,67 @@ async fn data_planes_attach_to_their_own_control_plane() {
         Duration::from_secs(15),
     );
 
+    // A control plane with pki_client_certs: the CA it holds signs its data planes'
+    // certificates; one signed by another CA is refused.
+    let (_, c) = call(
+        &http,
+        Method::POST,
+        &v2,
+        Some(&token),
+        Some(json!({"name": "c", "auth_type": "pki_client_certs"})),
+    )
+    .await;
+    let c_id = c["id"].as_str().unwrap().to_string();
+    let c_sni = format!("{}.cp.gantry.test", gantry_model::endpoint_prefix(&c_id));
+    let c_ca_dir = dir.path().join("c-ca");
+    std::fs::create_dir_all(&c_ca_dir).unwrap();
+    let c_ca = Pki::new(&c_ca_dir);
+    let ce = format!("{v2}/{c_id}/core-entities");
+    call(
+        &http,
+        Method::POST,
+        &format!("{ce}/services"),
+        Some(&token),
+        Some(json!({"name": "s", "url": format!("http://{up}")})),
+    )
+    .await;
+    let (s, r) = call(
+        &http,
+        Method::POST,
+        &format!("{ce}/services/s/routes"),
+        Some(&token),
+        Some(json!({"name": "r", "paths": ["/c"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{r}");
+    let (s, e) = call(
+        &http,
+        Method::POST,
+        &format!("{v2}/{c_id}/dp-client-certificates"),
+        Some(&token),
+        Some(json!({"cert": std::fs::read_to_string(&c_ca.ca).unwrap(), "title": "c's CA"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
+    let dp_c = dp("dp-c", &c_ca.leaf("dp-c", "dp-c", 2090), &c_sni);
+    let stranger_dir = dir.path().join("stranger-ca");
+    std::fs::create_dir_all(&stranger_dir).unwrap();
+    let stranger = dp(
+        "stranger",
+        &Pki::new(&stranger_dir).leaf("dp-s", "dp-s", 2090),
+        &c_sni,
+    );
+    stranger.wait_log(
+        "failed to connect to the control plane",
+        Duration::from_secs(15),
+    );
+
     let url = |n: &Node, path: &str| format!("{}{path}", n.dp_proxy());
     for (n, mine, theirs) in [
         (&dp_a, "/a", "/b"),
         (&dp_a2, "/a", "/b"),
         (&dp_b, "/b", "/a"),
+        (&dp_c, "/c", "/a"),
     ] {
         gantry_testkit::http::until(&http, &url(n, mine), 200, Duration::from_secs(15)).await;
         let res = http.get(url(n, theirs)).send().await.unwrap();
@@ -717,7 +773,7 @@ async fn data_planes_attach_to_their_own_control_plane() {
     .await;
     gantry_testkit::http::until(&http, &url(&dp_a, "/a2"), 200, Duration::from_secs(10)).await;
     gantry_testkit::http::until(&http, &url(&dp_a2, "/a2"), 200, Duration::from_secs(10)).await;
-    drop((dp_a, dp_a2, dp_b, intruder));
+    drop((dp_a, dp_a2, dp_b, dp_c, intruder, stranger));
 }
 
 /// A control plane group serves the union of its members' configurations to its data planes;
