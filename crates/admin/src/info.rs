@@ -83,7 +83,7 @@ pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiEr
 /// `GET /schemas/{entity}`
 pub async fn entity_schema(Path(name): Path<String>) -> Result<Response, ApiError> {
     let schema =
-        entity(&name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+        entity(&name).ok_or_else(|| ApiError::Missing(format!("No entity named '{name}'")))?;
     Ok(Json(schema.describe()).into_response())
 }
 
@@ -105,7 +105,7 @@ async fn validate_body(
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema =
-        entity(name).ok_or_else(|| ApiError::BadRequest(format!("No entity named '{name}'")))?;
+        entity(name).ok_or_else(|| ApiError::Missing(format!("No entity named '{name}'")))?;
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     let (input, origin) = body::decode(&headers, &bytes)?;
     validate_only(schema, input, origin, &st.plugins)?;

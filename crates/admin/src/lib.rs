@@ -198,7 +198,8 @@ pub fn client_ip(req: &Request) -> std::net::IpAddr {
 async fn require_token(State(st): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
     use axum::http::Method;
     if let Some(auth) = st.authorizer.get() {
-        if req.extensions().get::<Authorized>().is_none() {
+        // A browser's preflight carries no credentials, and learns only the methods.
+        if req.extensions().get::<Authorized>().is_none() && req.method() != Method::OPTIONS {
             let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
             if let Some(refused) = auth.authorize(req.headers(), client_ip(&req), write).await {
                 return refused;
@@ -206,6 +207,61 @@ async fn require_token(State(st): State<Arc<AdminState>>, req: Request, next: Ne
         }
     }
     next.run(req).await
+}
+
+/// The methods Kong's Admin API answers on `path`, as its `OPTIONS` lists them (sorted, with
+/// `HEAD` where `GET` is, and `OPTIONS`); `None` for a path it has no route for.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    use gantry_model::entities::by_admin_path;
+    const READ: &str = "GET, HEAD, OPTIONS";
+    const LIST: &str = "GET, HEAD, OPTIONS, POST";
+    const ITEM: &str = "DELETE, GET, HEAD, OPTIONS, PATCH, PUT";
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    Some(match segs.as_slice() {
+        [] | ["status"] | ["tags"] | ["tags", _] | ["metrics"] => READ,
+        ["plugins", "enabled"] => READ,
+        ["clustering", "data-planes" | "status"] | ["analytics", "requests"] => READ,
+        ["config"] => LIST,
+        ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
+        ["schemas", "plugins", _] | ["schemas", _] => READ,
+        [coll] if by_admin_path(coll).is_some() => LIST,
+        [coll, _] if by_admin_path(coll).is_some() => ITEM,
+        // A parent's single referenced entity (`/routes/{r}/service`).
+        [coll, _, "service" | "route" | "consumer" | "upstream" | "certificate"]
+            if by_admin_path(coll).is_some() =>
+        {
+            ITEM
+        }
+        [coll, _, _] if by_admin_path(coll).is_some() => LIST,
+        [coll, _, _, _] if by_admin_path(coll).is_some() => ITEM,
+        _ => return None,
+    })
+}
+
+/// Kong answers `OPTIONS` on every path of its Admin API with 204 and the methods the path
+/// takes (`Allow`, `Access-Control-Allow-Methods`), and the headers a preflight asked for.
+async fn options(req: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue, Method, StatusCode};
+    if req.method() != Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let Some(methods) = allowed_methods(req.uri().path()) else {
+        return ApiError::NotFound.into_response();
+    };
+    let allow_headers = req
+        .headers()
+        .get("access-control-request-headers")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("Content-Type"));
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    let h = res.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static(methods));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static(methods),
+    );
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow_headers);
+    res
 }
 
 async fn not_found() -> Response {
@@ -239,6 +295,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             state.clone(),
             same_site_writes,
         ))
+        .layer(axum::middleware::from_fn(options))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_token,

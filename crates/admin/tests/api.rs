@@ -1357,3 +1357,86 @@ async fn rate_limiting_redis_shorthands_as_kong() {
         "{b}"
     );
 }
+
+/// `OPTIONS` on every path answers as Kong's: 204, the path's methods in `Allow` and
+/// `Access-Control-Allow-Methods`, the headers a preflight asked for; `HEAD` answers as `GET`
+/// without a body; an unknown schema name is a 404.
+#[tokio::test]
+async fn options_head_and_unknown_schemas_as_kong() {
+    let t = gantry_testkit::sqlite_store().await;
+    let api = start(t, &[]).await;
+    api.ok(
+        "POST",
+        "/services",
+        Some(json!({"name": "s", "host": "example.com"})),
+    )
+    .await;
+    for (path, methods) in [
+        ("/", "GET, HEAD, OPTIONS"),
+        ("/status", "GET, HEAD, OPTIONS"),
+        ("/services", "GET, HEAD, OPTIONS, POST"),
+        ("/services/s", "DELETE, GET, HEAD, OPTIONS, PATCH, PUT"),
+        ("/services/s/routes", "GET, HEAD, OPTIONS, POST"),
+        ("/consumers/c/key-auth", "GET, HEAD, OPTIONS, POST"),
+        (
+            "/routes/r/service",
+            "DELETE, GET, HEAD, OPTIONS, PATCH, PUT",
+        ),
+        ("/config", "GET, HEAD, OPTIONS, POST"),
+        ("/schemas/services", "GET, HEAD, OPTIONS"),
+        ("/schemas/services/validate", "OPTIONS, POST"),
+    ] {
+        let res = api
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 204, "{path}");
+        assert_eq!(res.headers()["allow"], methods, "{path}");
+        assert_eq!(
+            res.headers()["access-control-allow-methods"],
+            methods,
+            "{path}"
+        );
+        assert_eq!(
+            res.headers()["access-control-allow-headers"],
+            "Content-Type"
+        );
+    }
+    let res = api
+        .http
+        .request(reqwest::Method::OPTIONS, format!("{}/services", api.base))
+        .header("Access-Control-Request-Headers", "X-Thing")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-headers"], "X-Thing");
+    let res = api
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/nothing-here", api.base),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = api
+        .http
+        .head(format!("{}/services/s", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().is_empty());
+    let (s, body) = api.req("GET", "/schemas/nothing", None).await;
+    assert_eq!(
+        (s, body),
+        (404, json!({"message": "No entity named 'nothing'"}))
+    );
+    let (s, _) = api
+        .req("POST", "/schemas/nothing/validate", Some(json!({})))
+        .await;
+    assert_eq!(s, 404);
+}
