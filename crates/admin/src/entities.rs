@@ -195,6 +195,16 @@ async fn write_one(
     if st.db_off {
         return Err(read_only());
     }
+    // Kong's certificates take a `snis` pseudo-field: the names of their SNIs.
+    let snis = if schema.name == "certificates" {
+        match take_snis(&mut input)? {
+            // A PUT replaces the whole certificate, its names too (Kong: `snis = null`).
+            None if matches!(how, Write::Upsert { .. }) => Some(Vec::new()),
+            other => other,
+        }
+    } else {
+        None
+    };
     if origin == Origin::Form {
         coerce_form(schema, &mut input, existing.as_ref(), &st.plugins);
     }
@@ -285,9 +295,157 @@ async fn write_one(
     } else {
         Op::Upsert(schema, doc.clone())
     };
-    let version = st.store.write(vec![op]).await?;
+    let mut ops = vec![op];
+    if let Some(names) = &snis {
+        let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
+        ops.extend(sni_ops(st, id, names, now).await?);
+    }
+    let version = st.store.write(ops).await?;
     st.notify(version);
     Ok(doc)
+}
+
+/// The `snis` of a certificate write: `None` when absent (the names stay), a sorted list of
+/// names otherwise (`null` is none); a name given twice is refused, as Kong does.
+fn take_snis(input: &mut Doc) -> Result<Option<Vec<String>>, ApiError> {
+    let mut names: Vec<String> = match input.remove("snis") {
+        None => return Ok(None),
+        Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(a)) => {
+            let mut out = Vec::with_capacity(a.len());
+            for v in a {
+                match v {
+                    Value::String(s) => out.push(s),
+                    _ => {
+                        let mut e = FieldErrors::default();
+                        e.add("snis", "expected a string");
+                        return Err(ApiError::Schema(e));
+                    }
+                }
+            }
+            out
+        }
+        Some(_) => {
+            let mut e = FieldErrors::default();
+            e.add("snis", "expected an array");
+            return Err(ApiError::Schema(e));
+        }
+    };
+    let mut seen = std::collections::HashSet::new();
+    for n in &names {
+        if !seen.insert(n.clone()) {
+            let mut e = FieldErrors::default();
+            e.add("snis", format!("{n} is duplicated"));
+            return Err(ApiError::Schema(e));
+        }
+    }
+    names.sort();
+    Ok(Some(names))
+}
+
+/// The SNIs of certificate `cert`, as stored.
+async fn snis_of(st: &AdminState, cert: &str) -> Result<Vec<Doc>, ApiError> {
+    let mut out = Vec::new();
+    let mut offset = None;
+    loop {
+        let page = st
+            .store
+            .list(
+                "snis",
+                &ListQuery {
+                    reference: Some(("certificate".into(), cert.to_string())),
+                    tags: None,
+                    size: 1000,
+                    offset,
+                },
+            )
+            .await?;
+        out.extend(page.data);
+        match page.next_offset {
+            Some(o) => offset = Some(o),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The writes that make certificate `cert`'s SNIs exactly `names`: a name another certificate
+/// holds is refused as Kong refuses it; names gone are deleted, new ones created.
+async fn sni_ops(
+    st: &AdminState,
+    cert: &str,
+    names: &[String],
+    now: i64,
+) -> Result<Vec<Op>, ApiError> {
+    let sni_schema = entity("snis").ok_or(ApiError::NotFound)?;
+    for name in names {
+        if let Some(other) = st.store.find_by_key("snis", "name", name).await? {
+            let holder = other
+                .get("certificate")
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if holder != cert {
+                let mut e = FieldErrors::default();
+                e.add(
+                    "snis",
+                    format!("{name} already associated with existing certificate '{holder}'"),
+                );
+                return Err(ApiError::Schema(e));
+            }
+        }
+    }
+    let current = snis_of(st, cert).await?;
+    let name_of = |d: &Doc| {
+        d.get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut ops = Vec::new();
+    for d in &current {
+        if !names.contains(&name_of(d)) {
+            let id = d.get("id").and_then(Value::as_str).unwrap_or_default();
+            ops.push(Op::Delete(sni_schema, id.to_string()));
+        }
+    }
+    for name in names {
+        if current.iter().any(|d| name_of(d) == *name) {
+            continue;
+        }
+        let input = json!({"name": name, "certificate": {"id": cert}});
+        let doc = prepare(
+            sni_schema,
+            input.as_object().cloned().unwrap_or_default(),
+            Secrets::Clear,
+            now,
+            &st.plugins,
+        )
+        .map_err(|errs| {
+            let mut e = FieldErrors::default();
+            e.add("snis", format!("{name}: {}", errs.message()));
+            ApiError::Schema(e)
+        })?;
+        ops.push(Op::Insert(sni_schema, doc));
+    }
+    Ok(ops)
+}
+
+/// [`shown`], with what Kong adds from other entities: a certificate's `snis` (its SNIs'
+/// names, sorted).
+async fn shown_full(st: &AdminState, schema: &EntitySchema, d: Doc) -> Result<Value, ApiError> {
+    let id = d.get("id").and_then(Value::as_str).map(str::to_string);
+    let mut v = shown(&st.plugins, schema, d);
+    if let (true, Some(id)) = (schema.name == "certificates", id) {
+        let mut names: Vec<Value> = snis_of(st, &id)
+            .await?
+            .iter()
+            .filter_map(|s| s.get("name").cloned())
+            .collect();
+        names.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+        v["snis"] = Value::Array(names);
+    }
+    Ok(v)
 }
 
 /// An entity as the Admin API shows it: a plugin's deprecated shorthand fields are added,
@@ -353,15 +511,14 @@ async fn list(
     for field in schema.unique_fields() {
         if let Some(v) = q.get(field) {
             let found = st.store.find_by_key(schema.name, field, v).await?;
-            let data: Vec<Value> = found
-                .into_iter()
-                .filter(|d| {
-                    reference.as_ref().is_none_or(|(f, id)| {
-                        d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id)
-                    })
+            let mut data: Vec<Value> = Vec::new();
+            for d in found.into_iter().filter(|d| {
+                reference.as_ref().is_none_or(|(f, id)| {
+                    d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id)
                 })
-                .map(|d| shown(&st.plugins, schema, d))
-                .collect();
+            }) {
+                data.push(shown_full(st, schema, d).await?);
+            }
             return Ok(Json(json!({"data": data, "next": null})).into_response());
         }
     }
@@ -377,11 +534,10 @@ async fn list(
             },
         )
         .await?;
-    let data: Vec<Value> = page
-        .data
-        .into_iter()
-        .map(|d| shown(&st.plugins, schema, d))
-        .collect();
+    let mut data: Vec<Value> = Vec::with_capacity(page.data.len());
+    for d in page.data {
+        data.push(shown_full(st, schema, d).await?);
+    }
     let mut body = json!({ "data": data, "next": null });
     if let Some(o) = page.next_offset {
         let mut next = format!("/{path}?offset={o}");
@@ -415,7 +571,7 @@ pub async fn collection(
         Method::POST => {
             let (input, origin) = read_input(&st, &headers, body).await?;
             let d = write_one(&st, schema, input, origin, Write::Create, None, None).await?;
-            Ok((StatusCode::CREATED, Json(shown(&st.plugins, schema, d))).into_response())
+            Ok((StatusCode::CREATED, Json(shown_full(&st, schema, d).await?)).into_response())
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -430,7 +586,50 @@ pub async fn item(
     body: Body,
 ) -> Result<Response, ApiError> {
     let schema = collection_schema(&coll)?;
+    if schema.name == "certificates" && !is_uuid(&key) {
+        return certificate_by_sni(&st, schema, &key, method, headers, body).await;
+    }
     one(&st, schema, &key, None, method, headers, body).await
+}
+
+/// `/certificates/{sni}`: Kong finds a certificate by one of its SNI names; a PUT to a name
+/// no certificate holds creates one, holding that name when it gives `snis`.
+async fn certificate_by_sni(
+    st: &AdminState,
+    schema: &'static EntitySchema,
+    name: &str,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let held = st.store.find_by_key("snis", "name", name).await?;
+    let cert = held
+        .as_ref()
+        .and_then(|s| s.get("certificate"))
+        .and_then(|c| c.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    if method != Method::PUT {
+        let Some(cert) = cert else {
+            return Err(ApiError::Missing("SNI not found".into()));
+        };
+        return one(st, schema, &cert, None, method, headers, body).await;
+    }
+    let cert = cert.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let (mut input, origin) = read_input(st, &headers, body).await?;
+    match input.get_mut("snis") {
+        Some(Value::Array(a)) if !a.iter().any(|v| v.as_str() == Some(name)) => {
+            a.push(json!(name));
+        }
+        Some(v @ Value::String(_)) if v.as_str() != Some(name) => {
+            *v = json!([v.clone(), name]);
+        }
+        _ => {}
+    }
+    let existing = st.store.get(schema.name, &cert).await?;
+    let how = Write::Upsert { key: cert };
+    let d = write_one(st, schema, input, origin, how, None, existing).await?;
+    Ok(Json(shown_full(st, schema, d).await?).into_response())
 }
 
 async fn one(
@@ -451,7 +650,7 @@ async fn one(
     .await?;
     match method {
         Method::GET | Method::HEAD => match existing {
-            Some(d) => Ok(Json(shown(&st.plugins, schema, d)).into_response()),
+            Some(d) => Ok(Json(shown_full(st, schema, d).await?).into_response()),
             None => Err(ApiError::NotFound),
         },
         Method::PATCH => {
@@ -469,7 +668,7 @@ async fn one(
                 existing,
             )
             .await?;
-            Ok(Json(shown(&st.plugins, schema, d)).into_response())
+            Ok(Json(shown_full(st, schema, d).await?).into_response())
         }
         Method::PUT => {
             let (input, origin) = read_input(st, &headers, body).await?;
@@ -477,7 +676,7 @@ async fn one(
                 key: key.to_string(),
             };
             let d = write_one(st, schema, input, origin, how, parent, existing).await?;
-            Ok(Json(shown(&st.plugins, schema, d)).into_response())
+            Ok(Json(shown_full(st, schema, d).await?).into_response())
         }
         Method::DELETE => {
             if st.db_off {
@@ -526,7 +725,7 @@ pub async fn nested(
                     None,
                 )
                 .await?;
-                Ok((StatusCode::CREATED, Json(shown(&st.plugins, schema, d))).into_response())
+                Ok((StatusCode::CREATED, Json(shown_full(&st, schema, d).await?)).into_response())
             }
             _ => Err(ApiError::MethodNotAllowed),
         };

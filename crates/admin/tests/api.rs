@@ -1440,3 +1440,106 @@ async fn options_head_and_unknown_schemas_as_kong() {
         .await;
     assert_eq!(s, 404);
 }
+
+/// Kong's certificates take their SNIs inline (`snis`: names), show them sorted on every read,
+/// and are found by one of those names (`/certificates/{sni}`).
+#[tokio::test]
+async fn certificates_take_snis_inline_and_are_found_by_name() {
+    for t in all_stores().await {
+        let api = start(t, &[]).await;
+        let (cert, key, _) = certs();
+        let c = api
+            .ok(
+                "POST",
+                "/certificates",
+                Some(json!({"cert": cert, "key": key, "snis": ["b.example", "a.example"]})),
+            )
+            .await;
+        assert_eq!(c["snis"], json!(["a.example", "b.example"]));
+        let id = c["id"].as_str().unwrap().to_string();
+        let snis = api.ok("GET", "/snis", None).await;
+        assert_eq!(snis["data"].as_array().unwrap().len(), 2);
+        assert_eq!(snis["data"][0]["certificate"]["id"], id.as_str());
+        // Found by a name; shown with its names on every read.
+        let by_name = api.ok("GET", "/certificates/b.example", None).await;
+        assert_eq!(by_name["id"], id.as_str());
+        assert_eq!(by_name["snis"], json!(["a.example", "b.example"]));
+        let list = api.ok("GET", "/certificates", None).await;
+        assert_eq!(list["data"][0]["snis"], json!(["a.example", "b.example"]));
+        let (s, e) = api.req("GET", "/certificates/nowhere.example", None).await;
+        assert_eq!((s, e), (404, json!({"message": "SNI not found"})));
+        // A name twice, or one another certificate holds: Kong's schema violations.
+        let (s, e) = api
+            .req(
+                "POST",
+                "/certificates",
+                Some(json!({"cert": cert, "key": key, "snis": ["x.example", "x.example"]})),
+            )
+            .await;
+        assert_eq!(s, 400, "{e}");
+        assert_eq!(e["fields"]["snis"], "x.example is duplicated");
+        let (s, e) = api
+            .req(
+                "POST",
+                "/certificates",
+                Some(json!({"cert": cert, "key": key, "snis": ["a.example"]})),
+            )
+            .await;
+        assert_eq!(s, 400, "{e}");
+        assert_eq!(
+            e["fields"]["snis"],
+            format!("a.example already associated with existing certificate '{id}'")
+        );
+        assert_eq!(
+            api.ok("GET", "/certificates", None).await["data"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1,
+            "nothing written by a refused request"
+        );
+        // PATCH replaces the names; without `snis` it keeps them; PUT without them clears them.
+        let p = api
+            .ok(
+                "PATCH",
+                &format!("/certificates/{id}"),
+                Some(json!({"snis": ["c.example", "a.example"]})),
+            )
+            .await;
+        assert_eq!(p["snis"], json!(["a.example", "c.example"]));
+        let names: Vec<Value> = api.ok("GET", "/snis", None).await["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].clone())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(!names.contains(&json!("b.example")));
+        let p = api
+            .ok(
+                "PATCH",
+                &format!("/certificates/{id}"),
+                Some(json!({"tags": ["t"]})),
+            )
+            .await;
+        assert_eq!(p["snis"], json!(["a.example", "c.example"]));
+        let p = api
+            .ok(
+                "PUT",
+                &format!("/certificates/{id}"),
+                Some(json!({"cert": cert, "key": key})),
+            )
+            .await;
+        assert_eq!(p["snis"], json!([]));
+        // PUT to a name no certificate holds creates one holding it.
+        let n = api
+            .ok(
+                "PUT",
+                "/certificates/new.example",
+                Some(json!({"cert": cert, "key": key, "snis": []})),
+            )
+            .await;
+        assert_eq!(n["snis"], json!(["new.example"]));
+        assert_ne!(n["id"], id.as_str());
+    }
+}
