@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterSettings, ForwardProxy, Mtls};
-pub use listen::Listen;
+pub use listen::{Keepalive, Listen};
 pub use table::{parse_size, KEYS, SECRET_KEYS};
 
 /// A setting that could not be read; every variant names the key or the line.
@@ -183,11 +183,28 @@ impl Settings {
     fn from_values(values: BTreeMap<String, String>) -> Result<Settings, ConfError> {
         let get = |k: &str| values.get(k).cloned().unwrap_or_default();
         let listen = |k: &str| {
-            Listen::parse_list(&get(k)).map_err(|reason| ConfError::Invalid {
+            let refuse = |reason: String| ConfError::Invalid {
                 key: k.to_string(),
                 value: get(k),
-                reason: reason.0,
-            })
+                reason,
+            };
+            let all = Listen::parse_list(&get(k)).map_err(|r| refuse(r.0))?;
+            for l in &all {
+                // Flags Gantry cannot honour are refused, never ignored.
+                if l.proxy_protocol {
+                    return Err(refuse(format!(
+                        "'{}': proxy_protocol (the PROXY protocol) is not supported yet; remove the flag",
+                        l.addr
+                    )));
+                }
+                if l.ssl && k == "status_listen" {
+                    return Err(refuse(format!(
+                        "'{}': TLS on status_listen is not supported; serve it on loopback, or behind a TLS proxy",
+                        l.addr
+                    )));
+                }
+            }
+            Ok(all)
         };
         let opt = |k: &str| {
             let v = get(k);

@@ -268,28 +268,52 @@ pub async fn listen(
     Ok(tcp)
 }
 
-/// Bind a listener; with `reuseport`, several processes may hold the port at once (a new
-/// node takes traffic while the old one drains).
+/// Bind a listener with its flags: `reuseport` (several processes may hold the port at once:
+/// a new node takes traffic while the old one drains), `backlog=`, `ipv6only=` and
+/// `so_keepalive=` (set on the listening socket, inherited by the connections it accepts).
 pub async fn bind(l: &gantry_conf::Listen, what: &str) -> anyhow::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, TcpKeepalive, Type};
     let err = || format!("cannot listen on {what} {}", l.addr);
-    if !l.reuseport {
-        return TcpListener::bind(&l.addr).await.with_context(err);
-    }
     let addr: std::net::SocketAddr = tokio::net::lookup_host(&l.addr)
         .await
         .with_context(err)?
         .next()
         .with_context(err)?;
-    let sock = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .with_context(err)?;
+    sock.set_reuse_address(true).with_context(err)?;
+    if l.reuseport {
+        sock.set_reuse_port(true).with_context(err)?;
     }
-    .with_context(err)?;
-    sock.set_reuseaddr(true).with_context(err)?;
-    sock.set_reuseport(true).with_context(err)?;
-    sock.bind(addr).with_context(err)?;
-    sock.listen(1024).with_context(err)
+    if let Some(v6only) = l.ipv6only {
+        sock.set_only_v6(v6only).with_context(err)?;
+    }
+    match l.so_keepalive {
+        None => {}
+        Some(gantry_conf::Keepalive::Off) => sock.set_keepalive(false).with_context(err)?,
+        Some(gantry_conf::Keepalive::On {
+            idle,
+            interval,
+            count,
+        }) => {
+            let mut ka = TcpKeepalive::new();
+            if let Some(s) = idle {
+                ka = ka.with_time(std::time::Duration::from_secs(s.into()));
+            }
+            if let Some(s) = interval {
+                ka = ka.with_interval(std::time::Duration::from_secs(s.into()));
+            }
+            if let Some(n) = count {
+                ka = ka.with_retries(n);
+            }
+            sock.set_tcp_keepalive(&ka).with_context(err)?;
+        }
+    }
+    sock.set_nonblocking(true).with_context(err)?;
+    sock.bind(&addr.into()).with_context(err)?;
+    let backlog = l.backlog.unwrap_or(1024).min(i32::MAX as u32) as i32;
+    sock.listen(backlog).with_context(err)?;
+    TcpListener::from_std(std::net::TcpListener::from(sock)).with_context(err)
 }
 
 /// `gantry start`

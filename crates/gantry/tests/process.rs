@@ -358,3 +358,61 @@ async fn aio_kong_client_works_unchanged() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("aio-kong: ok"));
     }
 }
+
+/// Listen flags are built or refused: `backlog=`, `so_keepalive=` (connections the proxy
+/// accepts carry TCP keepalive, as `ss` shows), `bind` and `reuseport` run; `deferred`,
+/// `proxy_protocol` and TLS on `status_listen` stop the start, naming the setting.
+#[tokio::test]
+async fn listen_flags_are_built_or_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("n");
+    let p = p.to_str().unwrap();
+    for (key, value, says) in [
+        ("KONG_PROXY_LISTEN", "127.0.0.1:0 deferred", "deferred"),
+        (
+            "KONG_PROXY_LISTEN",
+            "127.0.0.1:0 proxy_protocol",
+            "proxy_protocol",
+        ),
+        ("KONG_STATUS_LISTEN", "127.0.0.1:0 ssl", "status_listen"),
+    ] {
+        let (ok, _, err) = run(&[(key.into(), value.into())], &["start", "-p", p]);
+        assert!(!ok, "{value}");
+        assert!(err.contains(says), "{value}: {err}");
+        let name = key.trim_start_matches("KONG_").to_ascii_lowercase();
+        assert!(err.contains(&name), "{value}: {err}");
+    }
+    if !gantry_testkit::have_tool("ss") {
+        return;
+    }
+    let node = Node::start(
+        &dir.path().join("ok"),
+        &gantry_testkit::process::env(&[(
+            "KONG_PROXY_LISTEN",
+            "127.0.0.1:0 reuseport bind backlog=64 so_keepalive=120s:30s:4",
+        )]),
+    );
+    let proxy = node.proxy.clone().unwrap();
+    let port = proxy.rsplit(':').next().unwrap().to_string();
+    // A connection held open: the proxy's side carries a keepalive timer.
+    let stream = std::net::TcpStream::connect(proxy.trim_start_matches("http://")).unwrap();
+    let mut found = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("ss")
+            .args([
+                "-tnoH",
+                "state",
+                "established",
+                &format!("( sport = :{port} )"),
+            ])
+            .output()
+            .unwrap();
+        found = String::from_utf8_lossy(&out.stdout).to_string();
+        if found.contains("keepalive") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(found.contains("timer:(keepalive"), "{found}");
+    drop(stream);
+}
