@@ -74,7 +74,16 @@ pub async fn data_planes(
             wanted.push((k.to_string(), v.to_string()));
         }
     }
-    let data: Vec<Doc> = entries(&st)
+    let size = crate::entities::page_size(&q)?;
+    // The offset is the position of the next entry, as the list is ordered (most recently
+    // seen first); made opaque as every list's is.
+    let from = match q.get("offset") {
+        None => 0,
+        Some(o) => gantry_store::decode_offset(o)?
+            .parse::<usize>()
+            .map_err(|_| ApiError::Store(gantry_store::StoreError::InvalidOffset))?,
+    };
+    let all: Vec<Doc> = entries(&st)
         .await?
         .into_iter()
         .filter(|d| status.is_none_or(|s| d.get("status").and_then(Value::as_str) == Some(s)))
@@ -87,7 +96,23 @@ pub async fn data_planes(
             })
         })
         .collect();
-    Ok(Json(json!({"data": data, "next": null})).into_response())
+    let data: Vec<&Doc> = all.iter().skip(from).take(size).collect();
+    let mut body = json!({"data": data, "next": null});
+    if from + size < all.len() {
+        let o = gantry_store::encode_offset(&(from + size).to_string());
+        let mut next = format!("/clustering/data-planes?offset={o}&size={size}");
+        for k in ["status", "labels"] {
+            if let Some(v) = q.get(k) {
+                next.push_str(&format!(
+                    "&{k}={}",
+                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                ));
+            }
+        }
+        body["next"] = json!(next);
+        body["offset"] = json!(o);
+    }
+    Ok(Json(body).into_response())
 }
 
 /// `GET /clustering/status`: Kong's older map of node id to its state.

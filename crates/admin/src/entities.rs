@@ -490,18 +490,7 @@ async fn list(
     q: &HashMap<String, String>,
     reference: Option<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let size = match q.get("size") {
-        None => 100,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::Invalid(
-                    "size",
-                    format!("size must be an integer between 1 and 1000 (got '{s}')"),
-                ))
-            }
-        },
-    };
+    let size = page_size(q)?;
     let tags = q
         .get("tags")
         .map(|t| TagFilter::parse(t))
@@ -574,6 +563,20 @@ pub async fn collection(
             Ok((StatusCode::CREATED, Json(shown_full(&st, schema, d).await?)).into_response())
         }
         _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// A list's `size`: 100 by default, 1 to 1000, or Kong's `invalid size` error.
+pub(crate) fn page_size(q: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match q.get("size") {
+        None => Ok(100),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(ApiError::Invalid(
+                "size",
+                format!("size must be an integer between 1 and 1000 (got '{s}')"),
+            )),
+        },
     }
 }
 

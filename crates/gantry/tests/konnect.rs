@@ -1238,3 +1238,74 @@ async fn two_control_plane_processes_on_postgres_serve_the_same_control_planes()
         Duration::from_secs(15),
     );
 }
+
+/// `/clustering/data-planes` pages as every Kong list does: `size`, an opaque `offset`, `next`.
+#[tokio::test]
+async fn the_data_plane_registry_lists_in_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("cp");
+    let node = Node::start(&prefix, &cp_env(dir.path()));
+    let store = gantry_store::Store::open(&gantry_store::Backend::Sqlite(Some(
+        prefix.join("gantry.db"),
+    )))
+    .await
+    .unwrap();
+    let now = gantry_model::unix_now();
+    let batch: Vec<gantry_store::RegistryWrite> = (0..5)
+        .map(|i| {
+            let id = format!("00000000-0000-4000-8000-00000000000{i}");
+            gantry_store::RegistryWrite {
+                doc: json!({"id": id, "hostname": format!("dp{i}"), "status": "connected", "labels": {}})
+                    .as_object()
+                    .cloned()
+                    .unwrap(),
+                id,
+                session: "s".into(),
+                last_seen: now + i,
+                insert: true,
+            }
+        })
+        .collect();
+    store.write_data_planes(&batch).await.unwrap();
+    store.close().await;
+    let http = Client::new();
+    let mut url = format!("{}/clustering/data-planes?size=2", node.admin);
+    let mut seen = Vec::new();
+    for page in 0..3 {
+        let (s, body) = call(&http, Method::GET, &url, None, None).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        for d in body["data"].as_array().unwrap() {
+            seen.push(d["hostname"].as_str().unwrap().to_string());
+        }
+        if page < 2 {
+            let next = body["next"].as_str().unwrap();
+            assert!(body["offset"].is_string(), "{body}");
+            url = format!("{}{next}", node.admin);
+        } else {
+            assert!(body["next"].is_null(), "{body}");
+        }
+    }
+    assert_eq!(
+        seen,
+        ["dp4", "dp3", "dp2", "dp1", "dp0"],
+        "most recently seen first"
+    );
+    let (s, e) = call(
+        &http,
+        Method::GET,
+        &format!("{}/clustering/data-planes?offset=nonsense", node.admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    let (s, _) = call(
+        &http,
+        Method::GET,
+        &format!("{}/clustering/data-planes?size=0", node.admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

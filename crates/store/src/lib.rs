@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 pub use analytics::AnalyticsQuery;
 pub use cluster::{RegistryWrite, StoreDelta};
 pub use error::StoreError;
-pub use read::{Change, ListQuery, Page, TagFilter, TagRow};
+pub use read::{decode_offset, encode_offset, Change, ListQuery, Page, TagFilter, TagRow};
 pub use tenants::{ControlPlaneRow, DpCertRow, TokenRow};
 pub use write::Op;
 

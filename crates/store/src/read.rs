@@ -84,11 +84,13 @@ pub struct Change {
     pub op: String,
 }
 
-fn encode_offset(key: &str) -> String {
+/// An opaque page offset for `key` (what lists hand back as `offset`).
+pub fn encode_offset(key: &str) -> String {
     URL_SAFE_NO_PAD.encode(key.as_bytes())
 }
 
-fn decode_offset(o: &str) -> Result<String, StoreError> {
+/// The key behind an offset [`encode_offset`] made; [`StoreError::InvalidOffset`] otherwise.
+pub fn decode_offset(o: &str) -> Result<String, StoreError> {
     let b = URL_SAFE_NO_PAD
         .decode(o)
         .map_err(|_| StoreError::InvalidOffset)?;
