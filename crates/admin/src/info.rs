@@ -244,3 +244,63 @@ pub async fn post_config(
     )
         .into_response())
 }
+
+/// Kong's log levels, most verbose first.
+const LOG_LEVELS: [&str; 8] = [
+    "debug", "info", "notice", "warn", "error", "crit", "alert", "emerg",
+];
+
+/// `GET /debug/node/log-level`
+pub async fn log_level(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+    let log = st.log_level.get().ok_or(ApiError::NotFound)?;
+    Ok(Json(json!({ "message": format!("log level: {}", log.get()) })).into_response())
+}
+
+/// `PUT /debug/node/log-level/{level}[?timeout=seconds]`: the level for `timeout` seconds
+/// (60 by default; 0: until changed again), as Kong's.
+pub async fn set_log_level(
+    State(st): State<Arc<AdminState>>,
+    Path(level): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let log = st.log_level.get().ok_or(ApiError::NotFound)?.clone();
+    let message = |status: axum::http::StatusCode, m: String| {
+        Ok((status, Json(json!({ "message": m }))).into_response())
+    };
+    if st.db_off {
+        return message(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "cannot change log level when not using a database".into(),
+        );
+    }
+    if !LOG_LEVELS.contains(&level.as_str()) {
+        return message(
+            StatusCode::BAD_REQUEST,
+            format!("unknown log level: {level}"),
+        );
+    }
+    let timeout = match q.get("timeout") {
+        None => 60.0,
+        Some(t) => match t.parse::<f64>() {
+            Ok(v) if v.is_finite() => v.ceil(),
+            _ => {
+                return message(
+                    StatusCode::BAD_REQUEST,
+                    "timeout must be greater than or equal to 0".into(),
+                )
+            }
+        },
+    };
+    if timeout < 0.0 {
+        return message(
+            StatusCode::BAD_REQUEST,
+            "timeout must be greater than or equal to 0".into(),
+        );
+    }
+    if log.get() == level {
+        return message(StatusCode::OK, format!("log level is already {level}"));
+    }
+    let timeout = (timeout > 0.0).then(|| std::time::Duration::from_secs(timeout as u64));
+    log.set(&level, timeout);
+    message(StatusCode::OK, "log level changed".into())
+}

@@ -52,6 +52,17 @@ pub struct AdminState {
     pub extra_metrics: std::sync::OnceLock<MetricsFn>,
     /// Checks each request's access token, when this API requires one (see [`Authorize`]).
     pub authorizer: std::sync::OnceLock<Arc<dyn Authorize>>,
+    /// The node's log level, for `/debug/node/log-level` (absent: those endpoints answer 404).
+    pub log_level: std::sync::OnceLock<Arc<dyn LogLevel>>,
+}
+
+/// The node's log level, read and changed at run time by Kong's `/debug/node/log-level`.
+pub trait LogLevel: Send + Sync {
+    /// Kong's name of the level in effect.
+    fn get(&self) -> String;
+    /// Set `level` (one of Kong's names) for `timeout`, after which `log_level`'s comes back
+    /// (none: until changed again).
+    fn set(self: Arc<Self>, level: &str, timeout: Option<std::time::Duration>);
 }
 
 /// Decides whether a request may reach the Admin API: the access tokens of `gantry-konnect`.
@@ -95,6 +106,7 @@ impl AdminState {
             hash_cache: Mutex::new(None),
             extra_metrics: std::sync::OnceLock::new(),
             authorizer: std::sync::OnceLock::new(),
+            log_level: std::sync::OnceLock::new(),
         }
     }
 
@@ -222,6 +234,8 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["plugins", "enabled"] => READ,
         ["clustering", "data-planes" | "status"] | ["analytics", "requests"] => READ,
         ["config"] => LIST,
+        ["debug", "node", "log-level"] => READ,
+        ["debug", "node", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
         ["schemas", "plugins", _] | ["schemas", _] => READ,
         [coll] if by_admin_path(coll).is_some() => LIST,
@@ -281,6 +295,11 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/schemas/{entity}", get(info::entity_schema))
         .route("/schemas/{entity}/validate", post(info::validate_entity))
         .route("/plugins/enabled", get(info::enabled_plugins))
+        .route("/debug/node/log-level", get(info::log_level))
+        .route(
+            "/debug/node/log-level/{level}",
+            axum::routing::put(info::set_log_level),
+        )
         .route("/clustering/data-planes", get(clustering::data_planes))
         .route("/clustering/status", get(clustering::status))
         .route("/analytics/requests", get(clustering::analytics))

@@ -35,18 +35,92 @@ pub fn load_settings_quietly(opts: &NodeOpts) -> anyhow::Result<(Settings, Vec<S
 }
 
 /// Log to stderr and to `<prefix>/logs/error.log`, at `log_level`.
-pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
-    use tracing_subscriber::prelude::*;
-    let level = match settings.log_level.as_str() {
+/// The filter for one of Kong's log levels (`notice` is `info` here; `crit`, `alert` and
+/// `emerg` are `error`).
+fn level_filter(kong_level: &str) -> tracing_subscriber::EnvFilter {
+    let level = match kong_level {
         "debug" => "debug",
         "info" | "notice" => "info",
         "warn" => "warn",
         _ => "error",
     };
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn")))
-    };
+    tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn"))
+}
+
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The node's log level as `/debug/node/log-level` reads and changes it.
+pub struct NodeLog {
+    handle: FilterHandle,
+    configured: String,
+    /// The level in effect, and a count of changes (a timed change reverts only if it is
+    /// still the latest).
+    current: std::sync::Mutex<(String, u64)>,
+}
+
+static NODE_LOG: std::sync::OnceLock<Arc<NodeLog>> = std::sync::OnceLock::new();
+
+/// The node's log level control, once logging is set up.
+pub fn node_log() -> Option<Arc<NodeLog>> {
+    NODE_LOG.get().cloned()
+}
+
+impl NodeLog {
+    fn apply(&self, level: &str) {
+        if let Err(e) = self.handle.reload(level_filter(level)) {
+            tracing::error!(error = %e, "cannot change the log level");
+        }
+    }
+}
+
+impl gantry_admin::LogLevel for NodeLog {
+    fn get(&self) -> String {
+        self.current
+            .lock()
+            .map(|c| c.0.clone())
+            .unwrap_or_else(|_| self.configured.clone())
+    }
+
+    fn set(self: Arc<Self>, level: &str, timeout: Option<std::time::Duration>) {
+        let generation = {
+            let mut c = self.current.lock().unwrap_or_else(|e| e.into_inner());
+            c.0 = level.to_string();
+            c.1 += 1;
+            c.1
+        };
+        self.apply(level);
+        tracing::warn!(
+            level,
+            timeout_s = timeout.map(|t| t.as_secs()),
+            "log level changed through the Admin API"
+        );
+        if let Some(t) = timeout {
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(t).await;
+                let revert = {
+                    let mut c = me.current.lock().unwrap_or_else(|e| e.into_inner());
+                    let still = c.1 == generation;
+                    if still {
+                        c.0 = me.configured.clone();
+                    }
+                    still
+                };
+                if revert {
+                    me.apply(&me.configured.clone());
+                    tracing::warn!(level = %me.configured, "log level back to log_level's");
+                }
+            });
+        }
+    }
+}
+
+pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+        .unwrap_or_else(|_| level_filter(&settings.log_level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let logs = settings.prefixed("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let (max, keep) = rotation(settings);
@@ -59,12 +133,10 @@ pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(std::io::stderr)
-                .with_filter(filter())
                 .boxed(),
             tracing_subscriber::fmt::layer()
                 .json()
                 .with_writer(file)
-                .with_filter(filter())
                 .boxed(),
         )
     } else {
@@ -72,18 +144,24 @@ pub fn init_logging(settings: &Settings) -> anyhow::Result<()> {
             tracing_subscriber::fmt::layer()
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_writer(std::io::stderr)
-                .with_filter(filter())
                 .boxed(),
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_writer(file)
-                .with_filter(filter())
                 .boxed(),
         )
     };
-    let _ = tracing_subscriber::registry()
-        .with(vec![console, to_file])
-        .try_init();
+    let installed = tracing_subscriber::registry()
+        .with(vec![console, to_file].with_filter(filter))
+        .try_init()
+        .is_ok();
+    if installed {
+        let _ = NODE_LOG.set(Arc::new(NodeLog {
+            handle,
+            configured: settings.log_level.clone(),
+            current: std::sync::Mutex::new((settings.log_level.clone(), 0)),
+        }));
+    }
     Ok(())
 }
 
@@ -357,6 +435,9 @@ where
         plugins,
     ));
     state.notify(store.version().await?);
+    if let Some(log) = node_log() {
+        let _ = state.log_level.set(log);
+    }
     // The Admin API needs access tokens wherever it can be reached from another host.
     let konnect = gantry_konnect::Konnect::new(state.clone());
     if !settings.admin_listen.is_empty() && !gantry_konnect::loopback_only(&settings.admin_listen) {

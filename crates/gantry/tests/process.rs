@@ -416,3 +416,81 @@ async fn listen_flags_are_built_or_refused() {
     assert!(found.contains("timer:(keepalive"), "{found}");
     drop(stream);
 }
+
+/// `/debug/node/log-level` reads and changes the node's log level as Kong's: a level for a
+/// while (`timeout`), then `log_level`'s again; unknown levels are refused.
+#[tokio::test]
+async fn the_log_level_changes_at_run_time() {
+    use gantry_testkit::process::{cp_env, gen_cert};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        &dir.path().join("cp"),
+        &cp_env(&gen_cert(dir.path(), "c"), &[]),
+    );
+    let http = reqwest::Client::new();
+    let get = |http: reqwest::Client, url: String| async move {
+        let r = http.get(url).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let put = |http: reqwest::Client, url: String| async move {
+        let r = http.put(url).send().await.unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let level = format!("{}/debug/node/log-level", node.admin);
+    assert_eq!(
+        get(http.clone(), level.clone()).await,
+        (200, json!({"message": "log level: notice"}))
+    );
+    let published = "configuration published to data planes";
+    let service = |name: &str| {
+        let (http, url) = (http.clone(), format!("{}/services", node.admin));
+        let body = json!({"name": name, "host": "example.com"});
+        async move {
+            assert!(http
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success());
+        }
+    };
+    service("quiet").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !node.output().iter().any(|l| l.contains(published)),
+        "no debug lines at notice"
+    );
+    assert_eq!(
+        put(http.clone(), format!("{level}/debug?timeout=2")).await,
+        (200, json!({"message": "log level changed"}))
+    );
+    assert_eq!(
+        put(http.clone(), format!("{level}/debug")).await,
+        (200, json!({"message": "log level is already debug"}))
+    );
+    assert_eq!(
+        get(http.clone(), level.clone()).await.1,
+        json!({"message": "log level: debug"})
+    );
+    service("loud").await;
+    node.wait_log(published, Duration::from_secs(5));
+    assert_eq!(
+        put(http.clone(), format!("{level}/chatty")).await,
+        (400, json!({"message": "unknown log level: chatty"}))
+    );
+    assert_eq!(
+        put(http.clone(), format!("{level}/info?timeout=-1")).await,
+        (
+            400,
+            json!({"message": "timeout must be greater than or equal to 0"})
+        )
+    );
+    // The timeout brings log_level's back.
+    gantry_testkit::http::eventually(Duration::from_secs(10), "the level reverts", || {
+        let (http, level) = (http.clone(), level.clone());
+        async move { get(http, level).await.1 == json!({"message": "log level: notice"}) }
+    })
+    .await;
+}
