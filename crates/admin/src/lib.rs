@@ -346,6 +346,79 @@ pub fn status_router(state: Arc<AdminState>) -> Router {
         .with_state(state)
 }
 
+/// The Admin API's TLS on `ssl` listeners: `chain` and `key` (DER), HTTP/2 offered by ALPN
+/// when `http2`.
+pub fn tls_acceptor(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    http2: bool,
+) -> Result<tokio_rustls::TlsAcceptor, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Serve `app` over TLS on an already-bound listener until `shutdown` turns true; connections
+/// in flight finish first.
+pub async fn serve_tls(
+    app: Router,
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let mut stop = Box::pin(async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    });
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let stream =
+            match tokio::time::timeout(std::time::Duration::from_secs(10), tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "admin API TLS handshake failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        let conn = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "admin API connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
 /// Serve `app` on already-bound listeners until `shutdown` turns true.
 pub async fn serve_app(
     app: Router,

@@ -109,7 +109,12 @@ const fn k(name: &'static str, default: &'static str, kind: Kind) -> Key {
 }
 
 /// Settings whose values are never shown.
-pub const SECRET_KEYS: &[&str] = &["pg_password", "cluster_cert_key", "proxy_server"];
+pub const SECRET_KEYS: &[&str] = &[
+    "pg_password",
+    "cluster_cert_key",
+    "proxy_server",
+    "admin_ssl_cert_key",
+];
 
 pub static KEYS: &[Key] = &[
     k(
@@ -131,6 +136,10 @@ pub static KEYS: &[Key] = &[
     k("admin_listen", "127.0.0.1:8001", Kind::Listen),
     k("admin_gui_listen", "0.0.0.0:8002", Kind::Listen),
     k("admin_gui_origin", "", Kind::Str),
+    // Kong's: the Admin API's certificate and key on `ssl` admin_listen entries (a path or
+    // PEM); none: a generated self-signed certificate.
+    k("admin_ssl_cert", "", Kind::Str),
+    k("admin_ssl_cert_key", "", Kind::Str),
     k("status_listen", "127.0.0.1:8007", Kind::Listen),
     k("cluster_listen", "0.0.0.0:8005", Kind::Listen),
     k("cluster_telemetry_listen", "0.0.0.0:8006", Kind::Listen),

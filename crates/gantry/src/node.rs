@@ -462,11 +462,19 @@ where
         );
     }
     let mut listeners = Vec::new();
+    let mut tls_listeners = Vec::new();
     for l in &settings.admin_listen {
         if l.ssl {
-            bail!("admin_listen '{}': TLS on the Admin API is not available yet; put it behind a TLS proxy or use a plain listener on loopback", l.addr);
+            let (chain, key) = admin_certificate(&settings)?;
+            let acceptor = gantry_admin::tls_acceptor(chain, key, l.http2)
+                .context("admin_ssl_cert / admin_ssl_cert_key")?;
+            tls_listeners.push((
+                listen(l, "admin_listen", "admin API", Some("https")).await?,
+                acceptor,
+            ));
+        } else {
+            listeners.push(listen(l, "admin_listen", "admin API", Some("http")).await?);
         }
-        listeners.push(listen(l, "admin_listen", "admin API", Some("http")).await?);
     }
     let pid_file = write_pid(&settings)?;
     tracing::info!(
@@ -540,7 +548,19 @@ where
         Vec::new()
     };
     let app = gantry_admin::router(state).merge(gantry_konnect::api::router(konnect));
+    let mut tls_tasks = Vec::new();
+    for (l, acceptor) in tls_listeners {
+        tls_tasks.push(tokio::spawn(gantry_admin::serve_tls(
+            app.clone(),
+            l,
+            acceptor,
+            rx.clone(),
+        )));
+    }
     gantry_admin::serve_app(app, listeners, rx).await?;
+    for t in tls_tasks {
+        let _ = t.await;
+    }
     for p in proxies {
         let _ = p.await;
     }
@@ -548,6 +568,28 @@ where
     let _ = std::fs::remove_file(&pid_file);
     tracing::info!("gantry stopped");
     Ok(())
+}
+
+/// The Admin API's certificate for `ssl` listeners: `admin_ssl_cert` and `admin_ssl_cert_key`
+/// (a path or PEM, both or neither), else a self-signed one for `localhost`, as Kong generates.
+fn admin_certificate(
+    settings: &Settings,
+) -> anyhow::Result<(
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+)> {
+    let cert = settings.get("admin_ssl_cert").filter(|v| !v.is_empty());
+    let key = settings.get("admin_ssl_cert_key").filter(|v| !v.is_empty());
+    let (cert, key) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_string(), k.to_string()),
+        (Some(_), None) => bail!("admin_ssl_cert is set without admin_ssl_cert_key"),
+        (None, Some(_)) => bail!("admin_ssl_cert_key is set without admin_ssl_cert"),
+        (None, None) => gantry_protocol::tls::self_signed("localhost", 10 * 365 * 86_400)?,
+    };
+    Ok((
+        gantry_protocol::tls::certs("admin_ssl_cert", &cert)?,
+        gantry_protocol::tls::key("admin_ssl_cert_key", &key)?,
+    ))
 }
 
 /// Bind the proxy listeners, load the configuration and keep it current: every new config

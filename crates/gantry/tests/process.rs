@@ -494,3 +494,98 @@ async fn the_log_level_changes_at_run_time() {
     })
     .await;
 }
+
+/// The Admin API over TLS, as Kong's `ssl` admin_listen: a generated certificate, or
+/// `admin_ssl_cert`/`admin_ssl_cert_key`; HTTP/2 where `http2` is given.
+#[tokio::test]
+async fn the_admin_api_answers_over_tls_and_http2() {
+    if !gantry_testkit::have_tool("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    // Generated certificate, HTTP/2 offered.
+    let node = Node::start(
+        &dir.path().join("a"),
+        &gantry_testkit::process::env(&[
+            ("KONG_ADMIN_LISTEN", "127.0.0.1:0 ssl http2"),
+            ("KONG_PROXY_LISTEN", "off"),
+        ]),
+    );
+    assert!(node.admin.starts_with("https://"), "{}", node.admin);
+    let got = curl(&[
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{}/status", node.admin),
+    ]);
+    assert_eq!(got, "2 200");
+    drop(node);
+    // Without http2: HTTP/1.1 only.
+    let node = Node::start(
+        &dir.path().join("b"),
+        &gantry_testkit::process::env(&[
+            ("KONG_ADMIN_LISTEN", "127.0.0.1:0 ssl"),
+            ("KONG_PROXY_LISTEN", "off"),
+        ]),
+    );
+    let got = curl(&[
+        "-sk",
+        "--http2",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_version} %{http_code}",
+        &format!("{}/", node.admin),
+    ]);
+    assert_eq!(got, "1.1 200");
+    drop(node);
+    // A given certificate, checked by the client.
+    let (cert, key, _) = gantry_testkit::admin::certs();
+    let (c, k) = (dir.path().join("admin.crt"), dir.path().join("admin.key"));
+    std::fs::write(&c, cert).unwrap();
+    std::fs::write(&k, key).unwrap();
+    let node = Node::start(
+        &dir.path().join("c"),
+        &gantry_testkit::process::env(&[
+            ("KONG_ADMIN_LISTEN", "127.0.0.1:0 ssl"),
+            ("KONG_PROXY_LISTEN", "off"),
+            ("KONG_ADMIN_SSL_CERT", c.to_str().unwrap()),
+            ("KONG_ADMIN_SSL_CERT_KEY", k.to_str().unwrap()),
+        ]),
+    );
+    let port = node.admin.rsplit(':').next().unwrap().to_string();
+    let got = curl(&[
+        "-s",
+        "--cacert",
+        c.to_str().unwrap(),
+        "--resolve",
+        &format!("example.com:{port}:127.0.0.1"),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("https://example.com:{port}/status"),
+    ]);
+    assert_eq!(got, "200");
+    drop(node);
+    // Half a certificate setting stops the start, naming what is missing.
+    let (ok, _, err) = run(
+        &gantry_testkit::process::env(&[
+            ("KONG_ADMIN_LISTEN", "127.0.0.1:0 ssl"),
+            ("KONG_ADMIN_SSL_CERT", c.to_str().unwrap()),
+        ]),
+        &["start", "-p", dir.path().join("d").to_str().unwrap()],
+    );
+    assert!(!ok);
+    assert!(err.contains("admin_ssl_cert_key"), "{err}");
+}
