@@ -304,3 +304,56 @@ pub async fn set_log_level(
     log.set(&level, timeout);
     message(StatusCode::OK, "log level changed".into())
 }
+
+/// `GET /endpoints`: every path this Admin API serves, with `{param}` placeholders named as
+/// Kong names them (the entity's name), sorted segment by segment, as Kong's.
+pub async fn endpoints(State(st): State<Arc<AdminState>>) -> Response {
+    let mut paths: BTreeSet<String> = [
+        "/",
+        "/config",
+        "/debug/node/log-level",
+        "/debug/node/log-level/{log_level}",
+        "/endpoints",
+        "/metrics",
+        "/plugins/enabled",
+        "/schemas/plugins/validate",
+        "/schemas/plugins/{name}",
+        "/schemas/{db_entity_name}/validate",
+        "/schemas/{name}",
+        "/status",
+        "/tags",
+        "/tags/{tags}",
+    ]
+    .into_iter()
+    .map(str::to_string)
+    .collect();
+    if st.settings.role == gantry_conf::Role::ControlPlane {
+        for p in [
+            "/clustering/data-planes",
+            "/clustering/status",
+            "/analytics/requests",
+        ] {
+            paths.insert(p.to_string());
+        }
+    }
+    for e in ENTITIES.iter() {
+        paths.insert(format!("/{}", e.admin_path));
+        paths.insert(format!("/{}/{{{}}}", e.admin_path, e.name));
+        for (field, _, _) in e.foreign_fields() {
+            paths.insert(format!("/{}/{{{}}}/{field}", e.admin_path, e.name));
+        }
+        for (parent, child) in e.nested {
+            if let Some(p) = entity(parent) {
+                paths.insert(format!("/{}/{{{}}}/{child}", p.admin_path, p.name));
+                paths.insert(format!(
+                    "/{}/{{{}}}/{child}/{{{}}}",
+                    p.admin_path, p.name, e.name
+                ));
+            }
+        }
+    }
+    let mut data: Vec<String> = paths.into_iter().collect();
+    // Segment by segment: `/` sorts before every other character.
+    data.sort_by(|a, b| a.replace('/', "\u{0}").cmp(&b.replace('/', "\u{0}")));
+    Json(json!({ "data": data })).into_response()
+}

@@ -234,6 +234,7 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["plugins", "enabled"] => READ,
         ["clustering", "data-planes" | "status"] | ["analytics", "requests"] => READ,
         ["config"] => LIST,
+        ["endpoints"] => READ,
         ["debug", "node", "log-level"] => READ,
         ["debug", "node", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
@@ -241,10 +242,11 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         [coll] if by_admin_path(coll).is_some() => LIST,
         [coll, _] if by_admin_path(coll).is_some() => ITEM,
         // A parent's single referenced entity (`/routes/{r}/service`).
+        // A parent's single referenced entity (`/routes/{r}/service`): read here.
         [coll, _, "service" | "route" | "consumer" | "upstream" | "certificate"]
             if by_admin_path(coll).is_some() =>
         {
-            ITEM
+            READ
         }
         [coll, _, _] if by_admin_path(coll).is_some() => LIST,
         [coll, _, _, _] if by_admin_path(coll).is_some() => ITEM,
@@ -295,6 +297,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/schemas/{entity}", get(info::entity_schema))
         .route("/schemas/{entity}/validate", post(info::validate_entity))
         .route("/plugins/enabled", get(info::enabled_plugins))
+        .route("/endpoints", get(info::endpoints))
         .route("/debug/node/log-level", get(info::log_level))
         .route(
             "/debug/node/log-level/{level}",

@@ -1378,10 +1378,8 @@ async fn options_head_and_unknown_schemas_as_kong() {
         ("/services/s", "DELETE, GET, HEAD, OPTIONS, PATCH, PUT"),
         ("/services/s/routes", "GET, HEAD, OPTIONS, POST"),
         ("/consumers/c/key-auth", "GET, HEAD, OPTIONS, POST"),
-        (
-            "/routes/r/service",
-            "DELETE, GET, HEAD, OPTIONS, PATCH, PUT",
-        ),
+        ("/routes/r/service", "GET, HEAD, OPTIONS"),
+        ("/endpoints", "GET, HEAD, OPTIONS"),
         ("/config", "GET, HEAD, OPTIONS, POST"),
         ("/schemas/services", "GET, HEAD, OPTIONS"),
         ("/schemas/services/validate", "OPTIONS, POST"),
@@ -1439,6 +1437,27 @@ async fn options_head_and_unknown_schemas_as_kong() {
         .req("POST", "/schemas/nothing/validate", Some(json!({})))
         .await;
     assert_eq!(s, 404);
+    // `/endpoints` lists what is served, sorted segment by segment, as Kong's.
+    let e = api.ok("GET", "/endpoints", None).await;
+    let data: Vec<&str> = e["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for p in [
+        "/",
+        "/services/{services}/routes/{routes}",
+        "/consumers/{consumers}/key-auth/{keyauth_credentials}",
+        "/routes/{routes}/service",
+        "/certificates/{certificates}/snis",
+        "/schemas/plugins/{name}",
+    ] {
+        assert!(data.contains(&p), "{p} in {data:?}");
+    }
+    let pos = |p: &str| data.iter().position(|d| *d == p).unwrap();
+    assert!(pos("/services") < pos("/services/{services}"));
+    assert!(pos("/services/{services}/routes") < pos("/snis"));
 }
 
 /// Kong's certificates take their SNIs inline (`snis`: names), show them sorted on every read,
