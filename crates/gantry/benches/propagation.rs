@@ -371,6 +371,22 @@ fn report(what: &str, mut c: Costs) {
     );
 }
 
+/// The data plane process's status once it holds a configuration (started at `t`).
+async fn first_load(
+    http: &reqwest::Client,
+    status: u16,
+    t: Instant,
+    within: Duration,
+) -> (i64, f64, f64) {
+    loop {
+        if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > 0) {
+            return s;
+        }
+        assert!(t.elapsed() < within, "the data plane never loaded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// A data plane process's `cluster` status: (config version, last apply in ms, bytes received).
 async fn dp_status(http: &reqwest::Client, status: u16) -> Option<(i64, f64, f64)> {
     let v: Value = http
@@ -413,16 +429,7 @@ async fn big(
     let (port, status) = (free_port(), free_port());
     let t = Instant::now();
     let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port, Some(status));
-    let first = loop {
-        if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > 0) {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(600),
-            "the data plane never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let first = first_load(http, status, t, Duration::from_secs(600)).await;
     println!(
         "{what}: first snapshot {:.1} KiB on the wire, applied in {:.1} ms, {:.0} ms from exec",
         first.2 / 1024.0,
@@ -572,16 +579,7 @@ async fn many_control_planes(
     let (port, status) = (free_port(), free_port());
     let t = Instant::now();
     let child = start_dp_process(&dp_prefix, &cp.cluster, cert, port, Some(status));
-    let first = loop {
-        if let Some(s) = dp_status(http, status).await.filter(|s| s.0 > 0) {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the data plane never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let first = first_load(http, status, t, Duration::from_secs(120)).await;
     let what = format!("{planes} control planes of {routes} routes, one route changed in one");
     println!(
         "{what}: first snapshot {:.1} KiB on the wire, applied in {:.1} ms",

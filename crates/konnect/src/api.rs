@@ -245,6 +245,48 @@ fn positive(name: &str, v: &str, max: Option<u64>) -> Result<u64> {
     Ok(n)
 }
 
+/// Why a cursor page request (`page[size]`, `page[after]`) is refused: the parameter, its
+/// rule, the reason, and the whole sentence.
+pub(crate) struct PageError {
+    pub field: &'static str,
+    pub rule: &'static str,
+    pub reason: &'static str,
+    pub detail: &'static str,
+}
+
+/// A cursor page request: `page[size]` (1 to 1000, default 100) and `page[after]` (a position
+/// this API handed out, default the start).
+pub(crate) fn cursor_page(uri: &Uri) -> std::result::Result<(usize, usize), PageError> {
+    let mut size = 100usize;
+    let mut after = 0usize;
+    for (key, v) in pairs(uri) {
+        match key.as_str() {
+            "page[size]" => {
+                size = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or(PageError {
+                        field: "page[size]",
+                        rule: "is_integer",
+                        reason: "must be an integer from 1 to 1000",
+                        detail: "page[size] must be an integer from 1 to 1000",
+                    })?
+            }
+            "page[after]" if !v.is_empty() => {
+                after = v.parse().map_err(|_| PageError {
+                    field: "page[after]",
+                    rule: "invalid",
+                    reason: "not a value this API returned",
+                    detail: "page[after]: not a value this API returned",
+                })?
+            }
+            _ => {}
+        }
+    }
+    Ok((size, after))
+}
+
 /// `labels=key:value,key2` on the list: each `key:value` must match, each bare `key` exist.
 fn label_filter(spec: &str) -> Vec<(String, Option<String>)> {
     spec.split(',')

@@ -23,6 +23,17 @@ pub(crate) fn legacy(status: StatusCode, message: impl Into<String>) -> Response
     (status, Json(json!({ "message": message.into() }))).into_response()
 }
 
+/// A store error in this family's shape: a certificate pinned twice is a conflict.
+fn store_failed(e: gantry_store::StoreError) -> Response {
+    match e {
+        gantry_store::StoreError::Unique { .. } => legacy(
+            StatusCode::CONFLICT,
+            "this certificate is pinned for this control plane already",
+        ),
+        e => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
 fn from_konnect(e: KonnectError) -> Response {
     let (status, m) = crate::api::status_of(&e);
     legacy(status, m)
@@ -111,31 +122,6 @@ impl IntoResponse for BadInput {
     }
 }
 
-fn page_query(req: &Request) -> Result<(usize, usize), BadInput> {
-    let mut size = 100usize;
-    let mut after = 0usize;
-    for (key, v) in crate::api::pairs(req.uri()) {
-        match key.as_str() {
-            "page[size]" => {
-                size = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        BadInput("page[size] must be an integer from 1 to 1000".into())
-                    })?
-            }
-            "page[after]" if !v.is_empty() => {
-                after = v
-                    .parse()
-                    .map_err(|_| BadInput("page[after]: not a value this API returned".into()))?
-            }
-            _ => {}
-        }
-    }
-    Ok((size, after))
-}
-
 async fn entries(k: &Konnect, key: i64) -> Result<Vec<Map<String, Value>>, Response> {
     let plane = k.plane(key);
     gantry_admin::clustering::entries(&plane.state)
@@ -149,9 +135,9 @@ pub async fn list_nodes(State(k): K, Path(id): Path<String>, req: Request) -> Re
         Ok(r) => r,
         Err(r) => return r,
     };
-    let (size, after) = match page_query(&req) {
+    let (size, after) = match crate::api::cursor_page(req.uri()) {
         Ok(p) => p,
-        Err(e) => return e.into_response(),
+        Err(e) => return BadInput(e.detail.into()).into_response(),
     };
     let all = match entries(&k, row.key).await {
         Ok(e) => e,
@@ -236,7 +222,7 @@ pub async fn delete_node(
     match k.store.scoped(row.key).delete_data_plane(&node_id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
         Ok(false) => legacy(StatusCode::NOT_FOUND, "Not Found"),
-        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -296,7 +282,7 @@ pub async fn list_certs(State(k): K, Path(id): Path<String>, req: Request) -> Re
             "page": {"total_count": c.len()},
         }))
         .into_response(),
-        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -336,11 +322,7 @@ pub async fn create_cert(State(k): K, Path(id): Path<String>, req: Request) -> R
             k.announce(PlaneEvent::CertsChanged(row.key));
             (StatusCode::CREATED, Json(json!({ "item": cert_item(&c) }))).into_response()
         }
-        Err(gantry_store::StoreError::Unique { .. }) => legacy(
-            StatusCode::CONFLICT,
-            "this certificate is pinned for this control plane already",
-        ),
-        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -359,7 +341,7 @@ pub async fn get_cert(
             Some(c) => Json(json!({ "item": cert_item(c) })).into_response(),
             None => legacy(StatusCode::NOT_FOUND, "Not Found"),
         },
-        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -390,7 +372,7 @@ pub async fn put_cert(
     let store = k.store.scoped(row.key);
     let old = match store.dp_certs().await {
         Ok(all) => all.into_iter().find(|c| c.id == cert),
-        Err(e) => return legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => return store_failed(e),
     };
     let Some(mut c) = old else {
         return legacy(StatusCode::NOT_FOUND, "Not Found");
@@ -406,11 +388,7 @@ pub async fn put_cert(
             Json(json!({ "item": cert_item(&c) })).into_response()
         }
         Ok(false) => legacy(StatusCode::NOT_FOUND, "Not Found"),
-        Err(gantry_store::StoreError::Unique { .. }) => legacy(
-            StatusCode::CONFLICT,
-            "this certificate is pinned for this control plane already",
-        ),
-        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => store_failed(e),
     }
 }
 
@@ -431,6 +409,6 @@ pub async fn delete_cert(
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(None) => legacy(StatusCode::NOT_FOUND, "Not Found"),
-        Err(e) => legacy(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => store_failed(e),
     }
 }

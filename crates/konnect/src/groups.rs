@@ -65,37 +65,8 @@ async fn group(
 /// `GET /v2/control-planes/{id}/group-memberships`
 pub async fn list(State(k): K, Path(id): Path<String>, req: Request) -> Result<Response> {
     let (row, _) = group(&k, req.extensions(), &id).await?;
-    let mut size = 100usize;
-    let mut after = 0usize;
-    for (key, v) in crate::api::pairs(req.uri()) {
-        match key.as_str() {
-            "page[size]" => {
-                size = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=1000).contains(n))
-                    .ok_or_else(|| {
-                        KonnectError::invalid(
-                            "page[size] must be an integer from 1 to 1000",
-                            Invalid::query(
-                                "page[size]",
-                                "is_integer",
-                                "must be an integer from 1 to 1000",
-                            ),
-                        )
-                    })?
-            }
-            "page[after]" if !v.is_empty() => {
-                after = v.parse().map_err(|_| {
-                    KonnectError::invalid(
-                        "page[after]: not a value this API returned",
-                        Invalid::query("page[after]", "invalid", "not a value this API returned"),
-                    )
-                })?
-            }
-            _ => {}
-        }
-    }
+    let (size, after) = crate::api::cursor_page(req.uri())
+        .map_err(|e| KonnectError::invalid(e.detail, Invalid::query(e.field, e.rule, e.reason)))?;
     let all = k.store.control_planes().await?;
     let ids = members(&row);
     let rows: Vec<&ControlPlaneRow> = ids

@@ -61,6 +61,8 @@ pub struct Konnect {
     events: broadcast::Sender<PlaneEvent>,
     /// A control plane group's status, from the cluster service that computes it.
     pub group_status: std::sync::OnceLock<GroupStatusFn>,
+    /// The default control plane's id, read once: it never changes.
+    default_id: tokio::sync::OnceCell<String>,
 }
 
 /// A group's status: `(state, conflicts as Konnect's GroupConflict objects, updated_at)`.
@@ -85,6 +87,7 @@ impl Konnect {
             verifier: Verifier::new(),
             events: broadcast::channel(64).0,
             group_status: std::sync::OnceLock::new(),
+            default_id: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -141,6 +144,20 @@ impl Konnect {
             router: gantry_admin::router(state.clone()),
             state,
         }
+    }
+
+    /// The default control plane's id (read from the store once).
+    pub async fn default_id(&self) -> Option<String> {
+        self.default_id
+            .get_or_try_init(|| async {
+                match self.store.control_plane_by_key(DEFAULT_CP).await {
+                    Ok(Some(row)) => Ok(row.id),
+                    _ => Err(()),
+                }
+            })
+            .await
+            .ok()
+            .cloned()
     }
 
     /// Check a request's token.
@@ -227,14 +244,11 @@ impl gantry_admin::Authorize for KongApiTokens {
                 }
                 Err(e) => return Some(e.into_response()),
             };
-            let cp_id = match k.store.control_plane_by_key(DEFAULT_CP).await {
-                Ok(Some(row)) => row.id,
-                _ => {
-                    return message(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "An unexpected error occurred",
-                    )
-                }
+            let Some(cp_id) = k.default_id().await else {
+                return message(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "An unexpected error occurred",
+                );
             };
             match p.role_on(&cp_id) {
                 Some(Role::Admin) => None,

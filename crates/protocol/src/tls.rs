@@ -429,7 +429,6 @@ pub type Pins = Arc<arc_swap::ArcSwap<PinSet>>;
 struct Hosted {
     base: Arc<dyn ClientCertVerifier>,
     pins: Pins,
-    provider: Arc<CryptoProvider>,
 }
 
 impl ClientCertVerifier for Hosted {
@@ -458,18 +457,14 @@ impl ClientCertVerifier for Hosted {
             }
         }
     }
+    // A handshake signature is checked alike whatever the trust: as the base verifier does.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.base.verify_tls12_signature(message, cert, dss)
     }
     fn verify_tls13_signature(
         &self,
@@ -477,17 +472,10 @@ impl ClientCertVerifier for Hosted {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.base.verify_tls13_signature(message, cert, dss)
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.base.supported_verify_schemes()
     }
 }
 
@@ -530,11 +518,9 @@ pub fn hosted_server_config(
     s: &ClusterSettings,
     pins: Pins,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let provider = provider();
     let verifier = Arc::new(Hosted {
-        base: base_verifier(s, provider.clone())?,
+        base: base_verifier(s, provider())?,
         pins,
-        provider,
     });
     finish_server_config(s, verifier)
 }
