@@ -50,7 +50,7 @@ fn nested_schema(
 }
 
 /// Find an entity by id or by its endpoint key; under a parent, it must belong to it.
-async fn resolve(
+pub(crate) async fn resolve(
     st: &AdminState,
     schema: &EntitySchema,
     key: &str,

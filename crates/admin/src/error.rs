@@ -34,6 +34,9 @@ pub enum ApiError {
     /// A 404 with its own message (Kong's `No plugin named 'x'`).
     #[error("{0}")]
     Missing(String),
+    /// A 409 with its own message.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Kong's error codes (kong/db/errors.lua).
@@ -92,6 +95,7 @@ impl IntoResponse for ApiError {
             ApiError::UnsupportedMedia(m) => message(StatusCode::UNSUPPORTED_MEDIA_TYPE, m),
             ApiError::Forbidden(m) => message(StatusCode::FORBIDDEN, m),
             ApiError::Missing(m) => message(StatusCode::NOT_FOUND, m),
+            ApiError::Conflict(m) => message(StatusCode::CONFLICT, m),
         }
     }
 }

@@ -336,7 +336,15 @@ pub async fn endpoints(State(st): State<Arc<AdminState>>) -> Response {
             paths.insert(p.to_string());
         }
     }
-    for e in ENTITIES.iter() {
+    for p in [
+        "/consumer_groups/{consumer_groups}/consumers",
+        "/consumer_groups/{consumer_groups}/consumers/{consumers}",
+        "/consumers/{consumers}/consumer_groups",
+        "/consumers/{consumers}/consumer_groups/{consumer_groups}",
+    ] {
+        paths.insert(p.to_string());
+    }
+    for e in ENTITIES.iter().filter(|e| !e.admin_path.is_empty()) {
         paths.insert(format!("/{}", e.admin_path));
         paths.insert(format!("/{}/{{{}}}", e.admin_path, e.name));
         for (field, _, _) in e.foreign_fields() {

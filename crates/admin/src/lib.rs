@@ -7,6 +7,7 @@ mod body;
 pub mod clustering;
 mod entities;
 mod error;
+mod groups;
 mod info;
 
 use gantry_model::plugins::Catalog;
@@ -239,9 +240,14 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["debug", "node", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
         ["schemas", "plugins", _] | ["schemas", _] => READ,
+        ["consumer_groups", _, "consumers"] | ["consumers", _, "consumer_groups"] => {
+            "DELETE, GET, HEAD, OPTIONS, POST"
+        }
+        ["consumer_groups", _, "consumers", _] | ["consumers", _, "consumer_groups", _] => {
+            "DELETE, GET, HEAD, OPTIONS"
+        }
         [coll] if by_admin_path(coll).is_some() => LIST,
         [coll, _] if by_admin_path(coll).is_some() => ITEM,
-        // A parent's single referenced entity (`/routes/{r}/service`).
         // A parent's single referenced entity (`/routes/{r}/service`): read here.
         [coll, _, "service" | "route" | "consumer" | "upstream" | "certificate"]
             if by_admin_path(coll).is_some() =>
@@ -307,6 +313,23 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clustering/status", get(clustering::status))
         .route("/analytics/requests", get(clustering::analytics))
         .route("/metrics", get(clustering::metrics))
+        .route("/consumer_groups/{g}", any(groups::item))
+        .route(
+            "/consumer_groups/{g}/consumers",
+            any(groups::group_consumers),
+        )
+        .route(
+            "/consumer_groups/{g}/consumers/{c}",
+            any(groups::group_consumer),
+        )
+        .route(
+            "/consumers/{c}/consumer_groups",
+            any(groups::consumer_groups),
+        )
+        .route(
+            "/consumers/{c}/consumer_groups/{g}",
+            any(groups::consumer_group),
+        )
         .route("/{coll}", any(entities::collection))
         .route("/{coll}/{key}", any(entities::item))
         .route("/{coll}/{key}/{child}", any(entities::nested))

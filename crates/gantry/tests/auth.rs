@@ -556,6 +556,279 @@ async fn acl_as_kong() {
     assert_eq!(status("/admins", Some("bob")).await, 403);
 }
 
+/// Consumer groups as Kong Enterprise 3.9 serves them: the entity, memberships from both
+/// sides with Kong's bodies and errors, plugins scoped to a group with Kong's precedence
+/// (the first group by name wins), acl's `include_consumer_groups`, and plugins that refuse
+/// a group scope.
+#[tokio::test]
+async fn consumer_groups_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let raw = |method: &'static str, path: String, body: Option<Value>| {
+        let (http, node) = (&http, &node);
+        async move {
+            let mut r = http.request(method.parse().unwrap(), format!("{}{path}", node.admin));
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let text = r.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    service(&http, &node, &up).await;
+    for g in ["gold", "bronze", "silver"] {
+        let (s, b) = raw("POST", "/consumer_groups".into(), Some(json!({"name": g}))).await;
+        assert_eq!(s, 201, "{b}");
+        assert_eq!(b["name"], g);
+    }
+    for who in ["alice", "bob", "carol"] {
+        admin(&http, &node, "POST", "/consumers", json!({"username": who})).await;
+        let key = json!({"key": format!("{who}-key")});
+        admin(
+            &http,
+            &node,
+            "POST",
+            &format!("/consumers/{who}/key-auth"),
+            key,
+        )
+        .await;
+    }
+    // Memberships from the group's side: one or a list, Kong's 201 body.
+    let (s, b) = raw(
+        "POST",
+        "/consumer_groups/gold/consumers".into(),
+        Some(json!({"consumer": ["alice", "bob"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["consumer_group"]["name"], "gold");
+    let names: Vec<&str> = b["consumers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    let gold = b["consumer_group"]["id"].as_str().unwrap().to_string();
+    // ... and from the consumer's side.
+    let (s, b) = raw(
+        "POST",
+        "/consumers/alice/consumer_groups".into(),
+        Some(json!({"group": "bronze"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["consumer"]["username"], "alice");
+    assert_eq!(b["consumer_groups"][0]["name"], "bronze");
+    // Kong's errors.
+    let (s, b) = raw(
+        "POST",
+        "/consumer_groups/gold/consumers".into(),
+        Some(json!({"consumer": "alice"})),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (
+            409,
+            json!({"message": format!("Consumer 'alice' already in group '{gold}'")})
+        )
+    );
+    let (s, b) = raw(
+        "POST",
+        "/consumer_groups/gold/consumers".into(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!((s, b), (400, json!({"message": "must provide consumer"})));
+    let (s, b) = raw(
+        "POST",
+        "/consumer_groups/gold/consumers".into(),
+        Some(json!({"consumer": "nobody"})),
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (404, json!({"message": "Consumer 'nobody' not found"}))
+    );
+    let (s, b) = raw("GET", "/consumer_groups/tin".into(), None).await;
+    assert_eq!((s, b), (404, json!({"message": "Group 'tin' not found"})));
+    let (s, b) = raw(
+        "GET",
+        "/consumer_groups/silver/consumers/alice".into(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, b),
+        (
+            404,
+            json!({"message": "Consumer 'alice' not found in Group 'silver'"})
+        )
+    );
+    // Reads: the group with its consumers, a consumer's groups with their sizes.
+    let (s, b) = raw("GET", "/consumer_groups/gold".into(), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["consumer_group"]["id"], gold.as_str());
+    assert_eq!(b["consumers"].as_array().map(Vec::len), Some(2), "{b}");
+    let (_, b) = raw("GET", "/consumer_groups/silver".into(), None).await;
+    assert!(b.get("consumers").is_none(), "{b}");
+    let (_, b) = raw("GET", "/consumers/alice/consumer_groups".into(), None).await;
+    let mut sizes: Vec<(String, u64)> = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let n = g["consumers_count"].as_u64().unwrap();
+            (g["name"].as_str().unwrap().to_string(), n)
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, [("bronze".into(), 1), ("gold".into(), 2)]);
+    let (s, b) = raw("GET", "/consumer_groups/gold/consumers/bob".into(), None).await;
+    assert_eq!((s, &b["consumer"]["username"]), (200, &json!("bob")));
+    let (_, b) = raw("GET", "/consumer_groups/gold/consumers".into(), None).await;
+    assert_eq!(b["data"].as_array().map(Vec::len), Some(2), "{b}");
+
+    // Plugins by group: request-transformer tags the tier; the route's instance is below a
+    // group's on the same route. alice is in bronze and gold: bronze comes first by name.
+    let tier = |t: &str| json!({"name": "request-transformer", "config": {"add": {"headers": [format!("x-tier:{t}")]}}});
+    route_with(
+        &http,
+        &node,
+        "tiers",
+        &[json!({"name": "key-auth"}), tier("route")],
+    )
+    .await;
+    for g in ["gold", "bronze"] {
+        let mut p = tier(g);
+        p["route"] = json!({"name": "tiers"});
+        let (s, b) = raw("POST", format!("/consumer_groups/{g}/plugins"), Some(p)).await;
+        assert_eq!(s, 201, "{b}");
+        assert!(b["consumer_group"]["id"].as_str().is_some(), "{b}");
+    }
+    // acl counting consumer groups.
+    let acl =
+        json!({"name": "acl", "config": {"allow": ["gold"], "include_consumer_groups": true}});
+    route_with(&http, &node, "golden", &[json!({"name": "key-auth"}), acl]).await;
+    let acl = json!({"name": "acl", "config": {"allow": ["gold"]}});
+    route_with(&http, &node, "aclonly", &[json!({"name": "key-auth"}), acl]).await;
+    // Plugins that cannot follow a group, and a plugin naming both a consumer and a group.
+    for (p, field) in [
+        (
+            json!({"name": "key-auth", "consumer_group": {"id": gold}}),
+            "consumer_group",
+        ),
+        (
+            json!({"name": "cors", "consumer_group": {"id": gold}}),
+            "consumer_group",
+        ),
+        (
+            json!({"name": "http-log", "consumer_group": {"id": gold}, "config": {"http_endpoint": "http://127.0.0.1:9/"}}),
+            "consumer_group",
+        ),
+    ] {
+        let (s, b) = raw("POST", "/plugins".into(), Some(p)).await;
+        assert_eq!(s, 400, "{b}");
+        assert_eq!(b["fields"][field], "value must be null", "{b}");
+    }
+    let both = json!({"name": "request-termination", "consumer": {"username": "alice"}, "consumer_group": {"id": gold}});
+    let (s, b) = raw("POST", "/plugins".into(), Some(both)).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["@entity"],
+        json!(["only one or none of these fields must be set: 'consumer', 'consumer_group'"])
+    );
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let get = |path: &'static str, who: &'static str| {
+        let (http, proxy) = (&http, &proxy);
+        async move {
+            let r = http
+                .get(format!("{proxy}{path}"))
+                .header("apikey", format!("{who}-key"))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, b) = get("/tiers", "alice").await;
+    assert_eq!((s, &b["headers"]["x-tier"]), (200, &json!("bronze")), "{b}");
+    let (_, b) = get("/tiers", "bob").await;
+    assert_eq!(b["headers"]["x-tier"], "gold", "{b}");
+    let (_, b) = get("/tiers", "carol").await;
+    assert_eq!(b["headers"]["x-tier"], "route", "{b}");
+    let (s, b) = get("/golden", "bob").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["headers"]["x-consumer-groups"], "gold", "{b}");
+    let (s, b) = get("/golden", "alice").await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        groups_of(&b["headers"]["x-consumer-groups"]),
+        ["bronze", "gold"]
+    );
+    assert_eq!(get("/golden", "carol").await.0, 403);
+    // Without include_consumer_groups, a consumer group is not an ACL group.
+    assert_eq!(get("/aclonly", "bob").await.0, 403);
+
+    // A membership removed, from either side, applies at once; a group renamed keeps
+    // its members; a group deleted takes its memberships and plugins with it.
+    let (s, _) = raw(
+        "DELETE",
+        "/consumers/alice/consumer_groups/bronze".into(),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = raw("DELETE", "/consumer_groups/gold/consumers/bob".into(), None).await;
+    assert_eq!(s, 204);
+    synced(&http, &node).await;
+    assert_eq!(get("/tiers", "alice").await.1["headers"]["x-tier"], "gold");
+    assert_eq!(get("/tiers", "bob").await.1["headers"]["x-tier"], "route");
+    assert_eq!(get("/golden", "bob").await.0, 403);
+    let (s, b) = raw(
+        "PATCH",
+        "/consumer_groups/gold".into(),
+        Some(json!({"name": "platinum"})),
+    )
+    .await;
+    assert_eq!((s, &b["name"]), (200, &json!("platinum")), "{b}");
+    synced(&http, &node).await;
+    assert_eq!(get("/tiers", "alice").await.1["headers"]["x-tier"], "gold");
+    let (s, _) = raw("DELETE", "/consumer_groups/platinum".into(), None).await;
+    assert_eq!(s, 204);
+    synced(&http, &node).await;
+    assert_eq!(get("/tiers", "alice").await.1["headers"]["x-tier"], "route");
+    let (_, b) = raw("GET", "/consumers/alice/consumer_groups".into(), None).await;
+    assert_eq!(b["data"], json!([]), "{b}");
+    let (s, b) = raw("DELETE", "/consumers/alice/consumer_groups".into(), None).await;
+    assert_eq!(s, 404, "{b}");
+    let (_, b) = raw("GET", "/plugins?size=1000".into(), None).await;
+    let scoped: Vec<&Value> = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            p["consumer_group"]["id"]
+                .as_str()
+                .map(|_| &p["config"]["add"])
+        })
+        .collect();
+    assert_eq!(
+        scoped,
+        [&json!({"body": [], "headers": ["x-tier:bronze"], "querystring": []})]
+    );
+}
+
 /// acl in hybrid mode: groups written on the control plane decide on a data plane.
 #[tokio::test]
 async fn acl_on_a_data_plane() {
@@ -620,6 +893,51 @@ async fn acl_on_a_data_plane() {
         status("bob").await == 200
     })
     .await;
+    // A consumer group on the control plane, counted by acl on the data plane.
+    let acl = json!({"name": "acl", "config": {"allow": ["vip"], "include_consumer_groups": true}});
+    let route = json!({"name": "v", "paths": ["/v"]});
+    admin(&http, &cp, "POST", "/services/s/routes", route).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/routes/v/plugins",
+        json!({"name": "key-auth"}),
+    )
+    .await;
+    admin(&http, &cp, "POST", "/routes/v/plugins", acl).await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/consumer_groups",
+        json!({"name": "vip"}),
+    )
+    .await;
+    let url = format!("{}/v", dp.dp_proxy());
+    let vip = |who: &'static str| {
+        let (http, url) = (&http, &url);
+        async move {
+            let r = http
+                .get(url)
+                .header("apikey", format!("{who}-key"))
+                .send()
+                .await
+                .unwrap();
+            r.status().as_u16()
+        }
+    };
+    eventually(WITHIN, "the vip route never arrived", || async {
+        vip("bob").await == 403
+    })
+    .await;
+    let member = json!({"consumer": "bob"});
+    admin(&http, &cp, "POST", "/consumer_groups/vip/consumers", member).await;
+    eventually(WITHIN, "bob's consumer group never arrived", || async {
+        vip("bob").await == 200
+    })
+    .await;
+    assert_eq!(vip("alice").await, 403);
 }
 
 /// A JWT of `header` and `claims`, signed by `sign` over `header.claims` (base64url).

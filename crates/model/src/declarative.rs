@@ -142,6 +142,23 @@ pub fn load(doc: Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
         }
     }
     resolve_references(&mut raw, &mut errors);
+    // A membership's id is its pair's, however it was written.
+    for r in raw
+        .iter_mut()
+        .filter(|r| r.schema.name == "consumer_group_consumers")
+    {
+        let side = |k: &str| {
+            r.input
+                .get(k)
+                .and_then(|v| v.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        if let (Some(g), Some(c)) = (side("consumer_group"), side("consumer")) {
+            let id = crate::entities::membership_id(&g, &c);
+            r.input.insert("id".into(), json!(id));
+        }
+    }
     let mut config = Config::default();
     let mut seen: HashMap<(&str, &str, String), String> = HashMap::new();
     let mut prepared: Vec<(&'static EntitySchema, String, Doc)> = Vec::with_capacity(raw.len());
@@ -261,6 +278,28 @@ fn collect(
                 continue;
             }
             m.insert(field.to_string(), ref_value.clone());
+        }
+        // decK's memberships: a group's `consumers` and a consumer's `groups`, each item
+        // naming the other side.
+        for (parent, list, other) in [
+            ("consumer_groups", "consumers", "consumer"),
+            ("consumers", "groups", "consumer_group"),
+        ] {
+            if schema.name != parent {
+                continue;
+            }
+            match m.remove(list) {
+                Some(Value::Array(items)) => {
+                    let mut joined: Vec<Value> = match m.remove("consumer_group_consumers") {
+                        Some(Value::Array(a)) => a,
+                        _ => Vec::new(),
+                    };
+                    joined.extend(items.into_iter().map(|i| json!({ other: i })));
+                    m.insert("consumer_group_consumers".into(), Value::Array(joined));
+                }
+                Some(Value::Null) | None => {}
+                Some(_) => errors.push((format!("{p}.{list}"), "expected an array".into())),
+            }
         }
         // Children nested under this entity.
         let mut children = Vec::new();
@@ -522,6 +561,80 @@ plugins:
             "{flat}"
         );
         assert!(flat.contains("bogus: unknown field"), "{flat}");
+    }
+
+    /// Consumer groups as decK writes them (a group's `consumers`, a consumer's `groups`,
+    /// plugins naming their group) and as Kong exports them (flat memberships).
+    #[test]
+    fn consumer_groups_in_every_form() {
+        let text = r#"
+_format_version: "3.0"
+consumer_groups:
+- name: gold
+  consumers:
+  - username: alice
+  plugins:
+  - name: limits
+    config: { minute: 402 }
+- name: silver
+consumers:
+- username: alice
+- username: bob
+  groups:
+  - name: gold
+  - silver
+plugins:
+- name: limits
+  consumer_group: silver
+  config: { minute: 403 }
+"#;
+        let c = load(parse_text(text).unwrap(), opts(NOW)).unwrap();
+        let ids = |k: &str| -> HashMap<String, String> {
+            c.entities[k]
+                .iter()
+                .map(|e| {
+                    let d = e.doc();
+                    let name = d.get("name").or(d.get("username")).unwrap();
+                    (name.as_str().unwrap().to_string(), e.id().to_string())
+                })
+                .collect()
+        };
+        let (groups, consumers) = (ids("consumer_groups"), ids("consumers"));
+        let mut pairs: Vec<(String, String)> = c.entities["consumer_group_consumers"]
+            .iter()
+            .map(|e| {
+                let d = e.doc();
+                let g = d["consumer_group"]["id"].as_str().unwrap().to_string();
+                let u = d["consumer"]["id"].as_str().unwrap().to_string();
+                assert_eq!(e.id(), crate::entities::membership_id(&g, &u));
+                (g, u)
+            })
+            .collect();
+        pairs.sort();
+        let mut want = vec![
+            (groups["gold"].clone(), consumers["alice"].clone()),
+            (groups["gold"].clone(), consumers["bob"].clone()),
+            (groups["silver"].clone(), consumers["bob"].clone()),
+        ];
+        want.sort();
+        assert_eq!(pairs, want);
+        for p in &c.entities["plugins"] {
+            let d = p.doc();
+            let g = d["consumer_group"]["id"].as_str().unwrap();
+            let status = d["config"]["minute"].as_u64().unwrap();
+            assert_eq!(g, groups[if status == 402 { "gold" } else { "silver" }]);
+        }
+        // Kong's export form loads back to the same configuration.
+        let back = load(export(&c), opts(NOW)).unwrap();
+        assert_eq!(hash_config(&c), hash_config(&back));
+        let bad = json!({"_format_version": "3.0", "consumers": [
+            {"username": "x", "groups": [{"name": "nope"}]}
+        ]});
+        let e = load(bad, opts(NOW)).unwrap_err().flattened().join("\n");
+        assert!(
+            e.contains("could not find 'consumer_groups' entity 'nope'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -141,12 +141,19 @@ fn check_dependent_config(
     let p = enabled.schema;
     for (scoped, forbidden) in [
         ("consumer", p.no_consumer),
+        ("consumer_group", p.no_consumer_group),
         ("route", p.no_route),
         ("service", p.no_service),
     ] {
         if forbidden && doc.get(scoped).is_some_and(|v| !v.is_null()) {
             errs.add(scoped, "value must be null");
         }
+    }
+    let set = |k: &str| doc.get(k).is_some_and(|v| !v.is_null());
+    if set("consumer") && set("consumer_group") {
+        errs.add_entity(
+            "only one or none of these fields must be set: 'consumer', 'consumer_group'",
+        );
     }
     let mut shorthand_errs = FieldErrors::default();
     p.expand_shorthands(&mut config, &mut shorthand_errs);
@@ -347,6 +354,7 @@ pub fn cache_key(schema: &EntitySchema, doc: &Doc) -> Option<String> {
     let fields = schema.cache_key?;
     let parts: Vec<String> = fields
         .iter()
+        .filter(|f| **f != "consumer_group" || doc.get(**f).is_some_and(|v| !v.is_null()))
         .map(|f| match doc.get(*f) {
             Some(Value::String(s)) => s.clone(),
             Some(Value::Object(m)) => m

@@ -253,6 +253,42 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
             checks: consumer_checks,
         },
         EntitySchema {
+            name: "consumer_groups",
+            admin_path: "consumer_groups",
+            nested: &[],
+            fields: vec![
+                id(),
+                created_at(),
+                updated_at(),
+                Field::new("name", string()).req().unique(),
+                tags(),
+            ],
+            endpoint_key: Some("name"),
+            cache_key: None,
+            checks: no_checks,
+        },
+        // The membership of a consumer in a consumer group: served through
+        // `/consumer_groups/{g}/consumers` and `/consumers/{c}/consumer_groups`, not a
+        // collection of its own (Kong's primary key is the pair; the id is derived from it).
+        EntitySchema {
+            name: "consumer_group_consumers",
+            admin_path: "",
+            nested: &[],
+            fields: vec![
+                id(),
+                created_at(),
+                Field::new(
+                    "consumer_group",
+                    foreign("consumer_groups", OnDelete::Cascade),
+                )
+                .req(),
+                consumer_ref(),
+            ],
+            endpoint_key: None,
+            cache_key: Some(&["consumer_group", "consumer"]),
+            checks: no_checks,
+        },
+        EntitySchema {
             name: "upstreams",
             admin_path: "upstreams",
             nested: &[],
@@ -336,6 +372,7 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 ("services", "plugins"),
                 ("routes", "plugins"),
                 ("consumers", "plugins"),
+                ("consumer_groups", "plugins"),
             ],
             fields: vec![
                 id(),
@@ -346,6 +383,10 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 Field::new("route", foreign("routes", OnDelete::Cascade)),
                 Field::new("service", foreign("services", OnDelete::Cascade)),
                 Field::new("consumer", foreign("consumers", OnDelete::Cascade)),
+                Field::new(
+                    "consumer_group",
+                    foreign("consumer_groups", OnDelete::Cascade),
+                ),
                 Field::new("config", record(vec![])).req(),
                 Field::new("protocols", set(one_of(ROUTE_PROTOCOLS)))
                     .req()
@@ -362,7 +403,9 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 ),
             ],
             endpoint_key: Some("instance_name"),
-            cache_key: Some(&["name", "route", "service", "consumer"]),
+            // `consumer_group` joins the key only when set, so that keys written before
+            // consumer groups existed stay what they were.
+            cache_key: Some(&["name", "route", "service", "consumer", "consumer_group"]),
             checks: no_checks,
         },
         EntitySchema {
@@ -474,6 +517,13 @@ fn endpoint() -> Ty {
     ])
 }
 
+/// The id of the membership of a consumer in a consumer group (a `consumer_group_consumers`
+/// entity): derived from the pair, which is Kong's primary key of it.
+pub fn membership_id(group: &str, consumer: &str) -> String {
+    let seed = format!("consumer_group_consumers|{group}|{consumer}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).to_string()
+}
+
 /// The schema of an entity by its name (`services`, `keyauth_credentials`, ...).
 pub fn entity(name: &str) -> Option<&'static EntitySchema> {
     ENTITIES.iter().find(|e| e.name == name)
@@ -481,7 +531,9 @@ pub fn entity(name: &str) -> Option<&'static EntitySchema> {
 
 /// The schema behind a top-level Admin API collection (`services`, `key-auths`, ...).
 pub fn by_admin_path(path: &str) -> Option<&'static EntitySchema> {
-    ENTITIES.iter().find(|e| e.admin_path == path)
+    ENTITIES
+        .iter()
+        .find(|e| !e.admin_path.is_empty() && e.admin_path == path)
 }
 
 fn is_set(d: &Doc, k: &str) -> bool {

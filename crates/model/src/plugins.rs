@@ -27,6 +27,9 @@ pub struct PluginSchema {
     pub priority: i32,
     pub config: Vec<Field>,
     pub no_consumer: bool,
+    /// Never scoped to a consumer group (Kong Enterprise's `typedefs.no_consumer_group`):
+    /// authentication plugins, and those that log or count every request.
+    pub no_consumer_group: bool,
     pub no_route: bool,
     pub no_service: bool,
     /// `(partial type, config field it fills)`.
@@ -58,6 +61,7 @@ impl PluginSchema {
             priority,
             config,
             no_consumer: false,
+            no_consumer_group: false,
             no_route: false,
             no_service: false,
             partials: &[],
@@ -142,9 +146,15 @@ impl PluginSchema {
         self.protocols = p;
         self
     }
-    /// An authentication plugin: never scoped to a consumer.
+    /// A plugin never scoped to a consumer or a consumer group: authentication plugins, cors.
     pub fn auth(mut self) -> PluginSchema {
         self.no_consumer = true;
+        self.no_consumer_group = true;
+        self
+    }
+    /// A plugin that is never scoped to a consumer group.
+    pub fn no_consumer_group(mut self) -> PluginSchema {
+        self.no_consumer_group = true;
         self
     }
     pub fn checks(mut self, f: Checks) -> PluginSchema {

@@ -147,6 +147,8 @@ pub struct Plugin {
     pub route: Option<Ref>,
     pub service: Option<Ref>,
     pub consumer: Option<Ref>,
+    #[serde(default)]
+    pub consumer_group: Option<Ref>,
     pub protocols: Vec<String>,
     #[serde(default)]
     pub config: Value,

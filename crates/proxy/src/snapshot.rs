@@ -187,6 +187,10 @@ impl Snapshot {
         let identity_types: Vec<&str> = std::iter::once("consumers")
             .chain(registry.credential_kinds().into_iter().map(|k| k.entity))
             .chain(registry.reads_groups().then_some(crate::plugins::ACLS))
+            .chain([
+                crate::plugins::CONSUMER_GROUPS,
+                crate::plugins::CONSUMER_GROUP_CONSUMERS,
+            ])
             .collect();
         let identities = match (unchanged(&identity_types), patch_from) {
             (Some(p), _) => p.identities.clone(),

@@ -9,6 +9,10 @@
 //! - Allowed: `X-Consumer-Groups` upstream holds the consumer's groups (`a, b`), unless
 //!   `hide_groups_header`. Kong leaves a client's own `X-Consumer-Groups` in place when the
 //!   header is hidden; Gantry removes it, so that an upstream never sees groups a client made up.
+//! - `include_consumer_groups` (Kong Enterprise's, since 3.6): the names of the consumer's
+//!   consumer groups count as groups too, and join `X-Consumer-Groups` after its ACL groups.
+//!   Kong 3.9 merges the two lists by position, so that a consumer group takes the place of an
+//!   ACL group in the header (later releases mend it); Gantry lists each name once.
 //! - Kong OSS 3.9 has no plugin that sets authenticated groups without a consumer (its
 //!   Enterprise LDAP and OpenID Connect plugins do), so `always_use_authenticated_groups` has no
 //!   groups to prefer and the consumer's are used, as Kong OSS does.
@@ -29,6 +33,7 @@ struct Acl {
     groups: Vec<String>,
     deny: bool,
     hide_groups_header: bool,
+    include_consumer_groups: bool,
 }
 
 pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build).with_groups();
@@ -46,6 +51,7 @@ fn schema() -> PluginSchema {
             Field::new("always_use_authenticated_groups", boolean())
                 .req()
                 .def(json!(false)),
+            Field::new("include_consumer_groups", boolean()).def(json!(false)),
         ],
     )
     .auth()
@@ -78,6 +84,7 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
         },
         deny: is_deny,
         hide_groups_header: super::conf_bool(c, "hide_groups_header", false),
+        include_consumer_groups: super::conf_bool(c, "include_consumer_groups", false),
     }))
 }
 
@@ -104,20 +111,40 @@ impl Acl {
         let Some(consumer) = ctx.consumer.as_ref() else {
             return refuse(ctx);
         };
-        let groups = ctx.identities.groups(&consumer.id).cloned();
-        let in_group = groups
+        let acl_groups = ctx.identities.groups(&consumer.id).cloned();
+        let consumer_groups = if self.include_consumer_groups {
+            ctx.identities.consumer_groups(&consumer.id)
+        } else {
+            &[]
+        };
+        let in_group = acl_groups
             .as_ref()
-            .is_some_and(|g| g.names.iter().any(|n| self.groups.contains(n)));
-        if groups.is_none() && !self.deny {
+            .is_some_and(|g| g.names.iter().any(|n| self.groups.contains(n)))
+            || consumer_groups
+                .iter()
+                .any(|g| self.groups.iter().any(|n| **n == *g.name));
+        if acl_groups.is_none() && consumer_groups.is_empty() && !self.deny {
             return refuse(ctx);
         }
         if in_group == self.deny {
             return Some(error(403, DENIED));
         }
         if !self.hide_groups_header {
-            let value = groups
-                .and_then(|g| g.header.clone())
-                .unwrap_or(hyper::header::HeaderValue::from_static(""));
+            let value = if consumer_groups.is_empty() {
+                acl_groups.and_then(|g| g.header.clone())
+            } else {
+                let mut names: Vec<&str> = acl_groups
+                    .as_ref()
+                    .map(|g| g.names.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                for g in consumer_groups {
+                    if !names.contains(&&*g.name) {
+                        names.push(&g.name);
+                    }
+                }
+                hyper::header::HeaderValue::from_str(&names.join(", ")).ok()
+            };
+            let value = value.unwrap_or(hyper::header::HeaderValue::from_static(""));
             ctx.req.headers.insert(names::X_CONSUMER_GROUPS, value);
         }
         None

@@ -67,6 +67,7 @@ fn schema() -> PluginSchema {
                 .def(json!(true)),
         ],
     )
+    .auth()
     .since(&[("config.allow_origin_absent", Version(0, 2, 0))])
 }
 

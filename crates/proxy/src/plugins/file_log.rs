@@ -40,6 +40,7 @@ fn schema() -> PluginSchema {
         ],
     )
     .any_protocol()
+    .no_consumer_group()
     .checks(|c, e| {
         let path = c.get("path").and_then(Value::as_str).unwrap_or_default();
         if path

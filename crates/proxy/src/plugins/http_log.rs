@@ -57,6 +57,7 @@ fn schema() -> PluginSchema {
         ],
     )
     .any_protocol()
+    .no_consumer_group()
     .checks(|c, e| {
         if let Some(h) = c.get("headers").and_then(Value::as_object) {
             for name in h.keys() {

@@ -173,7 +173,28 @@ pub struct Identities {
     groups: PMap<String, Arc<ConsumerGroups>>,
     /// ACL id to `(consumer id, group)`, to remove or replace it by id.
     acls: PMap<String, (String, String)>,
+    /// Consumer group id to its name.
+    group_names: PMap<String, Arc<str>>,
+    /// Consumer group id to the ids of its consumers.
+    members: PMap<String, imbl::OrdSet<String>>,
+    /// Consumer id to the ids of its consumer groups.
+    groups_of: PMap<String, imbl::OrdSet<String>>,
+    /// Membership id to `(consumer id, consumer group id)`.
+    memberships: PMap<String, (String, String)>,
+    /// Consumer id to its consumer groups, by name.
+    in_groups: PMap<String, Arc<[GroupRef]>>,
 }
+
+/// A consumer group a consumer is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRef {
+    pub id: String,
+    pub name: Arc<str>,
+}
+
+/// The entity of consumer groups, and of their memberships.
+pub const CONSUMER_GROUPS: &str = "consumer_groups";
+pub const CONSUMER_GROUP_CONSUMERS: &str = "consumer_group_consumers";
 
 /// The entity of ACL group memberships.
 pub const ACLS: &str = "acls";
@@ -211,6 +232,12 @@ impl Identities {
                 ids.put_acl(d);
             }
         }
+        for d in config.docs(CONSUMER_GROUPS) {
+            ids.put_group(d);
+        }
+        for d in config.docs(CONSUMER_GROUP_CONSUMERS) {
+            ids.put_membership(d);
+        }
         for kind in registry.credential_kinds() {
             ids.credentials.entry(kind.entity).or_default();
             for d in config.docs(kind.entity) {
@@ -235,6 +262,16 @@ impl Identities {
                 match c {
                     Change::Upsert { doc, .. } => ids.put_credential(*kind, doc),
                     Change::Delete { id, .. } => ids.remove_credential(id),
+                }
+            } else if entity == CONSUMER_GROUPS {
+                match c {
+                    Change::Upsert { doc, .. } => ids.put_group(doc),
+                    Change::Delete { id, .. } => ids.remove_group(id),
+                }
+            } else if entity == CONSUMER_GROUP_CONSUMERS {
+                match c {
+                    Change::Upsert { doc, .. } => ids.put_membership(doc),
+                    Change::Delete { id, .. } => ids.remove_membership(id),
                 }
             } else if entity == ACLS && registry.reads_groups() {
                 match c {
@@ -379,6 +416,103 @@ impl Identities {
             self.groups
                 .insert(consumer, Arc::new(ConsumerGroups::with(by_acl)));
         }
+    }
+
+    /// The consumer groups of a consumer, by name (none when it is in no group).
+    pub fn consumer_groups(&self, consumer_id: &str) -> &[GroupRef] {
+        self.in_groups
+            .get(consumer_id)
+            .map(|g| &g[..])
+            .unwrap_or_default()
+    }
+
+    fn put_group(&mut self, e: &Entity) {
+        let Some(name) = e.get("name").and_then(|n| n.as_str().map(Arc::<str>::from)) else {
+            self.remove_group(e.id());
+            return;
+        };
+        let id = e.id().to_string();
+        if self.group_names.get(&id) == Some(&name) {
+            return;
+        }
+        self.group_names.insert(id.clone(), name);
+        // A renamed group moves in its consumers' lists: the cost of its members.
+        for consumer in self.members.get(&id).cloned().unwrap_or_default() {
+            self.regroup(&consumer);
+        }
+    }
+
+    fn remove_group(&mut self, id: &str) {
+        self.group_names.remove(id);
+        for consumer in self.members.remove(id).unwrap_or_default() {
+            self.regroup(&consumer);
+        }
+    }
+
+    fn put_membership(&mut self, e: &Entity) {
+        self.remove_membership(e.id());
+        let d = e.doc();
+        let r = |k: &str| {
+            d.get(k)
+                .and_then(|c| c.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let (Some(consumer), Some(group)) = (r("consumer"), r("consumer_group")) else {
+            return;
+        };
+        self.members
+            .entry(group.clone())
+            .or_default()
+            .insert(consumer.clone());
+        self.groups_of
+            .entry(consumer.clone())
+            .or_default()
+            .insert(group.clone());
+        self.memberships
+            .insert(e.id().to_string(), (consumer.clone(), group));
+        self.regroup(&consumer);
+    }
+
+    fn remove_membership(&mut self, id: &str) {
+        let Some((consumer, group)) = self.memberships.remove(id) else {
+            return;
+        };
+        if let Some(m) = self.members.get_mut(&group) {
+            m.remove(&consumer);
+            if m.is_empty() {
+                self.members.remove(&group);
+            }
+        }
+        if let Some(g) = self.groups_of.get_mut(&consumer) {
+            g.remove(&group);
+            if g.is_empty() {
+                self.groups_of.remove(&consumer);
+            }
+        }
+        self.regroup(&consumer);
+    }
+
+    /// Remake a consumer's list of groups from the memberships (a consumer is in few).
+    fn regroup(&mut self, consumer: &str) {
+        let mut groups: Vec<GroupRef> = self
+            .groups_of
+            .get(consumer)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| {
+                Some(GroupRef {
+                    id: g.clone(),
+                    name: self.group_names.get(g)?.clone(),
+                })
+            })
+            .collect();
+        if groups.is_empty() {
+            self.in_groups.remove(consumer);
+            return;
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        self.in_groups.insert(consumer.to_string(), groups.into());
     }
 
     /// The number of consumers indexed.
@@ -970,7 +1104,8 @@ impl Registry {
 }
 
 /// A scope as interned ids: route, service, consumer. [`NONE`] stands for an absent part.
-type ScopeKey = [u32; 3];
+/// `[route, service, consumer, consumer group]`, interned.
+type ScopeKey = [u32; 4];
 
 /// One plugin's instances, sorted by scope.
 type Instances = Vec<(ScopeKey, Arc<dyn Plugin>)>;
@@ -994,6 +1129,8 @@ pub struct PluginSet {
     logs: bool,
     /// The global instance of each plugin, by priority.
     globals: Vec<Arc<dyn Plugin>>,
+    /// Whether any instance is scoped to a consumer group.
+    by_group: bool,
 }
 
 /// Why the plugins of a configuration do not build.
@@ -1054,7 +1191,13 @@ impl PluginSet {
                     *set.ids.entry(r.id.clone()).or_insert(next)
                 }
             };
-            let scope = [intern(&d.route), intern(&d.service), intern(&d.consumer)];
+            let scope = [
+                intern(&d.route),
+                intern(&d.service),
+                intern(&d.consumer),
+                intern(&d.consumer_group),
+            ];
+            set.by_group |= d.consumer_group.is_some();
             set.logs |= plugin.logs();
             by_name.entry(reg_name).or_default().push((scope, plugin));
         }
@@ -1071,7 +1214,7 @@ impl PluginSet {
         set.globals = set
             .order
             .iter()
-            .filter_map(|(_, instances)| Self::resolve(instances, [NONE; 3]).cloned())
+            .filter_map(|(_, instances)| Self::resolve(instances, [NONE; 3], &[]).cloned())
             .collect();
         Ok(set)
     }
@@ -1084,33 +1227,56 @@ impl PluginSet {
         }
     }
 
-    /// The configuration that applies among `instances`, by Kong's precedence.
-    fn resolve(
-        instances: &[(ScopeKey, Arc<dyn Plugin>)],
-        [r, s, c]: ScopeKey,
-    ) -> Option<&Arc<dyn Plugin>> {
-        // Without a consumer or a service, the candidates that name them collapse onto the
-        // less specific ones, which keeps Kong's order.
-        let n = NONE;
-        let candidates = [
-            [r, s, c],
-            [r, n, c],
-            [n, s, c],
-            [r, s, n],
-            [n, n, c],
-            [r, n, n],
-            [n, s, n],
-            [n, n, n],
+    /// The configuration that applies among `instances`, by Kong's precedence: the most
+    /// specific scope first, a consumer before its groups, a consumer group before a route
+    /// or service alone. `groups` are the consumer's groups that some instance names, in the
+    /// order of their names: of two groups' instances at one level, the first group's applies.
+    fn resolve<'i>(
+        instances: &'i [(ScopeKey, Arc<dyn Plugin>)],
+        [r, s, c]: [u32; 3],
+        groups: &[u32],
+    ) -> Option<&'i Arc<dyn Plugin>> {
+        // Which of (route, service, consumer, consumer group) each level names.
+        const LEVELS: [[bool; 4]; 12] = [
+            [true, true, true, false],
+            [true, true, false, true],
+            [true, false, true, false],
+            [false, true, true, false],
+            [true, false, false, true],
+            [false, true, false, true],
+            [true, true, false, false],
+            [false, false, true, false],
+            [false, false, false, true],
+            [true, false, false, false],
+            [false, true, false, false],
+            [false, false, false, false],
         ];
-        candidates.iter().find_map(|k| {
-            if k.contains(&UNSCOPED) {
-                return None;
-            }
+        let find = |k: &ScopeKey| {
             instances
                 .binary_search_by_key(k, |(key, _)| *key)
                 .ok()
                 .map(|i| &instances[i].1)
-        })
+        };
+        for [wr, ws, wc, wg] in LEVELS {
+            // A level naming what the request has not (no service, no consumer) is not one.
+            let pick = |want: bool, have: u32| match (want, have) {
+                (false, _) => Some(NONE),
+                (true, NONE | UNSCOPED) => None,
+                (true, k) => Some(k),
+            };
+            let (Some(r), Some(s), Some(c)) = (pick(wr, r), pick(ws, s), pick(wc, c)) else {
+                continue;
+            };
+            let found = if wg {
+                groups.iter().find_map(|g| find(&[r, s, c, *g]))
+            } else {
+                find(&[r, s, c, NONE])
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1125,7 +1291,7 @@ impl PluginSet {
             globals: plugins.iter().map(|(_, p)| p.clone()).collect(),
             order: plugins
                 .into_iter()
-                .map(|(name, p)| (name, vec![([NONE; 3], p)]))
+                .map(|(name, p)| (name, vec![([NONE; 4], p)]))
                 .collect(),
             ..PluginSet::default()
         }
@@ -1175,17 +1341,31 @@ impl PluginSet {
         let service = self.key(ctx.service_id);
         // The consumer changes when an authentication plugin identifies one.
         let mut consumer: Option<(Arc<Consumer>, u32)> = None;
+        let mut groups: Vec<u32> = Vec::new();
         for (_, instances) in &self.order {
             let c = match (&ctx.consumer, &consumer) {
-                (None, _) => NONE,
+                (None, _) => {
+                    groups.clear();
+                    NONE
+                }
                 (Some(now), Some((seen, k))) if Arc::ptr_eq(now, seen) => *k,
                 (Some(now), _) => {
                     let k = self.key(Some(&now.id));
                     consumer = Some((now.clone(), k));
+                    groups.clear();
+                    if self.by_group {
+                        groups.extend(
+                            ctx.identities
+                                .consumer_groups(&now.id)
+                                .iter()
+                                .map(|g| self.key(Some(&g.id)))
+                                .filter(|k| *k != UNSCOPED),
+                        );
+                    }
                     k
                 }
             };
-            let Some(p) = Self::resolve(instances, [route, service, c]) else {
+            let Some(p) = Self::resolve(instances, [route, service, c], &groups) else {
                 continue;
             };
             ran.push(p.clone());
@@ -1207,13 +1387,16 @@ mod tests {
         v.as_object().cloned().unwrap_or_default()
     }
 
-    /// request-termination at `status`, scoped by `(route, service, consumer)`.
-    fn terminate(status: u16, scope: [Option<&str>; 3]) -> Doc {
+    /// request-termination at `status`, scoped by `(route, service, consumer, group)`.
+    fn terminate(status: u16, scope: [Option<&str>; 4]) -> Doc {
         let mut d = doc(json!({
             "id": format!("p{status}"), "name": "request-termination",
             "config": { "status_code": status },
         }));
-        for (k, id) in ["route", "service", "consumer"].iter().zip(scope) {
+        for (k, id) in ["route", "service", "consumer", "consumer_group"]
+            .iter()
+            .zip(scope)
+        {
             if let Some(id) = id {
                 d.insert(k.to_string(), json!({ "id": id }));
             }
@@ -1222,23 +1405,44 @@ mod tests {
     }
 
     /// The status the chosen configuration answers with, for a request on route `r1` of
-    /// service `s1`, as `consumer`.
-    fn chosen(plugins: Vec<Doc>, consumer: Option<&str>) -> Option<u16> {
+    /// `service`, as `consumer`. Consumer `c1` is in groups `g1` ("gold") and `g2`
+    /// ("bronze").
+    fn chosen_on(plugins: Vec<Doc>, service: Option<&str>, consumer: Option<&str>) -> Option<u16> {
         let mut config = Config::default();
         config.entities.insert(
             "plugins".into(),
             plugins.into_iter().map(Entity::from).collect(),
         );
+        config.entities.insert(
+            CONSUMER_GROUPS.into(),
+            vec![
+                Entity::from(doc(json!({"id": "g1", "name": "gold"}))),
+                Entity::from(doc(json!({"id": "g2", "name": "bronze"}))),
+            ],
+        );
+        config.entities.insert(
+            "consumers".into(),
+            vec![Entity::from(doc(json!({"id": "c1", "username": "c1"})))],
+        );
+        let member = |id: &str, g: &str| {
+            Entity::from(doc(json!({
+                "id": id, "consumer": {"id": "c1"}, "consumer_group": {"id": g}
+            })))
+        };
+        config.entities.insert(
+            CONSUMER_GROUP_CONSUMERS.into(),
+            vec![member("m1", "g1"), member("m2", "g2")],
+        );
         let set =
             PluginSet::build(&config, &Registry::default(), &Shared::default()).expect("builds");
         let mut parts = hyper::Request::new(()).into_parts().0;
-        let identities = Identities::default();
+        let identities = Identities::build(&config, &Registry::default());
         let mut state = hyper::http::Extensions::new();
         let mut ctx = Ctx {
             req: &mut parts,
             client_ip: IpAddr::from([127, 0, 0, 1]),
             route_id: Some("r1"),
-            service_id: Some("s1"),
+            service_id: service,
             consumer: consumer.map(|c| Arc::new(Consumer::new(c.into(), None, None))),
             credential: None,
             identities: &identities,
@@ -1254,25 +1458,35 @@ mod tests {
         access.exit.map(|r| r.status().as_u16())
     }
 
+    fn chosen(plugins: Vec<Doc>, consumer: Option<&str>) -> Option<u16> {
+        chosen_on(plugins, Some("s1"), consumer)
+    }
+
     #[test]
     fn kong_precedence() {
+        let (r, s, c, g) = (Some("r1"), Some("s1"), Some("c1"), Some("g2"));
         let all = || {
             vec![
-                terminate(401, [None, None, None]),
-                terminate(402, [None, Some("s1"), None]),
-                terminate(403, [Some("r1"), None, None]),
-                terminate(404, [None, None, Some("c1")]),
-                terminate(405, [Some("r1"), Some("s1"), None]),
-                terminate(406, [None, Some("s1"), Some("c1")]),
-                terminate(407, [Some("r1"), None, Some("c1")]),
-                terminate(408, [Some("r1"), Some("s1"), Some("c1")]),
+                terminate(401, [None, None, None, None]),
+                terminate(402, [None, s, None, None]),
+                terminate(403, [r, None, None, None]),
+                terminate(404, [None, None, None, g]),
+                terminate(405, [None, None, c, None]),
+                terminate(406, [r, s, None, None]),
+                terminate(407, [None, s, None, g]),
+                terminate(408, [r, None, None, g]),
+                terminate(409, [None, s, c, None]),
+                terminate(410, [r, None, c, None]),
+                terminate(411, [r, s, None, g]),
+                terminate(412, [r, s, c, None]),
                 // Scopes of other entities never apply.
-                terminate(409, [Some("r2"), None, None]),
-                terminate(410, [None, Some("s2"), Some("c1")]),
+                terminate(413, [Some("r2"), None, None, None]),
+                terminate(414, [None, Some("s2"), c, None]),
+                terminate(415, [None, None, None, Some("g9")]),
             ]
         };
         // Most specific first, dropping one each time: Kong's order.
-        let order = [408, 407, 406, 405, 404, 403, 402, 401];
+        let order = [412, 411, 410, 409, 408, 407, 406, 405, 404, 403, 402, 401];
         for (i, want) in order.iter().enumerate() {
             let plugins: Vec<Doc> = all()
                 .into_iter()
@@ -1281,15 +1495,31 @@ mod tests {
                     !order[..i].contains(&s)
                 })
                 .collect();
-            assert_eq!(chosen(plugins, Some("c1")), Some(*want), "step {i}");
+            assert_eq!(chosen(plugins, c), Some(*want), "step {i}");
         }
-        // Without a consumer, consumer scopes are skipped.
-        assert_eq!(chosen(all(), None), Some(405));
-        // Another consumer: no consumer scope of c1 applies.
-        assert_eq!(chosen(all(), Some("c9")), Some(405));
+        // Without a consumer, consumer and group scopes are skipped.
+        assert_eq!(chosen(all(), None), Some(406));
+        // Another consumer: no scope of c1 or its groups applies.
+        assert_eq!(chosen(all(), Some("c9")), Some(406));
         // Only other entities' scopes: nothing runs.
-        let others = vec![terminate(409, [Some("r2"), None, None])];
-        assert_eq!(chosen(others, Some("c1")), None);
+        let others = vec![terminate(413, [Some("r2"), None, None, None])];
+        assert_eq!(chosen(others, c), None);
+        // A route without a service: a group on the route still comes before the
+        // consumer alone.
+        let plugins = vec![
+            terminate(405, [None, None, c, None]),
+            terminate(408, [r, None, None, g]),
+        ];
+        assert_eq!(chosen_on(plugins, None, c), Some(408));
+    }
+
+    /// Of a consumer's groups, the first by name wins at one level.
+    #[test]
+    fn groups_in_the_order_of_their_names() {
+        let gold = terminate(420, [None, None, None, Some("g1")]);
+        let bronze = terminate(421, [None, None, None, Some("g2")]);
+        assert_eq!(chosen(vec![gold.clone(), bronze], Some("c1")), Some(421));
+        assert_eq!(chosen(vec![gold], Some("c1")), Some(420));
     }
 
     /// A configuration naming a plugin outside the registry does not build: the running
@@ -1299,7 +1529,7 @@ mod tests {
         let mut config = Config::default();
         config.entities.insert(
             "plugins".into(),
-            vec![Entity::from(terminate(403, [None, None, None]))],
+            vec![Entity::from(terminate(403, [None, None, None, None]))],
         );
         let counters = Shared::default();
         let only_cors = Registry::from_setting("cors").expect("a registry");
@@ -1313,7 +1543,7 @@ mod tests {
         );
         assert!(PluginSet::build(&config, &Registry::default(), &counters).is_ok());
         // Disabled instances are not run, so they need no runtime.
-        let mut off = terminate(403, [None, None, None]);
+        let mut off = terminate(403, [None, None, None, None]);
         off.insert("enabled".into(), json!(false));
         config.entities.get_mut("plugins").unwrap()[0] = off.into();
         assert!(PluginSet::build(&config, &only_cors, &counters).is_ok());

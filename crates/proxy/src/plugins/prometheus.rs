@@ -51,6 +51,7 @@ fn schema() -> PluginSchema {
             .collect(),
     )
     .any_protocol()
+    .no_consumer_group()
 }
 
 /// Kong's `KONG_LATENCY_BUCKETS`.
