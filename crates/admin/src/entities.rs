@@ -83,6 +83,9 @@ pub(crate) async fn resolve(
             _ => None,
         };
     }
+    if found.as_ref().is_some_and(expired) {
+        return Ok(None);
+    }
     if let (Some(d), Some((field, pid))) = (&found, parent) {
         if d.get(field)
             .and_then(|r| r.get("id"))
@@ -93,6 +96,11 @@ pub(crate) async fn resolve(
         }
     }
     Ok(found)
+}
+
+/// Whether an entity's `ttl` has run out: it is gone, though not yet swept from the store.
+pub(crate) fn expired(d: &Doc) -> bool {
+    gantry_model::entities::expires_at(d).is_some_and(|at| at <= gantry_model::unix_now())
 }
 
 /// Turn foreign references given by name (`"service": "my-svc"`, `{"name": "my-svc"}`) or as
@@ -264,6 +272,13 @@ async fn write_one(
                 }
             }
             input.remove("created_at");
+            // A `ttl` given counts from now; it is kept counting from `created_at`.
+            if let (Some(ttl), Some(created)) = (
+                input.get("ttl").and_then(Value::as_i64),
+                base.get("created_at").and_then(Value::as_i64),
+            ) {
+                input.insert("ttl".into(), json!(ttl + (now - created).max(0)));
+            }
             if schema.name == "plugins" {
                 // A patch's shorthands stand for their fields before it is merged, as in
                 // Kong: `redis_host` replaces the stored `redis.host`.
@@ -451,6 +466,11 @@ async fn shown_full(st: &AdminState, schema: &EntitySchema, d: Doc) -> Result<Va
 /// An entity as the Admin API shows it: a plugin's deprecated shorthand fields are added,
 /// mirrored from the fields they stand for, as Kong 3.9 returns them.
 fn shown(plugins: &Catalog, schema: &EntitySchema, mut d: Doc) -> Value {
+    // Kong shows an entity's `ttl` as the seconds it has left.
+    if let Some(at) = gantry_model::entities::expires_at(&d) {
+        let left = (at - gantry_model::unix_now()).max(0);
+        d.insert("ttl".into(), json!(left));
+    }
     if schema.name == "plugins" {
         let p = d
             .get("name")
@@ -501,7 +521,7 @@ async fn list(
         if let Some(v) = q.get(field) {
             let found = st.store.find_by_key(schema.name, field, v).await?;
             let mut data: Vec<Value> = Vec::new();
-            for d in found.into_iter().filter(|d| {
+            for d in found.into_iter().filter(|d| !expired(d)).filter(|d| {
                 reference.as_ref().is_none_or(|(f, id)| {
                     d.get(f).and_then(|r| r.get("id")).and_then(Value::as_str) == Some(id)
                 })
@@ -524,7 +544,7 @@ async fn list(
         )
         .await?;
     let mut data: Vec<Value> = Vec::with_capacity(page.data.len());
-    for d in page.data {
+    for d in page.data.into_iter().filter(|d| !expired(d)) {
         data.push(shown_full(st, schema, d).await?);
     }
     let mut body = json!({ "data": data, "next": null });

@@ -86,6 +86,20 @@ pub struct Authorized;
 /// Appends Prometheus text to `GET /metrics`.
 pub type MetricsFn = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// A node's own store takes its plugins' writes (oauth2's tokens and codes).
+impl gantry_model::writes::EntityWriter for AdminState {
+    fn write(
+        &self,
+        ops: Vec<gantry_model::writes::WriteOp>,
+    ) -> gantry_model::writes::WriteFuture<'_> {
+        Box::pin(async move {
+            let version = self.store.write_entities(ops, &self.plugins).await?;
+            self.notify(version);
+            Ok(())
+        })
+    }
+}
+
 impl AdminState {
     pub fn new(
         store: Arc<Store>,

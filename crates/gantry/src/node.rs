@@ -412,7 +412,14 @@ pub async fn run<F>(settings: Settings, shutdown: F) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let plugins = plugin_registry(&settings)?.catalog();
+    let plugins = if settings.database == Database::Off && settings.role != Role::DataPlane {
+        // Without a database, what needs one (oauth2) is refused when written.
+        let shared = gantry_proxy::plugins::Shared::default();
+        shared.get::<gantry_proxy::plugins::Writes>().set_none();
+        plugin_registry(&settings)?.catalog_with(shared)
+    } else {
+        plugin_registry(&settings)?.catalog()
+    };
     let node_id = node_id(&settings.prefix)?;
     if settings.role == Role::DataPlane {
         return crate::hybrid::run_data_plane(Arc::new(settings), node_id, shutdown).await;
@@ -490,6 +497,12 @@ where
         shutdown.await;
         let _ = tx.send(true);
     });
+    // Kong's cleanup of entities whose ttl ran out (oauth2 tokens and codes, credentials).
+    let hosted: Arc<std::sync::OnceLock<std::sync::Weak<gantry_cp::ControlPlane>>> =
+        Default::default();
+    if settings.database != Database::Off {
+        tokio::spawn(sweep(state.clone(), hosted.clone(), rx.clone()));
+    }
     if settings.role == Role::ControlPlane {
         let cp = crate::hybrid::start_control_plane(
             &settings,
@@ -518,6 +531,7 @@ where
                 Some((s.state.to_string(), conflicts, s.updated_at))
             }));
         }
+        let _ = hosted.set(Arc::downgrade(&cp));
         tokio::spawn(crate::hybrid::keep_hosting(
             cp.clone(),
             konnect.clone(),
@@ -537,11 +551,14 @@ where
         ));
     }
     let proxies = if settings.role == Role::Traditional {
+        let writes: Option<Arc<dyn gantry_model::writes::EntityWriter>> =
+            (settings.database != Database::Off).then(|| state.clone() as _);
         start_proxy(
             &settings,
             store.clone(),
             state.version_tx.subscribe(),
             rx.clone(),
+            writes,
         )
         .await?
     } else {
@@ -601,8 +618,13 @@ async fn start_proxy(
     store: Arc<Store>,
     versions: tokio::sync::watch::Receiver<i64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    writes: Option<Arc<dyn gantry_model::writes::EntityWriter>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let proxy = new_proxy(settings)?;
+    match writes {
+        Some(w) => proxy.writes().set(w),
+        None => proxy.writes().set_none(),
+    }
     proxy.set_log_sinks(access_log(settings)?);
     // The change feed: each write costs the proxy what it changed, not an export.
     let feed = gantry_store::feed::Feed::start(&store).await?;
@@ -614,6 +636,47 @@ async fn start_proxy(
         feed, store, proxy, versions, shutdown,
     ));
     Ok(tasks)
+}
+
+/// How often entities whose ttl ran out are deleted. Until then they are already gone to
+/// readers: the Admin API hides them, plugins refuse them.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Delete what has run out, in the default control plane and in every hosted one.
+async fn sweep(
+    state: Arc<AdminState>,
+    hosted: Arc<std::sync::OnceLock<std::sync::Weak<gantry_cp::ControlPlane>>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let mut stores = vec![state.store.clone()];
+        if let Some(cp) = hosted.get().and_then(std::sync::Weak::upgrade) {
+            stores.extend(
+                cp.hosted()
+                    .into_iter()
+                    .filter(|k| *k != gantry_store::DEFAULT_CP)
+                    .filter_map(|k| cp.tenant_store(k)),
+            );
+        }
+        for store in stores {
+            match store.sweep_expired().await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(entities = n, "deleted entities whose ttl ran out");
+                    if store.cp() == gantry_store::DEFAULT_CP {
+                        if let Ok(v) = store.version().await {
+                            state.notify(v);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete entities whose ttl ran out"),
+            }
+        }
+    }
 }
 
 /// Write `<prefix>/pids/gantry.pid`; returns its path.

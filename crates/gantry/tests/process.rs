@@ -62,6 +62,13 @@ services:
       config: { allow: [admins] }
     - name: ip-restriction
       config: { allow: ["10.0.0.0/8"] }
+    - name: oauth2
+      config: { enable_client_credentials: true, provision_key: pk-users, scopes: [read] }
+consumer_groups:
+- name: gold
+  plugins:
+  - name: request-termination
+    config: { status_code: 402 }
 consumers:
 - username: alice
   keyauth_credentials: [{ key: alice-key }]
@@ -69,6 +76,11 @@ consumers:
   jwt_secrets: [{ key: alice-jwt, secret: jwt-s3cret }]
   hmacauth_credentials: [{ username: alice-hmac, secret: hmac-s3cret }]
   acls: [{ group: admins }, { group: staff }]
+  oauth2_credentials:
+  - { name: app, client_id: alice-app, client_secret: app-s3cret, redirect_uris: ["https://app.example/cb"] }
+  groups: [{ name: gold }]
+- username: bob
+  keyauth_credentials: [{ key: bob-key }]
 upstreams:
 - name: billing.internal
   targets: [{ target: "10.0.0.1:8080" }, { target: "10.0.0.2:8080", weight: 50 }]

@@ -445,14 +445,28 @@ pub fn export(config: &Config) -> Value {
     let mut out = Map::new();
     out.insert("_format_version".into(), json!("3.0"));
     out.insert("_transform".into(), json!(false));
-    for schema in ENTITIES.iter() {
+    let now = crate::unix_now();
+    for schema in ENTITIES
+        .iter()
+        .filter(|s| !crate::entities::NOT_EXPORTED.contains(&s.name))
+    {
         let Some(docs) = config.entities.get(schema.name) else {
             continue;
         };
         if docs.is_empty() {
             continue;
         }
-        let mut docs: Vec<&crate::Entity> = docs.iter().collect();
+        // What has run out is gone.
+        let mut docs: Vec<&crate::Entity> = docs
+            .iter()
+            .filter(|e| {
+                e.json()
+                    .contains("\"ttl\"")
+                    .then(|| crate::entities::expires_at(&e.doc()))
+                    .flatten()
+                    .is_none_or(|at| at > now)
+            })
+            .collect();
         docs.sort_by(|a, b| a.id().cmp(b.id()));
         // Entities hold no top-level nulls.
         let list: Vec<Value> = docs.into_iter().map(|d| Value::Object(d.doc())).collect();

@@ -162,7 +162,13 @@ fn check_dependent_config(
         return Err(errs);
     }
     match validate_record(&p.config, &config) {
-        Ok(c) => {
+        Ok(mut c) => {
+            // Kong fills a plugin's `auto` strings (oauth2's `provision_key`) when absent.
+            for f in p.config.iter().filter(|f| f.auto) {
+                if c.get(f.name).is_none_or(Value::is_null) {
+                    c.insert(f.name.to_string(), json!(random_token()));
+                }
+            }
             let mut ce = FieldErrors::default();
             (p.checks)(&c, &mut ce);
             // A check across fields is the plugin entity's, as Kong reports it (`@entity`).
@@ -220,6 +226,31 @@ fn complete(schema: &EntitySchema, doc: &mut Doc, secrets: Secrets, now: i64) {
                 if schema.field(k).is_some() && doc.get(k).is_none_or(Value::is_null) {
                     doc.insert(k.into(), json!(random_token()));
                 }
+            }
+        }
+        "oauth2_credentials" => {
+            for k in ["client_id", "client_secret"] {
+                if doc.get(k).is_none_or(Value::is_null) {
+                    doc.insert(k.into(), json!(random_token()));
+                }
+            }
+            // Kong's `hash_secret`: the secret is kept as a PBKDF2 hash (PHC string).
+            let hashed = doc.get("hash_secret").and_then(Value::as_bool) == Some(true);
+            if let (true, Some(Value::String(secret))) = (hashed, doc.get("client_secret")) {
+                if !crate::secret::is_phc(secret) {
+                    let h = crate::secret::hash(secret);
+                    doc.insert("client_secret".into(), json!(h));
+                }
+            }
+        }
+        "oauth2_tokens" | "oauth2_authorization_codes" => {
+            let k = if schema.name == "oauth2_tokens" {
+                "access_token"
+            } else {
+                "code"
+            };
+            if doc.get(k).is_none_or(Value::is_null) {
+                doc.insert(k.into(), json!(random_token()));
             }
         }
         "targets" => {

@@ -417,7 +417,7 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
                 created_at(),
                 consumer_ref(),
                 Field::new("key", string()).unique().auto(),
-                Field::new("ttl", int(0, 100_000_000)),
+                ttl(),
                 tags(),
             ],
             endpoint_key: Some("key"),
@@ -496,8 +496,103 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
             cache_key: None,
             checks: no_checks,
         },
+        EntitySchema {
+            name: "oauth2_credentials",
+            admin_path: "oauth2",
+            nested: &[("consumers", "oauth2")],
+            fields: vec![
+                id(),
+                created_at(),
+                consumer_ref(),
+                Field::new("name", string()).req(),
+                Field::new("client_id", string()).unique().auto(),
+                Field::new("client_secret", string()).auto().secret(),
+                Field::new("hash_secret", boolean()).req().def(json!(false)),
+                Field::new("redirect_uris", array(str_of(StrKind::RedirectUri))),
+                tags(),
+                Field::new("client_type", one_of(&["confidential", "public"]))
+                    .req()
+                    .def(json!("confidential")),
+            ],
+            endpoint_key: Some("client_id"),
+            cache_key: Some(&["client_id"]),
+            checks: no_checks,
+        },
+        // Kong's `generate_admin_api = false` and `db_export = false`: codes live five
+        // minutes, written and read by the oauth2 plugin alone.
+        EntitySchema {
+            name: "oauth2_authorization_codes",
+            admin_path: "",
+            nested: &[],
+            fields: vec![
+                id(),
+                created_at(),
+                Field::new("service", foreign("services", OnDelete::Cascade)),
+                Field::new(
+                    "credential",
+                    foreign("oauth2_credentials", OnDelete::Cascade),
+                )
+                .req(),
+                Field::new("code", string()).unique().auto(),
+                Field::new("authenticated_userid", string()),
+                Field::new("scope", string()),
+                Field::new("challenge", string()),
+                Field::new("challenge_method", one_of(&["S256"])),
+                Field::new("plugin", foreign("plugins", OnDelete::Cascade)),
+                ttl(),
+            ],
+            endpoint_key: None,
+            cache_key: None,
+            checks: no_checks,
+        },
+        EntitySchema {
+            name: "oauth2_tokens",
+            admin_path: "oauth2_tokens",
+            nested: &[
+                ("oauth2_credentials", "oauth2_tokens"),
+                ("services", "oauth2_tokens"),
+            ],
+            fields: vec![
+                id(),
+                created_at(),
+                Field::new("service", foreign("services", OnDelete::Cascade)),
+                Field::new(
+                    "credential",
+                    foreign("oauth2_credentials", OnDelete::Cascade),
+                )
+                .req(),
+                Field::new("token_type", one_of(&["bearer"]))
+                    .req()
+                    .def(json!("bearer")),
+                Field::new("expires_in", int(i64::MIN, i64::MAX)).req(),
+                Field::new("access_token", string()).unique().auto(),
+                Field::new("refresh_token", string()).unique(),
+                Field::new("authenticated_userid", string()),
+                Field::new("scope", string()),
+                ttl(),
+            ],
+            endpoint_key: Some("access_token"),
+            cache_key: Some(&["access_token"]),
+            checks: no_checks,
+        },
     ]
 });
+
+/// Kong's entity `ttl` (entities whose schema has `ttl = true`): seconds from `created_at`
+/// that the entity lives; shown as what is left, and gone once it has run out.
+fn ttl() -> Field {
+    Field::new("ttl", int(0, 100_000_000))
+}
+
+/// The entities that are not exported (Kong's `db_export = false`).
+pub const NOT_EXPORTED: &[&str] = &["oauth2_authorization_codes"];
+
+/// When an entity with a `ttl` runs out (Unix seconds); `None` when it lives on.
+pub fn expires_at(d: &Doc) -> Option<i64> {
+    let ttl = d.get("ttl")?.as_i64()?;
+    let created = d.get("created_at").and_then(Value::as_i64).unwrap_or(0);
+    Some(created.saturating_add(ttl))
+}
 
 const HASH_ON: &[&str] = &[
     "none",

@@ -21,8 +21,10 @@ pub mod healthchecks;
 pub mod pem;
 pub mod plugins;
 pub mod schema;
+pub mod secret;
 pub mod typed;
 pub mod typedefs;
+pub mod writes;
 
 /// One entity as stored and sent: a JSON object.
 pub type Doc = serde_json::Map<String, serde_json::Value>;
@@ -33,13 +35,13 @@ pub const GANTRY_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The Kong version whose Admin API and declarative format Gantry implements.
 pub const KONG_VERSION: &str = "3.9.0";
 
-/// Unix seconds now: the clock of `created_at` / `updated_at` and of time windows.
 /// The first ten hexadecimal digits of a control plane's id: the first label of its
 /// endpoints' names (`<prefix>.cp.<domain>`), as Konnect names them.
 pub fn endpoint_prefix(id: &str) -> String {
     id.chars().filter(|c| *c != '-').take(10).collect()
 }
 
+/// Unix seconds now: the clock of `created_at` / `updated_at` and of time windows.
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -47,6 +47,9 @@ pub enum StrKind {
     Key,
     /// A header name.
     HeaderName,
+    /// An OAuth 2.0 redirect URI: a scheme and a host, no fragment (any scheme: apps
+    /// register their own).
+    RedirectUri,
 }
 
 /// The type of a field with its constraints.
@@ -180,6 +183,14 @@ pub fn number() -> Ty {
     Ty::Num {
         min: None,
         max: None,
+        gt: None,
+    }
+}
+/// Kong's `between = { min, max }` on a number (`typedefs.ttl`).
+pub fn number_between(min: f64, max: f64) -> Ty {
+    Ty::Num {
+        min: Some(min),
+        max: Some(max),
         gt: None,
     }
 }
@@ -713,9 +724,10 @@ fn describe_ty(ty: &Ty) -> Value {
             }
             Value::Object(m)
         }
-        Ty::Num { gt, .. } => match gt {
-            Some(g) => json!({"type": "number", "gt": g}),
-            None => json!({"type": "number"}),
+        Ty::Num { gt, min, max } => match (gt, min, max) {
+            (Some(g), _, _) => json!({"type": "number", "gt": g}),
+            (None, Some(lo), Some(hi)) => json!({"type": "number", "between": [lo, hi]}),
+            _ => json!({"type": "number"}),
         },
         Ty::Bool => json!({"type": "boolean"}),
         Ty::Array { elem, set, .. } => {

@@ -117,6 +117,22 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), Invalid> {
             }
             Ok(())
         }
+        StrKind::RedirectUri => {
+            let parsed = s.split_once("://").filter(|(scheme, rest)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+                    && !rest.split(['/', '?', '#']).next().unwrap_or("").is_empty()
+            });
+            if parsed.is_none() {
+                Err(Invalid(format!("cannot parse '{s}'")))
+            } else if s.contains('#') {
+                Err(Invalid(format!("fragment not allowed in '{s}'")))
+            } else {
+                Ok(())
+            }
+        }
         StrKind::Tag => {
             if s.chars().any(|c| c == ',' || c == '/' || c.is_control()) {
                 Err(Invalid::from(

@@ -480,6 +480,11 @@ impl Proxy {
         let _ = self.registry.set(registry);
     }
 
+    /// Where plugins write entities (oauth2's tokens and codes); set before serving.
+    pub fn writes(&self) -> Arc<crate::plugins::Writes> {
+        self.shared.get::<crate::plugins::Writes>()
+    }
+
     /// The plugins this node runs.
     pub fn registry(&self) -> &crate::plugins::Registry {
         self.registry.get_or_init(crate::plugins::Registry::default)
@@ -924,13 +929,17 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let mut body: UpBody = Either::Left(crate::pool::ClientBody::new(body));
+        let body: UpBody = Either::Left(crate::pool::ClientBody::new(body));
+        let mut slot = crate::plugins::BodySlot::new(body);
         check_framing(&parts)?;
         // The rewrite phase, before routing (global plugins, as in Kong): routing reads the
         // request as they leave it.
         if !snap.plugins.is_empty() {
             let mut ctx = Ctx {
                 req: &mut parts,
+                body: &mut slot,
+                https,
+                trusted: client.trusted,
                 client_ip: client.ip,
                 route_id: None,
                 service_id: None,
@@ -1043,6 +1052,9 @@ impl Proxy {
         if !snap.plugins.is_empty() {
             let mut ctx = Ctx {
                 req: &mut parts,
+                body: &mut slot,
+                https,
+                trusted: client.trusted,
                 client_ip: client.ip,
                 route_id: Some(&route.id),
                 service_id: service.map(|s| s.id.as_str()),
@@ -1055,6 +1067,11 @@ impl Proxy {
             };
             let access = snap.plugins.run_access(&mut ctx).await;
             let mut exit = access.exit;
+            let mut body = match exit {
+                // Answered: the body is not read (nor sent anywhere).
+                Some(_) => Either::Right(Full::default()),
+                None => ctx.body.take(&mut ctx.req.headers)?,
+            };
             // A limit on the body's size (request-size-limiting) cuts it as it streams.
             if let (Either::Left(b), Some(n)) = (
                 &mut body,
@@ -1078,6 +1095,7 @@ impl Proxy {
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 body = Either::Right(Full::new(bytes));
             }
+            *ctx.body = crate::plugins::BodySlot::new(body);
             seen.ran = access.ran;
             seen.accessed = true;
             seen.response_headers = ctx.response_headers;
@@ -1093,6 +1111,7 @@ impl Proxy {
                 return Ok(exit);
             }
         }
+        let body = slot.take(&mut parts.headers)?;
         let Some(service) = service else {
             return Err(ProxyError::NoService);
         };
@@ -1469,7 +1488,10 @@ impl gantry_model::delta::ConfigSink for Proxy {
 
 /// The whole request body, for plugins that read it: at most [`BODY_LIMIT`] bytes (a larger
 /// one, announced or sent, is refused).
-async fn read_body(body: UpBody, headers: &hyper::HeaderMap) -> Result<Bytes, ProxyError> {
+pub(crate) async fn read_body(
+    body: UpBody,
+    headers: &hyper::HeaderMap,
+) -> Result<Bytes, ProxyError> {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

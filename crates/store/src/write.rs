@@ -35,6 +35,93 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A plugin's writes ([`gantry_model::writes`]): only the entities it may write, each
+    /// checked against its schema, all or none. Returns the new version.
+    pub async fn write_entities(
+        &self,
+        ops: Vec<gantry_model::writes::WriteOp>,
+        plugins: &gantry_model::plugins::Catalog,
+    ) -> Result<i64, gantry_model::writes::WriteError> {
+        use gantry_model::writes::{WriteError, WriteOp, WRITABLE};
+        let now = gantry_model::unix_now();
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            let name = match &op {
+                WriteOp::Insert { entity, .. } | WriteOp::Delete { entity, .. } => entity.clone(),
+            };
+            let schema = entity(&name)
+                .filter(|s| WRITABLE.contains(&s.name))
+                .ok_or_else(|| WriteError::Refused(format!("'{name}' cannot be written here")))?;
+            out.push(match op {
+                WriteOp::Insert { doc, .. } => {
+                    let doc = gantry_model::document::prepare(
+                        schema,
+                        doc,
+                        gantry_model::document::Secrets::MaybeHashed,
+                        now,
+                        plugins,
+                    )
+                    .map_err(|e| WriteError::Refused(format!("{name}: {}", e.message())))?;
+                    Op::Insert(schema, doc)
+                }
+                WriteOp::Delete { id, .. } => Op::Delete(schema, id),
+            });
+        }
+        self.write(out).await.map_err(|e| match e {
+            StoreError::NotFound => WriteError::Refused("gone already".into()),
+            e @ (StoreError::Unique { .. }
+            | StoreError::ForeignKey { .. }
+            | StoreError::PrimaryKey { .. }) => WriteError::Refused(e.to_string()),
+            e => WriteError::Unavailable(e.to_string()),
+        })
+    }
+
+    /// Delete the entities whose `ttl` has run out (Kong's periodic cleanup): one write for
+    /// all of them, so data planes get one change. Returns how many went.
+    pub async fn sweep_expired(&self) -> Result<usize, StoreError> {
+        let now = gantry_model::unix_now();
+        let mut ops = Vec::new();
+        for schema in ENTITIES.iter().filter(|s| s.field("ttl").is_some()) {
+            let mut offset = None;
+            loop {
+                let page = self
+                    .list(
+                        schema.name,
+                        &crate::ListQuery {
+                            reference: None,
+                            tags: None,
+                            size: 1000,
+                            offset,
+                        },
+                    )
+                    .await?;
+                for d in &page.data {
+                    if gantry_model::entities::expires_at(d).is_some_and(|at| at <= now) {
+                        let id = d.get("id").and_then(serde_json::Value::as_str);
+                        ops.push(Op::Delete(schema, id.unwrap_or_default().to_string()));
+                    }
+                }
+                match page.next_offset {
+                    Some(o) => offset = Some(o),
+                    None => break,
+                }
+            }
+        }
+        let n = ops.len();
+        if n > 0 {
+            // Gone meanwhile (a cascade, an Admin API delete): the next sweep takes the rest.
+            if let Err(e) = self.write(ops).await {
+                if !matches!(e, StoreError::NotFound) {
+                    return Err(e);
+                }
+                return Ok(0);
+            }
+        }
+        Ok(n)
+    }
+}
+
 async fn write_in(
     tx: &mut Transaction<'static, Any>,
     cp: i64,

@@ -34,6 +34,7 @@ pub static DESCRIPTOR: Descriptor =
 const BASICAUTH_CREDENTIALS: super::CredentialKind = super::CredentialKind {
     entity: "basicauth_credentials",
     key: "username",
+    owner: "consumer",
     prepare: Some(|d| {
         let hash = d.get("password")?.as_str()?.to_string();
         Some(Arc::new(PasswordHash(hash)))

@@ -31,6 +31,7 @@ pub static DESCRIPTOR: Descriptor =
 const HMACAUTH_CREDENTIALS: super::CredentialKind = super::CredentialKind {
     entity: "hmacauth_credentials",
     key: "username",
+    owner: "consumer",
     prepare: Some(|d| {
         let secret = d.get("secret")?.as_str()?.to_string();
         Some(Arc::new(HmacSecret(secret)))

@@ -33,6 +33,7 @@ pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build).with_credenti
 const JWT_SECRETS: super::CredentialKind = super::CredentialKind {
     entity: "jwt_secrets",
     key: "key",
+    owner: "consumer",
     prepare: Some(|d| prepare(d).map(|k| Arc::new(k) as _)),
 };
 

@@ -33,6 +33,7 @@ pub static DESCRIPTOR: Descriptor =
 const KEYAUTH_CREDENTIALS: super::CredentialKind = super::CredentialKind {
     entity: "keyauth_credentials",
     key: "key",
+    owner: "consumer",
     prepare: None,
 };
 

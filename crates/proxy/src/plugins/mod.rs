@@ -25,6 +25,7 @@ mod http_log;
 mod ip_restriction;
 pub mod jwt;
 mod key_auth;
+pub mod oauth2;
 pub mod prometheus;
 mod queue;
 mod rate_limiting;
@@ -75,6 +76,39 @@ impl Shared {
     }
 }
 
+/// Where plugins write entities on the request path (oauth2's tokens and codes): the node's
+/// store, or on a data plane its control plane; set by the node when it starts. A node
+/// without a database says so ([`Writes::set_none`]), and plugins that need one are refused.
+#[derive(Default)]
+pub struct Writes {
+    writer: std::sync::OnceLock<Arc<dyn gantry_model::writes::EntityWriter>>,
+    none: std::sync::atomic::AtomicBool,
+}
+
+impl Writes {
+    pub fn set(&self, w: Arc<dyn gantry_model::writes::EntityWriter>) {
+        let _ = self.writer.set(w);
+    }
+    pub fn set_none(&self) {
+        self.none.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Whether this node has nowhere to write.
+    pub fn none(&self) -> bool {
+        self.none.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub async fn write(
+        &self,
+        ops: Vec<gantry_model::writes::WriteOp>,
+    ) -> Result<(), gantry_model::writes::WriteError> {
+        match self.writer.get() {
+            Some(w) => w.write(ops).await,
+            None => Err(gantry_model::writes::WriteError::Unavailable(
+                "this node has nowhere to write entities".into(),
+            )),
+        }
+    }
+}
+
 /// Kept in [`Ctx::state`] by a plugin, the path the upstream gets instead of the one routing
 /// made (Kong's `kong.service.request.set_path`): the service's path and `strip_path` no
 /// longer apply; the query string stays.
@@ -119,6 +153,10 @@ impl Consumer {
 pub struct CredentialKind {
     pub entity: &'static str,
     pub key: &'static str,
+    /// The reference to what the credential belongs to: `consumer` for credentials, or
+    /// `credential` for what hangs off one (oauth2's tokens and codes), which are found with
+    /// [`Identities::entry`].
+    pub owner: &'static str,
     /// What the plugin reads of a credential on each request (basic-auth's password hash,
     /// jwt's parsed key), made from its document once, when it is indexed, into
     /// [`Credential::prepared`]. A credential it makes nothing of is not indexed.
@@ -133,12 +171,14 @@ pub type Prepare = fn(&gantry_model::Doc) -> Option<Arc<dyn std::any::Any + Send
 pub struct Credential {
     pub id: String,
     /// The id of the consumer it belongs to (a credential is found only while its consumer
-    /// is in the index).
+    /// is in the index); for a kind owned otherwise, the id of its owner.
     pub consumer_id: String,
     /// The whole stored entity, shared with the configuration.
     pub entity: Entity,
     /// What the kind's [`CredentialKind::prepare`] made of it.
     pub prepared: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// When its `ttl` runs out (Unix seconds): from then on it is not found.
+    pub expires_at: Option<i64>,
 }
 
 impl Credential {
@@ -164,10 +204,10 @@ use crate::PMap;
 pub struct Identities {
     consumers: PMap<String, Arc<Consumer>>,
     by_username: PMap<String, Arc<Consumer>>,
-    /// By credential entity, then by identifying value.
-    credentials: crate::FastMap<&'static str, PMap<String, Arc<Credential>>>,
-    /// Credential id to its entity and identifying value, to remove or replace it by id.
-    keys: PMap<String, (&'static str, String)>,
+    /// By credential entity and identifying field, then by identifying value.
+    credentials: crate::FastMap<(&'static str, &'static str), PMap<String, Arc<Credential>>>,
+    /// Credential id and identifying field to its identifying value, to remove or replace it.
+    keys: PMap<(String, &'static str), String>,
     /// Consumer id to its ACL groups, when a plugin of the registry reads them
     /// ([`Descriptor::with_groups`]).
     groups: PMap<String, Arc<ConsumerGroups>>,
@@ -239,7 +279,7 @@ impl Identities {
             ids.put_membership(d);
         }
         for kind in registry.credential_kinds() {
-            ids.credentials.entry(kind.entity).or_default();
+            ids.credentials.entry((kind.entity, kind.key)).or_default();
             for d in config.docs(kind.entity) {
                 ids.put_credential(kind, d);
             }
@@ -258,10 +298,12 @@ impl Identities {
                     Change::Upsert { doc, .. } => ids.put_consumer(doc),
                     Change::Delete { id, .. } => ids.remove_consumer(id),
                 }
-            } else if let Some(kind) = kinds.iter().find(|k| k.entity == entity) {
-                match c {
-                    Change::Upsert { doc, .. } => ids.put_credential(*kind, doc),
-                    Change::Delete { id, .. } => ids.remove_credential(id),
+            } else if kinds.iter().any(|k| k.entity == entity) {
+                for kind in kinds.iter().filter(|k| k.entity == entity) {
+                    match c {
+                        Change::Upsert { doc, .. } => ids.put_credential(*kind, doc),
+                        Change::Delete { id, .. } => ids.remove_credential(*kind, id),
+                    }
                 }
             } else if entity == CONSUMER_GROUPS {
                 match c {
@@ -313,10 +355,10 @@ impl Identities {
         let d = e.doc();
         let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_string);
         let id = e.id().to_string();
-        self.remove_credential(&id);
-        let (Some(key), Some(consumer_id)) = (
+        self.remove_credential(kind, &id);
+        let (Some(key), Some(owner)) = (
             s(kind.key),
-            d.get("consumer")
+            d.get(kind.owner)
                 .and_then(|c| c.get("id"))
                 .and_then(Value::as_str)
                 .map(str::to_string),
@@ -332,20 +374,21 @@ impl Identities {
         };
         let c = Arc::new(Credential {
             id: id.clone(),
-            consumer_id,
+            consumer_id: owner,
             entity: e.clone(),
             prepared,
+            expires_at: gantry_model::entities::expires_at(&d),
         });
         self.credentials
-            .entry(kind.entity)
+            .entry((kind.entity, kind.key))
             .or_default()
             .insert(key.clone(), c);
-        self.keys.insert(id, (kind.entity, key));
+        self.keys.insert((id, kind.key), key);
     }
 
-    fn remove_credential(&mut self, id: &str) {
-        if let Some((entity, key)) = self.keys.remove(id) {
-            if let Some(index) = self.credentials.get_mut(entity) {
+    fn remove_credential(&mut self, kind: CredentialKind, id: &str) {
+        if let Some(key) = self.keys.remove(&(id.to_string(), kind.key)) {
+            if let Some(index) = self.credentials.get_mut(&(kind.entity, kind.key)) {
                 if index.get(&key).is_some_and(|c| c.id == id) {
                     index.remove(&key);
                 }
@@ -353,9 +396,33 @@ impl Identities {
         }
     }
 
+    /// An indexed entity of `kind` by its identifying value, whatever owns it; `None` once its
+    /// `ttl` ran out.
+    pub fn entry(&self, kind: &CredentialKind, key: &str) -> Option<&Arc<Credential>> {
+        let found = self.credentials.get(&(kind.entity, kind.key))?.get(key)?;
+        if found
+            .expires_at
+            .is_some_and(|at| at <= gantry_model::unix_now())
+        {
+            return None;
+        }
+        Some(found)
+    }
+
+    /// An indexed entity of `kind` by its id.
+    pub fn entry_by_id(&self, kind: &CredentialKind, id: &str) -> Option<&Arc<Credential>> {
+        let key = self.keys.get(&(id.to_string(), kind.key))?;
+        self.entry(kind, key)
+    }
+
+    /// A consumer by id.
+    pub fn consumer(&self, id: &str) -> Option<&Arc<Consumer>> {
+        self.consumers.get(id)
+    }
+
     /// The credential of `kind` whose identifying field is `key`, with its consumer.
     pub fn credential(&self, kind: &CredentialKind, key: &str) -> Option<Found<'_>> {
-        let credential = self.credentials.get(kind.entity)?.get(key)?;
+        let credential = self.entry(kind, key)?;
         let consumer = self.consumers.get(&credential.consumer_id)?;
         Some(Found {
             credential,
@@ -521,9 +588,84 @@ impl Identities {
     }
 }
 
+/// The request body as the rewrite and access phases see it: streaming until a plugin reads
+/// it ([`Ctx::body`]), then whole (at most [`BODY_LIMIT`] bytes), and sent upstream as read.
+pub struct BodySlot(Slot);
+
+enum Slot {
+    Stream(crate::pool::UpBody),
+    Read(Bytes),
+    Failed(bool),
+}
+
+impl BodySlot {
+    pub fn new(body: crate::pool::UpBody) -> BodySlot {
+        BodySlot(Slot::Stream(body))
+    }
+
+    /// A request without a body.
+    pub fn empty() -> BodySlot {
+        BodySlot(Slot::Read(Bytes::new()))
+    }
+
+    async fn read(&mut self, headers: &hyper::HeaderMap) -> Option<&Bytes> {
+        if let Slot::Stream(_) = &self.0 {
+            let Slot::Stream(b) = std::mem::replace(&mut self.0, Slot::Failed(false)) else {
+                unreachable!("matched above")
+            };
+            self.0 = match crate::server::read_body(b, headers).await {
+                Ok(bytes) => Slot::Read(bytes),
+                Err(e) => Slot::Failed(matches!(e, crate::error::ProxyError::BodyTooLarge)),
+            };
+        }
+        match &self.0 {
+            Slot::Read(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// Change the body read (nothing happens to a body no plugin read).
+    pub fn edit(&mut self, f: impl FnOnce(&Bytes) -> Bytes) {
+        if let Slot::Read(b) = &self.0 {
+            self.0 = Slot::Read(f(b));
+        }
+    }
+
+    /// The body to send upstream: the stream, or what was read (its `Content-Length` set);
+    /// a body that could not be read fails the request.
+    pub(crate) fn take(
+        &mut self,
+        headers: &mut hyper::HeaderMap,
+    ) -> Result<crate::pool::UpBody, crate::error::ProxyError> {
+        match std::mem::replace(&mut self.0, Slot::Failed(false)) {
+            Slot::Stream(b) => Ok(b),
+            Slot::Read(bytes) => {
+                if headers.contains_key(hyper::header::TRANSFER_ENCODING)
+                    || headers.contains_key(hyper::header::CONTENT_LENGTH)
+                {
+                    headers.remove(hyper::header::TRANSFER_ENCODING);
+                    headers.insert(
+                        hyper::header::CONTENT_LENGTH,
+                        HeaderValue::from(bytes.len()),
+                    );
+                }
+                Ok(http_body_util::Either::Right(Full::new(bytes)))
+            }
+            Slot::Failed(true) => Err(crate::error::ProxyError::BodyTooLarge),
+            Slot::Failed(false) => Err(crate::error::ProxyError::BodyUnreadable),
+        }
+    }
+}
+
 /// What plugins see and change of a request.
 pub struct Ctx<'a> {
     pub req: &'a mut hyper::http::request::Parts,
+    /// The request body, read only when a plugin asks ([`Ctx::body`]).
+    pub body: &'a mut BodySlot,
+    /// Whether the request came over TLS to this node.
+    pub https: bool,
+    /// Whether the peer is trusted (`trusted_ips`): its `X-Forwarded-*` headers are believed.
+    pub trusted: bool,
     pub client_ip: IpAddr,
     /// The route that matched: none in the rewrite phase, which runs before routing.
     pub route_id: Option<&'a str>,
@@ -544,6 +686,13 @@ pub struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// The whole request body (at most [`BODY_LIMIT`] bytes), read from the client the first
+    /// time a plugin asks; `None` when it could not be read (too large, or the client failed),
+    /// and the request then fails as it would have upstream.
+    pub async fn body(&mut self) -> Option<&Bytes> {
+        self.body.read(&self.req.headers).await
+    }
+
     /// Set the consumer, and the upstream headers Kong sets for it.
     pub fn authenticate(
         &mut self,
@@ -980,6 +1129,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &ip_restriction::DESCRIPTOR,
     &jwt::DESCRIPTOR,
     &key_auth::DESCRIPTOR,
+    &oauth2::DESCRIPTOR,
     &rate_limiting::DESCRIPTOR,
     &request_size_limiting::DESCRIPTOR,
     &request_termination::DESCRIPTOR,
@@ -1085,15 +1235,22 @@ impl Registry {
     /// `build` (the instance is dropped at once), and routes and certificates compiled as a
     /// snapshot compiles them.
     pub fn catalog(&self) -> Catalog {
+        self.catalog_with(Shared::default())
+    }
+
+    /// The catalog of a node whose plugins see `shared` (a node without a database refuses
+    /// what needs one).
+    pub fn catalog_with(&self, shared: Shared) -> Catalog {
         Catalog::new(
             self.0
                 .iter()
                 .map(|d| {
                     let build = d.build;
+                    let shared = shared.clone();
                     Enabled {
                         schema: &d.schema,
                         compile: Arc::new(move |id: &str, config: &Value| {
-                            build(&Instance::new(id), config, &Shared::default()).map(drop)
+                            build(&Instance::new(id), config, &shared).map(drop)
                         }),
                     }
                 })
@@ -1438,8 +1595,12 @@ mod tests {
         let mut parts = hyper::Request::new(()).into_parts().0;
         let identities = Identities::build(&config, &Registry::default());
         let mut state = hyper::http::Extensions::new();
+        let mut slot = BodySlot::empty();
         let mut ctx = Ctx {
             req: &mut parts,
+            body: &mut slot,
+            https: false,
+            trusted: false,
             client_ip: IpAddr::from([127, 0, 0, 1]),
             route_id: Some("r1"),
             service_id: service,
