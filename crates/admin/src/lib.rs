@@ -95,7 +95,7 @@ impl gantry_model::writes::EntityWriter for AdminState {
         Box::pin(async move {
             let version = self.store.write_entities(ops, &self.plugins).await?;
             self.notify(version);
-            Ok(())
+            Ok(version)
         })
     }
 }

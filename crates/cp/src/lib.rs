@@ -1310,6 +1310,33 @@ impl Session {
         self.send(&frame).await
     }
 
+    /// Store a data plane's plugin writes in its control plane, and publish them at once.
+    async fn write(
+        &self,
+        ops: Vec<gantry_model::writes::WriteOp>,
+    ) -> Result<i64, gantry_model::writes::WriteError> {
+        if self.tenant.group.is_some() {
+            // A group publishes its members' union: nothing written to it would reach its
+            // data planes.
+            return Err(gantry_model::writes::WriteError::Refused(
+                "a control plane group stores no entities of its own".into(),
+            ));
+        }
+        let version = self
+            .tenant
+            .store
+            .write_entities(ops, &self.cp.plugins)
+            .await?;
+        self.tenant.polled.send_if_modified(|p| {
+            let moved = version > *p;
+            if moved {
+                *p = version;
+            }
+            moved
+        });
+        Ok(version)
+    }
+
     async fn handle(&mut self, m: FromDp) -> Result<(), proto::LinkError> {
         let Some(mut dp) = self.dp.take() else {
             return Ok(());
@@ -1364,6 +1391,21 @@ impl Session {
                 if version < current.version {
                     self.offer_to(dp, &current).await?;
                 }
+            }
+            FromDp::Write { seq, ops } => {
+                let (version, error) = match self.write(ops).await {
+                    Ok(v) => (v, None),
+                    Err(e) => {
+                        tracing::debug!(node_id = %dp.id, error = %e, "a data plane's write was not stored");
+                        (0, Some(e))
+                    }
+                };
+                self.send(&proto::encode(&ToDp::Written {
+                    seq,
+                    version,
+                    error,
+                }))
+                .await?;
             }
             FromDp::Ping { version, hash } => {
                 dp.config_version = version;

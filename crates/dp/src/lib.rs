@@ -137,17 +137,74 @@ pub struct DataPlane {
     cache_writer: std::sync::OnceLock<cache::Writer>,
     /// The cached configuration `load_cached` put in service, for `run` to start from.
     cached: std::sync::Mutex<Option<Local>>,
+    /// Plugins' writes waiting to go to the control plane ([`DataPlane::writer`]); the
+    /// session that is up takes them.
+    writes_tx: tokio::sync::mpsc::Sender<PendingWrite>,
+    writes_rx: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<PendingWrite>>,
+}
+
+/// A plugin's write on its way to the control plane, and where its answer goes.
+struct PendingWrite {
+    ops: Vec<gantry_model::writes::WriteOp>,
+    reply: tokio::sync::oneshot::Sender<Result<i64, WriteError>>,
+}
+
+use gantry_model::writes::WriteError;
+
+/// How long a plugin's write may wait for the control plane.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a data plane's plugins write (oauth2's tokens and codes): its control plane, over the
+/// cluster connection. Without one up, a write fails at once.
+pub struct DpWriter {
+    tx: tokio::sync::mpsc::Sender<PendingWrite>,
+    state: watch::Receiver<DpState>,
+}
+
+impl gantry_model::writes::EntityWriter for DpWriter {
+    fn write(
+        &self,
+        ops: Vec<gantry_model::writes::WriteOp>,
+    ) -> gantry_model::writes::WriteFuture<'_> {
+        Box::pin(async move {
+            let unavailable = |why: &str| WriteError::Unavailable(why.to_string());
+            if !self.state.borrow().connected {
+                return Err(unavailable("not connected to the control plane"));
+            }
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.tx
+                .send(PendingWrite { ops, reply })
+                .await
+                .map_err(|_| unavailable("the data plane is stopping"))?;
+            match tokio::time::timeout(WRITE_TIMEOUT, answer).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(unavailable("the connection to the control plane was lost")),
+                Err(_) => Err(unavailable("the control plane did not answer in time")),
+            }
+        })
+    }
 }
 
 impl DataPlane {
     pub fn new(opts: DpOptions, sink: Arc<dyn ConfigSink>) -> Arc<DataPlane> {
+        let (writes_tx, writes_rx) = tokio::sync::mpsc::channel(1024);
         Arc::new(DataPlane {
             opts,
             sink,
             state: watch::channel(DpState::default()).0,
             cache_writer: std::sync::OnceLock::new(),
             cached: std::sync::Mutex::new(None),
+            writes_tx,
+            writes_rx: tokio::sync::Mutex::new(writes_rx),
         })
+    }
+
+    /// Where this data plane's plugins write.
+    pub fn writer(&self) -> DpWriter {
+        DpWriter {
+            tx: self.writes_tx.clone(),
+            state: self.state.subscribe(),
+        }
     }
 
     pub fn state(&self) -> watch::Receiver<DpState> {
@@ -347,8 +404,20 @@ impl DataPlane {
         ping.tick().await;
         let mut awaiting_pong = false;
         let mut welcomed = false;
+        let mut writes = self.writes_rx.lock().await;
+        let mut waiting: std::collections::HashMap<
+            u64,
+            tokio::sync::oneshot::Sender<Result<i64, WriteError>>,
+        > = Default::default();
+        let mut seq = 0u64;
         loop {
             tokio::select! {
+                Some(w) = writes.recv() => {
+                    seq += 1;
+                    let m = FromDp::Write { seq, ops: w.ops };
+                    send(&mut ws, &m).await.map_err(|e| Ended::Lost(LinkError::Failed(format!("failed to send a write to the control plane: {e}"))))?;
+                    waiting.insert(seq, w.reply);
+                }
                 _ = ping.tick() => {
                     if awaiting_pong {
                         return Err(Ended::Lost("failed to receive a ping response from the control plane".into()));
@@ -382,6 +451,11 @@ impl DataPlane {
                             });
                         }
                         ToDp::Pong { .. } => awaiting_pong = false,
+                        ToDp::Written { seq, version, error } => {
+                            if let Some(reply) = waiting.remove(&seq) {
+                                let _ = reply.send(error.map_or(Ok(version), Err));
+                            }
+                        }
                         ToDp::Incompatible { reason } => {
                             tracing::error!("the control plane sends no configuration to this data plane: {reason}");
                         }

@@ -178,6 +178,8 @@ where
         },
         proxy.clone(),
     );
+    // Plugins' writes (oauth2's tokens) go to the control plane.
+    proxy.writes().set(Arc::new(dp.writer()));
     dp.load_cached();
     let mut sinks = crate::node::access_log(&settings)?;
     if settings.cluster.telemetry_endpoint.is_some() && !settings.cluster.analytics {

@@ -23,7 +23,8 @@ pub enum WriteOp {
 }
 
 /// Why a write did not happen.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "message", rename_all = "snake_case")]
 pub enum WriteError {
     /// Refused: what it deletes is gone, or it is not valid.
     #[error("write refused: {0}")]
@@ -33,10 +34,11 @@ pub enum WriteError {
     Unavailable(String),
 }
 
-pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<(), WriteError>> + Send + 'a>>;
+/// The configuration version that holds the write, once done.
+pub type WriteFuture<'a> = Pin<Box<dyn Future<Output = Result<i64, WriteError>> + Send + 'a>>;
 
 /// Where a node's plugins write entities.
 pub trait EntityWriter: Send + Sync {
-    /// Apply `ops`, all or none.
+    /// Apply `ops`, all or none; the version of the configuration that then holds them.
     fn write(&self, ops: Vec<WriteOp>) -> WriteFuture<'_>;
 }

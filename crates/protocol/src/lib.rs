@@ -75,6 +75,13 @@ pub enum FromDp {
     },
     /// Liveness, with what the data plane runs.
     Ping { version: i64, hash: String },
+    /// A plugin's writes (oauth2's tokens and codes) for the control plane to store, all or
+    /// none; answered by [`ToDp::Written`] with the same `seq`. The entities then come back to
+    /// every data plane as any change does.
+    Write {
+        seq: u64,
+        ops: Vec<gantry_model::writes::WriteOp>,
+    },
 }
 
 /// A control plane's message to a data plane.
@@ -105,6 +112,14 @@ pub enum ToDp {
     Incompatible { reason: String },
     /// The answer to a ping.
     Pong { version: i64 },
+    /// The answer to [`FromDp::Write`]: stored when there is no error.
+    Written {
+        seq: u64,
+        /// The configuration version that holds the write.
+        version: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<gantry_model::writes::WriteError>,
+    },
 }
 
 /// [`ToDp`] as read: one flat record, so that entities' texts are taken as they are (serde's
@@ -121,6 +136,8 @@ struct ToDpRecord {
     from: Option<i64>,
     changes: Option<Vec<Change>>,
     reason: Option<String>,
+    seq: Option<u64>,
+    error: Option<gantry_model::writes::WriteError>,
 }
 
 /// `version` is Gantry's version in a welcome and a configuration version elsewhere.
@@ -170,10 +187,22 @@ impl<'de> Deserialize<'de> for ToDp {
             "pong" => ToDp::Pong {
                 version: number(r.version)?,
             },
+            "written" => ToDp::Written {
+                seq: need(r.seq, "seq")?,
+                version: number(r.version)?,
+                error: r.error,
+            },
             other => {
                 return Err(D::Error::unknown_variant(
                     other,
-                    &["welcome", "snapshot", "delta", "incompatible", "pong"],
+                    &[
+                        "welcome",
+                        "snapshot",
+                        "delta",
+                        "incompatible",
+                        "pong",
+                        "written",
+                    ],
                 ))
             }
         })

@@ -99,7 +99,7 @@ impl Writes {
     pub async fn write(
         &self,
         ops: Vec<gantry_model::writes::WriteOp>,
-    ) -> Result<(), gantry_model::writes::WriteError> {
+    ) -> Result<i64, gantry_model::writes::WriteError> {
         match self.writer.get() {
             Some(w) => w.write(ops).await,
             None => Err(gantry_model::writes::WriteError::Unavailable(
@@ -666,6 +666,8 @@ pub struct Ctx<'a> {
     pub https: bool,
     /// Whether the peer is trusted (`trusted_ips`): its `X-Forwarded-*` headers are believed.
     pub trusted: bool,
+    /// The version of the configuration the request runs on.
+    pub config_version: i64,
     pub client_ip: IpAddr,
     /// The route that matched: none in the rewrite phase, which runs before routing.
     pub route_id: Option<&'a str>,
@@ -1601,6 +1603,7 @@ mod tests {
             body: &mut slot,
             https: false,
             trusted: false,
+            config_version: 0,
             client_ip: IpAddr::from([127, 0, 0, 1]),
             route_id: Some("r1"),
             service_id: service,

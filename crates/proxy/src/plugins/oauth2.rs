@@ -210,8 +210,9 @@ pub struct Recent(Mutex<RecentInner>);
 
 #[derive(Default)]
 struct RecentInner {
-    /// `(kind's key field, value)` to the entity and when it was written.
-    issued: HashMap<(&'static str, String), (Entity, Instant)>,
+    /// `(kind's key field, value)` to the entity, the configuration version that holds it,
+    /// and when it was written.
+    issued: HashMap<(&'static str, String), (Entity, i64, Instant)>,
     /// Codes, access tokens and refresh tokens used up here.
     gone: HashMap<String, Instant>,
 }
@@ -224,16 +225,17 @@ impl Recent {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn issued(&self, kinds: &[&'static str], e: &Entity) {
+    fn issued(&self, kinds: &[&'static str], e: &Entity, version: i64) {
         let d = e.doc();
         let mut r = self.lock();
         let now = Instant::now();
         r.issued
-            .retain(|_, (_, t)| now.duration_since(*t) < RECENT_FOR);
+            .retain(|_, (_, _, t)| now.duration_since(*t) < RECENT_FOR);
         r.gone.retain(|_, t| now.duration_since(*t) < RECENT_FOR);
         for k in kinds {
             if let Some(v) = d.get(*k).and_then(Value::as_str) {
-                r.issued.insert((k, v.to_string()), (e.clone(), now));
+                r.issued
+                    .insert((k, v.to_string()), (e.clone(), version, now));
             }
         }
     }
@@ -250,11 +252,14 @@ impl Recent {
         self.lock().gone.contains_key(value)
     }
 
-    fn find(&self, key: &'static str, value: &str) -> Option<Entity> {
+    /// What was issued here under `value`, while the configuration running (`running`) is
+    /// older than the one holding it: from then on the index says (it may have been deleted).
+    fn find(&self, key: &'static str, value: &str, running: i64) -> Option<Entity> {
         let r = self.lock();
         r.issued
             .get(&(key, value.to_string()))
-            .map(|(e, _)| e.clone())
+            .filter(|(_, v, _)| running < *v)
+            .map(|(e, _, _)| e.clone())
     }
 }
 
@@ -515,7 +520,7 @@ impl OAuth2 {
         ctx.identities
             .entry(kind, value)
             .map(|c| c.entity.clone())
-            .or_else(|| self.recent.find(kind.key, value))
+            .or_else(|| self.recent.find(kind.key, value, ctx.config_version))
     }
 
     fn scope(&self, p: &Params) -> Result<Option<String>, Params> {
@@ -629,7 +634,7 @@ impl OAuth2 {
             entity: TOKENS.entity.into(),
             doc: d_clean(&doc),
         });
-        self.writes.write(ops).await?;
+        let version = self.writes.write(ops).await?;
         if let Some(old) = existing {
             let d = old.doc();
             let s = |k: &str| {
@@ -647,7 +652,7 @@ impl OAuth2 {
         }
         let entity = Entity::from(&doc);
         self.recent
-            .issued(&["access_token", "refresh_token"], &entity);
+            .issued(&["access_token", "refresh_token"], &entity, version);
         let mut out = Params::new();
         out.insert("access_token".into(), doc["access_token"].clone());
         out.insert("token_type".into(), json!("bearer"));
@@ -766,10 +771,11 @@ impl OAuth2 {
                         entity: CODES.entity.into(),
                         doc: d_clean(&d),
                     };
-                    if let Err(e) = self.writes.write(vec![op]).await {
-                        return unexpected(&e);
-                    }
-                    self.recent.issued(&["code"], &Entity::from(&d));
+                    let version = match self.writes.write(vec![op]).await {
+                        Ok(v) => v,
+                        Err(e) => return unexpected(&e),
+                    };
+                    self.recent.issued(&["code"], &Entity::from(&d), version);
                     out.insert("code".into(), json!(code));
                 } else {
                     match self
