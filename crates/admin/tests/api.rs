@@ -804,12 +804,7 @@ async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
 }
 
 /// Kong's plugins that Gantry does not run yet: each is refused, never stored and skipped.
-const NOT_RUN: &[&str] = &[
-    "oauth2",
-    "opentelemetry",
-    "proxy-cache",
-    "response-ratelimiting",
-];
+const NOT_RUN: &[&str] = &["opentelemetry", "proxy-cache", "response-ratelimiting"];
 
 /// A plugin the node does not run is refused with Kong's 400, at every scope and through
 /// every write; `plugins` chooses what runs, and what is listed is what runs.

@@ -829,6 +829,132 @@ async fn consumer_groups_as_kong() {
     );
 }
 
+/// key-auth's `key_in_body` (form, JSON and multipart bodies, hidden from the upstream with
+/// `hide_credentials`), Kong's 401 for a key given twice, and a key's `ttl`: shown as what is
+/// left, refused once it ran out, then gone from the Admin API.
+#[tokio::test]
+async fn key_auth_in_bodies_and_with_a_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    service(&http, &node, &up).await;
+    let body_key =
+        json!({"name": "key-auth", "config": {"key_in_body": true, "hide_credentials": true}});
+    route_with(&http, &node, "body", &[body_key]).await;
+    route_with(&http, &node, "plain", &[json!({"name": "key-auth"})]).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers",
+        json!({"username": "alice"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers/alice/key-auth",
+        json!({"key": "k1"}),
+    )
+    .await;
+    let short = admin(
+        &http,
+        &node,
+        "POST",
+        "/consumers/alice/key-auth",
+        json!({"key": "k2", "ttl": 2}),
+    )
+    .await;
+    assert!(matches!(short["ttl"].as_i64(), Some(1..=2)), "{short}");
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let post = |ct: &'static str, body: &'static str| {
+        let (http, proxy) = (&http, &proxy);
+        async move {
+            let r = http
+                .post(format!("{proxy}/body"))
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, seen) = post("application/x-www-form-urlencoded", "apikey=k1&other=1").await;
+    assert_eq!(s, 200, "{seen}");
+    assert_eq!(seen["body"], "other=1", "the key is hidden: {seen}");
+    assert_eq!(seen["headers"]["x-consumer-username"], "alice");
+    let (s, seen) = post("application/json", r#"{"apikey":"k1","x":2}"#).await;
+    assert_eq!(s, 200, "{seen}");
+    assert_eq!(
+        serde_json::from_str::<Value>(seen["body"].as_str().unwrap()).unwrap(),
+        json!({"x": 2})
+    );
+    let mp = "--B\r\nContent-Disposition: form-data; name=\"apikey\"\r\n\r\nk1\r\n--B--\r\n";
+    let (s, seen) = post("multipart/form-data; boundary=B", mp).await;
+    assert_eq!(s, 200, "{seen}");
+    assert!(!seen["body"].as_str().unwrap().contains("k1"), "{seen}");
+    let (s, b) = post("application/x-www-form-urlencoded", "apikey=nope").await;
+    assert_eq!(
+        (s, b),
+        (
+            401,
+            json!({"message": "Invalid authentication credentials"})
+        )
+    );
+    // Without key_in_body, a key in the body is not looked for.
+    let r = http
+        .post(format!("{proxy}/plain"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("apikey=k1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A key given twice.
+    let r = http
+        .get(format!("{proxy}/plain?apikey=k1&apikey=k1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Duplicate API key found"})
+    );
+    // ttl: works, then does not, then is gone.
+    let get = |key: &'static str| {
+        let (http, proxy) = (&http, &proxy);
+        async move {
+            http.get(format!("{proxy}/plain"))
+                .header("apikey", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(get("k2").await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    assert_eq!(get("k2").await, 401);
+    let r = http
+        .get(format!("{}/consumers/alice/key-auth/k2", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let list = admin(&http, &node, "GET", "/key-auths", json!(null)).await;
+    assert_eq!(list["data"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(get("k1").await, 200);
+}
+
 /// acl in hybrid mode: groups written on the control plane decide on a data plane.
 #[tokio::test]
 async fn acl_on_a_data_plane() {

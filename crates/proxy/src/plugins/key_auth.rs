@@ -1,4 +1,7 @@
-//! key-auth: a consumer identified by an API key in a header or the query string.
+//! key-auth: a consumer identified by an API key in a header, the query string or (with
+//! `key_in_body`) the request body: form-encoded, JSON or multipart. For each of `key_names`
+//! in turn, the header, then the query string, then the body; a key given twice is Kong's 401
+//! `Duplicate API key found`.
 
 use std::sync::Arc;
 
@@ -22,6 +25,7 @@ struct KeyAuth {
     anonymous: Option<String>,
     in_header: bool,
     in_query: bool,
+    in_body: bool,
     run_on_preflight: bool,
     realm: String,
 }
@@ -84,6 +88,7 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
         anonymous: super::conf_anonymous(c),
         in_header: b("key_in_header", true),
         in_query: b("key_in_query", true),
+        in_body: b("key_in_body", false),
         run_on_preflight: b("run_on_preflight", true),
         realm: c
             .get("realm")
@@ -94,25 +99,39 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
 }
 
 impl KeyAuth {
-    /// The key and where it was: `(key, Some(header name))` or `(key, None)` for the query.
-    fn find_key(&self, ctx: &Ctx<'_>) -> Option<(String, Option<&str>)> {
-        for (name, header) in self.key_names.iter().zip(&self.header_names) {
+    /// The key and the name it was found under; `Err` for a key given twice.
+    fn find_key(
+        &self,
+        ctx: &Ctx<'_>,
+        body: Option<&serde_json::Map<String, Value>>,
+    ) -> Result<Option<(String, usize)>, ()> {
+        let query = if self.in_query {
+            super::args::query(&ctx.req.uri)
+        } else {
+            Default::default()
+        };
+        for (i, (name, header)) in self.key_names.iter().zip(&self.header_names).enumerate() {
             if let (true, Some(header)) = (self.in_header, header) {
-                if let Some(v) = ctx.req.headers.get(header).and_then(|v| v.to_str().ok()) {
-                    return Some((v.to_string(), Some(name.as_str())));
-                }
-            }
-            if self.in_query {
-                if let Some(q) = ctx.req.uri.query() {
-                    if let Some((_, v)) =
-                        form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name.as_str())
-                    {
-                        return Some((v.into_owned(), None));
+                let mut values = ctx.req.headers.get_all(header).iter();
+                if let Some(v) = values.next() {
+                    if values.next().is_some() {
+                        return Err(());
+                    }
+                    if let Ok(v) = v.to_str() {
+                        return Ok(Some((v.to_string(), i)));
                     }
                 }
             }
+            let v = query
+                .get(name.as_str())
+                .or_else(|| body.and_then(|b| b.get(name.as_str())));
+            match v {
+                Some(Value::String(k)) => return Ok(Some((k.clone(), i))),
+                Some(Value::Array(_)) => return Err(()),
+                _ => {}
+            }
         }
-        None
+        Ok(None)
     }
 
     fn unauthorized(&self, message: &str) -> Response<ProxyBody> {
@@ -123,68 +142,92 @@ impl KeyAuth {
         r
     }
 
-    fn hide(&self, ctx: &mut Ctx<'_>, name: &str, from_header: bool) {
-        if from_header {
-            ctx.req.headers.remove(name);
-            return;
+    /// Kong's `hide_credentials`: the name is taken out of the headers, the query string and
+    /// (with `key_in_body`) the body, wherever the key was.
+    fn hide(&self, ctx: &mut Ctx<'_>, name: &str) {
+        ctx.req.headers.remove(name);
+        if let Some(pq) = ctx.req.uri.path_and_query() {
+            let path = pq.path().to_string();
+            let kept: Vec<&str> = pq
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter(|p| {
+                    !p.is_empty()
+                        && form_urlencoded::parse(p.as_bytes())
+                            .next()
+                            .is_none_or(|(k, _)| k != name)
+                })
+                .collect();
+            if pq.query().is_some() {
+                let new = if kept.is_empty() {
+                    path
+                } else {
+                    format!("{path}?{}", kept.join("&"))
+                };
+                if let Ok(uri) = new.parse() {
+                    ctx.req.uri = uri;
+                }
+            }
         }
-        let Some(pq) = ctx.req.uri.path_and_query() else {
-            return;
-        };
-        let path = pq.path().to_string();
-        let kept: Vec<&str> = pq
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty() && p.split('=').next() != Some(name))
-            .collect();
-        let new = if kept.is_empty() {
-            path
-        } else {
-            format!("{path}?{}", kept.join("&"))
-        };
-        if let Ok(uri) = new.parse() {
-            ctx.req.uri = uri;
+        if self.in_body {
+            let headers = ctx.req.headers.clone();
+            ctx.body.edit(|body| {
+                super::args::without(&headers, body, name).unwrap_or_else(|| body.clone())
+            });
         }
     }
 }
 
 impl Plugin for KeyAuth {
     fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
-        self.decide(ctx).into()
+        if !self.in_body {
+            return self.decide(ctx, None).into();
+        }
+        Flow::later(async move {
+            if self.skip(ctx) {
+                return None;
+            }
+            let headers = ctx.req.headers.clone();
+            let body = match ctx.body().await {
+                Some(b) => super::args::body(&headers, b),
+                None => Default::default(),
+            };
+            self.decide(ctx, Some(&body))
+        })
     }
 }
 
 impl KeyAuth {
-    fn decide(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
-        if !self.run_on_preflight && ctx.req.method == hyper::Method::OPTIONS {
+    fn skip(&self, ctx: &Ctx<'_>) -> bool {
+        // A preflight, or another authentication plugin identified a real consumer already.
+        (!self.run_on_preflight && ctx.req.method == hyper::Method::OPTIONS)
+            || ctx.credential.is_some()
+    }
+
+    fn decide(
+        &self,
+        ctx: &mut Ctx<'_>,
+        body: Option<&serde_json::Map<String, Value>>,
+    ) -> Option<Response<ProxyBody>> {
+        if self.skip(ctx) {
             return None;
         }
-        // Another authentication plugin already identified a real consumer.
-        if ctx.credential.is_some() {
-            return None;
-        }
-        let found = self.find_key(ctx);
+        let found = self.find_key(ctx, body);
         let outcome = match &found {
-            None => Err("No API key found in request"),
-            Some((key, _)) => match ctx.identities.credential(&KEYAUTH_CREDENTIALS, key) {
+            Err(()) => Err("Duplicate API key found"),
+            Ok(None) => Err("No API key found in request"),
+            Ok(Some((key, _))) if key.is_empty() => Err("No API key found in request"),
+            Ok(Some((key, _))) => match ctx.identities.credential(&KEYAUTH_CREDENTIALS, key) {
                 Some(c) => Ok((c.consumer.clone(), c.credential.id.clone())),
                 None => Err("Invalid authentication credentials"),
             },
         };
         match outcome {
             Ok((consumer, cred)) => {
-                if self.hide_credentials {
-                    if let Some((_, place)) = &found {
-                        match place {
-                            Some(h) => self.hide(ctx, h, true),
-                            None => {
-                                for n in &self.key_names {
-                                    self.hide(ctx, n, false);
-                                }
-                            }
-                        }
-                    }
+                if let (true, Ok(Some((_, i)))) = (self.hide_credentials, &found) {
+                    let name = self.key_names[*i].clone();
+                    self.hide(ctx, &name);
                 }
                 ctx.authenticate(consumer, Some(cred), false);
                 None

@@ -16,6 +16,7 @@
 //! selects the configuration of the plugins after it.
 
 mod acl;
+pub(crate) mod args;
 mod basic_auth;
 mod correlation_id;
 mod cors;
@@ -1746,7 +1747,7 @@ mod tests {
         );
         assert_eq!(names("bundled, cors").unwrap().len(), BUNDLED.len());
         assert_eq!(names("off, cors"), Err(RegistryError::OffWithOthers));
-        assert!(matches!(names("oauth2"), Err(RegistryError::Unknown(n, _)) if n == "oauth2"));
+        assert!(matches!(names("proxy-cache"), Err(RegistryError::Unknown(n, _)) if n == "proxy-cache"));
     }
 
     /// Credentials are indexed for the plugins of the registry that read them, and only

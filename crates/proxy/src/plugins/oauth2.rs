@@ -267,43 +267,14 @@ impl Recent {
 /// JSON body, which wins (Kong's `retrieve_parameters`).
 type Params = Map<String, Value>;
 
-fn query_params(ctx: &Ctx<'_>) -> Params {
-    let mut p = Params::new();
-    if let Some(q) = ctx.req.uri.query() {
-        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            p.entry(k.into_owned())
-                .or_insert(Value::String(v.into_owned()));
-        }
-    }
-    p
-}
-
 async fn params(ctx: &mut Ctx<'_>) -> Params {
-    let mut p = query_params(ctx);
+    let mut p = super::args::query(&ctx.req.uri);
     if !matches!(ctx.req.method, Method::POST | Method::PUT | Method::PATCH) {
         return p;
     }
-    let ct = ctx
-        .req
-        .headers
-        .get(hyper::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let Some(body) = ctx.body().await.cloned() else {
-        return p;
-    };
-    if ct.starts_with("application/json") {
-        if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&body) {
-            p.extend(m);
-        }
-    } else if ct.starts_with("application/x-www-form-urlencoded") {
-        let mut seen = std::collections::HashSet::new();
-        for (k, v) in form_urlencoded::parse(&body) {
-            if seen.insert(k.to_string()) {
-                p.insert(k.into_owned(), Value::String(v.into_owned()));
-            }
-        }
+    let headers = ctx.req.headers.clone();
+    if let Some(body) = ctx.body().await {
+        p.extend(super::args::body(&headers, body));
     }
     p
 }
@@ -1326,16 +1297,9 @@ fn hide_parameter(ctx: &mut Ctx<'_>, name: &str) {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-www-form-urlencoded"));
     if ctx.req.method != Method::GET && form {
+        let headers = ctx.req.headers.clone();
         ctx.body.edit(|body| {
-            let kept: Vec<(String, String)> = form_urlencoded::parse(body)
-                .filter(|(k, _)| k != name)
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-            let mut out = form_urlencoded::Serializer::new(String::new());
-            for (k, v) in &kept {
-                out.append_pair(k, v);
-            }
-            Bytes::from(out.finish())
+            super::args::without(&headers, body, name).unwrap_or_else(|| body.clone())
         });
     }
 }

@@ -1013,9 +1013,7 @@ mod multipart {
                     .iter()
                     .position(|p| p.name.as_deref() == Some(&e.name))
                 {
-                    let raw = &parts[i].raw;
-                    let start = find(raw, b"\r\n\r\n", 0).map_or(raw.len(), |s| s + 4);
-                    let value = String::from_utf8_lossy(&raw[start..]).into_owned();
+                    let value = value_of(&parts[i]);
                     parts.retain(|p| p.name.as_deref() != Some(&e.name));
                     parts.push(simple(&new, &value));
                     changed = true;
@@ -1046,15 +1044,60 @@ mod multipart {
         if !changed {
             return None;
         }
+        Some(render_parts(&parts, &b))
+    }
+
+    fn render_parts(parts: &[Part], b: &str) -> Bytes {
         let mut out = Vec::new();
-        for p in &parts {
+        for p in parts {
             out.extend_from_slice(format!("--{b}\r\n").as_bytes());
             out.extend_from_slice(&p.raw);
             out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(format!("--{b}--\r\n").as_bytes());
-        Some(Bytes::from(out))
+        Bytes::from(out)
     }
+
+    fn value_of(p: &Part) -> String {
+        let start = find(&p.raw, b"\r\n\r\n", 0).map_or(p.raw.len(), |s| s + 4);
+        String::from_utf8_lossy(&p.raw[start..]).into_owned()
+    }
+
+    /// The named fields of a body, in order, with their values.
+    pub fn fields(body: &[u8], b: &str) -> Vec<(String, String)> {
+        parse(body, b)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| Some((p.name.clone()?, value_of(p))))
+            .collect()
+    }
+
+    /// The body without the fields named `name`; `None` when it has none.
+    pub fn without(body: &[u8], b: &str, name: &str) -> Option<Bytes> {
+        let mut parts = parse(body, b)?;
+        let before = parts.len();
+        parts.retain(|p| p.name.as_deref() != Some(name));
+        (parts.len() != before).then(|| render_parts(&parts, b))
+    }
+
+    pub fn boundary_of(content_type: &str) -> Option<String> {
+        boundary(content_type)
+    }
+}
+
+/// The boundary of a `multipart/form-data` content type.
+pub(crate) fn multipart_boundary(content_type: &str) -> Option<String> {
+    multipart::boundary_of(content_type)
+}
+
+/// The named fields of a multipart body.
+pub(crate) fn multipart_fields(body: &[u8], boundary: &str) -> Vec<(String, String)> {
+    multipart::fields(body, boundary)
+}
+
+/// A multipart body without the fields named `name`.
+pub(crate) fn multipart_without(body: &[u8], boundary: &str, name: &str) -> Option<Bytes> {
+    multipart::without(body, boundary, name)
 }
 
 #[cfg(test)]
