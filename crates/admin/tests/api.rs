@@ -868,6 +868,7 @@ async fn plugins_a_node_cannot_run_are_refused() {
                 "ip-restriction",
                 "jwt",
                 "key-auth",
+                "oauth2",
                 "prometheus",
                 "rate-limiting",
                 "request-size-limiting",

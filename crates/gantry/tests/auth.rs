@@ -558,7 +558,7 @@ async fn acl_as_kong() {
 
 /// Consumer groups as Kong Enterprise 3.9 serves them: the entity, memberships from both
 /// sides with Kong's bodies and errors, plugins scoped to a group with Kong's precedence
-/// (the first group by name wins), acl's `include_consumer_groups`, and plugins that refuse
+/// (the first group by name wins), acl counting consumer groups, and plugins that refuse
 /// a group scope.
 #[tokio::test]
 async fn consumer_groups_as_kong() {
@@ -715,11 +715,8 @@ async fn consumer_groups_as_kong() {
         assert!(b["consumer_group"]["id"].as_str().is_some(), "{b}");
     }
     // acl counting consumer groups.
-    let acl =
-        json!({"name": "acl", "config": {"allow": ["gold"], "include_consumer_groups": true}});
-    route_with(&http, &node, "golden", &[json!({"name": "key-auth"}), acl]).await;
     let acl = json!({"name": "acl", "config": {"allow": ["gold"]}});
-    route_with(&http, &node, "aclonly", &[json!({"name": "key-auth"}), acl]).await;
+    route_with(&http, &node, "golden", &[json!({"name": "key-auth"}), acl]).await;
     // Plugins that cannot follow a group, and a plugin naming both a consumer and a group.
     for (p, field) in [
         (
@@ -777,8 +774,25 @@ async fn consumer_groups_as_kong() {
         ["bronze", "gold"]
     );
     assert_eq!(get("/golden", "carol").await.0, 403);
-    // Without include_consumer_groups, a consumer group is not an ACL group.
-    assert_eq!(get("/aclonly", "bob").await.0, 403);
+    // Kong 3.9's acl configuration, field for field: no Enterprise field is added.
+    let (_, b) = raw("GET", "/plugins?size=1000".into(), None).await;
+    let acl = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "acl")
+        .unwrap();
+    let mut fields: Vec<&String> = acl["config"].as_object().unwrap().keys().collect();
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "allow",
+            "always_use_authenticated_groups",
+            "deny",
+            "hide_groups_header"
+        ]
+    );
 
     // A membership removed, from either side, applies at once; a group renamed keeps
     // its members; a group deleted takes its memberships and plugins with it.
@@ -1020,7 +1034,7 @@ async fn acl_on_a_data_plane() {
     })
     .await;
     // A consumer group on the control plane, counted by acl on the data plane.
-    let acl = json!({"name": "acl", "config": {"allow": ["vip"], "include_consumer_groups": true}});
+    let acl = json!({"name": "acl", "config": {"allow": ["vip"]}});
     let route = json!({"name": "v", "paths": ["/v"]});
     admin(&http, &cp, "POST", "/services/s/routes", route).await;
     admin(

@@ -734,7 +734,15 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
         &cp,
         "POST",
         "/plugins",
-        json!({"name": "cors", "config": {"origins": ["*"], "allow_origin_absent": false}}),
+        json!({"name": "cors", "config": {"origins": ["*"]}}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/plugins",
+        json!({"name": "key-auth", "config": {"realm": "here"}}),
     )
     .await;
     let all = ["cors", "key-auth", "rate-limiting", "request-termination"];
@@ -778,17 +786,27 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     assert!(major.got.lock().unwrap().is_empty());
     assert!(newer.got.lock().unwrap().is_empty());
     assert!(lacking.got.lock().unwrap().is_empty());
-    // The 0.1.0 data plane got the cors plugin without the 0.2.0 field.
+    // The 0.1.0 data plane got key-auth without the 0.2.0 field.
     {
         let got = older.got.lock().unwrap();
         let (_, cfg) = got.last().unwrap();
-        let conf = &cfg.entities["plugins"][0].doc()["config"];
-        assert_eq!(conf["origins"], json!(["*"]));
-        assert!(conf.get("allow_origin_absent").is_none(), "{conf}");
+        let key_auth = cfg.entities["plugins"]
+            .iter()
+            .map(|p| p.doc())
+            .find(|p| p["name"] == "key-auth")
+            .unwrap();
+        let conf = &key_auth["config"];
+        assert_eq!(conf["key_names"], json!(["apikey"]));
+        assert!(conf.get("realm").is_none(), "{conf}");
     }
     // Removing the plugin makes the lacking data plane compatible: it gets configuration.
     let plugins = admin(&http, &cp, "GET", "/plugins", json!({})).await;
-    let pid = plugins["data"][0]["id"].as_str().unwrap().to_string();
+    let cors = plugins["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "cors");
+    let pid = cors.unwrap()["id"].as_str().unwrap().to_string();
     http.delete(format!("{}/plugins/{pid}", cp.admin))
         .send()
         .await

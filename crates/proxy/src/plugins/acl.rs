@@ -9,10 +9,11 @@
 //! - Allowed: `X-Consumer-Groups` upstream holds the consumer's groups (`a, b`), unless
 //!   `hide_groups_header`. Kong leaves a client's own `X-Consumer-Groups` in place when the
 //!   header is hidden; Gantry removes it, so that an upstream never sees groups a client made up.
-//! - `include_consumer_groups` (Kong Enterprise's, since 3.6): the names of the consumer's
-//!   consumer groups count as groups too, and join `X-Consumer-Groups` after its ACL groups.
-//!   Kong 3.9 merges the two lists by position, so that a consumer group takes the place of an
-//!   ACL group in the header (later releases mend it); Gantry lists each name once.
+//! - Consumer groups: the names of the consumer's consumer groups count as its groups too, and
+//!   join `X-Consumer-Groups` after its ACL groups, each name once. This is Kong Enterprise's
+//!   `include_consumer_groups = true`, always on: Kong 3.9 OSS has neither consumer groups nor
+//!   that field, so its acl configurations (and decK files) stay field for field as they are,
+//!   and a consumer group counts only once a consumer is put in one.
 //! - Kong OSS 3.9 has no plugin that sets authenticated groups without a consumer (its
 //!   Enterprise LDAP and OpenID Connect plugins do), so `always_use_authenticated_groups` has no
 //!   groups to prefer and the consumer's are used, as Kong OSS does.
@@ -33,7 +34,6 @@ struct Acl {
     groups: Vec<String>,
     deny: bool,
     hide_groups_header: bool,
-    include_consumer_groups: bool,
 }
 
 pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build).with_groups();
@@ -51,7 +51,6 @@ fn schema() -> PluginSchema {
             Field::new("always_use_authenticated_groups", boolean())
                 .req()
                 .def(json!(false)),
-            Field::new("include_consumer_groups", boolean()).def(json!(false)),
         ],
     )
     .auth()
@@ -84,7 +83,6 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
         },
         deny: is_deny,
         hide_groups_header: super::conf_bool(c, "hide_groups_header", false),
-        include_consumer_groups: super::conf_bool(c, "include_consumer_groups", false),
     }))
 }
 
@@ -112,11 +110,7 @@ impl Acl {
             return refuse(ctx);
         };
         let acl_groups = ctx.identities.groups(&consumer.id).cloned();
-        let consumer_groups = if self.include_consumer_groups {
-            ctx.identities.consumer_groups(&consumer.id)
-        } else {
-            &[]
-        };
+        let consumer_groups = ctx.identities.consumer_groups(&consumer.id);
         let in_group = acl_groups
             .as_ref()
             .is_some_and(|g| g.names.iter().any(|n| self.groups.contains(n)))

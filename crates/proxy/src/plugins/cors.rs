@@ -7,7 +7,6 @@ use hyper::{Method, Response};
 use regex::Regex;
 use serde_json::{json, Value};
 
-use gantry_model::compat::Version;
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
@@ -26,7 +25,6 @@ struct Cors {
     credentials: bool,
     private_network: bool,
     preflight_continue: bool,
-    allow_origin_absent: bool,
 }
 
 fn list(c: &Value, k: &str) -> Vec<String> {
@@ -60,15 +58,9 @@ fn schema() -> PluginSchema {
             Field::new("preflight_continue", boolean())
                 .req()
                 .def(json!(false)),
-            // Since Gantry 0.2 (`since` below): answer requests without `Origin` with CORS
-            // headers (true, as before) or leave them alone.
-            Field::new("allow_origin_absent", boolean())
-                .req()
-                .def(json!(true)),
         ],
     )
     .auth()
-    .since(&[("config.allow_origin_absent", Version(0, 2, 0))])
 }
 
 fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
@@ -107,10 +99,6 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
             .get("preflight_continue")
             .and_then(Value::as_bool)
             .unwrap_or(false),
-        allow_origin_absent: c
-            .get("allow_origin_absent")
-            .and_then(Value::as_bool)
-            .unwrap_or(true),
     }))
 }
 
@@ -131,9 +119,6 @@ impl Cors {
     }
 
     fn common(&self, origin: Option<&str>, out: &mut Vec<(HeaderName, HeaderValue)>) {
-        if origin.is_none() && !self.allow_origin_absent {
-            return;
-        }
         if let Some(v) = self
             .allow_origin(origin)
             .and_then(|v| HeaderValue::from_str(&v).ok())

@@ -9,6 +9,7 @@ use hyper::header::HeaderValue;
 use hyper::Response;
 use serde_json::{json, Value};
 
+use gantry_model::compat::Version;
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
@@ -65,6 +66,8 @@ fn schema() -> PluginSchema {
         ],
     )
     .auth()
+    // Kong added `realm` in 3.8; a Gantry 0.1 data plane does not know it.
+    .since(&[("config.realm", Version(0, 2, 0))])
 }
 
 fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {

@@ -1747,7 +1747,9 @@ mod tests {
         );
         assert_eq!(names("bundled, cors").unwrap().len(), BUNDLED.len());
         assert_eq!(names("off, cors"), Err(RegistryError::OffWithOthers));
-        assert!(matches!(names("proxy-cache"), Err(RegistryError::Unknown(n, _)) if n == "proxy-cache"));
+        assert!(
+            matches!(names("proxy-cache"), Err(RegistryError::Unknown(n, _)) if n == "proxy-cache")
+        );
     }
 
     /// Credentials are indexed for the plugins of the registry that read them, and only
