@@ -235,10 +235,11 @@ async fn write_one(
         }
         Write::Upsert { key } => {
             let mut d = input;
-            // `PUT /services/my-name` names the entity, whether it exists or not.
+            // `PUT /services/my-name` names the entity, whether it exists or not: the key in
+            // the path wins over one in the body (Kong's `upsert_by_<field>`).
             if !is_uuid(&key) {
                 if let Some(k) = schema.endpoint_key {
-                    d.entry(k).or_insert_with(|| json!(key));
+                    d.insert(k.to_string(), json!(key));
                 }
             }
             match &existing {
@@ -695,10 +696,36 @@ async fn one(
         }
         Method::PUT => {
             let (input, origin) = read_input(st, &headers, body).await?;
-            let how = Write::Upsert {
+            let how = || Write::Upsert {
                 key: key.to_string(),
             };
-            let d = write_one(st, schema, input, origin, how, parent, existing).await?;
+            let first = write_one(
+                st,
+                schema,
+                input.clone(),
+                origin,
+                how(),
+                parent.clone(),
+                existing,
+            )
+            .await;
+            let d = match first {
+                // Another PUT to this key created it meanwhile: this one updates it, as
+                // Kong's single-statement upsert does, rather than answering 409.
+                Err(ApiError::Store(gantry_store::StoreError::Unique { .. }))
+                    if !is_uuid(key) && schema.endpoint_key.is_some() =>
+                {
+                    let now = resolve(
+                        st,
+                        schema,
+                        key,
+                        parent.as_ref().map(|(f, id)| (*f, id.as_str())),
+                    )
+                    .await?;
+                    write_one(st, schema, input, origin, how(), parent, now).await?
+                }
+                other => other?,
+            };
             Ok(Json(shown_full(st, schema, d).await?).into_response())
         }
         Method::DELETE => {

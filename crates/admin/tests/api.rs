@@ -417,6 +417,67 @@ async fn put_upserts_by_id_or_name_and_names_resolve() {
         );
         let f = api.ok("GET", "/consumers?custom_id=c-9", None).await;
         assert_eq!(f["data"][0]["username"], "bob");
+        // The key in the path wins over the body's (Kong's upsert_by_username): this PUT
+        // updates alice and never creates a "carol".
+        api.ok("POST", "/consumers", Some(json!({"username": "alice"})))
+            .await;
+        let a = api
+            .ok(
+                "PUT",
+                "/consumers/alice",
+                Some(json!({"username": "carol", "custom_id": "c-1"})),
+            )
+            .await;
+        assert_eq!(
+            (&a["username"], &a["custom_id"]),
+            (&json!("alice"), &json!("c-1"))
+        );
+        let (st, _) = api.req("GET", "/consumers/carol", None).await;
+        assert_eq!(st, 404);
+        // Concurrent PUTs to one new key: one creates it, the others update it; none is 409.
+        let puts = (0..8).map(|i| {
+            let api = &api;
+            async move {
+                let body = json!({"host": format!("h{i}.example")});
+                api.req("PUT", "/services/raced", Some(body)).await.0
+            }
+        });
+        let statuses = futures_util::future::join_all(puts).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let raced = api.ok("GET", "/services?name=raced", None).await;
+        assert_eq!(raced["data"].as_array().map(Vec::len), Some(1));
+    }
+}
+
+/// A CA certificate's `cert_digest` is the certificate's: recomputed when `cert` changes,
+/// even with the old digest still in the body (as clients send back what they read).
+#[tokio::test]
+async fn cert_digest_follows_the_certificate() {
+    for t in all_stores().await {
+        let api = start(t, &[]).await;
+        let (_, _, ca1) = certs();
+        let (_, _, ca2) = certs();
+        let c = api
+            .ok("POST", "/ca_certificates", Some(json!({"cert": ca1})))
+            .await;
+        let id = c["id"].as_str().unwrap().to_string();
+        let old = c["cert_digest"].clone();
+        let mut back = c.clone();
+        back["cert"] = json!(ca2);
+        for (method, body) in [
+            ("PATCH", json!({"cert": ca2, "cert_digest": old})),
+            ("PUT", back),
+        ] {
+            let u = api
+                .ok(method, &format!("/ca_certificates/{id}"), Some(body))
+                .await;
+            assert_ne!(u["cert_digest"], old, "{method}");
+            assert_eq!(
+                u["cert_digest"].as_str().map(str::len),
+                Some(64),
+                "{method}"
+            );
+        }
     }
 }
 
