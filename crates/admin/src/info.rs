@@ -341,6 +341,12 @@ pub async fn endpoints(State(st): State<Arc<AdminState>>) -> Response {
         "/consumer_groups/{consumer_groups}/consumers/{consumers}",
         "/consumers/{consumers}/consumer_groups",
         "/consumers/{consumers}/consumer_groups/{consumer_groups}",
+        "/upstreams/{upstreams}/health",
+        "/upstreams/{upstreams}/targets/all",
+        "/upstreams/{upstreams}/targets/{targets}/healthy",
+        "/upstreams/{upstreams}/targets/{targets}/unhealthy",
+        "/upstreams/{upstreams}/targets/{targets}/{address}/healthy",
+        "/upstreams/{upstreams}/targets/{targets}/{address}/unhealthy",
     ] {
         paths.insert(p.to_string());
     }

@@ -8,6 +8,7 @@ pub mod clustering;
 mod entities;
 mod error;
 mod groups;
+mod health;
 mod info;
 
 use gantry_model::plugins::Catalog;
@@ -55,6 +56,17 @@ pub struct AdminState {
     pub authorizer: std::sync::OnceLock<Arc<dyn Authorize>>,
     /// The node's log level, for `/debug/node/log-level` (absent: those endpoints answer 404).
     pub log_level: std::sync::OnceLock<Arc<dyn LogLevel>>,
+    /// The proxy's upstream health, on a node that proxies (`/upstreams/{u}/health`).
+    pub balancers: std::sync::OnceLock<Arc<dyn Balancers>>,
+}
+
+/// What the Admin API reads and sets of a proxying node's upstream health.
+pub trait Balancers: Send + Sync {
+    /// Each running target of the upstream `name` with Kong's health (`HEALTHY`,
+    /// `UNHEALTHY`, `HEALTHCHECKS_OFF`); `None` when the upstream is not running.
+    fn health(&self, name: &str) -> Option<Vec<(String, &'static str)>>;
+    /// Mark a running target healthy or not; false when it is not running.
+    fn set_health(&self, name: &str, target: &str, up: bool) -> bool;
 }
 
 /// The node's log level, read and changed at run time by Kong's `/debug/node/log-level`.
@@ -122,6 +134,7 @@ impl AdminState {
             extra_metrics: std::sync::OnceLock::new(),
             authorizer: std::sync::OnceLock::new(),
             log_level: std::sync::OnceLock::new(),
+            balancers: std::sync::OnceLock::new(),
         }
     }
 
@@ -254,6 +267,9 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["debug", "node", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
         ["schemas", "plugins", _] | ["schemas", _] => READ,
+        ["upstreams", _, "health"] | ["upstreams", _, "targets", "all"] => READ,
+        ["upstreams", _, "targets", _, "healthy" | "unhealthy"]
+        | ["upstreams", _, "targets", _, _, "healthy" | "unhealthy"] => "OPTIONS, POST",
         ["consumer_groups", _, "consumers"] | ["consumers", _, "consumer_groups"] => {
             "DELETE, GET, HEAD, OPTIONS, POST"
         }
@@ -327,6 +343,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/clustering/status", get(clustering::status))
         .route("/analytics/requests", get(clustering::analytics))
         .route("/metrics", get(clustering::metrics))
+        .route("/upstreams/{u}/health", any(health::health))
+        .route("/upstreams/{u}/targets/all", any(health::all_targets))
+        .route("/upstreams/{u}/targets/{t}/{state}", any(health::set))
+        .route(
+            "/upstreams/{u}/targets/{t}/{address}/{state}",
+            any(health::set_address),
+        )
         .route("/consumer_groups/{g}", any(groups::item))
         .route(
             "/consumer_groups/{g}/consumers",

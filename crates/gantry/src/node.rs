@@ -559,6 +559,7 @@ where
             state.version_tx.subscribe(),
             rx.clone(),
             writes,
+            &state.balancers,
         )
         .await?
     } else {
@@ -619,8 +620,10 @@ async fn start_proxy(
     versions: tokio::sync::watch::Receiver<i64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     writes: Option<Arc<dyn gantry_model::writes::EntityWriter>>,
+    balancers: &std::sync::OnceLock<Arc<dyn gantry_admin::Balancers>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let proxy = new_proxy(settings)?;
+    let _ = balancers.set(Arc::new(ProxyBalancers(proxy.clone())));
     match writes {
         Some(w) => proxy.writes().set(w),
         None => proxy.writes().set_none(),
@@ -636,6 +639,18 @@ async fn start_proxy(
         feed, store, proxy, versions, shutdown,
     ));
     Ok(tasks)
+}
+
+/// The proxy's upstream health, as the Admin API reads and sets it.
+struct ProxyBalancers(Arc<gantry_proxy::Proxy>);
+
+impl gantry_admin::Balancers for ProxyBalancers {
+    fn health(&self, name: &str) -> Option<Vec<(String, &'static str)>> {
+        self.0.upstream_health(name)
+    }
+    fn set_health(&self, name: &str, target: &str, up: bool) -> bool {
+        self.0.set_target_health(name, target, up)
+    }
 }
 
 /// How often entities whose ttl ran out are deleted. Until then they are already gone to

@@ -2480,3 +2480,148 @@ async fn correlation_id_as_kong() {
     assert_eq!(id.len(), 36, "{id}");
     assert!(!id.contains('#'));
 }
+
+/// Kong's upstream health endpoints: each target's health (`HEALTHY`, `UNHEALTHY`,
+/// `HEALTHCHECKS_OFF`) with its address, the balancer's, every target, and a target marked
+/// unhealthy by hand taking no traffic until marked healthy again.
+#[tokio::test]
+async fn target_health_endpoints_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let (a, b) = (echo().await, echo().await);
+    let checks = json!({"passive": {"unhealthy": {"tcp_failures": 3}}});
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams",
+        json!({"name": "u", "healthchecks": checks}),
+    )
+    .await;
+    admin(&http, &node, "POST", "/upstreams", json!({"name": "plain"})).await;
+    for t in [&a, &b] {
+        admin(
+            &http,
+            &node,
+            "POST",
+            "/upstreams/u/targets",
+            json!({"target": t}),
+        )
+        .await;
+    }
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/plain/targets",
+        json!({"target": a}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "host": "u"}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"paths": ["/h"]}),
+    )
+    .await;
+    until(&http, &node, "/h", 200).await;
+    let get = |path: String| {
+        let http = &http;
+        let url = format!("{}{path}", node.admin);
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let post = |path: String| {
+        let http = &http;
+        let url = format!("{}{path}", node.admin);
+        async move { http.post(url).send().await.unwrap().status().as_u16() }
+    };
+    let health_of = |body: &Value, target: &str| -> Value {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == target)
+            .map(|t| t["health"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let (s, h) = get("/upstreams/u/health".into()).await;
+    assert_eq!(s, 200);
+    assert!(h["node_id"].is_string(), "{h}");
+    assert_eq!(health_of(&h, &a), "HEALTHY", "{h}");
+    let t = h["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == a.as_str())
+        .unwrap();
+    let (ip, port) = a.rsplit_once(':').unwrap();
+    assert_eq!(
+        t["data"]["addresses"][0],
+        json!({"ip": ip, "port": port.parse::<u16>().unwrap(), "health": "HEALTHY", "weight": 100})
+    );
+    let (_, h) = get("/upstreams/plain/health".into()).await;
+    assert_eq!(health_of(&h, &a), "HEALTHCHECKS_OFF", "{h}");
+    let (_, h) = get("/upstreams/u/health?balancer_health=1".into()).await;
+    assert_eq!(h["data"]["health"], "HEALTHY", "{h}");
+    let (_, all) = get("/upstreams/u/targets/all".into()).await;
+    assert_eq!(all["data"].as_array().map(Vec::len), Some(2), "{all}");
+
+    // Marked unhealthy by hand: no traffic, until marked healthy.
+    assert_eq!(
+        post(format!("/upstreams/u/targets/{a}/unhealthy")).await,
+        204
+    );
+    let (_, h) = get("/upstreams/u/health".into()).await;
+    assert_eq!(health_of(&h, &a), "UNHEALTHY", "{h}");
+    let proxy = node.proxy.clone().unwrap();
+    for _ in 0..6 {
+        let seen: Value = http
+            .get(format!("{proxy}/h"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(seen["server"], b.as_str(), "{seen}");
+    }
+    let (_, h) = get("/upstreams/u/health?balancer_health=1".into()).await;
+    assert_eq!(
+        h["data"]["health"], "HEALTHY",
+        "one target of two is up: {h}"
+    );
+    assert_eq!(
+        post(format!("/upstreams/u/targets/{a}/{a}/healthy")).await,
+        204
+    );
+    let (_, h) = get("/upstreams/u/health".into()).await;
+    assert_eq!(health_of(&h, &a), "HEALTHY", "{h}");
+    // What is not there.
+    assert_eq!(
+        post("/upstreams/u/targets/10.9.9.9:1/healthy".into()).await,
+        404
+    );
+    assert_eq!(get("/upstreams/nope/health".into()).await.0, 404);
+    let r = http
+        .get(format!("{}/upstreams/u/targets/{a}/healthy", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}

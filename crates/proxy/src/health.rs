@@ -145,6 +145,22 @@ impl Health {
             .is_some_and(|st| st.down)
     }
 
+    /// Set a target's state by hand (Kong's `POST .../healthy` and `.../unhealthy`): the
+    /// counters start again, and checks move it from there.
+    pub fn set(&self, upstream: &str, target: &str, up: bool) {
+        if let Ok(mut map) = self.states.lock() {
+            let st = map
+                .entry(upstream.to_string())
+                .or_default()
+                .entry(target.to_string())
+                .or_default();
+            *st = State {
+                down: !up,
+                ..State::default()
+            };
+        }
+    }
+
     /// Count an outcome against the thresholds; returns the new up/down state when it changed.
     pub fn report(
         &self,

@@ -577,6 +577,46 @@ impl Proxy {
         m
     }
 
+    /// Kong's health of each target of the upstream `name` in the running configuration
+    /// (`HEALTHY`, `UNHEALTHY`, or `HEALTHCHECKS_OFF` when its checks can mark none down);
+    /// `None` when it is not running.
+    pub fn upstream_health(&self, name: &str) -> Option<Vec<(String, &'static str)>> {
+        let snap = self.snapshot.load();
+        let b = snap.balancers.get(name)?;
+        let on = b.checks.passive.enabled()
+            || b.checks
+                .active
+                .as_ref()
+                .is_some_and(|p| p.thresholds.enabled());
+        Some(
+            b.targets
+                .iter()
+                .map(|t| {
+                    let h = match (on, self.health.is_up(name, t)) {
+                        (false, _) => "HEALTHCHECKS_OFF",
+                        (true, true) => "HEALTHY",
+                        (true, false) => "UNHEALTHY",
+                    };
+                    (t.clone(), h)
+                })
+                .collect(),
+        )
+    }
+
+    /// Mark a target of the upstream `name` healthy or not, by hand; false when the running
+    /// configuration has no such target.
+    pub fn set_target_health(&self, name: &str, target: &str, up: bool) -> bool {
+        let snap = self.snapshot.load();
+        let known = snap
+            .balancers
+            .get(name)
+            .is_some_and(|b| b.targets.iter().any(|t| t == target));
+        if known {
+            self.health.set(name, target, up);
+        }
+        known
+    }
+
     /// Every target of the running configuration, by upstream name in order, and whether
     /// health checks let it take traffic.
     fn each_target(&self, mut f: impl FnMut(&str, &str, bool)) {
