@@ -44,20 +44,36 @@ pub fn decode(headers: &HeaderMap, bytes: &[u8]) -> Result<(Map<String, Value>, 
             Ok(_) => Err(ApiError::BadRequest("Cannot parse JSON body: expected an object".into())),
             Err(e) => Err(ApiError::BadRequest(format!("Cannot parse JSON body: {e}"))),
         },
-        "multipart/form-data" => Err(ApiError::UnsupportedMedia(
-            "multipart/form-data bodies are not supported; send application/json or application/x-www-form-urlencoded"
-                .into(),
-        )),
+        "multipart/form-data" => Ok((parse_multipart(headers, bytes)?, Origin::Form)),
         other => Err(ApiError::UnsupportedMedia(format!(
-            "unsupported content type '{other}'; send application/json or application/x-www-form-urlencoded"
+            "unsupported content type '{other}'; send application/json, application/x-www-form-urlencoded or multipart/form-data"
         ))),
     }
 }
 
 /// `a.b=1&a.c[]=x&a.c[]=y&d=1&d=2` into `{"a": {"b": "1", "c": ["x", "y"]}, "d": ["1", "2"]}`.
 pub fn parse_form(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    pairs_to_map(form_pairs(bytes)?)
+}
+
+/// A `multipart/form-data` body's fields (a file part's content is its value), with the keys
+/// of a form body (`a.b`, `a[]`, `a[1]`).
+pub fn parse_multipart(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let b = gantry_model::multipart::boundary(ct).ok_or_else(|| {
+        ApiError::BadRequest("multipart/form-data body without a boundary".into())
+    })?;
+    let fields = gantry_model::multipart::fields(bytes, &b)
+        .ok_or_else(|| ApiError::BadRequest("Cannot parse multipart/form-data body".into()))?;
+    pairs_to_map(fields)
+}
+
+fn pairs_to_map(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ApiError> {
     let mut root = Map::new();
-    for (k, v) in form_pairs(bytes)? {
+    for (k, v) in pairs {
         let mut path: Vec<Seg> = Vec::new();
         for part in k.split('.') {
             let (name, idx) = match part.find('[') {

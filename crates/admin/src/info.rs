@@ -199,8 +199,12 @@ pub async fn post_config(
     let bytes = body::read(body, st.settings.admin_body_max).await?;
     let mt = body::media_type(&headers);
     let doc: Value = match mt.as_str() {
-        "application/x-www-form-urlencoded" => {
-            let form = body::parse_form(&bytes)?;
+        "application/x-www-form-urlencoded" | "multipart/form-data" => {
+            let form = if mt == "multipart/form-data" {
+                body::parse_multipart(&headers, &bytes)?
+            } else {
+                body::parse_form(&bytes)?
+            };
             match form.get("config") {
                 Some(Value::String(text)) => declarative::parse_text(text)?,
                 _ => return Err(ApiError::BadRequest("missing form field 'config'".into())),

@@ -1619,3 +1619,72 @@ async fn certificates_take_snis_inline_and_are_found_by_name() {
         assert_ne!(n["id"], id.as_str());
     }
 }
+
+/// A `multipart/form-data` body of `(name, filename, content)` parts; its content type.
+fn multipart(parts: &[(&str, Option<&str>, &str)]) -> (String, Vec<u8>) {
+    let b = "gantryBOUNDARY7";
+    let mut out = String::new();
+    for (name, file, content) in parts {
+        out.push_str(&format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"{name}\""
+        ));
+        if let Some(f) = file {
+            out.push_str(&format!(
+                "; filename=\"{f}\"\r\nContent-Type: application/octet-stream"
+            ));
+        }
+        out.push_str(&format!("\r\n\r\n{content}\r\n"));
+    }
+    out.push_str(&format!("--{b}--\r\n"));
+    (
+        format!("multipart/form-data; boundary={b}"),
+        out.into_bytes(),
+    )
+}
+
+/// `multipart/form-data` bodies on the entity endpoints (fields as form fields, files as
+/// their content) and on `POST /config`, as Kong takes them.
+#[tokio::test]
+async fn multipart_bodies_as_kong() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let (ct, body) = multipart(&[
+        ("name", None, "mp"),
+        ("host", None, "mp.example"),
+        ("port", None, "8080"),
+        ("tags[1]", None, "a"),
+        ("tags[2]", None, "b"),
+    ]);
+    let (s, svc) = api.raw("POST", "/services", &ct, body).await;
+    assert_eq!(s, 201, "{svc}");
+    assert_eq!(
+        (&svc["port"], &svc["tags"]),
+        (&json!(8080), &json!(["a", "b"]))
+    );
+    let (cert, key, _) = certs();
+    let (ct, body) = multipart(&[
+        ("cert", Some("cert.pem"), &cert),
+        ("key", Some("key.pem"), &key),
+        ("snis[]", None, "mp.example"),
+    ]);
+    let (s, c) = api.raw("POST", "/certificates", &ct, body).await;
+    assert_eq!(s, 201, "{c}");
+    assert_eq!(c["snis"], json!(["mp.example"]));
+    // A bad field is named, as from any other body.
+    let (ct, body) = multipart(&[("name", None, "x"), ("port", None, "eighty")]);
+    let (s, e) = api.raw("POST", "/services", &ct, body).await;
+    assert_eq!(s, 400);
+    assert!(e["fields"]["port"].is_string(), "{e}");
+    let (s, e) = api
+        .raw("POST", "/services", "multipart/form-data", b"x".to_vec())
+        .await;
+    assert_eq!(s, 400, "{e}");
+
+    let off = start(gantry_testkit::sqlite_store().await, &[("database", "off")]).await;
+    let yaml = "_format_version: \"3.0\"\nservices:\n- name: from-file\n  url: http://f.example\n";
+    let (ct, body) = multipart(&[("config", Some("kong.yml"), yaml)]);
+    let (s, b) = off.raw("POST", "/config", &ct, body).await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["entities"]["services"], 1);
+    let got = off.ok("GET", "/services/from-file", None).await;
+    assert_eq!(got["host"], "f.example");
+}

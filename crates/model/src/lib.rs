@@ -18,6 +18,7 @@ pub mod entities;
 pub mod entity;
 pub mod hash;
 pub mod healthchecks;
+pub mod multipart;
 pub mod pem;
 pub mod plugins;
 pub mod schema;

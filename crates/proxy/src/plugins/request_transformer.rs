@@ -921,69 +921,10 @@ impl Plugin for RequestTransformer {
 mod multipart {
     use super::{Entry, Env, Ops};
     use bytes::Bytes;
-
-    struct Part {
-        name: Option<String>,
-        /// The part as it came: its headers and content.
-        raw: Vec<u8>,
-    }
-
-    fn boundary(content_type: &str) -> Option<String> {
-        content_type.split(';').find_map(|p| {
-            let (k, v) = p.trim().split_once('=')?;
-            k.trim()
-                .eq_ignore_ascii_case("boundary")
-                .then(|| v.trim().trim_matches('"').to_string())
-        })
-    }
-
-    fn name_of(head: &[u8]) -> Option<String> {
-        let head = String::from_utf8_lossy(head);
-        head.lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("content-disposition:"))
-            .and_then(|l| {
-                l.split(';').find_map(|p| {
-                    let (k, v) = p.trim().split_once('=')?;
-                    (k.trim() == "name").then(|| v.trim().trim_matches('"').to_string())
-                })
-            })
-    }
-
-    fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-        hay.get(from..)?
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .map(|p| p + from)
-    }
-
-    fn parse(body: &[u8], b: &str) -> Option<Vec<Part>> {
-        let delim = format!("--{b}");
-        let d = delim.as_bytes();
-        let mut at = find(body, d, 0)? + d.len();
-        let mut parts = Vec::new();
-        loop {
-            if body.get(at..at + 2) == Some(b"--") {
-                return Some(parts);
-            }
-            // The CRLF after the delimiter.
-            at += 2;
-            let next = find(body, format!("\r\n{delim}").as_bytes(), at)?;
-            let raw = body[at..next].to_vec();
-            let head_end = find(&raw, b"\r\n\r\n", 0).unwrap_or(raw.len());
-            parts.push(Part {
-                name: name_of(&raw[..head_end]),
-                raw,
-            });
-            at = next + 2 + d.len();
-        }
-    }
+    use gantry_model::multipart::{boundary, parse, Part};
 
     fn simple(name: &str, value: &str) -> Part {
-        Part {
-            name: Some(name.to_string()),
-            raw: format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}")
-                .into_bytes(),
-        }
+        Part::simple(name, value)
     }
 
     /// Kong's rename, remove, replace and add on the fields (no append); the body written
@@ -1048,28 +989,16 @@ mod multipart {
     }
 
     fn render_parts(parts: &[Part], b: &str) -> Bytes {
-        let mut out = Vec::new();
-        for p in parts {
-            out.extend_from_slice(format!("--{b}\r\n").as_bytes());
-            out.extend_from_slice(&p.raw);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(format!("--{b}--\r\n").as_bytes());
-        Bytes::from(out)
+        Bytes::from(gantry_model::multipart::render(parts, b))
     }
 
     fn value_of(p: &Part) -> String {
-        let start = find(&p.raw, b"\r\n\r\n", 0).map_or(p.raw.len(), |s| s + 4);
-        String::from_utf8_lossy(&p.raw[start..]).into_owned()
+        String::from_utf8_lossy(p.content()).into_owned()
     }
 
     /// The named fields of a body, in order, with their values.
     pub fn fields(body: &[u8], b: &str) -> Vec<(String, String)> {
-        parse(body, b)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| Some((p.name.clone()?, value_of(p))))
-            .collect()
+        gantry_model::multipart::fields(body, b).unwrap_or_default()
     }
 
     /// The body without the fields named `name`; `None` when it has none.
