@@ -191,9 +191,9 @@ impl Settings {
             let all = Listen::parse_list(&get(k)).map_err(|r| refuse(r.0))?;
             for l in &all {
                 // Flags Gantry cannot honour are refused, never ignored.
-                if l.proxy_protocol {
+                if l.proxy_protocol && k != "proxy_listen" {
                     return Err(refuse(format!(
-                        "'{}': proxy_protocol (the PROXY protocol) is not supported yet; remove the flag",
+                        "'{}': proxy_protocol (the PROXY protocol) is taken on proxy_listen only",
                         l.addr
                     )));
                 }

@@ -740,6 +740,7 @@ pub async fn serve_proxy_listeners(
         tasks.push(tokio::spawn(proxy.clone().serve(
             tcp,
             tls,
+            l.proxy_protocol,
             shutdown.clone(),
         )));
     }

@@ -373,7 +373,8 @@ async fn aio_kong_client_works_unchanged() {
 
 /// Listen flags are built or refused: `backlog=`, `so_keepalive=` (connections the proxy
 /// accepts carry TCP keepalive, as `ss` shows), `bind` and `reuseport` run; `deferred`,
-/// `proxy_protocol` and TLS on `status_listen` stop the start, naming the setting.
+/// `proxy_protocol` elsewhere than on `proxy_listen` and TLS on `status_listen` stop the
+/// start, naming the setting.
 #[tokio::test]
 async fn listen_flags_are_built_or_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,7 +383,7 @@ async fn listen_flags_are_built_or_refused() {
     for (key, value, says) in [
         ("KONG_PROXY_LISTEN", "127.0.0.1:0 deferred", "deferred"),
         (
-            "KONG_PROXY_LISTEN",
+            "KONG_ADMIN_LISTEN",
             "127.0.0.1:0 proxy_protocol",
             "proxy_protocol",
         ),

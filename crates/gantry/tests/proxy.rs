@@ -2625,3 +2625,74 @@ async fn target_health_endpoints_as_kong() {
         .unwrap();
     assert_eq!(r.status(), 405);
 }
+
+/// Send `raw` on a new connection to `addr` and read until it closes.
+async fn exchange(addr: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The PROXY protocol on `proxy_listen`: v1 from curl (`--haproxy-protocol`) and v1 and v2
+/// written by hand name the client, which `real_ip_header = proxy_protocol` makes the
+/// client address for a trusted load balancer; a connection without a header is closed.
+#[tokio::test]
+async fn proxy_protocol_names_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = gantry_testkit::process::env(&[
+        ("KONG_PROXY_LISTEN", "127.0.0.1:0 proxy_protocol"),
+        ("KONG_TRUSTED_IPS", "127.0.0.1"),
+        ("KONG_REAL_IP_HEADER", "proxy_protocol"),
+    ]);
+    let node = Node::start(dir.path(), &env);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    service_and_route(&http, &node, &up, "/pp").await;
+    let deny = json!({"name": "ip-restriction", "config": {"deny": ["198.51.100.0/24"]}});
+    admin(&http, &node, "POST", "/routes/r/plugins", deny).await;
+    synced(&http, &node).await;
+    let addr = node.proxy.clone().unwrap();
+    let addr = addr.trim_start_matches("http://").to_string();
+    let request = "GET /pp HTTP/1.1\r\nHost: pp.example\r\nConnection: close\r\n\r\n";
+    let seen = |out: &str| -> Value {
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        serde_json::from_str(body).unwrap_or(Value::Null)
+    };
+    let v1 = format!("PROXY TCP4 192.0.2.7 127.0.0.1 5555 80\r\n{request}");
+    let out = exchange(&addr, v1.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let got = seen(&out);
+    assert_eq!(got["headers"]["x-real-ip"], "192.0.2.7", "{got}");
+    assert_eq!(got["headers"]["x-forwarded-for"], "192.0.2.7", "{got}");
+    // v2, PROXY over TCP/IPv4.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x21, 0x11, 0, 12, 203, 0, 113, 9, 127, 0, 0, 1]);
+    v2.extend_from_slice(&40000u16.to_be_bytes());
+    v2.extend_from_slice(&80u16.to_be_bytes());
+    v2.extend_from_slice(request.as_bytes());
+    let out = exchange(&addr, &v2).await;
+    assert_eq!(seen(&out)["headers"]["x-real-ip"], "203.0.113.9", "{out}");
+    // The named client is the one ip-restriction judges.
+    let denied = format!("PROXY TCP4 198.51.100.4 127.0.0.1 5555 80\r\n{request}");
+    let out = exchange(&addr, denied.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+    // Without a header: closed, nothing answered.
+    assert_eq!(exchange(&addr, request.as_bytes()).await, "");
+    // curl's own v1 header: the real connection's address.
+    // curl blocks: off this runtime, which runs the upstream too.
+    let url = format!("http://{addr}/pp");
+    let (ok, out, err) =
+        tokio::task::spawn_blocking(move || curl(&["-s", "--haproxy-protocol", &url]))
+            .await
+            .unwrap();
+    assert!(ok, "{err}");
+    let got: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(got["headers"]["x-real-ip"], "127.0.0.1", "{got}");
+}

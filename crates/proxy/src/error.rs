@@ -62,8 +62,6 @@ pub enum SetupError {
     OffCombined { setting: &'static str },
     #[error("trusted_ips: '{0}' is not an IP address or a CIDR block")]
     TrustedIp(String),
-    #[error("real_ip_header: proxy_protocol is not supported")]
-    ProxyProtocol,
     #[error("real_ip_header: '{0}' is not a header name")]
     RealIpHeader(String),
     #[error("cannot read the system's DNS configuration: {0}")]

@@ -18,6 +18,7 @@ pub mod names;
 pub mod plugins;
 pub mod pool;
 pub mod probe;
+pub mod proxy_protocol;
 pub mod redis;
 pub mod router;
 pub mod server;

@@ -381,6 +381,8 @@ pub struct ConnInfo {
     pub https: bool,
     /// The server name the client asked for in its TLS handshake.
     pub sni: Option<String>,
+    /// The client a PROXY protocol header named (listeners with `proxy_protocol`).
+    pub proxy_protocol: Option<SocketAddr>,
     /// The client's address and the listener's port, as header values.
     peer_ip: HeaderValue,
     port_value: HeaderValue,
@@ -396,6 +398,7 @@ impl ConnInfo {
             local_port,
             https,
             sni,
+            proxy_protocol: None,
         }
     }
 }
@@ -514,7 +517,7 @@ impl Proxy {
                 trusted: false,
             };
         };
-        let ip = trust.client(peer, headers);
+        let ip = trust.client(peer, headers, conn.proxy_protocol.map(|a| a.ip()));
         Client {
             ip,
             value: if ip == peer {
@@ -717,12 +720,14 @@ impl Proxy {
         crate::tls::acceptor(self.snapshot.clone())
     }
 
-    /// Serve one listener (TLS when `tls` is given) until `shutdown` turns true; connections in
+    /// Serve one listener (TLS when `tls` is given, each connection opening with a PROXY
+    /// protocol header when `proxy_protocol`) until `shutdown` turns true; connections in
     /// flight finish first. HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in clear).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        proxy_protocol: bool,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -743,17 +748,14 @@ impl Proxy {
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
                     tokio::spawn(async move {
-                        match tls {
-                            None => me.serve_conn(TokioIo::new(stream), peer, local_port, false, None, watcher).await,
-                            Some(acc) => {
-                                let hs = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await;
-                                let Ok(Ok(tls_stream)) = hs else {
-                                    tracing::debug!(%peer, "TLS handshake failed or timed out");
-                                    return;
-                                };
-                                let sni = tls_stream.get_ref().1.server_name().map(str::to_string);
-                                me.serve_conn(TokioIo::new(tls_stream), peer, local_port, true, sni, watcher).await
+                        if !proxy_protocol {
+                            return me.accept(stream, peer, local_port, tls, None, watcher).await;
+                        }
+                        match crate::proxy_protocol::accept(stream, me.header_timeout).await {
+                            Ok((stream, client)) => {
+                                me.accept(stream, peer, local_port, tls, client, watcher).await
                             }
+                            Err(e) => tracing::info!(client = %peer, error = %e, "connection closed: the listener takes the PROXY protocol"),
                         }
                     });
                 }
@@ -769,18 +771,45 @@ impl Proxy {
         let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
     }
 
+    /// One accepted connection: its TLS handshake when the listener has TLS, then HTTP.
+    async fn accept<S>(
+        self: Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        local_port: u16,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        proxy_protocol: Option<SocketAddr>,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let mut conn = ConnInfo::new(peer, local_port, tls.is_some(), None);
+        conn.proxy_protocol = proxy_protocol;
+        match tls {
+            None => self.serve_conn(TokioIo::new(stream), conn, watcher).await,
+            Some(acc) => {
+                let hs = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await;
+                let Ok(Ok(tls_stream)) = hs else {
+                    tracing::debug!(%peer, "TLS handshake failed or timed out");
+                    return;
+                };
+                conn.sni = tls_stream.get_ref().1.server_name().map(str::to_string);
+                self.serve_conn(TokioIo::new(tls_stream), conn, watcher)
+                    .await
+            }
+        }
+    }
+
     async fn serve_conn<I>(
         self: Arc<Self>,
         io: I,
-        peer: SocketAddr,
-        local_port: u16,
-        https: bool,
-        sni: Option<String>,
+        conn: ConnInfo,
         watcher: hyper_util::server::graceful::Watcher,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
-        let conn = Arc::new(ConnInfo::new(peer, local_port, https, sni));
+        let peer = conn.peer;
+        let conn = Arc::new(conn);
         let me = self.clone();
         let svc = hyper::service::service_fn(move |req| {
             let me = me.clone();

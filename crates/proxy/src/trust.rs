@@ -45,7 +45,9 @@ impl IpSet {
 #[derive(Debug, Clone)]
 pub struct Trust {
     nets: IpSet,
-    header: HeaderName,
+    /// `real_ip_header`: a header, or (`None`) `proxy_protocol`, the address a connection's
+    /// PROXY protocol header named.
+    header: Option<HeaderName>,
     recursive: bool,
 }
 
@@ -54,7 +56,7 @@ impl Default for Trust {
     fn default() -> Trust {
         Trust {
             nets: IpSet::default(),
-            header: crate::names::X_REAL_IP,
+            header: Some(crate::names::X_REAL_IP),
             recursive: false,
         }
     }
@@ -83,11 +85,14 @@ impl Trust {
         )
         .map_err(|t| crate::error::SetupError::TrustedIp(t.to_string()))?;
         let name = real_ip_header.trim();
-        if name.eq_ignore_ascii_case("proxy_protocol") {
-            return Err(crate::error::SetupError::ProxyProtocol);
-        }
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| crate::error::SetupError::RealIpHeader(name.to_string()))?;
+        let header = if name.eq_ignore_ascii_case("proxy_protocol") {
+            None
+        } else {
+            Some(
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| crate::error::SetupError::RealIpHeader(name.to_string()))?,
+            )
+        };
         Ok(Trust {
             nets,
             header,
@@ -111,19 +116,24 @@ impl Trust {
     /// right that is not trusted itself. Reading stops at an entry that is not an address,
     /// keeping the last good one (the peer when it is the last entry), so a client cannot
     /// slip an address past a proxy's. Another header gives the address its first line holds.
-    pub fn client(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// With `real_ip_header = proxy_protocol`, a trusted peer's client is the one its PROXY
+    /// protocol header named (`proxied`), if any.
+    pub fn client(&self, peer: IpAddr, headers: &HeaderMap, proxied: Option<IpAddr>) -> IpAddr {
         if self.nets.is_empty() || !self.trusts(peer) {
             return peer;
         }
-        if self.header != crate::names::X_FORWARDED_FOR {
+        let Some(header) = &self.header else {
+            return proxied.unwrap_or(peer);
+        };
+        if *header != crate::names::X_FORWARDED_FOR {
             return headers
-                .get(&self.header)
+                .get(header)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| parse_addr(v.trim()))
                 .unwrap_or(peer);
         }
         let joined: Vec<&str> = headers
-            .get_all(&self.header)
+            .get_all(header)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -180,7 +190,10 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let lb = ip("10.0.0.5");
         let none = Trust::default();
-        assert_eq!(none.client(lb, &headers("x-real-ip", &["1.2.3.4"])), lb);
+        assert_eq!(
+            none.client(lb, &headers("x-real-ip", &["1.2.3.4"]), None),
+            lb
+        );
 
         let t = Trust::parse("10.0.0.0/8, 192.0.2.1", "X-Real-IP", false).unwrap();
         let mapped = Trust::parse("::ffff:10.0.0.0/104", "X-Real-IP", false).unwrap();
@@ -188,42 +201,54 @@ mod tests {
         assert!(t.trusts(lb) && t.trusts(ip("192.0.2.1")) && !t.trusts(ip("192.0.2.2")));
         assert!(t.trusts(ip("::ffff:10.1.2.3")), "IPv4-mapped peers");
         assert_eq!(
-            t.client(lb, &headers("x-real-ip", &["1.2.3.4"])),
+            t.client(lb, &headers("x-real-ip", &["1.2.3.4"]), None),
             ip("1.2.3.4")
         );
-        assert_eq!(t.client(lb, &headers("x-real-ip", &["garbage"])), lb);
-        assert_eq!(t.client(lb, &HeaderMap::new()), lb);
+        assert_eq!(t.client(lb, &headers("x-real-ip", &["garbage"]), None), lb);
+        assert_eq!(t.client(lb, &HeaderMap::new(), None), lb);
         // Untrusted peers are their own client, whatever they send.
         let other = ip("203.0.113.9");
-        assert_eq!(t.client(other, &headers("x-real-ip", &["1.2.3.4"])), other);
+        assert_eq!(
+            t.client(other, &headers("x-real-ip", &["1.2.3.4"]), None),
+            other
+        );
 
         let xff = |recursive| Trust::parse("10.0.0.0/8", "X-Forwarded-For", recursive).unwrap();
         let h = headers("x-forwarded-for", &["1.2.3.4, 10.0.0.7", "10.0.0.8"]);
         assert_eq!(
-            xff(false).client(lb, &h),
+            xff(false).client(lb, &h, None),
             ip("10.0.0.8"),
             "the last address"
         );
         assert_eq!(
-            xff(true).client(lb, &h),
+            xff(true).client(lb, &h, None),
             ip("1.2.3.4"),
             "the last untrusted one"
         );
         let all_trusted = headers("x-forwarded-for", &["10.0.0.1, 10.0.0.2"]);
-        assert_eq!(xff(true).client(lb, &all_trusted), ip("10.0.0.1"));
+        assert_eq!(xff(true).client(lb, &all_trusted, None), ip("10.0.0.1"));
         let v6 = headers("x-forwarded-for", &["[2001:db8::1]:443"]);
-        assert_eq!(xff(false).client(lb, &v6), ip("2001:db8::1"));
+        assert_eq!(xff(false).client(lb, &v6, None), ip("2001:db8::1"));
 
         // An entry that is not an address stops the reading (nginx): no address past it.
         let bad_last = headers("x-forwarded-for", &["198.51.100.1, unknown"]);
-        assert_eq!(xff(false).client(lb, &bad_last), lb);
+        assert_eq!(xff(false).client(lb, &bad_last, None), lb);
         let bad_middle = headers("x-forwarded-for", &["198.51.100.1, garbage, 10.0.0.7"]);
-        assert_eq!(xff(true).client(lb, &bad_middle), ip("10.0.0.7"));
+        assert_eq!(xff(true).client(lb, &bad_middle, None), ip("10.0.0.7"));
         let e = Trust::parse("10.0.0.0/8, nonsense", "X-Real-IP", false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_ips") && e.contains("nonsense"), "{e}");
-        assert!(Trust::parse("", "proxy_protocol", false).is_err());
+        // proxy_protocol: the address a trusted peer's PROXY protocol header named.
+        let pp = Trust::parse("10.0.0.0/8", "proxy_protocol", false).unwrap();
+        let none = HeaderMap::new();
+        assert_eq!(pp.client(lb, &none, Some(ip("192.0.2.9"))), ip("192.0.2.9"));
+        assert_eq!(pp.client(lb, &none, None), lb);
+        assert_eq!(
+            pp.client(ip("203.0.113.1"), &none, Some(ip("192.0.2.9"))),
+            ip("203.0.113.1"),
+            "an untrusted peer is the client"
+        );
         assert!(Trust::parse("unix:, ::/0", "X-Real-IP", false)
             .unwrap()
             .trusts(ip("::1")));

@@ -178,7 +178,7 @@ async fn a_test_plugin_waits_on_io_and_keeps_state_for_the_log_phase() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(proxy.clone().serve(listener, None, stopped));
+    let serving = tokio::spawn(proxy.clone().serve(listener, None, false, stopped));
 
     let http = reqwest::Client::new();
     let get = |path: &str, token: &str| {
@@ -340,7 +340,7 @@ async fn a_test_plugin_reads_the_body_edits_the_upstream_request_and_stops_retri
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let serving = tokio::spawn(proxy.clone().serve(listener, None, stopped));
+    let serving = tokio::spawn(proxy.clone().serve(listener, None, false, stopped));
     let http = reqwest::Client::new();
 
     // The body is read whole, replaced, and sent with its new length; the upstream request
