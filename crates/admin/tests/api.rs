@@ -1688,3 +1688,86 @@ async fn multipart_bodies_as_kong() {
     let got = off.ok("GET", "/services/from-file", None).await;
     assert_eq!(got["host"], "f.example");
 }
+
+/// Kong's `keys` and `key-sets`: JWK and PEM keys with Kong's checks, keys under their set,
+/// found by name, and gone with their set.
+#[tokio::test]
+async fn keys_and_key_sets_as_kong() {
+    use base64::Engine;
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let set = api
+        .ok("POST", "/key-sets", Some(json!({"name": "signing"})))
+        .await;
+    let jwk =
+        json!({"kty": "EC", "crv": "P-256", "kid": "k1", "x": b64(&[7; 32]), "y": b64(&[9; 32])});
+    let k = api
+        .ok(
+            "POST",
+            "/key-sets/signing/keys",
+            Some(json!({"name": "one", "kid": "k1", "jwk": jwk.to_string()})),
+        )
+        .await;
+    assert_eq!(k["set"]["id"], set["id"]);
+    assert_eq!(k["pem"], Value::Null);
+    let pair = rcgen::KeyPair::generate().unwrap();
+    let pem = json!({"private_key": pair.serialize_pem(), "public_key": pair.public_key_pem()});
+    let k2 = api
+        .ok(
+            "POST",
+            "/keys",
+            Some(json!({"name": "two", "kid": "k2", "pem": pem, "set": {"name": "signing"}})),
+        )
+        .await;
+    assert_eq!(k2["pem"]["public_key"], pair.public_key_pem());
+    assert_eq!(api.ok("GET", "/keys/two", None).await["kid"], "k2");
+    let listed = api.ok("GET", "/key-sets/signing/keys", None).await;
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2));
+    // Kong's checks.
+    let other = rcgen::KeyPair::generate().unwrap();
+    for (body, field, message) in [
+        (
+            json!({"kid": "x"}),
+            "@entity",
+            json!(["at least one of these fields must be non-empty: 'jwk', 'pem'"]),
+        ),
+        (
+            json!({"kid": "k1", "jwk": jwk.to_string(), "pem": pem}),
+            "@entity",
+            json!(["only one or none of these fields must be set: 'jwk', 'pem'"]),
+        ),
+        (
+            json!({"kid": "other", "jwk": jwk.to_string()}),
+            "@entity",
+            json!(["kid in jwk.kid must be equal to keys.kid"]),
+        ),
+        (
+            json!({"kid": "k1", "jwk": "{nope"}),
+            "@entity",
+            json!(["could not json decode jwk string"]),
+        ),
+        (
+            json!({"kid": "k9", "jwk": json!({"kty": "EC", "crv": "P-256", "kid": "k9", "x": "AA"}).to_string()}),
+            "@entity",
+            json!(["could not load JWK, likely not a valid key"]),
+        ),
+        (
+            json!({"kid": "k3", "pem": {"private_key": pair.serialize_pem(), "public_key": other.public_key_pem()}}),
+            "pem",
+            json!("public key does not match private key"),
+        ),
+        (
+            json!({"kid": "k4", "pem": {"public_key": "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"}}),
+            "pem",
+            json!("could not load public key"),
+        ),
+    ] {
+        let (s, b) = api.req("POST", "/keys", Some(body.clone())).await;
+        assert_eq!(s, 400, "{body} -> {b}");
+        assert_eq!(b["fields"][field], message, "{body} -> {b}");
+    }
+    // A set deleted takes its keys.
+    api.ok("DELETE", "/key-sets/signing", None).await;
+    let left = api.ok("GET", "/keys", None).await;
+    assert_eq!(left["data"], json!([]));
+}

@@ -409,6 +409,46 @@ pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
             checks: no_checks,
         },
         EntitySchema {
+            name: "key_sets",
+            admin_path: "key-sets",
+            nested: &[],
+            fields: vec![
+                id(),
+                Field::new("name", string()).unique(),
+                tags(),
+                created_at(),
+                updated_at(),
+            ],
+            endpoint_key: Some("name"),
+            cache_key: None,
+            checks: no_checks,
+        },
+        EntitySchema {
+            name: "keys",
+            admin_path: "keys",
+            nested: &[("key_sets", "keys")],
+            fields: vec![
+                id(),
+                Field::new("set", foreign("key_sets", OnDelete::Cascade)),
+                Field::new("name", string()).unique(),
+                Field::new("kid", string()).req(),
+                Field::new("jwk", string()).secret(),
+                Field::new(
+                    "pem",
+                    record(vec![
+                        Field::new("private_key", string()).secret(),
+                        Field::new("public_key", string()),
+                    ]),
+                ),
+                tags(),
+                created_at(),
+                updated_at(),
+            ],
+            endpoint_key: Some("name"),
+            cache_key: Some(&["kid", "set"]),
+            checks: key_checks,
+        },
+        EntitySchema {
             name: "keyauth_credentials",
             admin_path: "key-auths",
             nested: &[("consumers", "key-auth")],
@@ -820,6 +860,46 @@ fn ca_certificate_checks(d: &Doc, e: &mut FieldErrors) {
             // is completed, as Kong recomputes it on every write of `cert`.
             Ok(_) => {}
             Err(m) => e.add("cert", m.0),
+        }
+    }
+}
+
+/// Kong's checks of a key: a JWK or a PEM pair (one, not both); a JWK whose `kid` is the
+/// key's and that reads as a key; PEM keys that read, a public key that is the private key's.
+fn key_checks(d: &Doc, e: &mut FieldErrors) {
+    match (is_set(d, "jwk"), is_set(d, "pem")) {
+        (true, true) => {
+            e.add_entity("only one or none of these fields must be set: 'jwk', 'pem'");
+            return;
+        }
+        (false, false) => {
+            e.add_entity("at least one of these fields must be non-empty: 'jwk', 'pem'");
+            return;
+        }
+        _ => {}
+    }
+    if let Some(jwk) = d.get("jwk").and_then(Value::as_str) {
+        let Ok(Value::Object(j)) = serde_json::from_str::<Value>(jwk) else {
+            e.add_entity("could not json decode jwk string");
+            return;
+        };
+        if j.get("kid").and_then(Value::as_str) != d.get("kid").and_then(Value::as_str) {
+            e.add_entity("kid in jwk.kid must be equal to keys.kid");
+            return;
+        }
+        if !crate::pem::jwk_is_key(&j) {
+            e.add_entity("could not load JWK, likely not a valid key");
+        }
+    }
+    if let Some(Value::Object(pem)) = d.get("pem") {
+        let s = |k: &str| pem.get(k).and_then(Value::as_str);
+        let (private, public) = (s("private_key"), s("public_key"));
+        if private.is_none() && public.is_none() {
+            e.add_entity("need to supply a PEM formatted public and/or private key.");
+            return;
+        }
+        if let Err(m) = crate::pem::check_key_pair(private, public) {
+            e.add("pem", m.0);
         }
     }
 }
