@@ -473,6 +473,11 @@ fn shown(plugins: &Catalog, schema: &EntitySchema, mut d: Doc) -> Value {
         d.insert("ttl".into(), json!(left));
     }
     if schema.name == "plugins" {
+        // Kong 3.9 OSS has no `consumer_group` (Enterprise's): it shows only once a plugin is
+        // scoped to a group, so that OSS clients see Kong 3.9's fields and no more.
+        if d.get("consumer_group").is_some_and(Value::is_null) {
+            d.remove("consumer_group");
+        }
         let p = d
             .get("name")
             .and_then(Value::as_str)

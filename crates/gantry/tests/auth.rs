@@ -774,7 +774,8 @@ async fn consumer_groups_as_kong() {
         ["bronze", "gold"]
     );
     assert_eq!(get("/golden", "carol").await.0, 403);
-    // Kong 3.9's acl configuration, field for field: no Enterprise field is added.
+    // Kong 3.9's acl configuration, field for field: no Enterprise field is added, and a
+    // plugin not scoped to a group has no `consumer_group` at all.
     let (_, b) = raw("GET", "/plugins?size=1000".into(), None).await;
     let acl = b["data"]
         .as_array()
@@ -782,6 +783,7 @@ async fn consumer_groups_as_kong() {
         .iter()
         .find(|p| p["name"] == "acl")
         .unwrap();
+    assert!(acl.get("consumer_group").is_none(), "{acl}");
     let mut fields: Vec<&String> = acl["config"].as_object().unwrap().keys().collect();
     fields.sort();
     assert_eq!(
