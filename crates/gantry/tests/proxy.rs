@@ -2696,3 +2696,126 @@ async fn proxy_protocol_names_the_client() {
     let got: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(got["headers"]["x-real-ip"], "127.0.0.1", "{got}");
 }
+
+/// Vault references (Kong's `env` vault, and a vault entity with its own prefix): read by the
+/// node that runs the configuration, never written out; one that cannot be read fails the
+/// configuration, and the running one stays.
+#[tokio::test]
+async fn vault_references_are_read_where_they_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = gantry_testkit::process::env(&[
+        ("GANTRY_TEST_MSG", "from the vault"),
+        ("APP_GREETING", "hello"),
+        ("GANTRY_TEST_JSON", r#"{"who": "a member"}"#),
+    ]);
+    let node = Node::start(dir.path(), &env);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": format!("http://{up}")}),
+    )
+    .await;
+    let v = admin(
+        &http,
+        &node,
+        "POST",
+        "/vaults",
+        json!({"prefix": "my-env", "name": "env", "config": {"prefix": "APP_"}}),
+    )
+    .await;
+    assert_eq!(v["prefix"], "my-env");
+    for (bad, field, message) in [
+        (
+            json!({"prefix": "env", "name": "env"}),
+            "prefix",
+            "must not be one of: env",
+        ),
+        (
+            json!({"prefix": "aws-1", "name": "aws"}),
+            "name",
+            "vault 'aws' is not installed",
+        ),
+        (
+            json!({"prefix": "Bad_Prefix", "name": "env"}),
+            "prefix",
+            "invalid value: Bad_Prefix",
+        ),
+    ] {
+        let r = http
+            .post(format!("{}/vaults", node.admin))
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let b: Value = r.json().await.unwrap();
+        assert_eq!(b["fields"][field], message, "{b}");
+    }
+    let mut ids = Vec::new();
+    for (path, message) in [
+        ("/v1", "{vault://env/gantry-test-msg}"),
+        ("/v2", "{vault://my-env/greeting}"),
+        ("/v3", "{vault://env/gantry-test-json/who}"),
+    ] {
+        let route = json!({"name": &path[1..], "paths": [path]});
+        admin(&http, &node, "POST", "/services/s/routes", route).await;
+        let p = json!({"name": "request-termination", "config": {"status_code": 200, "message": message}});
+        let p = admin(
+            &http,
+            &node,
+            "POST",
+            &format!("/routes/{}/plugins", &path[1..]),
+            p,
+        )
+        .await;
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let said = |path: &'static str| {
+        let (http, proxy) = (&http, &proxy);
+        async move {
+            let r = http.get(format!("{proxy}{path}")).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    assert_eq!(said("/v1").await.1["message"], "from the vault");
+    assert_eq!(said("/v2").await.1["message"], "hello");
+    assert_eq!(said("/v3").await.1["message"], "a member");
+    // The configuration keeps the reference.
+    let p = admin(
+        &http,
+        &node,
+        "GET",
+        &format!("/plugins/{}", ids[0]),
+        json!(null),
+    )
+    .await;
+    assert_eq!(p["config"]["message"], "{vault://env/gantry-test-msg}");
+    // A reference that cannot be read: the configuration is refused, the running one stays.
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/services/s/routes",
+        json!({"name": "v4", "paths": ["/v4"]}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let (s, _) = said("/v4").await;
+    assert_eq!(s, 200, "proxied to the echo upstream");
+    let bad = json!({"name": "request-termination", "config": {"status_code": 503, "message": "{vault://env/gantry-not-set-anywhere}"}});
+    admin(&http, &node, "POST", "/routes/v4/plugins", bad).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (s, b) = said("/v4").await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["headers"].is_object(), "still the upstream's answer: {b}");
+    assert_eq!(said("/v1").await.1["message"], "from the vault");
+}

@@ -103,6 +103,24 @@ const ROUTE_PROTOCOLS: &[&str] = SERVICE_PROTOCOLS;
 pub static ENTITIES: LazyLock<Vec<EntitySchema>> = LazyLock::new(|| {
     vec![
         EntitySchema {
+            name: "vaults",
+            admin_path: "vaults",
+            nested: &[],
+            fields: vec![
+                id(),
+                Field::new("prefix", string()).req().unique(),
+                Field::new("name", string()).req(),
+                Field::new("description", string()),
+                Field::new("config", record(vec![Field::new("prefix", string())])),
+                created_at(),
+                updated_at(),
+                tags(),
+            ],
+            endpoint_key: Some("prefix"),
+            cache_key: Some(&["prefix"]),
+            checks: vault_checks,
+        },
+        EntitySchema {
             name: "certificates",
             admin_path: "certificates",
             nested: &[],
@@ -860,6 +878,41 @@ fn ca_certificate_checks(d: &Doc, e: &mut FieldErrors) {
             // is completed, as Kong recomputes it on every write of `cert`.
             Ok(_) => {}
             Err(m) => e.add("cert", m.0),
+        }
+    }
+}
+
+/// Kong's checks of a vault: a prefix usable in a reference's host part and not a vault's
+/// own name, a vault Gantry has, and the env vault's `config.prefix` as a variable name starts.
+fn vault_checks(d: &Doc, e: &mut FieldErrors) {
+    static PREFIX: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"^[a-z][a-z0-9-]*[a-z0-9]+$").unwrap_or_else(|_| unreachable!())
+    });
+    static ENV_PREFIX: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"^[A-Za-z_-][A-Za-z0-9_-]*$").unwrap_or_else(|_| unreachable!())
+    });
+    if let Some(p) = d.get("prefix").and_then(Value::as_str) {
+        if crate::vault::VAULTS.contains(&p) {
+            e.add(
+                "prefix",
+                format!("must not be one of: {}", crate::vault::VAULTS.join(", ")),
+            );
+        } else if !PREFIX.is_match(p) {
+            e.add("prefix", format!("invalid value: {p}"));
+        }
+    }
+    if let Some(n) = d.get("name").and_then(Value::as_str) {
+        if !crate::vault::VAULTS.contains(&n) {
+            e.add("name", format!("vault '{n}' is not installed"));
+        }
+    }
+    if let Some(p) = d
+        .get("config")
+        .and_then(|c| c.get("prefix"))
+        .and_then(Value::as_str)
+    {
+        if !ENV_PREFIX.is_match(p) {
+            e.add("config", format!("invalid value: {p}"));
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod schema;
 pub mod secret;
 pub mod typed;
 pub mod typedefs;
+pub mod vault;
 pub mod writes;
 
 /// One entity as stored and sent: a JSON object.

@@ -52,6 +52,18 @@ pub enum StrKind {
     RedirectUri,
 }
 
+impl StrKind {
+    /// Whether a field of this kind may hold a vault reference in place of its value (Kong's
+    /// `referenceable`: secrets, keys, certificates, URLs and plain strings; never a name,
+    /// a host, a path or an id, which routing and references read).
+    pub fn referenceable(self) -> bool {
+        matches!(
+            self,
+            StrKind::Plain | StrKind::Url | StrKind::Certificate | StrKind::Key
+        )
+    }
+}
+
 /// The type of a field with its constraints.
 #[derive(Clone, Debug)]
 pub enum Ty {
@@ -420,6 +432,12 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
                 if n > *max {
                     return err(format!("length must be at most {max}"));
                 }
+            }
+            // A vault reference stands for a secret, read where the configuration runs: its
+            // form is checked, not the secret's.
+            if crate::vault::is_reference(&s) && kind.referenceable() {
+                crate::vault::parse(&s).map_err(Value::String)?;
+                return Ok(Value::String(s));
             }
             typedefs::check_str(*kind, &s).map_err(|e| Value::String(e.0))?;
             Ok(Value::String(s))

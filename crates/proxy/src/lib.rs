@@ -28,6 +28,7 @@ pub mod tls;
 pub mod trust;
 pub mod upstream_tls;
 pub mod uri;
+pub mod vault;
 
 /// The hash map of the request path's lookups (ids, hosts, keys from the configuration):
 /// foldhash, seeded per process, several times faster than SipHash on short keys.

@@ -99,14 +99,17 @@ pub enum SnapshotError {
     Plugin(#[from] crate::plugins::PluginSetError),
     #[error("invalid entity: {0}")]
     Typed(#[from] typed::TypedError),
+    #[error("vault reference: {0}")]
+    Vault(#[from] crate::vault::VaultError),
 }
 
 /// The entity types each part of a snapshot is built from.
 const ROUTER: &[&str] = &["routes"];
 const SERVICES: &[&str] = &["services"];
 const BALANCERS: &[&str] = &["upstreams", "targets"];
-const PLUGINS: &[&str] = &["plugins"];
-const CERTS: &[&str] = &["certificates", "snis"];
+/// Vaults too: what a reference reads may change with them.
+const PLUGINS: &[&str] = &["plugins", "vaults"];
+const CERTS: &[&str] = &["certificates", "snis", "vaults"];
 
 impl Snapshot {
     /// An empty snapshot: every request gets 404.
@@ -181,6 +184,9 @@ impl Snapshot {
         let plugins = match unchanged(PLUGINS) {
             Some(p) => p.plugins.clone(),
             None => {
+                // Vault references are read into a copy only this snapshot holds.
+                let resolved = crate::vault::resolve(config, &["plugins"])?;
+                let config = resolved.as_ref().unwrap_or(config);
                 Arc::new(PluginSet::build(config, registry, shared).map_err(SnapshotError::Plugin)?)
             }
         };
@@ -199,8 +205,14 @@ impl Snapshot {
         };
         let certs = match (unchanged(CERTS), patch_from) {
             (Some(p), _) => p.certs.clone(),
-            (None, Some((p, changes))) => Arc::new(p.certs.patch(changes)),
-            _ => Arc::new(CertStore::build(config)),
+            (None, from) => match crate::vault::resolve(config, &["certificates"])? {
+                // Certificates with vault references are built whole from what they read.
+                Some(resolved) => Arc::new(CertStore::build(&resolved)),
+                None => match from {
+                    Some((p, changes)) => Arc::new(p.certs.patch(changes)),
+                    None => Arc::new(CertStore::build(config)),
+                },
+            },
         };
         Ok(Snapshot {
             version,
