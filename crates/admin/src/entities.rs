@@ -305,7 +305,21 @@ async fn write_one(
             base
         }
     };
-    let doc = prepare(schema, doc, secrets, now, &st.plugins).map_err(ApiError::Schema)?;
+    // A plugin's partials fill their fields while it is validated (the plugin's own values of
+    // those fields are kept, and the partials' stand in for them where it runs).
+    let (doc, kept) = match schema.name {
+        "plugins" => with_partials(st, doc).await?,
+        _ => (doc, Vec::new()),
+    };
+    let mut doc = prepare(schema, doc, secrets, now, &st.plugins).map_err(ApiError::Schema)?;
+    if schema.name == "plugins" {
+        compile_with_partials(st, &doc)?;
+        if let Some(Value::Object(c)) = doc.get_mut("config") {
+            for (field, own) in kept {
+                c.insert(field, own);
+            }
+        }
+    }
     let op = if create {
         Op::Insert(schema, doc.clone())
     } else {
@@ -319,6 +333,69 @@ async fn write_one(
     let version = st.store.write(ops).await?;
     st.notify(version);
     Ok(doc)
+}
+
+/// A plugin input with its partials' configurations in the fields they fill, and the plugin's
+/// own values of those fields, to put back once validated ([`gantry_model::plugins::fill_partials`]).
+async fn with_partials(
+    st: &AdminState,
+    mut doc: Doc,
+) -> Result<(Doc, Vec<(String, Value)>), ApiError> {
+    let refs = gantry_model::plugins::partial_ids(&doc);
+    let name = doc.get("name").and_then(Value::as_str).unwrap_or_default();
+    let Some(enabled) = st.plugins.get(name).filter(|_| !refs.is_empty()) else {
+        return Ok((doc, Vec::new()));
+    };
+    let mut found = HashMap::new();
+    for id in &refs {
+        if let Some(p) = st.store.get("partials", id).await? {
+            let kind = p.get("type").and_then(Value::as_str).unwrap_or_default();
+            let config = p.get("config").cloned().unwrap_or(json!({}));
+            found.insert(id.clone(), (kind.to_string(), config));
+        }
+    }
+    let mut config = match doc.remove("config") {
+        Some(Value::Object(c)) => c,
+        _ => serde_json::Map::new(),
+    };
+    let kept = gantry_model::plugins::fill_partials(enabled.schema, &mut config, &refs, &|id| {
+        found.get(id).cloned()
+    })
+    .map_err(|m| {
+        let mut e = FieldErrors::default();
+        e.add("partials", m);
+        ApiError::Schema(e)
+    })?;
+    doc.insert("config".into(), Value::Object(config));
+    Ok((doc, kept))
+}
+
+/// A plugin with partials, its configuration validated with them in place: it compiles as the
+/// runtime will build it (vault references aside, which only a running node reads).
+fn compile_with_partials(st: &AdminState, doc: &Doc) -> Result<(), ApiError> {
+    let partials = doc
+        .get("partials")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
+    let name = doc.get("name").and_then(Value::as_str).unwrap_or_default();
+    let (Some(enabled), Some(config), true) = (st.plugins.get(name), doc.get("config"), partials)
+    else {
+        return Ok(());
+    };
+    if config.to_string().contains("{vault://") {
+        return Ok(());
+    }
+    let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
+    (enabled.compile)(id, config).map_err(|e| {
+        let mut errs = FieldErrors::default();
+        match e.field {
+            Some(f) => errs.add(&f, e.message),
+            None => errs.add_entity(e.message),
+        }
+        let mut top = FieldErrors::default();
+        top.0.insert("config".into(), Value::Object(errs.0));
+        ApiError::Schema(top)
+    })
 }
 
 /// The `snis` of a certificate write: `None` when absent (the names stay), a sorted list of
@@ -362,27 +439,8 @@ fn take_snis(input: &mut Doc) -> Result<Option<Vec<String>>, ApiError> {
 
 /// The SNIs of certificate `cert`, as stored.
 async fn snis_of(st: &AdminState, cert: &str) -> Result<Vec<Doc>, ApiError> {
-    let mut out = Vec::new();
-    let mut offset = None;
-    loop {
-        let page = st
-            .store
-            .list(
-                "snis",
-                &ListQuery {
-                    reference: Some(("certificate".into(), cert.to_string())),
-                    tags: None,
-                    size: 1000,
-                    offset,
-                },
-            )
-            .await?;
-        out.extend(page.data);
-        match page.next_offset {
-            Some(o) => offset = Some(o),
-            None => return Ok(out),
-        }
-    }
+    let reference = Some(("certificate".to_string(), cert.to_string()));
+    Ok(st.store.all("snis", reference).await?)
 }
 
 /// The writes that make certificate `cert`'s SNIs exactly `names`: a name another certificate

@@ -72,27 +72,8 @@ async fn is_member(st: &AdminState, group: &str, consumer: &str) -> Result<bool,
 
 /// Every membership of one side (`consumer_group` or `consumer` = `id`), all pages.
 async fn memberships(st: &AdminState, field: &str, id: &str) -> Result<Vec<Doc>, ApiError> {
-    let mut out = Vec::new();
-    let mut offset = None;
-    loop {
-        let page = st
-            .store
-            .list(
-                MEMBERS,
-                &ListQuery {
-                    reference: Some((field.to_string(), id.to_string())),
-                    tags: None,
-                    size: 1000,
-                    offset,
-                },
-            )
-            .await?;
-        out.extend(page.data);
-        match page.next_offset {
-            Some(o) => offset = Some(o),
-            None => return Ok(out),
-        }
-    }
+    let reference = Some((field.to_string(), id.to_string()));
+    Ok(st.store.all(MEMBERS, reference).await?)
 }
 
 fn other_side(m: &Doc, field: &str) -> String {

@@ -87,6 +87,58 @@ pub async fn entity_schema(Path(name): Path<String>) -> Result<Response, ApiErro
     Ok(Json(schema.describe()).into_response())
 }
 
+/// `GET /schemas/partials/{type}`: the partial entity with its type's `config`.
+pub async fn partial_schema(Path(kind): Path<String>) -> Result<Response, ApiError> {
+    let config = gantry_model::plugins::partial_config(&kind)
+        .ok_or_else(|| ApiError::Missing(format!("No partial of type '{kind}'")))?;
+    let schema = entity("partials").ok_or(ApiError::NotFound)?;
+    let mut v = schema.describe();
+    let config = gantry_model::schema::describe(&[gantry_model::schema::Field::new(
+        "config",
+        gantry_model::schema::record(config),
+    )
+    .req()]);
+    if let (Some(fields), Some(c)) = (v["fields"].as_array_mut(), config.get(0)) {
+        for f in fields.iter_mut().filter(|f| f.get("config").is_some()) {
+            *f = c.clone();
+        }
+    }
+    Ok(Json(v).into_response())
+}
+
+/// `GET /partials/{p}/links`: the plugins that use a partial.
+pub async fn partial_links(
+    State(st): State<Arc<AdminState>>,
+    Path(key): Path<String>,
+) -> Result<Response, ApiError> {
+    let schema = entity("partials").ok_or(ApiError::NotFound)?;
+    let partial = crate::entities::resolve(&st, schema, &key, None)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let id = partial
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let mut data = Vec::new();
+    for p in st.store.all("plugins", None).await? {
+        let uses = p
+            .get("partials")
+            .and_then(Value::as_array)
+            .is_some_and(|a| {
+                a.iter()
+                    .any(|r| r.get("id").and_then(Value::as_str) == Some(id))
+            });
+        if uses {
+            data.push(json!({
+                "id": p.get("id"),
+                "name": p.get("name"),
+                "instance_name": p.get("instance_name").cloned().unwrap_or(Value::Null),
+            }));
+        }
+    }
+    Ok(Json(json!({"data": data, "count": data.len(), "next": null})).into_response())
+}
+
 /// `POST /schemas/{entity}/validate`
 pub async fn validate_entity(
     State(st): State<Arc<AdminState>>,

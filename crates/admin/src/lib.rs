@@ -266,7 +266,8 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["debug", "node", "log-level"] => READ,
         ["debug", "node", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
-        ["schemas", "plugins", _] | ["schemas", _] => READ,
+        ["schemas", "plugins" | "partials", _] | ["schemas", _] => READ,
+        ["partials", _, "links"] => READ,
         ["upstreams", _, "health"] | ["upstreams", _, "targets", "all"] => READ,
         ["upstreams", _, "targets", _, "healthy" | "unhealthy"]
         | ["upstreams", _, "targets", _, _, "healthy" | "unhealthy"] => "OPTIONS, POST",
@@ -330,6 +331,8 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/tags/{tag}", get(info::tags))
         .route("/schemas/plugins/validate", post(info::validate_plugin))
         .route("/schemas/plugins/{name}", get(info::plugin_schema))
+        .route("/schemas/partials/{kind}", get(info::partial_schema))
+        .route("/partials/{p}/links", get(info::partial_links))
         .route("/schemas/{entity}", get(info::entity_schema))
         .route("/schemas/{entity}/validate", post(info::validate_entity))
         .route("/plugins/enabled", get(info::enabled_plugins))

@@ -64,6 +64,14 @@ services:
       config: { allow: ["10.0.0.0/8"] }
     - name: oauth2
       config: { enable_client_credentials: true, provision_key: pk-users, scopes: [read] }
+    - name: rate-limiting
+      partials: [{ id: 9f5d2a4e-3c1b-4b8e-9a7d-6e2f1c0b5a11 }]
+      config: { minute: 10, policy: redis }
+partials:
+- id: 9f5d2a4e-3c1b-4b8e-9a7d-6e2f1c0b5a11
+  name: redis-shared
+  type: redis-ce
+  config: { host: redis.internal, port: 6379 }
 consumer_groups:
 - name: gold
   plugins:

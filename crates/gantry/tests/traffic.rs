@@ -470,3 +470,148 @@ async fn request_transformer_as_kong() {
     let plugins = admin(&http, &node, "GET", "/plugins", json!({})).await;
     assert_eq!(plugins["data"].as_array().unwrap().len(), 4);
 }
+
+/// Partials: rate-limiting takes its Redis from a `redis-ce` partial, and a change to the
+/// partial reaches the plugin; `/partials/{p}/links`, `/schemas/partials/{type}`; a partial in
+/// use cannot be deleted; a missing or mistyped partial is refused, naming it.
+#[tokio::test]
+async fn partials_reach_the_plugins_that_use_them() {
+    if !test_redis::shared_available().await {
+        return;
+    }
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let (host, port) = host_port(&test_redis::shared_addr());
+    let partial = admin(
+        &http,
+        &node,
+        "POST",
+        "/partials",
+        json!({
+            "name": "redis-main", "type": "redis-ce", "config": {"host": host, "port": port},
+        }),
+    )
+    .await;
+    let pid = partial["id"].as_str().unwrap().to_string();
+    let ee = admin(
+        &http,
+        &node,
+        "POST",
+        "/partials",
+        json!({
+            "name": "redis-other", "type": "redis-ee", "config": {"host": host, "port": port},
+        }),
+    )
+    .await;
+    let rl = |partial: &str| {
+        json!({"name": "rate-limiting", "partials": [{"id": partial}], "config": {
+            "day": 3, "limit_by": "ip", "policy": "redis", "fault_tolerant": false,
+        }})
+    };
+    // Missing and mistyped partials are refused, naming them.
+    let b = refused(
+        &http,
+        &node,
+        "/plugins",
+        &rl("7f6c1a3e-8c57-4c1e-9d55-2b9a6c1f0e11"),
+    )
+    .await;
+    assert_eq!(
+        b["fields"]["partials"], "partial '7f6c1a3e-8c57-4c1e-9d55-2b9a6c1f0e11' does not exist",
+        "{b}"
+    );
+    let b = refused(&http, &node, "/plugins", &rl(ee["id"].as_str().unwrap())).await;
+    let m = b["fields"]["partials"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("of type 'redis-ee'") && m.contains("redis-ce"),
+        "{b}"
+    );
+    let plugins = route_with(&http, &node, "rl", &[rl(&pid)]).await;
+    route_with(&http, &node, "ready", &[]).await;
+    proxy_until(&http, &node, "/ready", 200).await;
+    let route = admin(&http, &node, "GET", "/routes/rl", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = node.proxy.clone().unwrap();
+    for want in ["2", "1", "0"] {
+        let r = http.get(format!("{proxy}/rl")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ratelimit-remaining-day"), Some(want));
+    }
+    assert_eq!(
+        http.get(format!("{proxy}/rl"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    // Counted in the partial's Redis.
+    let addr = test_redis::shared_addr();
+    assert_eq!(
+        test_redis::get(&addr, &day_key(&route, "127.0.0.1")).await,
+        Some(4)
+    );
+    test_redis::delete_prefix(&addr, &format!("ratelimit:{route}:")).await;
+    // Links and the partial schema.
+    let links = admin(
+        &http,
+        &node,
+        "GET",
+        "/partials/redis-main/links",
+        json!(null),
+    )
+    .await;
+    assert_eq!(links["count"], 1);
+    assert_eq!(links["data"][0]["id"], plugins[0]["id"]);
+    assert_eq!(links["data"][0]["name"], "rate-limiting");
+    let schema = admin(
+        &http,
+        &node,
+        "GET",
+        "/schemas/partials/redis-ce",
+        json!(null),
+    )
+    .await;
+    let config = schema["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|f| f.get("config"))
+        .unwrap();
+    assert!(config.to_string().contains("\"host\""), "{schema}");
+    // In use: not deleted.
+    let r = http
+        .delete(format!("{}/partials/redis-main", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // A change to the partial reaches the plugin: Redis gone (and fault_tolerant off), 500.
+    admin(
+        &http,
+        &node,
+        "PATCH",
+        "/partials/redis-main",
+        json!({"config": {"port": 1}}),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the partial's change never reached the plugin",
+        || async {
+            http.get(format!("{proxy}/rl"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 500
+        },
+    )
+    .await;
+}

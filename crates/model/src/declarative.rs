@@ -162,18 +162,55 @@ pub fn load(doc: Value, opts: LoadOptions) -> Result<Config, DeclarativeError> {
     let mut config = Config::default();
     let mut seen: HashMap<(&str, &str, String), String> = HashMap::new();
     let mut prepared: Vec<(&'static EntitySchema, String, Doc)> = Vec::with_capacity(raw.len());
+    // Partials by id, for the plugins that name them to be validated with them in place.
+    let partials: HashMap<String, (String, Value)> = raw
+        .iter()
+        .filter(|r| r.schema.name == "partials")
+        .filter_map(|r| {
+            let id = r.input.get("id")?.as_str()?.to_string();
+            let kind = r.input.get("type")?.as_str()?.to_string();
+            let config = r.input.get("config").cloned().unwrap_or(json!({}));
+            Some((id, (kind, config)))
+        })
+        .collect();
     for Raw {
         schema,
-        input,
+        mut input,
         path,
     } in raw
     {
+        let mut kept = Vec::new();
+        if schema.name == "plugins" {
+            let refs = crate::plugins::partial_ids(&input);
+            let plugin = input
+                .get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| opts.plugins.schema(n));
+            if let (Some(p), false) = (plugin, refs.is_empty()) {
+                let mut config = match input.remove("config") {
+                    Some(Value::Object(c)) => c,
+                    _ => Map::new(),
+                };
+                match crate::plugins::fill_partials(p, &mut config, &refs, &|id| {
+                    partials.get(id).cloned()
+                }) {
+                    Ok(k) => kept = k,
+                    Err(m) => errors.push((format!("{path}.partials"), m)),
+                }
+                input.insert("config".into(), Value::Object(config));
+            }
+        }
         let r = RawRef {
             schema,
             path: &path,
         };
         match prepare(schema, input, secrets, opts.now, &opts.plugins) {
-            Ok(d) => {
+            Ok(mut d) => {
+                if let Some(Value::Object(c)) = d.get_mut("config") {
+                    for (field, own) in kept {
+                        c.insert(field, own);
+                    }
+                }
                 let id = ("id", d["id"].as_str().unwrap_or_default().to_string());
                 for (key, val) in unique_keys(r.schema, &d)
                     .into_iter()

@@ -182,8 +182,13 @@ fn check_dependent_config(
                 _ => {}
             }
             // A configuration holding vault references is compiled where it runs, once they
-            // are read (a node refuses it then, keeping what it runs).
-            let references = Value::Object(c.clone()).to_string().contains("{vault://");
+            // are read (a node refuses it then, keeping what it runs); one with partials once
+            // they are in place (the Admin API, which reads them, and every node).
+            let partials = input
+                .get("partials")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty());
+            let references = partials || Value::Object(c.clone()).to_string().contains("{vault://");
             if ce.is_empty() && errs.is_empty() && references {
                 return Ok(Value::Object(c));
             }

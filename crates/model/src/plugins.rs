@@ -419,6 +419,65 @@ pub fn partial_config(kind: &str) -> Option<Vec<Field>> {
     }
 }
 
+/// A plugin configuration with its partials in the fields they fill (`partials` maps a
+/// partial's id to its `(type, config)`), for it to be validated as it will run; returns the
+/// plugin's own values of those fields (its defaults where it gave none) to put back after.
+/// `Err` names a partial that is missing or of a type the plugin does not take.
+pub fn fill_partials(
+    plugin: &PluginSchema,
+    config: &mut Map<String, Value>,
+    refs: &[String],
+    partials: &dyn Fn(&str) -> Option<(String, Value)>,
+) -> Result<Vec<(String, Value)>, String> {
+    let mut kept = Vec::new();
+    for id in refs {
+        let Some((kind, pconfig)) = partials(id) else {
+            return Err(format!("partial '{id}' does not exist"));
+        };
+        let Some((_, field)) = plugin.partials.iter().find(|(t, _)| *t == kind) else {
+            let takes: Vec<&str> = plugin.partials.iter().map(|(t, _)| *t).collect();
+            return Err(format!(
+                "partial '{id}' is of type '{kind}'; plugin '{}' takes {}",
+                plugin.name,
+                if takes.is_empty() {
+                    "none".to_string()
+                } else {
+                    takes.join(", ")
+                }
+            ));
+        };
+        let own = match config.remove(*field) {
+            Some(v) if !v.is_null() => v,
+            _ => match plugin
+                .config
+                .iter()
+                .find(|f| f.name == *field)
+                .map(|f| &f.ty)
+            {
+                Some(Ty::Record(sub)) => validate_record(sub, &Map::new())
+                    .map(Value::Object)
+                    .unwrap_or(Value::Null),
+                _ => Value::Null,
+            },
+        };
+        config.insert(field.to_string(), pconfig);
+        kept.push((field.to_string(), own));
+    }
+    Ok(kept)
+}
+
+/// The partial ids a plugin document names.
+pub fn partial_ids(doc: &Map<String, Value>) -> Vec<String> {
+    doc.get("partials")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| r.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Plugins of the model's own tests: the real ones live with their runtimes, in another crate.
 #[cfg(test)]
 pub(crate) mod testing {

@@ -107,8 +107,8 @@ pub enum SnapshotError {
 const ROUTER: &[&str] = &["routes"];
 const SERVICES: &[&str] = &["services"];
 const BALANCERS: &[&str] = &["upstreams", "targets"];
-/// Vaults too: what a reference reads may change with them.
-const PLUGINS: &[&str] = &["plugins", "vaults"];
+/// Vaults and partials too: what a plugin reads may change with them.
+const PLUGINS: &[&str] = &["plugins", "vaults", "partials"];
 const CERTS: &[&str] = &["certificates", "snis", "vaults"];
 
 impl Snapshot {
@@ -185,7 +185,7 @@ impl Snapshot {
             Some(p) => p.plugins.clone(),
             None => {
                 // Vault references are read into a copy only this snapshot holds.
-                let resolved = crate::vault::resolve(config, &["plugins"])?;
+                let resolved = crate::vault::resolve(config, &["plugins", "partials"])?;
                 let config = resolved.as_ref().unwrap_or(config);
                 Arc::new(PluginSet::build(config, registry, shared).map_err(SnapshotError::Plugin)?)
             }

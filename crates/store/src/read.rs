@@ -146,6 +146,34 @@ impl Store {
     }
 
     /// A page of entities in id order.
+    /// Every entity of a type (those referencing `(field, id)`, when given), page by page.
+    pub async fn all(
+        &self,
+        entity: &str,
+        reference: Option<(String, String)>,
+    ) -> Result<Vec<Doc>, StoreError> {
+        let mut out = Vec::new();
+        let mut offset = None;
+        loop {
+            let page = self
+                .list(
+                    entity,
+                    &ListQuery {
+                        reference: reference.clone(),
+                        tags: None,
+                        size: 1000,
+                        offset,
+                    },
+                )
+                .await?;
+            out.extend(page.data);
+            match page.next_offset {
+                Some(o) => offset = Some(o),
+                None => return Ok(out),
+            }
+        }
+    }
+
     pub async fn list(&self, entity: &str, q: &ListQuery) -> Result<Page, StoreError> {
         let after = q
             .offset

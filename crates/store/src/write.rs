@@ -83,28 +83,10 @@ impl Store {
         let now = gantry_model::unix_now();
         let mut ops = Vec::new();
         for schema in ENTITIES.iter().filter(|s| s.field("ttl").is_some()) {
-            let mut offset = None;
-            loop {
-                let page = self
-                    .list(
-                        schema.name,
-                        &crate::ListQuery {
-                            reference: None,
-                            tags: None,
-                            size: 1000,
-                            offset,
-                        },
-                    )
-                    .await?;
-                for d in &page.data {
-                    if gantry_model::entities::expires_at(d).is_some_and(|at| at <= now) {
-                        let id = d.get("id").and_then(serde_json::Value::as_str);
-                        ops.push(Op::Delete(schema, id.unwrap_or_default().to_string()));
-                    }
-                }
-                match page.next_offset {
-                    Some(o) => offset = Some(o),
-                    None => break,
+            for d in self.all(schema.name, None).await? {
+                if gantry_model::entities::expires_at(&d).is_some_and(|at| at <= now) {
+                    let id = d.get("id").and_then(serde_json::Value::as_str);
+                    ops.push(Op::Delete(schema, id.unwrap_or_default().to_string()));
                 }
             }
         }

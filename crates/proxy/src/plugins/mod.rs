@@ -1293,6 +1293,43 @@ pub struct PluginSet {
     by_group: bool,
 }
 
+/// A plugin's configuration with the partials it names in place (Kong's `partials`: each
+/// fills the configuration field its type stands for, `redis-ce` rate-limiting's `redis`).
+/// A partial that is missing, or of a type the plugin does not take, fails the set.
+fn apply_partials(
+    d: &mut gantry_model::typed::Plugin,
+    e: &Entity,
+    descriptor: &Descriptor,
+    partials: &HashMap<&str, &Entity>,
+) -> Result<(), PluginSetError> {
+    let Some(Value::Array(refs)) = e.get("partials") else {
+        return Ok(());
+    };
+    let fail = |reason: String| PluginSetError::Partial {
+        name: d.name.clone(),
+        id: d.id.clone(),
+        reason,
+    };
+    for r in refs {
+        let id = r.get("id").and_then(Value::as_str).unwrap_or_default();
+        let Some(p) = partials.get(id) else {
+            return Err(fail(format!("partial {id} does not exist")));
+        };
+        let p = p.doc();
+        let kind = p.get("type").and_then(Value::as_str).unwrap_or_default();
+        let Some((_, field)) = descriptor.schema.partials.iter().find(|(t, _)| *t == kind) else {
+            return Err(fail(format!(
+                "partial {id} is of type '{kind}', which plugin {} does not take",
+                d.name
+            )));
+        };
+        if let (Some(cfg), Some(pc)) = (d.config.as_object_mut(), p.get("config")) {
+            cfg.insert(field.to_string(), pc.clone());
+        }
+    }
+    Ok(())
+}
+
 /// Why the plugins of a configuration do not build.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginSetError {
@@ -1300,6 +1337,13 @@ pub enum PluginSetError {
     NotEnabled { name: String, id: String },
     #[error(transparent)]
     Typed(gantry_model::typed::TypedError),
+    /// Kong's troubleshooting names this: "invalid configuration partials".
+    #[error("invalid configuration partials: plugin {name} ({id}): {reason}")]
+    Partial {
+        name: String,
+        id: String,
+        reason: String,
+    },
     #[error("plugin {name} ({id}): {source}")]
     Build {
         name: String,
@@ -1318,10 +1362,18 @@ impl PluginSet {
     ) -> Result<PluginSet, PluginSetError> {
         let mut set = PluginSet::default();
         let mut by_name: HashMap<&'static str, Instances> = HashMap::new();
+        let partials: HashMap<&str, &Entity> = config
+            .docs("partials")
+            .iter()
+            .map(|p| (p.id(), p))
+            .collect();
         for e in config.docs("plugins") {
-            let d = gantry_model::typed::Plugin::try_from(e).map_err(PluginSetError::Typed)?;
+            let mut d = gantry_model::typed::Plugin::try_from(e).map_err(PluginSetError::Typed)?;
             if !d.enabled {
                 continue;
+            }
+            if let Some(descriptor) = registry.get(&d.name) {
+                apply_partials(&mut d, e, descriptor, &partials)?;
             }
             let (name, id) = (d.name.as_str(), d.id.as_str());
             let Some(descriptor) = registry.get(name) else {
@@ -1685,6 +1737,37 @@ mod tests {
         let bronze = terminate(421, [None, None, None, Some("g2")]);
         assert_eq!(chosen(vec![gold.clone(), bronze], Some("c1")), Some(421));
         assert_eq!(chosen(vec![gold], Some("c1")), Some(420));
+    }
+
+    /// A plugin naming a partial that is missing, or of a type it does not take, fails the set
+    /// with the message Kong's troubleshooting names.
+    #[test]
+    fn missing_or_mistyped_partials_fail_the_set() {
+        let plugin = |partial: &str| {
+            Entity::from(doc(json!({
+                "id": "p1", "name": "rate-limiting", "partials": [{"id": partial}],
+                "config": {"minute": 1, "policy": "redis"},
+            })))
+        };
+        let partial = Entity::from(doc(json!({
+            "id": "x1", "name": "other", "type": "redis-ee", "config": {"host": "h"},
+        })));
+        for (p, says) in [
+            ("gone", "partial gone does not exist"),
+            ("x1", "of type 'redis-ee'"),
+        ] {
+            let mut config = Config::default();
+            config.entities.insert("plugins".into(), vec![plugin(p)]);
+            config
+                .entities
+                .insert("partials".into(), vec![partial.clone()]);
+            let e = PluginSet::build(&config, &Registry::default(), &Shared::default())
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.starts_with("invalid configuration partials"), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     /// A configuration naming a plugin outside the registry does not build: the running
