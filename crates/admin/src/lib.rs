@@ -296,7 +296,18 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
 async fn options(req: Request, next: Next) -> Response {
     use axum::http::{header, HeaderValue, Method, StatusCode};
     if req.method() != Method::OPTIONS {
-        return next.run(req).await;
+        // A 405 says which methods the path takes (RFC 9110's `Allow`).
+        let path = req.uri().path().to_string();
+        let mut res = next.run(req).await;
+        if res.status() == StatusCode::METHOD_NOT_ALLOWED
+            && !res.headers().contains_key(header::ALLOW)
+        {
+            if let Some(methods) = allowed_methods(&path) {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(methods));
+            }
+        }
+        return res;
     }
     let Some(methods) = allowed_methods(req.uri().path()) else {
         return ApiError::NotFound.into_response();

@@ -659,6 +659,14 @@ async fn bad_input_is_refused_whole_with_the_fields_named() {
         // Wrong method.
         let (s, b) = api.req("PATCH", "/services", None).await;
         assert_eq!((s, b), (405, json!({"message": "Method not allowed"})));
+        // ... with the methods the path takes (RFC 9110).
+        let r = api
+            .http
+            .patch(format!("{}/services", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["allow"], "GET, HEAD, OPTIONS, POST");
         let (s, _) = api.req("GET", "/no-such-collection", None).await;
         assert_eq!(s, 404);
         // Bad size and offset.
