@@ -615,3 +615,69 @@ async fn partials_reach_the_plugins_that_use_them() {
     )
     .await;
 }
+
+/// rate-limiting's `limit_by = consumer-group`: the consumers of a group share one count; a
+/// consumer in no group counts by its address.
+#[tokio::test]
+async fn rate_limiting_by_consumer_group() {
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumer_groups",
+        json!({"name": "team"}),
+    )
+    .await;
+    for who in ["alice", "bob", "carol"] {
+        admin(&http, &node, "POST", "/consumers", json!({"username": who})).await;
+        let key = json!({"key": format!("{who}-key")});
+        admin(
+            &http,
+            &node,
+            "POST",
+            &format!("/consumers/{who}/key-auth"),
+            key,
+        )
+        .await;
+    }
+    let members = json!({"consumer": ["alice", "bob"]});
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/consumer_groups/team/consumers",
+        members,
+    )
+    .await;
+    let rl = json!({"name": "rate-limiting", "config": {"day": 2, "limit_by": "consumer-group", "policy": "local"}});
+    route_with(&http, &node, "rl", &[json!({"name": "key-auth"}), rl]).await;
+    proxy_until(&http, &node, "/rl", 401).await;
+    let proxy = node.proxy.clone().unwrap();
+    let call = |who: &'static str| {
+        let (http, proxy) = (&http, &proxy);
+        async move {
+            let r = http
+                .get(format!("{proxy}/rl"))
+                .header("apikey", format!("{who}-key"))
+                .send()
+                .await
+                .unwrap();
+            let left = header(&r, "x-ratelimit-remaining-day").map(str::to_string);
+            (r.status().as_u16(), left)
+        }
+    };
+    assert_eq!(call("alice").await, (200, Some("1".into())));
+    assert_eq!(call("bob").await, (200, Some("0".into())));
+    assert_eq!(call("alice").await.0, 429, "the group's count is spent");
+    assert_eq!(
+        call("carol").await,
+        (200, Some("1".into())),
+        "no group: her own count"
+    );
+}

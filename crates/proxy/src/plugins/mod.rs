@@ -1076,6 +1076,7 @@ pub struct Instance<'a> {
     pub route: Option<&'a str>,
     pub service: Option<&'a str>,
     pub consumer: Option<&'a str>,
+    pub consumer_group: Option<&'a str>,
 }
 
 impl<'a> Instance<'a> {
@@ -1388,6 +1389,7 @@ impl PluginSet {
                 route: d.route.as_ref().map(|r| r.id.as_str()),
                 service: d.service.as_ref().map(|r| r.id.as_str()),
                 consumer: d.consumer.as_ref().map(|r| r.id.as_str()),
+                consumer_group: d.consumer_group.as_ref().map(|r| r.id.as_str()),
             };
             let plugin = (descriptor.build)(&at, &d.config, shared).map_err(|source| {
                 PluginSetError::Build {

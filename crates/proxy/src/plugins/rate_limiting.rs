@@ -171,6 +171,8 @@ struct RateLimiting {
     /// `X-RateLimit-Limit-<period>` and `X-RateLimit-Remaining-<period>`, by period index.
     names: [(HeaderName, HeaderName); 6],
     limit_by: String,
+    /// The consumer group the instance is scoped to, which `consumer-group` counts for.
+    scoped_group: Option<String>,
     header_name: Option<String>,
     path: Option<String>,
     hide_client_headers: bool,
@@ -218,7 +220,15 @@ fn schema() -> PluginSchema {
     fields.extend([
         Field::new(
             "limit_by",
-            one_of(&["consumer", "credential", "ip", "service", "header", "path"]),
+            one_of(&[
+                "consumer",
+                "credential",
+                "ip",
+                "service",
+                "header",
+                "path",
+                "consumer-group",
+            ]),
         )
         .def(json!("consumer")),
         Field::new("header_name", str_of(StrKind::HeaderName)),
@@ -355,6 +365,7 @@ fn build(at: &Instance, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, C
         limit_values,
         names,
         limit_by: str_of("limit_by").unwrap_or_else(|| "consumer".into()),
+        scoped_group: at.consumer_group.map(str::to_string),
         header_name: str_of("header_name").map(|h| h.to_ascii_lowercase()),
         path: str_of("path"),
         hide_client_headers: c
@@ -374,7 +385,7 @@ fn build(at: &Instance, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, C
 
 impl RateLimiting {
     /// Kong's identifiers; each falls back to the client's address when absent.
-    fn identifier<'c>(&self, ctx: &'c Ctx<'_>) -> Cow<'c, str> {
+    fn identifier<'c>(&'c self, ctx: &'c Ctx<'_>) -> Cow<'c, str> {
         let ip = || Cow::Owned(ctx.client_ip.to_string());
         match self.limit_by.as_str() {
             "consumer" => ctx
@@ -389,6 +400,18 @@ impl RateLimiting {
                 .map(Cow::Borrowed)
                 .unwrap_or_else(ip),
             "service" => ctx.service_id.map(Cow::Borrowed).unwrap_or_else(ip),
+            // Every consumer of a group shares one count: the group the instance is scoped
+            // to, else the consumer's first group by name.
+            "consumer-group" => match (&self.scoped_group, &ctx.consumer) {
+                (Some(g), Some(_)) => Cow::Borrowed(g.as_str()),
+                (None, Some(c)) => ctx
+                    .identities
+                    .consumer_groups(&c.id)
+                    .first()
+                    .map(|g| Cow::Borrowed(g.id.as_str()))
+                    .unwrap_or_else(ip),
+                _ => ip(),
+            },
             "header" => self
                 .header_name
                 .as_ref()
