@@ -873,7 +873,7 @@ async fn dbless_config_endpoint_replaces_whole_or_not_at_all() {
 }
 
 /// Kong's plugins that Gantry does not run yet: each is refused, never stored and skipped.
-const NOT_RUN: &[&str] = &["opentelemetry", "proxy-cache", "response-ratelimiting"];
+const NOT_RUN: &[&str] = &["opentelemetry", "proxy-cache"];
 
 /// A plugin the node does not run is refused with Kong's 400, at every scope and through
 /// every write; `plugins` chooses what runs, and what is listed is what runs.
@@ -943,6 +943,7 @@ async fn plugins_a_node_cannot_run_are_refused() {
                 "request-size-limiting",
                 "request-termination",
                 "request-transformer",
+                "response-ratelimiting",
                 "response-transformer"
             ]
         );
@@ -966,18 +967,19 @@ async fn plugins_a_node_cannot_run_are_refused() {
                 .is_some_and(|m| m.contains("'cluster' counts in Kong's database")),
             "{b}"
         );
-        // Kong 3.9 has no consumer-group limits.
+        // Consumer-group limits (issue 12; Kong Enterprise's): taken, and any other value
+        // refused with the list.
         let (s, b) = api
             .req(
                 "POST",
                 "/plugins",
-                Some(json!({"name": "rate-limiting", "config": {"minute": 5, "limit_by": "consumer-group"}})),
+                Some(json!({"name": "rate-limiting", "config": {"minute": 5, "limit_by": "nope"}})),
             )
             .await;
         assert_eq!(s, 400, "{b}");
         assert_eq!(
             b["fields"]["config"]["limit_by"],
-            "expected one of: consumer, credential, ip, service, header, path",
+            "expected one of: consumer, credential, ip, service, header, path, consumer-group",
             "{b}"
         );
         api.ok(

@@ -681,3 +681,85 @@ async fn rate_limiting_by_consumer_group() {
         "no group: her own count"
     );
 }
+
+/// response-ratelimiting: the upstream's `X-Kong-Limit` counts against each named limit;
+/// Kong's headers; a response that uses a spent limit becomes a 429 without a body; with
+/// `block_on_first_violation` a request is refused at once; Kong's validation.
+#[tokio::test]
+async fn response_ratelimiting_as_kong() {
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = gantry_testkit::upstream::raw(
+        b"HTTP/1.1 200 OK\r\nX-Kong-Limit: videos=1, other=5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvideo",
+        Duration::ZERO,
+        b"",
+    )
+    .await;
+    gantry_testkit::process::service(&http, &node, &up.to_string()).await;
+    let rr = |block: bool| {
+        json!({"name": "response-ratelimiting", "config": {
+            "limits": {"videos": {"day": 2, "month": 10}}, "limit_by": "ip", "block_on_first_violation": block,
+        }})
+    };
+    route_with(&http, &node, "rr", &[rr(false)]).await;
+    route_with(&http, &node, "strict", &[rr(true)]).await;
+    for (config, field) in [
+        (json!({"limits": {}}), "limits"),
+        (json!({"limits": {"v": {"day": 5, "month": 1}}}), "limits"),
+        (
+            json!({"limits": {"v": {"day": 5}}, "policy": "cluster"}),
+            "policy",
+        ),
+    ] {
+        let b = refused(
+            &http,
+            &node,
+            "/plugins",
+            &json!({"name": "response-ratelimiting", "config": config}),
+        )
+        .await;
+        assert!(b["fields"]["config"][field].is_string(), "{b}");
+    }
+    proxy_until(&http, &node, "/rr", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+    // proxy_until used one: one video left today.
+    let r = http.get(format!("{proxy}/rr")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-ratelimit-limit-videos-day"), Some("2"));
+    assert_eq!(header(&r, "x-ratelimit-remaining-videos-day"), Some("0"));
+    assert_eq!(header(&r, "x-ratelimit-remaining-videos-month"), Some("8"));
+    assert_eq!(
+        header(&r, "x-ratelimit-remaining-videos"),
+        Some("1"),
+        "left before this one"
+    );
+    assert!(
+        header(&r, "x-kong-limit").is_none(),
+        "the upstream's header is not passed on"
+    );
+    assert_eq!(r.text().await.unwrap(), "video");
+    // Spent: the upstream's answer becomes a 429 without a body.
+    let r = http.get(format!("{proxy}/rr")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.text().await.unwrap(), "");
+    // block_on_first_violation: refused before the upstream once spent.
+    for _ in 0..2 {
+        assert_eq!(
+            http.get(format!("{proxy}/strict"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let r = http.get(format!("{proxy}/strict")).send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(
+        b,
+        json!({"message": "API rate limit exceeded for 'videos'"})
+    );
+}

@@ -928,7 +928,7 @@ impl Proxy {
             rparts.headers.append(n, v);
         }
         for p in &seen.ran {
-            p.header_filter(&mut rparts);
+            p.header_filter_with(&mut rparts, &mut seen.state);
         }
         // Responses without a body (HEAD, 1xx, 204, 304) have nothing to filter.
         let bodiless =

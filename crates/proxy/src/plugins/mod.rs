@@ -33,6 +33,7 @@ mod rate_limiting;
 mod request_size_limiting;
 mod request_termination;
 mod request_transformer;
+mod response_ratelimiting;
 mod response_transformer;
 mod serialize;
 
@@ -935,6 +936,14 @@ pub trait Plugin: Send + Sync {
     /// The response head, from the upstream or from a plugin that answered, before it goes to
     /// the client.
     fn header_filter(&self, _response: &mut hyper::http::response::Parts) {}
+    /// [`Plugin::header_filter`], with the per-request state the earlier phases kept.
+    fn header_filter_with(
+        &self,
+        response: &mut hyper::http::response::Parts,
+        _state: &mut hyper::http::Extensions,
+    ) {
+        self.header_filter(response)
+    }
     /// After `header_filter`: a filter for this response's body, when the plugin rewrites it.
     fn body_filter(&self, _response: &hyper::http::response::Parts) -> Option<Box<dyn BodyFilter>> {
         None
@@ -1140,6 +1149,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &request_transformer::DESCRIPTOR,
     &cors::DESCRIPTOR,
     &response_transformer::DESCRIPTOR,
+    &response_ratelimiting::DESCRIPTOR,
     &file_log::DESCRIPTOR,
     &http_log::DESCRIPTOR,
     &prometheus::DESCRIPTOR,

@@ -35,7 +35,7 @@ use crate::redis::{Pool, RedisError, Target};
 use crate::server::ProxyBody;
 
 /// `(config field, header suffix, Kong's expiration in seconds)`.
-const PERIODS: [(&str, &str, i64); 6] = [
+pub(crate) const PERIODS: [(&str, &str, i64); 6] = [
     ("second", "Second", 1),
     ("minute", "Minute", 60),
     ("hour", "Hour", 3600),
@@ -46,7 +46,7 @@ const PERIODS: [(&str, &str, i64); 6] = [
 
 /// The start of the window of period `pi` that holds `now` (Unix seconds): UTC calendar
 /// boundaries, as Kong's `timestamp.get_timestamps`.
-fn window_start(pi: usize, now: i64) -> i64 {
+pub(crate) fn window_start(pi: usize, now: i64) -> i64 {
     if pi < 4 {
         return now - now.rem_euclid(PERIODS[pi].2);
     }
