@@ -208,6 +208,25 @@ fn conditional(e: &mut FieldErrors, if_field: &str, then: &[&str]) {
 }
 
 /// Kong's number format in this plugin's messages (`%.1f`).
+/// Kong's check that no longer period allows less than a shorter one: the first pair that
+/// does, as its message (`<lead> limit for day(5.0) cannot be lower than the limit for ...`).
+pub(crate) fn longer_below_shorter(set: &[(&str, f64)], lead: &str) -> Option<String> {
+    set.iter().enumerate().find_map(|(i, lower)| {
+        set[i + 1..]
+            .iter()
+            .find(|upper| upper.1 < lower.1)
+            .map(|upper| {
+                format!(
+                    "{lead} limit for {}({}) cannot be lower than the limit for {}({})",
+                    upper.0,
+                    one_decimal(upper.1),
+                    lower.0,
+                    one_decimal(lower.1)
+                )
+            })
+    })
+}
+
 fn one_decimal(v: f64) -> String {
     format!("{v:.1}")
 }
@@ -260,17 +279,7 @@ fn schema() -> PluginSchema {
             }
             // Kong's custom validator: each limit against every longer one, the first
             // failure reported as the record's.
-            let order = set.iter().enumerate().find_map(|(i, lower)| {
-                set[i + 1..].iter().find(|upper| upper.1 < lower.1).map(|upper| {
-                    format!(
-                        "The limit for {}({}) cannot be lower than the limit for {}({})",
-                        upper.0,
-                        one_decimal(upper.1),
-                        lower.0,
-                        one_decimal(lower.1)
-                    )
-                })
-            });
+            let order = longer_below_shorter(&set, "The");
             let policy = c.get("policy").and_then(Value::as_str).unwrap_or("local");
             let sync_rate = c.get("sync_rate").and_then(Value::as_f64).unwrap_or(-1.0);
             let sync = if policy != "redis" && sync_rate != -1.0 {

@@ -71,17 +71,7 @@ fn schema() -> PluginSchema {
                 .iter()
                 .filter_map(|p| l.get(*p).and_then(Value::as_f64).map(|v| (*p, v)))
                 .collect();
-            let order = set.iter().enumerate().find_map(|(i, lower)| {
-                set[i + 1..]
-                    .iter()
-                    .find(|upper| upper.1 < lower.1)
-                    .map(|upper| {
-                        format!(
-                            "the limit for {}({:.1}) cannot be lower than the limit for {}({:.1})",
-                            upper.0, upper.1, lower.0, lower.1
-                        )
-                    })
-            });
+            let order = super::rate_limiting::longer_below_shorter(&set, "the");
             if let Some(m) = order {
                 e.add("limits", format!("{name}: {m}"));
             }
