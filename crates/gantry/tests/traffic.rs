@@ -683,22 +683,27 @@ async fn rate_limiting_by_consumer_group() {
     );
 }
 
+/// A node with a service `s` in front of an upstream that answers every request with
+/// `response` (away from UTC midnight, for counts by day).
+async fn node_before(response: &'static [u8]) -> (tempfile::TempDir, Node, reqwest::Client) {
+    clear_of_midnight().await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = gantry_testkit::upstream::raw(response, Duration::ZERO, b"").await;
+    gantry_testkit::process::service(&http, &node, &up.to_string()).await;
+    (dir, node, http)
+}
+
 /// response-ratelimiting: the upstream's `X-Kong-Limit` counts against each named limit;
 /// Kong's headers; a response that uses a spent limit becomes a 429 without a body; with
 /// `block_on_first_violation` a request is refused at once; Kong's validation.
 #[tokio::test]
 async fn response_ratelimiting_as_kong() {
-    clear_of_midnight().await;
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
-    let http = reqwest::Client::new();
-    let up = gantry_testkit::upstream::raw(
+    let (_dir, node, http) = node_before(
         b"HTTP/1.1 200 OK\r\nX-Kong-Limit: videos=1, other=5\r\nContent-Length: 5\r\nConnection: close\r\n\r\nvideo",
-        Duration::ZERO,
-        b"",
     )
     .await;
-    gantry_testkit::process::service(&http, &node, &up.to_string()).await;
     let rr = |block: bool| {
         json!({"name": "response-ratelimiting", "config": {
             "limits": {"videos": {"day": 2, "month": 10}}, "limit_by": "ip", "block_on_first_violation": block,
@@ -765,4 +770,63 @@ async fn response_ratelimiting_as_kong() {
         b,
         json!({"message": "API rate limit exceeded for 'videos'"})
     );
+}
+
+/// response-ratelimiting's `redis` policy: uses counted under Kong's keys in Redis, read back
+/// by the next request.
+#[tokio::test]
+async fn response_ratelimiting_counts_in_redis() {
+    if !test_redis::shared_available().await {
+        return;
+    }
+    let (_dir, node, http) = node_before(
+        b"HTTP/1.1 200 OK\r\nX-Kong-Limit: videos=1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    let (host, port) = host_port(&test_redis::shared_addr());
+    let rr = json!({"name": "response-ratelimiting", "config": {
+        "limits": {"videos": {"day": 2}}, "limit_by": "ip", "policy": "redis",
+        "redis": {"host": host, "port": port}, "fault_tolerant": false,
+    }});
+    route_with(&http, &node, "rrr", &[rr]).await;
+    gantry_testkit::process::synced(&http, &node).await;
+    let route = admin(&http, &node, "GET", "/routes/rrr", json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let prefix = format!("response-ratelimit:{route}:");
+    let proxy = node.proxy.clone().unwrap();
+    let addr = test_redis::shared_addr();
+    for used in 1..=2 {
+        let r = http.get(format!("{proxy}/rrr")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        eventually(
+            Duration::from_secs(5),
+            "the use never reached Redis",
+            || {
+                let (addr, prefix) = (addr.clone(), prefix.clone());
+                async move {
+                    let keys = test_redis::keys(&addr, &prefix).await;
+                    match keys.first() {
+                        Some(k) => test_redis::get(&addr, k).await == Some(used),
+                        None => false,
+                    }
+                }
+            },
+        )
+        .await;
+    }
+    let keys = test_redis::keys(&addr, &prefix).await;
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].ends_with(":videos:day"), "{keys:?}");
+    assert!(keys[0].contains(":127.0.0.1:"), "{keys:?}");
+    assert_eq!(
+        http.get(format!("{proxy}/rrr"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    test_redis::delete_prefix(&addr, &prefix).await;
 }

@@ -310,7 +310,7 @@ fn schema() -> PluginSchema {
 }
 
 /// Kong's placeholder for a plugin without a route or a service, in its Redis keys.
-const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
+pub(crate) const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
 
 fn build(at: &Instance, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
     let limits: Vec<(usize, u64)> = PERIODS

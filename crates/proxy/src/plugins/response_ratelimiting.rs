@@ -10,8 +10,11 @@
 //!   limit already spent becomes a 429 without a body, and is not counted.
 //! - Log: the uses are counted, in every period of each limit named.
 //!
-//! Counters are the node's own (`policy = local`). `redis` is refused until it is built, and
-//! `cluster`, as for rate-limiting, because a data plane has no database to count in.
+//! Counters are the node's own (`policy = local`) or Redis's under Kong's keys
+//! (`response-ratelimit:<route>:<service>:<identifier>:<window ms>:<limit>:<period>`), read in
+//! access and added to in the log phase; with Redis unreachable, `fault_tolerant` lets requests
+//! through uncounted and otherwise answers 500. `cluster` is refused, as for rate-limiting: a
+//! data plane has no database to count in.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +26,9 @@ use serde_json::{json, Value};
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
-use super::rate_limiting::{window_start, PERIODS};
-use super::{BodyFilter, Ctx, Descriptor, Flow, Instance, Plugin, Shared};
+use super::rate_limiting::{window_start, NIL_UUID, PERIODS};
+use super::{BodyFilter, BoxFuture, Ctx, Descriptor, Flow, Instance, Plugin, Shared};
+use crate::redis::{Pool, Target};
 
 pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
@@ -87,25 +91,39 @@ struct ResponseRateLimiting {
     hide_client_headers: bool,
     /// Each limit's name and its periods `(period index, limit)`.
     limits: Vec<(String, Vec<(usize, u64)>)>,
-    counters: Arc<Counters>,
+    store: Store,
+    fault_tolerant: bool,
+}
+
+enum Store {
+    Local(Arc<Counters>),
+    /// Kong's key prefix: `response-ratelimit:<route id>:<service id>:`.
+    Redis {
+        pool: Arc<Pool>,
+        target: Target,
+        prefix: String,
+    },
 }
 
 fn build(at: &Instance, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, CompileError> {
-    match c.get("policy").and_then(Value::as_str).unwrap_or("local") {
-        "local" => {}
-        "cluster" => {
+    let store = match c.get("policy").and_then(Value::as_str).unwrap_or("local") {
+        "local" => Store::Local(shared.get::<Counters>()),
+        "redis" => Store::Redis {
+            pool: shared.get::<Pool>(),
+            target: Target::from_config(&c["redis"])?,
+            prefix: format!(
+                "response-ratelimit:{}:{}:",
+                at.route.unwrap_or(NIL_UUID),
+                at.service.unwrap_or(NIL_UUID)
+            ),
+        },
+        _ => {
             return Err(CompileError::field(
                 "policy",
                 "'cluster' counts in the database, which a data plane does not have: use 'local' or 'redis'",
             ))
         }
-        other => {
-            return Err(CompileError::field(
-                "policy",
-                format!("'{other}' is not supported by Gantry's response-ratelimiting yet: use 'local'"),
-            ))
-        }
-    }
+    };
     let header = c
         .get("header_name")
         .and_then(Value::as_str)
@@ -143,7 +161,8 @@ fn build(at: &Instance, c: &Value, shared: &Shared) -> Result<Arc<dyn Plugin>, C
         block_on_first_violation: super::conf_bool(c, "block_on_first_violation", false),
         hide_client_headers: super::conf_bool(c, "hide_client_headers", false),
         limits,
-        counters: shared.get::<Counters>(),
+        store,
+        fault_tolerant: super::conf_bool(c, "fault_tolerant", true),
     }))
 }
 
@@ -179,6 +198,10 @@ struct Usage {
     now: i64,
     left: Vec<(String, usize, u64, u64)>,
 }
+
+/// The uses a response counts, for the log phase to add in Redis: `(key, n, seconds)`.
+#[derive(Clone)]
+struct Uses(Vec<(String, u64, i64)>);
 
 /// The response is refused: its body is dropped.
 #[derive(Clone, Copy)]
@@ -236,21 +259,69 @@ impl ResponseRateLimiting {
     }
 }
 
-impl Plugin for ResponseRateLimiting {
-    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+impl ResponseRateLimiting {
+    fn redis_key(&self, prefix: &str, u: &Usage, name: &str, pi: usize) -> String {
+        format!(
+            "{prefix}{}:{}:{name}:{}",
+            u.identifier,
+            window_start(pi, u.now) * 1000,
+            PERIODS[pi].0
+        )
+    }
+
+    /// Each limit's use so far, in the order of `limits` and their periods.
+    async fn usage(&self, u: &Usage) -> Result<Vec<u64>, crate::redis::RedisError> {
+        match &self.store {
+            Store::Local(counters) => Ok(self
+                .limits
+                .iter()
+                .flat_map(|(name, periods)| periods.iter().map(move |&(pi, _)| (name, pi)))
+                .map(|(name, pi)| counters.used(&self.key(u, name, pi)))
+                .collect()),
+            Store::Redis {
+                pool,
+                target,
+                prefix,
+            } => {
+                let mut pipe = redis::pipe();
+                for (name, periods) in &self.limits {
+                    for &(pi, _) in periods {
+                        pipe.cmd("GET").arg(self.redis_key(prefix, u, name, pi));
+                    }
+                }
+                let got: Vec<Option<i64>> = pool.query(target, &pipe).await?;
+                Ok(got
+                    .into_iter()
+                    .map(|v| v.unwrap_or(0).max(0) as u64)
+                    .collect())
+            }
+        }
+    }
+
+    async fn decide(&self, ctx: &mut Ctx<'_>) -> Option<hyper::Response<crate::server::ProxyBody>> {
         let mut u = Usage {
             plugin: self.id.clone(),
             identifier: self.identifier(ctx),
             now: gantry_model::unix_now(),
             left: Vec::new(),
         };
+        let used = match self.usage(&u).await {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::error!(error = %e, "response-ratelimiting cannot read its counters");
+                if self.fault_tolerant {
+                    return None;
+                }
+                return Some(super::error(500, "An unexpected error occurred"));
+            }
+        };
+        let mut used = used.into_iter();
         for (name, periods) in &self.limits {
             let mut least: Option<u64> = None;
             for &(pi, limit) in periods {
-                let used = self.counters.used(&self.key(&u, name, pi));
-                let left = limit.saturating_sub(used);
+                let left = limit.saturating_sub(used.next().unwrap_or(0));
                 if self.block_on_first_violation && left == 0 {
-                    return Flow::Respond(super::error(
+                    return Some(super::error(
                         429,
                         &format!("API rate limit exceeded for '{name}'"),
                     ));
@@ -267,7 +338,13 @@ impl Plugin for ResponseRateLimiting {
             }
         }
         ctx.state.insert(u);
-        Flow::Next
+        None
+    }
+}
+
+impl Plugin for ResponseRateLimiting {
+    fn access<'a>(&'a self, ctx: &'a mut Ctx<'_>) -> Flow<'a> {
+        Flow::later(self.decide(ctx))
     }
 
     fn header_filter_with(
@@ -322,9 +399,50 @@ impl Plugin for ResponseRateLimiting {
                 Some((name.clone(), n, keys))
             })
             .collect();
-        for (_, n, keys) in keys {
-            self.counters.add(keys, n, u.now);
+        match &self.store {
+            Store::Local(counters) => {
+                for (_, n, keys) in keys {
+                    counters.add(keys, n, u.now);
+                }
+            }
+            Store::Redis { prefix, .. } => {
+                let uses = keys
+                    .iter()
+                    .flat_map(|(name, n, ks)| {
+                        ks.iter().map(move |k| {
+                            let key = self.redis_key(prefix, u, name, k.3);
+                            (key, *n, PERIODS[k.3].2)
+                        })
+                    })
+                    .collect();
+                state.insert(Uses(uses));
+            }
         }
+    }
+
+    fn logs(&self) -> bool {
+        matches!(self.store, Store::Redis { .. })
+    }
+
+    fn log(&self, entry: &crate::server::RequestLog<'_>) -> Option<BoxFuture<'static, ()>> {
+        let Store::Redis { pool, target, .. } = &self.store else {
+            return None;
+        };
+        let uses = entry.state.get::<Uses>()?.0.clone();
+        if uses.is_empty() {
+            return None;
+        }
+        let (pool, target) = (pool.clone(), target.clone());
+        Some(Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for (key, n, secs) in &uses {
+                pipe.cmd("INCRBY").arg(key).arg(*n).ignore();
+                pipe.cmd("EXPIRE").arg(key).arg(*secs).ignore();
+            }
+            if let Err(e) = pool.query::<()>(&target, &pipe).await {
+                tracing::error!(error = %e, "response-ratelimiting cannot count in Redis");
+            }
+        }))
     }
 
     fn body_filter(&self, response: &hyper::http::response::Parts) -> Option<Box<dyn BodyFilter>> {
