@@ -830,3 +830,41 @@ async fn response_ratelimiting_counts_in_redis() {
     );
     test_redis::delete_prefix(&addr, &prefix).await;
 }
+
+/// response-ratelimiting with its Redis down: `fault_tolerant` lets requests through
+/// uncounted, without it they get a 500.
+#[tokio::test]
+async fn response_ratelimiting_with_redis_down() {
+    let Some(mut redis) = test_redis::Private::start().await else {
+        return;
+    };
+    let (_dir, node, http) = node_before(
+        b"HTTP/1.1 200 OK\r\nX-Kong-Limit: videos=1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    for (route, tolerant) in [("open", true), ("closed", false)] {
+        let rr = json!({"name": "response-ratelimiting", "config": {
+            "limits": {"videos": {"day": 100}}, "limit_by": "ip", "policy": "redis",
+            "fault_tolerant": tolerant,
+            "redis": {"host": "127.0.0.1", "port": redis.port, "timeout": 500},
+        }});
+        route_with(&http, &node, route, &[rr]).await;
+    }
+    gantry_testkit::process::synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    for route in ["/open", "/closed"] {
+        let r = http.get(format!("{proxy}{route}")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(header(&r, "x-ratelimit-remaining-videos").is_some());
+    }
+    redis.down();
+    let r = http.get(format!("{proxy}/open")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "x-ratelimit-remaining-videos").is_none());
+    let r = http.get(format!("{proxy}/closed")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    node.wait_log(
+        "response-ratelimiting cannot read its counters",
+        Duration::from_secs(5),
+    );
+}
