@@ -373,10 +373,7 @@ async fn with_partials(
 /// A plugin with partials, its configuration validated with them in place: it compiles as the
 /// runtime will build it (vault references aside, which only a running node reads).
 fn compile_with_partials(st: &AdminState, doc: &Doc) -> Result<(), ApiError> {
-    let partials = doc
-        .get("partials")
-        .and_then(Value::as_array)
-        .is_some_and(|a| !a.is_empty());
+    let partials = !gantry_model::plugins::partial_ids(doc).is_empty();
     let name = doc.get("name").and_then(Value::as_str).unwrap_or_default();
     let (Some(enabled), Some(config), true) = (st.plugins.get(name), doc.get("config"), partials)
     else {
@@ -388,10 +385,7 @@ fn compile_with_partials(st: &AdminState, doc: &Doc) -> Result<(), ApiError> {
     let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
     (enabled.compile)(id, config).map_err(|e| {
         let mut errs = FieldErrors::default();
-        match e.field {
-            Some(f) => errs.add(&f, e.message),
-            None => errs.add_entity(e.message),
-        }
+        e.record(&mut errs);
         let mut top = FieldErrors::default();
         top.0.insert("config".into(), Value::Object(errs.0));
         ApiError::Schema(top)

@@ -236,16 +236,8 @@ pub async fn group_consumers(
                 .into_response())
         }
         Method::DELETE => {
-            let all = memberships(&st, "consumer_group", &gid).await?;
-            if all.is_empty() {
-                return Err(ApiError::Missing(format!("Group '{gid}' has no consumers")));
-            }
-            let ops = all
-                .iter()
-                .map(|m| Op::Delete(schema(MEMBERS), id_of(m)))
-                .collect();
-            write(&st, ops).await?;
-            Ok(StatusCode::NO_CONTENT.into_response())
+            let none = format!("Group '{gid}' has no consumers");
+            leave_all(&st, "consumer_group", &gid, none).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
@@ -290,19 +282,31 @@ pub async fn consumer_groups(
                 .into_response())
         }
         Method::DELETE => {
-            let all = memberships(&st, "consumer", &cid).await?;
-            if all.is_empty() {
-                return Err(ApiError::Missing(format!("Consumer '{cid}' not in group")));
-            }
-            let ops = all
-                .iter()
-                .map(|m| Op::Delete(schema(MEMBERS), id_of(m)))
-                .collect();
-            write(&st, ops).await?;
-            Ok(StatusCode::NO_CONTENT.into_response())
+            let none = format!("Consumer '{cid}' not in group");
+            leave_all(&st, "consumer", &cid, none).await
         }
         _ => Err(ApiError::MethodNotAllowed),
     }
+}
+
+/// Remove every membership of one side (`consumer_group` or `consumer` = `id`); Kong's 404
+/// `none` when there is none.
+async fn leave_all(
+    st: &AdminState,
+    field: &str,
+    id: &str,
+    none: String,
+) -> Result<Response, ApiError> {
+    let all = memberships(st, field, id).await?;
+    if all.is_empty() {
+        return Err(ApiError::Missing(none));
+    }
+    let ops = all
+        .iter()
+        .map(|m| Op::Delete(schema(MEMBERS), id_of(m)))
+        .collect();
+    write(st, ops).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// One membership, from either side: `GET` shows the entity on the far side, `DELETE`

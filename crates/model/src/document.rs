@@ -95,10 +95,7 @@ pub fn prepare(
     complete(schema, &mut doc, secrets, now);
     // Compiled as a node will run it: what it could not is refused here, not on every node.
     if let Err(e) = plugins.compile_entity(schema.name, &doc) {
-        match e.field {
-            Some(f) => errs.add(&f, e.message),
-            None => errs.add_entity(e.message),
-        }
+        e.record(&mut errs);
         return Err(errs);
     }
     Ok(doc)
@@ -184,10 +181,7 @@ fn check_dependent_config(
             // A configuration holding vault references is compiled where it runs, once they
             // are read (a node refuses it then, keeping what it runs); one with partials once
             // they are in place (the Admin API, which reads them, and every node).
-            let partials = input
-                .get("partials")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty());
+            let partials = !crate::plugins::partial_ids(input).is_empty();
             let references = partials || Value::Object(c.clone()).to_string().contains("{vault://");
             if ce.is_empty() && errs.is_empty() && references {
                 return Ok(Value::Object(c));
@@ -198,10 +192,7 @@ fn check_dependent_config(
                 let c = Value::Object(c);
                 match (enabled.compile)(id, &c) {
                     Ok(()) => return Ok(c),
-                    Err(e) => match e.field {
-                        Some(f) => ce.add(&f, e.message),
-                        None => ce.add_entity(e.message),
-                    },
+                    Err(e) => e.record(&mut ce),
                 }
             }
             if let Some(whole) = ce.0.remove("@record") {
@@ -356,18 +347,16 @@ pub fn references(schema: &EntitySchema, doc: &Doc) -> Vec<Reference> {
         })
         .collect();
     if schema.name == "plugins" {
-        if let Some(Value::Array(parts)) = doc.get("partials") {
-            for p in parts {
-                if let Some(id) = p.get("id").and_then(Value::as_str) {
-                    out.push(Reference {
-                        field: "partials",
-                        target: "partials",
-                        id: id.to_string(),
-                        on_delete: OnDelete::Restrict,
-                    });
-                }
-            }
-        }
+        out.extend(
+            crate::plugins::partial_ids(doc)
+                .into_iter()
+                .map(|id| Reference {
+                    field: "partials",
+                    target: "partials",
+                    id,
+                    on_delete: OnDelete::Restrict,
+                }),
+        );
     }
     out
 }

@@ -266,6 +266,13 @@ impl CompileError {
             message: message.into(),
         }
     }
+    /// Add this error to a configuration's errors: under its field, or as the record's.
+    pub fn record(self, errors: &mut FieldErrors) {
+        match self.field {
+            Some(f) => errors.add(&f, self.message),
+            None => errors.add_entity(self.message),
+        }
+    }
 }
 
 impl From<String> for CompileError {

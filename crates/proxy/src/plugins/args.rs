@@ -24,6 +24,54 @@ pub(crate) fn form(text: &[u8]) -> Map<String, Value> {
     m
 }
 
+/// Kong's `ngx.escape_uri`: letters, digits and `-._~` kept, every other byte `%XX`.
+pub(crate) fn escape_uri(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Take the argument `name` (every occurrence) out of the request's query string, and out of
+/// its body when the body was read (`hide_credentials`).
+pub(crate) fn hide(ctx: &mut super::Ctx<'_>, name: &str, from_body: bool) {
+    if let Some(pq) = ctx.req.uri.path_and_query() {
+        if let Some(q) = pq.query() {
+            let kept: Vec<&str> = q
+                .split('&')
+                .filter(|p| {
+                    !p.is_empty()
+                        && form_urlencoded::parse(p.as_bytes())
+                            .next()
+                            .is_none_or(|(k, _)| k != name)
+                })
+                .collect();
+            let new = if kept.is_empty() {
+                pq.path().to_string()
+            } else {
+                format!("{}?{}", pq.path(), kept.join("&"))
+            };
+            let mut parts = ctx.req.uri.clone().into_parts();
+            if let Ok(pq) = new.parse() {
+                parts.path_and_query = Some(pq);
+                if let Ok(u) = hyper::Uri::from_parts(parts) {
+                    ctx.req.uri = u;
+                }
+            }
+        }
+    }
+    if from_body {
+        let headers = ctx.req.headers.clone();
+        ctx.body
+            .edit(|body| without(&headers, body, name).unwrap_or_else(|| body.clone()));
+    }
+}
+
 /// The query string's arguments.
 pub(crate) fn query(uri: &hyper::Uri) -> Map<String, Value> {
     uri.query().map(|q| form(q.as_bytes())).unwrap_or_default()

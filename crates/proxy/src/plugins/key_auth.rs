@@ -149,36 +149,7 @@ impl KeyAuth {
     /// (with `key_in_body`) the body, wherever the key was.
     fn hide(&self, ctx: &mut Ctx<'_>, name: &str) {
         ctx.req.headers.remove(name);
-        if let Some(pq) = ctx.req.uri.path_and_query() {
-            let path = pq.path().to_string();
-            let kept: Vec<&str> = pq
-                .query()
-                .unwrap_or("")
-                .split('&')
-                .filter(|p| {
-                    !p.is_empty()
-                        && form_urlencoded::parse(p.as_bytes())
-                            .next()
-                            .is_none_or(|(k, _)| k != name)
-                })
-                .collect();
-            if pq.query().is_some() {
-                let new = if kept.is_empty() {
-                    path
-                } else {
-                    format!("{path}?{}", kept.join("&"))
-                };
-                if let Ok(uri) = new.parse() {
-                    ctx.req.uri = uri;
-                }
-            }
-        }
-        if self.in_body {
-            let headers = ctx.req.headers.clone();
-            ctx.body.edit(|body| {
-                super::args::without(&headers, body, name).unwrap_or_else(|| body.clone())
-            });
-        }
+        super::args::hide(ctx, name, self.in_body);
     }
 }
 

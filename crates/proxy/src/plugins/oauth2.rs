@@ -360,13 +360,7 @@ fn normalise_challenge(c: &str) -> String {
 fn encode_args(m: &Params) -> String {
     let mut keys: Vec<&String> = m.keys().collect();
     keys.sort();
-    // What `ngx.escape_uri` leaves: letters, digits and `-_.~`.
-    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, ESCAPED).to_string();
+    let enc = super::args::escape_uri;
     keys.into_iter()
         .filter_map(|k| {
             let v = match &m[k] {
@@ -940,41 +934,18 @@ impl OAuth2 {
                         other => other,
                     }
                 }
-                Some("client_credentials") => {
-                    if userid.is_some()
+                Some("client_credentials") | Some("password") => {
+                    // The password grant always names a user, client credentials may: a user
+                    // named takes the provision key. Only the password grant gets a refresh
+                    // token.
+                    let password = grant == Some("password");
+                    if (password || userid.is_some())
                         && param(&p, "provision_key") != Some(self.provision_key.as_str())
                     {
                         out = err("invalid_provision_key", "Invalid provision_key");
                         break 'grant;
                     }
-                    match self.scope(&p) {
-                        Err(e) => {
-                            out = e;
-                            break 'grant;
-                        }
-                        Ok(scope) => {
-                            self.token(
-                                ctx,
-                                &client,
-                                Issue {
-                                    userid,
-                                    scope: scope.as_deref(),
-                                    state: state.as_ref(),
-                                    refresh: false,
-                                    existing: None,
-                                    first: None,
-                                },
-                            )
-                            .await
-                        }
-                    }
-                }
-                Some("password") => {
-                    if param(&p, "provision_key") != Some(self.provision_key.as_str()) {
-                        out = err("invalid_provision_key", "Invalid provision_key");
-                        break 'grant;
-                    }
-                    if userid.is_none_or(|u| u.trim().is_empty()) {
+                    if password && userid.is_none_or(|u| u.trim().is_empty()) {
                         out = err(
                             "invalid_authenticated_userid",
                             "Missing authenticated_userid parameter",
@@ -994,7 +965,7 @@ impl OAuth2 {
                                     userid,
                                     scope: scope.as_deref(),
                                     state: state.as_ref(),
-                                    refresh: true,
+                                    refresh: password,
                                     existing: None,
                                     first: None,
                                 },
@@ -1269,39 +1240,14 @@ fn check_verifier(p: &Params, challenge: Option<&Value>) -> Option<Params> {
 /// Take a parameter out of the query string, and out of a form body (Kong's
 /// `hide_credentials` for a token not given in the header).
 fn hide_parameter(ctx: &mut Ctx<'_>, name: &str) {
-    if let Some(pq) = ctx.req.uri.path_and_query() {
-        if let Some(q) = pq.query() {
-            let kept: Vec<String> = q
-                .split('&')
-                .filter(|p| !p.is_empty() && p.split('=').next() != Some(name))
-                .map(str::to_string)
-                .collect();
-            let new = if kept.is_empty() {
-                pq.path().to_string()
-            } else {
-                format!("{}?{}", pq.path(), kept.join("&"))
-            };
-            let mut parts = ctx.req.uri.clone().into_parts();
-            if let Ok(pq) = new.parse() {
-                parts.path_and_query = Some(pq);
-                if let Ok(u) = hyper::Uri::from_parts(parts) {
-                    ctx.req.uri = u;
-                }
-            }
-        }
-    }
     let form = ctx
         .req
         .headers
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/x-www-form-urlencoded"));
-    if ctx.req.method != Method::GET && form {
-        let headers = ctx.req.headers.clone();
-        ctx.body.edit(|body| {
-            super::args::without(&headers, body, name).unwrap_or_else(|| body.clone())
-        });
-    }
+    let from_body = ctx.req.method != Method::GET && form;
+    super::args::hide(ctx, name, from_body);
 }
 
 /// Whether two secrets are equal, in time that does not depend on where they differ.

@@ -24,6 +24,7 @@ use serde_json::{json, Map, Value};
 use gantry_model::plugins::*;
 use gantry_model::schema::*;
 
+use super::args::escape_uri;
 use super::{error, Ctx, Descriptor, Flow, Instance, Plugin, Shared, UpstreamHost, UpstreamPath};
 
 pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
@@ -553,18 +554,6 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `ngx.escape_uri`: everything but letters, digits and `-._~` percent-encoded.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn to_args(pairs: Vec<(String, Option<String>)>) -> Args {
     let mut a = Args::new();
     for (k, v) in pairs {
@@ -578,8 +567,8 @@ fn encode_args(a: &Args) -> String {
     for (k, vs) in a {
         for v in vs {
             parts.push(match v {
-                Some(v) => format!("{}={}", escape(k), escape(v)),
-                None => escape(k),
+                Some(v) => format!("{}={}", escape_uri(k), escape_uri(v)),
+                None => escape_uri(k),
             });
         }
     }
