@@ -826,12 +826,10 @@ async fn oauth2_on_data_planes() {
         http: &http,
         proxy: dp2.dp_proxy(),
     };
-    eventually(
-        WITHIN,
-        "the plugin never reached the data planes",
-        || async { one.status("/a", None).await == 401 && two.status("/a", None).await == 401 },
-    )
-    .await;
+    // Both data planes hold the plugin and the credential before a token is asked for.
+    gantry_testkit::process::dps_synced(&http, &cp, 2).await;
+    assert_eq!(one.status("/a", None).await, 401);
+    assert_eq!(two.status("/a", None).await, 401);
     let cc = [
         ("grant_type", "client_credentials"),
         ("client_id", "cid"),

@@ -398,6 +398,40 @@ pub async fn synced(http: &reqwest::Client, node: &Node) {
     }
 }
 
+/// Wait until the control plane `cp` sees `count` connected data planes, each running the
+/// configuration its Admin API holds (the hash a data plane reports equals the control
+/// plane's).
+pub async fn dps_synced(http: &reqwest::Client, cp: &Node, count: usize) {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let want = admin(http, cp, "GET", "/status", serde_json::json!({})).await
+            ["configuration_hash"]
+            .clone();
+        let nodes = admin(
+            http,
+            cp,
+            "GET",
+            "/clustering/data-planes",
+            serde_json::json!({}),
+        )
+        .await;
+        let nodes = nodes["data"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == count
+            && nodes
+                .iter()
+                .all(|n| n["config_hash"] == want && n["status"] == "connected")
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the data planes never caught up with the control plane: {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Wait until `GET path` through `node`'s proxy answers `want` (changes apply within a second
 /// or so).
 pub async fn proxy_until(
