@@ -3,7 +3,7 @@
 //! Entity endpoints are generic over the model's schemas (`entities`); node endpoints live in
 //! `info`; every error becomes a response in one place (`error`).
 
-mod body;
+pub mod body;
 pub mod clustering;
 mod entities;
 mod error;
@@ -328,6 +328,37 @@ async fn options(req: Request, next: Next) -> Response {
     res
 }
 
+/// Every answer is Kong's JSON, also where the HTTP layer would answer plain text: a path that
+/// is not UTF-8 once percent-decoded names nothing (every key is UTF-8), so it is Kong's 404,
+/// and an extractor's plain-text refusal becomes `{"message": ...}` with its status.
+async fn json_errors(req: Request, next: Next) -> Response {
+    use axum::http::header;
+    if percent_encoding::percent_decode_str(req.uri().path())
+        .decode_utf8()
+        .is_err()
+    {
+        return ApiError::NotFound.into_response();
+    }
+    let res = next.run(req).await;
+    let plain = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(plain && res.status().is_client_error()) {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    (
+        parts.status,
+        axum::Json(serde_json::json!({ "message": text })),
+    )
+        .into_response()
+}
+
 async fn not_found() -> Response {
     ApiError::NotFound.into_response()
 }
@@ -396,6 +427,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
             state.clone(),
             require_token,
         ))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_and_tag,

@@ -1781,3 +1781,61 @@ async fn keys_and_key_sets_as_kong() {
     let left = api.ok("GET", "/keys", None).await;
     assert_eq!(left["data"], json!([]));
 }
+
+/// Nothing lossy is stored and every answer is Kong's JSON (issue 17's item 10): a NUL in any
+/// text is refused naming the field; names take UTF-8 beyond ASCII as Kong's `utf8_name`, with
+/// its message for what they refuse; a path that is not UTF-8 once decoded is Kong's JSON 404.
+#[tokio::test]
+async fn no_lossy_input_and_only_json_answers() {
+    let api = start(gantry_testkit::sqlite_store().await, &[]).await;
+    let (s, b) = api
+        .req("POST", "/consumers", Some(json!({"username": "a\u{0}b"})))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["fields"]["username"], "must not contain a NUL character");
+    let (s, b) = api
+        .req(
+            "POST",
+            "/services",
+            Some(json!({"name": "x", "url": "http://x.example", "tags": ["ok", "a\u{0}"]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["fields"]["tags"][1], "must not contain a NUL character");
+    assert_eq!(api.t.store.count("consumers").await.unwrap(), 0);
+    assert_eq!(api.t.store.count("services").await.unwrap(), 0);
+
+    let (s, b) = api
+        .req(
+            "POST",
+            "/services",
+            Some(json!({"name": "сервис-1", "url": "http://x.example"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = api
+        .req(
+            "GET",
+            "/services/%D1%81%D0%B5%D1%80%D0%B2%D0%B8%D1%81-1",
+            None,
+        )
+        .await;
+    assert_eq!((s, b["name"].clone()), (200, json!("сервис-1")));
+    let (s, b) = api
+        .req(
+            "POST",
+            "/services",
+            Some(json!({"name": "a b", "url": "http://x.example"})),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        b["fields"]["name"],
+        "invalid value 'a b': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
+    );
+
+    let (s, b) = api.req("GET", "/services/%FF%FE", None).await;
+    assert_eq!((s, b), (404, json!({"message": "Not found"})));
+    let (s, b) = api.req("DELETE", "/consumers/%C3%28/acls/x", None).await;
+    assert_eq!((s, b), (404, json!({"message": "Not found"})));
+}

@@ -108,6 +108,8 @@ pub struct Settings {
     pub admin_body_max: usize,
     /// How long a client may take to send a request head to the proxy.
     pub client_header_timeout: std::time::Duration,
+    /// How long a stopping node lets requests in flight finish before it exits regardless.
+    pub shutdown_timeout: std::time::Duration,
     /// Hybrid mode: certificates, control planes, labels, forward proxy.
     pub cluster: ClusterSettings,
     /// Every key with its effective value, for display and for settings later crates read.
@@ -279,6 +281,8 @@ impl Settings {
                 .unwrap_or(10 << 20),
             client_header_timeout: table::parse_duration(&get("nginx_http_client_header_timeout"))
                 .unwrap_or(std::time::Duration::from_secs(60)),
+            shutdown_timeout: table::parse_duration(&get("nginx_main_worker_shutdown_timeout"))
+                .unwrap_or(std::time::Duration::from_secs(30)),
             cluster,
             values,
         })

@@ -161,6 +161,9 @@ pub static KEYS: &[Key] = &[
     k("worker_threads", "auto", Kind::Threads),
     k("nginx_admin_client_max_body_size", "10m", Kind::Size),
     k("nginx_http_client_header_timeout", "60s", Kind::Duration),
+    // nginx's worker_shutdown_timeout: once a node is told to stop, requests in flight have this
+    // long to finish; then the node exits whatever is still running.
+    k("nginx_main_worker_shutdown_timeout", "30s", Kind::Duration),
     k("cluster_mtls", "shared", Kind::OneOf(&["shared", "pki"])),
     k("cluster_control_plane", "", Kind::Str),
     k("cluster_server_name", "", Kind::Str),

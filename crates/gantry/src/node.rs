@@ -204,6 +204,7 @@ pub fn plugin_registry(settings: &Settings) -> anyhow::Result<gantry_proxy::plug
 
 pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>> {
     let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
+    proxy.set_shutdown_timeout(settings.shutdown_timeout);
     proxy.set_registry(plugin_registry(settings)?);
     // The node's id names it in Kong's metrics; a node that cannot keep one still proxies.
     if let Ok(id) = node_id(&settings.prefix) {
@@ -404,11 +405,40 @@ pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     let rt = runtime(settings.worker_threads)?;
-    rt.block_on(run(settings, shutdown_signal()))
+    let (timeout, pid_file) = (settings.shutdown_timeout, pid_path(&settings));
+    let stop = async move {
+        shutdown_signal().await;
+        // Whatever still runs when the shutdown timeout is out (a request that never ends,
+        // work that never yields) does not keep the node up: a thread of its own, which no
+        // busy worker can hold up, ends the process.
+        std::thread::spawn(move || {
+            std::thread::sleep(timeout + std::time::Duration::from_secs(1));
+            tracing::warn!(
+                timeout = ?timeout,
+                "still stopping when nginx_main_worker_shutdown_timeout ran out: exiting now"
+            );
+            let _ = std::fs::remove_file(&pid_file);
+            std::process::exit(0);
+        });
+    };
+    // The Admin API runs on a thread of its own: however much work a request brings (a body of
+    // 500,000 tags, a declarative file), the proxy's workers never wait behind it.
+    let admin = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("gantry-admin")
+        .enable_all()
+        .build()?;
+    let done = rt.block_on(run(settings, stop, admin.handle().clone()));
+    admin.shutdown_background();
+    done
 }
 
-/// Run a node until `shutdown` resolves.
-pub async fn run<F>(settings: Settings, shutdown: F) -> anyhow::Result<()>
+/// Run a node until `shutdown` resolves; its Admin API is served on the `admin` runtime.
+pub async fn run<F>(
+    settings: Settings,
+    shutdown: F,
+    admin: tokio::runtime::Handle,
+) -> anyhow::Result<()>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -568,14 +598,24 @@ where
     let app = gantry_admin::router(state).merge(gantry_konnect::api::router(konnect));
     let mut tls_tasks = Vec::new();
     for (l, acceptor) in tls_listeners {
-        tls_tasks.push(tokio::spawn(gantry_admin::serve_tls(
-            app.clone(),
-            l,
-            acceptor,
-            rx.clone(),
-        )));
+        let (app, rx, l) = (app.clone(), rx.clone(), l.into_std()?);
+        tls_tasks.push(admin.spawn(async move {
+            gantry_admin::serve_tls(app, TcpListener::from_std(l)?, acceptor, rx).await
+        }));
     }
-    gantry_admin::serve_app(app, listeners, rx).await?;
+    let listeners = listeners
+        .into_iter()
+        .map(|l| l.into_std())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    admin
+        .spawn(async move {
+            let listeners = listeners
+                .into_iter()
+                .map(TcpListener::from_std)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            gantry_admin::serve_app(app, listeners, rx).await
+        })
+        .await??;
     for t in tls_tasks {
         let _ = t.await;
     }
@@ -631,9 +671,16 @@ async fn start_proxy(
     proxy.set_log_sinks(access_log(settings)?);
     // The change feed: each write costs the proxy what it changed, not an export.
     let feed = gantry_store::feed::Feed::start(&store).await?;
-    proxy
-        .apply_update(&feed.update(None))
-        .context("the stored configuration does not load")?;
+    // A stored configuration that does not compile (written by another version, or under other
+    // settings) leaves the proxy serving none of it, not a part: the node still starts, so its
+    // Admin API can repair the entity named here, and the first version that compiles is built
+    // whole and served. Until then `/status/ready` answers 503.
+    if let Err(e) = proxy.apply_update(&feed.update(None)) {
+        tracing::error!(
+            "the stored configuration does not load, so the proxy serves none of it until it \
+             is repaired through the Admin API: {e}"
+        );
+    }
     let tasks = serve_proxy(settings, &proxy, &shutdown).await?;
     tokio::spawn(gantry_store::feed::follow(
         feed, store, proxy, versions, shutdown,
@@ -696,11 +743,17 @@ async fn sweep(
 
 /// Write `<prefix>/pids/gantry.pid`; returns its path.
 pub fn write_pid(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
-    let pid_dir = settings.prefixed("pids");
-    std::fs::create_dir_all(&pid_dir)?;
-    let pid_file = pid_dir.join("gantry.pid");
+    let pid_file = pid_path(settings);
+    if let Some(dir) = pid_file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(&pid_file, std::process::id().to_string())?;
     Ok(pid_file)
+}
+
+/// `<prefix>/pids/gantry.pid`
+fn pid_path(settings: &Settings) -> std::path::PathBuf {
+    settings.prefixed("pids").join("gantry.pid")
 }
 
 /// Bind `proxy_listen` and `status_listen` and serve them with `proxy` until shutdown.

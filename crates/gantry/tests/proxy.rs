@@ -875,6 +875,18 @@ async fn hardening_refuses_ambiguous_requests() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // And logged in the access log, as nginx logs a request it could not parse (issue 17's
+    // item 11).
+    let access = dir.path().join("logs/access.log");
+    gantry_testkit::http::eventually(
+        Duration::from_secs(5),
+        "the parser's refusals are not in the access log",
+        || async {
+            let log = std::fs::read_to_string(&access).unwrap_or_default();
+            log.contains("\"-\" 400 refused=") && log.contains("\"-\" 431 refused=")
+        },
+    )
+    .await;
 
     // Content-Length with Transfer-Encoding: RFC 9112 section 6.3 lets a server process the
     // message by Transfer-Encoding alone, and then requires it to close the connection. The
@@ -2166,18 +2178,33 @@ async fn a_node_never_runs_a_route_with_a_plugin_it_does_not_enable() {
     assert!(!ok && err.contains(&not_enabled("key-auth")), "{err}");
     let (ok, err) = gantry(&[], &["config", "db_import", &key_auth, "-p", p]);
     assert!(ok, "{err}");
-    // Started without key-auth, the node refuses the stored configuration: nothing serves the
-    // route unauthenticated.
-    let err = failed_start_in(&prefix, &[("KONG_PLUGINS", "cors, file-log")]);
-    assert!(
-        err.contains("the stored configuration does not load"),
-        "{err}"
-    );
-    assert!(err.contains(&not_enabled("key-auth")), "{err}");
+    // Started without key-auth, the node does not run the stored configuration: nothing
+    // serves the route unauthenticated, the proxy is not ready, and the log names why. Its
+    // Admin API is up to repair it.
+    let http = reqwest::Client::new();
+    {
+        let node = Node::start(&prefix, &[("KONG_PLUGINS".into(), "cors, file-log".into())]);
+        let err = node.wait_log(
+            "the stored configuration does not load",
+            Duration::from_secs(5),
+        );
+        assert!(err.contains(&not_enabled("key-auth")), "{err}");
+        let proxy = node.proxy.clone().unwrap();
+        let r = http.get(format!("{proxy}/guarded")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "no part of the configuration is served");
+        let status = node.status.clone().unwrap();
+        let r = http
+            .get(format!("{status}/status/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let plugins = admin(&http, &node, "GET", "/plugins", json!({})).await;
+        assert_eq!(plugins["data"][0]["name"], "key-auth");
+    }
     // With key-auth enabled, the route is guarded.
     let node = Node::start(&prefix, &[("KONG_PLUGINS".into(), "key-auth".into())]);
     let proxy = node.proxy.clone().unwrap();
-    let http = reqwest::Client::new();
     let get = |key: Option<&'static str>| {
         let mut r = http.get(format!("{proxy}/guarded"));
         if let Some(k) = key {

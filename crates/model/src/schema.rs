@@ -417,6 +417,11 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
             let Value::String(s) = v else {
                 return err("expected a string".into());
             };
+            // No stored text holds a NUL: PostgreSQL cannot store one, and no header, name or
+            // path may carry one (Kong with PostgreSQL answers a 500 for it).
+            if s.contains('\0') {
+                return err("must not contain a NUL character".into());
+            }
             if let Some(set) = one_of {
                 if !set.contains(&s.as_str()) {
                     return err(format!("expected one of: {}", set.join(", ")));

@@ -7,8 +7,9 @@ use regex::Regex;
 
 use crate::schema::StrKind;
 
+/// Kong's `utf8_name`: ASCII alphanumerics, `.`, `-`, `_`, `~`, and any character beyond ASCII.
 static NAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._~-]+$").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"^[A-Za-z0-9._~\x{80}-\x{10FFFF}-]+$").expect("static regex"));
 static HOSTNAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
         .expect("static regex")
@@ -45,7 +46,7 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), Invalid> {
                 Ok(())
             } else {
                 Err(Invalid::from(format!(
-                    "invalid value '{s}': it must only contain alphanumeric and '., -, _, ~' characters"
+                    "invalid value '{s}': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
                 )))
             }
         }
@@ -226,6 +227,11 @@ mod tests {
     fn kinds() {
         assert!(check_str(StrKind::Name, "my-svc_1.v2~x").is_ok());
         assert!(check_str(StrKind::Name, "bad name").is_err());
+        assert!(
+            check_str(StrKind::Name, "сервис-1").is_ok(),
+            "Kong's utf8_name"
+        );
+        assert!(check_str(StrKind::Name, "a/b").is_err());
         assert!(check_str(StrKind::Host, "example.com").is_ok());
         assert!(check_str(StrKind::Host, "10.0.0.1").is_ok());
         assert!(check_str(StrKind::Host, "exa mple").is_err());

@@ -120,7 +120,9 @@ where
     let svc = hyper::service::service_fn(move |req| async move {
         Ok::<_, Infallible>(answer(req, peer, local).await)
     });
+    // Heads as large as the proxy forwards (hyper's default is 100 header lines).
     let _ = hyper::server::conn::http1::Builder::new()
+        .max_headers(crate::server::MAX_HEADER_LINES)
         .serve_connection(TokioIo::new(stream), svc)
         .await;
 }

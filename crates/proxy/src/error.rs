@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// understand a coding answers 501), never dropped silently.
     #[error("Not implemented: the only transfer coding accepted is chunked")]
     UnknownCoding,
+    /// A request head over the size limit (64 KiB), however many lines it has.
+    #[error("Request Header Fields Too Large")]
+    HeadTooLarge,
 }
 
 /// Why the proxy cannot be set up as its settings say: the setting and the value are named.
@@ -94,6 +97,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::BodyUnreadable => StatusCode::BAD_REQUEST,
             ProxyError::UnknownCoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 

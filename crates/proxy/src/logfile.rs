@@ -95,9 +95,7 @@ impl AccessLog {
     }
 
     fn line(&self, r: &RequestLog<'_>) -> String {
-        let now = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        let now = now();
         let total = r.total.as_secs_f64() * 1000.0;
         let upstream = r.upstream.map(|u| u.as_secs_f64() * 1000.0);
         if self.json {
@@ -133,15 +131,46 @@ impl AccessLog {
     }
 }
 
-impl LogSink for AccessLog {
-    fn log(&self, r: &RequestLog<'_>) {
-        match self.tx.try_send(self.line(r)) {
+impl AccessLog {
+    fn send(&self, line: String) {
+        match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+impl LogSink for AccessLog {
+    fn log(&self, r: &RequestLog<'_>) {
+        self.send(self.line(r));
+    }
+
+    /// As nginx logs a request it could not parse: `"-"` for the request line.
+    fn refused(&self, client: std::net::IpAddr, status: u16, reason: &str) {
+        let now = now();
+        let line = if self.json {
+            let mut s = serde_json::json!({
+                "time": now,
+                "client_ip": client.to_string(),
+                "status": status,
+                "refused": reason,
+            })
+            .to_string();
+            s.push('\n');
+            s
+        } else {
+            format!("{client} - - [{now}] \"-\" {status} refused={reason:?}\n")
+        };
+        self.send(line);
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -655,6 +655,9 @@ impl tokio::io::AsyncWrite for Stream {
     }
 }
 
+/// The largest response head read from an upstream: Kong's `proxy_buffer_size` (160k).
+const UPSTREAM_HEAD: usize = 160 * 1024;
+
 /// HTTP/1.1 on a connected stream; `with_upgrades`, so that a connection that switches
 /// protocols (WebSocket) is handed over to the caller instead of being closed.
 async fn handshake<S>(stream: S) -> Result<SendRequest<UpBody>, UpstreamError>
@@ -662,6 +665,10 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sender, conn) = http1::Builder::new()
+        // A response head is bounded by its size (Kong's proxy_buffer_size, 160k), not by
+        // how many header lines it has: 100 Set-Cookie lines are an ordinary response.
+        .max_buf_size(UPSTREAM_HEAD)
+        .max_headers(crate::server::MAX_HEADER_LINES * 2)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {

@@ -130,6 +130,10 @@ pub struct LogDetails {
 /// Called on the request path: it must not block.
 pub trait LogSink: Send + Sync + 'static {
     fn log(&self, r: &RequestLog<'_>);
+
+    /// A request the HTTP parser refused before it was one (`status` 400, 431 or 408): no
+    /// method, target or route to tell, only who sent it and why. Nothing by default.
+    fn refused(&self, _client: std::net::IpAddr, _status: u16, _reason: &str) {}
 }
 
 /// More for `status_listen`, from other parts of the node: Prometheus metrics for `/metrics` and
@@ -423,6 +427,8 @@ pub struct Proxy {
     pub(crate) load: Arc<Load>,
     probes: std::sync::Mutex<HashMap<String, Probing>>,
     header_timeout: Duration,
+    /// How long requests in flight may finish once the node stops (`set_shutdown_timeout`).
+    shutdown_timeout: std::sync::atomic::AtomicU64,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -475,6 +481,7 @@ impl Proxy {
             load: Arc::new(Load::default()),
             probes: std::sync::Mutex::new(HashMap::new()),
             header_timeout,
+            shutdown_timeout: std::sync::atomic::AtomicU64::new(30_000),
         })
     }
 
@@ -715,6 +722,12 @@ impl Proxy {
         }
     }
 
+    /// How long requests in flight may finish once the node stops (30 s unless set).
+    pub fn set_shutdown_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.shutdown_timeout.store(ms, Ordering::Relaxed);
+    }
+
     /// The TLS acceptor for `ssl` listeners: certificates by SNI from the running snapshot.
     pub fn tls_acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, SetupError> {
         crate::tls::acceptor(self.snapshot.clone())
@@ -765,10 +778,11 @@ impl Proxy {
         // Stop accepting (with SO_REUSEPORT and net.ipv4.tcp_migrate_req, connections still
         // queued here move to the node that replaces this one). Connections accepted a moment
         // ago get a short grace to send their first request before idle ones are closed;
-        // requests in flight then finish, for up to 30 s.
+        // requests in flight then finish, for up to the shutdown timeout.
         drop(listener);
         tokio::time::sleep(Duration::from_millis(250)).await;
-        let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+        let timeout = Duration::from_millis(self.shutdown_timeout.load(Ordering::Relaxed));
+        let _ = tokio::time::timeout(timeout, graceful.shutdown()).await;
     }
 
     /// One accepted connection: its TLS handshake when the listener has TLS, then HTTP.
@@ -800,6 +814,18 @@ impl Proxy {
         }
     }
 
+    /// Serve one plain HTTP connection over any byte stream, as one accepted from `peer` on
+    /// port 80: the robustness suite feeds the proxy raw bytes this way, without a socket.
+    pub async fn serve_stream<S>(self: Arc<Self>, io: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let conn = ConnInfo::new(peer, 80, false, None);
+        self.serve_conn(TokioIo::new(io), conn, graceful.watcher())
+            .await
+    }
+
     async fn serve_conn<I>(
         self: Arc<Self>,
         io: I,
@@ -822,7 +848,10 @@ impl Proxy {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
             // Request heads larger than this get 431, as nginx's large_client_header_buffers.
-            .max_buf_size(MAX_HEAD);
+            // Heads are bounded by size, as nginx and Kong bound them: the header count is
+            // only there so the parser has room for any head that fits (see MAX_HEADER_LINES).
+            .max_buf_size(MAX_HEAD)
+            .max_headers(MAX_HEADER_LINES);
         let conn = builder.serve_connection_with_upgrades(io, svc);
         if let Err(e) = watcher.watch(conn.into_owned()).await {
             // A request head the HTTP parser refused was answered by hyper itself (400, or 431
@@ -842,6 +871,9 @@ impl Proxy {
             match refused {
                 Some(status) => {
                     self.stats.count(status, Duration::ZERO);
+                    for sink in self.log_sinks.get().into_iter().flat_map(|s| s.iter()) {
+                        sink.refused(peer.ip(), status, &e.to_string());
+                    }
                     tracing::info!(client = %peer, status, error = %e, "request refused by the HTTP parser");
                 }
                 None => tracing::debug!(error = %e, "client connection ended with an error"),
@@ -1438,11 +1470,27 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// The largest request head read from a client.
 const MAX_HEAD: usize = 64 * 1024;
 
+/// Room for the header lines of any head within the size limits: a head of 64 KiB holds
+/// 4,096 lines of 16 bytes (`X-Ab: 123456789` and its CRLF), so a real head meets the size
+/// limit first. hyper's own default is 100 headers, which refused (431, or 502 for an upstream's
+/// response) heads nginx and Kong take.
+pub(crate) const MAX_HEADER_LINES: usize = MAX_HEAD / 16;
+
 /// Requests whose framing could be read two ways are refused (RFC 9112 section 6.3): a proxy
 /// and its upstream must never disagree on where a request ends.
 fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), ProxyError> {
     if parts.version >= hyper::Version::HTTP_2 {
         return Ok(());
+    }
+    // The parser bounds what it buffers while a head is incomplete; a head that arrives whole
+    // in one read is measured here, so that the bound is the same however the bytes came.
+    let fields: usize = parts
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if fields + parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_HEAD {
+        return Err(ProxyError::HeadTooLarge);
     }
     if parts.headers.get_all(header::HOST).iter().count() > 1 {
         return Err(ProxyError::BadRequest(
