@@ -668,7 +668,7 @@ where
         // A response head is bounded by its size (Kong's proxy_buffer_size, 160k), not by
         // how many header lines it has: 100 Set-Cookie lines are an ordinary response.
         .max_buf_size(UPSTREAM_HEAD)
-        .max_headers(crate::server::MAX_HEADER_LINES * 2)
+        .max_headers(crate::server::MAX_HEADER_LINES)
         .handshake(TokioIo::new(stream))
         .await?;
     tokio::spawn(async move {
