@@ -555,3 +555,90 @@ async fn poison_pills_are_refused_on_every_path_in() {
         assert_eq!(all["data"], json!([]), "{what}: stored");
     }
 }
+
+/// A transfer coding other than `chunked` is answered 501 and reaches no upstream, where it
+/// was once dropped silently and the body passed as if chunked alone (item 9); `chunked` twice
+/// is a 400.
+#[tokio::test]
+async fn unknown_transfer_codings_are_refused_not_dropped() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    // An upstream that only counts connections.
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    service_and_route(&http, &node, &up.to_string(), "/h").await;
+    synced(&http, &node).await;
+    let addr = node.proxy.clone().unwrap();
+    let addr = addr.trim_start_matches("http://");
+    for (coding, want) in [
+        ("gzip, chunked", "HTTP/1.1 501"),
+        ("br, chunked", "HTTP/1.1 501"),
+        ("chunked, chunked", "HTTP/1.1 400"),
+    ] {
+        let raw = format!(
+            "POST /h HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: {coding}\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let got = exchange(addr, raw.as_bytes()).await;
+        assert!(got.starts_with(want), "{coding}: {got}");
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "a refused request reached the upstream"
+    );
+}
+
+/// Requests the HTTP parser refuses before they are requests (a malformed head: 400; a head
+/// over the limit: 431) leave a trace: counted in the metrics, logged, and in the access log as
+/// nginx writes them (item 11).
+#[tokio::test]
+async fn requests_the_parser_refuses_leave_a_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[("KONG_LOG_LEVEL".into(), "info".into())]);
+    let http = reqwest::Client::new();
+    let addr = node.proxy.clone().unwrap();
+    let addr = addr.trim_start_matches("http://").to_string();
+    let status = node.status.clone().unwrap();
+    let refused = || async {
+        let m = gantry_testkit::http::get_text(&http, &format!("{status}/metrics")).await;
+        m.lines()
+            .filter(|l| l.starts_with("gantry_http_requests_total") && l.contains("4xx"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let before = refused().await;
+    let got = exchange(
+        &addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let got = exchange(&addr, huge.as_bytes()).await;
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+    let access = dir.path().join("logs/access.log");
+    gantry_testkit::http::eventually(
+        Duration::from_secs(5),
+        "no trace of the refusals",
+        || async {
+            let log = std::fs::read_to_string(&access).unwrap_or_default();
+            refused().await >= before + 2
+                && log.contains("\"-\" 400 refused=")
+                && log.contains("\"-\" 431 refused=")
+        },
+    )
+    .await;
+    node.wait_log("request refused by the HTTP parser", Duration::from_secs(5));
+}
