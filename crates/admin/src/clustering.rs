@@ -252,8 +252,28 @@ pub async fn analytics(
 /// `GET /metrics`: Prometheus text. The configuration version; on a control plane also data
 /// planes by status, their sync lag, and the cluster service's counters.
 pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
-    let version = st.store.version().await?;
     let mut m = String::new();
+    let kong = st.plugins.get("prometheus").is_some();
+    let version = match st.store.version().await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "failed to reach the database while serving /metrics");
+            None
+        }
+    };
+    if kong {
+        // Kong's prometheus plugin: whether the datastore answers, 0 when it does not.
+        gantry_model::prometheus(
+            &mut m,
+            "kong_datastore_reachable",
+            "gauge",
+            "Datastore reachable from Kong, 0 is unreachable",
+            &[("", f64::from(u8::from(version.is_some())))],
+        );
+    }
+    let Some(version) = version else {
+        return Ok(metrics_text(m));
+    };
     gantry_model::prometheus(
         &mut m,
         "gantry_config_version",
@@ -263,6 +283,9 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
     );
     if st.settings.role == Role::ControlPlane {
         let dps = entries(&st).await?;
+        if kong {
+            data_plane_series(&mut m, &dps);
+        }
         let labels: Vec<String> = NodeStatus::ALL
             .iter()
             .map(|s| format!("{{status=\"{s}\"}}"))
@@ -300,12 +323,75 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
             extra(&mut m);
         }
     }
-    Ok((
+    Ok(metrics_text(m))
+}
+
+fn metrics_text(m: String) -> Response {
+    (
         [(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
         m,
     )
-        .into_response())
+        .into_response()
+}
+
+/// Kong's prometheus series of a control plane's data planes, labelled by node id, hostname
+/// and address: when each was last seen, its configuration hash as a number (Kong reads the hex
+/// digits as one number), and whether its version is compatible (0 when the control plane sends
+/// it nothing for its version or its plugins).
+fn data_plane_series(m: &mut String, dps: &[Doc]) {
+    use std::fmt::Write;
+    let text = |d: &Doc, k: &str| {
+        d.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+    };
+    let mut last_seen = String::new();
+    let mut hash = String::new();
+    let mut compatible = String::new();
+    for d in dps {
+        let labels = format!(
+            "node_id=\"{}\",hostname=\"{}\",ip=\"{}\"",
+            text(d, "id"),
+            text(d, "hostname"),
+            text(d, "ip")
+        );
+        let seen = d.get("last_seen").and_then(Value::as_i64).unwrap_or(0);
+        let _ = writeln!(last_seen, "kong_data_plane_last_seen{{{labels}}} {seen}");
+        let number = text(d, "config_hash")
+            .chars()
+            .filter_map(|c| c.to_digit(16))
+            .fold(0f64, |n, d| n * 16.0 + f64::from(d));
+        let _ = writeln!(hash, "kong_data_plane_config_hash{{{labels}}} {number}");
+        let ok = d.get("status").and_then(Value::as_str) != Some(NodeStatus::Incompatible.as_str());
+        let _ = writeln!(
+            compatible,
+            "kong_data_plane_version_compatible{{{labels},kong_version=\"{}\"}} {}",
+            text(d, "version"),
+            u8::from(ok)
+        );
+    }
+    for (name, help, lines) in [
+        (
+            "kong_data_plane_config_hash",
+            "Config hash numeric value of the data plane",
+            hash,
+        ),
+        (
+            "kong_data_plane_last_seen",
+            "Last time data plane contacted control plane",
+            last_seen,
+        ),
+        (
+            "kong_data_plane_version_compatible",
+            "Version compatible status of the data plane, 0 is incompatible",
+            compatible,
+        ),
+    ] {
+        let _ = write!(m, "# HELP {name} {help}\n# TYPE {name} gauge\n{lines}");
+    }
 }

@@ -11,7 +11,7 @@ use gantry_dp::{DataPlane, DpOptions};
 use gantry_store::Store;
 use tokio::sync::watch;
 
-use crate::node::{listen, serve_proxy_listeners, serve_status, write_pid};
+use crate::node::{listen, plugin_registry, serve_proxy_listeners, serve_status, write_pid};
 
 /// Start the cluster service of a control plane: check its certificates, follow the store,
 /// accept data planes on `cluster_listen`.
@@ -208,6 +208,10 @@ where
     proxy.add_metrics(Arc::new(DpMetrics {
         collector,
         state: dp.state(),
+        cluster: plugin_registry(&settings)?
+            .get("prometheus")
+            .is_some()
+            .then(|| settings.cluster.clone()),
     }));
     let mut tasks = serve_status(&settings, &proxy, &rx).await?;
     tracing::info!(
@@ -255,10 +259,25 @@ where
 struct DpMetrics {
     collector: Option<Arc<gantry_telemetry::Collector>>,
     state: watch::Receiver<gantry_dp::DpState>,
+    /// With Kong's prometheus plugin loaded: the cluster settings, for the certificate's expiry.
+    cluster: Option<gantry_conf::ClusterSettings>,
 }
 
 impl gantry_proxy::MetricsSource for DpMetrics {
     fn write(&self, m: &mut String) {
+        if let Some(not_after) = self
+            .cluster
+            .as_ref()
+            .and_then(gantry_protocol::tls::own_not_after)
+        {
+            gantry_model::prometheus(
+                m,
+                "kong_data_plane_cluster_cert_expiry_timestamp",
+                "gauge",
+                "Unix timestamp of Data Plane's cluster_cert expiry time",
+                &[("", not_after as f64)],
+            );
+        }
         self.state.borrow().write_metrics(m);
         if let Some(c) = &self.collector {
             c.write_metrics(m);

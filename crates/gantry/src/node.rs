@@ -681,11 +681,58 @@ async fn start_proxy(
              is repaired through the Admin API: {e}"
         );
     }
+    if settings.database != Database::Off && plugin_registry(settings)?.get("prometheus").is_some()
+    {
+        let reachable = Arc::new(Datastore(std::sync::atomic::AtomicBool::new(true)));
+        proxy.add_metrics(reachable.clone());
+        tokio::spawn(reachable.watch(store.clone(), shutdown.clone()));
+    }
     let tasks = serve_proxy(settings, &proxy, &shutdown).await?;
     tokio::spawn(gantry_store::feed::follow(
         feed, store, proxy, versions, shutdown,
     ));
     Ok(tasks)
+}
+
+/// Kong's `kong_datastore_reachable` on a node with a database, for its prometheus plugin:
+/// whether the store answered when last asked (every 10 s), 0 when it did not.
+struct Datastore(std::sync::atomic::AtomicBool);
+
+impl Datastore {
+    async fn watch(
+        self: Arc<Self>,
+        store: Arc<Store>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let ok = match store.version().await {
+                Ok(_) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "the database is not reachable");
+                    false
+                }
+            };
+            self.0.store(ok, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+                _ = gantry_protocol::stopped(&mut stop) => return,
+            }
+        }
+    }
+}
+
+impl gantry_proxy::MetricsSource for Datastore {
+    fn write(&self, m: &mut String) {
+        let up = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        gantry_model::prometheus(
+            m,
+            "kong_datastore_reachable",
+            "gauge",
+            "Datastore reachable from Kong, 0 is unreachable",
+            &[("", f64::from(u8::from(up)))],
+        );
+    }
 }
 
 /// The proxy's upstream health, as the Admin API reads and sets it.

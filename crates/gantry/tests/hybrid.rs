@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gantry_testkit::http::{get_json, until};
+use gantry_testkit::http::{get_json, get_text, until};
 use gantry_testkit::process::{admin, cmd, cp_env, dp_env, env, gen_cert, service_and_route, Node};
 use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
@@ -205,6 +205,43 @@ async fn data_planes_sync_and_register() {
         assert!(exp > now + 3640 * 86_400, "{n}");
         assert!(n["last_seen"].as_i64().unwrap() >= now - 60);
     }
+    // Kong's prometheus series: each data plane's on the control plane's status listener, and
+    // the data plane's own certificate expiry on its own.
+    let text = get_text(&http, &format!("{}/metrics", cp.status.clone().unwrap())).await;
+    assert!(text.contains("\nkong_datastore_reachable 1\n"), "{text}");
+    for n in &all {
+        let id = n["id"].as_str().unwrap();
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.starts_with(&format!("{name}{{")) && l.contains(&format!("node_id=\"{id}\""))
+                })
+                .unwrap_or_else(|| panic!("no {name} for {id}: {text}"));
+            assert!(
+                line.contains("hostname=\"") && line.contains("ip=\"127.0.0.1\""),
+                "{line}"
+            );
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        // Seen since the registry was read, perhaps again.
+        assert!(value("kong_data_plane_last_seen") >= n["last_seen"].as_f64().unwrap());
+        assert_eq!(value("kong_data_plane_version_compatible"), 1.0);
+        let hash = n["config_hash"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .fold(0f64, |h, c| h * 16.0 + f64::from(c.to_digit(16).unwrap()));
+        assert_eq!(value("kong_data_plane_config_hash"), hash);
+    }
+    let exp = all[0]["cert_details"]["expiry_timestamp"].as_i64().unwrap();
+    let text = get_text(&http, &format!("{}/metrics", dp1.status.clone().unwrap())).await;
+    assert!(
+        text.contains(&format!(
+            "\nkong_data_plane_cluster_cert_expiry_timestamp {exp}\n"
+        )),
+        "{text}"
+    );
     let eu = until_registry(
         &http,
         &cp,
@@ -769,6 +806,18 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     .await;
     let m = node(&d, &major_id).unwrap();
     assert_eq!(m["status"], "incompatible", "{m}");
+    // Kong's prometheus series say which data planes the control plane cannot serve.
+    let text = get_text(&http, &format!("{}/metrics", cp.status.clone().unwrap())).await;
+    for (id, want) in [(&major_id, "0"), (&lacking_id, "0"), (&older_id, "1")] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("kong_data_plane_version_compatible{")
+                    && l.contains(&format!("node_id=\"{id}\""))
+            })
+            .unwrap_or_else(|| panic!("no series for {id}: {text}"));
+        assert!(line.ends_with(&format!(" {want}")), "{line}");
+    }
     assert_eq!(m["sync_status"], "kong_version_incompatible");
     assert_text(&m["reason"], "different major versions", m);
     let n = node(&d, &newer_id).unwrap();

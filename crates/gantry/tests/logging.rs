@@ -504,6 +504,34 @@ async fn prometheus_as_kong() {
         "{text}"
     );
     assert!(sample(&samples, "gantry_http_requests_total", &[("class", "2xx")]).is_some());
+    // The connection states Kong's dashboards read, and the datastore this node uses.
+    let conns = |state: &str| {
+        sample(
+            &samples,
+            "kong_nginx_connections_total",
+            &[
+                ("node_id", node_id.trim()),
+                ("subsystem", "http"),
+                ("state", state),
+            ],
+        )
+        .unwrap_or_else(|| panic!("no {state} connections: {text}"))
+    };
+    assert!(conns("accepted") >= 1.0 && conns("accepted") == conns("handled"));
+    assert!(conns("total") >= 3.0, "{text}");
+    assert!(
+        conns("active") >= conns("reading") + conns("writing"),
+        "{text}"
+    );
+    assert_eq!(
+        conns("active"),
+        conns("reading") + conns("writing") + conns("waiting")
+    );
+    assert_eq!(
+        sample(&samples, "kong_datastore_reachable", &[]),
+        Some(1.0),
+        "{text}"
+    );
 
     // No instance left: the node's metrics stay, the per-request ones go.
     let pid = created[0]["id"].as_str().unwrap();

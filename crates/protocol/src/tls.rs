@@ -141,6 +141,13 @@ pub fn own_validity(s: &ClusterSettings) -> Option<Validity> {
     validity_at(&chain[0], gantry_model::unix_now())
 }
 
+/// When this node's `cluster_cert` expires (Unix seconds), read from its setting now, so that
+/// a rotated certificate is the one reported.
+pub fn own_not_after(s: &ClusterSettings) -> Option<i64> {
+    let chain = certs("cluster_cert", &s.cert).ok()?;
+    validity(&chain[0]).map(|(_, not_after)| not_after)
+}
+
 /// When this node's `cluster_cert` has expired, its expiry (Unix seconds).
 pub fn expired(s: &ClusterSettings) -> Option<i64> {
     match own_validity(s)? {

@@ -50,6 +50,53 @@ pub struct Stats {
     /// `gantry_model::analytics::BOUNDS_MS`, and the sum in microseconds.
     pub latency: [AtomicU64; gantry_model::analytics::BOUNDS_MS.len() + 1],
     pub latency_sum_us: AtomicU64,
+    /// Client connections accepted since the start.
+    pub conns_accepted: AtomicU64,
+    /// Client connections open now (TLS handshakes included).
+    pub conns_open: AtomicU64,
+    /// Open connections that have not sent a whole request head yet.
+    pub conns_fresh: AtomicU64,
+    /// Requests waiting for their response head now.
+    pub in_flight: AtomicU64,
+}
+
+impl Stats {
+    /// Kong's `kong_nginx_connections_total` states as Gantry counts them: `accepted`,
+    /// `handled` (every accepted connection is handled), `total` (requests), `active` (open),
+    /// `reading` (open, no request yet), `writing` (requests being answered) and `waiting`
+    /// (the rest of the open ones: idle between requests).
+    pub fn connections(&self) -> [(&'static str, u64); 7] {
+        let accepted = self.conns_accepted.load(Ordering::Relaxed);
+        let active = self.conns_open.load(Ordering::Relaxed);
+        let reading = self.conns_fresh.load(Ordering::Relaxed);
+        let writing = self.in_flight.load(Ordering::Relaxed);
+        [
+            ("accepted", accepted),
+            ("active", active),
+            ("handled", accepted),
+            ("reading", reading),
+            ("total", self.total()),
+            ("waiting", active.saturating_sub(reading + writing)),
+            ("writing", writing),
+        ]
+    }
+}
+
+/// Counts one open client connection, until dropped.
+struct Open(Arc<Proxy>);
+
+impl Open {
+    fn new(proxy: Arc<Proxy>) -> Open {
+        proxy.stats.conns_accepted.fetch_add(1, Ordering::Relaxed);
+        proxy.stats.conns_open.fetch_add(1, Ordering::Relaxed);
+        Open(proxy)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.stats.conns_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Stats {
@@ -388,6 +435,22 @@ struct Cancels {
     answered: std::sync::atomic::AtomicU64,
     cancelled: std::sync::atomic::AtomicU64,
     abuse: tokio::sync::Notify,
+    /// Whether a request has come on the connection.
+    started: AtomicBool,
+}
+
+/// Takes a connection that never sent a request out of the `reading` count when it ends.
+struct Fresh<'a> {
+    cancels: Arc<Cancels>,
+    stats: &'a Stats,
+}
+
+impl Drop for Fresh<'_> {
+    fn drop(&mut self) {
+        if !self.cancels.started.swap(true, Ordering::Relaxed) {
+            self.stats.conns_fresh.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Cancellations a connection may make before they are weighed against its answers.
@@ -396,11 +459,13 @@ const CANCELS_ALLOWED: u64 = 100;
 /// Counts one request as answered, or as cancelled when its future is dropped first.
 struct Answering<'a> {
     cancels: &'a Cancels,
+    stats: &'a Stats,
     answered: bool,
 }
 
 impl Drop for Answering<'_> {
     fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let c = self.cancels;
         if self.answered {
             c.answered.fetch_add(1, Ordering::Relaxed);
@@ -596,6 +661,7 @@ impl Proxy {
             snap.plugins.has("prometheus"),
             node_id,
             self.stats.total(),
+            &self.stats.connections(),
         );
         if m.upstream_health() {
             out.push_str(crate::plugins::prometheus::TARGET_HEALTH_HEAD);
@@ -796,6 +862,7 @@ impl Proxy {
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
                     tokio::spawn(async move {
+                        let _open = Open::new(me.clone());
                         if !proxy_protocol {
                             return me.accept(stream, peer, local_port, tls, None, watcher).await;
                         }
@@ -872,6 +939,7 @@ impl Proxy {
         let peer = conn.peer;
         let conn = Arc::new(conn);
         let cancels = Arc::new(Cancels::default());
+        self.stats.conns_fresh.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let counted = cancels.clone();
         let svc = hyper::service::service_fn(move |req| {
@@ -879,8 +947,13 @@ impl Proxy {
             let conn = conn.clone();
             let cancels = counted.clone();
             async move {
+                if !cancels.started.swap(true, Ordering::Relaxed) {
+                    me.stats.conns_fresh.fetch_sub(1, Ordering::Relaxed);
+                }
+                me.stats.in_flight.fetch_add(1, Ordering::Relaxed);
                 let mut answering = Answering {
                     cancels: &cancels,
+                    stats: &me.stats,
                     answered: false,
                 };
                 let res = me.handle(req, &conn).await;
@@ -888,6 +961,11 @@ impl Proxy {
                 Ok::<_, Infallible>(res)
             }
         });
+        // However the connection ends, it is no longer waiting for its first request.
+        let _fresh = Fresh {
+            cancels: cancels.clone(),
+            stats: &self.stats,
+        };
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()

@@ -110,7 +110,7 @@ impl Node {
             .iter()
             .any(|(k, v)| k == "KONG_PROXY_LISTEN" && v != "off")
             && role == "traditional";
-        let needs_status = role == "data_plane"
+        let needs_status = role != "traditional"
             && env
                 .iter()
                 .any(|(k, v)| k == "KONG_STATUS_LISTEN" && v != "off");

@@ -180,7 +180,14 @@ impl Metrics {
 
     /// The per-request metrics in Kong's exposition: metrics in the order of their names
     /// without `kong_`, series sorted, HELP and TYPE once before each metric's first line.
-    pub fn write(&self, out: &mut String, enabled: bool, node_id: &str, requests: u64) {
+    pub fn write(
+        &self,
+        out: &mut String,
+        enabled: bool,
+        node_id: &str,
+        requests: u64,
+        connections: &[(&str, u64)],
+    ) {
         let Ok(routes) = self.routes.read() else {
             return;
         };
@@ -262,6 +269,18 @@ impl Metrics {
             "Latency added by Kong and enabled plugins for each service/route in Kong",
             &hist[0],
         );
+        head(
+            out,
+            "kong_nginx_connections_total",
+            "Number of connections by subsystem",
+            "gauge",
+        );
+        for (state, n) in connections {
+            let _ = writeln!(
+                out,
+                "kong_nginx_connections_total{{node_id=\"{node_id}\",subsystem=\"http\",state=\"{state}\"}} {n}"
+            );
+        }
         head(
             out,
             "kong_nginx_requests_total",
