@@ -73,6 +73,9 @@ pub fn parse_multipart(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, 
 
 fn pairs_to_map(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ApiError> {
     let mut root = Map::new();
+    // An index past the number of fields could only leave holes: refused, so that a short
+    // key (`a[99999999]=x`) cannot make the decoder fill millions of slots.
+    let most = pairs.len();
     for (k, v) in pairs {
         let mut path: Vec<Seg> = Vec::new();
         for part in k.split('.') {
@@ -88,7 +91,7 @@ fn pairs_to_map(pairs: Vec<(String, String)>) -> Result<Map<String, Value>, ApiE
                 path.push(if idx.is_empty() {
                     Seg::Push
                 } else {
-                    let n: usize = idx.parse().map_err(|_| {
+                    let n: usize = idx.parse().ok().filter(|n| *n <= most).ok_or_else(|| {
                         ApiError::BadRequest(format!("invalid array index in form key '{k}'"))
                     })?;
                     Seg::Index(n)
@@ -224,5 +227,19 @@ mod tests {
         let e = parse_form(b"na%C3me=x").unwrap_err().to_string();
         assert!(e.contains("invalid form key"), "{e}");
         assert!(parse_form(b"name=\xff").is_err());
+    }
+
+    /// A form's array index is bounded by its number of fields: `a[99999999]=x` once filled
+    /// 99,999,999 slots (3 GB) from a body of 15 bytes (issue 17's item 3).
+    #[test]
+    fn form_array_indexes_cannot_outgrow_the_body() {
+        let e = parse_form(b"a[99999999]=x").unwrap_err().to_string();
+        assert!(
+            e.contains("invalid array index in form key 'a[99999999]'"),
+            "{e}"
+        );
+        assert!(parse_form(b"a[18446744073709551615]=x").is_err());
+        let m = parse_form(b"a[2]=y&a[1]=x").unwrap();
+        assert_eq!(Value::Object(m), json!({"a": ["x", "y"]}));
     }
 }
