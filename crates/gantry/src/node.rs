@@ -404,6 +404,7 @@ pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    raise_open_files();
     let rt = runtime(settings.worker_threads)?;
     let (timeout, pid_file) = (settings.shutdown_timeout, pid_path(&settings));
     let stop = async move {
@@ -431,6 +432,19 @@ pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
     let done = rt.block_on(run(settings, stop, admin.handle().clone()));
     admin.shutdown_background();
     done
+}
+
+/// Every connection is an open file: the soft limit (often 1,024) is raised to the hard one, as
+/// nginx's `worker_rlimit_nofile` and Kong's start do, and a limit under 4,096 is reported.
+fn raise_open_files() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < 4096 => tracing::warn!(
+            limit = n,
+            "open files are limited to {n}: each client and upstream connection takes one; raise the hard limit (ulimit -Hn) to at least 4096"
+        ),
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
 }
 
 /// Run a node until `shutdown` resolves; its Admin API is served on the `admin` runtime.

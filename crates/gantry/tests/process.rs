@@ -610,3 +610,40 @@ async fn the_admin_api_answers_over_tls_and_http2() {
     assert!(!ok);
     assert!(err.contains("admin_ssl_cert_key"), "{err}");
 }
+
+/// A node started with the common soft limit of 1,024 open files raises it to the hard limit:
+/// every connection is an open file (500 slow clients and their upstreams would not fit).
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 1024 && exec \"$0\" start -p \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_gantry"))
+        .arg(dir.path())
+        .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
+        .env("KONG_STATUS_LISTEN", "off")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid_file = dir.path().join("pids/gantry.pid");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_eq!(soft, hard, "{line}");
+}
