@@ -122,7 +122,7 @@ impl Plugin for FileLog {
     }
 
     fn log(&self, r: &RequestLog<'_>) -> Option<super::BoxFuture<'static, ()>> {
-        let mut line = super::serialize::entry(r).to_string();
+        let mut line = super::serialize::entry(r);
         line.push('\n');
         match self.queue.try_send(line) {
             Ok(()) => {}

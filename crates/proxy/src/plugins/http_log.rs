@@ -303,7 +303,7 @@ impl Plugin for HttpLog {
     }
 
     fn log(&self, r: &RequestLog<'_>) -> Option<BoxFuture<'static, ()>> {
-        let entry = Bytes::from(super::serialize::entry(r).to_string());
+        let entry = Bytes::from(super::serialize::entry(r));
         self.queues.enqueue(
             "http-log",
             &self.queue_name,
