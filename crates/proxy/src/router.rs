@@ -255,13 +255,17 @@ impl HostMatch {
     fn matches(&self, host: &str, port: u16) -> bool {
         let (ok, want) = match self {
             HostMatch::Exact { host: h, port } => (h.eq_ignore_ascii_case(host), port),
+            // Compared as bytes: a host need not split at a character boundary where a
+            // pattern ends (a client's `aπexample` against `*.example`).
             HostMatch::Suffix { suffix, port } => (
                 host.len() > suffix.len()
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix),
+                    && host.as_bytes()[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes()),
                 port,
             ),
             HostMatch::Prefix { prefix, port } => (
-                host.len() > prefix.len() && host[..prefix.len()].eq_ignore_ascii_case(prefix),
+                host.len() > prefix.len()
+                    && host.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()),
                 port,
             ),
         };
