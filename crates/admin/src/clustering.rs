@@ -262,14 +262,7 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
         }
     };
     if kong {
-        // Kong's prometheus plugin: whether the datastore answers, 0 when it does not.
-        gantry_model::prometheus(
-            &mut m,
-            "kong_datastore_reachable",
-            "gauge",
-            "Datastore reachable from Kong, 0 is unreachable",
-            &[("", f64::from(u8::from(version.is_some())))],
-        );
+        datastore_reachable(&mut m, version.is_some());
     }
     let Some(version) = version else {
         return Ok(metrics_text(m));
@@ -324,6 +317,18 @@ pub async fn metrics(State(st): State<Arc<AdminState>>) -> Result<Response, ApiE
         }
     }
     Ok(metrics_text(m))
+}
+
+/// Kong's prometheus plugin's `kong_datastore_reachable`: whether the datastore answers, 0 when
+/// it does not.
+pub fn datastore_reachable(m: &mut String, up: bool) {
+    gantry_model::prometheus(
+        m,
+        "kong_datastore_reachable",
+        "gauge",
+        "Datastore reachable from Kong, 0 is unreachable",
+        &[("", f64::from(u8::from(up)))],
+    );
 }
 
 fn metrics_text(m: String) -> Response {

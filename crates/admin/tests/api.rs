@@ -1186,34 +1186,9 @@ async fn certificates_a_node_cannot_serve_are_refused() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (key, cert) = (dir.path().join("k.pem"), dir.path().join("c.pem"));
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-521",
-            "-nodes",
-        ])
-        .args(["-subj", "/CN=p521.example", "-days", "1"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (cert, key) = gantry_testkit::pki::p521_pair(dir.path());
     let api = start(gantry_testkit::sqlite_store().await, &[]).await;
-    let body = json!({
-        "cert": std::fs::read_to_string(&cert).unwrap(),
-        "key": std::fs::read_to_string(&key).unwrap(),
-    });
+    let body = json!({"cert": cert, "key": key});
     let (s, b) = api.req("POST", "/certificates", Some(body)).await;
     assert_eq!(s, 400, "{b}");
     assert!(

@@ -151,16 +151,17 @@ fn load(v: Value) -> Result<Config, declarative::DeclarativeError> {
     )
 }
 
-/// What a node is given, it runs whole.
-fn build(config: &Config) -> Result<(), gantry_proxy::SnapshotError> {
+/// A proxy running `config` whole, as a node is given it.
+fn running(config: &Config) -> Result<Arc<gantry_proxy::Proxy>, gantry_proxy::SnapshotError> {
     let digests = Digests::of(config);
-    let update = gantry_model::delta::Update {
+    let proxy = gantry_proxy::Proxy::new();
+    proxy.apply_update(&gantry_model::delta::Update {
         config,
         digests: &digests,
         version: 1,
         changes: None,
-    };
-    gantry_proxy::Proxy::new().apply_update(&update)
+    })?;
+    Ok(proxy)
 }
 
 /// A declarative file (YAML or JSON): what loads also compiles as the proxy will run it (no
@@ -176,7 +177,7 @@ pub fn declarative(data: &[u8]) {
     let Ok(config) = load(v) else {
         return;
     };
-    if let Err(e) = build(&config) {
+    if let Err(e) = running(&config) {
         panic!("a file that loads does not run: {e}");
     }
     let again = load(declarative::export(&config))
@@ -398,16 +399,7 @@ fn harness() -> &'static Harness {
         );
         let config = load(declarative::parse_text(&file).expect("the harness file"))
             .expect("the harness configuration");
-        let proxy = gantry_proxy::Proxy::new();
-        let digests = Digests::of(&config);
-        proxy
-            .apply_update(&gantry_model::delta::Update {
-                config: &config,
-                digests: &digests,
-                version: 1,
-                changes: None,
-            })
-            .expect("the harness configuration builds");
+        let proxy = running(&config).expect("the harness configuration builds");
         Harness {
             rt,
             proxy,

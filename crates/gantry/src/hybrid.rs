@@ -11,7 +11,7 @@ use gantry_dp::{DataPlane, DpOptions};
 use gantry_store::Store;
 use tokio::sync::watch;
 
-use crate::node::{listen, plugin_registry, serve_proxy_listeners, serve_status, write_pid};
+use crate::node::{listen, serve_proxy_listeners, serve_status, write_pid};
 
 /// Start the cluster service of a control plane: check its certificates, follow the store,
 /// accept data planes on `cluster_listen`.
@@ -208,7 +208,8 @@ where
     proxy.add_metrics(Arc::new(DpMetrics {
         collector,
         state: dp.state(),
-        cluster: plugin_registry(&settings)?
+        cluster: proxy
+            .registry()
             .get("prometheus")
             .is_some()
             .then(|| settings.cluster.clone()),

@@ -695,8 +695,7 @@ async fn start_proxy(
              is repaired through the Admin API: {e}"
         );
     }
-    if settings.database != Database::Off && plugin_registry(settings)?.get("prometheus").is_some()
-    {
+    if settings.database != Database::Off && proxy.registry().get("prometheus").is_some() {
         let reachable = Arc::new(Datastore(std::sync::atomic::AtomicBool::new(true)));
         proxy.add_metrics(reachable.clone());
         tokio::spawn(reachable.watch(store.clone(), shutdown.clone()));
@@ -739,13 +738,7 @@ impl Datastore {
 impl gantry_proxy::MetricsSource for Datastore {
     fn write(&self, m: &mut String) {
         let up = self.0.load(std::sync::atomic::Ordering::Relaxed);
-        gantry_model::prometheus(
-            m,
-            "kong_datastore_reachable",
-            "gauge",
-            "Datastore reachable from Kong, 0 is unreachable",
-            &[("", f64::from(u8::from(up)))],
-        );
+        gantry_admin::clustering::datastore_reachable(m, up);
     }
 }
 

@@ -32,6 +32,14 @@ async fn until_registry(
     }
 }
 
+/// The line of Kong's metric `name` for data plane `id` in a Prometheus exposition.
+fn data_plane_series<'a>(text: &'a str, name: &str, id: &str) -> &'a str {
+    let node = format!("node_id=\"{id}\"");
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(&node))
+        .unwrap_or_else(|| panic!("no {name} for {id}: {text}"))
+}
+
 async fn cp_hash(http: &reqwest::Client, cp: &Node) -> String {
     get_json(http, &format!("{}/status", cp.admin)).await.1["configuration_hash"]
         .as_str()
@@ -212,12 +220,7 @@ async fn data_planes_sync_and_register() {
     for n in &all {
         let id = n["id"].as_str().unwrap();
         let value = |name: &str| -> f64 {
-            let line = text
-                .lines()
-                .find(|l| {
-                    l.starts_with(&format!("{name}{{")) && l.contains(&format!("node_id=\"{id}\""))
-                })
-                .unwrap_or_else(|| panic!("no {name} for {id}: {text}"));
+            let line = data_plane_series(&text, name, id);
             assert!(
                 line.contains("hostname=\"") && line.contains("ip=\"127.0.0.1\""),
                 "{line}"
@@ -809,13 +812,7 @@ async fn versions_plugins_and_refusals_show_in_the_registry() {
     // Kong's prometheus series say which data planes the control plane cannot serve.
     let text = get_text(&http, &format!("{}/metrics", cp.status.clone().unwrap())).await;
     for (id, want) in [(&major_id, "0"), (&lacking_id, "0"), (&older_id, "1")] {
-        let line = text
-            .lines()
-            .find(|l| {
-                l.starts_with("kong_data_plane_version_compatible{")
-                    && l.contains(&format!("node_id=\"{id}\""))
-            })
-            .unwrap_or_else(|| panic!("no series for {id}: {text}"));
+        let line = data_plane_series(&text, "kong_data_plane_version_compatible", id);
         assert!(line.ends_with(&format!(" {want}")), "{line}");
     }
     assert_eq!(m["sync_status"], "kong_version_incompatible");

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_testkit::http::not_enabled;
+use gantry_testkit::http::{exchange, not_enabled};
 use gantry_testkit::process::{admin, proxy_until as until, service_and_route, synced, Node};
 use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
@@ -735,20 +735,11 @@ async fn tls_by_sni_and_http2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hardening_refuses_ambiguous_requests() {
     use std::io::{Read, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    // An upstream that only counts connections.
-    let hits = std::sync::Arc::new(AtomicUsize::new(0));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let h = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((_s, _)) = l.accept().await {
-            h.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let (up, hits) = gantry_testkit::upstream::counting().await;
     admin(
         &http,
         &node,
@@ -2651,17 +2642,6 @@ async fn target_health_endpoints_as_kong() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-}
-
-/// Send `raw` on a new connection to `addr` and read until it closes.
-async fn exchange(addr: &str, raw: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    let read = s.read_to_end(&mut out);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
-    String::from_utf8_lossy(&out).to_string()
 }
 
 /// The PROXY protocol on `proxy_listen`: v1 from curl (`--haproxy-protocol`) and v1 and v2

@@ -3,22 +3,10 @@
 
 use std::time::Duration;
 
+use gantry_testkit::http::exchange;
 use gantry_testkit::process::{admin, service_and_route, synced, Node};
 use gantry_testkit::upstream::echo;
 use serde_json::{json, Value};
-
-/// Send `raw` on a new connection to `addr` and read the answer until the server closes.
-async fn exchange(addr: &str, raw: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("an answer, then the connection closed")
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Heads are bounded by their size, as nginx's and Kong's, not by hyper's 100 header lines
 /// (item 7): a request with 130 small headers is proxied whole, and so is an upstream's
@@ -411,29 +399,6 @@ async fn slow_clients_do_not_keep_others_out() {
     }
 }
 
-/// A P-521 certificate and key (rustls' ring provider cannot sign with P-521), from openssl.
-fn p521_pair(dir: &std::path::Path) -> (String, String) {
-    let (key, cert) = (dir.join("p521.key"), dir.join("p521.crt"));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:P-521", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=p521.example", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        std::fs::read_to_string(cert).unwrap(),
-        std::fs::read_to_string(key).unwrap(),
-    )
-}
-
 /// A poison pill (an entity the schema takes but the proxy cannot run: a route whose header
 /// regex does not compile, a certificate whose key no provider here signs with, a plugin the
 /// node does not enable) is refused on every way in, naming it, and nothing of its file is
@@ -445,7 +410,7 @@ async fn poison_pills_are_refused_on_every_path_in() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = p521_pair(dir.path());
+    let (cert, key) = gantry_testkit::pki::p521_pair(dir.path());
     let indent = |pem: &str| pem.trim_end().replace('\n', "\n    ");
     let pills = [
         (
@@ -561,20 +526,11 @@ async fn poison_pills_are_refused_on_every_path_in() {
 /// is a 400.
 #[tokio::test]
 async fn unknown_transfer_codings_are_refused_not_dropped() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    // An upstream that only counts connections.
-    let hits = std::sync::Arc::new(AtomicUsize::new(0));
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let h = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((_s, _)) = l.accept().await {
-            h.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let (up, hits) = gantry_testkit::upstream::counting().await;
     service_and_route(&http, &node, &up.to_string(), "/h").await;
     synced(&http, &node).await;
     let addr = node.proxy.clone().unwrap();

@@ -1620,12 +1620,8 @@ fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), ProxyError> 
     }
     // The parser bounds what it buffers while a head is incomplete; a head that arrives whole
     // in one read is measured here, so that the bound is the same however the bytes came.
-    let fields: usize = parts
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if fields + parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > MAX_HEAD {
+    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    if head_size(target, &parts.headers) > MAX_HEAD as u64 {
         return Err(ProxyError::HeadTooLarge);
     }
     if parts.headers.get_all(header::HOST).iter().count() > 1 {

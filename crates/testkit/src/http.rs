@@ -67,3 +67,15 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Send `raw` on a new connection to `addr` (`host:port`) and read what comes back until the
+/// server closes the connection, for at most 10 s.
+pub async fn exchange(addr: &str, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let read = s.read_to_end(&mut out);
+    let _ = tokio::time::timeout(Duration::from_secs(10), read).await;
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -85,3 +85,27 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// A self-signed P-521 certificate and its key, as PEM (from openssl, under `dir`): a pair
+/// rustls' ring provider cannot sign with, so a node cannot serve it.
+pub fn p521_pair(dir: &Path) -> (String, String) {
+    let (key, cert) = (dir.join("p521.key"), dir.join("p521.crt"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-521", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=p521.example", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read_to_string(cert).expect("the certificate"),
+        std::fs::read_to_string(key).expect("the key"),
+    )
+}

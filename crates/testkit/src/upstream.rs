@@ -39,3 +39,19 @@ pub async fn raw(head: &'static [u8], pause: Duration, tail: &'static [u8]) -> S
     });
     addr
 }
+
+/// An upstream that only counts the connections it is offered (and answers none): for requests
+/// that must never reach an upstream. Its address and the count.
+pub async fn counting() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((_s, _)) = l.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    (addr, hits)
+}
