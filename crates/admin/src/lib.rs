@@ -10,6 +10,7 @@ mod error;
 mod groups;
 mod health;
 mod info;
+mod proxy_cache;
 
 use gantry_model::plugins::Catalog;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use proxy_cache::ProxyCaches;
 
 /// Request counters for `/status`.
 #[derive(Default)]
@@ -58,6 +60,9 @@ pub struct AdminState {
     pub log_level: std::sync::OnceLock<Arc<dyn LogLevel>>,
     /// The proxy's upstream health, on a node that proxies (`/upstreams/{u}/health`).
     pub balancers: std::sync::OnceLock<Arc<dyn Balancers>>,
+    /// The proxy's proxy-cache entries, on a node that proxies (`/proxy-cache`); a node
+    /// without answers as for an empty cache.
+    pub proxy_caches: std::sync::OnceLock<Arc<dyn ProxyCaches>>,
 }
 
 /// What the Admin API reads and sets of a proxying node's upstream health.
@@ -135,6 +140,7 @@ impl AdminState {
             authorizer: std::sync::OnceLock::new(),
             log_level: std::sync::OnceLock::new(),
             balancers: std::sync::OnceLock::new(),
+            proxy_caches: std::sync::OnceLock::new(),
         }
     }
 
@@ -268,6 +274,8 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
         ["schemas", "plugins" | "partials", _] | ["schemas", _] => READ,
         ["partials", _, "links"] => READ,
+        ["proxy-cache"] => "DELETE, OPTIONS",
+        ["proxy-cache", _] | ["proxy-cache", _, "caches", _] => "DELETE, GET, HEAD, OPTIONS",
         ["upstreams", _, "health"] | ["upstreams", _, "targets", "all"] => READ,
         ["upstreams", _, "targets", _, "healthy" | "unhealthy"]
         | ["upstreams", _, "targets", _, _, "healthy" | "unhealthy"] => "OPTIONS, POST",
@@ -394,6 +402,12 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route(
             "/upstreams/{u}/targets/{t}/{address}/{state}",
             any(health::set_address),
+        )
+        .route("/proxy-cache", any(proxy_cache::flush))
+        .route("/proxy-cache/{key}", any(proxy_cache::by_key))
+        .route(
+            "/proxy-cache/{plugin}/caches/{key}",
+            any(proxy_cache::by_plugin),
         )
         .route("/consumer_groups/{g}", any(groups::item))
         .route(

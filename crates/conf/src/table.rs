@@ -160,6 +160,8 @@ pub static KEYS: &[Key] = &[
     k("declarative_config", "", Kind::Str),
     k("worker_threads", "auto", Kind::Threads),
     k("nginx_admin_client_max_body_size", "10m", Kind::Size),
+    // The size of Kong's `kong_db_cache` shared dict: here, proxy-cache's memory strategy.
+    k("mem_cache_size", "128m", Kind::Size),
     k("nginx_http_client_header_timeout", "60s", Kind::Duration),
     // nginx's worker_shutdown_timeout: once a node is told to stop, requests in flight have this
     // long to finish; then the node exits whatever is still running.

@@ -206,6 +206,13 @@ pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>
     let proxy = gantry_proxy::Proxy::with_header_timeout(settings.client_header_timeout);
     proxy.set_shutdown_timeout(settings.shutdown_timeout);
     proxy.set_registry(plugin_registry(settings)?);
+    // proxy-cache's memory strategy keeps its entries in Kong's `kong_db_cache`, of this size.
+    if let Some(bytes) = settings
+        .get("mem_cache_size")
+        .and_then(gantry_conf::parse_size)
+    {
+        proxy.proxy_cache().set_capacity(bytes);
+    }
     // The node's id names it in Kong's metrics; a node that cannot keep one still proxies.
     if let Ok(id) = node_id(&settings.prefix) {
         proxy.set_node_id(&id);
@@ -604,6 +611,7 @@ where
             rx.clone(),
             writes,
             &state.balancers,
+            &state.proxy_caches,
         )
         .await?
     } else {
@@ -675,9 +683,11 @@ async fn start_proxy(
     shutdown: tokio::sync::watch::Receiver<bool>,
     writes: Option<Arc<dyn gantry_model::writes::EntityWriter>>,
     balancers: &std::sync::OnceLock<Arc<dyn gantry_admin::Balancers>>,
+    proxy_caches: &std::sync::OnceLock<Arc<dyn gantry_admin::ProxyCaches>>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     let proxy = new_proxy(settings)?;
     let _ = balancers.set(Arc::new(ProxyBalancers(proxy.clone())));
+    let _ = proxy_caches.set(Arc::new(ProxyCaches(proxy.proxy_cache())));
     match writes {
         Some(w) => proxy.writes().set(w),
         None => proxy.writes().set_none(),
@@ -751,6 +761,21 @@ impl gantry_admin::Balancers for ProxyBalancers {
     }
     fn set_health(&self, name: &str, target: &str, up: bool) -> bool {
         self.0.set_target_health(name, target, up)
+    }
+}
+
+/// The proxy's proxy-cache entries, as the Admin API reads and purges them.
+struct ProxyCaches(Arc<gantry_proxy::plugins::CacheStore>);
+
+impl gantry_admin::ProxyCaches for ProxyCaches {
+    fn get(&self, key: &str) -> Option<serde_json::Value> {
+        self.0.get(key).map(|c| c.to_json())
+    }
+    fn purge(&self, key: &str) -> bool {
+        self.0.purge(key)
+    }
+    fn flush(&self) {
+        self.0.flush()
     }
 }
 

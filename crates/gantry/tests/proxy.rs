@@ -2140,7 +2140,7 @@ async fn a_node_never_runs_a_route_with_a_plugin_it_does_not_enable() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    for plugin in ["proxy-cache", "opentelemetry"] {
+    for plugin in ["zipkin", "opentelemetry"] {
         let f = file(plugin);
         let (ok, err) = gantry(&[], &["config", "parse", &f]);
         assert!(!ok && err.contains(&not_enabled(plugin)), "{plugin}: {err}");

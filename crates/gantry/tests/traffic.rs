@@ -868,3 +868,412 @@ async fn response_ratelimiting_with_redis_down() {
         Duration::from_secs(5),
     );
 }
+
+/// Kong's proxy-cache key: the sha256 (hex) of `prefix|METHOD|request|params|headers`, with
+/// `request` nginx's request line cut at its first `?`.
+fn kong_cache_key(
+    prefix: &str,
+    method: &str,
+    request: &str,
+    params: &str,
+    headers: &str,
+) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("{prefix}|{method}|{request}|{params}|{headers}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A route's id.
+async fn route_id(http: &reqwest::Client, node: &Node, name: &str) -> String {
+    admin(http, node, "GET", &format!("/routes/{name}"), json!({})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A GET through the proxy with these headers: status, `X-Cache-Status`, `X-Cache-Key`,
+/// `Age`, `Content-Length`, and the body.
+async fn cached_get(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (
+    u16,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+) {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    let h = |n: &str| header(&r, n).map(str::to_string);
+    let out = (
+        r.status().as_u16(),
+        h("x-cache-status"),
+        h("x-cache-key"),
+        h("age"),
+        h("content-length"),
+    );
+    let body = r.text().await.unwrap();
+    (out.0, out.1, out.2, out.3, out.4, body)
+}
+
+/// proxy-cache (memory), as Kong 3.9's: a Miss then a Hit that never reaches the upstream,
+/// under Kong's key; Bypass for a method, a status and a content type it does not cache;
+/// Refresh once older than `cache_ttl` (kept `storage_ttl`); `vary_query_params` and
+/// `vary_headers` in the key; the diagnostic headers off, and back with `Kong-Debug`.
+#[tokio::test]
+async fn proxy_cache_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let pc = |config: Value| {
+        let mut c = json!({"strategy": "memory"});
+        c.as_object_mut()
+            .unwrap()
+            .extend(config.as_object().unwrap().clone());
+        json!({"name": "proxy-cache", "config": c})
+    };
+    route_with(&http, &node, "pc", &[pc(json!({}))]).await;
+    route_with(
+        &http,
+        &node,
+        "pct",
+        &[pc(json!({"content_type": ["text/plain"]}))],
+    )
+    .await;
+    route_with(
+        &http,
+        &node,
+        "pcv",
+        &[pc(
+            json!({"vary_query_params": ["a"], "vary_headers": ["X-V"]}),
+        )],
+    )
+    .await;
+    route_with(
+        &http,
+        &node,
+        "pcr",
+        &[pc(json!({"cache_ttl": 1, "storage_ttl": 60}))],
+    )
+    .await;
+    route_with(
+        &http,
+        &node,
+        "pcq",
+        &[pc(json!({"response_headers": {"age": false, "X-Cache-Status": false, "X-Cache-Key": false}}))],
+    )
+    .await;
+    gantry_testkit::process::synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let rid = route_id(&http, &node, "pc").await;
+
+    // Miss, then Hit: the same body (the upstream would echo x-n: 2), Kong's key, an Age.
+    let (s, st, key, _, len, body1) =
+        cached_get(&http, &format!("{proxy}/pc?b=2&a=1&b=1&f"), &[("x-n", "1")]).await;
+    assert_eq!((s, st.as_deref()), (200, Some("Miss")));
+    let want = kong_cache_key(&rid, "GET", "GET /pc", "a=1:b=1,2:f", "");
+    assert_eq!(key.as_deref(), Some(want.as_str()));
+    // The cache only observes the body: its length stays.
+    assert_eq!(len, Some(body1.len().to_string()));
+    let (s, st, key2, age, len, body2) =
+        cached_get(&http, &format!("{proxy}/pc?f&a=1&b=1&b=2"), &[("x-n", "2")]).await;
+    assert_eq!((s, st.as_deref()), (200, Some("Hit")));
+    assert_eq!(key2.as_deref(), Some(want.as_str()));
+    assert_eq!(body2, body1);
+    assert!(body2.contains("\"x-n\":\"1\""), "{body2}");
+    assert!(age.is_some_and(|a| a.parse::<u64>().unwrap() <= 2));
+    assert_eq!(len, Some(body2.len().to_string()));
+    // No query: nginx's whole request line.
+    let (_, st, key, ..) = cached_get(&http, &format!("{proxy}/pc"), &[]).await;
+    assert_eq!(st.as_deref(), Some("Miss"));
+    let want = kong_cache_key(&rid, "GET", "GET /pc HTTP/1.1", "", "");
+    assert_eq!(key.as_deref(), Some(want.as_str()));
+
+    // Bypass: a method not cached, a status not cached, a content type not cached.
+    let r = http.post(format!("{proxy}/pc")).send().await.unwrap();
+    assert_eq!(header(&r, "x-cache-status"), Some("Bypass"));
+    assert_eq!(header(&r, "x-cache-key"), None);
+    for _ in 0..2 {
+        let (s, st, ..) = cached_get(&http, &format!("{proxy}/pc/status/500"), &[]).await;
+        assert_eq!((s, st.as_deref()), (500, Some("Bypass")));
+        let (s, st, ..) = cached_get(&http, &format!("{proxy}/pct"), &[]).await;
+        assert_eq!((s, st.as_deref()), (200, Some("Bypass")));
+    }
+
+    // HEAD: stored without a body (nginx runs the body filters once, with nothing).
+    for want in ["Miss", "Hit"] {
+        let r = http.head(format!("{proxy}/pc?head")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-cache-status"), Some(want));
+    }
+
+    // vary_query_params and vary_headers: only those, in the key.
+    let vid = route_id(&http, &node, "pcv").await;
+    let (_, st, k1, ..) = cached_get(&http, &format!("{proxy}/pcv?a=1&b=1"), &[("x-v", "x")]).await;
+    assert_eq!(st.as_deref(), Some("Miss"));
+    let want = kong_cache_key(&vid, "GET", "GET /pcv", "a=1", "X-V=x");
+    assert_eq!(k1.as_deref(), Some(want.as_str()));
+    let (_, st, k2, ..) = cached_get(&http, &format!("{proxy}/pcv?b=2&a=1"), &[("x-v", "x")]).await;
+    assert_eq!((st.as_deref(), &k2), (Some("Hit"), &k1));
+    let (_, st, k3, ..) = cached_get(&http, &format!("{proxy}/pcv?a=1&b=1"), &[("x-v", "y")]).await;
+    assert_eq!(st.as_deref(), Some("Miss"));
+    assert_ne!(k3, k1);
+    let (_, st, k4, ..) = cached_get(&http, &format!("{proxy}/pcv?a=2"), &[("x-v", "x")]).await;
+    assert_eq!(st.as_deref(), Some("Miss"));
+    assert_ne!(k4, k1);
+
+    // Older than cache_ttl (1 s) but kept storage_ttl: Refresh, then Hit again.
+    let url = format!("{proxy}/pcr");
+    assert_eq!(
+        cached_get(&http, &url, &[]).await.1.as_deref(),
+        Some("Miss")
+    );
+    assert_eq!(cached_get(&http, &url, &[]).await.1.as_deref(), Some("Hit"));
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        cached_get(&http, &url, &[]).await.1.as_deref(),
+        Some("Refresh")
+    );
+    assert_eq!(cached_get(&http, &url, &[]).await.1.as_deref(), Some("Hit"));
+
+    // The diagnostic headers off: none, until the request has Kong-Debug.
+    let url = format!("{proxy}/pcq");
+    let (_, st, key, age, ..) = cached_get(&http, &url, &[]).await;
+    assert_eq!((st, key, age), (None, None, None));
+    let (_, st, key, age, ..) = cached_get(&http, &url, &[]).await;
+    assert_eq!((st, key, age), (None, None, None));
+    let (_, st, key, age, ..) = cached_get(&http, &url, &[("kong-debug", "1")]).await;
+    assert_eq!(st.as_deref(), Some("Hit"));
+    assert!(key.is_some() && age.is_some());
+}
+
+/// proxy-cache with `cache_control`: the response's `max-age` is the entry's TTL; a request's
+/// `no-store` bypasses; a `private` response and one without a TTL are not stored; an
+/// `only-if-cached` request for what is not cached gets a 504.
+#[tokio::test]
+async fn proxy_cache_honours_cache_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    for (name, cc) in [
+        ("fresh", "Cache-Control: max-age=60\r\n"),
+        ("private", "Cache-Control: private, max-age=60\r\n"),
+        ("nottl", ""),
+    ] {
+        let head: &'static [u8] = Box::leak(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n{cc}Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+        );
+        let up = gantry_testkit::upstream::raw(head, Duration::ZERO, b"").await;
+        let s = json!({"name": name, "url": format!("http://{up}")});
+        admin(&http, &node, "POST", "/services", s).await;
+        let r = json!({"name": name, "paths": [format!("/{name}")]});
+        admin(&http, &node, "POST", &format!("/services/{name}/routes"), r).await;
+        let p =
+            json!({"name": "proxy-cache", "config": {"strategy": "memory", "cache_control": true}});
+        admin(&http, &node, "POST", &format!("/routes/{name}/plugins"), p).await;
+    }
+    gantry_testkit::process::synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let url = format!("{proxy}/fresh");
+    let (_, st, key, ..) = cached_get(&http, &url, &[]).await;
+    assert_eq!(st.as_deref(), Some("Miss"));
+    let (_, st, _, _, _, body) = cached_get(&http, &url, &[]).await;
+    assert_eq!((st.as_deref(), body.as_str()), (Some("Hit"), "hello"));
+    let entry = admin(
+        &http,
+        &node,
+        "GET",
+        &format!("/proxy-cache/{}", key.unwrap()),
+        json!({}),
+    )
+    .await;
+    assert_eq!(entry["ttl"], 60);
+    // The client's no-store: not from the cache.
+    let (_, st, key, ..) = cached_get(&http, &url, &[("cache-control", "no-store")]).await;
+    assert_eq!((st.as_deref(), key), (Some("Bypass"), None));
+    // The client's max-age: an entry older than that is refreshed.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, st, ..) = cached_get(&http, &url, &[("cache-control", "max-age=0")]).await;
+    assert_eq!(st.as_deref(), Some("Refresh"));
+    for name in ["private", "nottl"] {
+        for _ in 0..2 {
+            let (s, st, ..) = cached_get(&http, &format!("{proxy}/{name}"), &[]).await;
+            assert_eq!((s, st.as_deref()), (200, Some("Bypass")), "{name}");
+        }
+    }
+    let (s, ..) = cached_get(
+        &http,
+        &format!("{proxy}/fresh?other"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
+    assert_eq!(s, 504);
+}
+
+/// proxy-cache's Admin API and schema, as Kong's: an entry by key and by plugin, purged one
+/// at a time or all at once (the next request is a Miss); the configuration's defaults as
+/// Kong returns them, and a dictionary that is not a shared dict refused.
+#[tokio::test]
+async fn proxy_cache_admin_api_and_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let adm = node.admin.clone();
+    // No proxy-cache plugin yet: nothing to find, nothing to flush.
+    let r = http
+        .get(format!("{adm}/proxy-cache/abc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .delete(format!("{adm}/proxy-cache"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let p = route_with(
+        &http,
+        &node,
+        "pc",
+        &[json!({"name": "proxy-cache", "config": {"strategy": "memory"}})],
+    )
+    .await;
+    assert_eq!(
+        p[0]["config"],
+        json!({
+            "response_code": [200, 301, 404], "request_method": ["GET", "HEAD"],
+            "content_type": ["text/plain", "application/json"], "cache_ttl": 300,
+            "strategy": "memory", "cache_control": false, "ignore_uri_case": false,
+            "storage_ttl": null, "memory": {"dictionary_name": "kong_db_cache"},
+            "vary_query_params": null, "vary_headers": null,
+            "response_headers": {"age": true, "X-Cache-Status": true, "X-Cache-Key": true},
+        })
+    );
+    assert_eq!(p[0]["protocols"], json!(["grpc", "grpcs", "http", "https"]));
+    let plugin = p[0]["id"].as_str().unwrap().to_string();
+    for (config, check) in [
+        (
+            json!({"strategy": "memory", "memory": {"dictionary_name": "kong"}}),
+            json!({"@entity": ["missing shared dict 'kong'"]}),
+        ),
+        (
+            json!({}),
+            json!({"config": {"strategy": "required field missing"}}),
+        ),
+        (
+            json!({"strategy": "memory", "request_method": ["DELETE"]}),
+            json!({"config": {"request_method": ["expected one of: HEAD, GET, POST, PATCH, PUT"]}}),
+        ),
+    ] {
+        let b = refused(
+            &http,
+            &node,
+            "/plugins",
+            &json!({"name": "proxy-cache", "config": config}),
+        )
+        .await;
+        assert_eq!(b["fields"], check, "{b}");
+    }
+    let b = refused(
+        &http,
+        &node,
+        "/plugins",
+        &json!({"name": "proxy-cache", "config": {"strategy": "memory", "cache_ttl": 0}}),
+    )
+    .await;
+    assert!(b["fields"]["config"]["cache_ttl"].is_string(), "{b}");
+    gantry_testkit::process::synced(&http, &node).await;
+    let proxy = node.proxy.clone().unwrap();
+    let url = format!("{proxy}/pc");
+    let miss = || async {
+        let (_, st, key, _, _, body) = cached_get(&http, &url, &[]).await;
+        assert_eq!(st.as_deref(), Some("Miss"));
+        (key.unwrap(), body)
+    };
+    let (key, body) = miss().await;
+    let entry = admin(
+        &http,
+        &node,
+        "GET",
+        &format!("/proxy-cache/{key}"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["headers"]["content-type"], "application/json");
+    assert_eq!(entry["body"], body.as_str());
+    assert_eq!(entry["body_len"], body.len());
+    assert!((entry["timestamp"].as_i64().unwrap() - now()).abs() <= 2);
+    assert_eq!(entry["ttl"], 300);
+    assert_eq!(entry["version"], 1);
+    let by_plugin = format!("/proxy-cache/{plugin}/caches/{key}");
+    assert_eq!(
+        admin(&http, &node, "GET", &by_plugin, json!({})).await,
+        entry
+    );
+    let status = |m: reqwest::Method, path: String| {
+        let http = http.clone();
+        let adm = adm.clone();
+        async move {
+            http.request(m, format!("{adm}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    use reqwest::Method;
+    assert_eq!(
+        status(Method::GET, format!("/proxy-cache/{NIL}/caches/{key}")).await,
+        404
+    );
+    assert_eq!(
+        status(Method::GET, format!("/proxy-cache/{plugin}/caches/nokey")).await,
+        404
+    );
+    assert_eq!(status(Method::PUT, "/proxy-cache".into()).await, 405);
+    // Purged by key: gone, and the next request is a Miss.
+    assert_eq!(
+        status(Method::DELETE, format!("/proxy-cache/{key}")).await,
+        204
+    );
+    assert_eq!(
+        status(Method::GET, format!("/proxy-cache/{key}")).await,
+        404
+    );
+    assert_eq!(
+        status(Method::DELETE, format!("/proxy-cache/{key}")).await,
+        404
+    );
+    miss().await;
+    // Purged through its plugin.
+    assert_eq!(status(Method::DELETE, by_plugin.clone()).await, 204);
+    assert_eq!(status(Method::DELETE, by_plugin.clone()).await, 404);
+    miss().await;
+    assert_eq!(cached_get(&http, &url, &[]).await.1.as_deref(), Some("Hit"));
+    // Flushed.
+    assert_eq!(status(Method::DELETE, "/proxy-cache".into()).await, 204);
+    assert_eq!(
+        status(Method::GET, format!("/proxy-cache/{key}")).await,
+        404
+    );
+    miss().await;
+}

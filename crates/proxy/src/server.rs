@@ -595,6 +595,11 @@ impl Proxy {
         self.shared.get::<crate::plugins::Writes>()
     }
 
+    /// The proxy-cache entries of this node (Kong's `kong_db_cache`), for the Admin API.
+    pub fn proxy_cache(&self) -> Arc<crate::plugins::CacheStore> {
+        self.shared.get::<crate::plugins::CacheStore>()
+    }
+
     /// The plugins this node runs.
     pub fn registry(&self) -> &crate::plugins::Registry {
         self.registry.get_or_init(crate::plugins::Registry::default)
@@ -1106,8 +1111,11 @@ impl Proxy {
                 .collect()
         };
         if !filters.is_empty() {
-            // A filtered body's length is known only once it has been sent.
-            rparts.headers.remove(header::CONTENT_LENGTH);
+            // A filtered body's length is known only once it has been sent (unless every
+            // filter only observes it).
+            if !filters.iter().all(|f| f.keeps_body()) {
+                rparts.headers.remove(header::CONTENT_LENGTH);
+            }
             body = crate::plugins::Filtered::new(body, filters).boxed();
         }
         let status = rparts.status.as_u16();

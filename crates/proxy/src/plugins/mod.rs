@@ -28,6 +28,7 @@ pub mod jwt;
 mod key_auth;
 pub mod oauth2;
 pub mod prometheus;
+mod proxy_cache;
 mod queue;
 mod rate_limiting;
 mod request_size_limiting;
@@ -53,6 +54,7 @@ use serde_json::Value;
 use crate::names;
 use crate::server::ProxyBody;
 
+pub use proxy_cache::{CacheStore, Cached};
 pub use queue::Queues;
 pub use rate_limiting::Counters;
 
@@ -845,6 +847,11 @@ pub trait BodyFilter: Send + Sync {
     /// The next chunk of the body, in order; `last` is set on the final call, which may carry
     /// an empty chunk. Returns what goes to the client now (empty: nothing yet).
     fn filter(&mut self, chunk: Bytes, last: bool) -> Bytes;
+    /// Whether this filter gives every chunk back unchanged (it only observes the body, as
+    /// proxy-cache's does): when every filter does, the response keeps its `Content-Length`.
+    fn keeps_body(&self) -> bool {
+        false
+    }
 }
 
 /// A future a plugin's hook returns when it waits on I/O.
@@ -1042,7 +1049,13 @@ impl hyper::body::Body for Filtered {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => me.run(data, false),
+                    Ok(data) => {
+                        // The upstream's last chunk is the filters' last call: a response that
+                        // keeps its `Content-Length` is not polled past its last byte.
+                        let last = me.inner.is_end_stream();
+                        me.done = last;
+                        me.run(data, last)
+                    }
                     Err(frame) => {
                         me.trailers = frame.into_trailers().ok();
                         me.done = true;
@@ -1153,6 +1166,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &file_log::DESCRIPTOR,
     &http_log::DESCRIPTOR,
     &prometheus::DESCRIPTOR,
+    &proxy_cache::DESCRIPTOR,
 ];
 
 /// Why a `plugins` setting cannot be used.
@@ -1843,7 +1857,7 @@ mod tests {
         assert_eq!(names("bundled, cors").unwrap().len(), BUNDLED.len());
         assert_eq!(names("off, cors"), Err(RegistryError::OffWithOthers));
         assert!(
-            matches!(names("proxy-cache"), Err(RegistryError::Unknown(n, _)) if n == "proxy-cache")
+            matches!(names("graphql-proxy-cache-advanced"), Err(RegistryError::Unknown(n, _)) if n == "graphql-proxy-cache-advanced")
         );
     }
 
