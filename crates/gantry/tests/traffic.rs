@@ -1122,6 +1122,14 @@ async fn proxy_cache_honours_cache_control() {
     )
     .await;
     assert_eq!(s, 504);
+    let r = http
+        .get(format!("{proxy}/fresh?other"))
+        .header("cache-control", "only-if-cached")
+        .send()
+        .await
+        .unwrap();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b, json!({"message": "The upstream server is timing out"}));
 }
 
 /// proxy-cache's Admin API and schema, as Kong's: an entry by key and by plugin, purged one

@@ -342,7 +342,8 @@ impl ProxyCache {
         }
         let Some(cached) = self.store.get(&key) else {
             if self.cache_control && cc.has("only-if-cached") {
-                return Some(super::raw(504, "text/plain", Bytes::new()));
+                // Kong exits with a bare 504, which its error handler answers as for any 504.
+                return Some(super::error(504, "The upstream server is timing out"));
             }
             let req_body = request_body(ctx).await;
             let marked = Marked {
