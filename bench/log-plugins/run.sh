@@ -2,8 +2,11 @@
 # The log plugins against Gantry plain, in one Gantry process (worker_threads = 1), wrk on
 # loopback, runs alternating: prometheus with every flag on, http-log to a local sink (the
 # upstream nginx, which answers POSTs too) in batches of 100 and with Kong's default batch of 1,
-# and file-log. Prints each run, then each plugin's throughput as a ratio of plain, and what the
-# http-log queues dropped (from the status listener's /metrics).
+# and file-log; and, on a second Gantry process started with tracing_instrumentations = all,
+# opentelemetry at sampling_rate 1 to the same sink (`otel`) and plain on that process
+# (`plain-traced`: what recording spans costs a request no plugin exports). Prints each run,
+# then each plugin's throughput as a ratio of plain, and what the plugin queues dropped (from the
+# status listeners' /metrics).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
@@ -13,7 +16,7 @@ GANTRY=${GANTRY:-target/release/gantry}
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-3}
-UP=18921 GAN=18922 STATUS=18923
+UP=18921 GAN=18922 STATUS=18923 TRACED=18924 TSTATUS=18925
 . bench/lib.sh
 export KONG_UPSTREAM_KEEPALIVE_POOL_SIZE=128 KONG_UPSTREAM_KEEPALIVE_MAX_REQUESTS=1000000
 start_upstream $UP
@@ -28,7 +31,9 @@ routes = [("plain", []),
           ("httplog100", [{"name": "http-log", "config": {"http_endpoint": sink + "/100",
                            "queue": {"max_batch_size": 100, "max_coalescing_delay": 1}}}]),
           ("httplog1", [{"name": "http-log", "config": {"http_endpoint": sink + "/1"}}]),
-          ("filelog", [{"name": "file-log", "config": {"path": logfile}}])]
+          ("filelog", [{"name": "file-log", "config": {"path": logfile}}]),
+          ("otel", [{"name": "opentelemetry", "config": {"traces_endpoint": sink + "/otel",
+                     "sampling_rate": 1}}])]
 conf = {"_format_version": "3.0", "services": [{"name": "up", "url": f"http://127.0.0.1:{port}",
         "routes": [{"name": r, "paths": [f"/{r}"], "plugins": p} for r, p in routes]}]}
 json.dump(conf, open(path, "w"))
@@ -36,19 +41,27 @@ PY
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/logs.json" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=127.0.0.1:$STATUS \
   "$GANTRY" start -p "$work/g" 2>"$work/g.err" & pids+=($!)
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/logs.json" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
+  KONG_TRACING_INSTRUMENTATIONS=all \
+  KONG_PROXY_LISTEN=127.0.0.1:$TRACED KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=127.0.0.1:$TSTATUS \
+  "$GANTRY" start -p "$work/t" 2>"$work/t.err" & pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$GAN/filelog" >/dev/null && break; sleep 0.1; done
-run() { # name
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$TRACED/otel" >/dev/null && break; sleep 0.1; done
+run() { # name [port path]
   local out
-  out=$(wrk -t1 -c"$CONNS" -d"$DUR" "http://127.0.0.1:$GAN/$1")
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" "http://127.0.0.1:${2:-$GAN}/${3:-$1}")
   echo "$1 $(awk '/Requests\/sec/ {print $2}' <<<"$out")"
 }
 : >"$work/res"
 for i in $(seq "$ROUNDS"); do
   for r in plain prometheus httplog100 httplog1 filelog; do run $r | tee -a "$work/res"; done
+  run otel "$TRACED" otel | tee -a "$work/res"
+  run plain-traced "$TRACED" plain | tee -a "$work/res"
 done
 awk '{ n[$1]++; r[$1]+=$2 } END {
   m = r["plain"]/n["plain"]
   printf "plain %.0f req/s\n", m
-  split("prometheus httplog100 httplog1 filelog", names, " ")
-  for (i = 1; i <= 4; i++) { k = names[i]; printf "%s: %.0f req/s, %.2f of plain\n", k, r[k]/n[k], (r[k]/n[k])/m } }' "$work/res"
+  split("prometheus httplog100 httplog1 filelog otel plain-traced", names, " ")
+  for (i = 1; i <= 6; i++) { k = names[i]; printf "%s: %.0f req/s, %.2f of plain\n", k, r[k]/n[k], (r[k]/n[k])/m } }' "$work/res"
 curl -s "http://127.0.0.1:$STATUS/metrics" | grep -E '^gantry_plugin_queue' || true
+curl -s "http://127.0.0.1:$TSTATUS/metrics" | grep -E '^gantry_plugin_queue' || true

@@ -78,7 +78,8 @@ awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 }
            printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]);
            printf "same headers: throughput ratio gantry/nginx-kong: %.2f   p99 ratio: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx-kong"]/n["nginx-kong"]), (p["gantry"]/n["gantry"])/(p["nginx-kong"]/n["nginx-kong"]) }' "$work/results"
 
-# The same Gantry with key-auth and rate-limiting on the route, against Gantry plain.
+# The same Gantry with key-auth and rate-limiting on the route, against Gantry plain: the
+# `local` policy, and the `redis` policy on 127.0.0.1:6379 (when a Redis answers there).
 PLUG=18905
 cat >"$work/plugins.yml" <<YML
 _format_version: "3.0"
@@ -92,6 +93,12 @@ services:
     - name: key-auth
     - name: rate-limiting
       config: { second: 1000000000, policy: local }
+  - name: redis
+    paths: [/redis]
+    plugins:
+    - name: key-auth
+    - name: rate-limiting
+      config: { second: 1000000000, policy: redis, redis: { host: 127.0.0.1, port: 6379 } }
 consumers:
 - username: bench
   keyauth_credentials: [{ key: bench-key }]
@@ -100,9 +107,9 @@ KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/plugins.yml" KONG_WORKER_THREAD
   KONG_PROXY_LISTEN=127.0.0.1:$PLUG KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   "$GANTRY" start -p "$work/gplug" 2>"$work/gplug.err" & pids+=($!)
 for _ in $(seq 100); do curl -sf -H "apikey: bench-key" "http://127.0.0.1:$PLUG/" >/dev/null && break; sleep 0.1; done
-runh() { # name port header
+runh() { # name port header [path]
   local out rps
-  out=$(wrk -t1 -c"$CONNS" -d"$DUR" -H "$3" "http://127.0.0.1:$2/")
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" -H "$3" "http://127.0.0.1:$2/${4:-}")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   echo "$1 $rps"
 }
@@ -110,8 +117,12 @@ runh() { # name port header
 for i in $(seq "$ROUNDS"); do
   runh plain $GAN "x-bench: 1" | tee -a "$work/plugres"
   runh plugins $PLUG "apikey: bench-key" | tee -a "$work/plugres"
+  if redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+    runh redis $PLUG "apikey: bench-key" redis | tee -a "$work/plugres"
+  fi
 done
-awk '{ n[$1]++; r[$1]+=$2 } END { printf "key-auth + rate-limiting: %.0f req/s, plain %.0f req/s, ratio %.2f\n", r["plugins"]/n["plugins"], r["plain"]/n["plain"], (r["plugins"]/n["plugins"])/(r["plain"]/n["plain"]) }' "$work/plugres"
+awk '{ n[$1]++; r[$1]+=$2 } END { printf "key-auth + rate-limiting (local): %.0f req/s, plain %.0f req/s, ratio %.2f\n", r["plugins"]/n["plugins"], r["plain"]/n["plain"], (r["plugins"]/n["plugins"])/(r["plain"]/n["plain"])
+  if (n["redis"]) printf "key-auth + rate-limiting (redis): %.0f req/s, ratio %.2f\n", r["redis"]/n["redis"], (r["redis"]/n["redis"])/(r["plain"]/n["plain"]) }' "$work/plugres"
 
 # Authentication, against Gantry plain, in one process: jwt (RS256), basic-auth, and key-auth
 # with acl; then the acl route again on a Gantry holding 10,000 consumers (each with a key

@@ -210,6 +210,9 @@ pub static KEYS: &[Key] = &[
     // Gantry's own: how often a data plane pings its control plane.
     k("cluster_ping_interval", "30s", Kind::Duration),
     k("plugins", "bundled", Kind::Str),
+    // Kong's tracing: what the request path records, and how much of it is sampled.
+    k("tracing_instrumentations", "off", Kind::Str),
+    k("tracing_sampling_rate", "0.01", Kind::Str),
 ];
 
 /// Names Kong also accepts for a setting.

@@ -224,6 +224,27 @@ pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>
         )
         .map_err(anyhow::Error::msg)?,
     );
+    let tracing = |k: &str| match settings.get(k).filter(|v| !v.trim().is_empty()) {
+        Some(v) => v,
+        None if k == "tracing_sampling_rate" => "0.01",
+        None => "off",
+    };
+    let instrumentations =
+        gantry_proxy::spans::Tracing::parse_instrumentations(tracing("tracing_instrumentations"))
+            .map_err(|e| {
+            anyhow::anyhow!(
+                "invalid value for 'tracing_instrumentations' ({}): {e}",
+                tracing("tracing_instrumentations")
+            )
+        })?;
+    let sampling_rate = gantry_proxy::spans::Tracing::parse_rate(tracing("tracing_sampling_rate"))
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "invalid value for 'tracing_sampling_rate' ({}): {e}",
+                tracing("tracing_sampling_rate")
+            )
+        })?;
+    proxy.set_tracing(instrumentations, sampling_rate);
     let number = |k: &str| settings.get(k).and_then(|v| v.parse::<u64>().ok());
     let default = gantry_proxy::pool::Keepalive::default();
     proxy.set_keepalive(gantry_proxy::pool::Keepalive {

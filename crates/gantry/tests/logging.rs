@@ -13,6 +13,10 @@ use gantry_testkit::process::{admin, proxy_until, refused, route_with, Node};
 use gantry_testkit::upstream::echo;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::trace::v1::{span, Span};
+use prost::Message;
 use serde_json::{json, Value};
 
 /// One request the sink received.
@@ -22,6 +26,7 @@ struct Got {
     target: String,
     headers: HashMap<String, String>,
     body: Value,
+    raw: Bytes,
 }
 
 /// A log sink: records what it gets and answers `status` (0: never answers). Dropped, it
@@ -76,6 +81,7 @@ impl Sink {
                                     target: parts.uri.to_string(),
                                     headers,
                                     body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                                    raw: body,
                                 });
                                 let code = s.load(Ordering::SeqCst);
                                 if code == 0 {
@@ -552,4 +558,302 @@ async fn prometheus_as_kong() {
     let ai = json!({"name": "prometheus", "config": {"ai_metrics": true}});
     let b = refused(&http, &node, "/plugins", &ai).await;
     assert!(b["fields"]["config"]["ai_metrics"].is_string(), "{b}");
+}
+
+/// Every span the sink received, decoded from OTLP protobuf, with the resource attributes and
+/// scope name of its batch.
+fn spans(sink: &Sink) -> Vec<(Span, HashMap<String, String>, String)> {
+    let mut out = Vec::new();
+    for g in sink.got().into_iter().filter(|g| g.target == "/v1/traces") {
+        let req = ExportTraceServiceRequest::decode(g.raw.as_ref()).expect("OTLP protobuf");
+        for rs in req.resource_spans {
+            let resource: HashMap<String, String> = rs
+                .resource
+                .map(|r| r.attributes)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|kv| match kv.value?.value? {
+                    any_value::Value::StringValue(s) => Some((kv.key, s)),
+                    _ => None,
+                })
+                .collect();
+            for ss in rs.scope_spans {
+                let scope = ss.scope.map(|s| s.name).unwrap_or_default();
+                for span in ss.spans {
+                    out.push((span, resource.clone(), scope.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn attr(span: &Span, key: &str) -> Option<any_value::Value> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.clone()?.value)
+}
+
+fn text(span: &Span, key: &str) -> String {
+    match attr(span, key) {
+        Some(any_value::Value::StringValue(s)) => s,
+        other => panic!("{key}: {other:?} in {span:?}"),
+    }
+}
+
+/// opentelemetry, as Kong 3.9's: W3C and b3 context extracted and injected (the upstream is
+/// told its balancer span), the trace id in a response header, a parent's "not sampled"
+/// obeyed, and the spans of a sampled request (`kong`, `kong.router`, the plugins' phases,
+/// `kong.balancer`) sent as OTLP protobuf with Kong's names, kinds and attributes, under the
+/// configured resource; the deprecated `endpoint` accepted, `logs_endpoint` refused.
+#[tokio::test]
+async fn opentelemetry_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [(
+        "KONG_TRACING_INSTRUMENTATIONS".to_string(),
+        "all".to_string(),
+    )];
+    let node = Node::start(dir.path(), &env);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let sink = Sink::start().await;
+    let otel = json!({"name": "opentelemetry", "config": {
+        "traces_endpoint": format!("http://{}/v1/traces", sink.addr),
+        "headers": {"X-Key": "k"},
+        "resource_attributes": {"service.name": "edge"},
+        "http_response_header_for_traceid": "x-trace-id",
+        "sampling_rate": 1,
+        "queue": {"max_batch_size": 50, "max_coalescing_delay": 0.1},
+    }});
+    let log = json!({"name": "http-log", "config": {"http_endpoint": format!("http://{}/log", sink.addr)}});
+    let created = route_with(&http, &node, "otel", &[otel, log]).await;
+    let c = &created[0]["config"];
+    assert_eq!(
+        (
+            c["connect_timeout"].clone(),
+            c["send_timeout"].clone(),
+            c["read_timeout"].clone()
+        ),
+        (json!(1000), json!(5000), json!(5000))
+    );
+    assert_eq!(c["header_type"], "preserve");
+    assert_eq!(
+        c["propagation"],
+        json!({"extract": null, "clear": null, "inject": null, "default_format": "w3c"})
+    );
+    assert_eq!(c["logs_endpoint"], Value::Null);
+    assert_eq!(c["batch_span_count"], Value::Null);
+    assert!(c.get("endpoint").is_none(), "{c}");
+    // The deprecated `endpoint` stands for traces_endpoint and is not returned.
+    let old = json!({"name": "opentelemetry", "config": {"endpoint": format!("http://{}/old", sink.addr)}});
+    let made = route_with(&http, &node, "old", &[old]).await;
+    assert_eq!(
+        made[0]["config"]["traces_endpoint"],
+        format!("http://{}/old", sink.addr)
+    );
+    assert_eq!(
+        made[0]["config"]["queue"]["max_batch_size"], 200,
+        "{}",
+        made[0]
+    );
+    assert!(made[0]["config"].get("endpoint").is_none());
+    let b3 = json!({"name": "opentelemetry", "config": {
+        "traces_endpoint": format!("http://{}/v1/traces", sink.addr),
+        "sampling_rate": 1,
+        "propagation": {"extract": ["b3"], "inject": ["datadog", "w3c"], "clear": ["x-b3-traceid"], "default_format": "w3c"},
+    }});
+    route_with(&http, &node, "b3", &[b3]).await;
+    // Refused, naming what is wrong.
+    let e = refused(&http, &node, "/plugins", &json!({"name": "opentelemetry", "config": {"logs_endpoint": "http://127.0.0.1:1/logs", "traces_endpoint": "http://127.0.0.1:1/t"}})).await;
+    assert!(e["fields"]["config"]["logs_endpoint"].is_string(), "{e}");
+    let e = refused(
+        &http,
+        &node,
+        "/plugins",
+        &json!({"name": "opentelemetry", "config": {}}),
+    )
+    .await;
+    assert_eq!(
+        e["fields"]["config"]["@entity"],
+        json!([
+            "at least one of these fields must be non-empty: 'traces_endpoint', 'logs_endpoint'"
+        ]),
+        "{e}"
+    );
+    let e = refused(&http, &node, "/plugins", &json!({"name": "opentelemetry", "config": {"traces_endpoint": "http://127.0.0.1:1/t", "sampling_rate": 2}})).await;
+    assert!(e["fields"]["config"]["sampling_rate"].is_string(), "{e}");
+    proxy_until(&http, &node, "/b3", 200).await;
+    let proxy = node.proxy.clone().unwrap();
+
+    // W3C in, W3C out: the same trace, the balancer span as the upstream's parent.
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let parent = "b7ad6b7169203331";
+    let r = http
+        .get(format!("{proxy}/otel?x=1"))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-trace-id"], trace);
+    let request_id = r.headers()["x-kong-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let echoed: Value = r.json().await.unwrap();
+    let out = echoed["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let parts: Vec<&str> = out.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", trace, "01"), "{out}");
+    assert_ne!(parts[2], parent);
+    let upstream_parent = parts[2].to_string();
+
+    // A parent that did not sample: not sampled here either, and nothing is sent.
+    let unsampled = "1bf7651916cd43dd8448eb211c80319d";
+    let r = http
+        .get(format!("{proxy}/otel"))
+        .header("traceparent", format!("00-{unsampled}-{parent}-00"))
+        .send()
+        .await
+        .unwrap();
+    let echoed: Value = r.json().await.unwrap();
+    assert!(
+        echoed["headers"]["traceparent"]
+            .as_str()
+            .unwrap()
+            .ends_with("-00"),
+        "{echoed}"
+    );
+
+    // b3 in (64-bit trace id): datadog and W3C out, the b3 trace id header cleared.
+    let r = http
+        .get(format!("{proxy}/b3"))
+        .header("x-b3-traceid", "a3ce929d0e0e4736")
+        .header("x-b3-spanid", "00f067aa0ba902b7")
+        .header("x-b3-sampled", "1")
+        .send()
+        .await
+        .unwrap();
+    let echoed: Value = r.json().await.unwrap();
+    let h = &echoed["headers"];
+    assert!(h["x-b3-traceid"].is_null(), "{h}");
+    assert_eq!(
+        h["x-datadog-trace-id"],
+        0xa3ce929d0e0e4736u64.to_string(),
+        "{h}"
+    );
+    assert_eq!(h["x-datadog-sampling-priority"], "1");
+    assert!(
+        h["traceparent"]
+            .as_str()
+            .unwrap()
+            .starts_with("00-0000000000000000a3ce929d0e0e4736-"),
+        "{h}"
+    );
+
+    // The spans of the sampled request, decoded from OTLP protobuf.
+    let of_trace = |t: &str| -> Vec<(Span, HashMap<String, String>, String)> {
+        spans(&sink)
+            .into_iter()
+            .filter(|(s, _, _)| hex(&s.trace_id) == t)
+            .collect()
+    };
+    eventually(Duration::from_secs(10), "the request's spans", || async {
+        of_trace(trace)
+            .iter()
+            .any(|(s, _, _)| s.name == "kong.balancer")
+            && !of_trace("0000000000000000a3ce929d0e0e4736").is_empty()
+    })
+    .await;
+    let got = of_trace(trace);
+    let g = sink
+        .got()
+        .into_iter()
+        .find(|g| g.target == "/v1/traces")
+        .unwrap();
+    assert_eq!(g.method, "POST");
+    assert_eq!(g.headers["content-type"], "application/x-protobuf");
+    assert_eq!(g.headers["x-key"], "k");
+    let names: Vec<&str> = got.iter().map(|(s, _, _)| s.name.as_str()).collect();
+    for n in [
+        "kong",
+        "kong.router",
+        "kong.access.plugin.opentelemetry",
+        "kong.header_filter.plugin.opentelemetry",
+        "kong.balancer",
+    ] {
+        assert!(names.contains(&n), "{n} in {names:?}");
+    }
+    let (root, resource, scope) = got.iter().find(|(s, _, _)| s.name == "kong").unwrap();
+    assert_eq!(resource["service.name"], "edge");
+    assert_eq!(resource["service.version"], "3.9.0");
+    assert!(!resource["service.instance.id"].is_empty());
+    assert_eq!(scope, "kong-internal");
+    assert_eq!(hex(&root.parent_span_id), parent);
+    assert_eq!(root.kind, span::SpanKind::Server as i32);
+    assert_eq!(text(root, "http.method"), "GET");
+    // nginx's $host: the Host header's host, without its port.
+    assert_eq!(text(root, "http.url"), "http://127.0.0.1/otel?x=1");
+    assert_eq!(text(root, "http.host"), "127.0.0.1");
+    assert_eq!(text(root, "http.flavor"), "1.1");
+    assert_eq!(text(root, "http.route"), "/otel");
+    assert_eq!(text(root, "kong.request.id"), request_id);
+    assert_eq!(text(root, "net.peer.ip"), "127.0.0.1");
+    assert_eq!(
+        attr(root, "http.status_code"),
+        Some(any_value::Value::IntValue(200))
+    );
+    let balancer = &got
+        .iter()
+        .find(|(s, _, _)| s.name == "kong.balancer")
+        .unwrap()
+        .0;
+    assert_eq!(hex(&balancer.span_id), upstream_parent);
+    assert_eq!(balancer.parent_span_id, root.span_id);
+    assert_eq!(balancer.kind, span::SpanKind::Client as i32);
+    assert_eq!(
+        attr(balancer, "try_count"),
+        Some(any_value::Value::DoubleValue(1.0))
+    );
+    assert_eq!(text(balancer, "net.peer.ip"), "127.0.0.1");
+    let port: u16 = up.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        attr(balancer, "net.peer.port"),
+        Some(any_value::Value::DoubleValue(port as f64))
+    );
+    for (s, _, _) in &got {
+        assert!(s.start_time_unix_nano <= s.end_time_unix_nano, "{s:?}");
+        assert!(s.start_time_unix_nano >= root.start_time_unix_nano, "{s:?}");
+        assert!(s.end_time_unix_nano <= root.end_time_unix_nano, "{s:?}");
+        if s.name != "kong" {
+            assert_eq!(s.parent_span_id, root.span_id, "{}", s.name);
+        }
+    }
+    assert!(
+        of_trace(unsampled).is_empty(),
+        "a parent's 'not sampled' is obeyed"
+    );
+    // Log entries carry the trace id as it went upstream (Kong's `trace_id`).
+    let entry = sink
+        .got()
+        .into_iter()
+        .find(|g| g.target == "/log" && g.body["request"]["querystring"]["x"] == "1")
+        .expect("the request's log entry");
+    assert_eq!(
+        entry.body["trace_id"],
+        json!({"w3c": trace}),
+        "{}",
+        entry.body
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -178,6 +178,9 @@ fn check_dependent_config(
                 Some(Value::String(m)) => errs.add_entity(m),
                 _ => {}
             }
+            if let Some(inner) = ce.0.remove("@record_entity") {
+                ce.0.insert("@entity".into(), inner);
+            }
             // A configuration holding vault references is compiled where it runs, once they
             // are read (a node refuses it then, keeping what it runs); one with partials once
             // they are in place (the Admin API, which reads them, and every node).

@@ -48,6 +48,9 @@ pub struct PluginSchema {
     /// Kong's deprecated shorthand fields: `(name, path of the field it stands for)`. Accepted
     /// on writes and moved to their field; returned on every read, mirrored from it.
     pub shorthands: &'static [(&'static str, &'static [&'static str])],
+    /// Shorthand fields accepted on writes and moved to their field, but not returned on
+    /// reads (Kong's shorthands without `translate_backwards`).
+    pub hidden_shorthands: &'static [(&'static str, &'static [&'static str])],
 }
 
 /// The `protocols` default of most plugins (Kong's `typedefs.protocols_http`).
@@ -70,6 +73,7 @@ impl PluginSchema {
             protocols: HTTP_PROTOCOLS,
             any_protocol: false,
             shorthands: &[],
+            hidden_shorthands: &[],
         }
     }
     /// Deprecated shorthand fields (see [`PluginSchema::shorthands`]).
@@ -77,12 +81,21 @@ impl PluginSchema {
         self.shorthands = s;
         self
     }
+    /// Shorthand fields that are accepted but not returned (see
+    /// [`PluginSchema::hidden_shorthands`]).
+    pub fn hidden_shorthands(
+        mut self,
+        s: &'static [(&'static str, &'static [&'static str])],
+    ) -> Self {
+        self.hidden_shorthands = s;
+        self
+    }
     /// Move the shorthand fields of a configuration to the fields they stand for, as Kong
     /// 3.9 does: each is checked as its field's type, and one given beside its field with
     /// another value is refused. Errors are keyed by the shorthand's name, and a shorthand in
     /// error stays where it was.
     pub fn expand_shorthands(&self, config: &mut Map<String, Value>, errs: &mut FieldErrors) {
-        for (name, path) in self.shorthands {
+        for (name, path) in self.shorthands.iter().chain(self.hidden_shorthands) {
             let Some(v) = config.get(*name).cloned() else {
                 continue;
             };

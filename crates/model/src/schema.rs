@@ -272,6 +272,17 @@ impl FieldErrors {
     pub fn add_record(&mut self, msg: impl Into<String>) {
         self.0.insert("@record".into(), Value::String(msg.into()));
     }
+    /// An error of a check across fields of a plugin's configuration record that Kong declares
+    /// inside the record (its `entity_checks` under `config`): reported as `config.@entity`.
+    pub fn add_record_entity(&mut self, msg: impl Into<String>) {
+        let list = self
+            .0
+            .entry("@record_entity")
+            .or_insert_with(|| Value::Array(vec![]));
+        if let Value::Array(a) = list {
+            a.push(Value::String(msg.into()));
+        }
+    }
     /// An error that concerns the entity as a whole (`@entity`).
     pub fn add_entity(&mut self, msg: impl Into<String>) {
         let list = self

@@ -32,6 +32,8 @@ pub(crate) struct Exchange<'a> {
     pub upstream_host: &'a str,
     /// The plugins that run on the request: each may stop the retries after a failure.
     pub plugins: &'a [Arc<dyn crate::plugins::Plugin>],
+    /// The request's spans, when it is traced: each try is recorded.
+    pub trace: Option<&'a crate::spans::Trace>,
 }
 
 impl Proxy {
@@ -76,7 +78,15 @@ impl Proxy {
         // Connect, trying other targets (or the same host again) while nothing has been sent:
         // up to the service's `retries` more times.
         let mut tried: Vec<String> = Vec::new();
+        let failed = || {
+            if let Some(t) = x.trace {
+                t.try_failed();
+            }
+        };
         let sender = loop {
+            if let Some(t) = x.trace {
+                t.try_started(&target);
+            }
             let got = if x.upgrade {
                 self.pool
                     .connect_dedicated(&dest, connect_timeout)
@@ -88,6 +98,7 @@ impl Proxy {
             match got {
                 Ok(s) => break s,
                 Err(e) => {
+                    failed();
                     let timed_out = matches!(e, UpstreamError::ConnectTimeout { .. });
                     report(
                         &target,
@@ -138,6 +149,7 @@ impl Proxy {
         .await
         {
             Err(_) => {
+                failed();
                 report(&target, Outcome::Timeout);
                 return Err(ProxyError::UpstreamTimeout);
             }
@@ -153,11 +165,13 @@ impl Proxy {
                 return Err(ProxyError::BodyUnreadable);
             }
             Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
+                failed();
                 report(&target, Outcome::Timeout);
                 tracing::warn!(error = %e, upstream = %target, "upstream write timed out (write_timeout)");
                 return Err(ProxyError::UpstreamTimeout);
             }
             Ok(Err(e)) => {
+                failed();
                 report(&target, Outcome::TcpFailure);
                 tracing::warn!(error = %e, upstream = %target, "upstream request failed");
                 return Err(ProxyError::BadUpstream);

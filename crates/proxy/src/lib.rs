@@ -23,6 +23,7 @@ pub mod redis;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod spans;
 pub mod status;
 pub mod tls;
 pub mod trust;

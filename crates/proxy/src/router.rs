@@ -54,6 +54,8 @@ pub struct Route {
     pub strip_path: bool,
     pub preserve_host: bool,
     pub https_redirect_status_code: u16,
+    /// The first of its paths, as configured (the request span's `http.route`).
+    pub first_path: Option<String>,
 }
 
 #[derive(Debug)]
@@ -550,6 +552,7 @@ fn compile(d: gantry_model::typed::Route) -> Result<Vec<Arc<Matcher>>, RouteErro
         strip_path: d.strip_path,
         preserve_host: d.preserve_host,
         https_redirect_status_code: d.https_redirect_status_code,
+        first_path: d.paths.as_ref().and_then(|p| p.first().cloned()),
     });
     let methods = d.methods.unwrap_or_default();
     let hosts_raw = d.hosts;

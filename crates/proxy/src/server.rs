@@ -132,6 +132,8 @@ pub struct RequestLog<'a> {
     pub route: Option<&'a str>,
     pub consumer: Option<&'a str>,
     pub status: u16,
+    /// When the request head came.
+    pub started: Instant,
     /// From the request head to the end of the response body (or the client leaving).
     pub total: Duration,
     /// From sending upstream to the upstream's response head (none when not proxied).
@@ -344,6 +346,7 @@ impl Pending {
             request_size: self.request_size,
             response_head_size: self.response_head_size,
             status: self.status,
+            started: self.started,
             total: self.started.elapsed(),
             upstream: self.upstream,
             response_size: self.size,
@@ -487,14 +490,26 @@ pub struct ConnInfo {
     pub sni: Option<String>,
     /// The client a PROXY protocol header named (listeners with `proxy_protocol`).
     pub proxy_protocol: Option<SocketAddr>,
+    /// The address the connection was accepted on (nginx's `$server_addr`), when known.
+    pub local_ip: Option<std::net::IpAddr>,
+    /// This process's serial number of the connection (nginx's `$connection`).
+    pub serial: u64,
+    /// Requests received on it so far (nginx's `$connection_requests`).
+    requests: std::sync::atomic::AtomicU64,
     /// The client's address and the listener's port, as header values.
     peer_ip: HeaderValue,
     port_value: HeaderValue,
 }
 
+/// Connections accepted by this process, for [`ConnInfo::serial`].
+static CONNECTIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl ConnInfo {
     pub fn new(peer: SocketAddr, local_port: u16, https: bool, sni: Option<String>) -> ConnInfo {
         ConnInfo {
+            local_ip: None,
+            serial: CONNECTIONS.fetch_add(1, Ordering::Relaxed) + 1,
+            requests: std::sync::atomic::AtomicU64::new(0),
             peer_ip: HeaderValue::from_str(&peer.ip().to_string())
                 .unwrap_or(HeaderValue::from_static("")),
             port_value: HeaderValue::from(local_port),
@@ -520,6 +535,8 @@ pub struct Proxy {
     pub(crate) pool: Pool,
     /// State plugins keep across configurations.
     shared: crate::plugins::Shared,
+    /// `tracing_instrumentations` and `tracing_sampling_rate`.
+    tracing: Arc<crate::spans::Tracing>,
     /// The plugins this node runs (Kong's `plugins` setting); all bundled ones unless set.
     registry: std::sync::OnceLock<crate::plugins::Registry>,
     pub stats: Stats,
@@ -574,6 +591,7 @@ impl Proxy {
             metrics: std::sync::Mutex::new(vec![queues]),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
             pool: Pool::new(),
+            tracing: shared.get::<crate::spans::Tracing>(),
             shared,
             registry: std::sync::OnceLock::new(),
             stats: Stats::default(),
@@ -588,6 +606,12 @@ impl Proxy {
     /// The plugins this node runs; set once, before the first configuration.
     pub fn set_registry(&self, registry: crate::plugins::Registry) {
         let _ = self.registry.set(registry);
+    }
+
+    /// Kong's `tracing_instrumentations` (bits of [`crate::spans`]) and
+    /// `tracing_sampling_rate`; set before serving.
+    pub fn set_tracing(&self, instrumentations: u8, sampling_rate: f64) {
+        self.tracing.set(instrumentations, sampling_rate);
     }
 
     /// Where plugins write entities (oauth2's tokens and codes); set before serving.
@@ -680,6 +704,7 @@ impl Proxy {
     /// The node's id, for Kong's metrics (`kong_node_info`); set once, before serving.
     pub fn set_node_id(&self, id: &str) {
         let _ = self.node_id.set(id.to_string());
+        self.tracing.set_node_id(id);
     }
 
     pub(crate) fn target_health_metrics(&self) -> String {
@@ -849,7 +874,11 @@ impl Proxy {
         proxy_protocol: bool,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let local_port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+        let bound = listener.local_addr().ok();
+        let local_port = bound.map(|a| a.port()).unwrap_or(0);
+        // A listener on one address accepts there; on every address, each connection says
+        // where it arrived.
+        let bound_ip = bound.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             tokio::select! {
@@ -863,17 +892,19 @@ impl Proxy {
                         }
                     };
                     let _ = stream.set_nodelay(true);
+                    let local_ip = bound_ip.or_else(|| stream.local_addr().ok().map(|a| a.ip()));
                     let me = self.clone();
                     let watcher = graceful.watcher();
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         let _open = Open::new(me.clone());
+                        let at = (local_ip, local_port);
                         if !proxy_protocol {
-                            return me.accept(stream, peer, local_port, tls, None, watcher).await;
+                            return me.accept(stream, peer, at, tls, None, watcher).await;
                         }
                         match crate::proxy_protocol::accept(stream, me.header_timeout).await {
                             Ok((stream, client)) => {
-                                me.accept(stream, peer, local_port, tls, client, watcher).await
+                                me.accept(stream, peer, at, tls, client, watcher).await
                             }
                             Err(e) => tracing::info!(client = %peer, error = %e, "connection closed: the listener takes the PROXY protocol"),
                         }
@@ -897,7 +928,7 @@ impl Proxy {
         self: Arc<Self>,
         stream: S,
         peer: SocketAddr,
-        local_port: u16,
+        (local_ip, local_port): (Option<std::net::IpAddr>, u16),
         tls: Option<tokio_rustls::TlsAcceptor>,
         proxy_protocol: Option<SocketAddr>,
         watcher: hyper_util::server::graceful::Watcher,
@@ -906,6 +937,7 @@ impl Proxy {
     {
         let mut conn = ConnInfo::new(peer, local_port, tls.is_some(), None);
         conn.proxy_protocol = proxy_protocol;
+        conn.local_ip = local_ip;
         match tls {
             None => self.serve_conn(TokioIo::new(stream), conn, watcher).await,
             Some(acc) => {
@@ -1021,6 +1053,12 @@ impl Proxy {
     /// Route and forward one request.
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
         let started = Instant::now();
+        let connection = crate::plugins::Connection {
+            local_ip: conn.local_ip,
+            local_port: conn.local_port,
+            serial: conn.serial,
+            requests: conn.requests.fetch_add(1, Ordering::Relaxed) + 1,
+        };
         let sinks = self.log_sinks.get().filter(|s| !s.is_empty());
         let n = self
             .id_counter
@@ -1041,6 +1079,10 @@ impl Proxy {
             response_headers: Vec::new(),
             state: hyper::http::Extensions::new(),
         };
+        let traced = self.tracing.bits();
+        if traced != 0 {
+            seen.state.insert(crate::spans::Trace::new(traced));
+        }
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
         // What the client sent, as Kong's `$request_length`: the head, and the body it announced.
         let request_size = if logs {
@@ -1067,12 +1109,15 @@ impl Proxy {
         }
         // Every way the proxy ends a request itself becomes Kong's response here.
         let res = self
-            .route_and_forward(req, conn, &client, &snap, started, &mut seen)
+            .route_and_forward(req, conn, connection, &client, &snap, started, &mut seen)
             .await
             .unwrap_or_else(|e| e.response());
         // The response phases, over every response: the upstream's, a plugin's, or an error.
         if !seen.accessed {
             seen.ran = snap.plugins.globals();
+            if let Some(t) = seen.state.get_mut::<crate::spans::Trace>() {
+                t.ran = snap.plugins.global_names().to_vec();
+            }
         }
         let (mut rparts, mut body) = res.into_parts();
         let added = self.headers();
@@ -1096,8 +1141,31 @@ impl Proxy {
         for (n, v) in seen.response_headers.drain(..) {
             rparts.headers.append(n, v);
         }
-        for p in &seen.ran {
-            p.header_filter_with(&mut rparts, &mut seen.state);
+        let traced = seen
+            .state
+            .get_mut::<crate::spans::Trace>()
+            .filter(|t| t.has(crate::spans::PLUGIN_HEADER_FILTER))
+            .map(|t| std::mem::take(&mut t.ran));
+        match traced {
+            None => {
+                for p in &seen.ran {
+                    p.header_filter_with(&mut rparts, &mut seen.state);
+                }
+            }
+            Some(names) => {
+                for (p, name) in seen.ran.iter().zip(&names) {
+                    let t0 = Instant::now();
+                    p.header_filter_with(&mut rparts, &mut seen.state);
+                    if let Some(t) = seen.state.get_mut::<crate::spans::Trace>() {
+                        t.phase(
+                            crate::spans::PLUGIN_HEADER_FILTER,
+                            "header_filter",
+                            name,
+                            t0,
+                        );
+                    }
+                }
+            }
         }
         // Responses without a body (HEAD, 1xx, 204, 304) have nothing to filter.
         let bodiless =
@@ -1155,10 +1223,12 @@ impl Proxy {
         Response::from_parts(rparts, body)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn route_and_forward(
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        connection: crate::plugins::Connection,
         client: &Client,
         snap: &Snapshot,
         started: Instant,
@@ -1183,6 +1253,8 @@ impl Proxy {
                 trusted: client.trusted,
                 config_version: snap.version,
                 client_ip: client.ip,
+                peer_ip,
+                connection,
                 route_id: None,
                 service_id: None,
                 consumer: None,
@@ -1239,7 +1311,19 @@ impl Proxy {
             sni,
             https,
         };
-        let Some(m) = snap.router.find(&info) else {
+        let routing = seen
+            .state
+            .get::<crate::spans::Trace>()
+            .is_some_and(|t| t.has(crate::spans::ROUTER))
+            .then(Instant::now);
+        let found = snap.router.find(&info);
+        if let Some(t) = seen.state.get_mut::<crate::spans::Trace>() {
+            if let Some(t0) = routing {
+                t.router = Some((t0, Instant::now()));
+            }
+            t.route_path = found.as_ref().and_then(|m| m.route.first_path.clone());
+        }
+        let Some(m) = found else {
             return Err(ProxyError::NoRoute);
         };
         let route = m.route;
@@ -1299,6 +1383,8 @@ impl Proxy {
                 trusted: client.trusted,
                 config_version: snap.version,
                 client_ip: client.ip,
+                peer_ip,
+                connection,
                 route_id: Some(&route.id),
                 service_id: service.map(|s| s.id.as_str()),
                 consumer: None,
@@ -1475,6 +1561,7 @@ impl Proxy {
                     grpc,
                     upstream_host,
                     plugins: &seen.ran,
+                    trace: seen.state.get::<crate::spans::Trace>(),
                 },
             )
             .await?;

@@ -176,6 +176,7 @@ mod tests {
             route: Some(route),
             consumer: None,
             status,
+            started: std::time::Instant::now(),
             total: Duration::from_millis(12),
             upstream: Some(Duration::from_millis(10)),
             response_size: 0,

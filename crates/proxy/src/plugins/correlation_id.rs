@@ -1,10 +1,11 @@
 //! correlation-id: a request id in a header, sent upstream and, with `echo_downstream`, back to
 //! the client, as Kong 3.9's plugin does. An id the client sent is kept.
 //!
-//! Generators: `uuid` (a random UUID per request) and `uuid#counter` (one UUID per process and a
-//! counter, Kong's default). Kong's `tracker` is built from nginx variables (the connection's
-//! serial number, its request count) that Gantry does not keep; it is refused when written,
-//! naming the field, rather than answered with something else.
+//! Generators: `uuid` (a random UUID per request), `uuid#counter` (one UUID per process and a
+//! counter, Kong's default) and `tracker`, Kong's `server_addr-server_port-pid-connection-
+//! connection_requests-time`: the address and port the request came to, this process's id, the
+//! connection's serial number in this process, the requests made on it so far (this one
+//! included) and the time in seconds with milliseconds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -40,6 +41,7 @@ fn schema() -> PluginSchema {
 enum Generator {
     Uuid,
     UuidCounter,
+    Tracker,
 }
 
 struct CorrelationId {
@@ -62,12 +64,7 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
     })?;
     let generator = match c.get("generator").and_then(Value::as_str) {
         Some("uuid") => Generator::Uuid,
-        Some("tracker") => {
-            return Err(CompileError::field(
-                "generator",
-                "'tracker' is not supported by this node (it is made of nginx connection variables); use 'uuid' or 'uuid#counter'",
-            ))
-        }
+        Some("tracker") => Generator::Tracker,
         _ => Generator::UuidCounter,
     };
     Ok(Arc::new(CorrelationId {
@@ -78,8 +75,23 @@ fn build(_: &Instance, c: &Value, _: &Shared) -> Result<Arc<dyn Plugin>, Compile
 }
 
 impl CorrelationId {
-    fn generate(&self) -> String {
+    fn generate(&self, c: &super::Connection) -> String {
         match self.generator {
+            Generator::Tracker => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                let addr = c.local_ip.map(|ip| ip.to_string()).unwrap_or_default();
+                format!(
+                    "{addr}-{}-{}-{}-{}-{}.{:03}",
+                    c.local_port,
+                    std::process::id(),
+                    c.serial,
+                    c.requests,
+                    now.as_secs(),
+                    now.subsec_millis()
+                )
+            }
             Generator::Uuid => uuid::Uuid::new_v4().to_string(),
             Generator::UuidCounter => {
                 let (id, counter) = &*PROCESS;
@@ -99,7 +111,7 @@ impl Plugin for CorrelationId {
             .cloned();
         let id = match given {
             Some(v) => v,
-            None => match HeaderValue::from_str(&self.generate()) {
+            None => match HeaderValue::from_str(&self.generate(&ctx.connection)) {
                 Ok(v) => {
                     ctx.req.headers.insert(self.header.clone(), v.clone());
                     v

@@ -181,6 +181,7 @@ mod tests {
                 route: Some("r1"),
                 consumer: None,
                 status,
+                started: std::time::Instant::now(),
                 total: std::time::Duration::from_millis(12),
                 upstream: (status == 200).then(|| std::time::Duration::from_millis(10)),
                 response_size: 5,

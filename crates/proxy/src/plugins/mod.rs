@@ -27,6 +27,7 @@ mod ip_restriction;
 pub mod jwt;
 mod key_auth;
 pub mod oauth2;
+mod opentelemetry;
 pub mod prometheus;
 mod proxy_cache;
 mod queue;
@@ -37,6 +38,7 @@ mod request_transformer;
 mod response_ratelimiting;
 mod response_transformer;
 mod serialize;
+mod sink;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -661,6 +663,19 @@ impl BodySlot {
     }
 }
 
+/// The connection a request came on, as nginx's variables tell it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Connection {
+    /// Where it was accepted (`$server_addr`), when known.
+    pub local_ip: Option<IpAddr>,
+    /// The listener's port (`$server_port`).
+    pub local_port: u16,
+    /// This process's serial number of the connection (`$connection`).
+    pub serial: u64,
+    /// The requests received on it, this one included (`$connection_requests`).
+    pub requests: u64,
+}
+
 /// What plugins see and change of a request.
 pub struct Ctx<'a> {
     pub req: &'a mut hyper::http::request::Parts,
@@ -673,6 +688,10 @@ pub struct Ctx<'a> {
     /// The version of the configuration the request runs on.
     pub config_version: i64,
     pub client_ip: IpAddr,
+    /// The address of the connection's other end (the client, or a proxy before it).
+    pub peer_ip: IpAddr,
+    /// The connection the request came on.
+    pub connection: Connection,
     /// The route that matched: none in the rewrite phase, which runs before routing.
     pub route_id: Option<&'a str>,
     pub service_id: Option<&'a str>,
@@ -1085,6 +1104,13 @@ pub struct Access {
     pub exit: Option<Response<ProxyBody>>,
 }
 
+/// Whether the request is traced with the instrumentation `bit`.
+fn traced(ctx: &Ctx<'_>, bit: u8) -> bool {
+    ctx.state
+        .get::<crate::spans::Trace>()
+        .is_some_and(|t| t.has(bit))
+}
+
 /// Builds a plugin instance from its id and validated configuration, with the state kept
 /// across reloads.
 pub type Build =
@@ -1167,6 +1193,7 @@ pub static BUNDLED: &[&Descriptor] = &[
     &http_log::DESCRIPTOR,
     &prometheus::DESCRIPTOR,
     &proxy_cache::DESCRIPTOR,
+    &opentelemetry::DESCRIPTOR,
 ];
 
 /// Why a `plugins` setting cannot be used.
@@ -1314,6 +1341,8 @@ pub struct PluginSet {
     logs: bool,
     /// The global instance of each plugin, by priority.
     globals: Vec<Arc<dyn Plugin>>,
+    /// Their names, in the same order (for the spans of their phases).
+    global_names: Vec<&'static str>,
     /// Whether any instance is scoped to a consumer group.
     by_group: bool,
 }
@@ -1449,11 +1478,13 @@ impl PluginSet {
             instances.dedup_by_key(|(k, _)| *k);
         }
         set.order = order;
-        set.globals = set
+        (set.global_names, set.globals) = set
             .order
             .iter()
-            .filter_map(|(_, instances)| Self::resolve(instances, [NONE; 3], &[]).cloned())
-            .collect();
+            .filter_map(|(name, instances)| {
+                Some((*name, Self::resolve(instances, [NONE; 3], &[]).cloned()?))
+            })
+            .unzip();
         Ok(set)
     }
 
@@ -1527,6 +1558,7 @@ impl PluginSet {
         PluginSet {
             logs: plugins.iter().any(|(_, p)| p.logs()),
             globals: plugins.iter().map(|(_, p)| p.clone()).collect(),
+            global_names: plugins.iter().map(|(n, _)| *n).collect(),
             order: plugins
                 .into_iter()
                 .map(|(name, p)| (name, vec![([NONE; 4], p)]))
@@ -1552,6 +1584,11 @@ impl PluginSet {
         self.globals.clone()
     }
 
+    /// The names of [`PluginSet::globals`], in their order.
+    pub fn global_names(&self) -> &[&'static str] {
+        &self.global_names
+    }
+
     /// The certificate phase.
     pub fn run_certificate(&self, ctx: &mut CertCtx<'_>) {
         for p in &self.globals {
@@ -1561,9 +1598,15 @@ impl PluginSet {
 
     /// The rewrite phase, before routing: the global plugins in order, until one answers.
     pub async fn run_rewrite(&self, ctx: &mut Ctx<'_>) -> Option<Response<ProxyBody>> {
-        for p in &self.globals {
-            if let Some(r) = p.rewrite(ctx).decided().await {
-                return Some(r);
+        let traced = traced(ctx, crate::spans::PLUGIN_REWRITE);
+        for (p, name) in self.globals.iter().zip(&self.global_names) {
+            let t0 = traced.then(std::time::Instant::now);
+            let r = p.rewrite(ctx).decided().await;
+            if let (Some(t0), Some(t)) = (t0, ctx.state.get_mut::<crate::spans::Trace>()) {
+                t.phase(crate::spans::PLUGIN_REWRITE, "rewrite", name, t0);
+            }
+            if r.is_some() {
+                return r;
             }
         }
         None
@@ -1580,7 +1623,10 @@ impl PluginSet {
         // The consumer changes when an authentication plugin identifies one.
         let mut consumer: Option<(Arc<Consumer>, u32)> = None;
         let mut groups: Vec<u32> = Vec::new();
-        for (_, instances) in &self.order {
+        let traced = traced(ctx, crate::spans::PLUGIN_ACCESS);
+        let traced_any = ctx.state.get::<crate::spans::Trace>().is_some();
+        let mut names = Vec::new();
+        for (name, instances) in &self.order {
             let c = match (&ctx.consumer, &consumer) {
                 (None, _) => {
                     groups.clear();
@@ -1607,9 +1653,19 @@ impl PluginSet {
                 continue;
             };
             ran.push(p.clone());
-            if exit.is_none() {
-                exit = p.access(ctx).decided().await;
+            if traced_any {
+                names.push(*name);
             }
+            if exit.is_none() {
+                let t0 = traced.then(std::time::Instant::now);
+                exit = p.access(ctx).decided().await;
+                if let (Some(t0), Some(t)) = (t0, ctx.state.get_mut::<crate::spans::Trace>()) {
+                    t.phase(crate::spans::PLUGIN_ACCESS, "access", name, t0);
+                }
+            }
+        }
+        if let Some(t) = ctx.state.get_mut::<crate::spans::Trace>() {
+            t.ran = names;
         }
         Access { ran, exit }
     }
@@ -1684,6 +1740,8 @@ mod tests {
             trusted: false,
             config_version: 0,
             client_ip: IpAddr::from([127, 0, 0, 1]),
+            peer_ip: IpAddr::from([127, 0, 0, 1]),
+            connection: Connection::default(),
             route_id: Some("r1"),
             service_id: service,
             consumer: consumer.map(|c| Arc::new(Consumer::new(c.into(), None, None))),

@@ -61,6 +61,9 @@ struct Entry<'a> {
     service: Option<Id<'a>>,
     route: Option<Id<'a>>,
     consumer: Option<Id<'a>>,
+    /// The trace id in each format opentelemetry injected (Kong's `trace_id` serialize value).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a crate::spans::TraceIds>,
 }
 
 #[derive(serde::Serialize)]
@@ -156,6 +159,7 @@ pub fn entry(r: &RequestLog<'_>) -> String {
         service: r.service.map(|id| Id { id }),
         route: r.route.map(|id| Id { id }),
         consumer: r.consumer.map(|id| Id { id }),
+        trace_id: r.state.get::<crate::spans::TraceIds>(),
     };
     serde_json::to_string(&e).unwrap_or_default()
 }
