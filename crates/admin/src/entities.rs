@@ -32,7 +32,7 @@ fn collection_schema(path: &str) -> Result<&'static EntitySchema, ApiError> {
 }
 
 /// The child schema mounted under a parent at `child_path`, with the field that points up.
-fn nested_schema(
+pub(crate) fn nested_schema(
     parent: &EntitySchema,
     child_path: &str,
 ) -> Option<(&'static EntitySchema, &'static str)> {

@@ -306,6 +306,39 @@ const LOG_LEVELS: [&str; 8] = [
     "debug", "info", "notice", "warn", "error", "crit", "alert", "emerg",
 ];
 
+/// `GET /timers`: the node's background timers, as Kong's lua-resty-timer-ng statistics
+/// (see `gantry_model::timers`).
+pub async fn timers() -> Response {
+    Json(gantry_model::timers::report()).into_response()
+}
+
+/// `GET /status/dns`: the proxy resolver's statistics by name, as Kong's new DNS client
+/// reports them; a node without a proxy (a control plane) resolves no upstream names.
+pub async fn dns_status(State(st): State<Arc<AdminState>>) -> Response {
+    let body = match st.balancers.get() {
+        Some(b) => b.dns_status(),
+        None => json!({"worker": {"id": 0, "count": 1}, "stats": {}}),
+    };
+    Json(body).into_response()
+}
+
+/// `GET /cache/{key}`: Kong's entity cache holds what the database answered, for a while.
+/// Gantry keeps no such cache: every change rebuilds the configuration the proxy runs, so no
+/// key is ever found (Kong's 404), and a purge has nothing stale to remove.
+pub async fn cache_get(Path(_key): Path<String>) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({"message": "Not found"}))).into_response()
+}
+
+/// `DELETE /cache/{key}` (see [`cache_get`]): 204, as Kong's.
+pub async fn cache_delete(Path(_key): Path<String>) -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `DELETE /cache` (see [`cache_get`]): 204, as Kong's.
+pub async fn cache_purge() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// `GET /debug/node/log-level`
 pub async fn log_level(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
     let log = st.log_level.get().ok_or(ApiError::NotFound)?;
@@ -369,6 +402,8 @@ pub async fn endpoints(State(st): State<Arc<AdminState>>) -> Response {
         "/config",
         "/debug/node/log-level",
         "/debug/node/log-level/{log_level}",
+        "/cache",
+        "/cache/{key}",
         "/endpoints",
         "/metrics",
         "/plugins/enabled",
@@ -377,7 +412,9 @@ pub async fn endpoints(State(st): State<Arc<AdminState>>) -> Response {
         "/schemas/{db_entity_name}/validate",
         "/schemas/{name}",
         "/status",
+        "/status/dns",
         "/tags",
+        "/timers",
         "/tags/{tags}",
     ]
     .into_iter()

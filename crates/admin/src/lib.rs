@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use gantry_conf::Settings;
 use gantry_model::hash::{hash_config, ConfigHashes};
@@ -72,6 +72,8 @@ pub trait Balancers: Send + Sync {
     fn health(&self, name: &str) -> Option<Vec<(String, &'static str)>>;
     /// Mark a running target healthy or not; false when it is not running.
     fn set_health(&self, name: &str, target: &str, up: bool) -> bool;
+    /// Kong's `/status/dns` body: the resolver's statistics by name.
+    fn dns_status(&self) -> serde_json::Value;
 }
 
 /// The node's log level, read and changed at run time by Kong's `/debug/node/log-level`.
@@ -255,6 +257,12 @@ async fn require_token(State(st): State<Arc<AdminState>>, req: Request, next: Ne
     next.run(req).await
 }
 
+/// Whether the entity of the collection `coll` has children under `child`.
+fn nests(coll: &str, child: &str) -> bool {
+    gantry_model::entities::by_admin_path(coll)
+        .is_some_and(|parent| entities::nested_schema(parent, child).is_some())
+}
+
 /// The methods Kong's Admin API answers on `path`, as its `OPTIONS` lists them (sorted, with
 /// `HEAD` where `GET` is, and `OPTIONS`); `None` for a path it has no route for.
 pub fn allowed_methods(path: &str) -> Option<&'static str> {
@@ -268,7 +276,9 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["plugins", "enabled"] => READ,
         ["clustering", "data-planes" | "status"] | ["analytics", "requests"] => READ,
         ["config"] => LIST,
-        ["endpoints"] => READ,
+        ["endpoints"] | ["timers"] | ["status", "dns"] => READ,
+        ["cache"] => "DELETE, OPTIONS",
+        ["cache", _] => "DELETE, GET, HEAD, OPTIONS",
         ["debug", "node", "log-level"] => READ,
         ["debug", "node", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
@@ -293,8 +303,9 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         {
             READ
         }
-        [coll, _, _] if by_admin_path(coll).is_some() => LIST,
-        [coll, _, _, _] if by_admin_path(coll).is_some() => ITEM,
+        // A parent's collection of children (`/routes/{r}/plugins`), as the schemas nest them.
+        [coll, _, child] if nests(coll, child) => LIST,
+        [coll, _, child, _] if nests(coll, child) => ITEM,
         _ => return None,
     })
 }
@@ -303,6 +314,19 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
 /// takes (`Allow`, `Access-Control-Allow-Methods`), and the headers a preflight asked for.
 async fn options(req: Request, next: Next) -> Response {
     use axum::http::{header, HeaderValue, Method, StatusCode};
+    if req.method() == Method::TRACE {
+        // nginx, in front of Kong's Admin API, refuses TRACE on every path.
+        let mut res = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            axum::Json(serde_json::json!({"message": "Method not allowed"})),
+        )
+            .into_response();
+        if let Some(methods) = allowed_methods(req.uri().path()) {
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(methods));
+        }
+        return res;
+    }
     if req.method() != Method::OPTIONS {
         // A 405 says which methods the path takes (RFC 9110's `Allow`).
         let path = req.uri().path().to_string();
@@ -387,6 +411,13 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/schemas/{entity}/validate", post(info::validate_entity))
         .route("/plugins/enabled", get(info::enabled_plugins))
         .route("/endpoints", get(info::endpoints))
+        .route("/timers", get(info::timers))
+        .route("/status/dns", get(info::dns_status))
+        .route("/cache", delete(info::cache_purge))
+        .route(
+            "/cache/{key}",
+            get(info::cache_get).delete(info::cache_delete),
+        )
         .route("/debug/node/log-level", get(info::log_level))
         .route(
             "/debug/node/log-level/{level}",

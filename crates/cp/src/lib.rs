@@ -750,11 +750,13 @@ impl ControlPlane {
         } else {
             Duration::from_secs(1)
         };
+        let timer = gantry_model::timers::register("clustering:poll");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = proto::stopped(&mut stop) => return,
             }
+            let _run = timer.run();
             let versions = match self.store.all_versions().await {
                 Ok(v) => v,
                 Err(e) => {
@@ -785,11 +787,13 @@ impl ControlPlane {
     }
 
     async fn purge(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let timer = gantry_model::timers::register("clustering:purge");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
                 _ = proto::stopped(&mut stop) => return,
             }
+            let _run = timer.run();
             let before = unix_now() - self.settings.purge_delay.as_secs() as i64;
             match self.store.purge_data_planes(before).await {
                 Ok(0) => {}

@@ -14,13 +14,16 @@ use gantry_protocol::telemetry::{Msg, PATH};
 
 /// Remove analytics older than `retention`, now and every ten minutes, until `stop`.
 pub async fn purge(store: Arc<Store>, retention: Duration, mut stop: watch::Receiver<bool>) {
+    let timer = gantry_model::timers::register("analytics:purge");
     loop {
+        let run = timer.run();
         let before = gantry_model::unix_now() - retention.as_secs() as i64;
         match store.purge_analytics(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "analytics older than analytics_retention removed"),
             Err(e) => tracing::warn!(error = %e, "cannot purge analytics"),
         }
+        drop(run);
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(600)) => {}
             _ = proto::stopped(&mut stop) => return,

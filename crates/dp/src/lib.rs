@@ -410,6 +410,7 @@ impl DataPlane {
             tokio::sync::oneshot::Sender<Result<i64, WriteError>>,
         > = Default::default();
         let mut seq = 0u64;
+        let timer = gantry_model::timers::register("clustering:ping");
         loop {
             tokio::select! {
                 Some(w) = writes.recv() => {
@@ -419,6 +420,7 @@ impl DataPlane {
                     waiting.insert(seq, w.reply);
                 }
                 _ = ping.tick() => {
+                    let _run = timer.run();
                     if awaiting_pong {
                         return Err(Ended::Lost("failed to receive a ping response from the control plane".into()));
                     }

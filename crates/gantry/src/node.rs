@@ -749,7 +749,9 @@ impl Datastore {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         use std::sync::atomic::Ordering;
+        let timer = gantry_model::timers::register("datastore:reachable");
         loop {
+            let mut run = timer.run();
             let ok = match store.version().await {
                 Ok(_) => true,
                 Err(e) => {
@@ -758,6 +760,10 @@ impl Datastore {
                 }
             };
             self.0.store(ok, Ordering::Relaxed);
+            if !ok {
+                run.failed("the database is not reachable");
+            }
+            drop(run);
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
                 _ = gantry_protocol::stopped(&mut stop) => return,
@@ -782,6 +788,9 @@ impl gantry_admin::Balancers for ProxyBalancers {
     }
     fn set_health(&self, name: &str, target: &str, up: bool) -> bool {
         self.0.set_target_health(name, target, up)
+    }
+    fn dns_status(&self) -> serde_json::Value {
+        self.0.dns_status()
     }
 }
 
@@ -810,11 +819,13 @@ async fn sweep(
     hosted: Arc<std::sync::OnceLock<std::sync::Weak<gantry_cp::ControlPlane>>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let timer = gantry_model::timers::register("ttl:sweep");
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SWEEP_EVERY) => {}
             _ = stop.changed() => return,
         }
+        let _run = timer.run();
         let mut stores = vec![state.store.clone()];
         if let Some(cp) = hosted.get().and_then(std::sync::Weak::upgrade) {
             stores.extend(

@@ -1575,6 +1575,49 @@ async fn upstream_names_are_resolved_and_cached_for_their_ttl() {
     let r = http.get(format!("{proxy}/m")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("name resolution failed"));
+    // Kong's /status/dns, on the Admin API and the status listener: per name, as Kong's new
+    // DNS client counts (six lookups of the name, four from the cache, two questions asked).
+    let on_admin = admin(&http, &node, "GET", "/status/dns", json!({})).await;
+    let status = node.status.clone().unwrap();
+    let on_status: Value = http
+        .get(format!("{status}/status/dns"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for body in [&on_admin, &on_status] {
+        assert_eq!(body["worker"], json!({"id": 0, "count": 1}), "{body}");
+        let d = &body["stats"]["api.gantry.test|A/AAAA"];
+        assert_eq!(
+            (
+                &d["runs"],
+                &d["hit_lru"],
+                &d["miss"],
+                &d["query"],
+                &d["query_succ"]
+            ),
+            (&json!(6), &json!(4), &json!(2), &json!(2), &json!(2)),
+            "{body}"
+        );
+        assert!(d["query_last_time"].is_u64(), "{body}");
+        // The name that does not exist, tried on each of the service's six tries: asked once,
+        // the failure remembered for the others (Kong's error_ttl).
+        let m = &body["stats"]["missing.gantry.test|A/AAAA"];
+        assert_eq!(
+            (
+                &m["runs"],
+                &m["miss"],
+                &m["hit_lru"],
+                &m["query"],
+                &m["query_fail:name error"]
+            ),
+            (&json!(6), &json!(1), &json!(5), &json!(1), &json!(1)),
+            "{body}"
+        );
+        assert!(m["query_succ"].is_null(), "{body}");
+    }
 }
 
 /// The response phases: response-transformer rewrites headers and a JSON body (header and
@@ -2529,6 +2572,107 @@ async fn correlation_id_as_kong() {
     assert_eq!(parts[0][3], parts[1][3], "one connection: {ids:?}");
     let n = |p: &[&str]| p[4].parse::<u64>().unwrap();
     assert_eq!(n(&parts[1]), n(&parts[0]) + 1, "{ids:?}");
+}
+
+/// Kong's `/timers` (the node's background timers: an upstream's active health checks, the
+/// database check, the ttl sweep, each with its runs and times) and `/cache` (Gantry keeps no
+/// entity cache: nothing is found, a purge has nothing to do), as Kong answers them.
+#[tokio::test]
+async fn timers_and_cache_endpoints_as_kong() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    let checks = json!({"active": {"timeout": 1, "http_path": "/", "healthy": {"interval": 0.1, "successes": 1}, "unhealthy": {"interval": 0.1, "tcp_failures": 1}}});
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams",
+        json!({"name": "probed", "healthchecks": checks}),
+    )
+    .await;
+    admin(
+        &http,
+        &node,
+        "POST",
+        "/upstreams/probed/targets",
+        json!({"target": up}),
+    )
+    .await;
+    synced(&http, &node).await;
+    let runs = |t: &Value| {
+        t["stats"]["timers"]["healthcheck:probed"]["stats"]["runs"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let first = admin(&http, &node, "GET", "/timers", json!({})).await;
+    assert_eq!(first["worker"], json!({"id": 0, "count": 1}), "{first}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = admin(&http, &node, "GET", "/timers", json!({})).await;
+        if runs(&t) >= 3 {
+            let h = &t["stats"]["timers"]["healthcheck:probed"];
+            assert_eq!(h["name"], "healthcheck:probed");
+            assert!(h["is_running"].is_boolean(), "{h}");
+            assert!(h["stats"]["finish"].as_u64().unwrap() >= 2, "{h}");
+            let e = &h["stats"]["elapsed_time"];
+            assert!(
+                e["max"].as_f64().unwrap() >= e["min"].as_f64().unwrap(),
+                "{h}"
+            );
+            for name in ["datastore:reachable", "ttl:sweep"] {
+                assert!(t["stats"]["timers"][name].is_object(), "{name}: {t}");
+            }
+            let sys = &t["stats"]["sys"];
+            assert!(sys["total"].as_u64().unwrap() >= 3, "{sys}");
+            assert!(sys["runs"].as_u64().unwrap() >= runs(&t), "{sys}");
+            for k in ["running", "pending", "waiting"] {
+                assert!(sys[k].is_u64(), "{k}: {sys}");
+            }
+            for k in ["running", "pending", "elapsed_time"] {
+                assert!(t["stats"]["flamegraph"][k].is_string(), "{k}: {t}");
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the health checks never ran: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // /cache: Kong's answers, with nothing cached.
+    let r = http
+        .get(format!("{}/cache/keyauth_credentials:k", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Not found"})
+    );
+    for path in ["/cache/keyauth_credentials:k", "/cache"] {
+        let r = http
+            .delete(format!("{}{path}", node.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "{path}");
+    }
+    let r = http
+        .request(reqwest::Method::OPTIONS, format!("{}/cache", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(r.headers()["allow"], "DELETE, OPTIONS");
+    let r = http
+        .post(format!("{}/cache", node.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
 }
 
 /// Kong's upstream health endpoints: each target's health (`HEALTHY`, `UNHEALTHY`,

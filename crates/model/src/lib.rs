@@ -23,6 +23,7 @@ pub mod pem;
 pub mod plugins;
 pub mod schema;
 pub mod secret;
+pub mod timers;
 pub mod typed;
 pub mod typedefs;
 pub mod vault;

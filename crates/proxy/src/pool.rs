@@ -248,6 +248,14 @@ impl Pool {
     }
 
     /// The address to connect to for `host:port`.
+    /// The resolver's statistics (Kong's `/status/dns`), empty before the first name.
+    pub(crate) fn dns_stats(&self) -> serde_json::Map<String, serde_json::Value> {
+        match self.dns.get() {
+            Some(Ok(d)) => d.stats(),
+            _ => serde_json::Map::new(),
+        }
+    }
+
     async fn resolve(&self, addr: &str) -> Result<std::net::SocketAddr, UpstreamError> {
         if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
             return Ok(sa);

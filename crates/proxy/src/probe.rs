@@ -42,8 +42,10 @@ async fn probe_once(target: &str, p: &Probe) -> Outcome {
 /// Probe the targets of `upstream` until the task is aborted.
 pub async fn run(upstream: String, targets: Vec<String>, p: Probe, health: Arc<Health>) {
     let pause = |d: Duration| if d.is_zero() { None } else { Some(d) };
+    let timer = gantry_model::timers::register(format!("healthcheck:{upstream}"));
     loop {
         let mut any_down = false;
+        let run = timer.run();
         for t in &targets {
             let outcome = probe_once(t, &p).await;
             if let Some(up) = health.report(&upstream, t, outcome, &p.thresholds) {
@@ -58,6 +60,7 @@ pub async fn run(upstream: String, targets: Vec<String>, p: Probe, health: Arc<H
         } else {
             pause(p.healthy_interval).or(pause(p.unhealthy_interval))
         };
+        drop(run);
         tokio::time::sleep(wait.unwrap_or(Duration::from_secs(1))).await;
     }
 }

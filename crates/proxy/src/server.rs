@@ -746,6 +746,14 @@ impl Proxy {
 
     /// Mark a target of the upstream `name` healthy or not, by hand; false when the running
     /// configuration has no such target.
+    /// Kong's `/status/dns` body: the worker and the resolver's statistics by name.
+    pub fn dns_status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "worker": {"id": 0, "count": 1},
+            "stats": self.pool.dns_stats(),
+        })
+    }
+
     pub fn set_target_health(&self, name: &str, target: &str, up: bool) -> bool {
         let snap = self.snapshot.load();
         let known = snap

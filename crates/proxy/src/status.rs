@@ -1,4 +1,5 @@
-//! The status listener (`status_listen`): `/status`, `/status/ready` and Prometheus `/metrics`.
+//! The status listener (`status_listen`): `/status`, `/status/ready`, `/status/dns` (the
+//! resolver's statistics, as Kong's new DNS client reports them) and Prometheus `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -52,6 +53,11 @@ fn answer(proxy: &Proxy, path: &str) -> Response<ProxyBody> {
                 Bytes::from(body.to_string()),
             )
         }
+        "/status/dns" => raw(
+            200,
+            "application/json; charset=utf-8",
+            Bytes::from(proxy.dns_status().to_string()),
+        ),
         "/status/ready" => {
             if ready {
                 raw(

@@ -122,7 +122,9 @@ async fn session(
     .await?;
     tracing::info!("sending analytics to {endpoint}");
     let mut tick = tokio::time::interval(s.analytics_flush);
+    let timer = gantry_model::timers::register("analytics:flush");
     loop {
+        let run = timer.run();
         // A certificate that expired (or was rotated to an expired one) stops sending even on
         // a connection made before.
         if gantry_protocol::tls::expired(s).is_some() {
@@ -151,6 +153,7 @@ async fn session(
                 other => return Err(LinkError::Failed(format!("unexpected answer {other:?}"))),
             }
         }
+        drop(run);
         tokio::select! {
             _ = tick.tick() => cut(collector, queue, seq),
             _ = proto::stopped(shutdown) => return Ok(()),

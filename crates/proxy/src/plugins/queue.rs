@@ -297,6 +297,7 @@ impl crate::server::MetricsSource for Queues {
 /// A queue's task: batches sent one after another until the queue is empty, then it goes.
 async fn run(queues: Arc<Queues>, q: Arc<Queue>) {
     let label = format!("{} {}", q.plugin, q.name);
+    let timer = gantry_model::timers::register(format!("queue:{label}"));
     loop {
         // The first entry of a batch, or the queue's end once nothing waits.
         let first = loop {
@@ -350,9 +351,11 @@ async fn run(queues: Arc<Queues>, q: Arc<Queue>) {
         let Some(handler) = handler else {
             return;
         };
+        let mut run = timer.run();
         if deliver(&label, &q.params, &handler, Arc::from(batch)).await {
             queues.sent.fetch_add(1, Ordering::Relaxed);
         } else {
+            run.failed(format!("{n} entries lost: max_retry_time exceeded"));
             queues.count(q.plugin, Dropped::RetriesExhausted, n);
         }
     }

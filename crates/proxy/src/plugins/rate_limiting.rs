@@ -562,7 +562,9 @@ impl RateLimiting {
         }
         let (pool, target, pending) = (pool.clone(), target.clone(), pending.clone());
         tokio::spawn(async move {
+            let timer = gantry_model::timers::register("rate-limiting:sync");
             tokio::time::sleep(every).await;
+            let _run = timer.run();
             pending.scheduled.store(false, Ordering::Release);
             let deltas: Vec<(String, i64, i64)> = {
                 let mut map = pending.counters.lock().unwrap_or_else(|e| e.into_inner());
