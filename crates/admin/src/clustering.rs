@@ -19,7 +19,7 @@ use gantry_protocol::status::NodeStatus;
 fn only_on_control_planes(st: &AdminState) -> Result<(), ApiError> {
     if st.settings.role != Role::ControlPlane {
         return Err(ApiError::BadRequest(
-            "this endpoint is only available when Gantry runs as a control plane (role = control_plane)".into(),
+            "this endpoint is only available when Kong is configured to run as Control Plane for the cluster".into(),
         ));
     }
     Ok(())

@@ -228,7 +228,17 @@ pub async fn tags(
 }
 
 /// `GET /config`: the running configuration as a declarative document.
-pub async fn get_config(State(st): State<Arc<AdminState>>) -> Result<Response, ApiError> {
+pub async fn get_config(
+    State(st): State<Arc<AdminState>>,
+    forwarded: Option<axum::Extension<crate::Authorized>>,
+) -> Result<Response, ApiError> {
+    // Kong serves it on a node without a database only. The v2 API, which reads a control
+    // plane's configuration through this endpoint, is Gantry's own.
+    if !st.db_off && forwarded.is_none() {
+        return Err(ApiError::BadRequest(
+            "this endpoint is only available when Kong is configured to not use a database".into(),
+        ));
+    }
     let (config, _) = st.store.export().await?;
     let doc = declarative::export(&config);
     let yaml = serde_yaml_ng::to_string(&doc).map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -244,8 +254,7 @@ pub async fn post_config(
 ) -> Result<Response, ApiError> {
     if !st.db_off {
         return Err(ApiError::BadRequest(
-            "this endpoint is only available when database = off; use the entity endpoints or 'gantry config db_import'"
-                .into(),
+            "this endpoint is only available when Kong is configured to not use a database".into(),
         ));
     }
     let bytes = body::read(body, st.settings.admin_body_max).await?;
@@ -352,6 +361,43 @@ pub async fn set_log_level(
     Path(level): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    put_log_level(&st, level, &q, false).await
+}
+
+/// `PUT /debug/cluster/log-level/{level}` (on a control plane,
+/// `/debug/cluster/control-planes-nodes/log-level/{level}`): this node's level, and that of
+/// every node of its kind sharing its database, which follow within seconds (Kong's cluster
+/// broadcast).
+pub async fn set_cluster_log_level(
+    State(st): State<Arc<AdminState>>,
+    Path(level): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if st.settings.role == gantry_conf::Role::ControlPlane {
+        return Err(ApiError::NotFound);
+    }
+    put_log_level(&st, level, &q, true).await
+}
+
+/// `PUT /debug/cluster/control-planes-nodes/log-level/{level}`: a control plane's
+/// [`set_cluster_log_level`].
+pub async fn set_control_planes_log_level(
+    State(st): State<Arc<AdminState>>,
+    Path(level): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    if st.settings.role != gantry_conf::Role::ControlPlane {
+        return Err(ApiError::NotFound);
+    }
+    put_log_level(&st, level, &q, true).await
+}
+
+async fn put_log_level(
+    st: &AdminState,
+    level: String,
+    q: &HashMap<String, String>,
+    cluster: bool,
+) -> Result<Response, ApiError> {
     let log = st.log_level.get().ok_or(ApiError::NotFound)?.clone();
     let message = |status: axum::http::StatusCode, m: String| {
         Ok((status, Json(json!({ "message": m }))).into_response())
@@ -389,8 +435,23 @@ pub async fn set_log_level(
     if log.get() == level {
         return message(StatusCode::OK, format!("log level is already {level}"));
     }
+    let secs = timeout as i64;
     let timeout = (timeout > 0.0).then(|| std::time::Duration::from_secs(timeout as u64));
     log.set(&level, timeout);
+    if cluster {
+        let scope = crate::cluster_log_scope(st.settings.role == gantry_conf::Role::ControlPlane);
+        let until = if secs > 0 {
+            gantry_model::unix_now() + secs
+        } else {
+            0
+        };
+        if let Err(e) = st.store.set_cluster_log_level(scope, &level, until).await {
+            return message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed broadcasting to cluster: {e}"),
+            );
+        }
+    }
     message(StatusCode::OK, "log level changed".into())
 }
 
@@ -420,6 +481,14 @@ pub async fn endpoints(State(st): State<Arc<AdminState>>) -> Response {
     .into_iter()
     .map(str::to_string)
     .collect();
+    paths.insert(
+        if st.settings.role == gantry_conf::Role::ControlPlane {
+            "/debug/cluster/control-planes-nodes/log-level/{log_level}"
+        } else {
+            "/debug/cluster/log-level/{log_level}"
+        }
+        .to_string(),
+    );
     if st.settings.role == gantry_conf::Role::ControlPlane {
         for p in [
             "/clustering/data-planes",

@@ -257,6 +257,16 @@ async fn require_token(State(st): State<Arc<AdminState>>, req: Request, next: Ne
     next.run(req).await
 }
 
+/// Where a node's cluster-wide log level is kept: control planes share one, the other nodes
+/// of a database another (Kong's two `/debug/cluster/...` endpoints).
+pub fn cluster_log_scope(control_plane: bool) -> &'static str {
+    if control_plane {
+        "control_planes"
+    } else {
+        "nodes"
+    }
+}
+
 /// Whether the entity of the collection `coll` has children under `child`.
 fn nests(coll: &str, child: &str) -> bool {
     gantry_model::entities::by_admin_path(coll)
@@ -280,7 +290,9 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
         ["cache"] => "DELETE, OPTIONS",
         ["cache", _] => "DELETE, GET, HEAD, OPTIONS",
         ["debug", "node", "log-level"] => READ,
-        ["debug", "node", "log-level", _] => "OPTIONS, PUT",
+        ["debug", "node", "log-level", _]
+        | ["debug", "cluster", "log-level", _]
+        | ["debug", "cluster", "control-planes-nodes", "log-level", _] => "OPTIONS, PUT",
         ["schemas", "plugins", "validate"] | ["schemas", _, "validate"] => "OPTIONS, POST",
         ["schemas", "plugins" | "partials", _] | ["schemas", _] => READ,
         ["partials", _, "links"] => READ,
@@ -412,6 +424,14 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/plugins/enabled", get(info::enabled_plugins))
         .route("/endpoints", get(info::endpoints))
         .route("/timers", get(info::timers))
+        .route(
+            "/debug/cluster/log-level/{level}",
+            axum::routing::put(info::set_cluster_log_level),
+        )
+        .route(
+            "/debug/cluster/control-planes-nodes/log-level/{level}",
+            axum::routing::put(info::set_control_planes_log_level),
+        )
         .route("/status/dns", get(info::dns_status))
         .route("/cache", delete(info::cache_purge))
         .route(

@@ -574,6 +574,15 @@ where
         Default::default();
     if settings.database != Database::Off {
         tokio::spawn(sweep(state.clone(), hosted.clone(), rx.clone()));
+        if let Some(log) = node_log() {
+            let scope = gantry_admin::cluster_log_scope(settings.role == Role::ControlPlane);
+            tokio::spawn(follow_cluster_log_level(
+                state.store.clone(),
+                log,
+                scope,
+                rx.clone(),
+            ));
+        }
     }
     if settings.role == Role::ControlPlane {
         let cp = crate::hybrid::start_control_plane(
@@ -811,6 +820,47 @@ impl gantry_admin::ProxyCaches for ProxyCaches {
 
 /// How often entities whose ttl ran out are deleted. Until then they are already gone to
 /// readers: the Admin API hides them, plugins refuse them.
+/// Kong's cluster-wide log level (`/debug/cluster/log-level`): every few seconds, the level
+/// the nodes sharing this store were last given, applied once per change (Kong's cluster
+/// events, which its nodes poll every `db_update_frequency`, 5 s). A node takes only the
+/// changes made while it runs, as Kong's.
+async fn follow_cluster_log_level(
+    store: Arc<gantry_store::Store>,
+    log: Arc<NodeLog>,
+    scope: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use gantry_admin::LogLevel;
+    let timer = gantry_model::timers::register("cluster:log-level");
+    let mut seen = match store.cluster_log_level(scope).await {
+        Ok(c) => c.map_or(0, |(seq, _, _)| seq),
+        Err(_) => 0,
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+        let mut run = timer.run();
+        match store.cluster_log_level(scope).await {
+            Ok(Some((seq, level, until))) if seq > seen => {
+                seen = seq;
+                let now = gantry_model::unix_now();
+                if until != 0 && until <= now {
+                    continue;
+                }
+                let timeout =
+                    (until != 0).then(|| std::time::Duration::from_secs((until - now) as u64));
+                if log.get() != level {
+                    log.clone().set(&level, timeout);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => run.failed(format!("cannot read the cluster's log level: {e}")),
+        }
+    }
+}
+
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Delete what has run out, in the default control plane and in every hosted one.

@@ -341,7 +341,9 @@ fn rand_u32() -> u32 {
     t.subsec_nanos() ^ std::process::id()
 }
 
-/// The aio-kong client (PyPI) runs its CRUD against a real gantry.
+/// The aio-kong client (PyPI) runs its CRUD against a real gantry, over every entity it knows:
+/// services, routes, plugins, consumers with key-auth, basic-auth and jwt credentials and
+/// ACLs, certificates and SNIs, its `apply_json` and its pagination.
 #[tokio::test]
 async fn aio_kong_client_works_unchanged() {
     let has_client = std::process::Command::new("python3")
@@ -364,9 +366,12 @@ async fn aio_kong_client_works_unchanged() {
             env!("CARGO_MANIFEST_DIR"),
             "/tests/clients/aio_kong_client.py"
         );
+        let pair = rcgen::generate_simple_self_signed(vec!["aio.example.test".into()]).unwrap();
         let out = std::process::Command::new("python3")
             .arg(script)
             .env("KONG_ADMIN_URL", &node.admin)
+            .env("AIO_CERT", pair.cert.pem())
+            .env("AIO_KEY", pair.signing_key.serialize_pem())
             .output()
             .expect("python3");
         assert!(
@@ -514,6 +519,101 @@ async fn the_log_level_changes_at_run_time() {
         async move { get(http, level).await.1 == json!({"message": "log level: notice"}) }
     })
     .await;
+}
+
+/// Kong's `/debug/cluster/log-level`: two nodes on one PostgreSQL, the level set through
+/// one reaches the other within seconds, and goes back at its timeout; a control plane's
+/// endpoint is `/debug/cluster/control-planes-nodes/log-level`, and each answers 404 for the
+/// other's.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_log_level_reaches_every_node_of_the_database() {
+    use gantry_testkit::process::{cp_env, db_env, gen_cert};
+    let Some(pg) = gantry_testkit::PgSchema::create().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_env(Some(&pg));
+    let a = Node::start(&dir.path().join("a"), &db);
+    let b = Node::start(&dir.path().join("b"), &db);
+    let http = reqwest::Client::new();
+    let level = |node: &Node| {
+        let (http, url) = (http.clone(), format!("{}/debug/node/log-level", node.admin));
+        async move {
+            let r: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            r["message"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    assert_eq!(level(&b).await, "log level: notice");
+    let r = http
+        .put(format!(
+            "{}/debug/cluster/log-level/debug?timeout=12",
+            a.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "log level changed"})
+    );
+    assert_eq!(level(&a).await, "log level: debug");
+    gantry_testkit::http::eventually(Duration::from_secs(15), "the other node follows", || {
+        let l = level(&b);
+        async move { l.await == "log level: debug" }
+    })
+    .await;
+    // A control plane's own endpoint; the traditional one is not its.
+    let r = http
+        .put(format!(
+            "{}/debug/cluster/control-planes-nodes/log-level/info",
+            a.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let cert = gen_cert(dir.path(), "c");
+    let mut env = cp_env(&cert, &[]);
+    env.extend(db.iter().cloned());
+    let cp = Node::start(&dir.path().join("cp"), &env);
+    let r = http
+        .put(format!("{}/debug/cluster/log-level/info", cp.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .put(format!(
+            "{}/debug/cluster/control-planes-nodes/log-level/warn",
+            cp.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(level(&cp).await, "log level: warn");
+    // The traditional nodes' timeout runs out: both go back to log_level's.
+    gantry_testkit::http::eventually(Duration::from_secs(25), "the level reverts", || {
+        let (la, lb) = (level(&a), level(&b));
+        async move { la.await == "log level: notice" && lb.await == "log level: notice" }
+    })
+    .await;
+    let endpoints = |node: &Node| {
+        let (http, url) = (http.clone(), format!("{}/endpoints", node.admin));
+        async move {
+            let r: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+            r["data"].clone()
+        }
+    };
+    assert!(endpoints(&a)
+        .await
+        .as_array()
+        .unwrap()
+        .contains(&json!("/debug/cluster/log-level/{log_level}")));
+    assert!(endpoints(&cp).await.as_array().unwrap().contains(&json!(
+        "/debug/cluster/control-planes-nodes/log-level/{log_level}"
+    )));
 }
 
 /// The Admin API over TLS, as Kong's `ssl` admin_listen: a generated certificate, or

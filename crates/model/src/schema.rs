@@ -588,6 +588,8 @@ pub fn check(ty: &Ty, v: Value) -> Result<Value, Value> {
                     Ok(json!({ "id": id }))
                 }
                 Some(_) if m.len() == 1 => Err(json!({"id": "expected a string"})),
+                // Kong's `validate_primary_key`: a reference without its id.
+                None => Err(json!({"id": "missing primary key"})),
                 _ => err("expected a reference of the form {\"id\": \"<uuid>\"}".into()),
             }
         }

@@ -135,10 +135,13 @@ pub fn check_str(kind: StrKind, s: &str) -> Result<(), Invalid> {
             }
         }
         StrKind::Tag => {
-            if s.chars().any(|c| c == ',' || c == '/' || c.is_control()) {
-                Err(Invalid::from(
-                    "invalid tag: must not contain ',' or '/' or control characters",
-                ))
+            // Kong's `validate_tag`: printable ASCII but `,` and `/`, and any other UTF-8.
+            if s.chars()
+                .any(|c| c == ',' || c == '/' || (c.is_ascii() && (c < ' ' || c == '\x7f')))
+            {
+                Err(Invalid(format!(
+                    "invalid tag '{s}': expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
+                )))
             } else {
                 Ok(())
             }

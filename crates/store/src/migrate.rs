@@ -196,6 +196,19 @@ const MIGRATIONS: &[(&str, &[&str])] = &[
             "CREATE INDEX dp_client_certificates_by_digest ON dp_client_certificates (digest)",
         ],
     ),
+    (
+        "004_cluster_log_level",
+        &[
+            // Kong's `/debug/cluster/log-level`: the level every node sharing this store takes,
+            // until `until` (Unix seconds; 0: until changed), numbered so that each node applies
+            // each change once.
+            "CREATE TABLE cluster_log_level (
+                scope TEXT PRIMARY KEY,
+                seq BIGINT NOT NULL,
+                level TEXT NOT NULL,
+                until BIGINT NOT NULL)",
+        ],
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -19,28 +19,39 @@ pub enum TagFilter {
 /// A `tags` filter that cannot be read (Kong's messages).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TagFilterError {
-    #[error("invalid option (tags: cannot mix 'and' and 'or')")]
+    /// Neither `a,b,...` nor `a/b/...` (both separators, or an empty tag between them).
+    #[error("invalid option (tags: invalid filter syntax)")]
     Mixed,
-    #[error("invalid option (tags: must not be empty)")]
+    #[error("invalid option (tags: cannot be null)")]
     Empty,
+    #[error("invalid option (tags: cannot query more than 5 tags)")]
+    TooMany,
+    #[error("invalid option (tags: must only contain printable ascii (except `,` and `/`) or valid utf-8)")]
+    Characters,
 }
 
 impl TagFilter {
-    /// Parse `a,b` or `a/b`; mixing both is an error.
+    /// Parse `a,b` (all of them) or `a/b` (any of them), as Kong's Admin API reads `tags`: at
+    /// most five, none empty, one separator kind.
     pub fn parse(s: &str) -> Result<TagFilter, TagFilterError> {
-        if s.contains(',') && s.contains('/') {
-            return Err(TagFilterError::Mixed);
-        }
-        let split: Vec<String> = s
-            .split([',', '/'])
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(str::to_string)
-            .collect();
-        if split.is_empty() {
+        if s.is_empty() {
             return Err(TagFilterError::Empty);
         }
-        Ok(if s.contains('/') {
+        let any = s.contains('/');
+        if any && s.contains(',') {
+            return Err(TagFilterError::Mixed);
+        }
+        let split: Vec<String> = s.split([',', '/']).map(str::to_string).collect();
+        if split.iter().any(String::is_empty) {
+            return Err(TagFilterError::Mixed);
+        }
+        if split.len() > 5 {
+            return Err(TagFilterError::TooMany);
+        }
+        if s.chars().any(|c| c.is_ascii() && (c < ' ' || c == '\x7f')) {
+            return Err(TagFilterError::Characters);
+        }
+        Ok(if any {
             TagFilter::Any(split)
         } else {
             TagFilter::All(split)
@@ -351,6 +362,43 @@ impl Store {
                 .ok_or(StoreError::NoControlPlane(self.cp))?
                 .try_get(0)?,
         )
+    }
+
+    /// The log level set for every node of `scope` (`nodes`, or `control_planes`) that shares
+    /// this store: `(seq, level, until)`, the latest change.
+    pub async fn cluster_log_level(
+        &self,
+        scope: &str,
+    ) -> Result<Option<(i64, String, i64)>, StoreError> {
+        let row = sqlx::query("SELECT seq, level, until FROM cluster_log_level WHERE scope = $1")
+            .bind(scope)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => Some((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)),
+            None => None,
+        })
+    }
+
+    /// Set the log level of every node of `scope` sharing this store (see
+    /// [`Store::cluster_log_level`]); returns the change's number.
+    pub async fn set_cluster_log_level(
+        &self,
+        scope: &str,
+        level: &str,
+        until: i64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO cluster_log_level (scope, seq, level, until) VALUES ($1, 1, $2, $3)
+             ON CONFLICT (scope) DO UPDATE SET seq = cluster_log_level.seq + 1, level = $2, until = $3
+             RETURNING seq",
+        )
+        .bind(scope)
+        .bind(level)
+        .bind(until)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Every control plane's configuration version, `(key, version)`: one statement.

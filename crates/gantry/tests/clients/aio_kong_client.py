@@ -76,6 +76,43 @@ async def main() -> None:
         aj = await cli.services.get("aj")
         assert [r["name"] for r in await aj.routes.get_list()] == ["aj-r"]
 
+        # Certificates and their SNIs (the PEM pair comes from the test).
+        cert = await cli.certificates.create(cert=os.environ["AIO_CERT"], key=os.environ["AIO_KEY"], tags=["aio"])
+        sni = await cert.snis.create(name="aio.example.test")
+        assert sni["certificate"]["id"] == cert.id, sni.data
+        assert [x["name"] for x in await cert.snis.get_list()] == ["aio.example.test"]
+        assert (await cli.snis.get("aio.example.test")).id == sni.id
+        await cli.snis.apply_json([{"name": "aio2.example.test", "certificate": {"id": cert.id}}])
+        await cli.snis.apply_json([{"name": "aio2.example.test", "certificate": {"id": cert.id}, "tags": ["t"]}])
+        assert (await cli.snis.get("aio2.example.test"))["tags"] == ["t"]
+        assert [c.id for c in await cli.certificates.get_list()] == [cert.id]
+
+        # JWT credentials made by the node: key and secret generated, HS256.
+        jwt = await consumer.jwts.get_or_create()
+        assert jwt["algorithm"] == "HS256" and jwt["key"] and jwt["secret"], jwt.data
+        assert (await consumer.jwts.get_or_create()).id == jwt.id
+
+        # ACLs through the top-level collection.
+        assert [a["group"] for a in await cli.acls.get_list()] == ["g1"]
+
+        # Consumers by apply_json: ACL groups added and removed, credentials created.
+        await cli.consumers.apply_json(
+            {
+                "username": "aj-user",
+                "groups": ["ga", "gb"],
+                "auths": [
+                    {"type": "key-auth", "config": {"key": "aj-key"}},
+                    {"type": "basic-auth", "config": {"username": "aj-b", "password": "pw"}},
+                ],
+            }
+        )
+        aju = await cli.consumers.get("aj-user")
+        assert sorted(a["group"] for a in await aju.acls.get_list()) == ["ga", "gb"]
+        await cli.consumers.apply_json({"username": "aj-user", "groups": ["gb"]})
+        assert [a["group"] for a in await aju.acls.get_list()] == ["gb"]
+        assert [k["key"] for k in await aju.keyauths.get_list()] == ["aj-key"]
+        assert [b["username"] for b in await aju.basicauths.get_list()] == ["aj-b"]
+
         # Pagination through many pages.
         for i in range(120):
             await cli.consumers.create(username=f"page-{i:03d}")
