@@ -83,18 +83,23 @@ pub async fn by_key(
     if !any_configured(&st).await? {
         return Ok(not_found());
     }
-    Ok(if method == Method::DELETE {
-        if purge(&st, &key) {
+    Ok(read_or_purge(&st, &key, &method))
+}
+
+/// The entry under `key` (GET, HEAD) or its purge (DELETE): 404 when there is none.
+fn read_or_purge(st: &AdminState, key: &str, method: &Method) -> Response {
+    if *method == Method::DELETE {
+        if purge(st, key) {
             no_content()
         } else {
             not_found()
         }
     } else {
-        match entry(&st, &key) {
+        match entry(st, key) {
             Some(v) => Json(v).into_response(),
             None => not_found(),
         }
-    })
+    }
 }
 
 /// `GET|DELETE /proxy-cache/{plugin_id}/caches/{cache_key}`
@@ -109,16 +114,5 @@ pub async fn by_plugin(
     if st.store.get("plugins", &plugin).await?.is_none() {
         return Ok(not_found());
     }
-    Ok(if method == Method::DELETE {
-        if purge(&st, &key) {
-            no_content()
-        } else {
-            not_found()
-        }
-    } else {
-        match entry(&st, &key) {
-            Some(v) => Json(v).into_response(),
-            None => not_found(),
-        }
-    })
+    Ok(read_or_purge(&st, &key, &method))
 }

@@ -113,6 +113,22 @@ impl Sink {
     }
 }
 
+/// A node (with `env`) with the service `s` on an echo upstream, a client, and a sink.
+async fn logging_node(
+    env: &[(String, String)],
+) -> (tempfile::TempDir, Node, reqwest::Client, String, Sink) {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), env);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let up = echo().await;
+    gantry_testkit::process::service(&http, &node, &up).await;
+    let sink = Sink::start().await;
+    (dir, node, http, up, sink)
+}
+
 /// A metric's value in a Prometheus text exposition.
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -126,15 +142,7 @@ fn metric(text: &str, series: &str) -> f64 {
 /// counted in `/metrics`; bad configurations refused naming the field.
 #[tokio::test]
 async fn http_log_as_kong() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let up = echo().await;
-    gantry_testkit::process::service(&http, &node, &up).await;
-    let sink = Sink::start().await;
+    let (_dir, node, http, _up, sink) = logging_node(&[]).await;
     let one = json!({"name": "http-log", "config": {
         "http_endpoint": format!("http://logger:s3cret@{}/in?src=gantry", sink.addr),
         "headers": {"X-Token": "t0k"},
@@ -609,19 +617,11 @@ fn text(span: &Span, key: &str) -> String {
 /// configured resource; the deprecated `endpoint` accepted, `logs_endpoint` refused.
 #[tokio::test]
 async fn opentelemetry_as_kong() {
-    let dir = tempfile::tempdir().unwrap();
     let env = [(
         "KONG_TRACING_INSTRUMENTATIONS".to_string(),
         "all".to_string(),
     )];
-    let node = Node::start(dir.path(), &env);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let up = echo().await;
-    gantry_testkit::process::service(&http, &node, &up).await;
-    let sink = Sink::start().await;
+    let (_dir, node, http, up, sink) = logging_node(&env).await;
     let otel = json!({"name": "opentelemetry", "config": {
         "traces_endpoint": format!("http://{}/v1/traces", sink.addr),
         "headers": {"X-Key": "k"},

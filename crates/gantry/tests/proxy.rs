@@ -1047,22 +1047,7 @@ async fn retries_and_health_checks_eject_and_recover() {
     });
     let good = echo().await;
     let checks = json!({"active": {"timeout": 1, "http_path": "/health", "healthy": {"interval": 0.1, "successes": 1}, "unhealthy": {"interval": 0.1, "tcp_failures": 1, "http_failures": 1}}});
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/upstreams",
-        json!({"name": "active.internal", "healthchecks": checks}),
-    )
-    .await;
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/upstreams/active.internal/targets",
-        json!({"target": good}),
-    )
-    .await;
+    upstream_with(&http, &node, "active.internal", checks, &[&good]).await;
     admin(
         &http,
         &node,
@@ -2574,6 +2559,22 @@ async fn correlation_id_as_kong() {
     assert_eq!(n(&parts[1]), n(&parts[0]) + 1, "{ids:?}");
 }
 
+/// An upstream `name` with these `healthchecks` and `targets`, through the Admin API.
+async fn upstream_with(
+    http: &reqwest::Client,
+    node: &Node,
+    name: &str,
+    checks: Value,
+    targets: &[&str],
+) {
+    let upstream = json!({"name": name, "healthchecks": checks});
+    admin(http, node, "POST", "/upstreams", upstream).await;
+    for t in targets {
+        let path = format!("/upstreams/{name}/targets");
+        admin(http, node, "POST", &path, json!({"target": t})).await;
+    }
+}
+
 /// Kong's `/timers` (the node's background timers: an upstream's active health checks, the
 /// database check, the ttl sweep, each with its runs and times) and `/cache` (Gantry keeps no
 /// entity cache: nothing is found, a purge has nothing to do), as Kong answers them.
@@ -2584,22 +2585,7 @@ async fn timers_and_cache_endpoints_as_kong() {
     let http = reqwest::Client::new();
     let up = echo().await;
     let checks = json!({"active": {"timeout": 1, "http_path": "/", "healthy": {"interval": 0.1, "successes": 1}, "unhealthy": {"interval": 0.1, "tcp_failures": 1}}});
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/upstreams",
-        json!({"name": "probed", "healthchecks": checks}),
-    )
-    .await;
-    admin(
-        &http,
-        &node,
-        "POST",
-        "/upstreams/probed/targets",
-        json!({"target": up}),
-    )
-    .await;
+    upstream_with(&http, &node, "probed", checks, &[&up]).await;
     synced(&http, &node).await;
     let runs = |t: &Value| {
         t["stats"]["timers"]["healthcheck:probed"]["stats"]["runs"]

@@ -286,6 +286,19 @@ fn is_zero(hex: &str) -> bool {
     hex.bytes().all(|b| b == b'0')
 }
 
+/// Hex digits, of one of these lengths.
+fn hex_of(s: &str, lengths: &[usize]) -> bool {
+    lengths.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Exactly four non-empty runs of hex digits, separated by `sep` (W3C's and Jaeger's form).
+fn four_hex(v: &str, sep: char) -> Option<[&str; 4]> {
+    let mut parts = v.split(sep);
+    let four = [parts.next()?, parts.next()?, parts.next()?, parts.next()?];
+    let hex = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.next().is_none() && four.iter().all(hex)).then_some(four)
+}
+
 impl Extracted {
     fn new(
         trace_id: Option<Vec<u8>>,
@@ -320,16 +333,9 @@ impl Extracted {
 
     fn w3c(h: &hyper::HeaderMap) -> Option<Extracted> {
         let v = header(h, "traceparent")?;
-        let parts: Vec<&str> = v.split('-').collect();
-        let [version, trace, parent, flags] = parts[..] else {
+        let Some([version, trace, parent, flags]) = four_hex(v, '-') else {
             return Self::invalid("W3C traceparent header");
         };
-        if [version, trace, parent, flags]
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Self::invalid("W3C traceparent header");
-        }
         if version != "00" {
             return Self::invalid("W3C Trace Context version");
         }
@@ -364,9 +370,7 @@ impl Extracted {
         if !NAMES.iter().any(|n| h.contains_key(*n)) {
             return None;
         }
-        let hexes = |s: &str, lens: &[usize]| {
-            lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
-        };
+        let hexes = hex_of;
         let (mut trace, mut span, mut parent) = (None, None, None);
         let (mut sampled, mut debug, mut single) = (None, false, false);
         // The single header, or `b3=` in tracestate.
@@ -455,16 +459,9 @@ impl Extracted {
 
     fn jaeger(h: &hyper::HeaderMap) -> Option<Extracted> {
         let v = header(h, "uber-trace-id").filter(|v| !v.is_empty())?;
-        let parts: Vec<&str> = v.split(':').collect();
-        let [trace, span, parent, flags] = parts[..] else {
+        let Some([trace, span, parent, flags]) = four_hex(v, ':') else {
             return Self::invalid("jaeger uber-trace-id header");
         };
-        if [trace, span, parent, flags]
-            .iter()
-            .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()))
-        {
-            return Self::invalid("jaeger uber-trace-id header");
-        }
         if trace.len() > 32 || is_zero(trace) {
             return Self::invalid("jaeger trace ID");
         }
@@ -493,9 +490,7 @@ impl Extracted {
             Some("0" | "false") => Some(false),
             _ => None,
         };
-        let hexes = |s: &str, lens: &[usize]| {
-            lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit())
-        };
+        let hexes = hex_of;
         let t = header(h, "ot-tracer-traceid");
         let s = header(h, "ot-tracer-spanid");
         let invalid =

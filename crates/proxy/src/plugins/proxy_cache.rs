@@ -316,11 +316,25 @@ impl ProxyCache {
     }
 
     /// Mark the request for storing, with the `X-Cache-Status` given.
-    fn mark(&self, ctx: &mut Ctx<'_>, marked: Marked, status: &'static str) {
-        if self.shows(marked.debug, self.status_header) {
+    /// Mark the request to be stored once answered, saying `status` (Miss, Refresh).
+    fn mark(
+        &self,
+        ctx: &mut Ctx<'_>,
+        key: String,
+        debug: bool,
+        req_body: Option<String>,
+        status: &'static str,
+    ) {
+        if self.shows(debug, self.status_header) {
             ctx.response_headers
                 .push((X_CACHE_STATUS.clone(), HeaderValue::from_static(status)));
         }
+        let marked = Marked {
+            key,
+            debug,
+            head: ctx.req.method == hyper::Method::HEAD,
+            req_body,
+        };
         ctx.state.insert(marked);
     }
 
@@ -346,13 +360,7 @@ impl ProxyCache {
                 return Some(super::error(504, "The upstream server is timing out"));
             }
             let req_body = request_body(ctx).await;
-            let marked = Marked {
-                key,
-                debug,
-                head: ctx.req.method == hyper::Method::HEAD,
-                req_body,
-            };
-            self.mark(ctx, marked, "Miss");
+            self.mark(ctx, key, debug, req_body, "Miss");
             return None;
         };
         let age = (gantry_model::unix_now() - cached.timestamp) as f64;
@@ -366,13 +374,7 @@ impl ProxyCache {
         };
         if refresh {
             let req_body = cached.req_body.clone();
-            let marked = Marked {
-                key,
-                debug,
-                head: ctx.req.method == hyper::Method::HEAD,
-                req_body,
-            };
-            self.mark(ctx, marked, "Refresh");
+            self.mark(ctx, key, debug, req_body, "Refresh");
             return None;
         }
         // Kong's `kong.response.exit` replaces the headers access set with the entry's.
