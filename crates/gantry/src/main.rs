@@ -65,6 +65,10 @@ enum Cmd {
         /// The control plane's telemetry port.
         #[arg(long, default_value_t = 8006)]
         telemetry_port: u16,
+        /// The gantry version the data plane runs (and the printed commands use): one that
+        /// install.sh put in the versions directory; this binary's own by default.
+        #[arg(long = "version", value_name = "VERSION")]
+        dp_version: Option<String>,
     },
     /// Declarative configuration files and the store.
     Config {
@@ -199,6 +203,7 @@ fn main() -> std::process::ExitCode {
             cluster_port,
             status_port,
             telemetry_port,
+            dp_version,
         } => quickstart::run(
             prefix,
             quickstart::Ports {
@@ -208,6 +213,7 @@ fn main() -> std::process::ExitCode {
                 status: status_port,
                 telemetry: telemetry_port,
             },
+            dp_version,
         ),
         Cmd::Config { cmd } => match cmd {
             ConfigCmd::Parse { file, opts } => config_cmd::parse(&file, &opts),

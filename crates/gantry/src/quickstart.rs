@@ -31,8 +31,7 @@ pub struct Ports {
 }
 
 /// Settings for a child node: only what is given here, none of the caller's `KONG_*`.
-fn child(prefix: &Path, role: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("cannot find the gantry executable")?;
+fn child(exe: &Path, prefix: &Path, role: &str, env: &[(&str, String)]) -> anyhow::Result<Child> {
     let mut cmd = Command::new(exe);
     cmd.arg("start").arg("-p").arg(prefix);
     for (k, _) in std::env::vars() {
@@ -75,7 +74,50 @@ async fn wait_for_mock(proxy_port: u16, children: &mut [Child]) -> anyhow::Resul
     }
 }
 
-pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
+/// Where installed versions live: `GANTRY_VERSIONS_DIR`; else, for a binary that install.sh
+/// put in `<prefix>/lib/gantry/versions/<version>/gantry`, that `versions` directory; else
+/// `<the binary's directory>/../lib/gantry/versions`.
+fn versions_dir(exe: &Path) -> PathBuf {
+    if let Some(d) = std::env::var_os("GANTRY_VERSIONS_DIR") {
+        return PathBuf::from(d);
+    }
+    let parent = exe.parent().unwrap_or(Path::new("."));
+    match parent.parent() {
+        Some(v) if v.file_name().is_some_and(|n| n == "versions") => v.to_path_buf(),
+        _ => parent.join("../lib/gantry/versions"),
+    }
+}
+
+/// The binary of `version` (this one when none is asked for).
+fn binary_of(version: Option<&str>) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()
+        .and_then(|e| e.canonicalize())
+        .context("cannot find the gantry executable")?;
+    let Some(v) = version else {
+        return Ok(exe);
+    };
+    let dir = versions_dir(&exe);
+    let bin = dir.join(v).join("gantry");
+    if !bin.is_file() {
+        bail!(
+            "gantry {v} is not installed (no {}); install it with: install.sh --version {v}",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// A port nothing listens on now, for the printed second data plane.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(8100)
+}
+
+pub fn run(prefix: Option<PathBuf>, ports: Ports, version: Option<String>) -> anyhow::Result<()> {
+    let cp_exe = binary_of(None)?;
+    let dp_exe = binary_of(version.as_deref())?;
     let prefix = prefix.unwrap_or_else(|| std::env::temp_dir().join("gantry-quickstart"));
     let (cp_dir, dp_dir) = (prefix.join("cp"), prefix.join("dp"));
     for d in [&prefix, &cp_dir, &dp_dir] {
@@ -151,8 +193,8 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
             ("KONG_VITALS", "on".into()),
         ];
         dp_env.extend(certs.iter().cloned());
-        let mut children = vec![child(&cp_dir, "control_plane", &cp_env)?];
-        children.push(child(&dp_dir, "data_plane", &dp_env)?);
+        let mut children = vec![child(&cp_exe, &cp_dir, "control_plane", &cp_env)?];
+        children.push(child(&dp_exe, &dp_dir, "data_plane", &dp_env)?);
         let ready = wait_for_mock(ports.proxy, &mut children).await;
         if let Err(e) = ready {
             stop(&mut children);
@@ -169,11 +211,13 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports) -> anyhow::Result<()> {
         println!("        curl http://127.0.0.1:{}/clustering/data-planes", ports.admin);
         println!("        curl 'http://127.0.0.1:{}/analytics/requests?group_by=route,status'", ports.admin);
         println!();
-        println!("  a second data plane:");
+        println!("  a second data plane{}:", version.as_deref().map(|v| format!(" (gantry {v})")).unwrap_or_default());
         println!("    KONG_ROLE=data_plane KONG_DATABASE=off KONG_CLUSTER_CONTROL_PLANE={cluster} \\");
+        println!("    KONG_CLUSTER_TELEMETRY_ENDPOINT=127.0.0.1:{} KONG_VITALS=on \\", ports.telemetry);
+        println!("    KONG_CLUSTER_DP_LABELS=quickstart:second \\");
         println!("    KONG_CLUSTER_CERT={} KONG_CLUSTER_CERT_KEY={} \\", cert.display(), key.display());
-        println!("    KONG_PROXY_LISTEN=127.0.0.1:8100 KONG_STATUS_LISTEN=off \\");
-        println!("    {} start -p {}", std::env::current_exe()?.display(), prefix.join("dp2").display());
+        println!("    KONG_PROXY_LISTEN=127.0.0.1:{} KONG_STATUS_LISTEN=off \\", free_port());
+        println!("    {} start -p {}", dp_exe.display(), prefix.join("dp2").display());
         println!("Stop with Ctrl-C.");
         let mut watch = tokio::time::interval(Duration::from_millis(500));
         let signal = shutdown_signal();

@@ -1252,12 +1252,52 @@ async fn quickstart_runs_a_control_plane_and_a_data_plane() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let (_, reg) = get_json(
-        &http,
-        &format!("http://127.0.0.1:{admin_port}/clustering/data-planes"),
-    )
-    .await;
+    let registry = format!("http://127.0.0.1:{admin_port}/clustering/data-planes");
+    let (_, reg) = get_json(&http, &registry).await;
     assert_eq!(reg["data"].as_array().unwrap().len(), 1, "{reg}");
+    // The second data plane's command, as printed, is complete: run as it is, it joins with
+    // its labels, sends analytics, and proxies on the port it names.
+    let from = said
+        .iter()
+        .position(|l| l.contains("a second data plane"))
+        .unwrap();
+    let command: Vec<String> = said[from + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("Stop with"))
+        .map(|l| l.trim().trim_end_matches('\\').trim().to_string())
+        .collect();
+    let command = command.join(" ");
+    assert!(
+        command.contains("KONG_CLUSTER_TELEMETRY_ENDPOINT="),
+        "{command}"
+    );
+    let mut dp2 = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec env {command}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, reg) = get_json(&http, &registry).await;
+        let dps = reg["data"].as_array().cloned().unwrap_or_default();
+        if dps.len() == 2 {
+            assert!(
+                dps.iter()
+                    .any(|d| d["labels"] == json!({"quickstart": "second"})),
+                "{reg}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second data plane did not join: {reg}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = dp2.kill();
+    let _ = dp2.wait();
     std::process::Command::new("kill")
         .arg(child.id().to_string())
         .status()
@@ -1741,4 +1781,95 @@ async fn data_planes_reach_the_control_plane_through_an_https_forward_proxy() {
         ),
     );
     strict.wait_log("TLS with the forward proxy", Duration::from_secs(10));
+}
+
+/// `gantry quickstart --version X`: the data plane, and the commands printed for more, run
+/// the binary of version X that install.sh put in the versions directory; a version that is
+/// not installed stops the quickstart, naming it and the way to install it.
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_runs_the_data_plane_version_asked_for() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let versions = dir.path().join("versions");
+    std::fs::create_dir_all(versions.join("9.9.0-qs")).unwrap();
+    let installed = versions.join("9.9.0-qs/gantry");
+    std::os::unix::fs::symlink(gantry_testkit::process::bin(), &installed).unwrap();
+    let out = cmd(&[("GANTRY_VERSIONS_DIR".into(), versions.display().to_string())])
+        .args(["quickstart", "--version", "0.0.0-none", "-p"])
+        .arg(dir.path().join("none"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("gantry 0.0.0-none is not installed")
+            && err.contains("install.sh --version 0.0.0-none"),
+        "{err}"
+    );
+    let proxy_port = free_port();
+    let mut child = cmd(&[("GANTRY_VERSIONS_DIR".into(), versions.display().to_string())])
+        .args(["quickstart", "--version", "9.9.0-qs", "-p"])
+        .arg(dir.path().join("qs"))
+        .args(["--admin-port", &free_port().to_string()])
+        .args(["--proxy-port", &proxy_port.to_string()])
+        .args(["--cluster-port", &free_port().to_string()])
+        .args(["--status-port", &free_port().to_string()])
+        .args(["--telemetry-port", &free_port().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let mut said = Vec::new();
+    while !said
+        .iter()
+        .any(|l: &String| l.starts_with("Stop with Ctrl-C"))
+    {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => said.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("quickstart did not come up: {said:?}");
+            }
+        }
+    }
+    let text = said.join("\n");
+    assert!(
+        text.contains("a second data plane (gantry 9.9.0-qs)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{} start -p", installed.display())),
+        "{text}"
+    );
+    // The running data plane is that binary.
+    let procs = std::fs::read_dir("/proc").unwrap();
+    let runs_it = procs.filter_map(Result::ok).any(|p| {
+        std::fs::read(p.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&installed.display().to_string()))
+            .unwrap_or(false)
+    });
+    assert!(runs_it, "no process runs {}", installed.display());
+    let r = reqwest::get(format!("http://127.0.0.1:{proxy_port}/mock"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "quickstart did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
