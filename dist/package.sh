@@ -7,15 +7,16 @@
 #   BIN=path dist/package.sh V     (package a binary built already, e.g. for tests)
 #   OUT=dir ...                     (write the release there instead of dist/out)
 #
-# The static build links glibc statically (`-C target-feature=+crt-static`): `ldd` says
-# "not a dynamic executable". `cargo build --release` itself is unchanged.
+# The static build links glibc statically (`-C target-feature=+crt-static`), and not as a
+# position-independent executable (`-C relocation-model=static`), so that `ldd` says "not a
+# dynamic executable" (a static PIE, the default, reads "statically linked"). `cargo build --release` itself is unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 version="${1:-$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)}"
 out="${OUT:-dist/out}"
 mkdir -p "$out"
 if [ -z "${BIN:-}" ]; then
-  RUSTFLAGS="-C target-feature=+crt-static" \
+  RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static" \
     cargo build --release -p gantry --target x86_64-unknown-linux-gnu
   BIN=target/x86_64-unknown-linux-gnu/release/gantry
   strip_it=1
