@@ -1200,21 +1200,21 @@ async fn a_configuration_over_cluster_max_payload_is_not_sent() {
     cp.wait_log("more than cluster_max_payload", Duration::from_secs(5));
 }
 
-/// `gantry quickstart`: a control plane, a data plane and `/mock`, all stopped on SIGTERM.
-#[tokio::test(flavor = "multi_thread")]
-async fn quickstart_runs_a_control_plane_and_a_data_plane() {
+/// `gantry quickstart` with `args` and `env`, on free ports (the proxy's and the Admin API's
+/// returned), read until it says it runs: the child and what it printed.
+fn quickstart(
+    args: &[&str],
+    env: &[(String, String)],
+) -> (std::process::Child, Vec<String>, u16, u16) {
     use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let (admin_port, proxy_port, cluster_port, status_port) =
-        (free_port(), free_port(), free_port(), free_port());
-    let mut child = cmd(&[])
+    let (admin_port, proxy_port) = (free_port(), free_port());
+    let mut child = cmd(env)
         .arg("quickstart")
-        .arg("-p")
-        .arg(dir.path())
+        .args(args)
         .args(["--admin-port", &admin_port.to_string()])
         .args(["--proxy-port", &proxy_port.to_string()])
-        .args(["--cluster-port", &cluster_port.to_string()])
-        .args(["--status-port", &status_port.to_string()])
+        .args(["--cluster-port", &free_port().to_string()])
+        .args(["--status-port", &free_port().to_string()])
         .args(["--telemetry-port", &free_port().to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -1243,6 +1243,28 @@ async fn quickstart_runs_a_control_plane_and_a_data_plane() {
             }
         }
     }
+    (child, said, proxy_port, admin_port)
+}
+
+/// Stop a quickstart with SIGTERM, and wait for it to end.
+fn stop_quickstart(child: &mut std::process::Child) {
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "quickstart did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `gantry quickstart`: a control plane, a data plane and `/mock`, all stopped on SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn quickstart_runs_a_control_plane_and_a_data_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().to_str().unwrap();
+    let (mut child, said, proxy_port, admin_port) = quickstart(&["-p", prefix], &[]);
     let text = said.join("\n");
     assert!(text.contains("a second data plane"), "{text}");
     let http = reqwest::Client::new();
@@ -1298,15 +1320,7 @@ async fn quickstart_runs_a_control_plane_and_a_data_plane() {
     }
     let _ = dp2.kill();
     let _ = dp2.wait();
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "quickstart did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_quickstart(&mut child);
     // Its nodes are gone with it.
     assert!(std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_err());
     assert!(std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err());
@@ -1788,7 +1802,6 @@ async fn data_planes_reach_the_control_plane_through_an_https_forward_proxy() {
 /// not installed stops the quickstart, naming it and the way to install it.
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_runs_the_data_plane_version_asked_for() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let versions = dir.path().join("versions");
     std::fs::create_dir_all(versions.join("9.9.0-qs")).unwrap();
@@ -1806,42 +1819,11 @@ async fn quickstart_runs_the_data_plane_version_asked_for() {
             && err.contains("install.sh --version 0.0.0-none"),
         "{err}"
     );
-    let proxy_port = free_port();
-    let mut child = cmd(&[("GANTRY_VERSIONS_DIR".into(), versions.display().to_string())])
-        .args(["quickstart", "--version", "9.9.0-qs", "-p"])
-        .arg(dir.path().join("qs"))
-        .args(["--admin-port", &free_port().to_string()])
-        .args(["--proxy-port", &proxy_port.to_string()])
-        .args(["--cluster-port", &free_port().to_string()])
-        .args(["--status-port", &free_port().to_string()])
-        .args(["--telemetry-port", &free_port().to_string()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(l);
-        }
-    });
-    let mut said = Vec::new();
-    while !said
-        .iter()
-        .any(|l: &String| l.starts_with("Stop with Ctrl-C"))
-    {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) => said.push(l),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("quickstart did not come up: {said:?}");
-            }
-        }
-    }
+    let qs = dir.path().join("qs");
+    let (mut child, said, proxy_port, _) = quickstart(
+        &["--version", "9.9.0-qs", "-p", qs.to_str().unwrap()],
+        &[("GANTRY_VERSIONS_DIR".into(), versions.display().to_string())],
+    );
     let text = said.join("\n");
     assert!(
         text.contains("a second data plane (gantry 9.9.0-qs)"),
@@ -1863,13 +1845,5 @@ async fn quickstart_runs_the_data_plane_version_asked_for() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    std::process::Command::new("kill")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "quickstart did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    stop_quickstart(&mut child);
 }
