@@ -249,6 +249,9 @@ async fn request_size_limiting_as_kong() {
     let strict =
         json!({"name": "request-size-limiting", "config": {"require_content_length": true}});
     route_with(&http, &node, "strict", &[strict]).await;
+    // Every change applied, the last plugin included (a route that answers says only that
+    // its own version is running).
+    gantry_testkit::process::synced(&http, &node).await;
     proxy_until(&http, &node, "/small", 200).await;
     let proxy = node.proxy.clone().unwrap();
     let post = |path: &str, body: Vec<u8>| http.post(format!("{proxy}{path}")).body(body);
