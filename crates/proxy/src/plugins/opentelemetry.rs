@@ -53,16 +53,7 @@ pub static DESCRIPTOR: Descriptor = Descriptor::new(schema, build);
 
 /// The formats Kong reads and writes trace context in.
 const EXTRACTORS: &[&str] = &["w3c", "b3", "jaeger", "ot", "aws", "gcp", "datadog"];
-const INJECTORS: &[&str] = &[
-    "w3c",
-    "b3",
-    "b3-single",
-    "jaeger",
-    "ot",
-    "aws",
-    "gcp",
-    "datadog",
-];
+/// `inject`'s values: `preserve`, then every format ([`INJECTORS`]).
 const INJECT: &[&str] = &[
     "preserve",
     "w3c",
@@ -74,6 +65,7 @@ const INJECT: &[&str] = &[
     "gcp",
     "datadog",
 ];
+const INJECTORS: &[&str] = INJECT.split_at(1).1;
 /// `header_type`'s extraction order (Kong's `get_plugin_params`).
 const EVERY_FORMAT: &[&str] = &["b3", "w3c", "jaeger", "ot", "datadog", "aws", "gcp"];
 
@@ -759,8 +751,14 @@ struct Traced {
     root_parent: Option<[u8; 8]>,
     /// The span id the upstream was told (the balancer's, when it is instrumented).
     balancer: [u8; 8],
-    sampled: bool,
-    /// The request's own facts, for the request span.
+    /// The request's own facts, for the request span: made only when the request is sampled
+    /// (none: not sampled, nothing is exported).
+    facts: Option<Facts>,
+}
+
+/// What the request span says of the request.
+#[derive(Debug, Clone)]
+struct Facts {
     method: String,
     url: String,
     host: String,
@@ -949,40 +947,18 @@ impl OpenTelemetry {
         if !ids.0.is_empty() {
             ctx.state.insert(ids);
         }
-        let req = &ctx.req;
-        let host = req
-            .headers
-            .get(hyper::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(|h| crate::server::split_host(h).0.to_string())
-            .unwrap_or_default();
-        let scheme = if ctx.https { "https" } else { "http" };
-        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let flavor = match req.version {
-            hyper::Version::HTTP_10 => "1.0",
-            hyper::Version::HTTP_2 => "2.0",
-            hyper::Version::HTTP_3 => "3.0",
-            _ => "1.1",
-        };
-        let traced = Traced {
+        let facts = sampled.then(|| Facts::of(ctx));
+        ctx.state.insert(Traced {
             trace_id,
             root,
             root_parent,
             balancer,
-            sampled,
-            method: req.method.to_string(),
-            url: format!("{scheme}://{host}{target}"),
-            host,
-            scheme,
-            flavor,
-            client_ip: ctx.client_ip.to_string(),
-            peer_ip: ctx.peer_ip.to_string(),
-        };
-        ctx.state.insert(traced);
+            facts,
+        });
     }
 
     /// The spans of a sampled request.
-    fn spans(&self, r: &RequestLog<'_>, t: &Traced) -> Vec<Span> {
+    fn spans(&self, r: &RequestLog<'_>, t: &Traced, f: &Facts) -> Vec<Span> {
         let now = Instant::now();
         let wall = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -994,13 +970,13 @@ impl OpenTelemetry {
         let end = at(r.started + r.total);
         let recorded = r.state.get::<Trace>();
         let mut root_attrs = vec![
-            kv("http.method", str_value(&t.method)),
-            kv("http.url", str_value(&t.url)),
-            kv("http.host", str_value(&t.host)),
-            kv("http.scheme", str_value(t.scheme)),
-            kv("http.flavor", str_value(t.flavor)),
-            kv("http.client_ip", str_value(&t.client_ip)),
-            kv("net.peer.ip", str_value(&t.peer_ip)),
+            kv("http.method", str_value(&f.method)),
+            kv("http.url", str_value(&f.url)),
+            kv("http.host", str_value(&f.host)),
+            kv("http.scheme", str_value(f.scheme)),
+            kv("http.flavor", str_value(f.flavor)),
+            kv("http.client_ip", str_value(&f.client_ip)),
+            kv("net.peer.ip", str_value(&f.peer_ip)),
             kv("kong.request.id", str_value(r.request_id)),
             kv(
                 "http.status_code",
@@ -1089,6 +1065,35 @@ impl OpenTelemetry {
     }
 }
 
+impl Facts {
+    fn of(ctx: &Ctx<'_>) -> Facts {
+        let req = &ctx.req;
+        let host = req
+            .headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| crate::server::split_host(h).0.to_string())
+            .unwrap_or_default();
+        let scheme = if ctx.https { "https" } else { "http" };
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let flavor = match req.version {
+            hyper::Version::HTTP_10 => "1.0",
+            hyper::Version::HTTP_2 => "2.0",
+            hyper::Version::HTTP_3 => "3.0",
+            _ => "1.1",
+        };
+        Facts {
+            method: req.method.to_string(),
+            url: format!("{scheme}://{host}{target}"),
+            host,
+            scheme,
+            flavor,
+            client_ip: ctx.client_ip.to_string(),
+            peer_ip: ctx.peer_ip.to_string(),
+        }
+    }
+}
+
 fn str_value(s: &str) -> any_value::Value {
     any_value::Value::StringValue(s.to_string())
 }
@@ -1124,8 +1129,8 @@ impl Plugin for OpenTelemetry {
     }
 
     fn log(&self, r: &RequestLog<'_>) -> Option<BoxFuture<'static, ()>> {
-        let t = r.state.get::<Traced>().filter(|t| t.sampled)?;
-        for s in self.spans(r, t) {
+        let t = r.state.get::<Traced>()?;
+        for s in self.spans(r, t, t.facts.as_ref()?) {
             self.queues.enqueue(
                 "opentelemetry",
                 &self.queue_name,
