@@ -57,6 +57,9 @@ pub struct ClusterSettings {
     pub analytics_buffer: u64,
     /// How long a control plane keeps analytics.
     pub analytics_retention: Duration,
+    /// `reported_version`: the version this node reports to its peers in the cluster instead
+    /// of its build's (for canary tests); none by default.
+    pub reported_version: Option<String>,
 }
 
 /// Prefixes of label keys kept for the products' own use.
@@ -291,6 +294,7 @@ pub(crate) fn from_values(
         analytics_retention: Duration::from_secs(
             get("analytics_retention").parse().unwrap_or(604_800),
         ),
+        reported_version: Some(get("reported_version")).filter(|v| !v.is_empty()),
         control_planes,
         labels,
         proxy,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use cluster::{ClusterSettings, ForwardProxy, Mtls};
 pub use listen::{Keepalive, Listen};
-pub use table::{parse_size, KEYS, SECRET_KEYS};
+pub use table::{key, parse_duration, parse_size, KEYS, SECRET_KEYS};
 
 /// A setting that could not be read; every variant names the key or the line.
 #[derive(Debug, thiserror::Error, PartialEq)]

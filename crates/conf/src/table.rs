@@ -210,6 +210,16 @@ pub static KEYS: &[Key] = &[
     // Gantry's own: how often a data plane pings its control plane.
     k("cluster_ping_interval", "30s", Kind::Duration),
     k("plugins", "bundled", Kind::Str),
+    // Gantry's own: managed data plane groups (docs/managed-groups.md). Where installed
+    // versions are (empty: beside this binary, as install.sh lays them out), the requests per
+    // second autopilot counts one node to serve, and how long a load must stay low before a
+    // group shrinks.
+    k("managed_versions_dir", "", Kind::Str),
+    k("managed_instance_rps", "2000", Kind::Int(1)),
+    k("managed_scale_in_delay", "60s", Kind::Duration),
+    // Gantry's own, for canary tests: the version a data plane reports to its control plane
+    // (empty: its build's). One build can so stand in for two versions in a rolling upgrade.
+    k("reported_version", "", Kind::Str),
     // Kong's tracing: what the request path records, and how much of it is sampled.
     k("tracing_instrumentations", "off", Kind::Str),
     k("tracing_sampling_rate", "0.01", Kind::Str),

@@ -623,6 +623,15 @@ impl ControlPlane {
     }
 
     /// The version the default control plane publishes now.
+    /// The version this control plane reports and checks data planes against: its build's,
+    /// unless `reported_version` says otherwise.
+    pub fn version(&self) -> &str {
+        self.settings
+            .reported_version
+            .as_deref()
+            .unwrap_or(gantry_model::GANTRY_VERSION)
+    }
+
     pub fn current(&self) -> Arc<Published> {
         self.default.current()
     }
@@ -1073,8 +1082,7 @@ impl Session {
                 proto::MIN_PROTOCOL
             )))
         } else {
-            compat::incompatibility(gantry_model::GANTRY_VERSION, &version)
-                .map(Incompatible::Version)
+            compat::incompatibility(self.cp.version(), &version).map(Incompatible::Version)
         };
         let parsed = Version::parse(&version);
         let session = format!("{}:{}", self.cp.id, rand::random::<u64>());
@@ -1112,7 +1120,7 @@ impl Session {
         self.send(&proto::encode(&ToDp::Welcome {
             protocol: PROTOCOL,
             control_plane: self.cp.id.clone(),
-            version: gantry_model::GANTRY_VERSION.into(),
+            version: self.cp.version().into(),
         }))
         .await?;
         if let Some(r) = reason {

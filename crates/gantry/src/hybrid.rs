@@ -22,7 +22,7 @@ pub async fn start_control_plane(
     versions: watch::Receiver<i64>,
     shutdown: watch::Receiver<bool>,
     plugins: gantry_model::plugins::Catalog,
-) -> anyhow::Result<Arc<ControlPlane>> {
+) -> anyhow::Result<(Arc<ControlPlane>, Bound)> {
     if let Some(at) = gantry_protocol::tls::expired(&settings.cluster) {
         tracing::error!(
             expired_at = at,
@@ -45,12 +45,15 @@ pub async fn start_control_plane(
     )
     .await
     .context("cannot start the cluster service")?;
+    let mut bound = Bound::default();
     for l in &settings.cluster_listen {
         let tcp = listen(l, "cluster_listen", "cluster", None).await?;
+        bound.cluster.get_or_insert(tcp.local_addr()?);
         tokio::spawn(cp.clone().serve(tcp, shutdown.clone()));
     }
     for l in &settings.cluster_telemetry_listen {
         let tcp = listen(l, "cluster_telemetry_listen", "telemetry", None).await?;
+        bound.telemetry.get_or_insert(tcp.local_addr()?);
         tokio::spawn(gantry_cp::telemetry::serve(
             cp.clone(),
             tcp,
@@ -63,7 +66,14 @@ pub async fn start_control_plane(
         settings.cluster.analytics_retention,
         shutdown,
     ));
-    Ok(cp)
+    Ok((cp, bound))
+}
+
+/// The addresses a control plane's cluster and telemetry listeners got (the first of each).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Bound {
+    pub cluster: Option<std::net::SocketAddr>,
+    pub telemetry: Option<std::net::SocketAddr>,
 }
 
 /// Keep the cluster service hosting every control plane in the store, with the data plane
@@ -172,7 +182,11 @@ where
             settings: settings.cluster.clone(),
             node_id: node_id.clone(),
             hostname: crate::node::hostname(),
-            version: gantry_model::GANTRY_VERSION.into(),
+            version: settings
+                .cluster
+                .reported_version
+                .clone()
+                .unwrap_or_else(|| gantry_model::GANTRY_VERSION.into()),
             plugins: proxy.registry().names(),
             cache: Some(settings.prefixed("config.cache.json.gz")),
         },

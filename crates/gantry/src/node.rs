@@ -584,8 +584,10 @@ where
             ));
         }
     }
+    let mut v2_extra = None;
+    let mut fleet_task = None;
     if settings.role == Role::ControlPlane {
-        let cp = crate::hybrid::start_control_plane(
+        let (cp, bound) = crate::hybrid::start_control_plane(
             &settings,
             store.clone(),
             node_id.clone(),
@@ -594,6 +596,25 @@ where
             state.plugins.clone(),
         )
         .await?;
+        // Managed data plane groups (docs/managed-groups.md).
+        if let (Some(cluster), Some(telemetry)) = (bound.cluster, bound.telemetry) {
+            let versions = match settings
+                .get("managed_versions_dir")
+                .filter(|v| !v.is_empty())
+            {
+                Some(d) => std::path::PathBuf::from(d),
+                None => crate::quickstart::versions_dir(
+                    &std::env::current_exe().context("cannot find the gantry executable")?,
+                ),
+            };
+            let fleet = gantry_fleet::Fleet::new(
+                konnect.clone(),
+                gantry_fleet::providers(versions, cluster, &settings.prefixed("managed"))?,
+                gantry_fleet::FleetSettings::from_settings(&settings, cluster, telemetry)?,
+            );
+            v2_extra = Some(gantry_fleet::api::router(fleet.clone()));
+            fleet_task = Some(tokio::spawn(fleet.run(rx.clone())));
+        }
         {
             let cp = Arc::downgrade(&cp);
             let _ = konnect.group_status.set(Arc::new(move |key| {
@@ -647,7 +668,10 @@ where
     } else {
         Vec::new()
     };
-    let app = gantry_admin::router(state).merge(gantry_konnect::api::router(konnect));
+    let app = gantry_admin::router(state).merge(gantry_konnect::api::router_with(
+        konnect,
+        v2_extra.unwrap_or_default(),
+    ));
     let mut tls_tasks = Vec::new();
     for (l, acceptor) in tls_listeners {
         let (app, rx, l) = (app.clone(), rx.clone(), l.into_std()?);
@@ -673,6 +697,10 @@ where
     }
     for p in proxies {
         let _ = p.await;
+    }
+    // The managed data planes drain before the control plane goes.
+    if let Some(f) = fleet_task {
+        let _ = f.await;
     }
     store.close().await;
     let _ = std::fs::remove_file(&pid_file);

@@ -77,7 +77,7 @@ async fn wait_for_mock(proxy_port: u16, children: &mut [Child]) -> anyhow::Resul
 /// Where installed versions live: `GANTRY_VERSIONS_DIR`; else, for a binary that install.sh
 /// put in `<prefix>/lib/gantry/versions/<version>/gantry`, that `versions` directory; else
 /// `<the binary's directory>/../lib/gantry/versions`.
-fn versions_dir(exe: &Path) -> PathBuf {
+pub(crate) fn versions_dir(exe: &Path) -> PathBuf {
     if let Some(d) = std::env::var_os("GANTRY_VERSIONS_DIR") {
         return PathBuf::from(d);
     }

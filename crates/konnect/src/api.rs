@@ -27,6 +27,12 @@ type Result<T> = std::result::Result<T, KonnectError>;
 
 /// The v2 routes, to merge into the Admin API's.
 pub fn router(k: Arc<Konnect>) -> Router {
+    router_with(k, Router::new())
+}
+
+/// The v2 routes with `extra` ones (other v2 families, e.g. cloud gateways) behind the same
+/// token check.
+pub fn router_with(k: Arc<Konnect>, extra: Router) -> Router {
     Router::new()
         .route("/v2/control-planes", get(list).post(create))
         .route(
@@ -90,11 +96,9 @@ pub fn router(k: Arc<Konnect>) -> Router {
         )
         .route("/v2", any(unknown))
         .route("/v2/{*rest}", any(unknown))
-        .layer(axum::middleware::from_fn_with_state(
-            k.clone(),
-            authenticate,
-        ))
-        .with_state(k)
+        .with_state(k.clone())
+        .merge(extra)
+        .layer(axum::middleware::from_fn_with_state(k, authenticate))
 }
 
 async fn unknown() -> Response {
@@ -144,7 +148,7 @@ pub(crate) fn status_of(e: &KonnectError) -> (StatusCode, String) {
     (r, e.to_string())
 }
 
-pub(crate) fn principal(req_ext: &axum::http::Extensions) -> Result<&Principal> {
+pub fn principal(req_ext: &axum::http::Extensions) -> Result<&Principal> {
     req_ext
         .get::<Principal>()
         .ok_or(KonnectError::Unauthorized(crate::tokens::Denied::Missing))
@@ -155,11 +159,7 @@ fn not_found() -> KonnectError {
 }
 
 /// The control plane `id` names, if the token may see it, and the token's role on it.
-pub(crate) async fn visible(
-    k: &Konnect,
-    p: &Principal,
-    id: &str,
-) -> Result<(ControlPlaneRow, Role)> {
+pub async fn visible(k: &Konnect, p: &Principal, id: &str) -> Result<(ControlPlaneRow, Role)> {
     if uuid::Uuid::parse_str(id).is_err() {
         return Err(KonnectError::invalid(
             "Request contains invalid ID format",
@@ -218,7 +218,7 @@ pub fn shown(k: &Konnect, row: &ControlPlaneRow) -> Value {
 }
 
 /// The query string as pairs, in order.
-pub(crate) fn pairs(uri: &Uri) -> Vec<(String, String)> {
+pub fn pairs(uri: &Uri) -> Vec<(String, String)> {
     uri.query()
         .map(|q| {
             form_urlencoded::parse(q.as_bytes())

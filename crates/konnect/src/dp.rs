@@ -305,6 +305,20 @@ pub async fn create_cert(State(k): K, Path(id): Path<String>, req: Request) -> R
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    match pin(&k, row.key, pem, title, digest).await {
+        Ok(c) => (StatusCode::CREATED, Json(json!({ "item": cert_item(&c) }))).into_response(),
+        Err(e) => store_failed(e),
+    }
+}
+
+/// Pin a certificate for control plane `key`; its data planes are told.
+async fn pin(
+    k: &Konnect,
+    key: i64,
+    pem: String,
+    title: Option<String>,
+    digest: String,
+) -> Result<DpCertRow, gantry_store::StoreError> {
     let now = gantry_model::unix_now();
     let mut doc = Map::new();
     doc.insert("cert".into(), json!(pem));
@@ -312,17 +326,26 @@ pub async fn create_cert(State(k): K, Path(id): Path<String>, req: Request) -> R
     doc.insert("updated_at".into(), json!(now));
     let c = DpCertRow {
         id: uuid::Uuid::new_v4().to_string(),
-        cp: row.key,
+        cp: key,
         digest,
         doc,
         created_at: now,
     };
-    match k.store.scoped(row.key).add_dp_cert(&c).await {
-        Ok(()) => {
-            k.announce(PlaneEvent::CertsChanged(row.key));
-            (StatusCode::CREATED, Json(json!({ "item": cert_item(&c) }))).into_response()
-        }
-        Err(e) => store_failed(e),
+    k.store.scoped(key).add_dp_cert(&c).await?;
+    k.announce(PlaneEvent::CertsChanged(key));
+    Ok(c)
+}
+
+impl Konnect {
+    /// Pin PEM certificate `pem` for control plane `key` (as `POST dp-client-certificates`
+    /// does); returns its id.
+    pub async fn pin_cert(&self, key: i64, pem: &str, title: &str) -> Result<String, KonnectError> {
+        let (pem, _, digest) = read_cert(json!({"cert": pem}).to_string().as_bytes())
+            .map_err(|e| KonnectError::Internal(e.0))?;
+        pin(self, key, pem, Some(title.to_string()), digest)
+            .await
+            .map(|c| c.id)
+            .map_err(KonnectError::from)
     }
 }
 

@@ -546,6 +546,10 @@ pub struct Proxy {
     header_timeout: Duration,
     /// How long requests in flight may finish once the node stops (`set_shutdown_timeout`).
     shutdown_timeout: std::sync::atomic::AtomicU64,
+    /// The node is stopping: every HTTP/1 answer says `Connection: close`, so that a
+    /// keep-alive client learns to go elsewhere from an answer instead of from a connection
+    /// closed under the request it was sending.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
@@ -600,6 +604,7 @@ impl Proxy {
             probes: std::sync::Mutex::new(HashMap::new()),
             header_timeout,
             shutdown_timeout: std::sync::atomic::AtomicU64::new(30_000),
+            draining: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -926,7 +931,16 @@ impl Proxy {
         // ago get a short grace to send their first request before idle ones are closed;
         // requests in flight then finish, for up to the shutdown timeout.
         drop(listener);
+        self.draining.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(250)).await;
+        // Keep-alive connections get a moment to send one more request, answered with
+        // `Connection: close` (see `draining`); only the ones still idle then are closed.
+        let lame_duck = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.stats.conns_open.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < lame_duck
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let timeout = Duration::from_millis(self.shutdown_timeout.load(Ordering::Relaxed));
         let _ = tokio::time::timeout(timeout, graceful.shutdown()).await;
     }
@@ -1001,7 +1015,17 @@ impl Proxy {
                     stats: &me.stats,
                     answered: false,
                 };
-                let res = me.handle(req, &conn).await;
+                let http1 = req.version() <= hyper::Version::HTTP_11;
+                let mut res = me.handle(req, &conn).await;
+                if http1
+                    && me.draining.load(Ordering::Relaxed)
+                    && res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+                {
+                    res.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
                 answering.answered = true;
                 Ok::<_, Infallible>(res)
             }

@@ -209,6 +209,21 @@ const MIGRATIONS: &[(&str, &[&str])] = &[
                 until BIGINT NOT NULL)",
         ],
     ),
+    (
+        "005_managed_groups",
+        &[
+            // Konnect's cloud-gateways configurations: one per control plane (a PUT replaces
+            // it), with the state of its data plane groups as the reconciler last wrote it.
+            // `secret` is the key of the client certificate the managed data planes present.
+            "CREATE TABLE managed_configurations (
+                id TEXT PRIMARY KEY,
+                cp BIGINT NOT NULL UNIQUE,
+                doc TEXT NOT NULL,
+                secret TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL)",
+        ],
+    ),
 ];
 
 pub(crate) async fn run(store: &Store) -> Result<(), StoreError> {

@@ -318,6 +318,7 @@ impl Store {
                 "clustering_data_planes",
                 "analytics_minutes",
                 "dp_client_certificates",
+                "managed_configurations",
             ] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE cp = $1"))
                     .bind(key)

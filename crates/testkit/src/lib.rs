@@ -14,6 +14,7 @@ use std::time::Duration;
 
 pub mod admin;
 pub mod http;
+pub mod load;
 pub mod pki;
 pub mod process;
 pub mod redis;
