@@ -159,7 +159,16 @@ impl Settings {
             for (k, v) in &src.env {
                 if let Some(name) = k.strip_prefix(prefix) {
                     // Variables of the tooling around us, not settings.
-                    if name.is_empty() || matches!(name, "ADMIN_URL" | "URL" | "ADMIN_SSL" | "LOG")
+                    if name.is_empty()
+                        || matches!(
+                            name,
+                            "ADMIN_URL"
+                                | "URL"
+                                | "ADMIN_SSL"
+                                | "LOG"
+                                | "QUICKSTART_HOST"
+                                | "VERSIONS_DIR"
+                        )
                     {
                         continue;
                     }

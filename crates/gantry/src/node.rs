@@ -372,7 +372,21 @@ pub async fn listen(
     };
     tracing::info!("{label} listening on {url}");
     eprintln!("gantry: {label} listening on {url}");
+    record_listener(setting, addr, l.ssl);
     Ok(tcp)
+}
+
+/// What this process listens on, `setting address ssl` per line, kept in
+/// `<prefix>/pids/listening` for `gantry health` (ports may have been chosen by the kernel).
+static LISTENING: std::sync::Mutex<(Option<std::path::PathBuf>, String)> =
+    std::sync::Mutex::new((None, String::new()));
+
+fn record_listener(setting: &str, addr: std::net::SocketAddr, ssl: bool) {
+    let mut l = LISTENING.lock().unwrap_or_else(|e| e.into_inner());
+    l.1.push_str(&format!("{setting} {addr} {ssl}\n"));
+    if let Some(p) = &l.0 {
+        let _ = std::fs::write(p, &l.1);
+    }
 }
 
 /// Bind a listener with its flags: `reuseport` (several processes may hold the port at once:
@@ -937,6 +951,10 @@ pub fn write_pid(settings: &Settings) -> anyhow::Result<std::path::PathBuf> {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&pid_file, std::process::id().to_string())?;
+    let listening = settings.prefixed("pids").join("listening");
+    let mut l = LISTENING.lock().unwrap_or_else(|e| e.into_inner());
+    std::fs::write(&listening, &l.1)?;
+    l.0 = Some(listening);
     Ok(pid_file)
 }
 
@@ -1025,9 +1043,78 @@ pub fn health(opts: &NodeOpts) -> anyhow::Result<()> {
             pid_file.display()
         );
     }
+    // A pid is not health: the node must answer over HTTP. A proxying node's status listener
+    // says whether it serves (`/status/ready`: it has a configuration); else the Admin API's
+    // (or a control plane's status listener's) `/status` whether its database answers.
+    let proxies = settings.role != Role::ControlPlane;
+    let listening =
+        std::fs::read_to_string(settings.prefixed("pids").join("listening")).unwrap_or_default();
+    let find = |setting: &str| {
+        listening.lines().find_map(|line| {
+            let mut w = line.split(' ');
+            (w.next() == Some(setting)).then(|| {
+                (
+                    w.next().unwrap_or_default().to_string(),
+                    w.next() == Some("true"),
+                )
+            })
+        })
+    };
+    let ((addr, ssl), path) = match (find("status_listen"), find("admin_listen")) {
+        (Some(l), _) if proxies => (l, "/status/ready"),
+        (Some(l), _) => (l, "/status"),
+        (None, Some(l)) => (l, "/status"),
+        (None, None) => bail!(
+            "gantry runs (pid {pid}) but listens for neither status_listen nor admin_listen: nothing to ask"
+        ),
+    };
+    let addr = dial_addr(&addr);
+    let status = http_status(&addr, path, ssl).with_context(|| {
+        format!("gantry runs (pid {pid}) but http://{addr}{path} does not answer")
+    })?;
+    if status != 200 {
+        bail!("gantry runs (pid {pid}) but http://{addr}{path} answers {status}");
+    }
     println!(
-        "gantry is healthy at {} (pid {pid})",
+        "gantry is healthy at {} (pid {pid}; {path} answers 200)",
         settings.prefix.display()
     );
     Ok(())
+}
+
+/// Where a local client reaches a listener: loopback for an any-address one.
+fn dial_addr(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "*" | "", port)) => format!("127.0.0.1:{port}"),
+        Some(("[::]", port)) => format!("[::1]:{port}"),
+        _ => listen.to_string(),
+    }
+}
+
+/// The status code of `GET path` on `addr` (plain HTTP/1.1, 3 s at most).
+fn http_status(addr: &str, path: &str, tls: bool) -> anyhow::Result<u16> {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    if tls {
+        bail!("its listener {addr} takes TLS only; give gantry health a plain status_listen");
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let sock = addr
+        .to_socket_addrs()?
+        .next()
+        .with_context(|| format!("{addr} resolves to nothing"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    let line = String::from_utf8_lossy(&head);
+    line.strip_prefix("HTTP/1.1 ")
+        .or_else(|| line.strip_prefix("HTTP/1.0 "))
+        .and_then(|c| c.trim().parse().ok())
+        .with_context(|| format!("{addr} answered something other than HTTP: {line:?}"))
 }

@@ -145,6 +145,9 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports, version: Option<String>) -> an
         ],
     })?
     .settings;
+    // The proxy's address: loopback, unless GANTRY_QUICKSTART_HOST says otherwise (the
+    // container image sets 0.0.0.0, for a published port to reach it).
+    let proxy_host = std::env::var("GANTRY_QUICKSTART_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let rt = runtime(2)?;
     rt.block_on(async {
         let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -183,7 +186,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports, version: Option<String>) -> an
         cp_env.extend(certs.iter().cloned());
         let mut dp_env = vec![
             ("KONG_DATABASE", "off".to_string()),
-            ("KONG_PROXY_LISTEN", format!("127.0.0.1:{} reuseport", ports.proxy)),
+            ("KONG_PROXY_LISTEN", format!("{proxy_host}:{} reuseport", ports.proxy)),
             ("KONG_STATUS_LISTEN", format!("127.0.0.1:{}", ports.status)),
             ("KONG_CLUSTER_CONTROL_PLANE", cluster.clone()),
             (

@@ -62,6 +62,25 @@ fn versions(dir: &Path) -> std::path::PathBuf {
     root
 }
 
+/// Kills whatever processes still run under `dir` (the managed nodes of a control plane that
+/// died with the test), however the test ends.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let needle = self.0.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            }
+        }
+    }
+}
+
 struct Api<'a> {
     http: &'a Client,
     base: String,
@@ -178,6 +197,7 @@ async fn managed_groups_scale_upgrade_and_fail_safe() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(dir.path().to_path_buf());
     let cert = gen_cert(dir.path(), "cluster");
     let http = Client::new();
     let up = echo().await;
@@ -195,7 +215,7 @@ async fn managed_groups_scale_upgrade_and_fail_safe() {
     );
     let prefix = dir.path().join("cp");
     let token = process::token(&prefix, &env, "ops", &[]);
-    let cp = Node::start(&prefix, &env);
+    let mut cp = Node::start(&prefix, &env);
     service_and_route(&http, &cp, &up, "/a").await;
     let api = Api {
         http: &http,
@@ -434,4 +454,10 @@ async fn managed_groups_scale_upgrade_and_fail_safe() {
     .await;
     let c = api.group(&id).await;
     assert_eq!(c["dataplane_groups"][1]["state"], "terminated", "{c:#}");
+    drop(api);
+
+    // A control plane that stops drains and stops the nodes it runs.
+    cp.signal("TERM");
+    assert!(cp.wait_exit(Duration::from_secs(40)).success());
+    assert!(http.get(&url2).send().await.is_err(), "a managed node outlived its control plane");
 }
