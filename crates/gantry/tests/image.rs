@@ -11,7 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn docker(args: &[&str]) -> (bool, String) {
-    let out = Command::new("docker").args(args).output().expect("run docker");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -51,7 +54,16 @@ fn until(url: &str, want: &str, within: Duration) -> String {
     let deadline = Instant::now() + within;
     loop {
         let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", url])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                url,
+            ])
             .output()
             .expect("run curl");
         let code = String::from_utf8_lossy(&out.stdout).to_string();
@@ -82,7 +94,11 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
         return;
     };
     let ldd = Command::new("ldd").arg(&bin).output().expect("run ldd");
-    let said = format!("{}{}", String::from_utf8_lossy(&ldd.stdout), String::from_utf8_lossy(&ldd.stderr));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&ldd.stdout),
+        String::from_utf8_lossy(&ldd.stderr)
+    );
     assert!(said.contains("not a dynamic executable"), "ldd: {said}");
 
     let tag = format!("0.0.0-test{}", std::process::id());
@@ -96,33 +112,60 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
         .output()
         .expect("run dist/image.sh");
     let out = String::from_utf8_lossy(&built.stdout);
-    assert!(built.status.success(), "{out}{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     eprintln!("{} {out}", bin.display());
     // Nothing but the binary, the CA bundle and two small files.
-    let size: u64 = must(&["image", "inspect", "-f", "{{.Size}}", &image]).parse().unwrap();
+    let size: u64 = must(&["image", "inspect", "-f", "{{.Size}}", &image])
+        .parse()
+        .unwrap();
     let bin_size = std::fs::metadata(&bin).unwrap().len();
-    assert!(size < bin_size + 2_000_000, "image {size} bytes, binary {bin_size}");
-    assert_eq!(must(&["image", "inspect", "-f", "{{.Config.User}}", &image]), "65532:65532");
+    assert!(
+        size < bin_size + 2_000_000,
+        "image {size} bytes, binary {bin_size}"
+    );
+    assert_eq!(
+        must(&["image", "inspect", "-f", "{{.Config.User}}", &image]),
+        "65532:65532"
+    );
 
     // The quickstart, as `docker run gantry:VERSION quickstart`, through a published port.
     let qs = must(&["run", "-d", "-p", "127.0.0.1::8000", &image, "quickstart"]);
     cleanup.0.push(vec!["rm".into(), "-f".into(), qs.clone()]);
     let port = published(&qs, "8000");
-    until(&format!("http://{port}/mock"), "200", Duration::from_secs(60));
+    until(
+        &format!("http://{port}/mock"),
+        "200",
+        Duration::from_secs(60),
+    );
 
     // A control plane container and a data plane container on a network of their own, the
     // data plane set up by KONG_* variables alone.
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = gantry_testkit::process::gen_cert(dir.path(), "cluster");
-    let (cert, key) = (std::fs::read_to_string(cert).unwrap(), std::fs::read_to_string(key).unwrap());
+    let (cert, key) = (
+        std::fs::read_to_string(cert).unwrap(),
+        std::fs::read_to_string(key).unwrap(),
+    );
     let net = format!("gantry-test-{}", std::process::id());
     must(&["network", "create", &net]);
-    cleanup.0.push(vec!["network".into(), "rm".into(), net.clone()]);
+    cleanup
+        .0
+        .push(vec!["network".into(), "rm".into(), net.clone()]);
     let cp_name = format!("gantry-cp-{}", std::process::id());
     let env = |pairs: &[(&str, &str)]| -> Vec<String> {
-        pairs.iter().flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")]).collect()
+        pairs
+            .iter()
+            .flat_map(|(k, v)| ["-e".to_string(), format!("{k}={v}")])
+            .collect()
     };
-    let mut args: Vec<String> = ["run", "-d", "--network", &net, "--name", &cp_name].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = ["run", "-d", "--network", &net, "--name", &cp_name]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(env(&[
         ("KONG_ROLE", "control_plane"),
         ("KONG_DATABASE", "sqlite"),
@@ -136,7 +179,10 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
     let cp = must(&a);
     cleanup.0.push(vec!["rm".into(), "-f".into(), cp]);
     let control_plane = format!("{cp_name}:8005");
-    let mut args: Vec<String> = ["run", "-d", "--network", &net, "-p", "127.0.0.1::8100"].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> = ["run", "-d", "--network", &net, "-p", "127.0.0.1::8100"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     args.extend(env(&[
         ("KONG_ROLE", "data_plane"),
         ("KONG_DATABASE", "off"),
@@ -150,7 +196,11 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
     cleanup.0.push(vec!["rm".into(), "-f".into(), dp.clone()]);
     // Ready only once it has its configuration from the control plane.
     let status = published(&dp, "8100");
-    until(&format!("http://{status}/status/ready"), "200", Duration::from_secs(60));
+    until(
+        &format!("http://{status}/status/ready"),
+        "200",
+        Duration::from_secs(60),
+    );
     // The image's health check (`gantry health`, over HTTP) calls it healthy.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -158,7 +208,11 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
         if h == "healthy" {
             break;
         }
-        assert!(Instant::now() < deadline, "health: {h}; logs: {}", docker(&["logs", &dp]).1);
+        assert!(
+            Instant::now() < deadline,
+            "health: {h}; logs: {}",
+            docker(&["logs", &dp]).1
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -75,7 +75,9 @@ impl Drop for Reaper {
             };
             let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmd).contains(&needle) {
-                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
         }
     }
@@ -459,5 +461,8 @@ async fn managed_groups_scale_upgrade_and_fail_safe() {
     // A control plane that stops drains and stops the nodes it runs.
     cp.signal("TERM");
     assert!(cp.wait_exit(Duration::from_secs(40)).success());
-    assert!(http.get(&url2).send().await.is_err(), "a managed node outlived its control plane");
+    assert!(
+        http.get(&url2).send().await.is_err(),
+        "a managed node outlived its control plane"
+    );
 }
