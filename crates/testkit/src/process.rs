@@ -433,13 +433,17 @@ pub async fn dps_synced(http: &reqwest::Client, cp: &Node, count: usize) {
 }
 
 /// Wait until `GET path` through `node`'s proxy answers `want` (changes apply within a second
-/// or so).
+/// or so). On a traditional node it first waits until the proxy runs every change the Admin
+/// API made (`synced`): one route answering says nothing of the changes made after it.
 pub async fn proxy_until(
     http: &reqwest::Client,
     node: &Node,
     path: &str,
     want: u16,
 ) -> reqwest::Response {
+    if !node.admin.is_empty() && node.status.is_some() {
+        synced(http, node).await;
+    }
     let url = format!(
         "{}{path}",
         node.proxy.as_ref().expect("a node with a proxy")
