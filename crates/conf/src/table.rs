@@ -209,6 +209,8 @@ pub static KEYS: &[Key] = &[
     k("analytics_retention", "604800", Kind::Int(3600)),
     // Gantry's own: how often a data plane pings its control plane.
     k("cluster_ping_interval", "30s", Kind::Duration),
+    // Kong's: this node's id, a UUID (empty: generated once and kept under the prefix).
+    k("node_id", "", Kind::Str),
     k("plugins", "bundled", Kind::Str),
     // Gantry's own: managed data plane groups (docs/managed-groups.md). Where installed
     // versions are (empty: beside this binary, as install.sh lays them out), the requests per

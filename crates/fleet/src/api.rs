@@ -84,7 +84,16 @@ async fn put(State(fleet): F, req: Request) -> Result<Response> {
             format!("the body is not JSON: {e}"),
         )])
     })?;
-    let r = crate::spec::check(&body, fleet.providers()).map_err(invalid)?;
+    // Regions are the providers' to judge (they may ask a daemon), reported with the rest.
+    let mut faults = region_faults(&fleet, &body).await;
+    let r = match crate::spec::check(&body, fleet.providers()) {
+        Ok(r) if faults.is_empty() => r,
+        Ok(_) => return Err(invalid(faults)),
+        Err(mut e) => {
+            e.append(&mut faults);
+            return Err(invalid(e));
+        }
+    };
     let k = fleet.konnect();
     let (cp, role) = visible(k, &p, &r.control_plane_id).await?;
     if role != Role::Admin {
@@ -241,6 +250,32 @@ async fn put(State(fleet): F, req: Request) -> Result<Response> {
     store.put_managed_configuration(&row).await?;
     fleet.poke();
     Ok(Json(Value::Object(doc)).into_response())
+}
+
+/// What the providers say of the regions the body's groups name.
+async fn region_faults(fleet: &Fleet, body: &Value) -> Vec<Invalid> {
+    let access = body
+        .get("api_access")
+        .and_then(Value::as_str)
+        .unwrap_or("private+public");
+    let mut out = Vec::new();
+    let groups = body.get("dataplane_groups").and_then(Value::as_array);
+    for (i, g) in groups.into_iter().flatten().enumerate() {
+        let provider = g.get("provider").and_then(Value::as_str);
+        let region = g.get("region").and_then(Value::as_str);
+        let (Some(p), Some(region)) = (provider.and_then(|p| fleet.providers().get(p)), region)
+        else {
+            continue;
+        };
+        if let Err(e) = p.check_region(region, access).await {
+            out.push(Invalid::body(
+                format!("dataplane_groups.{i}.region"),
+                "invalid",
+                e.to_string(),
+            ));
+        }
+    }
+    out
 }
 
 /// The configurations the caller may see.

@@ -12,9 +12,11 @@
 //! - the count follows `requested_instances` (static) or the measured load (autopilot, see
 //!   [`scale`]); scale-in drains a node before it stops.
 //!
-//! Providers ([`provider`]) run the nodes: [`local`] processes on this host.
+//! Providers ([`provider`]) run the nodes: [`local`] processes on this host, [`docker`]
+//! containers through the Docker Engine API.
 
 pub mod api;
+pub mod docker;
 pub mod local;
 pub mod provider;
 pub mod scale;
@@ -409,6 +411,7 @@ impl Group {
         while i < self.nodes.len() {
             if let Some(why) = self.nodes[i].node.exited().await {
                 tracing::warn!(group = %self.id, node = %self.nodes[i].node_id, reason = %why, "a managed data plane exited");
+                self.nodes[i].node.reap().await;
                 self.nodes.remove(i);
             } else {
                 i += 1;
@@ -724,7 +727,8 @@ impl FleetSettings {
     }
 }
 
-/// The providers this control plane offers: `local` always. `versions_dir` holds installed
+/// The providers this control plane offers: `local` and `docker` (which refuses
+/// configurations, saying why, while no Docker daemon answers). `versions_dir` holds installed
 /// versions; `home` the nodes' prefixes.
 pub fn providers(
     versions_dir: std::path::PathBuf,
@@ -744,5 +748,6 @@ pub fn providers(
             cluster_host: dial_host(cluster),
         }),
     );
+    p.register("docker", Arc::new(docker::Docker::new()));
     Ok(p)
 }

@@ -54,6 +54,16 @@ fn private(ip: IpAddr) -> bool {
     }
 }
 
+fn check_region(region: &str, api_access: &str) -> Result<(), ProviderError> {
+    let addr = region_addr(region)?;
+    if api_access == "private" && !private(addr.ip()) {
+        return Err(ProviderError::Unsupported(format!(
+            "api_access is private, and region {region} is a public address: give a loopback or private address, or set api_access to public"
+        )));
+    }
+    Ok(())
+}
+
 impl Local {
     fn binary(&self, version: &str) -> Result<PathBuf, ProviderError> {
         if version == self.own_version {
@@ -80,14 +90,12 @@ fn free_port() -> Result<u16, ProviderError> {
 }
 
 impl Provider for Local {
-    fn check_region(&self, region: &str, api_access: &str) -> Result<(), ProviderError> {
-        let addr = region_addr(region)?;
-        if api_access == "private" && !private(addr.ip()) {
-            return Err(ProviderError::Unsupported(format!(
-                "api_access is private, and region {region} is a public address: give a loopback or private address, or set api_access to public"
-            )));
-        }
-        Ok(())
+    fn check_region<'a>(
+        &'a self,
+        region: &'a str,
+        api_access: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move { check_region(region, api_access) })
     }
 
     fn check_version(&self, version: &str) -> BoxFuture<'_, Result<(), ProviderError>> {
@@ -109,7 +117,6 @@ impl Provider for Local {
                 ProviderError::Run(format!("cannot prepare {}: {e}", prefix.display()))
             };
             std::fs::create_dir_all(&prefix).map_err(run)?;
-            std::fs::write(prefix.join("node_id"), &spec.node_id).map_err(run)?;
             let status = format!("127.0.0.1:{}", free_port()?);
             let console = std::fs::File::create(prefix.join("console.log")).map_err(run)?;
             let mut cmd = tokio::process::Command::new(&exe);
@@ -122,6 +129,7 @@ impl Provider for Local {
             cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("KONG_PROXY_LISTEN", format!("{addr} reuseport"))
                 .env("KONG_STATUS_LISTEN", &status)
+                .env("KONG_NODE_ID", &spec.node_id)
                 .env(
                     "KONG_CLUSTER_CONTROL_PLANE",
                     format!("{}:{}", self.cluster_host, spec.cluster_port),
@@ -278,13 +286,13 @@ mod tests {
             own_version: "1.0.0".into(),
             cluster_host: "127.0.0.1".into(),
         };
-        assert!(l.check_region("127.0.0.1:8000", "private").is_ok());
-        assert!(l.check_region("localhost:8000", "private").is_ok());
-        assert!(l.check_region("10.1.2.3:80", "private").is_ok());
-        assert!(l.check_region("8.8.8.8:80", "private").is_err());
-        assert!(l.check_region("8.8.8.8:80", "public").is_ok());
+        assert!(check_region("127.0.0.1:8000", "private").is_ok());
+        assert!(check_region("localhost:8000", "private").is_ok());
+        assert!(check_region("10.1.2.3:80", "private").is_ok());
+        assert!(check_region("8.8.8.8:80", "private").is_err());
+        assert!(check_region("8.8.8.8:80", "public").is_ok());
         for bad in ["us-east-2", "127.0.0.1", "127.0.0.1:0", "host:80"] {
-            assert!(l.check_region(bad, "public").is_err(), "{bad}");
+            assert!(check_region(bad, "public").is_err(), "{bad}");
         }
         assert!(l.binary("1.0.0").is_ok());
         let e = l.binary("9.9.9").unwrap_err().to_string();

@@ -31,7 +31,7 @@ pub enum ProviderError {
 pub struct NodeSpec {
     /// Unique within the group; the node's directory or container name ends with it.
     pub name: String,
-    /// The node id it registers with (written to its prefix before it starts).
+    /// The node id it registers with (`KONG_NODE_ID`).
     pub node_id: String,
     pub version: String,
     /// The group's instance type (`small`, `medium`, `large`), for the provider's sizing.
@@ -57,12 +57,20 @@ pub trait Node: Send + Sync {
     fn drain(&mut self, grace: std::time::Duration) -> BoxFuture<'_, ()>;
     /// The last lines it logged, to tell why it failed.
     fn last_words(&self) -> BoxFuture<'_, String>;
+    /// Remove what an exited node leaves behind (a stopped container); nothing by default.
+    fn reap(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Runs data planes somewhere.
 pub trait Provider: Send + Sync {
     /// Whether `region` names one of its targets, and `api_access` can be honoured there.
-    fn check_region(&self, region: &str, api_access: &str) -> Result<(), ProviderError>;
+    fn check_region<'a>(
+        &'a self,
+        region: &'a str,
+        api_access: &'a str,
+    ) -> BoxFuture<'a, Result<(), ProviderError>>;
     /// Whether `version` can be run.
     fn check_version(&self, version: &str) -> BoxFuture<'_, Result<(), ProviderError>>;
     /// Start one node in `region`.

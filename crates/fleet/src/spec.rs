@@ -13,10 +13,11 @@ pub const API_ACCESS: [&str; 3] = ["private", "public", "private+public"];
 pub const INSTANCE_TYPES: [&str; 3] = ["small", "medium", "large"];
 
 /// Settings a managed group's nodes get from the control plane, not from `environment`.
-const OWNED: [&str; 17] = [
+const OWNED: [&str; 18] = [
     "KONG_ROLE",
     "KONG_DATABASE",
     "KONG_PREFIX",
+    "KONG_NODE_ID",
     "KONG_PROXY_LISTEN",
     "KONG_STATUS_LISTEN",
     "KONG_ADMIN_LISTEN",
@@ -326,8 +327,8 @@ fn environment(v: Option<&Value>, at: &str, out: &mut Vec<Invalid>) -> Vec<(Stri
     env
 }
 
-/// Check a request body. Providers check their regions here; versions, which may need to ask
-/// a daemon, are checked by the caller.
+/// Check a request body. Regions and versions, which a provider may need to ask a daemon
+/// about, are checked by the caller (`api`).
 pub fn check(body: &Value, providers: &Providers) -> Result<Request, Vec<Invalid>> {
     let mut out = Vec::new();
     let Value::Object(o) = body else {
@@ -446,15 +447,6 @@ pub fn check(body: &Value, providers: &Providers) -> Result<Request, Vec<Invalid
                     }
                 });
                 let region = string(go, &format!("{at}.region"), "region", true, &mut out);
-                if let (Some((_, prov)), Some(region), Some(access)) = (&provider, region, access) {
-                    if let Err(e) = prov.check_region(region, access) {
-                        out.push(Invalid::body(
-                            format!("{at}.region"),
-                            "invalid",
-                            e.to_string(),
-                        ));
-                    }
-                }
                 let scale = autoscale(go.get("autoscale"), &at, &mut out);
                 let env = environment(go.get("environment"), &at, &mut out);
                 if let (Some((p, _)), Some(region), Some(scale)) = (provider, region, scale) {

@@ -214,7 +214,7 @@ pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>
         proxy.proxy_cache().set_capacity(bytes);
     }
     // The node's id names it in Kong's metrics; a node that cannot keep one still proxies.
-    if let Ok(id) = node_id(&settings.prefix) {
+    if let Ok(id) = node_id(settings) {
         proxy.set_node_id(&id);
     }
     proxy.set_headers(
@@ -301,8 +301,15 @@ pub fn backend(settings: &Settings) -> Backend {
     }
 }
 
-/// This node's id, kept under the prefix so that it survives restarts.
-pub fn node_id(prefix: &Path) -> anyhow::Result<String> {
+/// This node's id: Kong's `node_id` setting when set (a UUID), else one kept under the prefix
+/// so that it survives restarts.
+pub fn node_id(settings: &Settings) -> anyhow::Result<String> {
+    if let Some(v) = settings.get("node_id").filter(|v| !v.is_empty()) {
+        return uuid::Uuid::parse_str(v)
+            .map(|id| id.to_string())
+            .map_err(|_| anyhow::anyhow!("node_id: '{v}' is not a UUID"));
+    }
+    let prefix = &settings.prefix;
     let path = prefix.join("node_id");
     if let Ok(s) = std::fs::read_to_string(&path) {
         if let Ok(id) = uuid::Uuid::parse_str(s.trim()) {
@@ -506,7 +513,7 @@ where
     } else {
         plugin_registry(&settings)?.catalog()
     };
-    let node_id = node_id(&settings.prefix)?;
+    let node_id = node_id(&settings)?;
     if settings.role == Role::DataPlane {
         return crate::hybrid::run_data_plane(Arc::new(settings), node_id, shutdown).await;
     }

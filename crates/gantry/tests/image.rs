@@ -29,11 +29,21 @@ fn must(args: &[&str]) -> String {
     out
 }
 
-/// Removes what the test made, however it ends.
+/// Removes what the test made, however it ends: containers on its networks first.
 struct Cleanup(Vec<Vec<String>>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
+        for c in &self.0 {
+            if let [verb, _, net] = c.as_slice() {
+                if verb == "network" {
+                    let (_, ids) = docker(&["ps", "-aq", "--filter", &format!("network={net}")]);
+                    for id in ids.lines().filter(|l| !l.is_empty()) {
+                        let _ = docker(&["rm", "-f", id]);
+                    }
+                }
+            }
+        }
         for c in self.0.iter().rev() {
             let args: Vec<&str> = c.iter().map(String::as_str).collect();
             let _ = docker(&args);
@@ -215,4 +225,304 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+/// Build `gantry:TAG` FROM `base` with extra Dockerfile lines.
+fn derive(base: &str, tag: &str, lines: &str) {
+    use std::io::Write;
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run docker build");
+    let text = format!("FROM {base}\n{lines}\n");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Managed data plane groups with the `docker` provider: containers of `gantry:VERSION` on a
+/// network the test creates, sized, upgraded one at a time, and a version that cannot start
+/// stopping the rollout.
+#[tokio::test(flavor = "multi_thread")]
+async fn managed_groups_on_docker() {
+    use gantry_testkit::process::{self, admin, cp_env, gen_cert, Node};
+    use serde_json::{json, Value};
+    let ci = gantry_testkit::ci();
+    if !docker(&["info"]).0 {
+        assert!(!ci, ".ci/run starts dockerd");
+        eprintln!("skipped: no Docker daemon answers (start dockerd)");
+        return;
+    }
+    let Some(bin) = static_binary() else {
+        assert!(!ci, ".ci/run builds the static binary with dist/package.sh");
+        eprintln!("skipped: no static binary (run dist/package.sh, or set GANTRY_STATIC_BIN)");
+        return;
+    };
+    let id = std::process::id();
+    let (a, b, c) = (
+        format!("0.0.0-mg{id}"),
+        format!("0.0.1-mg{id}"),
+        format!("0.0.2-mg{id}"),
+    );
+    let net = format!("gantry-mg-{id}");
+    let mut cleanup = Cleanup(Vec::new());
+    for t in [&a, &b, &c] {
+        cleanup
+            .0
+            .push(vec!["rmi".into(), "-f".into(), format!("gantry:{t}")]);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = Command::new("bash")
+        .arg(root.join("dist/image.sh"))
+        .arg(&a)
+        .env("BIN", &bin)
+        .output()
+        .expect("run dist/image.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    // The second version: the same build reporting 0.2.1 (the reported_version setting); the
+    // third: one that cannot start.
+    derive(
+        &format!("gantry:{a}"),
+        &format!("gantry:{b}"),
+        "ENV KONG_REPORTED_VERSION=0.2.1",
+    );
+    derive(
+        &format!("gantry:{a}"),
+        &format!("gantry:{c}"),
+        "ENTRYPOINT [\"/gantry\", \"no-such-command\"]",
+    );
+    must(&["network", "create", &net]);
+    cleanup
+        .0
+        .push(vec!["network".into(), "rm".into(), net.clone()]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cert = gen_cert(dir.path(), "cluster");
+    let (cl, tl) = (gantry_testkit::free_port(), gantry_testkit::free_port());
+    let (cl, tl) = (format!("0.0.0.0:{cl}"), format!("0.0.0.0:{tl}"));
+    let env = cp_env(
+        &cert,
+        &[
+            ("KONG_CLUSTER_LISTEN", &cl),
+            ("KONG_CLUSTER_TELEMETRY_LISTEN", &tl),
+            ("KONG_REPORTED_VERSION", "0.2.9"),
+        ],
+    );
+    let prefix = dir.path().join("cp");
+    let token = process::token(&prefix, &env, "ops", &[]);
+    let mut cp = Node::start(&prefix, &env);
+    let http = reqwest::Client::new();
+    // A route that answers by itself: the containers cannot reach the host's loopback.
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services",
+        json!({"name": "s", "url": "http://127.0.0.1:9"}),
+    )
+    .await;
+    admin(
+        &http,
+        &cp,
+        "POST",
+        "/services/s/routes",
+        json!({"name": "a", "paths": ["/a"]}),
+    )
+    .await;
+    admin(&http, &cp, "POST", "/routes/a/plugins", json!({"name": "request-termination", "config": {"status_code": 200, "message": "managed"}})).await;
+    let call = |method: reqwest::Method, path: String, body: Option<Value>| {
+        let (http, token, base) = (http.clone(), token.clone(), cp.admin.clone());
+        async move {
+            let mut r = http
+                .request(method, format!("{base}{path}"))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let res = r.send().await.unwrap();
+            let s = res.status().as_u16();
+            (s, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (_, planes) = call(reqwest::Method::GET, "/v2/control-planes".into(), None).await;
+    let cp_id = planes["data"][0]["id"].as_str().unwrap().to_string();
+    let put = |version: &str, n: u64| {
+        json!({"control_plane_id": cp_id, "control_plane_geo": "us", "version": version,
+               "api_access": "private",
+               "dataplane_groups": [{"provider": "docker", "region": net,
+                   "autoscale": {"kind": "static", "instance_type": "small", "requested_instances": n},
+                   "environment": [{"name": "KONG_CLUSTER_PING_INTERVAL", "value": "2s"}]}]})
+    };
+    // Refused: a network that does not exist, public access, an image not built.
+    let mut bad = put(&a, 1);
+    bad["dataplane_groups"][0]["region"] = json!("no-such-network");
+    bad["api_access"] = json!("public");
+    let (s, e) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(bad),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e.to_string()
+            .contains("docker network create no-such-network"),
+        "{e}"
+    );
+    let (s, e) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(put("9.9.9", 1)),
+    )
+    .await;
+    assert_eq!(s, 400, "{e}");
+    assert!(e.to_string().contains("dist/image.sh 9.9.9"), "{e}");
+
+    let (s, conf) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(put(&a, 2)),
+    )
+    .await;
+    assert_eq!(s, 200, "{conf}");
+    let config = conf["id"].as_str().unwrap().to_string();
+    let gid = conf["dataplane_groups"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = |what: &'static str, n: usize, pred: fn(&Value) -> bool| {
+        let (call, config, gid, admin_url, http) = (
+            call,
+            config.clone(),
+            gid.clone(),
+            cp.admin.clone(),
+            http.clone(),
+        );
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let (_, c) = call(
+                    reqwest::Method::GET,
+                    format!("/v2/cloud-gateways/configurations/{config}"),
+                    None,
+                )
+                .await;
+                let g = c["dataplane_groups"][0].clone();
+                let reg: Value = http
+                    .get(format!("{admin_url}/clustering/data-planes?status=connected&labels=managed-group:{gid}"))
+                    .send().await.unwrap().json().await.unwrap();
+                let live = reg["data"].as_array().cloned().unwrap_or_default();
+                if pred(&g) && live.len() == n {
+                    return (g, live);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: never; {g:#}; {} connected",
+                    live.len()
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let serves = |g: &Value| {
+        for addr in g["private_ip_addresses"].as_array().unwrap() {
+            until_ok(&format!("http://{}/a", addr.as_str().unwrap()));
+        }
+    };
+    let (g, live) = until("2 containers ready", 2, |g| g["state"] == "ready").await;
+    assert_eq!(
+        g["private_ip_addresses"].as_array().unwrap().len(),
+        2,
+        "{g}"
+    );
+    assert!(live.iter().all(|n| n["version"] == "0.2.0"), "{live:?}");
+    serves(&g);
+    let (s, _) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(put(&a, 1)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (g, _) = until("1 container", 1, |g| {
+        g["state"] == "ready"
+            && g["private_ip_addresses"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
+    })
+    .await;
+    serves(&g);
+    // A rolling upgrade to the second image.
+    let (s, _) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(put(&b, 1)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (g, live) = until("upgraded to 0.2.1", 1, |g| {
+        g["state"] == "ready" && g["state_metadata"] == json!({})
+    })
+    .await;
+    let live_versions: Vec<&Value> = live.iter().map(|n| &n["version"]).collect();
+    assert_eq!(live_versions, vec!["0.2.1"], "{live:?}");
+    serves(&g);
+    // A version that cannot start: the rollout stops, the 0.2.1 container keeps serving.
+    let (s, _) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(put(&c, 1)),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (g, live) = until("a failed rollout", 1, |g| {
+        g["state_metadata"]["reported_status"] == "ERROR"
+    })
+    .await;
+    assert!(
+        g["state_metadata"]["reason"].as_str().unwrap().contains(&c),
+        "{g}"
+    );
+    assert_eq!(live[0]["version"], "0.2.1", "{live:?}");
+    serves(&g);
+    // Emptied: every container goes.
+    let mut empty = put(&a, 1);
+    empty["dataplane_groups"] = json!([]);
+    let (s, _) = call(
+        reqwest::Method::PUT,
+        "/v2/cloud-gateways/configurations".into(),
+        Some(empty),
+    )
+    .await;
+    assert_eq!(s, 200);
+    until("terminated", 0, |g| g["state"] == "terminated").await;
+    let left = must(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=gantry.managed-group={gid}"),
+    ]);
+    assert_eq!(left, "", "containers left behind");
+    cp.signal("TERM");
+    assert!(cp.wait_exit(Duration::from_secs(40)).success());
+}
+
+fn until_ok(url: &str) {
+    until(url, "200", Duration::from_secs(30));
 }
