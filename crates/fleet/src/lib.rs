@@ -437,6 +437,7 @@ impl Group {
         if self.failed.is_none() {
             if let Some(old) = self.nodes.iter().position(|n| n.version != t.version) {
                 // Rolling upgrade: the new node serves before the old one drains.
+                self.busy(t).await;
                 match self.start(t, &t.version).await {
                     Ok(()) => {
                         let mut n = self.nodes.remove(old);
@@ -450,6 +451,9 @@ impl Group {
                 }
                 return self.state(t, want);
             }
+        }
+        if self.nodes.len() != want {
+            self.busy(t).await;
         }
         if self.nodes.len() < want {
             let missing = want - self.nodes.len();
@@ -473,6 +477,17 @@ impl Group {
             }
         }
         self.state(t, want)
+    }
+
+    /// Say the group is changing (`initializing`) before a step that takes a while.
+    async fn busy(&self, t: &Target) {
+        let problem = self
+            .failed
+            .as_ref()
+            .map(|(_, why)| ("ERROR".to_string(), why.clone()));
+        self.fleet
+            .report(&t.config, &self.id, &self.report("initializing", problem))
+            .await;
     }
 
     fn state(&self, t: &Target, want: usize) -> Report {

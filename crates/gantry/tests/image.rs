@@ -59,8 +59,9 @@ fn static_binary() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// GET `url` until it answers `want` (a status line's code), for up to `within`.
-fn until(url: &str, want: &str, within: Duration) -> String {
+/// GET `url` until it answers `want` (a status line's code), for up to `within`; else the
+/// last code it got.
+fn wait_for(url: &str, want: &str, within: Duration) -> Result<(), String> {
     let deadline = Instant::now() + within;
     loop {
         let out = Command::new("curl")
@@ -78,10 +79,18 @@ fn until(url: &str, want: &str, within: Duration) -> String {
             .expect("run curl");
         let code = String::from_utf8_lossy(&out.stdout).to_string();
         if code == want {
-            return code;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "GET {url}: {code}, want {want}");
+        if Instant::now() > deadline {
+            return Err(code);
+        }
         std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn until(url: &str, want: &str, within: Duration) {
+    if let Err(code) = wait_for(url, want, within) {
+        panic!("GET {url}: {code}, want {want}");
     }
 }
 
@@ -369,44 +378,35 @@ async fn managed_groups_on_docker() {
                    "autoscale": {"kind": "static", "instance_type": "small", "requested_instances": n},
                    "environment": [{"name": "KONG_CLUSTER_PING_INTERVAL", "value": "2s"}]}]})
     };
+    let store = |body: Value| {
+        call(
+            reqwest::Method::PUT,
+            "/v2/cloud-gateways/configurations".into(),
+            Some(body),
+        )
+    };
+    let refused = |body: Value, needle: &'static str| async move {
+        let (s, e) = store(body).await;
+        assert_eq!(s, 400, "{e}");
+        assert!(e.to_string().contains(needle), "{needle} not in {e}");
+    };
     // Refused: a network that does not exist, public access, an image not built.
     let mut bad = put(&a, 1);
-    bad["dataplane_groups"][0]["region"] = json!("no-such-network");
     bad["api_access"] = json!("public");
-    let (s, e) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(bad),
-    )
-    .await;
-    assert_eq!(s, 400, "{e}");
-    assert!(
-        e.to_string()
-            .contains("docker network create no-such-network"),
-        "{e}"
-    );
-    let (s, e) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(put("9.9.9", 1)),
-    )
-    .await;
-    assert_eq!(s, 400, "{e}");
-    assert!(e.to_string().contains("dist/image.sh 9.9.9"), "{e}");
+    refused(bad, "api_access must be private").await;
+    let mut bad = put(&a, 1);
+    bad["dataplane_groups"][0]["region"] = json!("no-such-network");
+    refused(bad, "docker network create no-such-network").await;
+    refused(put("9.9.9", 1), "dist/image.sh 9.9.9").await;
 
-    let (s, conf) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(put(&a, 2)),
-    )
-    .await;
+    let (s, conf) = store(put(&a, 2)).await;
     assert_eq!(s, 200, "{conf}");
     let config = conf["id"].as_str().unwrap().to_string();
     let gid = conf["dataplane_groups"][0]["id"]
         .as_str()
         .unwrap()
         .to_string();
-    let until = |what: &'static str, n: usize, pred: fn(&Value) -> bool| {
+    let until = |what: &'static str, n: usize, pred: fn(&Value, &[Value]) -> bool| {
         let (call, config, gid, admin_url, http) = (
             call,
             config.clone(),
@@ -428,7 +428,7 @@ async fn managed_groups_on_docker() {
                     .get(format!("{admin_url}/clustering/data-planes?status=connected&labels=managed-group:{gid}"))
                     .send().await.unwrap().json().await.unwrap();
                 let live = reg["data"].as_array().cloned().unwrap_or_default();
-                if pred(&g) && live.len() == n {
+                if pred(&g, &live) && live.len() == n {
                     return (g, live);
                 }
                 assert!(
@@ -442,10 +442,30 @@ async fn managed_groups_on_docker() {
     };
     let serves = |g: &Value| {
         for addr in g["private_ip_addresses"].as_array().unwrap() {
-            until_ok(&format!("http://{}/a", addr.as_str().unwrap()));
+            let url = format!("http://{}/a", addr.as_str().unwrap());
+            if let Err(code) = wait_for(&url, "200", Duration::from_secs(30)) {
+                let ps = docker(&[
+                    "ps",
+                    "-a",
+                    "--filter",
+                    &format!("network={net}"),
+                    "--format",
+                    "{{.Names}} {{.Status}}",
+                ])
+                .1;
+                let ips = docker(&[
+                    "network",
+                    "inspect",
+                    &net,
+                    "-f",
+                    "{{range .Containers}}{{.Name}}={{.IPv4Address}} {{end}}",
+                ])
+                .1;
+                panic!("GET {url}: {code}; group {g:#}; containers: {ps}; addresses: {ips}");
+            }
         }
     };
-    let (g, live) = until("2 containers ready", 2, |g| g["state"] == "ready").await;
+    let (g, live) = until("2 containers ready", 2, |g, _| g["state"] == "ready").await;
     assert_eq!(
         g["private_ip_addresses"].as_array().unwrap().len(),
         2,
@@ -453,14 +473,9 @@ async fn managed_groups_on_docker() {
     );
     assert!(live.iter().all(|n| n["version"] == "0.2.0"), "{live:?}");
     serves(&g);
-    let (s, _) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(put(&a, 1)),
-    )
-    .await;
+    let (s, _) = store(put(&a, 1)).await;
     assert_eq!(s, 200);
-    let (g, _) = until("1 container", 1, |g| {
+    let (g, _) = until("1 container", 1, |g, _| {
         g["state"] == "ready"
             && g["private_ip_addresses"]
                 .as_array()
@@ -469,29 +484,24 @@ async fn managed_groups_on_docker() {
     .await;
     serves(&g);
     // A rolling upgrade to the second image.
-    let (s, _) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(put(&b, 1)),
-    )
-    .await;
+    let (s, _) = store(put(&b, 1)).await;
     assert_eq!(s, 200);
-    let (g, live) = until("upgraded to 0.2.1", 1, |g| {
-        g["state"] == "ready" && g["state_metadata"] == json!({})
+    let (g, live) = until("upgraded to 0.2.1", 1, |g, live| {
+        g["state"] == "ready"
+            && g["state_metadata"] == json!({})
+            && live.iter().all(|n| n["version"] == "0.2.1")
+            && g["private_ip_addresses"]
+                .as_array()
+                .is_some_and(|a| a.len() == 1)
     })
     .await;
     let live_versions: Vec<&Value> = live.iter().map(|n| &n["version"]).collect();
     assert_eq!(live_versions, vec!["0.2.1"], "{live:?}");
     serves(&g);
     // A version that cannot start: the rollout stops, the 0.2.1 container keeps serving.
-    let (s, _) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(put(&c, 1)),
-    )
-    .await;
+    let (s, _) = store(put(&c, 1)).await;
     assert_eq!(s, 200);
-    let (g, live) = until("a failed rollout", 1, |g| {
+    let (g, live) = until("a failed rollout", 1, |g, _| {
         g["state_metadata"]["reported_status"] == "ERROR"
     })
     .await;
@@ -504,14 +514,9 @@ async fn managed_groups_on_docker() {
     // Emptied: every container goes.
     let mut empty = put(&a, 1);
     empty["dataplane_groups"] = json!([]);
-    let (s, _) = call(
-        reqwest::Method::PUT,
-        "/v2/cloud-gateways/configurations".into(),
-        Some(empty),
-    )
-    .await;
+    let (s, _) = store(empty).await;
     assert_eq!(s, 200);
-    until("terminated", 0, |g| g["state"] == "terminated").await;
+    until("terminated", 0, |g, _| g["state"] == "terminated").await;
     let left = must(&[
         "ps",
         "-aq",
@@ -521,8 +526,4 @@ async fn managed_groups_on_docker() {
     assert_eq!(left, "", "containers left behind");
     cp.signal("TERM");
     assert!(cp.wait_exit(Duration::from_secs(40)).success());
-}
-
-fn until_ok(url: &str) {
-    until(url, "200", Duration::from_secs(30));
 }
