@@ -40,14 +40,33 @@ const GROUP_LABEL: &str = "gantry.managed-group";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `docker` provider. Connects to the daemon on first use.
-#[derive(Default)]
 pub struct Docker {
     client: tokio::sync::OnceCell<Client>,
+    /// Where containers in the host's network namespace dial the control plane.
+    host_cluster: String,
+}
+
+/// Where a group's containers run: on a bridge network, or in the host's network namespace
+/// sharing one address (`host:ADDR:PORT`) with `reuseport`, as the local provider's nodes do.
+enum Target<'a> {
+    Bridge(&'a str),
+    Host(std::net::SocketAddr),
+}
+
+fn target(region: &str) -> Result<Target<'_>, ProviderError> {
+    match region.strip_prefix("host:") {
+        Some(addr) => crate::local::region_addr(addr).map(Target::Host),
+        None => Ok(Target::Bridge(region)),
+    }
 }
 
 impl Docker {
-    pub fn new() -> Docker {
-        Docker::default()
+    /// `host_cluster`: the host containers on the host's network dial the control plane at.
+    pub fn new(host_cluster: String) -> Docker {
+        Docker {
+            client: tokio::sync::OnceCell::new(),
+            host_cluster,
+        }
     }
 
     /// The daemon's client. A failure is not remembered: a daemon started later is found.
@@ -210,9 +229,13 @@ impl Provider for Docker {
         api_access: &'a str,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
         Box::pin(async move {
+            if let Target::Host(_) = target(region)? {
+                crate::local::check_region(&region["host:".len()..], api_access)?;
+                return self.client().await.map(|_| ());
+            }
             if api_access != "private" {
                 return Err(ProviderError::Unsupported(format!(
-                    "api_access is {api_access}, but the docker provider publishes no port: its nodes are reached only on their Docker network, so api_access must be private"
+                    "api_access is {api_access}, but the docker provider publishes no port: its nodes are reached only on their Docker network, so api_access must be private (or run the group in the host's network: region host:ADDR:PORT)"
                 )));
             }
             network_gateway(self.client().await?, region)
@@ -244,13 +267,27 @@ impl Provider for Docker {
         Box::pin(async move {
             let image = image(&spec.version)?;
             let client = self.client().await?;
-            let gw = network_gateway(client, region).await?;
+            let (cp_host, network, listen, status) = match target(region)? {
+                Target::Bridge(net) => (
+                    network_gateway(client, net).await?.to_string(),
+                    net.to_string(),
+                    format!("0.0.0.0:{PROXY_PORT}"),
+                    format!("0.0.0.0:{STATUS_PORT}"),
+                ),
+                Target::Host(addr) => (
+                    self.host_cluster.clone(),
+                    "host".to_string(),
+                    addr.to_string(),
+                    format!("127.0.0.1:{}", crate::local::free_port()?),
+                ),
+            };
+            let gw = cp_host;
             let name = container_name(group, &spec.name);
             let cpus = workers(&spec.instance_type);
             let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
             env.extend([
-                format!("KONG_PROXY_LISTEN=0.0.0.0:{PROXY_PORT} reuseport"),
-                format!("KONG_STATUS_LISTEN=0.0.0.0:{STATUS_PORT}"),
+                format!("KONG_PROXY_LISTEN={listen} reuseport"),
+                format!("KONG_STATUS_LISTEN={status}"),
                 format!("KONG_WORKER_THREADS={cpus}"),
                 format!("KONG_NODE_ID={}", spec.node_id),
                 format!("KONG_CLUSTER_CONTROL_PLANE={gw}:{}", spec.cluster_port),
@@ -269,7 +306,7 @@ impl Provider for Docker {
                 env: Some(env),
                 labels: Some(labels),
                 host_config: Some(HostConfig {
-                    network_mode: Some(region.to_string()),
+                    network_mode: Some(network.clone()),
                     nano_cpus: Some(nano_cpus(cpus)),
                     ..Default::default()
                 }),
@@ -287,8 +324,12 @@ impl Provider for Docker {
             }
             match client.inspect_container(&node.id, None).await {
                 // A container that exited at once has no address: `exited` then says so.
+                Ok(_) if network == "host" => {
+                    node.status = status;
+                    node.address = listen;
+                }
                 Ok(info) => {
-                    if let Some(ip) = ip_on(&info, region) {
+                    if let Some(ip) = ip_on(&info, &network) {
                         node.status = format!("{ip}:{STATUS_PORT}");
                         node.address = format!("{ip}:{PROXY_PORT}");
                     }
@@ -489,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn api_access_must_be_private_whatever_the_daemon() {
-        let d = Docker::new();
+        let d = Docker::new("127.0.0.1".into());
         for access in ["public", "private+public"] {
             let e = d.check_region("gantry", access).await;
             assert!(matches!(e, Err(ProviderError::Unsupported(_))), "{access}");

@@ -763,6 +763,6 @@ pub fn providers(
             cluster_host: dial_host(cluster),
         }),
     );
-    p.register("docker", Arc::new(docker::Docker::new()));
+    p.register("docker", Arc::new(docker::Docker::new(dial_host(cluster))));
     Ok(p)
 }

@@ -29,7 +29,7 @@ pub struct Local {
 }
 
 /// A region as an address: `HOST:PORT`, the host an IP address or `localhost`.
-fn region_addr(region: &str) -> Result<SocketAddr, ProviderError> {
+pub(crate) fn region_addr(region: &str) -> Result<SocketAddr, ProviderError> {
     let bad = || {
         ProviderError::Region(format!(
             "the local provider's region is the address the group serves on, HOST:PORT (e.g. 127.0.0.1:8000); '{region}' is not one"
@@ -54,7 +54,7 @@ fn private(ip: IpAddr) -> bool {
     }
 }
 
-fn check_region(region: &str, api_access: &str) -> Result<(), ProviderError> {
+pub(crate) fn check_region(region: &str, api_access: &str) -> Result<(), ProviderError> {
     let addr = region_addr(region)?;
     if api_access == "private" && !private(addr.ip()) {
         return Err(ProviderError::Unsupported(format!(
@@ -82,7 +82,7 @@ impl Local {
 }
 
 /// A free port on loopback for a node's status listener.
-fn free_port() -> Result<u16, ProviderError> {
+pub(crate) fn free_port() -> Result<u16, ProviderError> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -406,11 +406,11 @@ async fn managed_groups_on_docker() {
         .as_str()
         .unwrap()
         .to_string();
-    let until = |what: &'static str, n: usize, pred: fn(&Value, &[Value]) -> bool| {
+    let until_in = |gid: &str, what: &'static str, n: usize, pred: fn(&Value, &[Value]) -> bool| {
         let (call, config, gid, admin_url, http) = (
             call,
             config.clone(),
-            gid.clone(),
+            gid.to_string(),
             cp.admin.clone(),
             http.clone(),
         );
@@ -440,6 +440,10 @@ async fn managed_groups_on_docker() {
             }
         }
     };
+    let until = |what: &'static str, n: usize, pred: fn(&Value, &[Value]) -> bool| {
+        until_in(&gid, what, n, pred)
+    };
+
     let serves = |g: &Value| {
         for addr in g["private_ip_addresses"].as_array().unwrap() {
             let url = format!("http://{}/a", addr.as_str().unwrap());
@@ -524,6 +528,68 @@ async fn managed_groups_on_docker() {
         &format!("label=gantry.managed-group={gid}"),
     ]);
     assert_eq!(left, "", "containers left behind");
+
+    // In the host's network namespace the group shares one address (reuseport), as the local
+    // provider's do: a rolling upgrade under wrk loses no request.
+    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+    if migrate.trim() == "1" {
+        let region = format!("host:127.0.0.1:{}", gantry_testkit::free_port());
+        let host_group = |version: &str| {
+            let mut b = put(version, 2);
+            b["dataplane_groups"][0]["region"] = json!(region);
+            b
+        };
+        let (s, conf) = store(host_group(&a)).await;
+        assert_eq!(s, 200, "{conf}");
+        let hid = conf["dataplane_groups"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        until_in(&hid, "2 containers on the host's network", 2, |g, _| {
+            g["state"] == "ready"
+        })
+        .await;
+        let url = format!("http://{}/a", &region["host:".len()..]);
+        wait_for(&url, "200", Duration::from_secs(30)).expect("the host group serves");
+        let wrk = Command::new("wrk")
+            .args(["-t1", "-c4", "-d10s", &url])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        assert!(wrk.is_ok() || !ci, ".ci/run installs wrk");
+        let load = gantry_testkit::load::Load::start(url.clone(), 2, true);
+        let (s, _) = store(host_group(&b)).await;
+        assert_eq!(s, 200);
+        let (_, live) = until_in(&hid, "2 containers of 0.2.1", 2, |g, live| {
+            g["state"] == "ready" && live.iter().all(|n| n["version"] == "0.2.1")
+        })
+        .await;
+        assert_eq!(live.len(), 2);
+        let (ok, failed, first) = load.finish().await;
+        assert_eq!(failed, 0, "the rollout lost requests; first: {first:?}");
+        assert!(ok > 0);
+        if let Ok(w) = wrk {
+            let out = w.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("requests in"), "{text}");
+            assert!(
+                !text.contains("Socket errors") && !text.contains("Non-2xx"),
+                "wrk saw failures:\n{text}"
+            );
+            eprintln!("rolling upgrade of docker containers under wrk:\n{text}");
+        }
+        let mut empty = put(&a, 1);
+        empty["dataplane_groups"] = json!([]);
+        store(empty).await;
+        until_in(&hid, "host group terminated", 0, |g, _| {
+            g["state"] == "terminated"
+        })
+        .await;
+    } else {
+        assert!(!ci, ".ci/run sets net.ipv4.tcp_migrate_req = 1");
+        eprintln!(
+            "note: net.ipv4.tcp_migrate_req is not 1: the host-network rolling upgrade is not run"
+        );
+    }
     cp.signal("TERM");
     assert!(cp.wait_exit(Duration::from_secs(40)).success());
 }
