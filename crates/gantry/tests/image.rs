@@ -331,6 +331,8 @@ async fn managed_groups_on_docker() {
             ("KONG_CLUSTER_LISTEN", &cl),
             ("KONG_CLUSTER_TELEMETRY_LISTEN", &tl),
             ("KONG_REPORTED_VERSION", "0.2.9"),
+            ("KONG_MANAGED_INSTANCE_RPS", "30"),
+            ("KONG_MANAGED_SCALE_IN_DELAY", "3s"),
         ],
     );
     let prefix = dir.path().join("cp");
@@ -424,9 +426,7 @@ async fn managed_groups_on_docker() {
                 )
                 .await;
                 let g = c["dataplane_groups"][0].clone();
-                let reg: Value = http
-                    .get(format!("{admin_url}/clustering/data-planes?status=connected&labels=managed-group:{gid}"))
-                    .send().await.unwrap().json().await.unwrap();
+                let (_, reg) = gantry_testkit::http::get_json(&http, &format!("{admin_url}/clustering/data-planes?status=connected&labels=managed-group:{gid}")).await;
                 let live = reg["data"].as_array().cloned().unwrap_or_default();
                 if pred(&g, &live) && live.len() == n {
                     return (g, live);
@@ -577,6 +577,51 @@ async fn managed_groups_on_docker() {
             );
             eprintln!("rolling upgrade of docker containers under wrk:\n{text}");
         }
+        // 3, then 1, under load: no request lost.
+        let sized = |n: u64| {
+            let mut body = host_group(&b);
+            body["dataplane_groups"][0]["autoscale"]["requested_instances"] = json!(n);
+            body
+        };
+        assert_eq!(store(sized(3)).await.0, 200);
+        until_in(&hid, "3 containers", 3, |g, _| g["state"] == "ready").await;
+        let load = gantry_testkit::load::Load::start(url.clone(), 4, true);
+        assert_eq!(store(sized(1)).await.0, 200);
+        until_in(&hid, "1 container", 1, |g, _| g["state"] == "ready").await;
+        let (ok, failed, first) = load.finish().await;
+        assert_eq!(failed, 0, "scale-in lost requests; first: {first:?}");
+        assert!(ok > 0);
+        // Autopilot: grows under load above one container's capacity (30 rps), back to its
+        // floor once the load is gone.
+        let mut pilot = host_group(&b);
+        pilot["dataplane_groups"][0]["autoscale"] = json!({"kind": "autopilot", "base_rps": 10});
+        assert_eq!(store(pilot).await.0, 200);
+        let load = gantry_testkit::load::Load::start(url.clone(), 3, true);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, reg) = gantry_testkit::http::get_json(
+                &http,
+                &format!(
+                    "{}/clustering/data-planes?status=connected&labels=managed-group:{hid}",
+                    cp.admin
+                ),
+            )
+            .await;
+            if reg["data"].as_array().map_or(0, Vec::len) >= 2 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "autopilot never grew the docker group"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let (_, failed, first) = load.finish().await;
+        assert_eq!(failed, 0, "first: {first:?}");
+        until_in(&hid, "autopilot back at its floor", 1, |g, _| {
+            g["state"] == "ready"
+        })
+        .await;
         let mut empty = put(&a, 1);
         empty["dataplane_groups"] = json!([]);
         store(empty).await;
