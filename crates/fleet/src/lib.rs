@@ -328,6 +328,9 @@ struct Group {
     nodes: Vec<Managed>,
     /// The rollout to the version of this generation failed.
     failed: Option<(u64, String)>,
+    /// When a node last failed to start, and how long to wait before the next try: a group
+    /// whose every start fails retries with backoff (2 s doubling to 60 s), not every second.
+    backoff: Option<(Instant, Duration)>,
     meter: scale::Meter,
     /// The analytics window the meter counts from, and the node ids it counts.
     window_start: i64,
@@ -344,6 +347,7 @@ impl Group {
             provider,
             nodes: Vec::new(),
             failed: None,
+            backoff: None,
             meter: scale::Meter::new(Duration::from_secs(10)),
             window_start: 0,
             counted: HashSet::new(),
@@ -423,6 +427,7 @@ impl Group {
             .is_some_and(|(g, _)| *g != t.generation)
         {
             self.failed = None;
+            self.backoff = None;
         }
         let want = self.wanted(t).await;
         // The version new nodes run: the configured one, unless its rollout failed.
@@ -455,7 +460,8 @@ impl Group {
         if self.nodes.len() != want {
             self.busy(t).await;
         }
-        if self.nodes.len() < want {
+        let waiting = self.backoff.is_some_and(|(at, wait)| at.elapsed() < wait);
+        if self.nodes.len() < want && !waiting {
             let missing = want - self.nodes.len();
             for _ in 0..missing {
                 if let Err(why) = self.start(t, &version).await {
@@ -463,8 +469,13 @@ impl Group {
                     if version == t.version {
                         self.failed = Some((t.generation, why));
                     }
+                    let wait = self.backoff.map_or(Duration::from_secs(2), |(_, w)| {
+                        (w * 2).min(Duration::from_secs(60))
+                    });
+                    self.backoff = Some((Instant::now(), wait));
                     break;
                 }
+                self.backoff = None;
             }
         } else if self.nodes.len() > want {
             // Scale in: the oldest nodes go first, each drained.
