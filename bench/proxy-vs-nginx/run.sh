@@ -5,8 +5,9 @@
 # Two nginx configurations: `nginx`, a plain proxy_pass (X-Forwarded-For only), and
 # `nginx-kong`, which adds the headers Gantry adds as Kong does (X-Forwarded-*, X-Real-IP, Via and
 # a request id upstream; Via, latencies and the request id downstream): the same work per request.
-# Also: Gantry with jwt, basic-auth and acl against Gantry plain, acl among 10,000 consumers,
-# and Gantry's RSS with 5,000 routes loaded.
+# Also: HTTPS (wrk) and h2 (h2load) against nginx `ssl` / `http2` with the same certificate;
+# Gantry with jwt, basic-auth and acl against Gantry plain, acl among 10,000 consumers, and
+# Gantry's RSS with 5,000 routes loaded.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
@@ -77,6 +78,69 @@ awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 }
      END { printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms | nginx-kong %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"], r["nginx-kong"]/n["nginx-kong"], p["nginx-kong"]/n["nginx-kong"];
            printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]);
            printf "same headers: throughput ratio gantry/nginx-kong: %.2f   p99 ratio: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx-kong"]/n["nginx-kong"]), (p["gantry"]/n["gantry"])/(p["nginx-kong"]/n["nginx-kong"]) }' "$work/results"
+
+# HTTPS and HTTP/2: the same proxying over TLS (one RSA 2048 certificate for both, TLS session
+# cache on both, keep-alive), wrk for HTTPS (HTTP/1.1) and h2load for h2 (ALPN), one worker each.
+command -v h2load >/dev/null || apt-get install -y nghttp2-client >/dev/null
+NGS=18910 NGH=18911 GS=18912 GH=18913
+openssl req -x509 -newkey rsa:2048 -nodes -keyout "$work/tls.key" -out "$work/tls.crt" \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -days 2 2>/dev/null
+cat >"$work/nginx-tls.conf" <<NGX
+worker_processes 1; daemon off; pid $work/ngx-tls.pid; error_log $work/ngx-tls.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
+  ssl_certificate $work/tls.crt; ssl_certificate_key $work/tls.key;
+  ssl_session_cache shared:TLS:10m; ssl_session_tickets on;
+  server { listen 127.0.0.1:$NGS ssl; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }
+  server { listen 127.0.0.1:$NGH ssl http2; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+NGX
+python3 - "$work/tls.yml" "$UP" "$work/tls.crt" "$work/tls.key" <<'PY'
+import json, sys
+path, port, crt, key = sys.argv[1:5]
+json.dump({"_format_version": "3.0",
+           "services": [{"name": "up", "url": f"http://127.0.0.1:{port}", "routes": [{"name": "all", "paths": ["/"]}]}],
+           "certificates": [{"cert": open(crt).read(), "key": open(key).read(), "snis": [{"name": "localhost"}]}]},
+          open(path, "w"))
+PY
+nginx -c "$work/nginx-tls.conf" -p "$work" & pids+=($!)
+KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/tls.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
+  KONG_PROXY_LISTEN="127.0.0.1:$GS ssl, 127.0.0.1:$GH ssl http2" KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
+  "$GANTRY" start -p "$work/gtls" 2>"$work/gtls.err" & pids+=($!)
+for _ in $(seq 100); do
+  curl -skf "https://localhost:$GS/" --resolve "localhost:$GS:127.0.0.1" >/dev/null &&
+    curl -skf "https://localhost:$NGS/" --resolve "localhost:$NGS:127.0.0.1" >/dev/null && break
+  sleep 0.1
+done
+runs() { # name port -> "rps p99_ms" over HTTPS
+  local out rps p99
+  out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency "https://localhost:$2/")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  echo "$1 $rps $p99"
+}
+runh2() { # name port -> "rps" over h2 (10 connections x 10 streams)
+  local out
+  out=$(h2load -c10 -m10 -D"${DUR%s}" "https://localhost:$2/" 2>&1)
+  grep -q " 0 failed" <<<"$out" || { echo "h2load saw failures on $1:" >&2; grep -E "requests:|status codes:" <<<"$out" >&2; }
+  echo "$1 $(awk '/^finished in/ {print $4}' <<<"$out")"
+}
+: >"$work/tlsres"
+: >"$work/h2res"
+for i in $(seq "$ROUNDS"); do
+  runs gantry $GS | tee -a "$work/tlsres"
+  runs nginx $NGS | tee -a "$work/tlsres"
+  runh2 gantry-h2 $GH | tee -a "$work/h2res"
+  runh2 nginx-h2 $NGH | tee -a "$work/h2res"
+done
+awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 } END {
+  printf "HTTPS: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms | throughput ratio %.2f, p99 ratio %.2f\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"], (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]) }' "$work/tlsres"
+awk '{ n[$1]++; r[$1]+=$2 } END {
+  printf "h2 (h2load -c10 -m10): gantry %.0f req/s | nginx %.0f req/s | throughput ratio %.2f\n", r["gantry-h2"]/n["gantry-h2"], r["nginx-h2"]/n["nginx-h2"], (r["gantry-h2"]/n["gantry-h2"])/(r["nginx-h2"]/n["nginx-h2"]) }' "$work/h2res"
 
 # The same Gantry with key-auth and rate-limiting on the route, against Gantry plain: the
 # `local` policy, and the `redis` policy on 127.0.0.1:6379 (when a Redis answers there).
