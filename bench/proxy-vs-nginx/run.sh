@@ -51,31 +51,41 @@ services:
   - name: all
     paths: [/]
 YML
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+nginx -c "$work/nginx.conf" -p "$work" & ngx_master=$!; pids+=($ngx_master)
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-  "$GANTRY" start -p "$work/gantry" 2>"$work/gantry.err" & pids+=($!)
+  "$GANTRY" start -p "$work/gantry" 2>"$work/gantry.err" & gan_pid=$!; pids+=($gan_pid)
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && curl -sf "http://127.0.0.1:$NGK/" >/dev/null && break
   sleep 0.1
 done
 
-run() { # name port -> "rps p99_ms"
-  local out rps p99
+# CPU a process spent, user and kernel, in clock ticks (fields 14 and 15 of /proc/PID/stat).
+cpu() { awk '{ sub(/^.*\) /, ""); print $12, $13 }' "/proc/$1/stat"; }
+ngx_worker=$(pgrep -P "$ngx_master" | head -n 1)
+tick=$(getconf CLK_TCK)
+run() { # name port [pid] -> "rps p99_ms user_us kernel_us" (CPU per request when pid is given)
+  local out rps p99 before after reqs split=""
+  [ -n "${3:-}" ] && before=$(cpu "$3")
   out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$2/")
+  if [ -n "${3:-}" ]; then
+    after=$(cpu "$3")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    split=$(awk -v b="$before" -v a="$after" -v n="$reqs" -v t="$tick" 'BEGIN { split(b, x, " "); split(a, y, " "); printf "%.2f %.2f", (y[1]-x[1])*1e6/t/n, (y[2]-x[2])*1e6/t/n }')
+  fi
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
-  echo "$1 $rps $p99"
+  echo "$1 $rps $p99 ${split:-}"
 }
 echo "wrk -t1 -c$CONNS -d$DUR, $ROUNDS alternating rounds, $(nproc) cores"
 : >"$work/results"
 for i in $(seq "$ROUNDS"); do
-  run gantry $GAN | tee -a "$work/results"
-  run nginx $NGX | tee -a "$work/results"
+  run gantry $GAN "$gan_pid" | tee -a "$work/results"
+  run nginx $NGX "$ngx_worker" | tee -a "$work/results"
   run nginx-kong $NGK | tee -a "$work/results"
 done
-awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3 }
-     END { printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms | nginx-kong %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"], r["nginx-kong"]/n["nginx-kong"], p["nginx-kong"]/n["nginx-kong"];
+awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3; u[$1]+=$4; k[$1]+=$5 }
+     END { printf "CPU per request (from /proc/PID/stat over the runs): gantry user %.2f us, kernel %.2f us | nginx worker user %.2f us, kernel %.2f us\n", u["gantry"]/n["gantry"], k["gantry"]/n["gantry"], u["nginx"]/n["nginx"], k["nginx"]/n["nginx"]; printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms | nginx-kong %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"], r["nginx-kong"]/n["nginx-kong"], p["nginx-kong"]/n["nginx-kong"];
            printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]);
            printf "same headers: throughput ratio gantry/nginx-kong: %.2f   p99 ratio: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx-kong"]/n["nginx-kong"]), (p["gantry"]/n["gantry"])/(p["nginx-kong"]/n["nginx-kong"]) }' "$work/results"
 
