@@ -9,10 +9,10 @@ use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gantry_konnect::api::{pairs, principal, visible};
+use gantry_konnect::api::{iso, pairs, principal, visible};
 use gantry_konnect::error::Invalid;
 use gantry_konnect::{KonnectError, Role};
-use gantry_store::ManagedRow;
+use gantry_store::{now_ms, ManagedRow};
 use serde_json::{json, Map, Value};
 
 use crate::Fleet;
@@ -26,24 +26,6 @@ pub fn router(fleet: Arc<Fleet>) -> Router {
         .route("/v2/cloud-gateways/configurations", get(list).put(put))
         .route("/v2/cloud-gateways/configurations/{id}", get(read))
         .with_state(fleet)
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 of Unix milliseconds.
-pub fn iso(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// The managed nodes' certificate and key, from the stored secret.

@@ -29,7 +29,7 @@ use bollard::query_parameters::{
 use bollard::Docker as Client;
 use futures_util::StreamExt;
 
-use crate::provider::{workers, BoxFuture, Node, NodeSpec, Provider, ProviderError};
+use crate::provider::{last_lines, workers, BoxFuture, Node, NodeSpec, Provider, ProviderError};
 
 /// The ports a node listens on, on its own address.
 const PROXY_PORT: u16 = 8000;
@@ -175,16 +175,6 @@ fn ip_on(info: &ContainerInspectResponse, network: &str) -> Option<String> {
     let nets = info.network_settings.as_ref()?.networks.as_ref()?;
     let ep = nets.get(network).or_else(|| nets.values().next())?;
     ep.ip_address.clone().filter(|ip| !ip.is_empty())
-}
-
-/// The last three non-empty lines of a log, joined.
-fn last_lines(text: &str) -> String {
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim_end)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
-    lines[lines.len().saturating_sub(3)..].join(" | ")
 }
 
 /// The gateway of the bridge network `network`: where its nodes dial the control plane.

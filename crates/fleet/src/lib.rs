@@ -294,7 +294,10 @@ impl Fleet {
             for (k, v) in new {
                 g.insert(k.into(), v);
             }
-            g.insert("updated_at".into(), json!(api::iso(api::now_ms())));
+            g.insert(
+                "updated_at".into(),
+                json!(gantry_konnect::api::iso(gantry_store::now_ms())),
+            );
             match self
                 .store()
                 .update_managed_doc(&row.id, &row.doc, &doc)

@@ -267,8 +267,7 @@ impl Node for LocalNode {
     fn last_words(&self) -> BoxFuture<'_, String> {
         Box::pin(async move {
             let text = std::fs::read_to_string(self.prefix.join("console.log")).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            lines[lines.len().saturating_sub(3)..].join(" | ")
+            crate::provider::last_lines(&text)
         })
     }
 }

@@ -103,6 +103,16 @@ impl Providers {
     }
 }
 
+/// The last three non-empty lines of a node's log, joined: what a failure reason quotes.
+pub fn last_lines(text: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(3)..].join(" | ")
+}
+
 /// Node processes' worker threads by instance type.
 pub fn workers(instance_type: &str) -> usize {
     match instance_type {

@@ -915,15 +915,7 @@ async fn data_planes_reach_the_control_plane_through_a_forward_proxy() {
 /// takes configuration, and the old one drains on SIGQUIT; no request fails meanwhile.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_data_plane_is_replaced_under_load_without_failures() {
-    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
-    if migrate.trim() != "1" {
-        assert!(
-            !gantry_testkit::ci(),
-            ".ci/run sets net.ipv4.tcp_migrate_req = 1"
-        );
-        eprintln!(
-            "skipped: net.ipv4.tcp_migrate_req is not 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
-        );
+    if !gantry_testkit::migrates_connections() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

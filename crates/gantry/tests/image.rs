@@ -51,6 +51,41 @@ impl Drop for Cleanup {
     }
 }
 
+/// The static binary to build images from, once dockerd answers; `None` (the test skips,
+/// saying why) where either is missing outside CI; in CI both must be there.
+fn prerequisites() -> Option<PathBuf> {
+    let ci = gantry_testkit::ci();
+    if !docker(&["info"]).0 {
+        assert!(!ci, ".ci/run starts dockerd");
+        eprintln!("skipped: no Docker daemon answers (start dockerd)");
+        return None;
+    }
+    let bin = static_binary();
+    if bin.is_none() {
+        assert!(!ci, ".ci/run builds the static binary with dist/package.sh");
+        eprintln!("skipped: no static binary (run dist/package.sh, or set GANTRY_STATIC_BIN)");
+    }
+    bin
+}
+
+/// `dist/image.sh TAG` with `bin`: the image `gantry:TAG`; returns what it printed.
+fn build_image(tag: &str, bin: &Path) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let built = Command::new("bash")
+        .arg(root.join("dist/image.sh"))
+        .arg(tag)
+        .env("BIN", bin)
+        .output()
+        .expect("run dist/image.sh");
+    let out = String::from_utf8_lossy(&built.stdout).into_owned();
+    assert!(
+        built.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    out
+}
+
 fn static_binary() -> Option<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let p = std::env::var_os("GANTRY_STATIC_BIN")
@@ -101,15 +136,7 @@ fn published(container: &str, port: &str) -> String {
 
 #[test]
 fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
-    let ci = gantry_testkit::ci();
-    if !docker(&["info"]).0 {
-        assert!(!ci, ".ci/run starts dockerd");
-        eprintln!("skipped: no Docker daemon answers (start dockerd)");
-        return;
-    }
-    let Some(bin) = static_binary() else {
-        assert!(!ci, ".ci/run builds the static binary with dist/package.sh");
-        eprintln!("skipped: no static binary (run dist/package.sh, or set GANTRY_STATIC_BIN)");
+    let Some(bin) = prerequisites() else {
         return;
     };
     let ldd = Command::new("ldd").arg(&bin).output().expect("run ldd");
@@ -122,20 +149,8 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
 
     let tag = format!("0.0.0-test{}", std::process::id());
     let image = format!("gantry:{tag}");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut cleanup = Cleanup(vec![vec!["rmi".into(), "-f".into(), image.clone()]]);
-    let built = Command::new("bash")
-        .arg(root.join("dist/image.sh"))
-        .arg(&tag)
-        .env("BIN", &bin)
-        .output()
-        .expect("run dist/image.sh");
-    let out = String::from_utf8_lossy(&built.stdout);
-    assert!(
-        built.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let out = build_image(&tag, &bin);
     eprintln!("{} {out}", bin.display());
     // Nothing but the binary, the CA bundle and two small files.
     let size: u64 = must(&["image", "inspect", "-f", "{{.Size}}", &image])
@@ -238,22 +253,10 @@ fn image_from_scratch_runs_quickstart_and_a_hybrid_pair() {
 
 /// Build `gantry:TAG` FROM `base` with extra Dockerfile lines.
 fn derive(base: &str, tag: &str, lines: &str) {
-    use std::io::Write;
-    let mut child = Command::new("docker")
-        .args(["build", "-q", "-t", tag, "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run docker build");
-    let text = format!("FROM {base}\n{lines}\n");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = gantry_testkit::process::feed(
+        Command::new("docker").args(["build", "-q", "-t", tag, "-"]),
+        &format!("FROM {base}\n{lines}\n"),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -268,15 +271,7 @@ fn derive(base: &str, tag: &str, lines: &str) {
 async fn managed_groups_on_docker() {
     use gantry_testkit::process::{self, admin, cp_env, gen_cert, Node};
     use serde_json::{json, Value};
-    let ci = gantry_testkit::ci();
-    if !docker(&["info"]).0 {
-        assert!(!ci, ".ci/run starts dockerd");
-        eprintln!("skipped: no Docker daemon answers (start dockerd)");
-        return;
-    }
-    let Some(bin) = static_binary() else {
-        assert!(!ci, ".ci/run builds the static binary with dist/package.sh");
-        eprintln!("skipped: no static binary (run dist/package.sh, or set GANTRY_STATIC_BIN)");
+    let Some(bin) = prerequisites() else {
         return;
     };
     let id = std::process::id();
@@ -292,18 +287,7 @@ async fn managed_groups_on_docker() {
             .0
             .push(vec!["rmi".into(), "-f".into(), format!("gantry:{t}")]);
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let built = Command::new("bash")
-        .arg(root.join("dist/image.sh"))
-        .arg(&a)
-        .env("BIN", &bin)
-        .output()
-        .expect("run dist/image.sh");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    build_image(&a, &bin);
     // The second version: the same build reporting 0.2.1 (the reported_version setting); the
     // third: one that cannot start.
     derive(
@@ -531,8 +515,7 @@ async fn managed_groups_on_docker() {
 
     // In the host's network namespace the group shares one address (reuseport), as the local
     // provider's do: a rolling upgrade under wrk loses no request.
-    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
-    if migrate.trim() == "1" {
+    if gantry_testkit::migrates_connections() {
         let region = format!("host:127.0.0.1:{}", gantry_testkit::free_port());
         let host_group = |version: &str| {
             let mut b = put(version, 2);
@@ -551,11 +534,7 @@ async fn managed_groups_on_docker() {
         .await;
         let url = format!("http://{}/a", &region["host:".len()..]);
         wait_for(&url, "200", Duration::from_secs(30)).expect("the host group serves");
-        let wrk = Command::new("wrk")
-            .args(["-t1", "-c4", "-d10s", &url])
-            .stdout(std::process::Stdio::piped())
-            .spawn();
-        assert!(wrk.is_ok() || !ci, ".ci/run installs wrk");
+        let wrk = gantry_testkit::load::Wrk::start(&url, 10);
         let load = gantry_testkit::load::Load::start(url.clone(), 2, true);
         let (s, _) = store(host_group(&b)).await;
         assert_eq!(s, 200);
@@ -567,14 +546,8 @@ async fn managed_groups_on_docker() {
         let (ok, failed, first) = load.finish().await;
         assert_eq!(failed, 0, "the rollout lost requests; first: {first:?}");
         assert!(ok > 0);
-        if let Ok(w) = wrk {
-            let out = w.wait_with_output().unwrap();
-            let text = String::from_utf8_lossy(&out.stdout);
-            assert!(text.contains("requests in"), "{text}");
-            assert!(
-                !text.contains("Socket errors") && !text.contains("Non-2xx"),
-                "wrk saw failures:\n{text}"
-            );
+        if let Some(w) = wrk {
+            let text = w.no_failures();
             eprintln!("rolling upgrade of docker containers under wrk:\n{text}");
         }
         // 3, then 1, under load: no request lost.
@@ -629,11 +602,6 @@ async fn managed_groups_on_docker() {
             g["state"] == "terminated"
         })
         .await;
-    } else {
-        assert!(!ci, ".ci/run sets net.ipv4.tcp_migrate_req = 1");
-        eprintln!(
-            "note: net.ipv4.tcp_migrate_req is not 1: the host-network rolling upgrade is not run"
-        );
     }
     cp.signal("TERM");
     assert!(cp.wait_exit(Duration::from_secs(40)).success());

@@ -337,21 +337,10 @@ fn parse_exposition(text: &str) -> Option<Vec<Sample>> {
         );
         return None;
     }
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = gantry_testkit::process::feed(
+        std::process::Command::new("python3").args(["-c", SCRIPT]),
+        text,
+    );
     assert!(
         out.status.success(),
         "the parser refused the exposition: {}\n{text}",

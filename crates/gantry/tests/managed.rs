@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use gantry_testkit::free_port;
 use gantry_testkit::http::{get_json, until};
-use gantry_testkit::load::Load;
+use gantry_testkit::load::{Load, Wrk};
 use gantry_testkit::process::{self, cp_env, gen_cert, service_and_route, Node};
 use gantry_testkit::upstream::echo;
 use reqwest::{Client, Method, StatusCode};
@@ -164,38 +164,9 @@ fn fixed(n: u64) -> Value {
     json!({"kind": "static", "instance_type": "small", "requested_instances": n})
 }
 
-/// Requests from wrk against `url` for `secs`: (requests, failures). Skipped (None) where wrk
-/// is absent outside CI.
-fn wrk(url: &str, secs: u64) -> Option<std::process::Child> {
-    let have = std::process::Command::new("wrk")
-        .arg("--version")
-        .output()
-        .is_ok();
-    if !have {
-        assert!(!gantry_testkit::ci(), ".ci/run installs wrk");
-        eprintln!("note: wrk is not installed; the rolling upgrade is loaded by the test's own client only");
-        return None;
-    }
-    Some(
-        std::process::Command::new("wrk")
-            .args(["-t1", "-c4", &format!("-d{secs}s"), url])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn managed_groups_scale_upgrade_and_fail_safe() {
-    let migrate = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
-    if migrate.trim() != "1" {
-        assert!(
-            !gantry_testkit::ci(),
-            ".ci/run sets net.ipv4.tcp_migrate_req = 1"
-        );
-        eprintln!(
-            "skipped: net.ipv4.tcp_migrate_req is not 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
-        );
+    if !gantry_testkit::migrates_connections() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -334,7 +305,7 @@ async fn managed_groups_scale_upgrade_and_fail_safe() {
     assert!(ok > 0);
 
     // A rolling upgrade to 0.2.1 (and to 2 nodes) under load loses nothing.
-    let wrk = wrk(&url, 12);
+    let wrk = Wrk::start(&url, 12);
     let load = Load::start(url.clone(), 2, true);
     let (s, c) = api
         .put(config(&cp_id, "0.2.1", json!([group(&region, fixed(2))])))
@@ -352,13 +323,7 @@ async fn managed_groups_scale_upgrade_and_fail_safe() {
     assert_eq!(failed, 0, "the rollout lost requests; first: {first:?}");
     assert!(ok > 0);
     if let Some(w) = wrk {
-        let out = w.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("requests in"), "{text}");
-        assert!(
-            !text.contains("Socket errors") && !text.contains("Non-2xx"),
-            "wrk saw failures:\n{text}"
-        );
+        w.no_failures();
     }
     // The v2 nodes page shows the new version.
     let (_, v2nodes) = call(

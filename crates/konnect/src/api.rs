@@ -184,7 +184,8 @@ fn require_admin(role: Role, what: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn iso(ms: i64) -> String {
+/// RFC 3339 of Unix milliseconds.
+pub fn iso(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .ok()
         .and_then(|t| {

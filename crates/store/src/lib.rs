@@ -33,7 +33,7 @@ pub use cluster::{RegistryWrite, StoreDelta};
 pub use error::StoreError;
 pub use managed::ManagedRow;
 pub use read::{decode_offset, encode_offset, Change, ListQuery, Page, TagFilter, TagRow};
-pub use tenants::{ControlPlaneRow, DpCertRow, TokenRow};
+pub use tenants::{now_ms, ControlPlaneRow, DpCertRow, TokenRow};
 pub use write::Op;
 
 /// Which database a store runs on.

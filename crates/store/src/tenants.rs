@@ -99,7 +99,8 @@ fn cert_row(r: &AnyRow) -> Result<DpCertRow, StoreError> {
     })
 }
 
-fn now_ms() -> i64 {
+/// Now, in Unix milliseconds: the unit of control plane and managed configuration timestamps.
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -196,6 +196,21 @@ pub fn bundled_plugins() -> gantry_model::plugins::Catalog {
     gantry_proxy::plugins::Registry::default().catalog()
 }
 
+/// Whether connections queued on a closing `reuseport` listener move to the others
+/// (`net.ipv4.tcp_migrate_req = 1`), which zero-loss replacement tests need. Where not, a test
+/// skips, saying so; in CI (which sets it) it fails instead.
+pub fn migrates_connections() -> bool {
+    let on = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req")
+        .is_ok_and(|v| v.trim() == "1");
+    if !on {
+        assert!(!ci(), ".ci/run sets net.ipv4.tcp_migrate_req = 1");
+        eprintln!(
+            "skipped: net.ipv4.tcp_migrate_req is not 1 (sysctl -w net.ipv4.tcp_migrate_req=1)"
+        );
+    }
+    on
+}
+
 /// A free loopback port: bound, then released, for a child process to take (or for a node
 /// that must come back on the same address).
 pub fn free_port() -> u16 {

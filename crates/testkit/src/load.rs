@@ -74,3 +74,36 @@ impl Load {
         )
     }
 }
+
+/// wrk (`-t1 -c4`) against `url` for `secs` seconds, running in the background; `None` where wrk
+/// is not installed outside CI (in CI it must be).
+pub struct Wrk(std::process::Child);
+
+impl Wrk {
+    pub fn start(url: &str, secs: u64) -> Option<Wrk> {
+        let spawned = std::process::Command::new("wrk")
+            .args(["-t1", "-c4", &format!("-d{secs}s"), url])
+            .stdout(std::process::Stdio::piped())
+            .spawn();
+        match spawned {
+            Ok(child) => Some(Wrk(child)),
+            Err(e) => {
+                assert!(!crate::ci(), ".ci/run installs wrk: {e}");
+                eprintln!("note: wrk cannot run ({e}); the test's own clients load alone");
+                None
+            }
+        }
+    }
+
+    /// Wait for wrk's report; it must show neither socket errors nor non-2xx answers.
+    pub fn no_failures(self) -> String {
+        let out = self.0.wait_with_output().expect("wrk's report");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("requests in"), "{text}");
+        assert!(
+            !text.contains("Socket errors") && !text.contains("Non-2xx"),
+            "wrk saw failures:\n{text}"
+        );
+        text
+    }
+}

@@ -288,6 +288,24 @@ pub fn succeed(c: &mut Command) -> std::process::Output {
     out
 }
 
+/// Run `c` with `input` on its standard input, to its end: its output (stdout and stderr piped).
+pub fn feed(c: &mut Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
 /// `gantry tokens create --name NAME ARGS... -p PREFIX`: the token it printed.
 pub fn token(prefix: &Path, env: &[(String, String)], name: &str, args: &[&str]) -> String {
     let out = succeed(
