@@ -139,7 +139,7 @@ pub async fn status(State(st): State<Arc<AdminState>>) -> Result<Response, ApiEr
     Ok(Json(Value::Object(out)).into_response())
 }
 
-const GROUPS: &[&str] = &[
+pub const GROUPS: &[&str] = &[
     "minute",
     "node",
     "service",
@@ -157,7 +157,6 @@ pub async fn analytics(
     State(st): State<Arc<AdminState>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    use gantry_model::analytics::{Histogram, Row};
     only_on_control_planes(&st)?;
     let now = unix_now();
     let time = |k: &'static str, default: i64| -> Result<i64, ApiError> {
@@ -198,8 +197,18 @@ pub async fn analytics(
             consumer: q.get("consumer").cloned(),
         })
         .await?;
-    // Merge rows that agree on the group's fields, in first-seen order.
+    let data = summarize(rows, &group);
+    Ok(Json(json!({"start": start, "end": end, "group_by": group, "data": data})).into_response())
+}
+
+/// Stored analytics rows (each with the node it came from) merged over `group` (names of
+/// [`GROUPS`]), in first-seen order: per group, its fields, `requests`, `status_classes`
+/// (`1xx` to `5xx`) and `latency_ms` (`total`, `upstream`, `gateway`, each `p50`, `p95`,
+/// `p99`).
+pub fn summarize(rows: Vec<(String, gantry_model::analytics::Row)>, group: &[&str]) -> Vec<Value> {
+    use gantry_model::analytics::{Histogram, Row};
     let mut out: Vec<(Vec<Value>, Row, [u64; 5])> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = Default::default();
     for (node, r) in rows {
         let key: Vec<Value> = group
             .iter()
@@ -214,12 +223,14 @@ pub async fn analytics(
             })
             .collect();
         let class = (r.status / 100).clamp(1, 5) as usize - 1;
-        match out.iter_mut().find(|(k, _, _)| *k == key) {
-            Some((_, acc, classes)) => {
+        match index.entry(Value::Array(key.clone()).to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let (_, acc, classes) = &mut out[*e.get()];
                 acc.merge(&r);
                 classes[class] += r.count;
             }
-            None => {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(out.len());
                 let mut classes = [0; 5];
                 classes[class] = r.count;
                 out.push((key, r, classes));
@@ -227,8 +238,7 @@ pub async fn analytics(
         }
     }
     let lat = |h: &Histogram| json!({"p50": h.quantile(0.5), "p95": h.quantile(0.95), "p99": h.quantile(0.99)});
-    let data: Vec<Value> = out
-        .into_iter()
+    out.into_iter()
         .map(|(key, r, c)| {
             let mut o = serde_json::Map::new();
             for (g, v) in group.iter().zip(key) {
@@ -245,8 +255,7 @@ pub async fn analytics(
             );
             Value::Object(o)
         })
-        .collect();
-    Ok(Json(json!({"start": start, "end": end, "group_by": group, "data": data})).into_response())
+        .collect()
 }
 
 /// `GET /metrics`: Prometheus text. The configuration version; on a control plane also data

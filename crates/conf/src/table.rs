@@ -114,6 +114,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "cluster_cert_key",
     "proxy_server",
     "admin_ssl_cert_key",
+    "admin_gui_ssl_cert_key",
 ];
 
 pub static KEYS: &[Key] = &[
@@ -136,6 +137,8 @@ pub static KEYS: &[Key] = &[
     k("admin_listen", "127.0.0.1:8001", Kind::Listen),
     k("admin_gui_listen", "0.0.0.0:8002", Kind::Listen),
     k("admin_gui_origin", "", Kind::Str),
+    k("admin_gui_ssl_cert", "", Kind::Str),
+    k("admin_gui_ssl_cert_key", "", Kind::Str),
     // Kong's: the Admin API's certificate and key on `ssl` admin_listen entries (a path or
     // PEM); none: a generated self-signed certificate.
     k("admin_ssl_cert", "", Kind::Str),

@@ -213,14 +213,6 @@ impl Fleet {
 
     /// The `KONG_*` settings of a node of this group.
     fn node_env(&self, t: &Target, group: &str) -> Vec<(String, String)> {
-        let s = &self.settings;
-        let (cp_name, tp_name) = match &s.endpoint_domain {
-            Some(domain) => {
-                let p = gantry_konnect::endpoint_prefix(&t.cp_id);
-                (format!("{p}.cp.{domain}"), format!("{p}.tp.{domain}"))
-            }
-            None => (s.server_name.clone(), s.server_name.clone()),
-        };
         let mut labels = format!("managed-group:{group}");
         let mut env: Vec<(String, String)> = Vec::new();
         for (k, v) in &t.spec.environment {
@@ -230,18 +222,10 @@ impl Fleet {
                 env.push((k.clone(), v.clone()));
             }
         }
-        env.extend([
-            ("KONG_ROLE".into(), "data_plane".into()),
-            ("KONG_DATABASE".into(), "off".into()),
-            ("KONG_VITALS".into(), "on".into()),
-            ("KONG_CLUSTER_MTLS".into(), "pki".into()),
-            ("KONG_CLUSTER_CERT".into(), t.cert.clone()),
-            ("KONG_CLUSTER_CERT_KEY".into(), t.key.clone()),
-            (s.trust.0.to_string(), s.trust.1.clone()),
-            ("KONG_CLUSTER_SERVER_NAME".into(), cp_name),
-            ("KONG_CLUSTER_TELEMETRY_SERVER_NAME".into(), tp_name),
-            ("KONG_CLUSTER_DP_LABELS".into(), labels),
-        ]);
+        env.extend(
+            self.settings
+                .data_plane_env(&t.cp_id, &t.cert, &t.key, &labels),
+        );
         env
     }
 
@@ -704,6 +688,47 @@ fn dns_name(pem: &[u8]) -> Option<String> {
 }
 
 impl FleetSettings {
+    /// The `KONG_*` settings a data plane of control plane `cp_id` needs to connect with the
+    /// client certificate `cert` / `key` (pinned on that control plane) and carry `labels`
+    /// (`key:value,...`, may be empty): role, database, `cluster_mtls = pki`, the certificate,
+    /// what it trusts the control plane's certificate by, the server names and vitals. Where it
+    /// dials (`cluster_control_plane`, `cluster_telemetry_endpoint`) is the caller's.
+    pub fn data_plane_env(
+        &self,
+        cp_id: &str,
+        cert: &str,
+        key: &str,
+        labels: &str,
+    ) -> Vec<(String, String)> {
+        let (cp_name, tp_name) = self.server_names(cp_id);
+        let mut env: Vec<(String, String)> = vec![
+            ("KONG_ROLE".into(), "data_plane".into()),
+            ("KONG_DATABASE".into(), "off".into()),
+            ("KONG_VITALS".into(), "on".into()),
+            ("KONG_CLUSTER_MTLS".into(), "pki".into()),
+            ("KONG_CLUSTER_CERT".into(), cert.to_string()),
+            ("KONG_CLUSTER_CERT_KEY".into(), key.to_string()),
+            (self.trust.0.to_string(), self.trust.1.clone()),
+            ("KONG_CLUSTER_SERVER_NAME".into(), cp_name),
+            ("KONG_CLUSTER_TELEMETRY_SERVER_NAME".into(), tp_name),
+        ];
+        if !labels.is_empty() {
+            env.push(("KONG_CLUSTER_DP_LABELS".into(), labels.to_string()));
+        }
+        env
+    }
+
+    /// The names control plane `cp_id`'s cluster and telemetry certificates answer to.
+    pub fn server_names(&self, cp_id: &str) -> (String, String) {
+        match &self.endpoint_domain {
+            Some(domain) => {
+                let p = gantry_konnect::endpoint_prefix(cp_id);
+                (format!("{p}.cp.{domain}"), format!("{p}.tp.{domain}"))
+            }
+            None => (self.server_name.clone(), self.server_name.clone()),
+        }
+    }
+
     /// From a control plane's settings.
     /// From a control plane's settings and the addresses its cluster and telemetry listeners
     /// got.

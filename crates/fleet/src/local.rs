@@ -64,6 +64,23 @@ pub(crate) fn check_region(region: &str, api_access: &str) -> Result<(), Provide
     Ok(())
 }
 
+/// The versions installed for data planes on this host: `own` (this binary's) and each
+/// `<versions_dir>/<version>/gantry`, newest first.
+pub fn installed_versions(versions_dir: &std::path::Path, own: &str) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(versions_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("gantry").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|v| gantry_model::compat::Version::parse(v).is_some())
+        .collect();
+    found.push(own.to_string());
+    found.sort_by_key(|v| std::cmp::Reverse(gantry_model::compat::Version::parse(v)));
+    found.dedup();
+    found
+}
+
 impl Local {
     fn binary(&self, version: &str) -> Result<PathBuf, ProviderError> {
         if version == self.own_version {

@@ -65,6 +65,9 @@ enum Cmd {
         /// The control plane's telemetry port.
         #[arg(long, default_value_t = 8006)]
         telemetry_port: u16,
+        /// The control plane's console port.
+        #[arg(long, default_value_t = 8002)]
+        console_port: u16,
         /// The gantry version the data plane runs (and the printed commands use): one that
         /// install.sh put in the versions directory; this binary's own by default.
         #[arg(long = "version", value_name = "VERSION")]
@@ -203,6 +206,7 @@ fn main() -> std::process::ExitCode {
             cluster_port,
             status_port,
             telemetry_port,
+            console_port,
             dp_version,
         } => quickstart::run(
             prefix,
@@ -212,6 +216,7 @@ fn main() -> std::process::ExitCode {
                 cluster: cluster_port,
                 status: status_port,
                 telemetry: telemetry_port,
+                console: console_port,
             },
             dp_version,
         ),

@@ -607,6 +607,7 @@ where
     }
     let mut v2_extra = None;
     let mut fleet_task = None;
+    let mut wizard = None;
     if settings.role == Role::ControlPlane {
         let (cp, bound) = crate::hybrid::start_control_plane(
             &settings,
@@ -630,10 +631,25 @@ where
             };
             let fleet = gantry_fleet::Fleet::new(
                 konnect.clone(),
-                gantry_fleet::providers(versions, cluster, &settings.prefixed("managed"))?,
+                gantry_fleet::providers(versions.clone(), cluster, &settings.prefixed("managed"))?,
                 gantry_fleet::FleetSettings::from_settings(&settings, cluster, telemetry)?,
             );
             v2_extra = Some(gantry_fleet::api::router(fleet.clone()));
+            // The console's New Data Plane Node wizard connects nodes as managed ones do.
+            wizard = Some(gantry_console::wizard::Wizard {
+                fleet: gantry_fleet::FleetSettings::from_settings(&settings, cluster, telemetry)?,
+                cluster_host: if cluster.ip().is_unspecified() {
+                    hostname()
+                } else {
+                    cluster.ip().to_string()
+                },
+                versions_dir: versions,
+                version: settings
+                    .cluster
+                    .reported_version
+                    .clone()
+                    .unwrap_or_else(|| gantry_model::GANTRY_VERSION.to_string()),
+            });
             fleet_task = Some(tokio::spawn(fleet.run(rx.clone())));
         }
         {
@@ -689,10 +705,44 @@ where
     } else {
         Vec::new()
     };
-    let app = gantry_admin::router(state).merge(gantry_konnect::api::router_with(
-        konnect,
-        v2_extra.unwrap_or_default(),
-    ));
+    let v2 = gantry_konnect::api::router_with(konnect.clone(), v2_extra.unwrap_or_default());
+    // The web console (admin_gui_listen), a client of the v2 API.
+    if settings.role != Role::DataPlane {
+        let console = gantry_console::Console::new(konnect, v2.clone(), wizard);
+        for l in &settings.admin_gui_listen {
+            let loopback = gantry_konnect::loopback_only(std::slice::from_ref(l));
+            let app = gantry_console::router(console.clone(), l.ssl, loopback);
+            let tcp = listen(
+                l,
+                "admin_gui_listen",
+                "console",
+                Some(if l.ssl { "https" } else { "http" }),
+            )
+            .await?
+            .into_std()?;
+            if !l.ssl && !loopback {
+                tracing::warn!(listen = %l.addr, "the console listens on plain HTTP beyond loopback: its session cookie cannot be Secure; add `ssl` to admin_gui_listen, or put it behind a TLS proxy");
+            }
+            let acceptor = if l.ssl {
+                let (chain, key) = gui_certificate(&settings)?;
+                Some(
+                    gantry_admin::tls_acceptor(chain, key, l.http2)
+                        .context("admin_gui_ssl_cert / admin_gui_ssl_cert_key")?,
+                )
+            } else {
+                None
+            };
+            let rx = rx.clone();
+            admin.spawn(async move {
+                let tcp = TcpListener::from_std(tcp)?;
+                match acceptor {
+                    Some(a) => gantry_admin::serve_tls(app, tcp, a, rx).await,
+                    None => gantry_admin::serve_app(app, vec![tcp], rx).await,
+                }
+            });
+        }
+    }
+    let app = gantry_admin::router(state).merge(v2);
     let mut tls_tasks = Vec::new();
     for (l, acceptor) in tls_listeners {
         let (app, rx, l) = (app.clone(), rx.clone(), l.into_std()?);
@@ -731,20 +781,47 @@ where
 
 /// The Admin API's certificate for `ssl` listeners: `admin_ssl_cert` and `admin_ssl_cert_key`
 /// (a path or PEM, both or neither), else a self-signed one for `localhost`, as Kong generates.
-fn admin_certificate(
-    settings: &Settings,
-) -> anyhow::Result<(
+fn admin_certificate(settings: &Settings) -> anyhow::Result<Certificate> {
+    certificate(settings, "admin_ssl_cert", "admin_ssl_cert_key")?
+        .map_or_else(self_signed_localhost, Ok)
+}
+
+/// The console's certificate for `ssl` listeners: `admin_gui_ssl_cert` and
+/// `admin_gui_ssl_cert_key` (Kong's), else the Admin API's.
+fn gui_certificate(settings: &Settings) -> anyhow::Result<Certificate> {
+    match certificate(settings, "admin_gui_ssl_cert", "admin_gui_ssl_cert_key")? {
+        Some(c) => Ok(c),
+        None => admin_certificate(settings),
+    }
+}
+
+type Certificate = (
     Vec<rustls_pki_types::CertificateDer<'static>>,
     rustls_pki_types::PrivateKeyDer<'static>,
-)> {
-    let cert = settings.get("admin_ssl_cert").filter(|v| !v.is_empty());
-    let key = settings.get("admin_ssl_cert_key").filter(|v| !v.is_empty());
-    let (cert, key) = match (cert, key) {
-        (Some(c), Some(k)) => (c.to_string(), k.to_string()),
-        (Some(_), None) => bail!("admin_ssl_cert is set without admin_ssl_cert_key"),
-        (None, Some(_)) => bail!("admin_ssl_cert_key is set without admin_ssl_cert"),
-        (None, None) => gantry_protocol::tls::self_signed("localhost", 10 * 365 * 86_400)?,
-    };
+);
+
+/// The certificate settings `cert` and `key` name (a path or PEM each), both or neither.
+fn certificate(
+    settings: &Settings,
+    cert_key: &'static str,
+    key_key: &'static str,
+) -> anyhow::Result<Option<Certificate>> {
+    let cert = settings.get(cert_key).filter(|v| !v.is_empty());
+    let key = settings.get(key_key).filter(|v| !v.is_empty());
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((
+            gantry_protocol::tls::certs(cert_key, c)?,
+            gantry_protocol::tls::key(key_key, k)?,
+        ))),
+        (Some(_), None) => bail!("{cert_key} is set without {key_key}"),
+        (None, Some(_)) => bail!("{key_key} is set without {cert_key}"),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A self-signed certificate for `localhost`, as Kong generates for its `ssl` listeners.
+fn self_signed_localhost() -> anyhow::Result<Certificate> {
+    let (cert, key) = gantry_protocol::tls::self_signed("localhost", 10 * 365 * 86_400)?;
     Ok((
         gantry_protocol::tls::certs("admin_ssl_cert", &cert)?,
         gantry_protocol::tls::key("admin_ssl_cert_key", &key)?,

@@ -28,6 +28,7 @@ pub struct Ports {
     pub cluster: u16,
     pub status: u16,
     pub telemetry: u16,
+    pub console: u16,
 }
 
 /// Settings for a child node: only what is given here, none of the caller's `KONG_*`.
@@ -167,6 +168,19 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports, version: Option<String>) -> an
             )?;
             store.import(&config).await?;
         }
+        // A token to log in to the console with, for this run (12 hours).
+        let token = gantry_konnect::tokens::create(
+            &store,
+            "quickstart console",
+            gantry_konnect::tokens::TokenKind::Personal,
+            vec![gantry_konnect::tokens::Grant {
+                control_plane: "*".into(),
+                role: gantry_konnect::Role::Admin,
+            }],
+            Some(Duration::from_secs(12 * 3600)),
+        )
+        .await?
+        .token;
         store.close().await;
         let certs = [
             ("KONG_CLUSTER_CERT", cert.display().to_string()),
@@ -176,6 +190,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports, version: Option<String>) -> an
         let mut cp_env = vec![
             ("KONG_DATABASE", "sqlite".to_string()),
             ("KONG_ADMIN_LISTEN", format!("127.0.0.1:{}", ports.admin)),
+            ("KONG_ADMIN_GUI_LISTEN", format!("127.0.0.1:{}", ports.console)),
             ("KONG_CLUSTER_LISTEN", cluster.clone()),
             (
                 "KONG_CLUSTER_TELEMETRY_LISTEN",
@@ -208,6 +223,7 @@ pub fn run(prefix: Option<PathBuf>, ports: Ports, version: Option<String>) -> an
         println!("  certificates:  {} and {} (shared mTLS)", cert.display(), key.display());
         println!("  control plane: Admin API http://127.0.0.1:{}  cluster 127.0.0.1:{}  SQLite {}", ports.admin, ports.cluster, cp_settings.prefixed("gantry.db").display());
         println!("  data plane:    proxy http://127.0.0.1:{}  status http://127.0.0.1:{}/status", ports.proxy, ports.status);
+        println!("  console:       http://127.0.0.1:{}  (log in with the token {token}, valid 12 hours)", ports.console);
         println!("  upstream:      echo server http://{echo_addr}, behind service 'mock' and route 'mock'");
         println!();
         println!("  try:  curl http://localhost:{}/mock", ports.proxy);

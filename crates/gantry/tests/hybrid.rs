@@ -1138,6 +1138,7 @@ fn quickstart(
         .args(["--cluster-port", &free_port().to_string()])
         .args(["--status-port", &free_port().to_string()])
         .args(["--telemetry-port", &free_port().to_string()])
+        .args(["--console-port", &free_port().to_string()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -722,6 +722,7 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         .arg(env!("CARGO_BIN_EXE_gantry"))
         .arg(dir.path())
         .env("KONG_ADMIN_LISTEN", "127.0.0.1:0")
+        .env("KONG_ADMIN_GUI_LISTEN", "off")
         .env("KONG_PROXY_LISTEN", "127.0.0.1:0")
         .env("KONG_STATUS_LISTEN", "off")
         .stderr(std::process::Stdio::null())

@@ -133,7 +133,7 @@ async fn authenticate(State(k): K, mut req: Request, next: Next) -> Response {
     }
 }
 
-pub(crate) fn status_of(e: &KonnectError) -> (StatusCode, String) {
+pub fn status_of(e: &KonnectError) -> (StatusCode, String) {
     let r = match e {
         KonnectError::Unauthorized(crate::tokens::Denied::TooManyFailures) => {
             StatusCode::TOO_MANY_REQUESTS

@@ -36,6 +36,10 @@ pub fn cmd(env: &[(String, String)]) -> Command {
             c.env_remove(k);
         }
     }
+    // Never Kong's default console port (0.0.0.0:8002), which parallel tests would share.
+    if !env.iter().any(|(k, _)| k == "KONG_ADMIN_GUI_LISTEN") {
+        c.env("KONG_ADMIN_GUI_LISTEN", "127.0.0.1:0");
+    }
     c.envs(env.iter().map(|(a, b)| (a.clone(), b.clone())));
     c
 }
@@ -69,6 +73,8 @@ pub struct Node {
     pub cluster: Option<String>,
     /// The telemetry listener's `host:port`, on a control plane.
     pub telemetry: Option<String>,
+    /// The console's URL (`admin_gui_listen`), on a node with an Admin API.
+    pub console: Option<String>,
     /// The plain-HTTP proxy listener, when the node proxies.
     pub proxy: Option<String>,
     /// The status listener, when the node proxies.
@@ -101,6 +107,9 @@ impl Node {
         if !env.iter().any(|(k, _)| k == "KONG_STATUS_LISTEN") {
             env.push(("KONG_STATUS_LISTEN".into(), "127.0.0.1:0".into()));
         }
+        if !env.iter().any(|(k, _)| k == "KONG_ADMIN_GUI_LISTEN") {
+            env.push(("KONG_ADMIN_GUI_LISTEN".into(), "127.0.0.1:0".into()));
+        }
         if !env.iter().any(|(k, _)| k == "KONG_PROXY_LISTEN") {
             env.push(("KONG_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
         }
@@ -115,6 +124,10 @@ impl Node {
                 .iter()
                 .any(|(k, v)| k == "KONG_STATUS_LISTEN" && v != "off");
         let needs_admin = role != "data_plane";
+        let needs_console = needs_admin
+            && env
+                .iter()
+                .any(|(k, v)| k == "KONG_ADMIN_GUI_LISTEN" && v != "off");
         let needs_cluster = role == "control_plane";
         let mut child = cmd(&env)
             .args(["start", "-p"])
@@ -138,6 +151,7 @@ impl Node {
             (None, None, None);
         let mut cluster: Option<String> = None;
         let mut telemetry: Option<String> = None;
+        let mut console: Option<String> = None;
         let mut proxy_tls: Option<String> = None;
         let wants_tls = env
             .iter()
@@ -146,6 +160,7 @@ impl Node {
         let admin = loop {
             let all = proxy.is_some() && status.is_some() && (proxy_tls.is_some() || !wants_tls);
             if (admin.is_some() || !needs_admin)
+                && (console.is_some() || !needs_console)
                 && (all || !proxies)
                 && (cluster.is_some() || !needs_cluster)
                 && (telemetry.is_some() || !needs_cluster)
@@ -166,6 +181,9 @@ impl Node {
                         } else {
                             proxy = Some(url);
                         }
+                    }
+                    if let Some(url) = line.strip_prefix("gantry: console listening on ") {
+                        console = Some(url.trim().to_string());
                     }
                     if let Some(a) = line.strip_prefix("gantry: cluster listening on ") {
                         cluster = Some(a.trim().to_string());
@@ -189,6 +207,7 @@ impl Node {
             admin,
             cluster,
             telemetry,
+            console,
             proxy,
             status,
             proxy_tls,
