@@ -152,21 +152,22 @@ pub fn render(platform: Platform, version: &str, env: &[(String, String)]) -> Re
                     }
                 }
             }
-            // What the node trusts the control plane's certificate by, and Konnect mode; the
-            // certificate and key come from the Secret the install step creates.
-            c.push_str("extraEnv:\n");
-            for (k, v) in env {
-                if matches!(
-                    k.as_str(),
-                    "KONG_LUA_SSL_TRUSTED_CERTIFICATE"
-                        | "KONG_CLUSTER_CA_CERT"
-                        | "KONG_KONNECT_MODE"
-                ) {
-                    c.push_str(&format!("  - name: {k}\n    value: {}\n", yaml(v)));
-                }
-            }
+            // The certificate, its key and what the node trusts the control plane's
+            // certificate by come from the Secret the install step makes (the chart's `pki`
+            // mode reads `ca.crt` as KONG_CLUSTER_CA_CERT).
+            c.push_str(&format!(
+                "extraEnv:\n  - name: KONG_KONNECT_MODE\n    value: {}\n",
+                yaml(get("KONG_KONNECT_MODE"))
+            ));
+            let trust = match get("KONG_CLUSTER_CA_CERT") {
+                "" => get("KONG_LUA_SSL_TRUSTED_CERTIFICATE"),
+                ca => ca,
+            };
             Rendered {
-                install: "kubectl create secret generic gantry-data-plane-cluster --from-file=tls.crt=cluster.crt --from-file=tls.key=cluster.key --from-file=ca.crt=cluster.crt && helm install gantry-data-plane charts/gantry -f values.yaml   # cluster.crt and cluster.key: the downloads below".into(),
+                install: format!(
+                    "cat > ca.crt <<'EOF'\n{}\nEOF\nkubectl create secret generic gantry-data-plane-cluster --from-file=tls.crt=cluster.crt --from-file=tls.key=cluster.key --from-file=ca.crt=ca.crt\nhelm install gantry-data-plane charts/gantry -f values.yaml\n# cluster.crt, cluster.key and values.yaml: the downloads below",
+                    trust.trim_end()
+                ),
                 command: c,
                 file_name: "values.yaml",
             }

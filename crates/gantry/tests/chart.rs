@@ -480,3 +480,82 @@ fn generated_certificate_is_kept_across_upgrades() {
     let docs = template("cp", &sets, &values(&flags));
     assert_eq!(pair(&docs.unwrap_or_else(|e| panic!("{e}"))), first);
 }
+
+/// The Helm values the console's New Data Plane Node wizard gives (Kubernetes) render a data
+/// plane whose settings load and point at its control plane, with the certificate, key and
+/// trust of the Secret its install step makes.
+#[test]
+fn the_console_wizards_values_render_a_data_plane() {
+    if !gantry_testkit::have_tool("helm") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cp_cert, cp_key) =
+        gantry_protocol::tls::self_signed("cp.gantry.test", 86_400).expect("a certificate");
+    let (dp_cert, dp_key) =
+        gantry_protocol::tls::self_signed("kong_clustering", 86_400).expect("a certificate");
+    let cp = Settings::load(&Sources {
+        env: vec![
+            ("KONG_ROLE".into(), "control_plane".into()),
+            ("KONG_CLUSTER_CERT".into(), cp_cert.clone()),
+            ("KONG_CLUSTER_CERT_KEY".into(), cp_key),
+        ],
+        ..Sources::default()
+    })
+    .expect("control plane settings")
+    .settings;
+    let at = |p: u16| std::net::SocketAddr::from(([10, 0, 0, 5], p));
+    let fleet = gantry_fleet::FleetSettings::from_settings(&cp, at(8005), at(8006)).unwrap();
+    let wizard = gantry_console::wizard::Wizard {
+        fleet,
+        cluster_host: "cp-gantry.gw.svc".into(),
+        versions_dir: dir.path().to_path_buf(),
+        version: gantry_model::GANTRY_VERSION.into(),
+    };
+    let env = wizard.settings("cp-id", &dp_cert, &dp_key, "env:test");
+    let r = gantry_console::wizard::render(
+        gantry_console::wizard::Platform::Kubernetes,
+        gantry_model::GANTRY_VERSION,
+        &env,
+    );
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, &r.command).unwrap();
+    let docs = template(
+        "dp",
+        &[],
+        &["-f", file.to_str().unwrap(), "--kube-version", KUBE],
+    )
+    .unwrap_or_else(|e| panic!("helm template with the wizard's values: {e}\n{}", r.command));
+    let c = &pod(&docs)["containers"][0];
+    vars(
+        c,
+        "KONG_ROLE=data_plane KONG_DATABASE=off KONG_CLUSTER_MTLS=pki \
+         KONG_CLUSTER_CONTROL_PLANE=cp-gantry.gw.svc:8005 \
+         KONG_CLUSTER_TELEMETRY_ENDPOINT=cp-gantry.gw.svc:8006 \
+         KONG_CLUSTER_SERVER_NAME=cp.gantry.test KONG_CLUSTER_TELEMETRY_SERVER_NAME=cp.gantry.test \
+         KONG_CLUSTER_DP_LABELS=env:test KONG_KONNECT_MODE=on KONG_VITALS=on \
+         KONG_CLUSTER_CA_CERT=/etc/gantry/cluster/ca.crt",
+    );
+    assert_eq!(cert_volume(&docs), Some("gantry-data-plane-cluster"));
+    // The Secret the install step makes, as the files it mounts.
+    let ca = r
+        .install
+        .split_once("<<'EOF'\n")
+        .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
+        .map(|(pem, _)| pem)
+        .expect("the install step writes ca.crt");
+    assert_eq!(
+        ca.trim(),
+        cp_cert.trim(),
+        "the node trusts the control plane's certificate"
+    );
+    let files = dir.path().join("secret");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("tls.crt"), &dp_cert).unwrap();
+    std::fs::write(files.join("tls.key"), &dp_key).unwrap();
+    std::fs::write(files.join("ca.crt"), ca).unwrap();
+    let s = settings(c, &files);
+    assert_eq!((s.role, s.database), (Role::DataPlane, Database::Off));
+    assert_eq!(s.cluster.control_planes, ["cp-gantry.gw.svc:8005"]);
+    gantry_protocol::tls::client_config(&s.cluster).expect("the data plane's TLS settings hold");
+}
