@@ -41,6 +41,7 @@ export function App() {
     })
     get('/api/session', { quiet401: true })
       .then((s) => {
+        if (!s || !s.authenticated) return setSession(null)
         setCsrf(s.csrf_token)
         setSession(s)
       })

@@ -213,15 +213,21 @@ async fn require_session(State(s): State<Served>, mut req: Request, next: Next) 
     if req.method() == Method::POST && req.uri().path() == "/api/session" {
         return next.run(req).await;
     }
+    // `GET /api/session` answers whether there is a session: without one, that is an answer,
+    // not an error (the page asks before anyone logged in).
+    let asks = req.method() == Method::GET && req.uri().path() == "/api/session";
+    let logged_out = |why: &str| {
+        if asks {
+            Json(json!({"authenticated": false})).into_response()
+        } else {
+            Refusal(StatusCode::UNAUTHORIZED, why.to_string()).into_response()
+        }
+    };
     let Some(id) = s.cookie.read(req.headers()) else {
-        return Refusal(StatusCode::UNAUTHORIZED, "Log in first.".into()).into_response();
+        return logged_out("Log in first.");
     };
     let Some(session) = s.console.sessions.touch(&id) else {
-        return Refusal(
-            StatusCode::UNAUTHORIZED,
-            "The session has ended: log in again.".into(),
-        )
-        .into_response();
+        return logged_out("The session has ended: log in again.");
     };
     if unsafe_method {
         let sent = req
@@ -248,11 +254,9 @@ async fn require_session(State(s): State<Served>, mut req: Request, next: Next) 
             // The token was revoked or expired: its sessions end.
             s.console.sessions.close_token(&session.token);
             let (_, m) = gantry_konnect::api::status_of(&e);
-            return Refusal(
-                StatusCode::UNAUTHORIZED,
-                format!("The session's token no longer holds ({m}): log in again."),
-            )
-            .into_response();
+            return logged_out(&format!(
+                "The session's token no longer holds ({m}): log in again."
+            ));
         }
     };
     req.extensions_mut().insert(Current {
@@ -265,6 +269,7 @@ async fn require_session(State(s): State<Served>, mut req: Request, next: Next) 
 
 fn session_body(s: &Session) -> serde_json::Value {
     json!({
+        "authenticated": true,
         "csrf_token": s.csrf,
         "expires_at": s.expires_at(),
         "org_admin": s.org_admin,

@@ -135,8 +135,8 @@ async fn files_sessions_and_csrf() {
     assert_eq!(missing.status(), 404);
 
     // No anonymous access.
-    let (st, _) = gantry_testkit::http::get_json(&http, &format!("{base}/api/session")).await;
-    assert_eq!(st, 401);
+    let (st, me) = gantry_testkit::http::get_json(&http, &format!("{base}/api/session")).await;
+    assert_eq!((st, me), (200, json!({"authenticated": false})));
     let (st, _) =
         gantry_testkit::http::get_json(&http, &format!("{base}/api/v2/control-planes")).await;
     assert_eq!(st, 401);
@@ -279,7 +279,11 @@ async fn files_sessions_and_csrf() {
     // Logout ends the session here, not only in the browser.
     let (st, _) = viewer.call(Method::DELETE, "/api/session", None).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _) = viewer.call(Method::GET, "/api/session", None).await;
+    let (st, me) = viewer.call(Method::GET, "/api/session", None).await;
+    assert_eq!((st, me), (StatusCode::OK, json!({"authenticated": false})));
+    let (st, _) = viewer
+        .call(Method::GET, "/api/v2/control-planes", None)
+        .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // A revoked token ends its sessions at their next request.
@@ -308,7 +312,11 @@ async fn files_sessions_and_csrf() {
         Duration::from_secs(10),
         "the revoked token's session ends",
         || async {
-            admin.call(Method::GET, "/api/session", None).await.0 == StatusCode::UNAUTHORIZED
+            admin
+                .call(Method::GET, "/api/v2/control-planes", None)
+                .await
+                .0
+                == StatusCode::UNAUTHORIZED
         },
     )
     .await;
