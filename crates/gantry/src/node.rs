@@ -620,6 +620,7 @@ where
         .await?;
         // Managed data plane groups (docs/managed-groups.md).
         if let (Some(cluster), Some(telemetry)) = (bound.cluster, bound.telemetry) {
+            konnect.set_listeners(cluster, telemetry);
             let versions = match settings
                 .get("managed_versions_dir")
                 .filter(|v| !v.is_empty())
@@ -638,11 +639,7 @@ where
             // The console's New Data Plane Node wizard connects nodes as managed ones do.
             wizard = Some(gantry_console::wizard::Wizard {
                 fleet: gantry_fleet::FleetSettings::from_settings(&settings, cluster, telemetry)?,
-                cluster_host: if cluster.ip().is_unspecified() {
-                    hostname()
-                } else {
-                    cluster.ip().to_string()
-                },
+                cluster_host: konnect.dial_host(cluster),
                 versions_dir: versions,
                 version: settings
                     .cluster

@@ -477,6 +477,13 @@ async fn the_wizard_starts_a_data_plane_that_the_nodes_view_follows() {
     };
     let overview = admin.get(&console).await;
     assert_eq!(overview["nodes"]["connected"], 1, "{overview}");
+    // The endpoints shown are where the listeners listen (ports chosen by the kernel here).
+    let cluster = s.cp.cluster.clone().unwrap();
+    assert_eq!(
+        overview["control_plane"]["config"]["control_plane_endpoint"],
+        format!("https://{cluster}").as_str(),
+        "{overview}"
+    );
 
     // Traffic through it shows in the analytics, per control plane and per node.
     let upstream = gantry_testkit::upstream::echo().await;

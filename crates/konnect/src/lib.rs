@@ -63,6 +63,9 @@ pub struct Konnect {
     pub group_status: std::sync::OnceLock<GroupStatusFn>,
     /// The default control plane's id, read once: it never changes.
     default_id: tokio::sync::OnceCell<String>,
+    /// The addresses the cluster and telemetry listeners got (ports the kernel may have
+    /// chosen), once they listen.
+    listeners: std::sync::OnceLock<(std::net::SocketAddr, std::net::SocketAddr)>,
 }
 
 /// A group's status: `(state, conflicts as Konnect's GroupConflict objects, updated_at)`.
@@ -88,6 +91,7 @@ impl Konnect {
             events: broadcast::channel(64).0,
             group_status: std::sync::OnceLock::new(),
             default_id: tokio::sync::OnceCell::new(),
+            listeners: std::sync::OnceLock::new(),
         })
     }
 
@@ -172,7 +176,24 @@ impl Konnect {
             .await?)
     }
 
-    /// Control plane `row`'s endpoints, as Konnect shows them.
+    /// Record where the cluster and telemetry listeners listen, for the endpoints shown.
+    pub fn set_listeners(&self, cluster: std::net::SocketAddr, telemetry: std::net::SocketAddr) {
+        let _ = self.listeners.set((cluster, telemetry));
+    }
+
+    /// The host data planes dial a listener at `addr` by: its address, or this machine's
+    /// name when it listens on every address.
+    pub fn dial_host(&self, addr: std::net::SocketAddr) -> String {
+        match addr.ip() {
+            ip if ip.is_unspecified() => self.hostname.clone(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    }
+
+    /// Control plane `row`'s endpoints, as Konnect shows them: the listeners' ports (as bound,
+    /// else as set), at the control plane's names under `cluster_endpoint_domain`, else at the
+    /// listeners' host.
     pub fn endpoints(&self, row: &ControlPlaneRow) -> (String, String) {
         let port = |l: &[gantry_conf::Listen], default: u16| {
             l.first()
@@ -180,8 +201,14 @@ impl Konnect {
                 .and_then(|(_, p)| p.parse::<u16>().ok())
                 .unwrap_or(default)
         };
-        let cp_port = port(&self.settings.cluster_listen, 8005);
-        let tp_port = port(&self.settings.cluster_telemetry_listen, 8006);
+        let (cp_port, tp_port, host) = match self.listeners.get() {
+            Some((c, t)) => (c.port(), t.port(), self.dial_host(*c)),
+            None => (
+                port(&self.settings.cluster_listen, 8005),
+                port(&self.settings.cluster_telemetry_listen, 8006),
+                self.hostname.clone(),
+            ),
+        };
         match &self.settings.cluster_endpoint_domain {
             Some(domain) => {
                 let prefix = endpoint_prefix(&row.id);
@@ -191,8 +218,8 @@ impl Konnect {
                 )
             }
             None => (
-                format!("https://{}:{cp_port}", self.hostname),
-                format!("https://{}:{tp_port}", self.hostname),
+                format!("https://{host}:{cp_port}"),
+                format!("https://{host}:{tp_port}"),
             ),
         }
     }
