@@ -247,6 +247,9 @@ pub fn new_proxy(settings: &Settings) -> anyhow::Result<Arc<gantry_proxy::Proxy>
     proxy.set_tracing(instrumentations, sampling_rate);
     let number = |k: &str| settings.get(k).and_then(|v| v.parse::<u64>().ok());
     let default = gantry_proxy::pool::Keepalive::default();
+    // Each worker keeps its own upstream connections, as each nginx worker does (Kong's
+    // `upstream_keepalive_pool_size` is per worker).
+    proxy.set_workers(settings.worker_threads);
     proxy.set_keepalive(gantry_proxy::pool::Keepalive {
         pool_size: number("upstream_keepalive_pool_size")
             .map(|n| n as usize)
@@ -454,7 +457,14 @@ pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
         tracing::warn!("{w}");
     }
     raise_open_files();
-    let rt = runtime(settings.worker_threads)?;
+    // A node that proxies runs its workers' accept loops on threads of their own
+    // (`serve_proxy_listeners`): its main runtime is worker 0, one thread. A control plane
+    // shares work-stealing threads.
+    let rt = runtime(if settings.role == Role::ControlPlane {
+        settings.worker_threads
+    } else {
+        1
+    })?;
     let (timeout, pid_file) = (settings.shutdown_timeout, pid_path(&settings));
     let stop = async move {
         shutdown_signal().await;
@@ -1055,14 +1065,21 @@ pub async fn serve_proxy(
     Ok(tasks)
 }
 
-/// Bind `proxy_listen` and serve it with `proxy` until shutdown.
+/// Bind `proxy_listen` and serve it with `proxy` until shutdown. With `worker_threads = N`,
+/// each of N workers has its own socket of every listener (`SO_REUSEPORT`: the kernel spreads
+/// connections across them) and its own accept loop, as nginx's workers do: worker 0 is the
+/// node's runtime, each other one a thread with a current-thread runtime of its own. A
+/// connection stays on the worker that accepted it, with that worker's upstream connections,
+/// so no request is handed between threads.
 pub async fn serve_proxy_listeners(
     settings: &Settings,
     proxy: &Arc<gantry_proxy::Proxy>,
     shutdown: &tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    let workers = settings.worker_threads.max(1);
     let mut tasks = Vec::new();
     let mut acceptor = None;
+    let mut others: Vec<Vec<_>> = (1..workers).map(|_| Vec::new()).collect();
     for l in &settings.proxy_listen {
         let tls = if l.ssl {
             if acceptor.is_none() {
@@ -1077,13 +1094,68 @@ pub async fn serve_proxy_listeners(
             None
         };
         let scheme = if l.ssl { "https" } else { "http" };
-        let tcp = listen(l, "proxy_listen", "proxy", Some(scheme)).await?;
+        let mut shared = l.clone();
+        shared.reuseport |= workers > 1;
+        let tcp = listen(&shared, "proxy_listen", "proxy", Some(scheme)).await?;
+        // The other workers' sockets, on the port the first one got.
+        shared.addr = tcp.local_addr()?.to_string();
+        for w in others.iter_mut() {
+            let sock = bind(&shared, "proxy_listen").await?.into_std()?;
+            w.push((sock, tls.clone(), l.proxy_protocol));
+        }
         tasks.push(tokio::spawn(proxy.clone().serve(
             tcp,
             tls,
             l.proxy_protocol,
             shutdown.clone(),
         )));
+    }
+    for (i, sockets) in others.into_iter().enumerate() {
+        if sockets.is_empty() {
+            continue;
+        }
+        let worker = i + 1;
+        let (proxy, shutdown) = (proxy.clone(), shutdown.clone());
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("gantry-worker-{worker}"))
+            .spawn(move || {
+                gantry_proxy::pool::set_worker(worker);
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(worker, error = %e, "a proxy worker could not start its runtime");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let mut serving = Vec::new();
+                    for (sock, tls, proxy_protocol) in sockets {
+                        match TcpListener::from_std(sock) {
+                            Ok(tcp) => serving.push(tokio::spawn(proxy.clone().serve(
+                                tcp,
+                                tls,
+                                proxy_protocol,
+                                shutdown.clone(),
+                            ))),
+                            Err(e) => {
+                                tracing::error!(worker, error = %e, "a proxy worker could not use its listener")
+                            }
+                        }
+                    }
+                    for s in serving {
+                        let _ = s.await;
+                    }
+                });
+                let _ = done.send(());
+            })
+            .context("cannot start a proxy worker thread")?;
+        tasks.push(tokio::spawn(async move {
+            let _ = finished.await;
+        }));
     }
     Ok(tasks)
 }

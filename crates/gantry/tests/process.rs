@@ -748,3 +748,67 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
     let (soft, hard) = (fields[3], fields[4]);
     assert_eq!(soft, hard, "{line}");
 }
+
+/// With `worker_threads = 2` a node has two proxy workers, as nginx has worker processes: each
+/// its own socket of the listener (`SO_REUSEPORT`), its own accept loop on a thread of its own,
+/// both serving; and the node still stops on SIGTERM.
+#[tokio::test]
+async fn each_worker_accepts_on_its_own_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = gantry_testkit::upstream::echo().await;
+    let mut node = Node::start(
+        &dir.path().join("n"),
+        &gantry_testkit::process::env(&[("KONG_WORKER_THREADS", "2")]),
+    );
+    let http = reqwest::Client::new();
+    gantry_testkit::process::service_and_route(&http, &node, &upstream, "/w").await;
+    let proxy = node.proxy.clone().unwrap();
+    gantry_testkit::process::proxy_until(&http, &node, "/w", 200).await;
+    let port = proxy.rsplit(':').next().unwrap().to_string();
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("( sport = :{port} )")])
+        .output()
+        .unwrap();
+    let sockets = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(sockets, 2, "one listening socket per worker on :{port}");
+    let pid = node.child.id();
+    let worker_cpu = || {
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == "gantry-worker-1" {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap();
+                let f: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+                return Some(f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap());
+            }
+        }
+        None
+    };
+    let before = worker_cpu().expect("a thread named gantry-worker-1");
+    // 64 connections of 50 requests each: the kernel spreads them over both sockets.
+    let mut clients = Vec::new();
+    for _ in 0..64 {
+        let url = format!("{proxy}/w");
+        clients.push(tokio::spawn(async move {
+            let c = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            for _ in 0..50 {
+                assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let after = worker_cpu().unwrap();
+    assert!(
+        after > before,
+        "worker 1 served none of 3,200 requests ({before} -> {after} ticks)"
+    );
+    node.signal("TERM");
+    assert!(node.wait_exit(Duration::from_secs(10)).success());
+}

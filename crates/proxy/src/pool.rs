@@ -149,14 +149,34 @@ struct Idle {
     uses: u64,
 }
 
-pub struct Pool {
+thread_local! {
+    /// The proxy worker this thread is (0: the node's main runtime); see [`set_worker`].
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Mark this thread as proxy worker `i`: its upstream connections are its own (a connection's
+/// task runs on the runtime that made it, so a connection used by another worker would hand
+/// every request across threads).
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+/// What one worker keeps: its idle connections and its multiplexed ones, behind locks only it
+/// takes.
+#[derive(Default)]
+struct Local {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
     /// One multiplexed HTTP/2 connection per destination (gRPC).
     h2: Mutex<HashMap<String, http2::SendRequest<UpBody>>>,
-    keepalive: std::sync::OnceLock<Keepalive>,
     /// When idle connections of every destination were last checked, in milliseconds
     /// since `born`.
     swept: std::sync::atomic::AtomicU64,
+}
+
+pub struct Pool {
+    /// One per worker (`set_workers`), by [`set_worker`]'s index.
+    locals: std::sync::OnceLock<Box<[Local]>>,
+    keepalive: std::sync::OnceLock<Keepalive>,
     born: std::time::Instant,
     tls: crate::upstream_tls::Connectors,
     /// Made on first use with the system's configuration unless [`Pool::set_dns`] came first.
@@ -216,14 +236,25 @@ impl Default for Pool {
 impl Pool {
     pub fn new() -> Pool {
         Pool {
-            idle: Mutex::new(HashMap::new()),
-            h2: Mutex::new(HashMap::new()),
+            locals: std::sync::OnceLock::new(),
             keepalive: std::sync::OnceLock::new(),
-            swept: std::sync::atomic::AtomicU64::new(0),
             born: std::time::Instant::now(),
             tls: crate::upstream_tls::Connectors::new(),
             dns: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Keep connections for `n` workers, each its own; call before serving (one otherwise).
+    pub fn set_workers(&self, n: usize) {
+        let _ = self
+            .locals
+            .set((0..n.max(1)).map(|_| Local::default()).collect());
+    }
+
+    /// This thread's worker's connections.
+    fn local(&self) -> &Local {
+        let all = self.locals.get_or_init(|| Box::new([Local::default()]));
+        &all[WORKER.with(std::cell::Cell::get) % all.len()]
     }
 
     /// Keep connections as these settings say (Kong's `upstream_keepalive_*`); call before
@@ -286,6 +317,7 @@ impl Pool {
         if dest.h2 {
             let key = &dest.key;
             let live = self
+                .local()
                 .h2
                 .lock()
                 .ok()
@@ -302,7 +334,7 @@ impl Pool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
                 }
             });
-            if let Ok(mut m) = self.h2.lock() {
+            if let Ok(mut m) = self.local().h2.lock() {
                 m.insert(key.clone(), sender.clone());
             }
             return Ok(Conn::H2(sender));
@@ -321,7 +353,7 @@ impl Pool {
     /// ones, and those kept past the idle timeout, are dropped on the way.
     fn take(&self, addr: &str) -> Option<(SendRequest<UpBody>, u64, Duration)> {
         let timeout = self.keepalive().idle_timeout;
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.local().idle.lock().ok()?;
         let list = idle.get_mut(addr)?;
         // One clock read for the whole list.
         let now = std::time::Instant::now();
@@ -350,12 +382,13 @@ impl Pool {
         };
         // Once a second, connections of every destination kept past the idle timeout are
         // closed, also where no request comes any more.
+        let local = self.local();
         let ms = now.duration_since(self.born).as_millis() as u64;
         let sweep = !k.idle_timeout.is_zero()
-            && ms.saturating_sub(self.swept.load(std::sync::atomic::Ordering::Relaxed)) >= 1000;
-        if let Ok(mut idle) = self.idle.lock() {
+            && ms.saturating_sub(local.swept.load(std::sync::atomic::Ordering::Relaxed)) >= 1000;
+        if let Ok(mut idle) = local.idle.lock() {
             if sweep {
-                self.swept.store(ms, std::sync::atomic::Ordering::Relaxed);
+                local.swept.store(ms, std::sync::atomic::Ordering::Relaxed);
                 if let Some(oldest) = now.checked_sub(k.idle_timeout) {
                     idle.retain(|_, list| {
                         list.retain(|c| !c.sender.is_closed() && c.since > oldest);

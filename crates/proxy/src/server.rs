@@ -784,6 +784,12 @@ impl Proxy {
         }
     }
 
+    /// Serve from `n` worker threads (`worker_threads`), each with its own upstream
+    /// connections (`crate::pool::set_worker` marks each thread); call before serving.
+    pub fn set_workers(&self, n: usize) {
+        self.pool.set_workers(n);
+    }
+
     /// Kong's `upstream_keepalive_*` settings; call before serving.
     pub fn set_keepalive(&self, k: crate::pool::Keepalive) {
         self.pool.set_keepalive(k);
