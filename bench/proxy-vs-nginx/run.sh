@@ -73,8 +73,8 @@ run() { # name port [pid] -> "rps p99_ms user_us kernel_us" (CPU per request whe
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
     split=$(awk -v b="$before" -v a="$after" -v n="$reqs" -v t="$tick" 'BEGIN { split(b, x, " "); split(a, y, " "); printf "%.2f %.2f", (y[1]-x[1])*1e6/t/n, (y[2]-x[2])*1e6/t/n }')
   fi
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  rps=$(wrk_rps "$out")
+  p99=$(wrk_p99_ms "$out")
   echo "$1 $rps $p99 ${split:-}"
 }
 echo "wrk -t1 -c$CONNS -d$DUR, $ROUNDS alternating rounds, $(nproc) cores"
@@ -129,8 +129,8 @@ done
 runs() { # name port -> "rps p99_ms" over HTTPS
   local out rps p99
   out=$(wrk -t1 -c"$CONNS" -d"$DUR" --latency "https://localhost:$2/")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  rps=$(wrk_rps "$out")
+  p99=$(wrk_p99_ms "$out")
   echo "$1 $rps $p99"
 }
 runh2() { # name port -> "rps" over h2 (10 connections x 10 streams)
@@ -184,7 +184,7 @@ for _ in $(seq 100); do curl -sf -H "apikey: bench-key" "http://127.0.0.1:$PLUG/
 runh() { # name port header [path]
   local out rps
   out=$(wrk -t1 -c"$CONNS" -d"$DUR" -H "$3" "http://127.0.0.1:$2/${4:-}")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  rps=$(wrk_rps "$out")
   echo "$1 $rps"
 }
 : >"$work/plugres"

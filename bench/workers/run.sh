@@ -54,8 +54,8 @@ done
 run() { # name port -> "name rps p99_ms"
   local out rps p99
   out=$(wrk -t2 -c"$CONNS" -d"$DUR" --latency "http://127.0.0.1:$2/")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+  rps=$(wrk_rps "$out")
+  p99=$(wrk_p99_ms "$out")
   echo "$1 $rps $p99"
 }
 echo "wrk -t2 -c$CONNS -d$DUR, $ROUNDS alternating rounds, $(nproc) cores"
