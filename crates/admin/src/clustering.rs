@@ -197,7 +197,7 @@ pub async fn analytics(
             consumer: q.get("consumer").cloned(),
         })
         .await?;
-    let data = summarize(rows, &group);
+    let data = summarize(&rows, &group);
     Ok(Json(json!({"start": start, "end": end, "group_by": group, "data": data})).into_response())
 }
 
@@ -205,7 +205,7 @@ pub async fn analytics(
 /// [`GROUPS`]), in first-seen order: per group, its fields, `requests`, `status_classes`
 /// (`1xx` to `5xx`) and `latency_ms` (`total`, `upstream`, `gateway`, each `p50`, `p95`,
 /// `p99`).
-pub fn summarize(rows: Vec<(String, gantry_model::analytics::Row)>, group: &[&str]) -> Vec<Value> {
+pub fn summarize(rows: &[(String, gantry_model::analytics::Row)], group: &[&str]) -> Vec<Value> {
     use gantry_model::analytics::{Histogram, Row};
     let mut out: Vec<(Vec<Value>, Row, [u64; 5])> = Vec::new();
     let mut index: std::collections::HashMap<String, usize> = Default::default();
@@ -226,14 +226,14 @@ pub fn summarize(rows: Vec<(String, gantry_model::analytics::Row)>, group: &[&st
         match index.entry(Value::Array(key.clone()).to_string()) {
             std::collections::hash_map::Entry::Occupied(e) => {
                 let (_, acc, classes) = &mut out[*e.get()];
-                acc.merge(&r);
+                acc.merge(r);
                 classes[class] += r.count;
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 e.insert(out.len());
                 let mut classes = [0; 5];
                 classes[class] = r.count;
-                out.push((key, r, classes));
+                out.push((key, r.clone(), classes));
             }
         }
     }

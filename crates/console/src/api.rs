@@ -261,14 +261,14 @@ pub async fn analytics(
         .await?;
     let total: u64 = rows.iter().map(|(_, r)| r.count).sum();
     let summarize = gantry_admin::clustering::summarize;
-    let minutes = summarize(rows.clone(), &["minute"]);
+    let minutes = summarize(&rows, &["minute"]);
     let mut top = Map::new();
     for (group, entity, name_fields) in [
         ("route", "routes", &["name"][..]),
         ("service", "services", &["name"][..]),
         ("consumer", "consumers", &["username", "custom_id"][..]),
     ] {
-        let mut list = summarize(rows.clone(), &[group]);
+        let mut list = summarize(&rows, &[group]);
         list.sort_by_key(|v| std::cmp::Reverse(v["requests"].as_u64().unwrap_or(0)));
         list.truncate(10);
         let mut out = Vec::new();

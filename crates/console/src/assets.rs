@@ -83,8 +83,3 @@ pub static FILES: [Asset; 2] = [
 pub fn find(path: &str) -> Option<&'static Asset> {
     FILES.iter().find(|a| a.path == path)
 }
-
-/// The first-load size of the console: its files gzipped, in bytes.
-pub fn first_load_gzipped() -> usize {
-    INDEX.gzipped().len() + FILES.iter().map(|a| a.gzipped().len()).sum::<usize>()
-}

@@ -651,11 +651,7 @@ where
                 fleet: gantry_fleet::FleetSettings::from_settings(&settings, cluster, telemetry)?,
                 cluster_host: konnect.dial_host(cluster),
                 versions_dir: versions,
-                version: settings
-                    .cluster
-                    .reported_version
-                    .clone()
-                    .unwrap_or_else(|| gantry_model::GANTRY_VERSION.to_string()),
+                version: cp.version().to_string(),
             });
             fleet_task = Some(tokio::spawn(fleet.run(rx.clone())));
         }

@@ -107,9 +107,6 @@ impl Node {
         if !env.iter().any(|(k, _)| k == "KONG_STATUS_LISTEN") {
             env.push(("KONG_STATUS_LISTEN".into(), "127.0.0.1:0".into()));
         }
-        if !env.iter().any(|(k, _)| k == "KONG_ADMIN_GUI_LISTEN") {
-            env.push(("KONG_ADMIN_GUI_LISTEN".into(), "127.0.0.1:0".into()));
-        }
         if !env.iter().any(|(k, _)| k == "KONG_PROXY_LISTEN") {
             env.push(("KONG_PROXY_LISTEN".into(), "127.0.0.1:0".into()));
         }
@@ -124,10 +121,11 @@ impl Node {
                 .iter()
                 .any(|(k, v)| k == "KONG_STATUS_LISTEN" && v != "off");
         let needs_admin = role != "data_plane";
+        // `cmd` puts the console on 127.0.0.1:0 unless `env` says otherwise.
         let needs_console = needs_admin
-            && env
+            && !env
                 .iter()
-                .any(|(k, v)| k == "KONG_ADMIN_GUI_LISTEN" && v != "off");
+                .any(|(k, v)| k == "KONG_ADMIN_GUI_LISTEN" && v == "off");
         let needs_cluster = role == "control_plane";
         let mut child = cmd(&env)
             .args(["start", "-p"])
