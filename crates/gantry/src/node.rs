@@ -607,10 +607,17 @@ where
         tokio::spawn(sweep(state.clone(), hosted.clone(), rx.clone()));
         if let Some(log) = node_log() {
             let scope = gantry_admin::cluster_log_scope(settings.role == Role::ControlPlane);
+            // The changes already made are read before the node answers anything, so a
+            // change made once it is up is never taken for an old one.
+            let seen = match state.store.cluster_log_level(scope).await {
+                Ok(c) => c.map_or(0, |(seq, _, _)| seq),
+                Err(_) => 0,
+            };
             tokio::spawn(follow_cluster_log_level(
                 state.store.clone(),
                 log,
                 scope,
+                seen,
                 rx.clone(),
             ));
         }
@@ -957,14 +964,11 @@ async fn follow_cluster_log_level(
     store: Arc<gantry_store::Store>,
     log: Arc<NodeLog>,
     scope: &'static str,
+    mut seen: i64,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     use gantry_admin::LogLevel;
     let timer = gantry_model::timers::register("cluster:log-level");
-    let mut seen = match store.cluster_log_level(scope).await {
-        Ok(c) => c.map_or(0, |(seq, _, _)| seq),
-        Err(_) => 0,
-    };
     loop {
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
