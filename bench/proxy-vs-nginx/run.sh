@@ -12,8 +12,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v wrk >/dev/null || apt-get install -y wrk >/dev/null
 command -v nginx >/dev/null || apt-get install -y nginx-light >/dev/null
-# GANTRY: the binary to measure (another build, to compare two in back-to-back runs).
+# GANTRY: the binary to measure. BASE: another build, measured in the same rounds as
+# `gantry-base` (plain HTTP/1.1), to compare two builds in one run. PLAIN_ONLY=1: stop after
+# the plain HTTP/1.1 table.
 GANTRY=${GANTRY:-target/release/gantry}
+BASE=${BASE:-}
 [ -x "$GANTRY" ] || cargo build --release
 DUR=${DUR:-10s}
 CONNS=${CONNS:-50}
@@ -55,8 +58,15 @@ nginx -c "$work/nginx.conf" -p "$work" & ngx_master=$!; pids+=($ngx_master)
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
   KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   "$GANTRY" start -p "$work/gantry" 2>"$work/gantry.err" & gan_pid=$!; pids+=($gan_pid)
+GBASE=18904
+if [ -n "$BASE" ]; then
+  KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
+    KONG_PROXY_LISTEN=127.0.0.1:$GBASE KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
+    "$BASE" start -p "$work/gbase" 2>"$work/gbase.err" & base_pid=$!; pids+=($base_pid)
+fi
 for _ in $(seq 100); do
-  curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && curl -sf "http://127.0.0.1:$NGK/" >/dev/null && break
+  curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && curl -sf "http://127.0.0.1:$NGK/" >/dev/null &&
+    { [ -z "$BASE" ] || curl -sf "http://127.0.0.1:$GBASE/" >/dev/null; } && break
   sleep 0.1
 done
 
@@ -83,11 +93,14 @@ for i in $(seq "$ROUNDS"); do
   run gantry $GAN "$gan_pid" | tee -a "$work/results"
   run nginx $NGX "$ngx_worker" | tee -a "$work/results"
   run nginx-kong $NGK | tee -a "$work/results"
+  [ -z "$BASE" ] || run gantry-base $GBASE "$base_pid" | tee -a "$work/results"
 done
 awk '{ n[$1]++; r[$1]+=$2; p[$1]+=$3; u[$1]+=$4; k[$1]+=$5 }
      END { printf "CPU per request (from /proc/PID/stat over the runs): gantry user %.2f us, kernel %.2f us | nginx worker user %.2f us, kernel %.2f us\n", u["gantry"]/n["gantry"], k["gantry"]/n["gantry"], u["nginx"]/n["nginx"], k["nginx"]/n["nginx"]; printf "mean: gantry %.0f req/s p99 %.2f ms | nginx %.0f req/s p99 %.2f ms | nginx-kong %.0f req/s p99 %.2f ms\n", r["gantry"]/n["gantry"], p["gantry"]/n["gantry"], r["nginx"]/n["nginx"], p["nginx"]/n["nginx"], r["nginx-kong"]/n["nginx-kong"], p["nginx-kong"]/n["nginx-kong"];
            printf "throughput ratio gantry/nginx: %.2f   p99 ratio gantry/nginx: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx"]/n["nginx"]), (p["gantry"]/n["gantry"])/(p["nginx"]/n["nginx"]);
-           printf "same headers: throughput ratio gantry/nginx-kong: %.2f   p99 ratio: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx-kong"]/n["nginx-kong"]), (p["gantry"]/n["gantry"])/(p["nginx-kong"]/n["nginx-kong"]) }' "$work/results"
+           printf "same headers: throughput ratio gantry/nginx-kong: %.2f   p99 ratio: %.2f\n", (r["gantry"]/n["gantry"])/(r["nginx-kong"]/n["nginx-kong"]), (p["gantry"]/n["gantry"])/(p["nginx-kong"]/n["nginx-kong"]);
+           if (n["gantry-base"]) printf "gantry-base: %.0f req/s p99 %.2f ms, user %.2f us, kernel %.2f us; gantry/gantry-base: throughput %.2f, p99 %.2f\n", r["gantry-base"]/n["gantry-base"], p["gantry-base"]/n["gantry-base"], u["gantry-base"]/n["gantry-base"], k["gantry-base"]/n["gantry-base"], (r["gantry"]/n["gantry"])/(r["gantry-base"]/n["gantry-base"]), (p["gantry"]/n["gantry"])/(p["gantry-base"]/n["gantry-base"]) }' "$work/results"
+[ "${PLAIN_ONLY:-}" = 1 ] && exit 0
 
 # HTTPS and HTTP/2: the same proxying over TLS (one RSA 2048 certificate for both, TLS session
 # cache on both, keep-alive), wrk for HTTPS (HTTP/1.1) and h2load for h2 (ALPN), one worker each.

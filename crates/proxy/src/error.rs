@@ -103,7 +103,11 @@ impl ProxyError {
 
     /// Kong's response: the status and `{"message": ...}`.
     pub fn response(&self) -> Response<ProxyBody> {
-        crate::plugins::error(self.status().as_u16(), &self.to_string())
+        let mut res = crate::plugins::error(self.status().as_u16(), &self.to_string());
+        if matches!(self, ProxyError::BodyUnreadable) {
+            res.extensions_mut().insert(crate::server::ClientFailed);
+        }
+        res
     }
 }
 

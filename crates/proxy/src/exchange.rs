@@ -8,7 +8,6 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::balancer::{Balancer, InFlight};
@@ -45,7 +44,7 @@ impl Proxy {
         up: Request<UpBody>,
         target: Cow<'_, str>,
         x: &Exchange<'_>,
-    ) -> Result<(Response<Incoming>, Option<InFlight>), ProxyError> {
+    ) -> Result<(Response<crate::server::ProxyBody>, Option<InFlight>), ProxyError> {
         let (service, balancer, grpc, upstream_host) =
             (x.service, x.balancer, x.grpc, x.upstream_host);
         let mut target = target;
@@ -91,7 +90,7 @@ impl Proxy {
                 self.pool
                     .connect_dedicated(&dest, connect_timeout)
                     .await
-                    .map(|s| Conn::H1(s, 0, Duration::ZERO))
+                    .map(Conn::Dedicated)
             } else {
                 self.pool.checkout(&dest, connect_timeout).await
             };

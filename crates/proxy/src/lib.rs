@@ -12,6 +12,7 @@ pub mod echo;
 pub mod error;
 mod exchange;
 mod forward;
+pub mod h1;
 pub mod health;
 pub mod logfile;
 pub mod names;

@@ -1,11 +1,15 @@
-//! Upstream HTTP/1.1 connections, kept alive and reused per `host:port`.
+//! Upstream connections, kept alive and reused per destination.
 //!
-//! A small pool on hyper's connection API: a request takes an idle connection that is ready
-//! (its previous response fully read), or opens one. Connections that closed are dropped when
-//! met. Idle connections past `max_idle` per address are closed.
+//! HTTP/1.1 connections ([`crate::h1`]) are kept per worker: a request takes the one kept last
+//! (after checking that the upstream has not closed it), or opens one, and the connection comes
+//! back once its response has been read to the end. Idle connections past the pool size per
+//! destination are closed, as are those kept past the idle timeout. HTTP/2 (gRPC) and
+//! protocol switches use hyper's client.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use crate::server::ProxyBody;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -116,6 +120,8 @@ pub enum UpstreamError {
     },
     #[error("upstream HTTP error: {0}")]
     Http(#[from] hyper::Error),
+    #[error("{0}")]
+    H1(#[from] crate::h1::H1Error),
 }
 
 /// Kong's upstream keep-alive settings.
@@ -142,11 +148,10 @@ impl Default for Keepalive {
     }
 }
 
-/// A kept connection: when its last request started, and how many it has carried.
+/// A kept connection, and when it came back.
 struct Idle {
-    sender: SendRequest<UpBody>,
+    conn: Box<crate::h1::H1Conn>,
     since: std::time::Instant,
-    uses: u64,
 }
 
 thread_local! {
@@ -200,12 +205,20 @@ pub struct Dest {
 
 /// A connection ready for one request.
 pub enum Conn {
-    /// HTTP/1.1, the requests it has carried, and how long it was kept idle.
-    H1(SendRequest<UpBody>, u64, Duration),
+    /// HTTP/1.1, and how long it was kept idle.
+    H1(Box<crate::h1::H1Conn>, Duration),
+    /// A connection of its own for a protocol switch (hyper's client, which hands the
+    /// switched connection over).
+    Dedicated(SendRequest<UpBody>),
     H2(http2::SendRequest<UpBody>),
 }
 
 impl Dest {
+    /// The pool key: connections are shared only between identical destinations.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
     pub fn new(
         addr: String,
         tls: Option<(String, bool)>,
@@ -340,46 +353,41 @@ impl Pool {
             return Ok(Conn::H2(sender));
         }
         match self.take(&dest.key) {
-            Some((s, uses, idle)) => Ok(Conn::H1(s, uses, idle)),
+            Some((c, idle)) => Ok(Conn::H1(c, idle)),
             None => Ok(Conn::H1(
-                self.connect(dest, connect_timeout).await?,
-                0,
+                Box::new(crate::h1::H1Conn::new(
+                    self.connect_stream(dest, connect_timeout).await?,
+                )),
                 Duration::ZERO,
             )),
         }
     }
 
-    /// A kept connection to `addr` that is ready, with the requests it has carried. Closed
-    /// ones, and those kept past the idle timeout, are dropped on the way.
-    fn take(&self, addr: &str) -> Option<(SendRequest<UpBody>, u64, Duration)> {
+    /// The connection to `key` kept last, if the upstream has not closed it, with how long
+    /// it was idle. Those kept past the idle timeout, or closed, are dropped on the way.
+    pub(crate) fn take(&self, key: &str) -> Option<(Box<crate::h1::H1Conn>, Duration)> {
         let timeout = self.keepalive().idle_timeout;
         let mut idle = self.local().idle.lock().ok()?;
-        let list = idle.get_mut(addr)?;
-        // One clock read for the whole list.
+        let list = idle.get_mut(key)?;
         let now = std::time::Instant::now();
-        let oldest = (!timeout.is_zero())
-            .then(|| now.checked_sub(timeout))
-            .flatten();
-        list.retain(|c| !c.sender.is_closed() && oldest.is_none_or(|o| c.since > o));
-        let i = list.iter().position(|c| c.sender.is_ready())?;
-        let c = list.swap_remove(i);
-        Some((c.sender, c.uses, now.saturating_duration_since(c.since)))
+        while let Some(mut c) = list.pop() {
+            let kept = now.saturating_duration_since(c.since);
+            if (timeout.is_zero() || kept < timeout) && c.conn.alive() {
+                return Some((c.conn, kept));
+            }
+        }
+        None
     }
 
-    /// Give a connection back, to be reused once its current response has been read; `uses`
-    /// counts the request it carries now. One that has carried `max_requests` is not kept: it
-    /// closes once its response has been read.
-    pub fn put(&self, addr: &str, s: SendRequest<UpBody>, uses: u64) {
+    /// Give back a connection whose response has been read; one that has carried
+    /// `max_requests` is closed instead.
+    pub(crate) fn put(&self, key: &str, conn: Box<crate::h1::H1Conn>) {
         let k = self.keepalive();
-        if s.is_closed() || (k.max_requests > 0 && uses >= k.max_requests) {
+        if k.max_requests > 0 && conn.uses >= k.max_requests {
             return;
         }
         let now = std::time::Instant::now();
-        let c = Idle {
-            sender: s,
-            since: now,
-            uses,
-        };
+        let c = Idle { conn, since: now };
         // Once a second, connections of every destination kept past the idle timeout are
         // closed, also where no request comes any more.
         let local = self.local();
@@ -391,28 +399,20 @@ impl Pool {
                 local.swept.store(ms, std::sync::atomic::Ordering::Relaxed);
                 if let Some(oldest) = now.checked_sub(k.idle_timeout) {
                     idle.retain(|_, list| {
-                        list.retain(|c| !c.sender.is_closed() && c.since > oldest);
+                        list.retain(|c| c.since > oldest);
                         !list.is_empty()
                     });
                 }
             }
-            match idle.get_mut(addr) {
+            match idle.get_mut(key) {
                 Some(list) if list.len() < k.pool_size => list.push(c),
                 Some(_) => {}
                 None if k.pool_size > 0 => {
-                    idle.insert(addr.to_string(), vec![c]);
+                    idle.insert(key.to_string(), vec![c]);
                 }
                 None => {}
             }
         }
-    }
-
-    async fn connect(
-        &self,
-        dest: &Dest,
-        timeout: Duration,
-    ) -> Result<SendRequest<UpBody>, UpstreamError> {
-        handshake(self.connect_stream(dest, timeout).await?).await
     }
 
     /// A TCP connection to the destination, with TLS when it asks for it.
@@ -467,49 +467,63 @@ impl Pool {
         dest: &Dest,
         connect_timeout: Duration,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
-        self.connect(dest, connect_timeout).await
+        handshake(self.connect_stream(dest, connect_timeout).await?).await
     }
 
-    /// Send a request on a checked-out connection; the connection goes back to the pool.
+    /// Send a request on a checked-out connection. An HTTP/1.1 connection goes back to
+    /// the pool once the response's body has been read.
     ///
     /// A kept connection the upstream closed just before the request went out (its own
     /// keep-alive timeout racing ours) gives the request back untouched: it is sent again on
     /// a new connection, instead of failing with a 502.
     pub async fn send_on(
-        &self,
-        dest: &Dest,
+        self: &Arc<Self>,
+        dest: &Arc<Dest>,
         conn: Conn,
         req: Request<UpBody>,
         connect_timeout: Duration,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        use crate::h1::SendError;
+        use http_body_util::BodyExt;
         match conn {
-            Conn::H1(mut sender, uses, idle) => {
+            Conn::H1(c, idle) => {
                 let head = (idle >= RISKY_IDLE && resendable(&req)).then(|| head_of(&req));
-                let fut = sender.try_send_request(req);
-                self.put(&dest.key, sender, uses + 1);
-                let req = match fut.await {
+                let req = match c.send(req, self, dest).await {
                     Ok(r) => return Ok(r),
-                    Err(mut e) => match (e.take_message(), head) {
-                        (Some(req), _) => {
-                            tracing::debug!(upstream = %dest.addr, error = %e.error(), "kept connection closed before the request was sent: sending on a new one");
-                            req
-                        }
-                        (None, Some(head)) => {
-                            tracing::debug!(upstream = %dest.addr, error = %e.error(), "kept connection closed without answering: sending the request again on a new one");
+                    Err(SendError::NotSent(req, e)) => {
+                        tracing::debug!(upstream = %dest.addr, error = %e, "kept connection closed before the request was sent: sending on a new one");
+                        *req
+                    }
+                    Err(SendError::Unanswered(e)) => match head {
+                        Some(head) => {
+                            tracing::debug!(upstream = %dest.addr, error = %e, "kept connection closed without answering: sending the request again on a new one");
                             Request::from_parts(
                                 head,
                                 http_body_util::Either::Right(http_body_util::Full::default()),
                             )
                         }
-                        (None, None) => return Err(e.into_error().into()),
+                        None => return Err(e),
                     },
+                    Err(SendError::Failed(e)) => return Err(e),
                 };
-                let mut fresh = self.connect(dest, connect_timeout).await?;
-                let fut = fresh.send_request(req);
-                self.put(&dest.key, fresh, 1);
-                Ok(fut.await?)
+                let fresh = Box::new(crate::h1::H1Conn::new(
+                    self.connect_stream(dest, connect_timeout).await?,
+                ));
+                match fresh.send(req, self, dest).await {
+                    Ok(r) => Ok(r),
+                    Err(
+                        SendError::NotSent(_, e) | SendError::Unanswered(e) | SendError::Failed(e),
+                    ) => Err(e),
+                }
             }
-            Conn::H2(mut sender) => Ok(sender.send_request(req).await?),
+            Conn::Dedicated(mut sender) => Ok(sender
+                .send_request(req)
+                .await?
+                .map(|b| b.map_err(Into::into).boxed())),
+            Conn::H2(mut sender) => Ok(sender
+                .send_request(req)
+                .await?
+                .map(|b| b.map_err(Into::into).boxed())),
         }
     }
 }
@@ -536,14 +550,14 @@ fn head_of(req: &Request<UpBody>) -> hyper::http::request::Parts {
 }
 
 /// A connection to an upstream, in clear or TLS.
-enum Stream {
+pub(crate) enum Stream {
     Plain(Timed),
     Tls(Box<tokio_rustls::client::TlsStream<Timed>>),
 }
 
 /// A TCP connection whose writes fail with `TimedOut` once one has waited `write_timeout`
 /// (the upstream stopped reading): nginx's `proxy_send_timeout`, Kong's `write_timeout`.
-struct Timed {
+pub(crate) struct Timed {
     inner: TcpStream,
     write_timeout: Duration,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
@@ -631,6 +645,10 @@ pub fn is_client_body_error(e: &UpstreamError) -> bool {
     while let Some(s) = source {
         if s.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_user())
+            || matches!(
+                s.downcast_ref::<crate::h1::H1Error>(),
+                Some(crate::h1::H1Error::ClientBody(_))
+            )
         {
             return true;
         }
@@ -697,7 +715,7 @@ impl tokio::io::AsyncWrite for Stream {
 }
 
 /// The largest response head read from an upstream: Kong's `proxy_buffer_size` (160k).
-const UPSTREAM_HEAD: usize = 160 * 1024;
+pub(crate) const UPSTREAM_HEAD: usize = 160 * 1024;
 
 /// HTTP/1.1 on a connected stream; `with_upgrades`, so that a connection that switches
 /// protocols (WebSocket) is handed over to the caller instead of being closed.

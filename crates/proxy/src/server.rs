@@ -28,7 +28,9 @@ use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::uri::{normalize, upstream_path_v0};
 
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+/// Why a body stopped: hyper's, an upstream's ([`crate::h1::H1Error`]), or a plugin's.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
 
 use crate::forward::{strip_hop_by_hop, VIA};
 
@@ -379,12 +381,12 @@ struct LogOnEnd {
 
 impl hyper::body::Body for LogOnEnd {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(Some(Ok(frame))) => {
@@ -455,6 +457,12 @@ impl Drop for Fresh<'_> {
         }
     }
 }
+
+/// Marks a response to a request whose client failed it (its body broke off, or its stream
+/// was reset while the body was read): it counts as cancelled, not answered, against the
+/// connection's rapid-reset allowance, whichever of the proxy or the reset saw it first.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientFailed;
 
 /// Cancellations a connection may make before they are weighed against its answers.
 const CANCELS_ALLOWED: u64 = 100;
@@ -532,7 +540,7 @@ pub struct Proxy {
     pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
     node_id: std::sync::OnceLock<String>,
     snapshot: Arc<ArcSwap<Snapshot>>,
-    pub(crate) pool: Pool,
+    pub(crate) pool: Arc<Pool>,
     /// State plugins keep across configurations.
     shared: crate::plugins::Shared,
     /// `tracing_instrumentations` and `tracing_sampling_rate`.
@@ -594,7 +602,7 @@ impl Proxy {
             node_id: std::sync::OnceLock::new(),
             metrics: std::sync::Mutex::new(vec![queues]),
             snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::empty())),
-            pool: Pool::new(),
+            pool: Arc::new(Pool::new()),
             tracing: shared.get::<crate::spans::Tracing>(),
             shared,
             registry: std::sync::OnceLock::new(),
@@ -1032,7 +1040,7 @@ impl Proxy {
                         hyper::header::HeaderValue::from_static("close"),
                     );
                 }
-                answering.answered = true;
+                answering.answered = res.extensions().get::<ClientFailed>().is_none();
                 Ok::<_, Infallible>(res)
             }
         });
@@ -1663,11 +1671,11 @@ impl Proxy {
         let body = match in_flight {
             // Counted in flight until the body has gone to the client (least-connections).
             Some(guard) => Tracked {
-                inner: rbody.boxed(),
+                inner: rbody,
                 guard,
             }
             .boxed(),
-            None => rbody.boxed(),
+            None => rbody,
         };
         Ok(Response::from_parts(rparts, body))
     }

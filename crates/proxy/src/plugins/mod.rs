@@ -1051,12 +1051,12 @@ impl Filtered {
 
 impl hyper::body::Body for Filtered {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = crate::server::BodyError;
 
     fn poll_frame(
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, crate::server::BodyError>>> {
         use hyper::body::Frame;
         use std::task::Poll;
         let me = self.get_mut();

@@ -1,0 +1,884 @@
+//! HTTP/1.1 to upstreams, in the task of the request: the head written with one write, the
+//! response head parsed with `httparse` (the parser hyper itself uses), the body read as the
+//! client takes it, and the connection handed back to its worker's pool once its response has
+//! been read to the end.
+//!
+//! hyper's client runs each connection as a task of its own, fed through a channel: every
+//! request crossed two tasks and woke each of them. Here the downstream connection's task
+//! writes and reads the upstream connection itself. Protocol switches (WebSocket) and HTTP/2
+//! (gRPC) keep hyper's client.
+//!
+//! The framing rules are RFC 9112's:
+//! - a request body goes with its `Content-Length`, or chunked when its length is unknown;
+//! - a response to HEAD, and a 1xx, 204 or 304 response, has no body;
+//! - `Transfer-Encoding` wins over `Content-Length` (which is then removed); when its last
+//!   coding is not `chunked`, the body runs to the connection's end;
+//! - several `Content-Length` values that differ, or one that is not a number, are an
+//!   invalid response (502), as is a head larger than Kong's `proxy_buffer_size` (160k) or with
+//!   more than [`crate::server::MAX_HEADER_LINES`] lines;
+//! - informational responses other than 101 are passed over (hyper's client does the same);
+//! - a connection is kept when the response is HTTP/1.1 without `Connection: close` (or
+//!   HTTP/1.0 with `Connection: keep-alive`), its body was framed by length or chunks and was
+//!   read to its end, and the whole request body was sent.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio::io::AsyncWrite;
+
+use crate::pool::{Dest, Pool, Stream, UpBody, UpstreamError, UPSTREAM_HEAD};
+use crate::server::{BodyError, ProxyBody, MAX_HEADER_LINES};
+
+/// What a read asks room for in the buffer.
+const READ_CHUNK: usize = 16 * 1024;
+/// A request body is taken from the client while less than this waits to be written.
+const WRITE_HIGH: usize = 64 * 1024;
+/// The longest chunk-size line (with extensions) and trailer section accepted.
+const CHUNK_LINE: usize = 4 * 1024;
+const TRAILERS: usize = 16 * 1024;
+
+/// Why an HTTP/1.1 exchange with an upstream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("upstream I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("invalid response from the upstream: {0}")]
+    Invalid(&'static str),
+    #[error("invalid response head from the upstream: {0}")]
+    Parse(#[from] httparse::Error),
+    #[error("the upstream's response head is larger than {UPSTREAM_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("the request body failed: {0}")]
+    ClientBody(#[source] BodyError),
+}
+
+/// A kept HTTP/1.1 connection to an upstream, between requests.
+pub struct H1Conn {
+    io: Stream,
+    /// Bytes read and not yet used (always empty between requests on a kept connection).
+    buf: BytesMut,
+    /// What waits to be written: the head, then the request body's framing and data.
+    out: Vec<u8>,
+    /// The requests it has carried.
+    pub(crate) uses: u64,
+}
+
+/// How a failed send left the request.
+pub(crate) enum SendError {
+    /// Nothing of it reached the upstream: it may go on another connection as it is.
+    NotSent(Box<Request<UpBody>>, UpstreamError),
+    /// Written, and the connection closed before any byte of an answer.
+    Unanswered(UpstreamError),
+    Failed(UpstreamError),
+}
+
+/// How a request body is framed on the wire.
+#[derive(Clone, Copy, PartialEq)]
+enum Out {
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// How a response body is framed on the wire, and where its reading is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum In {
+    Length(u64),
+    /// In a chunk's data: this much of it left, then its CRLF.
+    ChunkData(u64),
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// After the data of a chunk: its CRLF.
+    ChunkEnd,
+    /// After the last chunk: the trailer section.
+    Trailers,
+    /// To the connection's end.
+    Close,
+    Done,
+}
+
+impl H1Conn {
+    pub(crate) fn new(io: Stream) -> H1Conn {
+        H1Conn {
+            io,
+            buf: BytesMut::new(),
+            out: Vec::new(),
+            uses: 0,
+        }
+    }
+
+    /// Whether a kept connection may carry a request: the upstream has not closed it, nor
+    /// sent anything unasked. Never waits.
+    pub(crate) fn alive(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = BytesMut::with_capacity(0);
+        probe.reserve(1);
+        matches!(
+            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut probe),
+            Poll::Pending
+        )
+    }
+
+    /// Send `req` and read its response head. The response's body reads from this
+    /// connection, which goes back to `pool` once that body has been read to its end.
+    pub(crate) async fn send(
+        mut self: Box<Self>,
+        req: Request<UpBody>,
+        pool: &Arc<Pool>,
+        dest: &Arc<Dest>,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let (mut parts, mut body) = req.into_parts();
+        let framing = self.write_head(&mut parts, &body);
+        let head_len = self.out.len();
+        let bodiless_method = parts.method == Method::HEAD;
+        let mut sent = 0usize;
+        // Bodiless: the head alone, and nothing of the request is lost if the connection
+        // turns out to be closed.
+        if framing == Out::Empty {
+            while sent < head_len {
+                match std::future::poll_fn(|cx| {
+                    Pin::new(&mut self.io).poll_write(cx, &self.out[sent..])
+                })
+                .await
+                {
+                    Ok(0) => {
+                        let e = H1Error::Closed;
+                        return Err(if sent == 0 {
+                            SendError::NotSent(Box::new(Request::from_parts(parts, body)), e.into())
+                        } else {
+                            SendError::Failed(e.into())
+                        });
+                    }
+                    Ok(n) => sent += n,
+                    Err(e) if sent == 0 => {
+                        return Err(SendError::NotSent(
+                            Box::new(Request::from_parts(parts, body)),
+                            H1Error::Io(e).into(),
+                        ))
+                    }
+                    Err(e) => return Err(SendError::Failed(H1Error::Io(e).into())),
+                }
+            }
+            self.out.clear();
+        }
+        drop(parts);
+        // With a body: it is written while the answer is awaited, so that an upstream that
+        // answers early (a 413, say) is heard; the connection is then not kept.
+        let mut st = BodyOut {
+            framing,
+            left: match framing {
+                Out::Length(n) => n,
+                _ => 0,
+            },
+            written: 0,
+            eof: framing == Out::Empty,
+            terminated: framing == Out::Empty,
+        };
+        let mut body_done = framing == Out::Empty;
+        let head = std::future::poll_fn(|cx| {
+            let me = &mut *self;
+            if !body_done {
+                match me.poll_send_body(cx, &mut body, &mut st) {
+                    Poll::Ready(Ok(())) => body_done = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            me.poll_head(cx, bodiless_method)
+        })
+        .await;
+        let (head, framing_in, keep) = match head {
+            Ok(h) => h,
+            Err(H1Error::Closed) if body_done && self.buf.is_empty() => {
+                return Err(SendError::Unanswered(H1Error::Closed.into()))
+            }
+            Err(e) => return Err(SendError::Failed(e.into())),
+        };
+        self.uses += 1;
+        let keep = keep && body_done && self.out.is_empty();
+        drop(body);
+        let mut rbody = H1Body {
+            conn: Some(self),
+            state: framing_in,
+            keep,
+            back: Some((pool.clone(), dest.clone())),
+        };
+        if rbody.state == In::Done {
+            rbody.finish();
+        }
+        Ok(Response::from_parts(
+            head,
+            http_body_util::BodyExt::boxed(rbody),
+        ))
+    }
+
+    /// The request head into `out`, with the framing its body takes.
+    fn write_head(&mut self, parts: &mut hyper::http::request::Parts, body: &UpBody) -> Out {
+        let out = &mut self.out;
+        out.clear();
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        let framing = if body.is_end_stream() {
+            Out::Empty
+        } else if let Some(n) = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        {
+            Out::Length(n)
+        } else if let Some(n) = body.size_hint().exact() {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            Out::Length(n)
+        } else {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Out::Chunked
+        };
+        out.extend_from_slice(parts.method.as_str().as_bytes());
+        out.push(b' ');
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &parts.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if framing == Out::Chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        framing
+    }
+
+    /// Take the request body from the client and write it, until it has all gone
+    /// (`Ready(Ok)`), or nothing more can be done now (the client's body or the upstream's
+    /// socket will wake the task).
+    fn poll_send_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut UpBody,
+        st: &mut BodyOut,
+    ) -> Poll<Result<(), H1Error>> {
+        loop {
+            let mut body_pending = false;
+            while !st.eof && self.out.len() - st.written < WRITE_HIGH {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_pending = true;
+                        break;
+                    }
+                    Poll::Ready(None) => st.eof = true,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(H1Error::ClientBody(e))),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        // Trailers are not sent upstream (a proxy may drop them).
+                        if let Ok(data) = frame.into_data() {
+                            self.stage(st, &data)?;
+                        }
+                        st.eof = body.is_end_stream();
+                    }
+                }
+            }
+            if st.eof && !st.terminated {
+                st.terminated = true;
+                match st.framing {
+                    Out::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                    Out::Length(_) if st.left > 0 => {
+                        return Poll::Ready(Err(H1Error::ClientBody(
+                            "the request body ended before its Content-Length".into(),
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+            while st.written < self.out.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.out[st.written..]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(H1Error::Closed)),
+                    Poll::Ready(Ok(n)) => st.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Io(e))),
+                }
+            }
+            self.out.clear();
+            st.written = 0;
+            if st.terminated {
+                return Poll::Ready(Ok(()));
+            }
+            if body_pending {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// One piece of the request body, framed, into `out`.
+    fn stage(&mut self, st: &mut BodyOut, data: &[u8]) -> Result<(), H1Error> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        match st.framing {
+            Out::Length(_) => {
+                if data.len() as u64 > st.left {
+                    return Err(H1Error::ClientBody(
+                        "the request body is longer than its Content-Length".into(),
+                    ));
+                }
+                st.left -= data.len() as u64;
+                self.out.extend_from_slice(data);
+            }
+            Out::Chunked => {
+                use std::io::Write;
+                let _ = write!(self.out, "{:x}\r\n", data.len());
+                self.out.extend_from_slice(data);
+                self.out.extend_from_slice(b"\r\n");
+            }
+            Out::Empty => {}
+        }
+        Ok(())
+    }
+
+    /// Read until a final response head has come: its parts, how its body is framed, and
+    /// whether the connection may carry another request afterwards.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        to_head: bool,
+    ) -> Poll<Result<(hyper::http::response::Parts, In, bool), H1Error>> {
+        loop {
+            if !self.buf.is_empty() {
+                if let Some(head) = self.parse_head(to_head)? {
+                    return Poll::Ready(Ok(head));
+                }
+                if self.buf.len() >= UPSTREAM_HEAD {
+                    return Poll::Ready(Err(H1Error::HeadTooLarge));
+                }
+            }
+            match self.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if self.buf.is_empty() => {
+                    return Poll::Ready(Err(H1Error::Closed))
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(H1Error::Invalid(
+                        "the connection closed within the response head",
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(H1Error::Io(e))),
+            }
+        }
+    }
+
+    /// Read what the upstream sent into `buf`: how many bytes (0 at its end).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.buf.spare_capacity_mut().len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// A final response head at the start of `buf`, taken out of it; informational ones
+    /// (100, 102, 103) are passed over. `None`: not whole yet.
+    #[allow(clippy::type_complexity)]
+    fn parse_head(
+        &mut self,
+        to_head: bool,
+    ) -> Result<Option<(hyper::http::response::Parts, In, bool)>, H1Error> {
+        loop {
+            // Where each name and value lies in the head, so that the values can be
+            // slices of it once it is taken out of the buffer.
+            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADER_LINES];
+            let (len, code, minor, reason, count) = {
+                let mut lines = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
+                let mut res = httparse::Response::new(&mut lines);
+                let len = match res.parse(&self.buf)? {
+                    httparse::Status::Partial => return Ok(None),
+                    httparse::Status::Complete(len) => len,
+                };
+                let base = self.buf.as_ptr() as usize;
+                let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+                let reason = res.reason.map(|r| at(r.as_bytes()));
+                let count = res.headers.len();
+                for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+                    let (n, nl) = at(h.name.as_bytes());
+                    let (v, vl) = at(h.value);
+                    *span = (n, nl, v, vl);
+                }
+                (
+                    len,
+                    res.code.unwrap_or(0),
+                    res.version.unwrap_or(1),
+                    reason,
+                    count,
+                )
+            };
+            if (100..200).contains(&code) && code != 101 {
+                self.buf.advance(len);
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            let head = self.buf.split_to(len).freeze();
+            let status = StatusCode::from_u16(code)
+                .map_err(|_| H1Error::Invalid("a status code out of range"))?;
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(H1Error::Invalid(
+                    "101 to a request that asked no protocol switch",
+                ));
+            }
+            let mut headers = HeaderMap::with_capacity(count);
+            for &(n, nl, v, vl) in &spans[..count] {
+                let name = HeaderName::from_bytes(&head[n..n + nl])
+                    .map_err(|_| H1Error::Invalid("a header name"))?;
+                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                    .map_err(|_| H1Error::Invalid("a header value"))?;
+                headers.append(name, value);
+            }
+            let mut res = Response::new(());
+            *res.status_mut() = status;
+            *res.headers_mut() = headers;
+            *res.version_mut() = if minor == 0 {
+                Version::HTTP_10
+            } else {
+                Version::HTTP_11
+            };
+            // A reason phrase of its own goes to the client as it came (as hyper does).
+            if let Some((r, rl)) = reason {
+                let phrase = &head[r..r + rl];
+                if Some(phrase) != status.canonical_reason().map(str::as_bytes) {
+                    if let Ok(p) = hyper::ext::ReasonPhrase::try_from(head.slice(r..r + rl)) {
+                        res.extensions_mut().insert(p);
+                    }
+                }
+            }
+            let (mut parts, ()) = res.into_parts();
+            let connection = |token: &str| {
+                parts
+                    .headers
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            };
+            let mut keep = if minor == 0 {
+                connection("keep-alive")
+            } else {
+                !connection("close")
+            };
+            let framing = if to_head || matches!(code, 204 | 304) {
+                In::Done
+            } else if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                let chunked = parts
+                    .headers
+                    .get_all(header::TRANSFER_ENCODING)
+                    .iter()
+                    .next_back()
+                    .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+                    .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                parts.headers.remove(header::CONTENT_LENGTH);
+                if chunked {
+                    In::ChunkSize
+                } else {
+                    keep = false;
+                    In::Close
+                }
+            } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+                let mut length = None;
+                for v in parts.headers.get_all(header::CONTENT_LENGTH) {
+                    for part in v.as_bytes().split(|b| *b == b',') {
+                        let n = std::str::from_utf8(part.trim_ascii())
+                            .ok()
+                            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|s| s.parse::<u64>().ok())
+                            .ok_or(H1Error::Invalid("Content-Length is not a number"))?;
+                        if length.is_some_and(|l| l != n) {
+                            return Err(H1Error::Invalid("Content-Length values differ"));
+                        }
+                        length = Some(n);
+                    }
+                }
+                match length {
+                    Some(0) | None => In::Done,
+                    Some(n) => In::Length(n),
+                }
+            } else {
+                keep = false;
+                In::Close
+            };
+            return Ok(Some((parts, framing, keep)));
+        }
+    }
+}
+
+/// Where the request body's writing is.
+struct BodyOut {
+    framing: Out,
+    /// Of a `Content-Length`, what the body has still to give.
+    left: u64,
+    /// How much of `out` is written.
+    written: usize,
+    /// The client's body has ended.
+    eof: bool,
+    /// The body's end is framed (the last chunk staged; a length checked).
+    terminated: bool,
+}
+
+/// A response body read from its upstream connection as the client takes it.
+struct H1Body {
+    conn: Option<Box<H1Conn>>,
+    state: In,
+    /// The connection may carry another request once this body has been read.
+    keep: bool,
+    /// Where the connection goes back.
+    back: Option<(Arc<Pool>, Arc<Dest>)>,
+}
+
+impl H1Body {
+    /// The body has been read: the connection goes back to its pool, or is closed.
+    fn finish(&mut self) {
+        self.state = In::Done;
+        let (Some(conn), Some((pool, dest))) = (self.conn.take(), self.back.take()) else {
+            return;
+        };
+        if self.keep && conn.buf.is_empty() {
+            pool.put(dest.key(), conn);
+        }
+    }
+
+    /// The next frame from what is buffered; `None`: more must be read.
+    fn next(&mut self) -> Result<Option<Frame<Bytes>>, H1Error> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let buf = &mut conn.buf;
+        loop {
+            match self.state {
+                In::Done => return Ok(None),
+                In::Length(_) | In::ChunkData(_) | In::Close if buf.is_empty() => return Ok(None),
+                In::Length(n) => {
+                    let k = (n as usize).min(buf.len());
+                    let data = buf.split_to(k).freeze();
+                    self.state = In::Length(n - k as u64);
+                    if n == k as u64 {
+                        self.finish();
+                    }
+                    return Ok(Some(Frame::data(data)));
+                }
+                In::Close => return Ok(Some(Frame::data(buf.split().freeze()))),
+                In::ChunkData(n) => {
+                    let k = (n as usize).min(buf.len());
+                    let data = buf.split_to(k).freeze();
+                    self.state = if n == k as u64 {
+                        In::ChunkEnd
+                    } else {
+                        In::ChunkData(n - k as u64)
+                    };
+                    return Ok(Some(Frame::data(data)));
+                }
+                In::ChunkEnd => {
+                    if buf.len() < 2 {
+                        return Ok(None);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(H1Error::Invalid("a chunk not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = In::ChunkSize;
+                }
+                In::ChunkSize => {
+                    let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+                        if buf.len() > CHUNK_LINE {
+                            return Err(H1Error::Invalid("a chunk-size line too long"));
+                        }
+                        return Ok(None);
+                    };
+                    let line = buf[..end]
+                        .strip_suffix(b"\r")
+                        .ok_or(H1Error::Invalid("a chunk-size line not ended by CRLF"))?;
+                    let digits = line
+                        .split(|b| *b == b';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii_end();
+                    if digits.is_empty() || digits.len() > 15 {
+                        return Err(H1Error::Invalid("a chunk size"));
+                    }
+                    let mut size = 0u64;
+                    for d in digits {
+                        let v = (*d as char)
+                            .to_digit(16)
+                            .ok_or(H1Error::Invalid("a chunk size"))?;
+                        size = size * 16 + u64::from(v);
+                    }
+                    buf.advance(end + 1);
+                    self.state = if size == 0 {
+                        In::Trailers
+                    } else {
+                        In::ChunkData(size)
+                    };
+                }
+                In::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.finish();
+                        return Ok(None);
+                    }
+                    let mut lines = [httparse::EMPTY_HEADER; 64];
+                    match httparse::parse_headers(buf, &mut lines)? {
+                        httparse::Status::Partial => {
+                            if buf.len() > TRAILERS {
+                                return Err(H1Error::Invalid("trailers too long"));
+                            }
+                            return Ok(None);
+                        }
+                        httparse::Status::Complete((len, found)) => {
+                            let mut trailers = HeaderMap::with_capacity(found.len());
+                            for h in found {
+                                if let (Ok(n), Ok(v)) = (
+                                    HeaderName::from_bytes(h.name.as_bytes()),
+                                    HeaderValue::from_bytes(h.value),
+                                ) {
+                                    trailers.append(n, v);
+                                }
+                            }
+                            buf.advance(len);
+                            self.finish();
+                            return Ok(Some(Frame::trailers(trailers)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let me = self.get_mut();
+        loop {
+            match me.next() {
+                Err(e) => {
+                    me.conn = None;
+                    me.state = In::Done;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if me.state == In::Done => return Poll::Ready(None),
+                Ok(None) => {}
+            }
+            let Some(conn) = me.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match conn.poll_fill(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if me.state == In::Close => {
+                    me.keep = false;
+                    me.finish();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    me.conn = None;
+                    me.state = In::Done;
+                    let e = H1Error::Invalid("the connection closed before the body's end");
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    me.conn = None;
+                    me.state = In::Done;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == In::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.state {
+            In::Done => SizeHint::with_exact(0),
+            In::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pool::{Conn, Dest};
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An upstream that answers each request head it reads on one connection with the next
+    /// of `answers`, then closes; it returns what it read and how many connections it took.
+    async fn upstream(
+        answers: Vec<&'static [u8]>,
+    ) -> (Arc<Dest>, tokio::task::JoinHandle<(String, usize)>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            for (heads, a) in answers.into_iter().enumerate() {
+                loop {
+                    let text = String::from_utf8_lossy(&seen);
+                    if text.matches("\r\n\r\n").count() > heads {
+                        break;
+                    }
+                    let mut b = [0u8; 4096];
+                    let n = s.read(&mut b).await.unwrap();
+                    assert!(n > 0, "the proxy closed the connection");
+                    seen.extend_from_slice(&b[..n]);
+                }
+                s.write_all(a).await.unwrap();
+            }
+            drop(s);
+            let more = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
+            (
+                String::from_utf8(seen).unwrap(),
+                1 + usize::from(more.is_ok()),
+            )
+        });
+        let dest = Arc::new(Dest::new(addr, None, false, Duration::from_secs(5)));
+        (dest, task)
+    }
+
+    fn get(method: Method) -> Request<UpBody> {
+        let mut r = Request::new(http_body_util::Either::Right(
+            http_body_util::Full::default(),
+        ));
+        *r.method_mut() = method;
+        *r.uri_mut() = "/p?q=1".parse().unwrap();
+        r.headers_mut()
+            .insert(header::HOST, HeaderValue::from_static("up"));
+        r
+    }
+
+    async fn send(
+        pool: &Arc<Pool>,
+        dest: &Arc<Dest>,
+        req: Request<UpBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let conn = pool.checkout(dest, Duration::from_secs(5)).await?;
+        assert!(matches!(conn, Conn::H1(..)));
+        pool.send_on(dest, conn, req, Duration::from_secs(5)).await
+    }
+
+    #[tokio::test]
+    async fn chunks_trailers_and_reuse() {
+        let (dest, up) = upstream(vec![
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 201 Made Here\r\nContent-Length: 2\r\nX-A: a\r\nX-A: b\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        ])
+        .await;
+        let pool = Arc::new(Pool::new());
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        assert_eq!(res.status(), 200);
+        // Transfer-Encoding wins: the conflicting Content-Length is gone.
+        assert!(res.headers().get(header::CONTENT_LENGTH).is_none());
+        let collected = res.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-t"], "1");
+        assert_eq!(collected.to_bytes(), "hello world");
+        let res = send(&pool, &dest, get(Method::POST)).await.unwrap();
+        assert_eq!(res.status(), 201);
+        assert_eq!(
+            res.extensions()
+                .get::<hyper::ext::ReasonPhrase>()
+                .unwrap()
+                .as_bytes(),
+            b"Made Here"
+        );
+        let values: Vec<_> = res.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["a", "b"]);
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // HEAD: a length and no body.
+        let res = send(&pool, &dest, get(Method::HEAD)).await.unwrap();
+        assert_eq!(res.headers()[header::CONTENT_LENGTH], "5");
+        assert!(res
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .is_empty());
+        let (seen, conns) = up.await.unwrap();
+        assert_eq!(conns, 1, "one connection carried the three requests");
+        assert!(
+            seen.starts_with("GET /p?q=1 HTTP/1.1\r\nhost: up\r\n\r\nPOST /p?q=1 HTTP/1.1\r\n"),
+            "{seen}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_to_the_close_is_read_and_the_connection_not_kept() {
+        let (dest, up) = upstream(vec![b"HTTP/1.0 200 OK\r\n\r\nall of it"]).await;
+        let pool = Arc::new(Pool::new());
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        assert_eq!(
+            res.into_body().collect().await.unwrap().to_bytes(),
+            "all of it"
+        );
+        assert!(pool.take(dest.key()).is_none());
+        up.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_responses_fail() {
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+        ] {
+            let (dest, up) = upstream(vec![bad]).await;
+            let pool = Arc::new(Pool::new());
+            assert!(
+                send(&pool, &dest, get(Method::GET)).await.is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+            up.abort();
+        }
+        // A body cut short is an error of the body, and the connection is not kept.
+        let (dest, up) = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+        ])
+        .await;
+        let pool = Arc::new(Pool::new());
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        assert!(res.into_body().collect().await.is_err());
+        assert!(pool.take(dest.key()).is_none());
+        up.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_upstream_closed_is_not_used() {
+        let (dest, up) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]).await;
+        let pool = Arc::new(Pool::new());
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        up.await.unwrap();
+        // The upstream has closed it: the pool does not hand it out.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(pool.take(dest.key()).is_none());
+    }
+}
