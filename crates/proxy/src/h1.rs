@@ -66,6 +66,8 @@ pub struct H1Conn {
     buf: BytesMut,
     /// What waits to be written: the head, then the request body's framing and data.
     out: Vec<u8>,
+    /// Where the header lines of the response head being read lie in it.
+    spans: Vec<(usize, usize, usize, usize)>,
     /// The requests it has carried.
     pub(crate) uses: u64,
 }
@@ -110,6 +112,7 @@ impl H1Conn {
             io,
             buf: BytesMut::new(),
             out: Vec::new(),
+            spans: Vec::new(),
             uses: 0,
         }
     }
@@ -393,9 +396,11 @@ impl H1Conn {
     ) -> Result<Option<(hyper::http::response::Parts, In, bool)>, H1Error> {
         loop {
             // Where each name and value lies in the head, so that the values can be
-            // slices of it once it is taken out of the buffer.
-            let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADER_LINES];
-            let (len, code, minor, reason, count) = {
+            // slices of it once it is taken out of the buffer (kept per connection: nothing
+            // is allocated for them per response).
+            let spans = &mut self.spans;
+            spans.clear();
+            let (len, code, minor, reason) = {
                 let mut lines = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
                 let mut res = httparse::Response::new(&mut lines);
                 let len = match res.parse(&self.buf)? {
@@ -405,19 +410,12 @@ impl H1Conn {
                 let base = self.buf.as_ptr() as usize;
                 let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
                 let reason = res.reason.map(|r| at(r.as_bytes()));
-                let count = res.headers.len();
-                for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+                for h in res.headers.iter() {
                     let (n, nl) = at(h.name.as_bytes());
                     let (v, vl) = at(h.value);
-                    *span = (n, nl, v, vl);
+                    spans.push((n, nl, v, vl));
                 }
-                (
-                    len,
-                    res.code.unwrap_or(0),
-                    res.version.unwrap_or(1),
-                    reason,
-                    count,
-                )
+                (len, res.code.unwrap_or(0), res.version.unwrap_or(1), reason)
             };
             if (100..200).contains(&code) && code != 101 {
                 self.buf.advance(len);
@@ -434,8 +432,8 @@ impl H1Conn {
                     "101 to a request that asked no protocol switch",
                 ));
             }
-            let mut headers = HeaderMap::with_capacity(count);
-            for &(n, nl, v, vl) in &spans[..count] {
+            let mut headers = HeaderMap::with_capacity(self.spans.len());
+            for &(n, nl, v, vl) in &self.spans {
                 let name = HeaderName::from_bytes(&head[n..n + nl])
                     .map_err(|_| H1Error::Invalid("a header name"))?;
                 let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
