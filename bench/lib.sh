@@ -19,6 +19,29 @@ NGX
   nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 }
 
+# A declarative configuration ($1) with one service to 127.0.0.1:$2 and a route on `/`.
+plain_config() {
+  cat >"$1" <<YML
+_format_version: "3.0"
+services:
+- name: up
+  url: http://127.0.0.1:$2
+  routes:
+  - name: all
+    paths: [/]
+YML
+}
+
+# A DB-less Gantry with one worker on 127.0.0.1:$2 serving the configuration $1, from the binary
+# $GANTRY (prefix $work/$3); its pid goes to pids and to the variable named by $4.
+start_gantry() {
+  KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$1" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
+    KONG_PROXY_LISTEN=127.0.0.1:$2 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
+    "${GANTRY_BIN:-$GANTRY}" start -p "$work/$3" 2>"$work/$3.err" &
+  pids+=($!)
+  printf -v "$4" %s $!
+}
+
 # From wrk --latency's output ($1): requests per second, and the p99 latency in milliseconds.
 wrk_rps() { awk '/Requests\/sec/ {print $2}' <<<"$1"; }
 wrk_p99_ms() {

@@ -45,24 +45,12 @@ http { access_log off;
       add_header X-Kong-Upstream-Latency \$upstream_response_time; add_header X-Kong-Proxy-Latency 0;
       add_header Via "1.1 nginx"; add_header X-Kong-Request-Id \$request_id; } } }
 NGX
-cat >"$work/kong.yml" <<YML
-_format_version: "3.0"
-services:
-- name: up
-  url: http://127.0.0.1:$UP
-  routes:
-  - name: all
-    paths: [/]
-YML
+plain_config "$work/kong.yml" $UP
 nginx -c "$work/nginx.conf" -p "$work" & ngx_master=$!; pids+=($ngx_master)
-KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
-  KONG_PROXY_LISTEN=127.0.0.1:$GAN KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-  "$GANTRY" start -p "$work/gantry" 2>"$work/gantry.err" & gan_pid=$!; pids+=($gan_pid)
+start_gantry "$work/kong.yml" $GAN gantry gan_pid
 GBASE=18904
 if [ -n "$BASE" ]; then
-  KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
-    KONG_PROXY_LISTEN=127.0.0.1:$GBASE KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-    "$BASE" start -p "$work/gbase" 2>"$work/gbase.err" & base_pid=$!; pids+=($base_pid)
+  GANTRY_BIN=$BASE start_gantry "$work/kong.yml" $GBASE gbase base_pid
 fi
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$GAN/" >/dev/null && curl -sf "http://127.0.0.1:$NGX/" >/dev/null && curl -sf "http://127.0.0.1:$NGK/" >/dev/null &&

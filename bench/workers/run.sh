@@ -32,15 +32,7 @@ http { access_log off;
 NGX
   nginx -c "$work/nginx$w.conf" -p "$work" & pids+=($!)
 done
-cat >"$work/kong.yml" <<YML
-_format_version: "3.0"
-services:
-- name: up
-  url: http://127.0.0.1:$UP
-  routes:
-  - name: all
-    paths: [/]
-YML
+plain_config "$work/kong.yml" $UP
 for w in 1 2; do
   port=$([ $w = 1 ] && echo $G1 || echo $G2)
   KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/kong.yml" KONG_WORKER_THREADS=$w KONG_LOG_LEVEL=error \
