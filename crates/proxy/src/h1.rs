@@ -199,8 +199,10 @@ impl H1Conn {
         .await;
         let (head, framing_in, keep) = match head {
             Ok(h) => h,
-            Err(H1Error::Closed) if body_done && self.buf.is_empty() => {
-                return Err(SendError::Unanswered(H1Error::Closed.into()))
+            // Nothing of an answer came: the upstream closed (or reset) the connection as
+            // the request arrived.
+            Err(e @ (H1Error::Closed | H1Error::Io(_))) if body_done && self.buf.is_empty() => {
+                return Err(SendError::Unanswered(e.into()))
             }
             Err(e) => return Err(SendError::Failed(e.into())),
         };
