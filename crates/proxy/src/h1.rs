@@ -120,11 +120,12 @@ impl H1Conn {
     /// Whether a kept connection may carry a request: the upstream has not closed it, nor
     /// sent anything unasked. Never waits.
     pub(crate) fn alive(&mut self) -> bool {
+        use tokio::io::AsyncRead;
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut probe = BytesMut::with_capacity(0);
-        probe.reserve(1);
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
         matches!(
-            tokio_util::io::poll_read_buf(Pin::new(&mut self.io), &mut cx, &mut probe),
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut probe),
             Poll::Pending
         )
     }

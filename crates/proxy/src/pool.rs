@@ -355,9 +355,7 @@ impl Pool {
         match self.take(&dest.key) {
             Some((c, idle)) => Ok(Conn::H1(c, idle)),
             None => Ok(Conn::H1(
-                Box::new(crate::h1::H1Conn::new(
-                    self.connect_stream(dest, connect_timeout).await?,
-                )),
+                self.connect_h1(dest, connect_timeout).await?,
                 Duration::ZERO,
             )),
         }
@@ -413,6 +411,17 @@ impl Pool {
                 None => {}
             }
         }
+    }
+
+    /// A new HTTP/1.1 connection to the destination.
+    async fn connect_h1(
+        &self,
+        dest: &Dest,
+        timeout: Duration,
+    ) -> Result<Box<crate::h1::H1Conn>, UpstreamError> {
+        Ok(Box::new(crate::h1::H1Conn::new(
+            self.connect_stream(dest, timeout).await?,
+        )))
     }
 
     /// A TCP connection to the destination, with TLS when it asks for it.
@@ -506,9 +515,7 @@ impl Pool {
                     },
                     Err(SendError::Failed(e)) => return Err(e),
                 };
-                let fresh = Box::new(crate::h1::H1Conn::new(
-                    self.connect_stream(dest, connect_timeout).await?,
-                ));
+                let fresh = self.connect_h1(dest, connect_timeout).await?;
                 match fresh.send(req, self, dest).await {
                     Ok(r) => Ok(r),
                     Err(
