@@ -8,6 +8,7 @@
 
 pub mod balancer;
 pub mod dns;
+pub mod downstream;
 pub mod echo;
 pub mod error;
 mod exchange;

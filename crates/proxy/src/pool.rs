@@ -27,7 +27,7 @@ pub type UpBody = http_body_util::Either<ClientBody, http_body_util::Full<bytes:
 /// past a limit (request-size-limiting's, for a body of no announced length): nothing is
 /// buffered to count it.
 pub struct ClientBody {
-    inner: Incoming,
+    inner: Inbound,
     left: u64,
 }
 
@@ -36,8 +36,12 @@ pub struct ClientBody {
 #[error("the request body exceeds the size allowed")]
 pub struct BodyTooLarge;
 
+/// The client's request body as it arrived: hyper's, or none at all (a request read by the
+/// proxy's own HTTP/1.1 layer, [`crate::downstream`], which takes bodiless requests only).
+pub type Inbound = Option<Incoming>;
+
 impl ClientBody {
-    pub fn new(inner: Incoming) -> ClientBody {
+    pub fn new(inner: Inbound) -> ClientBody {
         ClientBody {
             inner,
             left: u64::MAX,
@@ -59,7 +63,10 @@ impl hyper::body::Body for ClientBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         let me = self.get_mut();
-        match std::pin::Pin::new(&mut me.inner).poll_frame(cx) {
+        let Some(inner) = me.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        match std::pin::Pin::new(inner).poll_frame(cx) {
             std::task::Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     let n = d.len() as u64;
@@ -76,11 +83,13 @@ impl hyper::body::Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| hyper::body::SizeHint::with_exact(0), Incoming::size_hint)
     }
 }
 

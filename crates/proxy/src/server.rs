@@ -436,7 +436,7 @@ pub(crate) struct Client {
 /// does (CVE-2023-44487): its connection is closed. Browsers and gRPC clients cancel a few
 /// streams among many.
 #[derive(Default)]
-struct Cancels {
+pub(crate) struct Cancels {
     answered: std::sync::atomic::AtomicU64,
     cancelled: std::sync::atomic::AtomicU64,
     abuse: tokio::sync::Notify,
@@ -551,7 +551,7 @@ pub struct Proxy {
     pub(crate) health: Arc<Health>,
     pub(crate) load: Arc<Load>,
     probes: std::sync::Mutex<HashMap<String, Probing>>,
-    header_timeout: Duration,
+    pub(crate) header_timeout: Duration,
     /// How long requests in flight may finish once the node stops (`set_shutdown_timeout`).
     shutdown_timeout: std::sync::atomic::AtomicU64,
     /// The node is stopping: every HTTP/1 answer says `Connection: close`, so that a
@@ -893,7 +893,8 @@ impl Proxy {
 
     /// Serve one listener (TLS when `tls` is given, each connection opening with a PROXY
     /// protocol header when `proxy_protocol`) until `shutdown` turns true; connections in
-    /// flight finish first. HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in clear).
+    /// flight finish first. HTTP/1.1 ([`crate::downstream`]) and HTTP/2 (ALPN over TLS, prior
+    /// knowledge in clear; hyper).
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
@@ -906,7 +907,9 @@ impl Proxy {
         // A listener on one address accepts there; on every address, each connection says
         // where it arrived.
         let bound_ip = bound.map(|a| a.ip()).filter(|ip| !ip.is_unspecified());
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Turned true once the listener is closed: connections then end after the response
+        // in flight (an idle one at once).
+        let (closing, closing_rx) = watch::channel(false);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -921,17 +924,17 @@ impl Proxy {
                     let _ = stream.set_nodelay(true);
                     let local_ip = bound_ip.or_else(|| stream.local_addr().ok().map(|a| a.ip()));
                     let me = self.clone();
-                    let watcher = graceful.watcher();
+                    let closing = closing_rx.clone();
                     let tls = tls.clone();
                     tokio::spawn(async move {
                         let _open = Open::new(me.clone());
                         let at = (local_ip, local_port);
                         if !proxy_protocol {
-                            return me.accept(stream, peer, at, tls, None, watcher).await;
+                            return me.accept(stream, peer, at, tls, None, closing).await;
                         }
                         match crate::proxy_protocol::accept(stream, me.header_timeout).await {
                             Ok((stream, client)) => {
-                                me.accept(stream, peer, at, tls, client, watcher).await
+                                me.accept(stream, peer, at, tls, client, closing).await
                             }
                             Err(e) => tracing::info!(client = %peer, error = %e, "connection closed: the listener takes the PROXY protocol"),
                         }
@@ -955,8 +958,14 @@ impl Proxy {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = closing.send(true);
         let timeout = Duration::from_millis(self.shutdown_timeout.load(Ordering::Relaxed));
-        let _ = tokio::time::timeout(timeout, graceful.shutdown()).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.stats.conns_open.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// One accepted connection: its TLS handshake when the listener has TLS, then HTTP.
@@ -967,7 +976,7 @@ impl Proxy {
         (local_ip, local_port): (Option<std::net::IpAddr>, u16),
         tls: Option<tokio_rustls::TlsAcceptor>,
         proxy_protocol: Option<SocketAddr>,
-        watcher: hyper_util::server::graceful::Watcher,
+        closing: watch::Receiver<bool>,
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -975,18 +984,44 @@ impl Proxy {
         conn.proxy_protocol = proxy_protocol;
         conn.local_ip = local_ip;
         match tls {
-            None => self.serve_conn(TokioIo::new(stream), conn, watcher).await,
+            None => self.serve_client(stream, conn, closing).await,
             Some(acc) => {
                 let hs = tokio::time::timeout(Duration::from_secs(10), acc.accept(stream)).await;
                 let Ok(Ok(tls_stream)) = hs else {
                     tracing::debug!(%peer, "TLS handshake failed or timed out");
                     return;
                 };
-                conn.sni = tls_stream.get_ref().1.server_name().map(str::to_string);
-                self.serve_conn(TokioIo::new(tls_stream), conn, watcher)
-                    .await
+                let session = tls_stream.get_ref().1;
+                conn.sni = session.server_name().map(str::to_string);
+                if session.alpn_protocol() == Some(b"h2") {
+                    let cancels = self.fresh_connection();
+                    let _fresh = Fresh {
+                        cancels: cancels.clone(),
+                        stats: &self.stats,
+                    };
+                    let me = self.clone();
+                    me.serve_conn(TokioIo::new(tls_stream), conn, cancels, closing)
+                        .await
+                } else {
+                    self.serve_client(tls_stream, conn, closing).await
+                }
             }
         }
+    }
+
+    /// A client connection that has not said HTTP/2: HTTP/1.1 served by the proxy's own layer,
+    /// which hands it to hyper when it is not HTTP/1.1 or asks what only hyper does.
+    async fn serve_client<S>(self: Arc<Self>, io: S, conn: ConnInfo, closing: watch::Receiver<bool>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let cancels = self.fresh_connection();
+        // However the connection ends, it is no longer waiting for its first request.
+        let _fresh = Fresh {
+            cancels: cancels.clone(),
+            stats: &self.stats,
+        };
+        self.clone().serve_http1(io, conn, cancels, closing).await
     }
 
     /// Serve one plain HTTP connection over any byte stream, as one accepted from `peer` on
@@ -995,60 +1030,70 @@ impl Proxy {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let (_closing, closing_rx) = watch::channel(false);
         let conn = ConnInfo::new(peer, 80, false, None);
-        self.serve_conn(TokioIo::new(io), conn, graceful.watcher())
-            .await
+        self.serve_client(io, conn, closing_rx).await
     }
 
-    async fn serve_conn<I>(
+    /// A new connection, counted as waiting for its first request.
+    fn fresh_connection(&self) -> Arc<Cancels> {
+        self.stats.conns_fresh.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Cancels::default())
+    }
+
+    /// Answer one request of a client connection, counting it in flight, answered or
+    /// cancelled (see [`Cancels`]).
+    pub(crate) async fn answer(
+        &self,
+        req: Request<crate::pool::Inbound>,
+        conn: &ConnInfo,
+        cancels: &Cancels,
+    ) -> Response<ProxyBody> {
+        if !cancels.started.swap(true, Ordering::Relaxed) {
+            self.stats.conns_fresh.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut answering = Answering {
+            cancels,
+            stats: &self.stats,
+            answered: false,
+        };
+        let http1 = req.version() <= hyper::Version::HTTP_11;
+        let mut res = self.handle(req, conn).await;
+        if http1
+            && self.draining.load(Ordering::Relaxed)
+            && res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
+        {
+            res.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
+        answering.answered = res.extensions().get::<ClientFailed>().is_none();
+        res
+    }
+
+    /// A client connection served by hyper: HTTP/2, and HTTP/1.1 that [`crate::downstream`]
+    /// handed over (with what it had read of it already in `io`).
+    pub(crate) async fn serve_conn<I>(
         self: Arc<Self>,
         io: I,
         conn: ConnInfo,
-        watcher: hyper_util::server::graceful::Watcher,
+        cancels: Arc<Cancels>,
+        mut closing: watch::Receiver<bool>,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let peer = conn.peer;
         let conn = Arc::new(conn);
-        let cancels = Arc::new(Cancels::default());
-        self.stats.conns_fresh.fetch_add(1, Ordering::Relaxed);
         let me = self.clone();
         let counted = cancels.clone();
-        let svc = hyper::service::service_fn(move |req| {
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let me = me.clone();
             let conn = conn.clone();
             let cancels = counted.clone();
-            async move {
-                if !cancels.started.swap(true, Ordering::Relaxed) {
-                    me.stats.conns_fresh.fetch_sub(1, Ordering::Relaxed);
-                }
-                me.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-                let mut answering = Answering {
-                    cancels: &cancels,
-                    stats: &me.stats,
-                    answered: false,
-                };
-                let http1 = req.version() <= hyper::Version::HTTP_11;
-                let mut res = me.handle(req, &conn).await;
-                if http1
-                    && me.draining.load(Ordering::Relaxed)
-                    && res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
-                {
-                    res.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
-                }
-                answering.answered = res.extensions().get::<ClientFailed>().is_none();
-                Ok::<_, Infallible>(res)
-            }
+            async move { Ok::<_, Infallible>(me.answer(req.map(Some), &conn, &cancels).await) }
         });
-        // However the connection ends, it is no longer waiting for its first request.
-        let _fresh = Fresh {
-            cancels: cancels.clone(),
-            stats: &self.stats,
-        };
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -1059,13 +1104,22 @@ impl Proxy {
             .max_buf_size(MAX_HEAD)
             .max_headers(MAX_HEADER_LINES);
         let conn = builder.serve_connection_with_upgrades(io, svc);
-        let served = tokio::select! {
-            r = watcher.watch(conn.into_owned()) => r,
-            _ = cancels.abuse.notified() => {
-                // Dropped: the connection is closed, with the work its streams started.
-                self.stats.count(400, Duration::ZERO);
-                tracing::warn!(client = %peer, "connection closed: its HTTP/2 streams are reset faster than they are answered (rapid reset)");
-                return;
+        tokio::pin!(conn);
+        let mut closed = false;
+        let served = loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = closing.wait_for(|v| *v), if !closed => {
+                    // The listener closed: the connection ends after its requests in flight.
+                    closed = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = cancels.abuse.notified() => {
+                    // Dropped: the connection is closed, with the work its streams started.
+                    self.stats.count(400, Duration::ZERO);
+                    tracing::warn!(client = %peer, "connection closed: its HTTP/2 streams are reset faster than they are answered (rapid reset)");
+                    return;
+                }
             }
         };
         if let Err(e) = served {
@@ -1084,20 +1138,28 @@ impl Proxy {
                 }
             });
             match refused {
-                Some(status) => {
-                    self.stats.count(status, Duration::ZERO);
-                    for sink in self.log_sinks.get().into_iter().flat_map(|s| s.iter()) {
-                        sink.refused(peer.ip(), status, &e.to_string());
-                    }
-                    tracing::info!(client = %peer, status, error = %e, "request refused by the HTTP parser");
-                }
+                Some(status) => self.refused(peer, status, &e.to_string()),
                 None => tracing::debug!(error = %e, "client connection ended with an error"),
             }
         }
     }
 
+    /// A request head refused before it was a request (malformed, too large, too slow):
+    /// counted, logged, and in the access logs.
+    pub(crate) fn refused(&self, peer: SocketAddr, status: u16, reason: &str) {
+        self.stats.count(status, Duration::ZERO);
+        for sink in self.log_sinks.get().into_iter().flat_map(|s| s.iter()) {
+            sink.refused(peer.ip(), status, reason);
+        }
+        tracing::info!(client = %peer, status, error = %reason, "request refused by the HTTP parser");
+    }
+
     /// Route and forward one request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        req: Request<crate::pool::Inbound>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
         let started = Instant::now();
         let connection = crate::plugins::Connection {
             local_ip: conn.local_ip,
@@ -1272,7 +1334,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn route_and_forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<crate::pool::Inbound>,
         conn: &ConnInfo,
         connection: crate::plugins::Connection,
         client: &Client,
@@ -1741,7 +1803,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// The largest request head read from a client.
-const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
 
 /// The header lines the HTTP/1 parser has room for, in a request or a response. Heads are
 /// bounded by their size (64 KiB for a request, checked on every head; 160 KiB for a response);
