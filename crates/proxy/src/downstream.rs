@@ -60,6 +60,8 @@ struct Head {
     http10: bool,
     /// The client lets the connection be kept after this request.
     keep_alive: bool,
+    /// The client takes trailers (`TE: trailers`); hyper sends none otherwise.
+    trailers: bool,
 }
 
 enum Parsed {
@@ -87,7 +89,7 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
     }
     let base = buf.as_ptr() as usize;
     let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let (mut close, mut keep, mut length) = (false, false, false);
+    let (mut close, mut keep, mut length, mut trailers) = (false, false, false, false);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -104,6 +106,8 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         } else if name.eq_ignore_ascii_case(b"connection") {
             close |= has_token(h.value, b"close");
             keep |= has_token(h.value, b"keep-alive");
+        } else if name.eq_ignore_ascii_case(b"te") {
+            trailers |= has_token(h.value, b"trailers");
         }
         let (n, nl) = at(name);
         let (v, vl) = at(h.value);
@@ -116,6 +120,7 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         target: at(target.as_bytes()),
         http10,
         keep_alive: if http10 { keep } else { !close },
+        trailers,
     })
 }
 
@@ -274,7 +279,7 @@ impl Proxy {
             let to_head = req.method() == Method::HEAD;
             let res = self.answer(req, &conn, &cancels).await;
             let keep = head.keep_alive && !*closing.borrow();
-            match write_response(&mut io, &mut out, res, to_head, head.http10, keep).await {
+            match write_response(&mut io, &mut out, res, to_head, &head, keep).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = io.shutdown().await;
@@ -322,15 +327,17 @@ fn invalid(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
-/// Write the response; whether the connection may carry another request after it.
+/// Write the response to the request of `head`; whether the connection may carry another
+/// request after it.
 async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
     res: Response<ProxyBody>,
     to_head: bool,
-    http10: bool,
+    head: &Head,
     keep: bool,
 ) -> std::io::Result<bool> {
+    let http10 = head.http10;
     out.clear();
     let (mut parts, mut body) = res.into_parts();
     if parts.status.is_informational() {
@@ -379,7 +386,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
                 let Ok(trailers) = frame.into_trailers() else {
                     continue;
                 };
-                if let Framing::Chunked(Some(allowed)) = &framing {
+                if let (Framing::Chunked(Some(allowed)), true) = (&framing, head.trailers) {
                     let start = out.len();
                     out.extend_from_slice(b"0\r\n");
                     let mut any = false;
@@ -755,4 +762,398 @@ fn push_date(out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&d.1);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Frame;
+    use std::collections::VecDeque;
+    use tokio::io::AsyncReadExt;
+
+    /// A body of unknown length giving these frames.
+    struct Frames(VecDeque<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = crate::server::BodyError;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    enum B {
+        Empty,
+        Full(&'static str),
+        Stream(&'static [&'static str]),
+        Trailers(&'static str),
+    }
+
+    fn response(
+        status: u16,
+        headers: &[(&str, &str)],
+        body: B,
+        reason: Option<&str>,
+    ) -> Response<ProxyBody> {
+        let body: ProxyBody = match body {
+            B::Empty => http_body_util::Empty::new().map_err(|n| match n {}).boxed(),
+            B::Full(s) => http_body_util::Full::new(Bytes::from(s))
+                .map_err(|n| match n {})
+                .boxed(),
+            B::Stream(parts) => {
+                Frames(parts.iter().map(|p| Frame::data(Bytes::from(*p))).collect()).boxed()
+            }
+            B::Trailers(name) => {
+                let mut t = HeaderMap::new();
+                t.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+                Frames([Frame::data(Bytes::from("abc")), Frame::trailers(t)].into()).boxed()
+            }
+        };
+        let mut res = Response::new(body);
+        *res.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (n, v) in headers {
+            res.headers_mut().append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        if let Some(r) = reason {
+            res.extensions_mut()
+                .insert(hyper::ext::ReasonPhrase::try_from(r.as_bytes().to_vec()).unwrap());
+        }
+        res
+    }
+
+    fn without_date(raw: &[u8]) -> String {
+        String::from_utf8_lossy(raw)
+            .split("\r\n")
+            .filter(|l| !l.starts_with("date: "))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    /// What hyper's HTTP/1.1 server writes for `res` to the request `raw` (the client then
+    /// closes its side, so that hyper ends the connection after answering).
+    async fn hyper_writes(
+        raw: &'static [u8],
+        make: impl Fn() -> Response<ProxyBody> + Send + Sync + 'static,
+    ) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let make = Arc::new(make);
+        let svc = hyper::service::service_fn(move |_req| {
+            let make = make.clone();
+            async move { Ok::<_, std::convert::Infallible>(make()) }
+        });
+        let conn = tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .half_close(true)
+                .serve_connection(TokioIo::new(server), svc),
+        );
+        client.write_all(raw).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        let _ = conn.await;
+        out
+    }
+
+    /// The same response written by this layer, and whether it keeps the connection.
+    async fn ours(
+        raw: &'static [u8],
+        res: Response<ProxyBody>,
+    ) -> (Vec<u8>, std::io::Result<bool>) {
+        let mut spans = Vec::new();
+        let Parsed::Complete(head) = parse(raw, &mut spans) else {
+            panic!("not taken: {}", String::from_utf8_lossy(raw));
+        };
+        let to_head = raw.starts_with(b"HEAD ");
+        let mut written = Vec::new();
+        let mut out = Vec::new();
+        let keep =
+            write_response(&mut written, &mut out, res, to_head, &head, head.keep_alive).await;
+        (written, keep)
+    }
+
+    /// Every response shape is written byte for byte as hyper's server writes it (but the date),
+    /// and the connection is kept exactly when hyper would keep it.
+    #[tokio::test]
+    async fn responses_are_framed_as_hyper_frames_them() {
+        const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        const CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
+        const V10: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+        const V10_KEEP: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+        const TE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n";
+        #[allow(clippy::type_complexity)]
+        let cases: Vec<(
+            &str,
+            &'static [u8],
+            u16,
+            &'static [(&'static str, &'static str)],
+            B,
+            Option<&'static str>,
+            bool,
+        )> = vec![
+            (
+                "a known length",
+                GET,
+                200,
+                &[("x-a", "1"), ("x-a", "2")],
+                B::Full("hello"),
+                None,
+                true,
+            ),
+            (
+                "a length header over a stream",
+                GET,
+                200,
+                &[("content-length", "5")],
+                B::Stream(&["he", "llo"]),
+                None,
+                true,
+            ),
+            (
+                "an unknown length",
+                GET,
+                200,
+                &[],
+                B::Stream(&["he", "llo"]),
+                None,
+                true,
+            ),
+            (
+                "a Content-Length header and a known length",
+                GET,
+                200,
+                &[("content-length", "5")],
+                B::Full("hello"),
+                None,
+                true,
+            ),
+            ("no body", GET, 200, &[], B::Empty, None, true),
+            (
+                "no body and a length header",
+                GET,
+                404,
+                &[("content-length", "9")],
+                B::Empty,
+                None,
+                true,
+            ),
+            (
+                "HEAD",
+                HEAD,
+                200,
+                &[("content-length", "42")],
+                B::Empty,
+                None,
+                true,
+            ),
+            (
+                "HEAD without a length",
+                HEAD,
+                200,
+                &[],
+                B::Empty,
+                None,
+                true,
+            ),
+            (
+                "204",
+                GET,
+                204,
+                &[("content-length", "0")],
+                B::Empty,
+                None,
+                true,
+            ),
+            (
+                "304",
+                GET,
+                304,
+                &[("content-length", "12"), ("etag", "\"e\"")],
+                B::Empty,
+                None,
+                true,
+            ),
+            (
+                "a reason of its own",
+                GET,
+                200,
+                &[],
+                B::Full("x"),
+                Some("Fine"),
+                true,
+            ),
+            (
+                "a status without a reason",
+                GET,
+                599,
+                &[],
+                B::Full("x"),
+                None,
+                true,
+            ),
+            (
+                "the response closes",
+                GET,
+                503,
+                &[("connection", "close")],
+                B::Full("x"),
+                None,
+                false,
+            ),
+            (
+                "the client closes",
+                CLOSE,
+                200,
+                &[],
+                B::Full("x"),
+                None,
+                false,
+            ),
+            (
+                "the client closes, unknown length",
+                CLOSE,
+                200,
+                &[],
+                B::Stream(&["a", "b"]),
+                None,
+                false,
+            ),
+            ("HTTP/1.0", V10, 200, &[], B::Full("x"), None, false),
+            (
+                "HTTP/1.0, unknown length",
+                V10,
+                200,
+                &[],
+                B::Stream(&["a", "b"]),
+                None,
+                false,
+            ),
+            (
+                "HTTP/1.0 kept",
+                V10_KEEP,
+                200,
+                &[],
+                B::Full("x"),
+                None,
+                true,
+            ),
+            (
+                "a coding other than chunked",
+                GET,
+                200,
+                &[("transfer-encoding", "gzip")],
+                B::Stream(&["a"]),
+                None,
+                true,
+            ),
+            (
+                "chunked and a length",
+                GET,
+                200,
+                &[("transfer-encoding", "chunked"), ("content-length", "3")],
+                B::Stream(&["abc"]),
+                None,
+                true,
+            ),
+            (
+                "announced trailers",
+                GET,
+                200,
+                &[("trailer", "x-sum")],
+                B::Trailers("x-sum"),
+                None,
+                true,
+            ),
+            (
+                "unannounced trailers",
+                GET,
+                200,
+                &[],
+                B::Trailers("x-sum"),
+                None,
+                true,
+            ),
+            (
+                "announced trailers, taken",
+                TE,
+                200,
+                &[("trailer", "x-sum")],
+                B::Trailers("x-sum"),
+                None,
+                true,
+            ),
+            (
+                "trailers not announced, taken",
+                TE,
+                200,
+                &[],
+                B::Trailers("x-sum"),
+                None,
+                true,
+            ),
+            (
+                "trailers announced but not these",
+                TE,
+                200,
+                &[("trailer", "x-other")],
+                B::Trailers("x-sum"),
+                None,
+                true,
+            ),
+        ];
+        for (name, raw, status, headers, body, reason, keep) in cases {
+            let theirs = hyper_writes(raw, move || response(status, headers, body, reason)).await;
+            let (mine, kept) = ours(raw, response(status, headers, body, reason)).await;
+            assert_eq!(without_date(&mine), without_date(&theirs), "{name}");
+            let Ok(kept) = kept else {
+                // A response hyper refuses to write: neither writes anything.
+                assert!(theirs.is_empty(), "{name}");
+                continue;
+            };
+            assert_eq!(kept, keep, "{name}: connection kept");
+            assert!(
+                String::from_utf8_lossy(&mine).contains("\r\ndate: "),
+                "{name}: no date"
+            );
+        }
+    }
+
+    /// What this layer leaves to hyper, and what it takes.
+    #[test]
+    fn requests_it_takes() {
+        let mut spans = Vec::new();
+        let mut taken = |raw: &[u8]| match parse(raw, &mut spans) {
+            Parsed::Complete(_) => "taken",
+            Parsed::Partial => "partial",
+            Parsed::Hyper => "hyper",
+        };
+        assert_eq!(taken(b"GET /a?b HTTP/1.1\r\nHost: x\r\n\r\n"), "taken");
+        assert_eq!(
+            taken(b"DELETE / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"),
+            "taken"
+        );
+        assert_eq!(taken(b"GET / HTTP/1.1\r\nHost: x\r\n"), "partial");
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+        ] {
+            assert_eq!(taken(raw), "hyper", "{}", String::from_utf8_lossy(raw));
+        }
+    }
 }
