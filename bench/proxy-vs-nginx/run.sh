@@ -266,8 +266,8 @@ with open(path, "w") as f:
         f.write(f"  - name: r{i}\n    paths: [/svc/{i}]\n    methods: [GET]\n")
 PY
 KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$work/routes.yml" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
-  KONG_PROXY_LISTEN=127.0.0.1:18904 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
+  KONG_PROXY_LISTEN=127.0.0.1:18915 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
   "$GANTRY" start -p "$work/g5k" 2>"$work/g5k.err" & g5k=$!; pids+=($g5k)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:18904/svc/4999" >/dev/null && break; sleep 0.1; done
-wrk -t1 -c10 -d2s "http://127.0.0.1:18904/svc/2500" >/dev/null
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:18915/svc/4999" >/dev/null && break; sleep 0.1; done
+wrk -t1 -c10 -d2s "http://127.0.0.1:18915/svc/2500" >/dev/null
 echo "gantry RSS with 5,000 routes loaded (after 2 s of traffic): $(awk '/VmRSS/ {printf "%.1f MB", $2/1024}' /proc/$g5k/status)"
