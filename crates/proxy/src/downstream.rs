@@ -138,11 +138,24 @@ fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
         .any(|v| has_token(v.as_bytes(), token))
 }
 
-/// The request of a parsed head; `None` when a part of it is not valid as `http` takes it.
-fn request(head: &Bytes, h: &Head, spans: &[Span]) -> Option<Request<Inbound>> {
+/// Room left in a request's header map for the headers the proxy adds upstream
+/// (`X-Forwarded-*`, `X-Real-IP`, `Via`, `X-Kong-Request-Id`), so that it does not grow.
+const ADDED_UPSTREAM: usize = 10;
+/// A map kept for the next request holds at most this many headers.
+const KEPT_MAP: usize = 64;
+
+/// The request of a parsed head, its headers in `spare` (a map the connection used before)
+/// when there is one; `None` when a part of it is not valid as `http` takes it.
+fn request(
+    head: &Bytes,
+    h: &Head,
+    spans: &[Span],
+    spare: Option<HeaderMap>,
+) -> Option<Request<Inbound>> {
     let method = Method::from_bytes(&head[h.method.0..h.method.0 + h.method.1]).ok()?;
     let uri = Uri::from_maybe_shared(head.slice(h.target.0..h.target.0 + h.target.1)).ok()?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut headers = spare.unwrap_or_default();
+    headers.reserve(spans.len() + ADDED_UPSTREAM);
     for &(n, nl, v, vl) in spans {
         let name = HeaderName::from_bytes(&head[n..n + nl]).ok()?;
         let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).ok()?;
@@ -231,6 +244,9 @@ impl Proxy {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut spans = Vec::new();
         let mut out = Vec::with_capacity(1024);
+        // The last response's header map, emptied, for the next request's headers (hyper's
+        // server keeps one too).
+        let mut spare = None;
         let timer = tokio::time::sleep(self.header_timeout);
         tokio::pin!(timer);
         loop {
@@ -270,7 +286,7 @@ impl Proxy {
                 }
             };
             let bytes = buf.split_to(head.len).freeze();
-            let Some(req) = request(&bytes, &head, &spans) else {
+            let Some(req) = request(&bytes, &head, &spans, spare.take()) else {
                 // hyper answers it (400) as it always has.
                 let mut again = BytesMut::from(&bytes[..]);
                 again.extend_from_slice(&buf);
@@ -279,7 +295,7 @@ impl Proxy {
             let to_head = req.method() == Method::HEAD;
             let res = self.answer(req, &conn, &cancels).await;
             let keep = head.keep_alive && !*closing.borrow();
-            match write_response(&mut io, &mut out, res, to_head, &head, keep).await {
+            match write_response(&mut io, &mut out, &mut spare, res, to_head, &head, keep).await {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = io.shutdown().await;
@@ -332,6 +348,7 @@ fn invalid(what: &'static str) -> std::io::Error {
 async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
+    spare: &mut Option<HeaderMap>,
     res: Response<ProxyBody>,
     to_head: bool,
     head: &Head,
@@ -349,6 +366,9 @@ async fn write_response<S: AsyncWrite + Unpin>(
             .boxed();
     }
     let (framing, keep) = encode_head(out, &mut parts, &body, to_head, http10, keep)?;
+    if parts.headers.capacity() <= KEPT_MAP {
+        *spare = Some(std::mem::take(&mut parts.headers));
+    }
     let mut left = match framing {
         Framing::Length(0) => {
             io.write_all(out).await?;
@@ -876,8 +896,16 @@ mod tests {
         let to_head = raw.starts_with(b"HEAD ");
         let mut written = Vec::new();
         let mut out = Vec::new();
-        let keep =
-            write_response(&mut written, &mut out, res, to_head, &head, head.keep_alive).await;
+        let keep = write_response(
+            &mut written,
+            &mut out,
+            &mut None,
+            res,
+            to_head,
+            &head,
+            head.keep_alive,
+        )
+        .await;
         (written, keep)
     }
 

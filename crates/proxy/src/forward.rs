@@ -115,6 +115,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most heads have none: one pass over the names (compared as known names, not hashed)
+    // instead of a lookup per hop-by-hop name.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -131,7 +136,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 pub(crate) fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
+    if let Ok(v) = names::value_of(value.as_bytes()) {
         h.insert(name, v);
     }
 }

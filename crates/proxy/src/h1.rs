@@ -435,7 +435,9 @@ impl H1Conn {
                     "101 to a request that asked no protocol switch",
                 ));
             }
-            let mut headers = HeaderMap::with_capacity(self.spans.len());
+            // With room for the headers the proxy adds to responses (latencies, `Via`,
+            // `X-Kong-Request-Id`), so that the map does not grow.
+            let mut headers = HeaderMap::with_capacity(self.spans.len() + 6);
             for &(n, nl, v, vl) in &self.spans {
                 let name = HeaderName::from_bytes(&head[n..n + nl])
                     .map_err(|_| H1Error::Invalid("a header name"))?;

@@ -1242,7 +1242,7 @@ impl Proxy {
             if added.response_latency {
                 rparts.headers.insert(
                     names::X_KONG_RESPONSE_LATENCY,
-                    HeaderValue::from(started.elapsed().as_millis() as u64),
+                    names::number(started.elapsed().as_millis() as u64),
                 );
             }
         }
@@ -1710,19 +1710,18 @@ impl Proxy {
         if added.upstream_latency {
             rparts.headers.insert(
                 names::X_KONG_UPSTREAM_LATENCY,
-                HeaderValue::from(upstream_ms as u64),
+                names::number(upstream_ms as u64),
             );
         }
         if added.proxy_latency {
-            rparts.headers.insert(
-                names::X_KONG_PROXY_LATENCY,
-                HeaderValue::from(proxy_ms as u64),
-            );
+            rparts
+                .headers
+                .insert(names::X_KONG_PROXY_LATENCY, names::number(proxy_ms as u64));
         }
         if added.upstream_status {
             rparts.headers.insert(
                 names::X_KONG_UPSTREAM_STATUS,
-                HeaderValue::from(rparts.status.as_u16()),
+                names::number(u64::from(rparts.status.as_u16())),
             );
         }
         if added.via {
@@ -1905,7 +1904,7 @@ fn request_id(prefix: u32, n: u64) -> HeaderValue {
         };
         *slot = HEX[nibble as usize];
     }
-    HeaderValue::from_bytes(&b).unwrap_or(HeaderValue::from_static("0"))
+    names::value_of(&b).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// All matched but the protocol: Kong answers 426, or redirects with the configured status.
