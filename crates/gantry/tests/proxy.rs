@@ -2988,3 +2988,104 @@ async fn vault_references_are_read_where_they_run() {
     assert!(b["headers"].is_object(), "still the upstream's answer: {b}");
     assert_eq!(said("/v1").await.1["message"], "from the vault");
 }
+
+/// One client connection through both HTTP/1.1 layers (issue 18): pipelined bodiless requests
+/// answered in order by the proxy's own layer, then a request with a body, which hands the
+/// connection to hyper with what was read, then more requests on it; the connection is kept
+/// throughout, and closed after the request that asks it.
+#[tokio::test]
+async fn one_connection_passes_from_the_proxys_http1_layer_to_hypers() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let up = echo().await;
+    service_and_route(&http, &node, &up, "/e").await;
+    synced(&http, &node).await;
+    let addr = node.proxy.clone().unwrap();
+    let s = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (r, mut w) = s.into_split();
+    let mut r = BufReader::new(r);
+    // One response: its status line, headers (lower-cased names) and body.
+    async fn response(
+        r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    ) -> (String, Vec<(String, String)>, Value) {
+        let mut status = String::new();
+        r.read_line(&mut status).await.unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            r.read_line(&mut line).await.unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let (n, v) = line.split_once(':').unwrap();
+            headers.push((n.to_ascii_lowercase(), v.trim().to_string()));
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(n, _)| n == "content-length")
+            .map(|(_, v)| v.parse().unwrap())
+            .expect("a content-length");
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).await.unwrap();
+        (
+            status.trim_end().to_string(),
+            headers,
+            serde_json::from_slice(&body).unwrap(),
+        )
+    }
+    // Two requests in one write: both answered, in order.
+    w.write_all(b"GET /e/1 HTTP/1.1\r\nHost: x\r\n\r\nGET /e/2?q=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for path in ["/1", "/2?q=1"] {
+        let (status, headers, body) = response(&mut r).await;
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert_eq!(body["uri"], path, "{body}");
+        assert!(headers.iter().any(|(n, _)| n == "date"), "{headers:?}");
+        assert!(
+            !headers.iter().any(|(n, _)| n == "connection"),
+            "{headers:?}"
+        );
+    }
+    // A body: hyper's from here on, with the bytes already read (the body's first part came
+    // in the same write as the head).
+    w.write_all(b"POST /e/3 HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello")
+        .await
+        .unwrap();
+    w.write_all(b" world").await.unwrap();
+    let (status, _, body) = response(&mut r).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        (body["method"].as_str(), body["body"].as_str()),
+        (Some("POST"), Some("hello world")),
+        "{body}"
+    );
+    w.write_all(b"GET /e/4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, headers, body) = response(&mut r).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(body["path"], "/4", "{body}");
+    assert!(
+        headers
+            .iter()
+            .any(|(n, v)| n == "connection" && v == "close"),
+        "{headers:?}"
+    );
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    // HTTP/1.0 without keep-alive: answered in HTTP/1.0 and closed.
+    let got = exchange(
+        addr.trim_start_matches("http://"),
+        b"GET /e/5 HTTP/1.0\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
+}
