@@ -237,17 +237,29 @@ impl Proxy {
         mut io: S,
         conn: ConnInfo,
         cancels: Arc<Cancels>,
-        mut closing: watch::Receiver<bool>,
+        closing: watch::Receiver<bool>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // Whether the listener is closing: one wait for the connection's life (a wait made
+        // per request would take the channel's lock twice each time); `closing` itself goes to
+        // hyper with a connection handed over.
+        let mut shut = closing.clone();
+        let shutting = async move {
+            let _ = shut.wait_for(|v| *v).await;
+        };
+        tokio::pin!(shutting);
+        let mut closed = false;
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut spans = Vec::new();
         let mut out = Vec::with_capacity(1024);
         // The last response's header map, emptied, for the next request's headers (hyper's
         // server keeps one too).
         let mut spare = None;
-        let timer = tokio::time::sleep(self.header_timeout);
+        // The header read timeout: each head's deadline is kept here, and the timer, armed
+        // once, is moved to it only when it fires early, so that a request does not re-arm it.
+        let mut deadline = tokio::time::Instant::now() + self.header_timeout;
+        let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         loop {
             let mut waiting = false;
@@ -261,12 +273,10 @@ impl Proxy {
                     }
                 }
                 if !waiting {
-                    if buf.is_empty() && *closing.borrow() {
+                    if buf.is_empty() && closed {
                         return;
                     }
-                    timer
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + self.header_timeout);
+                    deadline = tokio::time::Instant::now() + self.header_timeout;
                     waiting = true;
                 }
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -279,10 +289,19 @@ impl Proxy {
                         Ok(_) => {}
                     },
                     () = &mut timer => {
+                        if tokio::time::Instant::now() < deadline {
+                            timer.as_mut().reset(deadline);
+                            continue;
+                        }
                         self.refused(conn.peer, 408, "read header from client timeout");
                         return;
                     }
-                    _ = closing.wait_for(|v| *v), if buf.is_empty() => return,
+                    () = &mut shutting, if !closed => {
+                        closed = true;
+                        if buf.is_empty() {
+                            return;
+                        }
+                    }
                 }
             };
             let bytes = buf.split_to(head.len).freeze();
@@ -294,7 +313,14 @@ impl Proxy {
             };
             let to_head = req.method() == Method::HEAD;
             let res = self.answer(req, &conn, &cancels).await;
-            let keep = head.keep_alive && !*closing.borrow();
+            if !closed {
+                closed = std::future::poll_fn(|cx| {
+                    Poll::Ready(std::future::Future::poll(shutting.as_mut(), cx))
+                })
+                .await
+                .is_ready();
+            }
+            let keep = head.keep_alive && !closed;
             match write_response(&mut io, &mut out, &mut spare, res, to_head, &head, keep).await {
                 Ok(true) => {}
                 Ok(false) => {
