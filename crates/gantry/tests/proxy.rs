@@ -3089,3 +3089,57 @@ async fn one_connection_passes_from_the_proxys_http1_layer_to_hypers() {
     .await;
     assert!(got.starts_with("HTTP/1.0 200 OK\r\n"), "{got}");
 }
+
+/// A client that leaves while its request is with the upstream cancels it: the upstream
+/// connection is closed at once, not kept until the read timeout (60 s), as hyper's server
+/// did before the proxy's own HTTP/1.1 layer (issue 18).
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_upstream_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    // An upstream that reads the request and never answers, then reports when the proxy
+    // closes the connection.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap().to_string();
+    let (seen, mut closed) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = slow.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => {
+                            let _ = seen.send("closed");
+                            return;
+                        }
+                        Ok(n) => {
+                            got.extend_from_slice(&buf[..n]);
+                            if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                                let _ = seen.send("request");
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    service_and_route(&http, &node, &slow_addr, "/slow").await;
+    synced(&http, &node).await;
+    let addr = node.proxy.clone().unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    c.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let ten = Duration::from_secs(10);
+    let got = tokio::time::timeout(ten, closed.recv()).await;
+    assert_eq!(got.expect("no request within 10 s"), Some("request"));
+    drop(c);
+    let got = tokio::time::timeout(ten, closed.recv()).await;
+    assert_eq!(got.expect("not closed within 10 s"), Some("closed"));
+}

@@ -119,7 +119,8 @@ fn parse(buf: &[u8], spans: &mut Vec<Span>) -> Parsed {
         method: at(method.as_bytes()),
         target: at(target.as_bytes()),
         http10,
-        keep_alive: if http10 { keep } else { !close },
+        // A `close` anywhere wins over `keep-alive`, as in hyper.
+        keep_alive: !close && (keep || !http10),
         trailers,
     })
 }
@@ -261,19 +262,37 @@ impl Proxy {
         let mut deadline = tokio::time::Instant::now() + self.header_timeout;
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
+        // A request has been answered here: what is handed to hyper afterwards is HTTP/1 (an
+        // HTTP/2 preface now is not a protocol switch hyper would have made).
+        let mut served = false;
         loop {
             let mut waiting = false;
+            // How far the buffer has been searched for the head's end: a head is parsed once it
+            // has one (hyper's `is_complete_fast`), not again at every byte of a slow one.
+            let mut searched = 0;
             let head = loop {
-                if !buf.is_empty() {
-                    match parse(&buf, &mut spans) {
-                        // Over the limit, hyper answers 431.
-                        Parsed::Complete(h) if h.len < MAX_HEAD => break h,
-                        Parsed::Partial if buf.len() < MAX_HEAD => {}
-                        _ => return self.hand_over(io, buf, conn, cancels, closing).await,
+                if buf.len() > searched {
+                    // The end is an empty line: `\n\r\n` (in `\r\n\r\n`) or `\n\n`.
+                    let new = &buf[searched.saturating_sub(2)..];
+                    let ended = new.windows(2).any(|w| w == b"\n\n")
+                        || new.windows(3).any(|w| w == b"\n\r\n");
+                    searched = buf.len();
+                    if ended || buf.len() >= MAX_HEAD {
+                        match parse(&buf, &mut spans) {
+                            // Over the limit, hyper answers 431.
+                            Parsed::Complete(h) if h.len < MAX_HEAD => break h,
+                            Parsed::Partial if buf.len() < MAX_HEAD => {}
+                            _ => {
+                                return self
+                                    .hand_over(io, buf, conn, cancels, closing, served)
+                                    .await
+                            }
+                        }
                     }
                 }
                 if !waiting {
                     if buf.is_empty() && closed {
+                        let _ = io.shutdown().await;
                         return;
                     }
                     deadline = tokio::time::Instant::now() + self.header_timeout;
@@ -285,7 +304,11 @@ impl Proxy {
                 tokio::select! {
                     biased;
                     r = io.read_buf(&mut buf) => match r {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) => {
+                            let _ = io.shutdown().await;
+                            return;
+                        }
+                        Err(_) => return,
                         Ok(_) => {}
                     },
                     () = &mut timer => {
@@ -294,11 +317,13 @@ impl Proxy {
                             continue;
                         }
                         self.refused(conn.peer, 408, "read header from client timeout");
+                        let _ = io.shutdown().await;
                         return;
                     }
                     () = &mut shutting, if !closed => {
                         closed = true;
                         if buf.is_empty() {
+                            let _ = io.shutdown().await;
                             return;
                         }
                     }
@@ -309,10 +334,30 @@ impl Proxy {
                 // hyper answers it (400) as it always has.
                 let mut again = BytesMut::from(&bytes[..]);
                 again.extend_from_slice(&buf);
-                return self.hand_over(io, again, conn, cancels, closing).await;
+                return self
+                    .hand_over(io, again, conn, cancels, closing, served)
+                    .await;
             };
             let to_head = req.method() == Method::HEAD;
-            let res = self.answer(req, &conn, &cancels).await;
+            // While the request is answered, the connection is read: a client that leaves
+            // drops its request (counted as cancelled), as with hyper's server; bytes that come
+            // are the next request's.
+            let answering = self.answer(req, &conn, &cancels);
+            tokio::pin!(answering);
+            let res = loop {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                tokio::select! {
+                    biased;
+                    res = &mut answering => break res,
+                    r = io.read_buf(&mut buf), if buf.len() < MAX_HEAD => match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    },
+                }
+            };
+            served = true;
             if !closed {
                 closed = std::future::poll_fn(|cx| {
                     Poll::Ready(std::future::Future::poll(shutting.as_mut(), cx))
@@ -321,7 +366,11 @@ impl Proxy {
                 .is_ready();
             }
             let keep = head.keep_alive && !closed;
-            match write_response(&mut io, &mut out, &mut spare, res, to_head, &head, keep).await {
+            let written = write_response(&mut io, &mut out, &mut spare, res, to_head, &head, keep);
+            let written = written.await;
+            // A large body gathered once does not keep its buffer for the connection's life.
+            out.shrink_to(GATHER);
+            match written {
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = io.shutdown().await;
@@ -335,7 +384,8 @@ impl Proxy {
         }
     }
 
-    /// Hand the connection to hyper, with what was read of it.
+    /// Hand the connection to hyper, with what was read of it (HTTP/1 only once a request has
+    /// been answered here).
     async fn hand_over<S>(
         self: Arc<Self>,
         io: S,
@@ -343,6 +393,7 @@ impl Proxy {
         conn: ConnInfo,
         cancels: Arc<Cancels>,
         closing: watch::Receiver<bool>,
+        http1_only: bool,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -350,7 +401,7 @@ impl Proxy {
             prefix: read.freeze(),
             io,
         };
-        self.serve_conn(TokioIo::new(io), conn, cancels, closing)
+        self.serve_conn(TokioIo::new(io), conn, cancels, closing, http1_only)
             .await
     }
 }
@@ -384,12 +435,13 @@ async fn write_response<S: AsyncWrite + Unpin>(
     out.clear();
     let (mut parts, mut body) = res.into_parts();
     if parts.status.is_informational() {
+        // As hyper: a bare 500, and the connection closed.
         tracing::warn!("response with 1xx status code not supported");
-        (parts, _) = Response::new(()).into_parts();
-        parts.status = StatusCode::INTERNAL_SERVER_ERROR;
-        body = http_body_util::Empty::new()
-            .map_err(|never| match never {})
-            .boxed();
+        drop(body);
+        out.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n\r\n");
+        return finish(io, out, false).await;
     }
     let (framing, keep) = encode_head(out, &mut parts, &body, to_head, http10, keep)?;
     if parts.headers.capacity() <= KEPT_MAP {
@@ -413,11 +465,13 @@ async fn write_response<S: AsyncWrite + Unpin>(
         let frame = match polled {
             Poll::Ready(f) => f,
             Poll::Pending => {
+                // Whatever was written goes out before the wait (TLS buffers records until
+                // flushed).
                 if !out.is_empty() {
                     io.write_all(out).await?;
-                    io.flush().await?;
                     out.clear();
                 }
+                io.flush().await?;
                 body.frame().await
             }
         };
@@ -944,6 +998,8 @@ mod tests {
         const HEAD: &[u8] = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
         const V10: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
         const V10_KEEP: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n";
+        const V10_BOTH: &[u8] =
+            b"GET / HTTP/1.0\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n";
         const TE: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n\r\n";
         #[allow(clippy::type_complexity)]
         let cases: Vec<(
@@ -1136,6 +1192,24 @@ mod tests {
                 B::Trailers("x-sum"),
                 None,
                 true,
+            ),
+            (
+                "a 1xx status as the response",
+                GET,
+                103,
+                &[("x-a", "1")],
+                B::Full("x"),
+                None,
+                false,
+            ),
+            (
+                "HTTP/1.0 asking to keep and to close",
+                V10_BOTH,
+                200,
+                &[],
+                B::Full("x"),
+                None,
+                false,
             ),
             (
                 "announced trailers, taken",

@@ -1000,7 +1000,7 @@ impl Proxy {
                         stats: &self.stats,
                     };
                     let me = self.clone();
-                    me.serve_conn(TokioIo::new(tls_stream), conn, cancels, closing)
+                    me.serve_conn(TokioIo::new(tls_stream), conn, cancels, closing, false)
                         .await
                 } else {
                     self.serve_client(tls_stream, conn, closing).await
@@ -1074,13 +1074,15 @@ impl Proxy {
     }
 
     /// A client connection served by hyper: HTTP/2, and HTTP/1.1 that [`crate::downstream`]
-    /// handed over (with what it had read of it already in `io`).
+    /// handed over (with what it had read of it already in `io`; `http1_only` once requests
+    /// were answered on it).
     pub(crate) async fn serve_conn<I>(
         self: Arc<Self>,
         io: I,
         conn: ConnInfo,
         cancels: Arc<Cancels>,
         mut closing: watch::Receiver<bool>,
+        http1_only: bool,
     ) where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
@@ -1095,6 +1097,9 @@ impl Proxy {
             async move { Ok::<_, Infallible>(me.answer(req.map(Some), &conn, &cancels).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if http1_only {
+            builder = builder.http1_only();
+        }
         builder
             .http1()
             .timer(TokioTimer::new())
@@ -1108,6 +1113,9 @@ impl Proxy {
         let mut closed = false;
         let served = loop {
             tokio::select! {
+                // The connection first: a connection handed over while the listener closes
+                // reads its request before it is told to end after it.
+                biased;
                 r = conn.as_mut() => break r,
                 _ = closing.wait_for(|v| *v), if !closed => {
                     // The listener closed: the connection ends after its requests in flight.

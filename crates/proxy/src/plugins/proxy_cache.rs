@@ -426,7 +426,7 @@ impl Plugin for ProxyCache {
                 let pending = Pending {
                     key: marked.key,
                     status: response.status.as_u16(),
-                    headers: response.headers.clone(),
+                    headers: detached(&response.headers),
                     res_ttl,
                     storage_ttl,
                     req_body: marked.req_body,
@@ -708,6 +708,19 @@ struct Mime {
     ty: String,
     subtype: String,
     params: HashMap<String, String>,
+}
+
+/// The headers with values of their own: a value sliced from a connection's read buffer, or
+/// made in the request path's shared arena (`names::value_of`), would keep that whole buffer
+/// alive for as long as the cache keeps the entry, unseen by its size accounting.
+fn detached(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut own = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        own.set_sensitive(value.is_sensitive());
+        out.append(name.clone(), own);
+    }
+    out
 }
 
 fn is_token(c: u8) -> bool {
