@@ -216,7 +216,10 @@ async function main() {
   await step('1. log in with ADMIN_TOKEN', async () => {
     await page.goto(`${CONSOLE_URL}/`)
     await page.getByLabel('Access token').waitFor()
-    if (!page.url().endsWith('/login')) throw new Error(`expected /login, at ${page.url()}`)
+    // The form can show a moment before the address changes to /login.
+    await page.waitForURL(/\/login$/, { timeout: 5000 }).catch(() => {
+      throw new Error(`expected /login, at ${page.url()}`)
+    })
     await shot(page, 'login')
     await page.getByLabel('Access token').fill(ADMIN_TOKEN)
     await page.getByTestId('login-submit').click()
