@@ -132,7 +132,8 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
-fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
+/// Whether a `Connection` header of `headers` holds `token`.
+pub(crate) fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -172,6 +173,13 @@ fn request(
     };
     *req.headers_mut() = headers;
     Some(req)
+}
+
+/// Room in the read buffer for the next read.
+fn room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
 }
 
 /// A connection's byte stream with what was read of it already put back in front, for hyper.
@@ -298,9 +306,7 @@ impl Proxy {
                     deadline = tokio::time::Instant::now() + self.header_timeout;
                     waiting = true;
                 }
-                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                    buf.reserve(READ_CHUNK);
-                }
+                room(&mut buf);
                 tokio::select! {
                     biased;
                     r = io.read_buf(&mut buf) => match r {
@@ -345,9 +351,7 @@ impl Proxy {
             let answering = self.answer(req, &conn, &cancels);
             tokio::pin!(answering);
             let res = loop {
-                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                    buf.reserve(READ_CHUNK);
-                }
+                room(&mut buf);
                 tokio::select! {
                     biased;
                     res = &mut answering => break res,

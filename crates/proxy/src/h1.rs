@@ -463,14 +463,8 @@ impl H1Conn {
                 }
             }
             let (mut parts, ()) = res.into_parts();
-            let connection = |token: &str| {
-                parts
-                    .headers
-                    .get_all(header::CONNECTION)
-                    .iter()
-                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-            };
+            let connection =
+                |token: &str| crate::downstream::connection_has(&parts.headers, token.as_bytes());
             let mut keep = if minor == 0 {
                 connection("keep-alive")
             } else {
