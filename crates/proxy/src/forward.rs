@@ -115,28 +115,84 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Most heads have none: one pass over the names (compared as known names, not hashed)
-    // instead of a lookup per hop-by-hop name.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names (compared as known names, not hashed) notes which are present:
+    // most heads have none, and a response mostly has `Connection` alone.
+    let mut present = 0u16;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
-        h.remove(n);
+    // The names `Connection` lists go too, looked up by their text (no name is made for
+    // them). The first value is the only one a head mostly has.
+    if present & 1 != 0 {
+        let mut values = h.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for v in first.iter().chain(&more) {
+            for token in v.as_bytes().split(|b| *b == b',') {
+                if let Ok(t) = std::str::from_utf8(token.trim_ascii()) {
+                    if !t.is_empty() {
+                        h.remove(t);
+                    }
+                }
+            }
+        }
     }
-    for n in HOP_BY_HOP {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
 }
 
 pub(crate) fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
     if let Ok(v) = names::value_of(value.as_bytes()) {
         h.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(lines: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in lines {
+            h.append(*n, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_removed() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Foo ,"),
+            ("connection", "x-bar"),
+            ("keep-alive", "timeout=5"),
+            ("x-foo", "1"),
+            ("x-bar", "2"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
+
+        // A name listed with no Connection header is an end-to-end header.
+        let mut h = map(&[("x-foo", "1"), ("upgrade", "h2c"), ("host", "a")]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-foo", "host"]);
+
+        // None of them: the map is untouched.
+        let mut h = map(&[("host", "a"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 }

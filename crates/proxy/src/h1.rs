@@ -70,6 +70,10 @@ pub struct H1Conn {
     spans: Vec<(usize, usize, usize, usize)>,
     /// The requests it has carried.
     pub(crate) uses: u64,
+    /// The last request's header map, emptied, for the next response's headers (the map then
+    /// goes to the client's connection, whose next request brings one back): no map is
+    /// allocated per exchange.
+    spare: Option<HeaderMap>,
 }
 
 /// How a failed send left the request.
@@ -114,6 +118,7 @@ impl H1Conn {
             out: Vec::new(),
             spans: Vec::new(),
             uses: 0,
+            spare: None,
         }
     }
 
@@ -172,7 +177,9 @@ impl H1Conn {
             }
             self.out.clear();
         }
-        drop(parts);
+        let mut spare = parts.headers;
+        spare.clear();
+        self.spare = Some(spare);
         // With a body: it is written while the answer is awaited, so that an upstream that
         // answers early (a 413, say) is heard; the connection is then not kept.
         let mut st = BodyOut {
@@ -437,7 +444,14 @@ impl H1Conn {
             }
             // With room for the headers the proxy adds to responses (latencies, `Via`,
             // `X-Kong-Request-Id`), so that the map does not grow.
-            let mut headers = HeaderMap::with_capacity(self.spans.len() + 6);
+            let room = self.spans.len() + 6;
+            let mut headers = match self.spare.take() {
+                Some(mut h) => {
+                    h.reserve(room);
+                    h
+                }
+                None => HeaderMap::with_capacity(room),
+            };
             for &(n, nl, v, vl) in &self.spans {
                 let name = HeaderName::from_bytes(&head[n..n + nl])
                     .map_err(|_| H1Error::Invalid("a header name"))?;

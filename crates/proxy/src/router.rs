@@ -89,7 +89,7 @@ pub struct RequestInfo<'a> {
 pub struct Matched<'r> {
     pub route: &'r Arc<Route>,
     /// The matched prefix (a prefix path, or a regex's whole match).
-    pub prefix: String,
+    pub prefix: std::borrow::Cow<'r, str>,
     /// Named and numbered regex captures.
     pub captures: Vec<(String, String)>,
 }
@@ -430,7 +430,8 @@ impl Router {
 
     /// Find the route for a request.
     pub fn find(&self, req: &RequestInfo<'_>) -> Option<Matched<'_>> {
-        let mut cands: Vec<&Arc<Matcher>> = Vec::with_capacity(8);
+        // On the stack for the usual few candidates: nothing allocated per request.
+        let mut cands: smallvec::SmallVec<[&Arc<Matcher>; 16]> = smallvec::SmallVec::new();
         let mut node = &*self.root;
         cands.extend(node.here.iter());
         for b in req.path.bytes() {
@@ -486,7 +487,7 @@ impl Router {
         if m.paths.is_empty() {
             return Some(Matched {
                 route: &m.route,
-                prefix: "/".into(),
+                prefix: std::borrow::Cow::Borrowed("/"),
                 captures: vec![],
             });
         }
@@ -496,7 +497,7 @@ impl Router {
                     if req.path.starts_with(s.as_str()) {
                         return Some(Matched {
                             route: &m.route,
-                            prefix: s.clone(),
+                            prefix: std::borrow::Cow::Borrowed(s.as_str()),
                             captures: vec![],
                         });
                     }
@@ -517,7 +518,7 @@ impl Router {
                         }
                         return Some(Matched {
                             route: &m.route,
-                            prefix: whole,
+                            prefix: std::borrow::Cow::Owned(whole),
                             captures,
                         });
                     }
@@ -710,7 +711,7 @@ mod tests {
         r.find(&req).map(|m| {
             (
                 m.route.id[24..].trim_start_matches('0').to_string(),
-                m.prefix,
+                m.prefix.into_owned(),
             )
         })
     }

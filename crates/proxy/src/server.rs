@@ -1584,22 +1584,36 @@ impl Proxy {
             },
             None => std::borrow::Cow::Borrowed(service.addr.as_str()),
         };
-        let prefix = route.strip_path.then_some(m.prefix.as_str());
-        let mut upath = match seen.state.get::<crate::plugins::UpstreamPath>() {
-            Some(p) => p.0.clone(),
-            None => upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path),
-        };
-        // The query as the plugins left it (key-auth's hide_credentials removes a key from it).
-        if let Some(q) = parts.uri.query() {
-            upath.push('?');
-            upath.push_str(q);
-        }
-        let uri: Uri = match upath.parse() {
-            Ok(u) => u,
-            Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
+        let prefix = route.strip_path.then_some(&*m.prefix);
+        let upath: std::borrow::Cow<'_, str> =
+            match seen.state.get::<crate::plugins::UpstreamPath>() {
+                Some(p) => std::borrow::Cow::Owned(p.0.clone()),
+                None => upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path),
+            };
+        // With the query as the plugins left it (key-auth's hide_credentials removes a key from
+        // it). A path forwarded as it came keeps the request's own target (nothing is copied).
+        let uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.path() == upath => {
+                let mut target = hyper::http::uri::Parts::default();
+                target.path_and_query = Some(pq.clone());
+                Uri::from_parts(target).map_err(|_| ProxyError::InvalidUpstreamAddress)?
+            }
+            _ => {
+                let mut target = upath.to_string();
+                if let Some(q) = parts.uri.query() {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                target
+                    .parse::<Uri>()
+                    .map_err(|_| ProxyError::InvalidUpstreamAddress)?
+            }
         };
         if let Some(d) = seen.details.as_mut() {
-            d.upstream_uri = Some(upath);
+            d.upstream_uri = Some(
+                uri.path_and_query()
+                    .map_or_else(|| upath.to_string(), |pq| pq.as_str().to_string()),
+            );
         }
         let upstream_host = if let Some(h) = seen.state.get::<crate::plugins::UpstreamHost>() {
             h.0.clone()
@@ -1620,7 +1634,7 @@ impl Proxy {
                 host,
                 port: &conn.port_value,
                 raw_path,
-                prefix: (route.strip_path && m.prefix != "/").then_some(m.prefix.as_str()),
+                prefix: (route.strip_path && m.prefix != "/").then_some(&*m.prefix),
                 upgrade: upgrade.as_ref(),
                 upstream_host: &upstream_host,
                 request_id: self

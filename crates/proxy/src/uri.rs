@@ -95,44 +95,59 @@ fn sanitize_postfix(p: &str) -> &str {
 
 /// Kong's `path_handling = v0` upstream path (the only one its default router applies):
 /// `base` is the service path (`/` when none), `prefix` the matched route path when
-/// `strip_path` is on (a regex's whole match), `req` the normalised request path.
-pub fn upstream_path_v0(base: &str, prefix: Option<&str>, req: &str) -> String {
+/// `strip_path` is on (a regex's whole match), `req` the normalised request path. Borrowed
+/// when it is `base` or a piece of `req` (a service on `/` mostly forwards the path as it is).
+pub fn upstream_path_v0<'a>(base: &'a str, prefix: Option<&str>, req: &'a str) -> Cow<'a, str> {
     match prefix {
         Some(prefix) => {
             let postfix = sanitize_postfix(req.get(prefix.len()..).unwrap_or(""));
             if let Some(trimmed) = base.strip_suffix('/') {
                 if postfix.is_empty() {
                     if base == "/" || req.ends_with('/') {
-                        base.to_string()
+                        Cow::Borrowed(base)
                     } else {
-                        trimmed.to_string()
+                        Cow::Borrowed(trimmed)
                     }
                 } else if postfix.starts_with('/') {
-                    format!("{trimmed}{postfix}")
+                    joined(trimmed, postfix, req)
                 } else {
-                    format!("{base}{postfix}")
+                    joined(base, postfix, req)
                 }
             } else if postfix.is_empty() {
                 if req.len() > 1 && req.ends_with('/') {
-                    format!("{base}/")
+                    joined(base, "/", req)
                 } else {
-                    base.to_string()
+                    Cow::Borrowed(base)
                 }
             } else if postfix.starts_with('/') {
-                format!("{base}{postfix}")
+                joined(base, postfix, req)
             } else {
-                format!("{base}/{postfix}")
+                Cow::Owned(format!("{base}/{postfix}"))
             }
         }
         None => {
             if base.ends_with('/') {
-                format!("{base}{}", &req[1.min(req.len())..])
+                joined(base, &req[1.min(req.len())..], req)
             } else if req == "/" {
-                base.to_string()
+                Cow::Borrowed(base)
             } else {
-                format!("{base}{req}")
+                joined(base, req, req)
             }
         }
+    }
+}
+
+/// `head` followed by `tail`: a slice of `req` when `req` ends with them, else a new string.
+fn joined<'a>(head: &str, tail: &str, req: &'a str) -> Cow<'a, str> {
+    let n = head.len() + tail.len();
+    let whole = req.len() >= n
+        && req.ends_with(tail)
+        && req[..req.len() - tail.len()].ends_with(head);
+    if whole {
+        // Where `head` begins is a character boundary: it is the start of a string.
+        Cow::Borrowed(&req[req.len() - n..])
+    } else {
+        Cow::Owned(format!("{head}{tail}"))
     }
 }
 
@@ -186,5 +201,22 @@ mod tests {
             upstream_path_v0("/svc", Some("/users/42"), "/users/42/x"),
             "/svc/x"
         );
+        // What is the request path, or the service path, is not copied.
+        for (base, prefix, req) in [
+            ("/", Some("/"), "/a/b"),
+            ("/", None, "/a/b"),
+            ("/", Some("/a"), "/a/b"),
+            ("/svc", Some("/a"), "/a"),
+            ("/svc", None, "/"),
+        ] {
+            assert!(
+                matches!(upstream_path_v0(base, prefix, req), Cow::Borrowed(_)),
+                "{base} {prefix:?} {req}"
+            );
+        }
+        assert!(matches!(
+            upstream_path_v0("/svc", Some("/a"), "/a/b"),
+            Cow::Owned(p) if p == "/svc/b"
+        ));
     }
 }
