@@ -141,41 +141,51 @@ impl Proxy {
         };
         let in_flight = balancer.map(|b| self.load.start(&b.name, &target));
         let read_timeout = Duration::from_millis(service.read_timeout_ms);
-        let res = match tokio::time::timeout(
-            read_timeout,
-            self.pool.send_on(&dest, sender, up, connect_timeout),
-        )
-        .await
-        {
-            Err(_) => {
+        // An HTTP/1.1 connection times its own wait (with one timer for its life); hyper's
+        // clients are timed here.
+        let own_timer = matches!(sender, Conn::H1(..));
+        let sending = self
+            .pool
+            .send_on(&dest, sender, up, connect_timeout, read_timeout);
+        let sent = if own_timer {
+            sending.await
+        } else {
+            tokio::time::timeout(read_timeout, sending)
+                .await
+                .unwrap_or(Err(UpstreamError::H1(crate::h1::H1Error::ReadTimeout(
+                    read_timeout,
+                ))))
+        };
+        let res = match sent {
+            Err(e) if crate::pool::is_read_timeout(&e) => {
                 failed();
                 report(&target, Outcome::Timeout);
                 return Err(ProxyError::UpstreamTimeout);
             }
-            Ok(Err(e)) if crate::pool::is_body_too_large(&e) => {
+            Err(e) if crate::pool::is_body_too_large(&e) => {
                 // The client's body went past its limit: cut, answered 413, the target's
                 // health untouched.
                 return Err(ProxyError::BodyTooLarge);
             }
-            Ok(Err(e)) if crate::pool::is_client_body_error(&e) => {
+            Err(e) if crate::pool::is_client_body_error(&e) => {
                 // The client's body failed (aborted, malformed chunks): its fault, answered
                 // 400, and the target's health is untouched.
                 tracing::info!(error = %e, upstream = %target, "the client's request body failed");
                 return Err(ProxyError::BodyUnreadable);
             }
-            Ok(Err(e)) if crate::pool::is_write_timeout(&e) => {
+            Err(e) if crate::pool::is_write_timeout(&e) => {
                 failed();
                 report(&target, Outcome::Timeout);
                 tracing::warn!(error = %e, upstream = %target, "upstream write timed out (write_timeout)");
                 return Err(ProxyError::UpstreamTimeout);
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 failed();
                 report(&target, Outcome::TcpFailure);
                 tracing::warn!(error = %e, upstream = %target, "upstream request failed");
                 return Err(ProxyError::BadUpstream);
             }
-            Ok(Ok(r)) => {
+            Ok(r) => {
                 report(&target, Outcome::Status(r.status().as_u16()));
                 if let Some(f) = &in_flight {
                     f.answered();

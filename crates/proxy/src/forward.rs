@@ -134,10 +134,16 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         let more: Vec<HeaderValue> = values.cloned().collect();
         for v in first.iter().chain(&more) {
             for token in v.as_bytes().split(|b| *b == b',') {
-                if let Ok(t) = std::str::from_utf8(token.trim_ascii()) {
-                    if !t.is_empty() {
-                        h.remove(t);
-                    }
+                let token = token.trim_ascii();
+                // `close` names no header (RFC 9110 section 18.4 reserves it), and the
+                // hop-by-hop names go below anyway: the usual tokens cost no lookup.
+                let known = token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|n| token.eq_ignore_ascii_case(n.as_str().as_bytes()));
+                if let (false, Ok(t)) = (known, std::str::from_utf8(token)) {
+                    h.remove(t);
                 }
             }
         }

@@ -24,6 +24,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
@@ -57,6 +58,8 @@ pub enum H1Error {
     HeadTooLarge,
     #[error("the request body failed: {0}")]
     ClientBody(#[source] BodyError),
+    #[error("the upstream did not answer within {0:?} (read_timeout)")]
+    ReadTimeout(Duration),
 }
 
 /// A kept HTTP/1.1 connection to an upstream, between requests.
@@ -74,6 +77,9 @@ pub struct H1Conn {
     /// goes to the client's connection, whose next request brings one back): no map is
     /// allocated per exchange.
     spare: Option<HeaderMap>,
+    /// The read timeout's timer: armed once for the connection, and moved only when it fires
+    /// before the request's deadline, so that a request does not re-arm it.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// How a failed send left the request.
@@ -119,6 +125,7 @@ impl H1Conn {
             spans: Vec::new(),
             uses: 0,
             spare: None,
+            timer: None,
         }
     }
 
@@ -135,14 +142,17 @@ impl H1Conn {
         )
     }
 
-    /// Send `req` and read its response head. The response's body reads from this
-    /// connection, which goes back to `pool` once that body has been read to its end.
+    /// Send `req` and read its response head, which must come within `read_timeout`. The
+    /// response's body reads from this connection, which goes back to `pool` once that body
+    /// has been read to its end.
     pub(crate) async fn send(
         mut self: Box<Self>,
         req: Request<UpBody>,
         pool: &Arc<Pool>,
         dest: &Arc<Dest>,
+        read_timeout: Duration,
     ) -> Result<Response<ProxyBody>, SendError> {
+        let deadline = tokio::time::Instant::now() + read_timeout;
         let (mut parts, mut body) = req.into_parts();
         let framing = self.write_head(&mut parts, &body);
         let head_len = self.out.len();
@@ -202,7 +212,10 @@ impl H1Conn {
                     Poll::Pending => {}
                 }
             }
-            me.poll_head(cx, bodiless_method)
+            match me.poll_head(cx, bodiless_method) {
+                Poll::Pending => me.poll_deadline(cx, deadline, read_timeout),
+                done => done,
+            }
         })
         .await;
         let (head, framing_in, keep) = match head {
@@ -270,6 +283,31 @@ impl H1Conn {
         }
         out.extend_from_slice(b"\r\n");
         framing
+    }
+
+    /// `Ready(Err)` once `deadline` has passed; else the task wakes when it comes.
+    fn poll_deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        deadline: tokio::time::Instant,
+        read_timeout: Duration,
+    ) -> Poll<Result<T, H1Error>> {
+        use std::future::Future;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        // Set after the deadline (a shorter timeout than the last request's): moved back.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        // Fired for an earlier request's deadline: moved to this one.
+        while timer.as_mut().poll(cx).is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(Err(H1Error::ReadTimeout(read_timeout)));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
 
     /// Take the request body from the client and write it, until it has all gone
@@ -788,9 +826,82 @@ mod tests {
         dest: &Arc<Dest>,
         req: Request<UpBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        send_within(pool, dest, req, Duration::from_secs(5)).await
+    }
+
+    async fn send_within(
+        pool: &Arc<Pool>,
+        dest: &Arc<Dest>,
+        req: Request<UpBody>,
+        read_timeout: Duration,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let conn = pool.checkout(dest, Duration::from_secs(5)).await?;
         assert!(matches!(conn, Conn::H1(..)));
-        pool.send_on(dest, conn, req, Duration::from_secs(5)).await
+        pool.send_on(dest, conn, req, Duration::from_secs(5), read_timeout)
+            .await
+    }
+
+    /// A kept connection's timer, armed for its first request, neither cuts a later request
+    /// short nor lets one wait past its own deadline, nor outlives the deadline a shorter
+    /// timeout sets.
+    #[tokio::test]
+    async fn the_read_timeout_holds_on_a_kept_connection() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        // Answers the first request at once, the second after 150 ms, and no other.
+        let up = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut heads = 0;
+            loop {
+                let mut b = [0u8; 4096];
+                let n = s.read(&mut b).await.unwrap();
+                if n == 0 {
+                    return heads;
+                }
+                seen.extend_from_slice(&b[..n]);
+                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                    seen.drain(..end + 4);
+                    heads += 1;
+                    match heads {
+                        1 => {}
+                        2 => tokio::time::sleep(Duration::from_millis(150)).await,
+                        _ => continue,
+                    }
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            }
+        });
+        let dest = Arc::new(Dest::new(addr, None, false, Duration::from_secs(5)));
+        let pool = Arc::new(Pool::new());
+        let timeout = Duration::from_millis(300);
+        let res = send_within(&pool, &dest, get(Method::GET), timeout)
+            .await
+            .unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // The first deadline passes while the connection is idle in the pool.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let res = send_within(&pool, &dest, get(Method::GET), Duration::from_secs(5))
+            .await
+            .expect("the second request has a deadline of its own");
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        // A shorter timeout than the timer was last set for (5 s).
+        let short = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let e = send_within(&pool, &dest, get(Method::GET), short)
+            .await
+            .err()
+            .expect("never answered");
+        assert!(crate::pool::is_read_timeout(&e), "{e}");
+        let took = started.elapsed();
+        assert!(
+            took >= short && took < Duration::from_secs(2),
+            "timed out after {took:?}"
+        );
+        drop(pool);
+        assert_eq!(up.await.unwrap(), 3, "one connection carried the three");
     }
 
     #[tokio::test]

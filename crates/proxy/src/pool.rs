@@ -6,7 +6,6 @@
 //! destination are closed, as are those kept past the idle timeout. HTTP/2 (gRPC) and
 //! protocol switches use hyper's client.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::server::ProxyBody;
@@ -179,9 +178,9 @@ pub fn set_worker(i: usize) {
 /// takes.
 #[derive(Default)]
 struct Local {
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<crate::FastMap<String, Vec<Idle>>>,
     /// One multiplexed HTTP/2 connection per destination (gRPC).
-    h2: Mutex<HashMap<String, http2::SendRequest<UpBody>>>,
+    h2: Mutex<crate::FastMap<String, http2::SendRequest<UpBody>>>,
     /// When idle connections of every destination were last checked, in milliseconds
     /// since `born`.
     swept: std::sync::atomic::AtomicU64,
@@ -500,13 +499,14 @@ impl Pool {
         conn: Conn,
         req: Request<UpBody>,
         connect_timeout: Duration,
+        read_timeout: Duration,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         use crate::h1::SendError;
         use http_body_util::BodyExt;
         match conn {
             Conn::H1(c, idle) => {
                 let head = (idle >= RISKY_IDLE && resendable(&req)).then(|| head_of(&req));
-                let req = match c.send(req, self, dest).await {
+                let req = match c.send(req, self, dest, read_timeout).await {
                     Ok(r) => return Ok(r),
                     Err(SendError::NotSent(req, e)) => {
                         tracing::debug!(upstream = %dest.addr, error = %e, "kept connection closed before the request was sent: sending on a new one");
@@ -525,7 +525,7 @@ impl Pool {
                     Err(SendError::Failed(e)) => return Err(e),
                 };
                 let fresh = self.connect_h1(dest, connect_timeout).await?;
-                match fresh.send(req, self, dest).await {
+                match fresh.send(req, self, dest, read_timeout).await {
                     Ok(r) => Ok(r),
                     Err(
                         SendError::NotSent(_, e) | SendError::Unanswered(e) | SendError::Failed(e),
@@ -671,6 +671,12 @@ pub fn is_client_body_error(e: &UpstreamError) -> bool {
         source = s.source();
     }
     false
+}
+
+/// The response head did not come within the read timeout (HTTP/1.1 upstreams; hyper's
+/// clients are timed by the caller).
+pub fn is_read_timeout(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::H1(crate::h1::H1Error::ReadTimeout(_)))
 }
 
 pub fn is_write_timeout(e: &UpstreamError) -> bool {
