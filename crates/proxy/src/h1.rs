@@ -892,8 +892,7 @@ mod tests {
         let started = std::time::Instant::now();
         let e = send_within(&pool, &dest, get(Method::GET), short)
             .await
-            .err()
-            .expect("never answered");
+            .expect_err("never answered");
         assert!(crate::pool::is_read_timeout(&e), "{e}");
         let took = started.elapsed();
         assert!(
