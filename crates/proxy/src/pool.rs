@@ -335,6 +335,22 @@ impl Pool {
         dest: &Dest,
         connect_timeout: Duration,
     ) -> Result<Conn, UpstreamError> {
+        if !dest.h2 {
+            if let Some((c, idle)) = self.take(&dest.key) {
+                return Ok(Conn::H1(c, idle));
+            }
+        }
+        // Boxed: a connection made (or gRPC's looked up) is the rare case, and its future is
+        // large.
+        Box::pin(self.connect_or_share(dest, connect_timeout)).await
+    }
+
+    /// A new HTTP/1.1 connection, or the destination's multiplexed HTTP/2 one.
+    async fn connect_or_share(
+        &self,
+        dest: &Dest,
+        connect_timeout: Duration,
+    ) -> Result<Conn, UpstreamError> {
         if dest.h2 {
             let key = &dest.key;
             let live = self
@@ -360,13 +376,10 @@ impl Pool {
             }
             return Ok(Conn::H2(sender));
         }
-        match self.take(&dest.key) {
-            Some((c, idle)) => Ok(Conn::H1(c, idle)),
-            None => Ok(Conn::H1(
-                self.connect_h1(dest, connect_timeout).await?,
-                Duration::ZERO,
-            )),
-        }
+        Ok(Conn::H1(
+            self.connect_h1(dest, connect_timeout).await?,
+            Duration::ZERO,
+        ))
     }
 
     /// The connection to `key` kept last, if the upstream has not closed it, with how long
@@ -484,7 +497,7 @@ impl Pool {
         dest: &Dest,
         connect_timeout: Duration,
     ) -> Result<SendRequest<UpBody>, UpstreamError> {
-        handshake(self.connect_stream(dest, connect_timeout).await?).await
+        Box::pin(async { handshake(self.connect_stream(dest, connect_timeout).await?).await }).await
     }
 
     /// Send a request on a checked-out connection. An HTTP/1.1 connection goes back to
@@ -524,20 +537,26 @@ impl Pool {
                     },
                     Err(SendError::Failed(e)) => return Err(e),
                 };
-                let fresh = self.connect_h1(dest, connect_timeout).await?;
-                match fresh.send(req, self, dest, read_timeout).await {
-                    Ok(r) => Ok(r),
-                    Err(
-                        SendError::NotSent(_, e) | SendError::Unanswered(e) | SendError::Failed(e),
-                    ) => Err(e),
-                }
+                // Boxed: the connect and second send are rare, and would otherwise make every
+                // request's future larger (it is moved into place on each request).
+                Box::pin(async move {
+                    let fresh = self.connect_h1(dest, connect_timeout).await?;
+                    match fresh.send(req, self, dest, read_timeout).await {
+                        Ok(r) => Ok(r),
+                        Err(
+                            SendError::NotSent(_, e)
+                            | SendError::Unanswered(e)
+                            | SendError::Failed(e),
+                        ) => Err(e),
+                    }
+                })
+                .await
             }
-            Conn::Dedicated(mut sender) => Ok(sender
-                .send_request(req)
+            // hyper's clients, boxed as the rare case.
+            Conn::Dedicated(mut sender) => Ok(Box::pin(sender.send_request(req))
                 .await?
                 .map(|b| b.map_err(Into::into).boxed())),
-            Conn::H2(mut sender) => Ok(sender
-                .send_request(req)
+            Conn::H2(mut sender) => Ok(Box::pin(sender.send_request(req))
                 .await?
                 .map(|b| b.map_err(Into::into).boxed())),
         }

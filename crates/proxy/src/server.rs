@@ -1352,10 +1352,13 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (local_port, https, sni) = (conn.local_port, conn.https, conn.sni.as_deref());
         let peer_ip = conn.peer.ip();
-        let mut req = req;
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
+        let (upgrade, client_upgrade, mut parts, body) = {
+            let mut req = req;
+            let upgrade = upgrade_protocol(&req);
+            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+            let (parts, body) = req.into_parts();
+            (upgrade, client_upgrade, parts, body)
+        };
         let body: UpBody = Either::Left(crate::pool::ClientBody::new(body));
         let mut slot = crate::plugins::BodySlot::new(body);
         check_framing(&parts)?;
@@ -1644,40 +1647,45 @@ impl Proxy {
             },
         );
         let upstream_host = upstream_host.to_str().unwrap_or_default();
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.headers_mut() = headers;
-        if grpc {
-            // HTTP/2 to gRPC upstreams: the authority travels in the URI, not in Host.
-            let scheme = if service.protocol == "grpcs" {
-                "https"
+        // Made in a block of its own: a borrowed local would keep its room in this future's
+        // state across the exchange (which moves it), and the state is moved per request.
+        let up = {
+            let mut up = Request::new(body);
+            *up.method_mut() = parts.method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = headers;
+            if grpc {
+                // HTTP/2 to gRPC upstreams: the authority travels in the URI, not in Host.
+                let scheme = if service.protocol == "grpcs" {
+                    "https"
+                } else {
+                    "http"
+                };
+                match format!("{scheme}://{upstream_host}{}", up.uri()).parse() {
+                    Ok(u) => *up.uri_mut() = u,
+                    Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
+                }
+                up.headers_mut().remove(header::HOST);
+                *up.version_mut() = hyper::Version::HTTP_2;
             } else {
-                "http"
-            };
-            match format!("{scheme}://{upstream_host}{}", up.uri()).parse() {
-                Ok(u) => *up.uri_mut() = u,
-                Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
+                // Whatever the client spoke, other upstreams get HTTP/1.1.
+                *up.version_mut() = hyper::Version::HTTP_11;
             }
-            up.headers_mut().remove(header::HOST);
-            *up.version_mut() = hyper::Version::HTTP_2;
-        } else {
-            // Whatever the client spoke, other upstreams get HTTP/1.1.
-            *up.version_mut() = hyper::Version::HTTP_11;
-        }
-        if !seen.ran.is_empty() {
-            let (mut head, b) = up.into_parts();
-            for p in &seen.ran {
-                p.upstream_request(&mut UpstreamRequest {
-                    method: &mut head.method,
-                    uri: &mut head.uri,
-                    headers: &mut head.headers,
-                    target: &target,
-                    state: &mut seen.state,
-                });
+            if !seen.ran.is_empty() {
+                let (mut head, b) = up.into_parts();
+                for p in &seen.ran {
+                    p.upstream_request(&mut UpstreamRequest {
+                        method: &mut head.method,
+                        uri: &mut head.uri,
+                        headers: &mut head.headers,
+                        target: &target,
+                        state: &mut seen.state,
+                    });
+                }
+                up = Request::from_parts(head, b);
             }
-            up = Request::from_parts(head, b);
-        }
+            up
+        };
         let sent = Instant::now();
         let (res, in_flight) = self
             .exchange(

@@ -140,9 +140,8 @@ pub fn upstream_path_v0<'a>(base: &'a str, prefix: Option<&str>, req: &'a str) -
 /// `head` followed by `tail`: a slice of `req` when `req` ends with them, else a new string.
 fn joined<'a>(head: &str, tail: &str, req: &'a str) -> Cow<'a, str> {
     let n = head.len() + tail.len();
-    let whole = req.len() >= n
-        && req.ends_with(tail)
-        && req[..req.len() - tail.len()].ends_with(head);
+    let whole =
+        req.len() >= n && req.ends_with(tail) && req[..req.len() - tail.len()].ends_with(head);
     if whole {
         // Where `head` begins is a character boundary: it is the start of a string.
         Cow::Borrowed(&req[req.len() - n..])
