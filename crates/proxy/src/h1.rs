@@ -490,9 +490,31 @@ impl H1Conn {
                 }
                 None => HeaderMap::with_capacity(room),
             };
+            // `Connection` and `Keep-Alive` speak of this hop only: read here, and not kept
+            // (the proxy would remove them), unless `Connection` names other headers, which
+            // the proxy then removes with it.
+            let (mut close, mut keep_alive) = (false, false);
             for &(n, nl, v, vl) in &self.spans {
                 let name = HeaderName::from_bytes(&head[n..n + nl])
                     .map_err(|_| H1Error::Invalid("a header name"))?;
+                if name == header::CONNECTION {
+                    let mut others = false;
+                    for token in head[v..v + vl].split(|b| *b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive = true;
+                        } else if !token.is_empty() {
+                            others = true;
+                        }
+                    }
+                    if !others {
+                        continue;
+                    }
+                } else if name == crate::names::KEEP_ALIVE {
+                    continue;
+                }
                 let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
                     .map_err(|_| H1Error::Invalid("a header value"))?;
                 headers.append(name, value);
@@ -515,13 +537,7 @@ impl H1Conn {
                 }
             }
             let (mut parts, ()) = res.into_parts();
-            let connection =
-                |token: &str| crate::downstream::connection_has(&parts.headers, token.as_bytes());
-            let mut keep = if minor == 0 {
-                connection("keep-alive")
-            } else {
-                !connection("close")
-            };
+            let mut keep = if minor == 0 { keep_alive } else { !close };
             let framing = if to_head || matches!(code, 204 | 304) {
                 In::Done
             } else if parts.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -839,6 +855,33 @@ mod tests {
         assert!(matches!(conn, Conn::H1(..)));
         pool.send_on(dest, conn, req, Duration::from_secs(5), read_timeout)
             .await
+    }
+
+    /// `Connection` and `Keep-Alive` are read for this hop and not passed on, unless
+    /// `Connection` names other headers (the proxy removes those with it).
+    #[tokio::test]
+    async fn connection_headers_are_this_hops() {
+        let (dest, up) = upstream(vec![
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nCONNECTION: Keep-Alive , Close\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let pool = Arc::new(Pool::new());
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        let names: Vec<_> = res.headers().keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-length"]);
+        res.into_body().collect().await.unwrap();
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        assert_eq!(res.headers()[header::CONNECTION], "X-Hop");
+        assert_eq!(res.headers()["x-hop"], "1");
+        res.into_body().collect().await.unwrap();
+        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
+        assert!(res.headers().get(header::CONNECTION).is_none());
+        res.into_body().collect().await.unwrap();
+        assert!(pool.take(&dest.key).is_none(), "close: not kept");
+        let (_, conns) = up.await.unwrap();
+        assert_eq!(conns, 1, "kept until the upstream said close");
     }
 
     /// A kept connection's timer, armed for its first request, neither cuts a later request

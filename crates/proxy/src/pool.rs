@@ -208,7 +208,7 @@ pub struct Dest {
     /// The longest a write to the upstream may wait (the service's `write_timeout`).
     pub write_timeout: Duration,
     /// The pool key: connections are shared only between identical destinations.
-    key: String,
+    pub(crate) key: String,
 }
 
 /// A connection ready for one request.
