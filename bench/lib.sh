@@ -37,7 +37,7 @@ YML
 start_gantry() {
   KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$1" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
     KONG_PROXY_LISTEN=127.0.0.1:$2 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
-    "${GANTRY_BIN:-$GANTRY}" start -p "$work/$3" 2>"$work/$3.err" &
+    ${GANTRY_BIN:-$GANTRY} start -p "$work/$3" 2>"$work/$3.err" &
   pids+=($!)
   printf -v "$4" %s $!
 }
