@@ -175,6 +175,15 @@ fn request(
     Some(req)
 }
 
+/// Whether `bytes` hold the empty line that ends a head: `\n\r\n` (in `\r\n\r\n`) or `\n\n`.
+fn ends_head(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
 /// Room in the read buffer for the next read.
 fn room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -281,9 +290,7 @@ impl Proxy {
             let head = loop {
                 if buf.len() > searched {
                     // The end is an empty line: `\n\r\n` (in `\r\n\r\n`) or `\n\n`.
-                    let new = &buf[searched.saturating_sub(2)..];
-                    let ended = new.windows(2).any(|w| w == b"\n\n")
-                        || new.windows(3).any(|w| w == b"\n\r\n");
+                    let ended = ends_head(&buf[searched.saturating_sub(2)..]);
                     searched = buf.len();
                     if ended || buf.len() >= MAX_HEAD {
                         match parse(&buf, &mut spans) {
@@ -1261,6 +1268,27 @@ mod tests {
     }
 
     /// What this layer leaves to hyper, and what it takes.
+    #[test]
+    fn the_end_of_a_head_is_found() {
+        for (bytes, end) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], true),
+            (b"GET / HTTP/1.1\nHost: a\n\n", true),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r", false),
+            (b"\n\r\n", true),
+            (b"\n\r", false),
+            (b"\n", false),
+            (b"", false),
+        ] {
+            assert_eq!(
+                ends_head(bytes),
+                end,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
     #[test]
     fn requests_it_takes() {
         let mut spans = Vec::new();

@@ -101,8 +101,9 @@ pub fn upstream_headers(mut headers: HeaderMap, f: &Forwarding<'_>) -> HeaderMap
     headers
 }
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1). A
+/// static, not a constant: a constant array would be made and dropped at each use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     names::KEEP_ALIVE,
     names::PROXY_CONNECTION,

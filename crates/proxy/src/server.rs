@@ -1926,13 +1926,9 @@ fn valid_host(h: &str) -> bool {
 fn request_id(prefix: u32, n: u64) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 24];
+    let digits = (u128::from(prefix) << 64) | u128::from(n);
     for (i, slot) in b.iter_mut().enumerate() {
-        let nibble = if i < 8 {
-            (prefix >> (28 - 4 * i)) & 0xf
-        } else {
-            ((n >> (60 - 4 * (i - 8))) & 0xf) as u32
-        };
-        *slot = HEX[nibble as usize];
+        *slot = HEX[((digits >> (92 - 4 * i)) & 0xf) as usize];
     }
     names::value_of(&b).unwrap_or(HeaderValue::from_static("0"))
 }
