@@ -355,7 +355,7 @@ pub fn router(data: &[u8]) {
     assert_eq!(first, second, "the router matched one request two ways");
     if let Some((_, prefix)) = first {
         assert!(
-            path.starts_with(&prefix) || prefix.is_empty(),
+            path.starts_with(&*prefix) || prefix.is_empty(),
             "matched prefix {prefix:?} is not the path's {path:?}"
         );
     }
