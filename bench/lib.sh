@@ -19,6 +19,32 @@ NGX
   nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
 }
 
+# The nginx reference proxies to 127.0.0.1:$2 written to $1, with the first line $5 (how nginx
+# runs: `worker_processes 1`, or `master_process off` under valgrind): on 127.0.0.1:$3 a plain
+# `proxy_pass` (X-Forwarded-For only), on 127.0.0.1:$4 one that adds the headers Gantry adds as
+# Kong does (X-Forwarded-*, X-Real-IP, Via and X-Kong-Request-Id upstream; Via, the latencies and
+# the request id to the client). Both keep upstream connections as Gantry's bench settings do.
+nginx_proxies() {
+  cat >"$1" <<NGX
+$5; daemon off; pid $work/ngx.pid; error_log $work/ngx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream up { server 127.0.0.1:$2; keepalive 128; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$3; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }
+  server { listen 127.0.0.1:$4; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header X-Forwarded-Port \$server_port; proxy_set_header X-Forwarded-Path \$uri;
+      proxy_set_header X-Real-IP \$remote_addr; proxy_set_header Via "1.1 nginx";
+      proxy_set_header X-Kong-Request-Id \$request_id;
+      add_header X-Kong-Upstream-Latency \$upstream_response_time; add_header X-Kong-Proxy-Latency 0;
+      add_header Via "1.1 nginx"; add_header X-Kong-Request-Id \$request_id; } } }
+NGX
+}
+
 # A declarative configuration ($1) with one service to 127.0.0.1:$2 and a route on `/`.
 plain_config() {
   cat >"$1" <<YML

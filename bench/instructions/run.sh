@@ -7,7 +7,8 @@
 # compare to a fraction of a per cent where wrk's figures move by 5-10% between runs (kernel time,
 # which is the larger part, is not in it: see bench/proxy-vs-nginx for that).
 # Usage: bash bench/instructions/run.sh [GANTRY_BINARY...]   (default target/release/gantry)
-# N: requests counted (default 10000), after 2000 that warm up.
+# N: requests counted (default 10000), after 2000 that warm up. KEEP=DIR keeps the callgrind
+# outputs there (callgrind_annotate reads them: where the instructions go).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null
@@ -34,27 +35,11 @@ count() {
   callgrind_control -i off "$2" >/dev/null 2>&1
   local total
   total=$(cat "$3".* | awk '/^totals:/ {t = $2} END {print t}')
+  [ -z "${KEEP:-}" ] || { mkdir -p "$KEEP"; cp "$3".* "$KEEP/"; }
   echo $((total / N))
 }
 
-cat >"$work/nginx.conf" <<NGX
-master_process off; daemon off; pid $work/ngx.pid; error_log $work/ngx.err;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }
-  server { listen 127.0.0.1:$NGK; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header X-Forwarded-Port \$server_port; proxy_set_header X-Forwarded-Path \$uri;
-      proxy_set_header X-Real-IP \$remote_addr; proxy_set_header Via "1.1 nginx";
-      proxy_set_header X-Kong-Request-Id \$request_id;
-      add_header X-Kong-Upstream-Latency \$upstream_response_time; add_header X-Kong-Proxy-Latency 0;
-      add_header Via "1.1 nginx"; add_header X-Kong-Request-Id \$request_id; } } }
-NGX
+nginx_proxies "$work/nginx.conf" $UP $NGX $NGK "master_process off"
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/ngx.cg" \
   nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null &
 ngx=$!

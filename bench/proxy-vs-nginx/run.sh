@@ -27,24 +27,7 @@ UP=18901 NGX=18902 GAN=18903 NGK=18906
 export KONG_UPSTREAM_KEEPALIVE_POOL_SIZE=128 KONG_UPSTREAM_KEEPALIVE_MAX_REQUESTS=1000000
 
 start_upstream $UP
-cat >"$work/nginx.conf" <<NGX
-worker_processes 1; daemon off; pid $work/ngx.pid; error_log $work/ngx.err;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 128; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$NGX; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } }
-  server { listen 127.0.0.1:$NGK; keepalive_requests 1000000;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header X-Forwarded-Port \$server_port; proxy_set_header X-Forwarded-Path \$uri;
-      proxy_set_header X-Real-IP \$remote_addr; proxy_set_header Via "1.1 nginx";
-      proxy_set_header X-Kong-Request-Id \$request_id;
-      add_header X-Kong-Upstream-Latency \$upstream_response_time; add_header X-Kong-Proxy-Latency 0;
-      add_header Via "1.1 nginx"; add_header X-Kong-Request-Id \$request_id; } } }
-NGX
+nginx_proxies "$work/nginx.conf" $UP $NGX $NGK "worker_processes 1"
 plain_config "$work/kong.yml" $UP
 nginx -c "$work/nginx.conf" -p "$work" & ngx_master=$!; pids+=($ngx_master)
 start_gantry "$work/kong.yml" $GAN gantry gan_pid
