@@ -33,6 +33,8 @@ pub(crate) struct Exchange<'a> {
     pub plugins: &'a [Arc<dyn crate::plugins::Plugin>],
     /// The request's spans, when it is traced: each try is recorded.
     pub trace: Option<&'a crate::spans::Trace>,
+    /// The headers the proxy sets on the request.
+    pub added: &'a crate::forward::Added<'a>,
 }
 
 impl Proxy {
@@ -146,7 +148,7 @@ impl Proxy {
         let own_timer = matches!(sender, Conn::H1(..));
         let sending = self
             .pool
-            .send_on(&dest, sender, up, connect_timeout, read_timeout);
+            .send_on(&dest, sender, up, x.added, connect_timeout, read_timeout);
         let sent = if own_timer {
             sending.await
         } else {

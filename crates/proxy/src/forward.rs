@@ -1,6 +1,7 @@
 //! The request the upstream receives: hop-by-hop headers removed, `Host`, and the headers
 //! Kong adds (`X-Forwarded-*`, `X-Real-IP`, `Via`, `X-Kong-Request-Id`).
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,73 +33,199 @@ pub struct Forwarding<'a> {
     pub request_id: Option<&'a HeaderValue>,
 }
 
-/// The upstream request's headers, made from the client's (as the plugins left them).
-pub fn upstream_headers(mut headers: HeaderMap, f: &Forwarding<'_>) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    if let Some(proto) = f.upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, proto.clone());
+/// The headers the proxy sets upstream, in the order they are written: before the client's,
+/// as nginx writes its `proxy_set_header` lines (so `Host` comes first, as RFC 9112 asks).
+static ADDED: [HeaderName; 12] = [
+    header::HOST,
+    header::CONNECTION,
+    header::UPGRADE,
+    names::X_FORWARDED_FOR,
+    names::X_FORWARDED_PROTO,
+    names::X_FORWARDED_HOST,
+    names::X_FORWARDED_PORT,
+    names::X_FORWARDED_PATH,
+    names::X_FORWARDED_PREFIX,
+    names::X_REAL_IP,
+    header::VIA,
+    names::X_KONG_REQUEST_ID,
+];
+const HOST: usize = 0;
+const CONNECTION: usize = 1;
+const UPGRADE: usize = 2;
+const XFF: usize = 3;
+const PROTO: usize = 4;
+const FWD_HOST: usize = 5;
+const PORT: usize = 6;
+const PATH: usize = 7;
+const PREFIX: usize = 8;
+const REAL_IP: usize = 9;
+const VIA_: usize = 10;
+const REQUEST_ID: usize = 11;
+
+/// The headers the proxy sets on an upstream request, and which of the client's headers they
+/// replace (or remove). They are not put into the request's header map: the HTTP/1.1 writer
+/// writes them beside it, so that the map is not grown and searched for them per request;
+/// hyper's clients get them [put into the map](Added::apply).
+pub struct Added<'a> {
+    values: [Option<Cow<'a, [u8]>>; 12],
+    /// Bits of `ADDED`: the client's headers of these names are not forwarded.
+    skip: u16,
+}
+
+impl<'a> Added<'a> {
+    /// None: the client's headers go as they are.
+    pub fn none() -> Added<'a> {
+        Added {
+            values: Default::default(),
+            skip: 0,
+        }
     }
-    headers.insert(header::HOST, f.upstream_host.clone());
-    // As Kong: X-Forwarded-For as received (every line) with the connecting peer
-    // appended, or the client alone when there was none.
-    let prev: Vec<&str> = headers
-        .get_all(names::X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if prev.is_empty() {
-        f.client.value.clone()
-    } else {
-        HeaderValue::from_str(&format!("{}, {}", prev.join(", "), f.peer_ip))
-            .unwrap_or_else(|_| f.client.value.clone())
-    };
-    headers.insert(names::X_FORWARDED_FOR, xff);
-    // The other X-Forwarded-* a trusted peer sent are kept; anyone else's are replaced.
-    let trusted = f.client.trusted;
-    let ours = |h: &HeaderMap, name: &HeaderName| !(trusted && h.contains_key(name));
-    if ours(&headers, &names::X_FORWARDED_PROTO) {
-        headers.insert(
-            names::X_FORWARDED_PROTO,
-            HeaderValue::from_static(if f.https { "https" } else { "http" }),
-        );
+
+    /// Set header `i` (replacing the client's), from bytes a header value holds already.
+    fn put(&mut self, i: usize, value: &'a HeaderValue) {
+        self.values[i] = Some(Cow::Borrowed(value.as_bytes()));
+        self.skip |= 1 << i;
     }
-    if ours(&headers, &names::X_FORWARDED_HOST) {
-        let fwd_host = if f.host.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(f.host.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(f.host)
-        };
-        set(&mut headers, names::X_FORWARDED_HOST, &fwd_host);
+
+    /// Set header `i` from text that may not be a header value: when it is not, the header
+    /// is not set (and the client's, if any, goes as it came).
+    fn put_text(&mut self, i: usize, value: Cow<'a, [u8]>) {
+        if value
+            .iter()
+            .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+        {
+            self.values[i] = Some(value);
+            self.skip |= 1 << i;
+        }
     }
-    if ours(&headers, &names::X_FORWARDED_PORT) {
-        headers.insert(names::X_FORWARDED_PORT, f.port.clone());
+
+    /// The client's `Host` is not sent, nor one of the proxy's (HTTP/2 to gRPC upstreams: the
+    /// authority travels in the URI).
+    pub fn without_host(&mut self) {
+        self.values[HOST] = None;
+        self.skip |= 1 << HOST;
     }
-    if ours(&headers, &names::X_FORWARDED_PATH) {
-        set(&mut headers, names::X_FORWARDED_PATH, f.raw_path);
+
+    /// Whether the client's header `name` is left out: one the proxy sets or removes.
+    pub fn skips(&self, name: &HeaderName) -> bool {
+        // Only names of these lengths can be one of them: most are passed over at once.
+        self.skip != 0
+            && matches!(name.as_str().len(), 3 | 4 | 7 | 9 | 10 | 15..=18)
+            && ADDED
+                .iter()
+                .enumerate()
+                .any(|(i, n)| self.skip & (1 << i) != 0 && n == name)
     }
-    if ours(&headers, &names::X_FORWARDED_PREFIX) {
-        match f.prefix {
-            Some(p) => set(&mut headers, names::X_FORWARDED_PREFIX, p),
-            None => {
-                headers.remove(names::X_FORWARDED_PREFIX);
+
+    /// The headers the proxy sets, in the order they are written.
+    pub fn lines(&self) -> impl Iterator<Item = (&'static HeaderName, &[u8])> + '_ {
+        ADDED
+            .iter()
+            .zip(&self.values)
+            .filter_map(|(n, v)| Some((n, &**v.as_ref()?)))
+    }
+
+    /// Into `headers` itself, for a client that writes the map (hyper's): the client's headers
+    /// of the names left out removed, the proxy's appended.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (i, n) in ADDED.iter().enumerate() {
+            if self.skip & (1 << i) != 0 {
+                headers.remove(n);
+            }
+        }
+        for (n, v) in self.lines() {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                headers.append(n.clone(), v);
             }
         }
     }
-    headers.insert(names::X_REAL_IP, f.client.value.clone());
-    match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prev) => {
-            let via = format!("{prev}, {VIA}");
-            set(&mut headers, header::VIA, &via);
+}
+
+/// The headers the proxy sets upstream, made from the client's (as the plugins left them),
+/// whose hop-by-hop headers are removed here.
+pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Added<'a> {
+    strip_hop_by_hop(headers);
+    // Which of the proxy's headers the client sent, in one pass over the names.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if matches!(k.as_str().len(), 3 | 15..=18) {
+            if let Some(i) = ADDED.iter().position(|n| n == k) {
+                present |= 1 << i;
+            }
         }
+    }
+    let mut added = Added::none();
+    if let Some(proto) = f.upgrade {
+        added.values[CONNECTION] = Some(Cow::Borrowed(b"upgrade"));
+        added.skip |= 1 << CONNECTION;
+        added.put(UPGRADE, proto);
+    }
+    added.put(HOST, f.upstream_host);
+    // As Kong: X-Forwarded-For as received (every line) with the connecting peer
+    // appended, or the client alone when there was none.
+    let mut xff = String::new();
+    if present & (1 << XFF) != 0 {
+        for v in headers.get_all(names::X_FORWARDED_FOR) {
+            if let Ok(v) = v.to_str() {
+                xff.push_str(v);
+                xff.push_str(", ");
+            }
+        }
+    }
+    if xff.is_empty() {
+        added.put(XFF, &f.client.value);
+    } else {
+        use std::fmt::Write as _;
+        let _ = write!(xff, "{}", f.peer_ip);
+        added.put_text(XFF, Cow::Owned(xff.into_bytes()));
+        if added.values[XFF].is_none() {
+            added.put(XFF, &f.client.value);
+        }
+    }
+    // The other X-Forwarded-* a trusted peer sent are kept; anyone else's are replaced.
+    let ours = |i: usize| !(f.client.trusted && present & (1 << i) != 0);
+    if ours(PROTO) {
+        let proto: &'static [u8] = if f.https { b"https" } else { b"http" };
+        added.values[PROTO] = Some(Cow::Borrowed(proto));
+        added.skip |= 1 << PROTO;
+    }
+    if ours(FWD_HOST) {
+        let host = f.host.as_bytes();
+        let host = if host.iter().any(u8::is_ascii_uppercase) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        added.put_text(FWD_HOST, host);
+    }
+    if ours(PORT) {
+        added.put(PORT, f.port);
+    }
+    if ours(PATH) {
+        added.put_text(PATH, Cow::Borrowed(f.raw_path.as_bytes()));
+    }
+    if ours(PREFIX) {
+        match f.prefix {
+            Some(p) => added.put_text(PREFIX, Cow::Borrowed(p.as_bytes())),
+            // Not forwarded.
+            None => added.skip |= 1 << PREFIX,
+        }
+    }
+    added.put(REAL_IP, &f.client.value);
+    let prev_via = (present & (1 << VIA_) != 0)
+        .then(|| headers.get(header::VIA)?.to_str().ok())
+        .flatten();
+    match prev_via {
+        Some(prev) => added.put_text(VIA_, Cow::Owned(format!("{prev}, {VIA}").into_bytes())),
         None => {
-            headers.insert(header::VIA, HeaderValue::from_static(VIA));
+            added.values[VIA_] = Some(Cow::Borrowed(VIA.as_bytes()));
+            added.skip |= 1 << VIA_;
         }
     }
     if let Some(id) = f.request_id {
-        headers.insert(names::X_KONG_REQUEST_ID, id.clone());
+        added.put(REQUEST_ID, id);
     }
-    headers
+    added
 }
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1). A
@@ -161,12 +288,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-pub(crate) fn set(h: &mut HeaderMap, name: HeaderName, value: &str) {
-    if let Ok(v) = names::value_of(value.as_bytes()) {
-        h.insert(name, v);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +298,114 @@ mod tests {
             h.append(*n, HeaderValue::from_static(v));
         }
         h
+    }
+
+    /// The upstream head's headers as the HTTP/1.1 writer writes them.
+    fn written(headers: &HeaderMap, added: &Added<'_>) -> Vec<(String, String)> {
+        let text = |v: &[u8]| String::from_utf8(v.to_vec()).unwrap();
+        added
+            .lines()
+            .map(|(n, v)| (n.to_string(), text(v)))
+            .chain(
+                headers
+                    .iter()
+                    .filter(|(n, _)| !added.skips(n))
+                    .map(|(n, v)| (n.to_string(), text(v.as_bytes()))),
+            )
+            .collect()
+    }
+
+    #[test]
+    fn the_proxys_headers_replace_the_clients() {
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let port = HeaderValue::from_static("8000");
+        let upstream_host = HeaderValue::from_static("up.internal:8080");
+        let id = HeaderValue::from_static("abc123");
+        let forwarding = |client: &'static Client, prefix| Forwarding {
+            client,
+            peer_ip: peer,
+            https: false,
+            host: "Example.COM",
+            port: &port,
+            raw_path: "/a/b",
+            prefix,
+            upgrade: None,
+            upstream_host: &upstream_host,
+            request_id: Some(&id),
+        };
+        let untrusted: &'static Client = Box::leak(Box::new(Client {
+            ip: peer,
+            value: HeaderValue::from_static("10.0.0.9"),
+            trusted: false,
+        }));
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("accept", "*/*"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-prefix", "/p"),
+            ("via", "1.0 edge"),
+            ("connection", "close"),
+            ("x-kong-request-id", "forged"),
+        ]);
+        let added = upstream_headers(&mut h, &forwarding(untrusted, None));
+        let expect = [
+            ("host", "up.internal:8080"),
+            ("x-forwarded-for", "1.1.1.1, 2.2.2.2, 10.0.0.9"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "example.com"),
+            ("x-forwarded-port", "8000"),
+            ("x-forwarded-path", "/a/b"),
+            ("x-real-ip", "10.0.0.9"),
+            ("via", &format!("1.0 edge, {VIA}")),
+            ("x-kong-request-id", "abc123"),
+            ("accept", "*/*"),
+        ];
+        let expect: Vec<(String, String)> = expect
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(written(&h, &added), expect);
+        // hyper's clients get the same headers in the map.
+        added.apply(&mut h);
+        let mut in_map: Vec<(String, String)> = h
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        in_map.sort();
+        let mut sorted = expect.clone();
+        sorted.sort();
+        assert_eq!(in_map, sorted);
+
+        // A trusted peer's X-Forwarded-* are kept; the prefix a route strips is sent.
+        let trusted: &'static Client = Box::leak(Box::new(Client {
+            ip: peer,
+            value: HeaderValue::from_static("10.0.0.9"),
+            trusted: true,
+        }));
+        let mut h = map(&[("x-forwarded-proto", "https"), ("x-forwarded-port", "443")]);
+        let added = upstream_headers(&mut h, &forwarding(trusted, Some("/api")));
+        let got = written(&h, &added);
+        let value = |name: &str| -> Vec<&str> {
+            got.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(value("x-forwarded-proto"), ["https"]);
+        assert_eq!(value("x-forwarded-port"), ["443"]);
+        assert_eq!(value("x-forwarded-prefix"), ["/api"]);
+        assert_eq!(value("x-forwarded-for"), ["10.0.0.9"]);
+        assert_eq!(value("via"), [VIA]);
+        assert!(!added.skips(&header::ACCEPT));
+        assert!(added.skips(&header::HOST));
+
+        // gRPC: no Host at all.
+        let mut h = map(&[("host", "example.com")]);
+        let mut added = upstream_headers(&mut h, &forwarding(trusted, None));
+        added.without_host();
+        assert!(written(&h, &added).iter().all(|(n, _)| n != "host"));
     }
 
     #[test]

@@ -148,13 +148,14 @@ impl H1Conn {
     pub(crate) async fn send(
         mut self: Box<Self>,
         req: Request<UpBody>,
+        added: &crate::forward::Added<'_>,
         pool: &Arc<Pool>,
         dest: &Arc<Dest>,
         read_timeout: Duration,
     ) -> Result<Response<ProxyBody>, SendError> {
         let deadline = tokio::time::Instant::now() + read_timeout;
         let (mut parts, mut body) = req.into_parts();
-        let framing = self.write_head(&mut parts, &body);
+        let framing = self.write_head(&mut parts, added, &body);
         let head_len = self.out.len();
         let bodiless_method = parts.method == Method::HEAD;
         let mut sent = 0usize;
@@ -245,8 +246,14 @@ impl H1Conn {
         ))
     }
 
-    /// The request head into `out`, with the framing its body takes.
-    fn write_head(&mut self, parts: &mut hyper::http::request::Parts, body: &UpBody) -> Out {
+    /// The request head into `out`, with the framing its body takes: the headers the proxy
+    /// sets, then the client's (those the proxy sets or removes left out).
+    fn write_head(
+        &mut self,
+        parts: &mut hyper::http::request::Parts,
+        added: &crate::forward::Added<'_>,
+        body: &UpBody,
+    ) -> Out {
         let out = &mut self.out;
         out.clear();
         parts.headers.remove(header::TRANSFER_ENCODING);
@@ -272,7 +279,16 @@ impl H1Conn {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in added.lines() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in &parts.headers {
+            if added.skips(name) {
+                continue;
+            }
             out.extend_from_slice(name.as_str().as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(value.as_bytes());
@@ -853,8 +869,16 @@ mod tests {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let conn = pool.checkout(dest, Duration::from_secs(5)).await?;
         assert!(matches!(conn, Conn::H1(..)));
-        pool.send_on(dest, conn, req, Duration::from_secs(5), read_timeout)
-            .await
+        let added = crate::forward::Added::none();
+        pool.send_on(
+            dest,
+            conn,
+            req,
+            &added,
+            Duration::from_secs(5),
+            read_timeout,
+        )
+        .await
     }
 
     /// `Connection` and `Keep-Alive` are read for this hop and not passed on, unless

@@ -511,6 +511,7 @@ impl Pool {
         dest: &Arc<Dest>,
         conn: Conn,
         req: Request<UpBody>,
+        added: &crate::forward::Added<'_>,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
@@ -519,7 +520,7 @@ impl Pool {
         match conn {
             Conn::H1(c, idle) => {
                 let head = (idle >= RISKY_IDLE && resendable(&req)).then(|| head_of(&req));
-                let req = match c.send(req, self, dest, read_timeout).await {
+                let req = match c.send(req, added, self, dest, read_timeout).await {
                     Ok(r) => return Ok(r),
                     Err(SendError::NotSent(req, e)) => {
                         tracing::debug!(upstream = %dest.addr, error = %e, "kept connection closed before the request was sent: sending on a new one");
@@ -541,7 +542,7 @@ impl Pool {
                 // request's future larger (it is moved into place on each request).
                 Box::pin(async move {
                     let fresh = self.connect_h1(dest, connect_timeout).await?;
-                    match fresh.send(req, self, dest, read_timeout).await {
+                    match fresh.send(req, added, self, dest, read_timeout).await {
                         Ok(r) => Ok(r),
                         Err(
                             SendError::NotSent(_, e)
@@ -552,13 +553,22 @@ impl Pool {
                 })
                 .await
             }
-            // hyper's clients, boxed as the rare case.
-            Conn::Dedicated(mut sender) => Ok(Box::pin(sender.send_request(req))
-                .await?
-                .map(|b| b.map_err(Into::into).boxed())),
-            Conn::H2(mut sender) => Ok(Box::pin(sender.send_request(req))
-                .await?
-                .map(|b| b.map_err(Into::into).boxed())),
+            // hyper's clients, boxed as the rare case; they write the header map, which
+            // takes the proxy's headers.
+            Conn::Dedicated(mut sender) => {
+                let mut req = req;
+                added.apply(req.headers_mut());
+                Ok(Box::pin(sender.send_request(req))
+                    .await?
+                    .map(|b| b.map_err(Into::into).boxed()))
+            }
+            Conn::H2(mut sender) => {
+                let mut req = req;
+                added.apply(req.headers_mut());
+                Ok(Box::pin(sender.send_request(req))
+                    .await?
+                    .map(|b| b.map_err(Into::into).boxed()))
+            }
         }
     }
 }

@@ -1628,8 +1628,9 @@ impl Proxy {
         } else {
             service.host_port.clone()
         };
-        let headers = crate::forward::upstream_headers(
-            std::mem::take(&mut parts.headers),
+        let mut headers = std::mem::take(&mut parts.headers);
+        let mut added = crate::forward::upstream_headers(
+            &mut headers,
             &crate::forward::Forwarding {
                 client,
                 peer_ip,
@@ -1665,7 +1666,7 @@ impl Proxy {
                     Ok(u) => *up.uri_mut() = u,
                     Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
                 }
-                up.headers_mut().remove(header::HOST);
+                added.without_host();
                 *up.version_mut() = hyper::Version::HTTP_2;
             } else {
                 // Whatever the client spoke, other upstreams get HTTP/1.1.
@@ -1700,6 +1701,7 @@ impl Proxy {
                     upstream_host,
                     plugins: &seen.ran,
                     trace: seen.state.get::<crate::spans::Trace>(),
+                    added: &added,
                 },
             )
             .await?;

@@ -950,8 +950,10 @@ pub trait Plugin: Send + Sync {
     fn request_body<'a>(&'a self, _ctx: &'a mut Ctx<'_>, _body: &'a mut Bytes) -> Flow<'a> {
         Flow::Next
     }
-    /// The request as it goes upstream, its headers made (Host, Kong's `X-Forwarded-*`, `Via`
-    /// ...), before it is sent: a last edit of its head.
+    /// The request as it goes upstream, before it is sent: a last edit of its head. The
+    /// headers the proxy sets (`Host`, Kong's `X-Forwarded-*`, `X-Real-IP`, `Via`,
+    /// `X-Kong-Request-Id`) are not in this map: they are written with it, and replace any of
+    /// those names it holds (as nginx's `proxy_set_header` lines replace the client's in Kong).
     fn upstream_request(&self, _req: &mut UpstreamRequest<'_>) {}
     /// A connection to an upstream target failed: whether the proxy may try again (another
     /// target, or the same host, within the service's `retries`). Any plugin that runs on the
