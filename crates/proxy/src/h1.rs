@@ -465,9 +465,14 @@ impl H1Conn {
             let spans = &mut self.spans;
             spans.clear();
             let (len, code, minor, reason) = {
-                let mut lines = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
-                let mut res = httparse::Response::new(&mut lines);
-                let len = match res.parse(&self.buf)? {
+                // Left uninitialised: 160 empty lines written per response cost more than
+                // parsing a short head.
+                let mut lines = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() };
+                    MAX_HEADER_LINES];
+                let mut res = httparse::Response::new(&mut []);
+                let len = match httparse::ParserConfig::default()
+                    .parse_response_with_uninit_headers(&mut res, &self.buf, &mut lines)?
+                {
                     httparse::Status::Partial => return Ok(None),
                     httparse::Status::Complete(len) => len,
                 };
