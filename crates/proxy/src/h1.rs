@@ -515,10 +515,20 @@ impl H1Conn {
             // (the proxy would remove them), unless `Connection` names other headers, which
             // the proxy then removes with it.
             let (mut close, mut keep_alive) = (false, false);
+            // The framing headers, noted as they pass: the last `Transfer-Encoding` value,
+            // and the `Content-Length` (or why it cannot be one).
+            let mut coding: Option<(usize, usize)> = None;
+            let mut length: Result<Option<u64>, &'static str> = Ok(None);
             for &(n, nl, v, vl) in &self.spans {
                 let name = HeaderName::from_bytes(&head[n..n + nl])
                     .map_err(|_| H1Error::Invalid("a header name"))?;
-                if name == header::CONNECTION {
+                if name == header::TRANSFER_ENCODING {
+                    coding = Some((v, vl));
+                } else if name == header::CONTENT_LENGTH {
+                    if let Ok(sofar) = length {
+                        length = content_length(&head[v..v + vl], sofar);
+                    }
+                } else if name == header::CONNECTION {
                     let mut others = false;
                     for token in head[v..v + vl].split(|b| *b == b',') {
                         let token = token.trim_ascii();
@@ -561,47 +571,51 @@ impl H1Conn {
             let mut keep = if minor == 0 { keep_alive } else { !close };
             let framing = if to_head || matches!(code, 204 | 304) {
                 In::Done
-            } else if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-                let chunked = parts
-                    .headers
-                    .get_all(header::TRANSFER_ENCODING)
-                    .iter()
-                    .next_back()
-                    .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+            } else if let Some((v, vl)) = coding {
+                let chunked = head[v..v + vl]
+                    .rsplit(|b| *b == b',')
+                    .next()
                     .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                parts.headers.remove(header::CONTENT_LENGTH);
+                if length != Ok(None) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 if chunked {
                     In::ChunkSize
                 } else {
                     keep = false;
                     In::Close
                 }
-            } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
-                let mut length = None;
-                for v in parts.headers.get_all(header::CONTENT_LENGTH) {
-                    for part in v.as_bytes().split(|b| *b == b',') {
-                        let n = std::str::from_utf8(part.trim_ascii())
-                            .ok()
-                            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .ok_or(H1Error::Invalid("Content-Length is not a number"))?;
-                        if length.is_some_and(|l| l != n) {
-                            return Err(H1Error::Invalid("Content-Length values differ"));
-                        }
-                        length = Some(n);
+            } else {
+                match length.map_err(H1Error::Invalid)? {
+                    Some(0) => In::Done,
+                    Some(n) => In::Length(n),
+                    None => {
+                        keep = false;
+                        In::Close
                     }
                 }
-                match length {
-                    Some(0) | None => In::Done,
-                    Some(n) => In::Length(n),
-                }
-            } else {
-                keep = false;
-                In::Close
             };
             return Ok(Some((parts, framing, keep)));
         }
     }
+}
+
+/// The length a `Content-Length` value (`value`) gives, after those of earlier lines
+/// (`sofar`): every comma-separated part a number, and all of them equal.
+fn content_length(value: &[u8], sofar: Option<u64>) -> Result<Option<u64>, &'static str> {
+    let mut length = sofar;
+    for part in value.split(|b| *b == b',') {
+        let n = std::str::from_utf8(part.trim_ascii())
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or("Content-Length is not a number")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("Content-Length values differ");
+        }
+        length = Some(n);
+    }
+    Ok(length)
 }
 
 /// Where the request body's writing is.
@@ -978,15 +992,15 @@ mod tests {
     #[tokio::test]
     async fn chunks_trailers_and_reuse() {
         let (dest, up) = upstream(vec![
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
-            b"HTTP/1.1 201 Made Here\r\nContent-Length: 2\r\nX-A: a\r\nX-A: b\r\n\r\nok",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99, x\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 201 Made Here\r\nContent-Length: 2, 2\r\nX-A: a\r\nX-A: b\r\n\r\nok",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
         ])
         .await;
         let pool = Arc::new(Pool::new());
         let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
         assert_eq!(res.status(), 200);
-        // Transfer-Encoding wins: the conflicting Content-Length is gone.
+        // Transfer-Encoding wins: the conflicting (and invalid) Content-Length is gone.
         assert!(res.headers().get(header::CONTENT_LENGTH).is_none());
         let collected = res.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-t"], "1");
@@ -1039,6 +1053,8 @@ mod tests {
         for bad in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: x\r\n\r\nok",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
         ] {

@@ -159,11 +159,13 @@ pub struct RequestLog<'a> {
 
 /// The bytes of an HTTP/1.1 head: its first line (`line` bytes without CRLF) and `headers`.
 fn head_size(line: usize, headers: &HeaderMap) -> u64 {
-    let fields: usize = headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let fields: usize = headers.iter().map(|(k, v)| field_size(k, v)).sum();
     (line + 2 + fields + 2) as u64
+}
+
+/// The bytes of a header line: name, `: `, value, CRLF.
+fn field_size(name: &HeaderName, value: &HeaderValue) -> usize {
+    name.as_str().len() + value.len() + 4
 }
 
 /// What a request's log entry holds beyond [`RequestLog`]'s counters, for log plugins.
@@ -1818,6 +1820,14 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != hyper::Version::HTTP_11 {
         return None;
     }
+    // Only WebSocket is tunnelled, as Kong (its `$upstream_upgrade` is `websocket` or
+    // nothing): any other token (`h2c`, ...) would open a tunnel past the routes and plugins of
+    // the requests sent through it. The request then goes on as an ordinary one, its Upgrade
+    // and Connection headers removed as hop-by-hop.
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+        return None;
+    }
     let asks = req
         .headers()
         .get_all(header::CONNECTION)
@@ -1825,12 +1835,7 @@ fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    // Only WebSocket is tunnelled, as Kong (its `$upstream_upgrade` is `websocket` or
-    // nothing): any other token (`h2c`, ...) would open a tunnel past the routes and plugins of
-    // the requests sent through it. The request then goes on as an ordinary one, its Upgrade
-    // and Connection headers removed as hop-by-hop.
-    let upgrade = req.headers().get(header::UPGRADE)?;
-    (asks && upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| upgrade.clone())
+    asks.then(|| upgrade.clone())
 }
 
 /// The largest request head read from a client.
@@ -1855,13 +1860,26 @@ fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), ProxyError> 
     // The parser bounds what it buffers while a head is incomplete; a head that arrives whole
     // in one read is measured here, so that the bound is the same however the bytes came.
     let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    if head_size(target, &parts.headers) > MAX_HEAD as u64 {
+    // One pass over the lines: the head's size, and the framing headers it has.
+    let (mut fields, mut hosts, mut coded) = (0, 0, false);
+    for (name, value) in &parts.headers {
+        fields += field_size(name, value);
+        match *name {
+            header::HOST => hosts += 1,
+            header::TRANSFER_ENCODING => coded = true,
+            _ => {}
+        }
+    }
+    if target + 2 + fields + 2 > MAX_HEAD {
         return Err(ProxyError::HeadTooLarge);
     }
-    if parts.headers.get_all(header::HOST).iter().count() > 1 {
+    if hosts > 1 {
         return Err(ProxyError::BadRequest(
             "Bad request: more than one Host header",
         ));
+    }
+    if !coded {
+        return Ok(());
     }
     let mut codings = parts
         .headers
