@@ -39,6 +39,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
+use crate::forward::ResponseAdded;
 use crate::pool::Inbound;
 use crate::server::{Cancels, ConnInfo, Proxy, ProxyBody, MAX_HEAD, MAX_HEADER_LINES};
 
@@ -437,7 +438,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
     io: &mut S,
     out: &mut Vec<u8>,
     spare: &mut Option<HeaderMap>,
-    res: Response<ProxyBody>,
+    (res, added): (Response<ProxyBody>, ResponseAdded),
     to_head: bool,
     head: &Head,
     keep: bool,
@@ -454,7 +455,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
         out.extend_from_slice(b"\r\n\r\n");
         return finish(io, out, false).await;
     }
-    let (framing, keep) = encode_head(out, &mut parts, &body, to_head, http10, keep)?;
+    let (framing, keep) = encode_head(out, &mut parts, &added, &body, to_head, http10, keep)?;
     if parts.headers.capacity() <= KEPT_MAP {
         *spare = Some(std::mem::take(&mut parts.headers));
     }
@@ -636,28 +637,37 @@ enum Length {
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &mut hyper::http::response::Parts,
+    added: &ResponseAdded,
     body: &ProxyBody,
     to_head: bool,
     http10: bool,
     mut keep: bool,
 ) -> std::io::Result<(Framing, bool)> {
     let mut version = parts.version;
+    // A `Connection` token this layer adds: to the response's own `Connection` line, or on a
+    // line after the map's and the proxy's headers (where hyper's server writes it, the
+    // proxy's headers being in the map it is given).
+    let mut token: Option<&'static str> = None;
     if http10 {
         // An HTTP/1.0 client gets HTTP/1.0, kept only when it asked and the response agrees.
         if !connection_has(&parts.headers, b"keep-alive") {
             if version == Version::HTTP_10 {
                 keep = false;
             } else if keep {
-                parts
-                    .headers
-                    .append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                token = Some("keep-alive");
             }
         }
         version = Version::HTTP_10;
     } else if !keep && !connection_has(&parts.headers, b"close") {
-        parts
-            .headers
-            .append(header::CONNECTION, HeaderValue::from_static("close"));
+        token = Some("close");
+    }
+    if let Some(t) = token {
+        if parts.headers.contains_key(header::CONNECTION) {
+            parts
+                .headers
+                .append(header::CONNECTION, HeaderValue::from_static(t));
+            token = None;
+        }
     }
     let v10 = version == Version::HTTP_10;
     let status = parts.status;
@@ -701,14 +711,20 @@ fn encode_head(
             *open = false;
         }
     };
+    // The map's lines of a name the proxy's own headers replace are left out.
+    let mut skipping = false;
     for (name, value) in parts.headers.drain() {
         if let Some(n) = name {
+            skipping = added.skips(&n);
             current = Some(n);
             end_line(out, &mut open_line, add_chunked);
         }
         let Some(name) = current.as_ref() else {
             continue;
         };
+        if skipping {
+            continue;
+        }
         match *name {
             header::CONTENT_LENGTH => {
                 if wrote_len && !open_line {
@@ -813,6 +829,11 @@ fn encode_head(
         push_header(out, name.as_str(), value.as_bytes());
     }
     end_line(out, &mut open_line, add_chunked);
+    added.write(out);
+    if let Some(t) = token {
+        push_header(out, "connection", t.as_bytes());
+        last |= t == "close";
+    }
     if !wrote_len {
         framing = match length {
             Length::Unknown if v10 || !chunkable => Framing::Close,
@@ -979,6 +1000,7 @@ mod tests {
     async fn ours(
         raw: &'static [u8],
         res: Response<ProxyBody>,
+        added: ResponseAdded,
     ) -> (Vec<u8>, std::io::Result<bool>) {
         let mut spans = Vec::new();
         let Parsed::Complete(head) = parse(raw, &mut spans) else {
@@ -991,7 +1013,7 @@ mod tests {
             &mut written,
             &mut out,
             &mut None,
-            res,
+            (res, added),
             to_head,
             &head,
             head.keep_alive,
@@ -1250,9 +1272,43 @@ mod tests {
                 true,
             ),
         ];
-        for (name, raw, status, headers, body, reason, keep) in cases {
-            let theirs = hyper_writes(raw, move || response(status, headers, body, reason)).await;
-            let (mine, kept) = ours(raw, response(status, headers, body, reason)).await;
+        // The headers the proxy adds: none, and some, which hyper gets in the map and this
+        // layer writes beside it.
+        let some = || ResponseAdded {
+            upstream_latency: Some(12),
+            proxy_latency: Some(0),
+            upstream_status: None,
+            via: true,
+            request_id: Some(HeaderValue::from_static("f00d")),
+            response_latency: None,
+        };
+        let runs = cases
+            .iter()
+            .map(|c| (c, false))
+            .chain(cases.iter().map(|c| (c, true)));
+        for (&(name, raw, status, headers, body, reason, keep), with) in runs {
+            let added = move || {
+                if with {
+                    some()
+                } else {
+                    ResponseAdded::default()
+                }
+            };
+            let theirs = hyper_writes(raw, move || {
+                let mut res = response(status, headers, body, reason);
+                added().apply(res.headers_mut());
+                res
+            })
+            .await;
+            let (mine, kept) = ours(raw, response(status, headers, body, reason), added()).await;
+            let name = format!(
+                "{name}{}",
+                if with {
+                    ", with the proxy's headers"
+                } else {
+                    ""
+                }
+            );
             assert_eq!(without_date(&mine), without_date(&theirs), "{name}");
             let Ok(kept) = kept else {
                 // A response hyper refuses to write: neither writes anything.
@@ -1265,6 +1321,58 @@ mod tests {
                 "{name}: no date"
             );
         }
+    }
+
+    /// The proxy's response headers written beside the map replace the upstream's of their
+    /// names, but `Via`, which the proxy's is added to.
+    #[tokio::test]
+    async fn the_proxys_response_headers_replace_the_upstreams() {
+        const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let res = response(
+            200,
+            &[
+                ("x-kong-upstream-latency", "999"),
+                ("via", "1.0 up"),
+                ("x-kong-request-id", "theirs"),
+                ("x-kong-upstream-status", "201"),
+                ("x-other", "kept"),
+            ],
+            B::Full("x"),
+            None,
+        );
+        let added = ResponseAdded {
+            upstream_latency: Some(12),
+            proxy_latency: None,
+            upstream_status: None,
+            via: true,
+            request_id: Some(HeaderValue::from_static("ours")),
+            response_latency: None,
+        };
+        let (mine, kept) = ours(GET, res, added).await;
+        assert!(kept.unwrap());
+        let text = without_date(&mine);
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        for line in [
+            "x-kong-upstream-latency: 12",
+            "x-kong-request-id: ours",
+            // Not one the proxy sets here: the upstream's goes on.
+            "x-kong-upstream-status: 201",
+            "x-other: kept",
+        ] {
+            assert_eq!(
+                lines.iter().filter(|l| **l == line).count(),
+                1,
+                "{line}: {text}"
+            );
+        }
+        assert!(!text.contains("999") && !text.contains("theirs"), "{text}");
+        let via = format!("via: {}", crate::forward::VIA);
+        let vias: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("via: "))
+            .collect();
+        assert_eq!(vias, ["via: 1.0 up", via.as_str()], "{text}");
     }
 
     /// What this layer leaves to hyper, and what it takes.

@@ -228,6 +228,102 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
     added
 }
 
+/// The headers the proxy adds to a response (Kong's `headers` setting), kept beside its header
+/// map while nothing reads the map: the HTTP/1.1 writer writes them after the map's lines,
+/// leaving out the map's lines of the names they replace. Where the map is read (the plugins'
+/// response phases, the log phase) or written by hyper's server, they are
+/// [put into it](ResponseAdded::apply), as they always were.
+#[derive(Debug, Default)]
+pub struct ResponseAdded {
+    /// `X-Kong-Upstream-Latency`, milliseconds.
+    pub upstream_latency: Option<u64>,
+    /// `X-Kong-Proxy-Latency`, milliseconds.
+    pub proxy_latency: Option<u64>,
+    /// `X-Kong-Upstream-Status`.
+    pub upstream_status: Option<u16>,
+    /// Gantry's `Via`, after any the upstream sent.
+    pub via: bool,
+    /// `X-Kong-Request-Id`.
+    pub request_id: Option<HeaderValue>,
+    /// `X-Kong-Response-Latency`, milliseconds (responses the proxy answers itself).
+    pub response_latency: Option<u64>,
+}
+
+impl ResponseAdded {
+    /// The numeric headers, in the order they are written.
+    fn numbers(&self) -> impl Iterator<Item = (&'static HeaderName, Option<u64>)> {
+        static NUMBERED: [HeaderName; 3] = [
+            names::X_KONG_UPSTREAM_LATENCY,
+            names::X_KONG_PROXY_LATENCY,
+            names::X_KONG_UPSTREAM_STATUS,
+        ];
+        NUMBERED.iter().zip([
+            self.upstream_latency,
+            self.proxy_latency,
+            self.upstream_status.map(u64::from),
+        ])
+    }
+
+    /// Whether the map's header `name` is left out: one these replace (`Via` is added to, not
+    /// replaced).
+    pub fn skips(&self, name: &HeaderName) -> bool {
+        // Only `x-kong-` names of these lengths can be one of them.
+        let n = name.as_str();
+        matches!(n.len(), 17 | 20 | 22 | 23)
+            && n.starts_with("x-kong-")
+            && (self.numbers().any(|(h, v)| v.is_some() && h == name)
+                || (self.request_id.is_some() && name == names::X_KONG_REQUEST_ID)
+                || (self.response_latency.is_some() && name == names::X_KONG_RESPONSE_LATENCY))
+    }
+
+    /// Their lines, into a head being written.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        let line = |out: &mut Vec<u8>, name: &HeaderName, value: &[u8]| {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        let number = |out: &mut Vec<u8>, name: &HeaderName, n: u64| {
+            let (digits, len) = names::itoa_buf(n);
+            line(out, name, &digits[20 - len..]);
+        };
+        for (name, n) in self.numbers() {
+            if let Some(n) = n {
+                number(out, name, n);
+            }
+        }
+        if self.via {
+            line(out, &header::VIA, VIA.as_bytes());
+        }
+        if let Some(id) = &self.request_id {
+            line(out, &names::X_KONG_REQUEST_ID, id.as_bytes());
+        }
+        if let Some(n) = self.response_latency {
+            number(out, &names::X_KONG_RESPONSE_LATENCY, n);
+        }
+    }
+
+    /// Into the response's map (and none left beside it).
+    pub fn apply(&mut self, headers: &mut HeaderMap) {
+        let me = std::mem::take(self);
+        for (name, n) in me.numbers() {
+            if let Some(n) = n {
+                headers.insert(name.clone(), names::number(n));
+            }
+        }
+        if me.via {
+            headers.append(header::VIA, HeaderValue::from_static(VIA));
+        }
+        if let Some(id) = me.request_id {
+            headers.insert(names::X_KONG_REQUEST_ID, id);
+        }
+        if let Some(n) = me.response_latency {
+            headers.insert(names::X_KONG_RESPONSE_LATENCY, names::number(n));
+        }
+    }
+}
+
 /// Headers that belong to one connection, never forwarded (RFC 9110 section 7.6.1). A
 /// static, not a constant: a constant array would be made and dropped at each use.
 static HOP_BY_HOP: [HeaderName; 9] = [

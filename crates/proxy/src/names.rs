@@ -60,7 +60,7 @@ pub fn number(n: u64) -> HeaderValue {
 }
 
 /// `n` in decimal, right-aligned in 20 bytes, and how many of them it takes.
-fn itoa_buf(mut n: u64) -> ([u8; 20], usize) {
+pub(crate) fn itoa_buf(mut n: u64) -> ([u8; 20], usize) {
     let mut b = [0u8; 20];
     let mut i = 20;
     loop {

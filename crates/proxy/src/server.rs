@@ -32,7 +32,7 @@ use crate::uri::{normalize, upstream_path_v0};
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BodyError>;
 
-use crate::forward::{strip_hop_by_hop, VIA};
+use crate::forward::strip_hop_by_hop;
 
 /// A running active health probe of one upstream.
 struct Probing {
@@ -216,6 +216,8 @@ struct Seen {
     response_headers: Vec<(HeaderName, HeaderValue)>,
     /// The plugins' per-request state, for the log phase.
     state: hyper::http::Extensions,
+    /// The headers the proxy adds to the response.
+    added: crate::forward::ResponseAdded,
 }
 
 /// The headers the proxy adds to responses and upstream requests: Kong's `headers` and
@@ -1050,7 +1052,7 @@ impl Proxy {
         req: Request<crate::pool::Inbound>,
         conn: &ConnInfo,
         cancels: &Cancels,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
         if !cancels.started.swap(true, Ordering::Relaxed) {
             self.stats.conns_fresh.fetch_sub(1, Ordering::Relaxed);
         }
@@ -1061,7 +1063,7 @@ impl Proxy {
             answered: false,
         };
         let http1 = req.version() <= hyper::Version::HTTP_11;
-        let mut res = self.handle(req, conn).await;
+        let (mut res, added) = self.handle(req, conn).await;
         if http1
             && self.draining.load(Ordering::Relaxed)
             && res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
@@ -1072,7 +1074,7 @@ impl Proxy {
             );
         }
         answering.answered = res.extensions().get::<ClientFailed>().is_none();
-        res
+        (res, added)
     }
 
     /// A client connection served by hyper: HTTP/2, and HTTP/1.1 that [`crate::downstream`]
@@ -1096,7 +1098,12 @@ impl Proxy {
             let me = me.clone();
             let conn = conn.clone();
             let cancels = counted.clone();
-            async move { Ok::<_, Infallible>(me.answer(req.map(Some), &conn, &cancels).await) }
+            async move {
+                // hyper's server writes the map: the proxy's headers go into it.
+                let (mut res, mut added) = me.answer(req.map(Some), &conn, &cancels).await;
+                added.apply(res.headers_mut());
+                Ok::<_, Infallible>(res)
+            }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if http1_only {
@@ -1165,11 +1172,13 @@ impl Proxy {
     }
 
     /// Route and forward one request.
+    /// The response to `req`, and the headers the proxy adds to it that are not in its map
+    /// (to be written after the map's lines, or [put into it](crate::forward::ResponseAdded::apply)).
     pub async fn handle(
         &self,
         req: Request<crate::pool::Inbound>,
         conn: &ConnInfo,
-    ) -> Response<ProxyBody> {
+    ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
         let started = Instant::now();
         let connection = crate::plugins::Connection {
             local_ip: conn.local_ip,
@@ -1196,6 +1205,7 @@ impl Proxy {
             accessed: false,
             response_headers: Vec::new(),
             state: hyper::http::Extensions::new(),
+            added: crate::forward::ResponseAdded::default(),
         };
         let traced = self.tracing.bits();
         if traced != 0 {
@@ -1240,9 +1250,7 @@ impl Proxy {
         let (mut rparts, mut body) = res.into_parts();
         let added = self.headers();
         if added.request_id {
-            rparts
-                .headers
-                .insert(names::X_KONG_REQUEST_ID, request_id.clone());
+            seen.added.request_id = Some(request_id.clone());
         }
         if seen.upstream.is_none() {
             // Answered here: a plugin, an error, a redirect.
@@ -1250,11 +1258,13 @@ impl Proxy {
                 rparts.headers.remove(header::SERVER);
             }
             if added.response_latency {
-                rparts.headers.insert(
-                    names::X_KONG_RESPONSE_LATENCY,
-                    names::number(started.elapsed().as_millis() as u64),
-                );
+                seen.added.response_latency = Some(started.elapsed().as_millis() as u64);
             }
+        }
+        // The plugins' response phases and the log phase read the map: the proxy's headers go
+        // into it. Else they are written beside it.
+        if !seen.ran.is_empty() || logged.is_some() {
+            seen.added.apply(&mut rparts.headers);
         }
         for (n, v) in seen.response_headers.drain(..) {
             rparts.headers.append(n, v);
@@ -1338,7 +1348,7 @@ impl Proxy {
             }
             .boxed();
         }
-        Response::from_parts(rparts, body)
+        (Response::from_parts(rparts, body), seen.added)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1741,28 +1751,11 @@ impl Proxy {
         let (mut rparts, rbody) = res.into_parts();
         strip_hop_by_hop(&mut rparts.headers);
         let added = self.headers();
-        if added.upstream_latency {
-            rparts.headers.insert(
-                names::X_KONG_UPSTREAM_LATENCY,
-                names::number(upstream_ms as u64),
-            );
-        }
-        if added.proxy_latency {
-            rparts
-                .headers
-                .insert(names::X_KONG_PROXY_LATENCY, names::number(proxy_ms as u64));
-        }
-        if added.upstream_status {
-            rparts.headers.insert(
-                names::X_KONG_UPSTREAM_STATUS,
-                names::number(u64::from(rparts.status.as_u16())),
-            );
-        }
-        if added.via {
-            rparts
-                .headers
-                .append(header::VIA, HeaderValue::from_static(VIA));
-        }
+        let ours = &mut seen.added;
+        ours.upstream_latency = added.upstream_latency.then_some(upstream_ms as u64);
+        ours.proxy_latency = added.proxy_latency.then_some(proxy_ms as u64);
+        ours.upstream_status = added.upstream_status.then_some(rparts.status.as_u16());
+        ours.via = added.via;
         let body = match in_flight {
             // Counted in flight until the body has gone to the client (least-connections).
             Some(guard) => Tracked {
