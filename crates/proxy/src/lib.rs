@@ -17,6 +17,7 @@ pub mod h1;
 pub mod health;
 pub mod logfile;
 pub mod names;
+mod pipeline;
 pub mod plugins;
 pub mod pool;
 pub mod probe;

@@ -1,4 +1,6 @@
-//! The HTTP proxy: listeners, request routing and forwarding, Kong's error bodies.
+//! The HTTP proxy: its settings and state, listeners and connections (hyper's server for
+//! HTTP/2 and what `downstream` hands over), statistics and log sinks. The request pipeline
+//! itself is `pipeline`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -10,29 +12,24 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::balancer::{Algorithm, HashOn, Load, Tracked};
+use crate::balancer::Load;
 use crate::error::{ProxyError, SetupError};
 use crate::health::Health;
-use crate::names;
-use crate::plugins::{Ctx, Shared, UpstreamRequest, BODY_LIMIT};
+use crate::plugins::{Shared, BODY_LIMIT};
 use crate::pool::{Pool, UpBody};
-use crate::router::RequestInfo;
 use crate::snapshot::{Snapshot, SnapshotError};
-use crate::uri::{normalize, upstream_path_v0};
 
 /// Why a body stopped: hyper's, an upstream's ([`crate::h1::H1Error`]), or a plugin's.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BodyError>;
-
-use crate::forward::strip_hop_by_hop;
 
 /// A running active health probe of one upstream.
 struct Probing {
@@ -102,7 +99,7 @@ impl Drop for Open {
 }
 
 impl Stats {
-    fn count(&self, status: u16, took: Duration) {
+    pub(crate) fn count(&self, status: u16, took: Duration) {
         let i = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[i].fetch_add(1, Ordering::Relaxed);
         let ms = took.as_secs_f64() * 1000.0;
@@ -157,17 +154,6 @@ pub struct RequestLog<'a> {
     pub state: &'a hyper::http::Extensions,
 }
 
-/// The bytes of an HTTP/1.1 head: its first line (`line` bytes without CRLF) and `headers`.
-fn head_size(line: usize, headers: &HeaderMap) -> u64 {
-    let fields: usize = headers.iter().map(|(k, v)| field_size(k, v)).sum();
-    (line + 2 + fields + 2) as u64
-}
-
-/// The bytes of a header line: name, `: `, value, CRLF.
-fn field_size(name: &HeaderName, value: &HeaderValue) -> usize {
-    name.as_str().len() + value.len() + 4
-}
-
 /// What a request's log entry holds beyond [`RequestLog`]'s counters, for log plugins.
 #[derive(Debug, Default)]
 pub struct LogDetails {
@@ -197,27 +183,6 @@ pub trait MetricsSource: Send + Sync + 'static {
 
     /// Add fields to `/status` (none by default).
     fn status(&self, _out: &mut serde_json::Map<String, serde_json::Value>) {}
-}
-
-/// What `route_and_forward` learned of a request: the plugins that ran and the headers they
-/// add to the response, and (only when a log phase listens) who handled it.
-struct Seen {
-    on: bool,
-    request_id: HeaderValue,
-    service: Option<Arc<crate::snapshot::Service>>,
-    route: Option<Arc<crate::router::Route>>,
-    consumer: Option<Arc<crate::plugins::Consumer>>,
-    upstream: Option<Duration>,
-    ran: Vec<Arc<dyn crate::plugins::Plugin>>,
-    /// Kept for log plugins only.
-    details: Option<Box<LogDetails>>,
-    /// Whether the access phase ran (else the global plugins run the response phases).
-    accessed: bool,
-    response_headers: Vec<(HeaderName, HeaderValue)>,
-    /// The plugins' per-request state, for the log phase.
-    state: hyper::http::Extensions,
-    /// The headers the proxy adds to the response.
-    added: crate::forward::ResponseAdded,
 }
 
 /// The headers the proxy adds to responses and upstream requests: Kong's `headers` and
@@ -314,117 +279,6 @@ impl Headers {
     }
 }
 
-/// A request's log entry, waiting for the end of its response body.
-struct Pending {
-    request_id: HeaderValue,
-    client: std::net::IpAddr,
-    method: hyper::Method,
-    uri: Uri,
-    service: Option<Arc<crate::snapshot::Service>>,
-    route: Option<Arc<crate::router::Route>>,
-    consumer: Option<Arc<crate::plugins::Consumer>>,
-    status: u16,
-    request_size: u64,
-    response_head_size: u64,
-    started: Instant,
-    upstream: Option<Duration>,
-    sinks: Option<Arc<[Arc<dyn LogSink>]>>,
-    plugins: Vec<Arc<dyn crate::plugins::Plugin>>,
-    details: Option<Box<LogDetails>>,
-    state: hyper::http::Extensions,
-    /// Body bytes sent so far.
-    size: u64,
-}
-
-impl Pending {
-    fn emit(self) {
-        let r = RequestLog {
-            request_id: self.request_id.to_str().unwrap_or(""),
-            client: self.client,
-            method: &self.method,
-            uri: &self.uri,
-            service: self.service.as_ref().map(|s| s.id.as_str()),
-            route: self.route.as_ref().map(|r| r.id.as_str()),
-            consumer: self.consumer.as_ref().map(|c| c.id.as_str()),
-            route_entity: self.route.as_deref(),
-            service_entity: self.service.as_deref(),
-            consumer_entity: self.consumer.as_deref(),
-            request_size: self.request_size,
-            response_head_size: self.response_head_size,
-            status: self.status,
-            started: self.started,
-            total: self.started.elapsed(),
-            upstream: self.upstream,
-            response_size: self.size,
-            details: self.details.as_deref(),
-            state: &self.state,
-        };
-        for s in self.sinks.iter().flat_map(|s| s.iter()) {
-            s.log(&r);
-        }
-        for p in &self.plugins {
-            if let Some(work) = p.log(&r) {
-                // Log work that waits on I/O runs on its own, after the response.
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        rt.spawn(work);
-                    }
-                    Err(_) => tracing::warn!("a plugin's log work was dropped: no runtime"),
-                }
-            }
-        }
-    }
-}
-
-/// A response body that runs the log phase when it ends, or when it is dropped unfinished
-/// (the client went away).
-struct LogOnEnd {
-    inner: ProxyBody,
-    entry: Option<Box<Pending>>,
-}
-
-impl hyper::body::Body for LogOnEnd {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BodyError>>> {
-        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(e), Some(data)) = (self.entry.as_mut(), frame.data_ref()) {
-                    e.size += data.len() as u64;
-                }
-            }
-            std::task::Poll::Ready(None) => {
-                if let Some(e) = self.entry.take() {
-                    e.emit();
-                }
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LogOnEnd {
-    fn drop(&mut self) {
-        if let Some(e) = self.entry.take() {
-            e.emit();
-        }
-    }
-}
-
 /// The client of a request: the peer, or the address a trusted peer forwarded.
 pub(crate) struct Client {
     pub(crate) ip: std::net::IpAddr,
@@ -507,10 +361,10 @@ pub struct ConnInfo {
     /// This process's serial number of the connection (nginx's `$connection`).
     pub serial: u64,
     /// Requests received on it so far (nginx's `$connection_requests`).
-    requests: std::sync::atomic::AtomicU64,
+    pub(crate) requests: std::sync::atomic::AtomicU64,
     /// The client's address and the listener's port, as header values.
     peer_ip: HeaderValue,
-    port_value: HeaderValue,
+    pub(crate) port_value: HeaderValue,
 }
 
 /// Connections accepted by this process, for [`ConnInfo::serial`].
@@ -535,20 +389,20 @@ impl ConnInfo {
 }
 
 pub struct Proxy {
-    headers: std::sync::OnceLock<Headers>,
+    pub(crate) headers: std::sync::OnceLock<Headers>,
     trust: std::sync::OnceLock<crate::trust::Trust>,
-    log_sinks: std::sync::OnceLock<Arc<[Arc<dyn LogSink>]>>,
+    pub(crate) log_sinks: std::sync::OnceLock<Arc<[Arc<dyn LogSink>]>>,
     /// Request ids: this process's random prefix and a counter.
-    id_prefix: u32,
-    id_counter: std::sync::atomic::AtomicU64,
+    pub(crate) id_prefix: u32,
+    pub(crate) id_counter: std::sync::atomic::AtomicU64,
     pub(crate) metrics: std::sync::Mutex<Vec<Arc<dyn MetricsSource>>>,
     node_id: std::sync::OnceLock<String>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) pool: Arc<Pool>,
     /// State plugins keep across configurations.
     shared: crate::plugins::Shared,
     /// `tracing_instrumentations` and `tracing_sampling_rate`.
-    tracing: Arc<crate::spans::Tracing>,
+    pub(crate) tracing: Arc<crate::spans::Tracing>,
     /// The plugins this node runs (Kong's `plugins` setting); all bundled ones unless set.
     registry: std::sync::OnceLock<crate::plugins::Registry>,
     pub stats: Stats,
@@ -564,7 +418,7 @@ pub struct Proxy {
     draining: std::sync::atomic::AtomicBool,
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
     crate::plugins::error(status.as_u16(), message)
 }
 
@@ -651,7 +505,7 @@ impl Proxy {
         let _ = self.headers.set(headers);
     }
 
-    fn headers(&self) -> &Headers {
+    pub(crate) fn headers(&self) -> &Headers {
         self.headers.get_or_init(Headers::default)
     }
 
@@ -661,7 +515,7 @@ impl Proxy {
         let _ = self.trust.set(trust);
     }
 
-    fn client(&self, conn: &ConnInfo, headers: &HeaderMap) -> Client {
+    pub(crate) fn client(&self, conn: &ConnInfo, headers: &HeaderMap) -> Client {
         let peer = conn.peer.ip();
         let Some(trust) = self.trust.get().filter(|t| !t.is_empty()) else {
             return Client {
@@ -1170,665 +1024,6 @@ impl Proxy {
         }
         tracing::info!(client = %peer, status, error = %reason, "request refused by the HTTP parser");
     }
-
-    /// Route and forward one request.
-    /// The response to `req`, and the headers the proxy adds to it that are not in its map
-    /// (to be written after the map's lines, or [put into it](crate::forward::ResponseAdded::apply)).
-    pub async fn handle(
-        &self,
-        req: Request<crate::pool::Inbound>,
-        conn: &ConnInfo,
-    ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
-        let started = Instant::now();
-        let connection = crate::plugins::Connection {
-            local_ip: conn.local_ip,
-            local_port: conn.local_port,
-            serial: conn.serial,
-            requests: conn.requests.fetch_add(1, Ordering::Relaxed) + 1,
-        };
-        let sinks = self.log_sinks.get().filter(|s| !s.is_empty());
-        let n = self
-            .id_counter
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request_id = request_id(self.id_prefix, n);
-        let snap = self.snapshot.load_full();
-        let logs = sinks.is_some() || snap.plugins.logs();
-        let mut seen = Seen {
-            on: logs,
-            request_id: request_id.clone(),
-            service: None,
-            route: None,
-            consumer: None,
-            upstream: None,
-            ran: Vec::new(),
-            details: None,
-            accessed: false,
-            response_headers: Vec::new(),
-            state: hyper::http::Extensions::new(),
-            added: crate::forward::ResponseAdded::default(),
-        };
-        let traced = self.tracing.bits();
-        if traced != 0 {
-            seen.state.insert(crate::spans::Trace::new(traced));
-        }
-        let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
-        // What the client sent, as Kong's `$request_length`: the head, and the body it announced.
-        let request_size = if logs {
-            let announced = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-                .unwrap_or(0);
-            let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-                + req.uri().authority().map_or(0, |a| a.as_str().len() + 3)
-                + req.uri().scheme_str().map_or(0, str::len);
-            let line = req.method().as_str().len() + target + 10;
-            head_size(line, req.headers()) + announced
-        } else {
-            0
-        };
-        let head = req.method() == hyper::Method::HEAD;
-        let client = self.client(conn, req.headers());
-        if logs && snap.plugins.logs() {
-            seen.details = Some(Box::new(LogDetails {
-                request_headers: req.headers().clone(),
-                ..LogDetails::default()
-            }));
-        }
-        // Every way the proxy ends a request itself becomes Kong's response here.
-        let res = self
-            .route_and_forward(req, conn, connection, &client, &snap, started, &mut seen)
-            .await
-            .unwrap_or_else(|e| e.response());
-        // The response phases, over every response: the upstream's, a plugin's, or an error.
-        if !seen.accessed {
-            seen.ran = snap.plugins.globals();
-            if let Some(t) = seen.state.get_mut::<crate::spans::Trace>() {
-                t.ran = snap.plugins.global_names().to_vec();
-            }
-        }
-        let (mut rparts, mut body) = res.into_parts();
-        let added = self.headers();
-        if added.request_id {
-            seen.added.request_id = Some(request_id.clone());
-        }
-        if seen.upstream.is_none() {
-            // Answered here: a plugin, an error, a redirect.
-            if !added.server {
-                rparts.headers.remove(header::SERVER);
-            }
-            if added.response_latency {
-                seen.added.response_latency = Some(started.elapsed().as_millis() as u64);
-            }
-        }
-        // The plugins' response phases and the log phase read the map: the proxy's headers go
-        // into it. Else they are written beside it.
-        if !seen.ran.is_empty() || logged.is_some() {
-            seen.added.apply(&mut rparts.headers);
-        }
-        for (n, v) in seen.response_headers.drain(..) {
-            rparts.headers.append(n, v);
-        }
-        let traced = seen
-            .state
-            .get_mut::<crate::spans::Trace>()
-            .filter(|t| t.has(crate::spans::PLUGIN_HEADER_FILTER))
-            .map(|t| std::mem::take(&mut t.ran));
-        match traced {
-            None => {
-                for p in &seen.ran {
-                    p.header_filter_with(&mut rparts, &mut seen.state);
-                }
-            }
-            Some(names) => {
-                for (p, name) in seen.ran.iter().zip(&names) {
-                    let t0 = Instant::now();
-                    p.header_filter_with(&mut rparts, &mut seen.state);
-                    if let Some(t) = seen.state.get_mut::<crate::spans::Trace>() {
-                        t.phase(
-                            crate::spans::PLUGIN_HEADER_FILTER,
-                            "header_filter",
-                            name,
-                            t0,
-                        );
-                    }
-                }
-            }
-        }
-        // Responses without a body (HEAD, 1xx, 204, 304) have nothing to filter.
-        let bodiless =
-            head || rparts.status.is_informational() || matches!(rparts.status.as_u16(), 204 | 304);
-        let filters: Vec<_> = if bodiless {
-            Vec::new()
-        } else {
-            seen.ran
-                .iter()
-                .filter_map(|p| p.body_filter(&rparts))
-                .collect()
-        };
-        if !filters.is_empty() {
-            // A filtered body's length is known only once it has been sent (unless every
-            // filter only observes it).
-            if !filters.iter().all(|f| f.keeps_body()) {
-                rparts.headers.remove(header::CONTENT_LENGTH);
-            }
-            body = crate::plugins::Filtered::new(body, filters).boxed();
-        }
-        let status = rparts.status.as_u16();
-        self.stats.count(status, started.elapsed());
-        if let Some(d) = seen.details.as_mut() {
-            d.response_headers = rparts.headers.clone();
-        }
-        if let Some((method, uri)) = logged {
-            // The log phase runs once the body has gone to the client (or the client left).
-            body = LogOnEnd {
-                inner: body,
-                entry: Some(Box::new(Pending {
-                    request_id,
-                    client: client.ip,
-                    method,
-                    uri,
-                    service: seen.service,
-                    route: seen.route,
-                    consumer: seen.consumer,
-                    status,
-                    request_size,
-                    response_head_size: head_size(
-                        13 + rparts.status.canonical_reason().map_or(0, str::len),
-                        &rparts.headers,
-                    ),
-                    started,
-                    upstream: seen.upstream,
-                    sinks: sinks.cloned(),
-                    plugins: seen.ran,
-                    details: seen.details,
-                    state: std::mem::take(&mut seen.state),
-                    size: 0,
-                })),
-            }
-            .boxed();
-        }
-        (Response::from_parts(rparts, body), seen.added)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn route_and_forward(
-        &self,
-        req: Request<crate::pool::Inbound>,
-        conn: &ConnInfo,
-        connection: crate::plugins::Connection,
-        client: &Client,
-        snap: &Snapshot,
-        started: Instant,
-        seen: &mut Seen,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (local_port, https, sni) = (conn.local_port, conn.https, conn.sni.as_deref());
-        let peer_ip = conn.peer.ip();
-        let (upgrade, client_upgrade, mut parts, body) = {
-            let mut req = req;
-            let upgrade = upgrade_protocol(&req);
-            let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-            let (parts, body) = req.into_parts();
-            (upgrade, client_upgrade, parts, body)
-        };
-        let body: UpBody = Either::Left(crate::pool::ClientBody::new(body));
-        let mut slot = crate::plugins::BodySlot::new(body);
-        check_framing(&parts)?;
-        // The rewrite phase, before routing (global plugins, as in Kong): routing reads the
-        // request as they leave it.
-        if !snap.plugins.is_empty() {
-            let mut ctx = Ctx {
-                req: &mut parts,
-                body: &mut slot,
-                https,
-                trusted: client.trusted,
-                config_version: snap.version,
-                client_ip: client.ip,
-                peer_ip,
-                connection,
-                route_id: None,
-                service_id: None,
-                consumer: None,
-                credential: None,
-                identities: &snap.identities,
-                captures: &[],
-                response_headers: Vec::new(),
-                state: &mut seen.state,
-            };
-            let exit = snap.plugins.run_rewrite(&mut ctx).await;
-            seen.response_headers = ctx.response_headers;
-            if let Some(exit) = exit {
-                return Ok(exit);
-            }
-        }
-        // Owned copies (reference-counted, not copied) of what routing reads, so that plugins
-        // may change the request afterwards.
-        // The target's authority, when it has one, is the host (RFC 9112 section 3.2.2: an
-        // absolute-form target wins over Host, which is replaced with it; RFC 9113 section
-        // 8.3.1: a Host that names another host than :authority is malformed).
-        let authority = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        let host_value = match (authority, parts.headers.get(header::HOST)) {
-            (Some(a), Some(h)) if parts.version >= hyper::Version::HTTP_2 && a != h => {
-                return Err(ProxyError::BadRequest(
-                    "Bad request: Host and :authority differ",
-                ))
-            }
-            (Some(a), h) => {
-                if h != Some(&a) {
-                    parts.headers.insert(header::HOST, a.clone());
-                }
-                a
-            }
-            (None, Some(h)) => h.clone(),
-            (None, None) => return Err(ProxyError::BadRequest("Bad request: missing Host header")),
-        };
-        let host_header = match host_value.to_str() {
-            Ok(h) if valid_host(h) => h,
-            _ => return Err(ProxyError::BadRequest("Bad request: invalid Host header")),
-        };
-        let (host, port) = split_host(host_header);
-        let request_uri = parts.uri.clone();
-        let raw_path = request_uri.path();
-        let path = normalize(raw_path);
-        let info = RequestInfo {
-            method: parts.method.as_str(),
-            host,
-            port: port.unwrap_or(local_port),
-            path: &path,
-            headers: &parts.headers,
-            sni,
-            https,
-        };
-        let routing = seen
-            .state
-            .get::<crate::spans::Trace>()
-            .is_some_and(|t| t.has(crate::spans::ROUTER))
-            .then(Instant::now);
-        let found = snap.router.find(&info);
-        if let Some(t) = seen.state.get_mut::<crate::spans::Trace>() {
-            if let Some(t0) = routing {
-                t.router = Some((t0, Instant::now()));
-            }
-            t.route_path = found.as_ref().and_then(|m| m.route.first_path.clone());
-        }
-        let Some(m) = found else {
-            return Err(ProxyError::NoRoute);
-        };
-        let route = m.route;
-        if seen.on {
-            seen.route = Some(route.clone());
-        }
-        let has = |p: &str| route.protocols.iter().any(|x| x == p);
-        // Behind a trusted proxy that ended TLS, its X-Forwarded-Proto and -Host say what the
-        // client used (Kong's forwarded scheme and host).
-        let forwarded = |name: &HeaderName| {
-            client
-                .trusted
-                .then(|| parts.headers.get(name).and_then(|v| v.to_str().ok()))
-                .flatten()
-                .map(|v| v.split(',').next().unwrap_or("").trim())
-                .filter(|v| !v.is_empty())
-        };
-        let forwarded_https = match forwarded(&names::X_FORWARDED_PROTO) {
-            Some(p) => p.eq_ignore_ascii_case("https"),
-            None => https,
-        };
-        if !forwarded_https && has("https") && !has("http") {
-            let to = forwarded(&names::X_FORWARDED_HOST).unwrap_or(host);
-            return Ok(https_redirect(
-                route.https_redirect_status_code,
-                to,
-                &request_uri,
-            ));
-        }
-        if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
-            let is_grpc = parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/grpc"));
-            if !is_grpc {
-                return Err(ProxyError::NotGrpc);
-            }
-            if parts.version != hyper::Version::HTTP_2 {
-                return Err(ProxyError::Http2Required);
-            }
-        }
-        let service = route
-            .service_id
-            .as_ref()
-            .and_then(|id| snap.services.get(id));
-        if seen.on {
-            seen.service = service.cloned();
-        }
-        // Plugins: rewrite and access, in priority order; one may answer instead of the upstream.
-        let mut consumer_id: Option<String> = None;
-        if !snap.plugins.is_empty() {
-            let mut ctx = Ctx {
-                req: &mut parts,
-                body: &mut slot,
-                https,
-                trusted: client.trusted,
-                config_version: snap.version,
-                client_ip: client.ip,
-                peer_ip,
-                connection,
-                route_id: Some(&route.id),
-                service_id: service.map(|s| s.id.as_str()),
-                consumer: None,
-                credential: None,
-                identities: &snap.identities,
-                captures: &m.captures,
-                response_headers: std::mem::take(&mut seen.response_headers),
-                state: &mut seen.state,
-            };
-            let access = snap.plugins.run_access(&mut ctx).await;
-            let mut exit = access.exit;
-            let mut body = match exit {
-                // Answered: the body is not read (nor sent anywhere).
-                Some(_) => Either::Right(Full::default()),
-                None => ctx.body.take(&mut ctx.req.headers)?,
-            };
-            // A limit on the body's size (request-size-limiting) cuts it as it streams.
-            if let (Either::Left(b), Some(n)) = (
-                &mut body,
-                access.ran.iter().filter_map(|p| p.body_limit()).min(),
-            ) {
-                b.limit(n);
-            }
-            // The request body phase, for the plugins that read it.
-            if exit.is_none() && access.ran.iter().any(|p| p.reads_body()) {
-                let client_body = std::mem::replace(&mut body, Either::Right(Full::default()));
-                let mut bytes = read_body(client_body, &ctx.req.headers).await?;
-                for p in access.ran.iter().filter(|p| p.reads_body()) {
-                    exit = p.request_body(&mut ctx, &mut bytes).decided().await;
-                    if exit.is_some() {
-                        break;
-                    }
-                }
-                ctx.req.headers.remove(header::TRANSFER_ENCODING);
-                ctx.req
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                body = Either::Right(Full::new(bytes));
-            }
-            *ctx.body = crate::plugins::BodySlot::new(body);
-            seen.ran = access.ran;
-            seen.accessed = true;
-            seen.response_headers = ctx.response_headers;
-            consumer_id = ctx.consumer.as_ref().map(|c| c.id.clone());
-            if seen.on {
-                seen.consumer = ctx.consumer;
-            }
-            if let Some(d) = seen.details.as_mut() {
-                // As the plugins left them: key-auth's hide_credentials removed the key.
-                d.request_headers = parts.headers.clone();
-            }
-            if let Some(exit) = exit {
-                return Ok(exit);
-            }
-        }
-        let body = slot.take(&mut parts.headers)?;
-        let Some(service) = service else {
-            return Err(ProxyError::NoService);
-        };
-        if !service.enabled {
-            return Err(ProxyError::ServiceDisabled);
-        }
-        let grpc = matches!(service.protocol.as_str(), "grpc" | "grpcs");
-        if !matches!(service.protocol.as_str(), "http" | "https") && !grpc {
-            return Err(ProxyError::UnsupportedProtocol);
-        }
-        let balancer = snap.balancers.get(&service.host);
-        let key = match balancer.map(|b| &b.algorithm) {
-            Some(Algorithm::ConsistentHashing { on, fallback }) => {
-                let key_of = |on: &HashOn| {
-                    hash_key(on, &parts, client.ip, consumer_id.as_deref(), &m.captures)
-                };
-                key_of(on).or_else(|| key_of(fallback))
-            }
-            _ => None,
-        };
-        let target: std::borrow::Cow<'_, str> = match balancer {
-            Some(b) => match b.pick(&self.health, &self.load, &[], key.as_deref()) {
-                Some(t) => std::borrow::Cow::Owned(t.to_string()),
-                None => return Err(ProxyError::NoPeer),
-            },
-            None => std::borrow::Cow::Borrowed(service.addr.as_str()),
-        };
-        let prefix = route.strip_path.then_some(&*m.prefix);
-        let upath: std::borrow::Cow<'_, str> =
-            match seen.state.get::<crate::plugins::UpstreamPath>() {
-                Some(p) => std::borrow::Cow::Owned(p.0.clone()),
-                None => upstream_path_v0(service.path.as_deref().unwrap_or("/"), prefix, &path),
-            };
-        // With the query as the plugins left it (key-auth's hide_credentials removes a key from
-        // it). A path forwarded as it came keeps the request's own target (nothing is copied).
-        let uri = match parts.uri.path_and_query() {
-            Some(pq) if pq.path() == upath => {
-                let mut target = hyper::http::uri::Parts::default();
-                target.path_and_query = Some(pq.clone());
-                Uri::from_parts(target).map_err(|_| ProxyError::InvalidUpstreamAddress)?
-            }
-            _ => {
-                let mut target = upath.to_string();
-                if let Some(q) = parts.uri.query() {
-                    target.push('?');
-                    target.push_str(q);
-                }
-                target
-                    .parse::<Uri>()
-                    .map_err(|_| ProxyError::InvalidUpstreamAddress)?
-            }
-        };
-        if let Some(d) = seen.details.as_mut() {
-            d.upstream_uri = Some(
-                uri.path_and_query()
-                    .map_or_else(|| upath.to_string(), |pq| pq.as_str().to_string()),
-            );
-        }
-        let upstream_host = if let Some(h) = seen.state.get::<crate::plugins::UpstreamHost>() {
-            h.0.clone()
-        } else if route.preserve_host {
-            host_value.clone()
-        } else if balancer.is_some() || service.port == 80 {
-            // An upstream's name, or a host on the default port: no port in Host.
-            service.host_only.clone()
-        } else {
-            service.host_port.clone()
-        };
-        let mut headers = std::mem::take(&mut parts.headers);
-        let mut added = crate::forward::upstream_headers(
-            &mut headers,
-            &crate::forward::Forwarding {
-                client,
-                peer_ip,
-                https,
-                host,
-                port: &conn.port_value,
-                raw_path,
-                prefix: (route.strip_path && m.prefix != "/").then_some(&*m.prefix),
-                upgrade: upgrade.as_ref(),
-                upstream_host: &upstream_host,
-                request_id: self
-                    .headers()
-                    .upstream_request_id
-                    .then_some(&seen.request_id),
-            },
-        );
-        let upstream_host = upstream_host.to_str().unwrap_or_default();
-        // Made in a block of its own: a borrowed local would keep its room in this future's
-        // state across the exchange (which moves it), and the state is moved per request.
-        let up = {
-            let mut up = Request::new(body);
-            *up.method_mut() = parts.method.clone();
-            *up.uri_mut() = uri;
-            *up.headers_mut() = headers;
-            if grpc {
-                // HTTP/2 to gRPC upstreams: the authority travels in the URI, not in Host.
-                let scheme = if service.protocol == "grpcs" {
-                    "https"
-                } else {
-                    "http"
-                };
-                match format!("{scheme}://{upstream_host}{}", up.uri()).parse() {
-                    Ok(u) => *up.uri_mut() = u,
-                    Err(_) => return Err(ProxyError::InvalidUpstreamAddress),
-                }
-                added.without_host();
-                *up.version_mut() = hyper::Version::HTTP_2;
-            } else {
-                // Whatever the client spoke, other upstreams get HTTP/1.1.
-                *up.version_mut() = hyper::Version::HTTP_11;
-            }
-            if !seen.ran.is_empty() {
-                let (mut head, b) = up.into_parts();
-                for p in &seen.ran {
-                    p.upstream_request(&mut UpstreamRequest {
-                        method: &mut head.method,
-                        uri: &mut head.uri,
-                        headers: &mut head.headers,
-                        target: &target,
-                        state: &mut seen.state,
-                    });
-                }
-                up = Request::from_parts(head, b);
-            }
-            up
-        };
-        let sent = Instant::now();
-        let (res, in_flight) = self
-            .exchange(
-                up,
-                target,
-                &crate::exchange::Exchange {
-                    service,
-                    balancer: balancer.map(|b| &**b),
-                    key: key.as_deref(),
-                    upgrade: upgrade.is_some(),
-                    grpc,
-                    upstream_host,
-                    plugins: &seen.ran,
-                    trace: seen.state.get::<crate::spans::Trace>(),
-                    added: &added,
-                },
-            )
-            .await?;
-        let upstream_took = sent.elapsed();
-        seen.upstream = Some(upstream_took);
-        let upstream_ms = upstream_took.as_millis();
-        let proxy_ms = sent.duration_since(started).as_millis();
-        let mut res = res;
-        if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
-            // Both sides switched: splice the two connections.
-            let upstream = hyper::upgrade::on(&mut res);
-            tokio::spawn(async move {
-                match tokio::try_join!(client, upstream) {
-                    Ok((c, u)) => {
-                        let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
-                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
-                    }
-                    Err(e) => tracing::debug!(error = %e, "protocol switch failed"),
-                }
-            });
-            let (mut rparts, _) = res.into_parts();
-            let proto = rparts.headers.get(header::UPGRADE).cloned();
-            strip_hop_by_hop(&mut rparts.headers);
-            rparts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(p) = proto {
-                rparts.headers.insert(header::UPGRADE, p);
-            }
-            let empty = http_body_util::Empty::<Bytes>::new()
-                .map_err(|never| match never {})
-                .boxed();
-            return Ok(Response::from_parts(rparts, empty));
-        }
-        let (mut rparts, rbody) = res.into_parts();
-        strip_hop_by_hop(&mut rparts.headers);
-        let added = self.headers();
-        let ours = &mut seen.added;
-        ours.upstream_latency = added.upstream_latency.then_some(upstream_ms as u64);
-        ours.proxy_latency = added.proxy_latency.then_some(proxy_ms as u64);
-        ours.upstream_status = added.upstream_status.then_some(rparts.status.as_u16());
-        ours.via = added.via;
-        let body = match in_flight {
-            // Counted in flight until the body has gone to the client (least-connections).
-            Some(guard) => Tracked {
-                inner: rbody,
-                guard,
-            }
-            .boxed(),
-            None => rbody,
-        };
-        Ok(Response::from_parts(rparts, body))
-    }
-}
-
-/// The consistent-hashing key of a request, per `hash_on` (`None`: absent, use the fallback).
-fn hash_key(
-    on: &HashOn,
-    parts: &hyper::http::request::Parts,
-    client: std::net::IpAddr,
-    consumer: Option<&str>,
-    captures: &[(String, String)],
-) -> Option<String> {
-    match on {
-        HashOn::None => None,
-        HashOn::Consumer => consumer.map(str::to_string),
-        HashOn::Ip => Some(client.to_string()),
-        HashOn::Header(h) => parts
-            .headers
-            .get(h.as_str())
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        HashOn::Cookie(name) => parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|c| c.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.to_string()),
-        HashOn::Path => Some(parts.uri.path().to_string()),
-        HashOn::QueryArg(arg) => parts
-            .uri
-            .query()
-            .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == arg.as_str()))
-            .map(|(_, v)| v.into_owned()),
-        HashOn::UriCapture(name) => captures
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone()),
-    }
-}
-
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with `Upgrade`).
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != hyper::Version::HTTP_11 {
-        return None;
-    }
-    // Only WebSocket is tunnelled, as Kong (its `$upstream_upgrade` is `websocket` or
-    // nothing): any other token (`h2c`, ...) would open a tunnel past the routes and plugins of
-    // the requests sent through it. The request then goes on as an ordinary one, its Upgrade
-    // and Connection headers removed as hop-by-hop.
-    let upgrade = req.headers().get(header::UPGRADE)?;
-    if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
-        return None;
-    }
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| upgrade.clone())
 }
 
 /// The largest request head read from a client.
@@ -1843,129 +1038,6 @@ pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// runs), 200 2.4-3%, 256 3.5% and 1,024 11%. A bound by size alone waits for the HTTP/1
 /// layer of issue 18.
 pub(crate) const MAX_HEADER_LINES: usize = 160;
-
-/// Requests whose framing could be read two ways are refused (RFC 9112 section 6.3): a proxy
-/// and its upstream must never disagree on where a request ends.
-fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), ProxyError> {
-    if parts.version >= hyper::Version::HTTP_2 {
-        return Ok(());
-    }
-    // The parser bounds what it buffers while a head is incomplete; a head that arrives whole
-    // in one read is measured here, so that the bound is the same however the bytes came.
-    let target = parts.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    // One pass over the lines: the head's size, and the framing headers it has.
-    let (mut fields, mut hosts, mut coded) = (0, 0, false);
-    for (name, value) in &parts.headers {
-        fields += field_size(name, value);
-        match *name {
-            header::HOST => hosts += 1,
-            header::TRANSFER_ENCODING => coded = true,
-            _ => {}
-        }
-    }
-    if target + 2 + fields + 2 > MAX_HEAD {
-        return Err(ProxyError::HeadTooLarge);
-    }
-    if hosts > 1 {
-        return Err(ProxyError::BadRequest(
-            "Bad request: more than one Host header",
-        ));
-    }
-    if !coded {
-        return Ok(());
-    }
-    let mut codings = parts
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .peekable();
-    if codings.peek().is_none() {
-        return Ok(());
-    }
-    if parts.headers.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest(
-            "Bad request: both Content-Length and Transfer-Encoding",
-        ));
-    }
-    let mut chunked = 0;
-    for c in codings {
-        if !c.eq_ignore_ascii_case("chunked") {
-            return Err(ProxyError::UnknownCoding);
-        }
-        chunked += 1;
-    }
-    if chunked > 1 {
-        return Err(ProxyError::BadRequest(
-            "Bad request: chunked applied more than once",
-        ));
-    }
-    Ok(())
-}
-
-/// A Host value as RFC 9110 allows: a registered name, IPv4 or bracketed IPv6, and an optional port.
-fn valid_host(h: &str) -> bool {
-    let (host, port) = match h.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((v6, tail)) => {
-                if v6.parse::<std::net::Ipv6Addr>().is_err() {
-                    return false;
-                }
-                (
-                    "",
-                    tail.strip_prefix(':')
-                        .map(Some)
-                        .unwrap_or(if tail.is_empty() { None } else { Some("x") }),
-                )
-            }
-            None => return false,
-        },
-        None => match h.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (h, None),
-        },
-    };
-    let host_ok = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    host_ok && port_ok && (h.starts_with('[') || !host.is_empty())
-}
-
-/// `X-Kong-Request-Id`: this process's prefix and a counter, in hex.
-fn request_id(prefix: u32, n: u64) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = [0u8; 24];
-    let digits = (u128::from(prefix) << 64) | u128::from(n);
-    for (i, slot) in b.iter_mut().enumerate() {
-        *slot = HEX[((digits >> (92 - 4 * i)) & 0xf) as usize];
-    }
-    names::value_of(&b).unwrap_or(HeaderValue::from_static("0"))
-}
-
-/// All matched but the protocol: Kong answers 426, or redirects with the configured status.
-fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
-    if status == 426 {
-        let mut r = json_error(StatusCode::UPGRADE_REQUIRED, "Please use HTTPS protocol");
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        r.headers_mut().insert(
-            header::UPGRADE,
-            HeaderValue::from_static("TLS/1.2, HTTP/1.1"),
-        );
-        return r;
-    }
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut r = json_error(code, "Moved");
-    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{pq}")) {
-        r.headers_mut().insert(header::LOCATION, v);
-    }
-    r
-}
 
 /// The proxy runs what the store's change feed (a traditional node) or the control plane (a
 /// data plane) hands it.
@@ -2008,7 +1080,7 @@ pub(crate) async fn read_body(
 
 #[cfg(test)]
 mod tests {
-    use super::{request_id, valid_host, Headers};
+    use super::Headers;
 
     #[test]
     fn headers_settings() {
@@ -2029,44 +1101,5 @@ mod tests {
             e.starts_with("headers_upstream") && e.contains("x-other"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn request_ids() {
-        assert_eq!(
-            request_id(0xdeadbeef, 0x1f).to_str().unwrap(),
-            format!("{:08x}{:016x}", 0xdeadbeefu32, 0x1fu64)
-        );
-        assert_eq!(
-            request_id(1, u64::MAX).to_str().unwrap(),
-            "00000001ffffffffffffffff"
-        );
-    }
-
-    #[test]
-    fn hosts() {
-        for ok in [
-            "example.com",
-            "example.com:8000",
-            "10.0.0.1:80",
-            "[::1]:8000",
-            "[::1]",
-            "a_b.example",
-        ] {
-            assert!(valid_host(ok), "{ok}");
-        }
-        for bad in [
-            "exa mple",
-            "a/b",
-            "example.com:",
-            "example.com:80a",
-            "[::1",
-            "[zz]:80",
-            "",
-            ":80",
-            "a@b",
-        ] {
-            assert!(!valid_host(bad), "{bad}");
-        }
     }
 }
