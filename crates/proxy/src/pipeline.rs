@@ -914,9 +914,23 @@ fn valid_host(h: &str) -> bool {
             None => (h, None),
         },
     };
-    let host_ok = host
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b));
+    // RFC 3986's reg-name characters (unreserved, sub-delims, `%`), as a table.
+    const ALLOWED: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = (i as u8).is_ascii_alphanumeric();
+            i += 1;
+        }
+        let extra = b"-._~!$&'()*+,;=%";
+        let mut j = 0;
+        while j < extra.len() {
+            t[extra[j] as usize] = true;
+            j += 1;
+        }
+        t
+    };
+    let host_ok = host.bytes().all(|b| ALLOWED[usize::from(b)]);
     let port_ok =
         port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     host_ok && port_ok && (h.starts_with('[') || !host.is_empty())
@@ -926,9 +940,12 @@ fn valid_host(h: &str) -> bool {
 fn request_id(prefix: u32, n: u64) -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut b = [0u8; 24];
-    let digits = (u128::from(prefix) << 64) | u128::from(n);
-    for (i, slot) in b.iter_mut().enumerate() {
-        *slot = HEX[((digits >> (92 - 4 * i)) & 0xf) as usize];
+    // Two digits a byte, from the most significant: the prefix's four bytes, then the
+    // counter's eight.
+    let bytes = prefix.to_be_bytes().into_iter().chain(n.to_be_bytes());
+    for (pair, byte) in b.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
     }
     names::value_of(&b).unwrap_or(HeaderValue::from_static("0"))
 }
