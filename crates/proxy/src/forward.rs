@@ -49,6 +49,21 @@ static ADDED: [HeaderName; 12] = [
     header::VIA,
     names::X_KONG_REQUEST_ID,
 ];
+/// The start of each `ADDED` line, written with one copy (a test checks them against the names).
+static ADDED_LINES: [&[u8]; 12] = [
+    b"host: ",
+    b"connection: ",
+    b"upgrade: ",
+    b"x-forwarded-for: ",
+    b"x-forwarded-proto: ",
+    b"x-forwarded-host: ",
+    b"x-forwarded-port: ",
+    b"x-forwarded-path: ",
+    b"x-forwarded-prefix: ",
+    b"x-real-ip: ",
+    b"via: ",
+    b"x-kong-request-id: ",
+];
 const HOST: usize = 0;
 const CONNECTION: usize = 1;
 const UPGRADE: usize = 2;
@@ -123,6 +138,17 @@ impl<'a> Added<'a> {
             .iter()
             .zip(&self.values)
             .filter_map(|(n, v)| Some((n, &**v.as_ref()?)))
+    }
+
+    /// Their lines, into a head being written.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (start, value) in ADDED_LINES.iter().zip(&self.values) {
+            if let Some(v) = value {
+                out.extend_from_slice(start);
+                out.extend_from_slice(v);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
     }
 
     /// Into `headers` itself, for a client that writes the map (hyper's): the client's headers
@@ -228,6 +254,15 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
     added
 }
 
+/// The starts of the numeric response lines, in `ResponseAdded::numbers`'s order.
+static RESPONSE_NUMBER_LINES: [&[u8]; 3] = [
+    b"x-kong-upstream-latency: ",
+    b"x-kong-proxy-latency: ",
+    b"x-kong-upstream-status: ",
+];
+/// Gantry's `Via` line on a response.
+const VIA_LINE: &str = concat!("via: 1.1 gantry/", env!("CARGO_PKG_VERSION"), "\r\n");
+
 /// The headers the proxy adds to a response (Kong's `headers` setting), kept beside its header
 /// map while nothing reads the map: the HTTP/1.1 writer writes them after the map's lines,
 /// leaving out the map's lines of the names they replace. Where the map is read (the plugins'
@@ -278,29 +313,26 @@ impl ResponseAdded {
 
     /// Their lines, into a head being written.
     pub fn write(&self, out: &mut Vec<u8>) {
-        let line = |out: &mut Vec<u8>, name: &HeaderName, value: &[u8]| {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
+        let line = |out: &mut Vec<u8>, start: &[u8], value: &[u8]| {
+            out.extend_from_slice(start);
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         };
-        let number = |out: &mut Vec<u8>, name: &HeaderName, n: u64| {
-            let (digits, len) = names::itoa_buf(n);
-            line(out, name, &digits[20 - len..]);
-        };
-        for (name, n) in self.numbers() {
-            if let Some(n) = n {
-                number(out, name, n);
+        for (start, n) in RESPONSE_NUMBER_LINES.iter().zip(self.numbers()) {
+            if let Some(n) = n.1 {
+                let (digits, len) = names::itoa_buf(n);
+                line(out, start, &digits[20 - len..]);
             }
         }
         if self.via {
-            line(out, &header::VIA, VIA.as_bytes());
+            out.extend_from_slice(VIA_LINE.as_bytes());
         }
         if let Some(id) = &self.request_id {
-            line(out, &names::X_KONG_REQUEST_ID, id.as_bytes());
+            line(out, b"x-kong-request-id: ", id.as_bytes());
         }
         if let Some(n) = self.response_latency {
-            number(out, &names::X_KONG_RESPONSE_LATENCY, n);
+            let (digits, len) = names::itoa_buf(n);
+            line(out, b"x-kong-response-latency: ", &digits[20 - len..]);
         }
     }
 
@@ -502,6 +534,33 @@ mod tests {
         let mut added = upstream_headers(&mut h, &forwarding(trusted, None));
         added.without_host();
         assert!(written(&h, &added).iter().all(|(n, _)| n != "host"));
+    }
+
+    #[test]
+    fn the_line_starts_are_the_names() {
+        for (start, name) in ADDED_LINES.iter().zip(&ADDED) {
+            assert_eq!(*start, format!("{name}: ").as_bytes());
+        }
+        let numbers = ResponseAdded::default();
+        for (start, (name, _)) in RESPONSE_NUMBER_LINES.iter().zip(numbers.numbers()) {
+            assert_eq!(*start, format!("{name}: ").as_bytes());
+        }
+        assert_eq!(VIA_LINE, format!("via: {VIA}\r\n"));
+        let mut out = Vec::new();
+        ResponseAdded {
+            request_id: Some(HeaderValue::from_static("a")),
+            response_latency: Some(5),
+            ..ResponseAdded::default()
+        }
+        .write(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            format!(
+                "{}: a\r\n{}: 5\r\n",
+                names::X_KONG_REQUEST_ID,
+                names::X_KONG_RESPONSE_LATENCY
+            )
+        );
     }
 
     #[test]

@@ -279,12 +279,7 @@ impl H1Conn {
         let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         out.extend_from_slice(target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in added.lines() {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        }
+        added.write(out);
         for (name, value) in &parts.headers {
             if added.skips(name) {
                 continue;
