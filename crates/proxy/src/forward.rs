@@ -380,7 +380,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         if !matches!(name.len(), 2 | 7 | 10 | 16..=19) {
             continue;
         }
-        if let Some(i) = HOP_BY_HOP.iter().position(|n| n.as_str() == name) {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
             present |= 1 << i;
         }
     }
