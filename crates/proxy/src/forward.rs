@@ -96,9 +96,9 @@ impl<'a> Added<'a> {
         }
     }
 
-    /// Set header `i` (replacing the client's), from bytes a header value holds already.
-    fn put(&mut self, i: usize, value: &'a HeaderValue) {
-        self.values[i] = Some(Cow::Borrowed(value.as_bytes()));
+    /// Set header `i` (replacing the client's), from bytes known to be a header value.
+    fn put(&mut self, i: usize, value: &'a [u8]) {
+        self.values[i] = Some(Cow::Borrowed(value));
         self.skip |= 1 << i;
     }
 
@@ -182,11 +182,10 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
     }
     let mut added = Added::none();
     if let Some(proto) = f.upgrade {
-        added.values[CONNECTION] = Some(Cow::Borrowed(b"upgrade"));
-        added.skip |= 1 << CONNECTION;
-        added.put(UPGRADE, proto);
+        added.put(CONNECTION, b"upgrade");
+        added.put(UPGRADE, proto.as_bytes());
     }
-    added.put(HOST, f.upstream_host);
+    added.put(HOST, f.upstream_host.as_bytes());
     // As Kong: X-Forwarded-For as received (every line) with the connecting peer
     // appended, or the client alone when there was none.
     let mut xff = String::new();
@@ -199,21 +198,19 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
         }
     }
     if xff.is_empty() {
-        added.put(XFF, &f.client.value);
+        added.put(XFF, f.client.value.as_bytes());
     } else {
         use std::fmt::Write as _;
         let _ = write!(xff, "{}", f.peer_ip);
         added.put_text(XFF, Cow::Owned(xff.into_bytes()));
         if added.values[XFF].is_none() {
-            added.put(XFF, &f.client.value);
+            added.put(XFF, f.client.value.as_bytes());
         }
     }
     // The other X-Forwarded-* a trusted peer sent are kept; anyone else's are replaced.
     let ours = |i: usize| !(f.client.trusted && present & (1 << i) != 0);
     if ours(PROTO) {
-        let proto: &'static [u8] = if f.https { b"https" } else { b"http" };
-        added.values[PROTO] = Some(Cow::Borrowed(proto));
-        added.skip |= 1 << PROTO;
+        added.put(PROTO, if f.https { b"https" } else { b"http" });
     }
     if ours(FWD_HOST) {
         let host = f.host.as_bytes();
@@ -225,7 +222,7 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
         added.put_text(FWD_HOST, host);
     }
     if ours(PORT) {
-        added.put(PORT, f.port);
+        added.put(PORT, f.port.as_bytes());
     }
     if ours(PATH) {
         added.put_text(PATH, Cow::Borrowed(f.raw_path.as_bytes()));
@@ -237,29 +234,20 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
             None => added.skip |= 1 << PREFIX,
         }
     }
-    added.put(REAL_IP, &f.client.value);
+    added.put(REAL_IP, f.client.value.as_bytes());
     let prev_via = (present & (1 << VIA_) != 0)
         .then(|| headers.get(header::VIA)?.to_str().ok())
         .flatten();
     match prev_via {
         Some(prev) => added.put_text(VIA_, Cow::Owned(format!("{prev}, {VIA}").into_bytes())),
-        None => {
-            added.values[VIA_] = Some(Cow::Borrowed(VIA.as_bytes()));
-            added.skip |= 1 << VIA_;
-        }
+        None => added.put(VIA_, VIA.as_bytes()),
     }
     if let Some(id) = f.request_id {
-        added.put(REQUEST_ID, id);
+        added.put(REQUEST_ID, id.as_bytes());
     }
     added
 }
 
-/// The starts of the numeric response lines, in `ResponseAdded::numbers`'s order.
-static RESPONSE_NUMBER_LINES: [&[u8]; 3] = [
-    b"x-kong-upstream-latency: ",
-    b"x-kong-proxy-latency: ",
-    b"x-kong-upstream-status: ",
-];
 /// Gantry's `Via` line on a response.
 const VIA_LINE: &str = concat!("via: 1.1 gantry/", env!("CARGO_PKG_VERSION"), "\r\n");
 
@@ -285,18 +273,22 @@ pub struct ResponseAdded {
 }
 
 impl ResponseAdded {
-    /// The numeric headers, in the order they are written.
-    fn numbers(&self) -> impl Iterator<Item = (&'static HeaderName, Option<u64>)> {
-        static NUMBERED: [HeaderName; 3] = [
-            names::X_KONG_UPSTREAM_LATENCY,
-            names::X_KONG_PROXY_LATENCY,
-            names::X_KONG_UPSTREAM_STATUS,
+    /// The numeric headers, in the order they are written: name, the start of its line (a test
+    /// checks them against each other), value.
+    fn numbers(&self) -> impl Iterator<Item = (&'static HeaderName, &'static [u8], Option<u64>)> {
+        static NUMBERED: [(HeaderName, &[u8]); 3] = [
+            (names::X_KONG_UPSTREAM_LATENCY, b"x-kong-upstream-latency: "),
+            (names::X_KONG_PROXY_LATENCY, b"x-kong-proxy-latency: "),
+            (names::X_KONG_UPSTREAM_STATUS, b"x-kong-upstream-status: "),
         ];
-        NUMBERED.iter().zip([
-            self.upstream_latency,
-            self.proxy_latency,
-            self.upstream_status.map(u64::from),
-        ])
+        NUMBERED
+            .iter()
+            .zip([
+                self.upstream_latency,
+                self.proxy_latency,
+                self.upstream_status.map(u64::from),
+            ])
+            .map(|((name, start), n)| (name, *start, n))
     }
 
     /// Whether the map's header `name` is left out: one these replace (`Via` is added to, not
@@ -306,7 +298,7 @@ impl ResponseAdded {
         let n = name.as_str();
         matches!(n.len(), 17 | 20 | 22 | 23)
             && n.starts_with("x-kong-")
-            && (self.numbers().any(|(h, v)| v.is_some() && h == name)
+            && (self.numbers().any(|(h, _, v)| v.is_some() && h == name)
                 || (self.request_id.is_some() && name == names::X_KONG_REQUEST_ID)
                 || (self.response_latency.is_some() && name == names::X_KONG_RESPONSE_LATENCY))
     }
@@ -318,8 +310,8 @@ impl ResponseAdded {
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         };
-        for (start, n) in RESPONSE_NUMBER_LINES.iter().zip(self.numbers()) {
-            if let Some(n) = n.1 {
+        for (_, start, n) in self.numbers() {
+            if let Some(n) = n {
                 let (digits, len) = names::itoa_buf(n);
                 line(out, start, &digits[20 - len..]);
             }
@@ -339,7 +331,7 @@ impl ResponseAdded {
     /// Into the response's map (and none left beside it).
     pub fn apply(&mut self, headers: &mut HeaderMap) {
         let me = std::mem::take(self);
-        for (name, n) in me.numbers() {
+        for (name, _, n) in me.numbers() {
             if let Some(n) = n {
                 headers.insert(name.clone(), names::number(n));
             }
@@ -541,9 +533,8 @@ mod tests {
         for (start, name) in ADDED_LINES.iter().zip(&ADDED) {
             assert_eq!(*start, format!("{name}: ").as_bytes());
         }
-        let numbers = ResponseAdded::default();
-        for (start, (name, _)) in RESPONSE_NUMBER_LINES.iter().zip(numbers.numbers()) {
-            assert_eq!(*start, format!("{name}: ").as_bytes());
+        for (name, start, _) in ResponseAdded::default().numbers() {
+            assert_eq!(start, format!("{name}: ").as_bytes());
         }
         assert_eq!(VIA_LINE, format!("via: {VIA}\r\n"));
         let mut out = Vec::new();

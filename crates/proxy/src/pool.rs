@@ -510,13 +510,17 @@ impl Pool {
         self: &Arc<Self>,
         dest: &Arc<Dest>,
         conn: Conn,
-        req: Request<UpBody>,
+        mut req: Request<UpBody>,
         added: &crate::forward::Added<'_>,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         use crate::h1::SendError;
         use http_body_util::BodyExt;
+        if !matches!(conn, Conn::H1(..)) {
+            // hyper's clients write the header map: it takes the proxy's headers.
+            added.apply(req.headers_mut());
+        }
         match conn {
             Conn::H1(c, idle) => {
                 let head = (idle >= RISKY_IDLE && resendable(&req)).then(|| head_of(&req));
@@ -553,22 +557,13 @@ impl Pool {
                 })
                 .await
             }
-            // hyper's clients, boxed as the rare case; they write the header map, which
-            // takes the proxy's headers.
-            Conn::Dedicated(mut sender) => {
-                let mut req = req;
-                added.apply(req.headers_mut());
-                Ok(Box::pin(sender.send_request(req))
-                    .await?
-                    .map(|b| b.map_err(Into::into).boxed()))
-            }
-            Conn::H2(mut sender) => {
-                let mut req = req;
-                added.apply(req.headers_mut());
-                Ok(Box::pin(sender.send_request(req))
-                    .await?
-                    .map(|b| b.map_err(Into::into).boxed()))
-            }
+            // hyper's clients, boxed as the rare case.
+            Conn::Dedicated(mut sender) => Ok(Box::pin(sender.send_request(req))
+                .await?
+                .map(|b| b.map_err(Into::into).boxed())),
+            Conn::H2(mut sender) => Ok(Box::pin(sender.send_request(req))
+                .await?
+                .map(|b| b.map_err(Into::into).boxed())),
         }
     }
 }
