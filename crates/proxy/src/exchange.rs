@@ -35,18 +35,27 @@ pub(crate) struct Exchange<'a> {
     pub trace: Option<&'a crate::spans::Trace>,
     /// The headers the proxy sets on the request.
     pub added: &'a crate::forward::Added<'a>,
+    /// Nothing reads the response's header map: its lines may stay as they came.
+    pub raw: bool,
+}
+
+/// The upstream's answer: its response, its header lines when they stayed as they came, and
+/// for an upstream's target, its in-flight guard (least-connections counts it until the body
+/// has gone).
+pub(crate) struct Answer {
+    pub res: Response<crate::server::ProxyBody>,
+    pub raw: Option<crate::h1::RawHead>,
+    pub in_flight: Option<InFlight>,
 }
 
 impl Proxy {
-    /// Send `up` to the first target that takes a connection. Returns the upstream's response
-    /// head and, for an upstream's target, its in-flight guard (least-connections counts it
-    /// until the body has gone).
+    /// Send `up` to the first target that takes a connection.
     pub(crate) async fn exchange(
         &self,
         up: Request<UpBody>,
         target: Cow<'_, str>,
         x: &Exchange<'_>,
-    ) -> Result<(Response<crate::server::ProxyBody>, Option<InFlight>), ProxyError> {
+    ) -> Result<Answer, ProxyError> {
         let (service, balancer, grpc, upstream_host) =
             (x.service, x.balancer, x.grpc, x.upstream_host);
         let mut target = target;
@@ -146,9 +155,15 @@ impl Proxy {
         // An HTTP/1.1 connection times its own wait (with one timer for its life); hyper's
         // clients are timed here.
         let own_timer = matches!(sender, Conn::H1(..));
-        let sending = self
-            .pool
-            .send_on(&dest, sender, up, x.added, connect_timeout, read_timeout);
+        let sending = self.pool.send_on(
+            &dest,
+            sender,
+            up,
+            x.added,
+            x.raw,
+            connect_timeout,
+            read_timeout,
+        );
         let sent = if own_timer {
             sending.await
         } else {
@@ -188,13 +203,17 @@ impl Proxy {
                 return Err(ProxyError::BadUpstream);
             }
             Ok(r) => {
-                report(&target, Outcome::Status(r.status().as_u16()));
+                report(&target, Outcome::Status(r.0.status().as_u16()));
                 if let Some(f) = &in_flight {
                     f.answered();
                 }
                 r
             }
         };
-        Ok((res, in_flight))
+        Ok(Answer {
+            res: res.0,
+            raw: res.1,
+            in_flight,
+        })
     }
 }

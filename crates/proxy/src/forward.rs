@@ -270,6 +270,9 @@ pub struct ResponseAdded {
     pub request_id: Option<HeaderValue>,
     /// `X-Kong-Response-Latency`, milliseconds (responses the proxy answers itself).
     pub response_latency: Option<u64>,
+    /// The upstream's header lines, when they stayed as they came (the map then has none of
+    /// them): written before the map's lines.
+    pub raw: Option<crate::h1::RawHead>,
 }
 
 impl ResponseAdded {
@@ -328,9 +331,12 @@ impl ResponseAdded {
         }
     }
 
-    /// Into the response's map (and none left beside it).
+    /// Into the response's map (and none left beside it), the upstream's lines first.
     pub fn apply(&mut self, headers: &mut HeaderMap) {
-        let me = std::mem::take(self);
+        let mut me = std::mem::take(self);
+        if let Some(raw) = me.raw.take() {
+            raw.into_map(headers);
+        }
         for (name, _, n) in me.numbers() {
             if let Some(n) = n {
                 headers.insert(name.clone(), names::number(n));

@@ -149,10 +149,11 @@ impl H1Conn {
         mut self: Box<Self>,
         req: Request<UpBody>,
         added: &crate::forward::Added<'_>,
+        raw: bool,
         pool: &Arc<Pool>,
         dest: &Arc<Dest>,
         read_timeout: Duration,
-    ) -> Result<Response<ProxyBody>, SendError> {
+    ) -> Result<(Response<ProxyBody>, Option<RawHead>), SendError> {
         let deadline = tokio::time::Instant::now() + read_timeout;
         let (mut parts, mut body) = req.into_parts();
         let framing = self.write_head(&mut parts, added, &body);
@@ -213,13 +214,13 @@ impl H1Conn {
                     Poll::Pending => {}
                 }
             }
-            match me.poll_head(cx, bodiless_method) {
+            match me.poll_head(cx, bodiless_method, raw) {
                 Poll::Pending => me.poll_deadline(cx, deadline, read_timeout),
                 done => done,
             }
         })
         .await;
-        let (head, framing_in, keep) = match head {
+        let (head, lines, framing_in, keep) = match head {
             Ok(h) => h,
             // Nothing of an answer came: the upstream closed (or reset) the connection as
             // the request arrived.
@@ -240,9 +241,9 @@ impl H1Conn {
         if rbody.state == In::Done {
             rbody.finish();
         }
-        Ok(Response::from_parts(
-            head,
-            http_body_util::BodyExt::boxed(rbody),
+        Ok((
+            Response::from_parts(head, http_body_util::BodyExt::boxed(rbody)),
+            lines,
         ))
     }
 
@@ -408,14 +409,16 @@ impl H1Conn {
 
     /// Read until a final response head has come: its parts, how its body is framed, and
     /// whether the connection may carry another request afterwards.
+    #[allow(clippy::type_complexity)]
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
         to_head: bool,
-    ) -> Poll<Result<(hyper::http::response::Parts, In, bool), H1Error>> {
+        raw: bool,
+    ) -> Poll<Result<(hyper::http::response::Parts, Option<RawHead>, In, bool), H1Error>> {
         loop {
             if !self.buf.is_empty() {
-                if let Some(head) = self.parse_head(to_head)? {
+                if let Some(head) = self.parse_head(to_head, raw)? {
                     return Poll::Ready(Ok(head));
                 }
                 if self.buf.len() >= UPSTREAM_HEAD {
@@ -447,12 +450,14 @@ impl H1Conn {
     }
 
     /// A final response head at the start of `buf`, taken out of it; informational ones
-    /// (100, 102, 103) are passed over. `None`: not whole yet.
+    /// (100, 102, 103) are passed over. `None`: not whole yet. With `raw`, its header lines
+    /// are kept as they came when they can be ([`RawHead`]), and the map is left empty.
     #[allow(clippy::type_complexity)]
     fn parse_head(
         &mut self,
         to_head: bool,
-    ) -> Result<Option<(hyper::http::response::Parts, In, bool)>, H1Error> {
+        raw: bool,
+    ) -> Result<Option<(hyper::http::response::Parts, Option<RawHead>, In, bool)>, H1Error> {
         loop {
             // Where each name and value lies in the head, so that the values can be
             // slices of it once it is taken out of the buffer (kept per connection: nothing
@@ -496,55 +501,29 @@ impl H1Conn {
                     "101 to a request that asked no protocol switch",
                 ));
             }
-            // With room for the headers the proxy adds to responses (latencies, `Via`,
-            // `X-Kong-Request-Id`), so that the map does not grow.
-            let room = self.spans.len() + 6;
-            let mut headers = match self.spare.take() {
-                Some(mut h) => {
-                    h.reserve(room);
-                    h
-                }
-                None => HeaderMap::with_capacity(room),
-            };
-            // `Connection` and `Keep-Alive` speak of this hop only: read here, and not kept
-            // (the proxy would remove them), unless `Connection` names other headers, which
-            // the proxy then removes with it.
-            let (mut close, mut keep_alive) = (false, false);
             // The framing headers, noted as they pass: the last `Transfer-Encoding` value,
-            // and the `Content-Length` (or why it cannot be one).
-            let mut coding: Option<(usize, usize)> = None;
-            let mut length: Result<Option<u64>, &'static str> = Ok(None);
-            for &(n, nl, v, vl) in &self.spans {
-                let name = HeaderName::from_bytes(&head[n..n + nl])
-                    .map_err(|_| H1Error::Invalid("a header name"))?;
-                if name == header::TRANSFER_ENCODING {
-                    coding = Some((v, vl));
-                } else if name == header::CONTENT_LENGTH {
-                    if let Ok(sofar) = length {
-                        length = content_length(&head[v..v + vl], sofar);
-                    }
-                } else if name == header::CONNECTION {
-                    let mut others = false;
-                    for token in head[v..v + vl].split(|b| *b == b',') {
-                        let token = token.trim_ascii();
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive = true;
-                        } else if !token.is_empty() {
-                            others = true;
-                        }
-                    }
-                    if !others {
-                        continue;
-                    }
-                } else if name == crate::names::KEEP_ALIVE {
-                    continue;
+            // and the `Content-Length` (or why it cannot be one). `Connection` and
+            // `Keep-Alive` speak of this hop only: read here, and not kept.
+            let mut seen = Hop::new();
+            let lines = if raw {
+                RawHead::of(&head, &self.spans, &mut seen)
+            } else {
+                None
+            };
+            let headers = match lines {
+                // The map stays empty, and goes on to the client's connection as it would.
+                Some(_) => self.spare.take().unwrap_or_default(),
+                None => {
+                    seen = Hop::new();
+                    self.header_map(&head, &mut seen)?
                 }
-                let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                    .map_err(|_| H1Error::Invalid("a header value"))?;
-                headers.append(name, value);
-            }
+            };
+            let Hop {
+                close,
+                keep_alive,
+                coding,
+                length,
+            } = seen;
             let mut res = Response::new(());
             *res.status_mut() = status;
             *res.headers_mut() = headers;
@@ -590,8 +569,44 @@ impl H1Conn {
                     }
                 }
             };
-            return Ok(Some((parts, framing, keep)));
+            return Ok(Some((parts, lines, framing, keep)));
         }
+    }
+
+    /// The header map of the head whose lines `spans` locates, noting the framing and
+    /// this hop's headers in `seen`. `Connection` and `Keep-Alive` are left out (the proxy
+    /// would remove them), unless `Connection` names other headers, which the proxy then
+    /// removes with it.
+    fn header_map(&mut self, head: &Bytes, seen: &mut Hop) -> Result<HeaderMap, H1Error> {
+        // With room for the headers the proxy adds to responses (latencies, `Via`,
+        // `X-Kong-Request-Id`), so that the map does not grow.
+        let room = self.spans.len() + 6;
+        let mut headers = match self.spare.take() {
+            Some(mut h) => {
+                h.reserve(room);
+                h
+            }
+            None => HeaderMap::with_capacity(room),
+        };
+        for &(n, nl, v, vl) in &self.spans {
+            let name = HeaderName::from_bytes(&head[n..n + nl])
+                .map_err(|_| H1Error::Invalid("a header name"))?;
+            if name == header::TRANSFER_ENCODING {
+                seen.coding = Some((v, vl));
+            } else if name == header::CONTENT_LENGTH {
+                seen.length(&head[v..v + vl]);
+            } else if name == header::CONNECTION {
+                if !seen.connection(&head[v..v + vl]) {
+                    continue;
+                }
+            } else if name == crate::names::KEEP_ALIVE {
+                continue;
+            }
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
+                .map_err(|_| H1Error::Invalid("a header value"))?;
+            headers.append(name, value);
+        }
+        Ok(headers)
     }
 }
 
@@ -611,6 +626,229 @@ fn content_length(value: &[u8], sofar: Option<u64>) -> Result<Option<u64>, &'sta
         length = Some(n);
     }
     Ok(length)
+}
+
+/// What a response head says of its framing and of this hop, noted as its lines pass.
+struct Hop {
+    /// `Connection: close`.
+    close: bool,
+    /// `Connection: keep-alive`.
+    keep_alive: bool,
+    /// Where the last `Transfer-Encoding` value lies in the head.
+    coding: Option<(usize, usize)>,
+    /// The `Content-Length` (or why there cannot be one).
+    length: Result<Option<u64>, &'static str>,
+}
+
+impl Hop {
+    fn new() -> Hop {
+        Hop {
+            close: false,
+            keep_alive: false,
+            coding: None,
+            length: Ok(None),
+        }
+    }
+
+    /// A `Content-Length` value.
+    fn length(&mut self, value: &[u8]) {
+        if let Ok(sofar) = self.length {
+            self.length = content_length(value, sofar);
+        }
+    }
+
+    /// A `Connection` value's tokens: whether it names other headers than `close` and
+    /// `keep-alive`.
+    fn connection(&mut self, value: &[u8]) -> bool {
+        let mut others = false;
+        for token in value.split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if !token.is_empty() {
+                others = true;
+            }
+        }
+        others
+    }
+}
+
+/// The most runs of kept lines a [`RawHead`] has: the lines it leaves out (`Connection`,
+/// `Keep-Alive`, `Content-Length`) cut its lines into runs, and a head with more is mapped.
+const RUNS: usize = 4;
+
+/// An upstream response's header lines as they came, to be written to the client as they are
+/// (in the upstream's case) where nothing reads the response's header map: no header map is
+/// made, filled, read and dropped for them. Taken only for plain heads:
+/// - every line is `name: value` with one space and CRLF, so that the lines are the bytes
+///   the map would have written (but for the names' case and the lines' order);
+/// - no `Transfer-Encoding`, `Trailer`, nor any other hop-by-hop header than `Connection`
+///   (`close`, `keep-alive`) and `Keep-Alive`, which are left out;
+/// - at most one `Content-Length` line, kept apart (the writer frames the body with it);
+/// - no `X-Kong-*` header, which the proxy's own might replace.
+///
+/// Other heads are mapped, as every head is where a plugin or a log reads the map
+/// ([`RawHead::into_map`]).
+#[derive(Clone, Debug)]
+pub struct RawHead {
+    head: Bytes,
+    /// The ranges of `head` written as they are.
+    runs: [(u32, u32); RUNS],
+    count: u8,
+    /// The `Content-Length` line (with its CRLF) and its value.
+    length: Option<(u32, u32, u64)>,
+    /// A `Date` line is among them.
+    date: bool,
+}
+
+/// What a header line is to a [`RawHead`].
+enum Line {
+    Kept,
+    Date,
+    /// Left out: this hop's.
+    Connection,
+    KeepAlive,
+    Length,
+    /// Not taken raw: the head is mapped.
+    Mapped,
+}
+
+impl Line {
+    fn of(name: &[u8]) -> Line {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            2 if is(b"te") => Line::Mapped,
+            4 if is(b"date") => Line::Date,
+            7 if is(b"trailer") || is(b"upgrade") => Line::Mapped,
+            10 if is(b"connection") => Line::Connection,
+            10 if is(b"keep-alive") => Line::KeepAlive,
+            14 if is(b"content-length") => Line::Length,
+            16..=19
+                if is(b"proxy-connection")
+                    || is(b"transfer-encoding")
+                    || is(b"proxy-authenticate")
+                    || is(b"proxy-authorization") =>
+            {
+                Line::Mapped
+            }
+            7.. if name[..7].eq_ignore_ascii_case(b"x-kong-") => Line::Mapped,
+            _ => Line::Kept,
+        }
+    }
+}
+
+impl RawHead {
+    /// The lines of `head` that `spans` locates, when they can be taken raw; what they say of
+    /// the framing and this hop goes into `seen`.
+    fn of(head: &Bytes, spans: &[(usize, usize, usize, usize)], seen: &mut Hop) -> Option<RawHead> {
+        let end = head.len().checked_sub(2)?;
+        let mut raw = RawHead {
+            head: head.clone(),
+            runs: [(0, 0); RUNS],
+            count: 0,
+            length: None,
+            date: false,
+        };
+        // Where the next line must start, and where the run of kept lines began.
+        let mut at = spans.first().map_or(end, |s| s.0);
+        let mut run = at;
+        for &(n, nl, v, vl) in spans {
+            let next = v + vl + 2;
+            if n != at
+                || v != n + nl + 2
+                || &head[n + nl..v] != b": "
+                || head.get(v + vl..next) != Some(&b"\r\n"[..])
+            {
+                return None;
+            }
+            at = next;
+            let value = &head[v..v + vl];
+            match Line::of(&head[n..n + nl]) {
+                Line::Kept => continue,
+                Line::Date => {
+                    raw.date = true;
+                    continue;
+                }
+                Line::Mapped => return None,
+                Line::Connection if seen.connection(value) => return None,
+                Line::Connection | Line::KeepAlive => {}
+                Line::Length => {
+                    if raw.length.is_some() {
+                        return None;
+                    }
+                    seen.length(value);
+                    // An invalid one is refused where the head is mapped.
+                    let len = (*seen.length.as_ref().ok()?)?;
+                    raw.length = Some((n as u32, next as u32, len));
+                }
+            }
+            // Left out: the run of kept lines before it ends.
+            if n > run {
+                if usize::from(raw.count) == RUNS {
+                    return None;
+                }
+                raw.runs[usize::from(raw.count)] = (run as u32, n as u32);
+                raw.count += 1;
+            }
+            run = next;
+        }
+        if at != end {
+            return None;
+        }
+        if at > run {
+            if usize::from(raw.count) == RUNS {
+                return None;
+            }
+            raw.runs[usize::from(raw.count)] = (run as u32, at as u32);
+            raw.count += 1;
+        }
+        Some(raw)
+    }
+
+    /// The kept lines, as they came (without the `Content-Length` line).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for &(from, to) in &self.runs[..usize::from(self.count)] {
+            out.extend_from_slice(&self.head[from as usize..to as usize]);
+        }
+    }
+
+    /// The `Content-Length` line (with its CRLF) and its value.
+    pub fn length(&self) -> Option<(&[u8], u64)> {
+        self.length
+            .map(|(from, to, n)| (&self.head[from as usize..to as usize], n))
+    }
+
+    /// Whether a `Date` line is among the kept lines.
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Into a header map (after what it has), as the head would have been mapped.
+    pub fn into_map(self, headers: &mut HeaderMap) {
+        let runs = self.runs[..usize::from(self.count)].iter().copied();
+        let length = self.length.map(|(from, to, _)| (from, to));
+        for (from, to) in runs.chain(length) {
+            let mut at = from as usize;
+            let to = to as usize;
+            while at < to {
+                let line = &self.head[at..to];
+                let Some(colon) = line.iter().position(|b| *b == b':') else {
+                    break;
+                };
+                let eol = line.iter().position(|b| *b == b'\r').unwrap_or(line.len());
+                // Checked when it was taken: a name, `: `, a value and CRLF.
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::from_bytes(&line[..colon]),
+                    HeaderValue::from_maybe_shared(self.head.slice(at + colon + 2..at + eol)),
+                ) {
+                    headers.append(name, value);
+                }
+                at += eol + 2;
+            }
+        }
+    }
 }
 
 /// Where the request body's writing is.
@@ -889,10 +1127,12 @@ mod tests {
             conn,
             req,
             &added,
+            false,
             Duration::from_secs(5),
             read_timeout,
         )
         .await
+        .map(|(res, _)| res)
     }
 
     /// `Connection` and `Keep-Alive` are read for this hop and not passed on, unless

@@ -700,7 +700,7 @@ impl Proxy {
             up
         };
         let sent = Instant::now();
-        let (res, in_flight) = self
+        let answer = self
             .exchange(
                 up,
                 target,
@@ -714,6 +714,8 @@ impl Proxy {
                     plugins: &seen.ran,
                     trace: seen.state.get::<crate::spans::Trace>(),
                     added: &added,
+                    // Nothing reads the response's map: no plugin runs, no log listens.
+                    raw: !seen.on && snap.plugins.is_empty(),
                 },
             )
             .await?;
@@ -721,7 +723,7 @@ impl Proxy {
         seen.upstream = Some(upstream_took);
         let upstream_ms = upstream_took.as_millis();
         let proxy_ms = sent.duration_since(started).as_millis();
-        let mut res = res;
+        let mut res = answer.res;
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (client_upgrade, res.status()) {
             // Both sides switched: splice the two connections.
             let upstream = hyper::upgrade::on(&mut res);
@@ -756,7 +758,8 @@ impl Proxy {
         ours.proxy_latency = added.proxy_latency.then_some(proxy_ms as u64);
         ours.upstream_status = added.upstream_status.then_some(rparts.status.as_u16());
         ours.via = added.via;
-        let body = match in_flight {
+        ours.raw = answer.raw;
+        let body = match answer.in_flight {
             // Counted in flight until the body has gone to the client (least-connections).
             Some(guard) => Tracked {
                 inner: rbody,

@@ -506,15 +506,20 @@ impl Pool {
     /// A kept connection the upstream closed just before the request went out (its own
     /// keep-alive timeout racing ours) gives the request back untouched: it is sent again on
     /// a new connection, instead of failing with a 502.
+    ///
+    /// With `raw`, an HTTP/1.1 response's header lines may come back as they were read
+    /// ([`crate::h1::RawHead`]), its map then empty.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send_on(
         self: &Arc<Self>,
         dest: &Arc<Dest>,
         conn: Conn,
         mut req: Request<UpBody>,
         added: &crate::forward::Added<'_>,
+        raw: bool,
         connect_timeout: Duration,
         read_timeout: Duration,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<(Response<ProxyBody>, Option<crate::h1::RawHead>), UpstreamError> {
         use crate::h1::SendError;
         use http_body_util::BodyExt;
         if !matches!(conn, Conn::H1(..)) {
@@ -524,7 +529,7 @@ impl Pool {
         match conn {
             Conn::H1(c, idle) => {
                 let head = (idle >= RISKY_IDLE && resendable(&req)).then(|| head_of(&req));
-                let req = match c.send(req, added, self, dest, read_timeout).await {
+                let req = match c.send(req, added, raw, self, dest, read_timeout).await {
                     Ok(r) => return Ok(r),
                     Err(SendError::NotSent(req, e)) => {
                         tracing::debug!(upstream = %dest.addr, error = %e, "kept connection closed before the request was sent: sending on a new one");
@@ -546,7 +551,7 @@ impl Pool {
                 // request's future larger (it is moved into place on each request).
                 Box::pin(async move {
                     let fresh = self.connect_h1(dest, connect_timeout).await?;
-                    match fresh.send(req, added, self, dest, read_timeout).await {
+                    match fresh.send(req, added, raw, self, dest, read_timeout).await {
                         Ok(r) => Ok(r),
                         Err(
                             SendError::NotSent(_, e)
@@ -558,12 +563,18 @@ impl Pool {
                 .await
             }
             // hyper's clients, boxed as the rare case.
-            Conn::Dedicated(mut sender) => Ok(Box::pin(sender.send_request(req))
-                .await?
-                .map(|b| b.map_err(Into::into).boxed())),
-            Conn::H2(mut sender) => Ok(Box::pin(sender.send_request(req))
-                .await?
-                .map(|b| b.map_err(Into::into).boxed())),
+            Conn::Dedicated(mut sender) => Ok((
+                Box::pin(sender.send_request(req))
+                    .await?
+                    .map(|b| b.map_err(Into::into).boxed()),
+                None,
+            )),
+            Conn::H2(mut sender) => Ok((
+                Box::pin(sender.send_request(req))
+                    .await?
+                    .map(|b| b.map_err(Into::into).boxed()),
+                None,
+            )),
         }
     }
 }
