@@ -49,8 +49,7 @@ const READ_CHUNK: usize = 8 * 1024;
 /// written beside them (a vectored write), not copied.
 const GATHER: usize = 16 * 1024;
 
-/// Where a header's name and value lie in the head: (name, name length, value, value length).
-type Span = (usize, usize, usize, usize);
+use crate::raw::{RawRequest, Span};
 
 /// A whole request head this layer takes.
 struct Head {
@@ -148,21 +147,31 @@ const ADDED_UPSTREAM: usize = 10;
 const KEPT_MAP: usize = 64;
 
 /// The request of a parsed head, its headers in `spare` (a map the connection used before)
-/// when there is one; `None` when a part of it is not valid as `http` takes it.
+/// when there is one; `None` when a part of it is not valid as `http` takes it. With `raw`,
+/// its header lines are kept as they came when they can be ([`RawRequest`]), the map left
+/// empty.
 fn request(
     head: &Bytes,
     h: &Head,
     spans: &[Span],
     spare: Option<HeaderMap>,
-) -> Option<Request<Inbound>> {
+    raw: bool,
+) -> Option<(Request<Inbound>, Option<RawRequest>)> {
     let method = Method::from_bytes(&head[h.method.0..h.method.0 + h.method.1]).ok()?;
     let uri = Uri::from_maybe_shared(head.slice(h.target.0..h.target.0 + h.target.1)).ok()?;
     let mut headers = spare.unwrap_or_default();
-    headers.reserve(spans.len() + ADDED_UPSTREAM);
-    for &(n, nl, v, vl) in spans {
-        let name = HeaderName::from_bytes(&head[n..n + nl]).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).ok()?;
-        headers.append(name, value);
+    let lines = if raw {
+        RawRequest::of(head, spans)
+    } else {
+        None
+    };
+    if lines.is_none() {
+        headers.reserve(spans.len() + ADDED_UPSTREAM);
+        for &(n, nl, v, vl) in spans {
+            let name = HeaderName::from_bytes(&head[n..n + nl]).ok()?;
+            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl)).ok()?;
+            headers.append(name, value);
+        }
     }
     let mut req = Request::new(None);
     *req.method_mut() = method;
@@ -173,7 +182,7 @@ fn request(
         Version::HTTP_11
     };
     *req.headers_mut() = headers;
-    Some(req)
+    Some((req, lines))
 }
 
 /// Whether `bytes` hold the empty line that ends a head: `\n\r\n` (in `\r\n\r\n`) or `\n\n`.
@@ -344,7 +353,9 @@ impl Proxy {
                 }
             };
             let bytes = buf.split_to(head.len).freeze();
-            let Some(req) = request(&bytes, &head, &spans, spare.take()) else {
+            // Kept as they came where nothing will read the request's map.
+            let raw = self.raw_requests(&self.snapshot.load());
+            let Some((req, lines)) = request(&bytes, &head, &spans, spare.take(), raw) else {
                 // hyper answers it (400) as it always has.
                 let mut again = BytesMut::from(&bytes[..]);
                 again.extend_from_slice(&buf);
@@ -356,7 +367,7 @@ impl Proxy {
             // While the request is answered, the connection is read: a client that leaves
             // drops its request (counted as cancelled), as with hyper's server; bytes that come
             // are the next request's.
-            let answering = self.answer(req, &conn, &cancels);
+            let answering = self.answer(req, lines, &conn, &cancels);
             tokio::pin!(answering);
             let res = loop {
                 room(&mut buf);

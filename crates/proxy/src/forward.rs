@@ -76,6 +76,49 @@ const PREFIX: usize = 8;
 const REAL_IP: usize = 9;
 const VIA_: usize = 10;
 const REQUEST_ID: usize = 11;
+pub(crate) const HOST_INDEX: usize = HOST;
+pub(crate) const CONNECTION_INDEX: usize = CONNECTION;
+/// The client's headers that keep a request's lines from being written as they came
+/// ([`crate::raw::RawRequest`]): those the proxy extends (`X-Forwarded-For`, `Via`), and
+/// `Upgrade`.
+pub(crate) const NOT_RAW: u16 = 1 << UPGRADE | 1 << XFF | 1 << VIA_;
+
+/// Which of the proxy's upstream headers `name` is (any case).
+pub(crate) fn added_index(name: &[u8]) -> Option<usize> {
+    // The candidates of the name's length only (a test checks them against `ADDED`).
+    let candidates: &[usize] = match name.len() {
+        3 => &[VIA_],
+        4 => &[HOST],
+        7 => &[UPGRADE],
+        9 => &[REAL_IP],
+        10 => &[CONNECTION],
+        15 => &[XFF],
+        16 => &[FWD_HOST, PORT, PATH],
+        17 => &[PROTO, REQUEST_ID],
+        18 => &[PREFIX],
+        _ => return None,
+    };
+    candidates
+        .iter()
+        .copied()
+        .find(|&i| name.eq_ignore_ascii_case(&ADDED_LINES[i][..name.len()]))
+}
+
+/// Whether `name` (any case) is a hop-by-hop header's (a test checks them against
+/// `HOP_BY_HOP`).
+pub(crate) fn hop_by_hop(name: &[u8]) -> bool {
+    let candidates: &[&[u8]] = match name.len() {
+        2 => &[b"te"],
+        7 => &[b"trailer", b"upgrade"],
+        10 => &[b"connection", b"keep-alive"],
+        16 => &[b"proxy-connection"],
+        17 => &[b"transfer-encoding"],
+        18 => &[b"proxy-authenticate"],
+        19 => &[b"proxy-authorization"],
+        _ => return false,
+    };
+    candidates.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
 
 /// The headers the proxy sets on an upstream request, and which of the client's headers they
 /// replace (or remove). They are not put into the request's header map: the HTTP/1.1 writer
@@ -85,6 +128,8 @@ pub struct Added<'a> {
     values: [Option<Cow<'a, [u8]>>; 12],
     /// Bits of `ADDED`: the client's headers of these names are not forwarded.
     skip: u16,
+    /// The client's header lines as they came, when its map has none of them.
+    pub raw: Option<crate::raw::RawRequest>,
 }
 
 impl<'a> Added<'a> {
@@ -93,6 +138,7 @@ impl<'a> Added<'a> {
         Added {
             values: Default::default(),
             skip: 0,
+            raw: None,
         }
     }
 
@@ -140,7 +186,8 @@ impl<'a> Added<'a> {
             .filter_map(|(n, v)| Some((n, &**v.as_ref()?)))
     }
 
-    /// Their lines, into a head being written.
+    /// Their lines, into a head being written, then the client's lines as they came (if they
+    /// were kept so) but those left out.
     pub fn write(&self, out: &mut Vec<u8>) {
         for (start, value) in ADDED_LINES.iter().zip(&self.values) {
             if let Some(v) = value {
@@ -149,11 +196,18 @@ impl<'a> Added<'a> {
                 out.extend_from_slice(b"\r\n");
             }
         }
+        if let Some(raw) = &self.raw {
+            raw.write(out, self.skip);
+        }
     }
 
-    /// Into `headers` itself, for a client that writes the map (hyper's): the client's headers
-    /// of the names left out removed, the proxy's appended.
+    /// Into `headers` itself, for a client that writes the map (hyper's): the client's lines
+    /// kept as they came put into it (but this hop's), the client's headers of the names left
+    /// out removed, the proxy's appended.
     pub fn apply(&self, headers: &mut HeaderMap) {
+        if let Some(raw) = &self.raw {
+            raw.put_upstream(headers);
+        }
         for (i, n) in ADDED.iter().enumerate() {
             if self.skip & (1 << i) != 0 {
                 headers.remove(n);
@@ -439,6 +493,33 @@ mod tests {
                     .map(|(n, v)| (n.to_string(), text(v.as_bytes()))),
             )
             .collect()
+    }
+
+    #[test]
+    fn the_names_are_found_in_any_case() {
+        for (i, n) in ADDED.iter().enumerate() {
+            assert_eq!(added_index(n.as_str().as_bytes()), Some(i), "{n}");
+            let upper = n.as_str().to_ascii_uppercase();
+            assert_eq!(added_index(upper.as_bytes()), Some(i), "{n}");
+        }
+        for n in &HOP_BY_HOP {
+            assert!(hop_by_hop(n.as_str().as_bytes()), "{n}");
+            assert!(
+                hop_by_hop(n.as_str().to_ascii_uppercase().as_bytes()),
+                "{n}"
+            );
+        }
+        for other in [
+            "accept",
+            "x-forwarded-fox",
+            "vie",
+            "hosts",
+            "te2",
+            "keep-alivf",
+        ] {
+            assert_eq!(added_index(other.as_bytes()), None, "{other}");
+            assert!(!hop_by_hop(other.as_bytes()), "{other}");
+        }
     }
 
     #[test]

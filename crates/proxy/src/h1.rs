@@ -93,7 +93,7 @@ pub(crate) enum SendError {
 
 /// How a request body is framed on the wire.
 #[derive(Clone, Copy, PartialEq)]
-enum Out {
+pub(crate) enum Out {
     Empty,
     Length(u64),
     Chunked,
@@ -156,7 +156,7 @@ impl H1Conn {
     ) -> Result<(Response<ProxyBody>, Option<RawHead>), SendError> {
         let deadline = tokio::time::Instant::now() + read_timeout;
         let (mut parts, mut body) = req.into_parts();
-        let framing = self.write_head(&mut parts, added, &body);
+        let framing = write_head(&mut self.out, &mut parts, added, &body);
         let head_len = self.out.len();
         let bodiless_method = parts.method == Method::HEAD;
         let mut sent = 0usize;
@@ -245,56 +245,6 @@ impl H1Conn {
             Response::from_parts(head, http_body_util::BodyExt::boxed(rbody)),
             lines,
         ))
-    }
-
-    /// The request head into `out`, with the framing its body takes: the headers the proxy
-    /// sets, then the client's (those the proxy sets or removes left out).
-    fn write_head(
-        &mut self,
-        parts: &mut hyper::http::request::Parts,
-        added: &crate::forward::Added<'_>,
-        body: &UpBody,
-    ) -> Out {
-        let out = &mut self.out;
-        out.clear();
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        let framing = if body.is_end_stream() {
-            Out::Empty
-        } else if let Some(n) = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        {
-            Out::Length(n)
-        } else if let Some(n) = body.size_hint().exact() {
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            Out::Length(n)
-        } else {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Out::Chunked
-        };
-        out.extend_from_slice(parts.method.as_str().as_bytes());
-        out.push(b' ');
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        out.extend_from_slice(target.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        added.write(out);
-        for (name, value) in &parts.headers {
-            if added.skips(name) {
-                continue;
-            }
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        if framing == Out::Chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-        framing
     }
 
     /// `Ready(Err)` once `deadline` has passed; else the task wakes when it comes.
@@ -610,6 +560,55 @@ impl H1Conn {
     }
 }
 
+/// The request head into `out`, with the framing its body takes: the headers the proxy sets,
+/// then the client's (those the proxy sets or removes left out).
+pub(crate) fn write_head(
+    out: &mut Vec<u8>,
+    parts: &mut hyper::http::request::Parts,
+    added: &crate::forward::Added<'_>,
+    body: &UpBody,
+) -> Out {
+    out.clear();
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    let framing = if body.is_end_stream() {
+        Out::Empty
+    } else if let Some(n) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    {
+        Out::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        Out::Length(n)
+    } else {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        Out::Chunked
+    };
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    added.write(out);
+    for (name, value) in &parts.headers {
+        if added.skips(name) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == Out::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
 /// The length a `Content-Length` value (`value`) gives, after those of earlier lines
 /// (`sofar`): every comma-separated part a number, and all of them equal.
 fn content_length(value: &[u8], sofar: Option<u64>) -> Result<Option<u64>, &'static str> {
@@ -652,6 +651,14 @@ impl Hop {
 
     /// A `Content-Length` value.
     fn length(&mut self, value: &[u8]) {
+        // The usual value, digits alone, read at once.
+        if let (Ok(None), 1..=18) = (self.length, value.len()) {
+            if value.iter().all(u8::is_ascii_digit) {
+                let n = value.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                self.length = Ok(Some(n));
+                return;
+            }
+        }
         if let Ok(sofar) = self.length {
             self.length = content_length(value, sofar);
         }
@@ -660,6 +667,15 @@ impl Hop {
     /// A `Connection` value's tokens: whether it names other headers than `close` and
     /// `keep-alive`.
     fn connection(&mut self, value: &[u8]) -> bool {
+        // The usual values, a token alone.
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return false;
+        }
+        if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return false;
+        }
         let mut others = false;
         for token in value.split(|b| *b == b',') {
             let token = token.trim_ascii();
@@ -742,8 +758,7 @@ impl Line {
 impl RawHead {
     /// The lines of `head` that `spans` locates, when they can be taken raw; what they say of
     /// the framing and this hop goes into `seen`.
-    fn of(head: &Bytes, spans: &[(usize, usize, usize, usize)], seen: &mut Hop) -> Option<RawHead> {
-        let end = head.len().checked_sub(2)?;
+    fn of(head: &Bytes, spans: &[crate::raw::Span], seen: &mut Hop) -> Option<RawHead> {
         let mut raw = RawHead {
             head: head.clone(),
             runs: [(0, 0); RUNS],
@@ -751,25 +766,15 @@ impl RawHead {
             length: None,
             date: false,
         };
-        // Where the next line must start, and where the run of kept lines began.
-        let mut at = spans.first().map_or(end, |s| s.0);
-        let mut run = at;
-        for &(n, nl, v, vl) in spans {
-            let next = v + vl + 2;
-            if n != at
-                || v != n + nl + 2
-                || &head[n + nl..v] != b": "
-                || head.get(v + vl..next) != Some(&b"\r\n"[..])
-            {
-                return None;
-            }
-            at = next;
-            let value = &head[v..v + vl];
-            match Line::of(&head[n..n + nl]) {
-                Line::Kept => continue,
+        // Where the run of kept lines began.
+        let mut run = None;
+        let (_, end) = crate::raw::walk(head, spans, |name, value, start, next| {
+            let run_start = *run.get_or_insert(start);
+            match Line::of(name) {
+                Line::Kept => return Some(()),
                 Line::Date => {
                     raw.date = true;
-                    continue;
+                    return Some(());
                 }
                 Line::Mapped => return None,
                 Line::Connection if seen.connection(value) => return None,
@@ -781,30 +786,26 @@ impl RawHead {
                     seen.length(value);
                     // An invalid one is refused where the head is mapped.
                     let len = (*seen.length.as_ref().ok()?)?;
-                    raw.length = Some((n as u32, next as u32, len));
+                    raw.length = Some((start as u32, next as u32, len));
                 }
             }
             // Left out: the run of kept lines before it ends.
-            if n > run {
-                if usize::from(raw.count) == RUNS {
-                    return None;
-                }
-                raw.runs[usize::from(raw.count)] = (run as u32, n as u32);
-                raw.count += 1;
-            }
-            run = next;
-        }
-        if at != end {
-            return None;
-        }
-        if at > run {
-            if usize::from(raw.count) == RUNS {
-                return None;
-            }
-            raw.runs[usize::from(raw.count)] = (run as u32, at as u32);
-            raw.count += 1;
-        }
+            raw.run(run_start, start)?;
+            run = Some(next);
+            Some(())
+        })?;
+        raw.run(run.unwrap_or(end), end)?;
         Some(raw)
+    }
+
+    /// A run of kept lines, `from..to` (none when empty); `None` when there are too many.
+    fn run(&mut self, from: usize, to: usize) -> Option<()> {
+        if to > from {
+            let k = usize::from(self.count);
+            *self.runs.get_mut(k)? = (from as u32, to as u32);
+            self.count += 1;
+        }
+        Some(())
     }
 
     /// The kept lines, as they came (without the `Content-Length` line).
@@ -830,23 +831,7 @@ impl RawHead {
         let runs = self.runs[..usize::from(self.count)].iter().copied();
         let length = self.length.map(|(from, to, _)| (from, to));
         for (from, to) in runs.chain(length) {
-            let mut at = from as usize;
-            let to = to as usize;
-            while at < to {
-                let line = &self.head[at..to];
-                let Some(colon) = line.iter().position(|b| *b == b':') else {
-                    break;
-                };
-                let eol = line.iter().position(|b| *b == b'\r').unwrap_or(line.len());
-                // Checked when it was taken: a name, `: `, a value and CRLF.
-                if let (Ok(name), Ok(value)) = (
-                    HeaderName::from_bytes(&line[..colon]),
-                    HeaderValue::from_maybe_shared(self.head.slice(at + colon + 2..at + eol)),
-                ) {
-                    headers.append(name, value);
-                }
-                at += eol + 2;
-            }
+            crate::raw::map_lines(&self.head, from as usize, to as usize, headers);
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod plugins;
 pub mod pool;
 pub mod probe;
 pub mod proxy_protocol;
+pub mod raw;
 pub mod redis;
 pub mod router;
 pub mod server;

@@ -174,9 +174,13 @@ impl Proxy {
     /// Route and forward one request: its response, and the headers the proxy adds to it that
     /// are not in its map (to be written after the map's lines, or
     /// [put into it](crate::forward::ResponseAdded::apply)).
+    ///
+    /// `raw`: the request's header lines as they came, its map then empty (they are put into
+    /// it unless nothing reads it).
     pub async fn handle(
         &self,
         req: Request<crate::pool::Inbound>,
+        raw: Option<crate::raw::RawRequest>,
         conn: &ConnInfo,
     ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
         let started = Instant::now();
@@ -193,6 +197,16 @@ impl Proxy {
         let request_id = request_id(self.id_prefix, n);
         let snap = self.snapshot.load_full();
         let logs = sinks.is_some() || snap.plugins.logs();
+        // The configuration may have changed since the lines were kept: now read, they are
+        // mapped.
+        let mut req = req;
+        let raw = match raw {
+            Some(lines) if !self.raw_requests(&snap) => {
+                lines.into_map(req.headers_mut());
+                None
+            }
+            raw => raw,
+        };
         let mut seen = Seen {
             on: logs,
             request_id: request_id.clone(),
@@ -237,7 +251,9 @@ impl Proxy {
         }
         // Every way the proxy ends a request itself becomes Kong's response here.
         let res = self
-            .route_and_forward(req, conn, connection, &client, &snap, started, &mut seen)
+            .route_and_forward(
+                req, raw, conn, connection, &client, &snap, started, &mut seen,
+            )
             .await
             .unwrap_or_else(|e| e.response());
         // The response phases, over every response: the upstream's, a plugin's, or an error.
@@ -355,6 +371,7 @@ impl Proxy {
     async fn route_and_forward(
         &self,
         req: Request<crate::pool::Inbound>,
+        mut raw: Option<crate::raw::RawRequest>,
         conn: &ConnInfo,
         connection: crate::plugins::Connection,
         client: &Client,
@@ -410,7 +427,11 @@ impl Proxy {
             .uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        let host_value = match (authority, parts.headers.get(header::HOST)) {
+        let raw_host = raw.as_ref().and_then(crate::raw::RawRequest::host);
+        let host_value = match (
+            authority,
+            parts.headers.get(header::HOST).or(raw_host.as_ref()),
+        ) {
             (Some(a), Some(h)) if parts.version >= hyper::Version::HTTP_2 && a != h => {
                 return Err(ProxyError::BadRequest(
                     "Bad request: Host and :authority differ",
@@ -485,6 +506,9 @@ impl Proxy {
             ));
         }
         if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
+            if let Some(lines) = raw.take() {
+                lines.into_map(&mut parts.headers);
+            }
             let is_grpc = parts
                 .headers
                 .get(header::CONTENT_TYPE)
@@ -585,6 +609,9 @@ impl Proxy {
         let balancer = snap.balancers.get(&service.host);
         let key = match balancer.map(|b| &b.algorithm) {
             Some(Algorithm::ConsistentHashing { on, fallback }) => {
+                if let Some(lines) = raw.take() {
+                    lines.into_map(&mut parts.headers);
+                }
                 let key_of = |on: &HashOn| {
                     hash_key(on, &parts, client.ip, consumer_id.as_deref(), &m.captures)
                 };
@@ -659,6 +686,7 @@ impl Proxy {
                     .then_some(&seen.request_id),
             },
         );
+        added.raw = raw;
         let upstream_host = upstream_host.to_str().unwrap_or_default();
         // Made in a block of its own: a borrowed local would keep its room in this future's
         // state across the exchange (which moves it), and the state is moved per request.

@@ -122,6 +122,8 @@ pub struct Router {
     /// Each route's matchers, by route id.
     routes: PMap<String, Arc<[Arc<Matcher>]>>,
     len: usize,
+    /// How many matchers match on headers.
+    headed: usize,
 }
 
 /// Kong's order: the higher priority first; equal priorities, the greater id first.
@@ -339,6 +341,7 @@ impl Router {
             always: Arc::new(Vec::new()),
             routes: Default::default(),
             len: 0,
+            headed: 0,
         }
     }
 
@@ -389,6 +392,7 @@ impl Router {
             }
         }
         self.len += matchers.len();
+        self.headed += matchers.iter().filter(|m| !m.headers.is_empty()).count();
         self.routes.insert(id.to_string(), matchers);
         Ok(())
     }
@@ -417,6 +421,12 @@ impl Router {
             }
         }
         self.len -= matchers.len();
+        self.headed -= matchers.iter().filter(|m| !m.headers.is_empty()).count();
+    }
+
+    /// Whether a route matches on a request's headers (else [`Router::find`] reads none).
+    pub fn reads_headers(&self) -> bool {
+        self.headed > 0
     }
 
     /// The number of routes compiled (after splitting).

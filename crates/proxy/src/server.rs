@@ -515,6 +515,16 @@ impl Proxy {
         let _ = self.trust.set(trust);
     }
 
+    /// Whether nothing on a request's way reads its header map, so that its lines may be kept
+    /// as they came ([`crate::raw::RawRequest`]): no plugin runs, no log listens, no proxy is
+    /// trusted (whose `X-Forwarded-*` would be read), and no route matches on headers.
+    pub(crate) fn raw_requests(&self, snap: &crate::snapshot::Snapshot) -> bool {
+        snap.plugins.is_empty()
+            && !snap.router.reads_headers()
+            && self.log_sinks.get().is_none_or(|s| s.is_empty())
+            && self.trust.get().is_none_or(|t| t.is_empty())
+    }
+
     pub(crate) fn client(&self, conn: &ConnInfo, headers: &HeaderMap) -> Client {
         let peer = conn.peer.ip();
         let Some(trust) = self.trust.get().filter(|t| !t.is_empty()) else {
@@ -904,6 +914,7 @@ impl Proxy {
     pub(crate) async fn answer(
         &self,
         req: Request<crate::pool::Inbound>,
+        raw: Option<crate::raw::RawRequest>,
         conn: &ConnInfo,
         cancels: &Cancels,
     ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
@@ -917,7 +928,7 @@ impl Proxy {
             answered: false,
         };
         let http1 = req.version() <= hyper::Version::HTTP_11;
-        let (mut res, added) = self.handle(req, conn).await;
+        let (mut res, added) = self.handle(req, raw, conn).await;
         if http1
             && self.draining.load(Ordering::Relaxed)
             && res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
@@ -954,7 +965,7 @@ impl Proxy {
             let cancels = counted.clone();
             async move {
                 // hyper's server writes the map: the proxy's headers go into it.
-                let (mut res, mut added) = me.answer(req.map(Some), &conn, &cancels).await;
+                let (mut res, mut added) = me.answer(req.map(Some), None, &conn, &cancels).await;
                 added.apply(res.headers_mut());
                 Ok::<_, Infallible>(res)
             }

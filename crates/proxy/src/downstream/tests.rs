@@ -721,3 +721,104 @@ async fn raw_heads_are_written_as_mapped_ones() {
         }
     }
 }
+
+/// A client's head whose lines are kept as they came goes upstream as the same head mapped:
+/// the same lines (but for the names' case and the order of different names), the proxy's
+/// headers replacing the client's, this hop's left out; and into a map (for hyper's clients),
+/// the same map. Heads that are not plain are mapped.
+#[test]
+fn raw_requests_go_upstream_as_mapped_ones() {
+    use crate::forward::{upstream_headers, Forwarding};
+    let heads: &[(&[u8], bool)] = &[
+        (b"GET /a/b?q=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n", true),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\nTE: trailers\r\nAccept: */*\r\n\r\n", true),
+        (b"GET /a/b HTTP/1.1\r\nX-Forwarded-Proto: https\r\nHost: example.com\r\nX-Forwarded-Host: evil\r\nX-Real-IP: 1.2.3.4\r\nX-Forwarded-Prefix: /x\r\nX-Kong-Request-Id: forged\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Path: /y\r\n\r\n", true),
+        (b"GET /a/b HTTP/1.1\r\nA: 1\r\nHost: example.com\r\nB: 2\r\nA: 3\r\nContent-Length: 0\r\n\r\n", true),
+        (b"GET /a/b HTTP/1.1\r\nHOST: example.com\r\nx-forwarded-proto: y\r\nCONNECTION: Close\r\n\r\n", true),
+        (b"GET /a/b HTTP/1.0\r\nAccept: */*\r\n\r\n", true),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nVia: 1.0 edge\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nHost: other\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nConnection: X-Custom\r\nX-Custom: 1\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nProxy-Connection: keep-alive\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\r\nX-Pad:  two\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: example.com\nAccept: */*\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: e\r\nTE: a\r\nTE: b\r\nTE: c\r\nTE: d\r\nTE: e\r\nTE: f\r\nTE: g\r\nTE: h\r\n\r\n", false),
+        (b"GET /a/b HTTP/1.1\r\nHost: e\r\nTE: a\r\nTE: b\r\nTE: c\r\nTE: d\r\nTE: e\r\nTE: f\r\nTE: g\r\n\r\n", true),
+    ];
+    let peer: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+    let port = HeaderValue::from_static("8000");
+    let upstream_host = HeaderValue::from_static("up.internal:8080");
+    let id = HeaderValue::from_static("abc123");
+    let client = crate::server::Client {
+        ip: peer,
+        value: HeaderValue::from_static("10.0.0.9"),
+        trusted: false,
+    };
+    let upstream = |parts: &mut hyper::http::request::Parts,
+                    raw: Option<RawRequest>,
+                    prefix: Option<&str>,
+                    with_id: bool| {
+        let mut headers = std::mem::take(&mut parts.headers);
+        let mut added = upstream_headers(
+            &mut headers,
+            &Forwarding {
+                client: &client,
+                peer_ip: peer,
+                https: false,
+                host: "example.com",
+                port: &port,
+                raw_path: "/a/b",
+                prefix,
+                upgrade: None,
+                upstream_host: &upstream_host,
+                request_id: with_id.then_some(&id),
+            },
+        );
+        added.raw = raw;
+        parts.headers = headers;
+        let body: crate::pool::UpBody =
+            http_body_util::Either::Right(http_body_util::Full::default());
+        let mut out = Vec::new();
+        crate::h1::write_head(&mut out, parts, &added, &body);
+        let mut map = parts.headers.clone();
+        added.apply(&mut map);
+        (out, sorted(&map))
+    };
+    for &(bytes, plain) in heads {
+        for (prefix, with_id) in [(None, true), (Some("/a"), false)] {
+            let name = format!("{:?}, prefix {prefix:?}", String::from_utf8_lossy(bytes));
+            let mut spans = Vec::new();
+            let Parsed::Complete(head) = parse(bytes, &mut spans) else {
+                panic!("not taken: {name}");
+            };
+            let b = Bytes::from_static(bytes);
+            let (mapped, none) = request(&b, &head, &spans, None, false).unwrap();
+            assert!(none.is_none(), "{name}");
+            let (kept, raw) = request(&b, &head, &spans, None, true).unwrap();
+            assert_eq!(raw.is_some(), plain, "{name}: kept as it came");
+            if plain {
+                assert!(kept.headers().is_empty(), "{name}");
+                assert_eq!(
+                    raw.as_ref().and_then(RawRequest::host),
+                    mapped.headers().get(header::HOST).cloned(),
+                    "{name}: Host"
+                );
+                // Put into the request's map, the lines make the map the head makes.
+                let mut into = HeaderMap::new();
+                raw.clone().unwrap().into_map(&mut into);
+                assert_eq!(
+                    sorted(&into),
+                    sorted(mapped.headers()),
+                    "{name}: into a map"
+                );
+            }
+            let (mut a, _) = mapped.into_parts();
+            let (mut b, _) = kept.into_parts();
+            let (theirs, their_map) = upstream(&mut a, None, prefix, with_id);
+            let (mine, my_map) = upstream(&mut b, raw, prefix, with_id);
+            assert_eq!(normalized(&mine), normalized(&theirs), "{name}");
+            assert_eq!(my_map, their_map, "{name}: for hyper's clients");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Header lines kept as they were read, where nothing reads a header map: the client's request
+//! lines written upstream ([`RawRequest`]) and the upstream's response lines written to the
+//! client ([`crate::h1::RawHead`]). No map is made, filled, searched and dropped for them.
+//!
+//! Lines are kept only when every one is plain, `name: value` with one space and CRLF, so that
+//! they are the bytes a map would have written but for the names' case and the order of
+//! different names. Wherever a map is read (a plugin, a log, a trusted proxy's headers, a
+//! route on headers, hashing), the lines are put into one first, and the request or response
+//! goes on exactly as a mapped one.
+
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+
+/// Where a header's name and value lie in a head: (name, name length, value, value length).
+pub(crate) type Span = (usize, usize, usize, usize);
+
+/// Walk the header lines of `head` that `spans` locates, checking that each is plain and that
+/// they follow one another up to the empty line that ends the head; `each` is given each
+/// line's name, value and the line's range (with its CRLF), and may refuse it (`None`).
+/// Returns the range of the header lines.
+pub(crate) fn walk(
+    head: &[u8],
+    spans: &[Span],
+    mut each: impl FnMut(&[u8], &[u8], usize, usize) -> Option<()>,
+) -> Option<(usize, usize)> {
+    let end = head.len().checked_sub(2)?;
+    let first = spans.first().map_or(end, |s| s.0);
+    let mut at = first;
+    for &(n, nl, v, vl) in spans {
+        let next = v + vl + 2;
+        if n != at
+            || v != n + nl + 2
+            || head.get(n + nl..v) != Some(&b": "[..])
+            || head.get(v + vl..next) != Some(&b"\r\n"[..])
+        {
+            return None;
+        }
+        each(&head[n..n + nl], &head[v..v + vl], n, next)?;
+        at = next;
+    }
+    (at == end && &head[end..] == b"\r\n").then_some((first, end))
+}
+
+/// Append the plain lines of `head[from..to]` (as [`walk`] checked them) to `headers`.
+pub(crate) fn map_lines(head: &Bytes, from: usize, to: usize, headers: &mut HeaderMap) {
+    let mut at = from;
+    while at < to {
+        let line = &head[at..to];
+        let (Some(colon), Some(eol)) = (
+            line.iter().position(|b| *b == b':'),
+            line.iter().position(|b| *b == b'\r'),
+        ) else {
+            break;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_maybe_shared(head.slice(at + colon + 2..at + eol)),
+        ) {
+            headers.append(name, value);
+        }
+        at += eol + 2;
+    }
+}
+
+/// A client's line that is always left out upstream: this hop's (`Connection` with only
+/// `close` or `keep-alive`, `Keep-Alive`, `TE`).
+const HOP: u8 = u8::MAX;
+/// The most lines a [`RawRequest`] marks; a head with more is mapped.
+const MARKS: usize = 8;
+
+/// A client's request header lines as they came, written upstream after the proxy's own
+/// headers, leaving out those the proxy sets or removes ([`crate::forward::Added`]). Taken for
+/// plain heads with at most one `Host`, no `X-Forwarded-For` or `Via` (which the proxy extends)
+/// and no hop-by-hop header but `Connection` (`close`, `keep-alive`), `Keep-Alive` and `TE`.
+#[derive(Clone, Debug)]
+pub struct RawRequest {
+    head: Bytes,
+    /// The header lines.
+    from: u32,
+    to: u32,
+    /// The lines the proxy may leave out, in order: their range and which of the proxy's
+    /// headers they are (an index of [`crate::forward::Added`]'s), or `HOP`.
+    marks: [(u32, u32, u8); MARKS],
+    count: u8,
+    /// The `Host` value.
+    host: Option<(u32, u32)>,
+}
+
+impl RawRequest {
+    /// The lines of the request head `head` that `spans` locates, when they can be kept.
+    pub(crate) fn of(head: &Bytes, spans: &[Span]) -> Option<RawRequest> {
+        let mut raw = RawRequest {
+            head: head.clone(),
+            from: 0,
+            to: 0,
+            marks: [(0, 0, 0); MARKS],
+            count: 0,
+            host: None,
+        };
+        let (from, to) = walk(head, spans, |name, value, start, end| {
+            let mark = match crate::forward::added_index(name) {
+                Some(i) if i == crate::forward::HOST_INDEX => {
+                    if raw.host.is_some() {
+                        return None;
+                    }
+                    let v = end - 2 - value.len();
+                    raw.host = Some((v as u32, (end - 2) as u32));
+                    i as u8
+                }
+                Some(i) if crate::forward::NOT_RAW & (1 << i) != 0 => return None,
+                Some(i) if i == crate::forward::CONNECTION_INDEX => {
+                    if !value.split(|b| *b == b',').all(|t| {
+                        let t = t.trim_ascii();
+                        t.is_empty()
+                            || t.eq_ignore_ascii_case(b"close")
+                            || t.eq_ignore_ascii_case(b"keep-alive")
+                    }) {
+                        return None;
+                    }
+                    HOP
+                }
+                Some(i) => i as u8,
+                None => match crate::forward::hop_by_hop(name) {
+                    // `Keep-Alive` and `TE` are only left out; others are mapped.
+                    true if name.eq_ignore_ascii_case(b"keep-alive")
+                        || name.eq_ignore_ascii_case(b"te") =>
+                    {
+                        HOP
+                    }
+                    true => return None,
+                    false => return Some(()),
+                },
+            };
+            let k = usize::from(raw.count);
+            if k == MARKS {
+                return None;
+            }
+            raw.marks[k] = (start as u32, end as u32, mark);
+            raw.count += 1;
+            Some(())
+        })?;
+        raw.from = from as u32;
+        raw.to = to as u32;
+        Some(raw)
+    }
+
+    /// The `Host` value.
+    pub fn host(&self) -> Option<HeaderValue> {
+        let (from, to) = self.host?;
+        HeaderValue::from_maybe_shared(self.head.slice(from as usize..to as usize)).ok()
+    }
+
+    /// The lines upstream, but this hop's and those whose bit (of the proxy's headers) is in
+    /// `skip`.
+    pub fn write(&self, out: &mut Vec<u8>, skip: u16) {
+        let mut at = self.from as usize;
+        for &(from, to, which) in &self.marks[..usize::from(self.count)] {
+            out.extend_from_slice(&self.head[at..from as usize]);
+            if which != HOP && skip & (1 << which) == 0 {
+                out.extend_from_slice(&self.head[from as usize..to as usize]);
+            }
+            at = to as usize;
+        }
+        out.extend_from_slice(&self.head[at..self.to as usize]);
+    }
+
+    /// Every line into `headers`, as the head would have been mapped.
+    pub fn into_map(self, headers: &mut HeaderMap) {
+        map_lines(&self.head, self.from as usize, self.to as usize, headers);
+    }
+
+    /// The lines but this hop's into `headers`, for an upstream client that writes the map.
+    pub fn put_upstream(&self, headers: &mut HeaderMap) {
+        let mut at = self.from as usize;
+        for &(from, to, which) in &self.marks[..usize::from(self.count)] {
+            if which == HOP {
+                map_lines(&self.head, at, from as usize, headers);
+                at = to as usize;
+            }
+        }
+        map_lines(&self.head, at, self.to as usize, headers);
+    }
+}
