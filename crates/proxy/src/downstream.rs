@@ -355,7 +355,7 @@ impl Proxy {
             let bytes = buf.split_to(head.len).freeze();
             // Kept as they came where nothing will read the request's map.
             let raw = self.raw_requests(&self.snapshot.load());
-            let Some((req, lines)) = request(&bytes, &head, &spans, spare.take(), raw) else {
+            let Some((req, mut lines)) = request(&bytes, &head, &spans, spare.take(), raw) else {
                 // hyper answers it (400) as it always has.
                 let mut again = BytesMut::from(&bytes[..]);
                 again.extend_from_slice(&buf);
@@ -367,9 +367,10 @@ impl Proxy {
             // While the request is answered, the connection is read: a client that leaves
             // drops its request (counted as cancelled), as with hyper's server; bytes that come
             // are the next request's.
-            let answering = self.answer(req, lines, &conn, &cancels);
+            let counted = self.answering(&cancels);
+            let answering = self.handle(req, &mut lines, &conn);
             tokio::pin!(answering);
-            let res = loop {
+            let mut res = loop {
                 room(&mut buf);
                 tokio::select! {
                     biased;
@@ -380,6 +381,7 @@ impl Proxy {
                     },
                 }
             };
+            self.answered(counted, &mut res.0, true);
             served = true;
             if !closed {
                 closed = std::future::poll_fn(|cx| {

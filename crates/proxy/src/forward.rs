@@ -129,7 +129,7 @@ pub struct Added<'a> {
     /// Bits of `ADDED`: the client's headers of these names are not forwarded.
     skip: u16,
     /// The client's header lines as they came, when its map has none of them.
-    pub raw: Option<crate::raw::RawRequest>,
+    pub raw: Option<&'a crate::raw::RawRequest>,
 }
 
 impl<'a> Added<'a> {
@@ -196,7 +196,7 @@ impl<'a> Added<'a> {
                 out.extend_from_slice(b"\r\n");
             }
         }
-        if let Some(raw) = &self.raw {
+        if let Some(raw) = self.raw {
             raw.write(out, self.skip);
         }
     }
@@ -205,7 +205,7 @@ impl<'a> Added<'a> {
     /// kept as they came put into it (but this hop's), the client's headers of the names left
     /// out removed, the proxy's appended.
     pub fn apply(&self, headers: &mut HeaderMap) {
-        if let Some(raw) = &self.raw {
+        if let Some(raw) = self.raw {
             raw.put_upstream(headers);
         }
         for (i, n) in ADDED.iter().enumerate() {

@@ -176,11 +176,12 @@ impl Proxy {
     /// [put into it](crate::forward::ResponseAdded::apply)).
     ///
     /// `raw`: the request's header lines as they came, its map then empty (they are put into
-    /// it unless nothing reads it).
+    /// it unless nothing reads it). Borrowed, not moved: the futures of the request's way
+    /// stay smaller, and each is moved once per request.
     pub async fn handle(
         &self,
-        req: Request<crate::pool::Inbound>,
-        raw: Option<crate::raw::RawRequest>,
+        mut req: Request<crate::pool::Inbound>,
+        raw: &mut Option<crate::raw::RawRequest>,
         conn: &ConnInfo,
     ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
         let started = Instant::now();
@@ -199,14 +200,11 @@ impl Proxy {
         let logs = sinks.is_some() || snap.plugins.logs();
         // The configuration may have changed since the lines were kept: now read, they are
         // mapped.
-        let mut req = req;
-        let raw = match raw {
-            Some(lines) if !self.raw_requests(&snap) => {
+        if raw.is_some() && !self.raw_requests(&snap) {
+            if let Some(lines) = raw.take() {
                 lines.into_map(req.headers_mut());
-                None
             }
-            raw => raw,
-        };
+        }
         let mut seen = Seen {
             on: logs,
             request_id: request_id.clone(),
@@ -371,7 +369,7 @@ impl Proxy {
     async fn route_and_forward(
         &self,
         req: Request<crate::pool::Inbound>,
-        mut raw: Option<crate::raw::RawRequest>,
+        raw: &mut Option<crate::raw::RawRequest>,
         conn: &ConnInfo,
         connection: crate::plugins::Connection,
         client: &Client,
@@ -686,7 +684,7 @@ impl Proxy {
                     .then_some(&seen.request_id),
             },
         );
-        added.raw = raw;
+        added.raw = raw.as_ref();
         let upstream_host = upstream_host.to_str().unwrap_or_default();
         // Made in a block of its own: a borrowed local would keep its room in this future's
         // state across the exchange (which moves it), and the state is moved per request.

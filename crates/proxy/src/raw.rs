@@ -75,20 +75,21 @@ const MARKS: usize = 8;
 #[derive(Clone, Debug)]
 pub struct RawRequest {
     head: Bytes,
-    /// The header lines.
-    from: u32,
-    to: u32,
+    /// The header lines (a request head is shorter than 64 KiB: its offsets are `u16`).
+    from: u16,
+    to: u16,
     /// The lines the proxy may leave out, in order: their range and which of the proxy's
     /// headers they are (an index of [`crate::forward::Added`]'s), or `HOP`.
-    marks: [(u32, u32, u8); MARKS],
+    marks: [(u16, u16, u8); MARKS],
     count: u8,
     /// The `Host` value.
-    host: Option<(u32, u32)>,
+    host: Option<(u16, u16)>,
 }
 
 impl RawRequest {
     /// The lines of the request head `head` that `spans` locates, when they can be kept.
     pub(crate) fn of(head: &Bytes, spans: &[Span]) -> Option<RawRequest> {
+        u16::try_from(head.len()).ok()?;
         let mut raw = RawRequest {
             head: head.clone(),
             from: 0,
@@ -104,7 +105,7 @@ impl RawRequest {
                         return None;
                     }
                     let v = end - 2 - value.len();
-                    raw.host = Some((v as u32, (end - 2) as u32));
+                    raw.host = Some((v as u16, (end - 2) as u16));
                     i as u8
                 }
                 Some(i) if crate::forward::NOT_RAW & (1 << i) != 0 => return None,
@@ -135,12 +136,12 @@ impl RawRequest {
             if k == MARKS {
                 return None;
             }
-            raw.marks[k] = (start as u32, end as u32, mark);
+            raw.marks[k] = (start as u16, end as u16, mark);
             raw.count += 1;
             Some(())
         })?;
-        raw.from = from as u32;
-        raw.to = to as u32;
+        raw.from = from as u16;
+        raw.to = to as u16;
         Some(raw)
     }
 

@@ -326,7 +326,7 @@ pub struct ClientFailed;
 const CANCELS_ALLOWED: u64 = 100;
 
 /// Counts one request as answered, or as cancelled when its future is dropped first.
-struct Answering<'a> {
+pub(crate) struct Answering<'a> {
     cancels: &'a Cancels,
     stats: &'a Stats,
     answered: bool,
@@ -914,21 +914,40 @@ impl Proxy {
     pub(crate) async fn answer(
         &self,
         req: Request<crate::pool::Inbound>,
-        raw: Option<crate::raw::RawRequest>,
+        raw: &mut Option<crate::raw::RawRequest>,
         conn: &ConnInfo,
         cancels: &Cancels,
     ) -> (Response<ProxyBody>, crate::forward::ResponseAdded) {
+        let answering = self.answering(cancels);
+        let http1 = req.version() <= hyper::Version::HTTP_11;
+        let (mut res, added) = self.handle(req, raw, conn).await;
+        self.answered(answering, &mut res, http1);
+        (res, added)
+    }
+
+    /// A request of a client connection starts being answered: counted in flight until the
+    /// guard is dropped, as cancelled unless [`Proxy::answered`] took it. (The HTTP/1.1 layer
+    /// calls these two around [`Proxy::handle`] itself, so that the request's future is not
+    /// moved once more inside another's.)
+    pub(crate) fn answering<'a>(&'a self, cancels: &'a Cancels) -> Answering<'a> {
         if !cancels.started.swap(true, Ordering::Relaxed) {
             self.stats.conns_fresh.fetch_sub(1, Ordering::Relaxed);
         }
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut answering = Answering {
+        Answering {
             cancels,
             stats: &self.stats,
             answered: false,
-        };
-        let http1 = req.version() <= hyper::Version::HTTP_11;
-        let (mut res, added) = self.handle(req, raw, conn).await;
+        }
+    }
+
+    /// A request answered with `res`: a draining proxy closes HTTP/1 connections after it.
+    pub(crate) fn answered(
+        &self,
+        mut answering: Answering<'_>,
+        res: &mut Response<ProxyBody>,
+        http1: bool,
+    ) {
         if http1
             && self.draining.load(Ordering::Relaxed)
             && res.status() != hyper::StatusCode::SWITCHING_PROTOCOLS
@@ -939,7 +958,6 @@ impl Proxy {
             );
         }
         answering.answered = res.extensions().get::<ClientFailed>().is_none();
-        (res, added)
     }
 
     /// A client connection served by hyper: HTTP/2, and HTTP/1.1 that [`crate::downstream`]
@@ -965,7 +983,7 @@ impl Proxy {
             let cancels = counted.clone();
             async move {
                 // hyper's server writes the map: the proxy's headers go into it.
-                let (mut res, mut added) = me.answer(req.map(Some), None, &conn, &cancels).await;
+                let (mut res, mut added) = me.answer(req.map(Some), &mut None, &conn, &cancels).await;
                 added.apply(res.headers_mut());
                 Ok::<_, Infallible>(res)
             }

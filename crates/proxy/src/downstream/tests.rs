@@ -775,7 +775,7 @@ fn raw_requests_go_upstream_as_mapped_ones() {
                 request_id: with_id.then_some(&id),
             },
         );
-        added.raw = raw;
+        added.raw = raw.as_ref();
         parts.headers = headers;
         let body: crate::pool::UpBody =
             http_body_util::Either::Right(http_body_util::Full::default());
