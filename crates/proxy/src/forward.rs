@@ -423,6 +423,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if h.is_empty() {
+        return;
+    }
     // One pass over the names (compared as known names, not hashed) notes which are present:
     // most heads have none, and a response mostly has `Connection` alone.
     let mut present = 0u16;

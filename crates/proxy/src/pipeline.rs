@@ -444,11 +444,9 @@ impl Proxy {
             (None, Some(h)) => h.clone(),
             (None, None) => return Err(ProxyError::BadRequest("Bad request: missing Host header")),
         };
-        let host_header = match host_value.to_str() {
-            Ok(h) if valid_host(h) => h,
-            _ => return Err(ProxyError::BadRequest("Bad request: invalid Host header")),
+        let Some((host, port)) = host_value.to_str().ok().and_then(host_and_port) else {
+            return Err(ProxyError::BadRequest("Bad request: invalid Host header"));
         };
-        let (host, port) = split_host(host_header);
         let request_uri = parts.uri.clone();
         let raw_path = request_uri.path();
         let path = normalize(raw_path);
@@ -480,7 +478,18 @@ impl Proxy {
         if seen.on {
             seen.route = Some(route.clone());
         }
-        let has = |p: &str| route.protocols.iter().any(|x| x == p);
+        // The route's protocols, in one pass.
+        let (mut http, mut https_only, mut grpc_route) = (false, false, false);
+        for p in route.protocols.iter() {
+            match p.as_str() {
+                "http" => http = true,
+                "https" => https_only = true,
+                "grpc" | "grpcs" => grpc_route = true,
+                _ => {}
+            }
+        }
+        let has_https = https_only;
+        https_only &= !http;
         // Behind a trusted proxy that ended TLS, its X-Forwarded-Proto and -Host say what the
         // client used (Kong's forwarded scheme and host).
         let forwarded = |name: &HeaderName| {
@@ -495,7 +504,7 @@ impl Proxy {
             Some(p) => p.eq_ignore_ascii_case("https"),
             None => https,
         };
-        if !forwarded_https && has("https") && !has("http") {
+        if !forwarded_https && https_only {
             let to = forwarded(&names::X_FORWARDED_HOST).unwrap_or(host);
             return Ok(https_redirect(
                 route.https_redirect_status_code,
@@ -503,7 +512,7 @@ impl Proxy {
                 &request_uri,
             ));
         }
-        if (has("grpc") || has("grpcs")) && !has("http") && !has("https") {
+        if grpc_route && !http && !has_https {
             if let Some(lines) = raw.take() {
                 lines.into_map(&mut parts.headers);
             }
@@ -921,6 +930,51 @@ fn check_framing(parts: &hyper::http::request::Parts) -> Result<(), ProxyError> 
     Ok(())
 }
 
+// RFC 3986's reg-name characters (unreserved, sub-delims, `%`), as a table.
+const ALLOWED: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i as u8).is_ascii_alphanumeric();
+        i += 1;
+    }
+    let extra = b"-._~!$&'()*+,;=%";
+    let mut j = 0;
+    while j < extra.len() {
+        t[extra[j] as usize] = true;
+        j += 1;
+    }
+    t
+};
+
+/// A `Host` value checked as [`valid_host`] checks it and split as [`split_host`] splits
+/// it, in one pass for a name or an IPv4 address (an IPv6 literal takes the two).
+fn host_and_port(h: &str) -> Option<(&str, Option<u16>)> {
+    if h.starts_with('[') {
+        return valid_host(h).then(|| split_host(h));
+    }
+    let b = h.as_bytes();
+    let (host, port) = match memchr::memrchr(b':', b) {
+        Some(i) => (&h[..i], Some(&b[i + 1..])),
+        None => (h, None),
+    };
+    if host.is_empty() || !host.bytes().all(|c| ALLOWED[usize::from(c)]) {
+        return None;
+    }
+    let Some(port) = port else {
+        return Some((host, None));
+    };
+    if port.is_empty() || port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0'));
+    // Five digits past a port's range: the whole value is the host (as `split_host` has it).
+    Some(match u16::try_from(n) {
+        Ok(n) => (host, Some(n)),
+        Err(_) => (h, None),
+    })
+}
+
 /// A Host value as RFC 9110 allows: a registered name, IPv4 or bracketed IPv6, and an optional port.
 fn valid_host(h: &str) -> bool {
     let (host, port) = match h.strip_prefix('[') {
@@ -942,22 +996,6 @@ fn valid_host(h: &str) -> bool {
             Some((host, port)) => (host, Some(port)),
             None => (h, None),
         },
-    };
-    // RFC 3986's reg-name characters (unreserved, sub-delims, `%`), as a table.
-    const ALLOWED: [bool; 256] = {
-        let mut t = [false; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = (i as u8).is_ascii_alphanumeric();
-            i += 1;
-        }
-        let extra = b"-._~!$&'()*+,;=%";
-        let mut j = 0;
-        while j < extra.len() {
-            t[extra[j] as usize] = true;
-            j += 1;
-        }
-        t
     };
     let host_ok = host.bytes().all(|b| ALLOWED[usize::from(b)]);
     let port_ok =
@@ -1002,7 +1040,7 @@ fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::{request_id, valid_host};
+    use super::{host_and_port, request_id, split_host, valid_host};
 
     #[test]
     fn request_ids() {
@@ -1040,6 +1078,41 @@ mod tests {
             "a@b",
         ] {
             assert!(!valid_host(bad), "{bad}");
+        }
+    }
+
+    /// One pass gives what the check and the split give.
+    #[test]
+    fn host_and_port_is_the_check_and_the_split() {
+        for h in [
+            "example.com",
+            "example.com:8000",
+            "Example.COM:80",
+            "10.0.0.1:80",
+            "[::1]:8000",
+            "[::1]",
+            "a_b.example",
+            "example.com:99999",
+            "example.com:00080",
+            "exa mple",
+            "a/b",
+            "example.com:",
+            "example.com:80a",
+            "example.com:+80",
+            "example.com:123456",
+            "a:b:80",
+            "[::1",
+            "[zz]:80",
+            "",
+            ":80",
+            "a@b",
+            "é.example",
+        ] {
+            assert_eq!(
+                host_and_port(h),
+                valid_host(h).then(|| split_host(h)),
+                "{h}"
+            );
         }
     }
 }

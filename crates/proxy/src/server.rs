@@ -983,7 +983,8 @@ impl Proxy {
             let cancels = counted.clone();
             async move {
                 // hyper's server writes the map: the proxy's headers go into it.
-                let (mut res, mut added) = me.answer(req.map(Some), &mut None, &conn, &cancels).await;
+                let (mut res, mut added) =
+                    me.answer(req.map(Some), &mut None, &conn, &cancels).await;
                 added.apply(res.headers_mut());
                 Ok::<_, Infallible>(res)
             }
