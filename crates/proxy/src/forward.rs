@@ -50,19 +50,19 @@ static ADDED: [HeaderName; 12] = [
     names::X_KONG_REQUEST_ID,
 ];
 /// The start of each `ADDED` line, written with one copy (a test checks them against the names).
-static ADDED_LINES: [&[u8]; 12] = [
-    b"host: ",
-    b"connection: ",
-    b"upgrade: ",
-    b"x-forwarded-for: ",
-    b"x-forwarded-proto: ",
-    b"x-forwarded-host: ",
-    b"x-forwarded-port: ",
-    b"x-forwarded-path: ",
-    b"x-forwarded-prefix: ",
-    b"x-real-ip: ",
-    b"via: ",
-    b"x-kong-request-id: ",
+static ADDED_LINES: [names::LineStart; 12] = [
+    names::LineStart::new(b"host: "),
+    names::LineStart::new(b"connection: "),
+    names::LineStart::new(b"upgrade: "),
+    names::LineStart::new(b"x-forwarded-for: "),
+    names::LineStart::new(b"x-forwarded-proto: "),
+    names::LineStart::new(b"x-forwarded-host: "),
+    names::LineStart::new(b"x-forwarded-port: "),
+    names::LineStart::new(b"x-forwarded-path: "),
+    names::LineStart::new(b"x-forwarded-prefix: "),
+    names::LineStart::new(b"x-real-ip: "),
+    names::LineStart::new(b"via: "),
+    names::LineStart::new(b"x-kong-request-id: "),
 ];
 const HOST: usize = 0;
 const CONNECTION: usize = 1;
@@ -101,7 +101,7 @@ pub(crate) fn added_index(name: &[u8]) -> Option<usize> {
     candidates
         .iter()
         .copied()
-        .find(|&i| name.eq_ignore_ascii_case(&ADDED_LINES[i][..name.len()]))
+        .find(|&i| name.eq_ignore_ascii_case(&ADDED_LINES[i].as_bytes()[..name.len()]))
 }
 
 /// Whether `name` (any case) is a hop-by-hop header's (a test checks them against
@@ -191,7 +191,7 @@ impl<'a> Added<'a> {
     pub fn write(&self, out: &mut Vec<u8>) {
         for (start, value) in ADDED_LINES.iter().zip(&self.values) {
             if let Some(v) = value {
-                out.extend_from_slice(start);
+                start.push(out);
                 out.extend_from_slice(v);
                 out.extend_from_slice(b"\r\n");
             }
@@ -332,11 +332,22 @@ pub struct ResponseAdded {
 impl ResponseAdded {
     /// The numeric headers, in the order they are written: name, the start of its line (a test
     /// checks them against each other), value.
-    fn numbers(&self) -> impl Iterator<Item = (&'static HeaderName, &'static [u8], Option<u64>)> {
-        static NUMBERED: [(HeaderName, &[u8]); 3] = [
-            (names::X_KONG_UPSTREAM_LATENCY, b"x-kong-upstream-latency: "),
-            (names::X_KONG_PROXY_LATENCY, b"x-kong-proxy-latency: "),
-            (names::X_KONG_UPSTREAM_STATUS, b"x-kong-upstream-status: "),
+    fn numbers(
+        &self,
+    ) -> impl Iterator<Item = (&'static HeaderName, &'static names::LineStart, Option<u64>)> {
+        static NUMBERED: [(HeaderName, names::LineStart); 3] = [
+            (
+                names::X_KONG_UPSTREAM_LATENCY,
+                names::LineStart::new(b"x-kong-upstream-latency: "),
+            ),
+            (
+                names::X_KONG_PROXY_LATENCY,
+                names::LineStart::new(b"x-kong-proxy-latency: "),
+            ),
+            (
+                names::X_KONG_UPSTREAM_STATUS,
+                names::LineStart::new(b"x-kong-upstream-status: "),
+            ),
         ];
         NUMBERED
             .iter()
@@ -345,7 +356,7 @@ impl ResponseAdded {
                 self.proxy_latency,
                 self.upstream_status.map(u64::from),
             ])
-            .map(|((name, start), n)| (name, *start, n))
+            .map(|((name, start), n)| (name, start, n))
     }
 
     /// Whether the map's header `name` is left out: one these replace (`Via` is added to, not
@@ -370,7 +381,9 @@ impl ResponseAdded {
         for (_, start, n) in self.numbers() {
             if let Some(n) = n {
                 let (digits, len) = names::itoa_buf(n);
-                line(out, start, &digits[20 - len..]);
+                start.push(out);
+                out.extend_from_slice(&digits[20 - len..]);
+                out.extend_from_slice(b"\r\n");
             }
         }
         if self.via {
@@ -621,10 +634,10 @@ mod tests {
     #[test]
     fn the_line_starts_are_the_names() {
         for (start, name) in ADDED_LINES.iter().zip(&ADDED) {
-            assert_eq!(*start, format!("{name}: ").as_bytes());
+            assert_eq!(start.as_bytes(), format!("{name}: ").as_bytes());
         }
         for (name, start, _) in ResponseAdded::default().numbers() {
-            assert_eq!(start, format!("{name}: ").as_bytes());
+            assert_eq!(start.as_bytes(), format!("{name}: ").as_bytes());
         }
         assert_eq!(VIA_LINE, format!("via: {VIA}\r\n"));
         let mut out = Vec::new();

@@ -29,6 +29,43 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_KONG_RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-kong-response-latency");
 pub const X_KONG_UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-kong-upstream-status");
 
+/// The start of a header line (`name: `), kept in a fixed-size array: it is written with
+/// one copy of a size the compiler knows (moves in registers) and a truncation, where a slice
+/// of a run-time length is a call to `memcpy`.
+#[derive(Clone, Copy)]
+pub struct LineStart {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl LineStart {
+    /// `start`, at most 32 bytes (checked when the constant is made).
+    pub const fn new(start: &[u8]) -> LineStart {
+        assert!(start.len() <= 32);
+        let mut bytes = [0u8; 32];
+        let mut i = 0;
+        while i < start.len() {
+            bytes[i] = start[i];
+            i += 1;
+        }
+        LineStart {
+            bytes,
+            len: start.len() as u8,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// Append it to `out`.
+    pub fn push(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(&self.bytes);
+        out.truncate(at + usize::from(self.len));
+    }
+}
+
 /// A header value made on the request path without an allocation of its own: the bytes go
 /// into a buffer this thread shares among many values (one allocation per 4 KiB of values,
 /// freed once the last value in it is dropped).
