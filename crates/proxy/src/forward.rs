@@ -30,7 +30,7 @@ pub struct Forwarding<'a> {
     pub upgrade: Option<&'a HeaderValue>,
     pub upstream_host: &'a HeaderValue,
     /// `X-Kong-Request-Id`, when `headers_upstream` sends it.
-    pub request_id: Option<&'a HeaderValue>,
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// The headers the proxy sets upstream, in the order they are written: before the client's,
@@ -297,7 +297,7 @@ pub fn upstream_headers<'a>(headers: &mut HeaderMap, f: &Forwarding<'a>) -> Adde
         None => added.put(VIA_, VIA.as_bytes()),
     }
     if let Some(id) = f.request_id {
-        added.put(REQUEST_ID, id.as_bytes());
+        added.put(REQUEST_ID, id);
     }
     added
 }
@@ -321,7 +321,7 @@ pub struct ResponseAdded {
     /// Gantry's `Via`, after any the upstream sent.
     pub via: bool,
     /// `X-Kong-Request-Id`.
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<names::RequestId>,
     /// `X-Kong-Response-Latency`, milliseconds (responses the proxy answers itself).
     pub response_latency: Option<u64>,
     /// The upstream's header lines, when they stayed as they came (the map then has none of
@@ -413,7 +413,7 @@ impl ResponseAdded {
             headers.append(header::VIA, HeaderValue::from_static(VIA));
         }
         if let Some(id) = me.request_id {
-            headers.insert(names::X_KONG_REQUEST_ID, id);
+            headers.insert(names::X_KONG_REQUEST_ID, id.value());
         }
         if let Some(n) = me.response_latency {
             headers.insert(names::X_KONG_RESPONSE_LATENCY, names::number(n));
@@ -554,7 +554,7 @@ mod tests {
             prefix,
             upgrade: None,
             upstream_host: &upstream_host,
-            request_id: Some(&id),
+            request_id: Some(id.as_bytes()),
         };
         let untrusted: &'static Client = Box::leak(Box::new(Client {
             ip: peer,
@@ -642,7 +642,7 @@ mod tests {
         assert_eq!(VIA_LINE, format!("via: {VIA}\r\n"));
         let mut out = Vec::new();
         ResponseAdded {
-            request_id: Some(HeaderValue::from_static("a")),
+            request_id: Some(names::RequestId::new(0, 10)),
             response_latency: Some(5),
             ..ResponseAdded::default()
         }
@@ -650,7 +650,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             format!(
-                "{}: a\r\n{}: 5\r\n",
+                "{}: 00000000000000000000000a\r\n{}: 5\r\n",
                 names::X_KONG_REQUEST_ID,
                 names::X_KONG_RESPONSE_LATENCY
             )

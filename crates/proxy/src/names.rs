@@ -29,6 +29,39 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 pub const X_KONG_RESPONSE_LATENCY: HeaderName = HeaderName::from_static("x-kong-response-latency");
 pub const X_KONG_UPSTREAM_STATUS: HeaderName = HeaderName::from_static("x-kong-upstream-status");
 
+/// `X-Kong-Request-Id`: this process's prefix and a counter, in 24 hex digits. Kept as bytes,
+/// and made a header value only where a map takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestId([u8; 24]);
+
+impl RequestId {
+    pub fn new(prefix: u32, n: u64) -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut b = [0u8; 24];
+        // Two digits a byte, from the most significant: the prefix's four bytes, then the
+        // counter's eight.
+        let bytes = prefix.to_be_bytes().into_iter().chain(n.to_be_bytes());
+        for (pair, byte) in b.chunks_exact_mut(2).zip(bytes) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        RequestId(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// As a header value.
+    pub fn value(&self) -> HeaderValue {
+        value_of(&self.0).unwrap_or(HeaderValue::from_static("0"))
+    }
+}
+
 /// The start of a header line (`name: `), kept in a fixed-size array: it is written with
 /// one copy of a size the compiler knows (moves in registers) and a truncation, where a slice
 /// of a run-time length is a call to `memcpy`.

@@ -42,7 +42,7 @@ fn field_size(name: &HeaderName, value: &HeaderValue) -> usize {
 /// add to the response, and (only when a log phase listens) who handled it.
 struct Seen {
     on: bool,
-    request_id: HeaderValue,
+    request_id: names::RequestId,
     service: Option<Arc<crate::snapshot::Service>>,
     route: Option<Arc<crate::router::Route>>,
     consumer: Option<Arc<crate::plugins::Consumer>>,
@@ -61,7 +61,7 @@ struct Seen {
 
 /// A request's log entry, waiting for the end of its response body.
 struct Pending {
-    request_id: HeaderValue,
+    request_id: names::RequestId,
     client: std::net::IpAddr,
     method: hyper::Method,
     uri: Uri,
@@ -84,7 +84,7 @@ struct Pending {
 impl Pending {
     fn emit(self) {
         let r = RequestLog {
-            request_id: self.request_id.to_str().unwrap_or(""),
+            request_id: self.request_id.as_str(),
             client: self.client,
             method: &self.method,
             uri: &self.uri,
@@ -195,7 +195,7 @@ impl Proxy {
         let n = self
             .id_counter
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let request_id = request_id(self.id_prefix, n);
+        let request_id = names::RequestId::new(self.id_prefix, n);
         let snap = self.snapshot.load_full();
         let logs = sinks.is_some() || snap.plugins.logs();
         // The configuration may have changed since the lines were kept: now read, they are
@@ -207,7 +207,7 @@ impl Proxy {
         }
         let mut seen = Seen {
             on: logs,
-            request_id: request_id.clone(),
+            request_id,
             service: None,
             route: None,
             consumer: None,
@@ -264,7 +264,7 @@ impl Proxy {
         let (mut rparts, mut body) = res.into_parts();
         let added = self.headers();
         if added.request_id {
-            seen.added.request_id = Some(request_id.clone());
+            seen.added.request_id = Some(request_id);
         }
         if seen.upstream.is_none() {
             // Answered here: a plugin, an error, a redirect.
@@ -690,7 +690,7 @@ impl Proxy {
                 request_id: self
                     .headers()
                     .upstream_request_id
-                    .then_some(&seen.request_id),
+                    .then_some(seen.request_id.as_bytes()),
             },
         );
         added.raw = raw.as_ref();
@@ -1003,20 +1003,6 @@ fn valid_host(h: &str) -> bool {
     host_ok && port_ok && (h.starts_with('[') || !host.is_empty())
 }
 
-/// `X-Kong-Request-Id`: this process's prefix and a counter, in hex.
-fn request_id(prefix: u32, n: u64) -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = [0u8; 24];
-    // Two digits a byte, from the most significant: the prefix's four bytes, then the
-    // counter's eight.
-    let bytes = prefix.to_be_bytes().into_iter().chain(n.to_be_bytes());
-    for (pair, byte) in b.chunks_exact_mut(2).zip(bytes) {
-        pair[0] = HEX[usize::from(byte >> 4)];
-        pair[1] = HEX[usize::from(byte & 0xf)];
-    }
-    names::value_of(&b).unwrap_or(HeaderValue::from_static("0"))
-}
-
 /// All matched but the protocol: Kong answers 426, or redirects with the configured status.
 fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
     if status == 426 {
@@ -1040,16 +1026,17 @@ fn https_redirect(status: u16, host: &str, uri: &Uri) -> Response<ProxyBody> {
 
 #[cfg(test)]
 mod tests {
-    use super::{host_and_port, request_id, split_host, valid_host};
+    use super::{host_and_port, split_host, valid_host};
+    use crate::names::RequestId;
 
     #[test]
     fn request_ids() {
         assert_eq!(
-            request_id(0xdeadbeef, 0x1f).to_str().unwrap(),
+            RequestId::new(0xdeadbeef, 0x1f).value().to_str().unwrap(),
             format!("{:08x}{:016x}", 0xdeadbeefu32, 0x1fu64)
         );
         assert_eq!(
-            request_id(1, u64::MAX).to_str().unwrap(),
+            RequestId::new(1, u64::MAX).as_str(),
             "00000001ffffffffffffffff"
         );
     }

@@ -380,7 +380,7 @@ async fn responses_are_framed_as_hyper_frames_them() {
         proxy_latency: Some(0),
         upstream_status: None,
         via: true,
-        request_id: Some(HeaderValue::from_static("f00d")),
+        request_id: Some(crate::names::RequestId::new(0, 0xf00d)),
         ..ResponseAdded::default()
     };
     let runs = cases
@@ -446,7 +446,7 @@ async fn the_proxys_response_headers_replace_the_upstreams() {
         proxy_latency: None,
         upstream_status: None,
         via: true,
-        request_id: Some(HeaderValue::from_static("ours")),
+        request_id: Some(crate::names::RequestId::new(1, 2)),
         ..ResponseAdded::default()
     };
     let (mine, kept) = ours(GET, res, added).await;
@@ -455,7 +455,7 @@ async fn the_proxys_response_headers_replace_the_upstreams() {
     let lines: Vec<&str> = text.split("\r\n").collect();
     for line in [
         "x-kong-upstream-latency: 12",
-        "x-kong-request-id: ours",
+        "x-kong-request-id: 000000010000000000000002",
         // Not one the proxy sets here: the upstream's goes on.
         "x-kong-upstream-status: 201",
         "x-other: kept",
@@ -648,7 +648,7 @@ async fn raw_heads_are_written_as_mapped_ones() {
         proxy_latency: Some(1),
         upstream_status: Some(200),
         via: true,
-        request_id: Some(HeaderValue::from_static("f00d")),
+        request_id: Some(crate::names::RequestId::new(0, 0xf00d)),
         raw,
         ..ResponseAdded::default()
     };
@@ -772,7 +772,7 @@ fn raw_requests_go_upstream_as_mapped_ones() {
                 prefix,
                 upgrade: None,
                 upstream_host: &upstream_host,
-                request_id: with_id.then_some(&id),
+                request_id: with_id.then_some(id.as_bytes()),
             },
         );
         added.raw = raw.as_ref();
