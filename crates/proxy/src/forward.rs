@@ -64,8 +64,8 @@ static ADDED_LINES: [names::LineStart; 12] = [
     names::LineStart::new(b"via: "),
     names::LineStart::new(b"x-kong-request-id: "),
 ];
-const HOST: usize = 0;
-const CONNECTION: usize = 1;
+pub(crate) const HOST: usize = 0;
+pub(crate) const CONNECTION: usize = 1;
 const UPGRADE: usize = 2;
 const XFF: usize = 3;
 const PROTO: usize = 4;
@@ -76,8 +76,6 @@ const PREFIX: usize = 8;
 const REAL_IP: usize = 9;
 const VIA_: usize = 10;
 const REQUEST_ID: usize = 11;
-pub(crate) const HOST_INDEX: usize = HOST;
-pub(crate) const CONNECTION_INDEX: usize = CONNECTION;
 /// The client's headers that keep a request's lines from being written as they came
 /// ([`crate::raw::RawRequest`]): those the proxy extends (`X-Forwarded-For`, `Via`), and
 /// `Upgrade`.

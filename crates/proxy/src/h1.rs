@@ -667,27 +667,10 @@ impl Hop {
     /// A `Connection` value's tokens: whether it names other headers than `close` and
     /// `keep-alive`.
     fn connection(&mut self, value: &[u8]) -> bool {
-        // The usual values, a token alone.
-        if value.eq_ignore_ascii_case(b"keep-alive") {
-            self.keep_alive = true;
-            return false;
-        }
-        if value.eq_ignore_ascii_case(b"close") {
-            self.close = true;
-            return false;
-        }
-        let mut others = false;
-        for token in value.split(|b| *b == b',') {
-            let token = token.trim_ascii();
-            if token.eq_ignore_ascii_case(b"close") {
-                self.close = true;
-            } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                self.keep_alive = true;
-            } else if !token.is_empty() {
-                others = true;
-            }
-        }
-        others
+        let t = crate::raw::connection_tokens(value);
+        self.close |= t.close;
+        self.keep_alive |= t.keep_alive;
+        t.others
     }
 }
 
@@ -735,20 +718,12 @@ impl Line {
     fn of(name: &[u8]) -> Line {
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
-            2 if is(b"te") => Line::Mapped,
             4 if is(b"date") => Line::Date,
-            7 if is(b"trailer") || is(b"upgrade") => Line::Mapped,
             10 if is(b"connection") => Line::Connection,
             10 if is(b"keep-alive") => Line::KeepAlive,
             14 if is(b"content-length") => Line::Length,
-            16..=19
-                if is(b"proxy-connection")
-                    || is(b"transfer-encoding")
-                    || is(b"proxy-authenticate")
-                    || is(b"proxy-authorization") =>
-            {
-                Line::Mapped
-            }
+            // The other hop-by-hop headers (`Transfer-Encoding`, `Trailer`, `Upgrade`, ...).
+            _ if crate::forward::hop_by_hop(name) => Line::Mapped,
             7.. if name[..7].eq_ignore_ascii_case(b"x-kong-") => Line::Mapped,
             _ => Line::Kept,
         }

@@ -479,17 +479,15 @@ impl Proxy {
             seen.route = Some(route.clone());
         }
         // The route's protocols, in one pass.
-        let (mut http, mut https_only, mut grpc_route) = (false, false, false);
+        let (mut http, mut https_route, mut grpc_route) = (false, false, false);
         for p in route.protocols.iter() {
             match p.as_str() {
                 "http" => http = true,
-                "https" => https_only = true,
+                "https" => https_route = true,
                 "grpc" | "grpcs" => grpc_route = true,
                 _ => {}
             }
         }
-        let has_https = https_only;
-        https_only &= !http;
         // Behind a trusted proxy that ended TLS, its X-Forwarded-Proto and -Host say what the
         // client used (Kong's forwarded scheme and host).
         let forwarded = |name: &HeaderName| {
@@ -504,7 +502,7 @@ impl Proxy {
             Some(p) => p.eq_ignore_ascii_case("https"),
             None => https,
         };
-        if !forwarded_https && https_only {
+        if !forwarded_https && https_route && !http {
             let to = forwarded(&names::X_FORWARDED_HOST).unwrap_or(host);
             return Ok(https_redirect(
                 route.https_redirect_status_code,
@@ -512,7 +510,7 @@ impl Proxy {
                 &request_uri,
             ));
         }
-        if grpc_route && !http && !has_https {
+        if grpc_route && !http && !https_route {
             if let Some(lines) = raw.take() {
                 lines.into_map(&mut parts.headers);
             }

@@ -62,6 +62,39 @@ pub(crate) fn map_lines(head: &Bytes, from: usize, to: usize, headers: &mut Head
     }
 }
 
+/// What a `Connection` value's tokens say: `close`, `keep-alive`, and whether it names other
+/// headers (which then go with it).
+#[derive(Default)]
+pub(crate) struct Tokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    pub others: bool,
+}
+
+pub(crate) fn connection_tokens(value: &[u8]) -> Tokens {
+    let mut t = Tokens::default();
+    // The usual values, a token alone.
+    if value.eq_ignore_ascii_case(b"keep-alive") {
+        t.keep_alive = true;
+        return t;
+    }
+    if value.eq_ignore_ascii_case(b"close") {
+        t.close = true;
+        return t;
+    }
+    for token in value.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            t.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            t.keep_alive = true;
+        } else if !token.is_empty() {
+            t.others = true;
+        }
+    }
+    t
+}
+
 /// A client's line that is always left out upstream: this hop's (`Connection` with only
 /// `close` or `keep-alive`, `Keep-Alive`, `TE`).
 const HOP: u8 = u8::MAX;
@@ -100,22 +133,17 @@ impl RawRequest {
         };
         let (from, to) = walk(head, spans, |name, value, start, end| {
             let mark = match crate::forward::added_index(name) {
-                Some(i) if i == crate::forward::HOST_INDEX => {
+                Some(crate::forward::HOST) => {
                     if raw.host.is_some() {
                         return None;
                     }
                     let v = end - 2 - value.len();
                     raw.host = Some((v as u16, (end - 2) as u16));
-                    i as u8
+                    crate::forward::HOST as u8
                 }
                 Some(i) if crate::forward::NOT_RAW & (1 << i) != 0 => return None,
-                Some(i) if i == crate::forward::CONNECTION_INDEX => {
-                    if !value.split(|b| *b == b',').all(|t| {
-                        let t = t.trim_ascii();
-                        t.is_empty()
-                            || t.eq_ignore_ascii_case(b"close")
-                            || t.eq_ignore_ascii_case(b"keep-alive")
-                    }) {
+                Some(crate::forward::CONNECTION) => {
+                    if connection_tokens(value).others {
                         return None;
                     }
                     HOP

@@ -126,6 +126,11 @@ pub struct Router {
     headed: usize,
 }
 
+/// How many of `matchers` match on headers.
+fn headed(matchers: &[Arc<Matcher>]) -> usize {
+    matchers.iter().filter(|m| !m.headers.is_empty()).count()
+}
+
 /// Kong's order: the higher priority first; equal priorities, the greater id first.
 fn rank(a: &Matcher, b: &Matcher) -> std::cmp::Ordering {
     b.priority.cmp(&a.priority).then_with(|| b.id.cmp(&a.id))
@@ -392,7 +397,7 @@ impl Router {
             }
         }
         self.len += matchers.len();
-        self.headed += matchers.iter().filter(|m| !m.headers.is_empty()).count();
+        self.headed += headed(&matchers);
         self.routes.insert(id.to_string(), matchers);
         Ok(())
     }
@@ -421,7 +426,7 @@ impl Router {
             }
         }
         self.len -= matchers.len();
-        self.headed -= matchers.iter().filter(|m| !m.headers.is_empty()).count();
+        self.headed -= headed(&matchers);
     }
 
     /// Whether a route matches on a request's headers (else [`Router::find`] reads none).
