@@ -61,7 +61,7 @@ YML
 # A DB-less Gantry with one worker on 127.0.0.1:$2 serving the configuration $1, from the binary
 # $GANTRY (prefix $work/$3); its pid goes to pids and to the variable named by $4.
 start_gantry() {
-  KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$1" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=off \
+  KONG_DATABASE=off KONG_DECLARATIVE_CONFIG="$1" KONG_WORKER_THREADS=1 KONG_LOG_LEVEL=error KONG_PROXY_ACCESS_LOG=${ACCESS_LOG:-off} \
     KONG_PROXY_LISTEN=127.0.0.1:$2 KONG_ADMIN_LISTEN=127.0.0.1:0 KONG_STATUS_LISTEN=off \
     ${GANTRY_BIN:-$GANTRY} start -p "$work/$3" 2>"$work/$3.err" &
   pids+=($!)

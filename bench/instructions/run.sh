@@ -8,7 +8,8 @@
 # which is the larger part, is not in it: see bench/proxy-vs-nginx for that).
 # Usage: bash bench/instructions/run.sh [GANTRY_BINARY...]   (default target/release/gantry)
 # N: requests counted (default 10000), after 2000 that warm up. KEEP=DIR keeps the callgrind
-# outputs there (callgrind_annotate reads them: where the instructions go).
+# outputs there (callgrind_annotate reads them: where the instructions go). ACCESS_LOG=logs/access.log
+# runs Gantry with its access log (the default), nginx without one.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null

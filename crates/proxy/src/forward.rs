@@ -396,6 +396,25 @@ impl ResponseAdded {
         }
     }
 
+    /// The bytes of the lines beside the map: the upstream's kept lines and the lines
+    /// [`write`](Self::write) writes.
+    pub fn size(&self) -> usize {
+        let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let numbers: usize = self
+            .numbers()
+            .filter_map(|(_, start, n)| Some(start.as_bytes().len() + digits(n?) + 2))
+            .sum();
+        numbers
+            + self.raw.as_ref().map_or(0, crate::h1::RawHead::size)
+            + if self.via { VIA_LINE.len() } else { 0 }
+            + self.request_id.as_ref().map_or(0, |id| {
+                b"x-kong-request-id: ".len() + id.as_bytes().len() + 2
+            })
+            + self
+                .response_latency
+                .map_or(0, |n| b"x-kong-response-latency: ".len() + digits(n) + 2)
+    }
+
     /// Into the response's map (and none left beside it), the upstream's lines first.
     pub fn apply(&mut self, headers: &mut HeaderMap) {
         let mut me = std::mem::take(self);
@@ -653,6 +672,24 @@ mod tests {
                 names::X_KONG_RESPONSE_LATENCY
             )
         );
+        // What the log counts of them is what is written.
+        for n in [0, 9, 10, 99, 100, 12_345, u64::MAX] {
+            for all in [false, true] {
+                let added = ResponseAdded {
+                    upstream_latency: Some(n),
+                    proxy_latency: all.then_some(n / 3),
+                    upstream_status: all.then_some(200),
+                    via: all,
+                    request_id: Some(names::RequestId::new(7, n)),
+                    response_latency: all.then_some(n),
+                    raw: None,
+                };
+                let mut out = Vec::new();
+                added.write(&mut out);
+                assert_eq!(added.size(), out.len(), "{n} {all}");
+            }
+        }
+        assert_eq!(ResponseAdded::default().size(), 0);
     }
 
     #[test]

@@ -790,6 +790,13 @@ impl RawHead {
         }
     }
 
+    /// The bytes of the kept lines and the `Content-Length` line.
+    pub fn size(&self) -> usize {
+        let runs = self.runs[..usize::from(self.count)].iter();
+        let length = self.length.map_or(0, |(from, to, _)| to - from);
+        runs.map(|&(from, to)| to - from).sum::<u32>() as usize + length as usize
+    }
+
     /// The `Content-Length` line (with its CRLF) and its value.
     pub fn length(&self) -> Option<(&[u8], u64)> {
         self.length

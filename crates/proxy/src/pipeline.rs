@@ -27,10 +27,46 @@ use crate::server::{
 use crate::snapshot::Snapshot;
 use crate::uri::{normalize, upstream_path_v0};
 
-/// The bytes of an HTTP/1.1 head: its first line (`line` bytes without CRLF) and `headers`.
-fn head_size(line: usize, headers: &HeaderMap) -> u64 {
-    let fields: usize = headers.iter().map(|(k, v)| field_size(k, v)).sum();
-    (line + 2 + fields + 2) as u64
+/// The bytes of an HTTP/1.1 head: its first line (`line` bytes without CRLF), the fields of
+/// `headers` that `keep` keeps, and `more` bytes of lines beside them.
+fn head_size(
+    line: usize,
+    headers: &HeaderMap,
+    keep: impl Fn(&HeaderName) -> bool,
+    more: usize,
+) -> u64 {
+    let fields: usize = headers
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| field_size(k, v))
+        .sum();
+    (line + 2 + fields + more + 2) as u64
+}
+
+/// The bytes of a request's head, as Kong's `$request_length` counts them (without the body):
+/// the head as it came where its lines were kept ([`crate::raw::RawRequest`]), else the
+/// request line and the map's lines.
+pub(crate) fn request_head_size<B>(req: &Request<B>, raw: Option<&crate::raw::RawRequest>) -> u64 {
+    if let Some(raw) = raw {
+        return raw.head_len() as u64;
+    }
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len() + 3)
+        + req.uri().scheme_str().map_or(0, str::len);
+    let line = req.method().as_str().len() + target + 10;
+    head_size(line, req.headers(), |_| true, 0)
+}
+
+/// The bytes of a response head as the client gets it: the status line, the map's lines and
+/// the proxy's headers (`added`), whether these are in the map already or beside it (the
+/// upstream's lines as they came, the lines the proxy writes after the map's).
+pub(crate) fn response_head_size(
+    status: StatusCode,
+    headers: &HeaderMap,
+    added: &crate::forward::ResponseAdded,
+) -> u64 {
+    let line = 13 + status.canonical_reason().map_or(0, str::len);
+    head_size(line, headers, |k| !added.skips(k), added.size())
 }
 
 /// The bytes of a header line: name, `: `, value, CRLF.
@@ -226,16 +262,13 @@ impl Proxy {
         let logged = logs.then(|| (req.method().clone(), req.uri().clone()));
         // What the client sent, as Kong's `$request_length`: the head, and the body it announced.
         let request_size = if logs {
+            // Kept lines are the request's whole head: a body comes with a mapped one.
             let announced = req
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
                 .unwrap_or(0);
-            let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len())
-                + req.uri().authority().map_or(0, |a| a.as_str().len() + 3)
-                + req.uri().scheme_str().map_or(0, str::len);
-            let line = req.method().as_str().len() + target + 10;
-            head_size(line, req.headers()) + announced
+            request_head_size(&req, raw.as_ref()) + announced
         } else {
             0
         };
@@ -275,9 +308,9 @@ impl Proxy {
                 seen.added.response_latency = Some(started.elapsed().as_millis() as u64);
             }
         }
-        // The plugins' response phases and the log phase read the map: the proxy's headers go
-        // into it. Else they are written beside it.
-        if !seen.ran.is_empty() || logged.is_some() {
+        // The plugins' response phases and log phases read the map: the proxy's headers go
+        // into it. Else they are written beside it (a log sink reads no header).
+        if !seen.ran.is_empty() || seen.details.is_some() {
             seen.added.apply(&mut rparts.headers);
         }
         for (n, v) in seen.response_headers.drain(..) {
@@ -347,9 +380,10 @@ impl Proxy {
                     consumer: seen.consumer,
                     status,
                     request_size,
-                    response_head_size: head_size(
-                        13 + rparts.status.canonical_reason().map_or(0, str::len),
+                    response_head_size: response_head_size(
+                        rparts.status,
                         &rparts.headers,
+                        &seen.added,
                     ),
                     started,
                     upstream: seen.upstream,
@@ -747,8 +781,9 @@ impl Proxy {
                     plugins: &seen.ran,
                     trace: seen.state.get::<crate::spans::Trace>(),
                     added: &added,
-                    // Nothing reads the response's map: no plugin runs, no log listens.
-                    raw: !seen.on && snap.plugins.is_empty(),
+                    // Nothing reads the response's map: no plugin runs (a log sink reads
+                    // no header).
+                    raw: snap.plugins.is_empty(),
                 },
             )
             .await?;

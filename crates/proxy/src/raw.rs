@@ -173,6 +173,11 @@ impl RawRequest {
         Some(raw)
     }
 
+    /// The bytes of the whole head (request line, lines and the empty line).
+    pub fn head_len(&self) -> usize {
+        self.head.len()
+    }
+
     /// The `Host` value.
     pub fn host(&self) -> Option<HeaderValue> {
         let (from, to) = self.host?;

@@ -516,12 +516,12 @@ impl Proxy {
     }
 
     /// Whether nothing on a request's way reads its header map, so that its lines may be kept
-    /// as they came ([`crate::raw::RawRequest`]): no plugin runs, no log listens, no proxy is
-    /// trusted (whose `X-Forwarded-*` would be read), and no route matches on headers.
+    /// as they came ([`crate::raw::RawRequest`]): no plugin runs, no proxy is trusted (whose
+    /// `X-Forwarded-*` would be read), and no route matches on headers. Log sinks read no
+    /// header ([`RequestLog`] counts the head's bytes).
     pub(crate) fn raw_requests(&self, snap: &crate::snapshot::Snapshot) -> bool {
         snap.plugins.is_empty()
             && !snap.router.reads_headers()
-            && self.log_sinks.get().is_none_or(|s| s.is_empty())
             && self.trust.get().is_none_or(|t| t.is_empty())
     }
 

@@ -684,6 +684,24 @@ async fn raw_heads_are_written_as_mapped_ones() {
                     .apply(&mut into);
                 }
                 assert_eq!(sorted(&into), sorted(&expected), "{name}: into a map");
+                // The log counts the same head, the lines beside the map or in it.
+                let beside = if with {
+                    some(raw.clone())
+                } else {
+                    ResponseAdded {
+                        raw: raw.clone(),
+                        ..ResponseAdded::default()
+                    }
+                };
+                assert_eq!(
+                    crate::pipeline::response_head_size(res.status(), res.headers(), &beside),
+                    crate::pipeline::response_head_size(
+                        res.status(),
+                        &into,
+                        &ResponseAdded::default()
+                    ),
+                    "{name}: head size"
+                );
                 if draining {
                     for r in [&mut mapped, &mut res] {
                         r.headers_mut()
@@ -811,6 +829,19 @@ fn raw_requests_go_upstream_as_mapped_ones() {
                     sorted(&into),
                     sorted(mapped.headers()),
                     "{name}: into a map"
+                );
+            }
+            // The log counts the head the client sent, kept or mapped.
+            assert_eq!(
+                crate::pipeline::request_head_size(&kept, raw.as_ref()),
+                crate::pipeline::request_head_size(&mapped, None),
+                "{name}: head size"
+            );
+            if raw.is_some() {
+                assert_eq!(
+                    crate::pipeline::request_head_size(&kept, raw.as_ref()),
+                    bytes.len() as u64,
+                    "{name}: head size"
                 );
             }
             let (mut a, _) = mapped.into_parts();
