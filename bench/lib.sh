@@ -25,10 +25,12 @@ NGX
 # Kong does (X-Forwarded-*, X-Real-IP, Via and X-Kong-Request-Id upstream; Via, the latencies and
 # the request id to the client). Both keep upstream connections as Gantry's bench settings do.
 nginx_proxies() {
+  local log=off
+  [ -z "${ACCESS_LOG:-}" ] || log=$work/ngx-access.log
   cat >"$1" <<NGX
 $5; daemon off; pid $work/ngx.pid; error_log $work/ngx.err;
 events { worker_connections 4096; }
-http { access_log off;
+http { access_log $log;
   upstream up { server 127.0.0.1:$2; keepalive 128; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$3; keepalive_requests 1000000;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";

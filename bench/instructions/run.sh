@@ -9,7 +9,7 @@
 # Usage: bash bench/instructions/run.sh [GANTRY_BINARY...]   (default target/release/gantry)
 # N: requests counted (default 10000), after 2000 that warm up. KEEP=DIR keeps the callgrind
 # outputs there (callgrind_annotate reads them: where the instructions go). ACCESS_LOG=logs/access.log
-# runs Gantry with its access log (the default), nginx without one.
+# runs both with an access log (Gantry's default; nginx's default `combined` format).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 command -v valgrind >/dev/null || apt-get install -y valgrind >/dev/null

@@ -267,6 +267,8 @@ fn main() -> std::process::ExitCode {
             Ok(())
         }
     };
+    // Access log lines still waiting for their writer.
+    gantry_proxy::logfile::flush_all();
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

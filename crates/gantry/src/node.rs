@@ -478,6 +478,7 @@ pub fn start(opts: &NodeOpts) -> anyhow::Result<()> {
                 "still stopping when nginx_main_worker_shutdown_timeout ran out: exiting now"
             );
             let _ = std::fs::remove_file(&pid_file);
+            gantry_proxy::logfile::flush_all();
             std::process::exit(0);
         });
     };
