@@ -475,35 +475,6 @@ mod tests {
         }
     }
 
-    /// A request's log entry, of a local client, answered 200 at once.
-    fn entry<'a>(
-        method: &'a hyper::Method,
-        uri: &'a hyper::Uri,
-        state: &'a hyper::http::Extensions,
-    ) -> RequestLog<'a> {
-        RequestLog {
-            request_id: "",
-            client: std::net::Ipv4Addr::LOCALHOST.into(),
-            method,
-            uri,
-            service: None,
-            route: None,
-            consumer: None,
-            status: 200,
-            started: std::time::Instant::now(),
-            total: Duration::ZERO,
-            upstream: None,
-            response_size: 0,
-            route_entity: None,
-            service_entity: None,
-            consumer_entity: None,
-            request_size: 0,
-            response_head_size: 0,
-            details: None,
-            state,
-        }
-    }
-
     /// A line says what it said when `format!` made it.
     #[test]
     fn text_lines() {
@@ -525,7 +496,7 @@ mod tests {
                 status: 502,
                 total: Duration::from_nanos(total),
                 upstream: upstream.map(Duration::from_nanos),
-                ..entry(&method, &uri, &state)
+                ..RequestLog::new(&method, &uri, &state)
             };
             let mut out = Vec::new();
             log.line(&r, &mut out);
@@ -549,11 +520,50 @@ mod tests {
             let uri = hyper::Uri::from_static("/");
             let r = RequestLog {
                 client: ip.parse().unwrap(),
-                ..entry(&method, &uri, &state)
+                ..RequestLog::new(&method, &uri, &state)
             };
             let mut out = Vec::new();
             log.line(&r, &mut out);
             assert!(out.starts_with(format!("{ip} - - [").as_bytes()), "{ip}");
+        }
+    }
+
+    /// A JSON line has the fields, in the order, that `json!` gave it.
+    #[test]
+    fn json_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AccessLog::start(&dir.path().join("a.log"), 1 << 20, 1, true).unwrap();
+        let state = Default::default();
+        let (method, uri) = (hyper::Method::GET, hyper::Uri::from_static("/x?y=1"));
+        for upstream in [None, Some(Duration::from_micros(1500))] {
+            let r = RequestLog {
+                request_id: "id",
+                service: Some("s"),
+                status: 404,
+                total: Duration::from_micros(2345),
+                upstream,
+                ..RequestLog::new(&method, &uri, &state)
+            };
+            let mut out = Vec::new();
+            log.line(&r, &mut out);
+            let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            let time = line["time"].as_str().unwrap().to_string();
+            let want = serde_json::json!({
+                "time": time,
+                "request_id": "id",
+                "client_ip": "127.0.0.1",
+                "method": "GET",
+                "uri": "/x?y=1",
+                "status": 404,
+                "latencies": {
+                    "total_ms": r.total.as_secs_f64() * 1000.0,
+                    "upstream_ms": upstream.map(|u| u.as_secs_f64() * 1000.0),
+                },
+                "service": "s",
+                "route": null,
+                "consumer": null,
+            });
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{want}\n"));
         }
     }
 

@@ -154,6 +154,39 @@ pub struct RequestLog<'a> {
     pub state: &'a hyper::http::Extensions,
 }
 
+impl<'a> RequestLog<'a> {
+    /// An entry for `method` and `uri` of a local client, with nothing else known yet: no
+    /// route, service or consumer, status 200, nothing sent, no time taken. The fields are
+    /// public: set what is known.
+    pub fn new(
+        method: &'a hyper::Method,
+        uri: &'a Uri,
+        state: &'a hyper::http::Extensions,
+    ) -> RequestLog<'a> {
+        RequestLog {
+            request_id: "",
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            method,
+            uri,
+            service: None,
+            route: None,
+            consumer: None,
+            status: 200,
+            started: Instant::now(),
+            total: Duration::ZERO,
+            upstream: None,
+            response_size: 0,
+            route_entity: None,
+            service_entity: None,
+            consumer_entity: None,
+            request_size: 0,
+            response_head_size: 0,
+            details: None,
+            state,
+        }
+    }
+}
+
 /// What a request's log entry holds beyond [`RequestLog`]'s counters, for log plugins.
 #[derive(Debug, Default)]
 pub struct LogDetails {

@@ -169,24 +169,12 @@ mod tests {
         let state = Default::default();
         let req = |route, status| RequestLog {
             request_id: "r",
-            client: std::net::IpAddr::from([127, 0, 0, 1]),
-            method: &method,
-            uri: &uri,
             service: Some("s"),
             route: Some(route),
-            consumer: None,
             status,
-            started: std::time::Instant::now(),
             total: Duration::from_millis(12),
             upstream: Some(Duration::from_millis(10)),
-            response_size: 0,
-            route_entity: None,
-            service_entity: None,
-            consumer_entity: None,
-            request_size: 0,
-            response_head_size: 0,
-            details: None,
-            state: &state,
+            ..RequestLog::new(&method, &uri, &state)
         };
         let c = Collector::new(5);
         for _ in 0..3 {

@@ -157,6 +157,7 @@ mod tests {
             hyper::Method::POST,
             "/a?b=1&flag".parse::<hyper::Uri>().unwrap(),
         );
+        let state = hyper::http::Extensions::default();
         let mut details = crate::server::LogDetails::default();
         details
             .request_headers
@@ -175,23 +176,14 @@ mod tests {
             p.log(&RequestLog {
                 request_id: "r1",
                 client: std::net::IpAddr::from([10, 0, 0, 1]),
-                method: &method,
-                uri: &uri,
                 service: Some("s1"),
                 route: Some("r1"),
-                consumer: None,
                 status,
-                started: std::time::Instant::now(),
                 total: std::time::Duration::from_millis(12),
                 upstream: (status == 200).then(|| std::time::Duration::from_millis(10)),
                 response_size: 5,
-                route_entity: None,
-                service_entity: None,
-                consumer_entity: None,
-                request_size: 0,
-                response_head_size: 0,
                 details: Some(&details),
-                state: &Default::default(),
+                ..RequestLog::new(&method, &uri, &state)
             });
         }
         drop(p); // the writer drains its queue and stops
