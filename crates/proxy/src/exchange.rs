@@ -44,7 +44,7 @@ pub(crate) struct Exchange<'a> {
 /// has gone).
 pub(crate) struct Answer {
     pub res: Response<crate::server::ProxyBody>,
-    pub raw: Option<crate::h1::RawHead>,
+    pub raw: Option<crate::raw::RawHead>,
     pub in_flight: Option<InFlight>,
 }
 

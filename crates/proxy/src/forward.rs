@@ -324,7 +324,7 @@ pub struct ResponseAdded {
     pub response_latency: Option<u64>,
     /// The upstream's header lines, when they stayed as they came (the map then has none of
     /// them): written before the map's lines.
-    pub raw: Option<crate::h1::RawHead>,
+    pub raw: Option<crate::raw::RawHead>,
 }
 
 impl ResponseAdded {
@@ -405,7 +405,7 @@ impl ResponseAdded {
             .filter_map(|(_, start, n)| Some(start.as_bytes().len() + digits(n?) + 2))
             .sum();
         numbers
-            + self.raw.as_ref().map_or(0, crate::h1::RawHead::size)
+            + self.raw.as_ref().map_or(0, crate::raw::RawHead::size)
             + if self.via { VIA_LINE.len() } else { 0 }
             + self.request_id.as_ref().map_or(0, |id| {
                 b"x-kong-request-id: ".len() + id.as_bytes().len() + 2

@@ -33,6 +33,7 @@ use hyper::{Method, Request, Response, StatusCode, Version};
 use tokio::io::AsyncWrite;
 
 use crate::pool::{Dest, Pool, Stream, UpBody, UpstreamError, UPSTREAM_HEAD};
+use crate::raw::RawHead;
 use crate::server::{BodyError, ProxyBody, MAX_HEADER_LINES};
 
 /// What a read asks room for in the buffer.
@@ -456,7 +457,7 @@ impl H1Conn {
             // `Keep-Alive` speak of this hop only: read here, and not kept.
             let mut seen = Hop::new();
             let lines = if raw {
-                RawHead::of(&head, &self.spans, &mut seen)
+                crate::raw::RawHead::of(&head, &self.spans, &mut seen)
             } else {
                 None
             };
@@ -628,7 +629,7 @@ fn content_length(value: &[u8], sofar: Option<u64>) -> Result<Option<u64>, &'sta
 }
 
 /// What a response head says of its framing and of this hop, noted as its lines pass.
-struct Hop {
+pub(crate) struct Hop {
     /// `Connection: close`.
     close: bool,
     /// `Connection: keep-alive`.
@@ -636,7 +637,7 @@ struct Hop {
     /// Where the last `Transfer-Encoding` value lies in the head.
     coding: Option<(usize, usize)>,
     /// The `Content-Length` (or why there cannot be one).
-    length: Result<Option<u64>, &'static str>,
+    pub(crate) length: Result<Option<u64>, &'static str>,
 }
 
 impl Hop {
@@ -650,7 +651,7 @@ impl Hop {
     }
 
     /// A `Content-Length` value.
-    fn length(&mut self, value: &[u8]) {
+    pub(crate) fn length(&mut self, value: &[u8]) {
         // The usual value, digits alone, read at once.
         if let (Ok(None), 1..=18) = (self.length, value.len()) {
             if value.iter().all(u8::is_ascii_digit) {
@@ -666,155 +667,11 @@ impl Hop {
 
     /// A `Connection` value's tokens: whether it names other headers than `close` and
     /// `keep-alive`.
-    fn connection(&mut self, value: &[u8]) -> bool {
+    pub(crate) fn connection(&mut self, value: &[u8]) -> bool {
         let t = crate::raw::connection_tokens(value);
         self.close |= t.close;
         self.keep_alive |= t.keep_alive;
         t.others
-    }
-}
-
-/// The most runs of kept lines a [`RawHead`] has: the lines it leaves out (`Connection`,
-/// `Keep-Alive`, `Content-Length`) cut its lines into runs, and a head with more is mapped.
-const RUNS: usize = 4;
-
-/// An upstream response's header lines as they came, to be written to the client as they are
-/// (in the upstream's case) where nothing reads the response's header map: no header map is
-/// made, filled, read and dropped for them. Taken only for plain heads:
-/// - every line is `name: value` with one space and CRLF, so that the lines are the bytes
-///   the map would have written (but for the names' case and the lines' order);
-/// - no `Transfer-Encoding`, `Trailer`, nor any other hop-by-hop header than `Connection`
-///   (`close`, `keep-alive`) and `Keep-Alive`, which are left out;
-/// - at most one `Content-Length` line, kept apart (the writer frames the body with it);
-/// - no `X-Kong-*` header, which the proxy's own might replace.
-///
-/// Other heads are mapped, as every head is where a plugin or a log reads the map
-/// ([`RawHead::into_map`]).
-#[derive(Clone, Debug)]
-pub struct RawHead {
-    head: Bytes,
-    /// The ranges of `head` written as they are.
-    runs: [(u32, u32); RUNS],
-    count: u8,
-    /// The `Content-Length` line (with its CRLF) and its value.
-    length: Option<(u32, u32, u64)>,
-    /// A `Date` line is among them.
-    date: bool,
-}
-
-/// What a header line is to a [`RawHead`].
-enum Line {
-    Kept,
-    Date,
-    /// Left out: this hop's.
-    Connection,
-    KeepAlive,
-    Length,
-    /// Not taken raw: the head is mapped.
-    Mapped,
-}
-
-impl Line {
-    fn of(name: &[u8]) -> Line {
-        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-        match name.len() {
-            4 if is(b"date") => Line::Date,
-            10 if is(b"connection") => Line::Connection,
-            10 if is(b"keep-alive") => Line::KeepAlive,
-            14 if is(b"content-length") => Line::Length,
-            // The other hop-by-hop headers (`Transfer-Encoding`, `Trailer`, `Upgrade`, ...).
-            _ if crate::forward::hop_by_hop(name) => Line::Mapped,
-            7.. if name[..7].eq_ignore_ascii_case(b"x-kong-") => Line::Mapped,
-            _ => Line::Kept,
-        }
-    }
-}
-
-impl RawHead {
-    /// The lines of `head` that `spans` locates, when they can be taken raw; what they say of
-    /// the framing and this hop goes into `seen`.
-    fn of(head: &Bytes, spans: &[crate::raw::Span], seen: &mut Hop) -> Option<RawHead> {
-        let mut raw = RawHead {
-            head: head.clone(),
-            runs: [(0, 0); RUNS],
-            count: 0,
-            length: None,
-            date: false,
-        };
-        // Where the run of kept lines began.
-        let mut run = None;
-        let (_, end) = crate::raw::walk(head, spans, |name, value, start, next| {
-            let run_start = *run.get_or_insert(start);
-            match Line::of(name) {
-                Line::Kept => return Some(()),
-                Line::Date => {
-                    raw.date = true;
-                    return Some(());
-                }
-                Line::Mapped => return None,
-                Line::Connection if seen.connection(value) => return None,
-                Line::Connection | Line::KeepAlive => {}
-                Line::Length => {
-                    if raw.length.is_some() {
-                        return None;
-                    }
-                    seen.length(value);
-                    // An invalid one is refused where the head is mapped.
-                    let len = (*seen.length.as_ref().ok()?)?;
-                    raw.length = Some((start as u32, next as u32, len));
-                }
-            }
-            // Left out: the run of kept lines before it ends.
-            raw.run(run_start, start)?;
-            run = Some(next);
-            Some(())
-        })?;
-        raw.run(run.unwrap_or(end), end)?;
-        Some(raw)
-    }
-
-    /// A run of kept lines, `from..to` (none when empty); `None` when there are too many.
-    fn run(&mut self, from: usize, to: usize) -> Option<()> {
-        if to > from {
-            let k = usize::from(self.count);
-            *self.runs.get_mut(k)? = (from as u32, to as u32);
-            self.count += 1;
-        }
-        Some(())
-    }
-
-    /// The kept lines, as they came (without the `Content-Length` line).
-    pub fn write(&self, out: &mut Vec<u8>) {
-        for &(from, to) in &self.runs[..usize::from(self.count)] {
-            out.extend_from_slice(&self.head[from as usize..to as usize]);
-        }
-    }
-
-    /// The bytes of the kept lines and the `Content-Length` line.
-    pub fn size(&self) -> usize {
-        let runs = self.runs[..usize::from(self.count)].iter();
-        let length = self.length.map_or(0, |(from, to, _)| to - from);
-        runs.map(|&(from, to)| to - from).sum::<u32>() as usize + length as usize
-    }
-
-    /// The `Content-Length` line (with its CRLF) and its value.
-    pub fn length(&self) -> Option<(&[u8], u64)> {
-        self.length
-            .map(|(from, to, n)| (&self.head[from as usize..to as usize], n))
-    }
-
-    /// Whether a `Date` line is among the kept lines.
-    pub fn has_date(&self) -> bool {
-        self.date
-    }
-
-    /// Into a header map (after what it has), as the head would have been mapped.
-    pub fn into_map(self, headers: &mut HeaderMap) {
-        let runs = self.runs[..usize::from(self.count)].iter().copied();
-        let length = self.length.map(|(from, to, _)| (from, to));
-        for (from, to) in runs.chain(length) {
-            crate::raw::map_lines(&self.head, from as usize, to as usize, headers);
-        }
     }
 }
 
@@ -1020,276 +877,4 @@ impl Body for H1Body {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pool::{Conn, Dest};
-    use http_body_util::BodyExt;
-    use std::time::Duration;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// An upstream that answers each request head it reads on one connection with the next
-    /// of `answers`, then closes; it returns what it read and how many connections it took.
-    async fn upstream(
-        answers: Vec<&'static [u8]>,
-    ) -> (Arc<Dest>, tokio::task::JoinHandle<(String, usize)>) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let task = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut seen = Vec::new();
-            for (heads, a) in answers.into_iter().enumerate() {
-                loop {
-                    let text = String::from_utf8_lossy(&seen);
-                    if text.matches("\r\n\r\n").count() > heads {
-                        break;
-                    }
-                    let mut b = [0u8; 4096];
-                    let n = s.read(&mut b).await.unwrap();
-                    assert!(n > 0, "the proxy closed the connection");
-                    seen.extend_from_slice(&b[..n]);
-                }
-                s.write_all(a).await.unwrap();
-            }
-            drop(s);
-            let more = tokio::time::timeout(Duration::from_millis(200), l.accept()).await;
-            (
-                String::from_utf8(seen).unwrap(),
-                1 + usize::from(more.is_ok()),
-            )
-        });
-        let dest = Arc::new(Dest::new(addr, None, false, Duration::from_secs(5)));
-        (dest, task)
-    }
-
-    fn get(method: Method) -> Request<UpBody> {
-        let mut r = Request::new(http_body_util::Either::Right(
-            http_body_util::Full::default(),
-        ));
-        *r.method_mut() = method;
-        *r.uri_mut() = "/p?q=1".parse().unwrap();
-        r.headers_mut()
-            .insert(header::HOST, HeaderValue::from_static("up"));
-        r
-    }
-
-    async fn send(
-        pool: &Arc<Pool>,
-        dest: &Arc<Dest>,
-        req: Request<UpBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
-        send_within(pool, dest, req, Duration::from_secs(5)).await
-    }
-
-    async fn send_within(
-        pool: &Arc<Pool>,
-        dest: &Arc<Dest>,
-        req: Request<UpBody>,
-        read_timeout: Duration,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let conn = pool.checkout(dest, Duration::from_secs(5)).await?;
-        assert!(matches!(conn, Conn::H1(..)));
-        let added = crate::forward::Added::none();
-        pool.send_on(
-            dest,
-            conn,
-            req,
-            &added,
-            false,
-            Duration::from_secs(5),
-            read_timeout,
-        )
-        .await
-        .map(|(res, _)| res)
-    }
-
-    /// `Connection` and `Keep-Alive` are read for this hop and not passed on, unless
-    /// `Connection` names other headers (the proxy removes those with it).
-    #[tokio::test]
-    async fn connection_headers_are_this_hops() {
-        let (dest, up) = upstream(vec![
-            b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
-            b"HTTP/1.1 200 OK\r\nConnection: X-Hop\r\nX-Hop: 1\r\nContent-Length: 2\r\n\r\nok",
-            b"HTTP/1.1 200 OK\r\nCONNECTION: Keep-Alive , Close\r\nContent-Length: 2\r\n\r\nok",
-        ])
-        .await;
-        let pool = Arc::new(Pool::new());
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        let names: Vec<_> = res.headers().keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["content-length"]);
-        res.into_body().collect().await.unwrap();
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        assert_eq!(res.headers()[header::CONNECTION], "X-Hop");
-        assert_eq!(res.headers()["x-hop"], "1");
-        res.into_body().collect().await.unwrap();
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        assert!(res.headers().get(header::CONNECTION).is_none());
-        res.into_body().collect().await.unwrap();
-        assert!(pool.take(&dest.key).is_none(), "close: not kept");
-        let (_, conns) = up.await.unwrap();
-        assert_eq!(conns, 1, "kept until the upstream said close");
-    }
-
-    /// A kept connection's timer, armed for its first request, neither cuts a later request
-    /// short nor lets one wait past its own deadline, nor outlives the deadline a shorter
-    /// timeout sets.
-    #[tokio::test]
-    async fn the_read_timeout_holds_on_a_kept_connection() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        // Answers the first request at once, the second after 150 ms, and no other.
-        let up = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut seen = Vec::new();
-            let mut heads = 0;
-            loop {
-                let mut b = [0u8; 4096];
-                let n = s.read(&mut b).await.unwrap();
-                if n == 0 {
-                    return heads;
-                }
-                seen.extend_from_slice(&b[..n]);
-                while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                    seen.drain(..end + 4);
-                    heads += 1;
-                    match heads {
-                        1 => {}
-                        2 => tokio::time::sleep(Duration::from_millis(150)).await,
-                        _ => continue,
-                    }
-                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                }
-            }
-        });
-        let dest = Arc::new(Dest::new(addr, None, false, Duration::from_secs(5)));
-        let pool = Arc::new(Pool::new());
-        let timeout = Duration::from_millis(300);
-        let res = send_within(&pool, &dest, get(Method::GET), timeout)
-            .await
-            .unwrap();
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        // The first deadline passes while the connection is idle in the pool.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let res = send_within(&pool, &dest, get(Method::GET), Duration::from_secs(5))
-            .await
-            .expect("the second request has a deadline of its own");
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        // A shorter timeout than the timer was last set for (5 s).
-        let short = Duration::from_millis(100);
-        let started = std::time::Instant::now();
-        let e = send_within(&pool, &dest, get(Method::GET), short)
-            .await
-            .expect_err("never answered");
-        assert!(crate::pool::is_read_timeout(&e), "{e}");
-        let took = started.elapsed();
-        assert!(
-            took >= short && took < Duration::from_secs(2),
-            "timed out after {took:?}"
-        );
-        drop(pool);
-        assert_eq!(up.await.unwrap(), 3, "one connection carried the three");
-    }
-
-    #[tokio::test]
-    async fn chunks_trailers_and_reuse() {
-        let (dest, up) = upstream(vec![
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99, x\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
-            b"HTTP/1.1 201 Made Here\r\nContent-Length: 2, 2\r\nX-A: a\r\nX-A: b\r\n\r\nok",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
-        ])
-        .await;
-        let pool = Arc::new(Pool::new());
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        assert_eq!(res.status(), 200);
-        // Transfer-Encoding wins: the conflicting (and invalid) Content-Length is gone.
-        assert!(res.headers().get(header::CONTENT_LENGTH).is_none());
-        let collected = res.into_body().collect().await.unwrap();
-        assert_eq!(collected.trailers().unwrap()["x-t"], "1");
-        assert_eq!(collected.to_bytes(), "hello world");
-        let res = send(&pool, &dest, get(Method::POST)).await.unwrap();
-        assert_eq!(res.status(), 201);
-        assert_eq!(
-            res.extensions()
-                .get::<hyper::ext::ReasonPhrase>()
-                .unwrap()
-                .as_bytes(),
-            b"Made Here"
-        );
-        let values: Vec<_> = res.headers().get_all("x-a").iter().collect();
-        assert_eq!(values, ["a", "b"]);
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        // HEAD: a length and no body.
-        let res = send(&pool, &dest, get(Method::HEAD)).await.unwrap();
-        assert_eq!(res.headers()[header::CONTENT_LENGTH], "5");
-        assert!(res
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .is_empty());
-        let (seen, conns) = up.await.unwrap();
-        assert_eq!(conns, 1, "one connection carried the three requests");
-        assert!(
-            seen.starts_with("GET /p?q=1 HTTP/1.1\r\nhost: up\r\n\r\nPOST /p?q=1 HTTP/1.1\r\n"),
-            "{seen}"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_body_to_the_close_is_read_and_the_connection_not_kept() {
-        let (dest, up) = upstream(vec![b"HTTP/1.0 200 OK\r\n\r\nall of it"]).await;
-        let pool = Arc::new(Pool::new());
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        assert_eq!(
-            res.into_body().collect().await.unwrap().to_bytes(),
-            "all of it"
-        );
-        assert!(pool.take(dest.key()).is_none());
-        up.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn invalid_responses_fail() {
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"[..],
-            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\nok",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: x\r\n\r\nok",
-            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
-        ] {
-            let (dest, up) = upstream(vec![bad]).await;
-            let pool = Arc::new(Pool::new());
-            assert!(
-                send(&pool, &dest, get(Method::GET)).await.is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-            up.abort();
-        }
-        // A body cut short is an error of the body, and the connection is not kept.
-        let (dest, up) = upstream(vec![
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
-        ])
-        .await;
-        let pool = Arc::new(Pool::new());
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        assert!(res.into_body().collect().await.is_err());
-        assert!(pool.take(dest.key()).is_none());
-        up.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_kept_connection_the_upstream_closed_is_not_used() {
-        let (dest, up) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]).await;
-        let pool = Arc::new(Pool::new());
-        let res = send(&pool, &dest, get(Method::GET)).await.unwrap();
-        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
-        up.await.unwrap();
-        // The upstream has closed it: the pool does not hand it out.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(pool.take(dest.key()).is_none());
-    }
-}
+mod tests;

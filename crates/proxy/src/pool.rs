@@ -508,7 +508,7 @@ impl Pool {
     /// a new connection, instead of failing with a 502.
     ///
     /// With `raw`, an HTTP/1.1 response's header lines may come back as they were read
-    /// ([`crate::h1::RawHead`]), its map then empty.
+    /// ([`crate::raw::RawHead`]), its map then empty.
     #[allow(clippy::too_many_arguments)]
     pub async fn send_on(
         self: &Arc<Self>,
@@ -519,7 +519,7 @@ impl Pool {
         raw: bool,
         connect_timeout: Duration,
         read_timeout: Duration,
-    ) -> Result<(Response<ProxyBody>, Option<crate::h1::RawHead>), UpstreamError> {
+    ) -> Result<(Response<ProxyBody>, Option<crate::raw::RawHead>), UpstreamError> {
         use crate::h1::SendError;
         use http_body_util::BodyExt;
         if !matches!(conn, Conn::H1(..)) {

@@ -1,6 +1,6 @@
 //! Header lines kept as they were read, where nothing reads a header map: the client's request
 //! lines written upstream ([`RawRequest`]) and the upstream's response lines written to the
-//! client ([`crate::h1::RawHead`]). No map is made, filled, searched and dropped for them.
+//! client ([`RawHead`]). No map is made, filled, searched and dropped for them.
 //!
 //! Lines are kept only when every one is plain, `name: value` with one space and CRLF, so that
 //! they are the bytes a map would have written but for the names' case and the order of
@@ -213,5 +213,149 @@ impl RawRequest {
             }
         }
         map_lines(&self.head, at, self.to as usize, headers);
+    }
+}
+
+/// The most runs of kept lines a [`RawHead`] has: the lines it leaves out (`Connection`,
+/// `Keep-Alive`, `Content-Length`) cut its lines into runs, and a head with more is mapped.
+const RUNS: usize = 4;
+
+/// An upstream response's header lines as they came, to be written to the client as they are
+/// (in the upstream's case) where nothing reads the response's header map: no header map is
+/// made, filled, read and dropped for them. Taken only for plain heads:
+/// - every line is `name: value` with one space and CRLF, so that the lines are the bytes
+///   the map would have written (but for the names' case and the lines' order);
+/// - no `Transfer-Encoding`, `Trailer`, nor any other hop-by-hop header than `Connection`
+///   (`close`, `keep-alive`) and `Keep-Alive`, which are left out;
+/// - at most one `Content-Length` line, kept apart (the writer frames the body with it);
+/// - no `X-Kong-*` header, which the proxy's own might replace.
+///
+/// Other heads are mapped, as every head is where a plugin or a log reads the map
+/// ([`RawHead::into_map`]).
+#[derive(Clone, Debug)]
+pub struct RawHead {
+    head: Bytes,
+    /// The ranges of `head` written as they are.
+    runs: [(u32, u32); RUNS],
+    count: u8,
+    /// The `Content-Length` line (with its CRLF) and its value.
+    length: Option<(u32, u32, u64)>,
+    /// A `Date` line is among them.
+    date: bool,
+}
+
+/// What a header line is to a [`RawHead`].
+enum Line {
+    Kept,
+    Date,
+    /// Left out: this hop's.
+    Connection,
+    KeepAlive,
+    Length,
+    /// Not taken raw: the head is mapped.
+    Mapped,
+}
+
+impl Line {
+    fn of(name: &[u8]) -> Line {
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is(b"date") => Line::Date,
+            10 if is(b"connection") => Line::Connection,
+            10 if is(b"keep-alive") => Line::KeepAlive,
+            14 if is(b"content-length") => Line::Length,
+            // The other hop-by-hop headers (`Transfer-Encoding`, `Trailer`, `Upgrade`, ...).
+            _ if crate::forward::hop_by_hop(name) => Line::Mapped,
+            7.. if name[..7].eq_ignore_ascii_case(b"x-kong-") => Line::Mapped,
+            _ => Line::Kept,
+        }
+    }
+}
+
+impl RawHead {
+    /// The lines of `head` that `spans` locates, when they can be taken raw; what they say of
+    /// the framing and this hop goes into `seen`.
+    pub(crate) fn of(head: &Bytes, spans: &[Span], seen: &mut crate::h1::Hop) -> Option<RawHead> {
+        let mut raw = RawHead {
+            head: head.clone(),
+            runs: [(0, 0); RUNS],
+            count: 0,
+            length: None,
+            date: false,
+        };
+        // Where the run of kept lines began.
+        let mut run = None;
+        let (_, end) = walk(head, spans, |name, value, start, next| {
+            let run_start = *run.get_or_insert(start);
+            match Line::of(name) {
+                Line::Kept => return Some(()),
+                Line::Date => {
+                    raw.date = true;
+                    return Some(());
+                }
+                Line::Mapped => return None,
+                Line::Connection if seen.connection(value) => return None,
+                Line::Connection | Line::KeepAlive => {}
+                Line::Length => {
+                    if raw.length.is_some() {
+                        return None;
+                    }
+                    seen.length(value);
+                    // An invalid one is refused where the head is mapped.
+                    let len = (*seen.length.as_ref().ok()?)?;
+                    raw.length = Some((start as u32, next as u32, len));
+                }
+            }
+            // Left out: the run of kept lines before it ends.
+            raw.run(run_start, start)?;
+            run = Some(next);
+            Some(())
+        })?;
+        raw.run(run.unwrap_or(end), end)?;
+        Some(raw)
+    }
+
+    /// A run of kept lines, `from..to` (none when empty); `None` when there are too many.
+    fn run(&mut self, from: usize, to: usize) -> Option<()> {
+        if to > from {
+            let k = usize::from(self.count);
+            *self.runs.get_mut(k)? = (from as u32, to as u32);
+            self.count += 1;
+        }
+        Some(())
+    }
+
+    /// The kept lines, as they came (without the `Content-Length` line).
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for &(from, to) in &self.runs[..usize::from(self.count)] {
+            out.extend_from_slice(&self.head[from as usize..to as usize]);
+        }
+    }
+
+    /// The bytes of the kept lines and the `Content-Length` line.
+    pub fn size(&self) -> usize {
+        let runs = self.runs[..usize::from(self.count)].iter();
+        let length = self.length.map_or(0, |(from, to, _)| to - from);
+        runs.map(|&(from, to)| to - from).sum::<u32>() as usize + length as usize
+    }
+
+    /// The `Content-Length` line (with its CRLF) and its value.
+    pub fn length(&self) -> Option<(&[u8], u64)> {
+        self.length
+            .map(|(from, to, n)| (&self.head[from as usize..to as usize], n))
+    }
+
+    /// Whether a `Date` line is among the kept lines.
+    pub fn has_date(&self) -> bool {
+        self.date
+    }
+
+    /// Into a header map (after what it has), as the head would have been mapped.
+    pub fn into_map(self, headers: &mut HeaderMap) {
+        let runs = self.runs[..usize::from(self.count)].iter().copied();
+        let length = self.length.map(|(from, to, _)| (from, to));
+        for (from, to) in runs.chain(length) {
+            crate::raw::map_lines(&self.head, from as usize, to as usize, headers);
+        }
     }
 }

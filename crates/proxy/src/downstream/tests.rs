@@ -532,7 +532,7 @@ async fn from_upstream(
     answer: &'static [u8],
     method: Method,
     raw: bool,
-) -> (Response<ProxyBody>, Option<crate::h1::RawHead>) {
+) -> (Response<ProxyBody>, Option<crate::raw::RawHead>) {
     use crate::pool::{Conn, Dest, Pool};
     use std::time::Duration;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -643,7 +643,7 @@ async fn raw_heads_are_written_as_mapped_ones() {
             Method::GET,
         ),
     ];
-    let some = |raw: Option<crate::h1::RawHead>| ResponseAdded {
+    let some = |raw: Option<crate::raw::RawHead>| ResponseAdded {
         upstream_latency: Some(3),
         proxy_latency: Some(1),
         upstream_status: Some(200),
