@@ -327,6 +327,10 @@ pub struct ResponseAdded {
     pub raw: Option<crate::raw::RawHead>,
 }
 
+/// The starts of the `X-Kong-Request-Id` and `X-Kong-Response-Latency` lines to the client.
+const REQUEST_ID_START: &[u8] = b"x-kong-request-id: ";
+const RESPONSE_LATENCY_START: &[u8] = b"x-kong-response-latency: ";
+
 impl ResponseAdded {
     /// The numeric headers, in the order they are written: name, the start of its line (a test
     /// checks them against each other), value.
@@ -388,18 +392,18 @@ impl ResponseAdded {
             out.extend_from_slice(VIA_LINE.as_bytes());
         }
         if let Some(id) = &self.request_id {
-            line(out, b"x-kong-request-id: ", id.as_bytes());
+            line(out, REQUEST_ID_START, id.as_bytes());
         }
         if let Some(n) = self.response_latency {
             let (digits, len) = names::itoa_buf(n);
-            line(out, b"x-kong-response-latency: ", &digits[20 - len..]);
+            line(out, RESPONSE_LATENCY_START, &digits[20 - len..]);
         }
     }
 
     /// The bytes of the lines beside the map: the upstream's kept lines and the lines
     /// [`write`](Self::write) writes.
     pub fn size(&self) -> usize {
-        let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        let digits = |n: u64| names::itoa_buf(n).1;
         let numbers: usize = self
             .numbers()
             .filter_map(|(_, start, n)| Some(start.as_bytes().len() + digits(n?) + 2))
@@ -407,12 +411,13 @@ impl ResponseAdded {
         numbers
             + self.raw.as_ref().map_or(0, crate::raw::RawHead::size)
             + if self.via { VIA_LINE.len() } else { 0 }
-            + self.request_id.as_ref().map_or(0, |id| {
-                b"x-kong-request-id: ".len() + id.as_bytes().len() + 2
-            })
+            + self
+                .request_id
+                .as_ref()
+                .map_or(0, |id| REQUEST_ID_START.len() + id.as_bytes().len() + 2)
             + self
                 .response_latency
-                .map_or(0, |n| b"x-kong-response-latency: ".len() + digits(n) + 2)
+                .map_or(0, |n| RESPONSE_LATENCY_START.len() + digits(n) + 2)
     }
 
     /// Into the response's map (and none left beside it), the upstream's lines first.

@@ -372,22 +372,23 @@ impl LogSink for AccessLog {
     /// As nginx logs a request it could not parse: `"-"` for the request line.
     fn refused(&self, client: std::net::IpAddr, status: u16, reason: &str) {
         self.shared.append(|out| {
-            if self.json {
-                let line = serde_json::json!({
-                    "time": now(),
-                    "client_ip": client.to_string(),
-                    "status": status,
-                    "refused": reason,
-                });
-                let _ = serde_json::to_writer(&mut *out, &line);
-                out.push(b'\n');
-            } else {
-                let _ = writeln!(
-                    out,
-                    "{client} - - [{}] \"-\" {status} refused={reason:?}",
-                    now()
-                );
-            }
+            with_now(|now| {
+                if self.json {
+                    let line = serde_json::json!({
+                        "time": now,
+                        "client_ip": client.to_string(),
+                        "status": status,
+                        "refused": reason,
+                    });
+                    let _ = serde_json::to_writer(&mut *out, &line);
+                    out.push(b'\n');
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{client} - - [{now}] \"-\" {status} refused={reason:?}"
+                    );
+                }
+            })
         });
     }
 }
@@ -441,10 +442,6 @@ fn stamp(now: Duration, cache: &mut (u64, String)) -> usize {
     }
     text.push('Z');
     at
-}
-
-fn now() -> String {
-    with_now(str::to_owned)
 }
 
 #[cfg(test)]
